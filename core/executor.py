@@ -1,0 +1,188 @@
+"""Run a plan: every chosen option at once, fallback on node failures, nothing pushed half-way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Sequence
+
+import attrs
+
+from .errors import ArchfleetError, BuildFailed, InfrastructureError
+from .model import BuildRequest, NodeFacts, Option, PlatformResult
+from .planner import Plan
+from .platforms import Platform
+from .progress import Reporter
+
+
+class Aborted(Exception):
+    """Another platform failed; this one must not push."""
+
+
+class PushGate:
+    """Opens when every platform is built; breaks when one fails for good.
+
+    Strategies await :meth:`wait` between building and pushing, so a failed platform means
+    nothing at all was pushed (children included).
+    """
+
+    def __init__(self, platforms: Sequence[Platform]):
+        self._waiting = set(platforms)
+        self._event = asyncio.Event()
+        self._failed: str | None = None
+
+    def built(self, platform: Platform) -> None:
+        self._waiting.discard(platform)
+        if not self._waiting:
+            self._event.set()
+
+    def fail(self, why: str) -> None:
+        if self._failed is None:
+            self._failed = why
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        if self._failed is not None:
+            raise Aborted(self._failed)
+
+
+@attrs.define
+class RunContext:
+    """What ``archfleet_run`` gets besides the option and request."""
+
+    option: Option
+    facts: NodeFacts
+    transport: object
+    reporter: Reporter
+    gate: PushGate
+
+    @property
+    def node(self) -> str:
+        return self.option.node
+
+    def log(self, line: str) -> None:
+        """One line of build output from the node."""
+        self.reporter.log(self.option, line)
+
+    def status(self, state: str) -> None:
+        """A state change: building, pushing, ..."""
+        self.reporter.status(self.option, state)
+
+    async def ready_to_push(self) -> None:
+        """Mark this platform built; wait until all are (raises if one failed)."""
+        self.gate.built(self.option.platform)
+        await self.gate.wait()
+
+
+@attrs.frozen
+class Outcome:
+    results: tuple[PlatformResult, ...]
+    failures: tuple[tuple[Platform, str], ...]
+    replans: tuple[tuple[Platform, str, str], ...]  # platform, from option, why
+
+
+class Executor:
+    def __init__(self, pm, request: BuildRequest, facts: dict[str, NodeFacts], reporter: Reporter):
+        self.pm = pm
+        self.request = request
+        self.facts = facts
+        self.reporter = reporter
+        self.down: dict[str, str] = {}
+        self._transports: dict[str, object] = {}
+        self._connecting: dict[str, asyncio.Future] = {}
+        self.replans: list[tuple[Platform, str, str]] = []
+
+    async def _transport(self, node: str):
+        if node in self._transports:
+            return self._transports[node]
+        if node not in self._connecting:
+            facts = self.facts[node]
+            awaitable = self.pm.hook.archfleet_connect(node=facts.node, facts=facts)
+            if awaitable is None:
+                raise InfrastructureError(node, f"no plugin can connect to transport {facts.node.transport!r}")
+            self._connecting[node] = asyncio.ensure_future(awaitable)
+        transport = await asyncio.shield(self._connecting[node])
+        self._transports[node] = transport
+        return transport
+
+    async def close(self) -> None:
+        for transport in self._transports.values():
+            try:
+                await transport.close()
+            except Exception:
+                pass
+
+    async def _run_one(self, option: Option, gate: PushGate) -> PlatformResult:
+        transport = await self._transport(option.node)
+        context = RunContext(option, self.facts[option.node], transport, self.reporter, gate)
+        awaitable = self.pm.hook.archfleet_run(option=option, request=self.request, context=context)
+        if awaitable is None:
+            raise ArchfleetError(f"no plugin runs strategy {option.strategy!r} (offered for {option.platform})")
+        result = await awaitable
+        if not isinstance(result, PlatformResult):
+            raise ArchfleetError(f"strategy {option.strategy!r} returned {type(result).__name__}, not PlatformResult")
+        return result
+
+    async def _platform(self, platform: Platform, first: Option, alternatives: list[Option],
+                        gate: PushGate) -> PlatformResult:
+        option = first
+        tried: list[Option] = []
+        while True:
+            tried.append(option)
+            self.reporter.status(option, "starting")
+            started = time.monotonic()
+            try:
+                result = await self._run_one(option, gate)
+                self.reporter.done(option, result)
+                return result
+            except InfrastructureError as exc:
+                self.down.setdefault(exc.node, str(exc))
+                remaining = [o for o in alternatives if o not in tried and o.node not in self.down]
+                if not remaining:
+                    self.reporter.failed(option, str(exc))
+                    raise BuildFailed(f"{platform}: {exc}; no other option left") from None
+                nxt = min(remaining, key=lambda o: (o.estimate, o.strategy, o.node))
+                self.replans.append((platform, str(option), str(exc)))
+                self.reporter.replanned(option, nxt, f"{exc} (after {time.monotonic() - started:.1f}s)")
+                option = nxt
+            except Aborted:
+                self.reporter.status(option, "cancelled: another platform failed")
+                raise
+            except ArchfleetError as exc:
+                self.reporter.failed(option, str(exc))
+                raise
+
+    async def run(self, plan: Plan, options: Sequence[Option]) -> Outcome:
+        platforms = [s.option.platform for s in plan.chosen]
+        gate = PushGate(platforms)
+        tasks = {}
+        for s in plan.chosen:
+            alts = [o for o in options if o.platform == s.option.platform]
+            tasks[s.option.platform] = asyncio.create_task(self._platform(s.option.platform, s.option, alts, gate))
+
+        def on_done(platform):
+            def callback(task: asyncio.Task):
+                if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), Aborted):
+                    if self.request.allow_partial:
+                        gate.built(platform)  # the others may push without it
+                    else:
+                        gate.fail(f"{platform}: {task.exception()}")
+            return callback
+
+        for p, t in tasks.items():
+            t.add_done_callback(on_done(p))
+        try:
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+        finally:
+            await self.close()
+        results, failures = [], []
+        for p, t in tasks.items():
+            exc = t.exception()
+            if exc is None:
+                results.append(t.result())
+            elif not isinstance(exc, Aborted):
+                if not isinstance(exc, ArchfleetError):
+                    raise exc
+                failures.append((p, str(exc)))
+        return Outcome(tuple(results), tuple(failures), tuple(self.replans))

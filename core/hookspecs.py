@@ -1,0 +1,115 @@
+"""The hook contract between archfleet and its plugins (built-in ones included).
+
+A plugin is any module or object with functions decorated ``@archfleet.hookimpl`` whose names
+are the hooks below. Built-in strategies (``native``, ``qemu``) and transports (``local``) are
+plugins like any other; installed plugins are found through the ``archfleet`` entry-point group.
+
+Hooks run in this order for one build:
+
+1. ``archfleet_add_nodes``  (once)              -> the nodes
+2. ``archfleet_probe``      (once per node)     -> what each node can do
+3. ``archfleet_offer``      (per platform x strategy) -> the options
+4. ``archfleet_estimate``   (per option)        -> refined seconds
+5. ``archfleet_connect``    (per node used)     -> a transport to run commands on the node
+6. ``archfleet_run``        (per chosen option) -> the built (and pushed) platform
+7. ``archfleet_build_finished`` (per platform), ``archfleet_index_pushed`` (per tag)
+
+Hooks marked *async* return an awaitable (an ``async def`` implementation); archfleet awaits it
+on its event loop. Blocking work inside them belongs in a thread (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("archfleet")
+hookimpl = pluggy.HookimplMarker("archfleet")
+
+
+@hookspec
+def archfleet_add_nodes(config):
+    """Contribute build nodes.
+
+    Called once per command, before probing, with ``config`` (an :class:`archfleet.inventory.Config`:
+    the nodes file path and the command-line node settings). Return a list of
+    :class:`~archfleet.model.NodeSpec` (possibly empty). Node names must be unique across all
+    plugins; a duplicate is a configuration error. The ``local`` plugin contributes the
+    ``local`` node this way.
+    """
+
+
+@hookspec(firstresult=True)
+def archfleet_probe(node, config):
+    """*Async.* Find out what ``node`` can do.
+
+    Called once per enabled node, all nodes concurrently. Only the plugin that owns
+    ``node.transport`` answers; the others return None (firstresult: the first non-None wins).
+    Return an awaitable resolving to :class:`~archfleet.model.NodeFacts`. An unreachable node
+    is not an exception: return facts with ``reachable=False`` and a one-line ``error``.
+    """
+
+
+@hookspec
+def archfleet_offer(platform, request, facts):
+    """Offer ways to build ``platform`` for ``request``.
+
+    Called for every requested platform with ``facts``, the tuple of every probed node's
+    :class:`~archfleet.model.NodeFacts` (unreachable ones included; skip them). Every strategy
+    plugin answers with a list of :class:`~archfleet.model.Option` (empty when it cannot build
+    the platform). ``Option.strategy`` must be the strategy's own name: it is how
+    ``archfleet_run`` finds the plugin again.
+    """
+
+
+@hookspec(firstresult=True)
+def archfleet_estimate(option, request, facts):
+    """Refine the time estimate of ``option``, in seconds.
+
+    Called once per option after all offers are in, with the facts of the option's node.
+    Return a float to replace ``option.estimate``, or None to keep it (firstresult: the first
+    plugin returning a number decides). The planner minimises the time the last platform
+    finishes using these numbers.
+    """
+
+
+@hookspec(firstresult=True)
+def archfleet_connect(node, facts):
+    """*Async.* Open a transport to ``node`` for running commands during the build.
+
+    Called at most once per node per run, when the first option on that node starts. Only
+    the plugin that owns ``node.transport`` answers. Return an awaitable resolving to an
+    object with the :class:`archfleet.transport.Transport` interface. archfleet closes it
+    when the run ends.
+    """
+
+
+@hookspec(firstresult=True)
+def archfleet_run(option, request, context):
+    """*Async.* Build ``option.platform`` as ``option`` says, and push it if ``request.push``.
+
+    Called once per chosen option (and again for a fallback option when a node failed).
+    Only the plugin whose strategy name is ``option.strategy`` answers; the others return
+    None. ``context`` is an :class:`archfleet.executor.RunContext`: the transport to the node,
+    the node's facts, a reporter for progress and log lines, and ``await context.ready_to_push()``
+    which a strategy must await between building and pushing (it returns once every platform
+    is built, and raises if another platform failed, so nothing is pushed half-way).
+
+    Return an awaitable resolving to :class:`~archfleet.model.PlatformResult`. Raise
+    :class:`archfleet.errors.InfrastructureError` when the node failed (archfleet re-plans
+    the platform elsewhere) and :class:`archfleet.errors.BuildFailed` when the build itself
+    failed (reported, not retried).
+    """
+
+
+@hookspec
+def archfleet_build_finished(result):
+    """A platform finished: ``result`` is its :class:`~archfleet.model.PlatformResult`.
+
+    Called once per platform that succeeded, after the index was assembled (or after the
+    builds when nothing is pushed). Return value ignored.
+    """
+
+
+@hookspec
+def archfleet_index_pushed(ref, digest):
+    """The index was pushed to tag ``ref`` with manifest ``digest``. Called once per tag."""

@@ -1,0 +1,111 @@
+"""Verify pushed children against their platforms and assemble and push the index."""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+from . import mediatypes
+from .errors import RegistryError, VerificationFailed
+from .model import ChildImage
+from .platforms import Platform, PlatformError, parse
+from .reference import Reference
+from .registry import RegistryClient
+
+
+def _platform_of(config_or_desc: dict) -> Platform | None:
+    os_ = config_or_desc.get("os")
+    arch = config_or_desc.get("architecture")
+    if not os_ or not arch or os_ == "unknown":
+        return None
+    text = f"{os_}/{arch}" + (f"/{config_or_desc['variant']}" if config_or_desc.get("variant") else "")
+    try:
+        return parse(text)
+    except PlatformError:
+        return None
+
+
+async def verify_child(client: RegistryClient, ref: Reference, platform: Platform) -> ChildImage:
+    """Read the manifest ``ref`` points at and its config; they must be ``platform``.
+
+    A child that is itself an index (BuildKit adds one for provenance attestations) is
+    flattened: its manifest for ``platform`` is used, attestation manifests are left out.
+    """
+    manifest = await client.get_manifest(ref)
+    if manifest.media_type in mediatypes.INDEXES:
+        entries = manifest.json().get("manifests", [])
+        found = [e for e in entries if _platform_of(e.get("platform") or {}) == platform]
+        if not found:
+            actual = ", ".join(
+                str(_platform_of(e.get("platform") or {})) for e in entries if _platform_of(e.get("platform") or {})
+            ) or "none"
+            raise VerificationFailed(f"{ref} is an index without {platform} (it has: {actual})")
+        return await verify_child(client, ref.with_digest(found[0]["digest"]), platform)
+    if manifest.media_type not in mediatypes.MANIFESTS:
+        raise VerificationFailed(f"{ref} has media type {manifest.media_type!r}, not an image manifest")
+    config_desc = manifest.json().get("config") or {}
+    config = json.loads(await client.get_blob(ref, config_desc["digest"]))
+    actual = _platform_of(config)
+    if actual != platform:
+        raise VerificationFailed(
+            f"requested {platform} but the image pushed for it is "
+            f"{actual or config.get('os', '?') + '/' + config.get('architecture', '?')} ({ref.name}@{manifest.digest})"
+        )
+    return ChildImage(platform, manifest.digest, manifest.media_type, len(manifest.body))
+
+
+def assemble(children: Sequence[ChildImage]) -> tuple[bytes, str]:
+    """The index over ``children`` as (exact bytes, media type).
+
+    A Docker manifest list when every child is a Docker manifest, else an OCI index (mixing
+    Docker children into an OCI index is allowed; the other way round is not).
+    """
+    if not children:
+        raise ValueError("an index needs at least one child")
+    seen = set()
+    for child in children:
+        if child.platform in seen:
+            raise ValueError(f"two children for {child.platform}")
+        seen.add(child.platform)
+    docker = all(c.media_type == mediatypes.DOCKER_MANIFEST for c in children)
+    media_type = mediatypes.DOCKER_LIST if docker else mediatypes.OCI_INDEX
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": [
+            {"mediaType": c.media_type, "digest": c.digest, "size": c.size, "platform": c.platform.to_oci()}
+            for c in children
+        ],
+    }
+    return json.dumps(doc, indent=3).encode() + b"\n", media_type
+
+
+async def push_index(client: RegistryClient, source: Reference, children: Sequence[ChildImage],
+                     tags: Sequence[Reference]) -> str:
+    """Push the index to every tag; children live in ``source`` and are copied to other repos.
+
+    Everything a tag needs (blobs, child manifests) is in place before the tag itself moves,
+    so a tag never points at something incomplete.
+    """
+    body, media_type = assemble(children)
+    digest = None
+    for tag in tags:
+        if tag.name != source.name:
+            for child in children:
+                await copy_manifest(client, source.with_digest(child.digest), tag.with_digest(child.digest))
+        digest = await client.put_manifest(tag, body, media_type)
+    assert digest is not None
+    return digest
+
+
+async def copy_manifest(client: RegistryClient, src: Reference, dst: Reference) -> None:
+    """Copy one image manifest (config and layers first) from ``src`` to ``dst`` by digest."""
+    if await client.head_manifest(dst) is not None:
+        return
+    manifest = await client.get_manifest(src)
+    doc = manifest.json()
+    if manifest.media_type in mediatypes.INDEXES:
+        raise RegistryError(f"{src}: cannot copy a nested index")
+    for desc in [doc["config"], *doc.get("layers", [])]:
+        await client.copy_blob(src, dst, desc["digest"])
+    await client.put_manifest(dst, manifest.body, manifest.media_type)

@@ -1,0 +1,147 @@
+"""Frozen values that cross module borders (and plugin borders).
+
+Everything a hook receives or returns is one of these, a :class:`~archfleet.platforms.Platform`,
+or a plain builtin. They are immutable, so a plugin cannot change what another one sees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .platforms import Platform
+
+__all__ = [
+    "NodeSpec",
+    "NodeFacts",
+    "BuildRequest",
+    "Option",
+    "PlatformResult",
+    "ChildImage",
+]
+
+
+def _tuple(value: Any) -> tuple:
+    return tuple(value)
+
+
+def _labels(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, dict):
+        value = value.items()
+    return tuple((str(k), str(v)) for k, v in value)
+
+
+@attrs.frozen
+class NodeSpec:
+    """A build node as configured (``nodes.toml``) or contributed by a plugin."""
+
+    name: str
+    transport: str = "local"  # which transport plugin owns it: "local", "ssh", ...
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    identity: str | None = None
+    known_hosts: str | None = None
+    arch: Platform | None = None  # what the user says it is; the probe must agree
+    engine: str = "docker"
+    engine_cli: str | None = None  # the engine CLI to build with (path), None = discover
+    docker_host: str | None = None
+    max_builds: int = 2
+    labels: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
+    enabled: bool = True
+    source: str = "<builtin>"  # file:line where it was defined, for error messages
+
+
+@attrs.frozen
+class NodeFacts:
+    """What a probe found out about a node. ``reachable=False`` carries ``error`` instead."""
+
+    node: NodeSpec
+    reachable: bool
+    error: str | None = None
+    native: tuple[Platform, ...] = attrs.field(default=(), converter=_tuple)
+    emulated: tuple[Platform, ...] = attrs.field(default=(), converter=_tuple)
+    engine_version: str | None = None
+    engine_cli: tuple[str, ...] = attrs.field(default=(), converter=_tuple)  # argv prefix
+    builder: str | None = None  # "buildx" | "buildkit" (client with built-in BuildKit) | None
+    cpus: int = 1
+    memory: int = 0  # bytes
+    load: float = 0.0
+    score: float | None = None  # CPU benchmark: higher is faster; None = not measured
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def can_build(self) -> bool:
+        return self.reachable and self.builder is not None
+
+
+@attrs.frozen
+class BuildRequest:
+    """One ``archfleet build``/``plan`` invocation, after the flags were validated."""
+
+    context: Path
+    dockerfile: Path
+    platforms: tuple[Platform, ...] = attrs.field(converter=_tuple)
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    build_args: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
+    labels: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
+    target: str | None = None
+    push: bool = False
+    no_cache: bool = False
+    progress: str = "auto"
+    metadata_file: Path | None = None
+    insecure_registries: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    allow_partial: bool = False
+    engine_cli: str | None = None
+
+
+@attrs.frozen
+class Option:
+    """One way to build one platform, offered by one strategy plugin.
+
+    ``estimate`` is seconds (the planner may refine it through ``archfleet_estimate``);
+    ``why`` is one line a person can read in ``archfleet plan``.
+    """
+
+    platform: Platform
+    strategy: str
+    node: str
+    estimate: float
+    why: str = ""
+    emulated: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.strategy}@{self.node}"
+
+
+@attrs.frozen
+class ChildImage:
+    """One image manifest as the registry serves it, verified against its platform."""
+
+    platform: Platform
+    digest: str
+    media_type: str
+    size: int
+
+
+@attrs.frozen
+class PlatformResult:
+    """What building one platform produced.
+
+    ``digest`` is the manifest digest in ``repository`` (None when not pushed);
+    ``ref`` is where it can be pulled from (a per-platform tag or ``repo@digest``);
+    ``image_id`` the engine's image id when the image stayed on the node.
+    """
+
+    platform: Platform
+    option: Option
+    seconds: float
+    repository: str | None = None
+    digest: str | None = None
+    ref: str | None = None
+    image_id: str | None = None

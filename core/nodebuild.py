@@ -1,0 +1,44 @@
+"""Build one platform on one node through its engine, then push it: the work shared by the
+strategies whose builds run in a node's Docker engine (native, qemu)."""
+
+from __future__ import annotations
+
+import time
+
+from . import engine
+from .engine import EngineCLI
+from .model import BuildRequest, Option, PlatformResult
+from .reference import parse_reference
+
+
+def child_tag(request: BuildRequest, option: Option) -> str | None:
+    """``<first tag>-<os>-<arch>[-<variant>]``: where the platform's image is pushed.
+
+    The engine's image store (Docker 20.10) cannot push by digest alone, so each child gets its
+    own tag next to the requested one; the requested tags only ever point at the full index.
+    """
+    if not request.tags:
+        return None
+    ref = parse_reference(request.tags[0])
+    return str(ref.with_tag(f"{ref.tag}-{option.platform.tag_suffix}"))
+
+
+async def build_and_push(option: Option, request: BuildRequest, context) -> PlatformResult:
+    """Build ``option.platform`` on ``context``'s node; push after ``context.ready_to_push()``."""
+    started = time.monotonic()
+    facts = context.facts
+    cli = EngineCLI(tuple(facts.engine_cli), facts.builder or "buildkit")
+    tag = child_tag(request, option)
+    context.status("building")
+    image_id = await engine.build(
+        context.transport, cli, platform=option.platform, request=request,
+        tag=tag or "", on_line=context.log,
+    )
+    if not request.push or tag is None:
+        return PlatformResult(option.platform, option, time.monotonic() - started, image_id=image_id, ref=tag)
+    await context.ready_to_push()
+    context.status("pushing")
+    ref = parse_reference(tag)
+    digest = await engine.push(context.transport, ref, engine.auth_config_for(ref.registry), on_line=context.log)
+    return PlatformResult(option.platform, option, time.monotonic() - started, repository=ref.name,
+                          digest=digest, ref=f"{ref.name}@{digest}", image_id=image_id)

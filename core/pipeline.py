@@ -1,0 +1,207 @@
+"""The stages of a build in order: probe, offer, plan, run, verify, merge, report.
+
+Data flows one way; each stage is a function over frozen values. The CLI calls these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Sequence
+
+import attrs
+
+from . import index as index_mod
+from .errors import ArchfleetError, BuildFailed, EnvironmentProblem, UsageError
+from .executor import Executor
+from .inventory import Config, collect_nodes
+from .model import BuildRequest, ChildImage, NodeFacts, Option, PlatformResult
+from .planner import Plan, refine, schedule
+from .progress import Reporter
+from .reference import Reference, parse_reference
+from .registry import RegistryClient
+
+
+def _plugin_name(pm, impl_plugin) -> str:
+    return pm.get_name(impl_plugin) or repr(impl_plugin)
+
+
+async def probe(pm, config: Config) -> dict[str, NodeFacts]:
+    """Every enabled node's facts, probed concurrently. Unreachable nodes are kept, marked."""
+    nodes = collect_nodes(pm, config)
+
+    async def one(node):
+        awaitable = pm.hook.archfleet_probe(node=node, config=config)
+        if awaitable is None:
+            return NodeFacts(node, False, error=f"no plugin handles transport {node.transport!r}")
+        try:
+            facts = await awaitable
+        except ArchfleetError as exc:
+            return NodeFacts(node, False, error=str(exc))
+        except Exception as exc:  # a plugin bug must not take the others down
+            return NodeFacts(node, False, error=f"probe crashed: {type(exc).__name__}: {exc}")
+        if not isinstance(facts, NodeFacts):
+            return NodeFacts(node, False, error=f"probe returned {type(facts).__name__}, not NodeFacts")
+        return facts
+
+    results = await asyncio.gather(*(one(n) for n in nodes))
+    return {f.name: f for f in results}
+
+
+def offers(pm, request: BuildRequest, facts: dict[str, NodeFacts]) -> list[Option]:
+    """Ask every strategy for its options for every platform; check what comes back."""
+    out: list[Option] = []
+    all_facts = tuple(facts.values())
+    for platform in request.platforms:
+        for impl in reversed(pm.hook.archfleet_offer.get_hookimpls()):
+            try:
+                got = impl.function(platform=platform, request=request, facts=all_facts)
+            except Exception as exc:
+                raise ArchfleetError(
+                    f"plugin {_plugin_name(pm, impl.plugin)!r} failed in archfleet_offer: {type(exc).__name__}: {exc}"
+                ) from None
+            for opt in got or ():
+                if not isinstance(opt, Option) or opt.platform != platform or opt.node not in facts:
+                    raise ArchfleetError(
+                        f"plugin {_plugin_name(pm, impl.plugin)!r} offered {opt!r}: expected an Option for "
+                        f"{platform} on a known node"
+                    )
+                out.append(opt)
+    return out
+
+
+def unplannable_reason(platform, facts: dict[str, NodeFacts]) -> str:
+    """Why nobody can build ``platform``, and what to do."""
+    reasons = []
+    for f in facts.values():
+        if not f.reachable:
+            reasons.append(f"{f.name}: unreachable ({f.error})")
+        elif not f.builder:
+            reasons.append(f"{f.name}: {f.error}")
+        else:
+            reasons.append(f"{f.name}: not native and no qemu-{platform.qemu_arch} handler")
+    hint = f"; run `archfleet binfmt --install {platform}`" if platform.qemu_arch else ""
+    return f"no node can build {platform} ({'; '.join(reasons) or 'no nodes'}){hint}"
+
+
+@attrs.frozen
+class Planned:
+    facts: dict[str, NodeFacts]
+    options: tuple[Option, ...]
+    plan: Plan
+
+
+async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
+    facts = await probe(pm, config)
+    options = refine(pm, offers(pm, request, facts), request, facts)
+    capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
+    plan = schedule(request.platforms, options, capacity)
+    return Planned(facts, tuple(options), plan)
+
+
+@attrs.frozen
+class BuildSummary:
+    results: tuple[PlatformResult, ...]
+    children: tuple[ChildImage, ...]
+    index_digest: str | None
+    index_media_type: str | None
+    index_size: int
+    tags: tuple[str, ...]
+    planned: Planned
+    replans: tuple[tuple, ...]
+    seconds: float
+
+
+async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -> BuildSummary:
+    started = time.monotonic()
+    tags = [parse_reference(t) for t in request.tags]
+    if request.push and not tags:
+        raise UsageError("--push needs at least one -t/--tag")
+    async with RegistryClient(request.insecure_registries) as client:
+        planning = asyncio.create_task(make_plan(pm, request, config))
+        try:
+            if request.push:
+                # Fail before building anything when the registry is not there or refuses us.
+                await asyncio.gather(*(client.check_access(t, push=True) for t in _one_per_repo(tags)))
+            planned = await planning
+        finally:
+            if not planning.done():
+                planning.cancel()
+        missing = planned.plan.unplannable
+        if missing:
+            raise EnvironmentProblem("; ".join(unplannable_reason(p, planned.facts) for p, _ in missing))
+        for s in planned.plan.chosen:
+            reporter.event(f"{s.option.platform}: {s.option} (est. {s.option.estimate:.1f}s) - {s.option.why}")
+        executor = Executor(pm, request, planned.facts, reporter)
+        outcome = await executor.run(planned.plan, planned.options)
+        if outcome.failures and not (request.allow_partial and outcome.results):
+            raise BuildFailed("; ".join(why for _, why in outcome.failures) + "; nothing was pushed to the tags")
+        results = sorted(outcome.results, key=lambda r: request.platforms.index(r.platform))
+        children: list[ChildImage] = []
+        digest = media_type = None
+        size = 0
+        if request.push:
+            reporter.event("verifying " + ", ".join(str(r.platform) for r in results))
+            children = list(await asyncio.gather(*(
+                index_mod.verify_child(client, parse_reference(r.ref, what="child reference"), r.platform)
+                for r in results
+            )))
+            source = parse_reference(results[0].ref, what="child reference")
+            body, media_type = index_mod.assemble(children)
+            size = len(body)
+            digest = await index_mod.push_index(client, source, children, tags)
+            for tag in tags:
+                reporter.event(f"pushed {tag} -> {digest}")
+                pm.hook.archfleet_index_pushed(ref=str(tag), digest=digest)
+        if outcome.failures:
+            reporter.event("left out (--allow-partial): " + "; ".join(why for _, why in outcome.failures))
+        for r in results:
+            pm.hook.archfleet_build_finished(result=r)
+    return BuildSummary(tuple(results), tuple(children), digest, media_type, size, request.tags, planned,
+                        outcome.replans, time.monotonic() - started)
+
+
+def _one_per_repo(tags: Sequence[Reference]) -> list[Reference]:
+    seen, out = set(), []
+    for t in tags:
+        if t.name not in seen:
+            seen.add(t.name)
+            out.append(t)
+    return out
+
+
+def metadata(summary: BuildSummary) -> dict:
+    """The ``--metadata-file`` document: buildx's keys where they mean the same, plus ours."""
+    doc: dict = {}
+    if summary.index_digest:
+        doc["containerimage.digest"] = summary.index_digest
+        doc["containerimage.descriptor"] = {
+            "mediaType": summary.index_media_type, "digest": summary.index_digest, "size": summary.index_size,
+        }
+    if summary.tags:
+        doc["image.name"] = ",".join(summary.tags)
+    children = {c.platform: c for c in summary.children}
+    estimates = {s.option.platform: s.option.estimate for s in summary.planned.plan.chosen}
+    per = {}
+    for r in summary.results:
+        child = children.get(r.platform)
+        per[str(r.platform)] = {
+            "node": r.option.node,
+            "strategy": r.option.strategy,
+            "estimate_seconds": round(estimates.get(r.platform, r.option.estimate), 2),
+            "planned": str(summary.planned.plan.option_for(r.platform)),
+            "seconds": round(r.seconds, 2),
+            "digest": child.digest if child else r.digest,
+            "ref": r.ref,
+            "image_id": r.image_id,
+            "replans": [{"from": old, "why": why} for p, old, why in summary.replans if p == r.platform],
+        }
+    doc["archfleet.platforms"] = per
+    doc["archfleet.seconds"] = round(summary.seconds, 2)
+    return doc
+
+
+def write_metadata(path, summary: BuildSummary) -> None:
+    text = json.dumps(metadata(summary), indent=2) + "\n"
+    path.write_text(text)

@@ -1,0 +1,80 @@
+"""The ``local`` node: this machine's engine, probed and driven without SSH."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform as _platform
+
+from archfleet import binfmt, engine
+from archfleet.hookspecs import hookimpl
+from archfleet.model import NodeFacts, NodeSpec
+from archfleet.platforms import PlatformError, from_uname
+from archfleet.transport import LocalTransport
+
+TRANSPORT = "local"
+
+
+@hookimpl
+def archfleet_add_nodes(config):
+    if not config.local:
+        return []
+    return [NodeSpec(name="local", transport=TRANSPORT, engine_cli=config.engine_cli,
+                     max_builds=max(2, os.cpu_count() or 1), source="<local engine>")]
+
+
+def _engine_info(transport: LocalTransport) -> dict:
+    return transport.docker_client().info()
+
+
+@hookimpl
+def archfleet_probe(node, config):
+    if node.transport != TRANSPORT:
+        return None
+    return _probe(node)
+
+
+async def _probe(node: NodeSpec) -> NodeFacts:
+    transport = LocalTransport(node.name, node.docker_host)
+    try:
+        try:
+            native = from_uname(_platform.machine())
+        except PlatformError as exc:
+            return NodeFacts(node, False, error=f"unsupported machine: {exc}")
+        info_task = asyncio.create_task(asyncio.to_thread(_engine_info, transport))
+        cli_task = asyncio.create_task(engine.discover_cli(transport, engine.local_candidates(node.engine_cli)))
+        try:
+            info = await info_task
+        except Exception as exc:
+            cli_task.cancel()
+            await asyncio.gather(cli_task, return_exceptions=True)
+            return NodeFacts(node, False, error=f"no Docker engine answers ({type(exc).__name__}); start dockerd "
+                             "or set DOCKER_HOST")
+        cli, reasons = await cli_task
+        handlers = binfmt.read_handlers()
+        natives = native.native_also()
+        emulated = tuple(p for p in binfmt.emulated_platforms(handlers) if p not in natives)
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+        error = None if cli else "no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"])
+        return NodeFacts(
+            node, True, error=error, native=natives, emulated=emulated,
+            engine_version=info.get("ServerVersion"), engine_cli=cli.argv if cli else (),
+            builder=cli.mode if cli else None, cpus=int(info.get("NCPU") or os.cpu_count() or 1),
+            memory=int(info.get("MemTotal") or 0), load=load,
+        )
+    finally:
+        await transport.close()
+
+
+@hookimpl
+def archfleet_connect(node, facts):
+    if node.transport != TRANSPORT:
+        return None
+
+    async def _connect():
+        return LocalTransport(node.name, node.docker_host)
+
+    return _connect()

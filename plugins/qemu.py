@@ -1,0 +1,27 @@
+"""The ``qemu`` strategy: build under QEMU user-mode emulation on a node with the handler."""
+
+from __future__ import annotations
+
+from archfleet import planner
+from archfleet.hookspecs import hookimpl
+from archfleet.model import Option
+from archfleet.nodebuild import build_and_push
+
+STRATEGY = "qemu"
+
+
+@hookimpl
+def archfleet_offer(platform, request, facts):
+    out = []
+    for f in facts:
+        if f.can_build and platform in f.emulated and platform not in f.native:
+            out.append(Option(platform, STRATEGY, f.name, planner.prior_seconds(request, f, emulated=True),
+                              why=f"{f.name} emulates {platform} with qemu-{platform.qemu_arch}", emulated=True))
+    return out
+
+
+@hookimpl
+def archfleet_run(option, request, context):
+    if option.strategy != STRATEGY:
+        return None
+    return build_and_push(option, request, context)
