@@ -170,7 +170,7 @@ async def push(transport: Transport, ref: Reference, auth_config: dict | None = 
                 aux = event.get("aux") or {}
                 if aux.get("Digest"):
                     digest = aux["Digest"]
-                if on_line and event.get("status") and not event.get("progressDetail"):
+                if on_line and event.get("status") not in (None, "Preparing", "Waiting") and not event.get("progressDetail"):
                     loop.call_soon_threadsafe(on_line, f"{event.get('id', '')} {event['status']}".strip())
         except docker.errors.APIError as exc:
             raise _PushError(str(exc.explanation or exc)) from None

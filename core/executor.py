@@ -56,6 +56,7 @@ class RunContext:
     transport: object
     reporter: Reporter
     gate: PushGate
+    slot: "Slot | None" = None
 
     @property
     def node(self) -> str:
@@ -70,9 +71,29 @@ class RunContext:
         self.reporter.status(self.option, state)
 
     async def ready_to_push(self) -> None:
-        """Mark this platform built; wait until all are (raises if one failed)."""
+        """Mark this platform built, free its build slot, wait until all are built (raises if
+        one failed). The slot is freed first: a build waiting for a slot must not wait on us."""
+        if self.slot is not None:
+            self.slot.release()
         self.gate.built(self.option.platform)
         await self.gate.wait()
+
+
+class Slot:
+    """One of a node's ``max_builds`` build slots, released at most once."""
+
+    def __init__(self, semaphore: asyncio.Semaphore):
+        self._semaphore = semaphore
+        self._held = False
+
+    async def acquire(self) -> None:
+        await self._semaphore.acquire()
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._semaphore.release()
 
 
 @attrs.frozen
@@ -92,6 +113,7 @@ class Executor:
         self._transports: dict[str, object] = {}
         self._connecting: dict[str, asyncio.Future] = {}
         self.replans: list[tuple[Platform, str, str]] = []
+        self._slots = {name: asyncio.Semaphore(max(1, f.node.max_builds)) for name, f in facts.items()}
 
     async def _transport(self, node: str):
         if node in self._transports:
@@ -114,12 +136,19 @@ class Executor:
                 pass
 
     async def _run_one(self, option: Option, gate: PushGate) -> PlatformResult:
-        transport = await self._transport(option.node)
-        context = RunContext(option, self.facts[option.node], transport, self.reporter, gate)
-        awaitable = self.pm.hook.archfleet_run(option=option, request=self.request, context=context)
-        if awaitable is None:
-            raise ArchfleetError(f"no plugin runs strategy {option.strategy!r} (offered for {option.platform})")
-        result = await awaitable
+        slot = Slot(self._slots[option.node])
+        if self._slots[option.node].locked():
+            self.reporter.status(option, "waiting for a build slot")
+        await slot.acquire()
+        try:
+            transport = await self._transport(option.node)
+            context = RunContext(option, self.facts[option.node], transport, self.reporter, gate, slot)
+            awaitable = self.pm.hook.archfleet_run(option=option, request=self.request, context=context)
+            if awaitable is None:
+                raise ArchfleetError(f"no plugin runs strategy {option.strategy!r} (offered for {option.platform})")
+            result = await awaitable
+        finally:
+            slot.release()
         if not isinstance(result, PlatformResult):
             raise ArchfleetError(f"strategy {option.strategy!r} returned {type(result).__name__}, not PlatformResult")
         return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hashlib
 import json
 import logging
@@ -62,7 +63,7 @@ def load_credentials(registry: str, docker_config: dict | None = None) -> dict[s
 
     try:
         if docker_config is not None:
-            cfg = docker.auth.load_config(config_dict=docker_config)
+            cfg = docker.auth.load_config(config_dict=copy.deepcopy(docker_config))  # it mutates
         else:
             cfg = docker.auth.load_config()
         found = cfg.resolve_authconfig(registry)

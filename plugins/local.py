@@ -20,7 +20,7 @@ def archfleet_add_nodes(config):
     if not config.local:
         return []
     return [NodeSpec(name="local", transport=TRANSPORT, engine_cli=config.engine_cli,
-                     max_builds=max(2, os.cpu_count() or 1), source="<local engine>")]
+                     max_builds=max(4, os.cpu_count() or 1), source="<local engine>")]
 
 
 def _engine_info(transport: LocalTransport) -> dict:

@@ -1,0 +1,78 @@
+"""Shared fixtures. Integration tests need the lab (tests/lab/bootstrap.sh): dockerd, a registry,
+binfmt handlers and the multi-arch base image. Without it they skip, except under CI=true where
+a missing prerequisite is a failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REGISTRY = os.environ.get("ARCHFLEET_REGISTRY", "127.0.0.1:5000")
+BASE = os.environ.get("ARCHFLEET_BASE", f"{REGISTRY}/archfleet/busybox:latest")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def missing(reason: str):
+    if IN_CI:
+        pytest.fail(f"lab prerequisite missing in CI: {reason}")
+    pytest.skip(reason)
+
+
+class Lab:
+    registry = REGISTRY
+    base = BASE
+    docker = "/usr/bin/docker"
+
+    def archfleet(self, *args, check=False, env=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        proc = subprocess.run([sys.executable, "-m", "archfleet.cli", *args], capture_output=True, text=True,
+                              env=full_env, timeout=timeout, cwd=cwd or REPO)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"archfleet {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        return proc
+
+    def manifest(self, repo: str, ref: str) -> httpx.Response:
+        accept = ", ".join([
+            "application/vnd.oci.image.index.v1+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ])
+        return httpx.get(f"http://{self.registry}/v2/{repo}/manifests/{ref}", headers={"Accept": accept})
+
+    def run_image(self, ref: str, platform: str) -> str:
+        out = subprocess.run([self.docker, "run", "--rm", "--pull", "always", "--platform", platform, ref],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    if shutil.which("dockerd") is None or not os.path.exists("/usr/bin/docker"):
+        missing("docker.io is not installed (run tests/lab/bootstrap.sh)")
+    if subprocess.run(["/usr/bin/docker", "info"], capture_output=True).returncode != 0:
+        missing("dockerd is not running (run tests/lab/bootstrap.sh)")
+    try:
+        httpx.get(f"http://{REGISTRY}/v2/", timeout=3).raise_for_status()
+    except httpx.HTTPError:
+        missing(f"no registry at {REGISTRY} (run tests/lab/bootstrap.sh)")
+    if Lab().manifest("archfleet/busybox", "latest").status_code != 200:
+        missing(f"base image {BASE} missing (run tests/lab/bootstrap.sh)")
+    if not os.path.exists("/proc/sys/fs/binfmt_misc/qemu-aarch64"):
+        missing("QEMU binfmt handlers not registered (archfleet binfmt --install all)")
+    return Lab()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in item.nodeid.split("/"):
+            item.add_marker(pytest.mark.integration)

@@ -1,0 +1,84 @@
+import asyncio
+from pathlib import Path
+
+import pluggy
+import pytest
+
+from archfleet import hookimpl
+from archfleet.errors import ArchfleetError, UsageError
+from archfleet.model import BuildRequest, NodeFacts, NodeSpec, Option
+from archfleet.pipeline import offers
+from archfleet.platforms import parse
+from archfleet.plugin import make_manager
+
+ARM = parse("linux/arm64")
+REQ = BuildRequest(Path("."), Path("Dockerfile"), [ARM])
+FACTS = {"n1": NodeFacts(NodeSpec("n1", transport="test"), True, native=[ARM], builder="buildkit", engine_cli=["docker"])}
+
+
+def test_builtins_are_registered_as_plugins():
+    pm = make_manager(load_entrypoints=False)
+    assert {"local", "native", "qemu"} <= {pm.get_name(p) for p in pm.get_plugins()}
+
+
+def test_disable_plugins_by_name(monkeypatch):
+    monkeypatch.setenv("ARCHFLEET_DISABLE_PLUGINS", "qemu")
+    pm = make_manager(load_entrypoints=False)
+    assert "qemu" not in {pm.get_name(p) for p in pm.get_plugins()}
+
+
+def test_outside_strategy_offers_beside_builtins():
+    class Cloud:
+        @hookimpl
+        def archfleet_offer(self, platform, request, facts):
+            return [Option(platform, "cloud", "n1", 1.0, why="a cloud runner")]
+
+    pm = make_manager(load_entrypoints=False)
+    pm.register(Cloud(), name="cloud")
+    got = offers(pm, REQ, FACTS)
+    assert {o.strategy for o in got} == {"native", "cloud"}
+
+
+def test_plugin_that_raises_is_named():
+    class Broken:
+        @hookimpl
+        def archfleet_offer(self, platform, request, facts):
+            raise RuntimeError("boom")
+
+    pm = make_manager(load_entrypoints=False)
+    pm.register(Broken(), name="broken-plugin")
+    with pytest.raises(ArchfleetError, match="'broken-plugin' failed in archfleet_offer: RuntimeError: boom"):
+        offers(pm, REQ, FACTS)
+
+
+def test_plugin_returning_wrong_type_is_named():
+    class Wrong:
+        @hookimpl
+        def archfleet_offer(self, platform, request, facts):
+            return ["not an option"]
+
+    pm = make_manager(load_entrypoints=False)
+    pm.register(Wrong(), name="wrong")
+    with pytest.raises(ArchfleetError, match="plugin 'wrong' offered"):
+        offers(pm, REQ, FACTS)
+
+
+def test_unknown_hook_fails_check_pending():
+    class Typo:
+        @hookimpl
+        def archfleet_ofer(self, platform):
+            return []
+
+    pm = make_manager(load_entrypoints=False)
+    pm.register(Typo(), name="typo")
+    with pytest.raises(pluggy.PluginValidationError):
+        pm.check_pending()
+
+
+def test_every_hook_is_documented():
+    from archfleet import hookspecs
+
+    for name in dir(hookspecs):
+        if name.startswith("archfleet_"):
+            doc = getattr(hookspecs, name).__doc__ or ""
+            assert len(doc.split()) > 10, name
