@@ -12,7 +12,7 @@ def test_quote_argv_keeps_every_argument_literal():
 
 def test_local_run_streams_lines_and_returns_status():
     lines = []
-    done = asyncio.run(LocalTransport().run(["sh", "-c", 'printf "a\\nb\\r\\nc"; echo err >&2; exit 3'],
+    done = asyncio.run(LocalTransport().run(["sh", "-c", 'printf "a\\nb\\r\\nc\\n"; printf err >&2; exit 3'],
                                             on_line=lines.append))
     assert done.returncode == 3
     assert lines == ["a", "b", "c", "err"]
