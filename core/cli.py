@@ -26,7 +26,7 @@ def _fail_param(param: str, message: str) -> UsageError:
     return UsageError(f"{param}: {message}")
 
 
-def _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, progress,
+def _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                   metadata_file, insecure_registry, allow_partial, engine_cli) -> BuildRequest:
     context = Path(path)
     if not context.exists():
@@ -67,7 +67,7 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
             raise _fail_param("--metadata-file", f"directory {str(parent)!r} does not exist")
     return BuildRequest(
         context=context.resolve(), dockerfile=dockerfile.resolve(), platforms=platforms, tags=tuple(tag),
-        build_args=args, labels=labels, target=target, push=push, no_cache=no_cache, progress=progress,
+        build_args=args, labels=labels, target=target, push=push, no_cache=no_cache, pull=pull, progress=progress,
         metadata_file=Path(metadata_file) if metadata_file else None,
         insecure_registries=tuple(insecure_registry), allow_partial=allow_partial, engine_cli=engine_cli,
     )
@@ -85,6 +85,8 @@ def build_options(fn):
         click.option("--target", help="Build stage to build."),
         click.option("--push", is_flag=True, help="Push the per-platform images and the index to the tags."),
         click.option("--no-cache", is_flag=True, help="Do not use the build cache."),
+        click.option("--pull/--no-pull", default=True, show_default=True,
+                     help="Resolve base images in their registry rather than the engine's image store."),
         click.option("--progress", type=click.Choice(["auto", "plain", "tty", "quiet"]), default="auto",
                      show_default=True, help="Progress output."),
         click.option("-q", "--quiet", is_flag=True, help="Print only the index digest (or image ids)."),
@@ -118,7 +120,7 @@ def cli():
 
 @cli.command()
 @build_options
-def build(path, platform, tag, file, build_arg, label, target, push, no_cache, progress, quiet, metadata_file,
+def build(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
           insecure_registry, allow_partial, engine_cli, local):
     """Build PATH for every --platform on the fastest nodes and (with --push) publish the index."""
     from .pipeline import build as run_build, write_metadata
@@ -127,7 +129,7 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
 
     if quiet:
         progress = "quiet"
-    request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, progress,
+    request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli)
     pm = get_manager()
     summary = _run(run_build(pm, request, _config(engine_cli, local), make_reporter(progress)))
@@ -143,13 +145,13 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
 @cli.command()
 @build_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, progress, quiet, metadata_file,
+def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
          insecure_registry, allow_partial, engine_cli, local, fmt):
     """Show the chosen option per platform and the alternatives, without building."""
     from .pipeline import make_plan, unplannable_reason
     from .plugin import get_manager
 
-    request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, progress,
+    request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli)
     planned = _run(make_plan(get_manager(), request, _config(engine_cli, local)))
     p = planned.plan

@@ -76,7 +76,7 @@ async def discover_cli(transport: Transport, candidates: Sequence[str]) -> tuple
 
 def build_argv(cli: Sequence[str], mode: str, *, platform: Platform, dockerfile: str, context: str,
                tag: str, build_args: Sequence[tuple[str, str]] = (), labels: Sequence[tuple[str, str]] = (),
-               target: str | None = None, no_cache: bool = False) -> tuple[list[str], dict[str, str]]:
+               target: str | None = None, no_cache: bool = False, pull: bool = True) -> tuple[list[str], dict[str, str]]:
     """The argv (and extra environment) that builds ``platform`` into the engine as ``tag``."""
     if mode == "buildx":
         argv = [*cli, "build", "--load"]
@@ -93,6 +93,11 @@ def build_argv(cli: Sequence[str], mode: str, *, platform: Platform, dockerfile:
         argv += ["--target", target]
     if no_cache:
         argv.append("--no-cache")
+    if pull:
+        # Docker 20.10's image store holds one platform per tag, and its BuildKit takes a 386
+        # base it finds there for an amd64 build (and writes amd64 into the config): resolving
+        # bases in the registry avoids building on the wrong base.
+        argv.append("--pull")
     argv.append(context)
     return argv, env
 
@@ -109,7 +114,7 @@ async def build(transport: Transport, cli: EngineCLI, *, platform: Platform, req
     argv, env = build_argv(
         cli.argv, cli.mode, platform=platform,
         dockerfile=dockerfile or str(request.dockerfile), context=context or str(request.context), tag=tag,
-        build_args=request.build_args, labels=request.labels, target=request.target, no_cache=request.no_cache,
+        build_args=request.build_args, labels=request.labels, target=request.target, no_cache=request.no_cache, pull=request.pull,
     )
     image_id: list[str] = []
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import tarfile
+import zlib
 from typing import Sequence
 
-from . import mediatypes
+from . import elfcheck, mediatypes
+from .elfcheck import LayerIndex
 from .errors import RegistryError, VerificationFailed
 from .model import ChildImage
 from .platforms import Platform, PlatformError, parse
@@ -51,7 +56,46 @@ async def verify_child(client: RegistryClient, ref: Reference, platform: Platfor
             f"requested {platform} but the image pushed for it is "
             f"{actual or config.get('os', '?') + '/' + config.get('architecture', '?')} ({ref.name}@{manifest.digest})"
         )
+    program, arch = await program_architecture(client, ref, manifest.json(), config)
+    if arch and not elfcheck.matches(arch, platform):
+        raise VerificationFailed(
+            f"requested {platform} but the image pushed for it runs {program} built for linux/{arch} "
+            f"(its config claims {actual}; is the final stage pinned with FROM --platform?) ({ref.name}@{manifest.digest})"
+        )
     return ChildImage(platform, manifest.digest, manifest.media_type, len(manifest.body))
+
+
+CONTENT_BUDGET = 64 * 1024 * 1024  # bytes of layers read to find the program's ELF header
+
+
+async def program_architecture(client: RegistryClient, ref: Reference, manifest: dict, config: dict,
+                               budget: int = CONTENT_BUDGET) -> tuple[str, str | None]:
+    """(program, architecture) of what the image runs, from ELF headers in its layers.
+
+    Layers are read top first and reading stops as soon as the program is found; layers past
+    ``budget`` bytes are not read (then the most common ELF architecture seen so far is used).
+    """
+    cfg = config.get("config") or {}
+    argv = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
+    program = argv[0] if argv else ""
+    env = cfg.get("Env") or []
+    layers = LayerIndex()
+    spent = 0
+    for desc in reversed(manifest.get("layers") or []):
+        size = int(desc.get("size") or 0)
+        if spent + size > budget:
+            break
+        spent += size
+        data = await client.get_blob(ref, desc["digest"])
+        try:
+            await asyncio.to_thread(layers.add_layer, io.BytesIO(data))
+        except (tarfile.TarError, EOFError, OSError, zlib.error):
+            continue  # a layer format we cannot read (zstd, ...): no evidence either way
+        if program:
+            arch = layers.program_arch(program, env)
+            if arch:
+                return program, arch
+    return (program or "its programs"), layers.majority_arch()
 
 
 def assemble(children: Sequence[ChildImage]) -> tuple[bytes, str]:

@@ -93,6 +93,7 @@ class BuildRequest:
     target: str | None = None
     push: bool = False
     no_cache: bool = False
+    pull: bool = True  # resolve base images in the registry, not the engine's image store
     progress: str = "auto"
     metadata_file: Path | None = None
     insecure_registries: tuple[str, ...] = attrs.field(default=(), converter=_tuple)

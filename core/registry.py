@@ -19,6 +19,7 @@ import re
 from typing import Iterable
 
 import attrs
+import docker.auth  # at import time: importing it from two threads at once races
 import httpx
 
 from . import mediatypes
@@ -59,8 +60,6 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 def load_credentials(registry: str, docker_config: dict | None = None) -> dict[str, str] | None:
     """Username/password or identity token for ``registry`` from the Docker config, or None."""
-    import docker.auth
-
     try:
         if docker_config is not None:
             cfg = docker.auth.load_config(config_dict=copy.deepcopy(docker_config))  # it mutates

@@ -14,6 +14,7 @@ import shlex
 from typing import Awaitable, Callable, Mapping, Protocol, Sequence
 
 import attrs
+import docker
 
 LineCallback = Callable[[str], None]
 
@@ -131,8 +132,6 @@ class LocalTransport:
 
     def docker_client(self):
         if self._client is None:
-            import docker
-
             if self.docker_host:
                 self._client = docker.DockerClient(base_url=self.docker_host)
             else:

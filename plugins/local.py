@@ -48,7 +48,7 @@ async def _probe(node: NodeSpec) -> NodeFacts:
         except Exception as exc:
             cli_task.cancel()
             await asyncio.gather(cli_task, return_exceptions=True)
-            return NodeFacts(node, False, error=f"no Docker engine answers ({type(exc).__name__}); start dockerd "
+            return NodeFacts(node, False, error=f"no Docker engine answers ({type(exc).__name__}: {exc}); start dockerd "
                              "or set DOCKER_HOST")
         cli, reasons = await cli_task
         handlers = binfmt.read_handlers()
