@@ -6,7 +6,7 @@ from archfleet.elfcheck import LayerIndex, elf_arch
 
 
 def elf(machine: int, elf_class: int = 2, little: bool = True) -> bytes:
-    head = b"\x7fELF" + bytes([elf_class, 1 if little else 2, 1]) + b"\0" * 11
+    head = b"\x7fELF" + bytes([elf_class, 1 if little else 2, 1]) + b"\0" * 9
     return head + struct.pack("<H" if little else ">H", 2) + struct.pack("<H" if little else ">H", machine) + b"\0" * 40
 
 
