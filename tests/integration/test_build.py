@@ -132,11 +132,11 @@ def test_unreachable_registry_is_one_line_before_building(lab):
 @pytest.fixture(scope="module")
 def auth_registry(lab, tmp_path_factory):
     """A second real registry with htpasswd (basic) auth on 127.0.0.1:5001."""
-    import crypt  # noqa: deprecated in 3.11, present through 3.12; bcrypt via libxcrypt
-
     d = tmp_path_factory.mktemp("authreg")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        import crypt  # deprecated, present through 3.12: bcrypt hashes through libxcrypt
+
         (d / "htpasswd").write_text(f"alice:{crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
     (d / "config.yml").write_text(f"""version: 0.1
 log:
