@@ -98,18 +98,24 @@ def build_options(fn):
                      help="Engine CLI for the local node (needs buildx or built-in BuildKit). "
                           "Default: the first docker on PATH that can, then /usr/bin/docker."),
         click.option("--local/--no-local", default=True, help="Use the local engine as a build node."),
+        click.option("--nodes", "nodes_file", metavar="FILE", help="nodes.toml to use (default: $ARCHFLEET_NODES, "
+                     "./nodes.toml, then ~/.config/archfleet/nodes.toml)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
 
 
-def _config(engine_cli, local) -> Config:
-    return Config(engine_cli=engine_cli, local=local)
+def _config(nodes, engine_cli, local) -> Config:
+    from .inventory import make_config
+
+    return make_config(nodes=nodes, engine_cli=engine_cli, local=local)
 
 
-def _run(coro):
-    return asyncio.run(coro)
+def _run(pm, coro):
+    from .pipeline import run_command
+
+    return asyncio.run(run_command(pm, coro))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,7 +127,7 @@ def cli():
 @cli.command()
 @build_options
 def build(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
-          insecure_registry, allow_partial, engine_cli, local):
+          insecure_registry, allow_partial, engine_cli, local, nodes_file):
     """Build PATH for every --platform on the fastest nodes and (with --push) publish the index."""
     from .pipeline import build as run_build, write_metadata
     from .plugin import get_manager
@@ -131,8 +137,9 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
         progress = "quiet"
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli)
+    config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
-    summary = _run(run_build(pm, request, _config(engine_cli, local), make_reporter(progress)))
+    summary = _run(pm, run_build(pm, request, config, make_reporter(progress)))
     if request.metadata_file:
         write_metadata(request.metadata_file, summary)
     if summary.index_digest:
@@ -146,14 +153,16 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
 @build_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
-         insecure_registry, allow_partial, engine_cli, local, fmt):
+         insecure_registry, allow_partial, engine_cli, local, nodes_file, fmt):
     """Show the chosen option per platform and the alternatives, without building."""
     from .pipeline import make_plan, unplannable_reason
     from .plugin import get_manager
 
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli)
-    planned = _run(make_plan(get_manager(), request, _config(engine_cli, local)))
+    config = _config(nodes_file, engine_cli, local)
+    pm = get_manager()
+    planned = _run(pm, make_plan(pm, request, config))
     p = planned.plan
     if fmt == "json":
         doc = {
@@ -192,13 +201,16 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
 @cli.command(name="ls")
 @click.option("--engine-cli", envvar="ARCHFLEET_ENGINE_CLI", metavar="PATH", help="Engine CLI for the local node.")
 @click.option("--local/--no-local", default=True)
+@click.option("--nodes", "nodes_file", metavar="FILE", help="nodes.toml to use.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def ls_(engine_cli, local, fmt):
+def ls_(engine_cli, local, nodes_file, fmt):
     """List build nodes with their native and emulated platforms (like `docker buildx ls`)."""
     from .pipeline import probe
     from .plugin import get_manager
 
-    facts = _run(probe(get_manager(), _config(engine_cli, local)))
+    config = _config(nodes_file, engine_cli, local)
+    pm = get_manager()
+    facts = _run(pm, probe(pm, config))
     if fmt == "json":
         click.echo(json.dumps([
             {"name": f.name, "reachable": f.reachable, "error": f.error, "transport": f.node.transport,
@@ -208,11 +220,12 @@ def ls_(engine_cli, local, fmt):
             for f in facts.values()
         ], indent=2))
         return
-    rows = [("NAME", "STATUS", "ENGINE", "BUILDER", "CPUS", "MAX", "NATIVE", "EMULATED")]
+    rows = [("NAME", "STATUS", "ENGINE", "BUILDER", "CPUS", "SCORE", "MAX", "NATIVE", "EMULATED")]
     for f in facts.values():
         status = "ready" if f.can_build else ("unreachable" if not f.reachable else "no builder")
         rows.append((f.name, status, f"docker {f.engine_version or '?'}", f.builder or "-", str(f.cpus),
-                     str(f.node.max_builds), ",".join(map(str, f.native)) or "-", ",".join(map(str, f.emulated)) or "-"))
+                     f"{f.score:.2f}" if f.score else "-", str(f.node.max_builds),
+                     ",".join(map(str, f.native)) or "-", ",".join(map(str, f.emulated)) or "-"))
     click.echo(_table(rows))
     for f in facts.values():
         if f.error:

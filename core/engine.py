@@ -84,7 +84,9 @@ def build_argv(cli: Sequence[str], mode: str, *, platform: Platform, dockerfile:
     else:
         argv = [*cli, "build"]
         env = {"DOCKER_BUILDKIT": "1"}
-    argv += ["--progress", "plain", "--platform", str(platform), "-f", dockerfile, "-t", tag]
+    argv += ["--progress", "plain", "--platform", str(platform), "-f", dockerfile]
+    if tag:
+        argv += ["-t", tag]
     for key, value in build_args:
         argv += ["--build-arg", f"{key}={value}"]
     for key, value in labels:
@@ -130,8 +132,8 @@ async def build(transport: Transport, cli: EngineCLI, *, platform: Platform, req
         if done.returncode in (126, 127) or engine_gone(done) or not await ping(transport):
             raise InfrastructureError(transport.node, f"engine unusable: {done.last_line()}")
         raise BuildFailed(f"build for {platform} failed: {_build_error(done)}")
-    if image_id:
-        return image_id[-1]
+    if image_id or not tag:
+        return image_id[-1] if image_id else ""
     return await asyncio.to_thread(lambda: transport.docker_client().images.get(tag).id)
 
 

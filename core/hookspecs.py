@@ -113,3 +113,12 @@ def archfleet_build_finished(result):
 @hookspec
 def archfleet_index_pushed(ref, digest):
     """The index was pushed to tag ``ref`` with manifest ``digest``. Called once per tag."""
+
+
+@hookspec
+def archfleet_session_end():
+    """The command is ending: close connections and release what the plugin holds.
+
+    Called once per command (``build``, ``plan``, ``ls``), last, on the event loop; may return an
+    awaitable, which archfleet awaits. Return value otherwise ignored.
+    """

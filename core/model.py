@@ -44,6 +44,7 @@ class NodeSpec:
     user: str | None = None
     identity: str | None = None
     known_hosts: str | None = None
+    host_key_policy: str = "strict"  # or "accept-new" (opt-in: trust a host seen for the first time)
     arch: Platform | None = None  # what the user says it is; the probe must agree
     engine: str = "docker"
     engine_cli: str | None = None  # the engine CLI to build with (path), None = discover

@@ -29,10 +29,12 @@ async def build_and_push(option: Option, request: BuildRequest, context) -> Plat
     facts = context.facts
     cli = EngineCLI(tuple(facts.engine_cli), facts.builder or "buildkit")
     tag = child_tag(request, option)
+    context.status("syncing context")
+    ctx_dir, dockerfile = await context.transport.prepare_context(request, context.reporter)
     context.status("building")
     image_id = await engine.build(
         context.transport, cli, platform=option.platform, request=request,
-        tag=tag or "", on_line=context.log,
+        tag=tag or "", context=ctx_dir, dockerfile=dockerfile, on_line=context.log,
     )
     if not request.push or tag is None:
         return PlatformResult(option.platform, option, time.monotonic() - started, image_id=image_id, ref=tag)

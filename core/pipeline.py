@@ -162,6 +162,24 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
                         outcome.replans, time.monotonic() - started)
 
 
+async def end_session(pm) -> None:
+    """Let plugins close what they hold (``archfleet_session_end``)."""
+    for result in pm.hook.archfleet_session_end():
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            try:
+                await result
+            except Exception:
+                pass
+
+
+async def run_command(pm, coro):
+    """Run one command's coroutine, then end the session whatever happened."""
+    try:
+        return await coro
+    finally:
+        await end_session(pm)
+
+
 def _one_per_repo(tags: Sequence[Reference]) -> list[Reference]:
     seen, out = set(), []
     for t in tags:

@@ -22,9 +22,8 @@ REFERENCE_CPUS = 2
 
 def prior_seconds(request: BuildRequest, facts: NodeFacts, *, emulated: bool) -> float:
     """A first estimate of one build: reference work scaled by node speed and emulation."""
-    speed = max(facts.cpus, 1) / REFERENCE_CPUS
-    if facts.score:
-        speed = facts.score
+    cores = (max(facts.cpus, 1) / REFERENCE_CPUS) ** 0.5  # builds use more than one core, not linearly
+    speed = (facts.score or 1.0) * cores
     busy = 1.0 + max(facts.load - facts.cpus, 0.0) / max(facts.cpus, 1)
     work = BASE_WORK * (QEMU_FACTOR if emulated else 1.0)
     return round(work / speed * busy, 2)

@@ -17,6 +17,7 @@ BUILTIN_PLUGINS = (
     "archfleet.plugins.local",
     "archfleet.plugins.native",
     "archfleet.plugins.qemu",
+    "archfleet.plugins.ssh",
 )
 
 _manager: pluggy.PluginManager | None = None

@@ -11,7 +11,7 @@ import asyncio
 import collections
 import os
 import shlex
-from typing import Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 
 import attrs
 import docker
@@ -58,6 +58,16 @@ class Transport(Protocol):
 
     async def close(self) -> None: ...
 
+    async def prepare_context(self, request, reporter=None) -> tuple[str, str]:
+        """Make the build context and Dockerfile readable on the node; return their paths there."""
+        ...
+
+
+def _chunks(data) -> Iterable[bytes]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return [bytes(data)] if data else []
+    return data
+
 
 def quote_argv(argv: Sequence[str]) -> str:
     """Quote an argv list once, for a remote shell. Every argument stays one literal word."""
@@ -92,6 +102,11 @@ class LocalTransport:
         self.node = node
         self.docker_host = docker_host
         self._client = None
+        self.bytes_sent = 0
+
+    async def prepare_context(self, request, reporter=None) -> tuple[str, str]:
+        """(context dir, Dockerfile) as paths the node's engine CLI can read: here, as given."""
+        return str(request.context), str(request.dockerfile)
 
     async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
         full_env = dict(os.environ)
@@ -115,8 +130,10 @@ class LocalTransport:
 
         async def feed():
             if stdin is not None:
-                proc.stdin.write(stdin)
-                await proc.stdin.drain()
+                for chunk in _chunks(stdin):
+                    proc.stdin.write(chunk)
+                    self.bytes_sent += len(chunk)
+                    await proc.stdin.drain()
                 proc.stdin.close()
 
         work = asyncio.gather(feed(), pump_lines(proc.stdout, on_line, tail), proc.wait())
@@ -144,4 +161,116 @@ class LocalTransport:
             self._client = None
 
 
-RunFn = Callable[..., Awaitable[Completed]]
+
+class SSHTransport:
+    """Runs commands on a node over one asyncssh connection, reused for the whole run.
+
+    Commands are argv lists joined once by :func:`quote_argv`; the node's ``docker_host`` is
+    passed as ``env DOCKER_HOST=...`` in that argv. The engine socket is forwarded to a local
+    socket, so docker-py speaks the Engine API to the node (pushes carry ``auth_config`` in a
+    header: registry credentials never reach the node's disk or process list).
+    """
+
+    def __init__(self, node: str, conn, docker_host: str | None = None):
+        self.node = node
+        self.conn = conn
+        self.docker_host = docker_host
+        self.bytes_sent = 0
+        self._client = None
+        self._listener = None
+        self._sockdir: str | None = None
+        self._local_base_url: str | None = None
+        self._closed = False
+
+    async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
+        import asyncssh
+
+        from .errors import InfrastructureError
+
+        full_env = {}
+        if self.docker_host:
+            full_env["DOCKER_HOST"] = self.docker_host
+        full_env.update(env or {})
+        words = (["env", *[f"{k}={v}" for k, v in full_env.items()]] if full_env else []) + [str(a) for a in argv]
+        command = quote_argv(words)
+        tail: collections.deque = collections.deque(maxlen=40)
+        try:
+            proc = await self.conn.create_process(command, stderr=asyncssh.STDOUT, encoding=None)
+        except (asyncssh.Error, OSError) as exc:
+            raise InfrastructureError(self.node, f"SSH connection failed: {exc}") from None
+
+        async def feed():
+            try:
+                if stdin is not None:
+                    for chunk in _chunks(stdin):
+                        proc.stdin.write(chunk)
+                        self.bytes_sent += len(chunk)
+                        await proc.stdin.drain()
+            finally:
+                proc.stdin.write_eof()
+
+        work = asyncio.gather(feed(), pump_lines(proc.stdout, on_line, tail), proc.wait())
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            await asyncio.wait_for(work, timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            proc.close()
+            raise
+        except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+            raise InfrastructureError(self.node, f"SSH connection lost: {exc}") from None
+        if proc.exit_status is None or proc.exit_status < 0:
+            if proc.exit_signal:
+                return Completed(tuple(words), 128 + 9, tuple(tail) + (f"killed by signal {proc.exit_signal[0]}",))
+            raise InfrastructureError(self.node, "SSH connection lost while running " + str(argv[0]))
+        return Completed(tuple(words), proc.exit_status, tuple(tail))
+
+    async def _forward_engine(self) -> str:
+        """Forward the node's engine socket to a local one; return its base_url."""
+        if self._local_base_url:
+            return self._local_base_url
+        import tempfile
+
+        target = self.docker_host or "unix:///var/run/docker.sock"
+        if target.startswith("unix://"):
+            self._sockdir = tempfile.mkdtemp(prefix="archfleet-")
+            local = os.path.join(self._sockdir, "docker.sock")
+            self._listener = await self.conn.forward_local_path(local, target[len("unix://"):])
+            self._local_base_url = f"unix://{local}"
+        else:
+            host, _, port = target[len("tcp://"):].rpartition(":")
+            self._listener = await self.conn.forward_local_port("127.0.0.1", 0, host, int(port))
+            self._local_base_url = f"tcp://127.0.0.1:{self._listener.get_port()}"
+        return self._local_base_url
+
+    async def open_engine(self) -> None:
+        await self._forward_engine()
+
+    def docker_client(self):
+        if self._client is None:
+            if not self._local_base_url:
+                raise RuntimeError("open_engine() first")
+            self._client = docker.DockerClient(base_url=self._local_base_url)
+        return self._client
+
+    async def prepare_context(self, request, reporter=None) -> tuple[str, str]:
+        from .context import sync_context
+
+        return await sync_context(self, request, reporter)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._client is not None:
+            self._client.close()
+        if self._listener is not None:
+            self._listener.close()
+        if self._sockdir:
+            import shutil
+
+            shutil.rmtree(self._sockdir, ignore_errors=True)
+        self.conn.close()
+        try:
+            await asyncio.wait_for(self.conn.wait_closed(), 5)
+        except Exception:
+            pass

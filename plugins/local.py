@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+
+import attrs
 import os
 import platform as _platform
 
-from archfleet import binfmt, engine
+from archfleet import binfmt, engine, probe
 from archfleet.hookspecs import hookimpl
 from archfleet.model import NodeFacts, NodeSpec
 from archfleet.platforms import PlatformError, from_uname
@@ -19,8 +21,12 @@ TRANSPORT = "local"
 def archfleet_add_nodes(config):
     if not config.local:
         return []
-    return [NodeSpec(name="local", transport=TRANSPORT, engine_cli=config.engine_cli,
-                     max_builds=max(4, os.cpu_count() or 1), source="<local engine>")]
+    node = NodeSpec(name="local", transport=TRANSPORT, engine_cli=config.engine_cli,
+                    max_builds=max(4, os.cpu_count() or 1), source="<local engine>")
+    override = config.file_node("local")  # [nodes.local] in nodes.toml
+    if override is not None:
+        node = attrs.evolve(override, engine_cli=config.engine_cli or override.engine_cli)
+    return [node]
 
 
 def _engine_info(transport: LocalTransport) -> dict:
@@ -64,6 +70,7 @@ async def _probe(node: NodeSpec) -> NodeFacts:
             return NodeFacts(node, False, error=f"no Docker engine answers ({type(exc).__name__}: {exc}); start dockerd "
                              "or set DOCKER_HOST")
         cli, reasons = await cli_task
+        score = await probe.benchmark(transport, node)
         handlers = binfmt.read_handlers()
         natives = native.native_also()
         emulated = tuple(p for p in binfmt.emulated_platforms(handlers) if p not in natives)
@@ -76,6 +83,7 @@ async def _probe(node: NodeSpec) -> NodeFacts:
             node, True, error=error, native=natives, emulated=emulated,
             engine_version=info.get("Version"), engine_cli=cli.argv if cli else (),
             builder=cli.mode if cli else None, cpus=os.cpu_count() or 1, memory=_memory(), load=load,
+            score=score,
         )
     finally:
         await transport.close()

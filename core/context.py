@@ -1,0 +1,204 @@
+"""The build context: what is in it (honouring ``.dockerignore``), its digest, and getting it to
+a node without sending what the node already has.
+
+On the node, under ``~/.cache/archfleet/`` (relative to the SSH user's home):
+
+- ``blobs/<sha256>-<mode>``: file contents, content-addressed (mode in the name, because hard
+  links share it);
+- ``ctx/<context digest>/``: the context, every file a hard link to its blob;
+- ``df/<context digest>/Dockerfile``: the Dockerfile, beside the tree (it may live outside it);
+- ``ctx/<context digest>.ok``: written last, so a half-made tree is never used.
+
+A sync is at most three round trips: is the tree there (done: one tiny command); which blobs are
+missing (names on stdin, missing names back); then one tar of the missing blobs followed by
+a tar of the layout, which has only headers: directories, symlinks and hard links to blobs.
+Both tars are made here from paths walked here, so no member can name anything outside the
+cache; ``tar`` on the node runs with ``--no-same-owner`` and never follows a symlink out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+import attrs
+
+from .errors import InfrastructureError, UsageError
+
+CACHE = ".cache/archfleet"
+CHUNK = 1 << 20
+
+
+@attrs.frozen
+class Entry:
+    path: str  # relative, "/"-separated
+    kind: str  # "file" | "dir" | "link"
+    mode: int = 0o644
+    digest: str = ""  # sha256 hex, files only
+    size: int = 0
+    target: str = ""  # links only
+
+    @property
+    def blob(self) -> str:
+        return f"{self.digest}-{self.mode:o}"
+
+
+@attrs.frozen
+class Snapshot:
+    root: Path
+    entries: tuple[Entry, ...]
+    dockerfile: Entry
+    dockerfile_path: Path
+    digest: str  # of the whole context + Dockerfile
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.entries if e.kind == "file")
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _included(root: Path, dockerfile: Path) -> list[str]:
+    from docker.utils.build import exclude_paths
+
+    patterns: list[str] = []
+    ignore = root / ".dockerignore"
+    if ignore.is_file():
+        for line in ignore.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                patterns.append(line)
+    rel_df = None
+    try:
+        rel_df = str(dockerfile.relative_to(root))
+    except ValueError:
+        pass
+    return sorted(exclude_paths(str(root), patterns, dockerfile=rel_df))
+
+
+def snapshot(root: Path, dockerfile: Path) -> Snapshot:
+    """Walk the context (blocking: call it in a thread)."""
+    entries: list[Entry] = []
+    for rel in _included(root, dockerfile):
+        full = root / rel
+        try:
+            st = os.lstat(full)
+        except OSError as exc:
+            raise UsageError(f"context {root}: cannot read {rel}: {exc.strerror}") from None
+        mode = stat.S_IMODE(st.st_mode)
+        if "\n" in rel or "\r" in rel:
+            raise UsageError(f"context {root}: file name with a line break: {rel!r}")
+        if stat.S_ISLNK(st.st_mode):
+            entries.append(Entry(rel, "link", 0o777, target=os.readlink(full)))
+        elif stat.S_ISDIR(st.st_mode):
+            entries.append(Entry(rel, "dir", mode))
+        elif stat.S_ISREG(st.st_mode):
+            entries.append(Entry(rel, "file", mode, _hash_file(full), st.st_size))
+    df_stat = os.stat(dockerfile)
+    df = Entry("Dockerfile", "file", 0o644, _hash_file(dockerfile), df_stat.st_size)
+    h = hashlib.sha256()
+    for e in entries + [df]:
+        h.update(f"{e.kind}\0{e.path}\0{e.mode:o}\0{e.digest}\0{e.target}\n".encode())
+    return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest())
+
+
+# Fixed scripts: user data only ever arrives as positional parameters ("$1") or on stdin.
+_CHECK = 'test -e "$1/ctx/$2.ok" && echo present || echo absent'
+_MISSING = 'mkdir -p "$1/blobs" && cd "$1/blobs" && while IFS= read -r b; do [ -e "$b" ] || echo "$b"; done'
+_UNPACK = (
+    'set -e; mkdir -p "$1/ctx" "$1/blobs" "$1/df"; rm -rf "$1/ctx/$2.tmp" "$1/df/$2";'
+    ' tar -x --no-same-owner -C "$1" -f -;'
+    ' rm -rf "$1/ctx/$2"; mv "$1/ctx/$2.tmp" "$1/ctx/$2"; : > "$1/ctx/$2.ok"'
+)
+
+
+def _blob_tar(snap: Snapshot, names: set[str]) -> Iterator[bytes]:
+    """A tar stream of the missing blobs, yielded in chunks (never the whole context in memory)."""
+    buf = io.BytesIO()
+    tar = tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT)
+    sent = set()
+    for e in list(snap.entries) + [snap.dockerfile]:
+        if e.kind != "file" or e.blob not in names or e.blob in sent:
+            continue
+        sent.add(e.blob)
+        src = snap.dockerfile_path if e is snap.dockerfile else snap.root / e.path
+        info = tarfile.TarInfo(f"blobs/{e.blob}")
+        info.size, info.mode, info.mtime = e.size, e.mode, 0
+        with open(src, "rb") as f:
+            tar.addfile(info, f)
+        yield buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+    yield from _layout(snap, tar, buf)
+
+
+def _layout(snap: Snapshot, tar: tarfile.TarFile, buf: io.BytesIO) -> Iterator[bytes]:
+    base = f"ctx/{snap.digest}.tmp"
+    root = tarfile.TarInfo(base)
+    root.type, root.mode = tarfile.DIRTYPE, 0o755
+    tar.addfile(root)
+    for e in snap.entries:
+        info = tarfile.TarInfo(f"{base}/{e.path}")
+        info.mtime = 0
+        if e.kind == "dir":
+            info.type, info.mode = tarfile.DIRTYPE, e.mode
+        elif e.kind == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, e.target
+        else:
+            info.type, info.linkname, info.mode = tarfile.LNKTYPE, f"blobs/{e.blob}", e.mode
+        tar.addfile(info)
+    # The Dockerfile lives beside the tree, not in it (it may come from outside the context).
+    for name, kind in ((f"df/{snap.digest}", tarfile.DIRTYPE), (f"df/{snap.digest}/Dockerfile", tarfile.LNKTYPE)):
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.mtime = kind, 0o755 if kind == tarfile.DIRTYPE else 0o644, 0
+        if kind == tarfile.LNKTYPE:
+            info.linkname = f"blobs/{snap.dockerfile.blob}"
+        tar.addfile(info)
+    tar.close()
+    yield buf.getvalue()
+
+
+async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
+    """Make the context exist on the node; return (context dir, Dockerfile path) there."""
+    snap = await asyncio.to_thread(snapshot, Path(request.context), Path(request.dockerfile))
+    ctx_dir = f"{CACHE}/ctx/{snap.digest}"
+    df_path = f"{CACHE}/df/{snap.digest}/Dockerfile"
+
+    async def sh(script: str, *args: str, stdin=None):
+        done = await transport.run(["sh", "-c", script, "sh", *args], stdin=stdin, timeout=None)
+        if done.returncode in (126, 127):
+            raise InfrastructureError(transport.node, f"context sync: {done.last_line()}")
+        return done
+
+    check = await sh(_CHECK, CACHE, snap.digest)
+    if check.ok and "present" in check.tail:
+        return ctx_dir, df_path
+    wanted = sorted({e.blob for e in list(snap.entries) + [snap.dockerfile] if e.kind == "file"})
+    names = await _missing(transport, wanted)
+    unpack = await sh(_UNPACK, CACHE, snap.digest, stdin=_blob_tar(snap, names))
+    if not unpack.ok:
+        raise InfrastructureError(transport.node, f"context sync failed: {unpack.last_line()}")
+    return ctx_dir, df_path
+
+
+async def _missing(transport, wanted: list[str]) -> set[str]:
+    """Which of ``wanted`` the node's blob cache lacks."""
+    lines: list[str] = []
+    done = await transport.run(["sh", "-c", _MISSING, "sh", CACHE],
+                               stdin="".join(f"{b}\n" for b in wanted).encode(), on_line=lines.append)
+    if not done.ok:
+        raise InfrastructureError(transport.node, f"context sync failed: {done.last_line()}")
+    return {l.strip() for l in lines if l.strip()}
+

@@ -1,0 +1,143 @@
+"""Probing a node through any transport: machine, CPUs, memory, load, binfmt handlers, the
+engine and its CLI, and a short CPU benchmark (cached per node, with a TTL).
+
+Everything runs as fixed scripts (``sh -c SCRIPT``); nothing from the user is ever part of a
+script. Both the local and the SSH transport use this, so their numbers compare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from . import binfmt, engine
+from .model import NodeFacts, NodeSpec
+from .platforms import PlatformError, from_uname
+
+FACTS_SCRIPT = r"""
+echo "machine=$(uname -m)"
+echo "cpus=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)"
+echo "mem=$(awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo 2>/dev/null)"
+echo "load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null)"
+for f in /proc/sys/fs/binfmt_misc/qemu-*; do
+  [ -e "$f" ] || continue
+  echo "binfmt=${f##*/}:$(head -n1 "$f"):$(sed -n 's/^flags: *//p' "$f")"
+done
+"""
+
+# A fixed amount of shell arithmetic; the node's time for it gives the speed score.
+BENCH_SCRIPT = r"""
+s=$(date +%s%N); i=0
+while [ $i -lt 100000 ]; do i=$((i+1)); done
+e=$(date +%s%N); echo "bench_us=$(( (e - s) / 1000 ))"
+"""
+BENCH_REFERENCE_US = 67_000.0  # what the project VM (dash, one core) takes: score 1.0
+SCORE_TTL = 24 * 3600
+
+
+def parse_facts(lines) -> dict:
+    out: dict = {"binfmt": []}
+    for line in lines:
+        key, _, value = line.strip().partition("=")
+        if key == "binfmt":
+            name, _, rest = value.partition(":")
+            state, _, flags = rest.partition(":")
+            out["binfmt"].append(binfmt.Handler(name, state.strip() == "enabled", "", flags.strip()))
+        elif key:
+            out[key] = value.strip()
+    return out
+
+
+def _cache_file() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("archfleet")) / "scores.json"
+
+
+def cached_score(key: str) -> float | None:
+    try:
+        doc = json.loads(_cache_file().read_text())
+        entry = doc.get(key)
+        if entry and time.time() - entry["at"] < SCORE_TTL:
+            return float(entry["score"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def store_score(key: str, score: float) -> None:
+    path = _cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        doc[key] = {"score": score, "at": time.time()}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(path)  # atomic: two runs at once never see half a file
+    except OSError:
+        pass
+
+
+def score_key(node: NodeSpec) -> str:
+    return f"{node.name}|{node.transport}|{node.host or ''}|{node.port or ''}"
+
+
+async def benchmark(transport, node: NodeSpec) -> float | None:
+    key = score_key(node)
+    score = cached_score(key)
+    if score is not None:
+        return score
+    done = await transport.run(["sh", "-c", BENCH_SCRIPT], timeout=120)
+    us = parse_facts(done.tail).get("bench_us")
+    if not done.ok or not us or not us.isdigit() or int(us) <= 0:
+        return None
+    score = round(BENCH_REFERENCE_US / int(us), 3)
+    store_score(key, score)
+    return score
+
+
+async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_argv=True) -> NodeFacts:
+    """Facts of ``node`` through ``transport`` (already connected)."""
+    done = await transport.run(["sh", "-c", FACTS_SCRIPT], timeout=60)
+    if not done.ok:
+        return NodeFacts(node, False, error=f"probe failed: {done.last_line()}")
+    raw = parse_facts(done.tail)
+    try:
+        native = from_uname(raw.get("machine", ""))
+    except PlatformError as exc:
+        return NodeFacts(node, False, error=f"unsupported machine {raw.get('machine')!r}: {exc}")
+    if node.arch is not None and node.arch not in native.native_also():
+        return NodeFacts(node, False, error=f"{node.source}: arch = {node.arch} but the node says it is "
+                                            f"{native} (uname -m: {raw.get('machine')}); fix or remove 'arch'")
+    natives = native.native_also()
+    emulated = tuple(p for p in binfmt.emulated_platforms(raw["binfmt"]) if p not in natives)
+    cli, reasons = await engine.discover_cli(transport, candidates)
+    version = None
+    error = None
+    if cli is None:
+        error = "no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"])
+    else:
+        ver = await transport.run([*cli.argv[:1], "version", "--format", "{{.Server.Version}}"], timeout=30)
+        if ver.ok:
+            version = ver.last_line()
+        else:
+            return NodeFacts(node, False, error=f"engine not answering on the node: {ver.last_line()}",
+                             native=natives, emulated=emulated)
+    score = await benchmark(transport, node)
+
+    def num(key, kind, default):
+        try:
+            return kind(raw.get(key, ""))
+        except ValueError:
+            return default
+
+    return NodeFacts(
+        node, True, error=error, native=natives, emulated=emulated, engine_version=version,
+        engine_cli=cli.argv if cli else (), builder=cli.mode if cli else None,
+        cpus=num("cpus", int, 1), memory=num("mem", int, 0), load=num("load", float, 0.0), score=score,
+    )
