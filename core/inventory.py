@@ -238,4 +238,5 @@ def collect_nodes(pm, config: Config) -> list[NodeSpec]:
         if unknown:
             raise UsageError(f"--node: no node named {', '.join(unknown)} (known: {', '.join(names) or 'none'})")
         nodes = [n for n in nodes if n.name in config.only_nodes]
+    nodes.sort(key=lambda n: n.name != "local")  # local first, then in the order given
     return [n for n in nodes if n.enabled]

@@ -74,14 +74,16 @@ def offers(pm, request: BuildRequest, facts: dict[str, NodeFacts]) -> list[Optio
 def unplannable_reason(platform, facts: dict[str, NodeFacts]) -> str:
     """Why nobody can build ``platform``, and what to do."""
     reasons = []
+    could_emulate = False
     for f in facts.values():
         if not f.reachable:
             reasons.append(f"{f.name}: unreachable ({f.error})")
         elif not f.builder:
             reasons.append(f"{f.name}: {f.error}")
         else:
+            could_emulate = True
             reasons.append(f"{f.name}: not native and no qemu-{platform.qemu_arch} handler")
-    hint = f"; run `archfleet binfmt --install {platform}`" if platform.qemu_arch else ""
+    hint = f"; run `archfleet binfmt --install {platform}`" if could_emulate and platform.qemu_arch else ""
     return f"no node can build {platform} ({'; '.join(reasons) or 'no nodes'}){hint}"
 
 

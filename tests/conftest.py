@@ -76,3 +76,34 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "integration" in item.nodeid.split("/"):
             item.add_marker(pytest.mark.integration)
+
+
+LAB_NODES = REPO / "tests" / "lab" / "nodes.py"
+
+
+class Nodes:
+    """The three-node lab: namespaces n1..n3 with sshd and dockerd, registry at 10.231.0.1:5000."""
+
+    registry = "10.231.0.1:5000"
+    base = "10.231.0.1:5000/archfleet/busybox:latest"
+
+    def __init__(self, toml: Path):
+        self.toml = toml
+
+    def fault(self, node: str, what: str) -> None:
+        subprocess.run([sys.executable, str(LAB_NODES), "fault", node, what], check=True, capture_output=True)
+
+    def args(self, *extra) -> list[str]:
+        """Flags every lab build needs: the nodes file and the bridge registry as insecure."""
+        return ["--nodes", str(self.toml), "--insecure-registry", self.registry, *extra]
+
+
+@pytest.fixture(scope="session")
+def nodes(lab) -> Nodes:
+    if os.geteuid() != 0 or shutil.which("sshd") is None and not os.path.exists("/usr/sbin/sshd"):
+        missing("the node lab needs root and openssh-server")
+    proc = subprocess.run([sys.executable, str(LAB_NODES), "up", "3"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"lab nodes did not come up: {proc.stderr[-2000:]}")
+    yield Nodes(Path(proc.stdout.strip()))
+    subprocess.run([sys.executable, str(LAB_NODES), "down"], capture_output=True)
