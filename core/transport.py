@@ -193,6 +193,7 @@ class SSHTransport:
         full_env.update(env or {})
         words = (["env", *[f"{k}={v}" for k, v in full_env.items()]] if full_env else []) + [str(a) for a in argv]
         command = quote_argv(words)
+        self.bytes_sent += len(command.encode())
         tail: collections.deque = collections.deque(maxlen=40)
         try:
             proc = await self.conn.create_process(command, stderr=asyncssh.STDOUT, encoding=None)
