@@ -44,7 +44,7 @@ async def _fingerprint(node) -> str:
     import asyncssh
 
     try:
-        key = await asyncio.wait_for(asyncssh.get_server_host_key(node.host, node.port or (), config=None),
+        key = await asyncio.wait_for(asyncssh.get_server_host_key(node.host, node.port or ()),
                                      CONNECT_TIMEOUT)
     except Exception:
         return "(could not read the presented key)"
@@ -65,7 +65,7 @@ def _has_entry(path: str, node) -> bool:
 async def _accept_new(path: str, node) -> None:
     import asyncssh
 
-    key = await asyncio.wait_for(asyncssh.get_server_host_key(node.host, node.port or (), config=None),
+    key = await asyncio.wait_for(asyncssh.get_server_host_key(node.host, node.port or ()),
                                  CONNECT_TIMEOUT)
     if key is None:
         raise HostKeyError(f"node {node.name}: {node.host} presented no host key")
