@@ -1,13 +1,17 @@
 """The build context: what is in it (honouring ``.dockerignore``), its digest, and getting it to
 a node without sending what the node already has.
 
-On the node, under ``~/.cache/archfleet/`` (relative to the SSH user's home):
+On the node, under ``~/.cache/archfleet/sync-v2/`` (relative to the SSH user's home):
 
 - ``blobs/<sha256>-<mode>``: file contents, content-addressed (mode in the name, because hard
   links share it);
-- ``ctx/<context digest>/``: the context, every file a hard link to its blob;
-- ``df/<context digest>/Dockerfile``: the Dockerfile, beside the tree (it may live outside it);
-- ``ctx/<context digest>.ok``: written last, so a half-made tree is never used.
+- ``ctx/<context digest>/tree/``: the context, every file a hard link to its blob;
+- ``ctx/<context digest>/Dockerfile``: the Dockerfile, beside the tree (it may live outside it);
+- ``ctx/<context digest>.ok``: written last.
+
+A tree is unpacked into a staging directory of its own and renamed into place in one step
+(``mv -T``), so two syncs at once (two platforms, or two coordinators) never see or break a
+half-made tree: the loser of the rename just removes its copy (same digest, same tree).
 
 A sync is at most three round trips: is the tree there (done: one tiny command); which blobs are
 missing (names on stdin, missing names back); then one tar of the missing blobs followed by
@@ -22,6 +26,7 @@ import asyncio
 import hashlib
 import io
 import os
+import secrets
 import stat
 import tarfile
 from pathlib import Path
@@ -31,7 +36,7 @@ import attrs
 
 from .errors import InfrastructureError, UsageError
 
-CACHE = ".cache/archfleet"
+CACHE = ".cache/archfleet/sync-v2"  # bump the version when the layout changes
 CHUNK = 1 << 20
 
 
@@ -118,13 +123,14 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
 _CHECK = 'test -e "$1/ctx/$2.ok" && echo present || echo absent'
 _MISSING = 'mkdir -p "$1/blobs" && cd "$1/blobs" && while IFS= read -r b; do [ -e "$b" ] || echo "$b"; done'
 _UNPACK = (
-    'set -e; mkdir -p "$1/ctx" "$1/blobs" "$1/df"; rm -rf "$1/ctx/$2.tmp" "$1/df/$2";'
+    'set -e; mkdir -p "$1/ctx" "$1/blobs" "$1/stage";'
     ' tar -x --no-same-owner -C "$1" -f -;'
-    ' rm -rf "$1/ctx/$2"; mv "$1/ctx/$2.tmp" "$1/ctx/$2"; : > "$1/ctx/$2.ok"'
+    ' mv -T "$1/stage/$3" "$1/ctx/$2" 2>/dev/null || rm -rf "$1/stage/$3";'
+    ' : > "$1/ctx/$2.ok"'
 )
 
 
-def _blob_tar(snap: Snapshot, names: set[str]) -> Iterator[bytes]:
+def _blob_tar(snap: Snapshot, names: set[str], stage: str) -> Iterator[bytes]:
     """A tar stream of the missing blobs, yielded in chunks (never the whole context in memory)."""
     buf = io.BytesIO()
     tar = tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT)
@@ -141,14 +147,15 @@ def _blob_tar(snap: Snapshot, names: set[str]) -> Iterator[bytes]:
         yield buf.getvalue()
         buf.seek(0)
         buf.truncate()
-    yield from _layout(snap, tar, buf)
+    yield from _layout(snap, tar, buf, stage)
 
 
-def _layout(snap: Snapshot, tar: tarfile.TarFile, buf: io.BytesIO) -> Iterator[bytes]:
-    base = f"ctx/{snap.digest}.tmp"
-    root = tarfile.TarInfo(base)
-    root.type, root.mode = tarfile.DIRTYPE, 0o755
-    tar.addfile(root)
+def _layout(snap: Snapshot, tar: tarfile.TarFile, buf: io.BytesIO, stage: str) -> Iterator[bytes]:
+    for d in (f"stage/{stage}", f"stage/{stage}/tree"):
+        info = tarfile.TarInfo(d)
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(info)
+    base = f"stage/{stage}/tree"
     for e in snap.entries:
         info = tarfile.TarInfo(f"{base}/{e.path}")
         info.mtime = 0
@@ -160,12 +167,9 @@ def _layout(snap: Snapshot, tar: tarfile.TarFile, buf: io.BytesIO) -> Iterator[b
             info.type, info.linkname, info.mode = tarfile.LNKTYPE, f"blobs/{e.blob}", e.mode
         tar.addfile(info)
     # The Dockerfile lives beside the tree, not in it (it may come from outside the context).
-    for name, kind in ((f"df/{snap.digest}", tarfile.DIRTYPE), (f"df/{snap.digest}/Dockerfile", tarfile.LNKTYPE)):
-        info = tarfile.TarInfo(name)
-        info.type, info.mode, info.mtime = kind, 0o755 if kind == tarfile.DIRTYPE else 0o644, 0
-        if kind == tarfile.LNKTYPE:
-            info.linkname = f"blobs/{snap.dockerfile.blob}"
-        tar.addfile(info)
+    info = tarfile.TarInfo(f"stage/{stage}/Dockerfile")
+    info.type, info.linkname, info.mode, info.mtime = tarfile.LNKTYPE, f"blobs/{snap.dockerfile.blob}", 0o644, 0
+    tar.addfile(info)
     tar.close()
     yield buf.getvalue()
 
@@ -173,8 +177,8 @@ def _layout(snap: Snapshot, tar: tarfile.TarFile, buf: io.BytesIO) -> Iterator[b
 async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
     """Make the context exist on the node; return (context dir, Dockerfile path) there."""
     snap = await asyncio.to_thread(snapshot, Path(request.context), Path(request.dockerfile))
-    ctx_dir = f"{CACHE}/ctx/{snap.digest}"
-    df_path = f"{CACHE}/df/{snap.digest}/Dockerfile"
+    ctx_dir = f"{CACHE}/ctx/{snap.digest}/tree"
+    df_path = f"{CACHE}/ctx/{snap.digest}/Dockerfile"
 
     async def sh(script: str, *args: str, stdin=None):
         done = await transport.run(["sh", "-c", script, "sh", *args], stdin=stdin, timeout=None)
@@ -187,7 +191,8 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
         return ctx_dir, df_path
     wanted = sorted({e.blob for e in list(snap.entries) + [snap.dockerfile] if e.kind == "file"})
     names = await _missing(transport, wanted)
-    unpack = await sh(_UNPACK, CACHE, snap.digest, stdin=_blob_tar(snap, names))
+    stage = f"{snap.digest[:16]}-{secrets.token_hex(8)}"
+    unpack = await sh(_UNPACK, CACHE, snap.digest, stage, stdin=_blob_tar(snap, names, stage))
     if not unpack.ok:
         raise InfrastructureError(transport.node, f"context sync failed: {unpack.last_line()}")
     return ctx_dir, df_path

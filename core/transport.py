@@ -181,6 +181,7 @@ class SSHTransport:
         self._sockdir: str | None = None
         self._local_base_url: str | None = None
         self._closed = False
+        self._syncs: dict[tuple[str, str], asyncio.Future] = {}
 
     async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
         import asyncssh
@@ -254,9 +255,13 @@ class SSHTransport:
         return self._client
 
     async def prepare_context(self, request, reporter=None) -> tuple[str, str]:
+        """Sync once per context per connection, however many platforms build from it."""
         from .context import sync_context
 
-        return await sync_context(self, request, reporter)
+        key = (str(request.context), str(request.dockerfile))
+        if key not in self._syncs or (self._syncs[key].done() and self._syncs[key].exception()):
+            self._syncs[key] = asyncio.ensure_future(sync_context(self, request, reporter))
+        return await asyncio.shield(self._syncs[key])
 
     async def close(self) -> None:
         if self._closed:

@@ -144,3 +144,37 @@ def test_node_arch_must_agree_with_the_probe(lab, nodes, tmp_path):
     got = ls(lab, type("N", (), {"toml": toml})())
     assert not got["n3"]["reachable"]
     assert "linux/s390x" in got["n3"]["error"] and "linux/amd64" in got["n3"]["error"]
+
+
+def test_two_syncs_of_one_context_at_once_leave_one_complete_tree(lab, nodes, tmp_path):
+    """Two coordinators (two connections) syncing the same new context to one node at once."""
+    import asyncio
+
+    from archfleet.context import CACHE
+    from archfleet.inventory import load_nodes_file
+    from archfleet.model import BuildRequest
+    from archfleet.platforms import parse
+    from archfleet.plugins.ssh import _connect
+
+    for i in range(30):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(20000))
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")
+    node = next(n for n in load_nodes_file(nodes.toml) if n.name == "n2")
+    req = BuildRequest(tmp_path, tmp_path / "Dockerfile", [parse("linux/amd64")])
+
+    async def go():
+        a, b = await _connect(node), await _connect(node)
+        try:
+            results = await asyncio.gather(a.prepare_context(req), b.prepare_context(req))
+            listing = await a.run(["sh", "-c", 'ls "$1" | wc -l; ls "$2" | wc -l', "sh", results[0][0],
+                                   f"{CACHE}/stage"])
+            return results, listing
+        finally:
+            await a.close()
+            await b.close()
+
+    (ctx_a, df_a), (ctx_b, df_b) = asyncio.run(go())[0]
+    assert ctx_a == ctx_b and df_a == df_b
+    _, listing = asyncio.run(go())
+    counts = [l for l in listing.tail if l.strip()]
+    assert counts == ["31", "0"], listing.tail  # 30 files + Dockerfile in the tree; no stage left behind
