@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from . import engine
+from . import engine, toolchains
+from .dockerfile import analyse
 from .engine import EngineCLI
 from .model import BuildRequest, Option, PlatformResult
 from .reference import parse_reference
@@ -32,9 +33,10 @@ async def build_and_push(option: Option, request: BuildRequest, context) -> Plat
     context.status("syncing context")
     ctx_dir, dockerfile = await context.transport.prepare_context(request, context.reporter)
     context.status("building")
+    extra = toolchains.build_args(option.platform, analyse(request).declared_args, request.build_args)
     image_id = await engine.build(
-        context.transport, cli, platform=option.platform, request=request,
-        tag=tag or "", context=ctx_dir, dockerfile=dockerfile, on_line=context.log,
+        context.transport, cli, platform=option.platform, request=request, tag=tag or "",
+        context=ctx_dir, dockerfile=dockerfile, extra_build_args=extra, on_line=context.log,
     )
     if not request.push or tag is None:
         return PlatformResult(option.platform, option, time.monotonic() - started, image_id=image_id, ref=tag)

@@ -14,6 +14,7 @@ import attrs
 
 from . import index as index_mod
 from .errors import ArchfleetError, BuildFailed, EnvironmentProblem, UsageError
+from .dockerfile import analyse
 from .executor import Executor
 from .inventory import Config, collect_nodes
 from .model import BuildRequest, ChildImage, NodeFacts, Option, PlatformResult
@@ -95,6 +96,7 @@ class Planned:
 
 
 async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
+    analyse(request)  # a Dockerfile error is the user's: report it before probing anything
     facts = await probe(pm, config)
     options = refine(pm, offers(pm, request, facts), request, facts)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}

@@ -17,6 +17,7 @@ BUILTIN_PLUGINS = (
     "archfleet.plugins.local",
     "archfleet.plugins.native",
     "archfleet.plugins.qemu",
+    "archfleet.plugins.cross",
     "archfleet.plugins.ssh",
 )
 

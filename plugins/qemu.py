@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from archfleet import planner
+from archfleet.dockerfile import analyse
 from archfleet.hookspecs import hookimpl
 from archfleet.model import Option
 from archfleet.nodebuild import build_and_push
@@ -12,6 +13,8 @@ STRATEGY = "qemu"
 
 @hookimpl
 def archfleet_offer(platform, request, facts):
+    if analyse(request).cross:
+        return []  # BuildKit runs $BUILDPLATFORM stages natively anyway: the cross strategy's case
     out = []
     for f in facts:
         if f.can_build and platform in f.emulated and platform not in f.native:

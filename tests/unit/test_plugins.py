@@ -12,7 +12,9 @@ from archfleet.platforms import parse
 from archfleet.plugin import make_manager
 
 ARM = parse("linux/arm64")
-REQ = BuildRequest(Path("."), Path("Dockerfile"), [ARM])
+HERE = Path(__file__).parent
+REQ = BuildRequest(HERE.parent.parent / "examples" / "arch-test", HERE.parent.parent / "examples" / "arch-test" / "Dockerfile",
+                   [ARM])
 FACTS = {"n1": NodeFacts(NodeSpec("n1", transport="test"), True, native=[ARM], builder="buildkit", engine_cli=["docker"])}
 
 
