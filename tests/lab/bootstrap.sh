@@ -6,6 +6,7 @@
 #   - starts a registry on $ARCHFLEET_REGISTRY (default 127.0.0.1:5000)
 #   - builds the multi-arch busybox base image from Debian's busybox-static packages and pushes it
 #     as $REGISTRY/archfleet/busybox:latest (with archfleet itself)
+#   - makes the Zig C toolchain image for this machine's platform (tests/lab/toolchain.sh)
 # Prints the environment the other scripts need: ARCHFLEET_REGISTRY, ARCHFLEET_BASE.
 set -euo pipefail
 
@@ -24,7 +25,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # --- Debian packages -------------------------------------------------------------------------
-PACKAGES=(docker.io qemu-user-static docker-registry iproute2 openssh-server curl ca-certificates python3-venv)
+PACKAGES=(docker.io qemu-user-static docker-registry iproute2 openssh-server curl ca-certificates python3-venv python3-pip)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -130,5 +131,9 @@ EOF
   say "base image $BASE: $plist"
 fi
 
+# --- the Zig C toolchain image (for examples/cross-c) -------------------------------------------
+TOOLCHAIN=$(bash "$REPO/tests/lab/toolchain.sh")
+
 echo "ARCHFLEET_REGISTRY=$REGISTRY"
 echo "ARCHFLEET_BASE=$BASE"
+echo "ARCHFLEET_TOOLCHAIN=$TOOLCHAIN"
