@@ -19,6 +19,7 @@ from . import platforms as plat
 from .errors import ArchfleetError, UsageError
 from .inventory import Config
 from .model import BuildRequest
+from .planner import parse_pins
 from .reference import parse_reference
 
 
@@ -27,7 +28,7 @@ def _fail_param(param: str, message: str) -> UsageError:
 
 
 def _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
-                  metadata_file, insecure_registry, allow_partial, engine_cli) -> BuildRequest:
+                  metadata_file, insecure_registry, allow_partial, engine_cli, pins=()) -> BuildRequest:
     context = Path(path)
     if not context.exists():
         raise _fail_param("PATH", f"build context {path!r} does not exist")
@@ -70,6 +71,7 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
         build_args=args, labels=labels, target=target, push=push, no_cache=no_cache, pull=pull, progress=progress,
         metadata_file=Path(metadata_file) if metadata_file else None,
         insecure_registries=tuple(insecure_registry), allow_partial=allow_partial, engine_cli=engine_cli,
+        pins=tuple(pins),
     )
 
 
@@ -100,6 +102,10 @@ def build_options(fn):
         click.option("--local/--no-local", default=True, help="Use the local engine as a build node."),
         click.option("--nodes", "nodes_file", metavar="FILE", help="nodes.toml to use (default: $ARCHFLEET_NODES, "
                      "./nodes.toml, then ~/.config/archfleet/nodes.toml)."),
+        click.option("--strategy", "pin_strategy", multiple=True, metavar="[PLATFORM=]STRATEGY",
+                     help="Only this strategy (native, qemu, cross, ...), for all or one platform."),
+        click.option("--node", "pin_node", multiple=True, metavar="[PLATFORM=][STRATEGY@]NODE",
+                     help="Only this node, for all or one platform: linux/arm64=native@pi4."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -127,7 +133,7 @@ def cli():
 @cli.command()
 @build_options
 def build(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
-          insecure_registry, allow_partial, engine_cli, local, nodes_file):
+          insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node):
     """Build PATH for every --platform on the fastest nodes and (with --push) publish the index."""
     from .pipeline import build as run_build, write_metadata
     from .plugin import get_manager
@@ -136,7 +142,8 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
     if quiet:
         progress = "quiet"
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
-                            metadata_file, insecure_registry, allow_partial, engine_cli)
+                            metadata_file, insecure_registry, allow_partial, engine_cli,
+                            parse_pins(pin_strategy, pin_node))
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
     summary = _run(pm, run_build(pm, request, config, make_reporter(progress)))
@@ -153,13 +160,14 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
 @build_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
-         insecure_registry, allow_partial, engine_cli, local, nodes_file, fmt):
+         insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node, fmt):
     """Show the chosen option per platform and the alternatives, without building."""
     from .pipeline import make_plan, unplannable_reason
     from .plugin import get_manager
 
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
-                            metadata_file, insecure_registry, allow_partial, engine_cli)
+                            metadata_file, insecure_registry, allow_partial, engine_cli,
+                            parse_pins(pin_strategy, pin_node))
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
     planned = _run(pm, make_plan(pm, request, config))
@@ -167,33 +175,35 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
     if fmt == "json":
         doc = {
             "makespan_seconds": round(p.makespan, 2),
+            "search": "exact" if p.exact else "greedy",
             "platforms": [
                 {
                     "platform": str(s.option.platform), "strategy": s.option.strategy, "node": s.option.node,
                     "estimate_seconds": s.option.estimate, "start": round(s.start, 2), "finish": round(s.finish, 2),
-                    "why": s.option.why,
+                    "why": s.option.why, "estimate_basis": s.option.basis,
                     "alternatives": [
                         {"strategy": r.option.strategy, "node": r.option.node, "estimate_seconds": r.option.estimate,
-                         "why_not": r.why}
+                         "estimate_basis": r.option.basis, "why_not": r.why}
                         for r in p.rejected if r.option.platform == s.option.platform
                     ],
                 }
                 for s in p.chosen
             ],
-            "unplannable": [{"platform": str(pl), "why": unplannable_reason(pl, planned.facts)} for pl, _ in p.unplannable],
+            "unplannable": [{"platform": str(pl), "why": unplannable_reason(pl, planned)} for pl, _ in p.unplannable],
         }
         click.echo(json.dumps(doc, indent=2))
         return
     rows = [("PLATFORM", "CHOSEN", "EST", "FINISH", "WHY")]
     for s in p.chosen:
         rows.append((str(s.option.platform), str(s.option), f"{s.option.estimate:.1f}s", f"{s.finish:.1f}s", s.option.why))
+        rows.append(("", "", "", "", f"estimate: {s.option.basis}"))
         for r in p.rejected:
             if r.option.platform == s.option.platform:
                 rows.append(("", f"  not {r.option}", f"{r.option.estimate:.1f}s", "", r.why))
     click.echo(_table(rows))
-    click.echo(f"makespan: {p.makespan:.1f}s")
+    click.echo(f"makespan: {p.makespan:.1f}s ({'exact search' if p.exact else 'greedy schedule'})")
     for pl, _ in p.unplannable:
-        click.echo(f"{pl}: CANNOT BUILD: {unplannable_reason(pl, planned.facts)}")
+        click.echo(f"{pl}: CANNOT BUILD: {unplannable_reason(pl, planned)}")
     if p.unplannable:
         sys.exit(3)
 

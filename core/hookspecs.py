@@ -62,12 +62,15 @@ def archfleet_offer(platform, request, facts):
 
 
 @hookspec(firstresult=True)
-def archfleet_estimate(option, request, facts):
+def archfleet_estimate(option, request, facts, history):
     """Refine the time estimate of ``option``, in seconds.
 
-    Called once per option after all offers are in, with the facts of the option's node.
-    Return a float to replace ``option.estimate``, or None to keep it (firstresult: the first
-    plugin returning a number decides). The planner minimises the time the last platform
+    Called once per option after all offers are in, with the facts of the option's node and
+    ``history`` (an :class:`archfleet.history.HistoryView`: past durations of this context and
+    project, or None when history is off). Return ``(seconds, basis)`` where ``basis`` is one
+    line saying where the number comes from, a bare number, or None to keep the offer's
+    estimate. firstresult: the first plugin answering decides; installed plugins are asked
+    before the built-in ``estimates`` plugin. The planner minimises the time the last platform
     finishes using these numbers.
     """
 

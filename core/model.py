@@ -100,6 +100,7 @@ class BuildRequest:
     insecure_registries: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     allow_partial: bool = False
     engine_cli: str | None = None
+    pins: tuple = ()  # planner.Pin values from --strategy / --node
 
 
 @attrs.frozen
@@ -116,6 +117,7 @@ class Option:
     estimate: float
     why: str = ""
     emulated: bool = False
+    basis: str = "prior"  # where the estimate comes from, one line (set by archfleet_estimate)
 
     def __str__(self) -> str:
         return f"{self.strategy}@{self.node}"

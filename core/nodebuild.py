@@ -38,11 +38,15 @@ async def build_and_push(option: Option, request: BuildRequest, context) -> Plat
         context.transport, cli, platform=option.platform, request=request, tag=tag or "",
         context=ctx_dir, dockerfile=dockerfile, extra_build_args=extra, on_line=context.log,
     )
+    built = time.monotonic() - started
     if not request.push or tag is None:
-        return PlatformResult(option.platform, option, time.monotonic() - started, image_id=image_id, ref=tag)
+        return PlatformResult(option.platform, option, built, image_id=image_id, ref=tag)
     await context.ready_to_push()
     context.status("pushing")
+    push_started = time.monotonic()
     ref = parse_reference(tag)
     digest = await engine.push(context.transport, ref, engine.auth_config_for(ref.registry), on_line=context.log)
-    return PlatformResult(option.platform, option, time.monotonic() - started, repository=ref.name,
+    # the time waiting at the push gate is other platforms' time, not this option's
+    seconds = built + (time.monotonic() - push_started)
+    return PlatformResult(option.platform, option, seconds, repository=ref.name,
                           digest=digest, ref=f"{ref.name}@{digest}", image_id=image_id)

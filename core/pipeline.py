@@ -18,7 +18,8 @@ from .dockerfile import analyse
 from .executor import Executor
 from .inventory import Config, collect_nodes
 from .model import BuildRequest, ChildImage, NodeFacts, Option, PlatformResult
-from .planner import Plan, refine, schedule
+from .history import HistoryView, view_for
+from .planner import Plan, apply_pins, refine, schedule
 from .progress import Reporter
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
@@ -72,11 +73,15 @@ def offers(pm, request: BuildRequest, facts: dict[str, NodeFacts]) -> list[Optio
     return out
 
 
-def unplannable_reason(platform, facts: dict[str, NodeFacts]) -> str:
+def unplannable_reason(platform, planned: "Planned") -> str:
     """Why nobody can build ``platform``, and what to do."""
+    pinned = [o for o in planned.pinned_out if o.platform == platform]
+    if pinned:
+        return (f"no option for {platform} is allowed by --strategy/--node (offered: "
+                + ", ".join(str(o) for o in pinned) + ")")
     reasons = []
     could_emulate = False
-    for f in facts.values():
+    for f in planned.facts.values():
         if not f.reachable:
             reasons.append(f"{f.name}: unreachable ({f.error})")
         elif not f.builder:
@@ -91,17 +96,22 @@ def unplannable_reason(platform, facts: dict[str, NodeFacts]) -> str:
 @attrs.frozen
 class Planned:
     facts: dict[str, NodeFacts]
-    options: tuple[Option, ...]
+    options: tuple[Option, ...]  # after estimates and pins: what the plan and fallbacks use
     plan: Plan
+    history: HistoryView | None = None
+    pinned_out: tuple[Option, ...] = ()  # offered, but excluded by --strategy/--node
 
 
 async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
     analyse(request)  # a Dockerfile error is the user's: report it before probing anything
+    view_task = asyncio.create_task(asyncio.to_thread(view_for, request))
     facts = await probe(pm, config)
-    options = refine(pm, offers(pm, request, facts), request, facts)
+    view = await view_task
+    offered = refine(pm, offers(pm, request, facts), request, facts, view)
+    options = apply_pins(offered, request.pins)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
     plan = schedule(request.platforms, options, capacity)
-    return Planned(facts, tuple(options), plan)
+    return Planned(facts, tuple(options), plan, view, tuple(o for o in offered if o not in options))
 
 
 @attrs.frozen
@@ -134,7 +144,7 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
                 planning.cancel()
         missing = planned.plan.unplannable
         if missing:
-            raise EnvironmentProblem("; ".join(unplannable_reason(p, planned.facts) for p, _ in missing))
+            raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in missing))
         for s in planned.plan.chosen:
             reporter.event(f"{s.option.platform}: {s.option} (est. {s.option.estimate:.1f}s) - {s.option.why}")
         executor = Executor(pm, request, planned.facts, reporter)
@@ -161,6 +171,8 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
         if outcome.failures:
             reporter.event("left out (--allow-partial): " + "; ".join(why for _, why in outcome.failures))
         for r in results:
+            if planned.history is not None:
+                await asyncio.to_thread(planned.history.record, r)
             pm.hook.archfleet_build_finished(result=r)
     return BuildSummary(tuple(results), tuple(children), digest, media_type, size, request.tags, planned,
                         outcome.replans, time.monotonic() - started)

@@ -1,33 +1,107 @@
 """Estimates and the schedule: one option per platform, minimising the time the last one ends.
 
-The schedule is a list schedule over each node's build slots (``max_builds``): platforms with
-the longest best option go first (LPT), each to the option that finishes earliest given the
-slots already taken. Equal inputs give equal plans (ties break on names).
+Estimates: a strategy's offer carries a prior (reference work scaled by the node's speed and
+the strategy's factor: native 1, QEMU 8, cross a blend); the built-in ``estimates`` plugin then
+replaces it with history where this context or project was built before, learns the QEMU
+factor per node, and adds the context transfer to remote nodes. Every estimate says in one
+line where it came from (``Option.basis``).
+
+Schedule: each node has ``max_builds`` slots (some possibly busy until a given time). An exact
+branch-and-bound search over the options minimises the makespan (then the total work, then
+names, so equal inputs give equal plans) while the search space is small; beyond that, a
+greedy list schedule (longest platform first, each to the option that finishes earliest).
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Iterable, Sequence
+import math
+from typing import Iterable, Mapping, Sequence
 
 import attrs
 
+from .errors import UsageError
 from .model import BuildRequest, NodeFacts, Option
-from .platforms import Platform
+from .platforms import Platform, PlatformError, parse
 
-BASE_WORK = 10.0  # seconds of build work on a reference node, when nothing better is known
+BASE_WORK = 2.0  # seconds for a build that RUNs nothing, on a reference node
+RUN_WORK = 4.0  # seconds per RUN instruction, a prior until history knows better
 QEMU_FACTOR = 8.0  # emulated work costs this much more (a prior; 4-20x is typical)
 REFERENCE_CPUS = 2
+LINK_RATE = 50e6  # bytes/s to a remote node, until measured
+EXACT_LIMIT = 50_000  # largest search space (product of option counts) searched exactly
 
 
-def prior_seconds(request: BuildRequest, facts: NodeFacts, *, emulated: bool) -> float:
-    """A first estimate of one build: reference work scaled by node speed and emulation."""
+def node_speed(facts: NodeFacts) -> float:
     cores = (max(facts.cpus, 1) / REFERENCE_CPUS) ** 0.5  # builds use more than one core, not linearly
-    speed = (facts.score or 1.0) * cores
     busy = 1.0 + max(facts.load - facts.cpus, 0.0) / max(facts.cpus, 1)
-    work = BASE_WORK * (QEMU_FACTOR if emulated else 1.0)
-    return round(work / speed * busy, 2)
+    return (facts.score or 1.0) * cores / busy
 
+
+def reference_work(request: BuildRequest) -> float:
+    """Seconds of work at reference speed, from the Dockerfile (RUN count), before history."""
+    from .dockerfile import analyse
+
+    try:
+        runs = sum(s.runs for s in analyse(request).used)
+    except Exception:
+        runs = 1
+    return BASE_WORK + RUN_WORK * runs
+
+
+def prior_seconds(request: BuildRequest, facts: NodeFacts, *, emulated: bool, share: float = 1.0) -> float:
+    """A first estimate: reference work (or ``share`` of it) scaled by node speed and emulation."""
+    work = reference_work(request) * share * (QEMU_FACTOR if emulated else 1.0)
+    return round(work / node_speed(facts), 2)
+
+
+# --- pins -----------------------------------------------------------------------------------------
+
+@attrs.frozen
+class Pin:
+    platform: Platform | None  # None: every platform
+    strategy: str | None
+    node: str | None
+
+    def allows(self, option: Option) -> bool:
+        if self.platform is not None and option.platform != self.platform:
+            return True
+        return (self.strategy is None or option.strategy == self.strategy) and (
+            self.node is None or option.node == self.node)
+
+
+def parse_pins(strategies: Sequence[str], nodes: Sequence[str]) -> tuple[Pin, ...]:
+    """``--strategy S``, ``--strategy P=S``, ``--node N``, ``--node P=N``, ``--node P=S@N``."""
+    pins = []
+
+    def split(flag: str, text: str) -> tuple[Platform | None, str]:
+        if "=" in text:
+            plat, _, value = text.partition("=")
+            try:
+                return parse(plat), value
+            except PlatformError as exc:
+                raise UsageError(f"{flag} {text!r}: {exc}") from None
+        return None, text
+
+    for text in strategies:
+        platform, value = split("--strategy", text)
+        if not value:
+            raise UsageError(f"--strategy {text!r}: name a strategy (native, qemu, cross, ...)")
+        pins.append(Pin(platform, value, None))
+    for text in nodes:
+        platform, value = split("--node", text)
+        strategy, _, node = value.rpartition("@")
+        if not node:
+            raise UsageError(f"--node {text!r}: name a node")
+        pins.append(Pin(platform, strategy or None, node))
+    return tuple(pins)
+
+
+def apply_pins(options: Iterable[Option], pins: Sequence[Pin]) -> list[Option]:
+    return [o for o in options if all(p.allows(o) for p in pins)]
+
+
+# --- the schedule ---------------------------------------------------------------------------------
 
 @attrs.frozen
 class Scheduled:
@@ -47,6 +121,7 @@ class Plan:
     chosen: tuple[Scheduled, ...]
     rejected: tuple[Rejected, ...]
     unplannable: tuple[tuple[Platform, str], ...] = ()
+    exact: bool = True
 
     @property
     def makespan(self) -> float:
@@ -59,60 +134,139 @@ class Plan:
         return None
 
 
-def _sort_key(option: Option) -> tuple:
+def _key(option: Option) -> tuple:
     return (option.estimate, option.emulated, option.strategy, option.node)
 
 
-def schedule(platforms: Sequence[Platform], options: Iterable[Option], capacity: dict[str, int],
-             busy: dict[str, Sequence[float]] | None = None) -> Plan:
+def _slots(capacity: Mapping[str, int], busy: Mapping[str, Sequence[float]] | None) -> dict[str, list[float]]:
+    slots = {}
+    for node, cap in capacity.items():
+        if cap <= 0:
+            continue
+        taken = sorted((busy or {}).get(node, ()))[:cap]
+        heap = list(taken) + [0.0] * (cap - len(taken))
+        heapq.heapify(heap)
+        slots[node] = heap
+    return slots
+
+
+def _place(assignment: Sequence[Option], capacity, busy) -> dict[Platform, Scheduled]:
+    """Times for an assignment, placed in its order, each on its node's earliest free slot
+    (the same rule the search used, so the reported times are the ones it optimised)."""
+    slots = _slots(capacity, busy)
+    out: dict[Platform, Scheduled] = {}
+    for opt in assignment:
+        heap = slots[opt.node]
+        start = heap[0]
+        heapq.heapreplace(heap, start + opt.estimate)
+        out[opt.platform] = Scheduled(opt, start, start + opt.estimate)
+    return out
+
+
+def schedule(platforms: Sequence[Platform], options: Iterable[Option], capacity: Mapping[str, int],
+             busy: Mapping[str, Sequence[float]] | None = None, *, exact: bool | None = None) -> Plan:
     """Choose one option per platform. ``capacity``: node -> build slots; ``busy``: node -> when
     its already-taken slots free up (seconds from now)."""
     by_platform: dict[Platform, list[Option]] = {p: [] for p in platforms}
     for opt in options:
         if opt.platform in by_platform and capacity.get(opt.node, 0) > 0:
             by_platform[opt.platform].append(opt)
-    slots: dict[str, list[float]] = {}
-    for node, cap in capacity.items():
-        taken = sorted((busy or {}).get(node, ()))[:cap]
-        heap = list(taken) + [0.0] * (cap - len(taken))
-        heapq.heapify(heap)
-        slots[node] = heap
+    for p in by_platform:
+        by_platform[p].sort(key=_key)
     unplannable = tuple((p, "no strategy offered a way to build it") for p, opts in by_platform.items() if not opts)
-    order = sorted(
-        (p for p, opts in by_platform.items() if opts),
-        key=lambda p: (-min(o.estimate for o in by_platform[p]), str(p)),
-    )
-    chosen: dict[Platform, Scheduled] = {}
-    for p in order:
-        best = None
-        for opt in sorted(by_platform[p], key=_sort_key):
-            start = slots[opt.node][0]
-            finish = start + opt.estimate
-            if best is None or finish < best.finish - 1e-9:
-                best = Scheduled(opt, start, finish)
-        assert best is not None
-        heapq.heapreplace(slots[best.option.node], best.finish)
-        chosen[p] = best
+    plannable = [p for p in platforms if by_platform[p]]
+    order = sorted(plannable, key=lambda p: (-by_platform[p][0].estimate, str(p)))
+    space = math.prod(len(by_platform[p]) for p in order) if order else 0
+    use_exact = exact if exact is not None else space <= EXACT_LIMIT
+    assignment = (_exact if use_exact else _greedy)(order, by_platform, capacity, busy)
+    placed = _place(assignment, capacity, busy)
     rejected = []
-    for p in platforms:
-        if p not in chosen:
-            continue
-        win = chosen[p]
-        for opt in sorted(by_platform[p], key=_sort_key):
+    for p in plannable:
+        win = placed[p]
+        for opt in by_platform[p]:
             if opt == win.option:
                 continue
             if opt.estimate > win.option.estimate:
                 why = f"slower: {opt.estimate:.1f}s vs {win.option.estimate:.1f}s"
             else:
-                why = f"{opt.node} busy with other platforms; {win.option} finishes sooner ({win.finish:.1f}s)"
+                why = (f"faster alone ({opt.estimate:.1f}s), but {opt.node}'s slots are taken by other platforms; "
+                       f"{win.option} ends sooner overall")
             rejected.append(Rejected(opt, why))
-    return Plan(tuple(chosen[p] for p in platforms if p in chosen), tuple(rejected), unplannable)
+    return Plan(tuple(placed[p] for p in platforms if p in placed), tuple(rejected), unplannable, use_exact)
 
 
-def refine(pm, options: Sequence[Option], request: BuildRequest, facts: dict[str, NodeFacts]) -> list[Option]:
-    """Let plugins refine each option's estimate (``archfleet_estimate``)."""
+def _greedy(order, by_platform, capacity, busy) -> list[Option]:
+    slots = _slots(capacity, busy)
+    chosen = []
+    for p in order:
+        best = None
+        for opt in by_platform[p]:
+            finish = slots[opt.node][0] + opt.estimate
+            if best is None or finish < best[0] - 1e-9:
+                best = (finish, opt)
+        heapq.heapreplace(slots[best[1].node], best[0])
+        chosen.append(best[1])
+    return chosen
+
+
+def _exact(order, by_platform, capacity, busy) -> list[Option]:
+    """Branch and bound: the assignment with the least makespan (then least total work)."""
+    best: list = [None, (math.inf, math.inf), None]  # [assignment, (makespan, total), tie-key]
+    greedy = _greedy(order, by_platform, capacity, busy)
+    g = _place(greedy, capacity, busy)
+    best[0] = greedy
+    best[1] = (max(s.finish for s in g.values()), sum(o.estimate for o in greedy))
+    best[2] = tuple(_key(o) for o in greedy)
+    # lower bound on what the platforms still to place add: each needs at least its fastest option
+    tail_lb = [0.0] * (len(order) + 1)
+    for i in range(len(order) - 1, -1, -1):
+        tail_lb[i] = max(tail_lb[i + 1], by_platform[order[i]][0].estimate)
+    tail_work = [0.0] * (len(order) + 1)
+    for i in range(len(order) - 1, -1, -1):
+        tail_work[i] = tail_work[i + 1] + by_platform[order[i]][0].estimate
+    slots = _slots(capacity, busy)
+    chosen: list[Option] = []
+
+    def visit(i: int, makespan: float, total: float) -> None:
+        if max(makespan, tail_lb[i]) > best[1][0] + 1e-9:
+            return
+        if max(makespan, tail_lb[i]) >= best[1][0] - 1e-9 and total + tail_work[i] > best[1][1] + 1e-9:
+            return
+        if i == len(order):
+            cand = (makespan, total)
+            key = tuple(_key(o) for o in chosen)
+            if cand[0] < best[1][0] - 1e-9 or (abs(cand[0] - best[1][0]) <= 1e-9 and (
+                    cand[1] < best[1][1] - 1e-9 or (abs(cand[1] - best[1][1]) <= 1e-9 and key < best[2]))):
+                best[0], best[1], best[2] = list(chosen), cand, key
+            return
+        for opt in by_platform[order[i]]:
+            heap = slots[opt.node]
+            start = heapq.heappop(heap)
+            heapq.heappush(heap, start + opt.estimate)
+            chosen.append(opt)
+            visit(i + 1, max(makespan, start + opt.estimate), total + opt.estimate)
+            chosen.pop()
+            heap.remove(start + opt.estimate)
+            heapq.heapify(heap)
+            heapq.heappush(heap, start)
+
+    visit(0, 0.0, 0.0)
+    return best[0]
+
+
+# --- estimates ------------------------------------------------------------------------------------
+
+def refine(pm, options: Sequence[Option], request: BuildRequest, facts: Mapping[str, NodeFacts],
+           history) -> list[Option]:
+    """Let plugins refine each option's estimate (``archfleet_estimate``, firstresult)."""
     out = []
     for opt in options:
-        value = pm.hook.archfleet_estimate(option=opt, request=request, facts=facts.get(opt.node))
-        out.append(attrs.evolve(opt, estimate=float(value)) if value is not None else opt)
+        value = pm.hook.archfleet_estimate(option=opt, request=request, facts=facts.get(opt.node), history=history)
+        if value is None:
+            out.append(opt)
+        elif isinstance(value, tuple):
+            seconds, basis = value
+            out.append(attrs.evolve(opt, estimate=round(float(seconds), 2), basis=basis))
+        else:
+            out.append(attrs.evolve(opt, estimate=round(float(value), 2)))
     return out

@@ -18,6 +18,7 @@ BUILTIN_PLUGINS = (
     "archfleet.plugins.native",
     "archfleet.plugins.qemu",
     "archfleet.plugins.cross",
+    "archfleet.plugins.estimates",
     "archfleet.plugins.ssh",
 )
 

@@ -31,8 +31,8 @@ def archfleet_offer(platform, request, facts):
             emulated, how = True, f"{analysis.target_runs} target RUN under qemu-{platform.qemu_arch}"
         else:
             continue  # the final stage RUNs something and this node can neither run nor emulate it
-        native_part = planner.prior_seconds(request, f, emulated=False) * (1 - target_share)
-        target_part = planner.prior_seconds(request, f, emulated=emulated) * target_share
+        native_part = planner.prior_seconds(request, f, emulated=False, share=1 - target_share)
+        target_part = planner.prior_seconds(request, f, emulated=emulated, share=target_share)
         out.append(Option(
             platform, STRATEGY, f.name, round(native_part + target_part, 2), emulated=emulated,
             why=f"cross-compiles on {f.name} ({build_on}): {analysis.describe()}; {how}",

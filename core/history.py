@@ -1,0 +1,200 @@
+"""How long options really took: SQLite in the user's cache dir, one row per finished option.
+
+Safe with two archfleet runs at once (WAL, a busy timeout, short transactions) and bounded
+(the oldest rows beyond ``MAX_ROWS`` are dropped on insert). Keys: the context key (what the
+context holds, see :func:`context_key`) and the project key (where it lives), so a changed
+context still learns from its project's past.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import statistics
+import time
+from pathlib import Path
+
+import attrs
+
+MAX_ROWS = 5000
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    context_key TEXT NOT NULL,
+    project_key TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    node TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_ctx ON runs (context_key, platform, strategy, node);
+CREATE INDEX IF NOT EXISTS runs_proj ON runs (project_key, strategy, node);
+"""
+
+
+def default_path() -> Path:
+    import platformdirs
+
+    return Path(os.environ.get("ARCHFLEET_HISTORY") or Path(platformdirs.user_cache_dir("archfleet")) / "history.sqlite")
+
+
+def context_key(request) -> str:
+    """What the context holds, cheaply: every included path with its size and mtime, the
+    Dockerfile's bytes, the build args and the target. Contents are not read (fast on big
+    contexts); an mtime change without a content change just counts as a new context."""
+    h = hashlib.sha256()
+    root = Path(request.context)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            h.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    try:
+        h.update(Path(request.dockerfile).read_bytes())
+    except OSError:
+        pass
+    h.update(repr((tuple(request.build_args), request.target)).encode())
+    return h.hexdigest()[:32]
+
+
+def project_key(request) -> str:
+    return hashlib.sha256(f"{Path(request.context).resolve()}\0{Path(request.dockerfile).resolve()}".encode()).hexdigest()[:32]
+
+
+@attrs.frozen
+class Past:
+    seconds: float
+    runs: int
+    basis: str  # "this context" | "this project" | ...
+
+
+class History:
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path else default_path()
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # used from the event loop and from worker threads, never at the same time
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            db.executescript(SCHEMA)
+            self._db = db
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def record(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str,
+               seconds: float, bytes: int = 0, outcome: str = "ok") -> None:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO runs (at, context_key, project_key, platform, strategy, node, seconds, bytes, outcome)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), context_key, project_key, platform, strategy, node, seconds, bytes, outcome),
+            )
+            db.execute("DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - ?", (MAX_ROWS,))
+
+    def _median(self, sql: str, args: tuple, limit: int = 5) -> tuple[float, int] | None:
+        rows = [r[0] for r in self._conn().execute(sql + f" ORDER BY id DESC LIMIT {limit}", args)]
+        if not rows:
+            return None
+        return statistics.median(rows), len(rows)
+
+    def past(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str) -> Past | None:
+        """What this option took before: this context first, then this project."""
+        got = self._median("SELECT seconds FROM runs WHERE outcome = 'ok' AND context_key = ? AND platform = ?"
+                           " AND strategy = ? AND node = ?", (context_key, platform, strategy, node), limit=3)
+        if got:
+            return Past(got[0], got[1], "this context")
+        got = self._median("SELECT seconds FROM runs WHERE outcome = 'ok' AND project_key = ? AND platform = ?"
+                           " AND strategy = ? AND node = ?", (project_key, platform, strategy, node))
+        if got:
+            return Past(got[0], got[1], "this project")
+        return None
+
+    def qemu_factor(self, node: str) -> float | None:
+        """Learned slowdown of emulated over native builds of the same projects on ``node``."""
+        rows = self._conn().execute(
+            "SELECT e.project_key, AVG(e.seconds), AVG(n.seconds) FROM runs e JOIN runs n"
+            " ON e.project_key = n.project_key AND e.node = n.node"
+            " WHERE e.node = ? AND e.strategy = 'qemu' AND n.strategy = 'native'"
+            " AND e.outcome = 'ok' AND n.outcome = 'ok' GROUP BY e.project_key", (node,)).fetchall()
+        ratios = [e / n for _, e, n in rows if n and n > 0.05]
+        return statistics.median(ratios) if ratios else None
+
+    def project_work(self, project_key: str) -> float | None:
+        """Typical native-speed seconds for this project on any node (a prior for new nodes)."""
+        got = self._median("SELECT seconds FROM runs WHERE outcome = 'ok' AND project_key = ?"
+                           " AND strategy IN ('native', 'cross')", (project_key,), limit=9)
+        return got[0] if got else None
+
+    def count(self) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+
+@attrs.frozen
+class HistoryView:
+    """What ``archfleet_estimate`` gets: the database and this request's keys."""
+
+    db: History
+    context_key: str
+    project_key: str
+    context_bytes: int
+
+    def past(self, option) -> Past | None:
+        try:
+            return self.db.past(context_key=self.context_key, project_key=self.project_key,
+                                platform=str(option.platform), strategy=option.strategy, node=option.node)
+        except sqlite3.Error:
+            return None
+
+    def synced_before(self, node: str) -> bool:
+        try:
+            row = self.db._conn().execute("SELECT 1 FROM runs WHERE context_key = ? AND node = ? LIMIT 1",
+                                          (self.context_key, node)).fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None
+
+    def record(self, result, outcome: str = "ok") -> None:
+        try:
+            self.db.record(context_key=self.context_key, project_key=self.project_key,
+                           platform=str(result.platform), strategy=result.option.strategy, node=result.option.node,
+                           seconds=result.seconds, bytes=self.context_bytes, outcome=outcome)
+        except sqlite3.Error:
+            pass  # history is an optimisation: a locked or broken cache never fails a build
+
+
+def context_size(request) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(request.context):
+        for name in filenames:
+            try:
+                total += (Path(dirpath) / name).lstat().st_size
+            except OSError:
+                pass
+    return total
+
+
+def view_for(request, path: Path | None = None) -> HistoryView | None:
+    if os.environ.get("ARCHFLEET_HISTORY") == "off":
+        return None
+    try:
+        return HistoryView(History(path), context_key(request), project_key(request), context_size(request))
+    except (OSError, sqlite3.Error):
+        return None

@@ -1,0 +1,66 @@
+import multiprocessing
+from pathlib import Path
+
+from archfleet.history import MAX_ROWS, History
+
+
+def rec(h, seconds, **kw):
+    args = dict(context_key="c1", project_key="p1", platform="linux/arm64", strategy="qemu", node="local")
+    args.update(kw)
+    h.record(seconds=seconds, **args)
+
+
+def test_past_prefers_this_context_then_project(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    assert h.past(context_key="c1", project_key="p1", platform="linux/arm64", strategy="qemu", node="local") is None
+    rec(h, 10.0, context_key="c0")
+    got = h.past(context_key="c1", project_key="p1", platform="linux/arm64", strategy="qemu", node="local")
+    assert (got.seconds, got.basis) == (10.0, "this project")
+    rec(h, 4.0)
+    rec(h, 5.0)
+    got = h.past(context_key="c1", project_key="p1", platform="linux/arm64", strategy="qemu", node="local")
+    assert (got.seconds, got.runs, got.basis) == (4.5, 2, "this context")
+
+
+def test_after_two_builds_the_estimate_is_within_20_percent(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    for took in (20.0, 22.0):
+        rec(h, took)
+    got = h.past(context_key="c1", project_key="p1", platform="linux/arm64", strategy="qemu", node="local")
+    assert abs(got.seconds - 22.0) / 22.0 <= 0.2
+
+
+def test_failures_do_not_count_and_qemu_factor_is_learned(tmp_path):
+    h = History(tmp_path / "h.sqlite")
+    rec(h, 1.0, outcome="infra")
+    assert h.past(context_key="c1", project_key="p1", platform="linux/arm64", strategy="qemu", node="local") is None
+    rec(h, 30.0)
+    rec(h, 3.0, platform="linux/amd64", strategy="native")
+    assert h.qemu_factor("local") == 10.0
+    assert h.project_work("p1") == 3.0
+
+
+def test_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr("archfleet.history.MAX_ROWS", 10)
+    h = History(tmp_path / "h.sqlite")
+    for i in range(25):
+        rec(h, float(i))
+    assert h.count() == 10
+
+
+def _writer(path: str, n: int) -> None:
+    h = History(Path(path))
+    for i in range(n):
+        rec(h, float(i), node=f"w{n}")
+
+
+def test_two_runs_at_once(tmp_path):
+    path = str(tmp_path / "h.sqlite")
+    History(Path(path)).count()
+    procs = [multiprocessing.Process(target=_writer, args=(path, n)) for n in (40, 41)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert History(Path(path)).count() == 81
