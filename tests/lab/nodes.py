@@ -4,7 +4,8 @@
     python tests/lab/nodes.py up [N]      # N nodes (default 3), prints the nodes.toml path
     python tests/lab/nodes.py down        # stop everything, remove namespaces and links
     python tests/lab/nodes.py status
-    python tests/lab/nodes.py fault NODE sshd-stop|sshd-start|dockerd-stop|dockerd-start|link-down|link-up
+    python tests/lab/nodes.py fault NODE sshd-stop|sshd-kill|sshd-start|dockerd-stop|dockerd-kill|dockerd-start|
+                                         link-down|link-up
 
 Addresses: bridge ``afbr0`` is 10.231.0.1/24 on this machine; node ``nI`` is 10.231.0.(10+I) in
 namespace ``af-nI``. The registry is served at 10.231.0.1:5000 too (a second registry process
@@ -195,7 +196,45 @@ def sshd_start(name: str, index: int | None = None) -> None:
 
 
 def sshd_stop(name: str) -> None:
+    """Stop the listener: new connections fail, open sessions go on (like `systemctl stop ssh`)."""
     _kill(node_dir(name) / "sshd.pid")
+
+
+def _netns_pids(name: str, comm: str) -> list[int]:
+    out = sh("ip", "netns", "pids", ns(name), check=False).stdout.split()
+    pids = []
+    for pid in out:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def sshd_kill(name: str) -> None:
+    """Kill the listener and every session: open connections drop at once."""
+    sshd_stop(name)
+    for pid in _netns_pids(name, "sshd"):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def dockerd_kill(name: str) -> None:
+    """SIGKILL the node's dockerd (and so its builds), like a crash."""
+    pid = _pid(Path(f"/var/run/{ns(name)}/docker.pid"))
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while time.time() < deadline and _pid(Path(f"/var/run/{ns(name)}/docker.pid")) == pid:
+            time.sleep(0.1)
+    for c in _netns_pids(name, "containerd"):
+        try:
+            os.kill(c, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def dockerd_start(name: str, index: int | None = None) -> None:
@@ -205,6 +244,7 @@ def dockerd_start(name: str, index: int | None = None) -> None:
     if _pid(pidfile):
         return
     Path(f"/var/run/{ns(name)}").mkdir(parents=True, exist_ok=True)
+    pidfile.unlink(missing_ok=True)  # left by a killed daemon
     log = open(d / "dockerd.log", "a")
     # nsenter, not `ip netns exec`: the latter remounts /sys and dockerd then fails on cgroups.
     subprocess.Popen([
@@ -283,7 +323,8 @@ def status() -> str:
 
 
 FAULTS = {
-    "sshd-stop": sshd_stop, "sshd-start": sshd_start, "dockerd-stop": dockerd_stop,
+    "sshd-stop": sshd_stop, "sshd-kill": sshd_kill, "sshd-start": sshd_start, "dockerd-stop": dockerd_stop,
+    "dockerd-kill": dockerd_kill,
     "dockerd-start": dockerd_start, "link-down": lambda n: link(n, "down"), "link-up": lambda n: link(n, "up"),
 }
 
