@@ -28,7 +28,7 @@ def _fail_param(param: str, message: str) -> UsageError:
 
 
 def _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
-                  metadata_file, insecure_registry, allow_partial, engine_cli, pins=()) -> BuildRequest:
+                  metadata_file, insecure_registry, allow_partial, engine_cli, pins=(), report=None) -> BuildRequest:
     context = Path(path)
     if not context.exists():
         raise _fail_param("PATH", f"build context {path!r} does not exist")
@@ -66,6 +66,8 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
         parent = Path(metadata_file).resolve().parent
         if not parent.is_dir():
             raise _fail_param("--metadata-file", f"directory {str(parent)!r} does not exist")
+    if report and not Path(report).resolve().parent.is_dir():
+        raise _fail_param("--report", f"directory {str(Path(report).resolve().parent)!r} does not exist")
     return BuildRequest(
         context=context.resolve(), dockerfile=dockerfile.resolve(), platforms=platforms, tags=tuple(tag),
         build_args=args, labels=labels, target=target, push=push, no_cache=no_cache, pull=pull, progress=progress,
@@ -93,6 +95,8 @@ def build_options(fn):
                      show_default=True, help="Progress output."),
         click.option("-q", "--quiet", is_flag=True, help="Print only the index digest (or image ids)."),
         click.option("--metadata-file", type=click.Path(dir_okay=False), help="Write build results as JSON here."),
+        click.option("--report", type=click.Path(dir_okay=False), metavar="FILE.html",
+                     help="Write a self-contained HTML report: timeline per node, planned vs actual."),
         click.option("--insecure-registry", multiple=True, metavar="HOST[:PORT]",
                      help="Allow plain HTTP to this registry (loopback registries always are)."),
         click.option("--allow-partial", is_flag=True, help="Push an index of the platforms that succeeded."),
@@ -133,7 +137,7 @@ def cli():
 @cli.command()
 @build_options
 def build(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
-          insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node):
+          report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node):
     """Build PATH for every --platform on the fastest nodes and (with --push) publish the index."""
     from .pipeline import build as run_build, write_metadata
     from .plugin import get_manager
@@ -143,12 +147,21 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
         progress = "quiet"
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
-                            parse_pins(pin_strategy, pin_node))
+                            parse_pins(pin_strategy, pin_node), report)
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
-    summary = _run(pm, run_build(pm, request, config, make_reporter(progress)))
+    reporter = make_reporter(progress)
+    try:
+        summary = _run(pm, run_build(pm, request, config, reporter))
+        reporter.finished(summary)
+    finally:
+        reporter.close()
     if request.metadata_file:
         write_metadata(request.metadata_file, summary)
+    if report:
+        from .report import write_report
+
+        write_report(Path(report), summary, request)
     if summary.index_digest:
         click.echo(summary.index_digest)
     elif not push:
@@ -160,14 +173,14 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
 @build_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
-         insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node, fmt):
+         report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node, fmt):
     """Show the chosen option per platform and the alternatives, without building."""
     from .pipeline import make_plan, unplannable_reason
     from .plugin import get_manager
 
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
-                            parse_pins(pin_strategy, pin_node))
+                            parse_pins(pin_strategy, pin_node), report)
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
     planned = _run(pm, make_plan(pm, request, config))
@@ -288,6 +301,32 @@ def binfmt(install, uninstall):
             click.echo(f"{h.name}: {state} flags={h.flags} -> {','.join(map(str, h.platforms))}{ok}")
         if not handlers:
             click.echo("no QEMU handlers registered; run `archfleet binfmt --install all`")
+
+
+@cli.command()
+@click.option("--registry", "registries", multiple=True, metavar="HOST[:PORT]",
+              help="A registry to check (reachable, credentials, HTTP); repeatable.")
+@click.option("--insecure-registry", multiple=True, metavar="HOST[:PORT]", help="Plain HTTP is allowed here.")
+@click.option("--engine-cli", envvar="ARCHFLEET_ENGINE_CLI", metavar="PATH", help="Engine CLI for the local node.")
+@click.option("--local/--no-local", default=True, help="Check the local engine and binfmt handlers.")
+@click.option("--nodes", "nodes_file", metavar="FILE", help="nodes.toml to check.")
+def doctor(registries, insecure_registry, engine_cli, local, nodes_file):
+    """Check the engine, BuildKit, QEMU handlers, registries and nodes; say what to fix."""
+    from . import doctor as doc
+    from .plugin import get_manager
+
+    for host in registries:
+        if not host or "/" in host:
+            raise UsageError(f"--registry {host!r}: give HOST[:PORT] only")
+    config = _config(nodes_file, engine_cli, local)
+    pm = get_manager()
+    checks = _run(pm, doc.run(pm, config, tuple(registries), tuple(insecure_registry), engine_cli))
+    for c in checks:
+        click.echo(c.line())
+    failed = [c for c in checks if c.status == "FAIL"]
+    click.echo(f"{len(checks)} checks, {len(failed)} failed, {sum(c.status == 'warn' for c in checks)} warnings")
+    if failed:
+        sys.exit(3)
 
 
 def _platform_list(flag: str, text: str):

@@ -97,10 +97,21 @@ class Slot:
 
 
 @attrs.frozen
+class Attempt:
+    """One option run for one platform, for the timeline: seconds from the start of the run."""
+
+    option: Option
+    start: float
+    end: float
+    outcome: str  # "done" | "node failed: ..." | "failed: ..." | "cancelled"
+
+
+@attrs.frozen
 class Outcome:
     results: tuple[PlatformResult, ...]
     failures: tuple[tuple[Platform, str], ...]
     replans: tuple[tuple[Platform, str, str], ...]  # platform, from option, why
+    attempts: tuple[Attempt, ...] = ()
 
 
 class Executor:
@@ -113,6 +124,8 @@ class Executor:
         self._transports: dict[str, object] = {}
         self._connecting: dict[str, asyncio.Future] = {}
         self.replans: list[tuple[Platform, str, str]] = []
+        self.attempts: list[Attempt] = []
+        self.t0 = time.monotonic()
         self._slots = {name: asyncio.Semaphore(max(1, f.node.max_builds)) for name, f in facts.items()}
 
     async def _transport(self, node: str):
@@ -161,11 +174,17 @@ class Executor:
             tried.append(option)
             self.reporter.status(option, "starting")
             started = time.monotonic()
+
+            def attempt(outcome: str) -> None:
+                self.attempts.append(Attempt(option, started - self.t0, time.monotonic() - self.t0, outcome))
+
             try:
                 result = await self._run_one(option, gate)
+                attempt("done")
                 self.reporter.done(option, result)
                 return result
             except InfrastructureError as exc:
+                attempt(f"node failed: {exc}")
                 self.down.setdefault(exc.node, str(exc))
                 remaining = [o for o in alternatives if o not in tried and o.node not in self.down]
                 if not remaining:
@@ -176,9 +195,11 @@ class Executor:
                 self.reporter.replanned(option, nxt, f"{exc} (after {time.monotonic() - started:.1f}s)")
                 option = nxt
             except Aborted:
+                attempt("cancelled")
                 self.reporter.status(option, "cancelled: another platform failed")
                 raise
             except ArchfleetError as exc:
+                attempt(f"failed: {exc}")
                 self.reporter.failed(option, str(exc))
                 raise
 
@@ -214,4 +235,4 @@ class Executor:
                 if not isinstance(exc, ArchfleetError):
                     raise exc
                 failures.append((p, str(exc)))
-        return Outcome(tuple(results), tuple(failures), tuple(self.replans))
+        return Outcome(tuple(results), tuple(failures), tuple(self.replans), tuple(self.attempts))

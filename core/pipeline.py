@@ -125,6 +125,7 @@ class BuildSummary:
     planned: Planned
     replans: tuple[tuple, ...]
     seconds: float
+    attempts: tuple = ()
 
 
 async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -> BuildSummary:
@@ -145,8 +146,7 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
         missing = planned.plan.unplannable
         if missing:
             raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in missing))
-        for s in planned.plan.chosen:
-            reporter.event(f"{s.option.platform}: {s.option} (est. {s.option.estimate:.1f}s) - {s.option.why}")
+        reporter.planned(planned.plan)
         executor = Executor(pm, request, planned.facts, reporter)
         outcome = await executor.run(planned.plan, planned.options)
         if outcome.failures and not (request.allow_partial and outcome.results):
@@ -175,7 +175,7 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
                 await asyncio.to_thread(planned.history.record, r)
             pm.hook.archfleet_build_finished(result=r)
     return BuildSummary(tuple(results), tuple(children), digest, media_type, size, request.tags, planned,
-                        outcome.replans, time.monotonic() - started)
+                        outcome.replans, time.monotonic() - started, outcome.attempts)
 
 
 async def end_session(pm) -> None:

@@ -181,6 +181,10 @@ class RegistryClient:
             try:
                 resp = await self._http.request(method, url, headers=hdrs, content=content)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if scheme == "https" and ("SSL" in str(exc) or "WRONG_VERSION" in str(exc)):
+                    raise EnvironmentProblem(
+                        f"registry {host} does not speak HTTPS; if it is a plain-HTTP registry you trust, "
+                        f"allow it with --insecure-registry {host}") from None
                 attempt += 1
                 if attempt >= RETRIES:
                     raise EnvironmentProblem(f"registry {host} unreachable ({scheme}): {exc or type(exc).__name__}") from None

@@ -1,0 +1,164 @@
+"""``archfleet doctor``: is everything a build needs in place, and what to do where it is not.
+
+Checks the local engine and an engine CLI with BuildKit, the binfmt handlers, each registry
+named (reachable, credentials accepted, plain HTTP only where allowed), and every node in the
+nodes file (SSH, host key, engine, clock skew). One line per check; exit 3 if any failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import attrs
+
+from . import binfmt, engine
+from .errors import ArchfleetError
+from .platforms import parse
+from .reference import Reference
+from .registry import RegistryClient
+from .transport import LocalTransport
+
+WANTED_EMULATORS = ("linux/arm64", "linux/arm/v7", "linux/s390x", "linux/ppc64le", "linux/riscv64")
+MAX_SKEW = 5.0
+
+
+@attrs.frozen
+class Check:
+    status: str  # "ok" | "warn" | "FAIL"
+    what: str
+    message: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"{self.status:4s}  {self.what}: {self.message}" + (f" -> {self.fix}" if self.fix else "")
+
+
+async def check_local(engine_cli: str | None) -> list[Check]:
+    out = []
+    t = LocalTransport()
+    try:
+        ok = await engine.ping(t)
+        if ok:
+            version = await asyncio.to_thread(lambda: t.docker_client().version().get("Version"))
+            out.append(Check("ok", "local engine", f"Docker {version} answers"))
+        else:
+            out.append(Check("FAIL", "local engine", "no Docker engine answers",
+                             "start dockerd (or set DOCKER_HOST), or build only on nodes with --no-local"))
+        cli, reasons = await engine.discover_cli(t, engine.local_candidates(engine_cli))
+        if cli:
+            out.append(Check("ok", "engine CLI", f"{' '.join(cli.argv)} ({cli.mode}, {cli.version})"))
+        else:
+            out.append(Check("FAIL", "engine CLI", "no docker CLI can build with BuildKit (" + "; ".join(reasons) + ")",
+                             "install the buildx plugin, or name a Docker < 23 client with --engine-cli "
+                             "(Debian's docker.io gives /usr/bin/docker)"))
+    finally:
+        await t.close()
+    return out
+
+
+def check_binfmt() -> list[Check]:
+    if not (binfmt.MOUNT / "register").exists():
+        return [Check("FAIL", "binfmt", f"binfmt_misc is not mounted at {binfmt.MOUNT}",
+                      "run `archfleet binfmt --install all` as root (it mounts it)")]
+    handlers = [h for h in binfmt.read_handlers() if h.name.startswith("qemu-")]
+    emulated = set(binfmt.emulated_platforms(handlers))
+    out = []
+    missing = [p for p in WANTED_EMULATORS if parse(p) not in emulated]
+    if not handlers:
+        out.append(Check("FAIL", "binfmt", "no QEMU handlers registered: only native platforms can be built here",
+                         "run `archfleet binfmt --install all` (needs qemu-user-static)"))
+    elif missing:
+        out.append(Check("warn", "binfmt", f"no emulator for {', '.join(missing)}",
+                         f"run `archfleet binfmt --install {','.join(missing)}`"))
+    else:
+        out.append(Check("ok", "binfmt", f"{len(handlers)} QEMU handlers ({', '.join(WANTED_EMULATORS)} and more)"))
+    no_f = [h.name for h in handlers if h.enabled and "F" not in h.flags]
+    if no_f:
+        out.append(Check("warn", "binfmt", f"{', '.join(no_f)} lack the fix-binary flag F: they fail inside containers",
+                         "run `archfleet binfmt --uninstall ...` then `--install ...` to register them with F"))
+    return out
+
+
+async def check_registry(host: str, insecure: tuple[str, ...]) -> list[Check]:
+    ref = Reference(host, "archfleet-doctor", "check")
+    async with RegistryClient(insecure) as client:
+        try:
+            await client.check_access(ref, push=True)
+        except ArchfleetError as exc:
+            text = str(exc)
+            if "unreachable" in text:
+                fix = f"start the registry at {host}, or check the address and firewall"
+                if not client.plain_http_allowed(host):
+                    fix += f"; if it speaks plain HTTP, pass --insecure-registry {host}"
+            elif "credentials" in text:
+                fix = f"run `docker login {host}`"
+            else:
+                fix = "check the registry's address and logs"
+            return [Check("FAIL", f"registry {host}", text.replace(f"registry {host} ", ""), fix)]
+        scheme = client._schemes.get(host, "https")
+        if scheme == "http" and not client.plain_http_allowed(host):
+            return [Check("FAIL", f"registry {host}", "speaks plain HTTP only", f"pass --insecure-registry {host}")]
+        note = "plain HTTP (loopback or --insecure-registry)" if scheme == "http" else "HTTPS"
+        return [Check("ok", f"registry {host}", f"reachable over {note}; credentials accepted for push")]
+
+
+async def check_nodes(pm, config) -> list[Check]:
+    from .pipeline import probe
+
+    facts = await probe(pm, config)
+    out = []
+    for f in facts.values():
+        if f.node.transport == "local":
+            continue
+        what = f"node {f.name}"
+        if not f.reachable:
+            err = f.error or "unreachable"
+            if "host key" in err:
+                fix = "check the node really is who it claims; if its key changed legitimately, update known_hosts"
+            elif "refused" in err and "login" in err:
+                fix = "check user and identity in nodes.toml, or the SSH agent"
+            elif "arch =" in err:
+                fix = "fix or remove 'arch' in nodes.toml"
+            elif "engine" in err:
+                fix = "start dockerd on the node, or fix docker_host in nodes.toml"
+            else:
+                fix = f"check that sshd runs on {f.node.host} and the address and port in {f.node.source} are right"
+            out.append(Check("FAIL", what, err, fix))
+            continue
+        if not f.builder:
+            out.append(Check("FAIL", what, f.error or "no builder", "install buildx, or set engine_cli in nodes.toml"))
+            continue
+        skew = await _clock_skew(pm, f)
+        if skew is not None and abs(skew) > MAX_SKEW:
+            out.append(Check("warn", what, f"clock is {skew:+.1f}s off this machine's",
+                             "run NTP (chrony/systemd-timesyncd) on both; registries reject far-off tokens"))
+        out.append(Check("ok", what, f"{f.node.user or ''}@{f.node.host}: docker {f.engine_version}, {f.builder}, "
+                                     f"native {','.join(map(str, f.native))}, {len(f.emulated)} emulated"
+                                     + (f", clock {skew:+.1f}s" if skew is not None else "")))
+    return out
+
+
+async def _clock_skew(pm, facts) -> float | None:
+    awaitable = pm.hook.archfleet_connect(node=facts.node, facts=facts)
+    if awaitable is None:
+        return None
+    try:
+        transport = await awaitable
+        before = time.time()
+        done = await transport.run(["date", "+%s.%N"], timeout=15)
+        after = time.time()
+        return float(done.last_line()) - (before + after) / 2 if done.ok else None
+    except (ArchfleetError, ValueError, OSError):
+        return None
+
+
+async def run(pm, config, registries: tuple[str, ...], insecure: tuple[str, ...], engine_cli: str | None) -> list[Check]:
+    checks: list[Check] = []
+    if config.local:
+        checks += await check_local(engine_cli)
+        checks += check_binfmt()
+    for host in registries:
+        checks += await check_registry(host, insecure)
+    checks += await check_nodes(pm, config)
+    return checks
