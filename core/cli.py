@@ -303,6 +303,39 @@ def binfmt(install, uninstall):
             click.echo("no QEMU handlers registered; run `archfleet binfmt --install all`")
 
 
+@cli.command(name="plugins")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def plugins_(fmt):
+    """List loaded plugins (built-in and installed), their versions and the hooks each implements."""
+    from . import __version__
+    from .plugin import BUILTIN_PLUGINS, get_manager
+
+    pm = get_manager()
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    builtin = {d.rsplit(".", 1)[-1] for d in BUILTIN_PLUGINS}
+    rows = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda np: (np[0] not in builtin, str(np[0]))):
+        if plugin is None:
+            continue  # blocked (ARCHFLEET_DISABLE_PLUGINS)
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        dist = dists.get(id(plugin))
+        if dist is not None:
+            source, version = f"{dist.project_name}", dist.version
+        else:
+            source, version = ("builtin", __version__) if name in builtin else ("registered", "-")
+        rows.append({"name": name, "version": version, "source": source, "hooks": hooks})
+    disabled = sorted(n for n, p in pm.list_name_plugin() if p is None)
+    if fmt == "json":
+        click.echo(json.dumps({"plugins": rows, "disabled": disabled}, indent=2))
+        return
+    table = [("NAME", "VERSION", "FROM", "HOOKS")]
+    for r in rows:
+        table.append((r["name"], r["version"], r["source"], ", ".join(h.replace("archfleet_", "") for h in r["hooks"])))
+    click.echo(_table(table))
+    if disabled:
+        click.echo("disabled: " + ", ".join(disabled))
+
+
 @cli.command()
 @click.option("--registry", "registries", multiple=True, metavar="HOST[:PORT]",
               help="A registry to check (reachable, credentials, HTTP); repeatable.")

@@ -111,12 +111,13 @@ def engine_gone(done: Completed) -> bool:
 
 async def build(transport: Transport, cli: EngineCLI, *, platform: Platform, request: BuildRequest, tag: str,
                 context: str | None = None, dockerfile: str | None = None,
-                extra_build_args: Sequence[tuple[str, str]] = (), on_line: LineCallback | None = None) -> str:
+                extra_build_args: Sequence[tuple[str, str]] = (), extra_labels: Sequence[tuple[str, str]] = (),
+                on_line: LineCallback | None = None) -> str:
     """Build ``platform`` on the node into its engine as ``tag``; return the image id."""
     argv, env = build_argv(
         cli.argv, cli.mode, platform=platform,
         dockerfile=dockerfile or str(request.dockerfile), context=context or str(request.context), tag=tag,
-        build_args=list(request.build_args) + list(extra_build_args), labels=request.labels, target=request.target, no_cache=request.no_cache, pull=request.pull,
+        build_args=list(request.build_args) + list(extra_build_args), labels=list(request.labels) + list(extra_labels), target=request.target, no_cache=request.no_cache, pull=request.pull,
     )
     image_id: list[str] = []
 

@@ -9,6 +9,7 @@ from typing import Sequence
 import attrs
 
 from .errors import ArchfleetError, BuildFailed, InfrastructureError
+from .hookcall import PluginError, call_first, resolve
 from .model import BuildRequest, NodeFacts, Option, PlatformResult
 from .planner import Plan
 from .platforms import Platform
@@ -133,10 +134,10 @@ class Executor:
             return self._transports[node]
         if node not in self._connecting:
             facts = self.facts[node]
-            awaitable = self.pm.hook.archfleet_connect(node=facts.node, facts=facts)
+            name, awaitable = call_first(self.pm, "archfleet_connect", node=facts.node, facts=facts)
             if awaitable is None:
                 raise InfrastructureError(node, f"no plugin can connect to transport {facts.node.transport!r}")
-            self._connecting[node] = asyncio.ensure_future(awaitable)
+            self._connecting[node] = asyncio.ensure_future(resolve(name, "archfleet_connect", awaitable))
         transport = await asyncio.shield(self._connecting[node])
         self._transports[node] = transport
         return transport
@@ -156,14 +157,16 @@ class Executor:
         try:
             transport = await self._transport(option.node)
             context = RunContext(option, self.facts[option.node], transport, self.reporter, gate, slot)
-            awaitable = self.pm.hook.archfleet_run(option=option, request=self.request, context=context)
+            name, awaitable = call_first(self.pm, "archfleet_run", option=option, request=self.request,
+                                         context=context)
             if awaitable is None:
                 raise ArchfleetError(f"no plugin runs strategy {option.strategy!r} (offered for {option.platform})")
-            result = await awaitable
+            result = await resolve(name, "archfleet_run", awaitable)
         finally:
             slot.release()
         if not isinstance(result, PlatformResult):
-            raise ArchfleetError(f"strategy {option.strategy!r} returned {type(result).__name__}, not PlatformResult")
+            raise PluginError(f"plugin {name!r} answered archfleet_run for {option} with {type(result).__name__}, "
+                              "not PlatformResult")
         return result
 
     async def _platform(self, platform: Platform, first: Option, alternatives: list[Option],
@@ -180,6 +183,7 @@ class Executor:
 
             try:
                 result = await self._run_one(option, gate)
+                gate.built(platform)  # a strategy that never pushes (nothing to wait for) still counts
                 attempt("done")
                 self.reporter.done(option, result)
                 return result

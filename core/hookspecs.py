@@ -56,8 +56,9 @@ def archfleet_offer(platform, request, facts):
     Called for every requested platform with ``facts``, the tuple of every probed node's
     :class:`~archfleet.model.NodeFacts` (unreachable ones included; skip them). Every strategy
     plugin answers with a list of :class:`~archfleet.model.Option` (empty when it cannot build
-    the platform). ``Option.strategy`` must be the strategy's own name: it is how
-    ``archfleet_run`` finds the plugin again.
+    the platform), or with an awaitable resolving to one (to ask a registry, say: all offers
+    are awaited at once). ``Option.strategy`` must be the strategy's own name: it is how
+    ``archfleet_run`` finds the plugin again; ``Option.node`` must be a probed node.
     """
 
 

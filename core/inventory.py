@@ -223,10 +223,12 @@ def _node(path: Path, lines: _Lines, name: str, table: Any) -> NodeSpec:
 def collect_nodes(pm, config: Config) -> list[NodeSpec]:
     nodes: list[NodeSpec] = []
     names: dict[str, NodeSpec] = {}
-    for contributed in pm.hook.archfleet_add_nodes(config=config):
+    from .hookcall import call_each
+
+    for plugin, contributed in call_each(pm, "archfleet_add_nodes", config=config):
         for node in contributed or ():
             if not isinstance(node, NodeSpec):
-                raise UsageError(f"a plugin contributed {node!r}, not a NodeSpec")
+                raise UsageError(f"plugin {plugin!r} contributed {node!r}, not a NodeSpec")
             if node.name in names:
                 raise UsageError(
                     f"{node.source}: node name {node.name!r} is already used at {names[node.name].source}"

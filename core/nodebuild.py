@@ -3,13 +3,42 @@ strategies whose builds run in a node's Docker engine (native, qemu)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hashlib
 import time
+from pathlib import Path
 
 from . import engine, toolchains
 from .dockerfile import analyse
 from .engine import EngineCLI
 from .model import BuildRequest, Option, PlatformResult
 from .reference import parse_reference
+
+
+LABEL_CONTEXT = "org.archfleet.context-digest"
+LABEL_PLATFORM = "org.archfleet.platform"
+
+
+@functools.lru_cache(maxsize=8)
+def _context_digest(context: str, dockerfile: str, build_args: tuple, target: str | None, mtimes: tuple) -> str:
+    from .context import snapshot
+
+    snap = snapshot(Path(context), Path(dockerfile))
+    return hashlib.sha256(repr((snap.digest, build_args, target)).encode()).hexdigest()
+
+
+def context_digest(request: BuildRequest) -> str:
+    """A digest of what the build consumes: context contents (honouring .dockerignore), the
+    Dockerfile, build args and target. archfleet labels every image it builds with it
+    (``org.archfleet.context-digest``), so an unchanged platform can be recognised later.
+    Blocking (it hashes the context): call it in a thread."""
+    try:
+        stamp = (Path(request.dockerfile).stat().st_mtime_ns, Path(request.context).stat().st_mtime_ns)
+    except OSError:
+        stamp = ()
+    return _context_digest(str(request.context), str(request.dockerfile), tuple(request.build_args),
+                           request.target, stamp)
 
 
 def child_tag(request: BuildRequest, option: Option) -> str | None:
@@ -34,9 +63,11 @@ async def build_and_push(option: Option, request: BuildRequest, context) -> Plat
     ctx_dir, dockerfile = await context.transport.prepare_context(request, context.reporter)
     context.status("building")
     extra = toolchains.build_args(option.platform, analyse(request).declared_args, request.build_args)
+    digest_of_context = await asyncio.to_thread(context_digest, request)
+    labels = [(LABEL_CONTEXT, digest_of_context), (LABEL_PLATFORM, str(option.platform))]
     image_id = await engine.build(
         context.transport, cli, platform=option.platform, request=request, tag=tag or "",
-        context=ctx_dir, dockerfile=dockerfile, extra_build_args=extra, on_line=context.log,
+        context=ctx_dir, dockerfile=dockerfile, extra_build_args=extra, extra_labels=labels, on_line=context.log,
     )
     built = time.monotonic() - started
     if not request.push or tag is None:

@@ -16,6 +16,7 @@ from . import index as index_mod
 from .errors import ArchfleetError, BuildFailed, EnvironmentProblem, UsageError
 from .dockerfile import analyse
 from .executor import Executor
+from .hookcall import PluginError, call_each, call_first, resolve
 from .inventory import Config, collect_nodes
 from .model import BuildRequest, ChildImage, NodeFacts, Option, PlatformResult
 from .history import HistoryView, view_for
@@ -25,51 +26,47 @@ from .reference import Reference, parse_reference
 from .registry import RegistryClient
 
 
-def _plugin_name(pm, impl_plugin) -> str:
-    return pm.get_name(impl_plugin) or repr(impl_plugin)
-
-
 async def probe(pm, config: Config) -> dict[str, NodeFacts]:
     """Every enabled node's facts, probed concurrently. Unreachable nodes are kept, marked."""
     nodes = collect_nodes(pm, config)
 
     async def one(node):
-        awaitable = pm.hook.archfleet_probe(node=node, config=config)
-        if awaitable is None:
-            return NodeFacts(node, False, error=f"no plugin handles transport {node.transport!r}")
         try:
-            facts = await awaitable
-        except ArchfleetError as exc:
+            name, awaitable = call_first(pm, "archfleet_probe", node=node, config=config)
+            if awaitable is None:
+                return NodeFacts(node, False, error=f"no plugin handles transport {node.transport!r}")
+            facts = await resolve(name, "archfleet_probe", awaitable)
+        except ArchfleetError as exc:  # a plugin bug must not take the other nodes down
             return NodeFacts(node, False, error=str(exc))
-        except Exception as exc:  # a plugin bug must not take the others down
-            return NodeFacts(node, False, error=f"probe crashed: {type(exc).__name__}: {exc}")
         if not isinstance(facts, NodeFacts):
-            return NodeFacts(node, False, error=f"probe returned {type(facts).__name__}, not NodeFacts")
+            return NodeFacts(node, False, error=f"plugin {name!r} answered archfleet_probe with "
+                                                f"{type(facts).__name__}, not NodeFacts")
         return facts
 
     results = await asyncio.gather(*(one(n) for n in nodes))
     return {f.name: f for f in results}
 
 
-def offers(pm, request: BuildRequest, facts: dict[str, NodeFacts]) -> list[Option]:
-    """Ask every strategy for its options for every platform; check what comes back."""
-    out: list[Option] = []
+async def offers(pm, request: BuildRequest, facts: dict[str, NodeFacts]) -> list[Option]:
+    """Ask every strategy for its options for every platform; check what comes back.
+
+    A strategy may answer with a list or with an awaitable resolving to one (to ask a registry,
+    say); all of them are asked at once.
+    """
     all_facts = tuple(facts.values())
+    pending = []
     for platform in request.platforms:
-        for impl in reversed(pm.hook.archfleet_offer.get_hookimpls()):
-            try:
-                got = impl.function(platform=platform, request=request, facts=all_facts)
-            except Exception as exc:
-                raise ArchfleetError(
-                    f"plugin {_plugin_name(pm, impl.plugin)!r} failed in archfleet_offer: {type(exc).__name__}: {exc}"
-                ) from None
-            for opt in got or ():
-                if not isinstance(opt, Option) or opt.platform != platform or opt.node not in facts:
-                    raise ArchfleetError(
-                        f"plugin {_plugin_name(pm, impl.plugin)!r} offered {opt!r}: expected an Option for "
-                        f"{platform} on a known node"
-                    )
-                out.append(opt)
+        for name, got in call_each(pm, "archfleet_offer", platform=platform, request=request, facts=all_facts):
+            pending.append((platform, name, got))
+    answers = await asyncio.gather(*(resolve(name, "archfleet_offer", got) for _, name, got in pending))
+    out: list[Option] = []
+    for (platform, name, _), got in zip(pending, answers):
+        if not isinstance(got, (list, tuple)):
+            raise PluginError(f"plugin {name!r} answered archfleet_offer with {type(got).__name__}, not a list of Option")
+        for opt in got:
+            if not isinstance(opt, Option) or opt.platform != platform or opt.node not in facts:
+                raise PluginError(f"plugin {name!r} offered {opt!r}: expected an Option for {platform} on a known node")
+            out.append(opt)
     return out
 
 
@@ -107,7 +104,7 @@ async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
     view_task = asyncio.create_task(asyncio.to_thread(view_for, request))
     facts = await probe(pm, config)
     view = await view_task
-    offered = refine(pm, offers(pm, request, facts), request, facts, view)
+    offered = refine(pm, await offers(pm, request, facts), request, facts, view)
     options = apply_pins(offered, request.pins)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
     plan = schedule(request.platforms, options, capacity)

@@ -259,14 +259,21 @@ def _exact(order, by_platform, capacity, busy) -> list[Option]:
 def refine(pm, options: Sequence[Option], request: BuildRequest, facts: Mapping[str, NodeFacts],
            history) -> list[Option]:
     """Let plugins refine each option's estimate (``archfleet_estimate``, firstresult)."""
+    from .hookcall import PluginError, call_first
+
     out = []
     for opt in options:
-        value = pm.hook.archfleet_estimate(option=opt, request=request, facts=facts.get(opt.node), history=history)
+        name, value = call_first(pm, "archfleet_estimate", option=opt, request=request, facts=facts.get(opt.node),
+                                 history=history)
         if value is None:
             out.append(opt)
-        elif isinstance(value, tuple):
-            seconds, basis = value
-            out.append(attrs.evolve(opt, estimate=round(float(seconds), 2), basis=basis))
-        else:
-            out.append(attrs.evolve(opt, estimate=round(float(value), 2)))
+            continue
+        seconds, basis = value if isinstance(value, tuple) and len(value) == 2 else (value, f"from plugin {name}")
+        try:
+            seconds = float(seconds)
+        except (TypeError, ValueError):
+            raise PluginError(f"plugin {name!r} answered archfleet_estimate with {value!r}, not seconds") from None
+        if not math.isfinite(seconds) or seconds < 0:
+            raise PluginError(f"plugin {name!r} estimated {seconds} seconds for {opt}")
+        out.append(attrs.evolve(opt, estimate=round(seconds, 2), basis=str(basis)))
     return out

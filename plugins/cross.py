@@ -4,18 +4,14 @@ the target CPU (or QEMU). So the build is offered on any node, costed as that bl
 
 from __future__ import annotations
 
-from archfleet import planner
-from archfleet.dockerfile import analyse
-from archfleet.hookspecs import hookimpl
-from archfleet.model import Option
-from archfleet.nodebuild import build_and_push
+from archfleet.api import Option, analyse_dockerfile, build_and_push, hookimpl, prior_seconds
 
 STRATEGY = "cross"
 
 
 @hookimpl
 def archfleet_offer(platform, request, facts):
-    analysis = analyse(request)
+    analysis = analyse_dockerfile(request)
     if not analysis.cross:
         return []
     total = max(analysis.build_runs + analysis.target_runs, 1)
@@ -31,8 +27,8 @@ def archfleet_offer(platform, request, facts):
             emulated, how = True, f"{analysis.target_runs} target RUN under qemu-{platform.qemu_arch}"
         else:
             continue  # the final stage RUNs something and this node can neither run nor emulate it
-        native_part = planner.prior_seconds(request, f, emulated=False, share=1 - target_share)
-        target_part = planner.prior_seconds(request, f, emulated=emulated, share=target_share)
+        native_part = prior_seconds(request, f, emulated=False, share=1 - target_share)
+        target_part = prior_seconds(request, f, emulated=emulated, share=target_share)
         out.append(Option(
             platform, STRATEGY, f.name, round(native_part + target_part, 2), emulated=emulated,
             why=f"cross-compiles on {f.name} ({build_on}): {analysis.describe()}; {how}",

@@ -9,8 +9,7 @@
 
 from __future__ import annotations
 
-from archfleet import planner
-from archfleet.hookspecs import hookimpl
+from archfleet.api import LINK_RATE, QEMU_FACTOR, hookimpl, node_speed, reference_work
 
 
 @hookimpl
@@ -21,22 +20,22 @@ def archfleet_estimate(option, request, facts, history):
     if past is not None:
         return past.seconds, f"median of the last {past.runs} builds of {past.basis} with this option"
     seconds = option.estimate
-    notes = [f"prior {option.estimate:.1f}s (Dockerfile work / node speed {planner.node_speed(facts):.2f}"
-             + (f" x qemu {planner.QEMU_FACTOR:g}" if option.emulated else "") + ")"] if facts else ["prior"]
+    notes = [f"prior {option.estimate:.1f}s (Dockerfile work / node speed {node_speed(facts):.2f}"
+             + (f" x qemu {QEMU_FACTOR:g}" if option.emulated else "") + ")"] if facts else ["prior"]
     try:
         work = history.db.project_work(history.project_key)
         learned = history.db.qemu_factor(option.node) if option.emulated else None
     except Exception:
         work = learned = None
     if work:
-        scale = work / planner.reference_work(request)
+        scale = work / reference_work(request)
         seconds *= scale
         notes.append(f"x{scale:.2f} for this project's past work")
     if learned:
-        seconds *= learned / planner.QEMU_FACTOR
+        seconds *= learned / QEMU_FACTOR
         notes.append(f"qemu factor {learned:.1f} learned on {option.node}")
     if facts is not None and facts.node.transport != "local" and not history.synced_before(option.node):
-        transfer = history.context_bytes / planner.LINK_RATE
+        transfer = history.context_bytes / LINK_RATE
         seconds += transfer
         notes.append(f"+{transfer:.1f}s to send {history.context_bytes / 1e6:.1f} MB")
     return round(seconds, 2), "; ".join(notes)

@@ -8,11 +8,10 @@ import attrs
 import os
 import platform as _platform
 
-from archfleet import binfmt, engine, probe
-from archfleet.hookspecs import hookimpl
-from archfleet.model import NodeFacts, NodeSpec
-from archfleet.platforms import PlatformError, from_uname
-from archfleet.transport import LocalTransport
+from archfleet.api import (
+    LocalTransport, NodeFacts, NodeSpec, PlatformError, benchmark, binfmt, discover_cli, from_uname, hookimpl,
+    local_candidates,
+)
 
 TRANSPORT = "local"
 
@@ -61,7 +60,7 @@ async def _probe(node: NodeSpec) -> NodeFacts:
         except PlatformError as exc:
             return NodeFacts(node, False, error=f"unsupported machine: {exc}")
         info_task = asyncio.create_task(asyncio.to_thread(_engine_info, transport))
-        cli_task = asyncio.create_task(engine.discover_cli(transport, engine.local_candidates(node.engine_cli)))
+        cli_task = asyncio.create_task(discover_cli(transport, local_candidates(node.engine_cli)))
         try:
             info = await info_task
         except Exception as exc:
@@ -70,7 +69,7 @@ async def _probe(node: NodeSpec) -> NodeFacts:
             return NodeFacts(node, False, error=f"no Docker engine answers ({type(exc).__name__}: {exc}); start dockerd "
                              "or set DOCKER_HOST")
         cli, reasons = await cli_task
-        score = await probe.benchmark(transport, node)
+        score = await benchmark(transport, node)
         handlers = binfmt.read_handlers()
         natives = native.native_also()
         emulated = tuple(p for p in binfmt.emulated_platforms(handlers) if p not in natives)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from archfleet import planner
-from archfleet.hookspecs import hookimpl
-from archfleet.model import Option
-from archfleet.nodebuild import build_and_push
+from archfleet.api import Option, build_and_push, hookimpl, prior_seconds
 
 STRATEGY = "native"
 
@@ -15,7 +12,7 @@ def archfleet_offer(platform, request, facts):
     out = []
     for f in facts:
         if f.can_build and platform in f.native:
-            out.append(Option(platform, STRATEGY, f.name, planner.prior_seconds(request, f, emulated=False),
+            out.append(Option(platform, STRATEGY, f.name, prior_seconds(request, f, emulated=False),
                               why=f"{f.name} runs {platform} natively"))
     return out
 

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from archfleet import planner
-from archfleet.dockerfile import analyse
-from archfleet.hookspecs import hookimpl
-from archfleet.model import Option
-from archfleet.nodebuild import build_and_push
+from archfleet.api import Option, analyse_dockerfile, build_and_push, hookimpl, prior_seconds
 
 STRATEGY = "qemu"
 
 
 @hookimpl
 def archfleet_offer(platform, request, facts):
-    if analyse(request).cross:
+    if analyse_dockerfile(request).cross:
         return []  # BuildKit runs $BUILDPLATFORM stages natively anyway: the cross strategy's case
     out = []
     for f in facts:
         if f.can_build and platform in f.emulated and platform not in f.native:
-            out.append(Option(platform, STRATEGY, f.name, planner.prior_seconds(request, f, emulated=True),
+            out.append(Option(platform, STRATEGY, f.name, prior_seconds(request, f, emulated=True),
                               why=f"{f.name} emulates {platform} with qemu-{platform.qemu_arch}", emulated=True))
     return out
 

@@ -12,11 +12,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from archfleet.errors import InfrastructureError
-from archfleet.hookspecs import hookimpl
-from archfleet.model import NodeFacts
-from archfleet.probe import probe_node
-from archfleet.transport import SSHTransport
+from archfleet.api import InfrastructureError, NodeFacts, SSHTransport, hookimpl, probe_node
 
 TRANSPORT = "ssh"
 CONNECT_TIMEOUT = 10.0

@@ -37,7 +37,7 @@ def test_outside_strategy_offers_beside_builtins():
 
     pm = make_manager(load_entrypoints=False)
     pm.register(Cloud(), name="cloud")
-    got = offers(pm, REQ, FACTS)
+    got = asyncio.run(offers(pm, REQ, FACTS))
     assert {o.strategy for o in got} == {"native", "cloud"}
 
 
@@ -50,7 +50,7 @@ def test_plugin_that_raises_is_named():
     pm = make_manager(load_entrypoints=False)
     pm.register(Broken(), name="broken-plugin")
     with pytest.raises(ArchfleetError, match="'broken-plugin' failed in archfleet_offer: RuntimeError: boom"):
-        offers(pm, REQ, FACTS)
+        asyncio.run(offers(pm, REQ, FACTS))
 
 
 def test_plugin_returning_wrong_type_is_named():
@@ -62,7 +62,7 @@ def test_plugin_returning_wrong_type_is_named():
     pm = make_manager(load_entrypoints=False)
     pm.register(Wrong(), name="wrong")
     with pytest.raises(ArchfleetError, match="plugin 'wrong' offered"):
-        offers(pm, REQ, FACTS)
+        asyncio.run(offers(pm, REQ, FACTS))
 
 
 def test_unknown_hook_fails_check_pending():

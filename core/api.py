@@ -1,0 +1,55 @@
+"""archfleet's public API for plugins: everything a plugin may import, from one place.
+
+Hooks are declared in :mod:`archfleet.hookspecs` (each documented there); implement them with
+:data:`hookimpl`. The values a hook receives or returns are frozen attrs classes. Helpers a
+strategy usually needs (build on a node's engine, a prior estimate, the Dockerfile analysis,
+the registry client) are here too. Other modules are internal and may change without notice:
+import from ``archfleet.api`` only. The built-in plugins (``archfleet.plugins.*``) follow this
+rule, so they are examples of what an outside plugin can do.
+"""
+
+from . import binfmt
+from .dockerfile import Analysis, Stage
+from .dockerfile import analyse as analyse_dockerfile
+from .engine import EngineCLI, discover_cli, local_candidates
+from .errors import (
+    ArchfleetError,
+    BuildFailed,
+    EnvironmentProblem,
+    InfrastructureError,
+    UsageError,
+    VerificationFailed,
+)
+from .executor import RunContext
+from .hookspecs import hookimpl, hookspec
+from .index import verify_child
+from .inventory import Config
+from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
+from .nodebuild import LABEL_CONTEXT, LABEL_PLATFORM, build_and_push, child_tag, context_digest
+from .planner import LINK_RATE, QEMU_FACTOR, node_speed, prior_seconds, reference_work
+from .platforms import Platform, PlatformError, from_uname
+from .platforms import parse as parse_platform
+from .probe import benchmark, probe_node
+from .progress import Reporter
+from .reference import Reference, parse_reference
+from .registry import RegistryClient
+from .transport import Completed, LocalTransport, SSHTransport, Transport, quote_argv
+
+__all__ = [
+    # hooks
+    "hookimpl", "hookspec",
+    # values
+    "Platform", "parse_platform", "from_uname", "NodeSpec", "NodeFacts", "Option", "BuildRequest",
+    "PlatformResult", "ChildImage", "Config", "RunContext", "Reporter", "Reference", "Completed",
+    # errors
+    "ArchfleetError", "UsageError", "EnvironmentProblem", "BuildFailed", "InfrastructureError",
+    "VerificationFailed", "PlatformError",
+    # strategy helpers
+    "build_and_push", "child_tag", "context_digest", "LABEL_CONTEXT", "LABEL_PLATFORM",
+    "prior_seconds", "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "Analysis", "Stage",
+    # transports and probing
+    "Transport", "LocalTransport", "SSHTransport", "quote_argv", "probe_node", "benchmark", "discover_cli",
+    "local_candidates", "EngineCLI", "binfmt",
+    # registry
+    "RegistryClient", "parse_reference", "verify_child",
+]

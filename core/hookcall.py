@@ -1,0 +1,87 @@
+"""Calling hooks one implementation at a time, so a plugin that raises or answers with the wrong
+type is named in the error instead of surfacing as a bare traceback.
+
+``ARCHFLEET_TRACE_PLUGINS=1`` prints every call (plugin, hook, arguments, result) to stderr.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from typing import Any
+
+from .errors import ArchfleetError
+
+
+class PluginError(ArchfleetError):
+    """A plugin raised, or returned something of the wrong type."""
+
+    exit_code = 1
+
+
+def _trace(name: str, hook: str, kwargs: dict, result: Any) -> None:
+    if os.environ.get("ARCHFLEET_TRACE_PLUGINS") == "1":
+        args = ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items())
+        sys.stderr.write(f"[trace] {name}.{hook}({args}) -> {_short(result)}\n")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def plugin_name(pm, plugin) -> str:
+    return pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
+
+
+def impls(pm, hook: str):
+    """Implementations in pluggy's call order (last registered first)."""
+    return list(reversed(getattr(pm.hook, hook).get_hookimpls()))
+
+
+def call_each(pm, hook: str, **kwargs) -> list[tuple[str, Any]]:
+    """Every implementation's answer (None answers dropped), as (plugin name, answer)."""
+    out = []
+    for impl in impls(pm, hook):
+        name = plugin_name(pm, impl.plugin)
+        args = {k: kwargs[k] for k in impl.argnames}
+        try:
+            result = impl.function(**args)
+        except ArchfleetError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {exc}") from exc
+        _trace(name, hook, args, result)
+        if result is not None:
+            out.append((name, result))
+    return out
+
+
+def call_first(pm, hook: str, **kwargs) -> tuple[str | None, Any]:
+    """The first non-None answer (a firstresult hook), with the plugin that gave it."""
+    for impl in impls(pm, hook):
+        name = plugin_name(pm, impl.plugin)
+        args = {k: kwargs[k] for k in impl.argnames}
+        try:
+            result = impl.function(**args)
+        except ArchfleetError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {exc}") from exc
+        _trace(name, hook, args, result)
+        if result is not None:
+            return name, result
+    return None, None
+
+
+async def resolve(name: str, hook: str, value: Any) -> Any:
+    """Await ``value`` if the plugin returned an awaitable, naming the plugin if it raises."""
+    if not inspect.isawaitable(value):
+        return value
+    try:
+        return await value
+    except ArchfleetError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {exc}") from exc
