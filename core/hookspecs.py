@@ -1,8 +1,10 @@
 """The hook contract between archfleet and its plugins (built-in ones included).
 
-A plugin is any module or object with functions decorated ``@archfleet.hookimpl`` whose names
-are the hooks below. Built-in strategies (``native``, ``qemu``) and transports (``local``) are
-plugins like any other; installed plugins are found through the ``archfleet`` entry-point group.
+A plugin is any module or object with functions decorated ``@hookimpl`` (from ``archfleet.api``)
+whose names are the hooks below; an implementation may take any subset of a hook's arguments.
+Built-in strategies (``native``, ``qemu``, ``cross``), transports (``local``, ``ssh``) and the
+``estimates`` plugin are plugins like any other; installed plugins are found through the
+``archfleet`` entry-point group and are called before the built-ins.
 
 Hooks run in this order for one build:
 
@@ -13,6 +15,9 @@ Hooks run in this order for one build:
 5. ``archfleet_connect``    (per node used)     -> a transport to run commands on the node
 6. ``archfleet_run``        (per chosen option) -> the built (and pushed) platform
 7. ``archfleet_build_finished`` (per platform), ``archfleet_index_pushed`` (per tag)
+8. ``archfleet_session_end`` (once, last)
+
+A plugin that raises, or answers with the wrong type, is named in the error archfleet reports.
 
 Hooks marked *async* return an awaitable (an ``async def`` implementation); archfleet awaits it
 on its event loop. Blocking work inside them belongs in a thread (``asyncio.to_thread``).

@@ -84,3 +84,16 @@ def test_every_hook_is_documented():
         if name.startswith("archfleet_"):
             doc = getattr(hookspecs, name).__doc__ or ""
             assert len(doc.split()) > 10, name
+
+
+def test_builtin_plugins_use_only_the_public_api():
+    import ast
+
+    plugins = Path(__file__).resolve().parents[2] / "plugins"
+    for path in plugins.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("archfleet"):
+                assert node.module == "archfleet.api", f"{path.name} imports {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("archfleet") for a in node.names), path.name
