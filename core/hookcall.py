@@ -40,36 +40,30 @@ def impls(pm, hook: str):
     return list(reversed(getattr(pm.hook, hook).get_hookimpls()))
 
 
+def _call(pm, impl, hook: str, kwargs: dict) -> tuple[str, Any]:
+    """One implementation's answer, with its plugin's name; a crash is a PluginError naming it."""
+    name = plugin_name(pm, impl.plugin)
+    args = {k: kwargs[k] for k in impl.argnames}
+    try:
+        result = impl.function(**args)
+    except ArchfleetError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {exc}") from exc
+    _trace(name, hook, args, result)
+    return name, result
+
+
 def call_each(pm, hook: str, **kwargs) -> list[tuple[str, Any]]:
     """Every implementation's answer (None answers dropped), as (plugin name, answer)."""
-    out = []
-    for impl in impls(pm, hook):
-        name = plugin_name(pm, impl.plugin)
-        args = {k: kwargs[k] for k in impl.argnames}
-        try:
-            result = impl.function(**args)
-        except ArchfleetError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {exc}") from exc
-        _trace(name, hook, args, result)
-        if result is not None:
-            out.append((name, result))
-    return out
+    answers = (_call(pm, impl, hook, kwargs) for impl in impls(pm, hook))
+    return [(name, result) for name, result in answers if result is not None]
 
 
 def call_first(pm, hook: str, **kwargs) -> tuple[str | None, Any]:
     """The first non-None answer (a firstresult hook), with the plugin that gave it."""
     for impl in impls(pm, hook):
-        name = plugin_name(pm, impl.plugin)
-        args = {k: kwargs[k] for k in impl.argnames}
-        try:
-            result = impl.function(**args)
-        except ArchfleetError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {exc}") from exc
-        _trace(name, hook, args, result)
+        name, result = _call(pm, impl, hook, kwargs)
         if result is not None:
             return name, result
     return None, None

@@ -180,21 +180,18 @@ class RegistryClient:
                 hdrs["Authorization"] = auth
             try:
                 resp = await self._http.request(method, url, headers=hdrs, content=content)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                if scheme == "https" and ("SSL" in str(exc) or "WRONG_VERSION" in str(exc)):
+            except httpx.TransportError as exc:  # refused, reset, timed out: retried with back-off
+                connect = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+                if connect and scheme == "https" and ("SSL" in str(exc) or "WRONG_VERSION" in str(exc)):
                     raise EnvironmentProblem(
                         f"registry {host} does not speak HTTPS; if it is a plain-HTTP registry you trust, "
                         f"allow it with --insecure-registry {host}") from None
                 attempt += 1
                 if attempt >= RETRIES:
-                    raise EnvironmentProblem(f"registry {host} unreachable ({scheme}): {exc or type(exc).__name__}") from None
-                await asyncio.sleep(delay)
-                delay *= 2
-                continue
-            except httpx.TransportError as exc:  # reset, timeout mid-request
-                attempt += 1
-                if attempt >= RETRIES:
-                    raise RegistryError(f"{method} {url} failed after {RETRIES} tries: {exc or type(exc).__name__}") from None
+                    reason = str(exc) or type(exc).__name__
+                    if connect:
+                        raise EnvironmentProblem(f"registry {host} unreachable ({scheme}): {reason}") from None
+                    raise RegistryError(f"{method} {url} failed after {RETRIES} tries: {reason}") from None
                 await asyncio.sleep(delay)
                 delay *= 2
                 continue

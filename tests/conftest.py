@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -107,3 +108,23 @@ def nodes(lab) -> Nodes:
         pytest.fail(f"lab nodes did not come up: {proc.stderr[-2000:]}")
     yield Nodes(Path(proc.stdout.strip()))
     subprocess.run([sys.executable, str(LAB_NODES), "down"], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def armvm(lab):
+    """The arm64 VM node, booted for the session (its image built once and cached)."""
+    if os.geteuid() != 0 or not shutil.which("qemu-system-aarch64") and not IN_CI:
+        missing("the arm64 VM needs root and qemu-system-arm")
+    sys.path.insert(0, str(REPO / "tests" / "lab"))
+    try:
+        import armvm as vm
+    finally:
+        sys.path.pop(0)
+    started = time.time()
+    try:
+        toml = vm.up()
+    except SystemExit as exc:
+        pytest.fail(f"arm64 VM did not come up: {exc}")
+    boot = time.time() - started
+    yield type("ArmVM", (), {"toml": toml, "boot_seconds": boot, "name": vm.NAME})()
+    vm.down()

@@ -273,12 +273,16 @@ def names(count: int) -> list[str]:
     return [f"n{i}" for i in range(1, count + 1)]
 
 
-def up(count: int = 3) -> Path:
-    if os.geteuid() != 0:
-        raise SystemExit("lab: needs root")
+def ensure_key() -> None:
     LAB.mkdir(parents=True, exist_ok=True)
     if not KEY.exists():
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "archfleet-lab", "-f", KEY)
+
+
+def up(count: int = 3) -> Path:
+    if os.geteuid() != 0:
+        raise SystemExit("lab: needs root")
+    ensure_key()
     (LAB / "authorized_keys").write_text(Path(f"{KEY}.pub").read_text())
     bridge_up()
     registry_up()
