@@ -217,3 +217,13 @@ def test_plan_and_ls_show_the_local_node(lab):
     doc = json.loads(plan.stdout)
     chosen = {p["platform"]: p["strategy"] for p in doc["platforms"]}
     assert chosen == {"linux/amd64": "native", "linux/arm64": "qemu"}
+
+
+def test_allow_partial_pushes_what_succeeded_and_says_what_it_left_out(lab):
+    tag = f"{lab.registry}/arch-partial:{unique('t')}"
+    proc = lab.archfleet("build", "--progress", "plain", "--platform", "linux/amd64,linux/riscv64", "-t", tag,
+                         "--push", "--allow-partial", "examples/arch-test")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "left out (--allow-partial): " in proc.stderr and "linux/riscv64" in proc.stderr
+    index = lab.manifest("arch-partial", tag.rsplit(":", 1)[1]).json()
+    assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64"]
