@@ -83,9 +83,10 @@ class RunContext:
 class Slot:
     """One of a node's ``max_builds`` build slots, released at most once."""
 
-    def __init__(self, semaphore: asyncio.Semaphore):
+    def __init__(self, semaphore: asyncio.Semaphore, on_release=None):
         self._semaphore = semaphore
         self._held = False
+        self._on_release = on_release
 
     async def acquire(self) -> None:
         await self._semaphore.acquire()
@@ -95,6 +96,8 @@ class Slot:
         if self._held:
             self._held = False
             self._semaphore.release()
+            if self._on_release:
+                self._on_release()
 
 
 @attrs.frozen
@@ -128,6 +131,7 @@ class Executor:
         self.attempts: list[Attempt] = []
         self.t0 = time.monotonic()
         self._slots = {name: asyncio.Semaphore(max(1, f.node.max_builds)) for name, f in facts.items()}
+        self._busy: dict[str, dict[Platform, tuple[float, float]]] = {name: {} for name in facts}  # started, estimate
 
     async def _transport(self, node: str):
         if node in self._transports:
@@ -149,11 +153,21 @@ class Executor:
             except Exception:
                 pass
 
-    async def _run_one(self, option: Option, gate: PushGate) -> PlatformResult:
-        slot = Slot(self._slots[option.node])
+    def _wait_for_slot(self, node: str) -> float:
+        """Seconds until ``node`` has a free build slot, from what runs there now."""
+        busy = self._busy[node]
+        if len(busy) < self.facts[node].node.max_builds:
+            return 0.0
+        now = time.monotonic()
+        return min(max(est - (now - start), 0.0) for start, est in busy.values())
+
+    async def _run_one(self, option: Option, gate: PushGate, started: list[float]) -> PlatformResult:
+        slot = Slot(self._slots[option.node], lambda: self._busy[option.node].pop(option.platform, None))
         if self._slots[option.node].locked():
             self.reporter.status(option, "waiting for a build slot")
         await slot.acquire()
+        started[0] = time.monotonic()  # the timeline shows the work, not the wait for a slot
+        self._busy[option.node][option.platform] = (started[0], option.estimate)
         try:
             transport = await self._transport(option.node)
             context = RunContext(option, self.facts[option.node], transport, self.reporter, gate, slot)
@@ -176,13 +190,13 @@ class Executor:
         while True:
             tried.append(option)
             self.reporter.status(option, "starting")
-            started = time.monotonic()
+            started = [time.monotonic()]
 
             def attempt(outcome: str) -> None:
-                self.attempts.append(Attempt(option, started - self.t0, time.monotonic() - self.t0, outcome))
+                self.attempts.append(Attempt(option, started[0] - self.t0, time.monotonic() - self.t0, outcome))
 
             try:
-                result = await self._run_one(option, gate)
+                result = await self._run_one(option, gate, started)
                 gate.built(platform)  # a strategy that never pushes (nothing to wait for) still counts
                 attempt("done")
                 self.reporter.done(option, result)
@@ -194,9 +208,10 @@ class Executor:
                 if not remaining:
                     self.reporter.failed(option, str(exc))
                     raise BuildFailed(f"{platform}: {exc}; no other option left") from None
-                nxt = min(remaining, key=lambda o: (o.estimate, o.strategy, o.node))
+                # the next-best option now: its estimate plus the wait for a slot on its node
+                nxt = min(remaining, key=lambda o: (self._wait_for_slot(o.node) + o.estimate, o.strategy, o.node))
                 self.replans.append((platform, str(option), str(exc)))
-                self.reporter.replanned(option, nxt, f"{exc} (after {time.monotonic() - started:.1f}s)")
+                self.reporter.replanned(option, nxt, f"{exc} (after {time.monotonic() - started[0]:.1f}s)")
                 option = nxt
             except Aborted:
                 attempt("cancelled")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-LANE = 46
+ROW = 22
+GAP = 8
 LEFT = 120
 WIDTH = 900
 COLOURS = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#e15759"]
@@ -20,52 +21,62 @@ def _esc(text) -> str:
 def render(summary, request) -> str:
     plan = summary.planned.plan
     attempts = list(summary.attempts)
-    nodes: list[str] = []
-    for s in plan.chosen:
-        if s.option.node not in nodes:
-            nodes.append(s.option.node)
-    for a in attempts:
-        if a.option.node not in nodes:
-            nodes.append(a.option.node)
+    # one row per (node, platform) that was planned or tried there, grouped by node
+    rows_of: dict[str, list[str]] = {}
+    for node, platform in [(s.option.node, str(s.option.platform)) for s in plan.chosen] + \
+            [(a.option.node, str(a.option.platform)) for a in attempts]:
+        rows_of.setdefault(node, [])
+        if platform not in rows_of[node]:
+            rows_of[node].append(platform)
+    y_of: dict[tuple[str, str], float] = {}
+    y = 10.0
+    separators = []
+    for node, plats in rows_of.items():
+        separators.append((node, y, y + ROW * len(plats)))
+        for p in plats:
+            y_of[(node, p)] = y
+            y += ROW
+        y += GAP
     platforms = [str(p) for p in request.platforms]
     colour = {p: COLOURS[i % len(COLOURS)] for i, p in enumerate(platforms)}
     horizon = max([plan.makespan] + [a.end for a in attempts] + [1.0]) * 1.05
     scale = WIDTH / horizon
-    height = LANE * len(nodes) + 40
+    height = int(y + 30)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LEFT + WIDTH + 20}" height="{height}" '
              f'role="img" aria-label="build timeline">']
-    for i, node in enumerate(nodes):
-        y = 10 + i * LANE
-        parts.append(f'<text x="6" y="{y + LANE / 2 + 4}" class="lane">{_esc(node)}</text>')
-        parts.append(f'<line x1="{LEFT}" y1="{y + LANE - 2}" x2="{LEFT + WIDTH}" y2="{y + LANE - 2}" stroke="#ddd"/>')
-    # time axis
     step = max(1, round(horizon / 8))
     t = 0
     while t <= horizon:
         x = LEFT + t * scale
-        parts.append(f'<line x1="{x:.1f}" y1="6" x2="{x:.1f}" y2="{height - 24}" stroke="#f0f0f0"/>')
+        parts.append(f'<line x1="{x:.1f}" y1="6" x2="{x:.1f}" y2="{height - 24}" stroke="#eee"/>')
         parts.append(f'<text x="{x:.1f}" y="{height - 8}" class="tick">{t}s</text>')
         t += step
+    for node, top, bottom in separators:
+        parts.append(f'<rect x="2" y="{top - 2}" width="{LEFT + WIDTH}" height="{bottom - top + 4}" fill="none" '
+                     f'stroke="#ccc"/><text x="8" y="{(top + bottom) / 2 + 4}" class="lane">{_esc(node)}</text>')
     for s in plan.chosen:
         o = s.option
-        y = 10 + nodes.index(o.node) * LANE
-        x, w = LEFT + s.start * scale, max((s.finish - s.start) * scale, 2)
         p = str(o.platform)
-        parts.append(f'<rect class="bar planned" data-platform="{_esc(p)}" x="{x:.1f}" y="{y + 4}" width="{w:.1f}" '
-                     f'height="{LANE / 2 - 6}" fill="none" stroke="{colour[p]}" stroke-dasharray="4 3">'
+        yy = y_of[(o.node, p)]
+        x, w = LEFT + s.start * scale, max((s.finish - s.start) * scale, 2)
+        parts.append(f'<rect class="bar planned" data-platform="{_esc(p)}" x="{x:.1f}" y="{yy + 2}" width="{w:.1f}" '
+                     f'height="{ROW - 4}" fill="none" stroke="{colour[p]}" stroke-dasharray="4 3">'
                      f'<title>{_esc(p)} planned on {_esc(o)}: {o.estimate:.1f}s ({_esc(o.basis)})</title></rect>')
     for a in attempts:
         o = a.option
         p = str(o.platform)
-        y = 10 + nodes.index(o.node) * LANE + LANE / 2 - 2
+        yy = y_of[(o.node, p)]
         x, w = LEFT + a.start * scale, max((a.end - a.start) * scale, 2)
         kind = "done" if a.outcome == "done" else ("cancelled" if a.outcome == "cancelled" else "failed")
         fill = {"done": colour[p], "cancelled": "#bbb", "failed": "#d62728"}[kind]
-        parts.append(f'<rect class="bar actual {kind}" data-platform="{_esc(p)}" x="{x:.1f}" y="{y}" '
-                     f'width="{w:.1f}" height="{LANE / 2 - 6}" fill="{fill}">'
+        parts.append(f'<rect class="bar actual {kind}" data-platform="{_esc(p)}" x="{x:.1f}" y="{yy + 6}" '
+                     f'width="{w:.1f}" height="{ROW - 12}" fill="{fill}">'
                      f'<title>{_esc(p)} on {_esc(o)}: {a.end - a.start:.1f}s, {_esc(a.outcome)}</title></rect>')
-        parts.append(f'<text x="{x + 3:.1f}" y="{y + LANE / 2 - 10}" class="label">{_esc(p)}'
-                     f'{" (re-planned)" if kind == "failed" else ""}</text>')
+        label = f"{p} {o.strategy}" + (" - node failed, re-planned" if kind == "failed" else "")
+        fits_after = x + w + 4 + 6.5 * len(label) <= LEFT + WIDTH
+        lx = x + w + 4 if fits_after else x + 4
+        fill_text = "#222" if fits_after else "#fff"
+        parts.append(f'<text x="{lx:.1f}" y="{yy + ROW / 2 + 4}" class="label" fill="{fill_text}">{_esc(label)}</text>')
     parts.append("</svg>")
     rows = []
     by_platform = {str(r.platform): r for r in summary.results}

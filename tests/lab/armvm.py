@@ -109,24 +109,28 @@ def build() -> Path:
     if (out / "disk.img").exists() and (out / "vmlinuz").exists() and (out / "initrd.gz").exists():
         return out
     work = out.with_name(out.name + ".tmp")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     rootfs, kdir = work / "rootfs", work / "kernel"
     started = time.time()
-    log(f"debootstrap {SUITE} arm64 (under qemu-user; several minutes)")
-    sh("debootstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, rootfs,
-       mirror(), stdout=subprocess.DEVNULL)
-    log(f"debootstrap took {time.time() - started:.0f}s")
-    # kernel and modules, from the package, unpacked on the host
+    if not (work / ".debootstrap-done").exists():  # the slow step survives a later step failing
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        log(f"debootstrap {SUITE} arm64 (under qemu-user; several minutes)")
+        sh("debootstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, rootfs,
+           mirror(), stdout=subprocess.DEVNULL)
+        (work / ".debootstrap-done").write_text("")
+        log(f"debootstrap took {time.time() - started:.0f}s")
+    # kernel and modules, from the package, unpacked on the host (apt's _apt user must write there)
     pkg = kernel_package()
+    shutil.rmtree(kdir, ignore_errors=True)
     kdir.mkdir()
+    shutil.chown(kdir, "_apt")
     sh("apt-get", "download", "-q", f"{pkg}:arm64", cwd=kdir, stdout=subprocess.DEVNULL)
     deb = next(kdir.glob("linux-image-*.deb"))
     sh("dpkg-deb", "-x", deb, kdir / "x")
     version = next((kdir / "x" / "lib" / "modules").iterdir()).name
     shutil.copy(next((kdir / "x" / "boot").glob("vmlinuz-*")), work / "vmlinuz")
     shutil.copytree(kdir / "x" / "lib" / "modules" / version, rootfs / "lib" / "modules" / version, dirs_exist_ok=True)
-    sh("depmod", "-b", rootfs, version)
+    sh("chroot", rootfs, "/sbin/depmod", version)  # the guest's own depmod (under qemu-user)
     initramfs(work, rootfs, version)
     configure(rootfs)
     shutil.copy(rootfs / "etc" / "ssh" / "ssh_host_ed25519_key.pub", work / "host_key.pub")
@@ -145,10 +149,13 @@ def build() -> Path:
 
 def initramfs(work: Path, rootfs: Path, version: str) -> None:
     init = work / "initramfs"
+    shutil.rmtree(init, ignore_errors=True)
     for d in ("bin", "dev", "proc", "sys", "newroot", "lib/modules"):
         (init / d).mkdir(parents=True, exist_ok=True)
     bb_dir = work / "bb"
+    shutil.rmtree(bb_dir, ignore_errors=True)
     bb_dir.mkdir()
+    shutil.chown(bb_dir, "_apt")
     sh("apt-get", "download", "-q", "busybox-static:arm64", cwd=bb_dir, stdout=subprocess.DEVNULL)
     sh("dpkg-deb", "-x", next(bb_dir.glob("*.deb")), bb_dir / "x")
     shutil.copy(bb_dir / "x" / "bin" / "busybox", init / "bin" / "busybox")
