@@ -88,7 +88,7 @@ def cache_dir() -> Path:
 
 
 def ensure_host() -> None:
-    need = [p for p in ("qemu-system-arm", "debootstrap", "qemu-utils", "e2fsprogs")
+    need = [p for p in ("qemu-system-arm", "debootstrap", "qemu-utils", "e2fsprogs", "cpio", "xz-utils")
             if sh("dpkg-query", "-W", "-f=${Status}", p, capture_output=True, text=True, check=False).stdout
             != "install ok installed"]
     if "arm64" not in sh("dpkg", "--print-foreign-architectures", capture_output=True, text=True).stdout.split():
@@ -179,8 +179,8 @@ def initramfs(work: Path, rootfs: Path, version: str) -> None:
     for ko in (init / "lib" / "modules").glob("*.ko.xz"):
         sh("xz", "-d", ko)
     (init / "init").write_text((init / "init").read_text().replace(".ko.xz", ".ko"))
-    cpio = subprocess.Popen(["sh", "-c", "find . | cpio -o -H newc --quiet | gzip -9"], cwd=init,
-                            stdout=open(work / "initrd.gz", "wb"))
+    cpio = subprocess.Popen(["bash", "-c", "set -o pipefail; find . | cpio -o -H newc --quiet | gzip -9"],
+                            cwd=init, stdout=open(work / "initrd.gz", "wb"))
     if cpio.wait() != 0:
         raise SystemExit("armvm: making the initramfs failed")
     shutil.rmtree(bb_dir)
@@ -242,7 +242,7 @@ def known_hosts() -> Path:
     return RUN_DIR / "known_hosts"
 
 
-def up(timeout: float = 600.0) -> Path:
+def up(timeout: float = 900.0) -> Path:
     image = build()
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     pidfile = RUN_DIR / "qemu.pid"
@@ -264,9 +264,11 @@ def up(timeout: float = 600.0) -> Path:
     sh("qemu-system-aarch64", "-M", "virt", "-cpu", "max", "-smp", "2", "-m", "3072", "-display", "none",
        "-daemonize", "-pidfile", pidfile, "-serial", f"file:{RUN_DIR / 'console.log'}",
        "-kernel", image / "vmlinuz", "-initrd", image / "initrd.gz",
-       "-append", "console=ttyAMA0 net.ifnames=0 rw apparmor=0 root=/dev/vda",
+       # no getty on the serial console: udev never announces ttyAMA0 here and boot waits 90 s for it
+       "-append", "console=ttyAMA0 net.ifnames=0 rw apparmor=0 root=/dev/vda "
+                  "systemd.mask=serial-getty@ttyAMA0.service",
        "-drive", f"file={overlay},format=qcow2,if=virtio",
-       "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{SSH_PORT}-:22", "-device", "virtio-net-pci,netdev=n0")
+       "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{SSH_PORT}-:22", "-device", "virtio-net-pci,netdev=n0,romfile=")  # no option ROM: no ipxe package needed
     deadline = started + timeout
     while time.time() < deadline:
         if _port_open(SSH_PORT) and _ssh_ok(20):
