@@ -110,9 +110,10 @@ def nodes(lab) -> Nodes:
     subprocess.run([sys.executable, str(LAB_NODES), "down"], capture_output=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def armvm(lab):
-    """The arm64 VM node, booted for the session (its image built once and cached)."""
+    """The arm64 VM node, booted for the tests of one module and shut down after them (an idle
+    TCG guest still costs CPU); its image is built once and cached."""
     if os.geteuid() != 0 or not shutil.which("qemu-system-aarch64") and not IN_CI:
         missing("the arm64 VM needs root and qemu-system-arm")
     sys.path.insert(0, str(REPO / "tests" / "lab"))

@@ -35,12 +35,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nodes as lab  # noqa: E402  (the lab's key, known_hosts and paths)
 
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 SUITE = "bookworm"
 PACKAGES = ["systemd-sysv", "openssh-server", "docker.io", "socat", "iproute2", "ifupdown", "kmod",
             "ca-certificates", "iptables"]
 INITRD_MODULES = ["crc32c_generic", "crc16", "mbcache", "jbd2", "ext4", "virtio_pci_legacy_dev",
-                  "virtio_pci_modern_dev", "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net"]
+                  "virtio_pci_modern_dev", "virtio_pci", "virtio_mmio", "virtio_blk", "failover", "net_failover",
+                  "virtio_net"]
 SSH_PORT = int(os.environ.get("ARCHFLEET_ARMVM_PORT", "2222"))
 NAME = "armvm"
 CACHE_ROOT = Path(os.environ.get("ARCHFLEET_ARMVM_CACHE", Path.home() / ".cache" / "archfleet-lab"))
@@ -193,7 +194,8 @@ def configure(rootfs: Path) -> None:
     (rootfs / "etc" / "fstab").write_text("/dev/vda / ext4 rw,relatime 0 1\n")
     net = rootfs / "etc" / "network" / "interfaces"
     net.parent.mkdir(parents=True, exist_ok=True)
-    net.write_text("auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet static\n"
+    # allow-hotplug: eth0 comes up when udev has it, even if networking.service starts first
+    net.write_text("auto lo\niface lo inet loopback\n\nallow-hotplug eth0\niface eth0 inet static\n"
                    "  address 10.0.2.15/24\n  gateway 10.0.2.2\n")
     (rootfs / "etc" / "resolv.conf").write_text("")  # no DNS: the lab needs none
     ssh = rootfs / "root" / ".ssh"
