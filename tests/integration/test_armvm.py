@@ -16,6 +16,11 @@ import pytest
 pytestmark = pytest.mark.armvm
 
 
+def report(line: str) -> None:
+    """Figures for the CI log, past pytest's capture."""
+    sys.__stderr__.write(f"\n{line}\n")
+
+
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
@@ -27,7 +32,7 @@ def test_ls_shows_the_vm_as_native_arm64(lab, armvm):
     assert vm["reachable"], vm
     assert vm["native"][0] == "linux/arm64" and "linux/arm/v7" in vm["native"]
     assert vm["builder"] == "buildkit"
-    print(f"armvm: booted in {armvm.boot_seconds:.0f}s, benchmark score {vm['score']}")
+    report(f"armvm: booted in {armvm.boot_seconds:.0f}s, benchmark score {vm['score']}")
 
 
 def test_pinned_native_build_on_the_vm_is_really_arm64(lab, armvm, tmp_path):
@@ -44,7 +49,7 @@ def test_pinned_native_build_on_the_vm_is_really_arm64(lab, armvm, tmp_path):
     config = httpx.get(f"http://{lab.registry}/v2/armvm/blobs/{child['config']['digest']}").json()
     assert config["architecture"] == "arm64"
     assert lab.run_image(tag, "linux/arm64") == "aarch64"
-    print(f"armvm: native build + push on the VM took {took:.0f}s")
+    report(f"armvm: native build + push of examples/arch-test on the VM took {took:.0f}s")
 
 
 def test_planner_prefers_the_x86_host_for_a_trivial_image_and_says_why(lab, armvm):

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nodes as lab  # noqa: E402  (the lab's key, known_hosts and paths)
 
-RECIPE_VERSION = "4"
+RECIPE_VERSION = "6"
 SUITE = "bookworm"
 PACKAGES = ["systemd-sysv", "openssh-server", "docker.io", "socat", "iproute2", "ifupdown", "kmod",
             "ca-certificates", "iptables"]
@@ -194,8 +194,8 @@ def configure(rootfs: Path) -> None:
     (rootfs / "etc" / "fstab").write_text("/dev/vda / ext4 rw,relatime 0 1\n")
     net = rootfs / "etc" / "network" / "interfaces"
     net.parent.mkdir(parents=True, exist_ok=True)
-    # allow-hotplug: eth0 comes up when udev has it, even if networking.service starts first
-    net.write_text("auto lo\niface lo inet loopback\n\nallow-hotplug eth0\niface eth0 inet static\n"
+    # auto: virtio_net (and its failover modules) load in the initramfs, so eth0 is there early
+    net.write_text("auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet static\n"
                    "  address 10.0.2.15/24\n  gateway 10.0.2.2\n")
     (rootfs / "etc" / "resolv.conf").write_text("")  # no DNS: the lab needs none
     ssh = rootfs / "root" / ".ssh"
@@ -214,11 +214,22 @@ def configure(rootfs: Path) -> None:
     unit.write_text("[Unit]\nDescription=lab registry at 127.0.0.1:5000 -> host loopback\nAfter=network.target\n\n"
                     "[Service]\nExecStart=/usr/bin/socat TCP-LISTEN:5000,bind=127.0.0.1,fork,reuseaddr "
                     "TCP:10.0.2.2:5000\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n")
+    # what the guest's network and services look like, on the console (console.log on the host)
+    diag = rootfs / "etc" / "systemd" / "system" / "lab-diag.service"
+    diag.write_text("[Unit]\nDescription=lab diagnostics to the console\nAfter=network-online.target ssh.service "
+                    "docker.service\n\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'sleep 5; "
+                    "(echo LAB-DIAG; ip -br link; ip -br addr; ss -ltn) > /dev/kmsg 2>&1'\n\n"
+                    "[Install]\nWantedBy=multi-user.target\n")
+    # eth0 the moment the driver is there, whichever comes first
+    modules = rootfs / "etc" / "modules-load.d" / "lab.conf"
+    modules.parent.mkdir(parents=True, exist_ok=True)
+    modules.write_text("virtio_net\n")
     wants = rootfs / "etc" / "systemd" / "system" / "multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    link = wants / "registry-forward.service"
-    if not link.exists():
-        link.symlink_to("/etc/systemd/system/registry-forward.service")
+    for unit_name in ("registry-forward.service", "lab-diag.service"):
+        link = wants / unit_name
+        if not link.exists():
+            link.symlink_to(f"/etc/systemd/system/{unit_name}")
     for noisy in ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer"):
         (rootfs / "etc" / "systemd" / "system" / noisy).unlink(missing_ok=True)
         (rootfs / "etc" / "systemd" / "system" / noisy).symlink_to("/dev/null")
