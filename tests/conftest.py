@@ -129,3 +129,13 @@ def armvm(lab):
     boot = time.time() - started
     yield type("ArmVM", (), {"toml": toml, "boot_seconds": boot, "name": vm.NAME})()
     vm.down()
+
+
+FIGURES: list[str] = []  # measurements tests want in the log (pytest captures their output)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

@@ -65,7 +65,10 @@ def test_toolchain_args_reach_only_declaring_dockerfiles(lab, tmp_path):
     import httpx
 
     config = httpx.get(f"http://{lab.registry}/v2/toolargs/blobs/{child['config']['digest']}").json()
-    assert config["config"]["Labels"] == {"goarch": "arm", "rust": "armv7-unknown-linux-gnueabihf", "triple": "mine"}
+    labels = config["config"]["Labels"]
+    assert {k: labels[k] for k in ("goarch", "rust", "triple")} == {
+        "goarch": "arm", "rust": "armv7-unknown-linux-gnueabihf", "triple": "mine"}
+    assert labels["org.archfleet.platform"] == "linux/arm/v7" and "org.archfleet.context-digest" in labels
 
 
 def test_dockerfile_errors_are_one_line_exit_2(lab, tmp_path):
