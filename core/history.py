@@ -86,8 +86,17 @@ class History:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # used from the event loop and from worker threads, never at the same time
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=30000")
+            # Switching to WAL takes an exclusive lock and does not wait on the busy handler:
+            # two runs opening a new history at once would fail here without the retry.
+            for attempt in range(100):
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 99:
+                        raise
+                    time.sleep(0.05)
             db.executescript(SCHEMA)
             self._db = db
         return self._db
