@@ -230,8 +230,6 @@ class RegistryClient:
             raise EnvironmentProblem(f"registry {ref.registry} is not a usable registry: {exc}") from None
         if resp.status_code == 404:
             raise EnvironmentProblem(f"{ref.registry} does not serve the registry API (/v2/ answered 404)")
-        if push and self._tokens.get((ref.api_host, scope)) is None and "www-authenticate" in resp.headers:
-            pass  # basic auth or anonymous: nothing more to check
 
     async def head_manifest(self, ref: Reference) -> tuple[str, str, int] | None:
         """(digest, media type, size) of the manifest ``ref`` points at, or None if missing."""
