@@ -23,6 +23,7 @@ cache; ``tar`` on the node runs with ``--no-same-owner`` and never follows a sym
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import os
@@ -119,6 +120,21 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
     return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest())
 
 
+@functools.lru_cache(maxsize=8)
+def _snapshot_cached(root: str, dockerfile: str, stamp: tuple) -> Snapshot:
+    return snapshot(Path(root), Path(dockerfile))
+
+
+def snapshot_of(request) -> Snapshot:
+    """The request's snapshot, hashed once per process however many nodes and platforms use it
+    (the sync to each node and the context-digest label). Blocking: call it in a thread."""
+    try:
+        stamp = (Path(request.dockerfile).stat().st_mtime_ns, Path(request.context).stat().st_mtime_ns)
+    except OSError:
+        stamp = ()
+    return _snapshot_cached(str(request.context), str(request.dockerfile), stamp)
+
+
 # Fixed scripts: user data only ever arrives as positional parameters ("$1") or on stdin.
 _CHECK = 'test -e "$1/ctx/$2.ok" && echo present || echo absent'
 _MISSING = 'mkdir -p "$1/blobs" && cd "$1/blobs" && while IFS= read -r b; do [ -e "$b" ] || echo "$b"; done'
@@ -176,7 +192,7 @@ def _layout(snap: Snapshot, tar: tarfile.TarFile, buf: io.BytesIO, stage: str) -
 
 async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
     """Make the context exist on the node; return (context dir, Dockerfile path) there."""
-    snap = await asyncio.to_thread(snapshot, Path(request.context), Path(request.dockerfile))
+    snap = await asyncio.to_thread(snapshot_of, request)
     ctx_dir = f"{CACHE}/ctx/{snap.digest}/tree"
     df_path = f"{CACHE}/ctx/{snap.digest}/Dockerfile"
 

@@ -14,6 +14,7 @@ import attrs
 
 from . import binfmt, engine
 from .errors import ArchfleetError
+from .hookcall import call_first, resolve
 from .platforms import parse
 from .reference import Reference
 from .registry import RegistryClient
@@ -140,11 +141,11 @@ async def check_nodes(pm, config) -> list[Check]:
 
 
 async def _clock_skew(pm, facts) -> float | None:
-    awaitable = pm.hook.archfleet_connect(node=facts.node, facts=facts)
-    if awaitable is None:
-        return None
     try:
-        transport = await awaitable
+        name, awaitable = call_first(pm, "archfleet_connect", node=facts.node, facts=facts)
+        if awaitable is None:
+            return None
+        transport = await resolve(name, "archfleet_connect", awaitable)
         before = time.time()
         done = await transport.run(["date", "+%s.%N"], timeout=15)
         after = time.time()

@@ -117,7 +117,8 @@ async def build(transport: Transport, cli: EngineCLI, *, platform: Platform, req
     argv, env = build_argv(
         cli.argv, cli.mode, platform=platform,
         dockerfile=dockerfile or str(request.dockerfile), context=context or str(request.context), tag=tag,
-        build_args=list(request.build_args) + list(extra_build_args), labels=list(request.labels) + list(extra_labels), target=request.target, no_cache=request.no_cache, pull=request.pull,
+        build_args=[*request.build_args, *extra_build_args], labels=[*request.labels, *extra_labels],
+        target=request.target, no_cache=request.no_cache, pull=request.pull,
     )
     image_id: list[str] = []
 

@@ -42,11 +42,13 @@ def default_path() -> Path:
     return Path(os.environ.get("ARCHFLEET_HISTORY") or Path(platformdirs.user_cache_dir("archfleet")) / "history.sqlite")
 
 
-def context_key(request) -> str:
-    """What the context holds, cheaply: every included path with its size and mtime, the
-    Dockerfile's bytes, the build args and the target. Contents are not read (fast on big
-    contexts); an mtime change without a content change just counts as a new context."""
+def context_key(request) -> tuple[str, int]:
+    """(key, bytes) of what the context holds, cheaply, in one walk: every file with its size
+    and mtime, the Dockerfile's bytes, the build args and the target. Contents are not read
+    (fast on big contexts); an mtime change without a content change just counts as a new
+    context. The byte count is what a remote node that lacks the context would be sent."""
     h = hashlib.sha256()
+    total = 0
     root = Path(request.context)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -56,13 +58,14 @@ def context_key(request) -> str:
                 st = p.lstat()
             except OSError:
                 continue
+            total += st.st_size
             h.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     try:
         h.update(Path(request.dockerfile).read_bytes())
     except OSError:
         pass
     h.update(repr((tuple(request.build_args), request.target)).encode())
-    return h.hexdigest()[:32]
+    return h.hexdigest()[:32], total
 
 
 def project_key(request) -> str:
@@ -189,21 +192,11 @@ class HistoryView:
             pass  # history is an optimisation: a locked or broken cache never fails a build
 
 
-def context_size(request) -> int:
-    total = 0
-    for dirpath, _, filenames in os.walk(request.context):
-        for name in filenames:
-            try:
-                total += (Path(dirpath) / name).lstat().st_size
-            except OSError:
-                pass
-    return total
-
-
 def view_for(request, path: Path | None = None) -> HistoryView | None:
     if os.environ.get("ARCHFLEET_HISTORY") == "off":
         return None
     try:
-        return HistoryView(History(path), context_key(request), project_key(request), context_size(request))
+        key, size = context_key(request)
+        return HistoryView(History(path), key, project_key(request), size)
     except (OSError, sqlite3.Error):
         return None

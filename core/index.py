@@ -125,8 +125,9 @@ def assemble(children: Sequence[ChildImage]) -> tuple[bytes, str]:
 
 
 async def push_index(client: RegistryClient, source: Reference, children: Sequence[ChildImage],
-                     tags: Sequence[Reference]) -> str:
+                     tags: Sequence[Reference]) -> tuple[str, bytes, str]:
     """Push the index to every tag; children live in ``source`` and are copied to other repos.
+    Returns (digest, the exact bytes pushed, media type).
 
     Everything a tag needs (blobs, child manifests) is in place before the tag itself moves,
     so a tag never points at something incomplete.
@@ -139,7 +140,7 @@ async def push_index(client: RegistryClient, source: Reference, children: Sequen
                 await copy_manifest(client, source.with_digest(child.digest), tag.with_digest(child.digest))
         digest = await client.put_manifest(tag, body, media_type)
     assert digest is not None
-    return digest
+    return digest, body, media_type
 
 
 async def copy_manifest(client: RegistryClient, src: Reference, dst: Reference) -> None:

@@ -1,15 +1,14 @@
 """Build one platform on one node through its engine, then push it: the work shared by the
-strategies whose builds run in a node's Docker engine (native, qemu)."""
+strategies whose builds run in a node's Docker engine (native, qemu, cross)."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import time
-from pathlib import Path
 
 from . import engine, toolchains
+from .context import snapshot_of
 from .dockerfile import analyse
 from .engine import EngineCLI
 from .model import BuildRequest, Option, PlatformResult
@@ -20,25 +19,13 @@ LABEL_CONTEXT = "org.archfleet.context-digest"
 LABEL_PLATFORM = "org.archfleet.platform"
 
 
-@functools.lru_cache(maxsize=8)
-def _context_digest(context: str, dockerfile: str, build_args: tuple, target: str | None, mtimes: tuple) -> str:
-    from .context import snapshot
-
-    snap = snapshot(Path(context), Path(dockerfile))
-    return hashlib.sha256(repr((snap.digest, build_args, target)).encode()).hexdigest()
-
-
 def context_digest(request: BuildRequest) -> str:
     """A digest of what the build consumes: context contents (honouring .dockerignore), the
     Dockerfile, build args and target. archfleet labels every image it builds with it
     (``org.archfleet.context-digest``), so an unchanged platform can be recognised later.
-    Blocking (it hashes the context): call it in a thread."""
-    try:
-        stamp = (Path(request.dockerfile).stat().st_mtime_ns, Path(request.context).stat().st_mtime_ns)
-    except OSError:
-        stamp = ()
-    return _context_digest(str(request.context), str(request.dockerfile), tuple(request.build_args),
-                           request.target, stamp)
+    Blocking (it hashes the context, once per process): call it in a thread."""
+    snap = snapshot_of(request)
+    return hashlib.sha256(repr((snap.digest, tuple(request.build_args), request.target)).encode()).hexdigest()
 
 
 def child_tag(request: BuildRequest, option: Option) -> str | None:

@@ -159,30 +159,32 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
                 for r in results
             )))
             source = parse_reference(results[0].ref, what="child reference")
-            body, media_type = index_mod.assemble(children)
+            digest, body, media_type = await index_mod.push_index(client, source, children, tags)
             size = len(body)
-            digest = await index_mod.push_index(client, source, children, tags)
             for tag in tags:
                 reporter.event(f"pushed {tag} -> {digest}")
-                pm.hook.archfleet_index_pushed(ref=str(tag), digest=digest)
+                call_each(pm, "archfleet_index_pushed", ref=str(tag), digest=digest)
         if outcome.failures:
             reporter.event("left out (--allow-partial): " + "; ".join(why for _, why in outcome.failures))
         for r in results:
             if planned.history is not None:
                 await asyncio.to_thread(planned.history.record, r)
-            pm.hook.archfleet_build_finished(result=r)
+            call_each(pm, "archfleet_build_finished", result=r)
     return BuildSummary(tuple(results), tuple(children), digest, media_type, size, request.tags, planned,
                         outcome.replans, time.monotonic() - started, outcome.attempts)
 
 
 async def end_session(pm) -> None:
     """Let plugins close what they hold (``archfleet_session_end``)."""
-    for result in pm.hook.archfleet_session_end():
-        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-            try:
-                await result
-            except Exception:
-                pass
+    try:
+        answers = call_each(pm, "archfleet_session_end")
+    except ArchfleetError:
+        return  # closing up: a plugin failing here must not hide the command's own outcome
+    for name, result in answers:
+        try:
+            await resolve(name, "archfleet_session_end", result)
+        except ArchfleetError:
+            pass
 
 
 async def run_command(pm, coro):
