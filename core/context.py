@@ -126,12 +126,13 @@ def _snapshot_cached(root: str, dockerfile: str, stamp: tuple) -> Snapshot:
 
 
 def snapshot_of(request) -> Snapshot:
-    """The request's snapshot, hashed once per process however many nodes and platforms use it
-    (the sync to each node and the context-digest label). Blocking: call it in a thread."""
-    try:
-        stamp = (Path(request.dockerfile).stat().st_mtime_ns, Path(request.context).stat().st_mtime_ns)
-    except OSError:
-        stamp = ()
+    """The request's snapshot, hashed once however many nodes and platforms use it (the sync to
+    each node and the context-digest label). The cache key is every file's size and mtime (a
+    walk, no reading), so a file rewritten between two builds in one process is hashed anew.
+    Blocking: call it in a thread."""
+    from .history import context_key
+
+    stamp, _ = context_key(request)
     return _snapshot_cached(str(request.context), str(request.dockerfile), stamp)
 
 
