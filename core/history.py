@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS runs (
     node TEXT NOT NULL,
     seconds REAL NOT NULL,
     bytes INTEGER NOT NULL DEFAULT 0,
-    outcome TEXT NOT NULL
+    outcome TEXT NOT NULL,
+    speed REAL
 );
 CREATE INDEX IF NOT EXISTS runs_ctx ON runs (context_key, platform, strategy, node);
 CREATE INDEX IF NOT EXISTS runs_proj ON runs (project_key, strategy, node);
@@ -72,6 +73,17 @@ def project_key(request) -> str:
     return hashlib.sha256(f"{Path(request.context).resolve()}\0{Path(request.dockerfile).resolve()}".encode()).hexdigest()[:32]
 
 
+def _add_speed_column(db: sqlite3.Connection) -> None:
+    """Histories written before the ``speed`` column get it (two runs may race to add it)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if "speed" not in columns:
+        try:
+            db.execute("ALTER TABLE runs ADD COLUMN speed REAL")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
+
+
 @attrs.frozen
 class Past:
     seconds: float
@@ -101,6 +113,7 @@ class History:
                         raise
                     time.sleep(0.05)
             db.executescript(SCHEMA)
+            _add_speed_column(db)
             self._db = db
         return self._db
 
@@ -110,14 +123,16 @@ class History:
             self._db = None
 
     def record(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str,
-               seconds: float, bytes: int = 0, outcome: str = "ok") -> None:
+               seconds: float, bytes: int = 0, outcome: str = "ok", speed: float | None = None) -> None:
+        """``speed``: the node's relative speed (:func:`archfleet.planner.node_speed`) when it ran,
+        so a slow node's seconds can be turned into reference-speed work for other nodes."""
         db = self._conn()
         with db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
-                "INSERT INTO runs (at, context_key, project_key, platform, strategy, node, seconds, bytes, outcome)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), context_key, project_key, platform, strategy, node, seconds, bytes, outcome),
+                "INSERT INTO runs (at, context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed),
             )
             db.execute("DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - ?", (MAX_ROWS,))
 
@@ -150,9 +165,12 @@ class History:
         return statistics.median(ratios) if ratios else None
 
     def project_work(self, project_key: str) -> float | None:
-        """Typical native-speed seconds for this project on any node (a prior for new nodes)."""
-        got = self._median("SELECT seconds FROM runs WHERE outcome = 'ok' AND project_key = ?"
-                           " AND strategy IN ('native', 'cross')", (project_key,), limit=9)
+        """Typical work of this project at reference speed (seconds x the node's speed), from its
+        native and cross builds on any node: a prior for nodes that have not built it. Raw seconds
+        would not do: one build on a slow arm board would make every other node look slow too.
+        Rows recorded without a speed (older archfleet) are left out."""
+        got = self._median("SELECT seconds * speed FROM runs WHERE outcome = 'ok' AND project_key = ?"
+                           " AND strategy IN ('native', 'cross') AND speed > 0", (project_key,), limit=9)
         return got[0] if got else None
 
     def count(self) -> int:
@@ -183,11 +201,11 @@ class HistoryView:
             return False
         return row is not None
 
-    def record(self, result, outcome: str = "ok") -> None:
+    def record(self, result, outcome: str = "ok", speed: float | None = None) -> None:
         try:
             self.db.record(context_key=self.context_key, project_key=self.project_key,
                            platform=str(result.platform), strategy=result.option.strategy, node=result.option.node,
-                           seconds=result.seconds, bytes=self.context_bytes, outcome=outcome)
+                           seconds=result.seconds, bytes=self.context_bytes, outcome=outcome, speed=speed)
         except sqlite3.Error:
             pass  # history is an optimisation: a locked or broken cache never fails a build
 

@@ -20,7 +20,7 @@ from .hookcall import PluginError, call_each, call_first, resolve
 from .inventory import Config, collect_nodes
 from .model import BuildRequest, ChildImage, NodeFacts, Option, PlatformResult
 from .history import HistoryView, view_for
-from .planner import Plan, apply_pins, refine, schedule
+from .planner import Plan, apply_pins, node_speed, refine, schedule
 from .progress import Reporter
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
@@ -168,7 +168,9 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
             reporter.event("left out (--allow-partial): " + "; ".join(why for _, why in outcome.failures))
         for r in results:
             if planned.history is not None:
-                await asyncio.to_thread(planned.history.record, r)
+                facts = planned.facts.get(r.option.node)
+                speed = node_speed(facts) if facts is not None else None
+                await asyncio.to_thread(planned.history.record, r, speed=speed)
             call_each(pm, "archfleet_build_finished", result=r)
     return BuildSummary(tuple(results), tuple(children), digest, media_type, size, request.tags, planned,
                         outcome.replans, time.monotonic() - started, outcome.attempts)

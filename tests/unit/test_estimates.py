@@ -1,0 +1,55 @@
+"""The built-in estimates through the real plugins and a real history file."""
+
+import asyncio
+from pathlib import Path
+
+import attrs
+
+from archfleet.history import History, view_for
+from archfleet.model import BuildRequest, NodeFacts, NodeSpec, PlatformResult
+from archfleet.pipeline import offers
+from archfleet.planner import node_speed, refine, schedule
+from archfleet.platforms import parse
+from archfleet.plugin import make_manager
+
+EXAMPLE = Path(__file__).resolve().parent.parent.parent / "examples" / "arch-test"
+ARM, AMD = parse("linux/arm64"), parse("linux/amd64")
+
+
+def lab() -> dict[str, NodeFacts]:
+    local = NodeFacts(NodeSpec("local"), True, native=[AMD], emulated=[ARM], builder="buildkit",
+                      engine_cli=["docker"], cpus=2, score=1.0)
+    board = NodeFacts(NodeSpec("armvm", transport="ssh", host="127.0.0.1"), True, native=[ARM], builder="buildkit",
+                      engine_cli=["docker"], cpus=2, score=0.045)
+    return {"local": local, "armvm": board}
+
+
+def plan_arm64(tmp_path, record=()):
+    request = BuildRequest(EXAMPLE, EXAMPLE / "Dockerfile", [ARM])
+    facts = lab()
+    history_path = tmp_path / "h.sqlite"
+    view = view_for(request, history_path)
+    for node, strategy, seconds in record:
+        option = next(o for o in asyncio.run(offers(make_manager(), request, facts))
+                      if (o.node, o.strategy) == (node, strategy))
+        result = PlatformResult(ARM, option, seconds)
+        view.record(result, speed=node_speed(facts[node]))
+    options = refine(make_manager(), asyncio.run(offers(make_manager(), request, facts)), request, facts,
+                     view_for(attrs.evolve(request, build_args=[("N", "other")]), history_path))
+    return schedule([ARM], options, {"local": 2, "armvm": 1})
+
+
+def test_a_slow_native_board_does_not_make_the_fast_host_look_slow(tmp_path):
+    """The CI failure this guards: the first build of a project in a fresh history was a 20 s
+    native build on a slow arm64 VM; taken as raw seconds of 'this project's work', it scaled the
+    x86 host's emulated option up tenfold and the planner sent a trivial image to the VM."""
+    plan = plan_arm64(tmp_path, record=[("armvm", "native", 20.0)])
+    chosen = plan.option_for(ARM)
+    assert chosen.node == "local", (chosen, [r.option for r in plan.rejected])
+    vm = next(r for r in plan.rejected if r.option.node == "armvm")
+    assert vm.option.estimate >= 15 and "slower" in vm.why
+
+
+def test_without_history_the_slow_board_still_loses_for_a_trivial_image(tmp_path):
+    plan = plan_arm64(tmp_path)
+    assert plan.option_for(ARM).node == "local"
