@@ -7,8 +7,9 @@ factor per node, and adds the context transfer to remote nodes. Every estimate s
 line where it came from (``Option.basis``).
 
 Schedule: each node has ``max_builds`` slots (some possibly busy until a given time). An exact
-branch-and-bound search over the options minimises the makespan (then the total work, then
-names, so equal inputs give equal plans) while the search space is small; beyond that, a
+branch-and-bound search over the options minimises the makespan (then the sum of the
+platforms' finish times, so no platform queues behind others on one node while another node
+could finish it sooner; then names, so equal inputs give equal plans) while the search space is small; beyond that, a
 greedy list schedule (longest platform first, each to the option that finishes earliest).
 """
 
@@ -210,14 +211,17 @@ def _greedy(order, by_platform, capacity, busy) -> list[Option]:
 
 
 def _exact(order, by_platform, capacity, busy) -> list[Option]:
-    """Branch and bound: the assignment with the least makespan (then least total work)."""
-    best: list = [None, (math.inf, math.inf), None]  # [assignment, (makespan, total), tie-key]
+    """Branch and bound: the assignment with the least makespan, then the least sum of finish
+    times (with makespan alone, a plan that queues three platforms on one node while another
+    sits idle ties with one that spreads them, whenever some other platform sets the makespan)."""
+    best: list = [None, (math.inf, math.inf), None]  # [assignment, (makespan, sum of finishes), tie-key]
     greedy = _greedy(order, by_platform, capacity, busy)
     g = _place(greedy, capacity, busy)
     best[0] = greedy
-    best[1] = (max(s.finish for s in g.values()), sum(o.estimate for o in greedy))
+    best[1] = (max(s.finish for s in g.values()), sum(s.finish for s in g.values()))
     best[2] = tuple(_key(o) for o in greedy)
-    # lower bound on what the platforms still to place add: each needs at least its fastest option
+    # lower bounds on what the platforms still to place add: each needs at least its fastest
+    # option, so it ends no sooner than that
     tail_lb = [0.0] * (len(order) + 1)
     for i in range(len(order) - 1, -1, -1):
         tail_lb[i] = max(tail_lb[i + 1], by_platform[order[i]][0].estimate)
@@ -244,7 +248,7 @@ def _exact(order, by_platform, capacity, busy) -> list[Option]:
             start = heapq.heappop(heap)
             heapq.heappush(heap, start + opt.estimate)
             chosen.append(opt)
-            visit(i + 1, max(makespan, start + opt.estimate), total + opt.estimate)
+            visit(i + 1, max(makespan, start + opt.estimate), total + start + opt.estimate)
             chosen.pop()
             heap.remove(start + opt.estimate)
             heapq.heapify(heap)

@@ -20,6 +20,16 @@ BASE = os.environ.get("ARCHFLEET_BASE", f"{REGISTRY}/archfleet/busybox:latest")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def pytest_configure(config):
+    """Every test session starts from an empty build history (as CI's fresh machine does), so
+    what the planner learned from earlier runs on this machine cannot make a test pass here and
+    fail there. ARCHFLEET_HISTORY set by the caller wins."""
+    if "ARCHFLEET_HISTORY" not in os.environ:
+        import tempfile
+
+        os.environ["ARCHFLEET_HISTORY"] = str(Path(tempfile.mkdtemp(prefix="archfleet-test-")) / "history.sqlite")
+
+
 def missing(reason: str):
     if IN_CI:
         pytest.fail(f"lab prerequisite missing in CI: {reason}")

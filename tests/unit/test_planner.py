@@ -95,3 +95,15 @@ def test_deterministic_exact_with_many_equal_options():
     plans.add(schedule([A, B, C], list(reversed(opts)), {"a": 1, "b": 1, "c": 1}))
     assert len(plans) == 1
     assert next(iter(plans)).makespan == 10
+
+
+def test_equal_makespan_prefers_the_plan_where_platforms_finish_sooner():
+    """s390x on y sets the makespan either way; amd64 must not queue behind the two emulated
+    builds on x (finishing at 20) when the idle z finishes it at 3."""
+    D = parse("linux/arm/v7")
+    opts = [opt(A, "native", "x", 2), opt(A, "native", "z", 3),
+            opt(B, "qemu", "x", 18, True), opt(D, "qemu", "x", 18, True), opt(C, "qemu", "y", 22, True)]
+    plan = schedule([A, B, D, C], opts, {"x": 2, "y": 2, "z": 2})
+    assert plan.makespan == 22
+    assert str(plan.option_for(A)) == "native@z"
+    assert any(r.option.node == "x" and "slots are taken" in r.why for r in plan.rejected)
