@@ -140,6 +140,8 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
         finally:
             if not planning.done():
                 planning.cancel()
+            elif not planning.cancelled():
+                planning.exception()  # the registry's error is the one to report; mark this one seen
         missing = planned.plan.unplannable
         if missing:
             raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in missing))

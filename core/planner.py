@@ -179,6 +179,8 @@ def schedule(platforms: Sequence[Platform], options: Iterable[Option], capacity:
     order = sorted(plannable, key=lambda p: (-by_platform[p][0].estimate, str(p)))
     space = math.prod(len(by_platform[p]) for p in order) if order else 0
     use_exact = exact if exact is not None else space <= EXACT_LIMIT
+    if not order:  # nothing can be planned: say so, per platform
+        return Plan((), (), unplannable, use_exact)
     assignment = (_exact if use_exact else _greedy)(order, by_platform, capacity, busy)
     placed = _place(assignment, capacity, busy)
     rejected = []

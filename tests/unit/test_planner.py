@@ -30,6 +30,12 @@ def test_unplannable_platform_is_reported():
     assert [p for p, _ in plan.unplannable] == [C]
 
 
+def test_nothing_plannable_at_all():
+    for exact in (None, False):
+        plan = schedule([A, C], [opt(A, "native", "down", 10)], {"down": 0}, exact=exact)
+        assert [p for p, _ in plan.unplannable] == [A, C] and plan.chosen == () and plan.makespan == 0
+
+
 def test_deterministic_ties():
     options = [opt(A, "qemu", "b", 10, True), opt(A, "native", "a", 10), opt(A, "native", "c", 10)]
     first = schedule([A], options, {"a": 1, "b": 1, "c": 1})
