@@ -24,6 +24,7 @@ from .executor import RunContext
 from .hookspecs import hookimpl, hookspec
 from .index import verify_child
 from .inventory import Config
+from .leases import read_local as read_local_leases
 from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
 from .nodebuild import LABEL_CONTEXT, LABEL_PLATFORM, build_and_push, child_tag, context_digest
 from .planner import LINK_RATE, QEMU_FACTOR, node_speed, prior_seconds, reference_work
@@ -49,7 +50,7 @@ __all__ = [
     "prior_seconds", "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "Analysis", "Stage",
     # transports and probing
     "Transport", "LocalTransport", "SSHTransport", "quote_argv", "probe_node", "benchmark", "discover_cli",
-    "local_candidates", "EngineCLI", "binfmt",
+    "local_candidates", "EngineCLI", "binfmt", "read_local_leases",
     # registry
     "RegistryClient", "parse_reference", "verify_child",
 ]

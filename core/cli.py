@@ -239,13 +239,16 @@ def ls_(engine_cli, local, nodes_file, fmt):
             {"name": f.name, "reachable": f.reachable, "error": f.error, "transport": f.node.transport,
              "engine_version": f.engine_version, "builder": f.builder, "engine_cli": list(f.engine_cli),
              "native": [str(p) for p in f.native], "emulated": [str(p) for p in f.emulated],
-             "cpus": f.cpus, "memory": f.memory, "load": f.load, "score": f.score, "max_builds": f.node.max_builds}
+             "cpus": f.cpus, "memory": f.memory, "load": f.load, "score": f.score, "max_builds": f.node.max_builds,
+             "busy": list(f.busy)}
             for f in facts.values()
         ], indent=2))
         return
     rows = [("NAME", "STATUS", "ENGINE", "BUILDER", "CPUS", "SCORE", "MAX", "NATIVE", "EMULATED")]
     for f in facts.values():
         status = "ready" if f.can_build else ("unreachable" if not f.reachable else "no builder")
+        if f.can_build and f.busy:
+            status += f" ({len(f.busy)} busy)"
         rows.append((f.name, status, f"docker {f.engine_version or '?'}", f.builder or "-", str(f.cpus),
                      f"{f.score:.2f}" if f.score else "-", str(f.node.max_builds),
                      ",".join(map(str, f.native)) or "-", ",".join(map(str, f.emulated)) or "-"))

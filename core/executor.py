@@ -8,6 +8,7 @@ from typing import Sequence
 
 import attrs
 
+from . import leases
 from .errors import ArchfleetError, BuildFailed, InfrastructureError
 from .hookcall import PluginError, call_first, resolve
 from .model import BuildRequest, NodeFacts, Option, PlatformResult
@@ -132,6 +133,7 @@ class Executor:
         self.t0 = time.monotonic()
         self._slots = {name: asyncio.Semaphore(max(1, f.node.max_builds)) for name, f in facts.items()}
         self._busy: dict[str, dict[Platform, tuple[float, float]]] = {name: {} for name in facts}  # started, estimate
+        self._lease_drops: list[asyncio.Future] = []
 
     async def _transport(self, node: str):
         if node in self._transports:
@@ -147,6 +149,8 @@ class Executor:
         return transport
 
     async def close(self) -> None:
+        if self._lease_drops:
+            await asyncio.gather(*self._lease_drops, return_exceptions=True)
         for transport in self._transports.values():
             try:
                 await transport.close()
@@ -161,8 +165,22 @@ class Executor:
         now = time.monotonic()
         return min(max(est - (now - start), 0.0) for start, est in busy.values())
 
+    def _slot_freed(self, option: Option, lease: list) -> None:
+        self._busy[option.node].pop(option.platform, None)
+        if lease:
+            self._lease_drops.append(asyncio.ensure_future(self._drop_lease(option.node, *lease)))
+
+    async def _drop_lease(self, node: str, transport, taking: asyncio.Future) -> None:
+        try:
+            name = await taking
+            if node not in self.down:  # a dead node's lease expires by itself
+                await leases.drop(transport, self.facts[node].node, name)
+        except Exception:
+            pass  # a lease only steers other runs' plans
+
     async def _run_one(self, option: Option, gate: PushGate, started: list[float]) -> PlatformResult:
-        slot = Slot(self._slots[option.node], lambda: self._busy[option.node].pop(option.platform, None))
+        lease: list = []  # (transport, the task taking the lease) once there is one
+        slot = Slot(self._slots[option.node], lambda: self._slot_freed(option, lease))
         if self._slots[option.node].locked():
             self.reporter.status(option, "waiting for a build slot")
         await slot.acquire()
@@ -170,6 +188,10 @@ class Executor:
         self._busy[option.node][option.platform] = (started[0], option.estimate)
         try:
             transport = await self._transport(option.node)
+            # other archfleet runs probing this node now see the slot taken (not awaited: the
+            # build need not wait for it; the drop does)
+            lease.extend((transport, asyncio.ensure_future(
+                leases.take(transport, self.facts[option.node].node, option.estimate))))
             context = RunContext(option, self.facts[option.node], transport, self.reporter, gate, slot)
             name, awaitable = call_first(self.pm, "archfleet_run", option=option, request=self.request,
                                          context=context)

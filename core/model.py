@@ -71,6 +71,8 @@ class NodeFacts:
     memory: int = 0  # bytes
     load: float = 0.0
     score: float | None = None  # CPU benchmark: higher is faster; None = not measured
+    # seconds until each build slot taken by another archfleet run frees up (its lease), sorted
+    busy: tuple[float, ...] = attrs.field(default=(), converter=_tuple)
 
     @property
     def name(self) -> str:

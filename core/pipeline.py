@@ -107,7 +107,8 @@ async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
     offered = refine(pm, await offers(pm, request, facts), request, facts, view)
     options = apply_pins(offered, request.pins)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
-    plan = schedule(request.platforms, options, capacity)
+    busy = {name: f.busy for name, f in facts.items() if f.busy}  # slots other archfleet runs hold
+    plan = schedule(request.platforms, options, capacity, busy)
     return Planned(facts, tuple(options), plan, view, tuple(o for o in offered if o not in options))
 
 

@@ -192,8 +192,14 @@ def schedule(platforms: Sequence[Platform], options: Iterable[Option], capacity:
             if opt.estimate > win.option.estimate:
                 why = f"slower: {opt.estimate:.1f}s vs {win.option.estimate:.1f}s"
             else:
-                why = (f"faster alone ({opt.estimate:.1f}s), but {opt.node}'s slots are taken by other platforms; "
-                       f"{win.option} ends sooner overall")
+                held = sorted((busy or {}).get(opt.node, ()))[:capacity.get(opt.node, 0)]
+                takers = []
+                if held:
+                    takers.append(f"{len(held)} by other archfleet runs (the first free in ~{held[0]:.0f}s)")
+                if any(s.option.node == opt.node for q, s in placed.items() if q != p) or not held:
+                    takers.append("by other platforms of this run")
+                why = (f"faster alone ({opt.estimate:.1f}s), but {opt.node}'s slots are taken "
+                       f"{' and '.join(takers)}; {win.option} ends sooner overall")
             rejected.append(Rejected(opt, why))
     return Plan(tuple(placed[p] for p in platforms if p in placed), tuple(rejected), unplannable, use_exact)
 

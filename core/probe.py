@@ -1,5 +1,6 @@
 """Probing a node through any transport: machine, CPUs, memory, load, binfmt handlers, the
-engine and its CLI, and a short CPU benchmark (cached per node, with a TTL).
+engine and its CLI, build slots other archfleet runs hold there (their leases), and a short CPU
+benchmark (cached per node, with a TTL).
 
 Everything runs as fixed scripts (``sh -c SCRIPT``); nothing from the user is ever part of a
 script. Both the local and the SSH transport use this, so their numbers compare.
@@ -12,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from . import binfmt, engine
+from . import binfmt, engine, leases
 from .model import NodeFacts, NodeSpec
 from .platforms import PlatformError, from_uname
 
@@ -25,7 +26,7 @@ for f in /proc/sys/fs/binfmt_misc/qemu-*; do
   [ -e "$f" ] || continue
   echo "binfmt=${f##*/}:$(head -n1 "$f"):$(sed -n 's/^flags: *//p' "$f")"
 done
-"""
+""" + leases.READ_SCRIPT + "\n"
 
 # A fixed amount of shell arithmetic; the node's time for it gives the speed score.
 BENCH_SCRIPT = r"""
@@ -38,10 +39,12 @@ SCORE_TTL = 24 * 3600
 
 
 def parse_facts(lines) -> dict:
-    out: dict = {"binfmt": []}
+    out: dict = {"binfmt": [], "lease": []}
     for line in lines:
         key, _, value = line.strip().partition("=")
-        if key == "binfmt":
+        if key == "lease":
+            out["lease"].append(value)
+        elif key == "binfmt":
             name, _, rest = value.partition(":")
             state, _, flags = rest.partition(":")
             out["binfmt"].append(binfmt.Handler(name, state.strip() == "enabled", "", flags.strip()))
@@ -103,7 +106,7 @@ async def benchmark(transport, node: NodeSpec) -> float | None:
 
 async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_argv=True) -> NodeFacts:
     """Facts of ``node`` through ``transport`` (already connected)."""
-    done = await transport.run(["sh", "-c", FACTS_SCRIPT], timeout=60)
+    done = await transport.run(["sh", "-c", FACTS_SCRIPT, "sh", leases.ROOT, leases.engine_key(node)], timeout=60)
     if not done.ok:
         return NodeFacts(node, False, error=f"probe failed: {done.last_line()}")
     raw = parse_facts(done.tail)
@@ -140,4 +143,5 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
         node, True, error=error, native=natives, emulated=emulated, engine_version=version,
         engine_cli=cli.argv if cli else (), builder=cli.mode if cli else None,
         cpus=num("cpus", int, 1), memory=num("mem", int, 0), load=num("load", float, 0.0), score=score,
+        busy=leases.parse(raw["lease"]),
     )
