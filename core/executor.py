@@ -173,8 +173,9 @@ class Executor:
     async def _drop_lease(self, node: str, transport, taking: asyncio.Future) -> None:
         try:
             name = await taking
-            if node not in self.down:  # a dead node's lease expires by itself
-                await leases.drop(transport, self.facts[node].node, name)
+            # a node marked down may still answer (its engine died, not its sshd): try briefly;
+            # if it does not, the lease expires by itself
+            await leases.drop(transport, self.facts[node].node, name, timeout=2 if node in self.down else 5)
         except Exception:
             pass  # a lease only steers other runs' plans
 

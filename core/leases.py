@@ -118,7 +118,7 @@ async def take(transport, node: NodeSpec, estimate: float, root: str = ROOT) -> 
     return name if done.ok else None
 
 
-async def drop(transport, node: NodeSpec, name: str | None, root: str = ROOT) -> None:
+async def drop(transport, node: NodeSpec, name: str | None, root: str = ROOT, timeout: float = 5) -> None:
     if name is None:
         return
     key = engine_key(node)
@@ -129,6 +129,6 @@ async def drop(transport, node: NodeSpec, name: str | None, root: str = ROOT) ->
             pass
         return
     try:
-        await transport.run(["sh", "-c", _DROP, "sh", root, key, name], timeout=5)
+        await transport.run(["sh", "-c", _DROP, "sh", root, key, name], timeout=timeout)
     except Exception:
         pass

@@ -144,7 +144,9 @@ def _slots(capacity: Mapping[str, int], busy: Mapping[str, Sequence[float]] | No
     for node, cap in capacity.items():
         if cap <= 0:
             continue
-        taken = sorted((busy or {}).get(node, ()))[:cap]
+        # more builds than slots (another run overcommitted the node): a slot frees when the
+        # count running drops below ``cap``, so the slots free at the ``cap`` latest ends
+        taken = sorted((busy or {}).get(node, ()))[-cap:]
         heap = list(taken) + [0.0] * (cap - len(taken))
         heapq.heapify(heap)
         slots[node] = heap
@@ -192,7 +194,7 @@ def schedule(platforms: Sequence[Platform], options: Iterable[Option], capacity:
             if opt.estimate > win.option.estimate:
                 why = f"slower: {opt.estimate:.1f}s vs {win.option.estimate:.1f}s"
             else:
-                held = sorted((busy or {}).get(opt.node, ()))[:capacity.get(opt.node, 0)]
+                held = sorted((busy or {}).get(opt.node, ()))[-capacity.get(opt.node, 1):]
                 takers = []
                 if held:
                     takers.append(f"{len(held)} by other archfleet runs (the first free in ~{held[0]:.0f}s)")

@@ -32,6 +32,9 @@ def test_a_second_run_plans_around_the_slots_the_first_holds(lab, nodes, tmp_pat
     (ctx / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nARG N\nRUN echo $N && sleep 20\n"
                                     + "RUN true\n" * 5)
     idle_pinned = plan(lab, nodes, "--node", "n1")
+    # leases other tests' failed builds may have left (a build whose node was cut off cannot
+    # drop its lease; it counts a tenth of its estimate until it expires): not this test's
+    before = ls(lab, nodes)["n1"]["busy"]
     tag = f"{nodes.registry}/shared:{uuid.uuid4().hex[:8]}"
     first = subprocess.Popen(
         [sys.executable, "-m", "archfleet.cli", "build", "-q", *nodes.args(
@@ -40,16 +43,15 @@ def test_a_second_run_plans_around_the_slots_the_first_holds(lab, nodes, tmp_pat
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
-        while len(ls(lab, nodes)["n1"]["busy"]) < 2:
+        while len([b for b in ls(lab, nodes)["n1"]["busy"] if b > 10]) < 2:
             assert first.poll() is None and time.time() < deadline, first.communicate()
             time.sleep(0.5)
-        seen = ls(lab, nodes)
-        assert seen["n2"]["busy"] == [] and all(b > 10 for b in seen["n1"]["busy"]), seen["n1"]
+        held = [b for b in ls(lab, nodes)["n1"]["busy"] if b > 10]
         table = lab.archfleet("ls", "--nodes", str(nodes.toml), check=True).stdout
-        assert "ready (2 busy)" in table
+        assert f"ready ({len(before) + 2} busy)" in table
 
         busy_pinned = plan(lab, nodes, "--node", "n1")
-        assert busy_pinned["start"] >= min(seen["n1"]["busy"]) - 5 > idle_pinned["start"] + 5, busy_pinned
+        assert busy_pinned["start"] >= min(held) - 5 > idle_pinned["start"] + 5, busy_pinned
         free = plan(lab, nodes)
         assert free["node"] != "n1", free
         n1 = next(a for a in free["alternatives"] if a["node"] == "n1")
@@ -57,4 +59,4 @@ def test_a_second_run_plans_around_the_slots_the_first_holds(lab, nodes, tmp_pat
     finally:
         out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-2000:]
-    assert ls(lab, nodes)["n1"]["busy"] == []  # the first run dropped its leases
+    assert not [b for b in ls(lab, nodes)["n1"]["busy"] if b > 10]  # the first run dropped its leases

@@ -68,6 +68,14 @@ def test_exact_beats_greedy_where_greedy_is_fooled():
 def test_busy_slots_delay_a_node():
     plan = schedule([A], [opt(A, "native", "x", 10), opt(A, "native", "y", 14)], {"x": 1, "y": 1}, busy={"x": [8]})
     assert str(plan.option_for(A)) == "native@y" and plan.makespan == 14
+    why = next(r.why for r in plan.rejected if r.option.node == "x")
+    assert "1 by other archfleet runs (the first free in ~8s)" in why and "this run" not in why
+
+
+def test_an_overcommitted_node_frees_a_slot_when_enough_builds_end():
+    # three builds from other runs on two slots: one slot frees when two of them are done (at 5)
+    plan = schedule([A], [opt(A, "native", "x", 1)], {"x": 2}, busy={"x": [1, 5, 9]})
+    assert plan.chosen[0].start == 5
 
 
 def test_pins():
