@@ -168,19 +168,13 @@ class Executor:
     def _slot_freed(self, option: Option, lease: list) -> None:
         self._busy[option.node].pop(option.platform, None)
         if lease:
-            self._lease_drops.append(asyncio.ensure_future(self._drop_lease(option.node, *lease)))
-
-    async def _drop_lease(self, node: str, transport, taking: asyncio.Future) -> None:
-        try:
-            name = await taking
             # a node marked down may still answer (its engine died, not its sshd): try briefly;
-            # if it does not, the lease expires by itself
-            await leases.drop(transport, self.facts[node].node, name, timeout=2 if node in self.down else 5)
-        except Exception:
-            pass  # a lease only steers other runs' plans
+            # if it does not, the lease goes stale when its heartbeat stops
+            timeout = 2 if option.node in self.down else 5
+            self._lease_drops.append(asyncio.ensure_future(lease[0].release(timeout)))
 
     async def _run_one(self, option: Option, gate: PushGate, started: list[float]) -> PlatformResult:
-        lease: list = []  # (transport, the task taking the lease) once there is one
+        lease: list = []  # the leases.Held once there is a transport
         slot = Slot(self._slots[option.node], lambda: self._slot_freed(option, lease))
         if self._slots[option.node].locked():
             self.reporter.status(option, "waiting for a build slot")
@@ -189,10 +183,9 @@ class Executor:
         self._busy[option.node][option.platform] = (started[0], option.estimate)
         try:
             transport = await self._transport(option.node)
-            # other archfleet runs probing this node now see the slot taken (not awaited: the
-            # build need not wait for it; the drop does)
-            lease.extend((transport, asyncio.ensure_future(
-                leases.take(transport, self.facts[option.node].node, option.estimate))))
+            # other archfleet runs probing this node now see the slot taken (taken in the
+            # background: the build need not wait for it)
+            lease.append(leases.Held(transport, self.facts[option.node].node, option.estimate))
             context = RunContext(option, self.facts[option.node], transport, self.reporter, gate, slot)
             name, awaitable = call_first(self.pm, "archfleet_run", option=option, request=self.request,
                                          context=context)

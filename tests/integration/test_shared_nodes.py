@@ -32,8 +32,8 @@ def test_a_second_run_plans_around_the_slots_the_first_holds(lab, nodes, tmp_pat
     (ctx / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nARG N\nRUN echo $N && sleep 20\n"
                                     + "RUN true\n" * 5)
     idle_pinned = plan(lab, nodes, "--node", "n1")
-    # leases other tests' failed builds may have left (a build whose node was cut off cannot
-    # drop its lease; it counts a tenth of its estimate until it expires): not this test's
+    # leases other tests' cut-off builds may have left (they count until their heartbeat is
+    # 75 s old): not this test's
     before = ls(lab, nodes)["n1"]["busy"]
     tag = f"{nodes.registry}/shared:{uuid.uuid4().hex[:8]}"
     first = subprocess.Popen(

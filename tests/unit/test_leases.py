@@ -22,6 +22,10 @@ def test_remaining_and_staleness():
     assert leases.remaining(now=100 + 3 * 30 + 601, start=100, estimate=30) is None  # its run died
     assert leases.remaining(now=0, start=1000, estimate=30) is None  # from the future: ignored
     assert leases.parse(["110 100 30", "garbage", "110 100", "110 105 10"]) == (5.0, 20.0)
+    # with a heartbeat: alive however long it overruns, stale once the beat stops
+    assert leases.remaining(now=10_000, start=100, estimate=30, beat=9_990) == 3.0
+    assert leases.remaining(now=200, start=100, estimate=300, beat=100) is None
+    assert leases.parse(["200 100 300 190", "200 100 300 100"]) == (200.0,)
 
 
 def test_shell_path_take_probe_drop(tmp_path, monkeypatch):
@@ -81,3 +85,40 @@ def test_a_failing_transport_never_fails_the_build():
     node = NodeSpec("n1", transport="ssh", host="h")
     assert asyncio.run(leases.take(Broken(), node, 5.0)) is None
     asyncio.run(leases.drop(Broken(), node, "x"))
+
+
+def test_held_lease_is_renewed_then_dropped(tmp_path, monkeypatch):
+    """Both paths: the heartbeat moves on while held, and nothing is left after release."""
+    monkeypatch.setattr(leases, "HEARTBEAT", 0.05)
+    node = NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///x.sock")
+    root = str(tmp_path)
+    d = tmp_path / leases.engine_key(node)
+
+    async def scenario(transport):
+        held = leases.Held(transport, node, 30.0, root=root)
+        await asyncio.sleep(0.2)
+        (lease,) = [p for p in d.iterdir() if not p.name.startswith(".")]
+        start, estimate, beat = lease.read_text().split()
+        assert float(estimate) == 30.0 and int(beat) >= int(start)
+        lease.write_text(f"{start} {estimate} 0\n")  # as if the beat were ancient
+        await asyncio.sleep(0.5)
+        assert int(lease.read_text().split()[2]) > 0  # renewed
+        await held.release()
+        assert list(d.iterdir()) == []
+
+    asyncio.run(scenario(ShellTransport("n1")))
+    asyncio.run(scenario(LocalTransport("n1")))
+
+
+def test_taking_a_lease_sweeps_dead_ones(tmp_path):
+    import os
+
+    for transport, node in ((ShellTransport("n1"), NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///n1.sock")),
+                            (LocalTransport(), NodeSpec("local"))):
+        d = tmp_path / leases.engine_key(node)
+        d.mkdir(exist_ok=True)
+        dead = d / "123-dead"
+        dead.write_text("1 5 1\n")
+        os.utime(dead, (time.time() - 3600, time.time() - 3600))
+        name = asyncio.run(leases.take(transport, node, 5.0, root=str(tmp_path)))
+        assert sorted(p.name for p in d.iterdir()) == [name]
