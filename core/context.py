@@ -13,6 +13,12 @@ A tree is unpacked into a staging directory of its own and renamed into place in
 (``mv -T``), so two syncs at once (two platforms, or two coordinators) never see or break a
 half-made tree: the loser of the rename just removes its copy (same digest, same tree).
 
+The cache is bounded by age: a sync that finds its tree touches its ``.ok`` marker, and at most
+once a day per node the sync that unpacks a new tree also removes trees unused for
+``ARCHFLEET_NODE_CACHE_DAYS`` (default 14) and then every blob no remaining tree links (its link
+count is 1) that has not been linked or unlinked for an hour, so a sync that has just been told
+a blob is present does not lose it before linking it.
+
 A sync is at most three round trips: is the tree there (done: one tiny command); which blobs are
 missing (names on stdin, missing names back); then one tar of the missing blobs followed by
 a tar of the layout, which has only headers: directories, symlinks and hard links to blobs.
@@ -137,7 +143,7 @@ def snapshot_of(request) -> Snapshot:
 
 
 # Fixed scripts: user data only ever arrives as positional parameters ("$1") or on stdin.
-_CHECK = 'test -e "$1/ctx/$2.ok" && echo present || echo absent'
+_CHECK = 'if test -e "$1/ctx/$2.ok"; then touch "$1/ctx/$2.ok" 2>/dev/null; echo present; else echo absent; fi'
 _MISSING = 'mkdir -p "$1/blobs" && cd "$1/blobs" && while IFS= read -r b; do [ -e "$b" ] || echo "$b"; done'
 _UNPACK = (
     'set -e; mkdir -p "$1/ctx" "$1/blobs" "$1/stage";'
@@ -145,6 +151,28 @@ _UNPACK = (
     ' mv -T "$1/stage/$3" "$1/ctx/$2" 2>/dev/null || rm -rf "$1/stage/$3";'
     ' : > "$1/ctx/$2.ok"'
 )
+# $1 cache, $2 minutes a tree may go unused, $3 minutes an orphaned blob is kept. Once a day
+# (the "pruned" stamp): the marker goes first, so no sync trusts a tree being removed.
+_PRUNE = (
+    'cd "$1" 2>/dev/null || exit 0; [ -n "$(find . -maxdepth 1 -name pruned -mmin -1440)" ] && exit 0;'
+    ' : > pruned; for ok in ctx/*.ok; do [ -e "$ok" ] || continue;'
+    ' if [ -n "$(find "$ok" -mmin +"$2")" ]; then rm -f "$ok"; rm -rf "${ok%.ok}"; fi; done;'
+    ' find blobs -type f -links 1 -cmin +"$3" -exec rm -f {} + 2>/dev/null;'
+    ' find stage -mindepth 1 -maxdepth 1 -mmin +"$3" -exec rm -rf {} + 2>/dev/null; true'
+)
+ORPHAN_MINUTES = 60
+
+
+def cache_days() -> int:
+    """How long a context tree may go unused on a node before a sync removes it."""
+    raw = os.environ.get("ARCHFLEET_NODE_CACHE_DAYS", "14")
+    try:
+        days = int(raw)
+    except ValueError:
+        raise UsageError(f"ARCHFLEET_NODE_CACHE_DAYS={raw!r}: give a whole number of days (default 14)") from None
+    if days < 0:
+        raise UsageError(f"ARCHFLEET_NODE_CACHE_DAYS={raw!r}: give 0 or more days")
+    return days
 
 
 def _blob_tar(snap: Snapshot, names: set[str], stage: str) -> Iterator[bytes]:
@@ -212,7 +240,20 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
     unpack = await sh(_UNPACK, CACHE, snap.digest, stage, stdin=_blob_tar(snap, names, stage))
     if not unpack.ok:
         raise InfrastructureError(transport.node, f"context sync failed: {unpack.last_line()}")
+    await prune(transport)
     return ctx_dir, df_path
+
+
+async def prune(transport, cache: str = CACHE, *, tree_minutes: int | None = None,
+                orphan_minutes: int = ORPHAN_MINUTES) -> None:
+    """Bound the node's cache by age (at most once a day; cheap otherwise). Never fails a sync."""
+    if tree_minutes is None:
+        tree_minutes = cache_days() * 1440
+    try:
+        await transport.run(["sh", "-c", _PRUNE, "sh", cache, str(tree_minutes), str(orphan_minutes)],
+                            timeout=120)
+    except Exception:
+        pass
 
 
 async def _missing(transport, wanted: list[str]) -> set[str]:

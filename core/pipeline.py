@@ -14,6 +14,7 @@ import attrs
 
 from . import index as index_mod
 from .errors import ArchfleetError, BuildFailed, EnvironmentProblem, UsageError
+from .context import cache_days
 from .dockerfile import analyse
 from .executor import Executor
 from .hookcall import PluginError, call_each, call_first, resolve
@@ -129,6 +130,7 @@ class BuildSummary:
 async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -> BuildSummary:
     started = time.monotonic()
     tags = [parse_reference(t) for t in request.tags]
+    cache_days()  # a bad ARCHFLEET_NODE_CACHE_DAYS is a usage error now, not mid-build
     if request.push and not tags:
         raise UsageError("--push needs at least one -t/--tag")
     async with RegistryClient(request.insecure_registries) as client:
