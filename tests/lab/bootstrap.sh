@@ -51,6 +51,10 @@ if [ ! -x "$VENV/bin/archfleet" ] || [ "$REPO/pyproject.toml" -nt "$stamp" ]; th
     || { tail -20 "$LAB_DIR/pip.log" >&2; exit 1; }
   touch "$stamp"
 fi
+# pip compiles the packages it installs, but not an editable install's own sources; where
+# PYTHONDONTWRITEBYTECODE is set (it is on the project VM) every run would compile archfleet's
+# modules again (~35 ms of each command). Up-to-date files are skipped.
+"$VENV/bin/python" -m compileall -q "$REPO/core" "$REPO/plugins" >/dev/null || true
 ARCHFLEET="$VENV/bin/archfleet"
 
 # --- dockerd -----------------------------------------------------------------------------------
