@@ -44,6 +44,33 @@ def matches(arch: str, platform: Platform) -> bool:
     return arch == platform.architecture
 
 
+def scan_layer(fileobj: IO[bytes]) -> dict:
+    """What one layer holds, on its own: ``{"entries": {path: [kind, value]}, "whiteouts": [...]}``
+    (kind "file" with its ELF architecture or None, "link" with its target, "other"). Plain
+    JSON, so it can be cached by the layer's digest: a layer never changes."""
+    entries: dict[str, list] = {}
+    whiteouts: list[str] = []
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        for member in tar:
+            path = "/" + posixpath.normpath(member.name.lstrip("./")).lstrip("/")
+            base = posixpath.basename(path)
+            if base.startswith(".wh."):
+                whiteouts.append(posixpath.join(posixpath.dirname(path), base[4:]))
+                continue
+            if path in entries:
+                continue
+            if member.issym():
+                entries[path] = ["link", member.linkname]
+            elif member.islnk():
+                entries[path] = ["link", "/" + member.linkname.lstrip("./")]
+            elif member.isfile():
+                f = tar.extractfile(member)
+                entries[path] = ["file", elf_arch(f.read(20)) if f else None]
+            else:
+                entries[path] = ["other", None]
+    return {"entries": entries, "whiteouts": whiteouts}
+
+
 class LayerIndex:
     """Paths seen in layers, top layer first: the first sighting of a path wins (like overlayfs)."""
 
@@ -53,29 +80,17 @@ class LayerIndex:
         self.elf_counts: dict[str, int] = {}
 
     def add_layer(self, fileobj: IO[bytes]) -> None:
-        seen_here: dict[str, tuple[str, str | None]] = {}
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
-            for member in tar:
-                path = "/" + posixpath.normpath(member.name.lstrip("./")).lstrip("/")
-                base = posixpath.basename(path)
-                if base.startswith(".wh."):
-                    self.whiteouts.add(posixpath.join(posixpath.dirname(path), base[4:]))
-                    continue
-                if path in self.entries or path in self.whiteouts or path in seen_here:
-                    continue
-                if member.issym():
-                    seen_here[path] = ("link", member.linkname)
-                elif member.islnk():
-                    seen_here[path] = ("link", "/" + member.linkname.lstrip("./"))
-                elif member.isfile():
-                    f = tar.extractfile(member)
-                    arch = elf_arch(f.read(20)) if f else None
-                    seen_here[path] = ("file", arch)
-                    if arch:
-                        self.elf_counts[arch] = self.elf_counts.get(arch, 0) + 1
-                else:
-                    seen_here[path] = ("other", None)
-        self.entries.update(seen_here)
+        self.add_scan(scan_layer(fileobj))
+
+    def add_scan(self, scan: dict) -> None:
+        """Add the next layer down (from :func:`scan_layer`)."""
+        for path, (kind, value) in scan["entries"].items():
+            if path in self.entries or path in self.whiteouts:
+                continue
+            self.entries[path] = (kind, value)
+            if kind == "file" and value:
+                self.elf_counts[value] = self.elf_counts.get(value, 0) + 1
+        self.whiteouts.update(scan["whiteouts"])
 
     def resolve(self, path: str, hops: int = 16) -> tuple[str, str | None] | None:
         for _ in range(hops):

@@ -9,8 +9,8 @@ import tarfile
 import zlib
 from typing import Sequence
 
-from . import elfcheck, mediatypes
-from .elfcheck import LayerIndex
+from . import elfcheck, layercache, mediatypes
+from .elfcheck import LayerIndex, scan_layer
 from .errors import RegistryError, VerificationFailed
 from .model import ChildImage
 from .platforms import Platform, PlatformError, parse
@@ -68,12 +68,19 @@ async def verify_child(client: RegistryClient, ref: Reference, platform: Platfor
 CONTENT_BUDGET = 64 * 1024 * 1024  # bytes of layers read to find the program's ELF header
 
 
+def _scan_and_keep(digest: str, data: bytes) -> dict:
+    scan = scan_layer(io.BytesIO(data))
+    layercache.store(digest, scan)
+    return scan
+
+
 async def program_architecture(client: RegistryClient, ref: Reference, manifest: dict, config: dict,
                                budget: int = CONTENT_BUDGET) -> tuple[str, str | None]:
     """(program, architecture) of what the image runs, from ELF headers in its layers.
 
     Layers are read top first and reading stops as soon as the program is found; layers past
     ``budget`` bytes are not read (then the most common ELF architecture seen so far is used).
+    A layer scanned before (by digest, :mod:`archfleet.layercache`) is not fetched again.
     """
     cfg = config.get("config") or {}
     argv = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
@@ -82,15 +89,19 @@ async def program_architecture(client: RegistryClient, ref: Reference, manifest:
     layers = LayerIndex()
     spent = 0
     for desc in reversed(manifest.get("layers") or []):
-        size = int(desc.get("size") or 0)
-        if spent + size > budget:
-            break
-        spent += size
-        data = await client.get_blob(ref, desc["digest"])
-        try:
-            await asyncio.to_thread(layers.add_layer, io.BytesIO(data))
-        except (tarfile.TarError, EOFError, OSError, zlib.error):
-            continue  # a layer format we cannot read (zstd, ...): no evidence either way
+        digest = str(desc.get("digest") or "")
+        scan = await asyncio.to_thread(layercache.load, digest)
+        if scan is None:
+            size = int(desc.get("size") or 0)
+            if spent + size > budget:
+                break
+            spent += size
+            data = await client.get_blob(ref, digest)
+            try:
+                scan = await asyncio.to_thread(_scan_and_keep, digest, data)
+            except (tarfile.TarError, EOFError, OSError, zlib.error):
+                continue  # a layer format we cannot read (zstd, ...): no evidence either way
+        layers.add_scan(scan)
         if program:
             arch = layers.program_arch(program, env)
             if arch:

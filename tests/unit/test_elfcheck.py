@@ -49,3 +49,50 @@ def test_whiteout_hides_lower_file():
     idx.add_layer(layer({"bin/.wh.tool": b""}))
     idx.add_layer(layer({"bin/tool": elf(62)}))
     assert idx.program_arch("/bin/tool", []) is None
+
+
+def test_a_layer_scanned_once_is_not_fetched_again(tmp_path, monkeypatch):
+    """The base layer is read for the first image only; the second image (same base, new top
+    layer) fetches just its top layer, and still finds the program in the cached base."""
+    import asyncio
+    import hashlib
+    import json
+
+    from archfleet import index, layercache
+
+    monkeypatch.setattr(layercache, "_dir", lambda: tmp_path / "layers")
+    blobs = {}
+
+    def put(data: bytes) -> dict:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        blobs[digest] = data
+        return {"digest": digest, "size": len(data)}
+
+    base = put(layer({"bin/busybox": elf(183), "bin/uname": "busybox"}).getvalue())
+    fetched = []
+
+    class Registry:
+        async def get_blob(self, ref, digest):
+            fetched.append(digest)
+            return blobs[digest]
+
+    config = {"config": {"Cmd": ["uname", "-m"], "Env": ["PATH=/bin"]}}
+    for n in range(2):
+        top = put(layer({f"round-{n}": b"x" * 100}).getvalue())
+        got = asyncio.run(index.program_architecture(Registry(), None, {"layers": [base, top]}, config))
+        assert got == ("uname", "arm64")
+    assert fetched.count(base["digest"]) == 1 and len(fetched) == 3
+    assert json.loads((tmp_path / "layers" / f"sha256-{base['digest'][7:]}.json").read_text())["entries"]
+
+
+def test_layer_cache_refuses_foreign_names_and_stays_bounded(tmp_path, monkeypatch):
+    from archfleet import layercache
+
+    monkeypatch.setattr(layercache, "_dir", lambda: tmp_path)
+    monkeypatch.setattr(layercache, "MAX_ENTRIES", 3)
+    layercache.store("sha256:../../etc/passwd", {"entries": {}, "whiteouts": []})
+    assert layercache.load("sha256:../../etc/passwd") is None and list(tmp_path.iterdir()) == []
+    for i in range(5):
+        layercache.store(f"sha256:{i:064x}", {"entries": {}, "whiteouts": []})
+    assert len(list(tmp_path.glob("*.json"))) == 3
+    assert layercache.load(f"sha256:{4:064x}") == {"entries": {}, "whiteouts": []}
