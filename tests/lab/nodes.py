@@ -27,6 +27,9 @@ from pathlib import Path
 
 LAB = Path(os.environ.get("ARCHFLEET_LAB_DIR", "/var/tmp/archfleet-lab"))
 BRIDGE = "afbr0"
+# Routed nowhere: with the bridge gone (lab down), a test or a hand-run command aimed at a lab
+# address fails at once instead of leaving through the default route for someone else's network.
+GUARD_NET = "10.231.0.0/16"
 NET = "10.231.0"
 HOST_IP = f"{NET}.1"
 REGISTRY = f"{HOST_IP}:5000"
@@ -89,7 +92,12 @@ def _wait(check, what: str, timeout: float = 60.0) -> None:
 
 # --- network ---------------------------------------------------------------------------------
 
+def guard() -> None:
+    sh("ip", "route", "replace", "blackhole", GUARD_NET)
+
+
 def bridge_up() -> None:
+    guard()
     if sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
         sh("ip", "link", "add", BRIDGE, "type", "bridge")
     if HOST_IP not in sh("ip", "-4", "addr", "show", BRIDGE).stdout:
@@ -315,6 +323,7 @@ def down() -> None:
         sh("ip", "netns", "del", ns(name), check=False)
     _kill(LAB / "registry-lab.pid")
     sh("ip", "link", "del", BRIDGE, check=False)
+    guard()  # stays: lab addresses lead nowhere while the lab is down
 
 
 def status() -> str:
