@@ -50,7 +50,9 @@ def archfleet_probe(node, config):
     Called once per enabled node, all nodes concurrently. Only the plugin that owns
     ``node.transport`` answers; the others return None (firstresult: the first non-None wins).
     Return an awaitable resolving to :class:`~archfleet.model.NodeFacts`. An unreachable node
-    is not an exception: return facts with ``reachable=False`` and a one-line ``error``.
+    is not an exception: return facts with ``reachable=False`` and a one-line ``error``. A node
+    that knows builds are already running on it (other archfleet runs' leases, a CI queue)
+    says so in ``busy``: the seconds until each taken slot frees up; the planner waits for them.
     """
 
 
