@@ -158,12 +158,16 @@ class Executor:
                 pass
 
     def _wait_for_slot(self, node: str) -> float:
-        """Seconds until ``node`` has a free build slot, from what runs there now."""
-        busy = self._busy[node]
-        if len(busy) < self.facts[node].node.max_builds:
-            return 0.0
+        """Seconds until ``node`` has a free build slot: from this run's builds there now and the
+        slots other archfleet runs held at the probe (their leases), less the time since."""
         now = time.monotonic()
-        return min(max(est - (now - start), 0.0) for start, est in busy.values())
+        own = [max(est - (now - start), 0.0) for start, est in self._busy[node].values()]
+        others = [b - (now - self.t0) for b in self.facts[node].busy]
+        taken = sorted(own + [b for b in others if b > 0])
+        cap = max(1, self.facts[node].node.max_builds)
+        if len(taken) < cap:
+            return 0.0
+        return taken[len(taken) - cap]  # a slot frees when the count running drops below cap
 
     def _slot_freed(self, option: Option, lease: list) -> None:
         self._busy[option.node].pop(option.platform, None)
