@@ -30,7 +30,7 @@ from .nodebuild import LABEL_CONTEXT, LABEL_PLATFORM, build_and_push, child_tag,
 from .planner import LINK_RATE, QEMU_FACTOR, node_speed, prior_seconds, reference_work
 from .platforms import Platform, PlatformError, from_uname
 from .platforms import parse as parse_platform
-from .probe import benchmark, probe_node
+from .probe import benchmark, probe_node, score_key
 from .progress import Reporter
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
@@ -50,7 +50,7 @@ __all__ = [
     "prior_seconds", "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "Analysis", "Stage",
     # transports and probing
     "Transport", "LocalTransport", "SSHTransport", "quote_argv", "probe_node", "benchmark", "discover_cli",
-    "local_candidates", "EngineCLI", "binfmt", "read_local_leases",
+    "local_candidates", "EngineCLI", "binfmt", "read_local_leases", "score_key",
     # registry
     "RegistryClient", "parse_reference", "verify_child",
 ]

@@ -36,11 +36,13 @@ import os
 import secrets
 import stat
 import tarfile
+import time
 from pathlib import Path
 from typing import Iterator
 
 import attrs
 
+from . import linkrate
 from .errors import InfrastructureError, UsageError
 
 CACHE = ".cache/archfleet/sync-v2"  # bump the version when the layout changes
@@ -237,9 +239,20 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
     wanted = sorted({e.blob for e in list(snap.entries) + [snap.dockerfile] if e.kind == "file"})
     names = await _missing(transport, wanted)
     stage = f"{snap.digest[:16]}-{secrets.token_hex(8)}"
-    unpack = await sh(_UNPACK, CACHE, snap.digest, stage, stdin=_blob_tar(snap, names, stage))
+    sent = [0]
+
+    def counted(chunks):
+        for chunk in chunks:
+            sent[0] += len(chunk)
+            yield chunk
+
+    started = time.monotonic()
+    unpack = await sh(_UNPACK, CACHE, snap.digest, stage, stdin=counted(_blob_tar(snap, names, stage)))
     if not unpack.ok:
         raise InfrastructureError(transport.node, f"context sync failed: {unpack.last_line()}")
+    key = getattr(transport, "link_key", None)
+    if key:
+        await asyncio.to_thread(linkrate.record, key, sent[0], time.monotonic() - started)
     await prune(transport)
     return ctx_dir, df_path
 

@@ -73,6 +73,7 @@ class NodeFacts:
     score: float | None = None  # CPU benchmark: higher is faster; None = not measured
     # seconds until each build slot taken by another archfleet run frees up (its lease), sorted
     busy: tuple[float, ...] = attrs.field(default=(), converter=_tuple)
+    link_rate: float | None = None  # bytes/s to the node, measured on earlier context syncs
 
     @property
     def name(self) -> str:

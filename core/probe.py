@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from . import binfmt, engine, leases
+from . import binfmt, engine, leases, linkrate
 from .model import NodeFacts, NodeSpec
 from .platforms import PlatformError, from_uname
 
@@ -143,5 +143,5 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
         node, True, error=error, native=natives, emulated=emulated, engine_version=version,
         engine_cli=cli.argv if cli else (), builder=cli.mode if cli else None,
         cpus=num("cpus", int, 1), memory=num("mem", int, 0), load=num("load", float, 0.0), score=score,
-        busy=leases.parse(raw["lease"]),
+        busy=leases.parse(raw["lease"]), link_rate=linkrate.measured(score_key(node)),
     )

@@ -171,10 +171,11 @@ class SSHTransport:
     header: registry credentials never reach the node's disk or process list).
     """
 
-    def __init__(self, node: str, conn, docker_host: str | None = None):
+    def __init__(self, node: str, conn, docker_host: str | None = None, link_key: str | None = None):
         self.node = node
         self.conn = conn
         self.docker_host = docker_host
+        self.link_key = link_key  # where measured transfer rates to this node are kept
         self.bytes_sent = 0
         self._client = None
         self._listener = None

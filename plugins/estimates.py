@@ -4,7 +4,8 @@
   of the last runs;
 - else the offer's prior, rescaled by this project's typical work if known, with the QEMU
   factor learned on that node for emulated options;
-- plus sending the context to a remote node that has not seen it (bytes / link rate).
+- plus sending the context to a remote node that has not seen it (bytes / the link rate
+  measured on earlier syncs to that node, or an assumed 50 MB/s).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def archfleet_estimate(option, request, facts, history):
         seconds *= learned / QEMU_FACTOR
         notes.append(f"qemu factor {learned:.1f} learned on {option.node}")
     if facts is not None and facts.node.transport != "local" and not history.synced_before(option.node):
-        transfer = history.context_bytes / LINK_RATE
+        rate = facts.link_rate or LINK_RATE
+        transfer = history.context_bytes / rate
         seconds += transfer
-        notes.append(f"+{transfer:.1f}s to send {history.context_bytes / 1e6:.1f} MB")
+        notes.append(f"+{transfer:.1f}s to send {history.context_bytes / 1e6:.1f} MB at {rate / 1e6:.0f} MB/s "
+                     + ("(measured)" if facts.link_rate else "(assumed)"))
     return round(seconds, 2), "; ".join(notes)

@@ -12,7 +12,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from archfleet.api import InfrastructureError, NodeFacts, SSHTransport, hookimpl, probe_node
+from archfleet.api import InfrastructureError, NodeFacts, SSHTransport, hookimpl, probe_node, score_key
 
 TRANSPORT = "ssh"
 CONNECT_TIMEOUT = 10.0
@@ -91,7 +91,7 @@ async def _connect(node):
     for attempt in (1, 2):
         try:
             conn = await asyncssh.connect(node.host, **kwargs)
-            return SSHTransport(node.name, conn, node.docker_host)
+            return SSHTransport(node.name, conn, node.docker_host, link_key=score_key(node))
         except asyncssh.HostKeyNotVerifiable:
             if attempt == 1 and node.host_key_policy == "accept-new" and not _has_entry(known, node):
                 await _accept_new(known, node)

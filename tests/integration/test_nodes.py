@@ -178,3 +178,29 @@ def test_two_syncs_of_one_context_at_once_leave_one_complete_tree(lab, nodes, tm
     _, listing = asyncio.run(go())
     counts = [l for l in listing.tail if l.strip()]
     assert counts == ["31", "0"], listing.tail  # 30 files + Dockerfile in the tree; no stage left behind
+
+
+def test_a_sync_measures_the_link_and_the_plan_uses_it(lab, nodes, tmp_path):
+    """A context sync big enough to time records the rate to that node; the next plan's transfer
+    estimate for a new context to it says it is measured."""
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}  # no rate measured before this test
+    contexts = []
+    for name in ("first", "second"):
+        ctx = tmp_path / name
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nCOPY blob /blob\nCMD [\"uname\", \"-m\"]\n")
+        (ctx / "blob").write_bytes(os.urandom(6 << 20))
+        contexts.append(ctx)
+
+    def n2_basis(ctx):
+        proc = lab.archfleet("plan", "--format", "json", *nodes.args("--no-local", "--node", "n2", "--platform",
+                                                                    "linux/amd64", "--build-arg", f"BASE={nodes.base}"),
+                             str(ctx), env=env, check=True)
+        return json.loads(proc.stdout)["platforms"][0]["estimate_basis"]
+
+    assert "(assumed)" in n2_basis(contexts[0])
+    lab.archfleet("build", "-q", *nodes.args("--no-local", "--node", "n2", "--platform", "linux/amd64",
+                                             "--build-arg", f"BASE={nodes.base}"), str(contexts[0]), env=env, check=True)
+    rates = json.loads((tmp_path / "cache" / "archfleet" / "links.json").read_text())
+    assert [k for k in rates if k.startswith("n2|")] and all(v["rate"] > 1e6 for v in rates.values()), rates
+    assert "(measured)" in n2_basis(contexts[1])

@@ -53,3 +53,29 @@ def test_a_slow_native_board_does_not_make_the_fast_host_look_slow(tmp_path):
 def test_without_history_the_slow_board_still_loses_for_a_trivial_image(tmp_path):
     plan = plan_arm64(tmp_path)
     assert plan.option_for(ARM).node == "local"
+
+
+def test_context_transfer_uses_the_measured_link_rate(tmp_path):
+    """A remote node that has not seen the context: its estimate adds bytes / the rate measured
+    on earlier syncs to it, and says so; without a measurement, the assumed rate."""
+    import os
+
+    from archfleet.planner import LINK_RATE
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY blob /\n")
+    (ctx / "blob").write_bytes(os.urandom(8_000_000))
+    request = BuildRequest(ctx, ctx / "Dockerfile", [AMD])
+    spec = NodeSpec("far", transport="ssh", host="10.0.0.9")
+
+    def estimate(link_rate):
+        facts = {"far": NodeFacts(spec, True, native=[AMD], builder="buildkit", engine_cli=["docker"], cpus=2,
+                                  score=1.0, link_rate=link_rate)}
+        options = refine(make_manager(), asyncio.run(offers(make_manager(), request, facts)), request, facts,
+                         view_for(request, tmp_path / "h.sqlite"))
+        return next(o for o in options if o.strategy == "native")
+
+    slow, assumed = estimate(2e6), estimate(None)
+    assert "at 2 MB/s (measured)" in slow.basis and "(assumed)" in assumed.basis
+    assert round(slow.estimate - assumed.estimate, 1) == round(8_000_000 / 2e6 - 8_000_000 / LINK_RATE, 1)
