@@ -3,8 +3,11 @@
 Credentials come from the Docker config through ``docker.auth`` (``auths``, ``credsStore``,
 ``credHelpers``). Auth follows the registry's ``WWW-Authenticate`` challenge: Basic, or the
 Bearer token flow (realm/service/scope). Plain HTTP is used only for loopback registries and
-the ones named with ``--insecure-registry``. Digests are computed over the exact bytes sent or
-received. 5xx answers and dropped connections are retried with back-off.
+the ones named with ``--insecure-registry``. A registry with its own CA is trusted the way
+dockerd trusts it: ``/etc/docker/certs.d/<host[:port]>/*.crt`` are extra CA roots and
+``*.cert``/``*.key`` pairs client certificates (``$ARCHFLEET_CERTS_D`` names another directory).
+Digests are computed over the exact bytes sent or received. 5xx answers and dropped
+connections are retried with back-off.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import re
+import ssl
+from pathlib import Path
 from typing import Iterable
 
 import attrs
@@ -78,6 +84,34 @@ def load_credentials(registry: str, docker_config: dict | None = None) -> dict[s
     return out or None
 
 
+def certs_dir() -> Path:
+    return Path(os.environ.get("ARCHFLEET_CERTS_D") or "/etc/docker/certs.d")
+
+
+def tls_context_for(host: str) -> ssl.SSLContext | None:
+    """An SSL context that also trusts ``host``'s certs.d CAs (and presents its client
+    certificate), or None when the host has no certs.d directory."""
+    d = certs_dir() / host
+    if not d.is_dir():
+        return None
+    import certifi
+
+    ctx = ssl.create_default_context(cafile=certifi.where())
+    try:
+        for ca in sorted(d.glob("*.crt")):
+            ctx.load_verify_locations(cafile=str(ca))
+        for cert in sorted(d.glob("*.cert")):
+            ctx.load_cert_chain(str(cert), str(cert.with_suffix(".key")))
+    except (OSError, ssl.SSLError) as exc:
+        raise EnvironmentProblem(f"{d}: cannot use its certificates ({exc}); fix or remove them") from None
+    return ctx
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    return text.split("] ", 1)[-1].split(" (_ssl")[0] if "]" in text else text
+
+
 class RegistryClient:
     """One client for the whole run; reuse it (connections and tokens are cached)."""
 
@@ -86,6 +120,9 @@ class RegistryClient:
         self._insecure = set(insecure)
         self._docker_config = docker_config
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True)
+        self._timeout = timeout
+        self._custom = transport is not None  # a test's transport serves every host
+        self._per_host: dict[str, httpx.AsyncClient | None] = {}  # hosts with a certs.d directory
         self._schemes: dict[str, str] = {}
         self._tokens: dict[tuple[str, str], str] = {}  # (host, scope) -> Authorization header
         self._basic: dict[str, str] = {}  # host -> Authorization header (Basic)
@@ -99,6 +136,20 @@ class RegistryClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        for client in self._per_host.values():
+            if client is not None:
+                await client.aclose()
+
+    def _client(self, url_or_host: str) -> httpx.AsyncClient:
+        """The client for a host: the shared one, or one trusting the host's certs.d CAs."""
+        host = httpx.URL(url_or_host).netloc.decode() if "://" in url_or_host else url_or_host
+        if self._custom:
+            return self._http
+        if host not in self._per_host:
+            ctx = tls_context_for(host)
+            self._per_host[host] = None if ctx is None else httpx.AsyncClient(
+                timeout=self._timeout, verify=ctx, follow_redirects=True)
+        return self._per_host[host] or self._http
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -118,7 +169,7 @@ class RegistryClient:
             return "https"
         # Like dockerd for insecure registries: HTTPS first, plain HTTP if TLS fails.
         try:
-            await self._http.get(f"https://{host}/v2/", timeout=5)
+            await self._client(host).get(f"https://{host}/v2/", timeout=5)
             scheme = "https"
         except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectTimeout):
             scheme = "http"
@@ -134,7 +185,7 @@ class RegistryClient:
         auth = None
         try:
             if creds and "identitytoken" in creds:
-                resp = await self._http.post(
+                resp = await self._client(realm).post(
                     realm,
                     data={"grant_type": "refresh_token", "refresh_token": creds["identitytoken"],
                           "client_id": "archfleet", **query},
@@ -142,7 +193,7 @@ class RegistryClient:
             else:
                 if creds and "username" in creds:
                     auth = (creds["username"], creds.get("password", ""))
-                resp = await self._http.get(realm, params=query, auth=auth)
+                resp = await self._client(realm).get(realm, params=query, auth=auth)
         except httpx.TransportError as exc:
             raise EnvironmentProblem(f"token service {realm} for registry {host} unreachable: {exc}") from None
         if resp.status_code in (401, 403):
@@ -179,9 +230,13 @@ class RegistryClient:
             if auth:
                 hdrs["Authorization"] = auth
             try:
-                resp = await self._http.request(method, url, headers=hdrs, content=content)
+                resp = await self._client(host).request(method, url, headers=hdrs, content=content)
             except httpx.TransportError as exc:  # refused, reset, timed out: retried with back-off
                 connect = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+                if connect and scheme == "https" and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                    raise EnvironmentProblem(
+                        f"registry {host}'s certificate is not trusted ({_reason(exc)}); if it has its own CA, "
+                        f"put the CA certificate in {certs_dir() / host / 'ca.crt'} (as for dockerd)") from None
                 if connect and scheme == "https" and ("SSL" in str(exc) or "WRONG_VERSION" in str(exc)):
                     raise EnvironmentProblem(
                         f"registry {host} does not speak HTTPS; if it is a plain-HTTP registry you trust, "
