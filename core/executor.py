@@ -169,6 +169,28 @@ class Executor:
             return 0.0
         return taken[len(taken) - cap]  # a slot frees when the count running drops below cap
 
+    async def _wait_for_other_runs(self, option: Option, transport) -> None:
+        """Honour ``max_builds`` across runs: while other runs' leases and this run's own builds
+        fill the node's slots, wait (re-reading the leases), at most twice the longest wait the
+        probe saw (a minute at least); then build anyway and say so."""
+        facts = self.facts[option.node]
+        cap = max(1, facts.node.max_builds)
+        give_up = time.monotonic() + max(60.0, 2 * max(facts.busy))
+        said = False
+        while True:
+            held = await leases.others(transport, facts.node)
+            mine = len(self._busy[option.node]) - 1  # this run's other builds there
+            if len(held) + mine < cap:
+                return
+            if time.monotonic() > give_up:
+                self.reporter.status(option, "other archfleet runs still hold the slots; building anyway")
+                return
+            if not said:
+                self.reporter.status(option, f"waiting for a slot other archfleet runs hold (~{held[0]:.0f}s)"
+                                     if held else "waiting for a build slot")
+                said = True
+            await asyncio.sleep(min(5.0, max(1.0, held[0] if held else 1.0)))
+
     def _slot_freed(self, option: Option, lease: list) -> None:
         self._busy[option.node].pop(option.platform, None)
         if lease:
@@ -187,6 +209,9 @@ class Executor:
         self._busy[option.node][option.platform] = (started[0], option.estimate)
         try:
             transport = await self._transport(option.node)
+            if self.facts[option.node].busy:  # other runs held slots there at the probe
+                await self._wait_for_other_runs(option, transport)
+                started[0] = time.monotonic()
             # other archfleet runs probing this node now see the slot taken (taken in the
             # background: the build need not wait for it)
             lease.append(leases.Held(transport, self.facts[option.node].node, option.estimate))

@@ -42,6 +42,10 @@ _TAKE = ('mkdir -p "$1" "$1/$2" 2>/dev/null; chmod 1777 "$1" "$1/$2" 2>/dev/null
 _BEAT = ('f="$1/$2/$3"; [ -f "$f" ] && read -r s e _ < "$f" && echo "$s $e $(date +%s)" > "$1/$2/.$3"'
          ' && mv -f "$1/$2/.$3" "$f"')
 _DROP = 'rm -f "$1/$2/$3" "$1/$2/.$3"'
+# Every lease but this process's ($3: our name prefix), for a run waiting on other runs' slots.
+_OTHERS = ('now=$(date +%s); for f in "$1/$2"/*; do [ -f "$f" ] || continue;'
+           ' case "${f##*/}" in "$3"*) continue;; esac;'
+           ' read -r s e b _ < "$f" || continue; echo "lease=$now $s $e $b"; done')
 # Part of the probe's facts script, which gets the root as $1 and the engine key as $2.
 READ_SCRIPT = (
     'if [ -n "$2" ]; then now=$(date +%s); for f in "$1/$2"/*; do [ -f "$f" ] || continue;'
@@ -92,8 +96,12 @@ def _is_local(transport) -> bool:
     return isinstance(transport, LocalTransport)
 
 
-def read_local(node: NodeSpec, root: str = ROOT) -> tuple[float, ...]:
-    """The local node's leases, read directly (no process to start)."""
+# This process's leases are named "<RUN>-<hex>": a run waiting for slots skips its own.
+RUN = f"{os.getpid()}{secrets.token_hex(4)}"
+
+
+def read_local(node: NodeSpec, root: str = ROOT, skip: str | None = None) -> tuple[float, ...]:
+    """The local node's leases (but those named ``skip...``), read directly (no process to start)."""
     values = []
     now = time.time()
     try:
@@ -101,7 +109,7 @@ def read_local(node: NodeSpec, root: str = ROOT) -> tuple[float, ...]:
     except OSError:
         return ()
     for path in entries:
-        if path.name.startswith("."):
+        if path.name.startswith(".") or (skip and path.name.startswith(skip)):
             continue
         try:
             values.append(f"{now} {path.read_text()[:64]}")
@@ -121,7 +129,7 @@ def _sweep(directory: Path, now: float) -> None:
 
 async def take(transport, node: NodeSpec, estimate: float, root: str = ROOT) -> str | None:
     """Leave a lease for one build slot on ``node``; its name (for :func:`drop`), None if it could not."""
-    name = f"{os.getpid()}-{secrets.token_hex(6)}"
+    name = f"{RUN}-{secrets.token_hex(6)}"
     key = engine_key(node)
     if _is_local(transport):
         try:
@@ -157,6 +165,21 @@ async def drop(transport, node: NodeSpec, name: str | None, root: str = ROOT, ti
         await transport.run(["sh", "-c", _DROP, "sh", root, key, name], timeout=timeout)
     except Exception:
         pass
+
+
+async def others(transport, node: NodeSpec, root: str = ROOT) -> tuple[float, ...]:
+    """Busy seconds of the slots other runs hold on ``node`` now (this process's leases left out)."""
+    if _is_local(transport):
+        return read_local(node, root, skip=RUN + "-")
+    lines: list[str] = []
+    try:
+        done = await transport.run(["sh", "-c", _OTHERS, "sh", root, engine_key(node), RUN + "-"],
+                                   on_line=lines.append, timeout=10)
+    except Exception:
+        return ()
+    if not done.ok:
+        return ()
+    return parse(l.strip()[len("lease="):] for l in lines if l.strip().startswith("lease="))
 
 
 async def beat(transport, node: NodeSpec, name: str, root: str = ROOT) -> None:

@@ -57,7 +57,21 @@ def test_a_second_run_plans_around_the_slots_the_first_holds(lab, nodes, tmp_pat
         assert free["node"] != "n1", free
         n1 = next(a for a in free["alternatives"] if a["node"] == "n1")
         assert "other archfleet runs" in n1["why_not"] or "slower" in n1["why_not"], n1
+
+        # A second build told to use n1 anyway waits for a slot there (max_builds across runs)
+        # instead of starting a third build on a two-slot node.
+        second = subprocess.Popen(
+            [sys.executable, "-m", "archfleet.cli", "build", "--progress", "plain", *nodes.args(
+                "--no-local", "--platform", "linux/amd64", "--node", "n1", "-t", f"{tag}-second", "--push",
+                "--build-arg", f"BASE={nodes.base}", "--build-arg", f"N={uuid.uuid4().hex}"), "examples/arch-test"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finally:
         out, err = first.communicate(timeout=300)
+    second_still_running = second.poll() is None  # a 3 s build, started with >10 s of the first to go
     assert first.returncode == 0, err[-2000:]
+    out2, err2 = second.communicate(timeout=300)
+    assert second.returncode == 0, err2[-2000:]
+    assert second_still_running and "waiting for a slot other archfleet runs hold" in err2, err2[-2000:]
+    waited = err2.index("waiting for a slot other archfleet runs hold")
+    assert err2.index("[linux/amd64@n1] building", waited) > waited
     assert not [b for b in ls(lab, nodes)["n1"]["busy"] if b > 10]  # the first run dropped its leases

@@ -122,3 +122,17 @@ def test_taking_a_lease_sweeps_dead_ones(tmp_path):
         os.utime(dead, (time.time() - 3600, time.time() - 3600))
         name = asyncio.run(leases.take(transport, node, 5.0, root=str(tmp_path)))
         assert sorted(p.name for p in d.iterdir()) == [name]
+
+
+def test_others_leaves_out_this_process_leases(tmp_path):
+    for transport, node in ((ShellTransport("n1"), NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///o.sock")),
+                            (LocalTransport(), NodeSpec("local"))):
+        root = str(tmp_path)
+        d = tmp_path / leases.engine_key(node)
+        d.mkdir(exist_ok=True)
+        now = int(time.time())
+        (d / "999999abcd-0123").write_text(f"{now} 40 {now}\n")  # another run's
+        mine = asyncio.run(leases.take(transport, node, 10.0, root=root))
+        assert mine.startswith(leases.RUN + "-")
+        got = asyncio.run(leases.others(transport, node, root=root))
+        assert got == (pytest.approx(40.0, abs=1.1),), got
