@@ -39,21 +39,27 @@ def node_speed(facts: NodeFacts) -> float:
     return (facts.score or 1.0) * cores / busy
 
 
-def reference_work(request: BuildRequest) -> float:
-    """Seconds of work at reference speed, from the Dockerfile (RUN count), before history."""
+def _runs(request: BuildRequest) -> int:
     from .dockerfile import analyse
 
     try:
-        runs = sum(s.runs for s in analyse(request).used)
+        return sum(s.runs for s in analyse(request).used)
     except Exception:
-        runs = 1
-    return BASE_WORK + RUN_WORK * runs
+        return 1
+
+
+def reference_work(request: BuildRequest) -> float:
+    """Seconds of work at reference speed, from the Dockerfile (RUN count), before history."""
+    return BASE_WORK + RUN_WORK * _runs(request)
 
 
 def prior_seconds(request: BuildRequest, facts: NodeFacts, *, emulated: bool, share: float = 1.0) -> float:
-    """A first estimate: reference work (or ``share`` of it) scaled by node speed and emulation."""
-    work = reference_work(request) * share * (QEMU_FACTOR if emulated else 1.0)
-    return round(work / node_speed(facts), 2)
+    """A first estimate: reference work (or ``share`` of it) scaled by node speed; under
+    emulation only the RUN work is slowed by the QEMU factor. The fixed part (resolving the
+    base, exporting, pushing) runs natively whatever the platform: an image that RUNs nothing
+    executes nothing under QEMU."""
+    run_work = RUN_WORK * _runs(request) * (QEMU_FACTOR if emulated else 1.0)
+    return round((BASE_WORK + run_work) * share / node_speed(facts), 2)
 
 
 # --- pins -----------------------------------------------------------------------------------------

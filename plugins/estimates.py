@@ -22,7 +22,7 @@ def archfleet_estimate(option, request, facts, history):
         return past.seconds, f"median of the last {past.runs} builds of {past.basis} with this option"
     seconds = option.estimate
     notes = [f"prior {option.estimate:.1f}s (Dockerfile work / node speed {node_speed(facts):.2f}"
-             + (f" x qemu {QEMU_FACTOR:g}" if option.emulated else "") + ")"] if facts else ["prior"]
+             + (f", RUN steps x qemu {QEMU_FACTOR:g}" if option.emulated else "") + ")"] if facts else ["prior"]
     try:
         work = history.db.project_work(history.project_key)
         learned = history.db.qemu_factor(option.node) if option.emulated else None

@@ -104,6 +104,15 @@ class Nodes:
     def fault(self, node: str, what: str) -> None:
         subprocess.run([sys.executable, str(LAB_NODES), "fault", node, what], check=True, capture_output=True)
 
+    def clear_leases(self) -> None:
+        """After a fault is undone: a build the fault cut off could not drop its lease (its run
+        could not reach the node), so the slot reads busy until the lease's heartbeat is 75 s old.
+        Right for a real lab; a test that restores the node also clears that, so the next test
+        starts from idle nodes."""
+        from archfleet.leases import ROOT
+
+        shutil.rmtree(ROOT, ignore_errors=True)
+
     def args(self, *extra) -> list[str]:
         """Flags every lab build needs: the nodes file and the bridge registry as insecure."""
         return ["--nodes", str(self.toml), "--insecure-registry", self.registry, *extra]

@@ -58,7 +58,7 @@ def test_planner_prefers_the_x86_host_for_a_trivial_image_and_says_why(lab, armv
     plan = json.loads(lab.archfleet("plan", "--format", "json", "--nodes", str(armvm.toml), "--platform",
                                     "linux/arm64", "examples/arch-test", check=True).stdout)
     entry = plan["platforms"][0]
-    assert entry["node"] == "local" and entry["strategy"] in ("qemu", "cross"), entry
+    assert entry["node"] == "local" and entry["strategy"] in ("qemu", "cross"), json.dumps(plan, indent=1)
     vm = [a for a in entry["alternatives"] if a["node"] == "armvm"]
     assert vm and vm[0]["strategy"] == "native" and vm[0]["estimate_seconds"] > entry["estimate_seconds"]
     assert "slower" in vm[0]["why_not"]

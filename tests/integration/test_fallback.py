@@ -67,6 +67,7 @@ def test_node_failure_mid_build_is_replanned(lab, nodes, tmp_path, fault):
         assert f"re-planned to" in out
     finally:
         nodes.fault(node, RESTORE[fault])
+        nodes.clear_leases()
 
 
 def test_no_capable_node_left_fails_naming_the_platform(lab, nodes, tmp_path):
@@ -108,3 +109,4 @@ def test_no_capable_node_left_fails_naming_the_platform(lab, nodes, tmp_path):
         assert resp.headers["docker-content-digest"] == before
     finally:
         nodes.fault("n1", "sshd-start")
+        nodes.clear_leases()

@@ -16,17 +16,17 @@ EXAMPLE = Path(__file__).resolve().parent.parent.parent / "examples" / "arch-tes
 ARM, AMD = parse("linux/arm64"), parse("linux/amd64")
 
 
-def lab() -> dict[str, NodeFacts]:
+def lab(local_load: float = 0.0) -> dict[str, NodeFacts]:
     local = NodeFacts(NodeSpec("local"), True, native=[AMD], emulated=[ARM], builder="buildkit",
-                      engine_cli=["docker"], cpus=2, score=1.0)
+                      engine_cli=["docker"], cpus=2, score=1.0, load=local_load)
     board = NodeFacts(NodeSpec("armvm", transport="ssh", host="127.0.0.1"), True, native=[ARM], builder="buildkit",
                       engine_cli=["docker"], cpus=2, score=0.045)
     return {"local": local, "armvm": board}
 
 
-def plan_arm64(tmp_path, record=()):
+def plan_arm64(tmp_path, record=(), local_load=0.0):
     request = BuildRequest(EXAMPLE, EXAMPLE / "Dockerfile", [ARM])
-    facts = lab()
+    facts = lab(local_load)
     history_path = tmp_path / "h.sqlite"
     view = view_for(request, history_path)
     for node, strategy, seconds in record:
@@ -48,6 +48,25 @@ def test_a_slow_native_board_does_not_make_the_fast_host_look_slow(tmp_path):
     assert chosen.node == "local", (chosen, [r.option for r in plan.rejected])
     vm = next(r for r in plan.rejected if r.option.node == "armvm")
     assert vm.option.estimate >= 15 and "slower" in vm.why
+
+
+def test_a_loaded_host_still_wins_a_build_that_runs_nothing_under_emulation(tmp_path):
+    """The next CI failure: the VM itself loads the host (load 6 on 2 cores: a third of its
+    speed), and the prior charged the QEMU factor on the whole build, though an image that RUNs
+    nothing executes nothing under QEMU (resolving the base, exporting and pushing are native)."""
+    plan = plan_arm64(tmp_path, record=[("armvm", "native", 16.0)], local_load=6.0)
+    assert plan.option_for(ARM).node == "local", [r.option for r in plan.rejected]
+
+
+def test_the_qemu_factor_applies_to_run_steps_only(tmp_path):
+    from archfleet.planner import BASE_WORK, QEMU_FACTOR, RUN_WORK, prior_seconds
+
+    facts = lab()["local"]
+    trivial = BuildRequest(EXAMPLE, EXAMPLE / "Dockerfile", [ARM])
+    assert prior_seconds(trivial, facts, emulated=True) == prior_seconds(trivial, facts, emulated=False) == BASE_WORK
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nRUN a\nRUN b\n")
+    two_runs = BuildRequest(tmp_path, tmp_path / "Dockerfile", [ARM])
+    assert prior_seconds(two_runs, facts, emulated=True) == BASE_WORK + 2 * RUN_WORK * QEMU_FACTOR
 
 
 def test_without_history_the_slow_board_still_loses_for_a_trivial_image(tmp_path):
