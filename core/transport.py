@@ -11,6 +11,7 @@ import asyncio
 import collections
 import os
 import shlex
+import signal
 from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 
 import attrs
@@ -142,7 +143,14 @@ class LocalTransport:
             await asyncio.wait_for(work, timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             if proc.returncode is None:
-                proc.kill()
+                # Not proc.kill(): Popen.send_signal polls first, and that poll can reap a child
+                # that has just exited while asyncio's child-watcher thread waits on it; the
+                # watcher then logs "Unknown child process pid ..." and reports 255 (seen under a
+                # one-line error in CI). A signal to a zombie is harmless.
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 await proc.wait()
             raise
         return Completed(tuple(argv), proc.returncode, tuple(tail))
