@@ -4,6 +4,7 @@ a missing prerequisite is a failure."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -28,6 +29,33 @@ def pytest_configure(config):
         import tempfile
 
         os.environ["ARCHFLEET_HISTORY"] = str(Path(tempfile.mkdtemp(prefix="archfleet-test-")) / "history.sqlite")
+
+
+@contextlib.contextmanager
+def extra_registry(d: Path, addr: str, *, http_extra: str = "", auth: str = "", scheme: str = "http",
+                   ready_status: int = 200, verify=True):
+    """A second docker-registry for one test module, on ``addr``, its config and storage under
+    ``d``: ``http_extra`` adds lines under ``http:`` (TLS), ``auth`` the ``auth:`` section's
+    body. Yields once ``/v2/`` answers ``ready_status``; stopped afterwards."""
+    (d / "config.yml").write_text(
+        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\n"
+        f"http:\n  addr: {addr}\n{http_extra}" + (f"auth:\n{auth}" if auth else ""))
+    proc = subprocess.Popen(["docker-registry", "serve", str(d / "config.yml")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{scheme}://{addr}/v2/", verify=verify).status_code == ready_status:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the registry on {addr} did not come up")
+        yield addr
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 def missing(reason: str):

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import uuid
 import warnings
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import REPO
+from conftest import extra_registry
 
 FIVE = ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/s390x", "linux/ppc64le"]
 UNAME = {"linux/amd64": "x86_64", "linux/arm64": "aarch64", "linux/arm/v7": "armv7l",
@@ -138,30 +136,9 @@ def auth_registry(lab, tmp_path_factory):
         import crypt  # deprecated, present through 3.12: bcrypt hashes through libxcrypt
 
         (d / "htpasswd").write_text(f"alice:{crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
-    (d / "config.yml").write_text(f"""version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: {d}/data
-http:
-  addr: 127.0.0.1:5001
-auth:
-  htpasswd:
-    realm: archfleet-test
-    path: {d}/htpasswd
-""")
-    proc = subprocess.Popen(["docker-registry", "serve", str(d / "config.yml")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(50):
-        try:
-            if httpx.get("http://127.0.0.1:5001/v2/").status_code == 401:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield "127.0.0.1:5001"
-    proc.terminate()
-    proc.wait()
+    with extra_registry(d, "127.0.0.1:5001", ready_status=401,
+                        auth=f"  htpasswd:\n    realm: archfleet-test\n    path: {d}/htpasswd\n") as addr:
+        yield addr
 
 
 def docker_config(tmp_path, user, password) -> dict:

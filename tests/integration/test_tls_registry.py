@@ -10,13 +10,13 @@ import datetime
 import ipaddress
 import shutil
 import ssl
-import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+
+from conftest import extra_registry
 
 HOST = "10.231.0.1:5443"
 CERTS_D = Path("/etc/docker/certs.d") / HOST
@@ -59,37 +59,15 @@ def tls_registry(lab, nodes, tmp_path_factory):
     """The registry, and the CA in /etc/docker/certs.d for the test's duration (removed after)."""
     d = tmp_path_factory.mktemp("tlsreg")
     _certs(d)
-    (d / "config.yml").write_text(f"""version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: {d}/data
-http:
-  addr: {HOST}
-  tls:
-    certificate: {d}/server.crt
-    key: {d}/server.key
-""")
-    proc = subprocess.Popen(["docker-registry", "serve", str(d / "config.yml")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     placed = not CERTS_D.exists()
     CERTS_D.mkdir(parents=True, exist_ok=True)
     shutil.copy(d / "ca.crt", CERTS_D / "ca.crt")
+    tls = f"  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n"
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"https://{HOST}/v2/", verify=ssl.create_default_context(cafile=str(d / "ca.crt"))).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail("the TLS registry did not come up")
-        yield d
+        with extra_registry(d, HOST, http_extra=tls, scheme="https",
+                            verify=ssl.create_default_context(cafile=str(d / "ca.crt"))):
+            yield d
     finally:
-        proc.terminate()
-        proc.wait()
         if placed:
             shutil.rmtree(CERTS_D, ignore_errors=True)
 

@@ -11,7 +11,6 @@ import base64
 import datetime
 import json
 import secrets
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -20,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+
+from conftest import extra_registry
 
 REGISTRY = "127.0.0.1:5002"
 TOKEN_PORT = 5003
@@ -120,37 +121,12 @@ def token_registry(lab, tmp_path_factory):
     service = TokenService(key, cert.public_bytes(serialization.Encoding.DER))
     server = ThreadingHTTPServer(("127.0.0.1", TOKEN_PORT), service.handler())
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    (d / "config.yml").write_text(f"""version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: {d}/data
-http:
-  addr: {REGISTRY}
-auth:
-  token:
-    realm: http://127.0.0.1:{TOKEN_PORT}/token
-    service: {SERVICE}
-    issuer: {ISSUER}
-    rootcertbundle: {d}/cert.pem
-""")
-    proc = subprocess.Popen(["docker-registry", "serve", str(d / "config.yml")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    auth = (f"  token:\n    realm: http://127.0.0.1:{TOKEN_PORT}/token\n    service: {SERVICE}\n"
+            f"    issuer: {ISSUER}\n    rootcertbundle: {d}/cert.pem\n")
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"http://{REGISTRY}/v2/").status_code == 401:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail("the token-auth registry did not come up")
-        yield service
+        with extra_registry(d, REGISTRY, auth=auth, ready_status=401):
+            yield service
     finally:
-        proc.terminate()
-        proc.wait()
         server.shutdown()
 
 
