@@ -42,13 +42,12 @@ _TAKE = ('mkdir -p "$1" "$1/$2" 2>/dev/null; chmod 1777 "$1" "$1/$2" 2>/dev/null
 _BEAT = ('f="$1/$2/$3"; [ -f "$f" ] && read -r s e _ < "$f" && echo "$s $e $(date +%s)" > "$1/$2/.$3"'
          ' && mv -f "$1/$2/.$3" "$f"')
 _DROP = 'rm -f "$1/$2/$3" "$1/$2/.$3"'
-# Every lease but this process's ($3: our name prefix), for a run waiting on other runs' slots.
-_OTHERS = ('now=$(date +%s); for f in "$1/$2"/*; do [ -f "$f" ] || continue;'
-           ' case "${f##*/}" in "$3"*) continue;; esac;'
-           ' read -r s e b _ < "$f" || continue; echo "lease=$now $s $e $b"; done')
-# Part of the probe's facts script, which gets the root as $1 and the engine key as $2.
+# One "lease=now start estimate beat" line per lease in $1/$2, leaving out those named "$3..."
+# when $3 is given (a run waiting on other runs' slots skips its own). Also the tail of the
+# probe's facts script, which passes only $1 and $2.
 READ_SCRIPT = (
     'if [ -n "$2" ]; then now=$(date +%s); for f in "$1/$2"/*; do [ -f "$f" ] || continue;'
+    ' if [ -n "$3" ]; then case "${f##*/}" in "$3"*) continue;; esac; fi;'
     ' read -r s e b _ < "$f" || continue; echo "lease=$now $s $e $b"; done; fi'
 )
 
@@ -173,7 +172,7 @@ async def others(transport, node: NodeSpec, root: str = ROOT) -> tuple[float, ..
         return read_local(node, root, skip=RUN + "-")
     lines: list[str] = []
     try:
-        done = await transport.run(["sh", "-c", _OTHERS, "sh", root, engine_key(node), RUN + "-"],
+        done = await transport.run(["sh", "-c", READ_SCRIPT, "sh", root, engine_key(node), RUN + "-"],
                                    on_line=lines.append, timeout=10)
     except Exception:
         return ()

@@ -143,10 +143,8 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
         finally:
             if not planning.done():
                 planning.cancel()
-                # Let the probe kill and reap its helper processes now: left to asyncio.run's
-                # final cancellation, a second cancel interrupts that wait, the process is reaped
-                # elsewhere and asyncio prints "Unknown child process pid ..." under our one-line
-                # error (seen once in CI, on the untrusted-certificate test).
+                # let the probe kill and reap its helper processes before the error is reported,
+                # rather than under asyncio.run's final cancellation
                 await asyncio.gather(planning, return_exceptions=True)
             elif not planning.cancelled():
                 planning.exception()  # the registry's error is the one to report; mark this one seen
