@@ -147,20 +147,22 @@ def snapshot_of(request) -> Snapshot:
 # Fixed scripts: user data only ever arrives as positional parameters ("$1") or on stdin.
 _CHECK = 'if test -e "$1/ctx/$2.ok"; then touch "$1/ctx/$2.ok" 2>/dev/null; echo present; else echo absent; fi'
 _MISSING = 'mkdir -p "$1/blobs" && cd "$1/blobs" && while IFS= read -r b; do [ -e "$b" ] || echo "$b"; done'
-_UNPACK = (
-    'set -e; mkdir -p "$1/ctx" "$1/blobs" "$1/stage";'
-    ' tar -x --no-same-owner -C "$1" -f -;'
-    ' mv -T "$1/stage/$3" "$1/ctx/$2" 2>/dev/null || rm -rf "$1/stage/$3";'
-    ' : > "$1/ctx/$2.ok"'
-)
-# $1 cache, $2 minutes a tree may go unused, $3 minutes an orphaned blob is kept. Once a day
+# $1 cache, $4 minutes a tree may go unused, $5 minutes an orphaned blob is kept. Once a day
 # (the "pruned" stamp): the marker goes first, so no sync trusts a tree being removed.
 _PRUNE = (
     'cd "$1" 2>/dev/null || exit 0; [ -n "$(find . -maxdepth 1 -name pruned -mmin -1440)" ] && exit 0;'
     ' : > pruned; for ok in ctx/*.ok; do [ -e "$ok" ] || continue;'
-    ' if [ -n "$(find "$ok" -mmin +"$2")" ]; then rm -f "$ok"; rm -rf "${ok%.ok}"; fi; done;'
-    ' find blobs -type f -links 1 -cmin +"$3" -exec rm -f {} + 2>/dev/null;'
-    ' find stage -mindepth 1 -maxdepth 1 -mmin +"$3" -exec rm -rf {} + 2>/dev/null; true'
+    ' if [ -n "$(find "$ok" -mmin +"$4")" ]; then rm -f "$ok"; rm -rf "${ok%.ok}"; fi; done;'
+    ' find blobs -type f -links 1 -cmin +"$5" -exec rm -f {} + 2>/dev/null;'
+    ' find stage -mindepth 1 -maxdepth 1 -mmin +"$5" -exec rm -rf {} + 2>/dev/null; true'
+)
+# $1 cache, $2 context digest, $3 staging name; then the prune, in the same round trip, in a
+# subshell whose failure never fails the sync.
+_UNPACK = (
+    'set -e; mkdir -p "$1/ctx" "$1/blobs" "$1/stage";'
+    ' tar -x --no-same-owner -C "$1" -f -;'
+    ' mv -T "$1/stage/$3" "$1/ctx/$2" 2>/dev/null || rm -rf "$1/stage/$3";'
+    ' : > "$1/ctx/$2.ok"; (' + _PRUNE + ') || true'
 )
 ORPHAN_MINUTES = 60
 
@@ -247,23 +249,24 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
             yield chunk
 
     started = time.monotonic()
-    unpack = await sh(_UNPACK, CACHE, snap.digest, stage, stdin=counted(_blob_tar(snap, names, stage)))
+    unpack = await sh(_UNPACK, CACHE, snap.digest, stage, str(cache_days() * 1440), str(ORPHAN_MINUTES),
+                      stdin=counted(_blob_tar(snap, names, stage)))
     if not unpack.ok:
         raise InfrastructureError(transport.node, f"context sync failed: {unpack.last_line()}")
     key = getattr(transport, "link_key", None)
     if key:
         await asyncio.to_thread(linkrate.record, key, sent[0], time.monotonic() - started)
-    await prune(transport)
     return ctx_dir, df_path
 
 
 async def prune(transport, cache: str = CACHE, *, tree_minutes: int | None = None,
                 orphan_minutes: int = ORPHAN_MINUTES) -> None:
-    """Bound the node's cache by age (at most once a day; cheap otherwise). Never fails a sync."""
+    """Bound the node's cache by age, on its own (a sync that unpacks a new tree runs the same
+    script as its last step): at most once a day, cheap otherwise. Never raises."""
     if tree_minutes is None:
         tree_minutes = cache_days() * 1440
     try:
-        await transport.run(["sh", "-c", _PRUNE, "sh", cache, str(tree_minutes), str(orphan_minutes)],
+        await transport.run(["sh", "-c", _PRUNE, "sh", cache, "", "", str(tree_minutes), str(orphan_minutes)],
                             timeout=120)
     except Exception:
         pass

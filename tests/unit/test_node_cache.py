@@ -63,3 +63,30 @@ def test_cache_days_setting(monkeypatch):
         monkeypatch.setenv("ARCHFLEET_NODE_CACHE_DAYS", bad)
         with pytest.raises(UsageError, match="ARCHFLEET_NODE_CACHE_DAYS"):
             cache_days()
+
+
+def test_a_sync_that_unpacks_a_new_tree_prunes_in_the_same_command(tmp_path, monkeypatch):
+    """The real path: sync_context through a transport that runs sh (here, locally, with the
+    cache relative to the working directory as it is to an SSH user's home)."""
+    from archfleet.context import CACHE, sync_context
+    from archfleet.model import BuildRequest
+    from archfleet.platforms import parse
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(home)
+    make_cache(home / CACHE)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\n")
+    runs = []
+
+    class Counting(LocalTransport):
+        async def run(self, argv, **kw):
+            runs.append(argv)
+            return await super().run(argv, **kw)
+
+    tree, _ = asyncio.run(sync_context(Counting(), BuildRequest(ctx, ctx / "Dockerfile", [parse("linux/amd64")])))
+    assert (home / tree).is_dir()
+    assert not (home / CACHE / "ctx" / "old").exists() and (home / CACHE / "ctx" / "new").exists()
+    assert len(runs) == 3  # is it there, which blobs are missing, unpack (and prune): no extra round trip
