@@ -9,16 +9,12 @@ from typing import Sequence
 import attrs
 
 from . import leases
-from .errors import ArchfleetError, BuildFailed, InfrastructureError
-from .hookcall import PluginError, call_first, resolve
+from .errors import Aborted, ArchfleetError, BuildFailed, InfrastructureError, PluginError
+from .hookcall import call_first, resolve
 from .model import BuildRequest, NodeFacts, Option, PlatformResult
 from .planner import Plan
 from .platforms import Platform
 from .progress import Reporter
-
-
-class Aborted(Exception):
-    """Another platform failed; this one must not push."""
 
 
 class PushGate:

@@ -11,13 +11,9 @@ import os
 import sys
 from typing import Any
 
-from .errors import ArchfleetError
+from .errors import ArchfleetError, PluginError
 
-
-class PluginError(ArchfleetError):
-    """A plugin raised, or returned something of the wrong type."""
-
-    exit_code = 1
+__all__ = ["PluginError", "call_each", "call_first", "resolve", "impls", "plugin_name"]
 
 
 def _trace(name: str, hook: str, kwargs: dict, result: Any) -> None:
