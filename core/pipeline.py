@@ -13,16 +13,16 @@ from typing import Sequence
 import attrs
 
 from . import index as index_mod
-from .errors import ArchfleetError, BuildFailed, EnvironmentProblem, UsageError
+from .errors import ArchfleetError, EnvironmentProblem, PlatformsFailed, UsageError, VerificationFailed
 from .context import cache_days
 from .dockerfile import analyse
-from .executor import Executor
+from .executor import Executor, Failure
 from .hookcall import PluginError, call_each, call_first, resolve
 from .inventory import Config, collect_nodes
 from .model import BuildRequest, ChildImage, NodeFacts, Option, PlatformResult
 from .history import HistoryView, view_for
 from .planner import Plan, apply_pins, node_speed, refine, schedule
-from .progress import Reporter
+from .progress import Reporter, guard
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
 
@@ -128,7 +128,14 @@ class BuildSummary:
 
 
 async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -> BuildSummary:
+    """Plan, run, verify and publish ``request``.
+
+    A platform that fails for good stops the others and raises :class:`PlatformsFailed` naming
+    it (one line; nothing reaches the tags). With ``--allow-partial`` a platform that failed to
+    build or whose child fails verification is left out of the index, and said so.
+    """
     started = time.monotonic()
+    reporter = guard(reporter)  # progress output never fails a build
     tags = [parse_reference(t) for t in request.tags]
     cache_days()  # a bad ARCHFLEET_NODE_CACHE_DAYS is a usage error now, not mid-build
     if request.push and not tags:
@@ -154,26 +161,29 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
         reporter.planned(planned.plan)
         executor = Executor(pm, request, planned.facts, reporter)
         outcome = await executor.run(planned.plan, planned.options)
-        if outcome.failures and not (request.allow_partial and outcome.results):
-            raise BuildFailed("; ".join(why for _, why in outcome.failures) + "; nothing was pushed to the tags")
+        failures = list(outcome.failures)
+        if failures and not (request.allow_partial and outcome.results):
+            raise failed(failures, pushed_nothing=request.push)
         results = sorted(outcome.results, key=lambda r: request.platforms.index(r.platform))
         children: list[ChildImage] = []
         digest = media_type = None
         size = 0
         if request.push:
             reporter.event("verifying " + ", ".join(str(r.platform) for r in results))
-            children = list(await asyncio.gather(*(
-                index_mod.verify_child(client, parse_reference(r.ref, what="child reference"), r.platform)
-                for r in results
-            )))
+            children, rejected = await verify(client, results, allow_partial=request.allow_partial)
+            if rejected:
+                failures += rejected
+                if not children:
+                    raise failed(failures, pushed_nothing=True)
+                results = [r for r in results if r.platform not in {f.platform for f in rejected}]
             source = parse_reference(results[0].ref, what="child reference")
             digest, body, media_type = await index_mod.push_index(client, source, children, tags)
             size = len(body)
             for tag in tags:
                 reporter.event(f"pushed {tag} -> {digest}")
                 call_each(pm, "archfleet_index_pushed", ref=str(tag), digest=digest)
-        if outcome.failures:
-            reporter.event("left out (--allow-partial): " + "; ".join(why for _, why in outcome.failures))
+        if failures:
+            reporter.event("left out (--allow-partial): " + "; ".join(f.line() for f in failures))
         for r in results:
             if planned.history is not None:
                 facts = planned.facts.get(r.option.node)
@@ -182,6 +192,42 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
             call_each(pm, "archfleet_build_finished", result=r)
     return BuildSummary(tuple(results), tuple(children), digest, media_type, size, request.tags, planned,
                         outcome.replans, time.monotonic() - started, outcome.attempts)
+
+
+def failed(failures: Sequence[Failure], *, pushed_nothing: bool) -> PlatformsFailed:
+    """The one-line error for platforms that failed for good: each named with the option it
+    failed on and why (the platforms they stopped are not listed)."""
+    text = "; ".join(f.line() for f in failures)
+    if pushed_nothing:
+        text += "; nothing was pushed to the tags"
+    return PlatformsFailed(text, tuple((f.platform, f.error) for f in failures))
+
+
+async def verify(client: RegistryClient, results: Sequence[PlatformResult], *,
+                 allow_partial: bool) -> tuple[list[ChildImage], list[Failure]]:
+    """Read every pushed child back (:func:`archfleet.index.verify_child`, all at once).
+
+    Returns the verified children in the order of ``results`` and, with ``allow_partial``, the
+    platforms whose child failed verification (to be left out of the index). Without it, those
+    raise :class:`PlatformsFailed` naming every one. Any other error (the registry refusing or
+    failing) concerns every child alike and is raised once, as it is.
+    """
+    got = await asyncio.gather(*(
+        index_mod.verify_child(client, parse_reference(r.ref, what="child reference"), r.platform)
+        for r in results
+    ), return_exceptions=True)
+    children: list[ChildImage] = []
+    rejected: list[Failure] = []
+    for r, answer in zip(results, got):
+        if isinstance(answer, VerificationFailed):
+            rejected.append(Failure(r.platform, r.option, answer))
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            children.append(answer)
+    if rejected and not allow_partial:
+        raise failed(rejected, pushed_nothing=True)
+    return children, rejected
 
 
 async def end_session(pm) -> None:
