@@ -150,12 +150,12 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
                             parse_pins(pin_strategy, pin_node), report)
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
-    reporter = make_reporter(progress)
+    reporter = make_reporter(progress)  # guarded: progress output never fails the build
     try:
         summary = _run(pm, run_build(pm, request, config, reporter))
         reporter.finished(summary)
     finally:
-        reporter.close()
+        reporter.close()  # before the error line: a live tty display would hide it
     if request.metadata_file:
         write_metadata(request.metadata_file, summary)
     if report:
@@ -402,8 +402,10 @@ def main(argv=None) -> int:
         if debug:
             raise
         return exc.exit_code
-    except KeyboardInterrupt:
-        _say("interrupted")
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: asyncio.run cancels the run (its processes are killed, its leases dropped);
+        # a message says what could not be stopped half-way (pipeline.hold_interrupts)
+        _say(str(exc) or "interrupted")
         return 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1

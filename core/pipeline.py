@@ -6,14 +6,18 @@ Data flows one way; each stage is a function over frozen values. The CLI calls t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import threading
 import time
 from typing import Sequence
 
 import attrs
 
 from . import index as index_mod
-from .errors import ArchfleetError, EnvironmentProblem, PlatformsFailed, UsageError, VerificationFailed
+from .errors import (ArchfleetError, EnvironmentProblem, Interrupted, PlatformsFailed, UsageError,
+                     VerificationFailed)
 from .context import cache_days
 from .dockerfile import analyse
 from .executor import Executor, Failure
@@ -132,7 +136,10 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
 
     A platform that fails for good stops the others and raises :class:`PlatformsFailed` naming
     it (one line; nothing reaches the tags). With ``--allow-partial`` a platform that failed to
-    build or whose child fails verification is left out of the index, and said so.
+    build or whose child fails verification is left out of the index, and said so. Ctrl-C
+    before the index is pushed leaves the tags untouched; once the push has started it is
+    finished first and :class:`Interrupted` says that the tags were moved (see
+    :func:`hold_interrupts`).
     """
     started = time.monotonic()
     reporter = guard(reporter)  # progress output never fails a build
@@ -177,11 +184,16 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
                     raise failed(failures, pushed_nothing=True)
                 results = [r for r in results if r.platform not in {f.platform for f in rejected}]
             source = parse_reference(results[0].ref, what="child reference")
-            digest, body, media_type = await index_mod.push_index(client, source, children, tags)
+            where = ", ".join(str(t) for t in tags)
+            with hold_interrupts(f"the index was being pushed to {where}") as held:
+                await asyncio.sleep(0)  # a Ctrl-C that came before this point stops here: tags untouched
+                digest, body, media_type = await index_mod.push_index(client, source, children, tags)
             size = len(body)
             for tag in tags:
                 reporter.event(f"pushed {tag} -> {digest}")
                 call_each(pm, "archfleet_index_pushed", ref=str(tag), digest=digest)
+            if held.interrupted:
+                raise Interrupted(f"interrupted after the index {digest} was pushed to {where}")
         if failures:
             reporter.event("left out (--allow-partial): " + "; ".join(f.line() for f in failures))
         for r in results:
@@ -228,6 +240,43 @@ async def verify(client: RegistryClient, results: Sequence[PlatformResult], *,
     if rejected and not allow_partial:
         raise failed(rejected, pushed_nothing=True)
     return children, rejected
+
+
+class _Held:
+    interrupted = False
+
+
+@contextlib.contextmanager
+def hold_interrupts(what: str):
+    """Hold Ctrl-C (SIGINT) while the tags move, so an interrupt never leaves the user unsure.
+
+    The index PUT is the one step that cannot be stopped half-way and known: a request already
+    sent may have moved the tag although its answer never came. So while this context is
+    active, a first SIGINT is only recorded (``held.interrupted``; the caller finishes the push
+    and then says the tags were moved), and a second one stops at once with a
+    ``KeyboardInterrupt`` whose message says the tags *may* point at the new index (``what``
+    names the step). Outside it, SIGINT cancels the run as usual (asyncio.run) and the tags are
+    untouched. Only in the main thread, and not when SIGINT is ignored (a background job).
+    """
+    held = _Held()
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield held
+        return
+
+    def on_sigint(signum, frame):
+        if not held.interrupted:
+            held.interrupted = True
+            return
+        signal.signal(signal.SIGINT, previous)
+        raise KeyboardInterrupt(f"interrupted while {what}: the tags may already point at the new index")
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield held
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, previous)
 
 
 async def end_session(pm) -> None:

@@ -1,0 +1,54 @@
+"""cli.main's mapping of outcomes to exit codes and one-line errors (docs/cli.md): an
+ArchfleetError's own code, 130 for Ctrl-C (with what could not be stopped, if anything), 70 for a
+bug; ARCHFLEET_DEBUG=1 shows the traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from archfleet import cli
+from archfleet.errors import BuildFailed, Interrupted, PlatformsFailed, RegistryRefused, UsageError
+
+from stubs import AMD
+
+
+def main_raising(monkeypatch, exc):
+    def boom(*args, **kwargs):
+        raise exc
+    monkeypatch.setattr(cli.cli, "main", boom)
+    return cli.main([])
+
+
+@pytest.mark.parametrize("exc, code, line", [
+    (UsageError("--tag: 'a@b' is not a tag"), 2, "archfleet: error: --tag: 'a@b' is not a tag"),
+    (PlatformsFailed("linux/amd64 failed on native@local: denied", ((AMD, RegistryRefused("denied")),)), 3,
+     "archfleet: error: linux/amd64 failed on native@local: denied"),
+    (PlatformsFailed("linux/amd64 failed on native@local: build failed: x", ((AMD, BuildFailed("x")),)), 1,
+     "archfleet: error: linux/amd64 failed on native@local: build failed: x"),
+    (Interrupted("interrupted after the index sha256:ab was pushed to reg/app:1"), 130,
+     "archfleet: error: interrupted after the index sha256:ab was pushed to reg/app:1"),
+    (KeyboardInterrupt(), 130, "archfleet: error: interrupted"),
+    (KeyboardInterrupt("interrupted while the index was being pushed to reg/app:1: the tags may already point at "
+                       "the new index"), 130,
+     "archfleet: error: interrupted while the index was being pushed to reg/app:1: the tags may already point at "
+     "the new index"),
+    (RuntimeError("boom"), 70,
+     "archfleet: error: internal error: RuntimeError: boom (ARCHFLEET_DEBUG=1 shows the traceback)"),
+])
+def test_exit_code_and_one_line(monkeypatch, capsys, exc, code, line):
+    monkeypatch.delenv("ARCHFLEET_DEBUG", raising=False)
+    assert main_raising(monkeypatch, exc) == code
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_debug_shows_the_traceback_of_an_internal_error(monkeypatch):
+    monkeypatch.setenv("ARCHFLEET_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        main_raising(monkeypatch, RuntimeError("boom"))
+
+
+def test_debug_shows_the_traceback_of_an_archfleet_error_after_its_line(monkeypatch, capsys):
+    monkeypatch.setenv("ARCHFLEET_DEBUG", "1")
+    with pytest.raises(BuildFailed):
+        main_raising(monkeypatch, BuildFailed("build failed: x"))
+    assert capsys.readouterr().err == "archfleet: error: build failed: x\n"
