@@ -195,7 +195,7 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
             if held.interrupted:
                 raise Interrupted(f"interrupted after the index {digest} was pushed to {where}")
         if failures:
-            reporter.event("left out (--allow-partial): " + "; ".join(f.line() for f in failures))
+            reporter.warning("left out (--allow-partial): " + "; ".join(f.line() for f in failures))
         for r in results:
             if planned.history is not None:
                 facts = planned.facts.get(r.option.node)

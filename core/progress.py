@@ -39,6 +39,7 @@ class Reporter:
 
     def planned(self, plan) -> None: ...
     def event(self, text: str) -> None: ...
+    def warning(self, text: str) -> None: ...  # shown in every mode, quiet included (a platform left out)
     def log(self, option: Option, line: str) -> None: ...
     def status(self, option: Option, state: str) -> None: ...
     def done(self, option: Option, result: PlatformResult) -> None: ...
@@ -69,6 +70,9 @@ class PlainReporter(Reporter):
     def event(self, text: str) -> None:
         self._write(f"[archfleet] {text}")
 
+    def warning(self, text: str) -> None:
+        self._write(f"[archfleet] warning: {text}")
+
     def log(self, option: Option, line: str) -> None:
         if self.show_logs and line.strip():
             self._write(f"{self._prefix(option)} {line}")
@@ -95,8 +99,16 @@ class PlainReporter(Reporter):
 
 
 class QuietReporter(Reporter):
-    def failed(self, option: Option, why: str) -> None:
-        sys.stderr.write(f"[{option.platform}@{option.node}] FAILED: {why}\n")
+    """Only warnings. A failure is not repeated here: the run's final error line names every
+    platform that failed and why (cli.main), so a failed quiet run prints exactly one line."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream
+
+    def warning(self, text: str) -> None:
+        stream = self.stream or sys.stderr
+        stream.write(f"archfleet: warning: {text}\n")
+        stream.flush()
 
 
 class Row:
@@ -173,6 +185,9 @@ class TTYReporter(Reporter):
     def event(self, text: str) -> None:
         self.events.append(text)
         self._refresh()
+
+    def warning(self, text: str) -> None:
+        self.console.print(_text(f"warning: {text}", "yellow"))  # above the live rows, and kept
 
     def log(self, option: Option, line: str) -> None:
         m = _STEP.match(line.strip())
@@ -303,6 +318,9 @@ class GuardedReporter(Reporter):
 
     def event(self, text: str) -> None:
         self._call("event", text)
+
+    def warning(self, text: str) -> None:
+        self._call("warning", text)
 
     def log(self, option: Option, line: str) -> None:
         self._call("log", option, line)

@@ -39,6 +39,7 @@ def test_markup_through_every_tty_method_is_shown_literally(text):
         tty.status(opt, "building")
         tty.log(opt, f"#5 [2/2] RUN sed -i 's/{text}/-/g' /etc/motd")
         tty.event(f"verifying {text}")
+        tty.warning(f"left out {text}")
         tty.status(other, f"waiting {text}")
         tty.replanned(other, Option(ARM, "qemu", f"m{text}", 3.0), f"engine gone {text}")
         con.print(tty._render())
@@ -51,6 +52,7 @@ def test_markup_through_every_tty_method_is_shown_literally(text):
     out = con.export_text()
     assert f"RUN sed -i 's/{text}/-/g' /etc/motd" in out
     assert f"verifying {text}" in out
+    assert f"warning: left out {text}" in out
     assert f"node{text}" in out and f"strat{text}" in out
     assert f"exit code 1 [{text}]" in out
     assert f"pushed to reg/app:{text}" in out
@@ -124,3 +126,15 @@ def test_guard_is_idempotent_and_accepts_none():
     g = guard(QuietReporter())
     assert guard(g) is g
     guard(None).event("nothing happens")
+
+
+def test_quiet_shows_warnings_but_not_failures_the_final_line_repeats():
+    stream = io.StringIO()
+    quiet = guard(QuietReporter(stream))
+    opt = Option(AMD, "native", "local", 1.0)
+    quiet.status(opt, "building")
+    quiet.log(opt, "#5 0.1 output")
+    quiet.failed(opt, "build failed: exit code: 1")
+    quiet.warning("left out (--allow-partial): linux/amd64 failed on native@local: build failed: exit code: 1")
+    assert stream.getvalue() == ("archfleet: warning: left out (--allow-partial): linux/amd64 failed on native@local: "
+                                 "build failed: exit code: 1\n")
