@@ -131,8 +131,26 @@ class BuildSummary:
     attempts: tuple = ()
 
 
-async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -> BuildSummary:
-    """Plan, run, verify and publish ``request``.
+@attrs.define
+class RunState:
+    """What a build has done that an interrupt cannot undo, filled in as it happens: the caller
+    keeps it, so that a Ctrl-C arriving after the index was pushed (while history is recorded,
+    the session ends or the CLI writes its files) is reported as such, not as a bare
+    "interrupted"."""
+
+    index_digest: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def interrupted(self) -> str:
+        """The one line for an interrupt at this point."""
+        if self.index_digest:
+            return f"interrupted after the index {self.index_digest} was pushed to {', '.join(self.tags)}"
+        return "interrupted"
+
+
+async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
+                state: RunState | None = None) -> BuildSummary:
+    """Plan, run, verify and publish ``request``; ``state`` (if given) records what was published.
 
     A platform that fails for good stops the others and raises :class:`PlatformsFailed` naming
     it (one line; nothing reaches the tags). With ``--allow-partial`` a platform that failed to
@@ -188,6 +206,8 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
             with hold_interrupts(f"the index was being pushed to {where}") as held:
                 await asyncio.sleep(0)  # a Ctrl-C that came before this point stops here: tags untouched
                 digest, body, media_type = await index_mod.push_index(client, source, children, tags)
+                if state is not None:
+                    state.index_digest, state.tags = digest, tuple(str(t) for t in tags)
             size = len(body)
             for tag in tags:
                 reporter.event(f"pushed {tag} -> {digest}")

@@ -52,3 +52,36 @@ def test_debug_shows_the_traceback_of_an_archfleet_error_after_its_line(monkeypa
     with pytest.raises(BuildFailed):
         main_raising(monkeypatch, BuildFailed("build failed: x"))
     assert capsys.readouterr().err == "archfleet: error: build failed: x\n"
+
+
+def build_interrupted(monkeypatch, tmp_path, published: bool) -> int:
+    from archfleet import pipeline
+
+    from stubs import CTX
+
+    async def fake_build(pm, request, config, reporter, state=None):
+        if published:  # the index PUT answered, then Ctrl-C (history, session end, ...)
+            state.index_digest, state.tags = "sha256:" + "ab" * 32, ("127.0.0.1:5000/exec/app:1",)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "build", fake_build)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ARCHFLEET_DEBUG", raising=False)
+    return cli.main(["build", "--progress", "plain", "-t", "127.0.0.1:5000/exec/app:1", str(CTX)])
+
+
+def test_ctrl_c_after_the_index_was_pushed_says_the_tags_moved(monkeypatch, tmp_path, capsys):
+    assert build_interrupted(monkeypatch, tmp_path, published=True) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        f"archfleet: error: interrupted after the index sha256:{'ab' * 32} was pushed to 127.0.0.1:5000/exec/app:1"]
+
+
+def test_ctrl_c_before_anything_was_published_is_a_plain_interrupt(monkeypatch, tmp_path, capsys):
+    assert build_interrupted(monkeypatch, tmp_path, published=False) == 130
+    assert capsys.readouterr().err.splitlines() == ["archfleet: error: interrupted"]
+
+
+def test_debug_adds_no_traceback_to_an_interrupt(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("ARCHFLEET_DEBUG", "1")
+    assert main_raising(monkeypatch, Interrupted("interrupted")) == 130
+    assert capsys.readouterr().err == "archfleet: error: interrupted\n"
