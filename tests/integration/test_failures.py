@@ -146,3 +146,24 @@ def test_ctrl_c_leaves_the_tag_untouched_or_says_it_was_pushed(lab, tmp_path, tr
         assert line == "archfleet: error: interrupted", line
         assert index.status_code == 404, f"the tag moved although the run said only 'interrupted': {err[-2000:]}"
     assert left_running(proc.pid) == []
+
+
+def test_allow_partial_leaves_out_a_child_that_fails_verification(lab, tmp_path):
+    # the final stage is pinned to amd64: the "arm64" child runs an amd64 program (Docker
+    # 20.10 still writes arm64 into its config), so its verification fails
+    (tmp_path / "Dockerfile").write_text(f'FROM --platform=linux/amd64 {lab.base}\nCMD ["uname", "-m"]\n')
+    tag = unique("partial-verify")
+    ref = f"{lab_registry()}/{REPO_NAME}:{tag}"
+    proc = lab.archfleet("build", "--progress", "plain", "--platform", "linux/amd64,linux/arm64", "-t", ref, "--push",
+                         "--allow-partial", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (warning,) = [l for l in proc.stderr.splitlines() if "warning: left out" in l]
+    assert "linux/arm64 failed on " in warning and "built for linux/amd64" in warning and "linux/amd64 failed" not in warning
+    index = manifest(tag).json()
+    assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64"]
+    without = lab.archfleet("build", "-q", "--platform", "linux/amd64,linux/arm64", "-t", f"{ref}-strict", "--push",
+                            str(tmp_path))
+    assert without.returncode == 1
+    (line,) = without.stderr.splitlines()
+    assert line.startswith("archfleet: error: linux/arm64 failed on ") and line.endswith("nothing was pushed to the tags")
+    assert manifest(f"{tag}-strict").status_code == 404
