@@ -24,11 +24,35 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 def pytest_configure(config):
     """Every test session starts from an empty build history (as CI's fresh machine does), so
     what the planner learned from earlier runs on this machine cannot make a test pass here and
-    fail there. ARCHFLEET_HISTORY set by the caller wins."""
+    fail there. ARCHFLEET_HISTORY set by the caller wins. Each test also gets its own (see
+    ``own_cache``)."""
     if "ARCHFLEET_HISTORY" not in os.environ:
         import tempfile
 
         os.environ["ARCHFLEET_HISTORY"] = str(Path(tempfile.mkdtemp(prefix="archfleet-test-")) / "history.sqlite")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Each test starts from empty user caches: its own XDG cache dir (node scores, link rates,
+    layer scans) and its own build history, so no test's placement depends on what benchmarks,
+    earlier runs or earlier tests learned. archfleet subprocesses inherit both."""
+    d = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(d))
+    monkeypatch.setenv("ARCHFLEET_HISTORY", str(d / "history.sqlite"))
+    return d
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under CI=true a skipped test is a failure: CI must run everything it claims to."""
+    if not IN_CI:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped and session.exitstatus == 0:
+        if reporter:
+            reporter.write_line(f"CI=true: {skipped} test(s) skipped; in CI a skip is a failure", red=True)
+        session.exitstatus = 1
 
 
 @contextlib.contextmanager
