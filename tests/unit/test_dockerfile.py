@@ -7,7 +7,11 @@ import types
 import pytest
 
 from archfleet.dockerfile import (BUILD, TARGET, DockerfileError, analyse, analyse_text, instructions)
+from archfleet.model import BuildRequest, NodeFacts, NodeSpec
+from archfleet.pipeline import Planned, unplannable_reason
+from archfleet.planner import Plan
 from archfleet.platforms import parse
+from archfleet.plugins import cross, native, qemu
 from archfleet.shellword import expand
 
 AMD, ARM, S390X = parse("linux/amd64"), parse("linux/arm64"), parse("linux/s390x")
@@ -285,3 +289,62 @@ def test_errors_name_the_line(text, target, needle):
         analyse_text(text, target=target)
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
+
+
+# --- finding 13: stages pinned to a literal platform --------------------------------------------------
+
+PINNED = """\
+FROM --platform=linux/amd64 golang AS build
+RUN GOARCH=arm64 go build -o /app
+FROM alpine
+COPY --from=build /app /app
+"""
+
+
+def _facts(name, native, emulated=()):
+    transport = "local" if name == "local" else "ssh"
+    return NodeFacts(NodeSpec(name, transport=transport), True, native=native, emulated=emulated,
+                     builder="buildkit", engine_cli=["docker"], cpus=2)
+
+
+LOCAL = _facts("local", AMD.native_also())
+PI4 = _facts("pi4", ARM.native_also())  # no binfmt handlers
+
+
+def _offers(tmp_path, text, platform, facts):
+    df = tmp_path / "Dockerfile"
+    df.write_text(text)
+    req = BuildRequest(tmp_path, df, [platform])
+    return req, {m.STRATEGY: m.archfleet_offer(platform, req, facts) for m in (native, qemu, cross)}
+
+
+def test_a_stage_pinned_to_amd64_is_built_on_the_amd64_node_by_cross(tmp_path):
+    _, got = _offers(tmp_path, PINNED, ARM, (LOCAL, PI4))
+    # pi4 runs arm64 but can neither run nor emulate the amd64 stage's RUN: not offered there;
+    # the amd64 node runs that stage natively, and the final stage RUNs nothing
+    assert got["native"] == [] and got["qemu"] == []
+    assert [(o.node, o.emulated) for o in got["cross"]] == [("local", False)]
+    assert "build@linux/amd64 (1 RUN), #1@target; no emulation needed" in got["cross"][0].why
+
+
+def test_a_pinned_stage_is_costed_under_qemu_where_it_is_emulated(tmp_path):
+    pi4 = _facts("pi4", ARM.native_also(), emulated=(AMD,))
+    _, got = _offers(tmp_path, PINNED, ARM, (pi4,))
+    (opt,) = got["native"]
+    assert opt.emulated and "1 RUN on linux/amd64 under qemu-x86_64" in opt.why
+    _, plain = _offers(tmp_path, "FROM golang\nRUN go build\n", ARM, (pi4,))
+    assert opt.estimate > plain["native"][0].estimate  # the RUN step at the QEMU factor
+
+
+def test_a_pinned_stage_equal_to_the_target_is_native_there(tmp_path):
+    _, got = _offers(tmp_path, PINNED, AMD, (LOCAL, PI4))
+    assert [(o.node, o.emulated) for o in got["native"]] == [("local", False)]
+    assert got["cross"] == [] and got["qemu"] == []
+
+
+def test_plan_says_why_a_node_that_runs_the_target_was_not_offered(tmp_path):
+    req, _ = _offers(tmp_path, PINNED, ARM, (PI4,))
+    planned = Planned({"pi4": PI4}, (), Plan((), (), ((ARM, ""),)), request=req)
+    assert unplannable_reason(ARM, planned) == (
+        "no node can build linux/arm64 (pi4: stage build (line 1) RUNs on linux/amd64, which this node neither "
+        "runs natively nor emulates (no qemu-x86_64 handler; `archfleet binfmt --install linux/amd64`))")
