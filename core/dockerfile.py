@@ -300,6 +300,8 @@ def _instructions(text: str, path: str) -> tuple[Instruction, ...]:
         raise DockerfileError(f"{path}:{_error_line(text, message)}: {message}") from None
     out = []
     for c in commands:
+        if c.cmd is None:  # a lone line continuation at the end of the file
+            raise DockerfileError(f"{path}:{c.start_line}: a line continuation with no instruction after it")
         keyword = c.cmd.upper()
         if keyword not in INSTRUCTIONS:
             raise DockerfileError(f"{path}:{c.start_line}: unknown instruction {c.cmd!r}")

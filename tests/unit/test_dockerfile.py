@@ -348,3 +348,32 @@ def test_plan_says_why_a_node_that_runs_the_target_was_not_offered(tmp_path):
     assert unplannable_reason(ARM, planned) == (
         "no node can build linux/arm64 (pi4: stage build (line 1) RUNs on linux/amd64, which this node neither "
         "runs natively nor emulates (no qemu-x86_64 handler; `archfleet binfmt --install linux/amd64`))")
+
+
+# --- malformed input: one line, exit 2, never a crash -------------------------------------------------
+
+def test_mutated_dockerfiles_give_an_analysis_or_one_dockerfile_error_line():
+    import random
+
+    rng = random.Random(11)
+    pieces = ["$", "${", "}", ":-", ":+", ":?", "#", "%", "/", "'", '"', "\\", "`", "<<", "EOF", "\n", " ", "\t",
+              "$BUILDARCH", "$TARGETVARIANT", "--platform=", "--from=", "AS ", "FROM ", "ARG ", "=", ",", "[", "{",
+              "\x00", "\u00e9", "\ufeff", "-", "0"]
+    seeds = [CROSS, TRICKY, PINNED]
+    plats = [parse(p) for p in ("linux/amd64", "linux/arm64", "linux/arm/v6", "linux/s390x")]
+    outcomes = set()
+    for _ in range(400):
+        text = rng.choice(seeds)
+        for _ in range(rng.randint(1, 4)):  # insert a fragment or cut a few characters
+            i = rng.randrange(len(text) + 1)
+            text = text[:i] + rng.choice(pieces) + text[i:] if rng.random() < 0.6 else text[:i] + text[i + 3:]
+        try:
+            a = analyse_text(text, platforms=tuple(rng.sample(plats, 2)))
+            for t in plats:
+                a.placement(t, AMD.native_also(), (ARM,))
+            outcomes.add("ok")
+        except DockerfileError as exc:
+            assert str(exc).startswith("Dockerfile:") and "\n" not in str(exc), repr(str(exc))
+            assert exc.exit_code == 2
+            outcomes.add("error")
+    assert outcomes == {"ok", "error"}  # the mutations reach both
