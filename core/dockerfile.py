@@ -86,6 +86,8 @@ class Instruction:
 
 @attrs.frozen
 class Stage:
+    """One ``FROM`` and the instructions up to the next, as the analysis sees it."""
+
     index: int
     name: str | None
     line: int
@@ -164,6 +166,11 @@ class Placement:
 
 @attrs.frozen
 class Analysis:
+    """A Dockerfile's stages and which of them the build target needs, with each stage's
+    symbolic platform (BUILD, TARGET, literal). :meth:`placement` and :meth:`platform_of`
+    evaluate it again for one node and target (cached), which is exact where a stage name or
+    platform depends on ``$TARGETARCH`` and friends."""
+
     path: str
     stages: tuple[Stage, ...]
     target: int  # index of the stage being built
@@ -366,7 +373,6 @@ class _Row:
 
 @attrs.frozen
 class _Pass:
-    global_env: tuple[tuple[str, str | None], ...]
     global_args: tuple[str, ...]
     rows: tuple[_Row, ...]
     target: int
@@ -515,7 +521,7 @@ def _evaluate(insts: Sequence[Instruction], path: str, build_args: Mapping[str, 
             todo.append(rows[k]["parent"])
     out = tuple(_Row(r["index"], r["name"], r["line"], r["base"], r["platform_expr"], r["parent"],
                      tuple(dict.fromkeys(r["deps"])), r["runs"], tuple(r["args"])) for r in rows)
-    return _Pass(tuple(genv.items()), tuple(global_args), out, target, tuple(sorted(reach)),
+    return _Pass(tuple(global_args), out, target, tuple(sorted(reach)),
                  tuple(dict.fromkeys(warnings)))
 
 
@@ -565,7 +571,7 @@ def _classify(row: _Row, insts, path, build_args, escape, targets: Sequence[Plat
             else:
                 seen[(b, t)] = got
         if len(failures) == len(_BUILD_PROBES) and t in targets:
-            raise DockerfileError(failures[0] + (f" (building {t})" if _mentions_target(expr) else ""))
+            raise DockerfileError(failures[0] + (f" (building {t})" if "TARGET" in expr else ""))
     if len(seen) < len(_BUILD_PROBES) * len(dict.fromkeys(tuple(targets) + _TARGET_PROBES)):
         return expr  # names a platform on some nodes only: resolved per node
     if all(got == b for (b, _), got in seen.items()):
@@ -578,19 +584,15 @@ def _classify(row: _Row, insts, path, build_args, escape, targets: Sequence[Plat
     return expr
 
 
-def _mentions_target(expr: str) -> bool:
-    return "TARGET" in expr
-
-
 def _display(text: str) -> str:
     return _SENTINEL_RE.sub(lambda m: "$" + m.group(1), text)
 
 
 def analyse_text(text: str, *, path: str = "Dockerfile", build_args: Mapping[str, str] = (),
                  target: str | None = None, platforms: Sequence[Platform] = ()) -> Analysis:
-    """The analysis of Dockerfile ``text``. ``platforms``: the targets requested (a --platform
-    that names no platform for one of them is an error; default: the local machine's
-    architecture is not assumed, a spread of common targets is tried)."""
+    """The analysis of Dockerfile ``text``. ``platforms``: the requested targets; a stage's
+    --platform that names no platform for one of them, on any build node, is an error (without
+    ``platforms``, amd64, arm64, arm/v7 and s390x stand in for them)."""
     build_args = dict(build_args)
     insts = instructions(text, path)
     escape = _escape_token(text)
@@ -657,11 +659,6 @@ def analyse(request) -> Analysis:
     except OSError:
         stamp = (0, 0)
     return _cached(path, stamp, tuple(request.build_args), request.target, tuple(request.platforms))
-
-
-def placement(request, platform: Platform, native: Sequence[Platform], emulated: Sequence[Platform]) -> Placement:
-    """How ``request``'s stages for ``platform`` run on a node; see :meth:`Analysis.placement`."""
-    return analyse(request).placement(platform, native, emulated)
 
 
 def platform_of(stage: Stage, build: Platform, target: Platform) -> Platform:
