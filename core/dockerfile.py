@@ -321,20 +321,34 @@ def _instructions(text: str, path: str) -> tuple[Instruction, ...]:
 
 
 def _error_line(text: str, message: str) -> int:
-    """The line a parser error belongs to (BuildKit's message does not say): the first line from
-    which every longer prefix of the file fails the same way."""
+    """The line a parser error belongs to (BuildKit's message does not say which).
+
+    A directive error is on the first line whose prefix of the file fails that way. Any other
+    error is on the last line from which the rest of the file (behind the same directives)
+    still fails that way: a binary search, so an unterminated heredoc in a long file costs a
+    dozen parses, not one per line."""
     lines = text.splitlines(keepends=True)
-    line = len(lines)
-    while line > 1:
+
+    def fails(part: str) -> bool:
         try:
-            _buildkit.parse_string("".join(lines[:line - 1]))
+            _buildkit.parse_string(part)
         except _buildkit.GoParseError as exc:
-            if str(exc) != message:
-                break
-            line -= 1
-            continue
-        break
-    return max(line, 1)
+            return str(exc) == message
+        return False
+
+    if "directive" in message or "escape token" in message:
+        return next((k for k in range(1, min(len(lines), 64) + 1) if fails("".join(lines[:k]))), 1)
+    head = 0  # the directive lines, kept in front of every tail so the escape character holds
+    while head < len(lines) and re.match(r"^\ufeff?#\s*[a-zA-Z][a-zA-Z0-9]*\s*=", lines[head]):
+        head += 1
+    lo, hi = head + 1, len(lines)
+    while lo < hi:  # the largest line whose tail still fails (the whole file does)
+        mid = (lo + hi + 1) // 2
+        if fails("".join(lines[:head] + lines[mid - 1:])):
+            lo = mid
+        else:
+            hi = mid - 1
+    return max(lo, 1)
 
 
 def _escape_token(text: str) -> str:

@@ -275,6 +275,8 @@ def test_word_expansion_follows_buildkit_shell_lex():
     ("FROM --platform=linux/$NOPE a\n", None, "Dockerfile:1: FROM --platform=linux/$NOPE: invalid platform 'linux/'"),
     ("FROM a\nRUN <<EOF\necho\n", None, "Dockerfile:2: unterminated heredoc"),
     ("FROM a\nRUN true\nRUN <<EOF\necho\n", None, "Dockerfile:3: unterminated heredoc"),
+    ("FROM a\nRUN <<A\nx\nA\nRUN true\nRUN <<EOF\nhi\n", None, "Dockerfile:6: unterminated heredoc"),
+    ("FROM a\nRUN <<EOF\n" + "echo\n" * 500, None, "Dockerfile:2: unterminated heredoc"),
     ("# just a comment\n", None, "Dockerfile:1: no FROM"),
     ("FROM a\n123 x\n", None, "Dockerfile:2: unknown instruction '123'"),
     ("FROM a\nENV A\n", None, "Dockerfile:2: ENV must have two arguments"),
