@@ -9,7 +9,7 @@ rule, so they are examples of what an outside plugin can do.
 """
 
 from . import binfmt
-from .dockerfile import Analysis, Stage
+from .dockerfile import Analysis, Placement, Stage
 from .dockerfile import analyse as analyse_dockerfile
 from .engine import EngineCLI, discover_cli, local_candidates
 from .errors import (
@@ -48,6 +48,7 @@ __all__ = [
     # strategy helpers
     "build_and_push", "child_tag", "context_digest", "LABEL_CONTEXT", "LABEL_PLATFORM",
     "prior_seconds", "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "Analysis", "Stage",
+    "Placement",
     # transports and probing
     "Transport", "LocalTransport", "SSHTransport", "quote_argv", "probe_node", "benchmark", "discover_cli",
     "local_candidates", "EngineCLI", "binfmt", "read_local_leases", "score_key",

@@ -84,6 +84,9 @@ def unplannable_reason(platform, planned: "Planned") -> str:
             reasons.append(f"{f.name}: unreachable ({f.error})")
         elif not f.builder:
             reasons.append(f"{f.name}: {f.error}")
+        elif planned.request and (platform in f.native or platform in f.emulated) and (
+                why := analyse(planned.request).placement(platform, f.native, f.emulated).why_not()):
+            reasons.append(f"{f.name}: {why}")  # it runs the target, not a stage pinned elsewhere
         else:
             could_emulate = True
             reasons.append(f"{f.name}: not native and no qemu-{platform.qemu_arch} handler")
@@ -98,6 +101,7 @@ class Planned:
     plan: Plan
     history: HistoryView | None = None
     pinned_out: tuple[Option, ...] = ()  # offered, but excluded by --strategy/--node
+    request: BuildRequest | None = None  # what was planned (says why a node cannot run a stage)
 
 
 async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
@@ -110,7 +114,7 @@ async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
     busy = {name: f.busy for name, f in facts.items() if f.busy}  # slots other archfleet runs hold
     plan = schedule(request.platforms, options, capacity, busy)
-    return Planned(facts, tuple(options), plan, view, tuple(o for o in offered if o not in options))
+    return Planned(facts, tuple(options), plan, view, tuple(o for o in offered if o not in options), request)
 
 
 @attrs.frozen
