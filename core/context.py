@@ -1,5 +1,9 @@
-"""The build context: what is in it (honouring ``.dockerignore``), its digest, and getting it to
-a node without sending what the node already has.
+"""The build context: what is in it, its digest, and getting it to a node without sending what
+the node already has.
+
+What is in it follows BuildKit's ignore rule wherever archfleet reads the context (the
+snapshot, so the sync, the context digest and its label): ``<Dockerfile path>.dockerignore``
+beside the Dockerfile if it exists, else ``<context>/.dockerignore`` (:func:`ignore_file`).
 
 On the node, under ``~/.cache/archfleet/sync-v2/`` (relative to the SSH user's home):
 
@@ -7,6 +11,8 @@ On the node, under ``~/.cache/archfleet/sync-v2/`` (relative to the SSH user's h
   links share it);
 - ``ctx/<context digest>/tree/``: the context, every file a hard link to its blob;
 - ``ctx/<context digest>/Dockerfile``: the Dockerfile, beside the tree (it may live outside it);
+- ``ctx/<context digest>/Dockerfile.dockerignore``: the ignore file the snapshot applied, if any
+  (BuildKit on the node then applies the same one);
 - ``ctx/<context digest>.ok``: written last.
 
 A tree is unpacked into a staging directory of its own and renamed into place in one step
@@ -47,6 +53,9 @@ from .errors import InfrastructureError, UsageError
 
 CACHE = ".cache/archfleet/sync-v2"  # bump the version when the layout changes
 CHUNK = 1 << 20
+# Hashed first into every context digest: bump it when what the digest covers changes, so a tree
+# made under the old rule is never taken for one made under the new (v3: the ignore file joined).
+DIGEST_VERSION = b"archfleet-context-v3\n"
 
 
 @attrs.frozen
@@ -69,7 +78,9 @@ class Snapshot:
     entries: tuple[Entry, ...]
     dockerfile: Entry
     dockerfile_path: Path
-    digest: str  # of the whole context + Dockerfile
+    digest: str  # of the whole context + Dockerfile (+ the ignore file applied)
+    ignore: Entry | None = None  # the ignore file applied, shipped as "Dockerfile.dockerignore"
+    ignore_path: Path | None = None  # where it was read
 
     @property
     def size(self) -> int:
@@ -84,28 +95,79 @@ def _hash_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _included(root: Path, dockerfile: Path) -> list[str]:
+IGNORE_SUFFIX = ".dockerignore"
+_BOM = b"\xef\xbb\xbf"
+
+
+def ignore_file(root: Path, dockerfile: Path) -> Path | None:
+    """The ignore file BuildKit applies to this build, or None.
+
+    BuildKit's rule (the Dockerfile frontend's ``<Dockerfile name>.dockerignore``, also in the
+    built-in BuildKit of Docker 20.10): ``<dockerfile path>.dockerignore`` beside the Dockerfile,
+    wherever the Dockerfile lives (inside the context or not), if it exists; else
+    ``<context>/.dockerignore`` if it exists. Never both: the Dockerfile's own file wins.
+    Blocking (two stats)."""
+    own = Path(os.fsdecode(os.fsencode(dockerfile) + os.fsencode(IGNORE_SUFFIX)))
+    if own.is_file():
+        return own
+    shared = root / ".dockerignore"
+    return shared if shared.is_file() else None
+
+
+def ignore_patterns(data: bytes) -> list[str]:
+    """The patterns of an ignore file's bytes, parsed as moby/patternmatcher's
+    ``ignorefile.ReadAll`` does: a UTF-8 BOM is dropped, a line *starting* with ``#`` is a
+    comment, the rest is trimmed, empty lines are skipped. Not UTF-8 is fine (decoded with
+    ``surrogateescape``, the way file names are, so a pattern matches the name it spells)."""
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    patterns = []
+    for line in data.decode("utf-8", "surrogateescape").split("\n"):  # Go's ScanLines: \n, then a \r dropped
+        line = line.removesuffix("\r")
+        if line.startswith("#"):
+            continue
+        line = line.strip()
+        if line:
+            patterns.append(line)
+    return patterns
+
+
+def _included(root: Path, dockerfile: Path, patterns: list[str]) -> list[str]:
     from docker.utils.build import exclude_paths
 
-    patterns: list[str] = []
-    ignore = root / ".dockerignore"
-    if ignore.is_file():
-        for line in ignore.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                patterns.append(line)
     rel_df = None
     try:
         rel_df = str(dockerfile.relative_to(root))
     except ValueError:
         pass
-    return sorted(exclude_paths(str(root), patterns, dockerfile=rel_df))
+    return sorted(exclude_paths(str(root), list(patterns), dockerfile=rel_df))
+
+
+def _read_ignore(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"ignore file {path}: cannot read it: {exc.strerror}") from None
+
+
+def _entry_line(e: Entry) -> bytes:
+    """One entry as hashed into the context digest: bytes, so any file name (not UTF-8 too)
+    hashes as the bytes the file system holds (``os.fsencode``)."""
+    return b"\0".join((e.kind.encode(), os.fsencode(e.path), f"{e.mode:o}".encode(), e.digest.encode(),
+                       os.fsencode(e.target))) + b"\n"
 
 
 def snapshot(root: Path, dockerfile: Path) -> Snapshot:
-    """Walk the context (blocking: call it in a thread)."""
+    """Walk the context (blocking: call it in a thread).
+
+    What is in it follows BuildKit's ignore rule (:func:`ignore_file`); the file that was
+    applied is part of the snapshot (``ignore``) and of its digest, and is shipped to SSH nodes
+    beside the Dockerfile, so BuildKit there applies the same rule to the same tree.
+    Raises :class:`UsageError` naming a file that cannot be read."""
+    ignore_path = ignore_file(root, dockerfile)
+    ignore_bytes = _read_ignore(ignore_path) if ignore_path else b""
     entries: list[Entry] = []
-    for rel in _included(root, dockerfile):
+    for rel in _included(root, dockerfile, ignore_patterns(ignore_bytes)):
         full = root / rel
         try:
             st = os.lstat(full)
@@ -114,18 +176,30 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
         mode = stat.S_IMODE(st.st_mode)
         if "\n" in rel or "\r" in rel:
             raise UsageError(f"context {root}: file name with a line break: {rel!r}")
-        if stat.S_ISLNK(st.st_mode):
-            entries.append(Entry(rel, "link", 0o777, target=os.readlink(full)))
-        elif stat.S_ISDIR(st.st_mode):
-            entries.append(Entry(rel, "dir", mode))
-        elif stat.S_ISREG(st.st_mode):
-            entries.append(Entry(rel, "file", mode, _hash_file(full), st.st_size))
-    df_stat = os.stat(dockerfile)
-    df = Entry("Dockerfile", "file", 0o644, _hash_file(dockerfile), df_stat.st_size)
-    h = hashlib.sha256()
-    for e in entries + [df]:
-        h.update(f"{e.kind}\0{e.path}\0{e.mode:o}\0{e.digest}\0{e.target}\n".encode())
-    return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest())
+        try:
+            if stat.S_ISLNK(st.st_mode):
+                entries.append(Entry(rel, "link", 0o777, target=os.readlink(full)))
+            elif stat.S_ISDIR(st.st_mode):
+                entries.append(Entry(rel, "dir", mode))
+            elif stat.S_ISREG(st.st_mode):
+                entries.append(Entry(rel, "file", mode, _hash_file(full), st.st_size))
+        except OSError as exc:
+            raise UsageError(f"context {root}: cannot read {rel}: {exc.strerror}") from None
+    try:
+        df = Entry("Dockerfile", "file", 0o644, _hash_file(dockerfile), os.stat(dockerfile).st_size)
+    except OSError as exc:
+        raise UsageError(f"Dockerfile {dockerfile}: cannot read it: {exc.strerror}") from None
+    ignore = None
+    if ignore_path is not None:
+        ignore = Entry("Dockerfile" + IGNORE_SUFFIX, "file", 0o644, hashlib.sha256(ignore_bytes).hexdigest(),
+                       len(ignore_bytes))
+    h = hashlib.sha256(DIGEST_VERSION)
+    for e in entries:
+        h.update(_entry_line(e))
+    h.update(b"--\n")  # the tree ends; what is beside it follows (no entry line holds no NUL)
+    for e in [df] + ([ignore] if ignore else []):
+        h.update(_entry_line(e))
+    return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest(), ignore, ignore_path)
 
 
 @functools.lru_cache(maxsize=8)
@@ -133,14 +207,26 @@ def _snapshot_cached(root: str, dockerfile: str, stamp: tuple) -> Snapshot:
     return snapshot(Path(root), Path(dockerfile))
 
 
+def _ignore_stamp(root: Path, dockerfile: Path) -> tuple:
+    """The Dockerfile's own ignore file may live outside the context, where the context walk
+    does not look: its size and mtime join the cache key."""
+    own = Path(os.fsdecode(os.fsencode(dockerfile) + os.fsencode(IGNORE_SUFFIX)))
+    try:
+        st = own.stat()
+    except OSError:
+        return ()
+    return (st.st_size, st.st_mtime_ns)
+
+
 def snapshot_of(request) -> Snapshot:
     """The request's snapshot, hashed once however many nodes and platforms use it (the sync to
     each node and the context-digest label). The cache key is every file's size and mtime (a
-    walk, no reading), so a file rewritten between two builds in one process is hashed anew.
-    Blocking: call it in a thread."""
+    walk, no reading) and those of the Dockerfile's own ignore file, so a file rewritten
+    between two builds in one process is hashed anew. Blocking: call it in a thread."""
     from .history import context_key
 
     stamp, _ = context_key(request)
+    stamp = (stamp, _ignore_stamp(Path(request.context), Path(request.dockerfile)))
     return _snapshot_cached(str(request.context), str(request.dockerfile), stamp)
 
 
@@ -179,16 +265,29 @@ def cache_days() -> int:
     return days
 
 
+def _files(snap: Snapshot) -> list[Entry]:
+    """Every file the node needs: the tree's, the Dockerfile, the ignore file applied."""
+    return [e for e in snap.entries if e.kind == "file"] + [snap.dockerfile] + ([snap.ignore] if snap.ignore else [])
+
+
+def _source(snap: Snapshot, e: Entry) -> Path:
+    if e is snap.dockerfile:
+        return snap.dockerfile_path
+    if e is snap.ignore:
+        return snap.ignore_path
+    return snap.root / e.path
+
+
 def _blob_tar(snap: Snapshot, names: set[str], stage: str) -> Iterator[bytes]:
     """A tar stream of the missing blobs, yielded in chunks (never the whole context in memory)."""
     buf = io.BytesIO()
     tar = tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT)
     sent = set()
-    for e in list(snap.entries) + [snap.dockerfile]:
-        if e.kind != "file" or e.blob not in names or e.blob in sent:
+    for e in _files(snap):
+        if e.blob not in names or e.blob in sent:
             continue
         sent.add(e.blob)
-        src = snap.dockerfile_path if e is snap.dockerfile else snap.root / e.path
+        src = _source(snap, e)
         info = tarfile.TarInfo(f"blobs/{e.blob}")
         info.size, info.mode, info.mtime = e.size, e.mode, 0
         with open(src, "rb") as f:
@@ -216,15 +315,22 @@ def _layout(snap: Snapshot, tar: tarfile.TarFile, buf: io.BytesIO, stage: str) -
             info.type, info.linkname, info.mode = tarfile.LNKTYPE, f"blobs/{e.blob}", e.mode
         tar.addfile(info)
     # The Dockerfile lives beside the tree, not in it (it may come from outside the context).
-    info = tarfile.TarInfo(f"stage/{stage}/Dockerfile")
-    info.type, info.linkname, info.mode, info.mtime = tarfile.LNKTYPE, f"blobs/{snap.dockerfile.blob}", 0o644, 0
-    tar.addfile(info)
+    # The ignore file applied here goes beside it as "Dockerfile.dockerignore": BuildKit on the
+    # node reads <Dockerfile name>.dockerignore first, so it applies the same file to the tree.
+    for e in [snap.dockerfile] + ([snap.ignore] if snap.ignore else []):
+        info = tarfile.TarInfo(f"stage/{stage}/{e.path}")
+        info.type, info.linkname, info.mode, info.mtime = tarfile.LNKTYPE, f"blobs/{e.blob}", 0o644, 0
+        tar.addfile(info)
     tar.close()
     yield buf.getvalue()
 
 
 async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
-    """Make the context exist on the node; return (context dir, Dockerfile path) there."""
+    """Make the context exist on the node; return (context dir, Dockerfile path) there.
+
+    Beside that Dockerfile lies the ignore file this snapshot applied, as
+    ``Dockerfile.dockerignore`` (when one applied), so BuildKit on the node filters the tree
+    by the same rule as a local build does."""
     snap = await asyncio.to_thread(snapshot_of, request)
     ctx_dir = f"{CACHE}/ctx/{snap.digest}/tree"
     df_path = f"{CACHE}/ctx/{snap.digest}/Dockerfile"
@@ -238,7 +344,7 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
     check = await sh(_CHECK, CACHE, snap.digest)
     if check.ok and "present" in check.tail:
         return ctx_dir, df_path
-    wanted = sorted({e.blob for e in list(snap.entries) + [snap.dockerfile] if e.kind == "file"})
+    wanted = sorted({e.blob for e in _files(snap)})
     names = await _missing(transport, wanted)
     stage = f"{snap.digest[:16]}-{secrets.token_hex(8)}"
     sent = [0]
