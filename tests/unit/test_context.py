@@ -153,3 +153,49 @@ def test_a_sync_ships_the_ignore_file_it_applied_and_never_the_excluded_file(tmp
     assert (home / (dockerfile + ".dockerignore")).read_text() == "secret.env\n"
     secret_sha = hashlib.sha256((ctx / "secret.env").read_bytes()).hexdigest()
     assert not [b for b in os.listdir(home / CACHE / "blobs") if b.startswith(secret_sha)]
+
+
+def test_file_names_that_are_not_utf8_snapshot_hash_and_sync_as_their_bytes(tmp_path, monkeypatch):
+    """Names are bytes on Linux: b'caf\\xe9.txt' (Latin-1) is hashed as os.fsencode gives it, the
+    history key and the label work, and the node's tree holds the very same bytes."""
+    import asyncio
+
+    from archfleet.context import sync_context
+    from archfleet.history import context_key, project_key
+    from archfleet.nodebuild import context_digest
+    from archfleet.transport import LocalTransport
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")
+    raw = os.fsencode(ctx)
+    with open(raw + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"latin-1 name\n")
+    os.mkdir(raw + b"/d\xff")
+    os.symlink(b"../caf\xe9.txt", raw + b"/d\xff/link")
+    req = BuildRequest(ctx, ctx / "Dockerfile", [parse("linux/amd64")])
+    snap = snapshot_of(req)
+    assert {os.fsencode(e.path) for e in snap.entries} == {b"Dockerfile", b"caf\xe9.txt", b"d\xff", b"d\xff/link"}
+    assert len(context_key(req)[0]) == 32 and len(project_key(req)) == 32 and len(context_digest(req)) == 64
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(home)
+    tree, _ = asyncio.run(sync_context(LocalTransport(), req))
+    node_tree = os.fsencode(home / tree)
+    assert sorted(os.listdir(node_tree)) == [b"Dockerfile", b"caf\xe9.txt", b"d\xff"]
+    assert open(node_tree + b"/caf\xe9.txt", "rb").read() == b"latin-1 name\n"
+    assert os.readlink(node_tree + b"/d\xff/link") == b"../caf\xe9.txt"
+
+
+def test_file_names_that_are_not_utf8_in_the_digest_are_distinct(tmp_path):
+    """Two names that differ only in a non-UTF-8 byte are two contexts."""
+    from archfleet.context import snapshot
+
+    digests = set()
+    for i, name in enumerate((b"a\xe9", b"a\xe8")):
+        ctx = tmp_path / str(i)
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text("FROM scratch\n")
+        open(os.fsencode(ctx) + b"/" + name, "wb").close()
+        digests.add(snapshot(ctx, ctx / "Dockerfile").digest)
+    assert len(digests) == 2
