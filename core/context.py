@@ -15,9 +15,16 @@ On the node, under ``~/.cache/archfleet/sync-v2/`` (relative to the SSH user's h
   (BuildKit on the node then applies the same one);
 - ``ctx/<context digest>.ok``: written last.
 
-A tree is unpacked into a staging directory of its own and renamed into place in one step
-(``mv -T``), so two syncs at once (two platforms, or two coordinators) never see or break a
-half-made tree: the loser of the rename just removes its copy (same digest, same tree).
+A blob is never stored under a name its bytes do not have. The coordinator hashes each file
+again while it sends it and stops the sync with one :class:`UsageError` line naming the file
+when it is not what the snapshot hashed (rewritten, grown, shrunk, gone). On the node the stream
+unpacks into a staging directory of its own; new blobs move into ``blobs/`` only when the
+stream was complete (its last member, ``complete``, arrived) and ``sha256sum -c`` agrees with
+every new blob's name. A stream that ends early leaves nothing behind.
+
+The tree is then renamed into place in one step (``mv -T``), so two syncs at once (two
+platforms, or two coordinators) never see or break a half-made tree: the loser of the rename
+just removes its copy (same digest, same tree).
 
 The cache is bounded by age: a sync that finds its tree touches its ``.ok`` marker, and at most
 once a day per node the sync that unpacks a new tree also removes trees unused for
@@ -26,10 +33,11 @@ count is 1) that has not been linked or unlinked for an hour, so a sync that has
 a blob is present does not lose it before linking it.
 
 A sync is at most three round trips: is the tree there (done: one tiny command); which blobs are
-missing (names on stdin, missing names back); then one tar of the missing blobs followed by
-a tar of the layout, which has only headers: directories, symlinks and hard links to blobs.
-Both tars are made here from paths walked here, so no member can name anything outside the
-cache; ``tar`` on the node runs with ``--no-same-owner`` and never follows a symlink out.
+missing (names on stdin, missing names back); then one tar stream: the missing blobs with
+their checksums, then the layout, which has only headers: directories, symlinks and hard links
+to blobs. The stream is made here from paths walked here, so no member can name anything
+outside the cache; ``tar`` on the node runs with ``--no-same-owner`` and never follows a symlink
+out.
 """
 
 from __future__ import annotations
@@ -37,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import io
 import os
 import secrets
 import stat
@@ -242,12 +249,22 @@ _PRUNE = (
     ' find blobs -type f -links 1 -cmin +"$5" -exec rm -f {} + 2>/dev/null;'
     ' find stage -mindepth 1 -maxdepth 1 -mmin +"$5" -exec rm -rf {} + 2>/dev/null; true'
 )
-# $1 cache, $2 context digest, $3 staging name; then the prune, in the same round trip, in a
-# subshell whose failure never fails the sync.
+# $1 cache, $2 context digest, $3 staging name. The stream unpacks into stage/$3 only: new blobs
+# in new/ with their SHA256SUMS, the tree (hard links to new/ or blobs/), the Dockerfile, and
+# "complete" last. Nothing reaches blobs/ unless the stream was complete and every new blob's
+# sha256 is its name. Then the prune, in the same round trip, in a subshell whose failure never
+# fails the sync.
 _UNPACK = (
-    'set -e; mkdir -p "$1/ctx" "$1/blobs" "$1/stage";'
-    ' tar -x --no-same-owner -C "$1" -f -;'
-    ' mv -T "$1/stage/$3" "$1/ctx/$2" 2>/dev/null || rm -rf "$1/stage/$3";'
+    'set -e; mkdir -p "$1/ctx" "$1/blobs" "$1/stage"; s="$1/stage/$3";'
+    ' if ! tar -x --no-same-owner -C "$1" -f - || [ ! -e "$s/complete" ]; then rm -rf "$s";'
+    ' echo "the context stream ended early" >&2; exit 65; fi;'
+    ' if [ -s "$s/SHA256SUMS" ] && ! (cd "$s" && sha256sum -c SHA256SUMS > check.out 2>&1); then'
+    ' bad=$(grep -v ": OK$" "$s/check.out" | head -n 1); rm -rf "$s";'
+    ' echo "new blobs failed sha256sum -c on the node: $bad" >&2; exit 66; fi;'
+    ' if [ -d "$s/new" ]; then find "$s/new" -type f -exec sh -c \'mv -f "$@" "$0"\' "$1/blobs" {} + ||'
+    ' { rm -rf "$s"; echo "cannot move new blobs into $1/blobs" >&2; exit 67; }; fi;'
+    ' rm -rf "$s/new" "$s/SHA256SUMS" "$s/check.out" "$s/complete";'
+    ' mv -T "$s" "$1/ctx/$2" 2>/dev/null || rm -rf "$s";'
     ' : > "$1/ctx/$2.ok"; (' + _PRUNE + ') || true'
 )
 ORPHAN_MINUTES = 60
@@ -278,51 +295,96 @@ def _source(snap: Snapshot, e: Entry) -> Path:
     return snap.root / e.path
 
 
+def _open(path: Path):
+    return open(path, "rb")
+
+
+def _changed(path: Path, how: str) -> UsageError:
+    return UsageError(f"context file {path} {how} while it was being sent to a node: build again once "
+                      "nothing is writing to it")
+
+
+def _header(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")  # names as their bytes
+
+
+def _member(name: str, kind: bytes, mode: int = 0o644, linkname: str = "", data: bytes = b"",
+            mtime: int = 0) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime, info.linkname, info.size = kind, mode, mtime, linkname, len(data)
+    return _header(info) + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def _blob(path: Path, name: str, e: Entry) -> Iterator[bytes]:
+    """One blob member, its bytes read now and hashed while they are sent. Raises
+    :class:`UsageError` naming the file when it is not the file the snapshot hashed (changed,
+    grown, shrunk or gone): the stream then ends early and the node keeps nothing of it."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = e.size, e.mode, 0
+    h = hashlib.sha256()
+    try:
+        with _open(path) as f:
+            yield _header(info)
+            left = e.size
+            while left:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    raise _changed(path, "shrank")
+                h.update(chunk)
+                left -= len(chunk)
+                yield chunk
+            if f.read(1):
+                raise _changed(path, "grew")
+    except OSError as exc:
+        raise _changed(path, f"could not be read ({exc.strerror})") from None
+    if h.hexdigest() != e.digest:
+        raise _changed(path, "changed")
+    yield b"\0" * (-e.size % tarfile.BLOCKSIZE)
+
+
 def _blob_tar(snap: Snapshot, names: set[str], stage: str) -> Iterator[bytes]:
-    """A tar stream of the missing blobs, yielded in chunks (never the whole context in memory)."""
-    buf = io.BytesIO()
-    tar = tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT)
-    sent = set()
+    """The one tar stream of a sync, yielded in chunks (never a whole file in memory): the
+    missing blobs, each checked against its digest as it is read, then the layout (headers
+    only: directories, symlinks, hard links), then ``complete``. Everything lands under
+    ``stage/<stage>/``; the node script moves it into place (see ``_UNPACK``)."""
+    base = f"stage/{stage}"
+    new = {}
     for e in _files(snap):
-        if e.blob not in names or e.blob in sent:
-            continue
-        sent.add(e.blob)
-        src = _source(snap, e)
-        info = tarfile.TarInfo(f"blobs/{e.blob}")
-        info.size, info.mode, info.mtime = e.size, e.mode, 0
-        with open(src, "rb") as f:
-            tar.addfile(info, f)
-        yield buf.getvalue()
-        buf.seek(0)
-        buf.truncate()
-    yield from _layout(snap, tar, buf, stage)
+        if e.blob in names and e.blob not in new:
+            new[e.blob] = e
+    # Files keep mtime 0 (a build on any node sees the same); the staging directory is dated
+    # now, so a prune on the node never takes it for an abandoned one while this sync runs.
+    yield _member(base, tarfile.DIRTYPE, 0o755, mtime=int(time.time()))
+    if new:
+        yield _member(f"{base}/new", tarfile.DIRTYPE, 0o700)
+        sums = "".join(f"{e.digest}  new/{blob}\n" for blob, e in new.items())
+        yield _member(f"{base}/SHA256SUMS", tarfile.REGTYPE, data=sums.encode())
+        for blob, e in new.items():
+            yield from _blob(_source(snap, e), f"{base}/new/{blob}", e)
 
+    def blob_path(e: Entry) -> str:
+        return f"{base}/new/{e.blob}" if e.blob in new else f"blobs/{e.blob}"
 
-def _layout(snap: Snapshot, tar: tarfile.TarFile, buf: io.BytesIO, stage: str) -> Iterator[bytes]:
-    for d in (f"stage/{stage}", f"stage/{stage}/tree"):
-        info = tarfile.TarInfo(d)
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(info)
-    base = f"stage/{stage}/tree"
+    layout = [_member(f"{base}/tree", tarfile.DIRTYPE, 0o755)]
     for e in snap.entries:
-        info = tarfile.TarInfo(f"{base}/{e.path}")
-        info.mtime = 0
+        name = f"{base}/tree/{e.path}"
         if e.kind == "dir":
-            info.type, info.mode = tarfile.DIRTYPE, e.mode
+            layout.append(_member(name, tarfile.DIRTYPE, e.mode))
         elif e.kind == "link":
-            info.type, info.linkname = tarfile.SYMTYPE, e.target
+            layout.append(_member(name, tarfile.SYMTYPE, 0o777, linkname=e.target))
         else:
-            info.type, info.linkname, info.mode = tarfile.LNKTYPE, f"blobs/{e.blob}", e.mode
-        tar.addfile(info)
+            layout.append(_member(name, tarfile.LNKTYPE, e.mode, linkname=blob_path(e)))
+        if len(layout) >= 2048:  # about 1 MB of headers at a time
+            yield b"".join(layout)
+            layout.clear()
     # The Dockerfile lives beside the tree, not in it (it may come from outside the context).
     # The ignore file applied here goes beside it as "Dockerfile.dockerignore": BuildKit on the
     # node reads <Dockerfile name>.dockerignore first, so it applies the same file to the tree.
     for e in [snap.dockerfile] + ([snap.ignore] if snap.ignore else []):
-        info = tarfile.TarInfo(f"stage/{stage}/{e.path}")
-        info.type, info.linkname, info.mode, info.mtime = tarfile.LNKTYPE, f"blobs/{e.blob}", 0o644, 0
-        tar.addfile(info)
-    tar.close()
-    yield buf.getvalue()
+        layout.append(_member(f"{base}/{e.path}", tarfile.LNKTYPE, 0o644, linkname=blob_path(e)))
+    layout.append(_member(f"{base}/complete", tarfile.REGTYPE))
+    layout.append(b"\0" * (2 * tarfile.BLOCKSIZE))  # end of archive
+    yield b"".join(layout)
 
 
 async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
@@ -330,7 +392,11 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
 
     Beside that Dockerfile lies the ignore file this snapshot applied, as
     ``Dockerfile.dockerignore`` (when one applied), so BuildKit on the node filters the tree
-    by the same rule as a local build does."""
+    by the same rule as a local build does.
+
+    Raises :class:`UsageError` naming a context file that changed or vanished while it was sent
+    (the node keeps nothing of that sync), :class:`InfrastructureError` when the node's side
+    fails (no ``sh``/``tar``/``sha256sum``, a full disk, a blob that arrived corrupted)."""
     snap = await asyncio.to_thread(snapshot_of, request)
     ctx_dir = f"{CACHE}/ctx/{snap.digest}/tree"
     df_path = f"{CACHE}/ctx/{snap.digest}/Dockerfile"
