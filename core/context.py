@@ -13,7 +13,8 @@ On the node, under ``~/.cache/archfleet/sync-v2/`` (relative to the SSH user's h
 - ``ctx/<context digest>/Dockerfile``: the Dockerfile, beside the tree (it may live outside it);
 - ``ctx/<context digest>/Dockerfile.dockerignore``: the ignore file the snapshot applied, if any
   (BuildKit on the node then applies the same one);
-- ``ctx/<context digest>.ok``: written last.
+- ``ctx/<context digest>.ok``: written last, and only when the tree is in place; a sync trusts
+  a marker only with its tree beside it.
 
 A blob is never stored under a name its bytes do not have. The coordinator hashes each file
 again while it sends it and stops the sync with one :class:`UsageError` line naming the file
@@ -28,9 +29,10 @@ just removes its copy (same digest, same tree).
 
 The cache is bounded by age: a sync that finds its tree touches its ``.ok`` marker, and at most
 once a day per node the sync that unpacks a new tree also removes trees unused for
-``ARCHFLEET_NODE_CACHE_DAYS`` (default 14) and then every blob no remaining tree links (its link
-count is 1) that has not been linked or unlinked for an hour, so a sync that has just been told
-a blob is present does not lose it before linking it.
+``ARCHFLEET_NODE_CACHE_DAYS`` (default 14), each by one rename out of ``ctx/`` before deleting
+it, and then every blob no remaining tree links (its link count is 1) whose ctime is more than
+an hour old. A sync that is told a blob is present touches it (its ctime), so a prune between
+that answer and the sync's linking it keeps it.
 
 A sync is at most three round trips: is the tree there (done: one tiny command); which blobs are
 missing (names on stdin, missing names back); then one tar stream: the missing blobs with
@@ -238,22 +240,33 @@ def snapshot_of(request) -> Snapshot:
 
 
 # Fixed scripts: user data only ever arrives as positional parameters ("$1") or on stdin.
-_CHECK = 'if test -e "$1/ctx/$2.ok"; then touch "$1/ctx/$2.ok" 2>/dev/null; echo present; else echo absent; fi'
-_MISSING = 'mkdir -p "$1/blobs" && cd "$1/blobs" && while IFS= read -r b; do [ -e "$b" ] || echo "$b"; done'
+# $1 cache, $2 context digest. A marker counts only with its tree beside it.
+_CHECK = ('if test -e "$1/ctx/$2.ok" && test -d "$1/ctx/$2/tree"; then touch "$1/ctx/$2.ok" 2>/dev/null;'
+          ' echo present; else echo absent; fi')
+# $1 cache; blob names on stdin, the missing ones back. The blobs reported present are touched
+# (atime, so their ctime too; the mtime, which builds see, stays), so a prune running before this
+# sync links them keeps them: it removes only orphans unchanged for an hour.
+_MISSING = (
+    'set -e; mkdir -p "$1/blobs" "$1/stage"; cd "$1/blobs"; p=$(mktemp ../stage/present.XXXXXX);'
+    ' while IFS= read -r b; do if [ -e "$b" ]; then echo "$b" >> "$p"; else echo "$b"; fi; done;'
+    ' if [ -s "$p" ]; then xargs touch -a -c -- < "$p" 2>/dev/null || true; fi; rm -f "$p"'
+)
 # $1 cache, $4 minutes a tree may go unused, $5 minutes an orphaned blob is kept. Once a day
-# (the "pruned" stamp): the marker goes first, so no sync trusts a tree being removed.
+# (the "pruned" stamp). A tree goes by one rename out of ctx/ before it is deleted, so no
+# interrupted prune leaves a half-deleted tree where a sync would trust it; its marker goes next.
 _PRUNE = (
     'cd "$1" 2>/dev/null || exit 0; [ -n "$(find . -maxdepth 1 -name pruned -mmin -1440)" ] && exit 0;'
-    ' : > pruned; for ok in ctx/*.ok; do [ -e "$ok" ] || continue;'
-    ' if [ -n "$(find "$ok" -mmin +"$4")" ]; then rm -f "$ok"; rm -rf "${ok%.ok}"; fi; done;'
+    ' : > pruned; mkdir -p stage; for ok in ctx/*.ok; do [ -e "$ok" ] || continue;'
+    ' if [ -n "$(find "$ok" -mmin +"$4")" ]; then d=${ok%.ok}; g="stage/gone-${d#ctx/}-$$";'
+    ' if [ -e "$d" ]; then mv -T "$d" "$g" 2>/dev/null && rm -rf "$g"; fi; rm -f "$ok"; fi; done;'
     ' find blobs -type f -links 1 -cmin +"$5" -exec rm -f {} + 2>/dev/null;'
     ' find stage -mindepth 1 -maxdepth 1 -mmin +"$5" -exec rm -rf {} + 2>/dev/null; true'
 )
 # $1 cache, $2 context digest, $3 staging name. The stream unpacks into stage/$3 only: new blobs
 # in new/ with their SHA256SUMS, the tree (hard links to new/ or blobs/), the Dockerfile, and
 # "complete" last. Nothing reaches blobs/ unless the stream was complete and every new blob's
-# sha256 is its name. Then the prune, in the same round trip, in a subshell whose failure never
-# fails the sync.
+# sha256 is its name; the marker is written only when the tree is in place. Then the prune, in
+# the same round trip, in a subshell whose failure never fails the sync.
 _UNPACK = (
     'set -e; mkdir -p "$1/ctx" "$1/blobs" "$1/stage"; s="$1/stage/$3";'
     ' if ! tar -x --no-same-owner -C "$1" -f - || [ ! -e "$s/complete" ]; then rm -rf "$s";'
@@ -264,7 +277,10 @@ _UNPACK = (
     ' if [ -d "$s/new" ]; then find "$s/new" -type f -exec sh -c \'mv -f "$@" "$0"\' "$1/blobs" {} + ||'
     ' { rm -rf "$s"; echo "cannot move new blobs into $1/blobs" >&2; exit 67; }; fi;'
     ' rm -rf "$s/new" "$s/SHA256SUMS" "$s/check.out" "$s/complete";'
-    ' mv -T "$s" "$1/ctx/$2" 2>/dev/null || rm -rf "$s";'
+    ' if ! mv -T "$s" "$1/ctx/$2" 2>/dev/null; then'
+    ' if [ ! -d "$1/ctx/$2/tree" ] && mv -T "$1/ctx/$2" "$s.old" 2>/dev/null; then mv -T "$s" "$1/ctx/$2" || true; fi;'
+    ' rm -rf "$s" "$s.old"; fi;'
+    ' if [ ! -d "$1/ctx/$2/tree" ]; then echo "no tree at $1/ctx/$2 after the rename" >&2; exit 67; fi;'
     ' : > "$1/ctx/$2.ok"; (' + _PRUNE + ') || true'
 )
 ORPHAN_MINUTES = 60

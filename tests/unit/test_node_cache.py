@@ -200,3 +200,60 @@ def test_the_blobs_of_a_good_sync_are_what_their_names_say(tmp_path, monkeypatch
         assert name.startswith(hashlib.sha256((cache / "blobs" / name).read_bytes()).hexdigest() + "-")
     assert (cache.parent.parent.parent / tree / "version.txt").read_text() == "1.2.3\n"
     assert os.listdir(cache / "stage") == []  # no staging directory, checksum list or temp file left
+
+
+def test_no_marker_when_the_tree_could_not_be_renamed_into_place(tmp_path, monkeypatch):
+    """A rename that fails for any reason but a concurrent sync's finished tree: the sync fails
+    (the node's problem) and no .ok claims a tree that is not there."""
+    cache = node_home(tmp_path, monkeypatch)
+    req = small_context(tmp_path)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mv").write_text('#!/bin/sh\ncase "$*" in *ctx/*) echo "mv: simulated failure" >&2; exit 1;; esac\n'
+                             'exec /bin/mv "$@"\n')
+    (fake / "mv").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    with pytest.raises(InfrastructureError, match="no tree"):
+        asyncio.run(sync_context(LocalTransport(), req))
+    assert os.listdir(cache / "ctx") == []
+    monkeypatch.setenv("PATH", os.environ["PATH"].split(":", 1)[1])
+    tree, _ = asyncio.run(sync_context(LocalTransport(), req))  # and the next sync just works
+    assert (cache.parent.parent.parent / tree / "version.txt").is_file()
+
+
+def test_a_marker_without_its_tree_is_not_trusted(tmp_path, monkeypatch):
+    import shutil
+
+    cache = node_home(tmp_path, monkeypatch)
+    req = small_context(tmp_path)
+    tree, _ = asyncio.run(sync_context(LocalTransport(), req))
+    home = cache.parent.parent.parent
+    shutil.rmtree(home / tree)  # e.g. an old-style prune interrupted after the marker check
+    tree, _ = asyncio.run(sync_context(LocalTransport(), req))
+    assert (home / tree / "version.txt").read_text() == "1.2.3\n"
+
+
+def test_blobs_reported_present_are_touched_so_a_prune_keeps_them(tmp_path, monkeypatch):
+    """Their ctime is renewed (the prune keeps orphans whose ctime is under an hour old); their
+    mtime, which a build's COPY keeps, is not."""
+    from archfleet.context import _missing
+
+    cache = node_home(tmp_path, monkeypatch)
+    (cache / "blobs").mkdir(parents=True)
+    present = cache / "blobs" / blob_name(b"x")
+    present.write_bytes(b"x")
+    os.utime(present, (0, 0))
+    before = present.stat().st_ctime_ns
+    time.sleep(0.02)
+    missing = asyncio.run(_missing(LocalTransport(), [blob_name(b"x"), blob_name(b"y")]))
+    assert missing == {blob_name(b"y")}
+    after = present.stat()
+    assert after.st_ctime_ns > before and after.st_mtime == 0
+    assert os.listdir(cache / "stage") == []
+
+
+def test_a_pruned_tree_leaves_ctx_in_one_rename_and_nothing_in_stage(tmp_path):
+    root = tmp_path / "sync"
+    make_cache(root)
+    run(root, tree_minutes=14 * 1440, orphan_minutes=0)
+    assert sorted(os.listdir(root / "ctx")) == ["new", "new.ok"] and os.listdir(root / "stage") == []
