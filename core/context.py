@@ -51,6 +51,7 @@ import os
 import secrets
 import stat
 import tarfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -211,6 +212,9 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
     return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest(), ignore, ignore_path)
 
 
+_hashing = threading.Lock()
+
+
 @functools.lru_cache(maxsize=8)
 def _snapshot_cached(root: str, dockerfile: str, stamp: tuple) -> Snapshot:
     return snapshot(Path(root), Path(dockerfile))
@@ -229,14 +233,15 @@ def _ignore_stamp(root: Path, dockerfile: Path) -> tuple:
 
 def snapshot_of(request) -> Snapshot:
     """The request's snapshot, hashed once however many nodes and platforms use it (the sync to
-    each node and the context-digest label). The cache key is every file's size and mtime (a
+    each node and the context-digest label), also when they ask at the same time. The cache key is every file's size and mtime (a
     walk, no reading) and those of the Dockerfile's own ignore file, so a file rewritten
     between two builds in one process is hashed anew. Blocking: call it in a thread."""
     from .history import context_key
 
     stamp, _ = context_key(request)
     stamp = (stamp, _ignore_stamp(Path(request.context), Path(request.dockerfile)))
-    return _snapshot_cached(str(request.context), str(request.dockerfile), stamp)
+    with _hashing:  # the builds and syncs that start together wait for one hash, not each do one
+        return _snapshot_cached(str(request.context), str(request.dockerfile), stamp)
 
 
 # Fixed scripts: user data only ever arrives as positional parameters ("$1") or on stdin.

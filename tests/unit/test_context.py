@@ -199,3 +199,20 @@ def test_file_names_that_are_not_utf8_in_the_digest_are_distinct(tmp_path):
         open(os.fsencode(ctx) + b"/" + name, "wb").close()
         digests.add(snapshot(ctx, ctx / "Dockerfile").digest)
     assert len(digests) == 2
+
+
+def test_platforms_asking_at_once_share_one_hash(tmp_path, monkeypatch):
+    """Five platforms start together: the context is hashed once, not five times in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from archfleet import context
+
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "big").write_bytes(b"x" * 100_000)
+    calls = []
+    real = context.snapshot
+    monkeypatch.setattr(context, "snapshot", lambda *a: calls.append(1) or real(*a))
+    req = request(tmp_path)
+    with ThreadPoolExecutor(5) as pool:
+        snaps = list(pool.map(lambda _: snapshot_of(req), range(5)))
+    assert len(calls) == 1 and all(s is snaps[0] for s in snaps)
