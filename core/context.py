@@ -433,7 +433,9 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
         return ctx_dir, df_path
     wanted = sorted({e.blob for e in _files(snap)})
     names = await _missing(transport, wanted)
-    stage = f"{snap.digest[:16]}-{secrets.token_hex(8)}"
+    # short: "stage/<16>/new/<blob>" stays within tar's 100-byte name field, so the blob and
+    # every hard link to it need no PAX header of their own (1 KiB each)
+    stage = secrets.token_hex(8)
     sent = [0]
 
     def counted(chunks):
