@@ -257,3 +257,21 @@ def test_a_pruned_tree_leaves_ctx_in_one_rename_and_nothing_in_stage(tmp_path):
     make_cache(root)
     run(root, tree_minutes=14 * 1440, orphan_minutes=0)
     assert sorted(os.listdir(root / "ctx")) == ["new", "new.ok"] and os.listdir(root / "stage") == []
+
+
+def test_two_syncs_of_one_new_context_at_once_leave_one_tree_and_no_stage(tmp_path, monkeypatch):
+    """Both unpack, one rename wins; the other finds the finished tree, writes the marker and
+    removes its own copy."""
+    cache = node_home(tmp_path, monkeypatch)
+    req = small_context(tmp_path)
+    for i in range(20):
+        (req.context / f"f{i}").write_bytes(os.urandom(5000))
+
+    async def both():
+        return await asyncio.gather(sync_context(LocalTransport(), req), sync_context(LocalTransport(), req))
+
+    a, b = asyncio.run(both())
+    assert a == b
+    assert len(os.listdir(cache.parent.parent.parent / a[0])) == 22  # 20 + version.txt + Dockerfile
+    assert sorted(os.listdir(cache / "ctx")) == sorted([a[0].split("/")[-2], a[0].split("/")[-2] + ".ok"])
+    assert os.listdir(cache / "stage") == []
