@@ -109,6 +109,10 @@ IGNORE_SUFFIX = ".dockerignore"
 _BOM = b"\xef\xbb\xbf"
 
 
+def _own_ignore(dockerfile: Path) -> Path:
+    return Path(str(dockerfile) + IGNORE_SUFFIX)  # "app.Dockerfile" -> "app.Dockerfile.dockerignore"
+
+
 def ignore_file(root: Path, dockerfile: Path) -> Path | None:
     """The ignore file BuildKit applies to this build, or None.
 
@@ -117,7 +121,7 @@ def ignore_file(root: Path, dockerfile: Path) -> Path | None:
     wherever the Dockerfile lives (inside the context or not), if it exists; else
     ``<context>/.dockerignore`` if it exists. Never both: the Dockerfile's own file wins.
     Blocking (two stats)."""
-    own = Path(os.fsdecode(os.fsencode(dockerfile) + os.fsencode(IGNORE_SUFFIX)))
+    own = _own_ignore(dockerfile)
     if own.is_file():
         return own
     shared = root / ".dockerignore"
@@ -223,9 +227,8 @@ def _snapshot_cached(root: str, dockerfile: str, stamp: tuple) -> Snapshot:
 def _ignore_stamp(root: Path, dockerfile: Path) -> tuple:
     """The Dockerfile's own ignore file may live outside the context, where the context walk
     does not look: its size and mtime join the cache key."""
-    own = Path(os.fsdecode(os.fsencode(dockerfile) + os.fsencode(IGNORE_SUFFIX)))
     try:
-        st = own.stat()
+        st = _own_ignore(dockerfile).stat()
     except OSError:
         return ()
     return (st.st_size, st.st_mtime_ns)
