@@ -210,7 +210,7 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
     h = hashlib.sha256(DIGEST_VERSION)
     for e in entries:
         h.update(_entry_line(e))
-    h.update(b"--\n")  # the tree ends; what is beside it follows (no entry line holds no NUL)
+    h.update(b"--\n")  # the tree ends, what lies beside it follows (every entry line has NULs, this none)
     for e in [df] + ([ignore] if ignore else []):
         h.update(_entry_line(e))
     return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest(), ignore, ignore_path)
@@ -236,9 +236,10 @@ def _ignore_stamp(root: Path, dockerfile: Path) -> tuple:
 
 def snapshot_of(request) -> Snapshot:
     """The request's snapshot, hashed once however many nodes and platforms use it (the sync to
-    each node and the context-digest label), also when they ask at the same time. The cache key is every file's size and mtime (a
-    walk, no reading) and those of the Dockerfile's own ignore file, so a file rewritten
-    between two builds in one process is hashed anew. Blocking: call it in a thread."""
+    each node and the context-digest label), also when they ask at the same time. The cache key
+    is every file's size and mtime (a walk, no reading) and those of the Dockerfile's own ignore
+    file, so a file rewritten between two builds in one process is hashed anew. Blocking: call
+    it in a thread."""
     from .history import context_key
 
     stamp, _ = context_key(request)
@@ -277,8 +278,9 @@ _PRUNE = (
 # the same round trip, in a subshell whose failure never fails the sync.
 _UNPACK = (
     'set -e; mkdir -p "$1/ctx" "$1/blobs" "$1/stage"; s="$1/stage/$3";'
-    ' if ! tar -x --no-same-owner -C "$1" -f - || [ ! -e "$s/complete" ]; then rm -rf "$s";'
-    ' echo "the context stream ended early" >&2; exit 65; fi;'
+    ' if ! tar -x --no-same-owner -C "$1" -f - 2> "$s.err"; then m=$(head -n 1 "$s.err"); rm -rf "$s" "$s.err";'
+    ' echo "unpacking the context failed: $m" >&2; exit 65; fi; rm -f "$s.err";'
+    ' if [ ! -e "$s/complete" ]; then rm -rf "$s"; echo "the context stream ended early" >&2; exit 65; fi;'
     ' if [ -s "$s/SHA256SUMS" ] && ! (cd "$s" && sha256sum -c SHA256SUMS > check.out 2>&1); then'
     ' bad=$(grep -v ": OK$" "$s/check.out" | head -n 1); rm -rf "$s";'
     ' echo "new blobs failed sha256sum -c on the node: $bad" >&2; exit 66; fi;'
