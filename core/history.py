@@ -60,7 +60,8 @@ def context_key(request) -> tuple[str, int]:
             except OSError:
                 continue
             total += st.st_size
-            h.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            # bytes as the file system holds them: a name that is not UTF-8 hashes too
+            h.update(os.fsencode(p.relative_to(root)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     try:
         h.update(Path(request.dockerfile).read_bytes())
     except OSError:
@@ -70,7 +71,8 @@ def context_key(request) -> tuple[str, int]:
 
 
 def project_key(request) -> str:
-    return hashlib.sha256(f"{Path(request.context).resolve()}\0{Path(request.dockerfile).resolve()}".encode()).hexdigest()[:32]
+    return hashlib.sha256(os.fsencode(Path(request.context).resolve()) + b"\0"
+                          + os.fsencode(Path(request.dockerfile).resolve())).hexdigest()[:32]
 
 
 def _add_speed_column(db: sqlite3.Connection) -> None:

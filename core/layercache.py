@@ -21,7 +21,7 @@ _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 def _dir() -> Path:
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("archfleet")) / "layers-v1"
+    return Path(platformdirs.user_cache_dir("archfleet")) / "layers-v2"  # v2: scans with opaque dirs, hidden names
 
 
 def _path(digest: str) -> Path | None:

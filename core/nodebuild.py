@@ -20,8 +20,9 @@ LABEL_PLATFORM = "org.archfleet.platform"
 
 
 def context_digest(request: BuildRequest) -> str:
-    """A digest of what the build consumes: context contents (honouring .dockerignore), the
-    Dockerfile, build args and target. archfleet labels every image it builds with it
+    """A digest of what the build consumes: context contents (after BuildKit's ignore rule:
+    ``<Dockerfile>.dockerignore``, else ``<context>/.dockerignore``), the ignore file applied,
+    the Dockerfile, build args and target. archfleet labels every image it builds with it
     (``org.archfleet.context-digest``), so an unchanged platform can be recognised later.
     Blocking (it hashes the context, once per process): call it in a thread."""
     snap = snapshot_of(request)
