@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import tarfile
@@ -11,11 +12,11 @@ from typing import Sequence
 
 from . import elfcheck, layercache, mediatypes
 from .elfcheck import LayerIndex, scan_layer
-from .errors import RegistryError, VerificationFailed
+from .errors import ArchfleetError, RegistryError, VerificationFailed
 from .model import ChildImage
 from .platforms import Platform, PlatformError, parse
 from .reference import Reference
-from .registry import RegistryClient
+from .registry import RegistryClient, sha256_digest
 
 
 def _platform_of(config_or_desc: dict) -> Platform | None:
@@ -140,22 +141,45 @@ async def push_index(client: RegistryClient, source: Reference, children: Sequen
     """Push the index to every tag; children live in ``source`` and are copied to other repos.
     Returns (digest, the exact bytes pushed, media type).
 
-    Everything a tag needs (blobs, child manifests) is in place before the tag itself moves,
-    so a tag never points at something incomplete.
+    In three steps, so that no tag moves until every repository holds everything:
+
+    1. every child (config, layers, manifest) is copied into every tag's repository;
+    2. the index is pushed by its digest into every tag's repository;
+    3. only then is each tag moved to the index (a small PUT of a manifest the registry has).
+
+    A failure in step 1 or 2 leaves every tag as it was. One in step 3 (the registry refusing
+    one tag's PUT) raises :class:`RegistryError` naming the tags already moved.
     """
     body, media_type = assemble(children)
-    digest = None
+    digest = sha256_digest(body)
+    repos: list[Reference] = []
     for tag in tags:
-        if tag.name != source.name:
+        if tag.name not in {r.name for r in repos}:
+            repos.append(tag)
+    for repo in repos:
+        if repo.name != source.name:
             for child in children:
-                await copy_manifest(client, source.with_digest(child.digest), tag.with_digest(child.digest))
-        digest = await client.put_manifest(tag, body, media_type)
-    assert digest is not None
+                await copy_manifest(client, source.with_digest(child.digest), repo.with_digest(child.digest))
+    for repo in repos:
+        await client.put_manifest(repo.with_digest(digest), body, media_type)
+    moved: list[str] = []
+    for tag in tags:
+        try:
+            await client.put_manifest(tag, body, media_type)
+        except ArchfleetError as exc:
+            if not moved:
+                raise
+            told = copy.copy(exc)  # the same type (it decides the exit code), saying what moved
+            told.args = (f"{exc}; the index {digest} is already under {', '.join(moved)}, "
+                         f"not under {tag} or the tags after it",)
+            raise told from None
+        moved.append(str(tag))
     return digest, body, media_type
 
 
 async def copy_manifest(client: RegistryClient, src: Reference, dst: Reference) -> None:
-    """Copy one image manifest (config and layers first) from ``src`` to ``dst`` by digest."""
+    """Copy one image manifest (config and layers first, each streamed or mounted) from ``src``
+    to ``dst`` by digest; nothing is done when ``dst`` already has it."""
     if await client.head_manifest(dst) is not None:
         return
     manifest = await client.get_manifest(src)
