@@ -141,15 +141,21 @@ async def push_index(client: RegistryClient, source: Reference, children: Sequen
     """Push the index to every tag; children live in ``source`` and are copied to other repos.
     Returns (digest, the exact bytes pushed, media type).
 
-    In three steps, so that no tag moves until every repository holds everything:
-
-    1. every child (config, layers, manifest) is copied into every tag's repository;
-    2. the index is pushed by its digest into every tag's repository;
-    3. only then is each tag moved to the index (a small PUT of a manifest the registry has).
-
-    A failure in step 1 or 2 leaves every tag as it was. One in step 3 (the registry refusing
-    one tag's PUT) raises :class:`RegistryError` naming the tags already moved.
+    :func:`stage_index` then :func:`move_tags`, so that no tag moves until every repository
+    holds everything; a caller that must not be interrupted half-way through moving the tags
+    (Ctrl-C) can call the two itself and protect only the second.
     """
+    digest, body, media_type = await stage_index(client, source, children, tags)
+    await move_tags(client, tags, body, media_type)
+    return digest, body, media_type
+
+
+async def stage_index(client: RegistryClient, source: Reference, children: Sequence[ChildImage],
+                      tags: Sequence[Reference]) -> tuple[str, bytes, str]:
+    """Put everything the tags will need in place without moving any tag: every child
+    (config, layers, manifest) into every tag's repository, then the index by its digest into
+    each of them. Returns (digest, the exact bytes, media type). A failure here leaves every
+    tag as it was."""
     body, media_type = assemble(children)
     digest = sha256_digest(body)
     repos: list[Reference] = []
@@ -162,6 +168,14 @@ async def push_index(client: RegistryClient, source: Reference, children: Sequen
                 await copy_manifest(client, source.with_digest(child.digest), repo.with_digest(child.digest))
     for repo in repos:
         await client.put_manifest(repo.with_digest(digest), body, media_type)
+    return digest, body, media_type
+
+
+async def move_tags(client: RegistryClient, tags: Sequence[Reference], body: bytes, media_type: str) -> None:
+    """Point every tag at the index :func:`stage_index` put in place (one small PUT each, of a
+    manifest the registry already has). A failure after some tags moved keeps its type (it
+    decides the exit code) and says which tags moved."""
+    digest = sha256_digest(body)
     moved: list[str] = []
     for tag in tags:
         try:
@@ -169,12 +183,11 @@ async def push_index(client: RegistryClient, source: Reference, children: Sequen
         except ArchfleetError as exc:
             if not moved:
                 raise
-            told = copy.copy(exc)  # the same type (it decides the exit code), saying what moved
+            told = copy.copy(exc)  # the same type, saying what moved
             told.args = (f"{exc}; the index {digest} is already under {', '.join(moved)}, "
                          f"not under {tag} or the tags after it",)
             raise told from None
         moved.append(str(tag))
-    return digest, body, media_type
 
 
 async def copy_manifest(client: RegistryClient, src: Reference, dst: Reference) -> None:

@@ -127,3 +127,23 @@ def test_a_tag_refused_after_others_moved_says_which_moved():
     with pytest.raises(RegistryError) as err:
         asyncio.run(go())
     assert "already under registry.test/src:1" in str(err.value) and "not under registry.test/src:2" in str(err.value)
+
+
+def test_stage_index_moves_no_tag_and_move_tags_moves_them_all():
+    from archfleet.index import move_tags, stage_index
+
+    fake = FakeRegistry(HOST)
+    children = _two_children(fake)
+    tags = [parse_reference(f"{HOST}/a:1"), parse_reference(f"{HOST}/src:1")]
+
+    async def go():
+        async with RegistryClient(transport=httpx.MockTransport(fake), docker_config=CONFIG) as c:
+            digest, body, media_type = await stage_index(c, parse_reference(f"{HOST}/src"), children, tags)
+            staged = {key for key in fake.manifests if not key[1].startswith("sha256:")}
+            await move_tags(c, tags, body, media_type)
+            return digest, staged
+
+    digest, staged = asyncio.run(go())
+    assert staged == set()  # staging touched no tag
+    assert {("a", digest), ("src", digest)} <= set(fake.manifests)
+    assert fake.manifests[("a", "1")][0] == fake.manifests[("src", "1")][0] == fake.manifests[("a", digest)][0]
