@@ -17,8 +17,7 @@ import attrs
 
 import docker.auth
 
-from .errors import BuildFailed, EnvironmentProblem, InfrastructureError
-from .errors import RegistryError
+from .errors import BuildFailed, InfrastructureError, RegistryError
 from .model import BuildRequest
 from .platforms import Platform
 from .reference import Reference

@@ -522,7 +522,7 @@ class RegistryClient:
                 creds = await self._credentials(host)
                 if params.get("error") == "insufficient_scope" and creds:
                     raise RegistryRefused(
-                        f"registry {credential_name(host)} does not let these credentials do {scope or 'that'}; "
+                        f"registry {credential_name(host)} does not let these credentials {_scope_words(scope)}; "
                         f"run {login_hint(host)} with an account that may", 401)
                 raise RegistryRefused(
                     f"registry {credential_name(host)} refused the credentials from the Docker config; run "
@@ -745,6 +745,17 @@ def _path_of(location: str) -> str:
     """Upload locations may be absolute URLs; keep path and query."""
     url = httpx.URL(location)
     return url.raw_path.decode() if url.is_absolute_url else location
+
+
+def _scope_words(scope: str) -> str:
+    """``repository:a/b:pull,push`` -> "push to a/b", for messages."""
+    out = []
+    for item in scope.split():
+        kind, _, rest = item.partition(":")
+        name, _, actions = rest.rpartition(":")
+        if kind == "repository" and name:
+            out.append(("push to " if "push" in actions.split(",") else "pull from ") + name)
+    return " and ".join(out) or "do that"
 
 
 def _subject(method: str, path: str) -> str:
