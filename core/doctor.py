@@ -13,11 +13,11 @@ import time
 import attrs
 
 from . import binfmt, engine
-from .errors import ArchfleetError
+from .errors import ArchfleetError, RegistryRefused
 from .hookcall import call_first, resolve
 from .platforms import parse
 from .reference import Reference
-from .registry import RegistryClient
+from .registry import RegistryClient, login_hint
 from .transport import LocalTransport
 
 WANTED_EMULATORS = ("linux/arm64", "linux/arm/v7", "linux/s390x", "linux/ppc64le", "linux/riscv64")
@@ -92,15 +92,16 @@ async def check_registry(host: str, insecure: tuple[str, ...]) -> list[Check]:
                 fix = f"start the registry at {host}, or check the address and firewall"
                 if not client.plain_http_allowed(host):
                     fix += f"; if it speaks plain HTTP, pass --insecure-registry {host}"
-            elif "credentials" in text:
-                fix = f"run `docker login {host}`"
+            elif isinstance(exc, RegistryRefused):
+                fix = f"run {login_hint(host)} with an account that may push there"
             else:
                 fix = "check the registry's address and logs"
             return [Check("FAIL", f"registry {host}", text.replace(f"registry {host} ", ""), fix)]
-        scheme = client._schemes.get(host, "https")
+        scheme = client.scheme_of(host) or "https"
         if scheme == "http" and not client.plain_http_allowed(host):
             return [Check("FAIL", f"registry {host}", "speaks plain HTTP only", f"pass --insecure-registry {host}")]
-        note = "plain HTTP (loopback or --insecure-registry)" if scheme == "http" else "HTTPS"
+        note = {"http": "plain HTTP (loopback or --insecure-registry)", "https": "HTTPS"}.get(
+            scheme, f"{scheme} (loopback or --insecure-registry)")
         return [Check("ok", f"registry {host}", f"reachable over {note}; credentials accepted for push")]
 
 
