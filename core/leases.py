@@ -18,8 +18,8 @@ trusted (review finding 1, a symlink attack; finding 8, a denial of service):
 - a directory is used only when it is a real directory (never a symlink: opened with
   ``O_NOFOLLOW``, or ``[ -L ]`` and ``stat`` in the node-side scripts) owned by this user or
   by root, and, when others may write in it, sticky. Only the last path component is created
-  (``os.mkdir``, ``mkdir`` without ``-p``), and only a directory that passed that check and is
-  this user's own is ever chmod-ed;
+  (``os.mkdir``, ``mkdir`` without ``-p``), and only a directory this run just made (a real
+  directory, this user's) is ever chmod-ed: never an existing one, whatever it is;
 - when ``/tmp/archfleet-leases`` or its per-engine directory fails the check (a symlink, a file,
   another user's directory), this user's leases go to a private directory instead:
   ``$XDG_RUNTIME_DIR/archfleet-leases`` (when that is set, this user's and writable by nobody
@@ -83,7 +83,7 @@ def shared_root() -> str:
 # shell twin of the Python checks below:
 #   ok DIR   DIR is a real directory (no link), ours or root's, sticky if others may write in it
 #   own DIR  ... and ours, and nobody else may write in it
-#   mk DIR MODE  make DIR (the last component only); chmod it to MODE when it is ours; then ok
+#   mk DIR MODE  make DIR (the last component only; chmod-ed to MODE when this made it); then ok
 #   priv     p = the private root ($XDG_RUNTIME_DIR/archfleet-leases, else ~/.cache/archfleet-leases)
 #   pick ROOT KEY [make]  d = ROOT/KEY when both pass ok, else the private root's KEY (made 0700)
 _PRELUDE = r"""u=$(id -u)
@@ -98,8 +98,7 @@ ok() {
 }
 own() { ok "$1" && [ "$o" = "$u" ] && [ $((0x$m & 0x12)) = 0 ]; }
 mk() {
-  mkdir -- "$1" 2>/dev/null
-  if [ -d "$1" ] && ! [ -L "$1" ] && [ -O "$1" ]; then chmod "$2" -- "$1" 2>/dev/null; fi
+  if mkdir -- "$1" 2>/dev/null && [ -d "$1" ] && ! [ -L "$1" ] && [ -O "$1" ]; then chmod "$2" -- "$1"; fi
   ok "$1"
 }
 priv() {
@@ -236,11 +235,14 @@ def _usable(st: os.stat_result, private: bool = False) -> bool:
 
 
 def _subdir(parent: int, name: str, make: bool, mode: int) -> int | None:
-    """An open fd of directory ``name`` in ``parent`` (made first when ``make``; chmod-ed to
-    ``mode`` when it is ours), None when it does not exist; raises _Unusable when it fails the check."""
+    """An open fd of directory ``name`` in ``parent`` (made first when ``make``, then, when this
+    call made it, chmod-ed to ``mode`` through the checked fd), None when it does not exist;
+    raises _Unusable when it fails the check."""
+    made = False
     if make:
         try:
             os.mkdir(name, 0o700, dir_fd=parent)
+            made = True
         except FileExistsError:
             pass
         except OSError as exc:
@@ -255,7 +257,7 @@ def _subdir(parent: int, name: str, make: bool, mode: int) -> int | None:
         raise _Unusable(str(exc)) from exc
     try:
         st = os.fstat(fd)
-        if make and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
+        if made and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
             os.fchmod(fd, mode)
             st = os.fstat(fd)
         if not _usable(st):

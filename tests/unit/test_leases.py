@@ -446,3 +446,17 @@ def test_the_lease_root_test_hook(tmp_path, monkeypatch):
     name = asyncio.run(leases.take(LocalTransport(), node, 5.0))
     assert (tmp_path / "r" / leases.engine_key(node) / name).is_file()
     asyncio.run(leases.drop(LocalTransport(), node, name))
+
+
+@pytest.mark.parametrize("mode,used", [(0o755, True), (0o777, False)])
+@pytest.mark.parametrize("transport_cls,node", PATHS)
+def test_an_existing_directory_is_never_chmod_ed(tmp_path, private_root, transport_cls, node, mode, used):
+    """Rule: only a directory the run itself just made is chmod-ed (so ARCHFLEET_LEASE_ROOT=/var by
+    mistake cannot make /var world-writable). An existing one of the caller's is used as it is
+    when nobody else may write in it (0755), and not at all when others may but it is not sticky
+    (0777): then the private root."""
+    root = tmp_path / "leases"
+    root.mkdir()
+    root.chmod(mode)
+    lease_life(transport_cls("n1"), node, root, where=root if used else private_root)
+    assert stat.S_IMODE(root.stat().st_mode) == mode
