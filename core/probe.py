@@ -8,12 +8,12 @@ script. Both the local and the SSH transport use this, so their numbers compare.
 
 from __future__ import annotations
 
-import json
-import os
+import asyncio
+import math
 import time
 from pathlib import Path
 
-from . import binfmt, engine, leases, linkrate
+from . import binfmt, cachefile, engine, leases, linkrate
 from .model import NodeFacts, NodeSpec
 from .platforms import PlatformError, from_uname
 
@@ -60,28 +60,26 @@ def _cache_file() -> Path:
 
 
 def cached_score(key: str) -> float | None:
+    """The node's benchmark score if measured within ``SCORE_TTL`` (finite and positive)."""
+    entry = cachefile.read_json(_cache_file()).get(key)
     try:
-        doc = json.loads(_cache_file().read_text())
-        entry = doc.get(key)
-        if entry and time.time() - entry["at"] < SCORE_TTL:
-            return float(entry["score"])
-    except (OSError, ValueError, KeyError, TypeError):
+        if entry and time.time() - float(entry["at"]) < SCORE_TTL:
+            score = float(entry["score"])
+            if math.isfinite(score) and score > 0:
+                return score
+    except (KeyError, TypeError, ValueError):
         pass
     return None
 
 
 def store_score(key: str, score: float) -> None:
-    path = _cache_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            doc = {}
+    """Keep the score (under the file's lock, replaced whole: two runs probing at once keep both
+    nodes' scores); a cache dir that cannot be written only means it is measured again."""
+    def put(doc: dict) -> None:
         doc[key] = {"score": score, "at": time.time()}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(path)  # atomic: two runs at once never see half a file
+
+    try:
+        cachefile.update_json(_cache_file(), put)
     except OSError:
         pass
 
@@ -92,7 +90,7 @@ def score_key(node: NodeSpec) -> str:
 
 async def benchmark(transport, node: NodeSpec) -> float | None:
     key = score_key(node)
-    score = cached_score(key)
+    score = await asyncio.to_thread(cached_score, key)
     if score is not None:
         return score
     done = await transport.run(["sh", "-c", BENCH_SCRIPT], timeout=120)
@@ -100,13 +98,14 @@ async def benchmark(transport, node: NodeSpec) -> float | None:
     if not done.ok or not us or not us.isdigit() or int(us) <= 0:
         return None
     score = round(BENCH_REFERENCE_US / int(us), 3)
-    store_score(key, score)
+    await asyncio.to_thread(store_score, key, score)
     return score
 
 
 async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_argv=True) -> NodeFacts:
     """Facts of ``node`` through ``transport`` (already connected)."""
-    done = await transport.run(["sh", "-c", FACTS_SCRIPT, "sh", leases.ROOT, leases.engine_key(node)], timeout=60)
+    done = await transport.run(["sh", "-c", FACTS_SCRIPT, "sh", leases.shared_root(), leases.engine_key(node)],
+                               timeout=60)
     if not done.ok:
         return NodeFacts(node, False, error=f"probe failed: {done.last_line()}")
     raw = parse_facts(done.tail)
