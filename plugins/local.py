@@ -10,7 +10,7 @@ import platform as _platform
 
 from archfleet.api import (
     LocalTransport, NodeFacts, NodeSpec, PlatformError, benchmark, binfmt, discover_cli, from_uname, hookimpl,
-    local_candidates, read_local_leases,
+    local_candidates, native_platforms, read_cpu_flags, read_local_leases,
 )
 
 TRANSPORT = "local"
@@ -71,7 +71,7 @@ async def _probe(node: NodeSpec) -> NodeFacts:
         cli, reasons = await cli_task
         score = await benchmark(transport, node)
         handlers = binfmt.read_handlers()
-        natives = native.native_also()
+        natives = native_platforms(_platform.machine(), read_cpu_flags())
         emulated = tuple(p for p in binfmt.emulated_platforms(handlers) if p not in natives)
         try:
             load = os.getloadavg()[0]
