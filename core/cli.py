@@ -10,13 +10,14 @@ import asyncio
 import json
 import os
 import platform as _platform
+import subprocess
 import sys
 from pathlib import Path
 
 import click
 
 from . import platforms as plat
-from .errors import ArchfleetError, UsageError
+from .errors import ArchfleetError, EnvironmentProblem, UsageError
 from .inventory import Config
 from .model import BuildRequest
 from .planner import parse_pins
@@ -265,45 +266,71 @@ def binfmt(install, uninstall):
     """Show, register or remove QEMU binfmt_misc handlers (qemu-user-static, fix-binary flag)."""
     from . import binfmt as bf
 
+    mount = bf.MOUNT
+    install_platforms = _platform_list("--install", install) if install and install.strip() != "all" else ()
+    uninstall_platforms = _platform_list("--uninstall", uninstall) if uninstall else ()
+    for flag, platforms in (("--install", install_platforms), ("--uninstall", uninstall_platforms)):
+        for p in platforms:
+            if not plat.emulable(p):
+                raise UsageError(f"{flag} {p}: QEMU's handlers emulate "
+                                 + (f"linux/{p.architecture} only, not the {p.variant} level" if p.qemu_arch
+                                    else f"no {p.architecture} CPU"))
     try:
-        bf.ensure_mounted()
-    except Exception as exc:
-        raise UsageError(f"cannot mount binfmt_misc at {bf.MOUNT} ({exc}); are you root?") from None
-    confs = bf.available_confs()
+        bf.ensure_mounted(mount)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise EnvironmentProblem(f"cannot mount binfmt_misc at {mount} ({_why(exc)}); run as root") from None
     if install:
+        confs = bf.available_confs(bf.CONF_DIRS)
         if not confs:
-            raise UsageError("no QEMU handlers found in /usr/lib/binfmt.d; install qemu-user-static")
+            raise EnvironmentProblem(f"no QEMU handlers found in {bf.CONF_DIRS[0]}; install qemu-user-static")
         if install.strip() == "all":
             wanted = sorted(confs)
         else:
             wanted = []
-            for p in _platform_list("--install", install):
+            for p in install_platforms:
                 name = bf.conf_for(p)
                 if name not in confs:
-                    raise UsageError(f"--install: qemu-user-static has no handler for {p}")
+                    raise EnvironmentProblem(f"--install {p}: qemu-user-static has no {name}.conf in "
+                                             f"{bf.CONF_DIRS[0]}")
                 wanted.append(name)
-        native = {bf.conf_for(p) for p in plat.from_uname(_platform.machine()).native_also()}
+        native = {bf.conf_for(p) for p in plat.native_platforms(_platform.machine())}
         for name in wanted:
             if name in native:
                 continue
             try:
-                added = bf.register(confs[name])
-            except OSError as exc:
-                raise UsageError(f"cannot register {name}: {exc}; are you root?") from None
-            click.echo(f"{'installed' if added else 'present'}: {name}")
+                state = bf.register(confs[name], mount)
+            except (OSError, ValueError) as exc:
+                raise EnvironmentProblem(f"cannot register {name}: {_why(exc)}; run as root") from None
+            click.echo(f"{state}: {name}" + (" (now with the fix-binary flag F)" if state == "re-registered" else ""))
     if uninstall:
-        for p in _platform_list("--uninstall", uninstall):
+        for p in uninstall_platforms:
             name = bf.conf_for(p)
-            if name and bf.unregister(name):
-                click.echo(f"removed: {name}")
+            try:
+                removed = bf.unregister(name, mount)
+            except OSError as exc:
+                raise EnvironmentProblem(f"cannot unregister {name}: {_why(exc)}; run as root") from None
+            click.echo(f"{'removed' if removed else 'not registered'}: {name}")
     if not install and not uninstall:
-        handlers = [h for h in bf.read_handlers() if h.name.startswith("qemu-")]
+        handlers = [h for h in bf.read_handlers(mount) if h.name.startswith("qemu-")]
         for h in handlers:
-            state = "enabled" if h.enabled else "disabled"
-            ok = "" if h.usable_in_containers else " (not usable in containers: no F flag)"
-            click.echo(f"{h.name}: {state} flags={h.flags} -> {','.join(map(str, h.platforms))}{ok}")
+            note = ""
+            if not h.enabled:
+                note = " (disabled: not usable)"
+            elif not h.usable_in_containers:
+                first = h.platforms[0] if h.platforms else None
+                note = (" (not usable in containers: no F flag; "
+                        + (f"`archfleet binfmt --install {first}` re-registers it with F)" if first else "re-register it with F)"))
+            click.echo(f"{h.name}: {'enabled' if h.enabled else 'disabled'} flags={h.flags} -> "
+                       f"{','.join(map(str, h.platforms)) or '-'}{note}")
         if not handlers:
             click.echo("no QEMU handlers registered; run `archfleet binfmt --install all`")
+
+
+def _why(exc: BaseException) -> str:
+    """The reason in an OS error without the path (the message names the handler already)."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        return (exc.stderr or b"").decode(errors="replace").strip() or f"mount exited {exc.returncode}"
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 @cli.command(name="plugins")

@@ -13,6 +13,7 @@ from typing import Sequence
 import attrs
 
 from . import index as index_mod
+from . import platforms as plat
 from .errors import ArchfleetError, BuildFailed, EnvironmentProblem, UsageError
 from .context import cache_days
 from .dockerfile import analyse
@@ -72,23 +73,36 @@ async def offers(pm, request: BuildRequest, facts: dict[str, NodeFacts]) -> list
 
 
 def unplannable_reason(platform, planned: "Planned") -> str:
-    """Why nobody can build ``platform``, and what to do."""
+    """Why nobody can build ``platform``, and what to do (one line).
+
+    Per node: unreachable, no builder, a QEMU handler that is registered but unusable in
+    containers (no ``F`` flag: ``archfleet binfmt --install`` re-registers it), a platform no QEMU
+    handler emulates (an amd64 level above the CPU's: installing a handler would not help), or
+    no handler at all."""
     pinned = [o for o in planned.pinned_out if o.platform == platform]
     if pinned:
         return (f"no option for {platform} is allowed by --strategy/--node (offered: "
                 + ", ".join(str(o) for o in pinned) + ")")
     reasons = []
-    could_emulate = False
+    fix = None
     for f in planned.facts.values():
+        problem = dict(f.emulation_problems).get(platform)
         if not f.reachable:
             reasons.append(f"{f.name}: unreachable ({f.error})")
         elif not f.builder:
             reasons.append(f"{f.name}: {f.error}")
+        elif problem:
+            reasons.append(f"{f.name}: {problem}")
+            fix = fix or f"run `archfleet binfmt --install {platform}` as root there: it re-registers the handler with F"
+        elif not plat.emulable(platform):
+            reasons.append(f"{f.name}: its CPU does not run {platform}" + (
+                f" (x86-64-{platform.variant} needs {plat.X86_64_LEVEL_NEEDS[int(platform.variant[1:])]})"
+                if platform.architecture == "amd64" and platform.variant else "")
+                + " and no QEMU handler emulates it")
         else:
-            could_emulate = True
             reasons.append(f"{f.name}: not native and no qemu-{platform.qemu_arch} handler")
-    hint = f"; run `archfleet binfmt --install {platform}`" if could_emulate and platform.qemu_arch else ""
-    return f"no node can build {platform} ({'; '.join(reasons) or 'no nodes'}){hint}"
+            fix = fix or f"run `archfleet binfmt --install {platform}`"
+    return f"no node can build {platform} ({'; '.join(reasons) or 'no nodes'})" + (f"; {fix}" if fix else "")
 
 
 @attrs.frozen

@@ -120,6 +120,7 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
         return NodeFacts(node, False, error=f"{node.source}: arch = {node.arch} but the node says it is "
                                             f"{native} (uname -m: {raw.get('machine')}); fix or remove 'arch'")
     emulated = tuple(p for p in binfmt.emulated_platforms(raw["binfmt"]) if p not in natives)
+    problems = tuple((p, why) for p, why in binfmt.unusable(raw["binfmt"]) if p not in natives)
     cli, reasons = await engine.discover_cli(transport, candidates)
     version = None
     error = None
@@ -141,7 +142,8 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
             return default
 
     return NodeFacts(
-        node, True, error=error, native=natives, emulated=emulated, engine_version=version,
+        node, True, error=error, native=natives, emulated=emulated, emulation_problems=problems,
+        engine_version=version,
         engine_cli=cli.argv if cli else (), builder=cli.mode if cli else None,
         cpus=num("cpus", int, 1), memory=num("mem", int, 0), load=num("load", float, 0.0), score=score,
         busy=leases.parse(raw["lease"]), link_rate=linkrate.measured(score_key(node)),
