@@ -12,6 +12,7 @@ import os
 import platform as _platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -21,54 +22,143 @@ from .errors import ArchfleetError, EnvironmentProblem, UsageError
 from .inventory import Config
 from .model import BuildRequest
 from .planner import parse_pins
-from .reference import parse_reference
+from .reference import child_ref, parse_push_target, parse_registry_host
 
 
 def _fail_param(param: str, message: str) -> UsageError:
     return UsageError(f"{param}: {message}")
 
 
-def _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
-                  metadata_file, insecure_registry, allow_partial, engine_cli, pins=(), report=None) -> BuildRequest:
-    context = Path(path)
-    if not context.exists():
-        raise _fail_param("PATH", f"build context {path!r} does not exist")
-    if not context.is_dir():
-        raise _fail_param("PATH", f"build context {path!r} is not a directory")
-    dockerfile = Path(file) if file else context / "Dockerfile"
-    if not dockerfile.is_file():
-        raise _fail_param("--file", f"Dockerfile {str(dockerfile)!r} not found"
-                          + ("" if file else "; name it with -f"))
+def _not_utf8(flag: str, value: str) -> str | None:
+    """One line when ``value`` (from argv, decoded with surrogate escapes) is not UTF-8."""
     try:
-        platforms = plat.parse_list(list(platform)) if platform else (plat.from_uname(_platform.machine()),)
-    except plat.PlatformError as exc:
-        raise _fail_param("--platform", str(exc)) from None
-    if not platforms:
-        raise _fail_param("--platform", "no platform given")
-    for t in tag:
-        parse_reference(t, what="--tag")
+        value.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        offset = len(value[:exc.start].encode("utf-8", "surrogateescape"))
+        return f"{flag} {value!r}: not UTF-8 at byte {offset}; archfleet takes UTF-8 names and values"
+
+
+def _writable_file(flag: str, value: str) -> None:
+    """A file archfleet writes after the build (``--metadata-file``, ``--report``) must be
+    writable now: its directory exists and takes a new file (tried with a temporary file, which
+    also holds for root on a read-only or special filesystem), or the file itself opens for
+    appending (its content is left as it is)."""
+    target = Path(value)
+    parent = target.absolute().parent
+    if not parent.is_dir():
+        raise _fail_param(flag, f"directory {str(parent)!r} does not exist; create it first")
+    if target.is_dir():
+        raise _fail_param(flag, f"{value!r} is a directory; name a file")
+    try:
+        if target.exists():
+            with open(target, "ab"):
+                pass
+        else:
+            with tempfile.NamedTemporaryFile(dir=parent, prefix=".archfleet-check-"):
+                pass
+    except OSError as exc:
+        raise _fail_param(flag, f"cannot write {value!r}: {exc.strerror}") from None
+
+
+def _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
+                  metadata_file, insecure_registry, allow_partial, engine_cli, pin_flags=((), ()),
+                  report=None) -> BuildRequest:
+    """The :class:`BuildRequest` for ``build``/``plan``, every flag checked first.
+
+    Everything the flags alone decide is checked in this one pass, before any node is probed or
+    anything built: paths (exist, writable, UTF-8), platforms (Linux, known), tags (distribution's
+    grammar, no digest, the per-platform child tags fit 128 characters), build args, labels,
+    registries, ``--push`` with a tag, the syntax of ``--strategy``/``--node`` (``pin_flags``: their
+    values; which nodes and strategies exist is checked in ``make_plan``, before probing). All
+    problems found are reported together, as one line (``; ``-separated), with
+    :class:`UsageError` (exit 2)."""
+    problems: list[str] = []
+
+    def check(fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as exc:
+            problems.append(str(exc))
+            return None
+
+    values = [("PATH", path), ("--file", file), ("--target", target), ("--metadata-file", metadata_file),
+              ("--report", report), ("--engine-cli", engine_cli)]
+    values += [(flag, v) for flag, many in (("--platform", platform), ("--tag", tag), ("--build-arg", build_arg),
+                                            ("--label", label), ("--insecure-registry", insecure_registry),
+                                            ("--strategy", pin_flags[0]), ("--node", pin_flags[1]))
+               for v in many]
+    bad = set()
+    for flag, value in values:
+        message = _not_utf8(flag, value) if value is not None else None
+        if message:
+            bad.add(flag)
+            problems.append(message)
+
+    context = Path(path)
+    dockerfile = Path(file) if file else context / "Dockerfile"
+    if "PATH" not in bad:
+        if not context.exists():
+            problems.append(f"PATH: build context {path!r} does not exist")
+        elif not context.is_dir():
+            problems.append(f"PATH: build context {path!r} is not a directory")
+        elif "--file" not in bad and not dockerfile.is_file():
+            problems.append(f"--file: Dockerfile {str(dockerfile)!r} not found" + ("" if file else "; name it with -f"))
+    platforms: tuple = ()
+    if "--platform" not in bad:
+        try:
+            platforms = plat.parse_list(list(platform)) if platform else (plat.from_uname(_platform.machine()),)
+            if not platforms:
+                problems.append("--platform: no platform given")
+        except plat.PlatformError as exc:
+            problems.append(f"--platform: {exc}")
+    if "--tag" not in bad:
+        refs = [check(parse_push_target, t, what="--tag") for t in tag]
+        if refs and refs[0] is not None and platforms:
+            # children are pushed as <first tag>-<os>-<arch>[-<variant>]: the longest must fit
+            check(child_ref, refs[0], max((p.tag_suffix for p in platforms), key=len))
+    pins = ()
+    if "--strategy" not in bad and "--node" not in bad:
+        pins = check(parse_pins, *pin_flags) or ()
+    if push and not tag:
+        problems.append("--push: name where to push with -t/--tag")
     args = []
     for item in build_arg:
         key, eq, value = item.partition("=")
-        if not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
-            raise _fail_param("--build-arg", f"{item!r} is not NAME=VALUE")
+        if _not_utf8("--build-arg", item):
+            continue  # said above
+        if not key or not key.replace("_", "a").isalnum() or key[0].isdigit() or not key.isascii():
+            problems.append(f"--build-arg: {item!r} is not NAME=VALUE")
+            continue
         if not eq:
             if key not in os.environ:
                 continue  # like docker: a bare NAME takes its value from the environment, if set
             value = os.environ[key]
+            if _not_utf8(f"--build-arg {key}", value):
+                problems.append(f"--build-arg {key}: the value of ${key} is not UTF-8")
+                continue
         args.append((key, value))
     labels = []
     for item in label:
         key, eq, value = item.partition("=")
+        if _not_utf8("--label", item):
+            continue  # said above
         if not key or not eq:
-            raise _fail_param("--label", f"{item!r} is not KEY=VALUE")
+            problems.append(f"--label: {item!r} is not KEY=VALUE")
+            continue
         labels.append((key, value))
-    if metadata_file:
-        parent = Path(metadata_file).resolve().parent
-        if not parent.is_dir():
-            raise _fail_param("--metadata-file", f"directory {str(parent)!r} does not exist")
-    if report and not Path(report).resolve().parent.is_dir():
-        raise _fail_param("--report", f"directory {str(Path(report).resolve().parent)!r} does not exist")
+    if target is not None and not target.strip():
+        problems.append("--target: name a stage")
+    if "--insecure-registry" not in bad:
+        for host in insecure_registry:
+            check(parse_registry_host, host, what="--insecure-registry")
+    for flag, value in (("--metadata-file", metadata_file), ("--report", report)):
+        if value and flag not in bad:
+            check(_writable_file, flag, value)
+    if metadata_file and report and Path(metadata_file).absolute() == Path(report).absolute():
+        problems.append(f"--report: {report!r} is also the --metadata-file; name two files")
+    if problems:
+        raise UsageError("; ".join(dict.fromkeys(problems)))
     return BuildRequest(
         context=context.resolve(), dockerfile=dockerfile.resolve(), platforms=platforms, tags=tuple(tag),
         build_args=args, labels=labels, target=target, push=push, no_cache=no_cache, pull=pull, progress=progress,
@@ -95,8 +185,8 @@ def build_options(fn):
         click.option("--progress", type=click.Choice(["auto", "plain", "tty", "quiet"]), default="auto",
                      show_default=True, help="Progress output."),
         click.option("-q", "--quiet", is_flag=True, help="Print only the index digest (or image ids)."),
-        click.option("--metadata-file", type=click.Path(dir_okay=False), help="Write build results as JSON here."),
-        click.option("--report", type=click.Path(dir_okay=False), metavar="FILE.html",
+        click.option("--metadata-file", metavar="FILE", help="Write build results as JSON here."),
+        click.option("--report", metavar="FILE.html",
                      help="Write a self-contained HTML report: timeline per node, planned vs actual."),
         click.option("--insecure-registry", multiple=True, metavar="HOST[:PORT]",
                      help="Allow plain HTTP to this registry (loopback registries always are)."),
@@ -118,9 +208,11 @@ def build_options(fn):
 
 
 def _config(nodes, engine_cli, local) -> Config:
+    """The nodes configuration; a ``./nodes.toml`` left unread is said in one stderr line."""
     from .inventory import make_config
 
-    return make_config(nodes=nodes, engine_cli=engine_cli, local=local)
+    return make_config(nodes=nodes, engine_cli=engine_cli, local=local,
+                       note=lambda line: click.echo(f"archfleet: warning: {line}", err=True))
 
 
 def _run(pm, coro):
@@ -148,7 +240,7 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
         progress = "quiet"
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
-                            parse_pins(pin_strategy, pin_node), report)
+                            (pin_strategy, pin_node), report)
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
     reporter = make_reporter(progress)
@@ -181,7 +273,7 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
 
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
-                            parse_pins(pin_strategy, pin_node), report)
+                            (pin_strategy, pin_node), report)
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
     planned = _run(pm, make_plan(pm, request, config))
@@ -206,6 +298,7 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
             "unplannable": [{"platform": str(pl), "why": unplannable_reason(pl, planned)} for pl, _ in p.unplannable],
         }
         click.echo(json.dumps(doc, indent=2))
+        _fail_unplannable(planned)
         return
     rows = [("PLATFORM", "CHOSEN", "EST", "FINISH", "WHY")]
     for s in p.chosen:
@@ -218,8 +311,15 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
     click.echo(f"makespan: {p.makespan:.1f}s ({'exact search' if p.exact else 'greedy schedule'})")
     for pl, _ in p.unplannable:
         click.echo(f"{pl}: CANNOT BUILD: {unplannable_reason(pl, planned)}")
-    if p.unplannable:
-        sys.exit(3)
+    _fail_unplannable(planned)
+
+
+def _fail_unplannable(planned) -> None:
+    """Exit 3 with one stderr line when some platform has no option (what ``build`` says too)."""
+    from .pipeline import unplannable_reason
+
+    if planned.plan.unplannable:
+        raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in planned.plan.unplannable))
 
 
 @cli.command(name="ls")
@@ -379,8 +479,9 @@ def doctor(registries, insecure_registry, engine_cli, local, nodes_file):
     from .plugin import get_manager
 
     for host in registries:
-        if not host or "/" in host:
-            raise UsageError(f"--registry {host!r}: give HOST[:PORT] only")
+        parse_registry_host(host, what="--registry")
+    for host in insecure_registry:
+        parse_registry_host(host, what="--insecure-registry")
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
     checks = _run(pm, doc.run(pm, config, tuple(registries), tuple(insecure_registry), engine_cli))

@@ -20,17 +20,19 @@ from .dockerfile import analyse
 from .executor import Executor
 from .hookcall import PluginError, call_each, call_first, resolve
 from .inventory import Config, collect_nodes
-from .model import BuildRequest, ChildImage, NodeFacts, Option, PlatformResult
+from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
 from .history import HistoryView, view_for
-from .planner import Plan, apply_pins, node_speed, refine, schedule
+from .planner import Plan, apply_pins, check_pins, node_speed, refine, schedule
 from .progress import Reporter
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
 
 
-async def probe(pm, config: Config) -> dict[str, NodeFacts]:
-    """Every enabled node's facts, probed concurrently. Unreachable nodes are kept, marked."""
-    nodes = collect_nodes(pm, config)
+async def probe(pm, config: Config, nodes: list[NodeSpec] | None = None) -> dict[str, NodeFacts]:
+    """Every enabled node's facts (``nodes``, else the inventory's), probed concurrently.
+    Unreachable nodes are kept, marked."""
+    if nodes is None:
+        nodes = collect_nodes(pm, config)
 
     async def one(node):
         try:
@@ -115,16 +117,36 @@ class Planned:
 
 
 async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
-    analyse(request)  # a Dockerfile error is the user's: report it before probing anything
+    """Probe, offer, estimate and schedule.
+
+    What the input alone decides is checked before any node is probed: the Dockerfile, and the
+    ``--node``/``--strategy`` pins (a platform being built, a node the inventory has, ``cross``
+    only for a Dockerfile that cross-compiles). A pinned strategy no plugin names is refused
+    once the offers are in (a plugin's strategy name need not be its plugin name)."""
+    analysis = analyse(request)  # a Dockerfile error is the user's: report it before probing anything
+    nodes = collect_nodes(pm, config)
+    check_pins(request.pins, request.platforms, [n.name for n in nodes])
+    for pin in request.pins:
+        if pin.strategy == "cross" and "cross" in _offering_plugins(pm) and not analysis.cross:
+            raise UsageError(f"{pin.flag}: {request.dockerfile.name} cannot cross-compile: no stage it builds "
+                             "runs on $BUILDPLATFORM (use FROM --platform=$BUILDPLATFORM for the build stages, "
+                             "or drop --strategy cross)")
     view_task = asyncio.create_task(asyncio.to_thread(view_for, request))
-    facts = await probe(pm, config)
+    facts = await probe(pm, config, nodes)
     view = await view_task
     offered = refine(pm, await offers(pm, request, facts), request, facts, view)
+    check_pins(request.pins, request.platforms, [n.name for n in nodes],
+               strategies=_offering_plugins(pm) | {o.strategy for o in offered})
     options = apply_pins(offered, request.pins)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
     busy = {name: f.busy for name, f in facts.items() if f.busy}  # slots other archfleet runs hold
     plan = schedule(request.platforms, options, capacity, busy)
     return Planned(facts, tuple(options), plan, view, tuple(o for o in offered if o not in options))
+
+
+def _offering_plugins(pm) -> set[str]:
+    """Names of the registered plugins that implement ``archfleet_offer`` (the strategies)."""
+    return {impl.plugin_name for impl in pm.hook.archfleet_offer.get_hookimpls()}
 
 
 @attrs.frozen

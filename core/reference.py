@@ -138,6 +138,17 @@ def child_ref(ref: Reference, suffix: str, *, what: str = "--tag") -> Reference:
     return ref.with_tag(tag)
 
 
+def parse_registry_host(text: str, *, what: str = "--insecure-registry") -> str:
+    """A registry given alone (``HOST[:PORT]``, as ``--insecure-registry`` and ``doctor --registry``
+    take it): checked like a reference's registry part, port 1-65535. Returns it unchanged."""
+    m = _DOMAIN.fullmatch(text) if text.isascii() else None
+    if m is None:
+        raise UsageError(f"{what} {text!r}: give HOST[:PORT] only, e.g. 10.0.0.5:5000")
+    if m.group(1) is not None and not 1 <= int(m.group(1)) <= 65535:
+        raise UsageError(f"{what} {text!r}: port {m.group(1)} is not 1-65535")
+    return text
+
+
 def is_loopback_host(registry: str) -> bool:
     """True for ``localhost``, 127.0.0.0/8 and ::1, with or without a port."""
     host = registry
