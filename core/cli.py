@@ -543,6 +543,8 @@ def main(argv=None) -> int:
 
 
 def _say(message: str) -> None:
+    # one line whatever a value in the message holds (click quotes an unknown option as given)
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
     sys.stderr.write(f"archfleet: error: {message}\n")
 
 
