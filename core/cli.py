@@ -232,7 +232,7 @@ def cli():
 def build(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
           report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node):
     """Build PATH for every --platform on the fastest nodes and (with --push) publish the index."""
-    from .pipeline import build as run_build, write_metadata
+    from .pipeline import build as run_build, check_request, write_metadata
     from .plugin import get_manager
     from .progress import make_reporter
 
@@ -243,6 +243,7 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
                             (pin_strategy, pin_node), report)
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
+    check_request(pm, request, config)  # pins and the Dockerfile, before the registry is asked
     reporter = make_reporter(progress)
     try:
         summary = _run(pm, run_build(pm, request, config, reporter))

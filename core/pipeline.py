@@ -95,7 +95,8 @@ def unplannable_reason(platform, planned: "Planned") -> str:
             reasons.append(f"{f.name}: {f.error}")
         elif problem:
             reasons.append(f"{f.name}: {problem}")
-            fix = fix or f"run `archfleet binfmt --install {platform}` as root there: it re-registers the handler with F"
+            where = "this machine" if f.node.transport == "local" else f"node {f.name}"
+            fix = fix or f"run `archfleet binfmt --install {platform}` as root on {where}: it re-registers the handler with F"
         elif not plat.emulable(platform):
             reasons.append(f"{f.name}: its CPU does not run {platform}" + (
                 f" (x86-64-{platform.variant} needs {plat.X86_64_LEVEL_NEEDS[int(platform.variant[1:])]})"
@@ -116,13 +117,11 @@ class Planned:
     pinned_out: tuple[Option, ...] = ()  # offered, but excluded by --strategy/--node
 
 
-async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
-    """Probe, offer, estimate and schedule.
-
-    What the input alone decides is checked before any node is probed: the Dockerfile, and the
-    ``--node``/``--strategy`` pins (a platform being built, a node the inventory has, ``cross``
-    only for a Dockerfile that cross-compiles). A pinned strategy no plugin names is refused
-    once the offers are in (a plugin's strategy name need not be its plugin name)."""
+def check_request(pm, request: BuildRequest, config: Config) -> list[NodeSpec]:
+    """What the input alone decides, checked before any node is probed or registry asked: the
+    Dockerfile, and the ``--node``/``--strategy`` pins (a platform being built, a node the
+    inventory has, ``cross`` only for a Dockerfile that cross-compiles). Raises
+    :class:`UsageError`; returns the inventory's enabled nodes. Cheap: call it again freely."""
     analysis = analyse(request)  # a Dockerfile error is the user's: report it before probing anything
     nodes = collect_nodes(pm, config)
     check_pins(request.pins, request.platforms, [n.name for n in nodes])
@@ -131,6 +130,14 @@ async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
             raise UsageError(f"{pin.flag}: {request.dockerfile.name} cannot cross-compile: no stage it builds "
                              "runs on $BUILDPLATFORM (use FROM --platform=$BUILDPLATFORM for the build stages, "
                              "or drop --strategy cross)")
+    return nodes
+
+
+async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
+    """Probe, offer, estimate and schedule, after :func:`check_request`. A pinned strategy no
+    plugin names is refused once the offers are in (a plugin's strategy name need not be its
+    plugin name)."""
+    nodes = check_request(pm, request, config)
     view_task = asyncio.create_task(asyncio.to_thread(view_for, request))
     facts = await probe(pm, config, nodes)
     view = await view_task

@@ -133,7 +133,7 @@ def test_build_error_names_the_missing_F_flag_not_a_missing_handler():
     assert "no qemu-s390x handler" not in line
     assert line == ("no node can build linux/s390x (local: qemu-s390x is registered without the fix-binary flag F, "
                     "so it cannot start programs inside containers (RUN steps fail)); run `archfleet binfmt --install "
-                    "linux/s390x` as root there: it re-registers the handler with F")
+                    "linux/s390x` as root on this machine: it re-registers the handler with F")
 
 
 def test_no_binfmt_advice_for_a_level_no_handler_emulates():

@@ -174,3 +174,15 @@ def test_debug_shows_the_traceback_of_usage_errors(capsys, monkeypatch):
     with pytest.raises(UsageError, match="--push: name where to push"):
         cli.main(["build", "--push", "ctx"])
     assert capsys.readouterr().err.startswith("archfleet: error: --push: name where to push")
+
+
+def test_build_checks_pins_before_asking_the_registry(capsys, monkeypatch):
+    """A pin naming no node is the input's fault: exit 2 even when the registry would fail too."""
+    from archfleet.registry import RegistryClient
+
+    async def unreachable(*args, **kwargs):
+        raise AssertionError("the registry was asked before the pins were checked")
+
+    monkeypatch.setattr(RegistryClient, "check_access", unreachable)
+    assert one_error(capsys, "build", "--node", "nosuch", "-t", "127.0.0.1:5999/cli/x:y", "--push", "ctx") == (
+        "--node 'nosuch': no node named 'nosuch' (known: local; see archfleet ls)")
