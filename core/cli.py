@@ -70,9 +70,9 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
     anything built: paths (exist, writable, UTF-8), platforms (Linux, known), tags (distribution's
     grammar, no digest, the per-platform child tags fit 128 characters), build args, labels,
     registries, ``--push`` with a tag, the syntax of ``--strategy``/``--node`` (``pin_flags``: their
-    values; which nodes and strategies exist is checked in ``make_plan``, before probing). All
-    problems found are reported together, as one line (``; ``-separated), with
-    :class:`UsageError` (exit 2)."""
+    values; which nodes and strategies exist is ``pipeline.check_request``'s job). All problems
+    found are reported together, as one line (``; ``-separated), with :class:`UsageError`
+    (exit 2); values that are not UTF-8 are reported first, alone."""
     problems: list[str] = []
 
     def check(fn, *args, **kwargs):
@@ -84,76 +84,65 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
 
     values = [("PATH", path), ("--file", file), ("--target", target), ("--metadata-file", metadata_file),
               ("--report", report), ("--engine-cli", engine_cli)]
-    values += [(flag, v) for flag, many in (("--platform", platform), ("--tag", tag), ("--build-arg", build_arg),
+    # build-arg values may be secrets: only their names are ever repeated in a message
+    values += [(f"--build-arg {item.partition('=')[0]!r}", item.partition("=")[0]) for item in build_arg]
+    values += [(flag, v) for flag, many in (("--platform", platform), ("--tag", tag),
                                             ("--label", label), ("--insecure-registry", insecure_registry),
                                             ("--strategy", pin_flags[0]), ("--node", pin_flags[1]))
                for v in many]
-    bad = set()
-    for flag, value in values:
-        message = _not_utf8(flag, value) if value is not None else None
-        if message:
-            bad.add(flag)
-            problems.append(message)
+    encoding = [m for flag, value in values if value is not None and (m := _not_utf8(flag, value))]
+    if encoding:  # the other checks would only repeat these values
+        raise UsageError("; ".join(encoding))
 
     context = Path(path)
     dockerfile = Path(file) if file else context / "Dockerfile"
-    if "PATH" not in bad:
-        if not context.exists():
-            problems.append(f"PATH: build context {path!r} does not exist")
-        elif not context.is_dir():
-            problems.append(f"PATH: build context {path!r} is not a directory")
-        elif "--file" not in bad and not dockerfile.is_file():
-            problems.append(f"--file: Dockerfile {str(dockerfile)!r} not found" + ("" if file else "; name it with -f"))
+    if not context.exists():
+        problems.append(f"PATH: build context {path!r} does not exist")
+    elif not context.is_dir():
+        problems.append(f"PATH: build context {path!r} is not a directory")
+    elif not dockerfile.is_file():
+        problems.append(f"--file: Dockerfile {str(dockerfile)!r} not found" + ("" if file else "; name it with -f"))
     platforms: tuple = ()
-    if "--platform" not in bad:
-        try:
-            platforms = plat.parse_list(list(platform)) if platform else (plat.from_uname(_platform.machine()),)
-            if not platforms:
-                problems.append("--platform: no platform given")
-        except plat.PlatformError as exc:
-            problems.append(f"--platform: {exc}")
-    if "--tag" not in bad:
-        refs = [check(parse_push_target, t, what="--tag") for t in tag]
-        if refs and refs[0] is not None and platforms:
-            # children are pushed as <first tag>-<os>-<arch>[-<variant>]: the longest must fit
-            check(child_ref, refs[0], max((p.tag_suffix for p in platforms), key=len))
-    pins = ()
-    if "--strategy" not in bad and "--node" not in bad:
-        pins = check(parse_pins, *pin_flags) or ()
+    try:
+        platforms = plat.parse_list(list(platform)) if platform else (plat.from_uname(_platform.machine()),)
+        if not platforms:
+            problems.append("--platform: no platform given")
+    except plat.PlatformError as exc:
+        problems.append(f"--platform: {exc}")
+    refs = [check(parse_push_target, t, what="--tag") for t in tag]
+    if refs and refs[0] is not None and platforms:
+        # children are pushed as <first tag>-<os>-<arch>[-<variant>]: the longest must fit
+        check(child_ref, refs[0], max((p.tag_suffix for p in platforms), key=len))
+    pins = check(parse_pins, *pin_flags) or ()
     if push and not tag:
         problems.append("--push: name where to push with -t/--tag")
     args = []
     for item in build_arg:
         key, eq, value = item.partition("=")
-        if _not_utf8("--build-arg", item):
-            continue  # said above
         if not key or not key.replace("_", "a").isalnum() or key[0].isdigit() or not key.isascii():
-            problems.append(f"--build-arg: {item!r} is not NAME=VALUE")
+            problems.append(f"--build-arg: {key!r} is not a NAME (A-Z a-z 0-9 _, not starting with a digit)")
             continue
         if not eq:
             if key not in os.environ:
                 continue  # like docker: a bare NAME takes its value from the environment, if set
             value = os.environ[key]
-            if _not_utf8(f"--build-arg {key}", value):
-                problems.append(f"--build-arg {key}: the value of ${key} is not UTF-8")
-                continue
+        if _not_utf8("", value):
+            problems.append(f"--build-arg {key}: the value" + (f" of ${key}" if not eq else "") + " is not UTF-8")
+            continue
         args.append((key, value))
     labels = []
     for item in label:
         key, eq, value = item.partition("=")
-        if _not_utf8("--label", item):
-            continue  # said above
         if not key or not eq:
             problems.append(f"--label: {item!r} is not KEY=VALUE")
             continue
         labels.append((key, value))
     if target is not None and not target.strip():
         problems.append("--target: name a stage")
-    if "--insecure-registry" not in bad:
-        for host in insecure_registry:
-            check(parse_registry_host, host, what="--insecure-registry")
+    for host in insecure_registry:
+        check(parse_registry_host, host, what="--insecure-registry")
     for flag, value in (("--metadata-file", metadata_file), ("--report", report)):
-        if value and flag not in bad:
+        if value:
             check(_writable_file, flag, value)
     if metadata_file and report and Path(metadata_file).absolute() == Path(report).absolute():
         problems.append(f"--report: {report!r} is also the --metadata-file; name two files")

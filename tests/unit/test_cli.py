@@ -85,7 +85,17 @@ def test_every_problem_in_one_line(capsys):
     parts = message.split("; ")
     assert parts[0].startswith("--platform: unknown architecture 'foo'")
     assert parts[1].startswith("invalid --tag 'a:b c'")
-    assert parts[2:] == ["--build-arg: '1=2' is not NAME=VALUE", "--label: 'x' is not KEY=VALUE"]
+    assert parts[2:] == ["--build-arg: '1' is not a NAME (A-Z a-z 0-9 _, not starting with a digit)",
+                         "--label: 'x' is not KEY=VALUE"]
+
+
+def test_build_arg_values_are_never_repeated(capsys, monkeypatch):
+    """Build-arg values may be secrets: a message names the arg, never its value."""
+    secret = "hunter2-" + os.fsdecode(b"\xff")
+    monkeypatch.setenv("NPM_TOKEN", secret)
+    for argv in (["--build-arg", "1X=hunter2"], ["--build-arg", f"TOKEN={secret}"], ["--build-arg", "NPM_TOKEN"]):
+        message = one_error(capsys, "plan", *argv, "ctx")
+        assert "hunter2" not in message and message.startswith("--build-arg")
 
 
 @pytest.mark.parametrize("argv,message", [
