@@ -19,7 +19,7 @@ import click
 
 from . import platforms as plat
 from .errors import ArchfleetError, EnvironmentProblem, UsageError
-from .inventory import Config
+from .inventory import Config, not_utf8
 from .model import BuildRequest
 from .planner import parse_pins
 from .reference import child_ref, parse_push_target, parse_registry_host
@@ -27,16 +27,6 @@ from .reference import child_ref, parse_push_target, parse_registry_host
 
 def _fail_param(param: str, message: str) -> UsageError:
     return UsageError(f"{param}: {message}")
-
-
-def _not_utf8(flag: str, value: str) -> str | None:
-    """One line when ``value`` (from argv, decoded with surrogate escapes) is not UTF-8."""
-    try:
-        value.encode("utf-8")
-        return None
-    except UnicodeEncodeError as exc:
-        offset = len(value[:exc.start].encode("utf-8", "surrogateescape"))
-        return f"{flag} {value!r}: not UTF-8 at byte {offset}; archfleet takes UTF-8 names and values"
 
 
 def _writable_file(flag: str, value: str) -> None:
@@ -90,7 +80,7 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
                                             ("--label", label), ("--insecure-registry", insecure_registry),
                                             ("--strategy", pin_flags[0]), ("--node", pin_flags[1]))
                for v in many]
-    encoding = [m for flag, value in values if value is not None and (m := _not_utf8(flag, value))]
+    encoding = [m for flag, value in values if value is not None and (m := not_utf8(flag, value))]
     if encoding:  # the other checks would only repeat these values
         raise UsageError("; ".join(encoding))
 
@@ -126,7 +116,7 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
             if key not in os.environ:
                 continue  # like docker: a bare NAME takes its value from the environment, if set
             value = os.environ[key]
-        if _not_utf8("", value):
+        if not_utf8("", value):
             problems.append(f"--build-arg {key}: the value" + (f" of ${key}" if not eq else "") + " is not UTF-8")
             continue
         args.append((key, value))

@@ -76,7 +76,9 @@ def find_nodes_file(explicit: str | None) -> Path | None:
     :class:`UsageError` for a named file that does not exist."""
     for value, what in ((explicit, "--nodes"), (os.environ.get(ENV_NODES), f"${ENV_NODES}")):
         if value:
-            _check_text(what, value)
+            message = not_utf8(what, value)
+            if message:
+                raise UsageError(message)
             path = Path(value).expanduser()
             if not path.exists():
                 raise UsageError(f"{what}: {value}: no such file")
@@ -86,15 +88,21 @@ def find_nodes_file(explicit: str | None) -> Path | None:
 
 
 def ignored_local_file(used: Path | None) -> str | None:
-    """One line for a ``./nodes.toml`` that defines something and is not read, else None."""
+    """One line for a ``./nodes.toml`` that defines something and is not read, else None.
+    (Read without blocking: a FIFO or other special file there gets no note.)"""
     here = Path("nodes.toml")
     try:
         if used is not None and here.resolve() == used.resolve():
             return None
-        with open(here, "rb") as f:
-            head = f.read(MAX_BYTES)
+        fd = os.open(here, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        head = os.read(fd, MAX_BYTES) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        head = b""
+    finally:
+        os.close(fd)
     if not re.search(rb"(?m)^\s*\[", head):
         return None  # only comments (an example): nothing is being left out
     return (f"./nodes.toml is not read unless you name it (it can run programs): pass --nodes nodes.toml "
@@ -115,12 +123,15 @@ def make_config(nodes: str | None = None, engine_cli: str | None = None, local: 
                   only_nodes=tuple(only_nodes))
 
 
-def _check_text(what: str, value: str) -> None:
-    """A value from argv or the environment that cannot be encoded back (not UTF-8) is refused."""
+def not_utf8(what: str, value: str) -> str | None:
+    """One line when ``value`` (from argv or the environment, where bytes that are not UTF-8
+    arrive as surrogate escapes) cannot be encoded as UTF-8, naming its byte offset; else None."""
     try:
         value.encode("utf-8")
+        return None
     except UnicodeEncodeError as exc:
-        raise UsageError(f"{what}: {value!r} is not UTF-8 at byte {exc.start}") from None
+        offset = len(value[:exc.start].encode("utf-8"))
+        return f"{what} {value!r}: not UTF-8 at byte {offset}; archfleet takes UTF-8 names and values"
 
 
 def read_trusted(path: Path) -> str:

@@ -116,6 +116,13 @@ def test_comment_only_nodes_toml_needs_no_note(tmp_path, monkeypatch):
     assert ignored_local_file(None) is None
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dir"])
+def test_a_special_nodes_toml_in_the_working_directory_neither_hangs_nor_crashes(tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo("nodes.toml") if kind == "fifo" else os.mkdir("nodes.toml")
+    assert ignored_local_file(None) is None
+
+
 def test_relative_engine_cli_is_relative_to_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir("/")
     nodes = load_nodes_file(write(tmp_path, HOSTILE))
