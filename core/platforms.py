@@ -245,29 +245,18 @@ def parse(text: str) -> Platform:
     for syntax, then dropped: nothing here builds for it). Raises :class:`PlatformError` with one
     line naming the value."""
     original = text
-    text = text.strip()
-    parts = text.split("/")
-    os_match = _OS.fullmatch(parts[0]) if len(parts) > 1 else None
-    if (not text or len(parts) > 3 or not all(_PART.fullmatch(p) for p in parts[1:])
-            or (len(parts) > 1 and os_match is None) or (len(parts) == 1 and not _PART.fullmatch(parts[0]))):
+    parts = text.strip().split("/")
+    os_part = _OS.fullmatch(parts[0])
+    if len(parts) > 3 or os_part is None or not all(_PART.fullmatch(p) for p in parts[1:]):
         raise PlatformError(f"invalid platform {original!r}: expected os/arch[/variant], e.g. linux/arm64")
+    name, versioned = os_part.group(1).lower(), os_part.group(2) is not None
     if len(parts) == 1:
-        p = parts[0].lower()
-        if p in _ARCH_ALIASES:
-            return _normalise("linux", p, None, original)
-        if p in KNOWN_OSES:
-            raise PlatformError(f"platform {original!r} names only an OS; add the architecture (e.g. {p}/amd64)")
-        return _normalise("linux", p, None, original)
-    os_name = os_match.group(1)
-    if os_match.group(2) or os_match.group(3):
-        if os_name.lower() in _ARCH_ALIASES:
-            raise PlatformError(f"invalid platform {original!r}: only an OS takes a (version)")
-    if len(parts) == 2:
-        if os_name.lower() in KNOWN_OSES or os_name.lower() == "macos" or os_match.group(2) is not None:
-            return _normalise(os_name, parts[1], None, original)
-        # "arm64/v8", "arm/v7": architecture/variant with the OS left out.
-        return _normalise("linux", parts[0], parts[1], original)
-    return _normalise(os_name, parts[1], parts[2], original)
+        if versioned or name in KNOWN_OSES:
+            raise PlatformError(f"platform {original!r} names only an OS; add the architecture (e.g. {name}/amd64)")
+        return _normalise("linux", name, None, original)
+    if len(parts) == 2 and not versioned and name not in KNOWN_OSES and name != "macos":
+        return _normalise("linux", parts[0], parts[1], original)  # "arm64/v8": arch/variant, OS left out
+    return _normalise(name, parts[1], parts[2] if len(parts) == 3 else None, original)
 
 
 def parse_target(text: str) -> Platform:
@@ -321,7 +310,8 @@ def native_platforms(machine: str, cpu_flags: str | None = None) -> tuple[Platfo
     base = from_uname(machine)
     if base.architecture != "amd64":
         return base.native_also()
-    top = Platform(base.os, "amd64", f"v{x86_64_level(cpu_flags)}" if x86_64_level(cpu_flags) > 1 else "")
+    level = x86_64_level(cpu_flags)
+    top = Platform(base.os, "amd64", f"v{level}" if level > 1 else "")
     return (base,) + tuple(p for p in top.native_also() if p != base)
 
 
