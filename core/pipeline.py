@@ -22,7 +22,7 @@ from .hookcall import PluginError, call_each, call_first, resolve
 from .inventory import Config, collect_nodes
 from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
 from .history import HistoryView, view_for
-from .planner import Plan, apply_pins, check_pins, node_speed, refine, schedule
+from .planner import Plan, apply_pins, check_pin_strategies, check_pins, node_speed, refine, schedule
 from .progress import Reporter
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
@@ -142,8 +142,7 @@ async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
     facts = await probe(pm, config, nodes)
     view = await view_task
     offered = refine(pm, await offers(pm, request, facts), request, facts, view)
-    check_pins(request.pins, request.platforms, [n.name for n in nodes],
-               strategies=_offering_plugins(pm) | {o.strategy for o in offered})
+    check_pin_strategies(request.pins, _offering_plugins(pm) | {o.strategy for o in offered})
     options = apply_pins(offered, request.pins)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
     busy = {name: f.busy for name, f in facts.items() if f.busy}  # slots other archfleet runs hold

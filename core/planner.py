@@ -108,11 +108,9 @@ def parse_pins(strategies: Sequence[str], nodes: Sequence[str]) -> tuple[Pin, ..
     return tuple(pins)
 
 
-def check_pins(pins: Sequence[Pin], platforms: Sequence[Platform], nodes: Sequence[str],
-               strategies: Iterable[str] | None = None) -> None:
-    """Every pin names a platform being built, a node that exists and is enabled (``nodes``), and,
-    when ``strategies`` is given, a strategy some plugin offers. Raises :class:`UsageError`
-    naming the flag and what exists, for the first pin that does not."""
+def check_pins(pins: Sequence[Pin], platforms: Sequence[Platform], nodes: Sequence[str]) -> None:
+    """Every pin names a platform being built and a node that exists and is enabled (``nodes``).
+    Raises :class:`UsageError` naming the flag and what exists, for the first pin that does not."""
     for pin in pins:
         if pin.platform is not None and pin.platform not in platforms:
             raise UsageError(f"{pin.flag}: {pin.platform} is not being built (--platform: "
@@ -120,12 +118,16 @@ def check_pins(pins: Sequence[Pin], platforms: Sequence[Platform], nodes: Sequen
         if pin.node is not None and pin.node not in nodes:
             raise UsageError(f"{pin.flag}: no node named {pin.node!r} (known: {', '.join(nodes) or 'none'}; "
                              "see archfleet ls)")
-    if strategies is not None:
-        known = sorted(set(strategies))
-        for pin in pins:
-            if pin.strategy is not None and pin.strategy not in known:
-                raise UsageError(f"{pin.flag}: no strategy named {pin.strategy!r} (known: "
-                                 f"{', '.join(known) or 'none'}; see archfleet plugins)")
+
+
+def check_pin_strategies(pins: Sequence[Pin], strategies: Iterable[str]) -> None:
+    """Every pinned strategy is one of ``strategies`` (the plugins' and their offers' names).
+    Raises :class:`UsageError` naming the flag and the known strategies."""
+    known = sorted(set(strategies))
+    for pin in pins:
+        if pin.strategy is not None and pin.strategy not in known:
+            raise UsageError(f"{pin.flag}: no strategy named {pin.strategy!r} (known: "
+                             f"{', '.join(known) or 'none'}; see archfleet plugins)")
 
 
 def apply_pins(options: Iterable[Option], pins: Sequence[Pin]) -> list[Option]:
