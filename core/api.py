@@ -28,7 +28,7 @@ from .leases import read_local as read_local_leases
 from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
 from .nodebuild import LABEL_CONTEXT, LABEL_PLATFORM, build_and_push, child_tag, context_digest
 from .planner import LINK_RATE, QEMU_FACTOR, node_speed, prior_seconds, reference_work
-from .platforms import Platform, PlatformError, from_uname
+from .platforms import Platform, PlatformError, from_uname, native_platforms, read_cpu_flags
 from .platforms import parse as parse_platform
 from .probe import benchmark, probe_node, score_key
 from .progress import Reporter
@@ -51,7 +51,7 @@ __all__ = [
     "Placement",
     # transports and probing
     "Transport", "LocalTransport", "SSHTransport", "quote_argv", "probe_node", "benchmark", "discover_cli",
-    "local_candidates", "EngineCLI", "binfmt", "read_local_leases", "score_key",
+    "local_candidates", "EngineCLI", "binfmt", "native_platforms", "read_cpu_flags", "read_local_leases", "score_key",
     # registry
     "RegistryClient", "parse_reference", "verify_child",
 ]

@@ -12,7 +12,7 @@ from .context import snapshot_of
 from .dockerfile import analyse
 from .engine import EngineCLI
 from .model import BuildRequest, Option, PlatformResult
-from .reference import parse_reference
+from .reference import child_ref, parse_reference
 
 
 LABEL_CONTEXT = "org.archfleet.context-digest"
@@ -37,8 +37,7 @@ def child_tag(request: BuildRequest, option: Option) -> str | None:
     """
     if not request.tags:
         return None
-    ref = parse_reference(request.tags[0])
-    return str(ref.with_tag(f"{ref.tag}-{option.platform.tag_suffix}"))
+    return str(child_ref(parse_reference(request.tags[0]), option.platform.tag_suffix))
 
 
 async def build_and_push(option: Option, request: BuildRequest, context) -> PlatformResult:

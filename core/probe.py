@@ -15,10 +15,11 @@ from pathlib import Path
 
 from . import binfmt, cachefile, engine, leases, linkrate
 from .model import NodeFacts, NodeSpec
-from .platforms import PlatformError, from_uname
+from .platforms import PlatformError, from_uname, native_platforms
 
 FACTS_SCRIPT = r"""
 echo "machine=$(uname -m)"
+echo "cpuflags=$(sed -n 's/^flags[[:space:]]*: *//p' /proc/cpuinfo 2>/dev/null | head -n 1)"
 echo "cpus=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)"
 echo "mem=$(awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo 2>/dev/null)"
 echo "load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null)"
@@ -113,11 +114,12 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
         native = from_uname(raw.get("machine", ""))
     except PlatformError as exc:
         return NodeFacts(node, False, error=f"unsupported machine {raw.get('machine')!r}: {exc}")
-    if node.arch is not None and node.arch not in native.native_also():
+    natives = native_platforms(raw.get("machine", ""), raw.get("cpuflags"))
+    if node.arch is not None and node.arch not in natives:
         return NodeFacts(node, False, error=f"{node.source}: arch = {node.arch} but the node says it is "
                                             f"{native} (uname -m: {raw.get('machine')}); fix or remove 'arch'")
-    natives = native.native_also()
     emulated = tuple(p for p in binfmt.emulated_platforms(raw["binfmt"]) if p not in natives)
+    problems = tuple((p, why) for p, why in binfmt.unusable(raw["binfmt"]) if p not in natives)
     cli, reasons = await engine.discover_cli(transport, candidates)
     version = None
     error = None
@@ -139,7 +141,8 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
             return default
 
     return NodeFacts(
-        node, True, error=error, native=natives, emulated=emulated, engine_version=version,
+        node, True, error=error, native=natives, emulated=emulated, emulation_problems=problems,
+        engine_version=version,
         engine_cli=cli.argv if cli else (), builder=cli.mode if cli else None,
         cpus=num("cpus", int, 1), memory=num("mem", int, 0), load=num("load", float, 0.0), score=score,
         busy=leases.parse(raw["lease"]), link_rate=linkrate.measured(score_key(node)),
