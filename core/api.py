@@ -9,7 +9,7 @@ rule, so they are examples of what an outside plugin can do.
 """
 
 from . import binfmt
-from .dockerfile import Analysis, Stage
+from .dockerfile import Analysis, Placement, Stage
 from .dockerfile import analyse as analyse_dockerfile
 from .engine import EngineCLI, discover_cli, local_candidates
 from .errors import (
@@ -28,7 +28,7 @@ from .leases import read_local as read_local_leases
 from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
 from .nodebuild import LABEL_CONTEXT, LABEL_PLATFORM, build_and_push, child_tag, context_digest
 from .planner import LINK_RATE, QEMU_FACTOR, node_speed, prior_seconds, reference_work
-from .platforms import Platform, PlatformError, from_uname
+from .platforms import Platform, PlatformError, from_uname, native_platforms, read_cpu_flags
 from .platforms import parse as parse_platform
 from .probe import benchmark, probe_node, score_key
 from .progress import Reporter
@@ -48,9 +48,10 @@ __all__ = [
     # strategy helpers
     "build_and_push", "child_tag", "context_digest", "LABEL_CONTEXT", "LABEL_PLATFORM",
     "prior_seconds", "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "Analysis", "Stage",
+    "Placement",
     # transports and probing
     "Transport", "LocalTransport", "SSHTransport", "quote_argv", "probe_node", "benchmark", "discover_cli",
-    "local_candidates", "EngineCLI", "binfmt", "read_local_leases", "score_key",
+    "local_candidates", "EngineCLI", "binfmt", "native_platforms", "read_cpu_flags", "read_local_leases", "score_key",
     # registry
     "RegistryClient", "parse_reference", "verify_child",
 ]

@@ -2,7 +2,15 @@
 
 Registration writes the lines of ``/usr/lib/binfmt.d/qemu-*.conf`` (Debian's qemu-user-static)
 to ``register``, with the fix-binary flag ``F`` so the emulator works inside containers, like
-tonistiigi/binfmt does.
+tonistiigi/binfmt does. Without ``F`` the kernel opens the interpreter path when a program
+starts, inside the container's filesystem, where it does not exist: every ``RUN`` of that
+platform fails with "exec format error" or "no such file". A handler already registered without
+``F`` (as some distribution packages do) is re-registered with it, since the kernel cannot change
+the flags of an entry in place (linux/Documentation/admin-guide/binfmt-misc.rst: an entry is
+removed by writing ``-1`` to it).
+
+Every function takes ``mount`` (default ``/proc/sys/fs/binfmt_misc``) so tests can point it at a
+scratch directory holding ``register``, ``status`` and entry files.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from .platforms import Platform, from_qemu_name
 
 MOUNT = Path("/proc/sys/fs/binfmt_misc")
 CONF_DIRS = (Path("/usr/lib/binfmt.d"), Path("/etc/binfmt.d"))
+
+NO_F = "the fix-binary flag F"
 
 
 @attrs.frozen
@@ -36,6 +46,16 @@ class Handler:
     def usable_in_containers(self) -> bool:
         """Without F the kernel opens the interpreter path inside the container, where it is missing."""
         return self.enabled and "F" in self.flags
+
+    @property
+    def problem(self) -> str | None:
+        """One line saying why this handler cannot emulate inside containers, or None if it can."""
+        if not self.enabled:
+            return f"{self.name} is registered but disabled"
+        if "F" not in self.flags:
+            return (f"{self.name} is registered without {NO_F}, so it cannot start programs inside "
+                    "containers (RUN steps fail)")
+        return None
 
 
 def parse_entry(name: str, text: str) -> Handler:
@@ -63,7 +83,7 @@ def read_handlers(mount: Path = MOUNT) -> list[Handler]:
             continue
         try:
             out.append(parse_entry(name, (mount / name).read_text()))
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             continue
     return out
 
@@ -76,6 +96,17 @@ def emulated_platforms(handlers: list[Handler]) -> tuple[Platform, ...]:
     return tuple(out)
 
 
+def unusable(handlers: list[Handler]) -> tuple[tuple[Platform, str], ...]:
+    """``(platform, why)`` for every platform whose handler is registered but cannot emulate
+    inside containers (disabled, or no ``F``) and that no usable handler covers."""
+    usable = set(emulated_platforms(handlers))
+    out: list[tuple[Platform, str]] = []
+    for h in handlers:
+        if h.problem:
+            out.extend((p, h.problem) for p in h.platforms if p not in usable and p not in dict(out))
+    return tuple(out)
+
+
 def ensure_mounted(mount: Path = MOUNT) -> None:
     if (mount / "register").exists():
         return
@@ -83,10 +114,10 @@ def ensure_mounted(mount: Path = MOUNT) -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def available_confs() -> dict[str, Path]:
+def available_confs(dirs: tuple[Path, ...] = CONF_DIRS) -> dict[str, Path]:
     """qemu handler name -> its conf file, from qemu-user-static's binfmt.d files."""
     found: dict[str, Path] = {}
-    for directory in CONF_DIRS:
+    for directory in dirs:
         if directory.is_dir():
             for conf in sorted(directory.glob("qemu-*.conf")):
                 found.setdefault(conf.stem, conf)
@@ -97,20 +128,34 @@ def conf_for(platform: Platform) -> str | None:
     return f"qemu-{platform.qemu_arch}" if platform.qemu_arch else None
 
 
-def register(conf: Path, mount: Path = MOUNT) -> bool:
-    """Register one handler (with F added); False if it was already registered."""
+def register(conf: Path, mount: Path = MOUNT) -> str:
+    """Register one handler from its conf file, with ``F`` added.
+
+    Returns ``"installed"`` (there was none), ``"present"`` (one is registered, enabled and has
+    ``F``: left alone) or ``"re-registered"`` (one was registered disabled or without ``F``: it
+    is removed and registered again from ``conf`` with ``F``). Raises OSError when the kernel
+    refuses (not root), ValueError when ``conf`` holds no registration line."""
     name = conf.stem
-    if (mount / name).exists():
-        return False
-    line = next(l for l in conf.read_text().splitlines() if l.startswith(":"))
+    entry = mount / name
+    state = "installed"
+    if entry.exists():
+        if parse_entry(name, entry.read_text()).usable_in_containers:
+            return "present"
+        state = "re-registered"
+    line = next((l for l in conf.read_text().splitlines() if l.startswith(":")), None)
+    if line is None:
+        raise ValueError(f"{conf} holds no ':name:type:...' registration line")
     fields = line.split(":")
     if "F" not in fields[-1]:
         fields[-1] += "F"
+    if state == "re-registered":
+        entry.write_text("-1")
     (mount / "register").write_text(":".join(fields))
-    return True
+    return state
 
 
 def unregister(name: str, mount: Path = MOUNT) -> bool:
+    """Remove handler ``name``; False if it was not registered. Raises OSError (not root)."""
     path = mount / name
     if not path.exists():
         return False

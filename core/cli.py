@@ -11,64 +11,134 @@ import json
 import os
 import platform as _platform
 import signal
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 
 from . import platforms as plat
-from .errors import ArchfleetError, Interrupted, UsageError
-from .inventory import Config
+from .errors import ArchfleetError, EnvironmentProblem, Interrupted, UsageError
+from .inventory import Config, not_utf8
 from .model import BuildRequest
 from .planner import parse_pins
-from .reference import parse_reference
+from .reference import child_ref, parse_push_target, parse_registry_host
 
 
 def _fail_param(param: str, message: str) -> UsageError:
     return UsageError(f"{param}: {message}")
 
 
+def _writable_file(flag: str, value: str) -> None:
+    """A file archfleet writes after the build (``--metadata-file``, ``--report``) must be
+    writable now: its directory exists and takes a new file (tried with a temporary file, which
+    also holds for root on a read-only or special filesystem), or the file itself opens for
+    appending (its content is left as it is)."""
+    target = Path(value)
+    parent = target.absolute().parent
+    if not parent.is_dir():
+        raise _fail_param(flag, f"directory {str(parent)!r} does not exist; create it first")
+    if target.is_dir():
+        raise _fail_param(flag, f"{value!r} is a directory; name a file")
+    try:
+        if target.exists():
+            with open(target, "ab"):
+                pass
+        else:
+            with tempfile.NamedTemporaryFile(dir=parent, prefix=".archfleet-check-"):
+                pass
+    except OSError as exc:
+        raise _fail_param(flag, f"cannot write {value!r}: {exc.strerror}") from None
+
+
 def _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
-                  metadata_file, insecure_registry, allow_partial, engine_cli, pins=(), report=None) -> BuildRequest:
+                  metadata_file, insecure_registry, allow_partial, engine_cli, pin_flags=((), ()),
+                  report=None) -> BuildRequest:
+    """The :class:`BuildRequest` for ``build``/``plan``, every flag checked first.
+
+    Everything the flags alone decide is checked in this one pass, before any node is probed or
+    anything built: paths (exist, writable, UTF-8), platforms (Linux, known), tags (distribution's
+    grammar, no digest, the per-platform child tags fit 128 characters), build args, labels,
+    registries, ``--push`` with a tag, the syntax of ``--strategy``/``--node`` (``pin_flags``: their
+    values; which nodes and strategies exist is ``pipeline.check_request``'s job). All problems
+    found are reported together, as one line (``; ``-separated), with :class:`UsageError`
+    (exit 2); values that are not UTF-8 are reported first, alone."""
+    problems: list[str] = []
+
+    def check(fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as exc:
+            problems.append(str(exc))
+            return None
+
+    values = [("PATH", path), ("--file", file), ("--target", target), ("--metadata-file", metadata_file),
+              ("--report", report), ("--engine-cli", engine_cli)]
+    # build-arg values may be secrets: only their names are ever repeated in a message
+    values += [(f"--build-arg {item.partition('=')[0]!r}", item.partition("=")[0]) for item in build_arg]
+    values += [(flag, v) for flag, many in (("--platform", platform), ("--tag", tag),
+                                            ("--label", label), ("--insecure-registry", insecure_registry),
+                                            ("--strategy", pin_flags[0]), ("--node", pin_flags[1]))
+               for v in many]
+    encoding = [m for flag, value in values if value is not None and (m := not_utf8(flag, value))]
+    if encoding:  # the other checks would only repeat these values
+        raise UsageError("; ".join(encoding))
+
     context = Path(path)
-    if not context.exists():
-        raise _fail_param("PATH", f"build context {path!r} does not exist")
-    if not context.is_dir():
-        raise _fail_param("PATH", f"build context {path!r} is not a directory")
     dockerfile = Path(file) if file else context / "Dockerfile"
-    if not dockerfile.is_file():
-        raise _fail_param("--file", f"Dockerfile {str(dockerfile)!r} not found"
-                          + ("" if file else "; name it with -f"))
+    if not context.exists():
+        problems.append(f"PATH: build context {path!r} does not exist")
+    elif not context.is_dir():
+        problems.append(f"PATH: build context {path!r} is not a directory")
+    elif not dockerfile.is_file():
+        problems.append(f"--file: Dockerfile {str(dockerfile)!r} not found" + ("" if file else "; name it with -f"))
+    platforms: tuple = ()
     try:
         platforms = plat.parse_list(list(platform)) if platform else (plat.from_uname(_platform.machine()),)
+        if not platforms:
+            problems.append("--platform: no platform given")
     except plat.PlatformError as exc:
-        raise _fail_param("--platform", str(exc)) from None
-    if not platforms:
-        raise _fail_param("--platform", "no platform given")
-    for t in tag:
-        parse_reference(t, what="--tag")
+        problems.append(f"--platform: {exc}")
+    refs = [check(parse_push_target, t, what="--tag") for t in tag]
+    if refs and refs[0] is not None and platforms:
+        # children are pushed as <first tag>-<os>-<arch>[-<variant>]: the longest must fit
+        check(child_ref, refs[0], max((p.tag_suffix for p in platforms), key=len))
+    pins = check(parse_pins, *pin_flags) or ()
+    if push and not tag:
+        problems.append("--push: name where to push with -t/--tag")
     args = []
     for item in build_arg:
         key, eq, value = item.partition("=")
-        if not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
-            raise _fail_param("--build-arg", f"{item!r} is not NAME=VALUE")
+        if not key or not key.replace("_", "a").isalnum() or key[0].isdigit() or not key.isascii():
+            problems.append(f"--build-arg: {key!r} is not a NAME (A-Z a-z 0-9 _, not starting with a digit)")
+            continue
         if not eq:
             if key not in os.environ:
                 continue  # like docker: a bare NAME takes its value from the environment, if set
             value = os.environ[key]
+        if not_utf8("", value):
+            problems.append(f"--build-arg {key}: the value" + (f" of ${key}" if not eq else "") + " is not UTF-8")
+            continue
         args.append((key, value))
     labels = []
     for item in label:
         key, eq, value = item.partition("=")
         if not key or not eq:
-            raise _fail_param("--label", f"{item!r} is not KEY=VALUE")
+            problems.append(f"--label: {item!r} is not KEY=VALUE")
+            continue
         labels.append((key, value))
-    if metadata_file:
-        parent = Path(metadata_file).resolve().parent
-        if not parent.is_dir():
-            raise _fail_param("--metadata-file", f"directory {str(parent)!r} does not exist")
-    if report and not Path(report).resolve().parent.is_dir():
-        raise _fail_param("--report", f"directory {str(Path(report).resolve().parent)!r} does not exist")
+    if target is not None and not target.strip():
+        problems.append("--target: name a stage")
+    for host in insecure_registry:
+        check(parse_registry_host, host, what="--insecure-registry")
+    for flag, value in (("--metadata-file", metadata_file), ("--report", report)):
+        if value:
+            check(_writable_file, flag, value)
+    if metadata_file and report and Path(metadata_file).absolute() == Path(report).absolute():
+        problems.append(f"--report: {report!r} is also the --metadata-file; name two files")
+    if problems:
+        raise UsageError("; ".join(dict.fromkeys(problems)))
     return BuildRequest(
         context=context.resolve(), dockerfile=dockerfile.resolve(), platforms=platforms, tags=tuple(tag),
         build_args=args, labels=labels, target=target, push=push, no_cache=no_cache, pull=pull, progress=progress,
@@ -95,8 +165,8 @@ def build_options(fn):
         click.option("--progress", type=click.Choice(["auto", "plain", "tty", "quiet"]), default="auto",
                      show_default=True, help="Progress output."),
         click.option("-q", "--quiet", is_flag=True, help="Print only the index digest (or image ids)."),
-        click.option("--metadata-file", type=click.Path(dir_okay=False), help="Write build results as JSON here."),
-        click.option("--report", type=click.Path(dir_okay=False), metavar="FILE.html",
+        click.option("--metadata-file", metavar="FILE", help="Write build results as JSON here."),
+        click.option("--report", metavar="FILE.html",
                      help="Write a self-contained HTML report: timeline per node, planned vs actual."),
         click.option("--insecure-registry", multiple=True, metavar="HOST[:PORT]",
                      help="Allow plain HTTP to this registry (loopback registries always are)."),
@@ -118,9 +188,11 @@ def build_options(fn):
 
 
 def _config(nodes, engine_cli, local) -> Config:
+    """The nodes configuration; a ``./nodes.toml`` left unread is said in one stderr line."""
     from .inventory import make_config
 
-    return make_config(nodes=nodes, engine_cli=engine_cli, local=local)
+    return make_config(nodes=nodes, engine_cli=engine_cli, local=local,
+                       note=lambda line: click.echo(f"archfleet: warning: {line}", err=True))
 
 
 def _run(pm, coro):
@@ -145,7 +217,7 @@ def cli():
 def build(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
           report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node):
     """Build PATH for every --platform on the fastest nodes and (with --push) publish the index."""
-    from .pipeline import RunState, build as run_build, write_metadata
+    from .pipeline import RunState, build as run_build, check_request, write_metadata
     from .plugin import get_manager
     from .progress import make_reporter
 
@@ -153,9 +225,10 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
         progress = "quiet"
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
-                            parse_pins(pin_strategy, pin_node), report)
+                            (pin_strategy, pin_node), report)
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
+    check_request(pm, request, config)  # pins and the Dockerfile, before the registry is asked
     reporter = make_reporter(progress)  # guarded: progress output never fails the build
     state = RunState()
     try:
@@ -192,7 +265,7 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
 
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
-                            parse_pins(pin_strategy, pin_node), report)
+                            (pin_strategy, pin_node), report)
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
     planned = _run(pm, make_plan(pm, request, config))
@@ -217,6 +290,7 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
             "unplannable": [{"platform": str(pl), "why": unplannable_reason(pl, planned)} for pl, _ in p.unplannable],
         }
         click.echo(json.dumps(doc, indent=2))
+        _fail_unplannable(planned)
         return
     rows = [("PLATFORM", "CHOSEN", "EST", "FINISH", "WHY")]
     for s in p.chosen:
@@ -229,8 +303,15 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
     click.echo(f"makespan: {p.makespan:.1f}s ({'exact search' if p.exact else 'greedy schedule'})")
     for pl, _ in p.unplannable:
         click.echo(f"{pl}: CANNOT BUILD: {unplannable_reason(pl, planned)}")
-    if p.unplannable:
-        sys.exit(3)
+    _fail_unplannable(planned)
+
+
+def _fail_unplannable(planned) -> None:
+    """Exit 3 with one stderr line when some platform has no option (what ``build`` says too)."""
+    from .pipeline import unplannable_reason
+
+    if planned.plan.unplannable:
+        raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in planned.plan.unplannable))
 
 
 @cli.command(name="ls")
@@ -277,45 +358,71 @@ def binfmt(install, uninstall):
     """Show, register or remove QEMU binfmt_misc handlers (qemu-user-static, fix-binary flag)."""
     from . import binfmt as bf
 
+    mount = bf.MOUNT
+    install_platforms = _platform_list("--install", install) if install and install.strip() != "all" else ()
+    uninstall_platforms = _platform_list("--uninstall", uninstall) if uninstall else ()
+    for flag, platforms in (("--install", install_platforms), ("--uninstall", uninstall_platforms)):
+        for p in platforms:
+            if not plat.emulable(p):
+                raise UsageError(f"{flag} {p}: QEMU's handlers emulate "
+                                 + (f"linux/{p.architecture} only, not the {p.variant} level" if p.qemu_arch
+                                    else f"no {p.architecture} CPU"))
     try:
-        bf.ensure_mounted()
-    except Exception as exc:
-        raise UsageError(f"cannot mount binfmt_misc at {bf.MOUNT} ({exc}); are you root?") from None
-    confs = bf.available_confs()
+        bf.ensure_mounted(mount)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise EnvironmentProblem(f"cannot mount binfmt_misc at {mount} ({_why(exc)}); run as root") from None
     if install:
+        confs = bf.available_confs(bf.CONF_DIRS)
         if not confs:
-            raise UsageError("no QEMU handlers found in /usr/lib/binfmt.d; install qemu-user-static")
+            raise EnvironmentProblem(f"no QEMU handlers found in {bf.CONF_DIRS[0]}; install qemu-user-static")
         if install.strip() == "all":
             wanted = sorted(confs)
         else:
             wanted = []
-            for p in _platform_list("--install", install):
+            for p in install_platforms:
                 name = bf.conf_for(p)
                 if name not in confs:
-                    raise UsageError(f"--install: qemu-user-static has no handler for {p}")
+                    raise EnvironmentProblem(f"--install {p}: qemu-user-static has no {name}.conf in "
+                                             f"{bf.CONF_DIRS[0]}")
                 wanted.append(name)
-        native = {bf.conf_for(p) for p in plat.from_uname(_platform.machine()).native_also()}
+        native = {bf.conf_for(p) for p in plat.native_platforms(_platform.machine())}
         for name in wanted:
             if name in native:
                 continue
             try:
-                added = bf.register(confs[name])
-            except OSError as exc:
-                raise UsageError(f"cannot register {name}: {exc}; are you root?") from None
-            click.echo(f"{'installed' if added else 'present'}: {name}")
+                state = bf.register(confs[name], mount)
+            except (OSError, ValueError) as exc:
+                raise EnvironmentProblem(f"cannot register {name}: {_why(exc)}; run as root") from None
+            click.echo(f"{state}: {name}" + (" (now with the fix-binary flag F)" if state == "re-registered" else ""))
     if uninstall:
-        for p in _platform_list("--uninstall", uninstall):
+        for p in uninstall_platforms:
             name = bf.conf_for(p)
-            if name and bf.unregister(name):
-                click.echo(f"removed: {name}")
+            try:
+                removed = bf.unregister(name, mount)
+            except OSError as exc:
+                raise EnvironmentProblem(f"cannot unregister {name}: {_why(exc)}; run as root") from None
+            click.echo(f"{'removed' if removed else 'not registered'}: {name}")
     if not install and not uninstall:
-        handlers = [h for h in bf.read_handlers() if h.name.startswith("qemu-")]
+        handlers = [h for h in bf.read_handlers(mount) if h.name.startswith("qemu-")]
         for h in handlers:
-            state = "enabled" if h.enabled else "disabled"
-            ok = "" if h.usable_in_containers else " (not usable in containers: no F flag)"
-            click.echo(f"{h.name}: {state} flags={h.flags} -> {','.join(map(str, h.platforms))}{ok}")
+            note = ""
+            if not h.enabled:
+                note = " (disabled: not usable)"
+            elif not h.usable_in_containers:
+                first = h.platforms[0] if h.platforms else None
+                note = (" (not usable in containers: no F flag; "
+                        + (f"`archfleet binfmt --install {first}` re-registers it with F)" if first else "re-register it with F)"))
+            click.echo(f"{h.name}: {'enabled' if h.enabled else 'disabled'} flags={h.flags} -> "
+                       f"{','.join(map(str, h.platforms)) or '-'}{note}")
         if not handlers:
             click.echo("no QEMU handlers registered; run `archfleet binfmt --install all`")
+
+
+def _why(exc: BaseException) -> str:
+    """The reason in an OS error without the path (the message names the handler already)."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        return (exc.stderr or b"").decode(errors="replace").strip() or f"mount exited {exc.returncode}"
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 @cli.command(name="plugins")
@@ -364,8 +471,9 @@ def doctor(registries, insecure_registry, engine_cli, local, nodes_file):
     from .plugin import get_manager
 
     for host in registries:
-        if not host or "/" in host:
-            raise UsageError(f"--registry {host!r}: give HOST[:PORT] only")
+        parse_registry_host(host, what="--registry")
+    for host in insecure_registry:
+        parse_registry_host(host, what="--insecure-registry")
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
     checks = _run(pm, doc.run(pm, config, tuple(registries), tuple(insecure_registry), engine_cli))
@@ -427,6 +535,8 @@ def main(argv=None) -> int:
 
 
 def _say(message: str) -> None:
+    # one line whatever a value in the message holds (click quotes an unknown option as given)
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
     sys.stderr.write(f"archfleet: error: {message}\n")
 
 

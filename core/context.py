@@ -1,5 +1,9 @@
-"""The build context: what is in it (honouring ``.dockerignore``), its digest, and getting it to
-a node without sending what the node already has.
+"""The build context: what is in it, its digest, and getting it to a node without sending what
+the node already has.
+
+What is in it follows BuildKit's ignore rule wherever archfleet reads the context (the
+snapshot, so the sync, the context digest and its label): ``<Dockerfile path>.dockerignore``
+beside the Dockerfile if it exists, else ``<context>/.dockerignore`` (:func:`ignore_file`).
 
 On the node, under ``~/.cache/archfleet/sync-v2/`` (relative to the SSH user's home):
 
@@ -7,23 +11,35 @@ On the node, under ``~/.cache/archfleet/sync-v2/`` (relative to the SSH user's h
   links share it);
 - ``ctx/<context digest>/tree/``: the context, every file a hard link to its blob;
 - ``ctx/<context digest>/Dockerfile``: the Dockerfile, beside the tree (it may live outside it);
-- ``ctx/<context digest>.ok``: written last.
+- ``ctx/<context digest>/Dockerfile.dockerignore``: the ignore file the snapshot applied, if any
+  (BuildKit on the node then applies the same one);
+- ``ctx/<context digest>.ok``: written last, and only when the tree is in place; a sync trusts
+  a marker only with its tree beside it.
 
-A tree is unpacked into a staging directory of its own and renamed into place in one step
-(``mv -T``), so two syncs at once (two platforms, or two coordinators) never see or break a
-half-made tree: the loser of the rename just removes its copy (same digest, same tree).
+A blob is never stored under a name its bytes do not have. The coordinator hashes each file
+again while it sends it and stops the sync with one :class:`UsageError` line naming the file
+when it is not what the snapshot hashed (rewritten, grown, shrunk, gone). On the node the stream
+unpacks into a staging directory of its own; new blobs move into ``blobs/`` only when the
+stream was complete (its last member, ``complete``, arrived) and ``sha256sum -c`` agrees with
+every new blob's name. A stream that ends early leaves nothing behind.
+
+The tree is then renamed into place in one step (``mv -T``), so two syncs at once (two
+platforms, or two coordinators) never see or break a half-made tree: the loser of the rename
+just removes its copy (same digest, same tree).
 
 The cache is bounded by age: a sync that finds its tree touches its ``.ok`` marker, and at most
 once a day per node the sync that unpacks a new tree also removes trees unused for
-``ARCHFLEET_NODE_CACHE_DAYS`` (default 14) and then every blob no remaining tree links (its link
-count is 1) that has not been linked or unlinked for an hour, so a sync that has just been told
-a blob is present does not lose it before linking it.
+``ARCHFLEET_NODE_CACHE_DAYS`` (default 14), each by one rename out of ``ctx/`` before deleting
+it, and then every blob no remaining tree links (its link count is 1) whose ctime is more than
+an hour old. A sync that is told a blob is present touches it (its ctime), so a prune between
+that answer and the sync's linking it keeps it.
 
 A sync is at most three round trips: is the tree there (done: one tiny command); which blobs are
-missing (names on stdin, missing names back); then one tar of the missing blobs followed by
-a tar of the layout, which has only headers: directories, symlinks and hard links to blobs.
-Both tars are made here from paths walked here, so no member can name anything outside the
-cache; ``tar`` on the node runs with ``--no-same-owner`` and never follows a symlink out.
+missing (names on stdin, missing names back); then one tar stream: the missing blobs with
+their checksums, then the layout, which has only headers: directories, symlinks and hard links
+to blobs. The stream is made here from paths walked here, so no member can name anything
+outside the cache; ``tar`` on the node runs with ``--no-same-owner`` and never follows a symlink
+out.
 """
 
 from __future__ import annotations
@@ -31,11 +47,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import io
 import os
 import secrets
 import stat
 import tarfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -47,6 +63,9 @@ from .errors import InfrastructureError, UsageError
 
 CACHE = ".cache/archfleet/sync-v2"  # bump the version when the layout changes
 CHUNK = 1 << 20
+# Hashed first into every context digest: bump it when what the digest covers changes, so a tree
+# made under the old rule is never taken for one made under the new (v3: the ignore file joined).
+DIGEST_VERSION = b"archfleet-context-v3\n"
 
 
 @attrs.frozen
@@ -69,7 +88,9 @@ class Snapshot:
     entries: tuple[Entry, ...]
     dockerfile: Entry
     dockerfile_path: Path
-    digest: str  # of the whole context + Dockerfile
+    digest: str  # of the whole context + Dockerfile (+ the ignore file applied)
+    ignore: Entry | None = None  # the ignore file applied, shipped as "Dockerfile.dockerignore"
+    ignore_path: Path | None = None  # where it was read
 
     @property
     def size(self) -> int:
@@ -84,28 +105,83 @@ def _hash_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _included(root: Path, dockerfile: Path) -> list[str]:
+IGNORE_SUFFIX = ".dockerignore"
+_BOM = b"\xef\xbb\xbf"
+
+
+def _own_ignore(dockerfile: Path) -> Path:
+    return Path(str(dockerfile) + IGNORE_SUFFIX)  # "app.Dockerfile" -> "app.Dockerfile.dockerignore"
+
+
+def ignore_file(root: Path, dockerfile: Path) -> Path | None:
+    """The ignore file BuildKit applies to this build, or None.
+
+    BuildKit's rule (the Dockerfile frontend's ``<Dockerfile name>.dockerignore``, also in the
+    built-in BuildKit of Docker 20.10): ``<dockerfile path>.dockerignore`` beside the Dockerfile,
+    wherever the Dockerfile lives (inside the context or not), if it exists; else
+    ``<context>/.dockerignore`` if it exists. Never both: the Dockerfile's own file wins.
+    Blocking (two stats)."""
+    own = _own_ignore(dockerfile)
+    if own.is_file():
+        return own
+    shared = root / ".dockerignore"
+    return shared if shared.is_file() else None
+
+
+def ignore_patterns(data: bytes) -> list[str]:
+    """The patterns of an ignore file's bytes, parsed as moby/patternmatcher's
+    ``ignorefile.ReadAll`` does: a UTF-8 BOM is dropped, a line *starting* with ``#`` is a
+    comment, the rest is trimmed, empty lines are skipped. Not UTF-8 is fine (decoded with
+    ``surrogateescape``, the way file names are, so a pattern matches the name it spells)."""
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    patterns = []
+    for line in data.decode("utf-8", "surrogateescape").split("\n"):  # Go's ScanLines: \n, then a \r dropped
+        line = line.removesuffix("\r")
+        if line.startswith("#"):
+            continue
+        line = line.strip()
+        if line:
+            patterns.append(line)
+    return patterns
+
+
+def _included(root: Path, dockerfile: Path, patterns: list[str]) -> list[str]:
     from docker.utils.build import exclude_paths
 
-    patterns: list[str] = []
-    ignore = root / ".dockerignore"
-    if ignore.is_file():
-        for line in ignore.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                patterns.append(line)
     rel_df = None
     try:
         rel_df = str(dockerfile.relative_to(root))
     except ValueError:
         pass
-    return sorted(exclude_paths(str(root), patterns, dockerfile=rel_df))
+    return sorted(exclude_paths(str(root), list(patterns), dockerfile=rel_df))
+
+
+def _read_ignore(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"ignore file {path}: cannot read it: {exc.strerror}") from None
+
+
+def _entry_line(e: Entry) -> bytes:
+    """One entry as hashed into the context digest: bytes, so any file name (not UTF-8 too)
+    hashes as the bytes the file system holds (``os.fsencode``)."""
+    return b"\0".join((e.kind.encode(), os.fsencode(e.path), f"{e.mode:o}".encode(), e.digest.encode(),
+                       os.fsencode(e.target))) + b"\n"
 
 
 def snapshot(root: Path, dockerfile: Path) -> Snapshot:
-    """Walk the context (blocking: call it in a thread)."""
+    """Walk the context (blocking: call it in a thread).
+
+    What is in it follows BuildKit's ignore rule (:func:`ignore_file`); the file that was
+    applied is part of the snapshot (``ignore``) and of its digest, and is shipped to SSH nodes
+    beside the Dockerfile, so BuildKit there applies the same rule to the same tree.
+    Raises :class:`UsageError` naming a file that cannot be read."""
+    ignore_path = ignore_file(root, dockerfile)
+    ignore_bytes = _read_ignore(ignore_path) if ignore_path else b""
     entries: list[Entry] = []
-    for rel in _included(root, dockerfile):
+    for rel in _included(root, dockerfile, ignore_patterns(ignore_bytes)):
         full = root / rel
         try:
             st = os.lstat(full)
@@ -114,18 +190,33 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
         mode = stat.S_IMODE(st.st_mode)
         if "\n" in rel or "\r" in rel:
             raise UsageError(f"context {root}: file name with a line break: {rel!r}")
-        if stat.S_ISLNK(st.st_mode):
-            entries.append(Entry(rel, "link", 0o777, target=os.readlink(full)))
-        elif stat.S_ISDIR(st.st_mode):
-            entries.append(Entry(rel, "dir", mode))
-        elif stat.S_ISREG(st.st_mode):
-            entries.append(Entry(rel, "file", mode, _hash_file(full), st.st_size))
-    df_stat = os.stat(dockerfile)
-    df = Entry("Dockerfile", "file", 0o644, _hash_file(dockerfile), df_stat.st_size)
-    h = hashlib.sha256()
-    for e in entries + [df]:
-        h.update(f"{e.kind}\0{e.path}\0{e.mode:o}\0{e.digest}\0{e.target}\n".encode())
-    return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest())
+        try:
+            if stat.S_ISLNK(st.st_mode):
+                entries.append(Entry(rel, "link", 0o777, target=os.readlink(full)))
+            elif stat.S_ISDIR(st.st_mode):
+                entries.append(Entry(rel, "dir", mode))
+            elif stat.S_ISREG(st.st_mode):
+                entries.append(Entry(rel, "file", mode, _hash_file(full), st.st_size))
+        except OSError as exc:
+            raise UsageError(f"context {root}: cannot read {rel}: {exc.strerror}") from None
+    try:
+        df = Entry("Dockerfile", "file", 0o644, _hash_file(dockerfile), os.stat(dockerfile).st_size)
+    except OSError as exc:
+        raise UsageError(f"Dockerfile {dockerfile}: cannot read it: {exc.strerror}") from None
+    ignore = None
+    if ignore_path is not None:
+        ignore = Entry("Dockerfile" + IGNORE_SUFFIX, "file", 0o644, hashlib.sha256(ignore_bytes).hexdigest(),
+                       len(ignore_bytes))
+    h = hashlib.sha256(DIGEST_VERSION)
+    for e in entries:
+        h.update(_entry_line(e))
+    h.update(b"--\n")  # the tree ends, what lies beside it follows (every entry line has NULs, this none)
+    for e in [df] + ([ignore] if ignore else []):
+        h.update(_entry_line(e))
+    return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest(), ignore, ignore_path)
+
+
+_hashing = threading.Lock()
 
 
 @functools.lru_cache(maxsize=8)
@@ -133,35 +224,73 @@ def _snapshot_cached(root: str, dockerfile: str, stamp: tuple) -> Snapshot:
     return snapshot(Path(root), Path(dockerfile))
 
 
+def _ignore_stamp(root: Path, dockerfile: Path) -> tuple:
+    """The Dockerfile's own ignore file may live outside the context, where the context walk
+    does not look: its size and mtime join the cache key."""
+    try:
+        st = _own_ignore(dockerfile).stat()
+    except OSError:
+        return ()
+    return (st.st_size, st.st_mtime_ns)
+
+
 def snapshot_of(request) -> Snapshot:
     """The request's snapshot, hashed once however many nodes and platforms use it (the sync to
-    each node and the context-digest label). The cache key is every file's size and mtime (a
-    walk, no reading), so a file rewritten between two builds in one process is hashed anew.
-    Blocking: call it in a thread."""
+    each node and the context-digest label), also when they ask at the same time. The cache key
+    is every file's size and mtime (a walk, no reading) and those of the Dockerfile's own ignore
+    file, so a file rewritten between two builds in one process is hashed anew. Blocking: call
+    it in a thread."""
     from .history import context_key
 
     stamp, _ = context_key(request)
-    return _snapshot_cached(str(request.context), str(request.dockerfile), stamp)
+    stamp = (stamp, _ignore_stamp(Path(request.context), Path(request.dockerfile)))
+    with _hashing:  # the builds and syncs that start together wait for one hash, not each do one
+        return _snapshot_cached(str(request.context), str(request.dockerfile), stamp)
 
 
 # Fixed scripts: user data only ever arrives as positional parameters ("$1") or on stdin.
-_CHECK = 'if test -e "$1/ctx/$2.ok"; then touch "$1/ctx/$2.ok" 2>/dev/null; echo present; else echo absent; fi'
-_MISSING = 'mkdir -p "$1/blobs" && cd "$1/blobs" && while IFS= read -r b; do [ -e "$b" ] || echo "$b"; done'
+# $1 cache, $2 context digest. A marker counts only with its tree beside it.
+_CHECK = ('if test -e "$1/ctx/$2.ok" && test -d "$1/ctx/$2/tree"; then touch "$1/ctx/$2.ok" 2>/dev/null;'
+          ' echo present; else echo absent; fi')
+# $1 cache; blob names on stdin, the missing ones back. The blobs reported present are touched
+# (atime, so their ctime too; the mtime, which builds see, stays), so a prune running before this
+# sync links them keeps them: it removes only orphans unchanged for an hour.
+_MISSING = (
+    'set -e; mkdir -p "$1/blobs" "$1/stage"; cd "$1/blobs"; p=$(mktemp ../stage/present.XXXXXX);'
+    ' while IFS= read -r b; do if [ -e "$b" ]; then echo "$b" >> "$p"; else echo "$b"; fi; done;'
+    ' if [ -s "$p" ]; then xargs touch -a -c -- < "$p" 2>/dev/null || true; fi; rm -f "$p"'
+)
 # $1 cache, $4 minutes a tree may go unused, $5 minutes an orphaned blob is kept. Once a day
-# (the "pruned" stamp): the marker goes first, so no sync trusts a tree being removed.
+# (the "pruned" stamp). A tree goes by one rename out of ctx/ before it is deleted, so no
+# interrupted prune leaves a half-deleted tree where a sync would trust it; its marker goes next.
 _PRUNE = (
     'cd "$1" 2>/dev/null || exit 0; [ -n "$(find . -maxdepth 1 -name pruned -mmin -1440)" ] && exit 0;'
-    ' : > pruned; for ok in ctx/*.ok; do [ -e "$ok" ] || continue;'
-    ' if [ -n "$(find "$ok" -mmin +"$4")" ]; then rm -f "$ok"; rm -rf "${ok%.ok}"; fi; done;'
+    ' : > pruned; mkdir -p stage; for ok in ctx/*.ok; do [ -e "$ok" ] || continue;'
+    ' if [ -n "$(find "$ok" -mmin +"$4")" ]; then d=${ok%.ok}; g="stage/gone-${d#ctx/}-$$";'
+    ' if [ -e "$d" ]; then mv -T "$d" "$g" 2>/dev/null && rm -rf "$g"; fi; rm -f "$ok"; fi; done;'
     ' find blobs -type f -links 1 -cmin +"$5" -exec rm -f {} + 2>/dev/null;'
     ' find stage -mindepth 1 -maxdepth 1 -mmin +"$5" -exec rm -rf {} + 2>/dev/null; true'
 )
-# $1 cache, $2 context digest, $3 staging name; then the prune, in the same round trip, in a
-# subshell whose failure never fails the sync.
+# $1 cache, $2 context digest, $3 staging name. The stream unpacks into stage/$3 only: new blobs
+# in new/ with their SHA256SUMS, the tree (hard links to new/ or blobs/), the Dockerfile, and
+# "complete" last. Nothing reaches blobs/ unless the stream was complete and every new blob's
+# sha256 is its name; the marker is written only when the tree is in place. Then the prune, in
+# the same round trip, in a subshell whose failure never fails the sync.
 _UNPACK = (
-    'set -e; mkdir -p "$1/ctx" "$1/blobs" "$1/stage";'
-    ' tar -x --no-same-owner -C "$1" -f -;'
-    ' mv -T "$1/stage/$3" "$1/ctx/$2" 2>/dev/null || rm -rf "$1/stage/$3";'
+    'set -e; mkdir -p "$1/ctx" "$1/blobs" "$1/stage"; s="$1/stage/$3";'
+    ' if ! tar -x --no-same-owner -C "$1" -f - 2> "$s.err"; then m=$(head -n 1 "$s.err"); rm -rf "$s" "$s.err";'
+    ' echo "unpacking the context failed: $m" >&2; exit 65; fi; rm -f "$s.err";'
+    ' if [ ! -e "$s/complete" ]; then rm -rf "$s"; echo "the context stream ended early" >&2; exit 65; fi;'
+    ' if [ -s "$s/SHA256SUMS" ] && ! (cd "$s" && sha256sum -c SHA256SUMS > check.out 2>&1); then'
+    ' bad=$(grep -v ": OK$" "$s/check.out" | head -n 1); rm -rf "$s";'
+    ' echo "new blobs failed sha256sum -c on the node: $bad" >&2; exit 66; fi;'
+    ' if [ -d "$s/new" ]; then find "$s/new" -type f -exec sh -c \'mv -f "$@" "$0"\' "$1/blobs" {} + ||'
+    ' { rm -rf "$s"; echo "cannot move new blobs into $1/blobs" >&2; exit 67; }; fi;'
+    ' rm -rf "$s/new" "$s/SHA256SUMS" "$s/check.out" "$s/complete";'
+    ' if ! mv -T "$s" "$1/ctx/$2" 2>/dev/null; then'
+    ' if [ ! -d "$1/ctx/$2/tree" ] && mv -T "$1/ctx/$2" "$s.old" 2>/dev/null; then mv -T "$s" "$1/ctx/$2" || true; fi;'
+    ' rm -rf "$s" "$s.old"; fi;'
+    ' if [ ! -d "$1/ctx/$2/tree" ]; then echo "no tree at $1/ctx/$2 after the rename" >&2; exit 67; fi;'
     ' : > "$1/ctx/$2.ok"; (' + _PRUNE + ') || true'
 )
 ORPHAN_MINUTES = 60
@@ -179,52 +308,121 @@ def cache_days() -> int:
     return days
 
 
+def _files(snap: Snapshot) -> list[Entry]:
+    """Every file the node needs: the tree's, the Dockerfile, the ignore file applied."""
+    return [e for e in snap.entries if e.kind == "file"] + [snap.dockerfile] + ([snap.ignore] if snap.ignore else [])
+
+
+def _source(snap: Snapshot, e: Entry) -> Path:
+    if e is snap.dockerfile:
+        return snap.dockerfile_path
+    if e is snap.ignore:
+        return snap.ignore_path
+    return snap.root / e.path
+
+
+def _open(path: Path):
+    return open(path, "rb")
+
+
+def _changed(path: Path, how: str) -> UsageError:
+    return UsageError(f"context file {path} {how} while it was being sent to a node: build again once "
+                      "nothing is writing to it")
+
+
+def _header(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")  # names as their bytes
+
+
+def _member(name: str, kind: bytes, mode: int = 0o644, linkname: str = "", data: bytes = b"",
+            mtime: int = 0) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime, info.linkname, info.size = kind, mode, mtime, linkname, len(data)
+    return _header(info) + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def _blob(path: Path, name: str, e: Entry) -> Iterator[bytes]:
+    """One blob member, its bytes read now and hashed while they are sent. Raises
+    :class:`UsageError` naming the file when it is not the file the snapshot hashed (changed,
+    grown, shrunk or gone): the stream then ends early and the node keeps nothing of it."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = e.size, e.mode, 0
+    h = hashlib.sha256()
+    try:
+        with _open(path) as f:
+            yield _header(info)
+            left = e.size
+            while left:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    raise _changed(path, "shrank")
+                h.update(chunk)
+                left -= len(chunk)
+                yield chunk
+            if f.read(1):
+                raise _changed(path, "grew")
+    except OSError as exc:
+        raise _changed(path, f"could not be read ({exc.strerror})") from None
+    if h.hexdigest() != e.digest:
+        raise _changed(path, "changed")
+    yield b"\0" * (-e.size % tarfile.BLOCKSIZE)
+
+
 def _blob_tar(snap: Snapshot, names: set[str], stage: str) -> Iterator[bytes]:
-    """A tar stream of the missing blobs, yielded in chunks (never the whole context in memory)."""
-    buf = io.BytesIO()
-    tar = tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT)
-    sent = set()
-    for e in list(snap.entries) + [snap.dockerfile]:
-        if e.kind != "file" or e.blob not in names or e.blob in sent:
-            continue
-        sent.add(e.blob)
-        src = snap.dockerfile_path if e is snap.dockerfile else snap.root / e.path
-        info = tarfile.TarInfo(f"blobs/{e.blob}")
-        info.size, info.mode, info.mtime = e.size, e.mode, 0
-        with open(src, "rb") as f:
-            tar.addfile(info, f)
-        yield buf.getvalue()
-        buf.seek(0)
-        buf.truncate()
-    yield from _layout(snap, tar, buf, stage)
+    """The one tar stream of a sync, yielded in chunks (never a whole file in memory): the
+    missing blobs, each checked against its digest as it is read, then the layout (headers
+    only: directories, symlinks, hard links), then ``complete``. Everything lands under
+    ``stage/<stage>/``; the node script moves it into place (see ``_UNPACK``)."""
+    base = f"stage/{stage}"
+    new = {}
+    for e in _files(snap):
+        if e.blob in names and e.blob not in new:
+            new[e.blob] = e
+    # Files keep mtime 0 (a build on any node sees the same); the staging directory is dated
+    # now, so a prune on the node never takes it for an abandoned one while this sync runs.
+    yield _member(base, tarfile.DIRTYPE, 0o755, mtime=int(time.time()))
+    if new:
+        yield _member(f"{base}/new", tarfile.DIRTYPE, 0o700)
+        sums = "".join(f"{e.digest}  new/{blob}\n" for blob, e in new.items())
+        yield _member(f"{base}/SHA256SUMS", tarfile.REGTYPE, data=sums.encode())
+        for blob, e in new.items():
+            yield from _blob(_source(snap, e), f"{base}/new/{blob}", e)
 
+    def blob_path(e: Entry) -> str:
+        return f"{base}/new/{e.blob}" if e.blob in new else f"blobs/{e.blob}"
 
-def _layout(snap: Snapshot, tar: tarfile.TarFile, buf: io.BytesIO, stage: str) -> Iterator[bytes]:
-    for d in (f"stage/{stage}", f"stage/{stage}/tree"):
-        info = tarfile.TarInfo(d)
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(info)
-    base = f"stage/{stage}/tree"
+    layout = [_member(f"{base}/tree", tarfile.DIRTYPE, 0o755)]
     for e in snap.entries:
-        info = tarfile.TarInfo(f"{base}/{e.path}")
-        info.mtime = 0
+        name = f"{base}/tree/{e.path}"
         if e.kind == "dir":
-            info.type, info.mode = tarfile.DIRTYPE, e.mode
+            layout.append(_member(name, tarfile.DIRTYPE, e.mode))
         elif e.kind == "link":
-            info.type, info.linkname = tarfile.SYMTYPE, e.target
+            layout.append(_member(name, tarfile.SYMTYPE, 0o777, linkname=e.target))
         else:
-            info.type, info.linkname, info.mode = tarfile.LNKTYPE, f"blobs/{e.blob}", e.mode
-        tar.addfile(info)
+            layout.append(_member(name, tarfile.LNKTYPE, e.mode, linkname=blob_path(e)))
+        if len(layout) >= 2048:  # about 1 MB of headers at a time
+            yield b"".join(layout)
+            layout.clear()
     # The Dockerfile lives beside the tree, not in it (it may come from outside the context).
-    info = tarfile.TarInfo(f"stage/{stage}/Dockerfile")
-    info.type, info.linkname, info.mode, info.mtime = tarfile.LNKTYPE, f"blobs/{snap.dockerfile.blob}", 0o644, 0
-    tar.addfile(info)
-    tar.close()
-    yield buf.getvalue()
+    # The ignore file applied here goes beside it as "Dockerfile.dockerignore": BuildKit on the
+    # node reads <Dockerfile name>.dockerignore first, so it applies the same file to the tree.
+    for e in [snap.dockerfile] + ([snap.ignore] if snap.ignore else []):
+        layout.append(_member(f"{base}/{e.path}", tarfile.LNKTYPE, 0o644, linkname=blob_path(e)))
+    layout.append(_member(f"{base}/complete", tarfile.REGTYPE))
+    layout.append(b"\0" * (2 * tarfile.BLOCKSIZE))  # end of archive
+    yield b"".join(layout)
 
 
 async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
-    """Make the context exist on the node; return (context dir, Dockerfile path) there."""
+    """Make the context exist on the node; return (context dir, Dockerfile path) there.
+
+    Beside that Dockerfile lies the ignore file this snapshot applied, as
+    ``Dockerfile.dockerignore`` (when one applied), so BuildKit on the node filters the tree
+    by the same rule as a local build does.
+
+    Raises :class:`UsageError` naming a context file that changed or vanished while it was sent
+    (the node keeps nothing of that sync), :class:`InfrastructureError` when the node's side
+    fails (no ``sh``/``tar``/``sha256sum``, a full disk, a blob that arrived corrupted)."""
     snap = await asyncio.to_thread(snapshot_of, request)
     ctx_dir = f"{CACHE}/ctx/{snap.digest}/tree"
     df_path = f"{CACHE}/ctx/{snap.digest}/Dockerfile"
@@ -238,9 +436,11 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
     check = await sh(_CHECK, CACHE, snap.digest)
     if check.ok and "present" in check.tail:
         return ctx_dir, df_path
-    wanted = sorted({e.blob for e in list(snap.entries) + [snap.dockerfile] if e.kind == "file"})
+    wanted = sorted({e.blob for e in _files(snap)})
     names = await _missing(transport, wanted)
-    stage = f"{snap.digest[:16]}-{secrets.token_hex(8)}"
+    # short: "stage/<16>/new/<blob>" stays within tar's 100-byte name field, so the blob and
+    # every hard link to it need no PAX header of their own (1 KiB each)
+    stage = secrets.token_hex(8)
     sent = [0]
 
     def counted(chunks):

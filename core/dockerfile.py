@@ -1,67 +1,188 @@
-"""Dockerfile analysis for cross-compilation: stages, their platforms, edges, and what runs where.
+"""Dockerfile analysis for planning: stages, the platform each runs on, edges, what runs where.
 
-Written by hand because dockerfile-parse (the obvious library) reads heredoc bodies as
-instructions: a ``FROM`` line inside ``RUN <<EOF`` became a stage (checked). This parser
-follows BuildKit's frontend rules where they matter here: the ``# escape=`` directive, line
-continuations (comment lines inside them dropped), heredocs (``<<EOF``, ``<<-EOF``, quoted
-words, several per line), case-insensitive instructions, global ``ARG``s before the first
-``FROM`` (defaults may use earlier ARGs; ``--build-arg`` overrides), ``$VAR``/``${VAR}``/
-``${VAR:-x}``/``${VAR:+x}``, ``FROM [--platform=P] IMAGE [AS NAME]``, ``COPY --from`` and
-``RUN --mount=...,from=`` edges.
+Lexing is BuildKit's own: the ``dockerfile`` package wraps moby/buildkit's Go parser (parser
+directives, line continuations, comments, heredocs recognised only as whole shell words and
+never in JSON form, a leading UTF-8 BOM, any whitespace between words, flag values
+shell-unquoted). This module keeps only the semantics on top, after BuildKit's
+``dockerfile2llb``:
+
+- ``ARG`` scoping: ARGs before the first ``FROM`` are global and visible in ``FROM`` lines (a
+  ``--build-arg`` overrides a declared one's default); inside a stage an ``ARG`` without a
+  default takes the global value; ``ENV`` values are visible to the stage and the stages built
+  ``FROM`` it. The automatic platform ARGs (``BUILDPLATFORM``, ``BUILDOS``, ``BUILDARCH``,
+  ``BUILDVARIANT``, ``TARGET*``) are set in the global scope.
+- word expansion as BuildKit's ``shell.Lex.ProcessWord`` (:mod:`archfleet.shellword`:
+  quotes, ``$VAR``, ``${VAR:-x}``, ``${VAR:+x}``, nested ``${A:-$C}``, ...). A name used in
+  ``FROM`` that no ARG declares expands to empty with a warning (BuildKit's lint
+  ``UndefinedArgInFrom``), not an error.
+- the stage graph: ``FROM <stage>``, ``COPY --from=<name|index|image>`` and
+  ``RUN --mount=...,from=<name>``, with the ``--from`` value expanded with the stage's ARGs and
+  ENVs; the closure of the ``--target`` stage.
+- the platform of each stage: ``$BUILDPLATFORM`` however it is spelled (``linux/$BUILDARCH``,
+  ``$BUILDOS/$BUILDARCH``), the target, or a literal platform (``--platform=linux/amd64``);
+  see :class:`Stage`. :meth:`Analysis.placement` says how the stages one target needs run on
+  one node: natively, under QEMU, or not at all.
+
+Errors are :class:`DockerfileError` (a :class:`~archfleet.errors.UsageError`, exit 2), one line
+naming ``file:line``.
 """
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import re
+import sys
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import attrs
+import dockerfile as _buildkit
 
 from .errors import UsageError
 from .platforms import Platform, PlatformError, parse
+from .shellword import expand
 
-BUILD, TARGET = "build", "target"  # symbolic stage platforms
+BUILD, TARGET = "build", "target"  # the symbolic stage platforms (Stage.platform)
 PLATFORM_ARGS = ("BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT",
                  "TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT")
-_B, _T = "\x00BUILD\x00", "\x00TARGET\x00"
+INSTRUCTIONS = frozenset(c.upper() for c in _buildkit.all_cmds())
+
+# Platforms the symbolic analysis tries a stage's --platform expression with, to tell which
+# platform it names whatever the node: every architecture a build node is likely to have (one
+# with a variant among them), and a spread of targets besides the requested ones.
+_BUILD_PROBES = tuple(parse(p) for p in ("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/s390x",
+                                         "linux/ppc64le", "linux/riscv64", "linux/386"))
+_TARGET_PROBES = tuple(parse(p) for p in ("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/s390x"))
+# Stand-ins for the automatic platform ARGs in the symbolic pass (NUL cannot occur in a file
+# BuildKit reads as text); shown back as ``$NAME``.
+_SENTINEL = {name: f"\x00{name}\x00" for name in PLATFORM_ARGS}
+_SENTINEL_RE = re.compile("\x00(" + "|".join(PLATFORM_ARGS) + ")\x00")
+
+
+class DockerfileError(UsageError):
+    """The Dockerfile cannot be built: one line, ``file:line: what``."""
 
 
 @attrs.frozen
 class Instruction:
+    """One instruction as BuildKit's parser returns it."""
+
     line: int  # 1-based line where it starts
     keyword: str  # upper case
-    args: str  # the rest, continuation lines joined, heredoc bodies removed
-    flags: tuple[tuple[str, str], ...] = ()  # leading --name=value flags
+    words: tuple[str, ...]  # the arguments: shell words (FROM, ARG, COPY...), the command (RUN), JSON items
+    flags: tuple[tuple[str, str | None], ...] = ()  # leading --name[=value] flags, values unquoted
+    json: bool = False
+
+    def flag(self, name: str) -> str | None:
+        """The last value of ``--name`` (BuildKit keeps the last), None if absent."""
+        out = None
+        for key, value in self.flags:
+            if key == name:
+                out = value
+        return out
 
 
 @attrs.frozen
 class Stage:
+    """One ``FROM`` and the instructions up to the next, as the analysis sees it."""
+
     index: int
     name: str | None
     line: int
-    base: str  # image reference or stage name, ARGs expanded
-    platform: str  # "build" | "target" | a literal platform string
+    base: str  # image reference or stage name, ARGs expanded (an automatic platform ARG shown as $NAME)
+    # BUILD: the build node's own platform ($BUILDPLATFORM, linux/$BUILDARCH, ...); TARGET: the
+    # platform being built; a literal platform ("linux/amd64") when the stage is pinned; else
+    # the --platform expression as written ("linux/$TARGETARCH" when a target has a variant
+    # that spelling loses): a platform that depends on the node and target, see
+    # Analysis.platform_of.
+    platform: str
     parent: int | None  # index of the stage it is FROM, if any
     deps: tuple[int, ...]  # stages it copies or mounts from
     runs: int  # RUN instructions in it
     args: tuple[str, ...]  # ARG names it declares
+    platform_expr: str | None = None  # the --platform value as written, None without the flag
 
     @property
     def on_build_platform(self) -> bool:
         return self.platform == BUILD
 
+    @property
+    def pinned(self) -> bool:
+        """On a platform of its own: neither $BUILDPLATFORM nor the target."""
+        return self.platform not in (BUILD, TARGET)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"#{self.index}"
+
+
+@attrs.frozen
+class Placement:
+    """How the stages one target platform needs would run on one node.
+
+    BuildKit runs each stage on its own platform; copying files out of a stage or pulling its
+    base executes nothing, so only stages that RUN something need their CPU natively or a QEMU
+    handler. ``build`` is the node's own platform (what ``$BUILDPLATFORM`` means there).
+    """
+
+    target: Platform
+    build: Platform | None
+    native_runs: int = 0  # RUN instructions at the node's native speed
+    emulated: tuple[tuple[Platform, int], ...] = ()  # (platform, RUN count) that need QEMU
+    missing: tuple[str, ...] = ()  # one line per stage the node can neither run nor emulate
+    # some stage runs on the node's own platform rather than the target's: a $BUILDPLATFORM
+    # stage, or one pinned to a platform the node runs natively (it behaves the same)
+    cross: bool = False
+
+    @property
+    def possible(self) -> bool:
+        return not self.missing
+
+    @property
+    def emulated_runs(self) -> int:
+        return sum(n for _, n in self.emulated)
+
+    @property
+    def emulated_share(self) -> float:
+        """The fraction of RUN work under QEMU (0 when nothing RUNs)."""
+        total = self.native_runs + self.emulated_runs
+        return self.emulated_runs / total if total else 0.0
+
+    def how(self) -> str:
+        """One phrase: what runs under QEMU, or that nothing does."""
+        if not self.emulated:
+            return "no emulation needed"
+        parts = []
+        for p, n in self.emulated:
+            where = "target RUN" if p == self.target else f"RUN on {p}"
+            parts.append(f"{n} {where} under qemu-{p.qemu_arch}")
+        return ", ".join(parts)
+
+    def why_not(self) -> str:
+        return "; ".join(self.missing)
+
 
 @attrs.frozen
 class Analysis:
+    """A Dockerfile's stages and which of them the build target needs, with each stage's
+    symbolic platform (BUILD, TARGET, literal). :meth:`placement` and :meth:`platform_of`
+    evaluate it again for one node and target (cached), which is exact where a stage name or
+    platform depends on ``$TARGETARCH`` and friends."""
+
     path: str
     stages: tuple[Stage, ...]
     target: int  # index of the stage being built
     reachable: tuple[int, ...]  # stages the target needs, the target included, in file order
     global_args: tuple[str, ...]
     digest: str
+    warnings: tuple[str, ...] = ()  # one line each, BuildKit would warn too (an undeclared ARG in FROM)
+    # what a concrete evaluation (one node, one target) needs again
+    instructions: tuple[Instruction, ...] = attrs.field(default=(), repr=False)
+    build_args: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    target_name: str | None = None
+    escape: str = "\\"
 
     def stage(self, i: int) -> Stage:
         return self.stages[i]
@@ -85,6 +206,11 @@ class Analysis:
         return sum(s.runs for s in self.used if s.platform == BUILD)
 
     @property
+    def pinned(self) -> tuple[Stage, ...]:
+        """Used stages on a platform of their own (``--platform=linux/amd64``)."""
+        return tuple(s for s in self.used if s.pinned)
+
+    @property
     def declared_args(self) -> frozenset[str]:
         out = set(self.global_args)
         for s in self.stages:
@@ -96,287 +222,462 @@ class Analysis:
         parts = []
         for s in self.used:
             where = {BUILD: "$BUILDPLATFORM", TARGET: "target"}.get(s.platform, s.platform)
-            parts.append(f"{s.name or '#' + str(s.index)}@{where}" + (f" ({s.runs} RUN)" if s.runs else ""))
+            parts.append(f"{s.label}@{where}" + (f" ({s.runs} RUN)" if s.runs else ""))
         return ", ".join(parts)
 
+    def platform_of(self, stage: Stage | int, build: Platform, target: Platform) -> Platform:
+        """The platform ``stage`` runs on when ``build`` builds ``target``. Raises
+        DockerfileError when its --platform does not name a platform there."""
+        index = stage if isinstance(stage, int) else stage.index
+        got = _concrete(self, build, target).platforms[index]
+        if isinstance(got, str):
+            raise DockerfileError(got)
+        return got
 
-class DockerfileError(UsageError):
-    pass
+    def placement(self, target: Platform, native: Sequence[Platform], emulated: Sequence[Platform]) -> Placement:
+        """How the stages ``target`` needs run on a node that runs ``native`` (its own platform
+        first) and emulates ``emulated``; see :class:`Placement`."""
+        if not native:
+            return Placement(target, None, missing=("its own platform is unknown",))
+        build = native[0]
+        try:
+            conc = _concrete(self, build, target)
+        except DockerfileError as exc:  # only for this node's platform or this target
+            return Placement(target, build, missing=(str(exc),))
+        native_runs = 0
+        emulated_runs: dict[Platform, int] = {}
+        missing: list[str] = []
+        cross = False
+        for i in conc.reachable:
+            s = self.stages[i]
+            got = conc.platforms[i]
+            if isinstance(got, str):
+                if s.runs:
+                    missing.append(got)
+                continue
+            if s.platform == BUILD or (s.platform != TARGET and got != target and got in native):
+                cross = True
+            if not s.runs:
+                continue
+            if got in native:
+                native_runs += s.runs
+            elif got in emulated:
+                emulated_runs[got] = emulated_runs.get(got, 0) + s.runs
+            else:
+                missing.append(f"stage {s.label} (line {s.line}) RUNs on {got}, which this node neither runs "
+                               f"natively nor emulates (no qemu-{got.qemu_arch} handler; `archfleet binfmt --install {got}`)")
+        return Placement(target, build, native_runs, tuple(emulated_runs.items()), tuple(missing), cross)
 
 
-# --- lexing ------------------------------------------------------------------------------------
+# --- reading and lexing (BuildKit's parser) -------------------------------------------------------
 
-_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9_-]*)\s*=\s*(.*?)\s*$")
-_HEREDOC = re.compile(r"<<(-?)(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\2")
+def read(path: str | Path) -> str:
+    """The text of the Dockerfile at ``path``. DockerfileError when it cannot be read or is not
+    UTF-8 (BuildKit reads Dockerfiles as UTF-8 text)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise DockerfileError(f"{path}: cannot read: {exc.strerror}") from None
+    return decode(raw, str(path))
 
 
-def instructions(text: str, path: str = "Dockerfile") -> list[Instruction]:
-    lines = text.splitlines()
-    escape = "\\"
-    i = 0
-    # parser directives: only at the very top, before any other line
-    while i < len(lines):
-        m = _DIRECTIVE.match(lines[i].strip())
-        if not m:
+def decode(raw: bytes, path: str = "Dockerfile") -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DockerfileError(f"{path}:{line}: not UTF-8 (byte {exc.start} is 0x{raw[exc.start]:02x}); "
+                              "save the Dockerfile as UTF-8") from None
+
+
+def instructions(text: str, path: str = "Dockerfile") -> tuple[Instruction, ...]:
+    """The instructions of ``text``, parsed by BuildKit's own parser. Unknown instructions and
+    parser errors are a DockerfileError naming the line."""
+    return _instructions(text, path)
+
+
+@functools.lru_cache(maxsize=32)
+def _instructions(text: str, path: str) -> tuple[Instruction, ...]:
+    try:
+        commands = _buildkit.parse_string(text)
+    except _buildkit.GoParseError as exc:
+        message = str(exc)
+        if message == "file with no instructions":
+            raise DockerfileError(f"{path}:1: no FROM instruction (the file has no instructions)") from None
+        raise DockerfileError(f"{path}:{_error_line(text, message)}: {message}") from None
+    out = []
+    for c in commands:
+        if c.cmd is None:  # a lone line continuation at the end of the file
+            raise DockerfileError(f"{path}:{c.start_line}: a line continuation with no instruction after it")
+        keyword = c.cmd.upper()
+        if keyword not in INSTRUCTIONS:
+            raise DockerfileError(f"{path}:{c.start_line}: unknown instruction {c.cmd!r}")
+        flags = []
+        for f in c.flags:
+            name, eq, value = f[2:].partition("=") if f.startswith("--") else (f, "", "")
+            flags.append((name.lower(), value if eq else None))
+        out.append(Instruction(c.start_line, keyword, tuple(c.value), tuple(flags), bool(c.json)))
+    return tuple(out)
+
+
+def _error_line(text: str, message: str) -> int:
+    """The line a parser error belongs to (BuildKit's message does not say which).
+
+    A directive error is on the first line whose prefix of the file fails that way. Any other
+    error is on the last line from which the rest of the file (behind the same directives)
+    still fails that way: a binary search, so an unterminated heredoc in a long file costs a
+    dozen parses, not one per line."""
+    lines = text.splitlines(keepends=True)
+
+    def fails(part: str) -> bool:
+        try:
+            _buildkit.parse_string(part)
+        except _buildkit.GoParseError as exc:
+            return str(exc) == message
+        return False
+
+    if "directive" in message or "escape token" in message:
+        return next((k for k in range(1, min(len(lines), 64) + 1) if fails("".join(lines[:k]))), 1)
+    head = 0  # the directive lines, kept in front of every tail so the escape character holds
+    while head < len(lines) and re.match(r"^\ufeff?#\s*[a-zA-Z][a-zA-Z0-9]*\s*=", lines[head]):
+        head += 1
+    lo, hi = head + 1, len(lines)
+    while lo < hi:  # the largest line whose tail still fails (the whole file does)
+        mid = (lo + hi + 1) // 2
+        if fails("".join(lines[:head] + lines[mid - 1:])):
+            lo = mid
+        else:
+            hi = mid - 1
+    return max(lo, 1)
+
+
+def _escape_token(text: str) -> str:
+    """The ``# escape=`` parser directive's character (``\\`` by default). BuildKit's parser has
+    already checked the directives; this reads them again only to know the character, by the
+    same rule: directives come first, and the first line that is not one ends them."""
+    for line in text.lstrip("\ufeff").splitlines():
+        m = re.match(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$", line)
+        if not m or m.group(1).lower() not in ("syntax", "escape"):
             break
         if m.group(1).lower() == "escape":
-            if m.group(2) not in ("\\", "`"):
-                raise DockerfileError(f"{path}:{i + 1}: escape directive must be \\ or `, got {m.group(2)!r}")
-            escape = m.group(2)
-        i += 1
-    out: list[Instruction] = []
-    while i < len(lines):
-        raw = lines[i]
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
-            i += 1
-            continue
-        start = i + 1
-        parts = []
-        line = raw.rstrip()
-        while line.endswith(escape):
-            parts.append(line[:-1])
-            i += 1
-            while i < len(lines) and (not lines[i].strip() or lines[i].strip().startswith("#")):
-                i += 1  # comment and empty lines inside a continuation are dropped
-            if i >= len(lines):
-                line = ""
-                break
-            line = lines[i].rstrip()
-        parts.append(line)
-        i += 1
-        logical = " ".join(p.strip() for p in parts if p.strip())
-        keyword, _, args = logical.partition(" ")
-        keyword = keyword.upper()
-        if not re.match(r"^[A-Z]+$", keyword):
-            raise DockerfileError(f"{path}:{start}: cannot parse {logical[:60]!r}")
-        if keyword in ("RUN", "COPY", "ADD"):
-            for m in _HEREDOC.finditer(args):
-                strip_tabs, word = m.group(1) == "-", m.group(3)
-                while i < len(lines):
-                    body = lines[i].lstrip("\t") if strip_tabs else lines[i]
-                    i += 1
-                    if body == word:
-                        break
-                else:
-                    raise DockerfileError(f"{path}:{start}: heredoc <<{word} is never closed")
-        flags, rest = _flags(args)
-        out.append(Instruction(start, keyword, rest, tuple(flags)))
-    return out
+            return m.group(2)
+    return "\\"
 
 
-def _flags(args: str) -> tuple[list[tuple[str, str]], str]:
-    flags = []
-    rest = args
-    while True:
-        m = re.match(r"^--([a-zA-Z][a-zA-Z0-9-]*)(?:=(\S*))?\s*", rest)
-        if not m:
-            return flags, rest
-        flags.append((m.group(1).lower(), m.group(2) or ""))
-        rest = rest[m.end():]
+# --- the semantic pass ----------------------------------------------------------------------------
+
+_ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_STAGE_NAME = re.compile(r"^[a-z][a-z0-9._-]*$")
 
 
-# --- expansion ---------------------------------------------------------------------------------
+@attrs.frozen
+class _Row:
+    """A stage as one evaluation sees it (symbolic or for one node and target)."""
 
-_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?:(:[-+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def expand(text: str, env: Mapping[str, str | None], *, path: str, line: int, what: str,
-           strict: bool = True) -> str:
-    """Substitute ARGs. ``strict``: a name no ARG declares is an error (FROM), else empty."""
-
-    def sub(m: re.Match) -> str:
-        name = m.group(1) or m.group(4)
-        op, word = m.group(2), m.group(3)
-        if name not in env:
-            if op == ":-":
-                return expand(word, env, path=path, line=line, what=what, strict=strict)
-            if not strict:
-                return ""
-            raise DockerfileError(f"{path}:{line}: {what} uses ${name}, which no ARG before it declares")
-        value = env[name]
-        if op == ":-":
-            return value if value else expand(word, env, path=path, line=line, what=what)
-        if op == ":+":
-            return expand(word, env, path=path, line=line, what=what) if value else ""
-        return value or ""
-
-    return _VAR.sub(sub, text)
+    index: int
+    name: str | None
+    line: int
+    base: str
+    platform_expr: str | None
+    parent: int | None
+    deps: tuple[int, ...]
+    runs: int
+    args: tuple[str, ...]
 
 
-# --- analysis ----------------------------------------------------------------------------------
+@attrs.frozen
+class _Pass:
+    global_args: tuple[str, ...]
+    rows: tuple[_Row, ...]
+    target: int
+    reachable: tuple[int, ...]
+    warnings: tuple[str, ...]
 
-def analyse_text(text: str, *, path: str = "Dockerfile", build_args: Mapping[str, str] = (),
-                 target: str | None = None) -> Analysis:
-    build_args = dict(build_args)
-    insts = instructions(text, path)
-    env: dict[str, str | None] = {a: (_B if a == "BUILDPLATFORM" else _T if a == "TARGETPLATFORM" else "")
-                                  for a in PLATFORM_ARGS}
-    global_args: list[str] = []
-    first_from = next((k for k, ins in enumerate(insts) if ins.keyword == "FROM"), None)
-    if first_from is None:
-        raise DockerfileError(f"{path}:1: no FROM instruction")
-    for ins in insts[:first_from]:
+
+def _word(text: str, env: Mapping[str, str | None], escape: str, where: str) -> tuple[str, tuple[str, ...]]:
+    try:
+        return expand(text, env, escape=escape)
+    except ValueError as exc:
+        raise DockerfileError(f"{where}: {exc}") from None
+
+
+def _globals(insts: Sequence[Instruction], path: str, build_args: Mapping[str, str],
+             auto: Mapping[str, str], escape: str) -> tuple[dict[str, str | None], list[str]]:
+    """The global scope: the automatic platform ARGs, then each ARG before the first FROM (a
+    --build-arg overrides a declared one; a default may use the ARGs before it)."""
+    env: dict[str, str | None] = dict(auto)
+    names: list[str] = []
+    for ins in insts:
         if ins.keyword != "ARG":
             raise DockerfileError(f"{path}:{ins.line}: only ARG may come before the first FROM, not {ins.keyword}")
-        for name, default in _arg_decls(ins, path):
-            global_args.append(name)
-            if name in build_args:
+        for name, raw in _arg_decls(ins, path):
+            names.append(name)
+            if name in build_args and name not in auto:
                 env[name] = build_args[name]
-            elif default is not None:
-                env[name] = expand(default, env, path=path, line=ins.line, what="ARG default", strict=False)
-            else:
+            elif raw is not None:
+                env[name] = _word(raw, env, escape, f"{path}:{ins.line}: ARG {name}")[0]
+            elif name not in auto:
                 env[name] = None
-    # stages
-    raw_stages: list[dict] = []
-    names: dict[str, int] = {}
-    for ins in insts[first_from:]:
+    return env, names
+
+
+def _evaluate(insts: Sequence[Instruction], path: str, build_args: Mapping[str, str], target_name: str | None,
+              auto: Mapping[str, str], escape: str) -> _Pass:
+    """Stages, edges and the target's closure, with the automatic platform ARGs set to ``auto``
+    (concrete values, or the symbolic stand-ins)."""
+    first = next((k for k, ins in enumerate(insts) if ins.keyword == "FROM"), None)
+    if first is None:
+        raise DockerfileError(f"{path}:{insts[0].line if insts else 1}: no FROM instruction")
+    genv, global_args = _globals(insts[:first], path, build_args, auto, escape)
+    warnings: list[str] = []
+    rows: list[dict] = []
+    names: dict[str, int] = {}  # stage names defined so far (a reused name means the later stage)
+
+    def register_last() -> None:
+        if rows and rows[-1]["name"]:
+            names[rows[-1]["name"]] = rows[-1]["index"]
+
+    def refs(value: str, line: int, what: str) -> list[int]:
+        """Stages ``value`` (an expanded --from) names: a stage name, an index, else an image."""
+        if _SENTINEL_RE.search(value):  # symbolic pass: the stages any platform could pick
+            rx = re.compile(".*".join(re.escape(p) for p in _SENTINEL_RE.split(value)[::2]), re.S)
+            return sorted(i for n, i in names.items() if rx.fullmatch(n))
+        if value.lower() in names:
+            return [names[value.lower()]]
+        if value.isdigit():
+            if int(value) >= len(rows) - 1:
+                raise DockerfileError(f"{path}:{line}: {what}={value} refers to a stage that is not before it")
+            return [int(value)]
+        return []  # an image
+
+    for ins in insts[first:]:
+        where = f"{path}:{ins.line}"
         if ins.keyword == "FROM":
-            words = ins.args.split()
-            if not words:
-                raise DockerfileError(f"{path}:{ins.line}: FROM needs an image")
+            register_last()
+            words = list(ins.words)
             name = None
-            if len(words) >= 3 and words[-2].lower() == "as":
-                name = words[-1].lower()
-                words = words[:-2]
-            if len(words) != 1:
-                raise DockerfileError(f"{path}:{ins.line}: cannot parse FROM {ins.args!r}")
-            base = expand(words[0], env, path=path, line=ins.line, what="FROM")
+            if len(words) == 3 and words[1].lower() == "as":
+                name = words[2].lower()
+                if not _STAGE_NAME.match(name):
+                    raise DockerfileError(f"{where}: invalid stage name {words[2]!r}: it must start with a letter "
+                                          "and hold only letters, digits, '-', '_' and '.'")
+            elif len(words) != 1:
+                raise DockerfileError(f"{where}: FROM takes IMAGE [AS NAME], got {' '.join(words)!r}")
+            base, unmatched = _word(words[0], genv, escape, where)
+            for var in unmatched:
+                if var not in global_args:
+                    warnings.append(f"{where}: FROM argument {var!r} is not declared by an ARG before the first "
+                                    "FROM; it expands to empty (as in BuildKit)")
             if not base:
-                raise DockerfileError(f"{path}:{ins.line}: FROM {words[0]} expands to nothing; is an ARG missing?")
-            platform_flag = dict(ins.flags).get("platform")
-            raw_stages.append(dict(index=len(raw_stages), name=name, line=ins.line, base=base,
-                                   platform_flag=platform_flag, deps=[], runs=0, args=[]))
-            if name:
-                names[name] = len(raw_stages) - 1  # a reused name means the later stage from here on
+                raise DockerfileError(f"{where}: FROM {words[0]} expands to nothing; is an ARG or --build-arg missing?")
+            platform_expr = ins.flag("platform")
+            if ("platform", None) in ins.flags or platform_expr == "":
+                raise DockerfileError(f"{where}: FROM --platform needs a value")
+            parent = names.get(base.lower())
+            deps: list[int] = []
+            if parent is None and _SENTINEL_RE.search(base):
+                deps = refs(base, ins.line, "FROM")
+            env: dict[str, str | None] = dict(rows[parent]["env"]) if parent is not None else {}
+            rows.append(dict(index=len(rows), name=name, line=ins.line, base=base, platform_expr=platform_expr,
+                             parent=parent, deps=deps, runs=0, args=[], env=env, senv=dict(env)))
             continue
-        st = raw_stages[-1]
-        if ins.keyword == "RUN":
+        st = rows[-1]
+        if ins.keyword == "ARG":
+            for name, raw in _arg_decls(ins, path):
+                st["args"].append(name)
+                if name in build_args and name not in auto:
+                    st["senv"][name] = build_args[name]
+                elif raw is not None:
+                    st["senv"][name] = _word(raw, st["senv"], escape, f"{where}: ARG {name}")[0]
+                else:
+                    st["senv"][name] = genv.get(name)
+        elif ins.keyword == "ENV":
+            words = ins.words
+            for k in range(0, len(words) - 1, 2):
+                value = _word(words[k + 1], st["senv"], escape, f"{where}: ENV {words[k]}")[0]
+                st["senv"][words[k]] = st["env"][words[k]] = value
+        elif ins.keyword in ("COPY", "ADD"):
+            src = ins.flag("from")
+            if src is not None:
+                value, unmatched = _word(src, st["senv"], escape, f"{where}: --from")
+                for var in unmatched:
+                    warnings.append(f"{where}: --from={src} uses ${var}, which nothing in this stage sets; "
+                                    "it expands to empty")
+                if value:  # empty: BuildKit copies from the build context
+                    st["deps"].extend(refs(value, ins.line, "--from"))
+        elif ins.keyword == "RUN":
             st["runs"] += 1
             for key, value in ins.flags:
-                if key == "mount":
-                    for item in value.split(","):
-                        k, _, v = item.partition("=")
-                        if k.strip() == "from" and v:
-                            st["deps"].append((v, ins.line))
-        elif ins.keyword in ("COPY", "ADD"):
-            src = dict(ins.flags).get("from")
-            if src:
-                st["deps"].append((src, ins.line))
-        elif ins.keyword == "ARG":
-            st["args"].extend(n for n, _ in _arg_decls(ins, path))
-    stages: list[Stage] = []
-    seen_names: dict[str, int] = {}
-    for st in raw_stages:
-        parent = seen_names.get(st["base"].lower())
-        flag = st["platform_flag"]
-        if flag:
-            value = expand(flag, env, path=path, line=st["line"], what="FROM --platform")
-            if value == _B:
-                platform = BUILD
-            elif value == _T:
-                platform = TARGET
-            else:
-                try:
-                    platform = str(parse(value))
-                except PlatformError as exc:
-                    raise DockerfileError(f"{path}:{st['line']}: FROM --platform: {exc}") from None
-        elif parent is not None:
-            platform = stages[parent].platform
-        else:
-            platform = TARGET
-        deps = []
-        for ref, line in st["deps"]:
-            ref_l = ref.lower()
-            if ref_l in seen_names:
-                deps.append(seen_names[ref_l])
-            elif ref.isdigit():
-                if int(ref) >= st["index"]:
-                    raise DockerfileError(f"{path}:{line}: --from={ref} refers to a stage that is not before it")
-                deps.append(int(ref))
-            # else: an image, not a stage
-        stages.append(Stage(st["index"], st["name"], st["line"], st["base"], platform, parent, tuple(deps),
-                            st["runs"], tuple(st["args"])))
-        if st["name"]:
-            seen_names[st["name"]] = st["index"]
-    if target is not None:
-        t = target.lower()
-        if t not in seen_names:
-            known = ", ".join(s.name for s in stages if s.name) or "none named"
-            raise DockerfileError(f"--target: no stage named {target!r} in {path} (stages: {known})")
-        target_index = seen_names[t]
+                if key == "mount" and value:
+                    for field in next(csv.reader([value])):
+                        k, _, v = field.partition("=")
+                        if k.strip().lower() == "from" and v:
+                            got, _ = _word(v, st["senv"], escape, f"{where}: --mount from")
+                            st["deps"].extend(refs(got, ins.line, "--mount from"))
+    register_last()
+    if target_name is not None:
+        t = target_name.lower()
+        if t not in names:
+            known = ", ".join(r["name"] for r in rows if r["name"]) or "none named"
+            raise DockerfileError(f"--target: no stage named {target_name!r} in {path} (stages: {known})")
+        target = names[t]
     else:
-        target_index = len(stages) - 1
+        target = len(rows) - 1
     reach: set[int] = set()
-    todo = [target_index]
+    todo = [target]
     while todo:
         k = todo.pop()
         if k in reach:
             continue
         reach.add(k)
-        s = stages[k]
-        todo.extend(s.deps)
-        if s.parent is not None:
-            todo.append(s.parent)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return Analysis(path, tuple(stages), target_index, tuple(sorted(reach)), tuple(global_args), digest)
+        todo.extend(rows[k]["deps"])
+        if rows[k]["parent"] is not None:
+            todo.append(rows[k]["parent"])
+    out = tuple(_Row(r["index"], r["name"], r["line"], r["base"], r["platform_expr"], r["parent"],
+                     tuple(dict.fromkeys(r["deps"])), r["runs"], tuple(r["args"])) for r in rows)
+    return _Pass(tuple(global_args), out, target, tuple(sorted(reach)),
+                 tuple(dict.fromkeys(warnings)))
 
 
 def _arg_decls(ins: Instruction, path: str) -> Iterable[tuple[str, str | None]]:
-    for word in _split_words(ins.args):
+    if not ins.words:
+        raise DockerfileError(f"{path}:{ins.line}: ARG needs a name")
+    for word in ins.words:
         name, eq, default = word.partition("=")
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        if not _ARG_NAME.match(name):
             raise DockerfileError(f"{path}:{ins.line}: bad ARG name {name!r}")
-        yield name, (_unquote(default) if eq else None)
+        yield name, (default if eq else None)
 
 
-def _split_words(text: str) -> list[str]:
-    out, cur, quote = [], "", None
-    for ch in text:
-        if quote:
-            cur += ch
-            if ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-            cur += ch
-        elif ch.isspace():
-            if cur:
-                out.append(cur)
-                cur = ""
-        else:
-            cur += ch
-    if cur:
-        out.append(cur)
+def _auto(build: Platform, target: Platform) -> dict[str, str]:
+    out = {}
+    for prefix, p in (("BUILD", build), ("TARGET", target)):
+        out.update({f"{prefix}PLATFORM": str(p), f"{prefix}OS": p.os, f"{prefix}ARCH": p.architecture,
+                    f"{prefix}VARIANT": p.variant})
     return out
 
 
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        return value[1:-1]
-    return value
+def _platform_value(expr: str, insts, path, build_args, escape, line, build: Platform,
+                    target: Platform) -> Platform | str:
+    """The platform ``expr`` names when ``build`` builds ``target``, or why it names none."""
+    first = next(k for k, ins in enumerate(insts) if ins.keyword == "FROM")
+    genv, _ = _globals(insts[:first], path, build_args, _auto(build, target), escape)
+    value, _ = _word(expr, genv, escape, f"{path}:{line}: FROM --platform")
+    if not value:
+        return f"{path}:{line}: FROM --platform={expr} expands to nothing"
+    try:
+        return parse(value)
+    except PlatformError as exc:
+        return f"{path}:{line}: FROM --platform={expr}: {exc}"
 
+
+def _classify(row: _Row, insts, path, build_args, escape, targets: Sequence[Platform]) -> str:
+    """BUILD, TARGET, a literal platform, or the expression itself, by trying ``row``'s
+    --platform with every probe build platform and target."""
+    expr = row.platform_expr
+    seen: dict[tuple[Platform, Platform], Platform] = {}
+    for t in dict.fromkeys(tuple(targets) + _TARGET_PROBES):
+        failures = []
+        for b in _BUILD_PROBES:
+            got = _platform_value(expr, insts, path, build_args, escape, row.line, b, t)
+            if isinstance(got, str):
+                failures.append(got)
+            else:
+                seen[(b, t)] = got
+        if len(failures) == len(_BUILD_PROBES) and t in targets:
+            raise DockerfileError(failures[0] + (f" (building {t})" if "TARGET" in expr else ""))
+    if len(seen) < len(_BUILD_PROBES) * len(dict.fromkeys(tuple(targets) + _TARGET_PROBES)):
+        return expr  # names a platform on some nodes only: resolved per node
+    if all(got == b for (b, _), got in seen.items()):
+        return BUILD
+    values = set(seen.values())
+    if len(values) == 1:
+        return str(values.pop())
+    if all(got == t for (_, t), got in seen.items()):
+        return TARGET
+    return expr
+
+
+def _display(text: str) -> str:
+    return _SENTINEL_RE.sub(lambda m: "$" + m.group(1), text)
+
+
+def analyse_text(text: str, *, path: str = "Dockerfile", build_args: Mapping[str, str] = (),
+                 target: str | None = None, platforms: Sequence[Platform] = ()) -> Analysis:
+    """The analysis of Dockerfile ``text``. ``platforms``: the requested targets; a stage's
+    --platform that names no platform for one of them, on any build node, is an error (without
+    ``platforms``, amd64, arm64, arm/v7 and s390x stand in for them)."""
+    build_args = dict(build_args)
+    insts = instructions(text, path)
+    escape = _escape_token(text)
+    sym = _evaluate(insts, path, build_args, target, _SENTINEL, escape)
+    targets = tuple(platforms) or _TARGET_PROBES
+    stages: list[Stage] = []
+    for r in sym.rows:
+        if r.platform_expr is not None:
+            platform = _classify(r, insts, path, build_args, escape, targets)
+        elif r.parent is not None:
+            platform = stages[r.parent].platform
+        else:
+            platform = TARGET
+        stages.append(Stage(r.index, r.name, r.line, _display(r.base), platform, r.parent, r.deps, r.runs, r.args,
+                            r.platform_expr))
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    return Analysis(path, tuple(stages), sym.target, sym.reachable, sym.global_args, digest, sym.warnings,
+                    insts, tuple(sorted(build_args.items())), target, escape)
+
+
+@attrs.frozen
+class _Concrete:
+    platforms: tuple[Platform | str, ...]  # per stage: its platform, or why it has none
+    reachable: tuple[int, ...]
+
+
+@functools.lru_cache(maxsize=512)
+def _concrete(analysis: Analysis, build: Platform, target: Platform) -> _Concrete:
+    """``analysis`` evaluated for one build platform and target: the stage each --from picks
+    (``COPY --from=build-$TARGETARCH``) and the platform each stage runs on."""
+    a = analysis
+    args = dict(a.build_args)
+    conc = _evaluate(a.instructions, a.path, args, a.target_name, _auto(build, target), a.escape)
+    platforms: list[Platform | str] = []
+    for r in conc.rows:
+        if r.platform_expr is not None:
+            platforms.append(_platform_value(r.platform_expr, a.instructions, a.path, args, a.escape, r.line,
+                                             build, target))
+        elif r.parent is not None:
+            platforms.append(platforms[r.parent])
+        else:
+            platforms.append(target)
+    return _Concrete(tuple(platforms), conc.reachable)
+
+
+# --- the request's Dockerfile ---------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=16)
-def _cached(path: str, mtime_ns: int, build_args: tuple, target: str | None) -> Analysis:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-    return analyse_text(text, path=path, build_args=dict(build_args), target=target)
+def _cached(path: str, stamp: tuple, build_args: tuple, target: str | None, platforms: tuple) -> Analysis:
+    text = read(path)
+    analysis = analyse_text(text, path=path, build_args=dict(build_args), target=target, platforms=platforms)
+    for line in analysis.warnings:  # once per Dockerfile version, as BuildKit prints its lint warnings
+        sys.stderr.write(f"archfleet: warning: {line}\n")
+    return analysis
 
 
 def analyse(request) -> Analysis:
-    """The analysis of ``request``'s Dockerfile (cached per file version, args and target)."""
+    """The analysis of ``request``'s Dockerfile (cached per file version, args, target and
+    platforms). DockerfileError (exit 2) when BuildKit would not build it."""
     path = str(request.dockerfile)
     try:
-        mtime = Path(path).stat().st_mtime_ns
+        st = Path(path).stat()
+        stamp = (st.st_mtime_ns, st.st_size)
     except OSError:
-        mtime = 0
-    return _cached(path, mtime, tuple(request.build_args), request.target)
+        stamp = (0, 0)
+    return _cached(path, stamp, tuple(request.build_args), request.target, tuple(request.platforms))
 
 
 def platform_of(stage: Stage, build: Platform, target: Platform) -> Platform:
+    """The platform a BUILD, TARGET or literal stage runs on (a stage whose --platform is an
+    expression of both needs :meth:`Analysis.platform_of`)."""
     if stage.platform == BUILD:
         return build
     if stage.platform == TARGET:

@@ -8,16 +8,17 @@ nodes file (SSH, host key, engine, clock skew). One line per check; exit 3 if an
 from __future__ import annotations
 
 import asyncio
+import platform as _platform
 import time
 
 import attrs
 
 from . import binfmt, engine
-from .errors import ArchfleetError
+from .errors import ArchfleetError, RegistryRefused
 from .hookcall import call_first, resolve
-from .platforms import parse
+from .platforms import native_platforms, parse
 from .reference import Reference
-from .registry import RegistryClient
+from .registry import RegistryClient, login_hint
 from .transport import LocalTransport
 
 WANTED_EMULATORS = ("linux/arm64", "linux/arm/v7", "linux/s390x", "linux/ppc64le", "linux/riscv64")
@@ -58,14 +59,22 @@ async def check_local(engine_cli: str | None) -> list[Check]:
     return out
 
 
-def check_binfmt() -> list[Check]:
-    if not (binfmt.MOUNT / "register").exists():
-        return [Check("FAIL", "binfmt", f"binfmt_misc is not mounted at {binfmt.MOUNT}",
+def check_binfmt(mount=None) -> list[Check]:
+    """The local QEMU handlers: missing ones (FAIL when there are none, else warn) and ones that
+    are registered but cannot emulate inside containers (disabled, or no fix-binary flag F;
+    ``archfleet binfmt --install`` re-registers those with F)."""
+    mount = binfmt.MOUNT if mount is None else mount
+    if not (mount / "register").exists():
+        return [Check("FAIL", "binfmt", f"binfmt_misc is not mounted at {mount}",
                       "run `archfleet binfmt --install all` as root (it mounts it)")]
-    handlers = [h for h in binfmt.read_handlers() if h.name.startswith("qemu-")]
+    handlers = [h for h in binfmt.read_handlers(mount) if h.name.startswith("qemu-")]
     emulated = set(binfmt.emulated_platforms(handlers))
+    native = set(native_platforms(_platform.machine()))
+    # handlers for platforms we would emulate (not this machine's own) that cannot run in containers
+    broken = [h for h in handlers if h.problem and h.platforms and not set(h.platforms) <= native]
     out = []
-    missing = [p for p in WANTED_EMULATORS if parse(p) not in emulated]
+    missing = [p for p in WANTED_EMULATORS
+               if parse(p) not in emulated and not any(parse(p) in h.platforms for h in broken)]
     if not handlers:
         out.append(Check("FAIL", "binfmt", "no QEMU handlers registered: only native platforms can be built here",
                          "run `archfleet binfmt --install all` (needs qemu-user-static)"))
@@ -74,10 +83,10 @@ def check_binfmt() -> list[Check]:
                          f"run `archfleet binfmt --install {','.join(missing)}`"))
     else:
         out.append(Check("ok", "binfmt", f"{len(handlers)} QEMU handlers ({', '.join(WANTED_EMULATORS)} and more)"))
-    no_f = [h.name for h in handlers if h.enabled and "F" not in h.flags]
-    if no_f:
-        out.append(Check("warn", "binfmt", f"{', '.join(no_f)} lack the fix-binary flag F: they fail inside containers",
-                         "run `archfleet binfmt --uninstall ...` then `--install ...` to register them with F"))
+    if broken:
+        out.append(Check("warn", "binfmt", "; ".join(h.problem for h in broken),
+                         f"run `archfleet binfmt --install {','.join(str(h.platforms[0]) for h in broken)}` "
+                         "as root: it re-registers them with F"))
     return out
 
 
@@ -92,15 +101,16 @@ async def check_registry(host: str, insecure: tuple[str, ...]) -> list[Check]:
                 fix = f"start the registry at {host}, or check the address and firewall"
                 if not client.plain_http_allowed(host):
                     fix += f"; if it speaks plain HTTP, pass --insecure-registry {host}"
-            elif "credentials" in text:
-                fix = f"run `docker login {host}`"
+            elif isinstance(exc, RegistryRefused):
+                fix = f"run {login_hint(host)} with an account that may push there"
             else:
                 fix = "check the registry's address and logs"
             return [Check("FAIL", f"registry {host}", text.replace(f"registry {host} ", ""), fix)]
-        scheme = client._schemes.get(host, "https")
+        scheme = client.scheme_of(host) or "https"
         if scheme == "http" and not client.plain_http_allowed(host):
             return [Check("FAIL", f"registry {host}", "speaks plain HTTP only", f"pass --insecure-registry {host}")]
-        note = "plain HTTP (loopback or --insecure-registry)" if scheme == "http" else "HTTPS"
+        note = {"http": "plain HTTP (loopback or --insecure-registry)", "https": "HTTPS"}.get(
+            scheme, f"{scheme} (loopback or --insecure-registry)")
         return [Check("ok", f"registry {host}", f"reachable over {note}; credentials accepted for push")]
 
 

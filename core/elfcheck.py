@@ -44,61 +44,128 @@ def matches(arch: str, platform: Platform) -> bool:
     return arch == platform.architecture
 
 
+OPAQUE = ".wh..wh..opq"  # OCI image spec, layer.md "Opaque Whiteout"
+WHITEOUT = ".wh."  # OCI image spec, layer.md "Whiteouts"; ".wh..wh.*" other than OPAQUE are reserved
+
+
+def member_path(name: str) -> str:
+    """A layer tar member's name as an absolute path in the image: ``./a``, ``a``, ``/a`` and
+    ``a/`` are all ``/a``; a hidden name keeps its dots (``./.local`` is ``/.local``); ``..``
+    never climbs above ``/``."""
+    return "/" + posixpath.normpath("/" + name).lstrip("/")
+
+
 def scan_layer(fileobj: IO[bytes]) -> dict:
-    """What one layer holds, on its own: ``{"entries": {path: [kind, value]}, "whiteouts": [...]}``
-    (kind "file" with its ELF architecture or None, "link" with its target, "other"). Plain
-    JSON, so it can be cached by the layer's digest: a layer never changes."""
+    """What one layer holds, on its own: ``{"entries": {path: [kind, value]}, "whiteouts":
+    [path, ...], "opaque": [dir, ...]}``. Kinds: "file" with its ELF architecture or None,
+    "link" with its target (a hard link's as an absolute path), "dir", "other".
+
+    Whiteouts follow the OCI image spec (layer.md): ``<dir>/.wh.<name>`` removes ``<dir>/<name>``
+    (and all under it) from the layers below; ``<dir>/.wh..wh..opq`` removes everything under
+    ``<dir>`` from the layers below but keeps what this layer puts there. Later members win over
+    earlier ones with the same path, as when the tar is applied. Plain JSON, so it can be cached
+    by the layer's digest: a layer never changes."""
     entries: dict[str, list] = {}
     whiteouts: list[str] = []
+    opaque: list[str] = []
     with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
         for member in tar:
-            path = "/" + posixpath.normpath(member.name.lstrip("./")).lstrip("/")
-            base = posixpath.basename(path)
-            if base.startswith(".wh."):
-                whiteouts.append(posixpath.join(posixpath.dirname(path), base[4:]))
+            path = member_path(member.name)
+            parent, base = posixpath.split(path)
+            if base == OPAQUE:
+                opaque.append(parent)
                 continue
-            if path in entries:
+            if base.startswith(WHITEOUT + WHITEOUT):
+                continue  # reserved (aufs hard-link and metadata directories)
+            if base.startswith(WHITEOUT):
+                whiteouts.append(posixpath.join(parent, base[len(WHITEOUT):]))
                 continue
             if member.issym():
                 entries[path] = ["link", member.linkname]
             elif member.islnk():
-                entries[path] = ["link", "/" + member.linkname.lstrip("./")]
+                entries[path] = ["link", member_path(member.linkname)]
             elif member.isfile():
                 f = tar.extractfile(member)
                 entries[path] = ["file", elf_arch(f.read(20)) if f else None]
+            elif member.isdir():
+                entries[path] = ["dir", None]
             else:
                 entries[path] = ["other", None]
-    return {"entries": entries, "whiteouts": whiteouts}
+    return {"entries": entries, "whiteouts": whiteouts, "opaque": opaque}
+
+
+def _ancestors(path: str) -> Iterable[str]:
+    while path != "/":
+        path = posixpath.dirname(path)
+        yield path
 
 
 class LayerIndex:
-    """Paths seen in layers, top layer first: the first sighting of a path wins (like overlayfs)."""
+    """Paths seen in layers, added top layer first, as the merged image shows them (like
+    overlayfs): the first sighting of a path wins, and a path is hidden when a layer above
+    whited it or one of its directories out, made one of its directories opaque, or put a
+    non-directory (a file or a symlink) where one of its directories was."""
 
     def __init__(self):
-        self.entries: dict[str, tuple[str, str | None]] = {}  # path -> ("file", arch) | ("link", target) | ("other", None)
+        self.entries: dict[str, tuple[str, str | None]] = {}  # path -> ("file", arch) | ("link", target) | ("dir"|"other", None)
         self.whiteouts: set[str] = set()
+        self.opaque: set[str] = set()
         self.elf_counts: dict[str, int] = {}
 
     def add_layer(self, fileobj: IO[bytes]) -> None:
         self.add_scan(scan_layer(fileobj))
 
+    def _hidden(self, path: str) -> bool:
+        if path in self.whiteouts:
+            return True
+        for up in _ancestors(path):
+            if up in self.whiteouts or up in self.opaque:
+                return True
+            above = self.entries.get(up)
+            if above is not None and above[0] != "dir":
+                return True
+        return False
+
     def add_scan(self, scan: dict) -> None:
         """Add the next layer down (from :func:`scan_layer`)."""
         for path, (kind, value) in scan["entries"].items():
-            if path in self.entries or path in self.whiteouts:
+            if path in self.entries or self._hidden(path):
                 continue
             self.entries[path] = (kind, value)
             if kind == "file" and value:
                 self.elf_counts[value] = self.elf_counts.get(value, 0) + 1
+        # this layer's whiteouts hide the layers below it, not its own entries
         self.whiteouts.update(scan["whiteouts"])
+        self.opaque.update(scan.get("opaque", ()))
 
     def resolve(self, path: str, hops: int = 16) -> tuple[str, str | None] | None:
-        for _ in range(hops):
-            entry = self.entries.get(path)
-            if entry is None or entry[0] != "link":
+        """The entry ``path`` names, following symlinks in every component as the kernel does
+        (``/bin/sh`` through a ``/bin -> usr/bin`` link), at most ``hops`` links; None if there
+        is none."""
+        todo = [p for p in path.split("/") if p]
+        cur = "/"
+        links = 0
+        while todo:
+            name = todo.pop(0)
+            if name == ".":
+                continue
+            if name == "..":
+                cur = posixpath.dirname(cur)
+                continue
+            here = posixpath.join(cur, name)
+            entry = self.entries.get(here)
+            if entry is not None and entry[0] == "link":
+                links += 1
+                if links > hops:
+                    return None
+                target = entry[1] or ""
+                if target.startswith("/"):
+                    cur = "/"
+                todo = [p for p in target.split("/") if p] + todo
+                continue
+            if not todo:
                 return entry
-            target = entry[1] or ""
-            path = posixpath.normpath(target if target.startswith("/") else posixpath.join(posixpath.dirname(path), target))
+            cur = here
         return None
 
     def program_arch(self, argv0: str, env: Iterable[str]) -> str | None:
@@ -110,7 +177,7 @@ class LayerIndex:
                             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             candidates = [posixpath.join(d or "/", argv0) for d in path_var.split(":")]
         for cand in candidates:
-            entry = self.resolve(posixpath.normpath(cand))
+            entry = self.resolve(cand)  # ".." taken after the links before it, as the kernel does
             if entry and entry[0] == "file":
                 return entry[1]
         return None

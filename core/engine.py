@@ -48,10 +48,13 @@ from typing import Sequence
 
 import attrs
 
-from .errors import BuildFailed, EnvironmentProblem, InfrastructureError
+import docker.auth
+
+from .errors import BuildFailed, InfrastructureError, RegistryError
 from .model import BuildRequest
 from .platforms import Platform
 from .reference import Reference
+from .registry import credential_name, load_credentials, refusal, registry_answer
 from .transport import Completed, LineCallback, Transport
 
 ENV_CLI = "ARCHFLEET_ENGINE_CLI"
@@ -261,6 +264,21 @@ async def push(transport: Transport, ref: Reference, auth_config: dict | None = 
     """Push ``ref`` (a tag in the node's engine) through the Engine API; return the manifest digest.
 
     ``auth_config`` travels in the request header only: credentials never touch the node's disk.
+
+    A failure is given its type here, at the adapter boundary (downstream code never reads the
+    text), from what the Engine API relays:
+
+    - the registry's answer: its distribution error code, which dockerd writes as
+      ``<code>: <message>`` (``denied: ...``, ``toomanyrequests: ...``, ``manifest invalid: ...``),
+      ``errorDetail.code`` when it is an HTTP status, or the status in ``received unexpected
+      HTTP status: NNN`` (:func:`archfleet.registry.registry_answer`). ``denied``/``unauthorized``
+      /401/403 and ``toomanyrequests``/429 (rate limits, quotas) are :class:`RegistryRefused`
+      (exit 3, with the ``docker login`` to run); any other code or status is
+      :class:`RegistryError` (exit 1). The registry answers every node alike: not retried.
+    - the connection to the engine dropped, or the engine no longer answers ``ping()``:
+      :class:`InfrastructureError` (the node failed: the platform is built elsewhere).
+    - anything else while the engine still answers: :class:`RegistryError` naming the node (the
+      push failed between the engine and the registry; not retried on another node).
     """
     import docker.errors
 
@@ -273,44 +291,64 @@ async def push(transport: Transport, ref: Reference, auth_config: dict | None = 
         kwargs = {"auth_config": auth_config} if auth_config else {}
         try:
             for event in client.api.push(repository, tag=ref.tag, stream=True, decode=True, **kwargs):
-                if "error" in event:
-                    raise _PushError(event.get("error") or str(event.get("errorDetail")))
+                if "error" in event or "errorDetail" in event:
+                    detail = event.get("errorDetail") or {}
+                    code = detail.get("code") if isinstance(detail, dict) else None
+                    message = event.get("error") or (detail.get("message") if isinstance(detail, dict) else None)
+                    raise _PushError(str(message or detail), code if isinstance(code, int) else None)
                 aux = event.get("aux") or {}
                 if aux.get("Digest"):
                     digest = aux["Digest"]
                 if on_line and event.get("status") not in (None, "Preparing", "Waiting") and not event.get("progressDetail"):
                     loop.call_soon_threadsafe(on_line, f"{event.get('id', '')} {event['status']}".strip())
-        except docker.errors.APIError as exc:
-            raise _PushError(str(exc.explanation or exc)) from None
-        except (ConnectionError, OSError) as exc:
-            raise InfrastructureError(transport.node, f"engine connection lost during push: {exc}") from None
+        except docker.errors.APIError as exc:  # the engine answered the request with an error status
+            raise _PushError(str(exc.explanation or exc), None) from None
+        except (ConnectionError, OSError, docker.errors.DockerException) as exc:
+            raise _Dropped(str(exc) or type(exc).__name__) from None
         if not digest:
-            raise _PushError("engine reported no digest")
+            raise _PushError("the engine reported no digest", None)
         return digest
 
     try:
         return await asyncio.to_thread(_push)
+    except _Dropped as exc:
+        raise InfrastructureError(transport.node, f"engine connection lost during the push of {ref}: {exc}") from None
     except _PushError as exc:
-        message = str(exc)
-        if "unauthorized" in message.lower() or "authentication required" in message.lower():
-            raise EnvironmentProblem(f"push of {ref} refused: {message}; run `docker login {ref.registry}`") from None
+        message, status = str(exc), exc.status
+        code, in_text = registry_answer(message)
+        if status is None or not 100 <= status <= 599:
+            status = in_text
+        known = refusal(code, status, ref.registry, f"the push of {ref}", message)
+        if known is not None:
+            raise known from None
         if not await ping(transport):
-            raise InfrastructureError(transport.node, f"engine gone during push: {message}") from None
-        raise InfrastructureError(transport.node, f"push of {ref} failed: {message}") from None
+            raise InfrastructureError(transport.node, f"engine gone during the push of {ref}: {message}") from None
+        raise RegistryError(f"push of {ref} from node {transport.node} failed: {message}") from None
+
+
+class _Dropped(Exception):
+    """The connection to the engine failed during the push."""
 
 
 class _PushError(Exception):
-    pass
+    """The engine reported the push failed: its message and ``errorDetail.code``, if any."""
+
+    def __init__(self, message: str, status: int | None):
+        super().__init__(message)
+        self.status = status
 
 
 def auth_config_for(registry: str) -> dict | None:
-    """Credentials for the Engine API's ``X-Registry-Auth`` header, from the Docker config."""
-    from .registry import load_credentials
-
+    """Credentials for the Engine API's ``X-Registry-Auth`` header, from the Docker config, for
+    ``registry`` as in a reference (``docker.io`` for Docker Hub; its API host works too).
+    ``serveraddress`` is what the docker CLI sends: ``https://index.docker.io/v1/`` for Docker
+    Hub, else the registry. Blocking (it may run a credential helper)."""
     creds = load_credentials(registry)
     if not creds:
         return None
+    name = credential_name(registry)
+    server = docker.auth.INDEX_URL if name == docker.auth.INDEX_NAME else name
     if "identitytoken" in creds:
-        return {"identitytoken": creds["identitytoken"], "serveraddress": registry}
-    return {"username": creds.get("username", ""), "password": creds.get("password", ""), "serveraddress": registry}
+        return {"identitytoken": creds["identitytoken"], "serveraddress": server}
+    return {"username": creds.get("username", ""), "password": creds.get("password", ""), "serveraddress": server}
 

@@ -200,10 +200,12 @@ class Executor:
     async def _wait_for_other_runs(self, option: Option, transport) -> None:
         """Honour ``max_builds`` across runs: while other runs' leases and this run's own builds
         fill the node's slots, wait (re-reading the leases), at most twice the longest wait the
-        probe saw (a minute at least); then build anyway and say so."""
+        probe saw (a minute at least) and never past :func:`archfleet.leases.wait_limit`'s cap
+        (five minutes or this build's own estimate, whichever is longer: leases are anyone's
+        input); then build anyway and say so."""
         facts = self.facts[option.node]
         cap = max(1, facts.node.max_builds)
-        give_up = time.monotonic() + max(60.0, 2 * max(facts.busy))
+        give_up = time.monotonic() + leases.wait_limit(facts.busy, option.estimate)
         said = False
         while True:
             held = await leases.others(transport, facts.node)

@@ -4,14 +4,24 @@ Safe with two archfleet runs at once (WAL, a busy timeout, short transactions) a
 (the oldest rows beyond ``MAX_ROWS`` are dropped on insert). Keys: the context key (what the
 context holds, see :func:`context_key`) and the project key (where it lives), so a changed
 context still learns from its project's past.
+
+History is an optimisation and never fails ``plan`` or ``build`` (review finding 19): every
+read and write catches ``sqlite3.Error`` and ``OSError``. When the database cannot be opened
+(a read-only cache dir, ``ARCHFLEET_HISTORY`` naming a place that cannot be written) history is
+off for the rest of the run, and the first failure prints one warning line on stderr
+(``archfleet: warning: build history off: ...``); estimates then come from the priors.
+``ARCHFLEET_HISTORY=off`` turns it off without a warning.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sqlite3
 import statistics
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,7 +70,8 @@ def context_key(request) -> tuple[str, int]:
             except OSError:
                 continue
             total += st.st_size
-            h.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            # bytes as the file system holds them: a name that is not UTF-8 hashes too
+            h.update(os.fsencode(p.relative_to(root)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     try:
         h.update(Path(request.dockerfile).read_bytes())
     except OSError:
@@ -70,7 +81,8 @@ def context_key(request) -> tuple[str, int]:
 
 
 def project_key(request) -> str:
-    return hashlib.sha256(f"{Path(request.context).resolve()}\0{Path(request.dockerfile).resolve()}".encode()).hexdigest()[:32]
+    return hashlib.sha256(os.fsencode(Path(request.context).resolve()) + b"\0"
+                          + os.fsencode(Path(request.dockerfile).resolve())).hexdigest()[:32]
 
 
 def _add_speed_column(db: sqlite3.Connection) -> None:
@@ -91,16 +103,64 @@ class Past:
     basis: str  # "this context" | "this project" | ...
 
 
+_warned = threading.Event()
+
+
+def _warn(why: str) -> None:
+    """One line on stderr, once per process, the first time history fails."""
+    if not _warned.is_set():
+        _warned.set()
+        sys.stderr.write(f"archfleet: warning: build history off: {why} (estimates use priors; set "
+                         "ARCHFLEET_HISTORY to a writable file, or to off)\n")
+
+
+class _Off(Exception):
+    """The database could not be opened: history is off for this History."""
+
+
+def _never_fails(default):
+    """A History method that answers ``default`` instead of raising when the database cannot be
+    opened or used (``sqlite3.Error``, ``OSError``); the first such failure is warned about."""
+    def wrap(method):
+        @functools.wraps(method)
+        def safe(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except _Off:
+                return default
+            except (sqlite3.Error, OSError) as exc:
+                _warn(f"{self.path}: {exc}")
+                return default
+        return safe
+    return wrap
+
+
 class History:
+    """The database at ``path`` (default :func:`default_path`), opened on first use. No method
+    raises: a database that cannot be opened or used answers "nothing known" (see the module)."""
+
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else default_path()
         self._db: sqlite3.Connection | None = None
+        self.off: str | None = None  # why history is off, once opening the database failed
 
     def _conn(self) -> sqlite3.Connection:
+        if self.off is not None:
+            raise _Off(self.off)
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # used from the event loop and from worker threads, never at the same time
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            try:
+                self._db = self._open()
+            except (sqlite3.Error, OSError) as exc:
+                self.off = f"cannot use {self.path}: {exc}"
+                _warn(self.off)
+                raise _Off(self.off) from exc
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # used from the event loop and from worker threads, never at the same time
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
             db.execute("PRAGMA busy_timeout=30000")
             # Switching to WAL takes an exclusive lock and does not wait on the busy handler:
             # two runs opening a new history at once would fail here without the retry.
@@ -114,14 +174,17 @@ class History:
                     time.sleep(0.05)
             db.executescript(SCHEMA)
             _add_speed_column(db)
-            self._db = db
-        return self._db
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
 
+    @_never_fails(None)
     def record(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str,
                seconds: float, bytes: int = 0, outcome: str = "ok", speed: float | None = None) -> None:
         """``speed``: the node's relative speed (:func:`archfleet.planner.node_speed`) when it ran,
@@ -142,6 +205,7 @@ class History:
             return None
         return statistics.median(rows), len(rows)
 
+    @_never_fails(None)
     def past(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str) -> Past | None:
         """What this option took before: this context first, then this project."""
         got = self._median("SELECT seconds FROM runs WHERE outcome = 'ok' AND context_key = ? AND platform = ?"
@@ -154,6 +218,7 @@ class History:
             return Past(got[0], got[1], "this project")
         return None
 
+    @_never_fails(None)
     def qemu_factor(self, node: str) -> float | None:
         """Learned slowdown of emulated over native builds of the same projects on ``node``."""
         rows = self._conn().execute(
@@ -164,6 +229,7 @@ class History:
         ratios = [e / n for _, e, n in rows if n and n > 0.05]
         return statistics.median(ratios) if ratios else None
 
+    @_never_fails(None)
     def project_work(self, project_key: str) -> float | None:
         """Typical work of this project at reference speed (seconds x the node's speed), from its
         native and cross builds on any node: a prior for nodes that have not built it. Raw seconds
@@ -173,6 +239,14 @@ class History:
                            " AND strategy IN ('native', 'cross') AND speed > 0", (project_key,), limit=9)
         return got[0] if got else None
 
+    @_never_fails(False)
+    def synced_before(self, context_key: str, node: str) -> bool:
+        """Whether this context was built on ``node`` before (so the node has it)."""
+        row = self._conn().execute("SELECT 1 FROM runs WHERE context_key = ? AND node = ? LIMIT 1",
+                                   (context_key, node)).fetchone()
+        return row is not None
+
+    @_never_fails(0)
     def count(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
@@ -187,27 +261,17 @@ class HistoryView:
     context_bytes: int
 
     def past(self, option) -> Past | None:
-        try:
-            return self.db.past(context_key=self.context_key, project_key=self.project_key,
-                                platform=str(option.platform), strategy=option.strategy, node=option.node)
-        except sqlite3.Error:
-            return None
+        return self.db.past(context_key=self.context_key, project_key=self.project_key,
+                            platform=str(option.platform), strategy=option.strategy, node=option.node)
 
     def synced_before(self, node: str) -> bool:
-        try:
-            row = self.db._conn().execute("SELECT 1 FROM runs WHERE context_key = ? AND node = ? LIMIT 1",
-                                          (self.context_key, node)).fetchone()
-        except sqlite3.Error:
-            return False
-        return row is not None
+        return self.db.synced_before(self.context_key, node)
 
     def record(self, result, outcome: str = "ok", speed: float | None = None) -> None:
-        try:
-            self.db.record(context_key=self.context_key, project_key=self.project_key,
-                           platform=str(result.platform), strategy=result.option.strategy, node=result.option.node,
-                           seconds=result.seconds, bytes=self.context_bytes, outcome=outcome, speed=speed)
-        except sqlite3.Error:
-            pass  # history is an optimisation: a locked or broken cache never fails a build
+        # history is an optimisation: a locked, broken or unwritable cache never fails a build
+        self.db.record(context_key=self.context_key, project_key=self.project_key,
+                       platform=str(result.platform), strategy=result.option.strategy, node=result.option.node,
+                       seconds=result.seconds, bytes=self.context_bytes, outcome=outcome, speed=speed)
 
 
 def view_for(request, path: Path | None = None) -> HistoryView | None:

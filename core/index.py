@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import tarfile
@@ -11,11 +12,11 @@ from typing import Sequence
 
 from . import elfcheck, layercache, mediatypes
 from .elfcheck import LayerIndex, scan_layer
-from .errors import RegistryError, VerificationFailed
+from .errors import ArchfleetError, RegistryError, VerificationFailed
 from .model import ChildImage
 from .platforms import Platform, PlatformError, parse
 from .reference import Reference
-from .registry import RegistryClient
+from .registry import RegistryClient, sha256_digest
 
 
 def _platform_of(config_or_desc: dict) -> Platform | None:
@@ -140,22 +141,58 @@ async def push_index(client: RegistryClient, source: Reference, children: Sequen
     """Push the index to every tag; children live in ``source`` and are copied to other repos.
     Returns (digest, the exact bytes pushed, media type).
 
-    Everything a tag needs (blobs, child manifests) is in place before the tag itself moves,
-    so a tag never points at something incomplete.
+    :func:`stage_index` then :func:`move_tags`, so that no tag moves until every repository
+    holds everything; a caller that must not be interrupted half-way through moving the tags
+    (Ctrl-C) can call the two itself and protect only the second.
     """
-    body, media_type = assemble(children)
-    digest = None
-    for tag in tags:
-        if tag.name != source.name:
-            for child in children:
-                await copy_manifest(client, source.with_digest(child.digest), tag.with_digest(child.digest))
-        digest = await client.put_manifest(tag, body, media_type)
-    assert digest is not None
+    digest, body, media_type = await stage_index(client, source, children, tags)
+    await move_tags(client, tags, body, media_type)
     return digest, body, media_type
 
 
+async def stage_index(client: RegistryClient, source: Reference, children: Sequence[ChildImage],
+                      tags: Sequence[Reference]) -> tuple[str, bytes, str]:
+    """Put everything the tags will need in place without moving any tag: every child
+    (config, layers, manifest) into every tag's repository, then the index by its digest into
+    each of them. Returns (digest, the exact bytes, media type). A failure here leaves every
+    tag as it was."""
+    body, media_type = assemble(children)
+    digest = sha256_digest(body)
+    repos: list[Reference] = []
+    for tag in tags:
+        if tag.name not in {r.name for r in repos}:
+            repos.append(tag)
+    for repo in repos:
+        if repo.name != source.name:
+            for child in children:
+                await copy_manifest(client, source.with_digest(child.digest), repo.with_digest(child.digest))
+    for repo in repos:
+        await client.put_manifest(repo.with_digest(digest), body, media_type)
+    return digest, body, media_type
+
+
+async def move_tags(client: RegistryClient, tags: Sequence[Reference], body: bytes, media_type: str) -> None:
+    """Point every tag at the index :func:`stage_index` put in place (one small PUT each, of a
+    manifest the registry already has). A failure after some tags moved keeps its type (it
+    decides the exit code) and says which tags moved."""
+    digest = sha256_digest(body)
+    moved: list[str] = []
+    for tag in tags:
+        try:
+            await client.put_manifest(tag, body, media_type)
+        except ArchfleetError as exc:
+            if not moved:
+                raise
+            told = copy.copy(exc)  # the same type, saying what moved
+            told.args = (f"{exc}; the index {digest} is already under {', '.join(moved)}, "
+                         f"not under {tag} or the tags after it",)
+            raise told from None
+        moved.append(str(tag))
+
+
 async def copy_manifest(client: RegistryClient, src: Reference, dst: Reference) -> None:
-    """Copy one image manifest (config and layers first) from ``src`` to ``dst`` by digest."""
+    """Copy one image manifest (config and layers first, each streamed or mounted) from ``src``
+    to ``dst`` by digest; nothing is done when ``dst`` already has it."""
     if await client.head_manifest(dst) is not None:
         return
     manifest = await client.get_manifest(src)

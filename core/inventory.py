@@ -1,36 +1,53 @@
-"""Where nodes come from.
+"""Where nodes come from, and which nodes files archfleet trusts.
 
-``nodes.toml`` is found in this order: ``--nodes FILE``, ``$ARCHFLEET_NODES``, ``./nodes.toml``,
-then the user config dir (``~/.config/archfleet/nodes.toml``). It holds one ``[nodes.NAME]``
-table per node; ``[nodes.local]`` adjusts the implicit local node. Every validation error names
-``file:line`` and the key. Plugins contribute nodes through ``archfleet_add_nodes``; this module
-collects them, checks names are unique and applies ``--node`` selections.
+``nodes.toml`` is found in this order: ``--nodes FILE``, ``$ARCHFLEET_NODES``, then the user
+config dir (``~/.config/archfleet/nodes.toml``). It holds one ``[nodes.NAME]`` table per node;
+``[nodes.local]`` adjusts the implicit local node. Every validation error names ``file:line``
+and the key. Plugins contribute nodes through ``archfleet_add_nodes``; this module collects
+them, checks names are unique and applies ``--node`` selections.
+
+The trust rule (like git's ``safe.directory``): a nodes file can run programs (``engine_cli``),
+pick the daemon that receives registry credentials (``docker_host``) and weaken host-key checks
+(``known_hosts``, ``host_key_policy``, ``identity``), so it is read only when the user chose it:
+named with ``--nodes`` or ``$ARCHFLEET_NODES``, or in their own config dir. ``./nodes.toml`` in
+the working directory (a checkout is someone else's input) is never read implicitly; when one
+is there and not used, :func:`make_config` says so in one line. A file someone other than the
+user or root could change is refused (owned by another user; world-writable; group-writable
+unless the group is the owner's private group, as Debian's OpenSSH allows for ~/.ssh/config).
+A relative ``engine_cli`` of the local node is relative to the file, never to the working
+directory.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
+import stat
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 
 from .errors import UsageError
 from .model import NodeSpec
-from .platforms import PlatformError, parse
+from .platforms import PlatformError, parse_target
 
 ENV_NODES = "ARCHFLEET_NODES"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-HOST = re.compile(r"^[A-Za-z0-9_.:\[\]%-]+$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+HOST = re.compile(r"[A-Za-z0-9_.:\[\]%-]+")
+USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 HOST_KEY_POLICIES = ("strict", "accept-new")
+MAX_BYTES = 1 << 20  # a nodes file is a few KB; anything near this is not one
 
 _SSH_KEYS = {
     "host", "port", "user", "identity", "known_hosts", "host_key_policy", "arch", "engine", "engine_cli",
     "docker_host", "max_builds", "labels", "enabled", "transport",
 }
 _LOCAL_KEYS = {"engine_cli", "docker_host", "max_builds", "labels", "enabled"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @attrs.frozen
@@ -54,29 +71,122 @@ def user_config_dir() -> Path:
 
 
 def find_nodes_file(explicit: str | None) -> Path | None:
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise UsageError(f"--nodes: {explicit}: no such file")
-        return path
-    env = os.environ.get(ENV_NODES)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_file():
-            raise UsageError(f"${ENV_NODES}: {env}: no such file")
-        return path
-    for path in (Path("nodes.toml"), user_config_dir() / "nodes.toml"):
-        if path.is_file():
+    """The nodes file to read: ``explicit`` (``--nodes``), ``$ARCHFLEET_NODES``, else the one in
+    the user config dir if it exists. Never ``./nodes.toml`` unless named. Raises
+    :class:`UsageError` for a named file that does not exist."""
+    for value, what in ((explicit, "--nodes"), (os.environ.get(ENV_NODES), f"${ENV_NODES}")):
+        if value:
+            message = not_utf8(what, value)
+            if message:
+                raise UsageError(message)
+            path = Path(value).expanduser()
+            if not path.exists():
+                raise UsageError(f"{what}: {value}: no such file")
             return path
-    return None
+    path = user_config_dir() / "nodes.toml"
+    return path if path.is_file() else None
+
+
+def ignored_local_file(used: Path | None) -> str | None:
+    """One line for a ``./nodes.toml`` that defines something and is not read, else None.
+    (Read without blocking: a FIFO or other special file there gets no note.)"""
+    here = Path("nodes.toml")
+    try:
+        if used is not None and here.resolve() == used.resolve():
+            return None
+        fd = os.open(here, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        head = os.read(fd, MAX_BYTES) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        head = b""
+    finally:
+        os.close(fd)
+    if not re.search(rb"(?m)^\s*\[", head):
+        return None  # only comments (an example): nothing is being left out
+    return (f"./nodes.toml is not read unless you name it (it can run programs): pass --nodes nodes.toml "
+            f"or set ${ENV_NODES} if you trust it" + (f"; using {used}" if used else ""))
 
 
 def make_config(nodes: str | None = None, engine_cli: str | None = None, local: bool = True,
-                only_nodes: tuple[str, ...] = ()) -> Config:
+                only_nodes: tuple[str, ...] = (), note: Callable[[str], None] | None = None) -> Config:
+    """The command's :class:`Config`: the nodes file found and loaded (see :func:`find_nodes_file`).
+    ``note`` receives the one line about an ignored ``./nodes.toml``, if there is one."""
     path = find_nodes_file(nodes)
+    if note is not None and nodes is None and not os.environ.get(ENV_NODES):
+        message = ignored_local_file(path)
+        if message:
+            note(message)
     specs = load_nodes_file(path) if path else ()
     return Config(nodes_file=path, file_nodes=tuple(specs), engine_cli=engine_cli, local=local,
                   only_nodes=tuple(only_nodes))
+
+
+def not_utf8(what: str, value: str) -> str | None:
+    """One line when ``value`` (from argv or the environment, where bytes that are not UTF-8
+    arrive as surrogate escapes) cannot be encoded as UTF-8, naming its byte offset; else None."""
+    try:
+        value.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        offset = len(value[:exc.start].encode("utf-8"))
+        return f"{what} {value!r}: not UTF-8 at byte {offset}; archfleet takes UTF-8 names and values"
+
+
+def read_trusted(path: Path) -> str:
+    """The text of nodes file ``path``, if it is a regular file only the user or root can change.
+
+    Opened once and checked on the open file (``fstat``), so the file checked is the file read.
+    Raises :class:`UsageError`: unreadable, not a regular file, not trusted, larger than 1 MiB,
+    or not UTF-8 (naming the line and byte offset)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{path}: not a regular file; give a nodes.toml file")
+        problem = _untrusted(st)
+        if problem:
+            raise UsageError(f"{path}: refusing a nodes file {problem} (it can run programs); "
+                             "chmod go-w it or copy it to a file of your own")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise UsageError(f"{path}: larger than {MAX_BYTES} bytes; this is not a nodes file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 at byte {exc.start}; TOML files are UTF-8") from None
+    return text.removeprefix("\ufeff")  # a BOM some editors write
+
+
+def _untrusted(st: os.stat_result) -> str | None:
+    """Why someone other than the user or root could change a file with this stat, or None."""
+    me = os.geteuid()
+    if st.st_uid not in (me, 0):
+        return f"owned by uid {st.st_uid} (not you or root)"
+    if st.st_mode & stat.S_IWOTH:
+        return f"anyone can write (mode {stat.S_IMODE(st.st_mode):04o})"
+    if st.st_mode & stat.S_IWGRP and not _private_group(st.st_uid, st.st_gid):
+        return f"its group can write (mode {stat.S_IMODE(st.st_mode):04o}, gid {st.st_gid})"
+    return None
+
+
+def _private_group(uid: int, gid: int) -> bool:
+    """The owner's own group with nobody else in it (a Debian user-private group)."""
+    try:
+        user, group = pwd.getpwuid(uid), grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return user.pw_gid == gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
 
 
 class _Lines:
@@ -112,16 +222,17 @@ class _Lines:
 
 
 def load_nodes_file(path: Path) -> list[NodeSpec]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    """The nodes in ``path`` (read with :func:`read_trusted`); raises :class:`UsageError` naming
+    ``file:line``, the node and the key for the first problem."""
+    text = read_trusted(path)
     lines = _Lines(text)
     if lines.duplicates:
         name, number = lines.duplicates[0]
         raise UsageError(f"{path}:{number}: node {name!r} is defined twice (first at line {lines.of(name)})")
     try:
         doc = tomllib.loads(text)
+    except RecursionError:
+        raise UsageError(f"{path}: not valid TOML: nested too deeply") from None
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         where = f"{path}:{m.group(1)}" if m else str(path)
@@ -139,12 +250,25 @@ def load_nodes_file(path: Path) -> list[NodeSpec]:
     return out
 
 
+_UNIX = re.compile(r"unix://(/[^\s]*)")
+_TCP = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})")
+
+
+def docker_host_ok(value: str) -> bool:
+    """``unix:///absolute/path`` or ``tcp://host:port`` (port 1-65535), as docker's ``-H``
+    takes them; the port is required because archfleet forwards exactly that port."""
+    m = _TCP.fullmatch(value)
+    if m:
+        return 1 <= int(m.group(2)) <= 65535
+    return bool(_UNIX.fullmatch(value))
+
+
 def _node(path: Path, lines: _Lines, name: str, table: Any) -> NodeSpec:
     def fail(key: str | None, message: str) -> UsageError:
         where = f"{path}:{lines.of(name, key)}"
         return UsageError(f"{where}: node {name!r}" + (f" key {key!r}" if key else "") + f": {message}")
 
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise fail(None, "names are letters, digits, '.', '_' and '-' (at most 63, not starting with a symbol)")
     if not isinstance(table, dict):
         raise fail(None, "must be a table ([nodes.NAME])")
@@ -157,9 +281,16 @@ def _node(path: Path, lines: _Lines, name: str, table: Any) -> NodeSpec:
             raise fail(key, f"expected {hint or types[0].__name__}, got {value!r}")
         if not isinstance(value, types):
             raise fail(key, f"expected {hint or types[0].__name__}, got {type(value).__name__} {value!r}")
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise fail(key, f"control characters are not allowed, got {value!r}")
         if check and not check(value):
             raise fail(key, f"expected {hint}, got {value!r}")
         return value
+
+    def file_path(value: str) -> Path:
+        """A path in the file: ``~`` is the user's home, relative is relative to the file."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else Path(os.path.normpath(path.parent.absolute() / p))
 
     is_local = name == "local"
     allowed = _LOCAL_KEYS if is_local else _SSH_KEYS
@@ -169,46 +300,42 @@ def _node(path: Path, lines: _Lines, name: str, table: Any) -> NodeSpec:
                        + ("; the local node takes only these" if is_local else ""))
     max_builds = get("max_builds", (int,), None, lambda v: 1 <= v <= 64, "an integer 1-64")
     enabled = get("enabled", (bool,), True, hint="true or false")
-    labels = get("labels", (dict,), {}, lambda v: all(isinstance(x, str) for x in v.values()),
-                 "a table of strings")
-    engine_cli = get("engine_cli", (str,), None, lambda v: v.strip() != "" and "\n" not in v, "a path")
-    docker_host = get("docker_host", (str,), None, lambda v: v.startswith(("unix://", "tcp://")),
-                      "unix:///path or tcp://host:port")
+    labels = get("labels", (dict,), {}, lambda v: all(isinstance(x, str) and not _CONTROL.search(k + x)
+                                                      for k, x in v.items()), "a table of strings")
+    engine_cli = get("engine_cli", (str,), None, lambda v: v.strip() != "", "a path")
+    docker_host = get("docker_host", (str,), None, docker_host_ok, "unix:///absolute/path or tcp://host:port")
     if is_local:
+        if engine_cli is not None and "/" in engine_cli:
+            engine_cli = str(file_path(engine_cli))  # never relative to the working directory
         return NodeSpec(name="local", transport="local", engine_cli=engine_cli, docker_host=docker_host,
                         max_builds=max_builds or 4, labels=labels, enabled=enabled,
                         source=f"{path}:{lines.of(name)}")
     transport = get("transport", (str,), "ssh", lambda v: v == "ssh", '"ssh"')
     if "host" not in table:
         raise fail(None, "missing 'host' (an address or an ~/.ssh/config alias)")
-    host = get("host", (str,), None, lambda v: bool(HOST.match(v)) and not v.startswith("-"),
+    host = get("host", (str,), None, lambda v: bool(HOST.fullmatch(v)) and not v.startswith("-"),
                "a host name, address or ~/.ssh/config alias")
     port = get("port", (int,), None, lambda v: 1 <= v <= 65535, "an integer 1-65535")
-    user = get("user", (str,), None, lambda v: bool(re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", v)), "a user name")
-    identity = get("identity", (str,), None)
+    user = get("user", (str,), None, lambda v: bool(USER.fullmatch(v)), "a user name")
+    identity = get("identity", (str,), None, lambda v: v.strip() != "", "a path")
     if identity is not None:
-        key_path = Path(identity).expanduser()
-        if not key_path.is_absolute():
-            key_path = (path.parent / key_path).resolve()
+        key_path = file_path(identity)
         try:
             with open(key_path, "rb"):
                 pass
         except OSError as exc:
             raise fail("identity", f"cannot read key file {str(key_path)!r}: {exc.strerror}") from None
         identity = str(key_path)
-    known_hosts = get("known_hosts", (str,), None)
+    known_hosts = get("known_hosts", (str,), None, lambda v: v.strip() != "", "a path")
     if known_hosts is not None:
-        kh = Path(known_hosts).expanduser()
-        if not kh.is_absolute():
-            kh = (path.parent / kh).resolve()
-        known_hosts = str(kh)
+        known_hosts = str(file_path(known_hosts))
     policy = get("host_key_policy", (str,), "strict", lambda v: v in HOST_KEY_POLICIES,
                  " or ".join(HOST_KEY_POLICIES))
     arch = None
     if "arch" in table:
         raw = get("arch", (str,), None)
         try:
-            arch = parse(raw)
+            arch = parse_target(raw)
         except PlatformError as exc:
             raise fail("arch", str(exc)) from None
     engine = get("engine", (str,), "docker", lambda v: v == "docker", '"docker" (the only engine so far)')

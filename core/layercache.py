@@ -12,16 +12,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
+from . import cachefile
+
 MAX_ENTRIES = 400
+STALE_TMP = 3600.0  # a temp file this old was left by a writer that died
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 
 def _dir() -> Path:
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("archfleet")) / "layers-v1"
+    return Path(platformdirs.user_cache_dir("archfleet")) / "layers-v2"  # v2: scans with opaque dirs, hidden names
 
 
 def _path(digest: str) -> Path | None:
@@ -45,16 +49,44 @@ def load(digest: str) -> dict | None:
 
 
 def store(digest: str, scan: dict) -> None:
+    """Keep a layer's scan. Written through a unique temp file and an atomic replace
+    (:func:`archfleet.cachefile.write_atomic`): concurrent runs or threads storing the same layer
+    never share a temp file, and a reader sees the old file or the new one. Then the least
+    recently used scans past ``MAX_ENTRIES`` go, and temp files a killed writer left behind.
+    A cache dir that cannot be written costs a download next time, nothing more."""
     path = _path(digest)
     if path is None:
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(scan, separators=(",", ":")))
-        tmp.replace(path)  # atomic: a concurrent run reads the old file or the new one
-        files = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
-        for old in files[:max(len(files) - MAX_ENTRIES, 0)]:
-            old.unlink(missing_ok=True)
+        cachefile.write_atomic(path, json.dumps(scan, separators=(",", ":")))
     except OSError:
-        pass  # a cache: failing to write it costs a download next time, nothing more
+        return
+    _prune(path.parent)
+
+
+def _prune(directory: Path) -> None:
+    ages = []
+    now = time.time()
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # another run removed it meanwhile
+                if entry.name.endswith(".json"):
+                    ages.append((st.st_mtime, entry.name))
+                elif entry.name.endswith(".tmp") and now - st.st_mtime > STALE_TMP:
+                    _unlink(directory / entry.name)
+    except OSError:
+        return
+    ages.sort()
+    for _, name in ages[:max(len(ages) - MAX_ENTRIES, 0)]:
+        _unlink(directory / name)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass

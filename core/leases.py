@@ -7,49 +7,158 @@ about ``estimate - elapsed`` more seconds (and, once the build overruns its esti
 tenth of the estimate more). The planner treats those slots as taken. A lease whose heartbeat
 is older than 75 s belongs to a run that died or lost the node, and is ignored.
 
-Leases live in ``/tmp/archfleet-leases/<engine key>/`` on the node (world-writable with the
-sticky bit, like /tmp itself, so two users building on one engine see each other), keyed by the
-engine the node's builds go to (its ``docker_host``), since that is the shared resource: two
-lab nodes on one machine with their own engines do not share slots. A lease's content is read
-as numbers and nothing else; a bad or foreign file is ignored. Leases steer the plan; they do
-not lock anything, and failing to write or read one never fails a build.
+Where: ``/tmp/archfleet-leases/<engine key>/`` on the node (world-writable with the sticky bit,
+like /tmp itself, so two users building on one engine see each other), keyed by the engine the
+node's builds go to (its ``docker_host``), since that is the shared resource: two lab nodes on
+one machine with their own engines do not share slots.
+
+Leases are read from and written to a place any local user can write, so nothing there is
+trusted (review finding 1, a symlink attack; finding 8, a denial of service):
+
+- a directory is used only when it is a real directory (never a symlink: opened with
+  ``O_NOFOLLOW``, or ``[ -L ]`` and ``stat`` in the node-side scripts) owned by this user or
+  by root, and, when others may write in it, sticky. Only the last path component is created
+  (``os.mkdir``, ``mkdir`` without ``-p``), and only a directory this run just made (a real
+  directory, this user's) is ever chmod-ed: never an existing one, whatever it is;
+- when ``/tmp/archfleet-leases`` or its per-engine directory fails the check (a symlink, a file,
+  another user's directory), this user's leases go to a private directory instead:
+  ``$XDG_RUNTIME_DIR/archfleet-leases`` (when that is set, this user's and writable by nobody
+  else), else ``~/.cache/archfleet-leases``, both mode 0700. The trade-off: leases then steer
+  only this user's runs on that engine. So two users' runs see each other's leases only
+  through directories root made (a run as root makes both levels, sticky and world-writable);
+  a directory one user made sends every other user to a private one;
+- lease files are created with ``O_CREAT|O_EXCL|O_NOFOLLOW`` (``set -C`` on the node) and
+  renewed through a fresh temp file (``mkstemp``/``mktemp``) renamed over them; only regular
+  files are read (``O_NOFOLLOW|O_NONBLOCK`` and ``S_ISREG``; ``[ -f ] && ! [ -L ]`` with
+  ``head -c 64`` under ``timeout`` on the node), at most ``READ_BYTES`` bytes of each and at most
+  ``MAX_FILES`` files, in a worker thread (never on the event loop);
+- sweeping dead leases removes only this user's own files;
+- a lease's numbers must be finite; an estimate counts for at most ``MAX_ESTIMATE``; a lease
+  without a heartbeat counts for at most ``NO_BEAT_STALE`` seconds after its start, and one
+  whose heartbeat is in the future (beyond ``CLOCK_SKEW``) not at all.
+
+A lease's content is read as numbers and nothing else; a bad or foreign file is ignored. Leases
+steer the plan; they do not lock anything, and failing to write or read one never fails a build.
+
+Test hook: ``ARCHFLEET_LEASE_ROOT`` replaces ``/tmp/archfleet-leases`` (on every node) so a test
+can use a fresh root without touching the one other runs on the machine use. It is not a
+setting: the code path is the same as for the default root.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import secrets
+import stat
 import time
-from pathlib import Path
 from typing import Iterable
 
 from .model import NodeSpec
 
 ROOT = "/tmp/archfleet-leases"
+ROOT_ENV = "ARCHFLEET_LEASE_ROOT"  # test hook (see the module docstring)
+PRIVATE = "archfleet-leases"  # the private root's name, in $XDG_RUNTIME_DIR or ~/.cache
 HEARTBEAT, STALE_BEAT = 20.0, 75.0
-SWEEP_AGE = 600.0  # taking a lease removes (its user's) lease files untouched for this long
-STALE_FACTOR, STALE_GRACE = 3.0, 600.0  # for a lease without a heartbeat
+SWEEP_AGE = 600.0  # taking a lease removes this user's lease files untouched for this long
+NO_BEAT_STALE = 600.0  # a lease without a heartbeat (a foreign file, an old archfleet) counts this long
+MAX_ESTIMATE = 24 * 3600.0  # no lease says a slot is busy for longer than this
+CLOCK_SKEW = 60.0  # a start or heartbeat further in the future than this is not believed
 OVERRUN_SHARE = 0.1
+READ_BYTES = 64  # a lease is "start estimate beat\n": 40 bytes at most in practice
+MAX_FILES = 256  # lease files read per engine (a node has a few slots, not thousands)
+MAX_WAIT = 300.0  # a build waits at most this long (or its own estimate) for other runs' slots
 
+
+def shared_root() -> str:
+    """The lease root every run on a node uses: ``/tmp/archfleet-leases`` (or the test hook)."""
+    return os.environ.get(ROOT_ENV) or ROOT
+
+
+# --- the node-side scripts ------------------------------------------------------------------
 # Fixed scripts: the root ($1), engine key ($2) and lease name ($3) are ours (a constant and
-# hex); the estimate ($4) a number we formatted.
-_TAKE = ('mkdir -p "$1" "$1/$2" 2>/dev/null; chmod 1777 "$1" "$1/$2" 2>/dev/null;'
-         ' t=$(date +%s); echo "$t $4 $t" > "$1/$2/$3";'
-         ' find "$1/$2" -type f -mmin +10 -exec rm -f {} + 2>/dev/null; true')
-# renewed through a dot-file (the reader's glob skips those) and a rename, never half-written
-_BEAT = ('f="$1/$2/$3"; [ -f "$f" ] && read -r s e _ < "$f" && echo "$s $e $(date +%s)" > "$1/$2/.$3"'
-         ' && mv -f "$1/$2/.$3" "$f"')
-_DROP = 'rm -f "$1/$2/$3" "$1/$2/.$3"'
-# One "lease=now start estimate beat" line per lease in $1/$2, leaving out those named "$3..."
-# when $3 is given (a run waiting on other runs' slots skips its own). Also the tail of the
-# probe's facts script, which passes only $1 and $2.
-READ_SCRIPT = (
-    'if [ -n "$2" ]; then now=$(date +%s); for f in "$1/$2"/*; do [ -f "$f" ] || continue;'
-    ' if [ -n "$3" ]; then case "${f##*/}" in "$3"*) continue;; esac; fi;'
-    ' read -r s e b _ < "$f" || continue; echo "lease=$now $s $e $b"; done; fi'
-)
+# hex); the estimate ($4) a number we formatted. Every one starts with these functions, the
+# shell twin of the Python checks below:
+#   ok DIR   DIR is a real directory (no link), ours or root's, sticky if others may write in it
+#   own DIR  ... and ours, and nobody else may write in it
+#   mk DIR MODE  make DIR (the last component only; chmod-ed to MODE when this made it); then ok
+#   priv     p = the private root ($XDG_RUNTIME_DIR/archfleet-leases, else ~/.cache/archfleet-leases)
+#   pick ROOT KEY [make]  d = ROOT/KEY when both pass ok, else the private root's KEY (made 0700)
+_PRELUDE = r"""u=$(id -u)
+ok() {
+  [ -d "$1" ] && ! [ -L "$1" ] || return 1
+  set -- $(stat -c '%f %u' -- "$1" 2>/dev/null)
+  [ $# = 2 ] || return 1
+  m=$1; o=$2
+  [ $((0x$m & 0xF000)) = $((0x4000)) ] || return 1
+  [ "$o" = "$u" ] || [ "$o" = 0 ] || return 1
+  [ $((0x$m & 0x12)) = 0 ] || [ $((0x$m & 0x200)) != 0 ]
+}
+own() { ok "$1" && [ "$o" = "$u" ] && [ $((0x$m & 0x12)) = 0 ]; }
+mk() {
+  if mkdir -- "$1" 2>/dev/null && [ -d "$1" ] && ! [ -L "$1" ] && [ -O "$1" ]; then chmod "$2" -- "$1"; fi
+  ok "$1"
+}
+priv() {
+  case $XDG_RUNTIME_DIR in /*) if own "$XDG_RUNTIME_DIR"; then p=$XDG_RUNTIME_DIR/archfleet-leases; return 0; fi;; esac
+  case $HOME in /*) p=$HOME/.cache/archfleet-leases;; *) return 1;; esac
+}
+pick() {
+  if [ -n "$3" ]; then
+    if mk "$1" 1777 && mk "$1/$2" 1777; then d=$1/$2; return 0; fi
+    priv || return 1
+    mkdir -p -- "${p%/*}" 2>/dev/null
+    mk "$p" 700 && mk "$p/$2" 700 && d=$p/$2
+    return
+  fi
+  if ok "$1" && ok "$1/$2"; then d=$1/$2; return 0; fi
+  priv && ok "$p" && ok "$p/$2" && d=$p/$2
+}
+"""
+# A fresh name: created with noclobber (O_EXCL), never through a link; then this user's dead
+# lease files (and only this user's: -user) in that one directory are swept.
+_TAKE = _PRELUDE + r"""pick "$1" "$2" make || exit 1
+f=$d/$3
+if [ -e "$f" ] || [ -L "$f" ]; then exit 1; fi
+t=$(date +%s)
+(set -C; echo "$t $4 $t" > "$f") 2>/dev/null || exit 1
+chmod 644 -- "$f"
+find "$d" -maxdepth 1 -type f -user "$u" -mmin +10 -exec rm -f -- {} + 2>/dev/null
+true
+"""
+# Renewed through a fresh temp file (mktemp: O_EXCL, a random name; dot-files are skipped by
+# the readers) renamed over the lease, never half-written; only a lease that is ours.
+_BEAT = _PRELUDE + r"""pick "$1" "$2" || exit 0
+f=$d/$3
+[ -f "$f" ] && ! [ -L "$f" ] && [ -O "$f" ] || exit 0
+l=$(head -c 64 -- "$f") || exit 0
+set -f; set -- $l
+[ $# -ge 2 ] || exit 0
+case "$1$2" in *[!0-9.]*) exit 0;; esac
+t=$(mktemp -- "$d/.lease.XXXXXX") || exit 0
+if echo "$1 $2 $(date +%s)" > "$t" && chmod 644 -- "$t" && mv -f -- "$t" "$f"; then exit 0; fi
+rm -f -- "$t"
+"""
+_DROP = _PRELUDE + r"""pick "$1" "$2" || exit 0
+rm -f -- "$d/$3"
+"""
+# One "lease=now start estimate beat" line per lease in the lease directory of $1/$2, leaving
+# out those named "$3..." when $3 is given (a run waiting on other runs' slots skips its own).
+# Also the tail of the probe's facts script, which passes only $1 and $2. A file that is not a
+# regular file is skipped; ``timeout`` bounds a read that races a file swapped for a FIFO.
+READ_SCRIPT = _PRELUDE + r"""if [ -n "$2" ] && pick "$1" "$2"; then
+  now=$(date +%s); n=0
+  if command -v timeout >/dev/null 2>&1; then T="timeout 2"; else T=; fi
+  for f in "$d"/*; do
+    [ -f "$f" ] && ! [ -L "$f" ] || continue
+    if [ -n "$3" ]; then case "${f##*/}" in "$3"*) continue;; esac; fi
+    n=$((n + 1)); [ $n -le 256 ] || break
+    $T head -c 64 -- "$f" 2>/dev/null | { read -r s e b _ && echo "lease=$now $s $e $b"; }
+  done
+fi
+"""
 
 
 def engine_key(node: NodeSpec) -> str:
@@ -61,14 +170,20 @@ def engine_key(node: NodeSpec) -> str:
 
 
 def remaining(now: float, start: float, estimate: float, beat: float | None = None) -> float | None:
-    """Seconds until a lease's slot frees up, or None when the lease is stale or makes no sense."""
-    if not (estimate >= 0 and now - start >= -60):
+    """Seconds until a lease's slot frees up (at most ``MAX_ESTIMATE``), or None when the lease is
+    stale or makes no sense (a number not finite, a negative estimate, a start or heartbeat in
+    the future, no heartbeat for ``NO_BEAT_STALE`` seconds, a heartbeat older than ``STALE_BEAT``)."""
+    numbers = (now, start, estimate) if beat is None else (now, start, estimate, beat)
+    if not all(math.isfinite(x) for x in numbers):
         return None
+    if estimate < 0 or start - now > CLOCK_SKEW:
+        return None
+    estimate = min(estimate, MAX_ESTIMATE)
     elapsed = max(now - start, 0.0)
     if beat is not None:
-        if now - beat > STALE_BEAT:
+        if now - beat > STALE_BEAT or beat - now > CLOCK_SKEW:
             return None
-    elif elapsed > STALE_FACTOR * estimate + STALE_GRACE:
+    elif elapsed > NO_BEAT_STALE:
         return None
     return round(max(estimate - elapsed, OVERRUN_SHARE * estimate), 1)
 
@@ -99,50 +214,251 @@ def _is_local(transport) -> bool:
 RUN = f"{os.getpid()}{secrets.token_hex(4)}"
 
 
-def read_local(node: NodeSpec, root: str = ROOT, skip: str | None = None) -> tuple[float, ...]:
-    """The local node's leases (but those named ``skip...``), read directly (no process to start)."""
-    values = []
-    now = time.time()
-    try:
-        entries = list(Path(root, engine_key(node)).iterdir())
-    except OSError:
-        return ()
-    for path in entries:
-        if path.name.startswith(".") or (skip and path.name.startswith(skip)):
-            continue
+# --- the local path: the same rules, through directory file descriptors ----------------------
+
+class _Unusable(Exception):
+    """A lease directory that fails the check (a link, not a directory, someone else's)."""
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _usable(st: os.stat_result, private: bool = False) -> bool:
+    """``ok``/``own`` of the scripts: a directory, ours or root's (``private``: ours), and if
+    group or others may write in it, sticky (``private``: nobody else may write)."""
+    me = os.geteuid()
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    if private:
+        return st.st_uid == me and not st.st_mode & 0o022
+    return st.st_uid in (me, 0) and (not st.st_mode & 0o022 or bool(st.st_mode & stat.S_ISVTX))
+
+
+def _subdir(parent: int, name: str, make: bool, mode: int) -> int | None:
+    """An open fd of directory ``name`` in ``parent`` (made first when ``make``, then, when this
+    call made it, chmod-ed to ``mode`` through the checked fd), None when it does not exist;
+    raises _Unusable when it fails the check."""
+    made = False
+    if make:
         try:
-            values.append(f"{now} {path.read_text()[:64]}")
-        except (OSError, UnicodeDecodeError):
-            continue
+            os.mkdir(name, 0o700, dir_fd=parent)
+            made = True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _Unusable(str(exc)) from exc
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        if make:
+            raise _Unusable(name) from None
+        return None
+    except OSError as exc:  # ELOOP (a symlink), ENOTDIR, EACCES
+        raise _Unusable(str(exc)) from exc
+    try:
+        st = os.fstat(fd)
+        if made and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            os.fchmod(fd, mode)
+            st = os.fstat(fd)
+        if not _usable(st):
+            raise _Unusable(name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_pair(root: str, key: str, make: bool, mode: int) -> int | None:
+    """fd of ``root/key`` (both levels checked, the last components made when ``make``)."""
+    parent, name = os.path.split(os.path.abspath(root))
+    try:
+        top = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _Unusable(str(exc)) from exc
+    try:
+        rfd = _subdir(top, name, make, mode)
+    finally:
+        os.close(top)
+    if rfd is None:
+        return None
+    try:
+        return _subdir(rfd, key, make, mode)
+    finally:
+        os.close(rfd)
+
+
+def private_root() -> str | None:
+    """This user's own lease root, used when the shared one fails the check:
+    ``$XDG_RUNTIME_DIR/archfleet-leases`` when that variable names an absolute directory that is
+    this user's and writable by nobody else, else ``$HOME/.cache/archfleet-leases``; None without either."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR") or ""
+    if xdg.startswith("/"):
+        try:
+            if _usable(os.lstat(xdg), private=True):
+                return os.path.join(xdg, PRIVATE)
+        except OSError:
+            pass
+    home = os.environ.get("HOME") or ""
+    return os.path.join(home, ".cache", PRIVATE) if home.startswith("/") else None
+
+
+def _lease_dir(root: str, key: str, make: bool) -> int | None:
+    """An open fd of the lease directory for engine ``key``: ``root/key`` when both pass the check,
+    else the private root's ``key``; None when there is none (or, with ``make``, none could be made)."""
+    try:
+        fd = _open_pair(root, key, make, 0o1777)
+        if fd is not None or make:
+            return fd
+    except _Unusable:
+        pass
+    private = private_root()
+    if private is None:
+        return None
+    try:
+        if make:
+            os.makedirs(os.path.dirname(private), exist_ok=True)
+        return _open_pair(private, key, make, 0o700)
+    except (_Unusable, OSError):
+        return None
+
+
+def _write_new(dir_fd: int, name: str, text: str) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, 0o644)  # readable by the other users' runs whatever the umask
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _read_one(dir_fd: int, name: str, own: bool = False) -> str | None:
+    """At most READ_BYTES of ``name`` if it is a regular file (``own``: and ours); else None.
+    Never blocks: a FIFO opens at once with O_NONBLOCK and is then refused by S_ISREG."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (own and st.st_uid != os.geteuid()):
+            return None
+        return os.read(fd, READ_BYTES).decode("ascii", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _names(dir_fd: int) -> list[str]:
+    out = []
+    with os.scandir(dir_fd) as it:
+        for entry in it:
+            out.append(entry.name)
+            if len(out) >= 4 * MAX_FILES:
+                break
+    return out
+
+
+def read_local(node: NodeSpec, root: str | None = None, skip: str | None = None) -> tuple[float, ...]:
+    """The local node's leases (but those named ``skip...``), read directly (no process to start).
+    Blocking (file system): call it in a thread."""
+    now = time.time()
+    fd = _lease_dir(root or shared_root(), engine_key(node), make=False)
+    if fd is None:
+        return ()
+    values = []
+    try:
+        for name in _names(fd):
+            if name.startswith(".") or (skip and name.startswith(skip)):
+                continue
+            text = _read_one(fd, name)
+            if text is not None:
+                values.append(f"{now} {text}")
+            if len(values) >= MAX_FILES:
+                break
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     return parse(values)
 
 
-def _sweep(directory: Path, now: float) -> None:
-    for path in directory.iterdir():
+def _sweep(dir_fd: int, now: float) -> None:
+    """Remove this user's lease files (and beat temp files) untouched for ``SWEEP_AGE``."""
+    me = os.geteuid()
+    for name in _names(dir_fd):
         try:
-            if now - path.lstat().st_mtime > SWEEP_AGE:
-                path.unlink()
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if st.st_uid == me and not stat.S_ISDIR(st.st_mode) and now - st.st_mtime > SWEEP_AGE:
+                os.unlink(name, dir_fd=dir_fd)
         except OSError:
-            pass  # another user's (sticky directory) or already gone
+            pass  # gone meanwhile
 
 
-async def take(transport, node: NodeSpec, estimate: float, root: str = ROOT) -> str | None:
+def _take_local(root: str, key: str, name: str, estimate: float) -> str | None:
+    fd = _lease_dir(root, key, make=True)
+    if fd is None:
+        return None
+    try:
+        now = int(time.time())
+        _write_new(fd, name, f"{now} {estimate:.1f} {now}\n")
+        _sweep(fd, now)
+        return name
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _beat_local(root: str, key: str, name: str) -> None:
+    fd = _lease_dir(root, key, make=False)
+    if fd is None:
+        return
+    tmp = None
+    try:
+        text = _read_one(fd, name, own=True)
+        if text is None:
+            return
+        start, estimate = text.split()[:2]
+        float(start), float(estimate)
+        tmp = f".lease.{secrets.token_hex(6)}"
+        _write_new(fd, tmp, f"{start} {estimate} {int(time.time())}\n")
+        os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        tmp = None
+    except (OSError, ValueError):
+        pass
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp, dir_fd=fd)
+            except OSError:
+                pass
+        os.close(fd)
+
+
+def _drop_local(root: str, key: str, name: str) -> None:
+    fd = _lease_dir(root, key, make=False)
+    if fd is None:
+        return
+    try:
+        os.unlink(name, dir_fd=fd)  # unlink never follows a link
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _estimate(estimate: float) -> float:
+    return min(estimate, MAX_ESTIMATE) if math.isfinite(estimate) and estimate >= 0 else 0.0
+
+
+async def take(transport, node: NodeSpec, estimate: float, root: str | None = None) -> str | None:
     """Leave a lease for one build slot on ``node``; its name (for :func:`drop`), None if it could not."""
     name = f"{RUN}-{secrets.token_hex(6)}"
-    key = engine_key(node)
+    key, root = engine_key(node), root or shared_root()
+    estimate = _estimate(estimate)
     if _is_local(transport):
-        try:
-            directory = Path(root, key)
-            for d in (directory.parent, directory):
-                d.mkdir(exist_ok=True)
-                if d.stat().st_uid == os.getuid():
-                    d.chmod(0o1777)
-            now = int(time.time())
-            (directory / name).write_text(f"{now} {estimate:.1f} {now}\n")
-            _sweep(directory, now)
-            return name
-        except OSError:
-            return None
+        return await asyncio.to_thread(_take_local, root, key, name, estimate)
     try:
         done = await transport.run(["sh", "-c", _TAKE, "sh", root, key, name, f"{estimate:.1f}"], timeout=5)
     except Exception:
@@ -150,15 +466,12 @@ async def take(transport, node: NodeSpec, estimate: float, root: str = ROOT) -> 
     return name if done.ok else None
 
 
-async def drop(transport, node: NodeSpec, name: str | None, root: str = ROOT, timeout: float = 5) -> None:
+async def drop(transport, node: NodeSpec, name: str | None, root: str | None = None, timeout: float = 5) -> None:
     if name is None:
         return
-    key = engine_key(node)
+    key, root = engine_key(node), root or shared_root()
     if _is_local(transport):
-        try:
-            Path(root, key, name).unlink()
-        except OSError:
-            pass
+        await asyncio.to_thread(_drop_local, root, key, name)
         return
     try:
         await transport.run(["sh", "-c", _DROP, "sh", root, key, name], timeout=timeout)
@@ -166,10 +479,11 @@ async def drop(transport, node: NodeSpec, name: str | None, root: str = ROOT, ti
         pass
 
 
-async def others(transport, node: NodeSpec, root: str = ROOT) -> tuple[float, ...]:
+async def others(transport, node: NodeSpec, root: str | None = None) -> tuple[float, ...]:
     """Busy seconds of the slots other runs hold on ``node`` now (this process's leases left out)."""
+    root = root or shared_root()
     if _is_local(transport):
-        return read_local(node, root, skip=RUN + "-")
+        return await asyncio.to_thread(read_local, node, root, RUN + "-")
     lines: list[str] = []
     try:
         done = await transport.run(["sh", "-c", READ_SCRIPT, "sh", root, engine_key(node), RUN + "-"],
@@ -181,18 +495,11 @@ async def others(transport, node: NodeSpec, root: str = ROOT) -> tuple[float, ..
     return parse(l.strip()[len("lease="):] for l in lines if l.strip().startswith("lease="))
 
 
-async def beat(transport, node: NodeSpec, name: str, root: str = ROOT) -> None:
+async def beat(transport, node: NodeSpec, name: str, root: str | None = None) -> None:
     """Renew a lease's heartbeat (the run holding it is alive)."""
-    key = engine_key(node)
+    key, root = engine_key(node), root or shared_root()
     if _is_local(transport):
-        path = Path(root, key, name)
-        try:
-            start, estimate = path.read_text().split()[:2]
-            tmp = path.with_name("." + name)
-            tmp.write_text(f"{start} {estimate} {int(time.time())}\n")
-            os.replace(tmp, path)
-        except (OSError, ValueError):
-            pass
+        await asyncio.to_thread(_beat_local, root, key, name)
         return
     try:
         await transport.run(["sh", "-c", _BEAT, "sh", root, key, name], timeout=10)
@@ -200,13 +507,21 @@ async def beat(transport, node: NodeSpec, name: str, root: str = ROOT) -> None:
         pass
 
 
+def wait_limit(busy: Iterable[float], own_estimate: float) -> float:
+    """How long a build waits for slots other runs hold before building anyway (seconds): twice
+    the longest wait the probe saw, a minute at least, and at most ``MAX_WAIT`` or the build's
+    own estimate, whichever is longer (waiting longer than the build takes does not pay)."""
+    longest = max((b for b in busy if math.isfinite(b)), default=0.0)
+    return min(max(60.0, 2 * longest), max(MAX_WAIT, _estimate(own_estimate)))
+
+
 class Held:
     """One lease, from taking it (at once, in the background) to dropping it: renewed every
     ``HEARTBEAT`` seconds meanwhile."""
 
-    def __init__(self, transport, node: NodeSpec, estimate: float, root: str = ROOT):
-        self.transport, self.node, self.root = transport, node, root
-        self._taking = asyncio.ensure_future(take(transport, node, estimate, root))
+    def __init__(self, transport, node: NodeSpec, estimate: float, root: str | None = None):
+        self.transport, self.node, self.root = transport, node, root or shared_root()
+        self._taking = asyncio.ensure_future(take(transport, node, estimate, self.root))
         self._renewing = asyncio.ensure_future(self._renew())
 
     async def _renew(self) -> None:

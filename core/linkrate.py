@@ -8,10 +8,11 @@ Rates older than ``TTL`` are not used (links change: a Pi moved to Wi-Fi).
 
 from __future__ import annotations
 
-import json
-import os
+import math
 import time
 from pathlib import Path
+
+from . import cachefile
 
 MIN_BYTES = 1 << 20  # below this, latency and process start-up dominate: no measurement
 TTL = 7 * 24 * 3600
@@ -25,40 +26,45 @@ def _file() -> Path:
 
 
 def _read() -> dict:
-    try:
-        doc = json.loads(_file().read_text())
-        return doc if isinstance(doc, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return cachefile.read_json(_file())
 
 
-def measured(key: str) -> float | None:
-    """Bytes per second to the node ``key`` names, if measured lately."""
-    entry = _read().get(key)
+def _rate(entry) -> float | None:
+    """The rate an entry holds if it is recent, finite and positive."""
     try:
-        if entry and time.time() - float(entry["at"]) < TTL and float(entry["rate"]) > 0:
-            return float(entry["rate"])
+        if entry and time.time() - float(entry["at"]) < TTL:
+            rate = float(entry["rate"])
+            if math.isfinite(rate) and rate > 0:
+                return rate
     except (KeyError, TypeError, ValueError):
         pass
     return None
 
 
+def measured(key: str) -> float | None:
+    """Bytes per second to the node ``key`` names, if measured lately."""
+    return _rate(_read().get(key))
+
+
 def record(key: str, nbytes: int, seconds: float) -> float | None:
-    """Fold one transfer into the node's rate; the new rate, or None when it was too small."""
-    if nbytes < MIN_BYTES or seconds <= 0:
+    """Fold one transfer into the node's rate; the new rate, or None when it was too small.
+
+    Concurrent syncs (threads of one run, or other runs) each fold their measurement in under
+    the file's lock (:func:`archfleet.cachefile.update_json`): none is lost, the file is never
+    torn. A cache dir that cannot be written only means the rate is not kept."""
+    if nbytes < MIN_BYTES or not seconds > 0:
         return None
-    rate = nbytes / seconds
-    old = measured(key)
-    if old:
-        rate = WEIGHT * rate + (1 - WEIGHT) * old
-    path = _file()
+    new = nbytes / seconds
+    got = [new]
+
+    def fold(doc: dict) -> None:
+        old = _rate(doc.get(key))
+        if old:
+            got[0] = WEIGHT * new + (1 - WEIGHT) * old
+        doc[key] = {"rate": round(got[0]), "at": time.time()}
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        doc = _read()
-        doc[key] = {"rate": round(rate), "at": time.time()}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(path)
+        cachefile.update_json(_file(), fold)
     except OSError:
-        pass
-    return rate
+        fold(_read())  # not kept; still the rate this measurement gives
+    return got[0]

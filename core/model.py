@@ -64,6 +64,8 @@ class NodeFacts:
     error: str | None = None
     native: tuple[Platform, ...] = attrs.field(default=(), converter=_tuple)
     emulated: tuple[Platform, ...] = attrs.field(default=(), converter=_tuple)
+    # platforms whose QEMU handler is registered but cannot run in containers, with why (no F flag)
+    emulation_problems: tuple[tuple[Platform, str], ...] = attrs.field(default=(), converter=_tuple)
     engine_version: str | None = None
     engine_cli: tuple[str, ...] = attrs.field(default=(), converter=_tuple)  # argv prefix
     builder: str | None = None  # "buildx" | "buildkit" (client with built-in BuildKit) | None

@@ -12,7 +12,7 @@ from .context import snapshot_of
 from .dockerfile import analyse
 from .engine import EngineCLI
 from .model import BuildRequest, Option, PlatformResult
-from .reference import parse_reference
+from .reference import child_ref, parse_reference
 
 
 LABEL_CONTEXT = "org.archfleet.context-digest"
@@ -20,8 +20,9 @@ LABEL_PLATFORM = "org.archfleet.platform"
 
 
 def context_digest(request: BuildRequest) -> str:
-    """A digest of what the build consumes: context contents (honouring .dockerignore), the
-    Dockerfile, build args and target. archfleet labels every image it builds with it
+    """A digest of what the build consumes: context contents (after BuildKit's ignore rule:
+    ``<Dockerfile>.dockerignore``, else ``<context>/.dockerignore``), the ignore file applied,
+    the Dockerfile, build args and target. archfleet labels every image it builds with it
     (``org.archfleet.context-digest``), so an unchanged platform can be recognised later.
     Blocking (it hashes the context, once per process): call it in a thread."""
     snap = snapshot_of(request)
@@ -36,8 +37,7 @@ def child_tag(request: BuildRequest, option: Option) -> str | None:
     """
     if not request.tags:
         return None
-    ref = parse_reference(request.tags[0])
-    return str(ref.with_tag(f"{ref.tag}-{option.platform.tag_suffix}"))
+    return str(child_ref(parse_reference(request.tags[0]), option.platform.tag_suffix))
 
 
 async def build_and_push(option: Option, request: BuildRequest, context) -> PlatformResult:

@@ -16,6 +16,7 @@ from typing import Sequence
 import attrs
 
 from . import index as index_mod
+from . import platforms as plat
 from .errors import (ArchfleetError, EnvironmentProblem, Interrupted, PlatformsFailed, UsageError,
                      VerificationFailed)
 from .context import cache_days
@@ -23,17 +24,19 @@ from .dockerfile import analyse
 from .executor import Executor, Failure
 from .hookcall import PluginError, call_each, call_first, resolve
 from .inventory import Config, collect_nodes
-from .model import BuildRequest, ChildImage, NodeFacts, Option, PlatformResult
+from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
 from .history import HistoryView, view_for
-from .planner import Plan, apply_pins, node_speed, refine, schedule
+from .planner import Plan, apply_pins, check_pin_strategies, check_pins, node_speed, refine, schedule
 from .progress import Reporter, guard
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
 
 
-async def probe(pm, config: Config) -> dict[str, NodeFacts]:
-    """Every enabled node's facts, probed concurrently. Unreachable nodes are kept, marked."""
-    nodes = collect_nodes(pm, config)
+async def probe(pm, config: Config, nodes: list[NodeSpec] | None = None) -> dict[str, NodeFacts]:
+    """Every enabled node's facts (``nodes``, else the inventory's), probed concurrently.
+    Unreachable nodes are kept, marked."""
+    if nodes is None:
+        nodes = collect_nodes(pm, config)
 
     async def one(node):
         try:
@@ -76,23 +79,40 @@ async def offers(pm, request: BuildRequest, facts: dict[str, NodeFacts]) -> list
 
 
 def unplannable_reason(platform, planned: "Planned") -> str:
-    """Why nobody can build ``platform``, and what to do."""
+    """Why nobody can build ``platform``, and what to do (one line).
+
+    Per node: unreachable, no builder, a QEMU handler that is registered but unusable in
+    containers (no ``F`` flag: ``archfleet binfmt --install`` re-registers it), a platform no QEMU
+    handler emulates (an amd64 level above the CPU's: installing a handler would not help), or
+    no handler at all."""
     pinned = [o for o in planned.pinned_out if o.platform == platform]
     if pinned:
         return (f"no option for {platform} is allowed by --strategy/--node (offered: "
                 + ", ".join(str(o) for o in pinned) + ")")
     reasons = []
-    could_emulate = False
+    fix = None
     for f in planned.facts.values():
+        problem = dict(f.emulation_problems).get(platform)
         if not f.reachable:
             reasons.append(f"{f.name}: unreachable ({f.error})")
         elif not f.builder:
             reasons.append(f"{f.name}: {f.error}")
+        elif planned.request and (platform in f.native or platform in f.emulated) and (
+                why := analyse(planned.request).placement(platform, f.native, f.emulated).why_not()):
+            reasons.append(f"{f.name}: {why}")  # it runs the target, not a stage pinned elsewhere
+        elif problem:
+            reasons.append(f"{f.name}: {problem}")
+            where = "this machine" if f.node.transport == "local" else f"node {f.name}"
+            fix = fix or f"run `archfleet binfmt --install {platform}` as root on {where}: it re-registers the handler with F"
+        elif not plat.emulable(platform):
+            reasons.append(f"{f.name}: its CPU does not run {platform}" + (
+                f" (x86-64-{platform.variant} needs {plat.X86_64_LEVEL_NEEDS[int(platform.variant[1:])]})"
+                if platform.architecture == "amd64" and platform.variant else "")
+                + " and no QEMU handler emulates it")
         else:
-            could_emulate = True
             reasons.append(f"{f.name}: not native and no qemu-{platform.qemu_arch} handler")
-    hint = f"; run `archfleet binfmt --install {platform}`" if could_emulate and platform.qemu_arch else ""
-    return f"no node can build {platform} ({'; '.join(reasons) or 'no nodes'}){hint}"
+            fix = fix or f"run `archfleet binfmt --install {platform}`"
+    return f"no node can build {platform} ({'; '.join(reasons) or 'no nodes'})" + (f"; {fix}" if fix else "")
 
 
 @attrs.frozen
@@ -102,19 +122,45 @@ class Planned:
     plan: Plan
     history: HistoryView | None = None
     pinned_out: tuple[Option, ...] = ()  # offered, but excluded by --strategy/--node
+    request: BuildRequest | None = None  # what was planned (says why a node cannot run a stage)
+
+
+def check_request(pm, request: BuildRequest, config: Config) -> list[NodeSpec]:
+    """What the input alone decides, checked before any node is probed or registry asked: the
+    Dockerfile, and the ``--node``/``--strategy`` pins (a platform being built, a node the
+    inventory has, ``cross`` only for a Dockerfile that cross-compiles). Raises
+    :class:`UsageError`; returns the inventory's enabled nodes. Cheap: call it again freely."""
+    analysis = analyse(request)  # a Dockerfile error is the user's: report it before probing anything
+    nodes = collect_nodes(pm, config)
+    check_pins(request.pins, request.platforms, [n.name for n in nodes])
+    for pin in request.pins:
+        if pin.strategy == "cross" and "cross" in _offering_plugins(pm) and not analysis.cross:
+            raise UsageError(f"{pin.flag}: {request.dockerfile.name} cannot cross-compile: no stage it builds "
+                             "runs on $BUILDPLATFORM (use FROM --platform=$BUILDPLATFORM for the build stages, "
+                             "or drop --strategy cross)")
+    return nodes
 
 
 async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
-    analyse(request)  # a Dockerfile error is the user's: report it before probing anything
+    """Probe, offer, estimate and schedule, after :func:`check_request`. A pinned strategy no
+    plugin names is refused once the offers are in (a plugin's strategy name need not be its
+    plugin name)."""
+    nodes = check_request(pm, request, config)
     view_task = asyncio.create_task(asyncio.to_thread(view_for, request))
-    facts = await probe(pm, config)
+    facts = await probe(pm, config, nodes)
     view = await view_task
     offered = refine(pm, await offers(pm, request, facts), request, facts, view)
+    check_pin_strategies(request.pins, _offering_plugins(pm) | {o.strategy for o in offered})
     options = apply_pins(offered, request.pins)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
     busy = {name: f.busy for name, f in facts.items() if f.busy}  # slots other archfleet runs hold
     plan = schedule(request.platforms, options, capacity, busy)
-    return Planned(facts, tuple(options), plan, view, tuple(o for o in offered if o not in options))
+    return Planned(facts, tuple(options), plan, view, tuple(o for o in offered if o not in options), request)
+
+
+def _offering_plugins(pm) -> set[str]:
+    """Names of the registered plugins that implement ``archfleet_offer`` (the strategies)."""
+    return {impl.plugin_name for impl in pm.hook.archfleet_offer.get_hookimpls()}
 
 
 @attrs.frozen
@@ -155,9 +201,8 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
     A platform that fails for good stops the others and raises :class:`PlatformsFailed` naming
     it (one line; nothing reaches the tags). With ``--allow-partial`` a platform that failed to
     build or whose child fails verification is left out of the index, and said so. Ctrl-C
-    before the index is pushed leaves the tags untouched; once the push has started it is
-    finished first and :class:`Interrupted` says that the tags were moved (see
-    :func:`hold_interrupts`).
+    before the tags start moving leaves them untouched; once they do, the moves are finished
+    first and :class:`Interrupted` says that the tags were moved (see :func:`hold_interrupts`).
     """
     started = time.monotonic()
     reporter = guard(reporter)  # progress output never fails a build
@@ -203,9 +248,12 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
                 results = [r for r in results if r.platform not in {f.platform for f in rejected}]
             source = parse_reference(results[0].ref, what="child reference")
             where = ", ".join(str(t) for t in tags)
+            # children copied to every repository and the index put there by digest: stoppable,
+            # no tag has moved yet; only moving the tags is held against Ctrl-C
+            digest, body, media_type = await index_mod.stage_index(client, source, children, tags)
             with hold_interrupts(f"the index was being pushed to {where}") as held:
                 await asyncio.sleep(0)  # a Ctrl-C that came before this point stops here: tags untouched
-                digest, body, media_type = await index_mod.push_index(client, source, children, tags)
+                await index_mod.move_tags(client, tags, body, media_type)
                 if state is not None:
                     state.index_digest, state.tags = digest, tuple(str(t) for t in tags)
             size = len(body)
@@ -270,8 +318,9 @@ class _Held:
 def hold_interrupts(what: str):
     """Hold Ctrl-C (SIGINT) while the tags move, so an interrupt never leaves the user unsure.
 
-    The index PUT is the one step that cannot be stopped half-way and known: a request already
-    sent may have moved the tag although its answer never came. So while this context is
+    Moving the tags (:func:`archfleet.index.move_tags`: one small PUT per tag of an index the
+    registry already holds) is the one step that cannot be stopped half-way and known: a request
+    already sent may have moved a tag although its answer never came. So while this context is
     active, a first SIGINT is only recorded (``held.interrupted``; the caller finishes the push
     and then says the tags were moved), and a second one stops at once with a
     ``KeyboardInterrupt`` whose message says the tags *may* point at the new index (``what``

@@ -23,7 +23,7 @@ import attrs
 
 from .errors import UsageError
 from .model import BuildRequest, NodeFacts, Option
-from .platforms import Platform, PlatformError, parse
+from .platforms import Platform, PlatformError, parse_target
 
 BASE_WORK = 2.0  # seconds for a build that RUNs nothing, on a reference node
 RUN_WORK = 4.0  # seconds per RUN instruction, a prior until history knows better
@@ -69,6 +69,7 @@ class Pin:
     platform: Platform | None  # None: every platform
     strategy: str | None
     node: str | None
+    flag: str = attrs.field(default="", eq=False)  # the flag as given ("--node 'linux/arm64=pi4'"), for messages
 
     def allows(self, option: Option) -> bool:
         if self.platform is not None and option.platform != self.platform:
@@ -78,14 +79,17 @@ class Pin:
 
 
 def parse_pins(strategies: Sequence[str], nodes: Sequence[str]) -> tuple[Pin, ...]:
-    """``--strategy S``, ``--strategy P=S``, ``--node N``, ``--node P=N``, ``--node P=S@N``."""
+    """``--strategy S``, ``--strategy P=S``, ``--node N``, ``--node P=N``, ``--node P=S@N``.
+
+    Checks the syntax only (a platform archfleet can build, non-empty names); which nodes and
+    strategies exist is :func:`check_pins`' job. Raises :class:`UsageError`, one line."""
     pins = []
 
     def split(flag: str, text: str) -> tuple[Platform | None, str]:
         if "=" in text:
             plat, _, value = text.partition("=")
             try:
-                return parse(plat), value
+                return parse_target(plat), value
             except PlatformError as exc:
                 raise UsageError(f"{flag} {text!r}: {exc}") from None
         return None, text
@@ -94,14 +98,36 @@ def parse_pins(strategies: Sequence[str], nodes: Sequence[str]) -> tuple[Pin, ..
         platform, value = split("--strategy", text)
         if not value:
             raise UsageError(f"--strategy {text!r}: name a strategy (native, qemu, cross, ...)")
-        pins.append(Pin(platform, value, None))
+        pins.append(Pin(platform, value, None, f"--strategy {text!r}"))
     for text in nodes:
         platform, value = split("--node", text)
-        strategy, _, node = value.rpartition("@")
-        if not node:
-            raise UsageError(f"--node {text!r}: name a node")
-        pins.append(Pin(platform, strategy or None, node))
+        strategy, at, node = value.rpartition("@")
+        if not node or (at and not strategy):
+            raise UsageError(f"--node {text!r}: name a node ([PLATFORM=][STRATEGY@]NODE)")
+        pins.append(Pin(platform, strategy or None, node, f"--node {text!r}"))
     return tuple(pins)
+
+
+def check_pins(pins: Sequence[Pin], platforms: Sequence[Platform], nodes: Sequence[str]) -> None:
+    """Every pin names a platform being built and a node that exists and is enabled (``nodes``).
+    Raises :class:`UsageError` naming the flag and what exists, for the first pin that does not."""
+    for pin in pins:
+        if pin.platform is not None and pin.platform not in platforms:
+            raise UsageError(f"{pin.flag}: {pin.platform} is not being built (--platform: "
+                             f"{', '.join(map(str, platforms))})")
+        if pin.node is not None and pin.node not in nodes:
+            raise UsageError(f"{pin.flag}: no node named {pin.node!r} (known: {', '.join(nodes) or 'none'}; "
+                             "see archfleet ls)")
+
+
+def check_pin_strategies(pins: Sequence[Pin], strategies: Iterable[str]) -> None:
+    """Every pinned strategy is one of ``strategies`` (the plugins' and their offers' names).
+    Raises :class:`UsageError` naming the flag and the known strategies."""
+    known = sorted(set(strategies))
+    for pin in pins:
+        if pin.strategy is not None and pin.strategy not in known:
+            raise UsageError(f"{pin.flag}: no strategy named {pin.strategy!r} (known: "
+                             f"{', '.join(known) or 'none'}; see archfleet plugins)")
 
 
 def apply_pins(options: Iterable[Option], pins: Sequence[Pin]) -> list[Option]:

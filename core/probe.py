@@ -8,17 +8,18 @@ script. Both the local and the SSH transport use this, so their numbers compare.
 
 from __future__ import annotations
 
-import json
-import os
+import asyncio
+import math
 import time
 from pathlib import Path
 
-from . import binfmt, engine, leases, linkrate
+from . import binfmt, cachefile, engine, leases, linkrate
 from .model import NodeFacts, NodeSpec
-from .platforms import PlatformError, from_uname
+from .platforms import PlatformError, from_uname, native_platforms
 
 FACTS_SCRIPT = r"""
 echo "machine=$(uname -m)"
+echo "cpuflags=$(sed -n 's/^flags[[:space:]]*: *//p' /proc/cpuinfo 2>/dev/null | head -n 1)"
 echo "cpus=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)"
 echo "mem=$(awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo 2>/dev/null)"
 echo "load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null)"
@@ -60,28 +61,26 @@ def _cache_file() -> Path:
 
 
 def cached_score(key: str) -> float | None:
+    """The node's benchmark score if measured within ``SCORE_TTL`` (finite and positive)."""
+    entry = cachefile.read_json(_cache_file()).get(key)
     try:
-        doc = json.loads(_cache_file().read_text())
-        entry = doc.get(key)
-        if entry and time.time() - entry["at"] < SCORE_TTL:
-            return float(entry["score"])
-    except (OSError, ValueError, KeyError, TypeError):
+        if entry and time.time() - float(entry["at"]) < SCORE_TTL:
+            score = float(entry["score"])
+            if math.isfinite(score) and score > 0:
+                return score
+    except (KeyError, TypeError, ValueError):
         pass
     return None
 
 
 def store_score(key: str, score: float) -> None:
-    path = _cache_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            doc = {}
+    """Keep the score (under the file's lock, replaced whole: two runs probing at once keep both
+    nodes' scores); a cache dir that cannot be written only means it is measured again."""
+    def put(doc: dict) -> None:
         doc[key] = {"score": score, "at": time.time()}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(path)  # atomic: two runs at once never see half a file
+
+    try:
+        cachefile.update_json(_cache_file(), put)
     except OSError:
         pass
 
@@ -92,7 +91,7 @@ def score_key(node: NodeSpec) -> str:
 
 async def benchmark(transport, node: NodeSpec) -> float | None:
     key = score_key(node)
-    score = cached_score(key)
+    score = await asyncio.to_thread(cached_score, key)
     if score is not None:
         return score
     done = await transport.run(["sh", "-c", BENCH_SCRIPT], timeout=120)
@@ -100,13 +99,14 @@ async def benchmark(transport, node: NodeSpec) -> float | None:
     if not done.ok or not us or not us.isdigit() or int(us) <= 0:
         return None
     score = round(BENCH_REFERENCE_US / int(us), 3)
-    store_score(key, score)
+    await asyncio.to_thread(store_score, key, score)
     return score
 
 
 async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_argv=True) -> NodeFacts:
     """Facts of ``node`` through ``transport`` (already connected)."""
-    done = await transport.run(["sh", "-c", FACTS_SCRIPT, "sh", leases.ROOT, leases.engine_key(node)], timeout=60)
+    done = await transport.run(["sh", "-c", FACTS_SCRIPT, "sh", leases.shared_root(), leases.engine_key(node)],
+                               timeout=60)
     if not done.ok:
         return NodeFacts(node, False, error=f"probe failed: {done.last_line()}")
     raw = parse_facts(done.tail)
@@ -114,11 +114,12 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
         native = from_uname(raw.get("machine", ""))
     except PlatformError as exc:
         return NodeFacts(node, False, error=f"unsupported machine {raw.get('machine')!r}: {exc}")
-    if node.arch is not None and node.arch not in native.native_also():
+    natives = native_platforms(raw.get("machine", ""), raw.get("cpuflags"))
+    if node.arch is not None and node.arch not in natives:
         return NodeFacts(node, False, error=f"{node.source}: arch = {node.arch} but the node says it is "
                                             f"{native} (uname -m: {raw.get('machine')}); fix or remove 'arch'")
-    natives = native.native_also()
     emulated = tuple(p for p in binfmt.emulated_platforms(raw["binfmt"]) if p not in natives)
+    problems = tuple((p, why) for p, why in binfmt.unusable(raw["binfmt"]) if p not in natives)
     cli, reasons = await engine.discover_cli(transport, candidates)
     version = None
     error = None
@@ -140,7 +141,8 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
             return default
 
     return NodeFacts(
-        node, True, error=error, native=natives, emulated=emulated, engine_version=version,
+        node, True, error=error, native=natives, emulated=emulated, emulation_problems=problems,
+        engine_version=version,
         engine_cli=cli.argv if cli else (), builder=cli.mode if cli else None,
         cpus=num("cpus", int, 1), memory=num("mem", int, 0), load=num("load", float, 0.0), score=score,
         busy=leases.parse(raw["lease"]), link_rate=linkrate.measured(score_key(node)),

@@ -1,6 +1,9 @@
-"""The ``cross`` strategy: a Dockerfile whose build stages sit on ``$BUILDPLATFORM`` compiles
-at the node's native speed for any target; only target-platform stages that RUN something need
-the target CPU (or QEMU). So the build is offered on any node, costed as that blend."""
+"""The ``cross`` strategy: a Dockerfile whose build stages sit on ``$BUILDPLATFORM`` (or on a
+literal platform the node runs natively, ``FROM --platform=linux/amd64 ... AS build`` on an
+amd64 node: the same thing there) compiles at the node's native speed for any target; only
+stages that RUN something on another platform (the target's, or a pinned one the node does not
+run) need QEMU. So the build is offered on every node that can run or emulate those, costed as
+that blend."""
 
 from __future__ import annotations
 
@@ -12,26 +15,19 @@ STRATEGY = "cross"
 @hookimpl
 def archfleet_offer(platform, request, facts):
     analysis = analyse_dockerfile(request)
-    if not analysis.cross:
-        return []
-    total = max(analysis.build_runs + analysis.target_runs, 1)
-    target_share = analysis.target_runs / total
     out = []
     for f in facts:
         if not f.can_build or not f.native:
             continue
-        build_on = f.native[0]
-        if analysis.target_runs == 0 or platform in f.native:
-            emulated, how = False, "no emulation needed"
-        elif platform in f.emulated:
-            emulated, how = True, f"{analysis.target_runs} target RUN under qemu-{platform.qemu_arch}"
-        else:
-            continue  # the final stage RUNs something and this node can neither run nor emulate it
-        native_part = prior_seconds(request, f, emulated=False, share=1 - target_share)
-        target_part = prior_seconds(request, f, emulated=emulated, share=target_share)
+        placed = analysis.placement(platform, f.native, f.emulated)
+        if not placed.cross or not placed.possible:
+            continue  # nothing runs on this node's own platform, or a RUN needs a CPU it lacks
+        share = placed.emulated_share
+        native_part = prior_seconds(request, f, emulated=False, share=1 - share)
+        emulated_part = prior_seconds(request, f, emulated=True, share=share)
         out.append(Option(
-            platform, STRATEGY, f.name, round(native_part + target_part, 2), emulated=emulated,
-            why=f"cross-compiles on {f.name} ({build_on}): {analysis.describe()}; {how}",
+            platform, STRATEGY, f.name, round(native_part + emulated_part, 2), emulated=bool(placed.emulated),
+            why=f"cross-compiles on {f.name} ({placed.build}): {analysis.describe()}; {placed.how()}",
         ))
     return out
 

@@ -10,7 +10,7 @@ import platform as _platform
 
 from archfleet.api import (
     LocalTransport, NodeFacts, NodeSpec, PlatformError, benchmark, binfmt, discover_cli, from_uname, hookimpl,
-    local_candidates, read_local_leases,
+    local_candidates, native_platforms, read_cpu_flags, read_local_leases,
 )
 
 TRANSPORT = "local"
@@ -71,18 +71,19 @@ async def _probe(node: NodeSpec) -> NodeFacts:
         cli, reasons = await cli_task
         score = await benchmark(transport, node)
         handlers = binfmt.read_handlers()
-        natives = native.native_also()
+        natives = native_platforms(_platform.machine(), read_cpu_flags())
         emulated = tuple(p for p in binfmt.emulated_platforms(handlers) if p not in natives)
+        problems = tuple((p, why) for p, why in binfmt.unusable(handlers) if p not in natives)
         try:
             load = os.getloadavg()[0]
         except OSError:
             load = 0.0
         error = None if cli else "no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"])
         return NodeFacts(
-            node, True, error=error, native=natives, emulated=emulated,
+            node, True, error=error, native=natives, emulated=emulated, emulation_problems=problems,
             engine_version=info.get("Version"), engine_cli=cli.argv if cli else (),
             builder=cli.mode if cli else None, cpus=os.cpu_count() or 1, memory=_memory(), load=load,
-            score=score, busy=read_local_leases(node),
+            score=score, busy=await asyncio.to_thread(read_local_leases, node),
         )
     finally:
         await transport.close()

@@ -1,19 +1,32 @@
-"""The ``native`` strategy: build on a node whose CPU runs the target platform natively."""
+"""The ``native`` strategy: build on a node whose CPU runs the target platform natively.
+
+A stage pinned to another platform (``FROM --platform=linux/amd64 ... AS build``) must run
+there too: the option is offered only when the node runs that platform natively or emulates it,
+and its RUN steps are costed under QEMU when emulated.
+"""
 
 from __future__ import annotations
 
-from archfleet.api import Option, build_and_push, hookimpl, prior_seconds
+from archfleet.api import Option, analyse_dockerfile, build_and_push, hookimpl, prior_seconds
 
 STRATEGY = "native"
 
 
 @hookimpl
 def archfleet_offer(platform, request, facts):
+    analysis = analyse_dockerfile(request)
     out = []
     for f in facts:
-        if f.can_build and platform in f.native:
-            out.append(Option(platform, STRATEGY, f.name, prior_seconds(request, f, emulated=False),
-                              why=f"{f.name} runs {platform} natively"))
+        if not f.can_build or platform not in f.native:
+            continue
+        placed = analysis.placement(platform, f.native, f.emulated)
+        if not placed.possible:
+            continue  # a pinned stage RUNs on a platform this node can neither run nor emulate
+        share = placed.emulated_share
+        estimate = (prior_seconds(request, f, emulated=False, share=1 - share)
+                    + prior_seconds(request, f, emulated=True, share=share))
+        why = f"{f.name} runs {platform} natively" + (f"; {placed.how()}" if placed.emulated else "")
+        out.append(Option(platform, STRATEGY, f.name, round(estimate, 2), why=why, emulated=bool(placed.emulated)))
     return out
 
 

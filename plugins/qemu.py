@@ -1,4 +1,9 @@
-"""The ``qemu`` strategy: build under QEMU user-mode emulation on a node with the handler."""
+"""The ``qemu`` strategy: build under QEMU user-mode emulation on a node with the handler.
+
+Offered where nothing runs on the node's own platform (no ``$BUILDPLATFORM`` stage, no stage
+pinned to a platform the node runs natively: that is the ``cross`` strategy's case) and the
+node emulates every platform the build RUNs on.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,19 @@ STRATEGY = "qemu"
 
 @hookimpl
 def archfleet_offer(platform, request, facts):
-    if analyse_dockerfile(request).cross:
-        return []  # BuildKit runs $BUILDPLATFORM stages natively anyway: the cross strategy's case
+    analysis = analyse_dockerfile(request)
     out = []
     for f in facts:
-        if f.can_build and platform in f.emulated and platform not in f.native:
-            out.append(Option(platform, STRATEGY, f.name, prior_seconds(request, f, emulated=True),
-                              why=f"{f.name} emulates {platform} with qemu-{platform.qemu_arch}", emulated=True))
+        if not f.can_build or platform not in f.emulated or platform in f.native:
+            continue
+        placed = analysis.placement(platform, f.native, f.emulated)
+        if placed.cross or not placed.possible:
+            continue  # BuildKit runs those stages natively anyway: the cross strategy's case
+        share = placed.emulated_share
+        estimate = (prior_seconds(request, f, emulated=False, share=1 - share)
+                    + prior_seconds(request, f, emulated=True, share=share))
+        out.append(Option(platform, STRATEGY, f.name, round(estimate, 2),
+                          why=f"{f.name} emulates {platform} with qemu-{platform.qemu_arch}", emulated=True))
     return out
 
 

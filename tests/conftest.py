@@ -24,11 +24,35 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 def pytest_configure(config):
     """Every test session starts from an empty build history (as CI's fresh machine does), so
     what the planner learned from earlier runs on this machine cannot make a test pass here and
-    fail there. ARCHFLEET_HISTORY set by the caller wins."""
+    fail there. ARCHFLEET_HISTORY set by the caller wins. Each test also gets its own (see
+    ``own_cache``)."""
     if "ARCHFLEET_HISTORY" not in os.environ:
         import tempfile
 
         os.environ["ARCHFLEET_HISTORY"] = str(Path(tempfile.mkdtemp(prefix="archfleet-test-")) / "history.sqlite")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Each test starts from empty user caches: its own XDG cache dir (node scores, link rates,
+    layer scans) and its own build history, so no test's placement depends on what benchmarks,
+    earlier runs or earlier tests learned. archfleet subprocesses inherit both."""
+    d = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(d))
+    monkeypatch.setenv("ARCHFLEET_HISTORY", str(d / "history.sqlite"))
+    return d
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under CI=true a skipped test is a failure: CI must run everything it claims to."""
+    if not IN_CI:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped and session.exitstatus == 0:
+        if reporter:
+            reporter.write_line(f"CI=true: {skipped} test(s) skipped; in CI a skip is a failure", red=True)
+        session.exitstatus = 1
 
 
 @contextlib.contextmanager
@@ -136,10 +160,13 @@ class Nodes:
         """After a fault is undone: a build the fault cut off could not drop its lease (its run
         could not reach the node), so the slot reads busy until the lease's heartbeat is 75 s old.
         Right for a real lab; a test that restores the node also clears that, so the next test
-        starts from idle nodes."""
-        from archfleet.leases import ROOT
+        starts from idle nodes. A node user whose shared lease root failed the ownership check
+        keeps its leases in its own ~/.cache/archfleet-leases: those go too."""
+        from archfleet.leases import PRIVATE, shared_root
 
-        shutil.rmtree(ROOT, ignore_errors=True)
+        shutil.rmtree(shared_root(), ignore_errors=True)
+        for home in (self.toml.parent / "nodes").glob("*/home"):
+            shutil.rmtree(home / ".cache" / PRIVATE, ignore_errors=True)
 
     def args(self, *extra) -> list[str]:
         """Flags every lab build needs: the nodes file and the bridge registry as insecure."""

@@ -36,3 +36,114 @@ def test_duplicate_platform_refused():
     with pytest.raises(ValueError):
         assemble([ChildImage(parse("linux/amd64"), D1, mediatypes.DOCKER_MANIFEST, 1),
                   ChildImage(parse("x86_64"), D2, mediatypes.DOCKER_MANIFEST, 1)])
+
+
+# -- pushing the index to several repositories (finding 29, fifth bullet) ----------------------
+
+import asyncio
+import base64
+import os
+
+import httpx
+
+from archfleet.errors import RegistryRefused
+from archfleet.index import push_index
+from archfleet.reference import parse_reference
+from archfleet.registry import RegistryClient
+
+from fakeregistry import FakeRegistry
+
+HOST = "registry.test"
+CONFIG = {"auths": {HOST: {"auth": base64.b64encode(b"alice:s3cret").decode()}}}
+
+
+def _two_children(fake):
+    out = []
+    for arch in ("amd64", "arm64"):
+        digest = fake.add_image("src", [os.urandom(64), os.urandom(64)], platform=("linux", arch))
+        body = fake.manifests[("src", digest)][0]
+        out.append(ChildImage(parse(f"linux/{arch}"), digest, mediatypes.OCI_MANIFEST, len(body)))
+    return out
+
+
+def test_tags_move_only_after_every_repository_has_every_child_and_the_index():
+    fake = FakeRegistry(HOST)
+    children = _two_children(fake)
+    tags = [parse_reference(f"{HOST}/a:1"), parse_reference(f"{HOST}/b:1"), parse_reference(f"{HOST}/c:2"),
+            parse_reference(f"{HOST}/a:latest")]
+
+    async def go():
+        async with RegistryClient(transport=httpx.MockTransport(fake), docker_config=CONFIG) as c:
+            return await push_index(c, parse_reference(f"{HOST}/src"), children, tags)
+
+    digest, body, _ = asyncio.run(go())
+    tag_moves = [i for i, (kind, _, ref) in enumerate(fake.events) if kind == "manifest" and not ref.startswith("sha256:")]
+    content = [i for i, (kind, _, ref) in enumerate(fake.events) if kind == "blob" or ref.startswith("sha256:")]
+    assert len(tag_moves) == 4 and max(content) < min(tag_moves)
+    for repo in ("a", "b", "c"):
+        assert (repo, digest) in fake.manifests
+        assert all((repo, child.digest) in fake.manifests for child in children)
+    assert fake.manifests[("c", "2")][0] == body == fake.manifests[("a", "latest")][0]
+
+
+def test_a_repository_that_refuses_the_children_leaves_every_tag_untouched():
+    fake = FakeRegistry(HOST)
+    children = _two_children(fake)
+    old = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": []}).encode()
+    fake.manifests[("a", "1")] = (old, mediatypes.OCI_INDEX)
+
+    def handler(request):
+        if request.method in ("POST", "PUT", "PATCH") and request.url.path.startswith("/v2/c/"):
+            return httpx.Response(403, json={"errors": [{"code": "DENIED", "message": "requested access to the resource is denied"}]})
+        return fake(request)
+
+    async def go():
+        async with RegistryClient(transport=httpx.MockTransport(handler), docker_config=CONFIG) as c:
+            await push_index(c, parse_reference(f"{HOST}/src"), children,
+                             [parse_reference(f"{HOST}/a:1"), parse_reference(f"{HOST}/c:1")])
+
+    with pytest.raises(RegistryRefused, match="denied"):
+        asyncio.run(go())
+    assert fake.manifests[("a", "1")][0] == old  # tag a:1 did not move
+    assert ("c", "1") not in fake.manifests
+
+
+def test_a_tag_refused_after_others_moved_says_which_moved():
+    fake = FakeRegistry(HOST)
+    children = _two_children(fake)
+
+    def handler(request):
+        if request.method == "PUT" and request.url.path == "/v2/src/manifests/2":
+            return httpx.Response(400, json={"errors": [{"code": "TAG_INVALID", "message": "tag invalid"}]})
+        return fake(request)
+
+    async def go():
+        async with RegistryClient(transport=httpx.MockTransport(handler), docker_config=CONFIG) as c:
+            await push_index(c, parse_reference(f"{HOST}/src"), children,
+                             [parse_reference(f"{HOST}/src:1"), parse_reference(f"{HOST}/src:2")])
+
+    from archfleet.errors import RegistryError
+
+    with pytest.raises(RegistryError) as err:
+        asyncio.run(go())
+    assert "already under registry.test/src:1" in str(err.value) and "not under registry.test/src:2" in str(err.value)
+
+
+def test_stage_index_moves_no_tag_and_move_tags_moves_them_all():
+    from archfleet.index import move_tags, stage_index
+
+    fake = FakeRegistry(HOST)
+    children = _two_children(fake)
+    tags = [parse_reference(f"{HOST}/a:1"), parse_reference(f"{HOST}/src:1")]
+
+    async def go():
+        async with RegistryClient(transport=httpx.MockTransport(fake), docker_config=CONFIG) as c:
+            digest, body, media_type = await stage_index(c, parse_reference(f"{HOST}/src"), children, tags)
+            staged = {key for key in fake.manifests if not key[1].startswith("sha256:")}
+            await move_tags(c, tags, body, media_type)
+            return digest, staged
+
+    digest, staged = asyncio.run(go())
+    assert staged == set()  # staging touched no tag
+    assert {("a", digest), ("src", digest)} <= set(fake.manifests)
+    assert fake.manifests[("a", "1")][0] == fake.manifests[("src", "1")][0] == fake.manifests[("a", digest)][0]

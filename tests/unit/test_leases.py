@@ -136,3 +136,327 @@ def test_others_leaves_out_this_process_leases(tmp_path):
         assert mine.startswith(leases.RUN + "-")
         got = asyncio.run(leases.others(transport, node, root=root))
         assert got == (pytest.approx(40.0, abs=1.1),), got
+
+
+# --- the lease directory is anyone's: nothing there is followed, trusted or waited on ----------
+# (review findings 1 and 8). Every case runs both paths: the node-side scripts through a real
+# shell, and the local node's file-descriptor code.
+
+import json
+import math
+import os
+import stat
+import threading
+
+from archfleet.executor import Executor
+from archfleet.model import NodeFacts, Option
+from archfleet.platforms import parse as parse_platform
+
+PATHS = [
+    pytest.param(ShellTransport, NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///n1.sock"),
+                 id="node-script"),
+    pytest.param(LocalTransport, NodeSpec("local"), id="local"),
+]
+HOUR_AGO = time.time() - 3600
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+OTHER_UID = 4242
+
+
+@pytest.fixture(autouse=True)
+def private_root(tmp_path_factory, monkeypatch):
+    """Every test gets its own private fallback ($XDG_RUNTIME_DIR, 0700) and $HOME, and the
+    shared root is whatever the test passes (never the machine's /tmp/archfleet-leases)."""
+    run = tmp_path_factory.mktemp("xdg-run")
+    run.chmod(0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv(leases.ROOT_ENV, raising=False)
+    return run / "archfleet-leases"
+
+
+def victim(tmp_path):
+    """A directory like /etc: mode 0755, files an hour old (old enough for any sweep)."""
+    v = tmp_path / "victim"
+    v.mkdir()
+    v.chmod(0o755)
+    for name in ("passwd", "shadow", ".bashrc", "1-2-old-lease"):
+        (v / name).write_text(f"{name}\n")
+        os.utime(v / name, (HOUR_AGO, HOUR_AGO))
+    return v
+
+
+def snapshot(d):
+    st = d.lstat()
+    return oct(st.st_mode), st.st_uid, sorted((p.name, p.read_text(), int(p.lstat().st_mtime)) for p in d.iterdir())
+
+
+def lease_life(transport, node, root, where):
+    """Take, beat, read and drop one lease; it must live in ``where`` (the lease dir expected)."""
+    root = str(root)
+
+    async def scenario():
+        name = await leases.take(transport, node, 30.0, root=root)
+        assert name is not None
+        lease = where / leases.engine_key(node) / name
+        assert lease.is_file() and not lease.is_symlink()
+        start, estimate, _ = lease.read_text().split()
+        lease.write_text(f"{start} {estimate} 0\n")  # an ancient heartbeat ...
+        await leases.beat(transport, node, name, root=root)
+        assert int(lease.read_text().split()[2]) > 0  # ... renewed in place
+        await leases.drop(transport, node, name, root=root)
+        assert not lease.exists()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("transport_cls,node", PATHS)
+def test_a_symlinked_lease_root_is_never_followed(tmp_path, private_root, transport_cls, node):
+    """Rule: a lease root that is a symlink is not used: the victim it points at keeps its mode
+    (0755, not 1777) and its files (none swept); the run's leases go to the private root."""
+    v = victim(tmp_path)
+    before = snapshot(v)
+    (tmp_path / "leases").symlink_to(v)
+    lease_life(transport_cls("n1"), node, tmp_path / "leases", where=private_root)
+    assert snapshot(v) == before
+    assert stat.S_IMODE(private_root.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("transport_cls,node", PATHS)
+def test_a_symlinked_engine_dir_is_never_followed(tmp_path, private_root, transport_cls, node):
+    """Rule: the per-engine directory is checked like the root (the review's attack:
+    ``ln -s /etc /tmp/archfleet-leases/<key>``): the victim is untouched, leases go private."""
+    v = victim(tmp_path)
+    before = snapshot(v)
+    root = tmp_path / "leases"
+    root.mkdir()
+    root.chmod(0o1777)
+    (root / leases.engine_key(node)).symlink_to(v)
+    lease_life(transport_cls("n1"), node, root, where=private_root)
+    assert snapshot(v) == before
+    assert asyncio.run(leases.others(transport_cls("n1"), node, root=str(root))) == ()
+
+
+@pytest.mark.parametrize("transport_cls,node", PATHS)
+def test_a_lease_root_that_is_a_file_sends_leases_private(tmp_path, private_root, transport_cls, node):
+    (tmp_path / "leases").write_text("not a directory\n")
+    lease_life(transport_cls("n1"), node, tmp_path / "leases", where=private_root)
+    assert (tmp_path / "leases").read_text() == "not a directory\n"
+
+
+@root_only
+@pytest.mark.parametrize("level", ["root", "engine dir"])
+@pytest.mark.parametrize("transport_cls,node", PATHS)
+def test_a_directory_owned_by_another_user_is_not_used(tmp_path, private_root, transport_cls, node, level):
+    """Rule: a lease directory must be the caller's or root's. One another uid made (0777, not
+    sticky, as an attacker would) is neither chmod-ed nor written to; the private root is used."""
+    root = tmp_path / "leases"
+    root.mkdir()
+    foreign = root
+    if level == "engine dir":
+        root.chmod(0o1777)
+        foreign = root / leases.engine_key(node)
+        foreign.mkdir()
+    foreign.chmod(0o777)
+    os.chown(foreign, OTHER_UID, OTHER_UID)
+    before = snapshot(foreign)
+    lease_life(transport_cls("n1"), node, root, where=private_root)
+    assert snapshot(foreign) == before
+
+
+@pytest.mark.parametrize("transport_cls,node", PATHS)
+def test_the_shared_root_is_used_when_it_passes_the_check(tmp_path, private_root, transport_cls, node):
+    """Rule: a real directory of the caller's is the shared root, made sticky and world-writable
+    (1777) so other users' runs can leave leases there too; nothing goes to the private root."""
+    root = tmp_path / "leases"
+    lease_life(transport_cls("n1"), node, root, where=root)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((root / leases.engine_key(node)).stat().st_mode) == 0o1777
+    assert not private_root.exists()
+
+
+@pytest.mark.parametrize("transport_cls,node", PATHS)
+def test_a_planted_dot_file_cannot_redirect_the_heartbeat(tmp_path, transport_cls, node):
+    """Rule: the heartbeat is written to a fresh temp file (O_EXCL, random name), never to the
+    predictable ``.<lease>`` a local user can plant as a symlink to a file of the victim's."""
+    v = victim(tmp_path)
+    before = snapshot(v)
+    root = str(tmp_path / "leases")
+    transport = transport_cls("n1")
+
+    async def scenario():
+        name = await leases.take(transport, node, 30.0, root=root)
+        d = tmp_path / "leases" / leases.engine_key(node)
+        (d / ("." + name)).symlink_to(v / "passwd")
+        (d / name).write_text(f"{int(time.time())} 30.0 0\n")
+        await leases.beat(transport, node, name, root=root)
+        assert int((d / name).read_text().split()[2]) > 0
+        assert (d / ("." + name)).is_symlink()
+        await leases.drop(transport, node, name, root=root)
+
+    asyncio.run(scenario())
+    assert snapshot(v) == before
+
+
+def hostile_engine_dir(tmp_path, node):
+    d = tmp_path / leases.engine_key(node)
+    d.mkdir(parents=True)
+    d.chmod(0o1777)
+    os.mkfifo(d / "fifo")
+    (d / "zero").symlink_to("/dev/zero")
+    (d / "big").write_text("9" * (1 << 20))
+    (d / "dir").mkdir()
+    now = int(time.time())
+    (d / "ok").write_text(f"{now} 40 {now}\n")
+    return d
+
+
+@pytest.mark.parametrize("transport_cls,node", PATHS)
+def test_a_fifo_or_dev_zero_lease_never_blocks(tmp_path, transport_cls, node):
+    """Rule: only regular files are read, at most 64 bytes each, never through a link: a FIFO
+    (which blocks an open for reading) and a symlink to /dev/zero (endless) are skipped and the
+    one real lease still counts. Bounded by a timeout: a hang fails the test, not the suite."""
+    hostile_engine_dir(tmp_path, node)
+    got = asyncio.run(asyncio.wait_for(leases.others(transport_cls("n1"), node, root=str(tmp_path)), 15))
+    assert got == (pytest.approx(40.0, abs=1.1),)
+
+
+def test_reading_local_leases_runs_off_the_event_loop(tmp_path, monkeypatch):
+    """Rule: the local node's leases are read in a worker thread (the event loop never waits on
+    the file system), and a FIFO cannot block that thread either."""
+    node = NodeSpec("local")
+    hostile_engine_dir(tmp_path, node)
+    threads = []
+    real = leases.read_local
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(leases, "read_local", spy)
+    got = asyncio.run(asyncio.wait_for(leases.others(LocalTransport(), node, root=str(tmp_path)), 15))
+    assert got == (pytest.approx(40.0, abs=1.1),) and threads == [False]
+
+
+def test_the_probe_script_skips_what_is_not_a_regular_file(tmp_path):
+    node = NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///n1.sock")
+    hostile_engine_dir(tmp_path, node)
+
+    async def probe():
+        return await ShellTransport().run(["sh", "-c", FACTS_SCRIPT, "sh", str(tmp_path), leases.engine_key(node)])
+
+    done = asyncio.run(asyncio.wait_for(probe(), 15))
+    assert leases.parse(parse_facts(done.tail)["lease"]) == (pytest.approx(40.0, abs=1.1),)
+
+
+def test_lease_numbers_must_be_finite_and_are_clamped():
+    """Rules: a lease whose numbers are not finite (inf, nan, 1e400) is ignored; an estimate counts
+    for at most MAX_ESTIMATE (24 h); a heartbeat from the future (past CLOCK_SKEW) is ignored; a
+    lease without a heartbeat is stale NO_BEAT_STALE (600 s) after its start, whatever its estimate.
+    So what the planner and ``plan --format json`` get is always finite."""
+    now = 1_000_000.0
+    assert leases.MAX_ESTIMATE == 86400 and leases.NO_BEAT_STALE == 600
+    assert leases.remaining(now, now, math.inf, now) is None
+    assert leases.remaining(now, now, math.nan, now) is None
+    assert leases.remaining(now, now, 30.0, math.inf) is None
+    assert leases.remaining(now, now, 1e9, now) == 86400.0
+    assert leases.remaining(now, now, 30.0, now + 3600) is None
+    assert leases.remaining(now, now, 30.0, now + 30) == 30.0  # small clock skew is fine
+    assert leases.remaining(now, now - 599, 1e9) == 86400.0 - 599
+    assert leases.remaining(now, now - 601, 1e9) is None
+    busy = leases.parse([f"{now} {now} inf {now}", f"{now} {now} nan {now}", f"{now} {now} 1e400 {now}",
+                         f"{now} {now} 1e9 {now}", f"{now} {now} 20 {now}"])
+    assert busy == (20.0, 86400.0)
+    json.dumps(busy, allow_nan=False)
+
+
+def test_a_lease_is_written_with_a_finite_clamped_estimate(tmp_path):
+    node = NodeSpec("local")
+    for estimate, written in ((math.inf, 0.0), (math.nan, 0.0), (1e9, 86400.0), (12.34, 12.3)):
+        name = asyncio.run(leases.take(LocalTransport(), node, estimate, root=str(tmp_path)))
+        assert float((tmp_path / leases.engine_key(node) / name).read_text().split()[1]) == written
+
+
+def test_the_wait_for_other_runs_is_capped():
+    """Rule: a build waits for other runs' slots twice the longest wait seen, a minute at least,
+    and at most MAX_WAIT (300 s) or its own estimate if that is longer."""
+    assert leases.MAX_WAIT == 300
+    assert leases.wait_limit((20.0,), 10.0) == 60.0
+    assert leases.wait_limit((100.0,), 10.0) == 200.0
+    assert leases.wait_limit((86400.0,), 10.0) == 300.0
+    assert leases.wait_limit((86400.0,), 1200.0) == 1200.0
+    assert leases.wait_limit((86400.0,), math.inf) == 300.0
+    assert leases.wait_limit((math.inf,), 10.0) == 60.0
+
+
+def test_the_executor_builds_anyway_at_the_cap(monkeypatch):
+    """Rule: slots another run holds "for a day" (or forever) delay a build by at most the cap
+    (300 s here, on a fake clock), then it builds and says so."""
+    clock = [1000.0]
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(seconds):
+        clock[0] += seconds
+        await real_sleep(0)
+
+    async def full(transport, node, root=None):
+        return (86400.0, 86400.0)
+
+    monkeypatch.setattr("archfleet.executor.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("archfleet.executor.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr(leases, "others", full)
+    said = []
+
+    class Reporter:
+        def status(self, option, state):
+            said.append(state)
+
+    spec = NodeSpec("n", transport="ssh", host="h", max_builds=2)
+    facts = {"n": NodeFacts(spec, True, busy=(86400.0, 86400.0))}
+    ex = Executor(None, None, facts, Reporter())
+    option = Option(parse_platform("linux/amd64"), "native", "n", 30.0)
+    ex._busy["n"][option.platform] = (clock[0], 30.0)
+    started = clock[0]
+    asyncio.run(ex._wait_for_other_runs(option, object()))
+    assert 300.0 <= clock[0] - started <= 306.0
+    assert said[-1] == "other archfleet runs still hold the slots; building anyway"
+
+
+@root_only
+@pytest.mark.parametrize("transport_cls,node", PATHS)
+def test_the_sweep_removes_only_the_callers_own_files(tmp_path, transport_cls, node):
+    """Rule: taking a lease sweeps dead lease files (untouched for 600 s) of this user only;
+    another user's file, however old, stays."""
+    d = tmp_path / leases.engine_key(node)
+    d.mkdir()
+    d.chmod(0o1777)
+    for name, uid in (("1-mine", os.geteuid()), ("2-theirs", OTHER_UID)):
+        (d / name).write_text("1 5 1\n")
+        os.chown(d / name, uid, uid)
+        os.utime(d / name, (HOUR_AGO, HOUR_AGO))
+    name = asyncio.run(leases.take(transport_cls("n1"), node, 5.0, root=str(tmp_path)))
+    assert sorted(p.name for p in d.iterdir()) == sorted(["2-theirs", name])
+
+
+def test_the_lease_root_test_hook(tmp_path, monkeypatch):
+    """ARCHFLEET_LEASE_ROOT (a test hook) replaces /tmp/archfleet-leases, on the same code path."""
+    assert leases.shared_root() == "/tmp/archfleet-leases"
+    monkeypatch.setenv(leases.ROOT_ENV, str(tmp_path / "r"))
+    assert leases.shared_root() == str(tmp_path / "r")
+    node = NodeSpec("local")
+    name = asyncio.run(leases.take(LocalTransport(), node, 5.0))
+    assert (tmp_path / "r" / leases.engine_key(node) / name).is_file()
+    asyncio.run(leases.drop(LocalTransport(), node, name))
+
+
+@pytest.mark.parametrize("mode,used", [(0o755, True), (0o777, False)])
+@pytest.mark.parametrize("transport_cls,node", PATHS)
+def test_an_existing_directory_is_never_chmod_ed(tmp_path, private_root, transport_cls, node, mode, used):
+    """Rule: only a directory the run itself just made is chmod-ed (so ARCHFLEET_LEASE_ROOT=/var by
+    mistake cannot make /var world-writable). An existing one of the caller's is used as it is
+    when nobody else may write in it (0755), and not at all when others may but it is not sticky
+    (0777): then the private root."""
+    root = tmp_path / "leases"
+    root.mkdir()
+    root.chmod(mode)
+    lease_life(transport_cls("n1"), node, root, where=root if used else private_root)
+    assert stat.S_IMODE(root.stat().st_mode) == mode

@@ -90,3 +90,188 @@ def test_a_sync_that_unpacks_a_new_tree_prunes_in_the_same_command(tmp_path, mon
     assert (home / tree).is_dir()
     assert not (home / CACHE / "ctx" / "old").exists() and (home / CACHE / "ctx" / "new").exists()
     assert len(runs) == 3  # is it there, which blobs are missing, unpack (and prune): no extra round trip
+
+
+# A blob is never stored under a name its bytes do not have (defects #14), and a marker is
+# trusted only with its tree (#26). Through the real node-side scripts, run by sh here.
+
+import hashlib  # noqa: E402
+
+from archfleet.context import CACHE, snapshot_of, sync_context  # noqa: E402
+from archfleet.errors import InfrastructureError  # noqa: E402
+from archfleet.model import BuildRequest  # noqa: E402
+from archfleet.platforms import parse  # noqa: E402
+
+
+class Cutting(LocalTransport):
+    """Like an SSH channel: the stream the coordinator managed to produce reaches the node (then
+    EOF), and the coordinator's own error is raised after the node's command ended."""
+
+    def __init__(self):
+        super().__init__()
+        self.runs = []
+
+    async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None):
+        error = None
+        if stdin is not None and not isinstance(stdin, bytes):
+            got = []
+            try:
+                for chunk in stdin:
+                    got.append(chunk)
+            except Exception as exc:
+                error = exc
+            stdin = b"".join(got)
+        done = await super().run(argv, env=env, stdin=stdin, on_line=on_line, timeout=timeout)
+        self.runs.append(done)
+        if error:
+            raise error
+        return done
+
+
+def node_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(home)
+    return home / CACHE
+
+
+def small_context(tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")
+    (ctx / "version.txt").write_text("1.2.3\n")
+    return BuildRequest(ctx, ctx / "Dockerfile", [parse("linux/amd64")])
+
+
+def blob_name(data: bytes, mode: int = 0o644) -> str:
+    return f"{hashlib.sha256(data).hexdigest()}-{mode:o}"
+
+
+@pytest.mark.parametrize("how, change", [
+    ("changed", lambda p: p.write_text("1.2.4\n")),  # same size: what an editor or generator does
+    ("shrank", lambda p: p.write_text("1\n")),
+    ("grew", lambda p: p.write_text("1.2.3-rc1\n")),
+    ("could not be read", lambda p: p.unlink()),
+])
+def test_a_file_that_changes_while_it_is_sent_is_one_line_naming_it_and_the_node_keeps_nothing(
+        tmp_path, monkeypatch, how, change):
+    from archfleet import context
+
+    cache = node_home(tmp_path, monkeypatch)
+    req = small_context(tmp_path)
+    version = req.context / "version.txt"
+    snapshot_of(req)  # hashed with 1.2.3
+    real_open = context._open
+
+    def open_after_a_change(path):
+        if path == version and version.exists():
+            change(version)
+        return real_open(path)
+
+    monkeypatch.setattr(context, "_open", open_after_a_change)
+    t = Cutting()
+    with pytest.raises(UsageError) as err:
+        asyncio.run(sync_context(t, req))
+    line = str(err.value)
+    assert "\n" not in line and str(version) in line and how in line, line
+    assert t.runs[-1].returncode == 65  # the node saw a stream that ended early ...
+    assert os.listdir(cache / "blobs") == []  # ... and kept no blob, 1.2.3's name least of all
+    assert os.listdir(cache / "ctx") == [] and os.listdir(cache / "stage") == []
+
+
+def test_a_blob_whose_bytes_are_not_its_name_never_enters_the_cache(tmp_path, monkeypatch):
+    """Even if the coordinator's check were bypassed: sha256sum -c on the node refuses it."""
+    from archfleet import context
+
+    cache = node_home(tmp_path, monkeypatch)
+    req = small_context(tmp_path)
+    monkeypatch.setattr(context, "_blob", lambda path, name, e: [context._member(name, b"0", e.mode, data=b"evil\n")])
+    with pytest.raises(InfrastructureError, match="sha256sum -c"):
+        asyncio.run(sync_context(LocalTransport(), req))
+    assert os.listdir(cache / "blobs") == [] and os.listdir(cache / "ctx") == []
+    assert os.listdir(cache / "stage") == []
+
+
+def test_the_blobs_of_a_good_sync_are_what_their_names_say(tmp_path, monkeypatch):
+    cache = node_home(tmp_path, monkeypatch)
+    req = small_context(tmp_path)
+    tree, dockerfile = asyncio.run(sync_context(LocalTransport(), req))
+    for name in os.listdir(cache / "blobs"):
+        assert name.startswith(hashlib.sha256((cache / "blobs" / name).read_bytes()).hexdigest() + "-")
+    assert (cache.parent.parent.parent / tree / "version.txt").read_text() == "1.2.3\n"
+    assert os.listdir(cache / "stage") == []  # no staging directory, checksum list or temp file left
+
+
+def test_no_marker_when_the_tree_could_not_be_renamed_into_place(tmp_path, monkeypatch):
+    """A rename that fails for any reason but a concurrent sync's finished tree: the sync fails
+    (the node's problem) and no .ok claims a tree that is not there."""
+    cache = node_home(tmp_path, monkeypatch)
+    req = small_context(tmp_path)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mv").write_text('#!/bin/sh\ncase "$*" in *ctx/*) echo "mv: simulated failure" >&2; exit 1;; esac\n'
+                             'exec /bin/mv "$@"\n')
+    (fake / "mv").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    with pytest.raises(InfrastructureError, match="no tree"):
+        asyncio.run(sync_context(LocalTransport(), req))
+    assert os.listdir(cache / "ctx") == []
+    monkeypatch.setenv("PATH", os.environ["PATH"].split(":", 1)[1])
+    tree, _ = asyncio.run(sync_context(LocalTransport(), req))  # and the next sync just works
+    assert (cache.parent.parent.parent / tree / "version.txt").is_file()
+
+
+def test_a_marker_without_its_tree_is_not_trusted(tmp_path, monkeypatch):
+    import shutil
+
+    cache = node_home(tmp_path, monkeypatch)
+    req = small_context(tmp_path)
+    tree, _ = asyncio.run(sync_context(LocalTransport(), req))
+    home = cache.parent.parent.parent
+    shutil.rmtree(home / tree)  # e.g. an old-style prune interrupted after the marker check
+    tree, _ = asyncio.run(sync_context(LocalTransport(), req))
+    assert (home / tree / "version.txt").read_text() == "1.2.3\n"
+
+
+def test_blobs_reported_present_are_touched_so_a_prune_keeps_them(tmp_path, monkeypatch):
+    """Their ctime is renewed (the prune keeps orphans whose ctime is under an hour old); their
+    mtime, which a build's COPY keeps, is not."""
+    from archfleet.context import _missing
+
+    cache = node_home(tmp_path, monkeypatch)
+    (cache / "blobs").mkdir(parents=True)
+    present = cache / "blobs" / blob_name(b"x")
+    present.write_bytes(b"x")
+    os.utime(present, (0, 0))
+    before = present.stat().st_ctime_ns
+    time.sleep(0.02)
+    missing = asyncio.run(_missing(LocalTransport(), [blob_name(b"x"), blob_name(b"y")]))
+    assert missing == {blob_name(b"y")}
+    after = present.stat()
+    assert after.st_ctime_ns > before and after.st_mtime == 0
+    assert os.listdir(cache / "stage") == []
+
+
+def test_a_pruned_tree_leaves_ctx_in_one_rename_and_nothing_in_stage(tmp_path):
+    root = tmp_path / "sync"
+    make_cache(root)
+    run(root, tree_minutes=14 * 1440, orphan_minutes=0)
+    assert sorted(os.listdir(root / "ctx")) == ["new", "new.ok"] and os.listdir(root / "stage") == []
+
+
+def test_two_syncs_of_one_new_context_at_once_leave_one_tree_and_no_stage(tmp_path, monkeypatch):
+    """Both unpack, one rename wins; the other finds the finished tree, writes the marker and
+    removes its own copy."""
+    cache = node_home(tmp_path, monkeypatch)
+    req = small_context(tmp_path)
+    for i in range(20):
+        (req.context / f"f{i}").write_bytes(os.urandom(5000))
+
+    async def both():
+        return await asyncio.gather(sync_context(LocalTransport(), req), sync_context(LocalTransport(), req))
+
+    a, b = asyncio.run(both())
+    assert a == b
+    assert len(os.listdir(cache.parent.parent.parent / a[0])) == 22  # 20 + version.txt + Dockerfile
+    assert sorted(os.listdir(cache / "ctx")) == sorted([a[0].split("/")[-2], a[0].split("/")[-2] + ".ok"])
+    assert os.listdir(cache / "stage") == []

@@ -1,0 +1,37 @@
+"""The state a benchmark starts from: empty user caches of its own, said in its output.
+
+archfleet learns as it runs (node scores, link rates, layer scans, build history, all in the
+user's cache dir). A benchmark that shared them with the test suite or with earlier runs would
+measure whatever those left behind, so each benchmark calls :func:`isolate` first: a fresh
+``XDG_CACHE_HOME`` and ``ARCHFLEET_HISTORY`` for itself and every archfleet it starts. Pass
+``--keep-state`` (or set ``ARCHFLEET_BENCH_STATE=keep``) to measure with the user's caches instead;
+the line printed says which.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def isolate(name: str) -> Path | None:
+    """Point the caches at a new empty directory (unless asked to keep them); return it."""
+    keep = "--keep-state" in sys.argv or os.environ.get("ARCHFLEET_BENCH_STATE") == "keep"
+    if keep:
+        sys.argv = [a for a in sys.argv if a != "--keep-state"]
+        print(f"{name}: state: the user's caches and history as they are (--keep-state)")
+        return None
+    d = Path(tempfile.mkdtemp(prefix=f"archfleet-bench-{name}-"))
+    os.environ["XDG_CACHE_HOME"] = str(d)
+    os.environ["ARCHFLEET_HISTORY"] = str(d / "history.sqlite")
+    print(f"{name}: state: empty caches and history in {d}")
+    return d
+
+
+def cache_file(name: str) -> Path:
+    """A file in archfleet's cache dir as archfleet itself finds it (platformdirs, XDG aware)."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("archfleet")) / name

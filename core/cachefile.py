@@ -1,0 +1,71 @@
+"""Writing the user's cache files (scores, link rates, layer scans) so that runs and threads
+writing at once neither tear a file nor lose each other's entries.
+
+- :func:`write_atomic`: the text goes to a fresh temp file in the same directory
+  (``tempfile.mkstemp``: a unique name, ``O_EXCL``, so two writers never share it, unlike a
+  ``<name>.<pid>.tmp`` that two threads of one process do share), then ``os.replace`` puts it in
+  place (POSIX ``rename``: readers see the old file or the new one, never half of one).
+- :func:`update_json`: read-modify-write of a JSON object under an exclusive ``flock`` on
+  ``<file>.lock`` (a lock per open file description, so it also serialises threads of one
+  process), then :func:`write_atomic`: a measurement written at the same time by another run
+  is kept, not overwritten by a copy read before it.
+
+Both create the directory as needed and raise ``OSError`` when it cannot be written (a
+read-only or foreign cache dir); the caches calling them treat that as "not cached".
+Reading needs no lock: files are only ever replaced whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) in one step. Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<path>.lock`` (made as needed). Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in ``path``; ``{}`` when it is missing, unreadable, broken or not an object."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def update_json(path: Path, change: Callable[[dict], None]) -> dict:
+    """Apply ``change`` to the JSON object in ``path`` (``{}`` if none) and write it back, with no
+    other :func:`update_json` of that file in between; the new object. Raises OSError."""
+    with locked(path):
+        doc = read_json(path)
+        change(doc)
+        write_atomic(path, json.dumps(doc, separators=(",", ":")))
+    return doc
