@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import platform as _platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 import click
 
 from . import platforms as plat
-from .errors import ArchfleetError, EnvironmentProblem, UsageError
+from .errors import ArchfleetError, EnvironmentProblem, Interrupted, UsageError
 from .inventory import Config, not_utf8
 from .model import BuildRequest
 from .planner import parse_pins
@@ -197,7 +198,12 @@ def _config(nodes, engine_cli, local) -> Config:
 def _run(pm, coro):
     from .pipeline import run_command
 
-    return asyncio.run(run_command(pm, coro))
+    try:
+        return asyncio.run(run_command(pm, coro))
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: asyncio.run cancelled the run. As an ArchfleetError it is one line and exit 130
+        # (click would print an empty line and drop the message saying what could not be stopped)
+        raise Interrupted(str(exc) or "interrupted") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -211,7 +217,7 @@ def cli():
 def build(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
           report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node):
     """Build PATH for every --platform on the fastest nodes and (with --push) publish the index."""
-    from .pipeline import build as run_build, check_request, write_metadata
+    from .pipeline import RunState, build as run_build, check_request, write_metadata
     from .plugin import get_manager
     from .progress import make_reporter
 
@@ -223,23 +229,29 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
     config = _config(nodes_file, engine_cli, local)
     pm = get_manager()
     check_request(pm, request, config)  # pins and the Dockerfile, before the registry is asked
-    reporter = make_reporter(progress)
+    reporter = make_reporter(progress)  # guarded: progress output never fails the build
+    state = RunState()
     try:
-        summary = _run(pm, run_build(pm, request, config, reporter))
-        reporter.finished(summary)
-    finally:
-        reporter.close()
-    if request.metadata_file:
-        write_metadata(request.metadata_file, summary)
-    if report:
-        from .report import write_report
+        try:
+            summary = _run(pm, run_build(pm, request, config, reporter, state))
+            reporter.finished(summary)
+        finally:
+            reporter.close()  # before the error line: a live tty display would hide it
+        if request.metadata_file:
+            write_metadata(request.metadata_file, summary)
+        if report:
+            from .report import write_report
 
-        write_report(Path(report), summary, request)
-    if summary.index_digest:
-        click.echo(summary.index_digest)
-    elif not push:
-        for r in summary.results:
-            click.echo(f"{r.platform} {r.image_id}" + (f" {r.ref}" if r.ref else ""))
+            write_report(Path(report), summary, request)
+        if summary.index_digest:
+            click.echo(summary.index_digest)
+        elif not push:
+            for r in summary.results:
+                click.echo(f"{r.platform} {r.image_id}" + (f" {r.ref}" if r.ref else ""))
+    except (KeyboardInterrupt, Interrupted) as exc:
+        if state.index_digest:  # Ctrl-C after the tags moved: say so, not just "interrupted"
+            raise Interrupted(state.interrupted()) from None
+        raise Interrupted(str(exc) or "interrupted") from None
 
 
 @cli.command()
@@ -507,11 +519,11 @@ def main(argv=None) -> int:
         return exc.exit_code
     except ArchfleetError as exc:
         _say(str(exc))
-        if debug:
+        if debug and not isinstance(exc, Interrupted):  # Ctrl-C is no bug: no traceback
             raise
         return exc.exit_code
-    except KeyboardInterrupt:
-        _say("interrupted")
+    except KeyboardInterrupt as exc:  # outside a command's run (commands raise Interrupted)
+        _say(str(exc) or "interrupted")
         return 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
@@ -529,7 +541,18 @@ def _say(message: str) -> None:
 
 
 def entrypoint() -> None:
-    sys.exit(main())
+    code = None
+    try:
+        code = main()
+        # the outcome is decided and said: a Ctrl-C while the interpreter shuts down (joining
+        # threads) must not turn it into death by SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:  # in the last instants of main()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if code is None:
+            _say("interrupted")
+            code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

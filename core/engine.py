@@ -4,6 +4,39 @@ Builds go through an engine CLI because docker-py cannot drive BuildKit (docker/
 ``docker buildx build`` where the buildx plugin exists, else ``DOCKER_BUILDKIT=1 docker build``
 on a client that still has BuildKit built in (Docker < 23). Engine API work (info, inspect,
 push with ``auth_config``) goes through docker-py, in a thread.
+
+How a failed build is classified (:func:`build`): the node failed (:class:`InfrastructureError`,
+the platform is re-planned on another node) or the build failed (:class:`BuildFailed`, the same
+Dockerfile would fail on any node: reported, never retried). The decision comes from how the
+engine CLI ended and from asking the engine, **never from the build's own output**: with
+``--progress plain`` BuildKit prefixes every line it streams with ``#N `` (the step number),
+and what a RUN step prints ("Connection refused", "no space left on device", ...) is the
+user's text, whatever it says. In order:
+
+1. The engine CLI could not be started (exit 126/127 from the transport: not found, not
+   executable) or was killed by a signal (a negative exit status: the OOM killer, a reboot):
+   the node failed.
+2. The engine does not answer ``ping()`` (``GET /_ping``, the Engine API's liveness check):
+   the engine is gone, the node failed.
+3. Otherwise only the CLI's own error line is read: the last non-empty line that is not
+   BuildKit progress output (Docker 20.10: ``executor failed running [...]: exit code: N`` or
+   ``failed to solve with frontend ...``; buildx: ``ERROR: failed to solve: ...``):
+
+   - a process of the build exited non-zero (``executor failed running [CMD]: exit code: N``
+     in Docker 20.10's BuildKit, ``process "CMD" did not complete successfully: exit code: N``
+     in BuildKit >= 0.9, docker/cli#1291): the build failed, whatever CMD or its output say.
+     This includes "exec format error": Docker 20.10 reports a program the node cannot run
+     (no QEMU handler, an arm64 CPU without AArch32) as that step's output and exit code 1,
+     indistinguishable from a program printing it; keeping such options out of the plan is
+     the offers' job (a strategy offers a node only for platforms it runs or emulates);
+   - an error whose *last* component is the errno text of a resource of the node itself
+     (ENOSPC "no space left on device", EDQUOT "disk quota exceeded", ENOMEM "cannot
+     allocate memory", EROFS "read-only file system", EIO "input/output error", EMFILE "too
+     many open files"; Go wraps errors as ``op path: errno text``, so the errno text ends the
+     line, and a file name or command quoted earlier in it cannot trigger this): the node
+     failed;
+   - anything else (a Dockerfile syntax error, a file COPY cannot find, a base image that
+     cannot be pulled): the build failed.
 """
 
 from __future__ import annotations
@@ -27,8 +60,13 @@ from .transport import Completed, LineCallback, Transport
 ENV_CLI = "ARCHFLEET_ENGINE_CLI"
 _VERSION = re.compile(r"version\s+v?(\d+)\.(\d+)", re.I)
 _IMAGE_ID = re.compile(r"writing image (sha256:[0-9a-f]{64})")
-_ENGINE_GONE = ("Cannot connect to the Docker daemon", "connection refused", "error during connect",
-                "Is the docker daemon running", "broken pipe", "connection reset by peer")
+_PROGRESS = re.compile(r"^#\d+ ")  # BuildKit's plain progress: the build's own output, never classified
+# a build process exited non-zero: "executor failed running [CMD]: exit code: N" (Docker 20.10;
+# CMD may span lines, so only its end is matched) or "process "CMD" did not complete
+# successfully: exit code: N" (BuildKit >= 0.9)
+_PROCESS_EXIT = re.compile(r"(\]|did not complete successfully): exit code: \d+\s*$")
+_NODE_ERRNO = ("no space left on device", "disk quota exceeded", "cannot allocate memory",
+               "read-only file system", "input/output error", "too many open files")
 
 
 @attrs.frozen
@@ -114,16 +152,48 @@ def build_argv(cli: Sequence[str], mode: str, *, platform: Platform, dockerfile:
     return argv, env
 
 
+def cli_error_line(done: Completed) -> str | None:
+    """The engine CLI's own error line: the last non-empty line of its output that is not
+    BuildKit progress output (``#N ...``), or None when there is none."""
+    for line in reversed(done.tail):
+        line = line.strip()
+        if line and not _PROGRESS.match(line):
+            return line
+    return None
+
+
+def node_failed(done: Completed) -> str | None:
+    """Why the failed build ``done`` is the node's fault (rules 1 and 3 of the module
+    docstring, without the ping), or None when the build's."""
+    if done.returncode in (126, 127):
+        return f"engine CLI unusable: {done.last_line()}"
+    if done.returncode < 0:
+        return f"engine CLI killed by signal {-done.returncode}"
+    line = cli_error_line(done)
+    if line is None or _PROCESS_EXIT.search(line):
+        return None
+    low = line.lower().rstrip(" .")
+    if any(low.endswith(errno) for errno in _NODE_ERRNO):
+        return f"node out of resources: {line}"
+    return None
+
+
 def engine_gone(done: Completed) -> bool:
-    text = "\n".join(done.tail)
-    return any(marker.lower() in text.lower() for marker in _ENGINE_GONE) and "failed to solve" not in text
+    """Whether ``done`` failed because of the node rather than the build, from how the CLI ended
+    (see the module docstring). The engine's ``ping()`` is the other half: :func:`build`."""
+    return node_failed(done) is not None
 
 
 async def build(transport: Transport, cli: EngineCLI, *, platform: Platform, request: BuildRequest, tag: str,
                 context: str | None = None, dockerfile: str | None = None,
                 extra_build_args: Sequence[tuple[str, str]] = (), extra_labels: Sequence[tuple[str, str]] = (),
                 on_line: LineCallback | None = None) -> str:
-    """Build ``platform`` on the node into its engine as ``tag``; return the image id."""
+    """Build ``platform`` on the node into its engine as ``tag``; return the image id.
+
+    Raises :class:`InfrastructureError` when the node failed and :class:`BuildFailed` when the
+    build did (the rules are in the module docstring). An exception raised by ``on_line`` stops
+    the build (the engine CLI is killed through the transport's cancellation) and is raised here.
+    """
     argv, env = build_argv(
         cli.argv, cli.mode, platform=platform,
         dockerfile=dockerfile or str(request.dockerfile), context=context or str(request.context), tag=tag,
@@ -131,33 +201,55 @@ async def build(transport: Transport, cli: EngineCLI, *, platform: Platform, req
         target=request.target, no_cache=request.no_cache, pull=request.pull,
     )
     image_id: list[str] = []
+    callback_failed: list[BaseException] = []
 
     def watch(line: str) -> None:
         m = _IMAGE_ID.search(line)
         if m:
             image_id.append(m.group(1))
-        if on_line:
-            on_line(line)
+        if on_line and not callback_failed:
+            try:
+                on_line(line)
+            except Exception as exc:
+                # not raised into the transport's reader: cancel the run, which kills the CLI
+                callback_failed.append(exc)
+                running.cancel()
 
-    done = await transport.run(argv, env=env, on_line=watch)
+    running = asyncio.ensure_future(transport.run(argv, env=env, on_line=watch))
+    try:
+        done = await running
+    except asyncio.CancelledError:
+        me = asyncio.current_task()
+        if callback_failed and (me is None or not me.cancelling()):
+            raise callback_failed[0] from None
+        raise
     if not done.ok:
-        if done.returncode in (126, 127) or engine_gone(done) or not await ping(transport):
-            raise InfrastructureError(transport.node, f"engine unusable: {done.last_line()}")
-        raise BuildFailed(f"build for {platform} failed: {_build_error(done)}")
+        why = node_failed(done)
+        if why is None and not await ping(transport):
+            why = f"engine gone (it does not answer ping): {done.last_line()}"
+        if why is not None:
+            raise InfrastructureError(transport.node, why)
+        raise BuildFailed(f"build failed: {_build_error(done)}")
     if image_id or not tag:
         return image_id[-1] if image_id else ""
     return await asyncio.to_thread(lambda: transport.docker_client().images.get(tag).id)
 
 
 def _build_error(done: Completed) -> str:
+    """The line that says why the build failed: the CLI's own error line (``ERROR: `` dropped),
+    else BuildKit's last ``ERROR`` line, else the last line."""
+    line = cli_error_line(done)
+    if line:
+        return re.sub(r"^ERROR:\s*", "", line)
     for line in reversed(done.tail):
         line = line.strip()
-        if line.startswith(("ERROR:", "error:", "failed to solve")) or "did not complete successfully" in line:
+        if "ERROR" in line or "did not complete successfully" in line:
             return re.sub(r"^#\d+\s+", "", line)
     return done.last_line()
 
 
 async def ping(transport: Transport) -> bool:
+    """Whether the node's engine answers ``GET /_ping`` (in a thread; never raises)."""
     def _ping() -> bool:
         try:
             return bool(transport.docker_client().ping())

@@ -99,3 +99,23 @@ class Aborted(ArchfleetError):
     half-way). Never reported on its own: the failure that caused it is."""
 
     exit_code = 1
+
+
+class PlatformsFailed(ArchfleetError):
+    """One or more platforms failed for good (the others were cancelled, so nothing reached the
+    tags), or with ``--allow-partial`` every platform failed. ``causes`` holds each failure as
+    ``(platform, error)``; the exit code is the first failure's, so a registry refusal still ends
+    the command with 3 and a failed build with 1."""
+
+    def __init__(self, message: str, causes: tuple = ()):
+        super().__init__(message)
+        self.causes = tuple(causes)
+        if self.causes:
+            self.exit_code = self.causes[0][1].exit_code
+
+
+class Interrupted(ArchfleetError):
+    """Ctrl-C (SIGINT) arrived while something could not be stopped half-way (the index being
+    pushed to the tags); the message says what was completed. Exit 130, like a plain interrupt."""
+
+    exit_code = 130

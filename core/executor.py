@@ -1,4 +1,18 @@
-"""Run a plan: every chosen option at once, fallback on node failures, nothing pushed half-way."""
+"""Run a plan: every chosen option at once, fallback on node failures, nothing pushed half-way.
+
+What happens when a platform's option raises is decided by the error's type
+(:mod:`archfleet.errors`), never by its text:
+
+- ``retry_elsewhere`` (:class:`InfrastructureError`): the node is marked down for this run and
+  the platform is re-planned on its next-best option; with none left, the platform has failed.
+- anything else: the platform has failed for good. Without ``--allow-partial`` the push gate
+  breaks and every other platform still running is cancelled at once (its transport kills the
+  engine CLI or closes the SSH channel; its build slot and lease are released): nothing is
+  pushed to the tags, and the run reports the failing platform, not the ones it stopped. With
+  ``--allow-partial`` the others go on and push without it.
+- :class:`Aborted` (the push gate broke) and cancellation are how the *other* platforms stop:
+  they are shown as "cancelled", never reported as failures of their own.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +28,7 @@ from .hookcall import call_first, resolve
 from .model import BuildRequest, NodeFacts, Option, PlatformResult
 from .planner import Plan
 from .platforms import Platform
-from .progress import Reporter
+from .progress import Reporter, guard
 
 
 class PushGate:
@@ -38,6 +52,11 @@ class PushGate:
         if self._failed is None:
             self._failed = why
         self._event.set()
+
+    @property
+    def failed(self) -> str | None:
+        """Why the gate broke (the platform that failed for good), or None."""
+        return self._failed
 
     async def wait(self) -> None:
         await self._event.wait()
@@ -108,9 +127,22 @@ class Attempt:
 
 
 @attrs.frozen
+class Failure:
+    """A platform that failed for good: the option tried last and the error it raised."""
+
+    platform: Platform
+    option: Option
+    error: ArchfleetError
+
+    def line(self) -> str:
+        """One line naming the platform, where it failed and why."""
+        return f"{self.platform} failed on {self.option}: {self.error}"
+
+
+@attrs.frozen
 class Outcome:
     results: tuple[PlatformResult, ...]
-    failures: tuple[tuple[Platform, str], ...]
+    failures: tuple[Failure, ...]  # in the order they happened; the first one stopped the others
     replans: tuple[tuple[Platform, str, str], ...]  # platform, from option, why
     attempts: tuple[Attempt, ...] = ()
 
@@ -120,7 +152,7 @@ class Executor:
         self.pm = pm
         self.request = request
         self.facts = facts
-        self.reporter = reporter
+        self.reporter = guard(reporter)  # progress output never fails a build
         self.down: dict[str, str] = {}
         self._transports: dict[str, object] = {}
         self._connecting: dict[str, asyncio.Future] = {}
@@ -227,11 +259,12 @@ class Executor:
         return result
 
     async def _platform(self, platform: Platform, first: Option, alternatives: list[Option],
-                        gate: PushGate) -> PlatformResult:
+                        gate: PushGate, last: dict[Platform, Option]) -> PlatformResult:
         option = first
         tried: list[Option] = []
         while True:
             tried.append(option)
+            last[platform] = option
             self.reporter.status(option, "starting")
             started = [time.monotonic()]
 
@@ -244,57 +277,76 @@ class Executor:
                 attempt("done")
                 self.reporter.done(option, result)
                 return result
-            except InfrastructureError as exc:
+            except Aborted:
+                attempt("cancelled")
+                self.reporter.status(option, f"cancelled: {gate.failed or 'another platform failed'}")
+                raise
+            except asyncio.CancelledError:
+                attempt("cancelled")
+                self.reporter.status(option, f"cancelled: {gate.failed}" if gate.failed else "cancelled")
+                raise
+            except ArchfleetError as exc:
+                if not exc.retry_elsewhere:
+                    attempt(f"failed: {exc}")
+                    self.reporter.failed(option, str(exc))
+                    raise
                 attempt(f"node failed: {exc}")
-                self.down.setdefault(exc.node, str(exc))
+                node = getattr(exc, "node", None) or option.node
+                self.down.setdefault(node, str(exc))
                 remaining = [o for o in alternatives if o not in tried and o.node not in self.down]
                 if not remaining:
                     self.reporter.failed(option, str(exc))
-                    raise BuildFailed(f"{platform}: {exc}; no other option left") from None
+                    raise BuildFailed(f"{exc}; no other option left") from None
                 # the next-best option now: its estimate plus the wait for a slot on its node
                 nxt = min(remaining, key=lambda o: (self._wait_for_slot(o.node) + o.estimate, o.strategy, o.node))
                 self.replans.append((platform, str(option), str(exc)))
                 self.reporter.replanned(option, nxt, f"{exc} (after {time.monotonic() - started[0]:.1f}s)")
                 option = nxt
-            except Aborted:
-                attempt("cancelled")
-                self.reporter.status(option, "cancelled: another platform failed")
-                raise
-            except ArchfleetError as exc:
-                attempt(f"failed: {exc}")
-                self.reporter.failed(option, str(exc))
+            except Exception as exc:  # a bug: reported as an internal error, after the others stopped
+                attempt(f"failed: {type(exc).__name__}: {exc}")
+                self.reporter.failed(option, f"{type(exc).__name__}: {exc}")
                 raise
 
     async def run(self, plan: Plan, options: Sequence[Option]) -> Outcome:
+        """Run every chosen option at once; see the module docstring for what a failure does.
+        Raises what a platform raised only when it is not an :class:`ArchfleetError` (a bug)."""
         platforms = [s.option.platform for s in plan.chosen]
         gate = PushGate(platforms)
-        tasks = {}
-        for s in plan.chosen:
-            alts = [o for o in options if o.platform == s.option.platform]
-            tasks[s.option.platform] = asyncio.create_task(self._platform(s.option.platform, s.option, alts, gate))
+        tasks: dict[Platform, asyncio.Task] = {}
+        last: dict[Platform, Option] = {}
+        failed_first: list[Platform] = []  # platforms that failed for good, in order
 
         def on_done(platform):
             def callback(task: asyncio.Task):
-                if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), Aborted):
-                    if self.request.allow_partial:
-                        gate.built(platform)  # the others may push without it
-                    else:
-                        gate.fail(f"{platform}: {task.exception()}")
+                if task.cancelled() or task.exception() is None or isinstance(task.exception(), Aborted):
+                    return
+                failed_first.append(platform)
+                if self.request.allow_partial and isinstance(task.exception(), ArchfleetError):
+                    gate.built(platform)  # the others may push without it
+                    return
+                gate.fail(f"{platform} failed")
+                for other, t in tasks.items():
+                    if other != platform and not t.done():
+                        t.cancel()
             return callback
 
-        for p, t in tasks.items():
-            t.add_done_callback(on_done(p))
+        for s in plan.chosen:
+            alts = [o for o in options if o.platform == s.option.platform]
+            task = asyncio.create_task(self._platform(s.option.platform, s.option, alts, gate, last))
+            tasks[s.option.platform] = task
+            task.add_done_callback(on_done(s.option.platform))
         try:
             await asyncio.gather(*tasks.values(), return_exceptions=True)
         finally:
             await self.close()
-        results, failures = [], []
-        for p, t in tasks.items():
-            exc = t.exception()
-            if exc is None:
+        results: list[PlatformResult] = []
+        for t in tasks.values():
+            if not t.cancelled() and t.exception() is None:
                 results.append(t.result())
-            elif not isinstance(exc, Aborted):
-                if not isinstance(exc, ArchfleetError):
-                    raise exc
-                failures.append((p, str(exc)))
+        failures = []
+        for p in failed_first:
+            exc = tasks[p].exception()
+            if not isinstance(exc, ArchfleetError):
+                raise exc
+            failures.append(Failure(p, last[p], exc))
         return Outcome(tuple(results), tuple(failures), tuple(self.replans), tuple(self.attempts))

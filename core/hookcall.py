@@ -1,7 +1,14 @@
 """Calling hooks one implementation at a time, so a plugin that raises or answers with the wrong
 type is named in the error instead of surfacing as a bare traceback.
 
-``ARCHFLEET_TRACE_PLUGINS=1`` prints every call (plugin, hook, arguments, result) to stderr.
+``ARCHFLEET_TRACE_PLUGINS=1`` prints every call (plugin, hook, arguments, result) to stderr,
+with the values of build args hidden (they may be tokens).
+
+Errors: an :class:`ArchfleetError` a plugin raises passes through unchanged (its type says what
+the executor does with it: :class:`~archfleet.errors.Aborted` stays an abort,
+:class:`~archfleet.errors.InfrastructureError` is retried elsewhere); anything else becomes a
+:class:`PluginError` naming the plugin and the hook. Cancellation (``asyncio.CancelledError``,
+a ``BaseException``) is never wrapped.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ import inspect
 import os
 import sys
 from typing import Any
+
+import attrs
 
 from .errors import ArchfleetError, PluginError
 
@@ -23,8 +32,18 @@ def _trace(name: str, hook: str, kwargs: dict, result: Any) -> None:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = repr(_redacted(value))
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with build-arg values replaced by ``***`` (a BuildRequest, or a value holding one
+    as ``request``), for the trace only."""
+    from .model import BuildRequest
+
+    if isinstance(value, BuildRequest) and value.build_args:
+        return attrs.evolve(value, build_args=tuple((k, "***") for k, _ in value.build_args))
+    return value
 
 
 def plugin_name(pm, plugin) -> str:

@@ -108,7 +108,10 @@ def archfleet_run(option, request, context):
     Return an awaitable resolving to :class:`~archfleet.model.PlatformResult`. Raise
     :class:`archfleet.errors.InfrastructureError` when the node failed (archfleet re-plans
     the platform elsewhere) and :class:`archfleet.errors.BuildFailed` when the build itself
-    failed (reported, not retried).
+    failed (reported, not retried). When another platform fails for good (and not
+    ``--allow-partial``), the awaitable is cancelled (``asyncio.CancelledError``) wherever it
+    is, building or waiting: stop the node's work in a ``finally`` and let the cancellation
+    propagate.
     """
 
 

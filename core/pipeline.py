@@ -6,7 +6,10 @@ Data flows one way; each stage is a function over frozen values. The CLI calls t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import threading
 import time
 from typing import Sequence
 
@@ -14,16 +17,17 @@ import attrs
 
 from . import index as index_mod
 from . import platforms as plat
-from .errors import ArchfleetError, BuildFailed, EnvironmentProblem, UsageError
+from .errors import (ArchfleetError, EnvironmentProblem, Interrupted, PlatformsFailed, UsageError,
+                     VerificationFailed)
 from .context import cache_days
 from .dockerfile import analyse
-from .executor import Executor
+from .executor import Executor, Failure
 from .hookcall import PluginError, call_each, call_first, resolve
 from .inventory import Config, collect_nodes
 from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
 from .history import HistoryView, view_for
 from .planner import Plan, apply_pins, check_pin_strategies, check_pins, node_speed, refine, schedule
-from .progress import Reporter
+from .progress import Reporter, guard
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
 
@@ -173,8 +177,35 @@ class BuildSummary:
     attempts: tuple = ()
 
 
-async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -> BuildSummary:
+@attrs.define
+class RunState:
+    """What a build has done that an interrupt cannot undo, filled in as it happens: the caller
+    keeps it, so that a Ctrl-C arriving after the index was pushed (while history is recorded,
+    the session ends or the CLI writes its files) is reported as such, not as a bare
+    "interrupted"."""
+
+    index_digest: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def interrupted(self) -> str:
+        """The one line for an interrupt at this point."""
+        if self.index_digest:
+            return f"interrupted after the index {self.index_digest} was pushed to {', '.join(self.tags)}"
+        return "interrupted"
+
+
+async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
+                state: RunState | None = None) -> BuildSummary:
+    """Plan, run, verify and publish ``request``; ``state`` (if given) records what was published.
+
+    A platform that fails for good stops the others and raises :class:`PlatformsFailed` naming
+    it (one line; nothing reaches the tags). With ``--allow-partial`` a platform that failed to
+    build or whose child fails verification is left out of the index, and said so. Ctrl-C
+    before the tags start moving leaves them untouched; once they do, the moves are finished
+    first and :class:`Interrupted` says that the tags were moved (see :func:`hold_interrupts`).
+    """
     started = time.monotonic()
+    reporter = guard(reporter)  # progress output never fails a build
     tags = [parse_reference(t) for t in request.tags]
     cache_days()  # a bad ARCHFLEET_NODE_CACHE_DAYS is a usage error now, not mid-build
     if request.push and not tags:
@@ -200,26 +231,39 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
         reporter.planned(planned.plan)
         executor = Executor(pm, request, planned.facts, reporter)
         outcome = await executor.run(planned.plan, planned.options)
-        if outcome.failures and not (request.allow_partial and outcome.results):
-            raise BuildFailed("; ".join(why for _, why in outcome.failures) + "; nothing was pushed to the tags")
+        failures = list(outcome.failures)
+        if failures and not (request.allow_partial and outcome.results):
+            raise failed(failures, pushed_nothing=request.push)
         results = sorted(outcome.results, key=lambda r: request.platforms.index(r.platform))
         children: list[ChildImage] = []
         digest = media_type = None
         size = 0
         if request.push:
             reporter.event("verifying " + ", ".join(str(r.platform) for r in results))
-            children = list(await asyncio.gather(*(
-                index_mod.verify_child(client, parse_reference(r.ref, what="child reference"), r.platform)
-                for r in results
-            )))
+            children, rejected = await verify(client, results, allow_partial=request.allow_partial)
+            if rejected:
+                failures += rejected
+                if not children:
+                    raise failed(failures, pushed_nothing=True)
+                results = [r for r in results if r.platform not in {f.platform for f in rejected}]
             source = parse_reference(results[0].ref, what="child reference")
-            digest, body, media_type = await index_mod.push_index(client, source, children, tags)
+            where = ", ".join(str(t) for t in tags)
+            # children copied to every repository and the index put there by digest: stoppable,
+            # no tag has moved yet; only moving the tags is held against Ctrl-C
+            digest, body, media_type = await index_mod.stage_index(client, source, children, tags)
+            with hold_interrupts(f"the index was being pushed to {where}") as held:
+                await asyncio.sleep(0)  # a Ctrl-C that came before this point stops here: tags untouched
+                await index_mod.move_tags(client, tags, body, media_type)
+                if state is not None:
+                    state.index_digest, state.tags = digest, tuple(str(t) for t in tags)
             size = len(body)
             for tag in tags:
                 reporter.event(f"pushed {tag} -> {digest}")
                 call_each(pm, "archfleet_index_pushed", ref=str(tag), digest=digest)
-        if outcome.failures:
-            reporter.event("left out (--allow-partial): " + "; ".join(why for _, why in outcome.failures))
+            if held.interrupted:
+                raise Interrupted(f"interrupted after the index {digest} was pushed to {where}")
+        if failures:
+            reporter.warning("left out (--allow-partial): " + "; ".join(f.line() for f in failures))
         for r in results:
             if planned.history is not None:
                 facts = planned.facts.get(r.option.node)
@@ -228,6 +272,80 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter) -
             call_each(pm, "archfleet_build_finished", result=r)
     return BuildSummary(tuple(results), tuple(children), digest, media_type, size, request.tags, planned,
                         outcome.replans, time.monotonic() - started, outcome.attempts)
+
+
+def failed(failures: Sequence[Failure], *, pushed_nothing: bool) -> PlatformsFailed:
+    """The one-line error for platforms that failed for good: each named with the option it
+    failed on and why (the platforms they stopped are not listed)."""
+    text = "; ".join(f.line() for f in failures)
+    if pushed_nothing:
+        text += "; nothing was pushed to the tags"
+    return PlatformsFailed(text, tuple((f.platform, f.error) for f in failures))
+
+
+async def verify(client: RegistryClient, results: Sequence[PlatformResult], *,
+                 allow_partial: bool) -> tuple[list[ChildImage], list[Failure]]:
+    """Read every pushed child back (:func:`archfleet.index.verify_child`, all at once).
+
+    Returns the verified children in the order of ``results`` and, with ``allow_partial``, the
+    platforms whose child failed verification (to be left out of the index). Without it, those
+    raise :class:`PlatformsFailed` naming every one. Any other error (the registry refusing or
+    failing) concerns every child alike and is raised once, as it is.
+    """
+    got = await asyncio.gather(*(
+        index_mod.verify_child(client, parse_reference(r.ref, what="child reference"), r.platform)
+        for r in results
+    ), return_exceptions=True)
+    children: list[ChildImage] = []
+    rejected: list[Failure] = []
+    for r, answer in zip(results, got):
+        if isinstance(answer, VerificationFailed):
+            rejected.append(Failure(r.platform, r.option, answer))
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            children.append(answer)
+    if rejected and not allow_partial:
+        raise failed(rejected, pushed_nothing=True)
+    return children, rejected
+
+
+class _Held:
+    interrupted = False
+
+
+@contextlib.contextmanager
+def hold_interrupts(what: str):
+    """Hold Ctrl-C (SIGINT) while the tags move, so an interrupt never leaves the user unsure.
+
+    Moving the tags (:func:`archfleet.index.move_tags`: one small PUT per tag of an index the
+    registry already holds) is the one step that cannot be stopped half-way and known: a request
+    already sent may have moved a tag although its answer never came. So while this context is
+    active, a first SIGINT is only recorded (``held.interrupted``; the caller finishes the push
+    and then says the tags were moved), and a second one stops at once with a
+    ``KeyboardInterrupt`` whose message says the tags *may* point at the new index (``what``
+    names the step). Outside it, SIGINT cancels the run as usual (asyncio.run) and the tags are
+    untouched. Only in the main thread, and not when SIGINT is ignored (a background job).
+    """
+    held = _Held()
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield held
+        return
+
+    def on_sigint(signum, frame):
+        if not held.interrupted:
+            held.interrupted = True
+            return
+        signal.signal(signal.SIGINT, previous)
+        raise KeyboardInterrupt(f"interrupted while {what}: the tags may already point at the new index")
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield held
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, previous)
 
 
 async def end_session(pm) -> None:

@@ -7,13 +7,26 @@
 - ``quiet``: nothing but failures.
 
 Everything goes to stderr; stdout is kept for results (the index digest, JSON).
+
+Two rules hold for every reporter:
+
+- **Progress output never fails a build.** :func:`guard` wraps a reporter so that an exception
+  in any of its methods (a terminal that went away, a bug in a third-party reporter) is reported
+  once as a warning line and the run goes on with plain output (or none, if that fails too).
+  The executor and the pipeline guard whatever reporter they are given; ``make_reporter``
+  returns a guarded one.
+- **Text from users and builds is shown literally.** Build output, error messages, node and
+  strategy names are passed to rich as :class:`rich.text.Text`, never as strings rich would
+  parse as console markup (a build printing ``[/]`` or ``[bold]``) or emoji codes.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
+import traceback
 from typing import TextIO
 
 from .model import Option, PlatformResult
@@ -26,6 +39,7 @@ class Reporter:
 
     def planned(self, plan) -> None: ...
     def event(self, text: str) -> None: ...
+    def warning(self, text: str) -> None: ...  # shown in every mode, quiet included (a platform left out)
     def log(self, option: Option, line: str) -> None: ...
     def status(self, option: Option, state: str) -> None: ...
     def done(self, option: Option, result: PlatformResult) -> None: ...
@@ -56,6 +70,9 @@ class PlainReporter(Reporter):
     def event(self, text: str) -> None:
         self._write(f"[archfleet] {text}")
 
+    def warning(self, text: str) -> None:
+        self._write(f"[archfleet] warning: {text}")
+
     def log(self, option: Option, line: str) -> None:
         if self.show_logs and line.strip():
             self._write(f"{self._prefix(option)} {line}")
@@ -82,8 +99,16 @@ class PlainReporter(Reporter):
 
 
 class QuietReporter(Reporter):
-    def failed(self, option: Option, why: str) -> None:
-        sys.stderr.write(f"[{option.platform}@{option.node}] FAILED: {why}\n")
+    """Only warnings. A failure is not repeated here: the run's final error line names every
+    platform that failed and why (cli.main), so a failed quiet run prints exactly one line."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream
+
+    def warning(self, text: str) -> None:
+        stream = self.stream or sys.stderr
+        stream.write(f"archfleet: warning: {text}\n")
+        stream.flush()
 
 
 class Row:
@@ -96,14 +121,25 @@ class Row:
         self.replans = 0
 
 
-class TTYReporter(Reporter):
-    """Live rows with rich; falls back to nothing fancy if the terminal is tiny."""
+def _text(value, style: str = ""):
+    """``value`` as a rich Text: shown as it is, never parsed as markup or emoji codes."""
+    from rich.text import Text
 
-    def __init__(self):
+    return Text(str(value), style=style)
+
+
+class TTYReporter(Reporter):
+    """Live rows with rich; falls back to nothing fancy if the terminal is tiny.
+
+    ``console`` is the rich Console to draw on (default: stderr). Every cell is a
+    :class:`rich.text.Text`, so build output and error messages are shown literally.
+    """
+
+    def __init__(self, console=None):
         from rich.console import Console
         from rich.live import Live
 
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
         self.rows: dict[str, Row] = {}
         self.events: list[str] = []
         self.live = Live(_Live(self), console=self.console, refresh_per_second=4, transient=True)
@@ -117,13 +153,14 @@ class TTYReporter(Reporter):
             table.add_column(col, no_wrap=True)
         table.add_column("", overflow="ellipsis", no_wrap=True, max_width=60)
         now = time.monotonic()
-        for key, row in self.rows.items():
+        # the refresh thread draws while the event loop changes rows: iterate over a copy
+        for key, row in list(self.rows.items()):
             elapsed = ((row.ended or now) - row.started) if row.started else 0.0
             style = {"done": "green", "FAILED": "red", "re-planned": "yellow"}.get(row.state.split(" ")[0], "")
-            table.add_row(key, row.option.node, row.option.strategy, f"[{style}]{row.state}[/]" if style else row.state,
-                          f"{elapsed:5.1f}s", f"{row.option.estimate:5.1f}s", row.detail)
-        for e in self.events[-3:]:
-            table.add_row("", "", "", "", "", "", e)
+            table.add_row(_text(key), _text(row.option.node), _text(row.option.strategy), _text(row.state, style),
+                          _text(f"{elapsed:5.1f}s"), _text(f"{row.option.estimate:5.1f}s"), _text(row.detail))
+        for e in list(self.events[-3:]):
+            table.add_row("", "", "", "", "", "", _text(e))
         return table
 
     def _refresh(self) -> None:
@@ -148,6 +185,9 @@ class TTYReporter(Reporter):
     def event(self, text: str) -> None:
         self.events.append(text)
         self._refresh()
+
+    def warning(self, text: str) -> None:
+        self.console.print(_text(f"warning: {text}", "yellow"))  # above the live rows, and kept
 
     def log(self, option: Option, line: str) -> None:
         m = _STEP.match(line.strip())
@@ -190,12 +230,13 @@ class TTYReporter(Reporter):
         for col in ("platform", "node", "strategy", "estimate", "took", "digest"):
             table.add_column(col)
         for r in summary.results:
-            table.add_row(str(r.platform), r.option.node, r.option.strategy, f"{r.option.estimate:.1f}s",
-                          f"{r.seconds:.1f}s", (r.digest or r.image_id or "")[:19])
+            table.add_row(_text(r.platform), _text(r.option.node), _text(r.option.strategy),
+                          _text(f"{r.option.estimate:.1f}s"), _text(f"{r.seconds:.1f}s"),
+                          _text((r.digest or r.image_id or "")[:19]))
         self.console.print(table)
         if summary.index_digest:
-            self.console.print(f"index {summary.index_digest} pushed to {', '.join(summary.tags)} "
-                               f"in {summary.seconds:.1f}s")
+            self.console.print(_text(f"index {summary.index_digest} pushed to {', '.join(summary.tags)} "
+                                     f"in {summary.seconds:.1f}s"))
 
     def close(self) -> None:
         if self.live.is_started:
@@ -203,18 +244,121 @@ class TTYReporter(Reporter):
 
 
 class _Live:
-    """Re-rendered on every refresh, so elapsed times tick between events."""
+    """Re-rendered on every refresh, so elapsed times tick between events. Drawn from rich's
+    refresh thread too, where an exception would end the refreshing with a traceback: a table
+    that cannot be drawn becomes one line saying so."""
 
     def __init__(self, reporter: "TTYReporter"):
         self.reporter = reporter
 
     def __rich__(self):
-        return self.reporter._render()
+        try:
+            return self.reporter._render()
+        except Exception as exc:  # never a traceback from the refresh thread
+            return _text(f"(progress display failed: {type(exc).__name__}: {exc})")
 
 
-def make_reporter(mode: str) -> Reporter:
+class GuardedReporter(Reporter):
+    """A reporter whose failures never reach the build (see the module docstring).
+
+    The first exception a method of the wrapped reporter raises is reported as one warning line
+    on ``stream`` (stderr by default; with the traceback when ``ARCHFLEET_DEBUG=1``); the wrapped
+    reporter is then closed (as far as it can be). A failed :class:`TTYReporter` is replaced by a
+    :class:`PlainReporter` (the call that failed is repeated there); any other reporter, or the
+    plain one failing in turn, by no output at all. Methods a reporter does not have are ignored.
+    """
+
+    def __init__(self, inner: Reporter, stream: TextIO | None = None):
+        self.inner = inner
+        self.stream = stream
+        self.failures: list[BaseException] = []
+
+    def _call(self, name: str, *args) -> None:
+        method = getattr(self.inner, name, None)
+        if method is None:
+            return
+        try:
+            method(*args)
+        except Exception as exc:
+            self._failed(name, exc)
+            if name != "close":
+                method = getattr(self.inner, name, None)  # the fallback says it instead
+                if method is not None:
+                    try:
+                        method(*args)
+                    except Exception as again:
+                        self._failed(name, again)
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        self.failures.append(exc)
+        broken, self.inner = self.inner, Reporter()
+        stream = self.stream or sys.stderr
+        try:
+            close = getattr(broken, "close", None)
+            if close is not None and name != "close":
+                close()
+        except Exception:
+            pass
+        if len(self.failures) > 1:
+            return  # the plain fallback failed too: go on without progress output
+        try:
+            then = "continuing with plain output" if isinstance(broken, TTYReporter) else "continuing without it"
+            stream.write(f"archfleet: warning: progress output failed in {name}() "
+                         f"({type(exc).__name__}: {exc}); {then}\n")
+            if os.environ.get("ARCHFLEET_DEBUG") == "1":
+                traceback.print_exception(exc, file=stream)
+            stream.flush()
+        except Exception:
+            return
+        if isinstance(broken, TTYReporter):
+            self.inner = PlainReporter(stream)
+
+    def planned(self, plan) -> None:
+        self._call("planned", plan)
+
+    def event(self, text: str) -> None:
+        self._call("event", text)
+
+    def warning(self, text: str) -> None:
+        self._call("warning", text)
+
+    def log(self, option: Option, line: str) -> None:
+        self._call("log", option, line)
+
+    def status(self, option: Option, state: str) -> None:
+        self._call("status", option, state)
+
+    def done(self, option: Option, result: PlatformResult) -> None:
+        self._call("done", option, result)
+
+    def failed(self, option: Option, why: str) -> None:
+        self._call("failed", option, why)
+
+    def replanned(self, old: Option, new: Option, why: str) -> None:
+        self._call("replanned", old, new, why)
+
+    def finished(self, summary) -> None:
+        self._call("finished", summary)
+
+    def close(self) -> None:
+        self._call("close")
+
+
+def guard(reporter: Reporter | None) -> GuardedReporter:
+    """``reporter`` wrapped so that it cannot fail a build (idempotent; None: no output)."""
+    if isinstance(reporter, GuardedReporter):
+        return reporter
+    return GuardedReporter(reporter if reporter is not None else Reporter())
+
+
+def make_reporter(mode: str) -> GuardedReporter:
+    """The reporter for ``--progress MODE`` (auto: tty on a terminal, else plain), guarded.
+    A terminal rich cannot drive gives plain output rather than an error."""
     if mode == "quiet":
-        return QuietReporter()
+        return guard(QuietReporter())
     if mode == "tty" or (mode == "auto" and sys.stderr.isatty()):
-        return TTYReporter()
-    return PlainReporter()
+        try:
+            return guard(TTYReporter())
+        except Exception:
+            pass
+    return guard(PlainReporter())

@@ -1,0 +1,165 @@
+"""Stub nodes for executor and engine tests: a transport that plays a scripted engine CLI and a
+strategy plugin that builds through ``engine.build`` on it, like the built-in strategies do."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pluggy
+
+from archfleet import engine, hookspecs
+from archfleet.api import hookimpl
+from archfleet.engine import EngineCLI
+from archfleet.model import BuildRequest, NodeFacts, NodeSpec, Option, PlatformResult
+from archfleet.planner import Plan, Scheduled
+from archfleet.platforms import parse
+from archfleet.transport import Completed
+
+AMD, ARM, S390 = parse("linux/amd64"), parse("linux/arm64"), parse("linux/s390x")
+IMAGE = "writing image sha256:" + "ab" * 32
+CTX = Path(__file__).resolve().parent.parent.parent / "examples" / "arch-test"
+
+
+def request(*platforms, **kw) -> BuildRequest:
+    return BuildRequest(CTX, CTX / "Dockerfile", platforms or (AMD,), **kw)
+
+
+def ok(lines=()):
+    """An engine CLI run that prints ``lines`` and succeeds."""
+    async def play(argv, on_line):
+        for line in [*lines, IMAGE]:
+            on_line(line)
+        return Completed(tuple(argv), 0, tuple([*lines, IMAGE]))
+    return play
+
+
+def fails(*lines, rc=1, delay=0.0):
+    """An engine CLI run that prints ``lines`` (build output and its own error line) and exits ``rc``."""
+    async def play(argv, on_line):
+        await asyncio.sleep(delay)
+        for line in lines:
+            on_line(line)
+        return Completed(tuple(argv), rc, tuple(lines))
+    return play
+
+
+def slow(seconds=30.0):
+    """An engine CLI run that takes ``seconds`` (long enough to be cancelled)."""
+    async def play(argv, on_line):
+        on_line("#5 [2/2] RUN sleep 30")
+        await asyncio.sleep(seconds)
+        on_line(IMAGE)
+        return Completed(tuple(argv), 0, (IMAGE,))
+    return play
+
+
+class FakeDocker:
+    def __init__(self, alive: bool):
+        self.alive = alive
+
+    def ping(self):
+        if not self.alive:
+            raise ConnectionError("engine gone")
+        return True
+
+
+class StubTransport:
+    """``builds``: what each engine CLI run does, in order (the last one repeats). Records runs,
+    cancellations and the leases taken and dropped (their fixed ``sh -c`` scripts)."""
+
+    def __init__(self, node: str, *builds, alive: bool = True):
+        self.node = node
+        self.builds = list(builds)
+        self.alive = alive
+        self.runs: list[tuple[str, ...]] = []
+        self.cancelled: list[tuple[str, ...]] = []
+        self.leases_taken = 0
+        self.leases_dropped = 0
+
+    async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
+        from archfleet import leases
+
+        if argv[0] == "sh":  # a lease script
+            if argv[2] == leases._TAKE:
+                self.leases_taken += 1
+            elif argv[2] == leases._DROP:
+                self.leases_dropped += 1
+            return Completed(tuple(argv), 0)
+        self.runs.append(tuple(argv))
+        play = self.builds.pop(0) if len(self.builds) > 1 else self.builds[0]
+        try:
+            return await play(argv, on_line or (lambda line: None))
+        except asyncio.CancelledError:
+            self.cancelled.append(tuple(argv))
+            raise
+
+    def docker_client(self):
+        return FakeDocker(self.alive)
+
+    async def close(self) -> None:
+        pass
+
+
+class StubStrategy:
+    """Strategy "stub": builds with ``engine.build`` on the node's transport, waits at the push
+    gate, and "pushes" (returns a result with a ref)."""
+
+    def __init__(self, transports: dict[str, StubTransport]):
+        self.transports = transports
+
+    @hookimpl
+    def archfleet_connect(self, node, facts):
+        async def connect():
+            return self.transports[node.name]
+        return connect()
+
+    @hookimpl
+    def archfleet_run(self, option, request, context):
+        if option.strategy != "stub":
+            return None
+        return self._run(option, request, context)
+
+    async def _run(self, option, request, context):
+        context.status("building")
+        image = await engine.build(context.transport, EngineCLI(("docker",), "buildkit"), platform=option.platform,
+                                   request=request, tag="reg/app:1", on_line=context.log)
+        await context.ready_to_push()
+        context.status("pushing")
+        return PlatformResult(option.platform, option, 1.0, image_id=image, ref=f"reg/app@sha256:{'cd' * 32}",
+                              digest=f"sha256:{'cd' * 32}", repository="reg/app")
+
+
+def manager(transports: dict[str, StubTransport]) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("archfleet")
+    pm.add_hookspecs(hookspecs)
+    pm.register(StubStrategy(transports), name="stub")
+    return pm
+
+
+def facts(*names: str) -> dict[str, NodeFacts]:
+    return {n: NodeFacts(NodeSpec(n, transport="stub", host=n, max_builds=4), True, native=[AMD, ARM, S390],
+                         builder="buildkit", engine_cli=["docker"]) for n in names}
+
+
+def option(platform, node: str, estimate: float = 10.0) -> Option:
+    return Option(platform, "stub", node, estimate)
+
+
+def plan(*chosen: Option) -> Plan:
+    return Plan(tuple(Scheduled(o, 0.0, o.estimate) for o in chosen), ())
+
+
+class Recorder:
+    """A reporter that records every call."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args: self.calls.append((name, *args))
+
+    def of(self, name: str) -> list[tuple]:
+        return [c[1:] for c in self.calls if c[0] == name]

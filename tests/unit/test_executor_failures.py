@@ -1,0 +1,114 @@
+"""What the executor does with a failing platform (archfleet.executor's docstring): the error's
+type decides; a failure for good cancels the platforms still running unless --allow-partial,
+and only the failing platform is reported."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from archfleet import pipeline
+from archfleet.errors import BuildFailed, PlatformsFailed
+from archfleet.executor import Executor
+
+from stubs import AMD, ARM, S390, Recorder, StubTransport, facts, fails, manager, ok, option, plan, request, slow
+
+FAIL_LINES = ("#5 0.1 Connection refused",
+              "executor failed running [/bin/sh -c echo Connection refused && exit 1]: exit code: 1")
+
+
+def run(transports, chosen, options=None, **req):
+    reporter = Recorder()
+    platforms = tuple(o.platform for o in chosen)
+    ex = Executor(manager(transports), request(*platforms, **req), facts(*transports), reporter)
+    outcome = asyncio.run(ex.run(plan(*chosen), list(options or chosen)))
+    return outcome, reporter, ex
+
+
+def test_build_failure_printing_connection_refused_is_not_retried_on_another_node():
+    n1 = StubTransport("n1", fails(*FAIL_LINES), alive=True)
+    n2 = StubTransport("n2", ok())
+    first = option(AMD, "n1", 1.0)
+    outcome, reporter, ex = run({"n1": n1, "n2": n2}, [first], [first, option(AMD, "n2", 5.0)])
+    assert [f.platform for f in outcome.failures] == [AMD]
+    assert isinstance(outcome.failures[0].error, BuildFailed)
+    assert n2.runs == [] and outcome.replans == () and ex.down == {}
+
+
+def test_engine_gone_is_replanned_on_the_next_option():
+    n1 = StubTransport("n1", fails(*FAIL_LINES), alive=False)
+    n2 = StubTransport("n2", ok())
+    first = option(AMD, "n1", 1.0)
+    outcome, reporter, ex = run({"n1": n1, "n2": n2}, [first], [first, option(AMD, "n2", 5.0)])
+    assert outcome.failures == ()
+    assert [r.option.node for r in outcome.results] == ["n2"]
+    assert "n1" in ex.down and len(outcome.replans) == 1
+    assert reporter.of("replanned")[0][1] == option(AMD, "n2", 5.0)
+
+
+def test_no_option_left_names_the_platform():
+    n1 = StubTransport("n1", fails(*FAIL_LINES), alive=False)
+    outcome, _, _ = run({"n1": n1}, [option(AMD, "n1")])
+    (failure,) = outcome.failures
+    assert failure.line().startswith("linux/amd64 failed on stub@n1: node n1: engine gone")
+    assert failure.line().endswith("; no other option left")
+
+
+def test_a_failure_for_good_cancels_the_platforms_still_building():
+    n1 = StubTransport("n1", fails(*FAIL_LINES, delay=0.05))
+    n2 = StubTransport("n2", slow(30))
+    outcome, reporter, _ = run({"n1": n1, "n2": n2}, [option(AMD, "n1"), option(ARM, "n2")])
+    assert len(n2.cancelled) == 1  # the transport saw the cancellation (it kills the CLI there)
+    assert n2.leases_taken == n2.leases_dropped == 1  # and the lease was released
+    assert [f.platform for f in outcome.failures] == [AMD]
+    assert outcome.results == ()
+    assert [a.outcome for a in outcome.attempts if a.option.platform == ARM] == ["cancelled"]
+
+
+def test_with_allow_partial_the_others_go_on():
+    n1 = StubTransport("n1", fails(*FAIL_LINES, delay=0.05))
+    n2 = StubTransport("n2", slow(0.3))
+    outcome, reporter, _ = run({"n1": n1, "n2": n2}, [option(AMD, "n1"), option(ARM, "n2")], allow_partial=True)
+    assert n2.cancelled == []
+    assert [r.platform for r in outcome.results] == [ARM]
+    assert [f.platform for f in outcome.failures] == [AMD]
+
+
+def test_platforms_stopped_by_a_failure_are_not_reported_as_failures():
+    # arm64 and s390x are built and wait at the push gate when amd64 fails
+    n1 = StubTransport("n1", fails(*FAIL_LINES, delay=0.2))
+    n2 = StubTransport("n2", ok())
+    chosen = [option(AMD, "n1"), option(ARM, "n2"), option(S390, "n2")]
+    outcome, reporter, _ = run({"n1": n1, "n2": n2}, chosen, push=True, tags=("reg/app:1",))
+    assert [f.platform for f in outcome.failures] == [AMD]
+    assert [call[0].platform for call in reporter.of("failed")] == [AMD]
+    stopped = [state for o, state in reporter.of("status") if o.platform != AMD and state.startswith("cancelled")]
+    assert stopped == ["cancelled: linux/amd64 failed"] * 2
+
+
+def test_the_final_error_is_one_line_naming_the_failing_platform_once():
+    n1 = StubTransport("n1", fails(*FAIL_LINES, delay=0.2))
+    n2 = StubTransport("n2", ok())
+    chosen = [option(AMD, "n1"), option(ARM, "n2"), option(S390, "n2")]
+    outcome, _, _ = run({"n1": n1, "n2": n2}, chosen, push=True, tags=("reg/app:1",))
+    err = pipeline.failed(outcome.failures, pushed_nothing=True)
+    assert isinstance(err, PlatformsFailed) and err.exit_code == 1
+    assert str(err) == ("linux/amd64 failed on stub@n1: build failed: executor failed running "
+                        "[/bin/sh -c echo Connection refused && exit 1]: exit code: 1; nothing was pushed to the tags")
+    assert "\n" not in str(err) and "Aborted" not in str(err)
+
+
+def test_a_reporter_that_raises_does_not_fail_the_build(capsys):
+    class Broken:
+        def __getattr__(self, name):
+            def method(*args):
+                raise ValueError(f"closing tag '[/]' in {name}")
+            return method
+
+    n1 = StubTransport("n1", ok(["#5 [2/2] RUN sed -i s/[/]/-/g /etc/motd"]))
+    ex = Executor(manager({"n1": n1}), request(AMD), facts("n1"), Broken())
+    outcome = asyncio.run(ex.run(plan(option(AMD, "n1")), [option(AMD, "n1")]))
+    assert outcome.failures == () and [r.platform for r in outcome.results] == [AMD]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("archfleet: warning: progress output failed")
