@@ -46,7 +46,8 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
         raise _fail_param("--platform", "no platform given")
     for t in tag:
         parse_reference(t, what="--tag")
-    args = []
+    args: dict[str, str] = {}  # like docker: a later value for the same name wins
+    from_env: set[str] = set()
     for item in build_arg:
         key, eq, value = item.partition("=")
         if not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
@@ -55,7 +56,10 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
             if key not in os.environ:
                 continue  # like docker: a bare NAME takes its value from the environment, if set
             value = os.environ[key]
-        args.append((key, value))
+            from_env.add(key)  # and reaches the engine CLI in its environment, never in argv
+        else:
+            from_env.discard(key)
+        args[key] = value
     labels = []
     for item in label:
         key, eq, value = item.partition("=")
@@ -70,7 +74,8 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
         raise _fail_param("--report", f"directory {str(Path(report).resolve().parent)!r} does not exist")
     return BuildRequest(
         context=context.resolve(), dockerfile=dockerfile.resolve(), platforms=platforms, tags=tuple(tag),
-        build_args=args, labels=labels, target=target, push=push, no_cache=no_cache, pull=pull, progress=progress,
+        build_args=list(args.items()), env_build_args=tuple(k for k in args if k in from_env),
+        labels=labels, target=target, push=push, no_cache=no_cache, pull=pull, progress=progress,
         metadata_file=Path(metadata_file) if metadata_file else None,
         insecure_registries=tuple(insecure_registry), allow_partial=allow_partial, engine_cli=engine_cli,
         pins=tuple(pins),
@@ -149,6 +154,11 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
                             metadata_file, insecure_registry, allow_partial, engine_cli,
                             parse_pins(pin_strategy, pin_node), report)
     config = _config(nodes_file, engine_cli, local)
+    from .buildargs import secret_warning
+
+    warning = secret_warning(request.build_args)
+    if warning:
+        click.echo(f"archfleet: warning: {warning}", err=True)
     pm = get_manager()
     reporter = make_reporter(progress)
     try:
