@@ -20,6 +20,7 @@ import attrs
 from .errors import UsageError
 from .model import NodeSpec
 from .platforms import PlatformError, parse
+from .transport import valid_docker_host
 
 ENV_NODES = "ARCHFLEET_NODES"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -172,8 +173,8 @@ def _node(path: Path, lines: _Lines, name: str, table: Any) -> NodeSpec:
     labels = get("labels", (dict,), {}, lambda v: all(isinstance(x, str) for x in v.values()),
                  "a table of strings")
     engine_cli = get("engine_cli", (str,), None, lambda v: v.strip() != "" and "\n" not in v, "a path")
-    docker_host = get("docker_host", (str,), None, lambda v: v.startswith(("unix://", "tcp://")),
-                      "unix:///path or tcp://host:port")
+    docker_host = get("docker_host", (str,), None, valid_docker_host,
+                      "unix:///path or tcp://host:port (the port is required)")
     if is_local:
         return NodeSpec(name="local", transport="local", engine_cli=engine_cli, docker_host=docker_host,
                         max_builds=max_builds or 4, labels=labels, enabled=enabled,

@@ -49,7 +49,6 @@ from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 from urllib.parse import urlsplit
 
 import attrs
-import docker
 
 LineCallback = Callable[[str], None]
 
@@ -200,6 +199,15 @@ def parse_docker_host(value: str) -> tuple[str, str, int | None]:
     raise ValueError("expected unix:///path or tcp://host:port")
 
 
+def valid_docker_host(value: str) -> bool:
+    """Whether :func:`parse_docker_host` accepts ``value``."""
+    try:
+        parse_docker_host(value)
+    except ValueError:
+        return False
+    return True
+
+
 async def pump_lines(reader: asyncio.StreamReader, on_line: LineCallback | None, tail: collections.deque) -> None:
     """Read ``reader`` to EOF, splitting on newlines and carriage returns."""
     buf = b""
@@ -298,6 +306,8 @@ class LocalTransport:
         return Completed(tuple(argv), proc.returncode, tuple(tail))
 
     def docker_client(self):
+        import docker
+
         if self._client is None:
             if self.docker_host:
                 self._client = docker.DockerClient(base_url=self.docker_host)
@@ -480,6 +490,8 @@ class SSHTransport:
         await self._forward_engine()
 
     def docker_client(self):
+        import docker
+
         if self._client is None:
             if not self._local_base_url:
                 raise RuntimeError("open_engine() first")

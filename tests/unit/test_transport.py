@@ -395,3 +395,18 @@ def test_engine_socket_is_forwarded_to_a_private_unix_socket(docker_host, kind):
         assert fwd[2:] == ("127.0.0.1", 2375)
     asyncio.run(t.close())
     assert not os.path.exists(d)
+
+
+@pytest.mark.parametrize("value", ["tcp://10.0.0.5", "tcp://10.0.0.5:99999", "tcp://:2375", "unix://run/d.sock"])
+def test_nodes_toml_rejects_a_docker_host_the_transport_could_not_use(tmp_path, value):
+    # checked when nodes.toml is read (exit 2, file:line), not when the node is first connected
+    from archfleet.errors import UsageError
+    from archfleet.inventory import load_nodes_file
+
+    path = tmp_path / "nodes.toml"
+    path.write_text(f'[nodes.n1]\nhost = "h"\ndocker_host = "{value}"\n')
+    with pytest.raises(UsageError, match=r"nodes.toml:3: node 'n1' key 'docker_host': expected unix:///path or "
+                                         r"tcp://host:port \(the port is required\)"):
+        load_nodes_file(path)
+    path.write_text('[nodes.n1]\nhost = "h"\ndocker_host = "tcp://10.0.0.5:2375"\n')
+    assert load_nodes_file(path)[0].docker_host == "tcp://10.0.0.5:2375"
