@@ -8,8 +8,9 @@ Two rules, both applied to build-arg *names* only (values are never inspected or
   ``passwd``, ``secret`` or ``token`` (any case), unless a word is ``public``, ``file`` or
   ``version``. archfleet also counts ``TOKEN``, ``PASSWORD``, ``PASSWD`` and ``SECRET`` inside a
   word (``NPMTOKEN``, ``DBPASSWORD``), which BuildKit misses; ``KEY`` only as a word, so
-  ``KEYBOARD`` or ``MONKEY`` are not flagged. A build arg's value ends up in the image's history
-  (``docker history``) wherever it is used in a ``RUN``; such names get a warning.
+  ``KEYBOARD`` or ``MONKEY`` are not flagged. A build arg's value ends up in the build log
+  (BuildKit shows ``RUN`` steps with args expanded) and the image's history (``docker history``)
+  wherever a ``RUN`` uses it; such names get a warning.
 
 - :func:`env_passable` says whether a bare ``--build-arg NAME`` (value from archfleet's own
   environment, as ``docker build`` allows) can be handed to the engine CLI in *its* environment,
@@ -60,5 +61,6 @@ def secret_warning(build_args: Iterable[tuple[str, str]]) -> str | None:
     if not names:
         return None
     return (f"--build-arg {', '.join(names)}: {'this looks' if len(names) == 1 else 'these look'} like a secret; "
-            "a build arg's value stays in the image's history wherever a RUN uses it (archfleet keeps a bare "
+            "a build arg's value shows in the build log and stays in the image's history wherever a RUN uses it "
+            "(archfleet keeps a bare "
             "--build-arg NAME off every command line, but not out of the image)")
