@@ -210,7 +210,7 @@ async def open_connection(node):
     keys = HostKeys(node, files, write_to, options.host_key_alias)
     client = _client_class()
     try:
-        conn = await asyncssh.connect(node.host, options=options, known_hosts=keys.lookup,
+        conn = await asyncssh.connect(node.host, options.port, options=options, known_hosts=keys.lookup,
                                       client_factory=lambda: client(keys))
     except asyncssh.HostKeyNotVerifiable as exc:
         raise InfrastructureError(node.name, keys.refusal(exc.reason)) from None

@@ -89,6 +89,14 @@ def test_an_ssh_config_alias_with_its_own_port_is_filed_under_hostname_and_port(
     connect(server, node(host="t2box", known_hosts=str(kh)))  # and the strict check finds it
 
 
+def test_port_and_user_in_nodes_toml_win_over_the_aliases(server, tmp_path):
+    (server.home / ".ssh" / "config").write_text("Host t2box\n    HostName 127.0.0.1\n    Port 1\n    User nobody\n")
+    kh = tmp_path / "kh"
+    connect(server, node(host="t2box", port=server.port, user="builder", known_hosts=str(kh),
+                         host_key_policy="accept-new"))
+    assert kh.read_text().startswith(f"[127.0.0.1]:{server.port} ")
+
+
 def test_host_key_alias_is_filed_under_the_alias_alone(server, tmp_path):
     # OpenSSH (sshconnect.c): with HostKeyAlias the key is looked up and saved under the alias,
     # without a port
