@@ -137,7 +137,9 @@ class HostKeys:
         if self.presented is None:
             return f"host key not accepted: {fallback}"
         host, port, key = self.presented
-        where = _hostport(host, port) + (f" (ssh_config alias {self.node.host})" if self.node.host != host else "")
+        # the node is named here too: `archfleet ls` shows this line without the "node X:" prefix
+        where = f"node {self.node.name} at {_hostport(host, port)}" + (
+            f" (ssh_config alias {self.node.host})" if self.node.host != host else "")
         files = ", ".join(self.files) or "no known_hosts file (UserKnownHostsFile none)"
         fp = f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
         name = self.names(host, "", port if port != 22 else None)[0]

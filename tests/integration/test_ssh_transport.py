@@ -208,7 +208,7 @@ def test_alias_with_its_own_port_accept_new_build_and_changed_key(lab, sshd, ali
     refused = _ls(lab, d, env)
     assert not refused["reachable"]
     err = refused["error"]
-    assert f"127.0.0.1:{sshd.port}" in err and "does not match" in err and "SHA256:" in err
+    assert f"node box at 127.0.0.1:{sshd.port}" in err and "does not match" in err and "SHA256:" in err
     assert ":22 " not in err and not err.endswith(":22")
 
 

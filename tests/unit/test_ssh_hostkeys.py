@@ -125,7 +125,8 @@ def test_a_changed_key_is_refused_naming_node_real_port_and_fingerprint(server, 
     before = kh.read_text()
     for policy in ("strict", "accept-new"):
         msg = refused(server, node(host="t2box", known_hosts=str(kh), host_key_policy=policy))
-        assert msg.startswith("node box: host key of 127.0.0.1:%d (ssh_config alias t2box) does not match" % server.port)
+        assert msg.startswith("node box: host key of node box at 127.0.0.1:%d (ssh_config alias t2box) does not "
+                              "match" % server.port)
         assert server.key.get_fingerprint("sha256") in msg and "refusing" in msg
         assert ":22" not in msg
     assert kh.read_text() == before  # accept-new never replaces a key
@@ -135,7 +136,7 @@ def test_strict_refuses_an_unknown_host_and_says_how_to_trust_it(server, tmp_pat
     kh = tmp_path / "kh"
     kh.write_text("")
     msg = refused(server, node(host="127.0.0.1", port=server.port, known_hosts=str(kh)))
-    assert f"host key of 127.0.0.1:{server.port} is not in {kh}" in msg
+    assert f"host key of node box at 127.0.0.1:{server.port} is not in {kh}" in msg
     assert server.key.get_fingerprint("sha256") in msg and 'accept-new" at nodes.toml:3' in msg
     assert kh.read_text() == ""
 
