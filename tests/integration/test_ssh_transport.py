@@ -256,3 +256,20 @@ def test_a_bare_secret_build_arg_is_in_no_argv_on_the_coordinator_or_the_node(la
     # (BuildKit itself shows the RUN step with build args expanded in its progress output: that is
     # what the warning is about; the rule here is about command lines)
     assert seen == []
+
+
+def test_the_bootstrap_reads_the_frame_under_busybox_sh(lab):
+    # a node whose /bin/sh is busybox ash (Alpine, small boards): run by digest, so no tag in the
+    # engine's image store changes
+    index = lab.manifest("archfleet/busybox", "latest").json()
+    digest = next(m["digest"] for m in index["manifests"] if m["platform"]["architecture"] == "amd64")
+    image = f"{lab.registry}/archfleet/busybox@{digest}"
+    from archfleet.transport import REMOTE_COMMAND, frame
+
+    values = [v.replace(b"%(m)s", b"/tmp/x") for v in HOSTILE]
+    out = subprocess.run([lab.docker, "run", "-i", "--rm", image, "sh", "-c", REMOTE_COMMAND],
+                         input=frame(["/bin/sh", "-c", ECHO, "sh", *values], {"SECRET": b"s'\\\n"}),
+                         capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = [bytes.fromhex(l) for l in out.stdout.decode().split("\n")[:len(values) + 1]]
+    assert got == [*values, b"s'\\\n"]
