@@ -229,6 +229,37 @@ async def pump_lines(reader: asyncio.StreamReader, on_line: LineCallback | None,
             on_line(line)
 
 
+class _CallerError(Exception):
+    """An exception the caller's own code raised while a remote command ran (its ``stdin``
+    iterable, its ``on_line`` callback): re-raised as it was, never taken for a lost connection
+    (a reporter's BrokenPipeError or a context file that vanished is not the node's fault)."""
+
+
+def _guard_callback(fn: LineCallback | None) -> LineCallback | None:
+    if fn is None:
+        return None
+
+    def call(line: str) -> None:
+        try:
+            fn(line)
+        except Exception as exc:
+            raise _CallerError() from exc
+
+    return call
+
+
+def _guard_chunks(data) -> Iterable[bytes]:
+    it = iter(_chunks(data))
+    while True:
+        try:
+            chunk = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise _CallerError() from exc
+        yield chunk
+
+
 async def _supervise(parts, timeout: float | None, stop: Callable[[], Awaitable[None]]) -> None:
     """Run the coroutines ``parts`` (feed stdin, read output, wait for the exit) to the end within
     ``timeout``. If anything ends them early (the timeout, a cancel, one of them raising, e.g. an
@@ -435,7 +466,7 @@ class SSHTransport:
                     proc.stdin.write(header)
                     self.bytes_sent += len(header)
                     if stdin is not None:
-                        for chunk in _chunks(stdin):
+                        for chunk in _guard_chunks(stdin):
                             proc.stdin.write(chunk)
                             self.bytes_sent += len(chunk)
                             await proc.stdin.drain()
@@ -455,7 +486,10 @@ class SSHTransport:
                     await asyncio.wait_for(asyncio.shield(proc.wait_closed()), 5)
 
             try:
-                await _supervise([feed(), pump_lines(proc.stdout, on_line, tail), proc.wait()], timeout, stop)
+                await _supervise([feed(), pump_lines(proc.stdout, _guard_callback(on_line), tail), proc.wait()],
+                                 timeout, stop)
+            except _CallerError as exc:
+                raise exc.__cause__  # the caller's own exception, as it was
             except (asyncssh.Error, OSError) as exc:
                 if isinstance(exc, TimeoutError):
                     raise

@@ -204,6 +204,8 @@ class FakeProcess:
         self._proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", REMOTE_COMMAND, stdin=asyncio.subprocess.PIPE,
                                                           stdout=asyncio.subprocess.PIPE,
                                                           stderr=asyncio.subprocess.STDOUT)
+        if self.signals:  # signalled while it was starting
+            self._proc.kill()
         self._proc.stdin.write(bytes(self._stdin))
         self._proc.stdin.close()
         while True:
@@ -410,3 +412,26 @@ def test_nodes_toml_rejects_a_docker_host_the_transport_could_not_use(tmp_path, 
         load_nodes_file(path)
     path.write_text('[nodes.n1]\nhost = "h"\ndocker_host = "tcp://10.0.0.5:2375"\n')
     assert load_nodes_file(path)[0].docker_host == "tcp://10.0.0.5:2375"
+
+
+def test_an_oserror_from_the_callers_own_code_is_not_a_lost_connection():
+    # a reporter writing to a closed pipe, a context file that vanished while being sent: the
+    # caller's exception comes back as it was (not InfrastructureError, which would mark the
+    # node down and rebuild elsewhere), and the remote process is still killed
+    async def go(**kw):
+        conn = FakeConn()
+        with pytest.raises(OSError) as err:
+            await SSHTransport("n1", conn).run(["sh", "-c", "echo x; cat >/dev/null; exec sleep 300"], **kw)
+        assert not isinstance(err.value, InfrastructureError)
+        return conn.procs[0]
+
+    def broken(line):
+        raise BrokenPipeError("stderr closed")
+
+    def vanishing():
+        yield b"first"
+        raise FileNotFoundError("ctx/file.txt")
+
+    for kw in ({"on_line": broken}, {"stdin": vanishing()}):
+        proc = asyncio.run(go(**kw))
+        assert proc.signals == ["KILL"] and proc.closed
