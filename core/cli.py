@@ -107,7 +107,8 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
     pins = check(parse_pins, *pin_flags) or ()
     if push and not tag:
         problems.append("--push: name where to push with -t/--tag")
-    args = []
+    args: dict[str, str] = {}  # like docker: a later value for the same name wins
+    from_env: set[str] = set()
     for item in build_arg:
         key, eq, value = item.partition("=")
         if not key or not key.replace("_", "a").isalnum() or key[0].isdigit() or not key.isascii():
@@ -120,7 +121,11 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
         if not_utf8("", value):
             problems.append(f"--build-arg {key}: the value" + (f" of ${key}" if not eq else "") + " is not UTF-8")
             continue
-        args.append((key, value))
+        if eq:
+            from_env.discard(key)
+        else:
+            from_env.add(key)  # and reaches the engine CLI in its environment, never in argv
+        args[key] = value
     labels = []
     for item in label:
         key, eq, value = item.partition("=")
@@ -141,7 +146,8 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
         raise UsageError("; ".join(dict.fromkeys(problems)))
     return BuildRequest(
         context=context.resolve(), dockerfile=dockerfile.resolve(), platforms=platforms, tags=tuple(tag),
-        build_args=args, labels=labels, target=target, push=push, no_cache=no_cache, pull=pull, progress=progress,
+        build_args=list(args.items()), env_build_args=tuple(k for k in args if k in from_env),
+        labels=labels, target=target, push=push, no_cache=no_cache, pull=pull, progress=progress,
         metadata_file=Path(metadata_file) if metadata_file else None,
         insecure_registries=tuple(insecure_registry), allow_partial=allow_partial, engine_cli=engine_cli,
         pins=tuple(pins),
@@ -227,6 +233,11 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
                             metadata_file, insecure_registry, allow_partial, engine_cli,
                             (pin_strategy, pin_node), report)
     config = _config(nodes_file, engine_cli, local)
+    from .buildargs import secret_warning
+
+    warning = secret_warning(request.build_args)
+    if warning:
+        click.echo(f"archfleet: warning: {warning}", err=True)
     pm = get_manager()
     check_request(pm, request, config)  # pins and the Dockerfile, before the registry is asked
     reporter = make_reporter(progress)  # guarded: progress output never fails the build

@@ -44,12 +44,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from typing import Sequence
+from typing import Collection, Sequence
 
 import attrs
 
 import docker.auth
 
+from .buildargs import env_passable
 from .errors import BuildFailed, InfrastructureError, RegistryError
 from .model import BuildRequest
 from .platforms import Platform
@@ -124,8 +125,19 @@ async def discover_cli(transport: Transport, candidates: Sequence[str]) -> tuple
 
 def build_argv(cli: Sequence[str], mode: str, *, platform: Platform, dockerfile: str, context: str,
                tag: str, build_args: Sequence[tuple[str, str]] = (), labels: Sequence[tuple[str, str]] = (),
-               target: str | None = None, no_cache: bool = False, pull: bool = True) -> tuple[list[str], dict[str, str]]:
-    """The argv (and extra environment) that builds ``platform`` into the engine as ``tag``."""
+               target: str | None = None, no_cache: bool = False, pull: bool = True,
+               env_build_args: Collection[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The argv, and the environment to add to the engine CLI's, that build ``platform`` into the
+    engine as ``tag``.
+
+    A build arg named in ``env_build_args`` (its value came from archfleet's environment: a bare
+    ``--build-arg NAME``) is passed as a bare ``--build-arg NAME`` with ``NAME=value`` in the
+    returned environment, which is where docker's CLI reads a bare name from (docker/cli
+    ``opts.ValidateEnv``; buildx does the same): its value is in no process's argv, on this
+    machine or on a node (transports hand the environment over without a command line). Names
+    the CLI itself reads (:func:`archfleet.buildargs.env_passable`) and explicit ``NAME=VALUE``
+    args go in argv, as ``docker build`` would have them.
+    """
     if mode == "buildx":
         argv = [*cli, "build", "--load"]
         env: dict[str, str] = {}
@@ -135,8 +147,13 @@ def build_argv(cli: Sequence[str], mode: str, *, platform: Platform, dockerfile:
     argv += ["--progress", "plain", "--platform", str(platform), "-f", dockerfile]
     if tag:
         argv += ["-t", tag]
+    from_env = set(env_build_args)
     for key, value in build_args:
-        argv += ["--build-arg", f"{key}={value}"]
+        if key in from_env and env_passable(key):
+            argv += ["--build-arg", key]
+            env[key] = value
+        else:
+            argv += ["--build-arg", f"{key}={value}"]
     for key, value in labels:
         argv += ["--label", f"{key}={value}"]
     if target:
@@ -199,6 +216,7 @@ async def build(transport: Transport, cli: EngineCLI, *, platform: Platform, req
         dockerfile=dockerfile or str(request.dockerfile), context=context or str(request.context), tag=tag,
         build_args=[*request.build_args, *extra_build_args], labels=[*request.labels, *extra_labels],
         target=request.target, no_cache=request.no_cache, pull=request.pull,
+        env_build_args=request.env_build_args,
     )
     image_id: list[str] = []
     callback_failed: list[BaseException] = []

@@ -34,6 +34,7 @@ import attrs
 from .errors import UsageError
 from .model import NodeSpec
 from .platforms import PlatformError, parse_target
+from .transport import valid_docker_host
 
 ENV_NODES = "ARCHFLEET_NODES"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -250,19 +251,6 @@ def load_nodes_file(path: Path) -> list[NodeSpec]:
     return out
 
 
-_UNIX = re.compile(r"unix://(/[^\s]*)")
-_TCP = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})")
-
-
-def docker_host_ok(value: str) -> bool:
-    """``unix:///absolute/path`` or ``tcp://host:port`` (port 1-65535), as docker's ``-H``
-    takes them; the port is required because archfleet forwards exactly that port."""
-    m = _TCP.fullmatch(value)
-    if m:
-        return 1 <= int(m.group(2)) <= 65535
-    return bool(_UNIX.fullmatch(value))
-
-
 def _node(path: Path, lines: _Lines, name: str, table: Any) -> NodeSpec:
     def fail(key: str | None, message: str) -> UsageError:
         where = f"{path}:{lines.of(name, key)}"
@@ -303,7 +291,8 @@ def _node(path: Path, lines: _Lines, name: str, table: Any) -> NodeSpec:
     labels = get("labels", (dict,), {}, lambda v: all(isinstance(x, str) and not _CONTROL.search(k + x)
                                                       for k, x in v.items()), "a table of strings")
     engine_cli = get("engine_cli", (str,), None, lambda v: v.strip() != "", "a path")
-    docker_host = get("docker_host", (str,), None, docker_host_ok, "unix:///absolute/path or tcp://host:port")
+    docker_host = get("docker_host", (str,), None, valid_docker_host,
+                      "unix:///absolute/path or tcp://host:port (the port is required)")
     if is_local:
         if engine_cli is not None and "/" in engine_cli:
             engine_cli = str(file_path(engine_cli))  # never relative to the working directory

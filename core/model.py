@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from .buildargs import mask
 from .platforms import Platform
 
 __all__ = [
@@ -94,7 +95,8 @@ class BuildRequest:
     dockerfile: Path
     platforms: tuple[Platform, ...] = attrs.field(converter=_tuple)
     tags: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
-    build_args: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
+    # (NAME, VALUE) in order, one per name; repr hides the values of secret-looking names
+    build_args: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels, repr=mask)
     labels: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
     target: str | None = None
     push: bool = False
@@ -106,6 +108,9 @@ class BuildRequest:
     allow_partial: bool = False
     engine_cli: str | None = None
     pins: tuple = ()  # planner.Pin values from --strategy / --node
+    # names in build_args whose value came from archfleet's environment (a bare --build-arg NAME,
+    # as docker allows): the engine CLI gets them in its environment, never in argv
+    env_build_args: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
 
 
 @attrs.frozen

@@ -27,6 +27,7 @@ fi
 # --- Debian packages -------------------------------------------------------------------------
 PACKAGES=(docker.io qemu-user-static docker-registry iproute2 openssh-server curl ca-certificates python3-venv python3-pip
           tmux chromium fonts-dejavu-core                                     # progress and report tests
+          fish tcsh                                                           # SSH users with non-POSIX login shells
           qemu-system-arm qemu-utils debootstrap e2fsprogs cpio xz-utils)     # the arm64 VM node
 missing=()
 for p in "${PACKAGES[@]}"; do
