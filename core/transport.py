@@ -267,8 +267,13 @@ async def _supervise(parts, timeout: float | None, stop: Callable[[], Awaitable[
     ``on_line`` callback), ``stop()`` kills the process first, then the rest are cancelled and
     awaited, and the exception goes on to the caller: nothing of the run outlives it."""
     tasks = [asyncio.ensure_future(p) for p in parts]
+    gathered = asyncio.gather(*tasks)
+    # A part cancelled while the others run sets CancelledError as the gather's *exception*
+    # (asyncio's gather), which nobody awaits once wait_for has given up on it: retrieve it, or
+    # asyncio logs "_GatheringFuture exception was never retrieved" under the one error line.
+    gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
     try:
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+        await asyncio.wait_for(gathered, timeout)
     except BaseException:
         await stop()
         for task in tasks:
@@ -306,6 +311,9 @@ class LocalTransport:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env=full_env,
+                # its own process group, so stopping it stops what it started too (a killed
+                # `sh -c` would leave its children holding the output pipe)
+                start_new_session=True,
             )
         except FileNotFoundError:
             return Completed(tuple(argv), 127, (f"{argv[0]}: command not found",))
@@ -328,9 +336,8 @@ class LocalTransport:
             # has just exited while asyncio's child-watcher thread waits on it; the watcher then
             # logs "Unknown child process pid ..." and reports 255 (seen under a one-line error in
             # CI). A signal to a zombie is harmless.
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the group outlives a leader that already exited
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(proc.wait()), 5)
 

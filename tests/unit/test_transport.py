@@ -435,3 +435,33 @@ def test_an_oserror_from_the_callers_own_code_is_not_a_lost_connection():
     for kw in ({"on_line": broken}, {"stdin": vanishing()}):
         proc = asyncio.run(go(**kw))
         assert proc.signals == ["KILL"] and proc.closed
+
+
+def test_a_run_cancelled_from_outside_leaves_no_unretrieved_exception():
+    """Rule: cancelling a run (a probe cancelled because the registry check failed first) is
+    silent: asyncio's handler sees no "exception was never retrieved" from the run's parts, which
+    would print a traceback under the command's one error line."""
+    import gc
+
+    from archfleet.transport import LocalTransport
+
+    seen = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, ctx: seen.append(ctx.get("message")))
+        t = LocalTransport()
+        for delay in (0.0, 0.05, 0.2):
+            task = asyncio.ensure_future(t.run(["sh", "-c", "echo start; sleep 5"], on_line=lambda line: None))
+            await asyncio.sleep(delay)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0.1)
+        gc.collect()
+        await asyncio.sleep(0)
+
+    started = time.monotonic()
+    asyncio.run(main())
+    assert seen == []
+    assert time.monotonic() - started < 3  # what the killed shell started went with it
