@@ -235,11 +235,11 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
     config = _config(nodes_file, engine_cli, local)
     from .buildargs import secret_warning
 
-    warning = secret_warning(request.build_args)
-    if warning:
-        click.echo(f"archfleet: warning: {warning}", err=True)
     pm = get_manager()
     check_request(pm, request, config)  # pins and the Dockerfile, before the registry is asked
+    warning = secret_warning(request.build_args)  # after the checks: bad input stays one line
+    if warning:
+        click.echo(f"archfleet: warning: {warning}", err=True)
     reporter = make_reporter(progress)  # guarded: progress output never fails the build
     state = RunState()
     try:

@@ -14,7 +14,7 @@ import time
 import attrs
 
 from . import binfmt, engine
-from .errors import ArchfleetError, RegistryRefused
+from .errors import ArchfleetError, RegistryRefused, RegistryUnreachable
 from .hookcall import call_first, resolve
 from .platforms import native_platforms, parse
 from .reference import Reference
@@ -97,7 +97,7 @@ async def check_registry(host: str, insecure: tuple[str, ...]) -> list[Check]:
             await client.check_access(ref, push=True)
         except ArchfleetError as exc:
             text = str(exc)
-            if "unreachable" in text:
+            if isinstance(exc, RegistryUnreachable):
                 fix = f"start the registry at {host}, or check the address and firewall"
                 if not client.plain_http_allowed(host):
                     fix += f"; if it speaks plain HTTP, pass --insecure-registry {host}"

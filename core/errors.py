@@ -87,6 +87,11 @@ class RegistryRefused(EnvironmentProblem):
         self.status = status
 
 
+class RegistryUnreachable(EnvironmentProblem):
+    """The registry (or its token service) cannot be reached at all: connection refused, no
+    route, timed out, name not found. Nothing was said about credentials."""
+
+
 class PluginError(ArchfleetError):
     """A plugin raised something that is not an :class:`ArchfleetError`, or answered with a
     value of the wrong type. The message names the plugin and the hook."""

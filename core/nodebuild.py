@@ -63,7 +63,9 @@ async def build_and_push(option: Option, request: BuildRequest, context) -> Plat
     context.status("pushing")
     push_started = time.monotonic()
     ref = parse_reference(tag)
-    digest = await engine.push(context.transport, ref, engine.auth_config_for(ref.registry), on_line=context.log)
+    # a credsStore/credHelpers lookup starts a helper program: not on the event loop
+    auth = await asyncio.to_thread(engine.auth_config_for, ref.registry)
+    digest = await engine.push(context.transport, ref, auth, on_line=context.log)
     # the time waiting at the push gate is other platforms' time, not this option's
     seconds = built + (time.monotonic() - push_started)
     return PlatformResult(option.platform, option, seconds, repository=ref.name,

@@ -58,7 +58,7 @@ import docker.auth  # at import time: importing it from two threads at once race
 import httpx
 
 from . import mediatypes
-from .errors import ArchfleetError, EnvironmentProblem, RegistryError, RegistryRefused
+from .errors import ArchfleetError, EnvironmentProblem, RegistryError, RegistryRefused, RegistryUnreachable
 from .reference import DOCKER_HUB, DOCKER_HUB_API, Reference, is_loopback_host
 
 log = logging.getLogger(__name__)
@@ -421,7 +421,7 @@ class RegistryClient:
                     headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
                 resp = await self._client(realm).get(realm, params=query, headers=headers)
         except httpx.TransportError as exc:
-            raise EnvironmentProblem(f"token service {realm} for registry {credential_name(host)} unreachable: "
+            raise RegistryUnreachable(f"token service {realm} for registry {credential_name(host)} unreachable: "
                                      f"{_reason(exc) or type(exc).__name__}") from None
         if resp.status_code in (401, 403):
             raise RegistryRefused(
@@ -492,7 +492,7 @@ class RegistryClient:
                 if attempt >= RETRIES:
                     reason = str(exc) or type(exc).__name__
                     if connect:
-                        raise EnvironmentProblem(f"registry {host} unreachable ({scheme}): {reason}") from None
+                        raise RegistryUnreachable(f"registry {host} unreachable ({scheme}): {reason}") from None
                     raise RegistryError(f"{method} {url} failed after {RETRIES} tries: {reason}") from None
                 await sleep(delay)
                 delay *= 2

@@ -196,3 +196,12 @@ def test_build_checks_pins_before_asking_the_registry(capsys, monkeypatch):
     monkeypatch.setattr(RegistryClient, "check_access", unreachable)
     assert one_error(capsys, "build", "--node", "nosuch", "-t", "127.0.0.1:5999/cli/x:y", "--push", "ctx") == (
         "--node 'nosuch': no node named 'nosuch' (known: local; see archfleet ls)")
+
+
+def test_bad_input_with_a_secret_looking_build_arg_is_still_one_line(capsys, monkeypatch):
+    """Rule: the warning about secret-looking build-arg names comes after the input checks, so a
+    bad flag next to such an arg is still exactly one stderr line (the error)."""
+    monkeypatch.setenv("NPM_TOKEN", "x")
+    code, _, err = run(capsys, "build", "--build-arg", "NPM_TOKEN", "--node", "nosuch", "ctx")
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and "--node" in lines[0], err

@@ -538,3 +538,17 @@ def test_parse_challenge():
 def test_registry_answer_reads_the_error_code_dockerd_relays(text, answer):
     """dockerd renders distribution error codes lower-cased with spaces, then ': message'."""
     assert registry_answer(text) == answer
+
+
+def test_a_registry_nobody_answers_for_is_registry_unreachable_by_type(sleeps):
+    """Rule: "cannot reach the registry" is its own type (RegistryUnreachable, exit 3), so the
+    doctor and the CLI choose their advice by type, not by the words of the message."""
+    from archfleet.errors import RegistryUnreachable
+
+    def refuse(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    client = RegistryClient(transport=httpx.MockTransport(refuse), docker_config=CONFIG)
+    with pytest.raises(RegistryUnreachable) as info:
+        run(client.check_access(parse_reference(f"{HOST}/app:1")))
+    assert info.value.exit_code == 3 and str(info.value).startswith(f"registry {HOST} unreachable")
