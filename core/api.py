@@ -20,7 +20,7 @@ from .errors import (
     UsageError,
     VerificationFailed,
 )
-from .executor import RunContext
+from .executor import Job
 from .hookspecs import hookimpl, hookspec
 from .index import verify_child
 from .inventory import Config
@@ -41,7 +41,7 @@ __all__ = [
     "hookimpl", "hookspec",
     # values
     "Platform", "parse_platform", "from_uname", "NodeSpec", "NodeFacts", "Option", "BuildRequest",
-    "PlatformResult", "ChildImage", "Config", "RunContext", "Reporter", "Reference", "Completed",
+    "PlatformResult", "ChildImage", "Config", "Job", "Reporter", "Reference", "Completed",
     # errors
     "ArchfleetError", "UsageError", "EnvironmentProblem", "BuildFailed", "InfrastructureError",
     "VerificationFailed", "PlatformError",

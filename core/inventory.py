@@ -27,7 +27,7 @@ import re
 import stat
 import tomllib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterable, Callable
 
 import attrs
 
@@ -336,21 +336,20 @@ def _node(path: Path, lines: _Lines, name: str, table: Any) -> NodeSpec:
     )
 
 
-def collect_nodes(pm, config: Config) -> list[NodeSpec]:
+def combine(contributed: Iterable[tuple[str, NodeSpec]], config: Config) -> list[NodeSpec]:
+    """The enabled nodes from what plugins contributed (``(plugin, node)`` pairs, in order):
+    names must be unique (a duplicate is a :class:`UsageError` naming both places), ``--node``
+    selections (``config.only_nodes``) must name known nodes and restrict to them, and the
+    ``local`` node comes first, the others in the order given."""
     nodes: list[NodeSpec] = []
     names: dict[str, NodeSpec] = {}
-    from .hookcall import call_each
-
-    for plugin, contributed in call_each(pm, "archfleet_add_nodes", config=config):
-        for node in contributed or ():
-            if not isinstance(node, NodeSpec):
-                raise UsageError(f"plugin {plugin!r} contributed {node!r}, not a NodeSpec")
-            if node.name in names:
-                raise UsageError(
-                    f"{node.source}: node name {node.name!r} is already used at {names[node.name].source}"
-                )
-            names[node.name] = node
-            nodes.append(node)
+    for _plugin, node in contributed:
+        if node.name in names:
+            raise UsageError(
+                f"{node.source}: node name {node.name!r} is already used at {names[node.name].source}"
+            )
+        names[node.name] = node
+        nodes.append(node)
     if config.only_nodes:
         unknown = [n for n in config.only_nodes if n not in names]
         if unknown:

@@ -55,6 +55,12 @@ class NodeSpec:
     enabled: bool = True
     source: str = "<builtin>"  # file:line where it was defined, for error messages
 
+    def describe(self) -> str:
+        """Where the node is, for people: ``user@host:port`` for a remote node, else its transport."""
+        if not self.host:
+            return self.transport
+        return (f"{self.user}@" if self.user else "") + self.host + (f":{self.port}" if self.port else "")
+
 
 @attrs.frozen
 class NodeFacts:
@@ -77,6 +83,7 @@ class NodeFacts:
     # seconds until each build slot taken by another archfleet run frees up (its lease), sorted
     busy: tuple[float, ...] = attrs.field(default=(), converter=_tuple)
     link_rate: float | None = None  # bytes/s to the node, measured on earlier context syncs
+    fix: str | None = None  # what to do about ``error``, one line, from the plugin that knows
 
     @property
     def name(self) -> str:

@@ -302,24 +302,27 @@ def _exact(order, by_platform, capacity, busy) -> list[Option]:
 
 # --- estimates ------------------------------------------------------------------------------------
 
-def refine(pm, options: Sequence[Option], request: BuildRequest, facts: Mapping[str, NodeFacts],
-           history) -> list[Option]:
-    """Let plugins refine each option's estimate (``archfleet_estimate``, firstresult)."""
-    from .hookcall import PluginError, call_first
+def apply_estimates(options: Sequence[Option], answers: Sequence[tuple[float, str] | None]) -> list[Option]:
+    """``options`` with the refined estimates the pipeline got from ``archfleet_estimate``:
+    ``answers[i]`` is ``(seconds, basis)`` for ``options[i]``, or None to keep its offer's estimate.
+    Seconds are rounded to 10 ms (the plan prints them)."""
+    if len(options) != len(answers):
+        raise ValueError("one answer per option")
+    return [opt if got is None else attrs.evolve(opt, estimate=round(got[0], 2), basis=got[1])
+            for opt, got in zip(options, answers)]
 
-    out = []
-    for opt in options:
-        name, value = call_first(pm, "archfleet_estimate", option=opt, request=request, facts=facts.get(opt.node),
-                                 history=history)
-        if value is None:
-            out.append(opt)
-            continue
-        seconds, basis = value if isinstance(value, tuple) and len(value) == 2 else (value, f"from plugin {name}")
-        try:
-            seconds = float(seconds)
-        except (TypeError, ValueError):
-            raise PluginError(f"plugin {name!r} answered archfleet_estimate with {value!r}, not seconds") from None
-        if not math.isfinite(seconds) or seconds < 0:
-            raise PluginError(f"plugin {name!r} estimated {seconds} seconds for {opt}")
-        out.append(attrs.evolve(opt, estimate=round(seconds, 2), basis=str(basis)))
-    return out
+
+# --- fallback -------------------------------------------------------------------------------------
+
+def next_best(alternatives: Sequence[Option], tried: Iterable[Option], down: Iterable[str],
+              wait: Mapping[str, float]) -> Option | None:
+    """The option to run a platform on after a node failed: among ``alternatives`` (its options),
+    those not tried yet and not on a node that is ``down``, the one that would finish first: its
+    estimate plus ``wait[node]``, the seconds until its node has a free build slot (0 if absent).
+    Ties go to the strategy, then the node name, so equal inputs give the same choice. None when
+    nothing is left."""
+    tried, down = set(tried), set(down)
+    remaining = [o for o in alternatives if o not in tried and o.node not in down]
+    if not remaining:
+        return None
+    return min(remaining, key=lambda o: (wait.get(o.node, 0.0) + o.estimate, o.strategy, o.node))

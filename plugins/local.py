@@ -90,11 +90,24 @@ async def _probe(node: NodeSpec) -> NodeFacts:
 
 
 @hookimpl
-def archfleet_connect(node, facts):
+def archfleet_connect(node, facts, session):
     if node.transport != TRANSPORT:
         return None
 
     async def _connect():
-        return LocalTransport(node.name, node.docker_host)
+        # one transport per node for the command, kept in the session and closed at its end
+        transports = session.state(TRANSPORT).setdefault("transports", {})
+        if node.name not in transports:
+            transports[node.name] = LocalTransport(node.name, node.docker_host)
+        return transports[node.name]
 
     return _connect()
+
+
+@hookimpl
+def archfleet_session_end(session):
+    async def _close():
+        for transport in session.state(TRANSPORT).pop("transports", {}).values():
+            await transport.close()
+
+    return _close()

@@ -38,9 +38,6 @@ KEEPALIVE_COUNT_MAX = 3
 DEFAULT_USER_FILES = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 DEFAULT_GLOBAL_FILES = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 
-# node name -> future of SSHTransport, shared by probe and builds within one command
-_pool: dict[str, asyncio.Future] = {}
-
 
 @hookimpl
 def archfleet_add_nodes(config):
@@ -237,10 +234,13 @@ async def _connect(node) -> SSHTransport:
                         connect=lambda: open_connection(node))
 
 
-async def get_transport(node) -> SSHTransport:
-    if node.name not in _pool or (_pool[node.name].done() and _pool[node.name].exception()):
-        _pool[node.name] = asyncio.ensure_future(_connect(node))
-    return await asyncio.shield(_pool[node.name])
+async def get_transport(node, session) -> SSHTransport:
+    """The node's transport for this command: one, shared by the probe and the builds, kept in
+    ``session`` (a connection that failed is tried again next time)."""
+    pool: dict[str, asyncio.Future] = session.state(TRANSPORT).setdefault("pool", {})
+    if node.name not in pool or (pool[node.name].done() and pool[node.name].exception()):
+        pool[node.name] = asyncio.ensure_future(_connect(node))
+    return await asyncio.shield(pool[node.name])
 
 
 def _candidates(node):
@@ -252,13 +252,13 @@ def _reason(exc: InfrastructureError, node) -> str:
 
 
 @hookimpl
-def archfleet_probe(node, config):
+def archfleet_probe(node, config, session):
     if node.transport != TRANSPORT:
         return None
 
     async def _probe():
         try:
-            transport = await get_transport(node)
+            transport = await get_transport(node, session)
         except InfrastructureError as exc:
             return NodeFacts(node, False, error=_reason(exc, node))
         try:
@@ -270,12 +270,12 @@ def archfleet_probe(node, config):
 
 
 @hookimpl
-def archfleet_connect(node, facts):
+def archfleet_connect(node, facts, session):
     if node.transport != TRANSPORT:
         return None
 
     async def _conn():
-        transport = await get_transport(node)
+        transport = await get_transport(node, session)
         try:
             await transport.open_engine()
         except Exception as exc:
@@ -286,10 +286,9 @@ def archfleet_connect(node, facts):
 
 
 @hookimpl
-def archfleet_session_end():
+def archfleet_session_end(session):
     async def _close():
-        pool = list(_pool.values())
-        _pool.clear()
+        pool = list(session.state(TRANSPORT).pop("pool", {}).values())
         for fut in pool:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 await fut.result().close()

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pluggy
 
-from archfleet import engine, hookspecs
+from archfleet import engine
 from archfleet.api import hookimpl
 from archfleet.engine import EngineCLI
 from archfleet.model import BuildRequest, NodeFacts, NodeSpec, Option, PlatformResult
@@ -115,26 +114,48 @@ class StubStrategy:
         return connect()
 
     @hookimpl
-    def archfleet_run(self, option, request, context):
+    def archfleet_run(self, option, request, job):
         if option.strategy != "stub":
             return None
-        return self._run(option, request, context)
+        return self._run(option, request, job)
 
-    async def _run(self, option, request, context):
-        context.status("building")
-        image = await engine.build(context.transport, EngineCLI(("docker",), "buildkit"), platform=option.platform,
-                                   request=request, tag="reg/app:1", on_line=context.log)
-        await context.ready_to_push()
-        context.status("pushing")
+    async def _run(self, option, request, job):
+        job.status("building")
+        image = await engine.build(job.transport, EngineCLI(("docker",), "buildkit"), platform=option.platform,
+                                   request=request, tag="reg/app:1", on_line=job.log)
+        await job.ready_to_push()
+        job.status("pushing")
         return PlatformResult(option.platform, option, 1.0, image_id=image, ref=f"reg/app@sha256:{'cd' * 32}",
                               digest=f"sha256:{'cd' * 32}", repository="reg/app")
 
 
-def manager(transports: dict[str, StubTransport]) -> pluggy.PluginManager:
-    pm = pluggy.PluginManager("archfleet")
-    pm.add_hookspecs(hookspecs)
-    pm.register(StubStrategy(transports), name="stub")
-    return pm
+def manager(transports: dict[str, StubTransport]):
+    """A plugin manager holding only the stub strategy (no built-ins)."""
+    from archfleet.manager import make_hooks
+
+    hooks = make_hooks({}, load_entrypoints=False, builtins=())
+    hooks.register(StubStrategy(transports), name="stub")
+    return hooks
+
+
+def executor(transports: dict[str, StubTransport], req: BuildRequest, node_facts: dict, reporter,
+             options=()):
+    """An Executor wired the way the pipeline wires it: ``connect`` and ``run`` through the
+    plugin manager (the stub strategy), fallback asked of the planner over ``options``."""
+    from archfleet.executor import Executor
+    from archfleet.planner import next_best
+    from archfleet.session import Session
+
+    hooks, session = manager(transports), Session()
+
+    def replan(platform, tried, down, wait):
+        return next_best([o for o in options if o.platform == platform], tried, down, wait)
+
+    async def connect(node):
+        return await hooks.connect(node_facts[node].node, node_facts[node], session)
+
+    return Executor(req, node_facts, reporter, connect=connect,
+                    run_option=lambda option, job: hooks.run(option, req, job), replan=replan)
 
 
 def facts(*names: str) -> dict[str, NodeFacts]:

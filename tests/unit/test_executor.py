@@ -9,7 +9,7 @@ from archfleet.platforms import parse
 
 def executor(busy=(), max_builds=2):
     facts = {"n": NodeFacts(NodeSpec("n", transport="ssh", host="h", max_builds=max_builds), True, busy=busy)}
-    return Executor(None, None, facts, None)
+    return Executor(None, facts, None, connect=None, run_option=None, replan=None)
 
 
 def test_free_node_has_no_wait():

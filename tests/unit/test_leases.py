@@ -412,7 +412,7 @@ def test_the_executor_builds_anyway_at_the_cap(monkeypatch):
 
     spec = NodeSpec("n", transport="ssh", host="h", max_builds=2)
     facts = {"n": NodeFacts(spec, True, busy=(86400.0, 86400.0))}
-    ex = Executor(None, None, facts, Reporter())
+    ex = Executor(None, facts, Reporter(), connect=None, run_option=None, replan=None)
     option = Option(parse_platform("linux/amd64"), "native", "n", 30.0)
     ex._busy["n"][option.platform] = (clock[0], 30.0)
     started = clock[0]
