@@ -23,7 +23,7 @@ from .errors import (
 from .executor import Job
 from .hookspecs import hookimpl, hookspec
 from .index import verify_child
-from .inventory import Config
+from .inventory import Config, Key
 from .leases import read_local as read_local_leases
 from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
 from .nodebuild import LABEL_CONTEXT, LABEL_PLATFORM, build_and_push, child_tag, context_digest
@@ -34,7 +34,8 @@ from .probe import benchmark, probe_node, score_key
 from .progress import Reporter
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
-from .transport import Completed, LocalTransport, SSHTransport, Transport, quote_argv
+from .transport import (CallerError, CommandNode, Completed, LocalTransport, Transport, guard_callback, guard_chunks,
+                        parse_docker_host, pump_lines, supervise)
 
 __all__ = [
     # hooks
@@ -50,7 +51,8 @@ __all__ = [
     "prior_seconds", "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "Analysis", "Stage",
     "Placement",
     # transports and probing
-    "Transport", "LocalTransport", "SSHTransport", "quote_argv", "probe_node", "benchmark", "discover_cli",
+    "Transport", "LocalTransport", "CommandNode", "CallerError", "guard_callback", "guard_chunks",
+    "parse_docker_host", "pump_lines", "supervise", "Key", "probe_node", "benchmark", "discover_cli",
     "local_candidates", "EngineCLI", "binfmt", "native_platforms", "read_cpu_flags", "read_local_leases", "score_key",
     # registry
     "RegistryClient", "parse_reference", "verify_child",

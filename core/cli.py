@@ -193,11 +193,11 @@ def build_options(fn):
     return fn
 
 
-def _config(nodes, engine_cli, local) -> Config:
+def _config(hooks, nodes, engine_cli, local) -> Config:
     """The nodes configuration; a ``./nodes.toml`` left unread is said in one stderr line."""
-    from .inventory import make_config
+    from .pipeline import load_config
 
-    return make_config(nodes=nodes, engine_cli=engine_cli, local=local,
+    return load_config(hooks, nodes=nodes, engine_cli=engine_cli, local=local,
                        note=lambda line: click.echo(f"archfleet: warning: {line}", err=True))
 
 
@@ -239,10 +239,10 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
                             (pin_strategy, pin_node), report)
-    config = _config(nodes_file, engine_cli, local)
+    hooks = _hooks()
+    config = _config(hooks, nodes_file, engine_cli, local)
     from .buildargs import secret_warning
 
-    hooks = _hooks()
 
     async def check(session):
         check_request(hooks, request, config, session)
@@ -287,8 +287,8 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
                             (pin_strategy, pin_node), report)
-    config = _config(nodes_file, engine_cli, local)
     hooks = _hooks()
+    config = _config(hooks, nodes_file, engine_cli, local)
     planned = _run(hooks, lambda session: make_plan(hooks, request, config, session))
     p = planned.plan
     if fmt == "json":
@@ -344,8 +344,8 @@ def ls_(engine_cli, local, nodes_file, fmt):
     """List build nodes with their native and emulated platforms (like `docker buildx ls`)."""
     from .pipeline import probe
 
-    config = _config(nodes_file, engine_cli, local)
     hooks = _hooks()
+    config = _config(hooks, nodes_file, engine_cli, local)
     facts = _run(hooks, lambda session: probe(hooks, config, session))
     if fmt == "json":
         click.echo(json.dumps([
@@ -493,8 +493,8 @@ def doctor(registries, insecure_registry, engine_cli, local, nodes_file):
         parse_registry_host(host, what="--registry")
     for host in insecure_registry:
         parse_registry_host(host, what="--insecure-registry")
-    config = _config(nodes_file, engine_cli, local)
     hooks = _hooks()
+    config = _config(hooks, nodes_file, engine_cli, local)
     checks = _run(hooks, lambda session: doc.run(hooks, config, session, tuple(registries),
                                                  tuple(insecure_registry), engine_cli))
     for c in checks:

@@ -136,7 +136,7 @@ async def check_nodes(hooks, config, session) -> list[Check]:
         if skew is not None and abs(skew) > MAX_SKEW:
             out.append(Check("warn", what, f"clock is {skew:+.1f}s off this machine's",
                              "run NTP (chrony/systemd-timesyncd) on both; registries reject far-off tokens"))
-        out.append(Check("ok", what, f"{f.node.describe()}: docker {f.engine_version}, {f.builder}, "
+        out.append(Check("ok", what, f"{f.address or f.node.transport}: docker {f.engine_version}, {f.builder}, "
                                      f"native {','.join(map(str, f.native))}, {len(f.emulated)} emulated"
                                      + (f", clock {skew:+.1f}s" if skew is not None else "")))
     return out

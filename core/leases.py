@@ -204,12 +204,6 @@ def parse(values: Iterable[str]) -> tuple[float, ...]:
     return tuple(sorted(out))
 
 
-def _is_local(transport) -> bool:
-    from .transport import LocalTransport
-
-    return isinstance(transport, LocalTransport)
-
-
 # This process's leases are named "<RUN>-<hex>": a run waiting for slots skips its own.
 RUN = f"{os.getpid()}{secrets.token_hex(4)}"
 
@@ -362,8 +356,12 @@ def _names(dir_fd: int) -> list[str]:
 def read_local(node: NodeSpec, root: str | None = None, skip: str | None = None) -> tuple[float, ...]:
     """The local node's leases (but those named ``skip...``), read directly (no process to start).
     Blocking (file system): call it in a thread."""
+    return _read_key(root or shared_root(), engine_key(node), skip)
+
+
+def _read_key(root: str, key: str, skip: str | None) -> tuple[float, ...]:
     now = time.time()
-    fd = _lease_dir(root or shared_root(), engine_key(node), make=False)
+    fd = _lease_dir(root, key, make=False)
     if fd is None:
         return ()
     values = []
@@ -452,59 +450,83 @@ def _estimate(estimate: float) -> float:
     return min(estimate, MAX_ESTIMATE) if math.isfinite(estimate) and estimate >= 0 else 0.0
 
 
-async def take(transport, node: NodeSpec, estimate: float, root: str | None = None) -> str | None:
-    """Leave a lease for one build slot on ``node``; its name (for :func:`drop`), None if it could not."""
-    name = f"{RUN}-{secrets.token_hex(6)}"
-    key, root = engine_key(node), root or shared_root()
-    estimate = _estimate(estimate)
-    if _is_local(transport):
+class LocalLeases:
+    """Leases in this machine's file system: the local node's lease store (no process to start;
+    the rules above, through directory file descriptors, in a thread)."""
+
+    async def take(self, root: str, key: str, name: str, estimate: float) -> str | None:
         return await asyncio.to_thread(_take_local, root, key, name, estimate)
-    try:
-        done = await transport.run(["sh", "-c", _TAKE, "sh", root, key, name, f"{estimate:.1f}"], timeout=5)
-    except Exception:
-        return None
-    return name if done.ok else None
+
+    async def drop(self, root: str, key: str, name: str, timeout: float = 5) -> None:
+        await asyncio.to_thread(_drop_local, root, key, name)
+
+    async def others(self, root: str, key: str, skip: str) -> tuple[float, ...]:
+        return await asyncio.to_thread(_read_key, root, key, skip)
+
+    async def beat(self, root: str, key: str, name: str) -> None:
+        await asyncio.to_thread(_beat_local, root, key, name)
+
+
+class ShellLeases:
+    """Leases on a node reached by running commands: the fixed scripts above through
+    ``transport.run`` (the lease store of :class:`archfleet.transport.CommandNode`). A node that
+    does not answer never fails a build: nothing taken, nothing read."""
+
+    def __init__(self, transport):
+        self.transport = transport
+
+    async def take(self, root: str, key: str, name: str, estimate: float) -> str | None:
+        try:
+            done = await self.transport.run(["sh", "-c", _TAKE, "sh", root, key, name, f"{estimate:.1f}"], timeout=5)
+        except Exception:
+            return None
+        return name if done.ok else None
+
+    async def drop(self, root: str, key: str, name: str, timeout: float = 5) -> None:
+        try:
+            await self.transport.run(["sh", "-c", _DROP, "sh", root, key, name], timeout=timeout)
+        except Exception:
+            pass
+
+    async def others(self, root: str, key: str, skip: str) -> tuple[float, ...]:
+        lines: list[str] = []
+        try:
+            done = await self.transport.run(["sh", "-c", READ_SCRIPT, "sh", root, key, skip],
+                                            on_line=lines.append, timeout=10)
+        except Exception:
+            return ()
+        if not done.ok:
+            return ()
+        return parse(l.strip()[len("lease="):] for l in lines if l.strip().startswith("lease="))
+
+    async def beat(self, root: str, key: str, name: str) -> None:
+        try:
+            await self.transport.run(["sh", "-c", _BEAT, "sh", root, key, name], timeout=10)
+        except Exception:
+            pass
+
+
+async def take(transport, node: NodeSpec, estimate: float, root: str | None = None) -> str | None:
+    """Leave a lease for one build slot on ``node`` (through ``transport.leases``, its node's
+    lease store); its name (for :func:`drop`), None if it could not."""
+    name = f"{RUN}-{secrets.token_hex(6)}"
+    return await transport.leases.take(root or shared_root(), engine_key(node), name, _estimate(estimate))
 
 
 async def drop(transport, node: NodeSpec, name: str | None, root: str | None = None, timeout: float = 5) -> None:
-    if name is None:
-        return
-    key, root = engine_key(node), root or shared_root()
-    if _is_local(transport):
-        await asyncio.to_thread(_drop_local, root, key, name)
-        return
-    try:
-        await transport.run(["sh", "-c", _DROP, "sh", root, key, name], timeout=timeout)
-    except Exception:
-        pass
+    """Remove lease ``name`` (from :func:`take`; None does nothing)."""
+    if name is not None:
+        await transport.leases.drop(root or shared_root(), engine_key(node), name, timeout)
 
 
 async def others(transport, node: NodeSpec, root: str | None = None) -> tuple[float, ...]:
     """Busy seconds of the slots other runs hold on ``node`` now (this process's leases left out)."""
-    root = root or shared_root()
-    if _is_local(transport):
-        return await asyncio.to_thread(read_local, node, root, RUN + "-")
-    lines: list[str] = []
-    try:
-        done = await transport.run(["sh", "-c", READ_SCRIPT, "sh", root, engine_key(node), RUN + "-"],
-                                   on_line=lines.append, timeout=10)
-    except Exception:
-        return ()
-    if not done.ok:
-        return ()
-    return parse(l.strip()[len("lease="):] for l in lines if l.strip().startswith("lease="))
+    return await transport.leases.others(root or shared_root(), engine_key(node), RUN + "-")
 
 
 async def beat(transport, node: NodeSpec, name: str, root: str | None = None) -> None:
     """Renew a lease's heartbeat (the run holding it is alive)."""
-    key, root = engine_key(node), root or shared_root()
-    if _is_local(transport):
-        await asyncio.to_thread(_beat_local, root, key, name)
-        return
-    try:
-        await transport.run(["sh", "-c", _BEAT, "sh", root, key, name], timeout=10)
-    except Exception:
-        pass
+    await transport.leases.beat(root or shared_root(), engine_key(node), name)
 
 
 def wait_limit(busy: Iterable[float], own_estimate: float) -> float:

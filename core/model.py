@@ -34,18 +34,23 @@ def _labels(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple((str(k), str(v)) for k, v in value)
 
 
+def _settings(value: Any) -> tuple[tuple[str, Any], ...]:
+    if isinstance(value, dict):
+        value = value.items()
+    return tuple(sorted((str(k), v) for k, v in value))
+
+
 @attrs.frozen
 class NodeSpec:
-    """A build node as configured (``nodes.toml``) or contributed by a plugin."""
+    """A build node as configured (``nodes.toml``) or contributed by a plugin.
+
+    The fields are what every node has; ``settings`` holds the keys of its transport, as the
+    transport's plugin declared them (``archfleet_node_keys``) and ``nodes.toml`` gave them
+    (for ``ssh``: host, port, user, identity, known_hosts, host_key_policy). Only that plugin
+    reads them (:meth:`setting`)."""
 
     name: str
     transport: str = "local"  # which transport plugin owns it: "local", "ssh", ...
-    host: str | None = None
-    port: int | None = None
-    user: str | None = None
-    identity: str | None = None
-    known_hosts: str | None = None
-    host_key_policy: str = "strict"  # or "accept-new" (opt-in: trust a host seen for the first time)
     arch: Platform | None = None  # what the user says it is; the probe must agree
     engine: str = "docker"
     engine_cli: str | None = None  # the engine CLI to build with (path), None = discover
@@ -54,12 +59,20 @@ class NodeSpec:
     labels: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
     enabled: bool = True
     source: str = "<builtin>"  # file:line where it was defined, for error messages
+    settings: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_settings)
 
-    def describe(self) -> str:
-        """Where the node is, for people: ``user@host:port`` for a remote node, else its transport."""
-        if not self.host:
-            return self.transport
-        return (f"{self.user}@" if self.user else "") + self.host + (f":{self.port}" if self.port else "")
+    def setting(self, key: str, default: Any = None) -> Any:
+        """The value of the transport's ``key`` (``default`` when not given)."""
+        for k, v in self.settings:
+            if k == key:
+                return v
+        return default
+
+    @property
+    def key(self) -> str:
+        """A stable name for what this node is (its name, transport and settings), for caches
+        keyed by node (CPU scores, link rates): a node re-pointed elsewhere is measured anew."""
+        return f"{self.name}|{self.transport}|" + ",".join(f"{k}={v}" for k, v in self.settings)
 
 
 @attrs.frozen
@@ -84,6 +97,7 @@ class NodeFacts:
     busy: tuple[float, ...] = attrs.field(default=(), converter=_tuple)
     link_rate: float | None = None  # bytes/s to the node, measured on earlier context syncs
     fix: str | None = None  # what to do about ``error``, one line, from the plugin that knows
+    address: str | None = None  # where the node is, for people (``user@host:port``), from its plugin
 
     @property
     def name(self) -> str:

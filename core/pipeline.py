@@ -57,6 +57,14 @@ async def run_command(hooks: Hooks, work: Callable[[Session], Awaitable[T]]) -> 
         await hooks.session_end(session)
 
 
+def load_config(hooks: Hooks, *, nodes: str | None = None, engine_cli: str | None = None, local: bool = True,
+                note: Callable[[str], None] | None = None) -> Config:
+    """Request, the nodes half: the nodes file found, trusted and validated with the keys every
+    node has and those each transport's plugin declares (``archfleet_node_keys``); see
+    :func:`archfleet.inventory.make_config`. Raises :class:`UsageError` (one line, ``file:line``)."""
+    return inventory.make_config(nodes=nodes, engine_cli=engine_cli, local=local, note=note, keys=hooks.node_keys())
+
+
 def nodes_of(hooks: Hooks, config: Config, session: Session) -> list[NodeSpec]:
     """Inventory: every enabled node, as the plugins contribute them (``archfleet_add_nodes``),
     names unique, ``--node`` selections applied (:func:`archfleet.inventory.combine`)."""

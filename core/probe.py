@@ -86,7 +86,8 @@ def store_score(key: str, score: float) -> None:
 
 
 def score_key(node: NodeSpec) -> str:
-    return f"{node.name}|{node.transport}|{node.host or ''}|{node.port or ''}"
+    """The cache key of ``node``'s CPU score (its :attr:`~archfleet.model.NodeSpec.key`)."""
+    return node.key
 
 
 async def benchmark(transport, node: NodeSpec) -> float | None:

@@ -152,6 +152,7 @@ def test_two_syncs_of_one_context_at_once_leave_one_complete_tree(lab, nodes, tm
 
     from archfleet.context import CACHE
     from archfleet.inventory import load_nodes_file
+    from archfleet.plugins.ssh import KEYS as SSH_KEYS
     from archfleet.model import BuildRequest
     from archfleet.platforms import parse
     from archfleet.plugins.ssh import _connect
@@ -159,7 +160,7 @@ def test_two_syncs_of_one_context_at_once_leave_one_complete_tree(lab, nodes, tm
     for i in range(30):
         (tmp_path / f"f{i}").write_bytes(os.urandom(20000))
     (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")
-    node = next(n for n in load_nodes_file(nodes.toml) if n.name == "n2")
+    node = next(n for n in load_nodes_file(nodes.toml, {"ssh": SSH_KEYS}) if n.name == "n2")
     req = BuildRequest(tmp_path, tmp_path / "Dockerfile", [parse("linux/amd64")])
 
     async def go():

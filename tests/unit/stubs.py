@@ -13,7 +13,7 @@ from archfleet.engine import EngineCLI
 from archfleet.model import BuildRequest, NodeFacts, NodeSpec, Option, PlatformResult
 from archfleet.planner import Plan, Scheduled
 from archfleet.platforms import parse
-from archfleet.transport import Completed
+from archfleet.transport import CommandNode, Completed
 
 AMD, ARM, S390 = parse("linux/amd64"), parse("linux/arm64"), parse("linux/s390x")
 IMAGE = "writing image sha256:" + "ab" * 32
@@ -63,7 +63,7 @@ class FakeDocker:
         return True
 
 
-class StubTransport:
+class StubTransport(CommandNode):
     """``builds``: what each engine CLI run does, in order (the last one repeats). Records runs,
     cancellations and the leases taken and dropped (their fixed ``sh -c`` scripts)."""
 
@@ -159,7 +159,7 @@ def executor(transports: dict[str, StubTransport], req: BuildRequest, node_facts
 
 
 def facts(*names: str) -> dict[str, NodeFacts]:
-    return {n: NodeFacts(NodeSpec(n, transport="stub", host=n, max_builds=4), True, native=[AMD, ARM, S390],
+    return {n: NodeFacts(NodeSpec(n, transport="stub", settings={"host": n}, max_builds=4), True, native=[AMD, ARM, S390],
                          builder="buildkit", engine_cli=["docker"]) for n in names}
 
 

@@ -54,7 +54,7 @@ def test_an_unwritable_history_turns_history_off_with_one_warning(tmp_path, monk
     view = history.view_for(request)
     assert view is not None
     option = Option(AMD, "native", "n1", 12.0)
-    facts = NodeFacts(NodeSpec("n1", transport="ssh", host="h"), True, native=[AMD], score=1.0)
+    facts = NodeFacts(NodeSpec("n1", transport="ssh", settings={"host": "h"}), True, native=[AMD], score=1.0)
     for _ in range(3):
         assert view.past(option) is None
         assert view.synced_before("n1") is False
@@ -119,7 +119,7 @@ def test_an_unwritable_cache_dir_never_fails_the_benchmark_score(tmp_path, monke
 
             return Completed(tuple(argv), 0, ("bench_us=67000",))
 
-    assert asyncio.run(probe.benchmark(Bench(), NodeSpec("n1", transport="ssh", host="h"))) == 1.0
+    assert asyncio.run(probe.benchmark(Bench(), NodeSpec("n1", transport="ssh", settings={"host": "h"}))) == 1.0
 
 
 @pytest.mark.parametrize("kind", KINDS)

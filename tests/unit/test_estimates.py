@@ -19,7 +19,7 @@ ARM, AMD = parse("linux/arm64"), parse("linux/amd64")
 def lab(local_load: float = 0.0) -> dict[str, NodeFacts]:
     local = NodeFacts(NodeSpec("local"), True, native=[AMD], emulated=[ARM], builder="buildkit",
                       engine_cli=["docker"], cpus=2, score=1.0, load=local_load)
-    board = NodeFacts(NodeSpec("armvm", transport="ssh", host="127.0.0.1"), True, native=[ARM], builder="buildkit",
+    board = NodeFacts(NodeSpec("armvm", transport="ssh", settings={"host": "127.0.0.1"}), True, native=[ARM], builder="buildkit",
                       engine_cli=["docker"], cpus=2, score=0.045)
     return {"local": local, "armvm": board}
 
@@ -86,7 +86,7 @@ def test_context_transfer_uses_the_measured_link_rate(tmp_path):
     (ctx / "Dockerfile").write_text("FROM scratch\nCOPY blob /\n")
     (ctx / "blob").write_bytes(os.urandom(8_000_000))
     request = BuildRequest(ctx, ctx / "Dockerfile", [AMD])
-    spec = NodeSpec("far", transport="ssh", host="10.0.0.9")
+    spec = NodeSpec("far", transport="ssh", settings={"host": "10.0.0.9"})
 
     def estimate(link_rate):
         facts = {"far": NodeFacts(spec, True, native=[AMD], builder="buildkit", engine_cli=["docker"], cpus=2,

@@ -8,7 +8,7 @@ from archfleet.platforms import parse
 
 
 def executor(busy=(), max_builds=2):
-    facts = {"n": NodeFacts(NodeSpec("n", transport="ssh", host="h", max_builds=max_builds), True, busy=busy)}
+    facts = {"n": NodeFacts(NodeSpec("n", transport="ssh", settings={"host": "h"}, max_builds=max_builds), True, busy=busy)}
     return Executor(None, facts, None, connect=None, run_option=None, replan=None)
 
 

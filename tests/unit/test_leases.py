@@ -9,11 +9,12 @@ import pytest
 from archfleet import leases
 from archfleet.model import NodeSpec
 from archfleet.probe import FACTS_SCRIPT, parse_facts
-from archfleet.transport import LocalTransport
+from archfleet.transport import CommandNode, LocalTransport
 
 
-class ShellTransport(LocalTransport):
-    """Runs the scripts as an SSH node would (not a LocalTransport to the lease code)."""
+class ShellTransport(CommandNode, LocalTransport):
+    """Runs the lease scripts through ``run`` as an SSH node's transport does (its lease store is
+    CommandNode's ShellLeases, not the local file-system one)."""
 
 
 def test_remaining_and_staleness():
@@ -29,8 +30,8 @@ def test_remaining_and_staleness():
 
 
 def test_shell_path_take_probe_drop(tmp_path, monkeypatch):
-    node = NodeSpec("n1", transport="ssh", host="10.0.0.1", docker_host="unix:///run/n1.sock")
-    other = NodeSpec("n2", transport="ssh", host="10.0.0.1", docker_host="unix:///run/n2.sock")
+    node = NodeSpec("n1", transport="ssh", settings={"host": "10.0.0.1"}, docker_host="unix:///run/n1.sock")
+    other = NodeSpec("n2", transport="ssh", settings={"host": "10.0.0.1"}, docker_host="unix:///run/n2.sock")
     root = str(tmp_path / "leases")
     t = ShellTransport("n1")
 
@@ -78,11 +79,11 @@ def test_a_foreign_or_broken_lease_is_ignored(tmp_path):
 
 
 def test_a_failing_transport_never_fails_the_build():
-    class Broken:
+    class Broken(CommandNode):  # a node reached by commands that no longer answers
         async def run(self, *a, **k):
             raise ConnectionError("gone")
 
-    node = NodeSpec("n1", transport="ssh", host="h")
+    node = NodeSpec("n1", transport="ssh", settings={"host": "h"})
     assert asyncio.run(leases.take(Broken(), node, 5.0)) is None
     asyncio.run(leases.drop(Broken(), node, "x"))
 
@@ -90,7 +91,7 @@ def test_a_failing_transport_never_fails_the_build():
 def test_held_lease_is_renewed_then_dropped(tmp_path, monkeypatch):
     """Both paths: the heartbeat moves on while held, and nothing is left after release."""
     monkeypatch.setattr(leases, "HEARTBEAT", 0.05)
-    node = NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///x.sock")
+    node = NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///x.sock")
     root = str(tmp_path)
     d = tmp_path / leases.engine_key(node)
 
@@ -113,7 +114,7 @@ def test_held_lease_is_renewed_then_dropped(tmp_path, monkeypatch):
 def test_taking_a_lease_sweeps_dead_ones(tmp_path):
     import os
 
-    for transport, node in ((ShellTransport("n1"), NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///n1.sock")),
+    for transport, node in ((ShellTransport("n1"), NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///n1.sock")),
                             (LocalTransport(), NodeSpec("local"))):
         d = tmp_path / leases.engine_key(node)
         d.mkdir(exist_ok=True)
@@ -125,7 +126,7 @@ def test_taking_a_lease_sweeps_dead_ones(tmp_path):
 
 
 def test_others_leaves_out_this_process_leases(tmp_path):
-    for transport, node in ((ShellTransport("n1"), NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///o.sock")),
+    for transport, node in ((ShellTransport("n1"), NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///o.sock")),
                             (LocalTransport(), NodeSpec("local"))):
         root = str(tmp_path)
         d = tmp_path / leases.engine_key(node)
@@ -153,7 +154,7 @@ from archfleet.model import NodeFacts, Option
 from archfleet.platforms import parse as parse_platform
 
 PATHS = [
-    pytest.param(ShellTransport, NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///n1.sock"),
+    pytest.param(ShellTransport, NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///n1.sock"),
                  id="node-script"),
     pytest.param(LocalTransport, NodeSpec("local"), id="local"),
 ]
@@ -326,19 +327,19 @@ def test_reading_local_leases_runs_off_the_event_loop(tmp_path, monkeypatch):
     node = NodeSpec("local")
     hostile_engine_dir(tmp_path, node)
     threads = []
-    real = leases.read_local
+    real = leases._read_key
 
     def spy(*args, **kwargs):
         threads.append(threading.current_thread() is threading.main_thread())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(leases, "read_local", spy)
+    monkeypatch.setattr(leases, "_read_key", spy)
     got = asyncio.run(asyncio.wait_for(leases.others(LocalTransport(), node, root=str(tmp_path)), 15))
     assert got == (pytest.approx(40.0, abs=1.1),) and threads == [False]
 
 
 def test_the_probe_script_skips_what_is_not_a_regular_file(tmp_path):
-    node = NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///n1.sock")
+    node = NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///n1.sock")
     hostile_engine_dir(tmp_path, node)
 
     async def probe():
@@ -410,7 +411,7 @@ def test_the_executor_builds_anyway_at_the_cap(monkeypatch):
         def status(self, option, state):
             said.append(state)
 
-    spec = NodeSpec("n", transport="ssh", host="h", max_builds=2)
+    spec = NodeSpec("n", transport="ssh", settings={"host": "h"}, max_builds=2)
     facts = {"n": NodeFacts(spec, True, busy=(86400.0, 86400.0))}
     ex = Executor(None, facts, Reporter(), connect=None, run_option=None, replan=None)
     option = Option(parse_platform("linux/amd64"), "native", "n", 30.0)
