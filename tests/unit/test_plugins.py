@@ -97,3 +97,24 @@ def test_builtin_plugins_use_only_the_public_api():
                 assert node.module == "archfleet.api", f"{path.name} imports {node.module}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("archfleet") for a in node.names), path.name
+
+
+def test_the_api_exports_what_plugins_use_and_the_hook_types_no_more():
+    """Rule (archfleet.api's docstring): the public API is what the built-in plugins and the two
+    examples import, plus the types hooks receive or return and the errors a hook raises."""
+    import ast
+
+    from archfleet import api
+
+    repo = Path(__file__).resolve().parents[2]
+    files = [*(repo / "plugins").rglob("*.py"), repo / "docs" / "examples" / "fast_pool.py",
+             repo / "examples" / "plugins" / "archfleet-reuse" / "archfleet_reuse.py"]
+    used = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "archfleet.api":
+                used.update(a.name for a in node.names)
+    hook_types = {"Platform", "NodeSpec", "NodeFacts", "Option", "BuildRequest", "PlatformResult", "Config", "Job",
+                  "Transport", "Key", "InfrastructureError", "BuildFailed"}
+    assert used <= set(api.__all__)
+    assert set(api.__all__) - used <= hook_types, set(api.__all__) - used - hook_types
