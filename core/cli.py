@@ -521,6 +521,7 @@ def _table(rows) -> str:
 
 
 def main(argv=None) -> int:
+    """Run the ``archfleet`` command with ``argv`` (default: ``sys.argv[1:]``); return its exit code. Every error is one line on stderr (``archfleet: error: ...``) and a documented code (:mod:`archfleet.errors`: 2 bad input, 3 environment, 1 build, 70 a bug, 130 interrupted); ``ARCHFLEET_DEBUG=1`` adds the traceback."""
     debug = os.environ.get("ARCHFLEET_DEBUG") == "1"
     try:
         cli.main(args=argv, prog_name="archfleet", standalone_mode=False)
@@ -561,6 +562,7 @@ def _say(message: str) -> None:
 
 
 def entrypoint() -> None:
+    """The console script: :func:`main`, then exit with its code."""
     code = None
     try:
         code = main()

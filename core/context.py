@@ -70,6 +70,7 @@ DIGEST_VERSION = b"archfleet-context-v3\n"
 
 @attrs.frozen
 class Entry:
+    """One path of a context snapshot: ``path`` relative and ``/``-separated, ``kind`` (file, dir or link), its mode, and for files the sha256 hex of the contents and the size in bytes, for links the target."""
     path: str  # relative, "/"-separated
     kind: str  # "file" | "dir" | "link"
     mode: int = 0o644
@@ -79,11 +80,13 @@ class Entry:
 
     @property
     def blob(self) -> str:
+        """The name the file's contents have in a node's blob cache: ``<sha256>-<octal mode>`` (hard links share a mode)."""
         return f"{self.digest}-{self.mode:o}"
 
 
 @attrs.frozen
 class Snapshot:
+    """What a build context holds after the ignore rule: its entries, the Dockerfile (as an entry and its path), the ignore file applied, and ``digest`` (sha256 hex over all of it: the sync and history key)."""
     root: Path
     entries: tuple[Entry, ...]
     dockerfile: Entry
@@ -94,6 +97,7 @@ class Snapshot:
 
     @property
     def size(self) -> int:
+        """Bytes of file contents in the context (what a cold sync sends, before tar headers)."""
         return sum(e.size for e in self.entries if e.kind == "file")
 
 

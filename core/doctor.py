@@ -26,16 +26,19 @@ MAX_SKEW = 5.0
 
 @attrs.frozen
 class Check:
+    """One line of ``archfleet doctor``: ``status`` (ok, warn or FAIL), what was checked, what was found and what to do."""
     status: str  # "ok" | "warn" | "FAIL"
     what: str
     message: str
     fix: str = ""
 
     def line(self) -> str:
+        """The check as one printed line: ``STATUS  what: message -> fix``."""
         return f"{self.status:4s}  {self.what}: {self.message}" + (f" -> {self.fix}" if self.fix else "")
 
 
 async def check_local(engine_cli: str | None) -> list[Check]:
+    """Checks of the local engine (does it answer, its version) and of an engine CLI that can build with BuildKit (``engine_cli``, else the candidates on PATH)."""
     out = []
     t = LocalTransport()
     try:
@@ -90,6 +93,7 @@ def check_binfmt(mount=None) -> list[Check]:
 
 
 async def check_registry(host: str, insecure: tuple[str, ...]) -> list[Check]:
+    """One check of registry ``host`` (``host[:port]``): reachable, speaking HTTPS (or plain HTTP where ``insecure`` or loopback allows), and taking the Docker config's credentials for a push."""
     ref = Reference(host, "archfleet-doctor", "check")
     async with RegistryClient(insecure) as client:
         try:

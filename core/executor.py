@@ -51,11 +51,13 @@ class PushGate:
         self._failed: str | None = None
 
     def built(self, platform: Platform) -> None:
+        """``platform`` is built (or left out with --allow-partial): when none is left, the gate opens."""
         self._waiting.discard(platform)
         if not self._waiting:
             self._event.set()
 
     def fail(self, why: str) -> None:
+        """A platform failed for good: the gate breaks, and every :meth:`wait` raises :class:`Aborted` with ``why``."""
         if self._failed is None:
             self._failed = why
         self._event.set()
@@ -66,6 +68,7 @@ class PushGate:
         return self._failed
 
     async def wait(self) -> None:
+        """Return once every platform is built; raise :class:`Aborted` if the gate broke."""
         await self._event.wait()
         if self._failed is not None:
             raise Aborted(self._failed)
@@ -85,6 +88,7 @@ class Job:
 
     @property
     def node(self) -> str:
+        """The name of the node this job runs on."""
         return self.option.node
 
     def log(self, line: str) -> None:
@@ -113,10 +117,12 @@ class Slot:
         self._on_release = on_release
 
     async def acquire(self) -> None:
+        """Wait for a free build slot on the node."""
         await self._semaphore.acquire()
         self._held = True
 
     def release(self) -> None:
+        """Give the slot back (at most once; later calls do nothing) and say so to the executor."""
         if self._held:
             self._held = False
             self._semaphore.release()
@@ -149,6 +155,7 @@ class Failure:
 
 @attrs.frozen
 class Outcome:
+    """What a run produced: the platforms' results, the failures for good (in the order they happened; the first stopped the others), the re-plans (platform, option left, why) and every attempt for the timeline."""
     results: tuple[PlatformResult, ...]
     failures: tuple[Failure, ...]  # in the order they happened; the first one stopped the others
     replans: tuple[tuple[Platform, str, str], ...]  # platform, from option, why

@@ -83,10 +83,12 @@ class Config:
     only_nodes: tuple[str, ...] = ()  # --node NAME: restrict to these
 
     def file_node(self, name: str) -> NodeSpec | None:
+        """The node the nodes file defines under ``name``, or None."""
         return next((n for n in self.file_nodes if n.name == name), None)
 
 
 def user_config_dir() -> Path:
+    """archfleet's config directory for this user (``~/.config/archfleet``, XDG aware)."""
     import platformdirs
 
     return Path(platformdirs.user_config_dir("archfleet"))

@@ -455,15 +455,19 @@ class LocalLeases:
     the rules above, through directory file descriptors, in a thread)."""
 
     async def take(self, root: str, key: str, name: str, estimate: float) -> str | None:
+        """Leave lease ``name`` (``estimate`` seconds) for engine ``key`` under ``root``; its name, or None when it could not."""
         return await asyncio.to_thread(_take_local, root, key, name, estimate)
 
     async def drop(self, root: str, key: str, name: str, timeout: float = 5) -> None:
+        """Remove lease ``name`` (a lease of this user's only)."""
         await asyncio.to_thread(_drop_local, root, key, name)
 
     async def others(self, root: str, key: str, skip: str) -> tuple[float, ...]:
+        """Busy seconds of the live leases for engine ``key``, leaving out those whose names start with ``skip``."""
         return await asyncio.to_thread(_read_key, root, key, skip)
 
     async def beat(self, root: str, key: str, name: str) -> None:
+        """Renew lease ``name``'s heartbeat."""
         await asyncio.to_thread(_beat_local, root, key, name)
 
 
@@ -476,6 +480,7 @@ class ShellLeases:
         self.transport = transport
 
     async def take(self, root: str, key: str, name: str, estimate: float) -> str | None:
+        """As :meth:`LocalLeases.take`, on the node (the ``_TAKE`` script); None when the node does not answer."""
         try:
             done = await self.transport.run(["sh", "-c", _TAKE, "sh", root, key, name, f"{estimate:.1f}"], timeout=5)
         except Exception:
@@ -483,12 +488,14 @@ class ShellLeases:
         return name if done.ok else None
 
     async def drop(self, root: str, key: str, name: str, timeout: float = 5) -> None:
+        """As :meth:`LocalLeases.drop`, on the node; waits at most ``timeout`` seconds."""
         try:
             await self.transport.run(["sh", "-c", _DROP, "sh", root, key, name], timeout=timeout)
         except Exception:
             pass
 
     async def others(self, root: str, key: str, skip: str) -> tuple[float, ...]:
+        """As :meth:`LocalLeases.others`, read on the node (empty when it does not answer)."""
         lines: list[str] = []
         try:
             done = await self.transport.run(["sh", "-c", READ_SCRIPT, "sh", root, key, skip],
@@ -500,6 +507,7 @@ class ShellLeases:
         return parse(l.strip()[len("lease="):] for l in lines if l.strip().startswith("lease="))
 
     async def beat(self, root: str, key: str, name: str) -> None:
+        """As :meth:`LocalLeases.beat`, on the node."""
         try:
             await self.transport.run(["sh", "-c", _BEAT, "sh", root, key, name], timeout=10)
         except Exception:
@@ -553,6 +561,7 @@ class Held:
             await beat(self.transport, self.node, name, self.root)
 
     async def release(self, timeout: float = 5) -> None:
+        """Stop renewing and drop the lease (waiting at most ``timeout`` seconds for the node); never raises."""
         self._renewing.cancel()
         await asyncio.gather(self._renewing, return_exceptions=True)
         try:

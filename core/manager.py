@@ -86,6 +86,7 @@ class Hooks:
                              f"{_first_line(exc)}") from None
 
     def plugin_name(self, plugin: object) -> str:
+        """The name ``plugin`` is registered under (else its ``__name__``)."""
         return self.pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
 
     def strategies(self) -> set[str]:

@@ -43,9 +43,11 @@ class Completed:
 
     @property
     def ok(self) -> bool:
+        """True when the command exited 0."""
         return self.returncode == 0
 
     def last_line(self) -> str:
+        """The last non-empty output line (where CLIs put their error), else ``exit status N``."""
         for line in reversed(self.tail):
             if line.strip():
                 return line.strip()
@@ -72,7 +74,9 @@ class Transport(Protocol):
         stdin: bytes | None = None,
         on_line: LineCallback | None = None,
         timeout: float | None = None,
-    ) -> Completed: ...
+    ) -> Completed:
+        """Run ``argv`` on the node and return how it ended (see the class doc)."""
+        ...
 
     def docker_client(self):
         """A ``docker.DockerClient`` for the node's engine (blocking calls: use a thread)."""
@@ -100,6 +104,7 @@ class CommandNode:
 
     @property
     def leases(self):
+        """The node's lease store: fixed scripts through :meth:`run` (:class:`archfleet.leases.ShellLeases`)."""
         from .leases import ShellLeases
 
         store = self.__dict__.get("_shell_leases")
@@ -108,6 +113,7 @@ class CommandNode:
         return store
 
     async def prepare_context(self, request, reporter=None) -> tuple[str, str]:
+        """Sync the request's context to the node once (per context and transport, however many platforms build from it); its (context dir, Dockerfile) paths there."""
         from .context import sync_context
 
         syncs = self.__dict__.setdefault("_syncs", {})
@@ -192,6 +198,7 @@ class CallerError(Exception):
 
 
 def guard_callback(fn: LineCallback | None) -> LineCallback | None:
+    """``fn`` with whatever it raises wrapped in :class:`CallerError` (so a transport can tell the caller's failure from the node's); None stays None."""
     if fn is None:
         return None
 
@@ -205,6 +212,7 @@ def guard_callback(fn: LineCallback | None) -> LineCallback | None:
 
 
 def guard_chunks(data) -> Iterable[bytes]:
+    """The byte chunks of ``data`` (bytes or an iterable of bytes), with whatever producing them raises wrapped in :class:`CallerError`."""
     it = iter(_chunks(data))
     while True:
         try:
@@ -253,6 +261,7 @@ class LocalTransport:
 
     @property
     def leases(self):
+        """This machine's lease store (:class:`archfleet.leases.LocalLeases`)."""
         from .leases import LocalLeases
 
         return LocalLeases()  # stateless: the rules live in archfleet.leases
@@ -262,6 +271,7 @@ class LocalTransport:
         return str(request.context), str(request.dockerfile)
 
     async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
+        """Run ``argv`` here, in a process group of its own (see :class:`Transport`); 127/126 when the program is missing or not executable."""
         full_env = dict(os.environ)
         if self.docker_host:
             full_env["DOCKER_HOST"] = self.docker_host
@@ -308,6 +318,7 @@ class LocalTransport:
         return Completed(tuple(argv), proc.returncode, tuple(tail))
 
     def docker_client(self):
+        """A docker-py client for ``docker_host`` (else the environment's ``DOCKER_HOST`` or the default socket), made once."""
         import docker
 
         if self._client is None:
@@ -318,6 +329,7 @@ class LocalTransport:
         return self._client
 
     async def close(self) -> None:
+        """Close the docker-py client, if one was made."""
         if self._client is not None:
             self._client.close()
             self._client = None

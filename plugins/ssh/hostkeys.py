@@ -99,6 +99,7 @@ class HostKeys:
         return names
 
     def lookup(self, host: str, addr: str, port: int | None):
+        """asyncssh's ``known_hosts`` callable: the trusted keys, CA keys and revoked keys for ``host`` at ``addr``:``port`` under the names OpenSSH uses."""
         keys, cas, revoked = [], [], []
         for name in self.names(host, addr, port):
             try:
@@ -112,6 +113,7 @@ class HostKeys:
         return keys, cas, revoked
 
     def validate(self, host: str, addr: str, port: int, key) -> bool:
+        """asyncssh asks when the presented ``key`` is not trusted: accept it only under ``accept-new`` when the host had no entry at all (it is recorded by :meth:`commit`)."""
         self.presented = (host, port, key)
         if self.had_entry or self.node.host_key_policy != "accept-new" or not self.write_to:
             return False

@@ -195,6 +195,7 @@ class SSHTransport(CommandNode):
     # -- running -----------------------------------------------------------------------------
 
     async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
+        """Run ``argv`` on the node through :data:`REMOTE_COMMAND` with argv and environment framed on stdin (module doc); raises :class:`InfrastructureError` when the connection fails or is lost."""
         import asyncssh
 
         full_env = {}
@@ -270,9 +271,11 @@ class SSHTransport(CommandNode):
         return self._local_base_url
 
     async def open_engine(self) -> None:
+        """Forward the node's engine socket to a private local Unix socket (before :meth:`docker_client`)."""
         await self._forward_engine()
 
     def docker_client(self):
+        """A docker-py client over the forwarded engine socket (after :meth:`open_engine`)."""
         import docker
 
         if self._client is None:
@@ -282,6 +285,7 @@ class SSHTransport(CommandNode):
         return self._client
 
     async def close(self) -> None:
+        """Close the docker-py client, the forward and its directory, and every connection (waiting at most 5 s for each)."""
         if self._closed:
             return
         self._closed = True
