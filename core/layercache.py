@@ -15,7 +15,7 @@ import re
 import time
 from pathlib import Path
 
-from . import cachefile
+from . import cachedir, cachefile
 
 MAX_ENTRIES = 400
 STALE_TMP = 3600.0  # a temp file this old was left by a writer that died
@@ -23,9 +23,7 @@ _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 
 def _dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("archfleet")) / "layers-v2"  # v2: scans with opaque dirs, hidden names
+    return cachedir.layers()
 
 
 def _path(digest: str) -> Path | None:

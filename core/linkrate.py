@@ -12,7 +12,7 @@ import math
 import time
 from pathlib import Path
 
-from . import cachefile
+from . import cachedir, cachefile
 
 MIN_BYTES = 1 << 20  # below this, latency and process start-up dominate: no measurement
 TTL = 7 * 24 * 3600
@@ -20,9 +20,7 @@ WEIGHT = 0.5  # of the newest measurement in the average
 
 
 def _file() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("archfleet")) / "links.json"
+    return cachedir.links()
 
 
 def _read() -> dict:

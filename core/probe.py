@@ -9,13 +9,11 @@ script. Both the local and the SSH transport use this, so their numbers compare.
 from __future__ import annotations
 
 import asyncio
-import math
-import time
-from pathlib import Path
 
-from . import binfmt, cachefile, engine, leases, linkrate
+from . import binfmt, engine, leases, linkrate, scores
 from .model import NodeFacts, NodeSpec
 from .platforms import PlatformError, from_uname, native_platforms
+from .scores import score_key
 
 FACTS_SCRIPT = r"""
 echo "machine=$(uname -m)"
@@ -36,7 +34,6 @@ while [ $i -lt 100000 ]; do i=$((i+1)); done
 e=$(date +%s%N); echo "bench_us=$(( (e - s) / 1000 ))"
 """
 BENCH_REFERENCE_US = 67_000.0  # what the project VM (dash, one core) takes: score 1.0
-SCORE_TTL = 24 * 3600
 
 
 def parse_facts(lines) -> dict:
@@ -54,44 +51,9 @@ def parse_facts(lines) -> dict:
     return out
 
 
-def _cache_file() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("archfleet")) / "scores.json"
-
-
-def cached_score(key: str) -> float | None:
-    """The node's benchmark score if measured within ``SCORE_TTL`` (finite and positive)."""
-    entry = cachefile.read_json(_cache_file()).get(key)
-    try:
-        if entry and time.time() - float(entry["at"]) < SCORE_TTL:
-            score = float(entry["score"])
-            if math.isfinite(score) and score > 0:
-                return score
-    except (KeyError, TypeError, ValueError):
-        pass
-    return None
-
-
-def store_score(key: str, score: float) -> None:
-    """Keep the score (under the file's lock, replaced whole: two runs probing at once keep both
-    nodes' scores); a cache dir that cannot be written only means it is measured again."""
-    def put(doc: dict) -> None:
-        doc[key] = {"score": score, "at": time.time()}
-
-    try:
-        cachefile.update_json(_cache_file(), put)
-    except OSError:
-        pass
-
-
-def score_key(node: NodeSpec) -> str:
-    return f"{node.name}|{node.transport}|{node.host or ''}|{node.port or ''}"
-
-
 async def benchmark(transport, node: NodeSpec) -> float | None:
     key = score_key(node)
-    score = await asyncio.to_thread(cached_score, key)
+    score = await asyncio.to_thread(scores.cached, key)
     if score is not None:
         return score
     done = await transport.run(["sh", "-c", BENCH_SCRIPT], timeout=120)
@@ -99,7 +61,7 @@ async def benchmark(transport, node: NodeSpec) -> float | None:
     if not done.ok or not us or not us.isdigit() or int(us) <= 0:
         return None
     score = round(BENCH_REFERENCE_US / int(us), 3)
-    await asyncio.to_thread(store_score, key, score)
+    await asyncio.to_thread(scores.store, key, score)
     return score
 
 
