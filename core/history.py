@@ -1,5 +1,9 @@
 """How long options really took: SQLite in the user's cache dir, one row per finished option.
 
+The estimates read it (:class:`HistoryView`); the learn stage (:mod:`archfleet.learn`) writes a
+row per platform at the end of a build. Where the database is (``ARCHFLEET_HISTORY``, else
+``history.sqlite`` in the cache dir) is :func:`archfleet.cachedir.history`'s answer.
+
 Safe with two archfleet runs at once (WAL, a busy timeout, short transactions) and bounded
 (the oldest rows beyond ``MAX_ROWS`` are dropped on insert). Keys: the context key (what the
 context holds, see :func:`context_key`) and the project key (where it lives), so a changed

@@ -4,7 +4,9 @@ layer digest.
 A layer is immutable and its digest is checked when it is fetched, so a scan never goes stale:
 verification reads a base layer once, not once per platform per build (a 30 MB base, five
 platforms, every build, would otherwise be downloaded again each time). Bounded: past
-``MAX_ENTRIES`` files the least recently used go.
+``MAX_ENTRIES`` files the least recently used go. Verification reads the cache (:func:`load`);
+the scans it makes are kept by the learn stage (:func:`store`, from :mod:`archfleet.learn`).
+The directory is ``layers-v2/`` in :mod:`archfleet.cachedir`.
 """
 
 from __future__ import annotations

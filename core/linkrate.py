@@ -1,9 +1,11 @@
 """Measured transfer rates to nodes, from the context syncs that sent enough to measure.
 
-The planner's context-transfer estimate is bytes / rate. A sync that streams at least
-``MIN_BYTES`` records bytes / seconds for its node (a moving average, so one slow moment
-does not rule a link); the probe hands the rate to the estimates as ``NodeFacts.link_rate``.
-Rates older than ``TTL`` are not used (links change: a Pi moved to Wi-Fi).
+The planner's context-transfer estimate is bytes / rate. A sync returns what it sent and how
+long it took (:class:`archfleet.model.Transfer`); the learn stage (:mod:`archfleet.learn`)
+folds each one that streamed at least ``MIN_BYTES`` into its node's rate (:func:`record`: a
+moving average, so one slow moment does not rule a link); the probe hands the rate to the
+estimates as ``NodeFacts.link_rate`` (:func:`measured`). Rates older than ``TTL`` are not used
+(links change: a Pi moved to Wi-Fi). The file is ``links.json`` in :mod:`archfleet.cachedir`.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def test_an_unwritable_cache_dir_never_fails_the_benchmark_score(tmp_path, monke
 
             return Completed(tuple(argv), 0, ("bench_us=67000",))
 
-    assert asyncio.run(probe.benchmark(Bench(), NodeSpec("n1", transport="ssh", host="h"))) == 1.0
+    assert asyncio.run(probe.benchmark(Bench(), NodeSpec("n1", transport="ssh", host="h"))) == probe.Score(1.0, True)
 
 
 @pytest.mark.parametrize("kind", KINDS)
