@@ -58,8 +58,8 @@ from typing import Iterator
 
 import attrs
 
-from . import linkrate
 from .errors import InfrastructureError, UsageError
+from .model import Transfer
 
 CACHE = ".cache/archfleet/sync-v2"  # bump the version when the layout changes
 CHUNK = 1 << 20
@@ -417,8 +417,12 @@ def _blob_tar(snap: Snapshot, names: set[str], stage: str) -> Iterator[bytes]:
     yield b"".join(layout)
 
 
-async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
-    """Make the context exist on the node; return (context dir, Dockerfile path) there.
+async def sync_context(transport, request, reporter=None) -> tuple[str, str, Transfer | None]:
+    """Make the context exist on the node; return (context dir, Dockerfile path) there, and the
+    :class:`~archfleet.model.Transfer` measured when the sync sent the context over a link the
+    transport names (its ``link_key``), else None (the node had it, or no link to learn). The
+    caller hands the Transfer on (``PlatformResult.transfer``): the learn stage learns the
+    link rate from it.
 
     Beside that Dockerfile lies the ignore file this snapshot applied, as
     ``Dockerfile.dockerignore`` (when one applied), so BuildKit on the node filters the tree
@@ -439,7 +443,7 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
 
     check = await sh(_CHECK, CACHE, snap.digest)
     if check.ok and "present" in check.tail:
-        return ctx_dir, df_path
+        return ctx_dir, df_path, None
     wanted = sorted({e.blob for e in _files(snap)})
     names = await _missing(transport, wanted)
     # short: "stage/<16>/new/<blob>" stays within tar's 100-byte name field, so the blob and
@@ -457,10 +461,9 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
                       stdin=counted(_blob_tar(snap, names, stage)))
     if not unpack.ok:
         raise InfrastructureError(transport.node, f"context sync failed: {unpack.last_line()}")
+    seconds = time.monotonic() - started
     key = getattr(transport, "link_key", None)
-    if key:
-        await asyncio.to_thread(linkrate.record, key, sent[0], time.monotonic() - started)
-    return ctx_dir, df_path
+    return ctx_dir, df_path, (Transfer(key, sent[0], seconds, stage) if key else None)
 
 
 async def prune(transport, cache: str = CACHE, *, tree_minutes: int | None = None,

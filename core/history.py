@@ -1,5 +1,9 @@
 """How long options really took: SQLite in the user's cache dir, one row per finished option.
 
+The estimates read it (:class:`HistoryView`); the learn stage (:mod:`archfleet.learn`) writes a
+row per platform at the end of a build. Where the database is (``ARCHFLEET_HISTORY``, else
+``history.sqlite`` in the cache dir) is :func:`archfleet.cachedir.history`'s answer.
+
 Safe with two archfleet runs at once (WAL, a busy timeout, short transactions) and bounded
 (the oldest rows beyond ``MAX_ROWS`` are dropped on insert). Keys: the context key (what the
 context holds, see :func:`context_key`) and the project key (where it lives), so a changed
@@ -27,6 +31,8 @@ from pathlib import Path
 
 import attrs
 
+from . import cachedir
+
 MAX_ROWS = 5000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -45,12 +51,6 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_ctx ON runs (context_key, platform, strategy, node);
 CREATE INDEX IF NOT EXISTS runs_proj ON runs (project_key, strategy, node);
 """
-
-
-def default_path() -> Path:
-    import platformdirs
-
-    return Path(os.environ.get("ARCHFLEET_HISTORY") or Path(platformdirs.user_cache_dir("archfleet")) / "history.sqlite")
 
 
 def context_key(request) -> tuple[str, int]:
@@ -136,11 +136,12 @@ def _never_fails(default):
 
 
 class History:
-    """The database at ``path`` (default :func:`default_path`), opened on first use. No method
-    raises: a database that cannot be opened or used answers "nothing known" (see the module)."""
+    """The database at ``path`` (:func:`archfleet.cachedir.history` finds the user's), opened on
+    first use. No method raises: a database that cannot be opened or used answers "nothing
+    known" (see the module)."""
 
-    def __init__(self, path: Path | None = None):
-        self.path = Path(path) if path else default_path()
+    def __init__(self, path: Path):
+        self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self.off: str | None = None  # why history is off, once opening the database failed
 
@@ -275,10 +276,15 @@ class HistoryView:
 
 
 def view_for(request, path: Path | None = None) -> HistoryView | None:
-    if os.environ.get("ARCHFLEET_HISTORY") == "off":
+    """The history ``request``'s estimates read and its build is learned into: the database at
+    ``path``, else the user's (:func:`archfleet.cachedir.history`); None when history is off
+    (``ARCHFLEET_HISTORY=off``, whatever ``path`` says) or the context cannot be read.
+    Blocking (it walks the context): call it in a thread."""
+    where = cachedir.history()
+    if where is None:
         return None
     try:
         key, size = context_key(request)
-        return HistoryView(History(path), key, project_key(request), size)
+        return HistoryView(History(path or where), key, project_key(request), size)
     except (OSError, sqlite3.Error):
         return None

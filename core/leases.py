@@ -23,7 +23,8 @@ trusted (review finding 1, a symlink attack; finding 8, a denial of service):
 - when ``/tmp/archfleet-leases`` or its per-engine directory fails the check (a symlink, a file,
   another user's directory), this user's leases go to a private directory instead:
   ``$XDG_RUNTIME_DIR/archfleet-leases`` (when that is set, this user's and writable by nobody
-  else), else ``~/.cache/archfleet-leases``, both mode 0700. The trade-off: leases then steer
+  else), else ``leases`` in the user's cache dir (``~/.cache/archfleet/leases``, or under
+  ``$XDG_CACHE_HOME``: :mod:`archfleet.cachedir`), both mode 0700. The trade-off: leases then steer
   only this user's runs on that engine. So two users' runs see each other's leases only
   through directories root made (a run as root makes both levels, sticky and world-writable);
   a directory one user made sends every other user to a private one;
@@ -56,11 +57,12 @@ import stat
 import time
 from typing import Iterable
 
+from . import cachedir
 from .model import NodeSpec
 
 ROOT = "/tmp/archfleet-leases"
 ROOT_ENV = "ARCHFLEET_LEASE_ROOT"  # test hook (see the module docstring)
-PRIVATE = "archfleet-leases"  # the private root's name, in $XDG_RUNTIME_DIR or ~/.cache
+PRIVATE = "archfleet-leases"  # the private root's name in $XDG_RUNTIME_DIR (else the cache dir's leases/)
 HEARTBEAT, STALE_BEAT = 20.0, 75.0
 SWEEP_AGE = 600.0  # taking a lease removes this user's lease files untouched for this long
 NO_BEAT_STALE = 600.0  # a lease without a heartbeat (a foreign file, an old archfleet) counts this long
@@ -84,7 +86,8 @@ def shared_root() -> str:
 #   ok DIR   DIR is a real directory (no link), ours or root's, sticky if others may write in it
 #   own DIR  ... and ours, and nobody else may write in it
 #   mk DIR MODE  make DIR (the last component only; chmod-ed to MODE when this made it); then ok
-#   priv     p = the private root ($XDG_RUNTIME_DIR/archfleet-leases, else ~/.cache/archfleet-leases)
+#   priv     p = the private root ($XDG_RUNTIME_DIR/archfleet-leases, else the cache dir's leases:
+#            $XDG_CACHE_HOME/archfleet/leases, else ~/.cache/archfleet/leases, as archfleet.cachedir)
 #   pick ROOT KEY [make]  d = ROOT/KEY when both pass ok, else the private root's KEY (made 0700)
 _PRELUDE = r"""u=$(id -u)
 ok() {
@@ -103,7 +106,8 @@ mk() {
 }
 priv() {
   case $XDG_RUNTIME_DIR in /*) if own "$XDG_RUNTIME_DIR"; then p=$XDG_RUNTIME_DIR/archfleet-leases; return 0; fi;; esac
-  case $HOME in /*) p=$HOME/.cache/archfleet-leases;; *) return 1;; esac
+  case $XDG_CACHE_HOME in /*) p=$XDG_CACHE_HOME/archfleet/leases; return 0;; esac
+  case $HOME in /*) p=$HOME/.cache/archfleet/leases;; *) return 1;; esac
 }
 pick() {
   if [ -n "$3" ]; then
@@ -284,16 +288,17 @@ def _open_pair(root: str, key: str, make: bool, mode: int) -> int | None:
 def private_root() -> str | None:
     """This user's own lease root, used when the shared one fails the check:
     ``$XDG_RUNTIME_DIR/archfleet-leases`` when that variable names an absolute directory that is
-    this user's and writable by nobody else, else ``$HOME/.cache/archfleet-leases``; None without either."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR") or ""
-    if xdg.startswith("/"):
+    this user's and writable by nobody else, else ``leases`` in the user's cache dir
+    (:func:`archfleet.cachedir.leases`: ``~/.cache/archfleet/leases``); None without either."""
+    run = cachedir.runtime_dir()
+    if run is not None:
         try:
-            if _usable(os.lstat(xdg), private=True):
-                return os.path.join(xdg, PRIVATE)
+            if _usable(os.lstat(run), private=True):
+                return os.path.join(run, PRIVATE)
         except OSError:
             pass
-    home = os.environ.get("HOME") or ""
-    return os.path.join(home, ".cache", PRIVATE) if home.startswith("/") else None
+    cache = cachedir.leases()
+    return str(cache) if cache is not None else None
 
 
 def _lease_dir(root: str, key: str, make: bool) -> int | None:

@@ -21,6 +21,8 @@ __all__ = [
     "Option",
     "PlatformResult",
     "ChildImage",
+    "Transfer",
+    "LayerScan",
 ]
 
 
@@ -98,6 +100,9 @@ class NodeFacts:
     link_rate: float | None = None  # bytes/s to the node, measured on earlier context syncs
     fix: str | None = None  # what to do about ``error``, one line, from the plugin that knows
     address: str | None = None  # where the node is, for people (``user@host:port``), from its plugin
+    # the probe ran the benchmark just now (the learn stage keeps ``score``); False: the score
+    # came from the cache (or there is none)
+    score_measured: bool = False
 
     @property
     def name(self) -> str:
@@ -162,6 +167,9 @@ class ChildImage:
     digest: str
     media_type: str
     size: int
+    # the layers verification scanned because no scan of them was cached: the learn stage keeps
+    # them (not part of the image's identity: equality and hash leave them out)
+    scans: tuple["LayerScan", ...] = attrs.field(default=(), converter=_tuple, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -180,3 +188,31 @@ class PlatformResult:
     digest: str | None = None
     ref: str | None = None
     image_id: str | None = None
+    # the context sync this build used, when it sent the context (the learn stage learns the
+    # node's link rate from it); None when nothing was sent or the transport does not sync
+    transfer: "Transfer | None" = None
+
+
+@attrs.frozen
+class Transfer:
+    """One context sync to a node, as measured: ``bytes`` sent in ``seconds`` over the link
+    ``link`` names (the transport's ``link_key``, see :func:`archfleet.scores.score_key`).
+
+    ``sync`` tells syncs apart: every platform built from one sync carries the same Transfer,
+    and the learn stage folds each sync into the link rate once."""
+
+    link: str
+    bytes: int
+    seconds: float
+    sync: str = ""
+
+
+@attrs.frozen
+class LayerScan:
+    """What verification found in one image layer (:func:`archfleet.elfcheck.scan_layer`: a
+    JSON-able dict, ``{"entries": {...}, "whiteouts": [...]}``), by the layer's digest. A layer
+    never changes under its digest, so two scans are equal when their digests are; ``scan`` is
+    read, never changed."""
+
+    digest: str
+    scan: dict = attrs.field(eq=False, repr=False)

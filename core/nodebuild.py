@@ -42,13 +42,15 @@ def child_tag(request: BuildRequest, option: Option) -> str | None:
 
 async def build_and_push(option: Option, request: BuildRequest, job) -> PlatformResult:
     """Build ``option.platform`` on ``job``'s node (an :class:`archfleet.executor.Job`), push
-    after ``job.ready_to_push()``: the work of every strategy whose build runs in a node's engine."""
+    after ``job.ready_to_push()``: the work of every strategy whose build runs in a node's engine.
+    The result carries the context sync's :class:`~archfleet.model.Transfer` when one was sent
+    (``PlatformResult.transfer``), for the learn stage."""
     started = time.monotonic()
     facts = job.facts
     cli = EngineCLI(tuple(facts.engine_cli), facts.builder or "buildkit")
     tag = child_tag(request, option)
     job.status("syncing context")
-    ctx_dir, dockerfile = await job.transport.prepare_context(request, job.reporter)
+    ctx_dir, dockerfile, transfer = await job.transport.prepare_context(request, job.reporter)
     job.status("building")
     extra = toolchains.build_args(option.platform, analyse(request).declared_args, request.build_args)
     digest_of_context = await asyncio.to_thread(context_digest, request)
@@ -59,7 +61,7 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
     )
     built = time.monotonic() - started
     if not request.push or tag is None:
-        return PlatformResult(option.platform, option, built, image_id=image_id, ref=tag)
+        return PlatformResult(option.platform, option, built, image_id=image_id, ref=tag, transfer=transfer)
     await job.ready_to_push()
     job.status("pushing")
     push_started = time.monotonic()
@@ -70,4 +72,4 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
     # the time waiting at the push gate is other platforms' time, not this option's
     seconds = built + (time.monotonic() - push_started)
     return PlatformResult(option.platform, option, seconds, repository=ref.name,
-                          digest=digest, ref=f"{ref.name}@{digest}", image_id=image_id)
+                          digest=digest, ref=f"{ref.name}@{digest}", image_id=image_id, transfer=transfer)

@@ -4,6 +4,11 @@ One build flows one way through these stages, each a function over frozen values
 
     request -> inventory -> probe -> offer -> estimate -> plan -> run -> verify -> merge -> learn
 
+Learning (writing what was measured to the user's caches) happens in :func:`learn` only: the
+stages that measure return what they measured (``NodeFacts.score_measured``,
+``PlatformResult.transfer``, ``ChildImage.scans``, the results' seconds) and :func:`learn` keeps
+it, after the probe for the scores and at the end of a build for the rest.
+
 The CLI makes the request (:class:`~archfleet.model.BuildRequest`) and the configuration
 (:class:`~archfleet.inventory.Config`), then calls :func:`run_command` with one of the commands
 here. Every hook is called from this module, through :class:`archfleet.manager.Hooks` (pluggy);
@@ -25,6 +30,7 @@ import attrs
 
 from . import index as index_mod
 from . import inventory
+from . import learn as learning
 from . import platforms as plat
 from .errors import (ArchfleetError, EnvironmentProblem, Interrupted, PlatformsFailed, UsageError,
                      VerificationFailed)
@@ -33,6 +39,7 @@ from .dockerfile import analyse
 from .executor import Executor, Failure
 from .history import HistoryView, view_for
 from .inventory import Config
+from .learn import Lessons
 from .manager import Hooks
 from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
 from .planner import (Plan, apply_estimates, apply_pins, check_pin_strategies, check_pins, next_best, node_speed,
@@ -74,11 +81,22 @@ def nodes_of(hooks: Hooks, config: Config, session: Session) -> list[NodeSpec]:
 async def probe(hooks: Hooks, config: Config, session: Session,
                 nodes: list[NodeSpec] | None = None) -> dict[str, NodeFacts]:
     """Probe: every enabled node's facts (``nodes``, else the inventory's), all at once.
-    Unreachable nodes are kept, marked."""
+    Unreachable nodes are kept, marked. The scores the probe measured are learned as soon as it
+    is over (:func:`learn`), so ``ls``, ``plan``, ``doctor`` and a build that fails later all
+    keep them."""
     if nodes is None:
         nodes = nodes_of(hooks, config, session)
     results = await asyncio.gather(*(hooks.probe(n, config, session) for n in nodes))
+    await learn(Lessons(probed=results))
     return {f.name: f for f in results}
+
+
+async def learn(lessons: Lessons) -> None:
+    """Learn: keep what a command measured for the ones after it (:func:`archfleet.learn.keep`,
+    in a thread): the scores after the probe, and at the end of a build its history rows, the
+    link rates of its context syncs and the layer scans of its verification. The only stage
+    that writes the user's caches; it never fails the command."""
+    await asyncio.to_thread(learning.keep, lessons)
 
 
 async def offers(hooks: Hooks, request: BuildRequest, facts: Mapping[str, NodeFacts]) -> list[Option]:
@@ -296,11 +314,10 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
         if failures:
             reporter.warning("left out (--allow-partial): " + "; ".join(f.line() for f in failures))
         for r in results:
-            if planned.history is not None:
-                facts = planned.facts.get(r.option.node)
-                speed = node_speed(facts) if facts is not None else None
-                await asyncio.to_thread(planned.history.record, r, speed=speed)
             hooks.build_finished(r)
+        await learn(Lessons(results=results, history=planned.history,
+                            speeds={n: node_speed(f) for n, f in planned.facts.items()},
+                            scans=[scan for child in children for scan in child.scans]))
     return BuildSummary(tuple(results), tuple(children), digest, media_type, size, request.tags, planned,
                         outcome.replans, time.monotonic() - started, outcome.attempts)
 

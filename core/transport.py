@@ -82,8 +82,10 @@ class Transport(Protocol):
         """A ``docker.DockerClient`` for the node's engine (blocking calls: use a thread)."""
         ...
 
-    async def prepare_context(self, request, reporter=None) -> tuple[str, str]:
-        """Make the build context and Dockerfile readable on the node; return their paths there."""
+    async def prepare_context(self, request, reporter=None) -> tuple[str, str, "Transfer | None"]:
+        """Make the build context and Dockerfile readable on the node: (context dir, Dockerfile)
+        as paths there, and the :class:`~archfleet.model.Transfer` measured if the context was
+        sent (None otherwise), for the learn stage."""
         ...
 
     @property
@@ -266,9 +268,10 @@ class LocalTransport:
 
         return LocalLeases()  # stateless: the rules live in archfleet.leases
 
-    async def prepare_context(self, request, reporter=None) -> tuple[str, str]:
-        """(context dir, Dockerfile) as paths the node's engine CLI can read: here, as given."""
-        return str(request.context), str(request.dockerfile)
+    async def prepare_context(self, request, reporter=None) -> tuple[str, str, None]:
+        """(context dir, Dockerfile) as paths the node's engine CLI can read: here, as given;
+        nothing is sent."""
+        return str(request.context), str(request.dockerfile), None
 
     async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
         """Run ``argv`` here, in a process group of its own (see :class:`Transport`); 127/126 when the program is missing or not executable."""

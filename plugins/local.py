@@ -83,7 +83,7 @@ async def _probe(node: NodeSpec) -> NodeFacts:
             node, True, error=error, native=natives, emulated=emulated, emulation_problems=problems,
             engine_version=info.get("Version"), engine_cli=cli.argv if cli else (),
             builder=cli.mode if cli else None, cpus=os.cpu_count() or 1, memory=_memory(), load=load,
-            score=score, busy=await asyncio.to_thread(read_local_leases, node),
+            score=score.value, score_measured=score.measured, busy=await asyncio.to_thread(read_local_leases, node),
         )
     finally:
         await transport.close()

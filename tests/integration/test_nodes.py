@@ -174,7 +174,7 @@ def test_two_syncs_of_one_context_at_once_leave_one_complete_tree(lab, nodes, tm
             await a.close()
             await b.close()
 
-    (ctx_a, df_a), (ctx_b, df_b) = asyncio.run(go())[0]
+    (ctx_a, df_a, _), (ctx_b, df_b, _) = asyncio.run(go())[0]
     assert ctx_a == ctx_b and df_a == df_b
     _, listing = asyncio.run(go())
     counts = [l for l in listing.tail if l.strip()]

@@ -148,6 +148,7 @@ import math
 import os
 import stat
 import threading
+from pathlib import Path
 
 from archfleet.executor import Executor
 from archfleet.model import NodeFacts, Option
@@ -242,6 +243,41 @@ def test_a_lease_root_that_is_a_file_sends_leases_private(tmp_path, private_root
     (tmp_path / "leases").write_text("not a directory\n")
     lease_life(transport_cls("n1"), node, tmp_path / "leases", where=private_root)
     assert (tmp_path / "leases").read_text() == "not a directory\n"
+
+
+class NodeShell(CommandNode):
+    """A transport the lease code does not take for the local one (ShellTransport is a
+    LocalTransport to it): the node-side scripts run, here, through sh."""
+
+    def __init__(self, node: str = "n1"):
+        self.node = node
+        self._sh = LocalTransport(node)
+
+    async def run(self, argv, **kwargs):
+        return await self._sh.run(argv, **kwargs)
+
+
+@pytest.mark.parametrize("xdg_cache", [True, False])
+@pytest.mark.parametrize("transport_cls,node", [
+    pytest.param(NodeShell, NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///n1.sock"),
+                 id="node-script"),
+    pytest.param(LocalTransport, NodeSpec("local"), id="local"),
+])
+def test_without_a_runtime_dir_leases_go_to_the_cache_dirs_leases(tmp_path, monkeypatch, transport_cls, node,
+                                                                   xdg_cache):
+    """No usable $XDG_RUNTIME_DIR: the private root is leases/ in archfleet's cache dir
+    (archfleet.cachedir: $XDG_CACHE_HOME/archfleet, else ~/.cache/archfleet), the same place on
+    the local path and in the node-side script."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    if xdg_cache:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        where = tmp_path / "xdg" / "archfleet" / "leases"
+    else:
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        where = Path(os.environ["HOME"]) / ".cache" / "archfleet" / "leases"  # the fixture's own HOME
+    (tmp_path / "leases").write_text("not a directory\n")
+    lease_life(transport_cls("n1"), node, tmp_path / "leases", where=where)
+    assert stat.S_IMODE(where.stat().st_mode) == 0o700
 
 
 @root_only
