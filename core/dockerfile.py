@@ -291,6 +291,7 @@ def read(path: str | Path) -> str:
 
 
 def decode(raw: bytes, path: str = "Dockerfile") -> str:
+    """``raw`` (a Dockerfile's bytes) as text. Raises :class:`DockerfileError` naming ``path``, the line and the byte offset when it is not UTF-8 (a BOM is BuildKit's to strip)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

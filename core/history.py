@@ -81,6 +81,7 @@ def context_key(request) -> tuple[str, int]:
 
 
 def project_key(request) -> str:
+    """Where the project lives (the context dir and Dockerfile, resolved), hashed: 32 hex digits. A changed context of the same project still learns from its past."""
     return hashlib.sha256(os.fsencode(Path(request.context).resolve()) + b"\0"
                           + os.fsencode(Path(request.dockerfile).resolve())).hexdigest()[:32]
 
@@ -98,6 +99,7 @@ def _add_speed_column(db: sqlite3.Connection) -> None:
 
 @attrs.frozen
 class Past:
+    """What an option took before: the median ``seconds`` of the last ``runs`` ok runs, and ``basis`` (this context or this project)."""
     seconds: float
     runs: int
     basis: str  # "this context" | "this project" | ...
@@ -181,6 +183,7 @@ class History:
         return db
 
     def close(self) -> None:
+        """Close the database connection (opened again on next use)."""
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -249,6 +252,7 @@ class History:
 
     @_never_fails(0)
     def count(self) -> int:
+        """How many runs the database holds (0 when it cannot be read)."""
         return self._conn().execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
 
@@ -262,14 +266,17 @@ class HistoryView:
     context_bytes: int
 
     def past(self, option) -> Past | None:
+        """What ``option`` took before for this context, else this project (:meth:`History.past`), or None."""
         return self.db.past(context_key=self.context_key, project_key=self.project_key,
                             platform=str(option.platform), strategy=option.strategy, node=option.node)
 
     def synced_before(self, node: str) -> bool:
+        """True when a build of this very context ran on ``node`` before (so the node has it: no transfer to estimate)."""
         return self.db.synced_before(self.context_key, node)
 
     def record(self, result, outcome: str = "ok", speed: float | None = None) -> None:
         # history is an optimisation: a locked, broken or unwritable cache never fails a build
+        """Add one row for ``result`` (``outcome`` ok, ``speed`` the node's :func:`~archfleet.planner.node_speed` then). Never raises."""
         self.db.record(context_key=self.context_key, project_key=self.project_key,
                        platform=str(result.platform), strategy=result.option.strategy, node=result.option.node,
                        seconds=result.seconds, bytes=self.context_bytes, outcome=outcome, speed=speed)

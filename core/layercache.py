@@ -34,6 +34,7 @@ def _path(digest: str) -> Path | None:
 
 
 def load(digest: str) -> dict | None:
+    """The scan cached for layer ``digest`` (``sha256:<hex>``), marked recently used; None when absent, unreadable or not a scan."""
     path = _path(digest)
     if path is None:
         return None

@@ -106,10 +106,12 @@ class NodeFacts:
 
     @property
     def name(self) -> str:
+        """The node's name."""
         return self.node.name
 
     @property
     def can_build(self) -> bool:
+        """True when the node answered and has an engine CLI that can build with BuildKit."""
         return self.reachable and self.builder is not None
 
 

@@ -153,6 +153,7 @@ def unplannable_reason(platform, planned: "Planned") -> str:
 
 @attrs.frozen
 class Planned:
+    """What the plan stage produced: the nodes' facts, the options after estimates and pins (what the plan and fallbacks choose from), the plan, the history view, the options the pins left out, and the request."""
     facts: dict[str, NodeFacts]
     options: tuple[Option, ...]  # after estimates and pins: what the plan and fallbacks use
     plan: Plan
@@ -202,6 +203,7 @@ async def connect(hooks: Hooks, facts: NodeFacts, session: Session):
 
 @attrs.frozen
 class BuildSummary:
+    """What a build produced, for the CLI, ``--metadata-file`` and ``--report``: each platform's result and verified child, the index (digest, media type, size in bytes) and its tags, the plan, the re-plans, the attempts, and the seconds it all took."""
     results: tuple[PlatformResult, ...]
     children: tuple[ChildImage, ...]
     index_digest: str | None
@@ -437,5 +439,6 @@ def metadata(summary: BuildSummary) -> dict:
 
 
 def write_metadata(path, summary: BuildSummary) -> None:
+    """Write :func:`metadata`'s document to ``path`` as JSON (buildx's keys where they mean the same, plus ``archfleet.*``)."""
     text = json.dumps(metadata(summary), indent=2) + "\n"
     path.write_text(text)

@@ -43,6 +43,7 @@ BENCH_REFERENCE_US = 67_000.0  # what the project VM (dash, one core) takes: sco
 
 
 def parse_facts(lines) -> dict:
+    """The facts script's ``key=value`` lines as a dict: ``binfmt`` (a list of :class:`~archfleet.binfmt.Handler`), ``lease`` (the raw values) and every other key as its stripped string."""
     out: dict = {"binfmt": [], "lease": []}
     for line in lines:
         key, _, value = line.strip().partition("=")

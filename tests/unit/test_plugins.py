@@ -118,3 +118,25 @@ def test_the_api_exports_what_plugins_use_and_the_hook_types_no_more():
                   "Transport", "Key", "InfrastructureError", "BuildFailed"}
     assert used <= set(api.__all__)
     assert set(api.__all__) - used <= hook_types, set(api.__all__) - used - hook_types
+
+
+def test_every_public_function_and_class_has_a_docstring():
+    """Rule (the brief's style): every public function, class and method of core/ and plugins/
+    says in a docstring what it takes, gives and raises (hook implementations are documented in
+    hookspecs.py instead)."""
+    import ast
+
+    repo = Path(__file__).resolve().parents[2]
+    missing = []
+    for path in sorted([*(repo / "core").glob("*.py"), *(repo / "plugins").rglob("*.py")]):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+                continue
+            if not (path.parts[-2] != "core" and node.name.startswith("archfleet_")) and not ast.get_docstring(node):
+                missing.append(f"{path.name}:{node.lineno} {node.name}")
+            if isinstance(node, ast.ClassDef):
+                missing += [f"{path.name}:{m.lineno} {node.name}.{m.name}" for m in node.body
+                            if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and not m.name.startswith("_")
+                            and not ast.get_docstring(m)]
+    assert missing == []
