@@ -88,21 +88,43 @@ def test_a_failing_transport_never_fails_the_build():
 
 
 def test_held_lease_is_renewed_then_dropped(tmp_path, monkeypatch):
-    """Both paths: the heartbeat moves on while held, and nothing is left after release."""
-    monkeypatch.setattr(leases, "HEARTBEAT", 0.05)
+    """Both paths: the heartbeat moves on while held, and nothing is left after release.
+
+    Deterministic: the heartbeat's wait is a queue the test feeds one tick at a time, and the
+    test waits for the beat that tick started to finish (a timeout bounds a hang, it never
+    orders anything)."""
+    HEARTBEAT = 12345.0  # a wait only the lease's renewal uses
+    monkeypatch.setattr(leases, "HEARTBEAT", HEARTBEAT)
     node = NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///x.sock")
     root = str(tmp_path)
     d = tmp_path / leases.engine_key(node)
+    real_sleep, real_beat = asyncio.sleep, leases.beat
 
     async def scenario(transport):
+        ticks, beats = asyncio.Queue(), asyncio.Queue()
+
+        async def sleep(seconds, *args):
+            if seconds == HEARTBEAT:
+                await ticks.get()
+            else:
+                await real_sleep(seconds, *args)
+
+        async def beat(*args, **kwargs):
+            await real_beat(*args, **kwargs)
+            beats.put_nowait(1)
+
+        monkeypatch.setattr(asyncio, "sleep", sleep)
+        monkeypatch.setattr(leases, "beat", beat)
         held = leases.Held(transport, node, 30.0, root=root)
-        await asyncio.sleep(0.2)
-        (lease,) = [p for p in d.iterdir() if not p.name.startswith(".")]
-        start, estimate, beat = lease.read_text().split()
-        assert float(estimate) == 30.0 and int(beat) >= int(start)
-        lease.write_text(f"{start} {estimate} 0\n")  # as if the beat were ancient
-        await asyncio.sleep(0.5)
+        name = await asyncio.wait_for(asyncio.shield(held._taking), 10)  # the lease is taken
+        lease = d / name
+        start, estimate, beat_at = lease.read_text().split()
+        assert float(estimate) == 30.0 and int(beat_at) >= int(start)
+        lease.write_text(f"{start} {estimate} 0\n")  # as if the beat were ancient; no beat runs now
+        ticks.put_nowait(None)  # one heartbeat period passes
+        await asyncio.wait_for(beats.get(), 10)
         assert int(lease.read_text().split()[2]) > 0  # renewed
+        assert beats.empty()  # one tick, one beat
         await held.release()
         assert list(d.iterdir()) == []
 
