@@ -142,24 +142,23 @@ def test_reading_stops_at_the_layer_that_holds_the_program():
     assert layers_fetched(fake, [base, top]) == [1]
 
 
-def attestation_index(fake, image_platform=("linux", "arm64")):
+def attestation_index(fake, image_platform=("linux", "arm64"), attestation_first=False):
     """A child as BuildKit pushes it with provenance: an index over the image and an
     attestation manifest (platform unknown/unknown)."""
     image = fake.add_image("app", [layer_bytes({"bin/busybox": ARM64, "bin/uname": "busybox"})],
                            platform=image_platform, config=RUNS_UNAME)
     attestation = fake.add_image("app", [layer_bytes({"provenance.json": b"{}"})], platform=("unknown", "unknown"))
-    idx = fake.add_index("app", [
-        {"digest": image, "platform": image_platform},
-        {"digest": attestation, "platform": ("unknown", "unknown"),
-         "annotations": {"vnd.docker.reference.type": "attestation-manifest",
-                         "vnd.docker.reference.digest": image}},
-    ])
-    return idx, image
+    entries = [{"digest": image, "platform": image_platform},
+               {"digest": attestation, "platform": ("unknown", "unknown"),
+                "annotations": {"vnd.docker.reference.type": "attestation-manifest",
+                                "vnd.docker.reference.digest": image}}]
+    return fake.add_index("app", entries[::-1] if attestation_first else entries), image
 
 
-def test_a_child_that_is_an_index_is_flattened_to_its_image_for_the_platform():
+@pytest.mark.parametrize("attestation_first", [False, True], ids=["image-first", "attestation-first"])
+def test_a_child_that_is_an_index_is_flattened_to_its_image_for_the_platform(attestation_first):
     fake = FakeRegistry()
-    idx, image = attestation_index(fake)
+    idx, image = attestation_index(fake, attestation_first=attestation_first)
     child = verify(fake, idx, ARM)
     assert child.digest == image and child.media_type == mediatypes.OCI_MANIFEST
     assert child.size == len(fake.manifests[("app", image)][0])
