@@ -180,13 +180,17 @@ class Scripted:
 
     names = ("scripted", "other")
 
-    def __init__(self, plays: dict):
+    def __init__(self, plays: dict, connects=None):
         self.plays = plays
+        self.connects = connects  # the nodes it connects to (None: all)
         self.log: list[tuple] = []
         self.transports: dict[str, StubTransport] = {}
 
     @hookimpl
     def archfleet_connect(self, node, facts):
+        if self.connects is not None and node.name not in self.connects:
+            return None
+
         async def connect():
             return self.transports.setdefault(node.name, StubTransport(node.name))
         return connect()
@@ -243,10 +247,10 @@ def raises(exc: BaseException, *, after: asyncio.Event | None = None):
     return play
 
 
-def scripted(plays: dict) -> tuple[pluggy.PluginManager, Scripted]:
+def scripted(plays: dict, connects=None) -> tuple[pluggy.PluginManager, Scripted]:
     pm = pluggy.PluginManager("archfleet")
     pm.add_hookspecs(hookspecs)
-    strategy = Scripted(plays)
+    strategy = Scripted(plays, connects)
     pm.register(strategy, name="scripted")
     return pm, strategy
 
