@@ -47,8 +47,9 @@ def archfleet_add_nodes(config):
 def archfleet_probe(node, config):
     """*Async.* Find out what ``node`` can do.
 
-    Called once per enabled node, all nodes concurrently. Only the plugin that owns
-    ``node.transport`` answers; the others return None (firstresult: the first non-None wins).
+    Called once per enabled node, all nodes concurrently, with the command's ``config`` (an
+    :class:`archfleet.inventory.Config`). Only the plugin that owns ``node.transport`` answers;
+    the others return None (firstresult: the first non-None wins).
     Return an awaitable resolving to :class:`~archfleet.model.NodeFacts`. An unreachable node
     is not an exception: return facts with ``reachable=False`` and a one-line ``error``. A node
     that knows builds are already running on it (other archfleet runs' leases, a CI queue)
@@ -64,7 +65,7 @@ def archfleet_offer(platform, request, facts):
     :class:`~archfleet.model.NodeFacts` (unreachable ones included; skip them). Every strategy
     plugin answers with a list of :class:`~archfleet.model.Option` (empty when it cannot build
     the platform), or with an awaitable resolving to one (to ask a registry, say: all offers
-    are awaited at once). ``Option.strategy`` must be the strategy's own name: it is how
+    are awaited at once): return either, or None when the plugin is no strategy. ``Option.strategy`` must be the strategy's own name: it is how
     ``archfleet_run`` finds the plugin again; ``Option.node`` must be a probed node.
     """
 
@@ -73,8 +74,8 @@ def archfleet_offer(platform, request, facts):
 def archfleet_estimate(option, request, facts, history):
     """Refine the time estimate of ``option``, in seconds.
 
-    Called once per option after all offers are in, with the facts of the option's node and
-    ``history`` (an :class:`archfleet.history.HistoryView`: past durations of this context and
+    Called once per option after all offers are in, with the ``request``, ``facts`` (the
+    :class:`~archfleet.model.NodeFacts` of the option's node) and ``history`` (an :class:`archfleet.history.HistoryView`: past durations of this context and
     project, or None when history is off). Return ``(seconds, basis)`` where ``basis`` is one
     line saying where the number comes from, a bare number, or None to keep the offer's
     estimate. firstresult: the first plugin answering decides; installed plugins are asked
@@ -87,8 +88,8 @@ def archfleet_estimate(option, request, facts, history):
 def archfleet_connect(node, facts):
     """*Async.* Open a transport to ``node`` for running commands during the build.
 
-    Called at most once per node per run, when the first option on that node starts. Only
-    the plugin that owns ``node.transport`` answers. Return an awaitable resolving to an
+    Called at most once per node per run, when the first option on that node starts, with
+    the node's ``facts`` from the probe. Only the plugin that owns ``node.transport`` answers. Return an awaitable resolving to an
     object with the :class:`archfleet.transport.Transport` interface. archfleet closes it
     when the run ends.
     """
@@ -98,7 +99,8 @@ def archfleet_connect(node, facts):
 def archfleet_run(option, request, context):
     """*Async.* Build ``option.platform`` as ``option`` says, and push it if ``request.push``.
 
-    Called once per chosen option (and again for a fallback option when a node failed).
+    Called once per chosen option (and again for a fallback option when a node failed);
+    ``request`` is the :class:`~archfleet.model.BuildRequest` (tags, build args, ``push``).
     Only the plugin whose strategy name is ``option.strategy`` answers; the others return
     None. ``context`` is an :class:`archfleet.executor.RunContext`: the transport to the node,
     the node's facts, a reporter for progress and log lines, and ``await context.ready_to_push()``
@@ -126,7 +128,11 @@ def archfleet_build_finished(result):
 
 @hookspec
 def archfleet_index_pushed(ref, digest):
-    """The index was pushed to tag ``ref`` with manifest ``digest``. Called once per tag."""
+    """The index was pushed to tag ``ref`` (a string) with manifest ``digest``.
+
+    Called once per tag, in the order of the ``-t`` flags, after every tag has moved. Return
+    value ignored.
+    """
 
 
 @hookspec

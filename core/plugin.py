@@ -51,8 +51,19 @@ def make_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise UsageError(f"plugin {exc.plugin!r} implements a hook archfleet does not have: {exc}") from exc
+        raise UsageError(_unknown_hooks(pm, exc.plugin)) from exc
     return pm
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, plugin) -> str:
+    """The one line for a plugin implementing hooks archfleet does not have: the plugin by its
+    registered name (an installed plugin's entry-point name) and every such hook."""
+    name = pm.get_name(plugin) or repr(plugin)
+    unknown = sorted(hook for hook, caller in vars(pm.hook).items()
+                     if not hook.startswith("_") and not caller.has_spec()
+                     and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls()))
+    return (f"plugin {name!r} implements {', '.join(unknown) or 'a hook'}, which archfleet does not have "
+            "(see its hook reference, or disable it with ARCHFLEET_DISABLE_PLUGINS)")
 
 
 def get_manager() -> pluggy.PluginManager:
