@@ -15,7 +15,7 @@ import pytest
 
 from archfleet import cli, errors
 from archfleet.errors import (Aborted, ArchfleetError, BuildFailed, EnvironmentProblem, InfrastructureError, Interrupted,
-                              PlatformsFailed, PluginError, RegistryError, RegistryRefused, UsageError,
+                              PlatformsFailed, PluginError, RegistryError, RegistryRefused, RegistryUnreachable, UsageError,
                               VerificationFailed)
 
 from stubs import AMD
@@ -48,6 +48,8 @@ def main_raising(monkeypatch, exc):
      "archfleet: error: no Docker engine answers at unix:///var/run/docker.sock"),
     (RegistryRefused("registry reg refused the credentials; run `docker login reg`", 401), 3,
      "archfleet: error: registry reg refused the credentials; run `docker login reg`"),
+    (RegistryUnreachable("registry reg:5000 unreachable (https): connection refused"), 3,
+     "archfleet: error: registry reg:5000 unreachable (https): connection refused"),
     (BuildFailed("build failed: exit code: 2"), 1, "archfleet: error: build failed: exit code: 2"),
     (VerificationFailed("requested linux/arm64 but the image pushed for it is linux/amd64"), 1,
      "archfleet: error: requested linux/arm64 but the image pushed for it is linux/amd64"),
