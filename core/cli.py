@@ -526,11 +526,10 @@ def main(argv=None) -> int:
     try:
         cli.main(args=argv, prog_name="archfleet", standalone_mode=False)
         return 0
-    except click.exceptions.NoSuchOption as exc:
-        _say(f"{exc.format_message()} (see archfleet {exc.ctx.command.name if exc.ctx else ''} --help)")
-        return 2
     except click.exceptions.UsageError as exc:
-        hint = f" (see archfleet {exc.ctx.info_name} --help)" if exc.ctx else ""
+        # the help to read: "archfleet build --help" for a command's flags, "archfleet --help" for
+        # the command's name or a flag given before it
+        hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
         _say(exc.format_message() + hint)
         return 2
     except click.exceptions.Abort:

@@ -267,13 +267,15 @@ _MISSING = (
 # $1 cache, $4 minutes a tree may go unused, $5 minutes an orphaned blob is kept. Once a day
 # (the "pruned" stamp). A tree goes by one rename out of ctx/ before it is deleted, so no
 # interrupted prune leaves a half-deleted tree where a sync would trust it; its marker goes next.
+# Its last line says what it did: absent (no cache), recent (pruned less than a day ago), pruned.
 _PRUNE = (
-    'cd "$1" 2>/dev/null || exit 0; [ -n "$(find . -maxdepth 1 -name pruned -mmin -1440)" ] && exit 0;'
+    '[ -e "$1" ] || { echo absent; exit 0; }; cd "$1" || exit 1;'
+    ' [ -n "$(find . -maxdepth 1 -name pruned -mmin -1440)" ] && { echo recent; exit 0; };'
     ' : > pruned; mkdir -p stage; for ok in ctx/*.ok; do [ -e "$ok" ] || continue;'
     ' if [ -n "$(find "$ok" -mmin +"$4")" ]; then d=${ok%.ok}; g="stage/gone-${d#ctx/}-$$";'
     ' if [ -e "$d" ]; then mv -T "$d" "$g" 2>/dev/null && rm -rf "$g"; fi; rm -f "$ok"; fi; done;'
     ' find blobs -type f -links 1 -cmin +"$5" -exec rm -f {} + 2>/dev/null;'
-    ' find stage -mindepth 1 -maxdepth 1 -mmin +"$5" -exec rm -rf {} + 2>/dev/null; true'
+    ' find stage -mindepth 1 -maxdepth 1 -mmin +"$5" -exec rm -rf {} + 2>/dev/null; echo pruned'
 )
 # $1 cache, $2 context digest, $3 staging name. The stream unpacks into stage/$3 only: new blobs
 # in new/ with their SHA256SUMS, the tree (hard links to new/ or blobs/), the Dockerfile, and
@@ -466,17 +468,26 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str, Tra
     return ctx_dir, df_path, (Transfer(key, sent[0], seconds, stage) if key else None)
 
 
+PRUNE_STATES = ("pruned", "recent", "absent")
+
+
 async def prune(transport, cache: str = CACHE, *, tree_minutes: int | None = None,
-                orphan_minutes: int = ORPHAN_MINUTES) -> None:
+                orphan_minutes: int = ORPHAN_MINUTES) -> str:
     """Bound the node's cache by age, on its own (a sync that unpacks a new tree runs the same
-    script as its last step): at most once a day, cheap otherwise. Never raises."""
+    script as its last step): at most once a day, cheap otherwise. Never raises: returns what
+    happened, ``"pruned"``, ``"recent"`` (pruned less than a day ago: nothing done), ``"absent"``
+    (no cache there), or ``"failed: <why>"`` (the node could not be asked, or the script failed)."""
     if tree_minutes is None:
         tree_minutes = cache_days() * 1440
     try:
-        await transport.run(["sh", "-c", _PRUNE, "sh", cache, "", "", str(tree_minutes), str(orphan_minutes)],
-                            timeout=120)
-    except Exception:
-        pass
+        done = await transport.run(["sh", "-c", _PRUNE, "sh", cache, "", "", str(tree_minutes), str(orphan_minutes)],
+                                   timeout=120)
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}: {exc}"
+    said = done.last_line()
+    if not done.ok:
+        return f"failed: {said}"
+    return said if said in PRUNE_STATES else f"failed: unexpected answer {said!r}"
 
 
 async def _missing(transport, wanted: list[str]) -> set[str]:

@@ -62,7 +62,7 @@ def archfleet_add_nodes(config, session):
     the nodes file path, the nodes it defines and the command-line node settings). Return a list of
     :class:`~archfleet.model.NodeSpec` (possibly empty). Node names must be unique across all
     plugins; a duplicate is a configuration error. The ``local`` plugin contributes the
-    ``local`` node this way.
+    ``local`` node this way. ``session`` is the command's :class:`archfleet.session.Session`.
     """
 
 
@@ -70,8 +70,10 @@ def archfleet_add_nodes(config, session):
 def archfleet_probe(node, config, session):
     """*Async.* Find out what ``node`` can do.
 
-    Called once per enabled node, all nodes concurrently. Only the plugin that owns
-    ``node.transport`` answers; the others return None (firstresult: the first non-None wins).
+    Called once per enabled node, all nodes concurrently, with the command's ``config`` (an
+    :class:`archfleet.inventory.Config`) and ``session`` (where a transport plugin keeps the
+    connection it opens, for ``archfleet_connect`` to reuse). Only the plugin that owns ``node.transport`` answers;
+    the others return None (firstresult: the first non-None wins).
     Return an awaitable resolving to :class:`~archfleet.model.NodeFacts`. An unreachable node
     is not an exception: return facts with ``reachable=False`` and a one-line ``error``. A node
     that knows builds are already running on it (other archfleet runs' leases, a CI queue)
@@ -87,7 +89,7 @@ def archfleet_offer(platform, request, facts):
     :class:`~archfleet.model.NodeFacts` (unreachable ones included; skip them). Every strategy
     plugin answers with a list of :class:`~archfleet.model.Option` (empty when it cannot build
     the platform), or with an awaitable resolving to one (to ask a registry, say: all offers
-    are awaited at once). ``Option.strategy`` must be the strategy's own name: it is how
+    are awaited at once): return either, or None when the plugin is no strategy. ``Option.strategy`` must be the strategy's own name: it is how
     ``archfleet_run`` finds the plugin again; ``Option.node`` must be a probed node.
     """
 
@@ -96,8 +98,8 @@ def archfleet_offer(platform, request, facts):
 def archfleet_estimate(option, request, facts, history):
     """Refine the time estimate of ``option``, in seconds.
 
-    Called once per option after all offers are in, with the facts of the option's node and
-    ``history`` (an :class:`archfleet.history.HistoryView`: past durations of this context and
+    Called once per option after all offers are in, with the ``request``, ``facts`` (the
+    :class:`~archfleet.model.NodeFacts` of the option's node) and ``history`` (an :class:`archfleet.history.HistoryView`: past durations of this context and
     project, or None when history is off). Return ``(seconds, basis)`` where ``basis`` is one
     line saying where the number comes from, a bare number, or None to keep the offer's
     estimate. firstresult: the first plugin answering decides; installed plugins are asked
@@ -110,11 +112,11 @@ def archfleet_estimate(option, request, facts, history):
 def archfleet_connect(node, facts, session):
     """*Async.* A transport to ``node`` for running commands during the build.
 
-    Called at most once per node per run, when the first option on that node starts. Only
-    the plugin that owns ``node.transport`` answers. Return an awaitable resolving to an
-    object with the :class:`archfleet.transport.Transport` interface. The plugin owns it: it
-    may reuse what it opened at probe time (kept in ``session``) and closes it in
-    ``archfleet_session_end``.
+    Called at most once per node per run, when the first option on that node starts, with
+    the node's ``facts`` from the probe. Only the plugin that owns ``node.transport`` answers.
+    Return an awaitable resolving to an object with the :class:`archfleet.transport.Transport`
+    interface. The plugin owns it: it may reuse what it opened at probe time (kept in
+    ``session``) and closes it in ``archfleet_session_end``.
     """
 
 
@@ -122,7 +124,8 @@ def archfleet_connect(node, facts, session):
 def archfleet_run(option, request, job):
     """*Async.* Build ``option.platform`` as ``option`` says, and push it if ``request.push``.
 
-    Called once per chosen option (and again for a fallback option when a node failed).
+    Called once per chosen option (and again for a fallback option when a node failed);
+    ``request`` is the :class:`~archfleet.model.BuildRequest` (tags, build args, ``push``).
     Only the plugin whose strategy name is ``option.strategy`` answers; the others return
     None. ``job`` is an :class:`archfleet.executor.Job`: the transport to the node, the node's
     facts, a reporter for progress and log lines, and ``await job.ready_to_push()``
@@ -150,13 +153,18 @@ def archfleet_build_finished(result):
 
 @hookspec
 def archfleet_index_pushed(ref, digest):
-    """The index was pushed to tag ``ref`` with manifest ``digest``. Called once per tag."""
+    """The index was pushed to tag ``ref`` (a string) with manifest ``digest``.
+
+    Called once per tag, in the order of the ``-t`` flags, after every tag has moved. Return
+    value ignored.
+    """
 
 
 @hookspec
 def archfleet_session_end(session):
     """The command is ending: close connections and release what the plugin holds (what it
-    kept in ``session.state(<its name>)``).
+    kept in ``session``, the command's :class:`archfleet.session.Session`, under
+    ``session.state(<its name>)``).
 
     Called once per command (``build``, ``plan``, ``ls``, ``doctor``), last, on the event loop,
     whatever happened; may return an awaitable, which archfleet awaits. Return value otherwise

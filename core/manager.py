@@ -69,21 +69,25 @@ class Hooks:
     def register(self, plugin: object, name: str | None = None) -> str:
         """Register ``plugin`` (a module or object with ``@hookimpl`` functions); its name.
         Raises :class:`UsageError` (one line) if it implements a hook archfleet does not have."""
-        try:
-            registered = self.pm.register(plugin, name=name)
-        except pluggy.PluginValidationError as exc:  # an unknown hook the spec lacks entirely
-            raise UsageError(f"plugin {name or self.plugin_name(plugin)!r} implements a hook archfleet "
-                             f"does not have: {_first_line(exc)}") from None
+        registered = self.pm.register(plugin, name=name)
         self.check()
         return registered
 
     def check(self) -> None:
-        """Every registered implementation is of a hook archfleet has (``check_pending``)."""
+        """Every registered implementation is of a hook archfleet has (``check_pending``); else a
+        :class:`UsageError` naming the plugin as registered and every hook it has that archfleet
+        has not (optional hooks are allowed)."""
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise UsageError(f"plugin {self.plugin_name(exc.plugin)!r} implements a hook archfleet does not have: "
-                             f"{_first_line(exc)}") from None
+            raise UsageError(self._unknown_hooks(exc.plugin)) from None
+
+    def _unknown_hooks(self, plugin) -> str:
+        unknown = sorted(hook for hook, caller in vars(self.pm.hook).items()
+                         if not hook.startswith("_") and not caller.has_spec()
+                         and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls()))
+        return (f"plugin {self.plugin_name(plugin)!r} implements {', '.join(unknown) or 'a hook'}, which archfleet "
+                "does not have (see its hook reference, or disable it with ARCHFLEET_DISABLE_PLUGINS)")
 
     def plugin_name(self, plugin: object) -> str:
         """The name ``plugin`` is registered under (else its ``__name__``)."""
@@ -296,7 +300,7 @@ def make_hooks(environ: Mapping[str, str] | None = None, *, load_entrypoints: bo
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except Exception as exc:  # an installed plugin that fails to import
-            raise UsageError(f"an installed archfleet plugin failed to load: {_first_line(exc)}") from None
+            raise UsageError(f"an installed archfleet plugin failed to load: {exc}") from None
     if environ.get("ARCHFLEET_TRACE_PLUGINS") == "1":
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()

@@ -96,7 +96,8 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
     natives = native_platforms(raw.get("machine", ""), raw.get("cpuflags"))
     if node.arch is not None and node.arch not in natives:
         return NodeFacts(node, False, error=f"{node.source}: arch = {node.arch} but the node says it is "
-                                            f"{native} (uname -m: {raw.get('machine')}); fix or remove 'arch'")
+                                            f"{native} (uname -m: {raw.get('machine')}); fix or remove 'arch'",
+                         fix=f"fix or remove 'arch' at {node.source}")
     emulated = tuple(p for p in binfmt.emulated_platforms(raw["binfmt"]) if p not in natives)
     problems = tuple((p, why) for p, why in binfmt.unusable(raw["binfmt"]) if p not in natives)
     cli, reasons = await engine.discover_cli(transport, candidates)
@@ -110,7 +111,8 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
             version = ver.last_line()
         else:
             return NodeFacts(node, False, error=f"engine not answering on the node: {ver.last_line()}",
-                             native=natives, emulated=emulated)
+                             native=natives, emulated=emulated,
+                             fix=f"start dockerd on the node, or fix docker_host at {node.source}")
     score = await benchmark(transport, node)
 
     def num(key, kind, default):

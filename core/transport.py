@@ -280,21 +280,32 @@ class LocalTransport:
             full_env["DOCKER_HOST"] = self.docker_host
         if env:
             full_env.update(env)
+        spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=full_env,
+            # its own process group, so stopping it stops what it started too (a killed
+            # `sh -c` would leave its children holding the output pipe)
+            start_new_session=True,
+        ))
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=full_env,
-                # its own process group, so stopping it stops what it started too (a killed
-                # `sh -c` would leave its children holding the output pipe)
-                start_new_session=True,
-            )
+            # shielded: cancelled while the process starts, asyncio would kill only the leader
+            # and then wait until its children close the output pipe (a `sleep 5` under `sh -c`:
+            # 5 s); the process group is stopped here instead
+            proc = await asyncio.shield(spawn)
         except FileNotFoundError:
             return Completed(tuple(argv), 127, (f"{argv[0]}: command not found",))
         except PermissionError:
             return Completed(tuple(argv), 126, (f"{argv[0]}: permission denied",))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                started = await spawn
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(started.pid, signal.SIGKILL)
+                await asyncio.wait_for(started.wait(), 5)
+            raise
         tail: collections.deque = collections.deque(maxlen=40)
 
         async def feed():

@@ -1,28 +1,6 @@
-import io
-import struct
-import tarfile
-
 from archfleet.elfcheck import LayerIndex, elf_arch
 
-
-def elf(machine: int, elf_class: int = 2, little: bool = True) -> bytes:
-    head = b"\x7fELF" + bytes([elf_class, 1 if little else 2, 1]) + b"\0" * 9
-    return head + struct.pack("<H" if little else ">H", 2) + struct.pack("<H" if little else ">H", machine) + b"\0" * 40
-
-
-def layer(files: dict[str, bytes | str]) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            if isinstance(content, str):
-                info.type, info.linkname = tarfile.SYMTYPE, content
-                tar.addfile(info)
-            else:
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-    buf.seek(0)
-    return buf
+from images import elf, layer
 
 
 def test_elf_machines():

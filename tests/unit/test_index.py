@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -6,7 +7,6 @@ from archfleet import mediatypes
 from archfleet.index import assemble
 from archfleet.model import ChildImage
 from archfleet.platforms import parse
-from archfleet.registry import sha256_digest
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
@@ -27,9 +27,37 @@ def test_any_oci_child_makes_an_oci_index():
     assert mt == mediatypes.OCI_INDEX
 
 
-def test_assembly_is_deterministic_so_the_digest_is():
-    children = [ChildImage(parse("linux/amd64"), D1, mediatypes.DOCKER_MANIFEST, 1)]
-    assert sha256_digest(assemble(children)[0]) == sha256_digest(assemble(children)[0])
+ASSEMBLE = """
+import sys
+from archfleet import mediatypes
+from archfleet.index import assemble
+from archfleet.model import ChildImage
+from archfleet.platforms import parse
+children = [ChildImage(parse(p), d, mt, int(n)) for p, d, mt, n in (a.split(",") for a in sys.argv[1:])]
+sys.stdout.buffer.write(assemble(children)[0])
+"""
+
+
+def test_assembly_is_byte_for_byte_the_same_in_another_process():
+    """The index digest is what the tags point at: the same children give the same bytes in a
+    fresh interpreter with other hash seeds (set and dict order, platform objects made anew).
+    The children are listed in the order given: the pipeline gives them in --platform order
+    (test_publish_flow checks that completion order does not change it)."""
+    import subprocess
+    import sys
+
+    children = [ChildImage(parse("linux/arm/v7"), D2, mediatypes.OCI_MANIFEST, 501),
+                ChildImage(parse("linux/amd64"), D1, mediatypes.DOCKER_MANIFEST, 500)]
+    here = assemble(children)[0]
+    args = [f"{c.platform},{c.digest},{c.media_type},{c.size}" for c in children]
+    for seed in ("0", "1", "4242"):
+        there = subprocess.run([sys.executable, "-c", ASSEMBLE, *args], capture_output=True, check=True,
+                               env={**os.environ, "PYTHONHASHSEED": seed}, timeout=60).stdout
+        assert there == here
+    assert [m["platform"]["architecture"] for m in json.loads(here)["manifests"]] == ["arm", "amd64"]
+    reordered = assemble(children[::-1])[0]
+    assert reordered != here and sorted(json.loads(reordered)["manifests"], key=str) == \
+        sorted(json.loads(here)["manifests"], key=str)
 
 
 def test_duplicate_platform_refused():
@@ -42,7 +70,6 @@ def test_duplicate_platform_refused():
 
 import asyncio
 import base64
-import os
 
 import httpx
 

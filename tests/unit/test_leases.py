@@ -89,21 +89,43 @@ def test_a_failing_transport_never_fails_the_build():
 
 
 def test_held_lease_is_renewed_then_dropped(tmp_path, monkeypatch):
-    """Both paths: the heartbeat moves on while held, and nothing is left after release."""
-    monkeypatch.setattr(leases, "HEARTBEAT", 0.05)
+    """Both paths: the heartbeat moves on while held, and nothing is left after release.
+
+    Deterministic: the heartbeat's wait is a queue the test feeds one tick at a time, and the
+    test waits for the beat that tick started to finish (a timeout bounds a hang, it never
+    orders anything)."""
+    HEARTBEAT = 12345.0  # a wait only the lease's renewal uses
+    monkeypatch.setattr(leases, "HEARTBEAT", HEARTBEAT)
     node = NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///x.sock")
     root = str(tmp_path)
     d = tmp_path / leases.engine_key(node)
+    real_sleep, real_beat = asyncio.sleep, leases.beat
 
     async def scenario(transport):
+        ticks, beats = asyncio.Queue(), asyncio.Queue()
+
+        async def sleep(seconds, *args):
+            if seconds == HEARTBEAT:
+                await ticks.get()
+            else:
+                await real_sleep(seconds, *args)
+
+        async def beat(*args, **kwargs):
+            await real_beat(*args, **kwargs)
+            beats.put_nowait(1)
+
+        monkeypatch.setattr(asyncio, "sleep", sleep)
+        monkeypatch.setattr(leases, "beat", beat)
         held = leases.Held(transport, node, 30.0, root=root)
-        await asyncio.sleep(0.2)
-        (lease,) = [p for p in d.iterdir() if not p.name.startswith(".")]
-        start, estimate, beat = lease.read_text().split()
-        assert float(estimate) == 30.0 and int(beat) >= int(start)
-        lease.write_text(f"{start} {estimate} 0\n")  # as if the beat were ancient
-        await asyncio.sleep(0.5)
+        name = await asyncio.wait_for(asyncio.shield(held._taking), 10)  # the lease is taken
+        lease = d / name
+        start, estimate, beat_at = lease.read_text().split()
+        assert float(estimate) == 30.0 and int(beat_at) >= int(start)
+        lease.write_text(f"{start} {estimate} 0\n")  # as if the beat were ancient; no beat runs now
+        ticks.put_nowait(None)  # one heartbeat period passes
+        await asyncio.wait_for(beats.get(), 10)
         assert int(lease.read_text().split()[2]) > 0  # renewed
+        assert beats.empty()  # one tick, one beat
         await held.release()
         assert list(d.iterdir()) == []
 
@@ -425,9 +447,15 @@ def test_the_wait_for_other_runs_is_capped():
     assert leases.wait_limit((math.inf,), 10.0) == 60.0
 
 
-def test_the_executor_builds_anyway_at_the_cap(monkeypatch):
-    """Rule: slots another run holds "for a day" (or forever) delay a build by at most the cap
-    (300 s here, on a fake clock), then it builds and says so."""
+@pytest.mark.parametrize("busy,waited", [
+    ((86400.0, 86400.0), 300.0),  # held "for a day": the cap
+    ((100.0, 100.0), 200.0),      # twice the longest wait the probe saw
+    ((10.0, 10.0), 60.0),         # a minute at least
+])
+def test_the_executor_builds_anyway_at_the_cap(monkeypatch, busy, waited):
+    """Rule (concepts.md "The plan"): while other runs hold every slot, a build waits at most
+    twice the longest wait the probe saw, a minute at least, never past the cap (300 s here),
+    then builds and says so. The slots never free here (a fake clock)."""
     clock = [1000.0]
     real_sleep = asyncio.sleep
 
@@ -436,7 +464,7 @@ def test_the_executor_builds_anyway_at_the_cap(monkeypatch):
         await real_sleep(0)
 
     async def full(transport, node, root=None):
-        return (86400.0, 86400.0)
+        return busy
 
     monkeypatch.setattr("archfleet.executor.time.monotonic", lambda: clock[0])
     monkeypatch.setattr("archfleet.executor.asyncio.sleep", fake_sleep)
@@ -448,13 +476,13 @@ def test_the_executor_builds_anyway_at_the_cap(monkeypatch):
             said.append(state)
 
     spec = NodeSpec("n", transport="ssh", settings={"host": "h"}, max_builds=2)
-    facts = {"n": NodeFacts(spec, True, busy=(86400.0, 86400.0))}
+    facts = {"n": NodeFacts(spec, True, busy=busy)}
     ex = Executor(None, facts, Reporter(), connect=None, run_option=None, replan=None)
     option = Option(parse_platform("linux/amd64"), "native", "n", 30.0)
     ex._busy["n"][option.platform] = (clock[0], 30.0)
     started = clock[0]
     asyncio.run(ex._wait_for_other_runs(option, object()))
-    assert 300.0 <= clock[0] - started <= 306.0
+    assert waited <= clock[0] - started <= waited + 6.0  # checked every few seconds
     assert said[-1] == "other archfleet runs still hold the slots; building anyway"
 
 

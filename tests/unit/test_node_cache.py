@@ -26,32 +26,67 @@ def make_cache(root):
     os.utime(root / "ctx" / "old.ok", (month, month))
 
 
-def run(root, **kw):
-    asyncio.run(prune(LocalTransport(), str(root), **kw))
+def run(root, transport=None, **kw) -> str:
+    return asyncio.run(prune(transport or LocalTransport(), str(root), **kw))
+
+
+def listing(root):
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
 def test_unused_trees_and_their_orphaned_blobs_go(tmp_path):
     root = tmp_path / "sync"
     make_cache(root)
-    run(root, tree_minutes=14 * 1440, orphan_minutes=0)
+    assert run(root, tree_minutes=14 * 1440, orphan_minutes=0) == "pruned"
     assert sorted(p.name for p in (root / "ctx").iterdir()) == ["new", "new.ok"]
     assert sorted(p.name for p in (root / "blobs").iterdir()) == ["only-new", "shared"]
 
 
 def test_recently_orphaned_blobs_stay_and_it_runs_once_a_day(tmp_path):
+    """Rule: at most once a day. The second prune, on a cache where the new tree has since gone
+    unused, says "recent" and changes nothing; the control (the day's stamp removed, nothing
+    else changed) prunes that tree: so "nothing happened" came from the once-a-day rule, not
+    from a prune that failed silently."""
     root = tmp_path / "sync"
     make_cache(root)
-    run(root, tree_minutes=14 * 1440)  # the default hour for orphans: a sync may be about to link them
+    assert run(root, tree_minutes=14 * 1440) == "pruned"  # the default hour for orphans: a sync may be about to link them
     assert not (root / "ctx" / "old").exists()
     assert sorted(p.name for p in (root / "blobs").iterdir()) == ["only-new", "only-old", "orphan", "shared"]
-    (root / "ctx" / "new.ok").touch()
     os.utime(root / "ctx" / "new.ok", (0, 0))
-    run(root, tree_minutes=1, orphan_minutes=0)  # stamped less than a day ago: nothing happens
-    assert (root / "ctx" / "new").exists() and (root / "blobs" / "orphan").exists()
+    before = listing(root)
+    assert run(root, tree_minutes=1, orphan_minutes=0) == "recent"  # stamped less than a day ago
+    assert listing(root) == before
+    (root / "pruned").unlink()  # control: the same cache, a day later
+    assert run(root, tree_minutes=1, orphan_minutes=0) == "pruned"
+    assert not (root / "ctx" / "new").exists() and not (root / "blobs" / "orphan").exists()
 
 
-def test_a_missing_cache_is_fine(tmp_path):
-    run(tmp_path / "nothing-here", tree_minutes=1)
+def test_a_missing_cache_is_fine_and_said_to_be_absent(tmp_path):
+    assert run(tmp_path / "nothing-here", tree_minutes=1) == "absent"
+    assert not (tmp_path / "nothing-here").exists()  # not created
+    make_cache(tmp_path / "here")  # control: where there is a cache, it is pruned
+    assert run(tmp_path / "here", tree_minutes=14 * 1440) == "pruned"
+
+
+def test_a_prune_that_fails_says_why_and_does_not_raise(tmp_path):
+    (tmp_path / "file").write_text("not a cache\n")
+    got = run(tmp_path / "file", tree_minutes=1)
+    assert got.startswith("failed: ") and "file" in got, got
+    assert (tmp_path / "file").read_text() == "not a cache\n"
+
+    class Gone:
+        async def run(self, *args, **kwargs):
+            raise ConnectionError("SSH connection lost")
+
+    assert run(tmp_path, transport=Gone(), tree_minutes=1) == "failed: ConnectionError: SSH connection lost"
+
+    class Strange:
+        async def run(self, argv, **kwargs):
+            from archfleet.transport import Completed
+
+            return Completed(tuple(argv), 0, ("sh: find: not found",))
+
+    assert run(tmp_path, transport=Strange(), tree_minutes=1) == "failed: unexpected answer 'sh: find: not found'"
 
 
 def test_cache_days_setting(monkeypatch):

@@ -1,6 +1,7 @@
 import asyncio
 from pathlib import Path
 
+import pluggy
 import pytest
 
 from archfleet import hookimpl
@@ -17,9 +18,15 @@ REQ = BuildRequest(HERE.parent.parent / "examples" / "arch-test", HERE.parent.pa
 FACTS = {"n1": NodeFacts(NodeSpec("n1", transport="test"), True, native=[ARM], builder="buildkit", engine_cli=["docker"])}
 
 
-def test_builtins_are_registered_as_plugins():
+def test_all_six_builtins_are_registered_as_plugins():
+    """README "Layout": built-in plugins local, ssh, native, qemu, cross, estimates; nothing else
+    is registered without entry points."""
+    from archfleet.manager import BUILTIN_PLUGINS
+
     pm = make_hooks(load_entrypoints=False).pm
-    assert {"local", "ssh", "native", "qemu", "cross", "estimates"} == {pm.get_name(p) for p in pm.get_plugins()}
+    names = {pm.get_name(p) for p in pm.get_plugins()}
+    assert names == {"local", "ssh", "native", "qemu", "cross", "estimates"}
+    assert names == {d.rsplit(".", 1)[-1] for d in BUILTIN_PLUGINS}
 
 
 def test_disable_plugins_by_name(monkeypatch):
@@ -64,26 +71,97 @@ def test_plugin_returning_wrong_type_is_named():
         asyncio.run(offers(hooks, REQ, FACTS))
 
 
-def test_a_plugin_implementing_an_unknown_hook_is_one_usage_line_naming_it():
-    class Typo:
-        @hookimpl
-        def archfleet_ofer(self, platform):
-            return []
+class Typo:
+    @hookimpl
+    def archfleet_ofer(self, platform):
+        return []
 
-    hooks = make_hooks(load_entrypoints=False)
-    with pytest.raises(UsageError) as info:
-        hooks.register(Typo(), name="typo")
-    assert str(info.value).startswith("plugin 'typo' implements a hook archfleet does not have: ")
-    assert "archfleet_ofer" in str(info.value) and "\n" not in str(info.value)
+    @hookimpl
+    def archfleet_estimat(self, option):
+        return None
 
 
-def test_every_hook_is_documented():
+@pytest.fixture
+def installed(monkeypatch):
+    """Entry-point loading replaced: ``installed.plugins`` ({name: object}) is what is installed.
+    A manager made in the test loads them."""
+    state = type("Installed", (), {"plugins": {}})()
+
+    def load(self, group, name=None):
+        for ep_name, obj in state.plugins.items():
+            if self.is_blocked(ep_name):  # as pluggy skips a blocked entry point
+                continue
+            if isinstance(obj, Exception):
+                raise obj
+            self.register(obj, name=ep_name)
+        return len(state.plugins)
+
+    monkeypatch.setattr(pluggy.PluginManager, "load_setuptools_entrypoints", load)
+    monkeypatch.delenv("ARCHFLEET_DISABLE_PLUGINS", raising=False)
+    return state
+
+
+def test_an_installed_plugin_with_an_unknown_hook_is_archfleets_one_line_usage_error(installed):
+    """docs/plugins.md: a plugin implementing a hook archfleet does not have is named in a
+    one-line error. archfleet's own UsageError (exit 2), naming the plugin as installed and every
+    unknown hook, not pluggy's PluginValidationError with an object's repr."""
+    installed.plugins["typo"] = Typo()
+    with pytest.raises(UsageError) as err:
+        make_hooks()
+    assert str(err.value) == ("plugin 'typo' implements archfleet_estimat, archfleet_ofer, which archfleet does not "
+                              "have (see its hook reference, or disable it with ARCHFLEET_DISABLE_PLUGINS)")
+    assert err.value.exit_code == 2
+
+
+def test_the_command_line_says_it_in_one_line_and_disabling_the_plugin_helps(installed, capsys, monkeypatch):
+    from archfleet import cli
+
+    installed.plugins["typo"] = Typo()
+    assert cli.main(["plugins"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        "archfleet: error: plugin 'typo' implements archfleet_estimat, archfleet_ofer, which archfleet does not have "
+        "(see its hook reference, or disable it with ARCHFLEET_DISABLE_PLUGINS)"]
+    monkeypatch.setenv("ARCHFLEET_DISABLE_PLUGINS", "typo")
+    assert cli.main(["plugins"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("disabled: typo")
+
+
+def test_an_installed_plugin_that_fails_to_load_is_one_line(installed, capsys):
+    from archfleet import cli
+
+    installed.plugins["broken"] = ImportError("No module named 'fast_pool'\n(from the entry point)")
+    assert cli.main(["plugins"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "archfleet: error: an installed archfleet plugin failed to load: No module named 'fast_pool'\\n"
+        "(from the entry point)"]
+
+
+def test_an_optional_hook_archfleet_does_not_have_is_accepted(installed):
+    class Later:
+        @hookimpl(optionalhook=True)
+        def archfleet_future_hook(self):
+            return None
+
+    installed.plugins["later"] = Later()
+    assert "later" in {pm_name for pm_name, _ in make_hooks().pm.list_name_plugin()}
+
+
+def test_every_hook_documents_its_arguments_and_its_return():
+    """Each hook's docstring names every argument (as ``name``) and says what to return (or
+    that the return value is ignored): the hook reference is generated from them."""
+    import inspect
+    import re
+
     from archfleet import hookspecs
 
-    for name in dir(hookspecs):
-        if name.startswith("archfleet_"):
-            doc = getattr(hookspecs, name).__doc__ or ""
-            assert len(doc.split()) > 10, name
+    hooks = {n: f for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("archfleet_")}
+    assert len(hooks) == 10
+    for name, fn in hooks.items():
+        doc = fn.__doc__ or ""
+        for arg in inspect.signature(fn).parameters:
+            assert f"``{arg}``" in doc, f"{name}: argument {arg} is not documented"
+        assert re.search(r"\breturn", doc, re.IGNORECASE), f"{name}: the docstring does not say what to return"
 
 
 def test_builtin_plugins_use_only_the_public_api():
