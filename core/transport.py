@@ -304,17 +304,27 @@ class LocalTransport:
             full_env["DOCKER_HOST"] = self.docker_host
         if env:
             full_env.update(env)
+        spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=full_env,
+            # its own process group, so stopping it stops what it started too (a killed
+            # `sh -c` would leave its children holding the output pipe)
+            start_new_session=True,
+        ))
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=full_env,
-                # its own process group, so stopping it stops what it started too (a killed
-                # `sh -c` would leave its children holding the output pipe)
-                start_new_session=True,
-            )
+            proc = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            # Cancelled while the process was being started: it may exist already. Without
+            # this, asyncio kills only the leader and then waits for the output pipe, which
+            # what the leader started holds until it ends on its own.
+            with contextlib.suppress(BaseException):
+                started = await spawn
+                os.killpg(started.pid, signal.SIGKILL)
+                await asyncio.wait_for(started.wait(), 5)
+            raise
         except FileNotFoundError:
             return Completed(tuple(argv), 127, (f"{argv[0]}: command not found",))
         except PermissionError:
