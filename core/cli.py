@@ -344,7 +344,7 @@ def ls_(engine_cli, local, nodes_file, fmt):
              "engine_version": f.engine_version, "builder": f.builder, "engine_cli": list(f.engine_cli),
              "native": [str(p) for p in f.native], "emulated": [str(p) for p in f.emulated],
              "cpus": f.cpus, "memory": f.memory, "load": f.load, "score": f.score, "max_builds": f.node.max_builds,
-             "busy": list(f.busy)}
+             "busy": list(f.busy), "labels": dict(f.node.labels)}
             for f in facts.values()
         ], indent=2))
         return
