@@ -91,6 +91,19 @@ def test_build_across_three_nodes_without_local(lab, nodes, tmp_path):
     assert len(resp.json()["manifests"]) == 5
 
 
+def test_every_platform_starts_building_at_once(lab, nodes, tmp_path):
+    """README: builds every platform at once. Five platforms on three nodes of two slots each:
+    every one started building before the first image was written (each takes 3 s or more)."""
+    (tmp_path / "Dockerfile").write_text(f"FROM {nodes.base}\nARG N\nRUN echo $N && sleep 3\n")
+    proc = lab.archfleet("build", "--progress", "plain", *nodes.args("--no-local", "--platform", ",".join(FIVE),
+                                                                   "--build-arg", f"N={uuid.uuid4().hex}"),
+                         str(tmp_path), check=True)
+    lines = proc.stderr.splitlines()
+    started = [i for i, l in enumerate(lines) if "] building (" in l]
+    first_built = next(i for i, l in enumerate(lines) if "writing image sha256:" in l)
+    assert len(started) == 5 and max(started) < first_built, "\n".join(lines)[-3000:]
+
+
 @pytest.mark.parametrize("policy", ["strict", "accept-new"])
 def test_changed_host_key_is_refused_naming_node_and_fingerprint(lab, nodes, tmp_path, policy):
     """nodes.md: a host whose entry holds a different key is refused under either policy; the
