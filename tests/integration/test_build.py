@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 import warnings
@@ -180,6 +181,46 @@ def test_right_credentials_push_through_the_engine_and_the_client(lab, auth_regi
     resp = manifest(auth_registry, "app", "ok", auth=("alice", "s3cret"))
     assert resp.headers["docker-content-digest"] == digest
     assert "s3cret" not in proc.stderr
+
+
+@pytest.fixture
+def credential_helper(tmp_path):
+    """``docker-credential-afstub`` on PATH: the credential-helper protocol (``get`` reads the
+    server on stdin, answers JSON), alice's password for 127.0.0.1:5001 only; it logs each call."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "helper.log"
+    helper = bindir / "docker-credential-afstub"
+    helper.write_text(f"""#!/bin/sh
+read -r server
+echo "$1 $server" >> {log}
+case "$1 $server" in
+  "get 127.0.0.1:5001"|"get http://127.0.0.1:5001"|"get https://127.0.0.1:5001")
+    printf '{{"ServerURL":"%s","Username":"alice","Secret":"s3cret"}}' "$server" ;;
+  *) echo "credentials not found in native keychain"; exit 1 ;;
+esac
+""")
+    helper.chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}, log
+
+
+@pytest.mark.parametrize("config", ["credsStore", "credHelpers"])
+def test_credentials_from_a_credential_helper_push_through_the_engine_and_the_client(
+        lab, auth_registry, tmp_path, credential_helper, config):
+    """design.md: credentials come from the Docker config through docker.auth: auths,
+    credsStore, credHelpers. The helper's answer must reach both archfleet's client (the check
+    before building, the index) and the engine's push of the children."""
+    path, log = credential_helper
+    extra = {"credsStore": "afstub"} if config == "credsStore" else {"credHelpers": {auth_registry: "afstub"}}
+    env = {**docker_config(tmp_path, {}, **extra), **path}
+    t = unique("t")
+    proc = lab.archfleet("build", "-q", "--platform", "linux/amd64,linux/arm64", "-t", f"{auth_registry}/app:{t}",
+                         "--push", "--build-arg", f"N={uuid.uuid4().hex}", "examples/arch-test", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resp = manifest(auth_registry, "app", t, auth=("alice", "s3cret"))
+    assert resp.headers["docker-content-digest"] == proc.stdout.strip()
+    assert "get " in log.read_text()  # the helper was asked
+    assert "s3cret" not in proc.stderr + proc.stdout
 
 
 def test_second_tag_in_another_repository_gets_the_children_too(lab):
