@@ -40,3 +40,13 @@ def test_unchanged_context_is_not_rebuilt_and_the_index_is_the_same(lab, reuse_p
     m3 = json.loads((tmp_path / "m3.json").read_text())["archfleet.platforms"]
     assert "reuse" not in {e["strategy"] for e in m3.values()}
     assert third.stdout.strip() != first.stdout.strip()
+
+
+def test_disabled_plugins_are_not_loaded_and_are_listed_last(cli, reuse_plugin):
+    """cli.md: `archfleet plugins` lists loaded plugins, disabled ones last
+    (ARCHFLEET_DISABLE_PLUGINS names built-in or installed ones)."""
+    env = {**reuse_plugin, "ARCHFLEET_DISABLE_PLUGINS": "reuse,qemu"}
+    doc = json.loads(cli.archfleet("plugins", "--format", "json", env=env, check=True).stdout)
+    assert {"reuse", "qemu"}.isdisjoint(p["name"] for p in doc["plugins"]) and doc["disabled"] == ["qemu", "reuse"]
+    table = cli.archfleet("plugins", env=env, check=True).stdout.splitlines()
+    assert table[-1] == "disabled: qemu, reuse" and not any(line.split()[:1] == ["reuse"] for line in table)
