@@ -258,6 +258,31 @@ def reuse_plugin(tmp_path_factory) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))}
 
 
+def htpasswd_auth(d: Path, user: str, password: str) -> str:
+    """``d/htpasswd`` with ``user``'s bcrypt hash; returns the ``auth:`` section of a
+    docker-registry (:func:`extra_registry`) that asks for it (basic auth)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import crypt  # deprecated, present through 3.12: bcrypt hashes through libxcrypt
+
+        (d / "htpasswd").write_text(f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+    return f"  htpasswd:\n    realm: archfleet-test\n    path: {d}/htpasswd\n"
+
+
+def register_without_f(name: str) -> None:
+    """Register QEMU handler ``name`` from qemu-user-static's own line with the fix-binary flag
+    F taken out, as a distribution package without F does (use inside emulators_removed)."""
+    conf = Path("/usr/lib/binfmt.d") / f"{name}.conf"
+    fields = next(line for line in conf.read_text().splitlines() if line.startswith(":")).split(":")
+    fields[-1] = fields[-1].replace("F", "")
+    if (BINFMT / name).exists():
+        (BINFMT / name).write_text("-1")
+    (BINFMT / "register").write_text(":".join(fields))
+    assert "F" not in binfmt_handlers()[name]["flags"]
+
+
 def missing(reason: str):
     if IN_CI:
         pytest.fail(f"lab prerequisite missing in CI: {reason}")

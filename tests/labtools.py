@@ -9,7 +9,8 @@ one copy did not reach the others:
 - :func:`docker_config` writes a Docker config with credentials for a registry;
 - :func:`ls` is ``archfleet ls --format json`` by node name;
 - :func:`engine_images` lists the local engine's images carrying a label (nothing built?);
-- :func:`background` starts a command in its own process group and never leaves it running.
+- :func:`background` starts a command in its own process group and never leaves it running;
+- :func:`sampled` calls a function over and over while a block runs (what ran meanwhile?).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import json
 import os
 import signal
 import subprocess
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -128,3 +131,25 @@ def background(argv: list[str], **popen):
         except (ProcessLookupError, PermissionError):
             pass
         proc.wait()
+
+
+@contextlib.contextmanager
+def sampled(sample, every: float = 0.02):
+    """Call ``sample()`` every ``every`` seconds in a thread while the block runs; yields the
+    list of what it returned (complete once the block is left). For what can only be seen
+    while it happens: processes, connections."""
+    seen: list = []
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            seen.append(sample())
+            time.sleep(every)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()

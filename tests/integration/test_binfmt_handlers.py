@@ -10,7 +10,7 @@ import platform
 
 import pytest
 
-from conftest import BINFMT, binfmt_handlers
+from conftest import binfmt_handlers, register_without_f
 from labtools import ls, one_line_error
 
 S390X = "qemu-s390x"
@@ -31,12 +31,7 @@ def test_install_registers_a_missing_handler_with_f_and_leaves_a_working_one_alo
 
 @pytest.mark.parametrize("emulators_removed", ["linux/s390x"], indirect=True)
 def test_a_handler_without_f_is_refused_for_builds_and_registered_again_with_f(lab, emulators_removed, tmp_path):
-    # Debian's own line, with F taken out: what a distribution package without F registers
-    line = next(l for l in open(f"/usr/lib/binfmt.d/{S390X}.conf").read().splitlines() if l.startswith(":"))
-    fields = line.split(":")
-    fields[-1] = fields[-1].replace("F", "")
-    (BINFMT / "register").write_text(":".join(fields))
-    assert "F" not in binfmt_handlers()[S390X]["flags"]
+    register_without_f(S390X)  # as a distribution package without F registers it
     shown = lab.archfleet("binfmt", check=True).stdout
     assert any(S390X in l and "no F flag" in l for l in shown.splitlines()), shown
     (tmp_path / "Dockerfile").write_text(f"FROM {lab.base}\nRUN true\n")

@@ -7,12 +7,11 @@ import json
 import os
 import subprocess
 import uuid
-import warnings
 
 import httpx
 import pytest
 
-from conftest import extra_registry
+from conftest import extra_registry, htpasswd_auth
 from labtools import DOCKER, basic_entry, docker_config, engine_images, ls, manifest, one_line_error, unique
 
 FIVE = ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/s390x", "linux/ppc64le"]
@@ -151,13 +150,7 @@ def test_unreachable_registry_is_one_line_before_building(lab):
 def auth_registry(lab, tmp_path_factory):
     """A second real registry with htpasswd (basic) auth on 127.0.0.1:5001."""
     d = tmp_path_factory.mktemp("authreg")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import crypt  # deprecated, present through 3.12: bcrypt hashes through libxcrypt
-
-        (d / "htpasswd").write_text(f"alice:{crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
-    with extra_registry(d, "127.0.0.1:5001", ready_status=401,
-                        auth=f"  htpasswd:\n    realm: archfleet-test\n    path: {d}/htpasswd\n") as addr:
+    with extra_registry(d, "127.0.0.1:5001", ready_status=401, auth=htpasswd_auth(d, "alice", "s3cret")) as addr:
         yield addr
 
 

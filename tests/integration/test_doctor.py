@@ -5,11 +5,9 @@ nodes share this machine's clock.)"""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 
-from conftest import BINFMT, extra_registry
+from conftest import extra_registry, htpasswd_auth, register_without_f
 from labtools import basic_entry, docker_config
 
 REGISTRY = "127.0.0.1:5062"
@@ -18,13 +16,7 @@ REGISTRY = "127.0.0.1:5062"
 @pytest.fixture(scope="module")
 def htpasswd_registry(lab, tmp_path_factory):
     d = tmp_path_factory.mktemp("doctorreg")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import crypt  # deprecated, present through 3.12: bcrypt hashes through libxcrypt
-
-        (d / "htpasswd").write_text(f"alice:{crypt.crypt('right', crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
-    with extra_registry(d, REGISTRY, ready_status=401,
-                        auth=f"  htpasswd:\n    realm: archfleet-test\n    path: {d}/htpasswd\n"):
+    with extra_registry(d, REGISTRY, ready_status=401, auth=htpasswd_auth(d, "alice", "right")):
         yield REGISTRY
 
 
@@ -42,10 +34,7 @@ def test_doctor_names_a_changed_host_key_refused_credentials_and_a_handler_witho
     (tmp_path / "known_hosts").write_text("\n".join(known + [f"10.231.0.11 {n2_key[0]} {n2_key[1]}"]) + "\n")
     toml = tmp_path / "nodes.toml"
     toml.write_text(nodes.toml.read_text().replace(str(lab_dir / "known_hosts"), str(tmp_path / "known_hosts")))
-    line = next(l for l in open("/usr/lib/binfmt.d/qemu-s390x.conf").read().splitlines() if l.startswith(":"))
-    fields = line.split(":")
-    fields[-1] = fields[-1].replace("F", "")
-    (BINFMT / "register").write_text(":".join(fields))  # as a distribution package without F registers it
+    register_without_f("qemu-s390x")
     env = docker_config(tmp_path, {htpasswd_registry: basic_entry("alice", "wrong")})
 
     proc = lab.archfleet("doctor", "--nodes", str(toml), "--registry", htpasswd_registry, env=env)

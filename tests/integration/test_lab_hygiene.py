@@ -75,11 +75,7 @@ def test_restore_binfmt_puts_back_exactly_what_was_there(root_and_handlers):
         assert binfmt_handlers() == saved
         # and a handler that was disabled comes back disabled, one without F without it
         (BINFMT / "qemu-sparc").write_text("0")
-        line = next(l for l in open("/usr/lib/binfmt.d/qemu-riscv64.conf").read().splitlines() if l.startswith(":"))
-        fields = line.split(":")
-        fields[-1] = fields[-1].replace("F", "")
-        (BINFMT / "qemu-riscv64").write_text("-1")
-        (BINFMT / "register").write_text(":".join(fields))
+        conftest.register_without_f("qemu-riscv64")
         odd = binfmt_handlers()
         assert not odd["qemu-sparc"]["enabled"] and "F" not in odd["qemu-riscv64"]["flags"]
         (BINFMT / "qemu-sparc").write_text("-1")

@@ -16,16 +16,14 @@ import base64
 import os
 import secrets
 import ssl
-import threading
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 
 import pki
-from conftest import extra_registry, placed
-from labtools import basic_entry, docker_config, manifest, unique
+from conftest import extra_registry, htpasswd_auth, placed
+from labtools import basic_entry, docker_config, manifest, sampled, unique
 
 HOST = "10.231.0.1:5060"
 USER = "alice"
@@ -35,17 +33,12 @@ USER = "alice"
 def htpasswd_registry(lab, nodes, tmp_path_factory):
     d = tmp_path_factory.mktemp("credreg")
     password = "pw-" + secrets.token_hex(16)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import crypt  # deprecated, present through 3.12: bcrypt hashes through libxcrypt
-
-        (d / "htpasswd").write_text(f"{USER}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
     issuer = pki.ca(d, "archfleet credentials test CA")
     pki.server(d, ips=("10.231.0.1",), issuer=issuer)
     verify = ssl.create_default_context(cafile=str(d / "ca.crt"))
     with placed(Path("/etc/docker/certs.d") / HOST / "ca.crt", (d / "ca.crt").read_bytes()), \
             extra_registry(d, HOST, http_extra=pki.tls_config(d), scheme="https", ready_status=401, verify=verify,
-                           auth=f"  htpasswd:\n    realm: archfleet-test\n    path: {d}/htpasswd\n"):
+                           auth=htpasswd_auth(d, USER, password)):
         yield type("Registry", (), {"password": password, "verify": verify})()
 
 
@@ -53,46 +46,27 @@ def _netns_inode(name: str) -> int:
     return os.stat(f"/var/run/netns/{name}").st_ino
 
 
-class Sampler:
-    """Every process's argv, and the environment of the processes in one network namespace,
-    read again and again until stopped; remembers what held a needle."""
-
-    def __init__(self, needles: list[bytes], netns: int):
-        self.needles, self.netns = needles, netns
-        self.hits: list[str] = []
-        self.in_netns: set[str] = set()  # what ran in the namespace (the sampler saw the node)
-        self.passes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self):
-        while not self._stop.is_set():
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    argv = (entry / "cmdline").read_bytes()
-                    ours = os.stat(entry / "ns" / "net").st_ino == self.netns
-                    environ = (entry / "environ").read_bytes() if ours else b""
-                except OSError:
-                    continue
-                if ours and argv:
-                    self.in_netns.add(argv.split(b"\0")[0].decode(errors="replace"))
-                for needle in self.needles:
-                    if needle in argv:
-                        self.hits.append(f"argv of pid {entry.name}: {argv[:200]!r}")
-                    if needle in environ:
-                        self.hits.append(f"environment of pid {entry.name} ({argv[:80]!r})")
-            self.passes += 1
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+def look(needles: list[bytes], netns: int) -> tuple[list[str], set[str]]:
+    """Every process's argv, and the environment of the processes in network namespace
+    ``netns``: (where a needle was found, what runs in the namespace)."""
+    hits, in_netns = [], set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes()
+            ours = os.stat(entry / "ns" / "net").st_ino == netns
+            environ = (entry / "environ").read_bytes() if ours else b""
+        except OSError:
+            continue
+        if ours and argv:
+            in_netns.add(argv.split(b"\0")[0].decode(errors="replace"))
+        for needle in needles:
+            if needle in argv:
+                hits.append(f"argv of pid {entry.name}: {argv[:200]!r}")
+            if needle in environ:
+                hits.append(f"environment of pid {entry.name} ({argv[:80]!r})")
+    return hits, in_netns
 
 
 def files_holding(roots: list[Path], needles: list[bytes], since: float, skip: Path | None = None) -> list[str]:
@@ -131,7 +105,8 @@ def test_registry_credentials_reach_no_argv_environment_or_file_on_the_node(lab,
     env = docker_config(tmp_path, {HOST: basic_entry(USER, password)})
     t = unique("t")
     started = time.time()
-    with Sampler(needles, _netns_inode("af-n1")) as sampler:
+    netns = _netns_inode("af-n1")
+    with sampled(lambda: look(needles, netns)) as samples:
         proc = lab.archfleet("build", "--progress", "plain", *nodes.args("--no-local", "--node", "n1"),
                              "--platform", "linux/amd64,linux/arm64", "--build-arg", f"BASE={nodes.base}",
                              "--build-arg", f"N={unique('n')}", "-t", f"{HOST}/promises/creds:{t}", "--push",
@@ -142,8 +117,9 @@ def test_registry_credentials_reach_no_argv_environment_or_file_on_the_node(lab,
     index = manifest(HOST, "promises/creds", t, scheme="https", verify=htpasswd_registry.verify,
                      auth=(USER, password))
     assert index.status_code == 200 and index.headers["docker-content-digest"] == proc.stdout.strip()
-    assert sampler.passes > 10 and "dockerd" in " ".join(sampler.in_netns), sampler.in_netns  # it watched n1
-    assert sampler.hits == []
+    seen_in_n1 = {name for _, names in samples for name in names}
+    assert len(samples) > 10 and "dockerd" in " ".join(seen_in_n1), seen_in_n1  # it watched n1
+    assert [hit for hits, _ in samples for hit in hits] == []
     # (the coordinator's own Docker config, where docker login put them, is the one place they are)
     assert files_holding([home, Path("/tmp")], needles, started, skip=Path(env["DOCKER_CONFIG"])) == []
     assert password not in proc.stderr + proc.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labtools import child_labels, ls as ls_json, manifest, one_line_error, unique
+from labtools import child_labels, ls as ls_json, manifest, one_line_error, sampled, unique
 
 FIVE = ["linux/amd64", "linux/386", "linux/arm64", "linux/arm/v7", "linux/s390x"]
 
@@ -277,28 +277,12 @@ def _ssh_connections(netns: str) -> int:
 def test_one_ssh_connection_per_node_for_the_whole_command(lab, nodes, tmp_path):
     """nodes.md: one SSH connection per node for the whole command (probe, sync, builds): two
     builds, their leases and pushes on n1 never open a second one."""
-    import threading
-    import time
-
     assert _ssh_connections("af-n1") == 0  # precondition: nobody else is on n1
     (tmp_path / "Dockerfile").write_text(f"FROM {nodes.base}\nARG N\nRUN echo $N > /n && sleep 3\n")
-    seen: list[int] = []
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            seen.append(_ssh_connections("af-n1"))
-            time.sleep(0.1)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with sampled(lambda: _ssh_connections("af-n1"), every=0.1) as seen:
         proc = lab.archfleet("build", "--progress", "plain", *nodes.args("--no-local", "--node", "n1"),
                              "--platform", "linux/amd64,linux/386", "--build-arg", f"N={uuid.uuid4().hex}",
                              "-t", f"{nodes.registry}/promises/one-conn:{unique('t')}", "--push", str(tmp_path))
-    finally:
-        stop.set()
-        sampler.join()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[linux/386@n1] building" in proc.stderr and "[linux/amd64@n1] building" in proc.stderr
     assert max(seen) == 1, seen

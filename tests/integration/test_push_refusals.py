@@ -14,10 +14,8 @@ import uuid
 
 import pytest
 
-import pki
-from conftest import extra_registry
 from labtools import basic_entry, docker_config, one_line_error
-from tokens import TokenService, registry_auth, serving
+from tokens import token_registry
 
 REGISTRY = "127.0.0.1:5053"
 TOKEN_PORT = 5054
@@ -26,13 +24,8 @@ USER, PASSWORD = "alice", "hunter2-refusals"
 
 @pytest.fixture(scope="module")
 def refusing_registry(lab, tmp_path_factory):
-    d = tmp_path_factory.mktemp("refusing")
-    key, der = pki.signing(d, "archfleet-fake-hub")
-    service = TokenService(key, der, issuer="archfleet-fake-hub", service="registry.docker.io", user=USER,
-                           password=PASSWORD, hub_rules=True)
-    with serving(service, TOKEN_PORT), extra_registry(
-            d, REGISTRY, ready_status=401,
-            auth=registry_auth(f"http://127.0.0.1:{TOKEN_PORT}/token", service, d / "token.crt")):
+    with token_registry(tmp_path_factory.mktemp("refusing"), REGISTRY, TOKEN_PORT, issuer="archfleet-fake-hub",
+                        service="registry.docker.io", user=USER, password=PASSWORD, hub_rules=True) as service:
         yield service
 
 

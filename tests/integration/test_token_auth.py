@@ -13,10 +13,9 @@ import uuid
 import httpx
 import pytest
 
-import pki
-from conftest import extra_registry
+import tokens
 from labtools import basic_entry, docker_config, engine_images, manifest, one_line_error
-from tokens import TokenService, registry_auth, serving
+from tokens import TokenService
 
 REGISTRY = "127.0.0.1:5002"
 TOKEN_PORT = 5003
@@ -25,13 +24,9 @@ USER, PASSWORD = "bob", "t0ken-s3cret"
 
 @pytest.fixture(scope="module")
 def token_registry(lab, tmp_path_factory):
-    d = tmp_path_factory.mktemp("tokenreg")
-    key, der = pki.signing(d, "archfleet-lab-issuer")
-    service = TokenService(key, der, issuer="archfleet-lab-issuer", service="archfleet-lab", user=USER,
-                           password=PASSWORD)
-    with serving(service, TOKEN_PORT), extra_registry(
-            d, REGISTRY, ready_status=401,
-            auth=registry_auth(f"http://127.0.0.1:{TOKEN_PORT}/token", service, d / "token.crt")):
+    with tokens.token_registry(tmp_path_factory.mktemp("tokenreg"), REGISTRY, TOKEN_PORT,
+                               issuer="archfleet-lab-issuer", service="archfleet-lab", user=USER,
+                               password=PASSWORD) as service:
         yield service
 
 

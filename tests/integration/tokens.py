@@ -142,3 +142,19 @@ def registry_auth(realm: str, service: TokenService, bundle) -> str:
     the signing certificate, ``token.crt``)."""
     return (f"  token:\n    realm: {realm}\n    service: {service.service}\n"
             f"    issuer: {service.issuer}\n    rootcertbundle: {bundle}\n")
+
+
+@contextlib.contextmanager
+def token_registry(d, addr: str, token_port: int, **service):
+    """A docker-registry on ``addr`` (storage under ``d``) that trusts only tokens from a
+    :class:`TokenService` (``service``: its keyword arguments but the key) serving on
+    127.0.0.1:``token_port`` over plain HTTP; yields the service."""
+    import pki
+    from conftest import extra_registry
+
+    key, der = pki.signing(d, service["issuer"])
+    tokens = TokenService(key, der, **service)
+    with serving(tokens, token_port), extra_registry(
+            d, addr, ready_status=401,
+            auth=registry_auth(f"http://127.0.0.1:{token_port}/token", tokens, d / "token.crt")):
+        yield tokens
