@@ -3,6 +3,8 @@
 - :func:`ca` a CA (``ca.crt``), for registries trusted the way dockerd trusts them (certs.d);
 - :func:`server` a server certificate and key (``server.crt``, ``server.key``), signed by a CA
   or self-signed (an insecure registry that speaks HTTPS);
+- :func:`client` a client certificate and key (``client.cert``, ``client.key``: the names
+  dockerd's certs.d uses), for a registry that asks for one;
 - :func:`signing` a token-signing key and its certificate (``token.crt``), the
   ``rootcertbundle`` a registry with token auth verifies JWTs against.
 
@@ -85,6 +87,24 @@ def server(d: Path, *, ips: tuple[str, ...] = (), dns: tuple[str, ...] = (), iss
     cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
     (d / "server.crt").write_bytes(_pem(cert))
     (d / "server.key").write_bytes(_key_pem(key))
+
+
+def client(d: Path, issuer: Issuer, common_name: str = "archfleet test client") -> None:
+    """``d/client.cert`` and ``d/client.key``, a TLS client certificate signed by ``issuer``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    start, end = _window()
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(issuer.name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(issuer.key, hashes.SHA256()))
+    (d / "client.cert").write_bytes(_pem(cert))
+    (d / "client.key").write_bytes(_key_pem(key))
 
 
 def signing(d: Path, issuer_name: str):

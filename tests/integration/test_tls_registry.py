@@ -6,10 +6,12 @@ verifies them and pushes the index."""
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 import pki
@@ -17,6 +19,7 @@ from conftest import extra_registry, placed
 from labtools import manifest, one_line_error
 
 HOST = "10.231.0.1:5443"
+CLIENT_CERT_HOST = "10.231.0.1:5063"
 
 
 @pytest.fixture(scope="module")
@@ -48,5 +51,40 @@ def test_build_and_push_trusting_the_registry_ca_like_dockerd(lab, tls_registry)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resp = manifest(HOST, "app", tag, scheme="https",
                     verify=ssl.create_default_context(cafile=str(tls_registry / "ca.crt")))
+    assert resp.headers["docker-content-digest"] == proc.stdout.strip()
+    assert sorted(m["platform"]["architecture"] for m in resp.json()["manifests"]) == ["amd64", "arm64"]
+
+
+@pytest.fixture(scope="module")
+def client_cert_registry(lab, nodes, tmp_path_factory):
+    """A registry that asks every client for a certificate from its CA (clientcas), with the CA
+    and a client certificate in /etc/docker/certs.d/HOST/ as ca.crt, client.cert and client.key."""
+    d = tmp_path_factory.mktemp("clientcert")
+    issuer = pki.ca(d, "archfleet client-certificate CA")
+    pki.server(d, ips=("10.231.0.1",), issuer=issuer)
+    pki.client(d, issuer)
+    with_client = ssl.create_default_context(cafile=str(d / "ca.crt"))
+    with_client.load_cert_chain(str(d / "client.cert"), str(d / "client.key"))
+    certs_d = Path("/etc/docker/certs.d") / CLIENT_CERT_HOST
+    with contextlib.ExitStack() as stack:
+        for name in ("ca.crt", "client.cert", "client.key"):
+            stack.enter_context(placed(certs_d / name, (d / name).read_bytes()))
+        stack.enter_context(extra_registry(d, CLIENT_CERT_HOST, scheme="https", verify=with_client,
+                                           http_extra=pki.tls_config(d) + f"    clientcas:\n      - {d}/ca.crt\n"))
+        yield d, with_client
+
+
+def test_a_client_certificate_in_certs_d_is_presented_by_the_engine_and_by_archfleet(lab, client_cert_registry):
+    """cli.md: `*.cert`/`*.key` in certs.d are a client certificate, as for dockerd."""
+    d, with_client = client_cert_registry
+    without = ssl.create_default_context(cafile=str(d / "ca.crt"))
+    with pytest.raises(httpx.HTTPError):  # precondition: the registry refuses a client without one
+        httpx.get(f"https://{CLIENT_CERT_HOST}/v2/", verify=without)
+    tag = uuid.uuid4().hex[:8]
+    proc = lab.archfleet("build", "-q", "--platform", "linux/amd64,linux/arm64", "-t",
+                         f"{CLIENT_CERT_HOST}/promises/clientcert:{tag}", "--push", "--build-arg",
+                         f"N={uuid.uuid4().hex}", "examples/arch-test")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resp = manifest(CLIENT_CERT_HOST, "promises/clientcert", tag, scheme="https", verify=with_client)
     assert resp.headers["docker-content-digest"] == proc.stdout.strip()
     assert sorted(m["platform"]["architecture"] for m in resp.json()["manifests"]) == ["amd64", "arm64"]
