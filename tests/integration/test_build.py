@@ -171,8 +171,14 @@ def test_right_credentials_push_through_the_engine_and_the_client(lab, auth_regi
     proc = lab.archfleet("build", "-q", "--platform", "linux/amd64,linux/arm64", "-t", f"{auth_registry}/app:ok",
                          "--push", "examples/arch-test", env=env, check=True)
     digest = proc.stdout.strip()
-    resp = manifest(auth_registry, "app", "ok", auth=("alice", "s3cret"))
-    assert resp.headers["docker-content-digest"] == digest
+    alice = ("alice", "s3cret")
+    assert manifest(auth_registry, "app", "ok").status_code == 401  # reading needs the credentials too
+    resp = manifest(auth_registry, "app", "ok", auth=alice)
+    assert resp.headers["docker-content-digest"] == digest  # archfleet's client pushed the index
+    for entry in resp.json()["manifests"]:  # the engine pushed each child, under its working tag
+        p = entry["platform"]
+        child = manifest(auth_registry, "app", f"ok-{p['os']}-{p['architecture']}", auth=alice)
+        assert child.headers["docker-content-digest"] == entry["digest"]
     assert "s3cret" not in proc.stderr
 
 
