@@ -236,7 +236,8 @@ def test_two_syncs_of_one_context_at_once_leave_one_complete_tree(lab, nodes, tm
 
     ((ctx_a, df_a), (ctx_b, df_b)), tree = asyncio.run(race())
     assert ctx_a == ctx_b and df_a == df_b
-    assert sorted(line for line in tree if line.strip()) == expected  # no file missing, short or changed; nothing staged
+    # no file missing, short or changed, and nothing left staged
+    assert sorted(line for line in tree if line.strip()) == expected
 
 
 def test_a_sync_measures_the_link_and_the_plan_uses_it(lab, nodes, tmp_path):

@@ -21,7 +21,8 @@ def test_unchanged_context_is_not_rebuilt_and_the_index_is_the_same(lab, reuse_p
     (ctx / "Dockerfile").write_text(f"FROM {lab.base}\nARG N\nRUN echo $N > /n\nCMD [\"uname\", \"-m\"]\n")
     tag = f"{lab.registry}/promises/reuse:{uuid.uuid4().hex[:8]}"
     args = ["--platform", "linux/amd64,linux/arm64,linux/s390x", "-t", tag, "--push", "--build-arg", "N=1", str(ctx)]
-    first = lab.archfleet("build", "-q", "--metadata-file", str(tmp_path / "m1.json"), *args, env=reuse_plugin, check=True)
+    first = lab.archfleet("build", "-q", "--metadata-file", str(tmp_path / "m1.json"), *args,
+                          env=reuse_plugin, check=True)
     m1 = json.loads((tmp_path / "m1.json").read_text())["archfleet.platforms"]
     assert "reuse" not in {e["strategy"] for e in m1.values()}
     plan = json.loads(lab.archfleet("plan", "--format", "json", *args, env=reuse_plugin, check=True).stdout)
@@ -36,7 +37,8 @@ def test_unchanged_context_is_not_rebuilt_and_the_index_is_the_same(lab, reuse_p
     assert lab.run_image(tag, "linux/s390x") == "s390x"
     # a changed build arg is a different context: built again
     args[args.index("N=1")] = "N=2"
-    third = lab.archfleet("build", "-q", "--metadata-file", str(tmp_path / "m3.json"), *args, env=reuse_plugin, check=True)
+    third = lab.archfleet("build", "-q", "--metadata-file", str(tmp_path / "m3.json"), *args,
+                          env=reuse_plugin, check=True)
     m3 = json.loads((tmp_path / "m3.json").read_text())["archfleet.platforms"]
     assert "reuse" not in {e["strategy"] for e in m3.values()}
     assert third.stdout.strip() != first.stdout.strip()
