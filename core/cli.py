@@ -353,7 +353,7 @@ def ls_(engine_cli, local, nodes_file, fmt):
              "engine_version": f.engine_version, "builder": f.builder, "engine_cli": list(f.engine_cli),
              "native": [str(p) for p in f.native], "emulated": [str(p) for p in f.emulated],
              "cpus": f.cpus, "memory": f.memory, "load": f.load, "score": f.score, "max_builds": f.node.max_builds,
-             "busy": list(f.busy)}
+             "busy": list(f.busy), "labels": dict(f.node.labels)}
             for f in facts.values()
         ], indent=2))
         return
@@ -395,17 +395,19 @@ def binfmt(install, uninstall):
         confs = bf.available_confs(bf.CONF_DIRS)
         if not confs:
             raise EnvironmentProblem(f"no QEMU handlers found in {bf.CONF_DIRS[0]}; install qemu-user-static")
+        native = {bf.conf_for(p) for p in plat.native_platforms(_platform.machine())}
         if install.strip() == "all":
             wanted = sorted(confs)
         else:
             wanted = []
             for p in install_platforms:
                 name = bf.conf_for(p)
+                if name in native:
+                    continue  # this machine runs it: no handler (Debian ships none for it either)
                 if name not in confs:
                     raise EnvironmentProblem(f"--install {p}: qemu-user-static has no {name}.conf in "
                                              f"{bf.CONF_DIRS[0]}")
                 wanted.append(name)
-        native = {bf.conf_for(p) for p in plat.native_platforms(_platform.machine())}
         for name in wanted:
             if name in native:
                 continue

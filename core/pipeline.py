@@ -123,8 +123,14 @@ def unplannable_reason(platform, planned: "Planned") -> str:
     no handler at all."""
     pinned = [o for o in planned.pinned_out if o.platform == platform]
     if pinned:
+        # a pinned node that could not be used says why (a refused host key, say), not only
+        # which other nodes were offered
+        pins = planned.request.pins if planned.request else ()
+        named = {p.node for p in pins if p.node and p.platform in (None, platform)}
+        why = [f"{f.name}: unreachable ({f.error})" if not f.reachable else f"{f.name}: {f.error}"
+               for f in planned.facts.values() if f.name in named and not f.can_build]
         return (f"no option for {platform} is allowed by --strategy/--node (offered: "
-                + ", ".join(str(o) for o in pinned) + ")")
+                + ", ".join(str(o) for o in pinned) + ")" + "".join(f"; {w}" for w in why))
     reasons = []
     fix = None
     for f in planned.facts.values():

@@ -25,7 +25,7 @@ FACTS_SCRIPT = r"""
 echo "machine=$(uname -m)"
 echo "cpuflags=$(sed -n 's/^flags[[:space:]]*: *//p' /proc/cpuinfo 2>/dev/null | head -n 1)"
 echo "cpus=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)"
-echo "mem=$(awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo 2>/dev/null)"
+echo "mem_kb=$(sed -n 's/^MemTotal:[[:space:]]*\([0-9]*\) kB$/\1/p' /proc/meminfo 2>/dev/null)"
 echo "load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null)"
 for f in /proc/sys/fs/binfmt_misc/qemu-*; do
   [ -e "$f" ] || continue
@@ -125,6 +125,6 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
         node, True, error=error, native=natives, emulated=emulated, emulation_problems=problems,
         engine_version=version,
         engine_cli=cli.argv if cli else (), builder=cli.mode if cli else None,
-        cpus=num("cpus", int, 1), memory=num("mem", int, 0), load=num("load", float, 0.0), score=score.value,
+        cpus=num("cpus", int, 1), memory=num("mem_kb", int, 0) * 1024, load=num("load", float, 0.0), score=score.value,
         busy=leases.parse(raw["lease"]), link_rate=linkrate.measured(score_key(node)), score_measured=score.measured,
     )

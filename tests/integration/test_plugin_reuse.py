@@ -1,52 +1,35 @@
-"""An out-of-tree strategy plugin, installed as a package: examples/plugins/archfleet-reuse."""
+"""An out-of-tree strategy plugin, installed as a package: examples/plugins/archfleet-reuse
+(built and found through its entry point on PYTHONPATH: conftest.reuse_plugin)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 
-import pytest
 
-from conftest import REPO
-
-PLUGIN = REPO / "examples" / "plugins" / "archfleet-reuse"
-
-
-@pytest.fixture(scope="module")
-def reuse_installed():
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", str(PLUGIN)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    try:
-        yield
-    finally:
-        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "archfleet-reuse"], capture_output=True)
-
-
-def test_installed_plugin_is_listed(lab, reuse_installed):
-    doc = json.loads(lab.archfleet("plugins", "--format", "json", check=True).stdout)
+def test_installed_plugin_is_listed(cli, reuse_plugin):
+    doc = json.loads(cli.archfleet("plugins", "--format", "json", env=reuse_plugin, check=True).stdout)
     reuse = next(p for p in doc["plugins"] if p["name"] == "reuse")
     assert reuse["source"] == "archfleet-reuse" and reuse["version"] == "0.1.0"
     assert reuse["hooks"] == ["archfleet_estimate", "archfleet_offer", "archfleet_run"]
     assert {"native", "qemu", "cross", "local", "ssh", "estimates"} <= {p["name"] for p in doc["plugins"]}
 
 
-def test_unchanged_context_is_not_rebuilt_and_the_index_is_the_same(lab, reuse_installed, tmp_path):
+def test_unchanged_context_is_not_rebuilt_and_the_index_is_the_same(lab, reuse_plugin, tmp_path):
     ctx = tmp_path / "ctx"  # the metadata files go beside it, not in it
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(f"FROM {lab.base}\nARG N\nRUN echo $N > /n\nCMD [\"uname\", \"-m\"]\n")
-    tag = f"{lab.registry}/reuse:{uuid.uuid4().hex[:8]}"
+    tag = f"{lab.registry}/promises/reuse:{uuid.uuid4().hex[:8]}"
     args = ["--platform", "linux/amd64,linux/arm64,linux/s390x", "-t", tag, "--push", "--build-arg", "N=1", str(ctx)]
-    first = lab.archfleet("build", "-q", "--metadata-file", str(tmp_path / "m1.json"), *args, check=True)
+    first = lab.archfleet("build", "-q", "--metadata-file", str(tmp_path / "m1.json"), *args,
+                          env=reuse_plugin, check=True)
     m1 = json.loads((tmp_path / "m1.json").read_text())["archfleet.platforms"]
     assert "reuse" not in {e["strategy"] for e in m1.values()}
-    plan = json.loads(lab.archfleet("plan", "--format", "json", *args, check=True).stdout)
+    plan = json.loads(lab.archfleet("plan", "--format", "json", *args, env=reuse_plugin, check=True).stdout)
     assert {p["strategy"] for p in plan["platforms"]} == {"reuse"}
     assert all(any(a["strategy"] in ("native", "qemu") for a in p["alternatives"]) for p in plan["platforms"])
     second = lab.archfleet("build", "--progress", "plain", "--metadata-file", str(tmp_path / "m2.json"), *args,
-                           check=True)
+                           env=reuse_plugin, check=True)
     m2 = json.loads((tmp_path / "m2.json").read_text())["archfleet.platforms"]
     assert {e["strategy"] for e in m2.values()} == {"reuse"}
     assert "] building" not in second.stderr  # nothing was built
@@ -54,7 +37,18 @@ def test_unchanged_context_is_not_rebuilt_and_the_index_is_the_same(lab, reuse_i
     assert lab.run_image(tag, "linux/s390x") == "s390x"
     # a changed build arg is a different context: built again
     args[args.index("N=1")] = "N=2"
-    third = lab.archfleet("build", "-q", "--metadata-file", str(tmp_path / "m3.json"), *args, check=True)
+    third = lab.archfleet("build", "-q", "--metadata-file", str(tmp_path / "m3.json"), *args,
+                          env=reuse_plugin, check=True)
     m3 = json.loads((tmp_path / "m3.json").read_text())["archfleet.platforms"]
     assert "reuse" not in {e["strategy"] for e in m3.values()}
     assert third.stdout.strip() != first.stdout.strip()
+
+
+def test_disabled_plugins_are_not_loaded_and_are_listed_last(cli, reuse_plugin):
+    """cli.md: `archfleet plugins` lists loaded plugins, disabled ones last
+    (ARCHFLEET_DISABLE_PLUGINS names built-in or installed ones)."""
+    env = {**reuse_plugin, "ARCHFLEET_DISABLE_PLUGINS": "reuse,qemu"}
+    doc = json.loads(cli.archfleet("plugins", "--format", "json", env=env, check=True).stdout)
+    assert {"reuse", "qemu"}.isdisjoint(p["name"] for p in doc["plugins"]) and doc["disabled"] == ["qemu", "reuse"]
+    table = cli.archfleet("plugins", env=env, check=True).stdout.splitlines()
+    assert table[-1] == "disabled: qemu, reuse" and not any(line.split()[:1] == ["reuse"] for line in table)

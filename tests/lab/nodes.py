@@ -220,14 +220,18 @@ def _netns_pids(name: str, comm: str) -> list[int]:
     return pids
 
 
-def sshd_kill(name: str) -> None:
-    """Kill the listener and every session: open connections drop at once."""
-    sshd_stop(name)
-    for pid in _netns_pids(name, "sshd"):
+def _sigkill(pids: list[int]) -> None:
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def sshd_kill(name: str) -> None:
+    """Kill the listener and every session: open connections drop at once."""
+    sshd_stop(name)
+    _sigkill(_netns_pids(name, "sshd"))
 
 
 def dockerd_kill(name: str) -> None:
@@ -238,11 +242,7 @@ def dockerd_kill(name: str) -> None:
         deadline = time.time() + 10
         while time.time() < deadline and _pid(Path(f"/var/run/{ns(name)}/docker.pid")) == pid:
             time.sleep(0.1)
-    for c in _netns_pids(name, "containerd"):
-        try:
-            os.kill(c, signal.SIGKILL)
-        except OSError:
-            pass
+    _sigkill(_netns_pids(name, "containerd"))
 
 
 def dockerd_start(name: str, index: int | None = None) -> None:
