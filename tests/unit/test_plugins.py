@@ -178,3 +178,13 @@ def test_builtin_plugins_use_only_the_public_api():
                 assert node.module == "archfleet.api", f"{path.name} imports {node.module}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("archfleet") for a in node.names), path.name
+
+
+def test_test_modules_have_unique_basenames():
+    """pytest imports tests/unit and tests/integration into one namespace (rootdir conftest, no
+    __init__.py): two modules with one basename stop the whole run at collection."""
+    from collections import Counter
+
+    tests = Path(__file__).resolve().parents[1]
+    names = Counter(p.name for p in tests.rglob("test_*.py"))
+    assert [n for n, k in names.items() if k > 1] == []
