@@ -218,3 +218,13 @@ def test_every_public_function_and_class_has_a_docstring():
                             if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and not m.name.startswith("_")
                             and not ast.get_docstring(m)]
     assert missing == []
+
+
+def test_test_modules_have_unique_basenames():
+    """pytest imports tests/unit and tests/integration into one namespace (rootdir conftest, no
+    __init__.py): two modules with one basename stop the whole run at collection."""
+    from collections import Counter
+
+    tests = Path(__file__).resolve().parents[1]
+    names = Counter(p.name for p in tests.rglob("test_*.py"))
+    assert [n for n, k in names.items() if k > 1] == []
