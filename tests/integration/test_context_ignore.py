@@ -70,7 +70,7 @@ def ssh_node(lab, tmp_path_factory):
         toml.write_text(f'[nodes.box]\nhost = "127.0.0.1"\nport = {port}\nuser = "root"\nidentity = "{d}/key"\n'
                         f'known_hosts = "{d}/known_hosts"\nengine_cli = "/usr/bin/docker"\n')
         from archfleet.inventory import load_nodes_file
-    from archfleet.plugins.ssh import KEYS as SSH_KEYS
+        from archfleet.plugins.ssh import KEYS as SSH_KEYS
 
         yield toml, next(n for n in load_nodes_file(toml, {"ssh": SSH_KEYS}) if n.name == "box")
     finally:
