@@ -193,19 +193,27 @@ def build_options(fn):
     return fn
 
 
-def _config(nodes, engine_cli, local) -> Config:
+def _config(hooks, nodes, engine_cli, local) -> Config:
     """The nodes configuration; a ``./nodes.toml`` left unread is said in one stderr line."""
-    from .inventory import make_config
+    from .pipeline import load_config
 
-    return make_config(nodes=nodes, engine_cli=engine_cli, local=local,
+    return load_config(hooks, nodes=nodes, engine_cli=engine_cli, local=local,
                        note=lambda line: click.echo(f"archfleet: warning: {line}", err=True))
 
 
-def _run(pm, coro):
+def _hooks():
+    """This command's plugin manager (built-ins, installed plugins, ``ARCHFLEET_*`` settings)."""
+    from .manager import make_hooks
+
+    return make_hooks()
+
+
+def _run(hooks, work):
+    """Run ``work(session)`` on a new event loop as one command (:func:`pipeline.run_command`)."""
     from .pipeline import run_command
 
     try:
-        return asyncio.run(run_command(pm, coro))
+        return asyncio.run(run_command(hooks, work))
     except KeyboardInterrupt as exc:
         # Ctrl-C: asyncio.run cancelled the run. As an ArchfleetError it is one line and exit 130
         # (click would print an empty line and drop the message saying what could not be stopped)
@@ -224,7 +232,6 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
           report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node):
     """Build PATH for every --platform on the fastest nodes and (with --push) publish the index."""
     from .pipeline import RunState, build as run_build, check_request, write_metadata
-    from .plugin import get_manager
     from .progress import make_reporter
 
     if quiet:
@@ -232,11 +239,15 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
                             (pin_strategy, pin_node), report)
-    config = _config(nodes_file, engine_cli, local)
+    hooks = _hooks()
+    config = _config(hooks, nodes_file, engine_cli, local)
     from .buildargs import secret_warning
 
-    pm = get_manager()
-    check_request(pm, request, config)  # pins and the Dockerfile, before the registry is asked
+
+    async def check(session):
+        check_request(hooks, request, config, session)
+
+    _run(hooks, check)  # pins and the Dockerfile, before the registry is asked or a display drawn
     warning = secret_warning(request.build_args)  # after the checks: bad input stays one line
     if warning:
         click.echo(f"archfleet: warning: {warning}", err=True)
@@ -244,7 +255,7 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
     state = RunState()
     try:
         try:
-            summary = _run(pm, run_build(pm, request, config, reporter, state))
+            summary = _run(hooks, lambda session: run_build(hooks, request, config, reporter, session, state))
             reporter.finished(summary)
         finally:
             reporter.close()  # before the error line: a live tty display would hide it
@@ -272,14 +283,13 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
          report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node, fmt):
     """Show the chosen option per platform and the alternatives, without building."""
     from .pipeline import make_plan, unplannable_reason
-    from .plugin import get_manager
 
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
                             (pin_strategy, pin_node), report)
-    config = _config(nodes_file, engine_cli, local)
-    pm = get_manager()
-    planned = _run(pm, make_plan(pm, request, config))
+    hooks = _hooks()
+    config = _config(hooks, nodes_file, engine_cli, local)
+    planned = _run(hooks, lambda session: make_plan(hooks, request, config, session))
     p = planned.plan
     if fmt == "json":
         doc = {
@@ -333,11 +343,10 @@ def _fail_unplannable(planned) -> None:
 def ls_(engine_cli, local, nodes_file, fmt):
     """List build nodes with their native and emulated platforms (like `docker buildx ls`)."""
     from .pipeline import probe
-    from .plugin import get_manager
 
-    config = _config(nodes_file, engine_cli, local)
-    pm = get_manager()
-    facts = _run(pm, probe(pm, config))
+    hooks = _hooks()
+    config = _config(hooks, nodes_file, engine_cli, local)
+    facts = _run(hooks, lambda session: probe(hooks, config, session))
     if fmt == "json":
         click.echo(json.dumps([
             {"name": f.name, "reachable": f.reachable, "error": f.error, "transport": f.node.transport,
@@ -443,9 +452,9 @@ def _why(exc: BaseException) -> str:
 def plugins_(fmt):
     """List loaded plugins (built-in and installed), their versions and the hooks each implements."""
     from . import __version__
-    from .plugin import BUILTIN_PLUGINS, get_manager
+    from .manager import BUILTIN_PLUGINS
 
-    pm = get_manager()
+    pm = _hooks().pm
     dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     builtin = {d.rsplit(".", 1)[-1] for d in BUILTIN_PLUGINS}
     rows = []
@@ -481,15 +490,15 @@ def plugins_(fmt):
 def doctor(registries, insecure_registry, engine_cli, local, nodes_file):
     """Check the engine, BuildKit, QEMU handlers, registries and nodes; say what to fix."""
     from . import doctor as doc
-    from .plugin import get_manager
 
     for host in registries:
         parse_registry_host(host, what="--registry")
     for host in insecure_registry:
         parse_registry_host(host, what="--insecure-registry")
-    config = _config(nodes_file, engine_cli, local)
-    pm = get_manager()
-    checks = _run(pm, doc.run(pm, config, tuple(registries), tuple(insecure_registry), engine_cli))
+    hooks = _hooks()
+    config = _config(hooks, nodes_file, engine_cli, local)
+    checks = _run(hooks, lambda session: doc.run(hooks, config, session, tuple(registries),
+                                                 tuple(insecure_registry), engine_cli))
     for c in checks:
         click.echo(c.line())
     failed = [c for c in checks if c.status == "FAIL"]
@@ -514,6 +523,7 @@ def _table(rows) -> str:
 
 
 def main(argv=None) -> int:
+    """Run the ``archfleet`` command with ``argv`` (default: ``sys.argv[1:]``); return its exit code. Every error is one line on stderr (``archfleet: error: ...``) and a documented code (:mod:`archfleet.errors`: 2 bad input, 3 environment, 1 build, 70 a bug, 130 interrupted); ``ARCHFLEET_DEBUG=1`` adds the traceback."""
     debug = os.environ.get("ARCHFLEET_DEBUG") == "1"
     try:
         cli.main(args=argv, prog_name="archfleet", standalone_mode=False)
@@ -553,6 +563,7 @@ def _say(message: str) -> None:
 
 
 def entrypoint() -> None:
+    """The console script: :func:`main`, then exit with its code."""
     code = None
     try:
         code = main()

@@ -58,8 +58,8 @@ from typing import Iterator
 
 import attrs
 
-from . import linkrate
 from .errors import InfrastructureError, UsageError
+from .model import Transfer
 
 CACHE = ".cache/archfleet/sync-v2"  # bump the version when the layout changes
 CHUNK = 1 << 20
@@ -70,6 +70,7 @@ DIGEST_VERSION = b"archfleet-context-v3\n"
 
 @attrs.frozen
 class Entry:
+    """One path of a context snapshot: ``path`` relative and ``/``-separated, ``kind`` (file, dir or link), its mode, and for files the sha256 hex of the contents and the size in bytes, for links the target."""
     path: str  # relative, "/"-separated
     kind: str  # "file" | "dir" | "link"
     mode: int = 0o644
@@ -79,11 +80,13 @@ class Entry:
 
     @property
     def blob(self) -> str:
+        """The name the file's contents have in a node's blob cache: ``<sha256>-<octal mode>`` (hard links share a mode)."""
         return f"{self.digest}-{self.mode:o}"
 
 
 @attrs.frozen
 class Snapshot:
+    """What a build context holds after the ignore rule: its entries, the Dockerfile (as an entry and its path), the ignore file applied, and ``digest`` (sha256 hex over all of it: the sync and history key)."""
     root: Path
     entries: tuple[Entry, ...]
     dockerfile: Entry
@@ -94,6 +97,7 @@ class Snapshot:
 
     @property
     def size(self) -> int:
+        """Bytes of file contents in the context (what a cold sync sends, before tar headers)."""
         return sum(e.size for e in self.entries if e.kind == "file")
 
 
@@ -415,8 +419,12 @@ def _blob_tar(snap: Snapshot, names: set[str], stage: str) -> Iterator[bytes]:
     yield b"".join(layout)
 
 
-async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
-    """Make the context exist on the node; return (context dir, Dockerfile path) there.
+async def sync_context(transport, request, reporter=None) -> tuple[str, str, Transfer | None]:
+    """Make the context exist on the node; return (context dir, Dockerfile path) there, and the
+    :class:`~archfleet.model.Transfer` measured when the sync sent the context over a link the
+    transport names (its ``link_key``), else None (the node had it, or no link to learn). The
+    caller hands the Transfer on (``PlatformResult.transfer``): the learn stage learns the
+    link rate from it.
 
     Beside that Dockerfile lies the ignore file this snapshot applied, as
     ``Dockerfile.dockerignore`` (when one applied), so BuildKit on the node filters the tree
@@ -437,7 +445,7 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
 
     check = await sh(_CHECK, CACHE, snap.digest)
     if check.ok and "present" in check.tail:
-        return ctx_dir, df_path
+        return ctx_dir, df_path, None
     wanted = sorted({e.blob for e in _files(snap)})
     names = await _missing(transport, wanted)
     # short: "stage/<16>/new/<blob>" stays within tar's 100-byte name field, so the blob and
@@ -455,10 +463,9 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
                       stdin=counted(_blob_tar(snap, names, stage)))
     if not unpack.ok:
         raise InfrastructureError(transport.node, f"context sync failed: {unpack.last_line()}")
+    seconds = time.monotonic() - started
     key = getattr(transport, "link_key", None)
-    if key:
-        await asyncio.to_thread(linkrate.record, key, sent[0], time.monotonic() - started)
-    return ctx_dir, df_path
+    return ctx_dir, df_path, (Transfer(key, sent[0], seconds, stage) if key else None)
 
 
 PRUNE_STATES = ("pruned", "recent", "absent")

@@ -106,6 +106,7 @@ class Stage:
 
     @property
     def on_build_platform(self) -> bool:
+        """True when the stage runs on ``$BUILDPLATFORM`` (the build node's own platform)."""
         return self.platform == BUILD
 
     @property
@@ -115,6 +116,7 @@ class Stage:
 
     @property
     def label(self) -> str:
+        """The stage's name for people: its ``AS`` name, else ``#<index>``."""
         return self.name or f"#{self.index}"
 
 
@@ -138,10 +140,12 @@ class Placement:
 
     @property
     def possible(self) -> bool:
+        """True when the node can run every RUN of the build (natively or under QEMU)."""
         return not self.missing
 
     @property
     def emulated_runs(self) -> int:
+        """RUN instructions that run under QEMU on this node."""
         return sum(n for _, n in self.emulated)
 
     @property
@@ -161,6 +165,7 @@ class Placement:
         return ", ".join(parts)
 
     def why_not(self) -> str:
+        """One line saying which stage the node cannot run and on what platform (empty when possible)."""
         return "; ".join(self.missing)
 
 
@@ -185,10 +190,12 @@ class Analysis:
     escape: str = "\\"
 
     def stage(self, i: int) -> Stage:
+        """The stage at index ``i`` (0-based, file order)."""
         return self.stages[i]
 
     @property
     def used(self) -> tuple[Stage, ...]:
+        """The stages the target needs (the target included), in file order."""
         return tuple(self.stages[i] for i in self.reachable)
 
     @property
@@ -203,6 +210,7 @@ class Analysis:
 
     @property
     def build_runs(self) -> int:
+        """RUN instructions in build-platform stages (they run natively on any node)."""
         return sum(s.runs for s in self.used if s.platform == BUILD)
 
     @property
@@ -212,6 +220,7 @@ class Analysis:
 
     @property
     def declared_args(self) -> frozenset[str]:
+        """Every ARG name the Dockerfile declares (global and per stage)."""
         out = set(self.global_args)
         for s in self.stages:
             out.update(s.args)
@@ -282,6 +291,7 @@ def read(path: str | Path) -> str:
 
 
 def decode(raw: bytes, path: str = "Dockerfile") -> str:
+    """``raw`` (a Dockerfile's bytes) as text. Raises :class:`DockerfileError` naming ``path``, the line and the byte offset when it is not UTF-8 (a BOM is BuildKit's to strip)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

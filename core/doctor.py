@@ -15,7 +15,6 @@ import attrs
 
 from . import binfmt, engine
 from .errors import ArchfleetError, RegistryRefused, RegistryUnreachable
-from .hookcall import call_first, resolve
 from .platforms import native_platforms, parse
 from .reference import Reference
 from .registry import RegistryClient, login_hint
@@ -27,16 +26,19 @@ MAX_SKEW = 5.0
 
 @attrs.frozen
 class Check:
+    """One line of ``archfleet doctor``: ``status`` (ok, warn or FAIL), what was checked, what was found and what to do."""
     status: str  # "ok" | "warn" | "FAIL"
     what: str
     message: str
     fix: str = ""
 
     def line(self) -> str:
+        """The check as one printed line: ``STATUS  what: message -> fix``."""
         return f"{self.status:4s}  {self.what}: {self.message}" + (f" -> {self.fix}" if self.fix else "")
 
 
 async def check_local(engine_cli: str | None) -> list[Check]:
+    """Checks of the local engine (does it answer, its version) and of an engine CLI that can build with BuildKit (``engine_cli``, else the candidates on PATH)."""
     out = []
     t = LocalTransport()
     try:
@@ -91,6 +93,7 @@ def check_binfmt(mount=None) -> list[Check]:
 
 
 async def check_registry(host: str, insecure: tuple[str, ...]) -> list[Check]:
+    """One check of registry ``host`` (``host[:port]``): reachable, speaking HTTPS (or plain HTTP where ``insecure`` or loopback allows), and taking the Docker config's credentials for a push."""
     ref = Reference(host, "archfleet-doctor", "check")
     async with RegistryClient(insecure) as client:
         try:
@@ -114,48 +117,40 @@ async def check_registry(host: str, insecure: tuple[str, ...]) -> list[Check]:
         return [Check("ok", f"registry {host}", f"reachable over {note}; credentials accepted for push")]
 
 
-async def check_nodes(pm, config) -> list[Check]:
+async def check_nodes(hooks, config, session) -> list[Check]:
+    """One check per node of the nodes file: reachable and ready (what to fix comes from the
+    plugin that probed it: ``NodeFacts.fix``), and its clock against this machine's."""
     from .pipeline import probe
 
-    facts = await probe(pm, config)
+    facts = await probe(hooks, config, session)
     out = []
     for f in facts.values():
         if f.node.transport == "local":
             continue
         what = f"node {f.name}"
         if not f.reachable:
-            err = f.error or "unreachable"
-            if "host key" in err:
-                fix = "check the node really is who it claims; if its key changed legitimately, update known_hosts"
-            elif "refused" in err and "login" in err:
-                fix = "check user and identity in nodes.toml, or the SSH agent"
-            elif "arch =" in err:
-                fix = "fix or remove 'arch' in nodes.toml"
-            elif "engine" in err:
-                fix = "start dockerd on the node, or fix docker_host in nodes.toml"
-            else:
-                fix = f"check that sshd runs on {f.node.host} and the address and port in {f.node.source} are right"
-            out.append(Check("FAIL", what, err, fix))
+            out.append(Check("FAIL", what, f.error or "unreachable",
+                             f.fix or f"check the node's address, its sshd and the settings at {f.node.source}"))
             continue
         if not f.builder:
-            out.append(Check("FAIL", what, f.error or "no builder", "install buildx, or set engine_cli in nodes.toml"))
+            out.append(Check("FAIL", what, f.error or "no builder",
+                             f.fix or "install buildx, or set engine_cli in nodes.toml"))
             continue
-        skew = await _clock_skew(pm, f)
+        skew = await _clock_skew(hooks, f, session)
         if skew is not None and abs(skew) > MAX_SKEW:
             out.append(Check("warn", what, f"clock is {skew:+.1f}s off this machine's",
                              "run NTP (chrony/systemd-timesyncd) on both; registries reject far-off tokens"))
-        out.append(Check("ok", what, f"{f.node.user or ''}@{f.node.host}: docker {f.engine_version}, {f.builder}, "
+        out.append(Check("ok", what, f"{f.address or f.node.transport}: docker {f.engine_version}, {f.builder}, "
                                      f"native {','.join(map(str, f.native))}, {len(f.emulated)} emulated"
                                      + (f", clock {skew:+.1f}s" if skew is not None else "")))
     return out
 
 
-async def _clock_skew(pm, facts) -> float | None:
+async def _clock_skew(hooks, facts, session) -> float | None:
+    from .pipeline import connect
+
     try:
-        name, awaitable = call_first(pm, "archfleet_connect", node=facts.node, facts=facts)
-        if awaitable is None:
-            return None
-        transport = await resolve(name, "archfleet_connect", awaitable)
+        transport = await connect(hooks, facts, session)
         before = time.time()
         done = await transport.run(["date", "+%s.%N"], timeout=15)
         after = time.time()
@@ -164,12 +159,15 @@ async def _clock_skew(pm, facts) -> float | None:
         return None
 
 
-async def run(pm, config, registries: tuple[str, ...], insecure: tuple[str, ...], engine_cli: str | None) -> list[Check]:
+async def run(hooks, config, session, registries: tuple[str, ...], insecure: tuple[str, ...],
+              engine_cli: str | None) -> list[Check]:
+    """Every check, in order: the local engine and binfmt (unless ``--no-local``), each
+    registry named, each node."""
     checks: list[Check] = []
     if config.local:
         checks += await check_local(engine_cli)
         checks += check_binfmt()
     for host in registries:
         checks += await check_registry(host, insecure)
-    checks += await check_nodes(pm, config)
+    checks += await check_nodes(hooks, config, session)
     return checks

@@ -60,9 +60,10 @@ class InfrastructureError(ArchfleetError):
     exit_code = 1
     retry_elsewhere = True
 
-    def __init__(self, node: str, message: str):
+    def __init__(self, node: str, message: str, fix: str | None = None):
         super().__init__(f"node {node}: {message}")
         self.node = node
+        self.fix = fix  # what to do about it, one line, when the raiser knows
 
 
 class RegistryError(ArchfleetError):

@@ -13,7 +13,7 @@ from typing import Sequence
 from . import elfcheck, layercache, mediatypes
 from .elfcheck import LayerIndex, scan_layer
 from .errors import ArchfleetError, RegistryError, VerificationFailed
-from .model import ChildImage
+from .model import ChildImage, LayerScan
 from .platforms import Platform, PlatformError, parse
 from .reference import Reference
 from .registry import RegistryClient, sha256_digest
@@ -36,6 +36,9 @@ async def verify_child(client: RegistryClient, ref: Reference, platform: Platfor
 
     A child that is itself an index (BuildKit adds one for provenance attestations) is
     flattened: its manifest for ``platform`` is used, attestation manifests are left out.
+    The child carries the layer scans made on the way that were not cached
+    (``ChildImage.scans``): the learn stage keeps them. Raises :class:`VerificationFailed`
+    when it is not ``platform``, a registry error when it cannot be read.
     """
     manifest = await client.get_manifest(ref)
     if manifest.media_type in mediatypes.INDEXES:
@@ -57,31 +60,31 @@ async def verify_child(client: RegistryClient, ref: Reference, platform: Platfor
             f"requested {platform} but the image pushed for it is "
             f"{actual or config.get('os', '?') + '/' + config.get('architecture', '?')} ({ref.name}@{manifest.digest})"
         )
-    program, arch = await program_architecture(client, ref, manifest.json(), config)
+    program, arch, scans = await program_architecture(client, ref, manifest.json(), config)
     if arch and not elfcheck.matches(arch, platform):
         raise VerificationFailed(
             f"requested {platform} but the image pushed for it runs {program} built for linux/{arch} "
             f"(its config claims {actual}; is the final stage pinned with FROM --platform?) ({ref.name}@{manifest.digest})"
         )
-    return ChildImage(platform, manifest.digest, manifest.media_type, len(manifest.body))
+    return ChildImage(platform, manifest.digest, manifest.media_type, len(manifest.body), scans=scans)
 
 
 CONTENT_BUDGET = 64 * 1024 * 1024  # bytes of layers read to find the program's ELF header
 
 
-def _scan_and_keep(digest: str, data: bytes) -> dict:
-    scan = scan_layer(io.BytesIO(data))
-    layercache.store(digest, scan)
-    return scan
+def _scan(data: bytes) -> dict:
+    return scan_layer(io.BytesIO(data))
 
 
 async def program_architecture(client: RegistryClient, ref: Reference, manifest: dict, config: dict,
-                               budget: int = CONTENT_BUDGET) -> tuple[str, str | None]:
-    """(program, architecture) of what the image runs, from ELF headers in its layers.
+                               budget: int = CONTENT_BUDGET) -> tuple[str, str | None, tuple[LayerScan, ...]]:
+    """(program, architecture, new scans): what the image runs and the ELF architecture of it,
+    from ELF headers in its layers, and the layers scanned here that no cached scan had.
 
     Layers are read top first and reading stops as soon as the program is found; layers past
     ``budget`` bytes are not read (then the most common ELF architecture seen so far is used).
-    A layer scanned before (by digest, :mod:`archfleet.layercache`) is not fetched again.
+    A layer scanned before (by digest, :mod:`archfleet.layercache`) is not fetched again; a
+    layer scanned now is not written here: it is returned, for the learn stage.
     """
     cfg = config.get("config") or {}
     argv = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
@@ -89,6 +92,7 @@ async def program_architecture(client: RegistryClient, ref: Reference, manifest:
     env = cfg.get("Env") or []
     layers = LayerIndex()
     spent = 0
+    new: list[LayerScan] = []
     for desc in reversed(manifest.get("layers") or []):
         digest = str(desc.get("digest") or "")
         scan = await asyncio.to_thread(layercache.load, digest)
@@ -99,15 +103,16 @@ async def program_architecture(client: RegistryClient, ref: Reference, manifest:
             spent += size
             data = await client.get_blob(ref, digest)
             try:
-                scan = await asyncio.to_thread(_scan_and_keep, digest, data)
+                scan = await asyncio.to_thread(_scan, data)
             except (tarfile.TarError, EOFError, OSError, zlib.error):
                 continue  # a layer format we cannot read (zstd, ...): no evidence either way
+            new.append(LayerScan(digest, scan))
         layers.add_scan(scan)
         if program:
             arch = layers.program_arch(program, env)
             if arch:
-                return program, arch
-    return (program or "its programs"), layers.majority_arch()
+                return program, arch, tuple(new)
+    return (program or "its programs"), layers.majority_arch(), tuple(new)
 
 
 def assemble(children: Sequence[ChildImage]) -> tuple[bytes, str]:

@@ -21,6 +21,8 @@ __all__ = [
     "Option",
     "PlatformResult",
     "ChildImage",
+    "Transfer",
+    "LayerScan",
 ]
 
 
@@ -34,18 +36,23 @@ def _labels(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple((str(k), str(v)) for k, v in value)
 
 
+def _settings(value: Any) -> tuple[tuple[str, Any], ...]:
+    if isinstance(value, dict):
+        value = value.items()
+    return tuple(sorted((str(k), v) for k, v in value))
+
+
 @attrs.frozen
 class NodeSpec:
-    """A build node as configured (``nodes.toml``) or contributed by a plugin."""
+    """A build node as configured (``nodes.toml``) or contributed by a plugin.
+
+    The fields are what every node has; ``settings`` holds the keys of its transport, as the
+    transport's plugin declared them (``archfleet_node_keys``) and ``nodes.toml`` gave them
+    (for ``ssh``: host, port, user, identity, known_hosts, host_key_policy). Only that plugin
+    reads them (:meth:`setting`)."""
 
     name: str
     transport: str = "local"  # which transport plugin owns it: "local", "ssh", ...
-    host: str | None = None
-    port: int | None = None
-    user: str | None = None
-    identity: str | None = None
-    known_hosts: str | None = None
-    host_key_policy: str = "strict"  # or "accept-new" (opt-in: trust a host seen for the first time)
     arch: Platform | None = None  # what the user says it is; the probe must agree
     engine: str = "docker"
     engine_cli: str | None = None  # the engine CLI to build with (path), None = discover
@@ -54,6 +61,20 @@ class NodeSpec:
     labels: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
     enabled: bool = True
     source: str = "<builtin>"  # file:line where it was defined, for error messages
+    settings: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_settings)
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        """The value of the transport's ``key`` (``default`` when not given)."""
+        for k, v in self.settings:
+            if k == key:
+                return v
+        return default
+
+    @property
+    def key(self) -> str:
+        """A stable name for what this node is (its name, transport and settings), for caches
+        keyed by node (CPU scores, link rates): a node re-pointed elsewhere is measured anew."""
+        return f"{self.name}|{self.transport}|" + ",".join(f"{k}={v}" for k, v in self.settings)
 
 
 @attrs.frozen
@@ -77,13 +98,20 @@ class NodeFacts:
     # seconds until each build slot taken by another archfleet run frees up (its lease), sorted
     busy: tuple[float, ...] = attrs.field(default=(), converter=_tuple)
     link_rate: float | None = None  # bytes/s to the node, measured on earlier context syncs
+    fix: str | None = None  # what to do about ``error``, one line, from the plugin that knows
+    address: str | None = None  # where the node is, for people (``user@host:port``), from its plugin
+    # the probe ran the benchmark just now (the learn stage keeps ``score``); False: the score
+    # came from the cache (or there is none)
+    score_measured: bool = False
 
     @property
     def name(self) -> str:
+        """The node's name."""
         return self.node.name
 
     @property
     def can_build(self) -> bool:
+        """True when the node answered and has an engine CLI that can build with BuildKit."""
         return self.reachable and self.builder is not None
 
 
@@ -141,6 +169,9 @@ class ChildImage:
     digest: str
     media_type: str
     size: int
+    # the layers verification scanned because no scan of them was cached: the learn stage keeps
+    # them (not part of the image's identity: equality and hash leave them out)
+    scans: tuple["LayerScan", ...] = attrs.field(default=(), converter=_tuple, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -159,3 +190,31 @@ class PlatformResult:
     digest: str | None = None
     ref: str | None = None
     image_id: str | None = None
+    # the context sync this build used, when it sent the context (the learn stage learns the
+    # node's link rate from it); None when nothing was sent or the transport does not sync
+    transfer: "Transfer | None" = None
+
+
+@attrs.frozen
+class Transfer:
+    """One context sync to a node, as measured: ``bytes`` sent in ``seconds`` over the link
+    ``link`` names (the transport's ``link_key``, see :func:`archfleet.scores.score_key`).
+
+    ``sync`` tells syncs apart: every platform built from one sync carries the same Transfer,
+    and the learn stage folds each sync into the link rate once."""
+
+    link: str
+    bytes: int
+    seconds: float
+    sync: str = ""
+
+
+@attrs.frozen
+class LayerScan:
+    """What verification found in one image layer (:func:`archfleet.elfcheck.scan_layer`: a
+    JSON-able dict, ``{"entries": {...}, "whiteouts": [...]}``), by the layer's digest. A layer
+    never changes under its digest, so two scans are equal when their digests are; ``scan`` is
+    read, never changed."""
+
+    digest: str
+    scan: dict = attrs.field(eq=False, repr=False)

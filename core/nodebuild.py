@@ -40,33 +40,36 @@ def child_tag(request: BuildRequest, option: Option) -> str | None:
     return str(child_ref(parse_reference(request.tags[0]), option.platform.tag_suffix))
 
 
-async def build_and_push(option: Option, request: BuildRequest, context) -> PlatformResult:
-    """Build ``option.platform`` on ``context``'s node; push after ``context.ready_to_push()``."""
+async def build_and_push(option: Option, request: BuildRequest, job) -> PlatformResult:
+    """Build ``option.platform`` on ``job``'s node (an :class:`archfleet.executor.Job`), push
+    after ``job.ready_to_push()``: the work of every strategy whose build runs in a node's engine.
+    The result carries the context sync's :class:`~archfleet.model.Transfer` when one was sent
+    (``PlatformResult.transfer``), for the learn stage."""
     started = time.monotonic()
-    facts = context.facts
+    facts = job.facts
     cli = EngineCLI(tuple(facts.engine_cli), facts.builder or "buildkit")
     tag = child_tag(request, option)
-    context.status("syncing context")
-    ctx_dir, dockerfile = await context.transport.prepare_context(request, context.reporter)
-    context.status("building")
+    job.status("syncing context")
+    ctx_dir, dockerfile, transfer = await job.transport.prepare_context(request, job.reporter)
+    job.status("building")
     extra = toolchains.build_args(option.platform, analyse(request).declared_args, request.build_args)
     digest_of_context = await asyncio.to_thread(context_digest, request)
     labels = [(LABEL_CONTEXT, digest_of_context), (LABEL_PLATFORM, str(option.platform))]
     image_id = await engine.build(
-        context.transport, cli, platform=option.platform, request=request, tag=tag or "",
-        context=ctx_dir, dockerfile=dockerfile, extra_build_args=extra, extra_labels=labels, on_line=context.log,
+        job.transport, cli, platform=option.platform, request=request, tag=tag or "",
+        context=ctx_dir, dockerfile=dockerfile, extra_build_args=extra, extra_labels=labels, on_line=job.log,
     )
     built = time.monotonic() - started
     if not request.push or tag is None:
-        return PlatformResult(option.platform, option, built, image_id=image_id, ref=tag)
-    await context.ready_to_push()
-    context.status("pushing")
+        return PlatformResult(option.platform, option, built, image_id=image_id, ref=tag, transfer=transfer)
+    await job.ready_to_push()
+    job.status("pushing")
     push_started = time.monotonic()
     ref = parse_reference(tag)
     # a credsStore/credHelpers lookup starts a helper program: not on the event loop
     auth = await asyncio.to_thread(engine.auth_config_for, ref.registry)
-    digest = await engine.push(context.transport, ref, auth, on_line=context.log)
+    digest = await engine.push(job.transport, ref, auth, on_line=job.log)
     # the time waiting at the push gate is other platforms' time, not this option's
     seconds = built + (time.monotonic() - push_started)
     return PlatformResult(option.platform, option, seconds, repository=ref.name,
-                          digest=digest, ref=f"{ref.name}@{digest}", image_id=image_id)
+                          digest=digest, ref=f"{ref.name}@{digest}", image_id=image_id, transfer=transfer)

@@ -1,6 +1,19 @@
-"""The stages of a build in order: probe, offer, plan, run, verify, merge, report.
+"""The spine of archfleet, and the only caller of plugins.
 
-Data flows one way; each stage is a function over frozen values. The CLI calls these.
+One build flows one way through these stages, each a function over frozen values::
+
+    request -> inventory -> probe -> offer -> estimate -> plan -> run -> verify -> merge -> learn
+
+Learning (writing what was measured to the user's caches) happens in :func:`learn` only: the
+stages that measure return what they measured (``NodeFacts.score_measured``,
+``PlatformResult.transfer``, ``ChildImage.scans``, the results' seconds) and :func:`learn` keeps
+it, after the probe for the scores and at the end of a build for the rest.
+
+The CLI makes the request (:class:`~archfleet.model.BuildRequest`) and the configuration
+(:class:`~archfleet.inventory.Config`), then calls :func:`run_command` with one of the commands
+here. Every hook is called from this module, through :class:`archfleet.manager.Hooks` (pluggy);
+the planner, the inventory and the executor call none: the executor gets ``connect``, ``run``
+and ``replan`` from :func:`build`.
 """
 
 from __future__ import annotations
@@ -11,71 +24,94 @@ import json
 import signal
 import threading
 import time
-from typing import Sequence
+from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import attrs
 
 from . import index as index_mod
+from . import inventory
+from . import learn as learning
 from . import platforms as plat
 from .errors import (ArchfleetError, EnvironmentProblem, Interrupted, PlatformsFailed, UsageError,
                      VerificationFailed)
 from .context import cache_days
 from .dockerfile import analyse
 from .executor import Executor, Failure
-from .hookcall import PluginError, call_each, call_first, resolve
-from .inventory import Config, collect_nodes
-from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
 from .history import HistoryView, view_for
-from .planner import Plan, apply_pins, check_pin_strategies, check_pins, node_speed, refine, schedule
+from .inventory import Config
+from .learn import Lessons
+from .manager import Hooks
+from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
+from .planner import (Plan, apply_estimates, apply_pins, check_pin_strategies, check_pins, next_best, node_speed,
+                      schedule)
+from .platforms import Platform
 from .progress import Reporter, guard
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
+from .session import Session
+
+T = TypeVar("T")
 
 
-async def probe(pm, config: Config, nodes: list[NodeSpec] | None = None) -> dict[str, NodeFacts]:
-    """Every enabled node's facts (``nodes``, else the inventory's), probed concurrently.
-    Unreachable nodes are kept, marked."""
+async def run_command(hooks: Hooks, work: Callable[[Session], Awaitable[T]]) -> T:
+    """Run one command (``work``, given this command's :class:`Session`), then end the session
+    whatever happened (``archfleet_session_end``: plugins close their connections)."""
+    session = Session()
+    try:
+        return await work(session)
+    finally:
+        session.ended = True
+        await hooks.session_end(session)
+
+
+def load_config(hooks: Hooks, *, nodes: str | None = None, engine_cli: str | None = None, local: bool = True,
+                note: Callable[[str], None] | None = None) -> Config:
+    """Request, the nodes half: the nodes file found, trusted and validated with the keys every
+    node has and those each transport's plugin declares (``archfleet_node_keys``); see
+    :func:`archfleet.inventory.make_config`. Raises :class:`UsageError` (one line, ``file:line``)."""
+    return inventory.make_config(nodes=nodes, engine_cli=engine_cli, local=local, note=note, keys=hooks.node_keys())
+
+
+def nodes_of(hooks: Hooks, config: Config, session: Session) -> list[NodeSpec]:
+    """Inventory: every enabled node, as the plugins contribute them (``archfleet_add_nodes``),
+    names unique, ``--node`` selections applied (:func:`archfleet.inventory.combine`)."""
+    return inventory.combine(hooks.add_nodes(config, session), config)
+
+
+async def probe(hooks: Hooks, config: Config, session: Session,
+                nodes: list[NodeSpec] | None = None) -> dict[str, NodeFacts]:
+    """Probe: every enabled node's facts (``nodes``, else the inventory's), all at once.
+    Unreachable nodes are kept, marked. The scores the probe measured are learned as soon as it
+    is over (:func:`learn`), so ``ls``, ``plan``, ``doctor`` and a build that fails later all
+    keep them."""
     if nodes is None:
-        nodes = collect_nodes(pm, config)
-
-    async def one(node):
-        try:
-            name, awaitable = call_first(pm, "archfleet_probe", node=node, config=config)
-            if awaitable is None:
-                return NodeFacts(node, False, error=f"no plugin handles transport {node.transport!r}")
-            facts = await resolve(name, "archfleet_probe", awaitable)
-        except ArchfleetError as exc:  # a plugin bug must not take the other nodes down
-            return NodeFacts(node, False, error=str(exc))
-        if not isinstance(facts, NodeFacts):
-            return NodeFacts(node, False, error=f"plugin {name!r} answered archfleet_probe with "
-                                                f"{type(facts).__name__}, not NodeFacts")
-        return facts
-
-    results = await asyncio.gather(*(one(n) for n in nodes))
+        nodes = nodes_of(hooks, config, session)
+    results = await asyncio.gather(*(hooks.probe(n, config, session) for n in nodes))
+    await learn(Lessons(probed=results))
     return {f.name: f for f in results}
 
 
-async def offers(pm, request: BuildRequest, facts: dict[str, NodeFacts]) -> list[Option]:
-    """Ask every strategy for its options for every platform; check what comes back.
+async def learn(lessons: Lessons) -> None:
+    """Learn: keep what a command measured for the ones after it (:func:`archfleet.learn.keep`,
+    in a thread): the scores after the probe, and at the end of a build its history rows, the
+    link rates of its context syncs and the layer scans of its verification. The only stage
+    that writes the user's caches; it never fails the command."""
+    await asyncio.to_thread(learning.keep, lessons)
 
-    A strategy may answer with a list or with an awaitable resolving to one (to ask a registry,
-    say); all of them are asked at once.
-    """
+
+async def offers(hooks: Hooks, request: BuildRequest, facts: Mapping[str, NodeFacts]) -> list[Option]:
+    """Offer: every strategy's options for every platform (``archfleet_offer``), all asked at
+    once and checked (:meth:`archfleet.manager.Hooks.offer`)."""
     all_facts = tuple(facts.values())
-    pending = []
-    for platform in request.platforms:
-        for name, got in call_each(pm, "archfleet_offer", platform=platform, request=request, facts=all_facts):
-            pending.append((platform, name, got))
-    answers = await asyncio.gather(*(resolve(name, "archfleet_offer", got) for _, name, got in pending))
-    out: list[Option] = []
-    for (platform, name, _), got in zip(pending, answers):
-        if not isinstance(got, (list, tuple)):
-            raise PluginError(f"plugin {name!r} answered archfleet_offer with {type(got).__name__}, not a list of Option")
-        for opt in got:
-            if not isinstance(opt, Option) or opt.platform != platform or opt.node not in facts:
-                raise PluginError(f"plugin {name!r} offered {opt!r}: expected an Option for {platform} on a known node")
-            out.append(opt)
-    return out
+    answers = await asyncio.gather(*(hooks.offer(p, request, all_facts) for p in request.platforms))
+    return [opt for got in answers for opt in got]
+
+
+def estimates(hooks: Hooks, options: Sequence[Option], request: BuildRequest,
+              facts: Mapping[str, NodeFacts], history: HistoryView | None) -> list[Option]:
+    """Estimate: each option's seconds refined by the plugins (``archfleet_estimate``)."""
+    answers = [hooks.estimate(o, request, facts.get(o.node), history) for o in options]
+    return apply_estimates(options, answers)
 
 
 def unplannable_reason(platform, planned: "Planned") -> str:
@@ -123,6 +159,7 @@ def unplannable_reason(platform, planned: "Planned") -> str:
 
 @attrs.frozen
 class Planned:
+    """What the plan stage produced: the nodes' facts, the options after estimates and pins (what the plan and fallbacks choose from), the plan, the history view, the options the pins left out, and the request."""
     facts: dict[str, NodeFacts]
     options: tuple[Option, ...]  # after estimates and pins: what the plan and fallbacks use
     plan: Plan
@@ -131,32 +168,32 @@ class Planned:
     request: BuildRequest | None = None  # what was planned (says why a node cannot run a stage)
 
 
-def check_request(pm, request: BuildRequest, config: Config) -> list[NodeSpec]:
+def check_request(hooks: Hooks, request: BuildRequest, config: Config, session: Session) -> list[NodeSpec]:
     """What the input alone decides, checked before any node is probed or registry asked: the
     Dockerfile, and the ``--node``/``--strategy`` pins (a platform being built, a node the
     inventory has, ``cross`` only for a Dockerfile that cross-compiles). Raises
     :class:`UsageError`; returns the inventory's enabled nodes. Cheap: call it again freely."""
     analysis = analyse(request)  # a Dockerfile error is the user's: report it before probing anything
-    nodes = collect_nodes(pm, config)
+    nodes = nodes_of(hooks, config, session)
     check_pins(request.pins, request.platforms, [n.name for n in nodes])
     for pin in request.pins:
-        if pin.strategy == "cross" and "cross" in _offering_plugins(pm) and not analysis.cross:
+        if pin.strategy == "cross" and "cross" in hooks.strategies() and not analysis.cross:
             raise UsageError(f"{pin.flag}: {request.dockerfile.name} cannot cross-compile: no stage it builds "
                              "runs on $BUILDPLATFORM (use FROM --platform=$BUILDPLATFORM for the build stages, "
                              "or drop --strategy cross)")
     return nodes
 
 
-async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
-    """Probe, offer, estimate and schedule, after :func:`check_request`. A pinned strategy no
-    plugin names is refused once the offers are in (a plugin's strategy name need not be its
+async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session: Session) -> Planned:
+    """Inventory, probe, offer, estimate and plan, after :func:`check_request`. A pinned strategy
+    no plugin names is refused once the offers are in (a plugin's strategy name need not be its
     plugin name)."""
-    nodes = check_request(pm, request, config)
+    nodes = check_request(hooks, request, config, session)
     view_task = asyncio.create_task(asyncio.to_thread(view_for, request))
-    facts = await probe(pm, config, nodes)
+    facts = await probe(hooks, config, session, nodes)
     view = await view_task
-    offered = refine(pm, await offers(pm, request, facts), request, facts, view)
-    check_pin_strategies(request.pins, _offering_plugins(pm) | {o.strategy for o in offered})
+    offered = estimates(hooks, await offers(hooks, request, facts), request, facts, view)
+    check_pin_strategies(request.pins, hooks.strategies() | {o.strategy for o in offered})
     options = apply_pins(offered, request.pins)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
     busy = {name: f.busy for name, f in facts.items() if f.busy}  # slots other archfleet runs hold
@@ -164,13 +201,15 @@ async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
     return Planned(facts, tuple(options), plan, view, tuple(o for o in offered if o not in options), request)
 
 
-def _offering_plugins(pm) -> set[str]:
-    """Names of the registered plugins that implement ``archfleet_offer`` (the strategies)."""
-    return {impl.plugin_name for impl in pm.hook.archfleet_offer.get_hookimpls()}
+async def connect(hooks: Hooks, facts: NodeFacts, session: Session):
+    """A transport to the node of ``facts`` (``archfleet_connect``), owned by its plugin for the
+    rest of the command."""
+    return await hooks.connect(facts.node, facts, session)
 
 
 @attrs.frozen
 class BuildSummary:
+    """What a build produced, for the CLI, ``--metadata-file`` and ``--report``: each platform's result and verified child, the index (digest, media type, size in bytes) and its tags, the plan, the re-plans, the attempts, and the seconds it all took."""
     results: tuple[PlatformResult, ...]
     children: tuple[ChildImage, ...]
     index_digest: str | None
@@ -200,7 +239,7 @@ class RunState:
         return "interrupted"
 
 
-async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
+async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: Reporter, session: Session,
                 state: RunState | None = None) -> BuildSummary:
     """Plan, run, verify and publish ``request``; ``state`` (if given) records what was published.
 
@@ -209,6 +248,8 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
     build or whose child fails verification is left out of the index, and said so. Ctrl-C
     before the tags start moving leaves them untouched; once they do, the moves are finished
     first and :class:`Interrupted` says that the tags were moved (see :func:`hold_interrupts`).
+    A node that fails mid-build is dropped and the platform asked of the planner again
+    (:func:`archfleet.planner.next_best` over the options left).
     """
     started = time.monotonic()
     reporter = guard(reporter)  # progress output never fails a build
@@ -217,7 +258,7 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
     if request.push and not tags:
         raise UsageError("--push needs at least one -t/--tag")
     async with RegistryClient(request.insecure_registries) as client:
-        planning = asyncio.create_task(make_plan(pm, request, config))
+        planning = asyncio.create_task(make_plan(hooks, request, config, session))
         try:
             if request.push:
                 # Fail before building anything when the registry is not there or refuses us.
@@ -235,8 +276,18 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
         if missing:
             raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in missing))
         reporter.planned(planned.plan)
-        executor = Executor(pm, request, planned.facts, reporter)
-        outcome = await executor.run(planned.plan, planned.options)
+        options_of: dict[Platform, list[Option]] = {}
+        for o in planned.options:
+            options_of.setdefault(o.platform, []).append(o)
+
+        def replan(platform: Platform, tried, down, wait) -> Option | None:
+            return next_best(options_of.get(platform, ()), tried, down, wait)
+
+        executor = Executor(request, planned.facts, reporter,
+                            connect=lambda node: connect(hooks, planned.facts[node], session),
+                            run_option=lambda option, job: hooks.run(option, request, job),
+                            replan=replan)
+        outcome = await executor.run(planned.plan)
         failures = list(outcome.failures)
         if failures and not (request.allow_partial and outcome.results):
             raise failed(failures, pushed_nothing=request.push)
@@ -265,17 +316,16 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
             size = len(body)
             for tag in tags:
                 reporter.event(f"pushed {tag} -> {digest}")
-                call_each(pm, "archfleet_index_pushed", ref=str(tag), digest=digest)
+                hooks.index_pushed(str(tag), digest)
             if held.interrupted:
                 raise Interrupted(f"interrupted after the index {digest} was pushed to {where}")
         if failures:
             reporter.warning("left out (--allow-partial): " + "; ".join(f.line() for f in failures))
         for r in results:
-            if planned.history is not None:
-                facts = planned.facts.get(r.option.node)
-                speed = node_speed(facts) if facts is not None else None
-                await asyncio.to_thread(planned.history.record, r, speed=speed)
-            call_each(pm, "archfleet_build_finished", result=r)
+            hooks.build_finished(r)
+        await learn(Lessons(results=results, history=planned.history,
+                            speeds={n: node_speed(f) for n, f in planned.facts.items()},
+                            scans=[scan for child in children for scan in child.scans]))
     return BuildSummary(tuple(results), tuple(children), digest, media_type, size, request.tags, planned,
                         outcome.replans, time.monotonic() - started, outcome.attempts)
 
@@ -354,27 +404,6 @@ def hold_interrupts(what: str):
             signal.signal(signal.SIGINT, previous)
 
 
-async def end_session(pm) -> None:
-    """Let plugins close what they hold (``archfleet_session_end``)."""
-    try:
-        answers = call_each(pm, "archfleet_session_end")
-    except ArchfleetError:
-        return  # closing up: a plugin failing here must not hide the command's own outcome
-    for name, result in answers:
-        try:
-            await resolve(name, "archfleet_session_end", result)
-        except ArchfleetError:
-            pass
-
-
-async def run_command(pm, coro):
-    """Run one command's coroutine, then end the session whatever happened."""
-    try:
-        return await coro
-    finally:
-        await end_session(pm)
-
-
 def _one_per_repo(tags: Sequence[Reference]) -> list[Reference]:
     seen, out = set(), []
     for t in tags:
@@ -416,5 +445,6 @@ def metadata(summary: BuildSummary) -> dict:
 
 
 def write_metadata(path, summary: BuildSummary) -> None:
+    """Write :func:`metadata`'s document to ``path`` as JSON (buildx's keys where they mean the same, plus ``archfleet.*``)."""
     text = json.dumps(metadata(summary), indent=2) + "\n"
     path.write_text(text)

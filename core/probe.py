@@ -1,6 +1,10 @@
 """Probing a node through any transport: machine, CPUs, memory, load, binfmt handlers, the
 engine and its CLI, build slots other archfleet runs hold there (their leases), and a short CPU
-benchmark (cached per node, with a TTL).
+benchmark (read from the score cache when measured lately, see :mod:`archfleet.scores`).
+
+The probe only reads the caches (a node's score, its link rate). A score it measures is
+reported in the facts (``NodeFacts.score_measured``) and kept by the learn stage
+(:mod:`archfleet.learn`), not here.
 
 Everything runs as fixed scripts (``sh -c SCRIPT``); nothing from the user is ever part of a
 script. Both the local and the SSH transport use this, so their numbers compare.
@@ -9,13 +13,13 @@ script. Both the local and the SSH transport use this, so their numbers compare.
 from __future__ import annotations
 
 import asyncio
-import math
-import time
-from pathlib import Path
 
-from . import binfmt, cachefile, engine, leases, linkrate
+import attrs
+
+from . import binfmt, engine, leases, linkrate, scores
 from .model import NodeFacts, NodeSpec
 from .platforms import PlatformError, from_uname, native_platforms
+from .scores import score_key
 
 FACTS_SCRIPT = r"""
 echo "machine=$(uname -m)"
@@ -36,10 +40,10 @@ while [ $i -lt 100000 ]; do i=$((i+1)); done
 e=$(date +%s%N); echo "bench_us=$(( (e - s) / 1000 ))"
 """
 BENCH_REFERENCE_US = 67_000.0  # what the project VM (dash, one core) takes: score 1.0
-SCORE_TTL = 24 * 3600
 
 
 def parse_facts(lines) -> dict:
+    """The facts script's ``key=value`` lines as a dict: ``binfmt`` (a list of :class:`~archfleet.binfmt.Handler`), ``lease`` (the raw values) and every other key as its stripped string."""
     out: dict = {"binfmt": [], "lease": []}
     for line in lines:
         key, _, value = line.strip().partition("=")
@@ -54,53 +58,28 @@ def parse_facts(lines) -> dict:
     return out
 
 
-def _cache_file() -> Path:
-    import platformdirs
+@attrs.frozen
+class Score:
+    """A node's CPU benchmark score: ``value`` (higher is faster, 1.0 = the project VM; None when
+    it could not be measured) and whether this probe measured it (``measured``: the learn stage
+    keeps it) or read it from the score cache."""
 
-    return Path(platformdirs.user_cache_dir("archfleet")) / "scores.json"
-
-
-def cached_score(key: str) -> float | None:
-    """The node's benchmark score if measured within ``SCORE_TTL`` (finite and positive)."""
-    entry = cachefile.read_json(_cache_file()).get(key)
-    try:
-        if entry and time.time() - float(entry["at"]) < SCORE_TTL:
-            score = float(entry["score"])
-            if math.isfinite(score) and score > 0:
-                return score
-    except (KeyError, TypeError, ValueError):
-        pass
-    return None
+    value: float | None
+    measured: bool = False
 
 
-def store_score(key: str, score: float) -> None:
-    """Keep the score (under the file's lock, replaced whole: two runs probing at once keep both
-    nodes' scores); a cache dir that cannot be written only means it is measured again."""
-    def put(doc: dict) -> None:
-        doc[key] = {"score": score, "at": time.time()}
-
-    try:
-        cachefile.update_json(_cache_file(), put)
-    except OSError:
-        pass
-
-
-def score_key(node: NodeSpec) -> str:
-    return f"{node.name}|{node.transport}|{node.host or ''}|{node.port or ''}"
-
-
-async def benchmark(transport, node: NodeSpec) -> float | None:
-    key = score_key(node)
-    score = await asyncio.to_thread(cached_score, key)
-    if score is not None:
-        return score
+async def benchmark(transport, node: NodeSpec) -> Score:
+    """The node's score: the cached one when measured within ``scores.SCORE_TTL``, else measured now
+    through ``transport`` (a fixed script, up to 120 s). Writes nothing: a plugin puts
+    ``value`` and ``measured`` into its NodeFacts (``score``, ``score_measured``)."""
+    cached = await asyncio.to_thread(scores.cached, score_key(node))
+    if cached is not None:
+        return Score(cached)
     done = await transport.run(["sh", "-c", BENCH_SCRIPT], timeout=120)
     us = parse_facts(done.tail).get("bench_us")
     if not done.ok or not us or not us.isdigit() or int(us) <= 0:
-        return None
-    score = round(BENCH_REFERENCE_US / int(us), 3)
-    await asyncio.to_thread(store_score, key, score)
-    return score
+        return Score(None)
+    return Score(round(BENCH_REFERENCE_US / int(us), 3), measured=True)
 
 
 async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_argv=True) -> NodeFacts:
@@ -117,7 +96,8 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
     natives = native_platforms(raw.get("machine", ""), raw.get("cpuflags"))
     if node.arch is not None and node.arch not in natives:
         return NodeFacts(node, False, error=f"{node.source}: arch = {node.arch} but the node says it is "
-                                            f"{native} (uname -m: {raw.get('machine')}); fix or remove 'arch'")
+                                            f"{native} (uname -m: {raw.get('machine')}); fix or remove 'arch'",
+                         fix=f"fix or remove 'arch' at {node.source}")
     emulated = tuple(p for p in binfmt.emulated_platforms(raw["binfmt"]) if p not in natives)
     problems = tuple((p, why) for p, why in binfmt.unusable(raw["binfmt"]) if p not in natives)
     cli, reasons = await engine.discover_cli(transport, candidates)
@@ -131,7 +111,8 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
             version = ver.last_line()
         else:
             return NodeFacts(node, False, error=f"engine not answering on the node: {ver.last_line()}",
-                             native=natives, emulated=emulated)
+                             native=natives, emulated=emulated,
+                             fix=f"start dockerd on the node, or fix docker_host at {node.source}")
     score = await benchmark(transport, node)
 
     def num(key, kind, default):
@@ -144,6 +125,6 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
         node, True, error=error, native=natives, emulated=emulated, emulation_problems=problems,
         engine_version=version,
         engine_cli=cli.argv if cli else (), builder=cli.mode if cli else None,
-        cpus=num("cpus", int, 1), memory=num("mem_kb", int, 0) * 1024, load=num("load", float, 0.0), score=score,
-        busy=leases.parse(raw["lease"]), link_rate=linkrate.measured(score_key(node)),
+        cpus=num("cpus", int, 1), memory=num("mem_kb", int, 0) * 1024, load=num("load", float, 0.0), score=score.value,
+        busy=leases.parse(raw["lease"]), link_rate=linkrate.measured(score_key(node)), score_measured=score.measured,
     )

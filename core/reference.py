@@ -35,6 +35,7 @@ DOCKER_HUB_API = "registry-1.docker.io"
 
 @attrs.frozen
 class Reference:
+    """An image reference, parsed and normalised (:func:`parse_reference`): registry (``host[:port]``, ``docker.io`` for Docker Hub), repository path, tag and/or ``sha256:`` digest."""
     registry: str  # host[:port], "docker.io" for Docker Hub
     repository: str  # path inside the registry
     tag: str | None = None
@@ -42,16 +43,20 @@ class Reference:
 
     @property
     def name(self) -> str:
+        """``registry/repository``."""
         return f"{self.registry}/{self.repository}"
 
     @property
     def api_host(self) -> str:
+        """The host the registry API is served from (Docker Hub's is ``registry-1.docker.io``); credentials are looked up by :attr:`registry`, not this."""
         return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
 
     def with_tag(self, tag: str) -> "Reference":
+        """The same repository at ``tag`` (no digest)."""
         return attrs.evolve(self, tag=tag, digest=None)
 
     def with_digest(self, digest: str) -> "Reference":
+        """The same repository at ``digest`` (no tag)."""
         return attrs.evolve(self, tag=None, digest=digest)
 
     @property

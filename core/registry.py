@@ -76,6 +76,7 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.
 
 
 def sha256_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data`` (the OCI digest of those exact bytes)."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -88,6 +89,7 @@ class Manifest:
     digest: str
 
     def json(self) -> dict:
+        """The manifest parsed (a dict)."""
         return json.loads(self.body)
 
 
@@ -202,6 +204,7 @@ def refusal(code: str | None, status: int | None, registry: str, subject: str, d
 # -- TLS ------------------------------------------------------------------------------------------
 
 def certs_dir() -> Path:
+    """Where per-registry CAs and client certificates are looked for: ``$ARCHFLEET_CERTS_D``, else ``/etc/docker/certs.d`` (as dockerd)."""
     return Path(os.environ.get("ARCHFLEET_CERTS_D") or "/etc/docker/certs.d")
 
 
@@ -295,6 +298,7 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the HTTP connections (also per-host TLS clients)."""
         await self._http.aclose()
         for client in self._per_host.values():
             if client is not None:
@@ -590,6 +594,7 @@ class RegistryClient:
                 int(resp.headers.get("content-length", "0")))
 
     async def get_manifest(self, ref: Reference) -> Manifest:
+        """The manifest ``ref`` points at, exactly as served, checked against its digest (``ref``'s and ``Docker-Content-Digest``). Raises :class:`RegistryError` (404: not found; not JSON; a digest mismatch)."""
         resp = await self.request(
             "GET", ref.api_host, f"/v2/{ref.repository}/manifests/{ref.reference}",
             scope=f"repository:{ref.repository}:pull", headers={"Accept": mediatypes.ACCEPT}, ok=(200, 404),
@@ -621,6 +626,7 @@ class RegistryClient:
         return resp.content
 
     async def blob_exists(self, ref: Reference, digest: str) -> bool:
+        """True when the repository of ``ref`` has blob ``digest`` (HEAD)."""
         resp = await self.request(
             "HEAD", ref.api_host, f"/v2/{ref.repository}/blobs/{digest}",
             scope=f"repository:{ref.repository}:pull", ok=(200, 404),

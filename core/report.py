@@ -19,6 +19,7 @@ def _esc(text) -> str:
 
 
 def render(summary, request) -> str:
+    """The ``--report`` HTML page for ``summary`` of ``request``: one self-contained document (inline CSS, no scripts): a lane per node with the planned bar and the actual attempts of each platform, and the plan table."""
     plan = summary.planned.plan
     attempts = list(summary.attempts)
     # one row per (node, platform) that was planned or tried there, grouped by node
@@ -114,4 +115,5 @@ table {{ border-collapse: collapse; margin-top: 16px; }} td, th {{ border: 1px s
 
 
 def write_report(path: Path, summary, request) -> None:
+    """Write :func:`render`'s page to ``path`` (UTF-8)."""
     path.write_text(render(summary, request))

@@ -83,18 +83,31 @@ async def _probe(node: NodeSpec) -> NodeFacts:
             node, True, error=error, native=natives, emulated=emulated, emulation_problems=problems,
             engine_version=info.get("Version"), engine_cli=cli.argv if cli else (),
             builder=cli.mode if cli else None, cpus=os.cpu_count() or 1, memory=_memory(), load=load,
-            score=score, busy=await asyncio.to_thread(read_local_leases, node),
+            score=score.value, score_measured=score.measured, busy=await asyncio.to_thread(read_local_leases, node),
         )
     finally:
         await transport.close()
 
 
 @hookimpl
-def archfleet_connect(node, facts):
+def archfleet_connect(node, facts, session):
     if node.transport != TRANSPORT:
         return None
 
     async def _connect():
-        return LocalTransport(node.name, node.docker_host)
+        # one transport per node for the command, kept in the session and closed at its end
+        transports = session.state(TRANSPORT).setdefault("transports", {})
+        if node.name not in transports:
+            transports[node.name] = LocalTransport(node.name, node.docker_host)
+        return transports[node.name]
 
     return _connect()
+
+
+@hookimpl
+def archfleet_session_end(session):
+    async def _close():
+        for transport in session.state(TRANSPORT).pop("transports", {}).values():
+            await transport.close()
+
+    return _close()

@@ -31,7 +31,7 @@ def archfleet_offer(platform, request, facts):
 
 
 @hookimpl
-def archfleet_run(option, request, context):
+def archfleet_run(option, request, job):
     if option.strategy != STRATEGY:
         return None
-    return build_and_push(option, request, context)
+    return build_and_push(option, request, job)

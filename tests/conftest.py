@@ -371,12 +371,12 @@ class Nodes:
         could not reach the node), so the slot reads busy until the lease's heartbeat is 75 s old.
         Right for a real lab; a test that restores the node also clears that, so the next test
         starts from idle nodes. A node user whose shared lease root failed the ownership check
-        keeps its leases in its own ~/.cache/archfleet-leases: those go too."""
-        from archfleet.leases import PRIVATE, shared_root
+        keeps its leases in its own ~/.cache/archfleet/leases: those go too."""
+        from archfleet.leases import shared_root
 
         shutil.rmtree(shared_root(), ignore_errors=True)
         for home in (self.toml.parent / "nodes").glob("*/home"):
-            shutil.rmtree(home / ".cache" / PRIVATE, ignore_errors=True)
+            shutil.rmtree(home / ".cache" / "archfleet" / "leases", ignore_errors=True)
 
     def args(self, *extra) -> list[str]:
         """Flags every lab build needs: the nodes file and the bridge registry as insecure."""

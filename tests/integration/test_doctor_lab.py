@@ -41,7 +41,7 @@ def test_doctor_names_a_changed_host_key_refused_credentials_and_a_handler_witho
     assert proc.returncode == 3, proc.stdout + proc.stderr
     got = checks(proc.stdout)
     assert got["node n1"].startswith("FAIL") and "does not match" in got["node n1"], got["node n1"]
-    assert "check the node really is who it claims" in got["node n1"]
+    assert "check that the node really is who it claims" in got["node n1"]
     assert got["node n2"].startswith("ok") and got["node n3"].startswith("ok")
     registry = got[f"registry {htpasswd_registry}"]
     assert registry.startswith("FAIL") and "refused the credentials" in registry, registry

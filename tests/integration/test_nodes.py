@@ -205,6 +205,7 @@ def test_two_syncs_of_one_context_at_once_leave_one_complete_tree(lab, nodes, tm
 
     from archfleet.context import CACHE
     from archfleet.inventory import load_nodes_file
+    from archfleet.plugins.ssh import KEYS as SSH_KEYS
     from archfleet.model import BuildRequest
     from archfleet.platforms import parse
     from archfleet.plugins.ssh import _connect
@@ -214,7 +215,7 @@ def test_two_syncs_of_one_context_at_once_leave_one_complete_tree(lab, nodes, tm
     (tmp_path / "tool.sh").write_text("#!/bin/sh\necho hi\n")
     (tmp_path / "tool.sh").chmod(0o755)
     (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")
-    node = next(n for n in load_nodes_file(nodes.toml) if n.name == "n2")
+    node = next(n for n in load_nodes_file(nodes.toml, {"ssh": SSH_KEYS}) if n.name == "n2")
     req = BuildRequest(tmp_path, tmp_path / "Dockerfile", [parse("linux/amd64")])
     expected = sorted(f"{p.stat().st_mode & 0o777:o} {hashlib.sha256(p.read_bytes()).hexdigest()} ./{p.name}"
                       for p in tmp_path.iterdir())
@@ -234,7 +235,7 @@ def test_two_syncs_of_one_context_at_once_leave_one_complete_tree(lab, nodes, tm
             await a.close()
             await b.close()
 
-    ((ctx_a, df_a), (ctx_b, df_b)), tree = asyncio.run(race())
+    ((ctx_a, df_a, _), (ctx_b, df_b, _)), tree = asyncio.run(race())
     assert ctx_a == ctx_b and df_a == df_b
     # no file missing, short or changed, and nothing left staged
     assert sorted(line for line in tree if line.strip()) == expected

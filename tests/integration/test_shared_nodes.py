@@ -30,9 +30,10 @@ def equal_scores(nodes, cache) -> None:
     """Every lab node gets the same benchmark score (in this test's own score cache), so no
     node is slower than another: what the planner says about n1 can only come from its leases."""
     from archfleet.inventory import load_nodes_file
-    from archfleet.probe import score_key
+    from archfleet.plugins.ssh import KEYS as SSH_KEYS
+    from archfleet.scores import score_key
 
-    keys = [score_key(n) for n in load_nodes_file(nodes.toml) if n.name in ("n1", "n2", "n3")]
+    keys = [score_key(n) for n in load_nodes_file(nodes.toml, {"ssh": SSH_KEYS}) if n.name in ("n1", "n2", "n3")]
     (cache / "archfleet").mkdir(parents=True, exist_ok=True)
     (cache / "archfleet" / "scores.json").write_text(json.dumps({k: {"score": 1.0, "at": time.time()} for k in keys}))
 

@@ -74,8 +74,10 @@ def sshd():
 def spec(sshd, user, **kw):
     from archfleet.model import NodeSpec
 
-    return NodeSpec(**{"name": "box", "transport": "ssh", "host": "127.0.0.1", "port": sshd.port, "user": user,
-                       "identity": str(sshd.server.key), "known_hosts": str(sshd.known_hosts), **kw})
+    settings = {"host": "127.0.0.1", "port": sshd.port, "user": user, "identity": str(sshd.server.key),
+                "known_hosts": str(sshd.known_hosts)}
+    settings.update({k: kw.pop(k) for k in list(kw) if k in settings or k == "host_key_policy"})
+    return NodeSpec(**{"name": "box", "transport": "ssh", "settings": settings, **kw})
 
 
 async def transport(node):
@@ -252,7 +254,7 @@ def test_the_bootstrap_reads_the_frame_under_busybox_sh(lab):
     index = lab.manifest("archfleet/busybox", "latest").json()
     digest = next(m["digest"] for m in index["manifests"] if m["platform"]["architecture"] == "amd64")
     image = f"{lab.registry}/archfleet/busybox@{digest}"
-    from archfleet.transport import REMOTE_COMMAND, frame
+    from archfleet.plugins.ssh.transport import REMOTE_COMMAND, frame
 
     values = [v.replace(b"%(m)s", b"/tmp/x") for v in HOSTILE]
     out = subprocess.run([lab.docker, "run", "-i", "--rm", image, "sh", "-c", REMOTE_COMMAND],

@@ -144,7 +144,7 @@ def test_cross_for_a_dockerfile_that_cannot_cross_compile(capsys):
 
 @pytest.fixture
 def one_amd64_node(monkeypatch):
-    async def probe(pm, config, nodes=None):
+    async def probe(hooks, config, session, nodes=None):
         node = NodeSpec("local", max_builds=2)
         return {"local": NodeFacts(node, True, native=(parse("linux/amd64"), parse("linux/386")),
                                    builder="buildkit", cpus=2, score=1.0)}

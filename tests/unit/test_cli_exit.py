@@ -123,7 +123,7 @@ def build_interrupted(monkeypatch, tmp_path, published: bool) -> int:
 
     from stubs import CTX
 
-    async def fake_build(pm, request, config, reporter, state=None):
+    async def fake_build(hooks, request, config, reporter, session, state=None):
         if published:  # the index PUT answered, then Ctrl-C (history, session end, ...)
             state.index_digest, state.tags = "sha256:" + "ab" * 32, ("127.0.0.1:5000/exec/app:1",)
         raise KeyboardInterrupt

@@ -14,13 +14,14 @@ import base64
 import ssl
 
 import httpx
-import pluggy
 import pytest
 
-from archfleet import cli, doctor, engine, hookspecs, pipeline
+from archfleet import cli, doctor, engine, pipeline
 from archfleet.api import hookimpl
 from archfleet.engine import EngineCLI
 from archfleet.inventory import Config
+from archfleet.manager import make_hooks
+from archfleet.session import Session
 from archfleet.model import NodeFacts, NodeSpec
 from archfleet.registry import RegistryClient
 from archfleet.transport import Completed
@@ -159,26 +160,30 @@ def test_the_local_engine_and_its_cli(monkeypatch, answers, cli_found, expected)
 # -- nodes ----------------------------------------------------------------------------------------
 
 def spec(name, **kw):
-    return NodeSpec(name, transport="stub", host=f"{name}.lan", user="builder", source="nodes.toml:3", **kw)
+    return NodeSpec(name, transport="stub", settings={"host": f"{name}.lan", "user": "builder"},
+                    source="nodes.toml:3", **kw)
 
 
 def reachable(name, **kw):
     return NodeFacts(spec(name), True, native=(AMD,), emulated=(ARM,), engine_version="20.10.24",
-                     builder="buildkit", **kw)
+                     builder="buildkit", address=f"builder@{name}.lan", **kw)
 
 
+# what the probe said and what its plugin said to do about it (NodeFacts.fix): the doctor shows
+# the plugin's advice, it does not guess it from the words of the error
 UNREACHABLE = {
     "key": ("host key of node key at 10.0.0.1:22 does not match the one in ~/.ssh/known_hosts: the server presented "
             "ssh-ed25519 SHA256:abc; refusing to connect",
-            "check the node really is who it claims; if its key changed legitimately, update known_hosts"),
+            "check that the node really is who it claims; if its key changed on purpose, update known_hosts "
+            "(ssh-keygen -R)"),
     "login": ("SSH login to login.lan:22 as builder refused (check identity or the SSH agent)",
-              "check user and identity in nodes.toml, or the SSH agent"),
+              "check user and identity at nodes.toml:3, or the SSH agent"),
     "arch": ("nodes.toml:3: arch = linux/arm64 but the node says it is linux/amd64 (uname -m: x86_64); "
-             "fix or remove 'arch'", "fix or remove 'arch' in nodes.toml"),
+             "fix or remove 'arch'", "fix or remove 'arch' at nodes.toml:3"),
     "engine": ("engine not answering on the node: Cannot connect to the Docker daemon",
-               "start dockerd on the node, or fix docker_host in nodes.toml"),
+               "start dockerd on the node, or fix docker_host at nodes.toml:3"),
     "down": ("SSH to down.lan:22 failed: [Errno 113] No route to host",
-             "check that sshd runs on down.lan and the address and port in nodes.toml:3 are right"),
+             "check that sshd runs on down.lan and the address and port at nodes.toml:3 are right"),
 }
 
 
@@ -207,21 +212,25 @@ class Clock:
 
 
 def node_checks(monkeypatch, facts, offsets=None):
-    async def probe(pm, config, nodes=None):
+    async def probe(hooks, config, session, nodes=None):
         return {f.name: f for f in facts}
 
     monkeypatch.setattr(pipeline, "probe", probe)
-    pm = pluggy.PluginManager("archfleet")
-    pm.add_hookspecs(hookspecs)
-    pm.register(Clock(offsets or {}), name="clock")
-    return asyncio.run(doctor.check_nodes(pm, Config()))
+    hooks = make_hooks({}, load_entrypoints=False, builtins=())
+    hooks.register(Clock(offsets or {}), name="clock")
+    return asyncio.run(doctor.check_nodes(hooks, Config(), Session()))
 
 
 @pytest.mark.parametrize("name", sorted(UNREACHABLE))
-def test_an_unreachable_node_fails_with_the_probes_reason_and_what_to_do(monkeypatch, name):
+def test_an_unreachable_node_fails_with_the_probes_reason_and_its_plugins_advice(monkeypatch, name):
     error, fix = UNREACHABLE[name]
-    (check,) = node_checks(monkeypatch, [NodeFacts(spec(name), False, error=error)])
+    (check,) = node_checks(monkeypatch, [NodeFacts(spec(name), False, error=error, fix=fix)])
     assert (check.status, check.what, check.message, check.fix) == ("FAIL", f"node {name}", error, fix)
+
+
+def test_an_unreachable_node_without_advice_gets_the_general_one(monkeypatch):
+    (check,) = node_checks(monkeypatch, [NodeFacts(spec("odd"), False, error="something new")])
+    assert check.fix == "check the node's address, its sshd and the settings at nodes.toml:3"
 
 
 def test_a_node_without_a_builder_fails(monkeypatch):
@@ -255,7 +264,7 @@ def command(tmp_path, monkeypatch):
     monkeypatch.delenv("ARCHFLEET_NODES", raising=False)
     state = type("Command", (), {"facts": []})()
 
-    async def probe(pm, config, nodes=None):
+    async def probe(hooks, config, session, nodes=None):
         return {f.name: f for f in state.facts}
 
     monkeypatch.setattr(pipeline, "probe", probe)
@@ -264,7 +273,7 @@ def command(tmp_path, monkeypatch):
 
 def test_doctor_exits_3_when_a_check_failed_and_prints_one_line_per_check(monkeypatch, capsys, command):
     registry(monkeypatch, FakeRegistry(HOST))
-    command.facts = [NodeFacts(spec("n1"), False, error=UNREACHABLE["key"][0])]
+    command.facts = [NodeFacts(spec("n1"), False, error=UNREACHABLE["key"][0], fix=UNREACHABLE["key"][1])]
     assert cli.main(["doctor", "--no-local", "--registry", HOST]) == 3
     out, err = capsys.readouterr()
     assert out.splitlines() == [

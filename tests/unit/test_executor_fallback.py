@@ -12,9 +12,8 @@ import pytest
 
 from archfleet.errors import (BuildFailed, InfrastructureError, PluginError, RegistryError, RegistryRefused,
                               VerificationFailed)
-from archfleet.executor import Executor
 
-from stubs import (AMD, ARM, Recorder, builds, facts, plan, raises, request, scripted,
+from stubs import (wired, AMD, ARM, Recorder, builds, facts, plan, raises, request, scripted,
                    scripted_option as option)
 
 BOUND = 10.0
@@ -25,11 +24,11 @@ def run(plays, chosen, options, *, max_builds=4, busy=None, until=None, **req):
     beside the executor (to release a play once something happened)."""
     pm, strategy = scripted(plays)
     nodes = sorted({o.node for o in options})
-    ex = Executor(pm, request(*dict.fromkeys(o.platform for o in chosen), **req),
-                  facts(*nodes, max_builds=max_builds, busy=busy), Recorder())
+    ex = wired(pm, request(*dict.fromkeys(o.platform for o in chosen), **req),
+               facts(*nodes, max_builds=max_builds, busy=busy), Recorder(), options)
 
     async def scenario():
-        running = asyncio.ensure_future(ex.run(plan(*chosen), options))
+        running = asyncio.ensure_future(ex.run(plan(*chosen)))
         if until is not None:
             await asyncio.wait_for(until(), BOUND)
         return await asyncio.wait_for(running, BOUND)

@@ -121,7 +121,7 @@ def test_a_sync_that_unpacks_a_new_tree_prunes_in_the_same_command(tmp_path, mon
             runs.append(argv)
             return await super().run(argv, **kw)
 
-    tree, _ = asyncio.run(sync_context(Counting(), BuildRequest(ctx, ctx / "Dockerfile", [parse("linux/amd64")])))
+    tree, _, _ = asyncio.run(sync_context(Counting(), BuildRequest(ctx, ctx / "Dockerfile", [parse("linux/amd64")])))
     assert (home / tree).is_dir()
     assert not (home / CACHE / "ctx" / "old").exists() and (home / CACHE / "ctx" / "new").exists()
     assert len(runs) == 3  # is it there, which blobs are missing, unpack (and prune): no extra round trip
@@ -230,7 +230,7 @@ def test_a_blob_whose_bytes_are_not_its_name_never_enters_the_cache(tmp_path, mo
 def test_the_blobs_of_a_good_sync_are_what_their_names_say(tmp_path, monkeypatch):
     cache = node_home(tmp_path, monkeypatch)
     req = small_context(tmp_path)
-    tree, dockerfile = asyncio.run(sync_context(LocalTransport(), req))
+    tree, dockerfile, _ = asyncio.run(sync_context(LocalTransport(), req))
     for name in os.listdir(cache / "blobs"):
         assert name.startswith(hashlib.sha256((cache / "blobs" / name).read_bytes()).hexdigest() + "-")
     assert (cache.parent.parent.parent / tree / "version.txt").read_text() == "1.2.3\n"
@@ -252,7 +252,7 @@ def test_no_marker_when_the_tree_could_not_be_renamed_into_place(tmp_path, monke
         asyncio.run(sync_context(LocalTransport(), req))
     assert os.listdir(cache / "ctx") == []
     monkeypatch.setenv("PATH", os.environ["PATH"].split(":", 1)[1])
-    tree, _ = asyncio.run(sync_context(LocalTransport(), req))  # and the next sync just works
+    tree, _, _ = asyncio.run(sync_context(LocalTransport(), req))  # and the next sync just works
     assert (cache.parent.parent.parent / tree / "version.txt").is_file()
 
 
@@ -261,10 +261,10 @@ def test_a_marker_without_its_tree_is_not_trusted(tmp_path, monkeypatch):
 
     cache = node_home(tmp_path, monkeypatch)
     req = small_context(tmp_path)
-    tree, _ = asyncio.run(sync_context(LocalTransport(), req))
+    tree, _, _ = asyncio.run(sync_context(LocalTransport(), req))
     home = cache.parent.parent.parent
     shutil.rmtree(home / tree)  # e.g. an old-style prune interrupted after the marker check
-    tree, _ = asyncio.run(sync_context(LocalTransport(), req))
+    tree, _, _ = asyncio.run(sync_context(LocalTransport(), req))
     assert (home / tree / "version.txt").read_text() == "1.2.3\n"
 
 

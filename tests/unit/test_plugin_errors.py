@@ -9,26 +9,28 @@ from __future__ import annotations
 import asyncio
 import math
 
-import pluggy
 import pytest
 
-from archfleet import hookspecs, pipeline
+from archfleet import pipeline
 from archfleet.api import hookimpl
 from archfleet.errors import ArchfleetError, InfrastructureError, PluginError
-from archfleet.executor import Executor
 from archfleet.inventory import Config
+from archfleet.manager import make_hooks
 from archfleet.model import NodeFacts, NodeSpec
-from archfleet.planner import refine
+from archfleet.session import Session
 
-from stubs import AMD, Recorder, StubTransport, builds, facts, option, plan, request, scripted, scripted_option
+from stubs import AMD, Recorder, StubTransport, builds, facts, option, plan, request, scripted, scripted_option, wired
 
 
-def manager(*plugins) -> pluggy.PluginManager:
-    pm = pluggy.PluginManager("archfleet")
-    pm.add_hookspecs(hookspecs)
+def manager(*plugins):
+    hooks = make_hooks({}, load_entrypoints=False, builtins=())
     for name, plugin in plugins:
-        pm.register(plugin, name=name)
-    return pm
+        hooks.register(plugin, name=name)
+    return hooks
+
+
+def refine(hooks, options, request, node_facts, history):
+    return pipeline.estimates(hooks, options, request, node_facts, history)
 
 
 # -- archfleet_probe ---------------------------------------------------------------------------
@@ -60,7 +62,7 @@ class Prober:
 def test_a_probe_plugin_that_fails_makes_its_node_unreachable_naming_it_and_nothing_else(answer, error):
     pm = manager(("prober", Prober(answer)))
     nodes = [NodeSpec("bad", transport="t"), NodeSpec("good", transport="t"), NodeSpec("odd", transport="nobody")]
-    got = asyncio.run(pipeline.probe(pm, Config(local=False), nodes))
+    got = asyncio.run(pipeline.probe(pm, Config(local=False), Session(), nodes))
     assert (got["bad"].reachable, got["bad"].error) == (False, error)
     assert got["good"].can_build
     assert (got["odd"].reachable, got["odd"].error) == (False, "no plugin handles transport 'nobody'")
@@ -104,8 +106,8 @@ def test_an_estimate_in_seconds_is_taken_with_its_basis(answer, estimate, basis)
 # -- archfleet_connect and archfleet_run --------------------------------------------------------------
 
 def run(pm, chosen, options):
-    ex = Executor(pm, request(AMD), facts(*sorted({o.node for o in options})), Recorder())
-    return asyncio.run(asyncio.wait_for(ex.run(plan(*chosen), options), 10)), ex
+    ex = wired(pm, request(AMD), facts(*sorted({o.node for o in options})), Recorder(), options)
+    return asyncio.run(asyncio.wait_for(ex.run(plan(*chosen)), 10)), ex
 
 
 def test_a_node_no_plugin_connects_to_is_a_node_failure_and_re_planned():
@@ -166,7 +168,7 @@ def test_a_run_that_answers_no_platform_result_names_the_plugin_or_the_strategy(
             return connect()
 
         @hookimpl
-        def archfleet_run(self, option, request, context):
+        def archfleet_run(self, option, request, job):
             if answer is None:
                 return None
 

@@ -9,7 +9,7 @@ from archfleet.errors import ArchfleetError, UsageError
 from archfleet.model import BuildRequest, NodeFacts, NodeSpec, Option
 from archfleet.pipeline import offers
 from archfleet.platforms import parse
-from archfleet.plugin import make_manager
+from archfleet.manager import make_hooks
 
 ARM = parse("linux/arm64")
 HERE = Path(__file__).parent
@@ -21,9 +21,9 @@ FACTS = {"n1": NodeFacts(NodeSpec("n1", transport="test"), True, native=[ARM], b
 def test_all_six_builtins_are_registered_as_plugins():
     """README "Layout": built-in plugins local, ssh, native, qemu, cross, estimates; nothing else
     is registered without entry points."""
-    from archfleet.plugin import BUILTIN_PLUGINS
+    from archfleet.manager import BUILTIN_PLUGINS
 
-    pm = make_manager(load_entrypoints=False)
+    pm = make_hooks(load_entrypoints=False).pm
     names = {pm.get_name(p) for p in pm.get_plugins()}
     assert names == {"local", "ssh", "native", "qemu", "cross", "estimates"}
     assert names == {d.rsplit(".", 1)[-1] for d in BUILTIN_PLUGINS}
@@ -31,7 +31,7 @@ def test_all_six_builtins_are_registered_as_plugins():
 
 def test_disable_plugins_by_name(monkeypatch):
     monkeypatch.setenv("ARCHFLEET_DISABLE_PLUGINS", "qemu")
-    pm = make_manager(load_entrypoints=False)
+    pm = make_hooks(load_entrypoints=False).pm
     assert "qemu" not in {pm.get_name(p) for p in pm.get_plugins()}
 
 
@@ -41,9 +41,9 @@ def test_outside_strategy_offers_beside_builtins():
         def archfleet_offer(self, platform, request, facts):
             return [Option(platform, "cloud", "n1", 1.0, why="a cloud runner")]
 
-    pm = make_manager(load_entrypoints=False)
-    pm.register(Cloud(), name="cloud")
-    got = asyncio.run(offers(pm, REQ, FACTS))
+    hooks = make_hooks(load_entrypoints=False)
+    hooks.register(Cloud(), name="cloud")
+    got = asyncio.run(offers(hooks, REQ, FACTS))
     assert {o.strategy for o in got} == {"native", "cloud"}
 
 
@@ -53,10 +53,10 @@ def test_plugin_that_raises_is_named():
         def archfleet_offer(self, platform, request, facts):
             raise RuntimeError("boom")
 
-    pm = make_manager(load_entrypoints=False)
-    pm.register(Broken(), name="broken-plugin")
+    hooks = make_hooks(load_entrypoints=False)
+    hooks.register(Broken(), name="broken-plugin")
     with pytest.raises(ArchfleetError, match="'broken-plugin' failed in archfleet_offer: RuntimeError: boom"):
-        asyncio.run(offers(pm, REQ, FACTS))
+        asyncio.run(offers(hooks, REQ, FACTS))
 
 
 def test_plugin_returning_wrong_type_is_named():
@@ -65,10 +65,10 @@ def test_plugin_returning_wrong_type_is_named():
         def archfleet_offer(self, platform, request, facts):
             return ["not an option"]
 
-    pm = make_manager(load_entrypoints=False)
-    pm.register(Wrong(), name="wrong")
+    hooks = make_hooks(load_entrypoints=False)
+    hooks.register(Wrong(), name="wrong")
     with pytest.raises(ArchfleetError, match="plugin 'wrong' offered"):
-        asyncio.run(offers(pm, REQ, FACTS))
+        asyncio.run(offers(hooks, REQ, FACTS))
 
 
 class Typo:
@@ -84,9 +84,7 @@ class Typo:
 @pytest.fixture
 def installed(monkeypatch):
     """Entry-point loading replaced: ``installed.plugins`` ({name: object}) is what is installed.
-    The process-wide manager is made again for the test and forgotten after it."""
-    from archfleet import plugin
-
+    A manager made in the test loads them."""
     state = type("Installed", (), {"plugins": {}})()
 
     def load(self, group, name=None):
@@ -99,7 +97,6 @@ def installed(monkeypatch):
         return len(state.plugins)
 
     monkeypatch.setattr(pluggy.PluginManager, "load_setuptools_entrypoints", load)
-    monkeypatch.setattr(plugin, "_manager", None)
     monkeypatch.delenv("ARCHFLEET_DISABLE_PLUGINS", raising=False)
     return state
 
@@ -110,7 +107,7 @@ def test_an_installed_plugin_with_an_unknown_hook_is_archfleets_one_line_usage_e
     unknown hook, not pluggy's PluginValidationError with an object's repr."""
     installed.plugins["typo"] = Typo()
     with pytest.raises(UsageError) as err:
-        make_manager()
+        make_hooks()
     assert str(err.value) == ("plugin 'typo' implements archfleet_estimat, archfleet_ofer, which archfleet does not "
                               "have (see its hook reference, or disable it with ARCHFLEET_DISABLE_PLUGINS)")
     assert err.value.exit_code == 2
@@ -147,7 +144,7 @@ def test_an_optional_hook_archfleet_does_not_have_is_accepted(installed):
             return None
 
     installed.plugins["later"] = Later()
-    assert "later" in {pm_name for pm_name, _ in make_manager().list_name_plugin()}
+    assert "later" in {pm_name for pm_name, _ in make_hooks().pm.list_name_plugin()}
 
 
 def test_every_hook_documents_its_arguments_and_its_return():
@@ -159,7 +156,7 @@ def test_every_hook_documents_its_arguments_and_its_return():
     from archfleet import hookspecs
 
     hooks = {n: f for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("archfleet_")}
-    assert len(hooks) == 9
+    assert len(hooks) == 10
     for name, fn in hooks.items():
         doc = fn.__doc__ or ""
         for arg in inspect.signature(fn).parameters:
@@ -171,13 +168,56 @@ def test_builtin_plugins_use_only_the_public_api():
     import ast
 
     plugins = Path(__file__).resolve().parents[2] / "plugins"
-    for path in plugins.glob("*.py"):
+    for path in plugins.rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("archfleet"):
                 assert node.module == "archfleet.api", f"{path.name} imports {node.module}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("archfleet") for a in node.names), path.name
+
+
+def test_the_api_exports_what_plugins_use_and_the_hook_types_no_more():
+    """Rule (archfleet.api's docstring): the public API is what the built-in plugins and the two
+    examples import, plus the types hooks receive or return and the errors a hook raises."""
+    import ast
+
+    from archfleet import api
+
+    repo = Path(__file__).resolve().parents[2]
+    files = [*(repo / "plugins").rglob("*.py"), repo / "docs" / "examples" / "fast_pool.py",
+             repo / "examples" / "plugins" / "archfleet-reuse" / "archfleet_reuse.py"]
+    used = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "archfleet.api":
+                used.update(a.name for a in node.names)
+    hook_types = {"Platform", "NodeSpec", "NodeFacts", "Option", "BuildRequest", "PlatformResult", "Config", "Job",
+                  "Transport", "Key", "InfrastructureError", "BuildFailed"}
+    assert used <= set(api.__all__)
+    assert set(api.__all__) - used <= hook_types, set(api.__all__) - used - hook_types
+
+
+def test_every_public_function_and_class_has_a_docstring():
+    """Rule (the brief's style): every public function, class and method of core/ and plugins/
+    says in a docstring what it takes, gives and raises (hook implementations are documented in
+    hookspecs.py instead)."""
+    import ast
+
+    repo = Path(__file__).resolve().parents[2]
+    missing = []
+    for path in sorted([*(repo / "core").glob("*.py"), *(repo / "plugins").rglob("*.py")]):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+                continue
+            if not (path.parts[-2] != "core" and node.name.startswith("archfleet_")) and not ast.get_docstring(node):
+                missing.append(f"{path.name}:{node.lineno} {node.name}")
+            if isinstance(node, ast.ClassDef):
+                missing += [f"{path.name}:{m.lineno} {node.name}.{m.name}" for m in node.body
+                            if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and not m.name.startswith("_")
+                            and not ast.get_docstring(m)]
+    assert missing == []
 
 
 def test_test_modules_have_unique_basenames():

@@ -16,13 +16,13 @@ import base64
 import json
 
 import httpx
-import pluggy
 import pytest
 
-from archfleet import hookspecs, mediatypes, pipeline
+from archfleet import mediatypes, pipeline
 from archfleet.api import hookimpl
 from archfleet.errors import PlatformsFailed
 from archfleet.inventory import Config
+from archfleet.manager import make_hooks
 from archfleet.model import BuildRequest, PlatformResult
 from archfleet.pipeline import Planned
 from archfleet.registry import RegistryClient
@@ -62,14 +62,14 @@ class Pushing:
         return connect()
 
     @hookimpl
-    def archfleet_run(self, option, request, context):
+    def archfleet_run(self, option, request, job):
         async def run():
             p = option.platform
             if p in self.after:
                 await self.built(self.after[p]).wait()
             self.finished.append(p)
             self.built(p).set()
-            await context.ready_to_push()
+            await job.ready_to_push()
             program = PROGRAM[AMD if p in self.wrong else p]
             digest = self.fake.add_image("app", [program], platform=("linux", p.architecture),
                                          config={"Cmd": ["/bin/app"]})
@@ -94,7 +94,7 @@ class Hooks:
         self.calls.append(("index_pushed", ref, digest))
 
     @hookimpl
-    def archfleet_session_end(self):
+    def archfleet_session_end(self, session):
         async def end():
             await asyncio.sleep(0)
             self.calls.append(("session_end",))
@@ -105,14 +105,13 @@ def build(monkeypatch, fake, strategy, platforms=(AMD, ARM), **req):
     """pipeline.build as the CLI runs it (inside run_command), planned with one option per
     platform on its own stub node; returns (summary or the error raised, the hooks seen)."""
     hooks = Hooks()
-    pm = pluggy.PluginManager("archfleet")
-    pm.add_hookspecs(hookspecs)
+    pm = make_hooks(load_entrypoints=False, builtins=())  # ARCHFLEET_TRACE_PLUGINS from the environment
     pm.register(strategy, name="pushing")
     pm.register(hooks, name="hooks")
     chosen = [option(p, f"n{i}") for i, p in enumerate(platforms)]
     request = BuildRequest(CTX, CTX / "Dockerfile", platforms, tags=TAGS, push=True, **req)
 
-    async def make_plan(pm, request, config):
+    async def make_plan(pm, request, config, session):
         return Planned(facts(*[o.node for o in chosen]), tuple(chosen), plan(*chosen), None, (), request)
 
     monkeypatch.setattr(pipeline, "make_plan", make_plan)
@@ -120,7 +119,8 @@ def build(monkeypatch, fake, strategy, platforms=(AMD, ARM), **req):
         insecure, transport=httpx.MockTransport(fake), docker_config=CONFIG))
 
     async def go():
-        return await pipeline.run_command(pm, pipeline.build(pm, request, Config(local=False), Recorder()))
+        return await pipeline.run_command(
+            pm, lambda session: pipeline.build(pm, request, Config(local=False), Recorder(), session))
 
     try:
         return asyncio.run(go()), hooks.calls
@@ -145,22 +145,26 @@ def test_a_failed_build_still_ends_the_session_and_reports_nothing_else(monkeypa
     assert calls == [("session_end",)]
 
 
-def test_the_trace_prints_every_hook_call_and_its_answer(monkeypatch, capsys):
+def test_the_trace_prints_every_hook_call_and_its_arguments(monkeypatch, capsys):
+    """ARCHFLEET_TRACE_PLUGINS=1 is pluggy's own tracing: each call as ``<hook> [hook]`` with its
+    arguments below it, then ``finish <hook> --> <answers>``."""
     monkeypatch.setenv("ARCHFLEET_TRACE_PLUGINS", "1")
     fake = FakeRegistry(HOST)
     summary, _ = build(monkeypatch, fake, Pushing(fake))
-    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("[trace] hooks.")]
-    assert [l.split("(")[0] for l in lines] == ["[trace] hooks.archfleet_index_pushed"] * 2 + [
-        "[trace] hooks.archfleet_build_finished"] * 2 + ["[trace] hooks.archfleet_session_end"]
-    assert lines[0] == f"[trace] hooks.archfleet_index_pushed(ref='{TAGS[0]}', digest='{summary.index_digest}') -> None"
-    assert lines[-1].startswith("[trace] hooks.archfleet_session_end() -> <coroutine object")
+    err = capsys.readouterr().err
+    calls = [l.strip().split()[0] for l in err.splitlines() if l.strip().endswith("[hook]")
+             and not l.strip().startswith("finish")]
+    after_run = [c for c in calls if c in ("archfleet_index_pushed", "archfleet_build_finished", "archfleet_session_end")]
+    assert after_run == ["archfleet_index_pushed"] * 2 + ["archfleet_build_finished"] * 2 + ["archfleet_session_end"]
+    assert "archfleet_connect [hook]" in err and "archfleet_run [hook]" in err
+    assert f"ref: {TAGS[0]}" in err and f"digest: {summary.index_digest}" in err
 
 
 def test_the_trace_is_silent_by_default(monkeypatch, capsys):
     monkeypatch.delenv("ARCHFLEET_TRACE_PLUGINS", raising=False)
     fake = FakeRegistry(HOST)
     build(monkeypatch, fake, Pushing(fake))
-    assert "[trace]" not in capsys.readouterr().err
+    assert "[hook]" not in capsys.readouterr().err
 
 
 def test_the_index_lists_children_in_platform_order_whichever_finished_first(monkeypatch):

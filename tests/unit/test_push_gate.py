@@ -15,9 +15,9 @@ import asyncio
 import pytest
 
 from archfleet.errors import Aborted, BuildFailed
-from archfleet.executor import Executor, PushGate, RunContext, Slot
+from archfleet.executor import Job, PushGate, Slot
 
-from stubs import (AMD, ARM, S390, Recorder, builds, facts, plan, raises, request, scripted,
+from stubs import (wired, AMD, ARM, S390, Recorder, builds, facts, plan, raises, request, scripted,
                    scripted_option as option)
 
 BOUND = 10.0  # seconds: a gate that never opens fails the test instead of hanging the suite
@@ -25,8 +25,8 @@ BOUND = 10.0  # seconds: a gate that never opens fails the test instead of hangi
 
 def executor(pm, chosen, *, max_builds=4, **req):
     nodes = sorted({o.node for o in chosen})
-    return Executor(pm, request(*[o.platform for o in chosen], **req), facts(*nodes, max_builds=max_builds),
-                    Recorder())
+    return wired(pm, request(*[o.platform for o in chosen], **req), facts(*nodes, max_builds=max_builds),
+                 Recorder(), chosen)
 
 
 async def bounded(awaitable):
@@ -78,8 +78,8 @@ def test_ready_to_push_frees_the_slot_before_it_waits():
         slot = Slot(semaphore)
         await slot.acquire()
         gate = PushGate([AMD, ARM])
-        context = RunContext(option(AMD, "n1"), None, None, Recorder(), gate, slot)
-        waiting = asyncio.ensure_future(context.ready_to_push())
+        job = Job(option(AMD, "n1"), None, None, Recorder(), gate, slot)
+        waiting = asyncio.ensure_future(job.ready_to_push())
         await asyncio.sleep(0)
         assert not semaphore.locked(), "the slot is still held while the strategy waits at the gate"
         assert not waiting.done()
@@ -102,7 +102,7 @@ def test_no_platform_pushes_before_every_platform_is_built():
     chosen = [option(AMD, "n1"), option(ARM, "n2")]
 
     async def scenario():
-        run = asyncio.ensure_future(executor(pm, chosen).run(plan(*chosen), chosen))
+        run = asyncio.ensure_future(executor(pm, chosen).run(plan(*chosen)))
         await bounded(amd_at_gate.wait())
         arm_may_finish.set()
         return await bounded(run)
@@ -125,7 +125,7 @@ def test_one_failure_raises_in_every_waiting_strategy_and_nothing_is_pushed():
     chosen = [option(AMD, "n1"), option(ARM, "n2"), option(S390, "n1")]
 
     async def scenario():
-        run = asyncio.ensure_future(executor(pm, chosen).run(plan(*chosen), chosen))
+        run = asyncio.ensure_future(executor(pm, chosen).run(plan(*chosen)))
         await bounded(asyncio.gather(amd_at.wait(), s390_at.wait()))
         both_waiting.set()
         return await bounded(run)
@@ -147,7 +147,7 @@ def test_with_allow_partial_the_others_push_without_the_failed_platform():
     chosen = [option(AMD, "n1"), option(ARM, "n2"), option(S390, "n1")]
 
     async def scenario():
-        run = asyncio.ensure_future(executor(pm, chosen, allow_partial=True).run(plan(*chosen), chosen))
+        run = asyncio.ensure_future(executor(pm, chosen, allow_partial=True).run(plan(*chosen)))
         await bounded(asyncio.gather(amd_at.wait(), s390_at.wait()))
         both_waiting.set()
         return await bounded(run)
@@ -165,7 +165,7 @@ def test_a_strategy_that_never_pushes_still_counts_as_built():
     the platform counts as built, so the gate still opens for the others."""
     pm, strategy = scripted({(AMD, "n1"): builds(push=False), (ARM, "n2"): builds()})
     chosen = [option(AMD, "n1"), option(ARM, "n2")]
-    outcome = asyncio.run(bounded(executor(pm, chosen).run(plan(*chosen), chosen)))
+    outcome = asyncio.run(bounded(executor(pm, chosen).run(plan(*chosen))))
     assert outcome.failures == ()
     assert ("pushed", ARM) in strategy.log and ("pushed", AMD) not in strategy.log
 
@@ -176,7 +176,7 @@ def test_a_strategy_at_the_gate_frees_its_node_slot_for_a_queued_build():
     arm64 to be built, arm64 for amd64's slot). Never two builds on n1 at once."""
     pm, strategy = scripted({(AMD, "n1"): builds(), (ARM, "n1"): builds()})
     chosen = [option(AMD, "n1"), option(ARM, "n1")]
-    outcome = asyncio.run(bounded(executor(pm, chosen, max_builds=1).run(plan(*chosen), chosen)))
+    outcome = asyncio.run(bounded(executor(pm, chosen, max_builds=1).run(plan(*chosen))))
     assert outcome.failures == ()
     log = [e[:2] for e in strategy.log]
     assert log[:3] == [("start", AMD), ("built", AMD), ("start", ARM)], strategy.log

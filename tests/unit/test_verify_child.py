@@ -192,13 +192,17 @@ def test_a_layer_we_cannot_read_is_skipped_as_no_evidence(unreadable):
 
 
 def test_a_second_verification_of_the_same_layers_fetches_no_layer(own_cache):
-    """Layer scans are cached by digest (in the user cache dir, here this test's own): verifying
-    the image again reads its manifest and config, and no layer."""
+    """Layer scans are cached by digest (in the user cache dir, here this test's own): once the
+    learn stage kept the scans a verification returned, verifying the image again reads its
+    manifest and config, and no layer."""
+    from archfleet import learn
+
     fake = FakeRegistry()
     layers = [layer_bytes({"bin/busybox": ARM64}), layer_bytes({"bin/uname": "busybox"})]
     digest = fake.add_image("app", layers, platform=("linux", "arm64"), config=RUNS_UNAME)
-    verify(fake, digest, ARM)
+    child = verify(fake, digest, ARM)
     assert layers_fetched(fake, layers) == [0, 1]
+    learn.keep(learn.Lessons(scans=child.scans))
     fake.requests.clear()
     verify(fake, digest, ARM)
     assert layers_fetched(fake, layers) == []

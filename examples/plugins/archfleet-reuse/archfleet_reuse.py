@@ -81,7 +81,7 @@ def archfleet_estimate(option, request, facts, history):
 
 
 @hookimpl
-def archfleet_run(option, request, context):
+def archfleet_run(option, request, job):
     if option.strategy != STRATEGY:
         return None
 
@@ -90,7 +90,7 @@ def archfleet_run(option, request, context):
         if found is None:  # it went away between plan and run: say so, archfleet reports it
             raise RuntimeError(f"the image to reuse for {option.platform} is gone; build again without it")
         name, digest = found
-        context.status("reused")
+        job.status("reused")
         return PlatformResult(option.platform, option, 0.0, repository=name, digest=digest, ref=f"{name}@{digest}")
 
     return reuse()

@@ -1,27 +1,5 @@
-"""The ``ssh`` transport: nodes from ``nodes.toml``, reached with asyncssh.
-
-Connections: one per node for the whole command (probe and builds share it), more when more
-than 8 sessions are wanted at once (sshd's ``MaxSessions`` is 10 by default; see
-:class:`archfleet.transport.SSHTransport`), with keepalives and a connect timeout.
-
-``~/.ssh/config`` applies as OpenSSH applies it, through asyncssh: ``host`` may be an alias whose
-``HostName``, ``Port``, ``User``, ``IdentityFile``, ``ProxyJump`` and ``HostKeyAlias`` are used;
-``port``/``user``/``identity`` in ``nodes.toml`` win over the alias's.
-
-Host keys are always verified, looked up the way OpenSSH looks them up (``sshconnect.c``,
-``get_hostfile_hostname_ipaddr``): under ``[HostName]:Port`` when the port is not 22, else
-``HostName`` (and likewise the peer's address); under ``HostKeyAlias`` alone when the config sets
-one. Files: the node's ``known_hosts``, else ssh_config's ``UserKnownHostsFile`` and
-``GlobalKnownHostsFile``, else OpenSSH's defaults (``~/.ssh/known_hosts``, ``~/.ssh/known_hosts2``,
-``/etc/ssh/ssh_known_hosts``, ``/etc/ssh/ssh_known_hosts2``). ``UserKnownHostsFile none`` or a
-file that does not exist trusts nobody; checking is never turned off.
-
-``host_key_policy = "accept-new"`` (opt-in, like OpenSSH's ``StrictHostKeyChecking=accept-new``)
-records the key of a host that has *no* entry yet, under the name above, in the file OpenSSH
-would write (the node's ``known_hosts``, else the first ``UserKnownHostsFile``), so OpenSSH
-accepts the entry too. A host whose entry holds a different key is refused, always; the error
-names the node, the real ``host:port`` and the presented fingerprint.
-"""
+"""Reaching an SSH node: ssh_config applied as OpenSSH applies it, host keys checked (and, with
+``accept-new``, recorded) as OpenSSH checks them. Rules in the package doc (:mod:`archfleet.plugins.ssh`)."""
 
 from __future__ import annotations
 
@@ -29,22 +7,42 @@ import asyncio
 import os
 from pathlib import Path
 
-from archfleet.api import InfrastructureError, NodeFacts, SSHTransport, hookimpl, probe_node, score_key
+import attrs
 
-TRANSPORT = "ssh"
+from archfleet.api import InfrastructureError
+
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_COUNT_MAX = 3
 DEFAULT_USER_FILES = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 DEFAULT_GLOBAL_FILES = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 
-# node name -> future of SSHTransport, shared by probe and builds within one command
-_pool: dict[str, asyncio.Future] = {}
 
+@attrs.frozen
+class SSHNode:
+    """An SSH node's settings (its ``nodes.toml`` keys, validated by archfleet with the plugin's
+    :data:`archfleet.plugins.ssh.KEYS`), with the node's name and where it was defined."""
 
-@hookimpl
-def archfleet_add_nodes(config):
-    return [n for n in config.file_nodes if n.transport == TRANSPORT]
+    name: str
+    host: str
+    port: int | None = None
+    user: str | None = None
+    identity: str | None = None
+    known_hosts: str | None = None
+    host_key_policy: str = "strict"
+    source: str = "<builtin>"
+
+    @classmethod
+    def of(cls, node) -> "SSHNode":
+        """From a :class:`~archfleet.model.NodeSpec` of transport ``ssh``."""
+        return cls(node.name, node.setting("host"), node.setting("port"), node.setting("user"),
+                   node.setting("identity"), node.setting("known_hosts"),
+                   node.setting("host_key_policy", "strict"), node.source)
+
+    @property
+    def address(self) -> str:
+        """``user@host:port`` as given (the alias, before ssh_config), for people."""
+        return (f"{self.user}@" if self.user else "") + self.host + (f":{self.port}" if self.port else "")
 
 
 def _hostport(host: str, port: int | None) -> str:
@@ -101,6 +99,7 @@ class HostKeys:
         return names
 
     def lookup(self, host: str, addr: str, port: int | None):
+        """asyncssh's ``known_hosts`` callable: the trusted keys, CA keys and revoked keys for ``host`` at ``addr``:``port`` under the names OpenSSH uses."""
         keys, cas, revoked = [], [], []
         for name in self.names(host, addr, port):
             try:
@@ -114,6 +113,7 @@ class HostKeys:
         return keys, cas, revoked
 
     def validate(self, host: str, addr: str, port: int, key) -> bool:
+        """asyncssh asks when the presented ``key`` is not trusted: accept it only under ``accept-new`` when the host had no entry at all (it is recorded by :meth:`commit`)."""
         self.presented = (host, port, key)
         if self.had_entry or self.node.host_key_policy != "accept-new" or not self.write_to:
             return False
@@ -215,14 +215,18 @@ async def open_connection(node):
         conn = await asyncssh.connect(node.host, options.port, options=options, known_hosts=keys.lookup,
                                       client_factory=lambda: client(keys))
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise InfrastructureError(node.name, keys.refusal(exc.reason)) from None
+        raise InfrastructureError(node.name, keys.refusal(exc.reason), fix=(
+            "check that the node really is who it claims; if its key changed on purpose, update known_hosts "
+            "(ssh-keygen -R)")) from None
     except asyncssh.PermissionDenied:
         keys.commit()
         raise InfrastructureError(node.name, f"SSH login to {where} as {options.username} refused "
-                                             "(check identity or the SSH agent)") from None
+                                             "(check identity or the SSH agent)",
+                                  fix=f"check user and identity at {node.source}, or the SSH agent") from None
     except (OSError, asyncio.TimeoutError, asyncssh.Error, ValueError) as exc:
         reason = str(exc) or type(exc).__name__
-        raise InfrastructureError(node.name, f"SSH to {where} failed: {reason}") from None
+        raise InfrastructureError(node.name, f"SSH to {where} failed: {reason}", fix=(
+            f"check that sshd runs on {node.host} and the address and port at {node.source} are right")) from None
     try:
         keys.commit()
     except InfrastructureError:
@@ -231,69 +235,3 @@ async def open_connection(node):
     return conn
 
 
-async def _connect(node) -> SSHTransport:
-    conn = await open_connection(node)
-    return SSHTransport(node.name, conn, node.docker_host, link_key=score_key(node),
-                        connect=lambda: open_connection(node))
-
-
-async def get_transport(node) -> SSHTransport:
-    if node.name not in _pool or (_pool[node.name].done() and _pool[node.name].exception()):
-        _pool[node.name] = asyncio.ensure_future(_connect(node))
-    return await asyncio.shield(_pool[node.name])
-
-
-def _candidates(node):
-    return [node.engine_cli] if node.engine_cli else ["docker", "/usr/bin/docker"]
-
-
-def _reason(exc: InfrastructureError, node) -> str:
-    return str(exc).removeprefix(f"node {node.name}: ")
-
-
-@hookimpl
-def archfleet_probe(node, config):
-    if node.transport != TRANSPORT:
-        return None
-
-    async def _probe():
-        try:
-            transport = await get_transport(node)
-        except InfrastructureError as exc:
-            return NodeFacts(node, False, error=_reason(exc, node))
-        try:
-            return await probe_node(transport, node, _candidates(node))
-        except InfrastructureError as exc:
-            return NodeFacts(node, False, error=_reason(exc, node))
-
-    return _probe()
-
-
-@hookimpl
-def archfleet_connect(node, facts):
-    if node.transport != TRANSPORT:
-        return None
-
-    async def _conn():
-        transport = await get_transport(node)
-        try:
-            await transport.open_engine()
-        except Exception as exc:
-            raise InfrastructureError(node.name, f"cannot forward the engine socket: {exc}") from None
-        return transport
-
-    return _conn()
-
-
-@hookimpl
-def archfleet_session_end():
-    async def _close():
-        pool = list(_pool.values())
-        _pool.clear()
-        for fut in pool:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                await fut.result().close()
-            elif not fut.done():
-                fut.cancel()
-
-    return _close()
