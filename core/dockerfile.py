@@ -673,9 +673,13 @@ def _cached(path: str, stamp: tuple, build_args: tuple, target: str | None, plat
     return analysis
 
 
-def analyse(request) -> Analysis:
-    """The analysis of ``request``'s Dockerfile (cached per file version, args, target and
-    platforms). DockerfileError (exit 2) when BuildKit would not build it."""
+def analyse(request, platform: Platform | None = None) -> Analysis:
+    """The analysis of ``request``'s Dockerfile, or of ``platform``'s own when the request gives
+    platforms files of their own (:meth:`~archfleet.model.BuildRequest.for_platform`); cached per
+    file version, args, target and the platforms built from that file. DockerfileError (exit 2)
+    when BuildKit would not build it."""
+    if platform is not None and hasattr(request, "for_platform"):
+        request = request.for_platform(platform)
     path = str(request.dockerfile)
     try:
         st = Path(path).stat()

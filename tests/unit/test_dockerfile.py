@@ -2,6 +2,7 @@
 
 Each test names the BuildKit rule it checks and the right value (review findings 11, 12, 13)."""
 
+import json
 import types
 
 import pytest
@@ -379,3 +380,29 @@ def test_mutated_dockerfiles_give_an_analysis_or_one_dockerfile_error_line():
             assert exc.exit_code == 2
             outcomes.add("error")
     assert outcomes == {"ok", "error"}  # the mutations reach both
+
+
+def test_plan_says_which_node_was_not_offered_because_of_a_pinned_stage(tmp_path, monkeypatch, capsys):
+    # issue 13 item 2: pi4 runs linux/arm64, but the amd64-pinned stage RUNs and pi4 can neither
+    # run nor emulate amd64, so no strategy offers pi4; the plan (cross@local) says so beside it
+    from archfleet import cli, pipeline
+
+    req, got = _offers(tmp_path, PINNED, ARM, (LOCAL, PI4))
+    options = [o for opts in got.values() for o in opts]
+    why = ("stage build (line 1) RUNs on linux/amd64, which this node neither runs natively nor emulates "
+           "(no qemu-x86_64 handler; `archfleet binfmt --install linux/amd64`)")
+    assert pipeline.not_offered(req, {"local": LOCAL, "pi4": PI4}, options) == ((ARM, "pi4", why),)
+
+    async def probe(hooks, config, session, nodes=None):
+        return {"local": LOCAL, "pi4": PI4}
+
+    monkeypatch.setattr(pipeline, "probe", probe)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("ARCHFLEET_NODES", raising=False)
+    assert cli.main(["plan", "--platform", "linux/arm64", "--format", "json", str(tmp_path)]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["platforms"]
+    assert (entry["strategy"], entry["node"]) == ("cross", "local")
+    assert entry["not_offered"] == [{"node": "pi4", "why": why}]
+    assert cli.main(["plan", "--platform", "linux/arm64", str(tmp_path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "not on pi4" in line)
+    assert row.split() == ["not", "on", "pi4", *why.split()]
