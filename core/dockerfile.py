@@ -361,17 +361,18 @@ def _error_line(text: str, message: str) -> int:
     return max(lo, 1)
 
 
+_PROBE = "archfleet_escape_probe"
+
+
 def _escape_token(text: str) -> str:
-    """The ``# escape=`` parser directive's character (``\\`` by default). BuildKit's parser has
-    already checked the directives; this reads them again only to know the character, by the
-    same rule: directives come first, and the first line that is not one ends them."""
-    for line in text.lstrip("\ufeff").splitlines():
-        m = re.match(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$", line)
-        if not m or m.group(1).lower() not in ("syntax", "escape"):
-            break
-        if m.group(1).lower() == "escape":
-            return m.group(2)
-    return "\\"
+    """The escape character BuildKit's parser uses for ``text``: ``\\`` unless a ``# escape=``
+    parser directive made it the backtick (the only two it accepts). Asked of the parser itself,
+    so its directive rules hold (where directives end, which it knows): two probe lines are
+    appended, the first ending in a backtick; the second stands alone as the last instruction
+    only when the backtick escapes nothing (also when ``text`` ends in a continuation, which
+    swallows the first). Call it on text the parser accepts."""
+    probe = _buildkit.parse_string(f"{text}\nARG {_PROBE}1`\nARG {_PROBE}2\n")
+    return "\\" if probe and probe[-1].value == (f"{_PROBE}2",) else "`"
 
 
 # --- the semantic pass ----------------------------------------------------------------------------

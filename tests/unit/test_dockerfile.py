@@ -406,3 +406,21 @@ def test_plan_says_which_node_was_not_offered_because_of_a_pinned_stage(tmp_path
     assert cli.main(["plan", "--platform", "linux/arm64", str(tmp_path)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "not on pi4" in line)
     assert row.split() == ["not", "on", "pi4", *why.split()]
+
+
+@pytest.mark.parametrize("text,escape", [
+    ("FROM a\n", "\\"),
+    ("# escape=`\nFROM a\n", "`"),
+    ("\ufeff# escape=`\nFROM a", "`"),  # after a BOM, still a directive
+    ("# foo=bar\n# escape=`\nFROM a\n", "\\"),  # directives end at an unknown one
+    ("# escape=`\n\nFROM a\n", "`"),
+    ("FROM a\nRUN x \\", "\\"),  # a file ending in a continuation does not fool the probe
+    ("# escape=`\nFROM a\nRUN x `", "`"),
+])
+def test_the_escape_character_is_the_one_buildkits_parser_uses(text, escape):
+    from archfleet.dockerfile import _escape_token
+
+    assert _escape_token(text) == escape
+    # and word expansion uses it: `$ is a literal $ only where ` escapes
+    a = analyse_text(text.rstrip("\\` \n") + f"\nFROM img-{escape}$X\n")
+    assert a.stages[-1].base == "img-$X"
