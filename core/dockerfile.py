@@ -204,6 +204,13 @@ class Analysis:
         return any(s.on_build_platform for s in self.used)
 
     @property
+    def can_cross(self) -> bool:
+        """The ``cross`` strategy can offer this on some node: a stage the target needs runs on
+        ``$BUILDPLATFORM``, or is pinned to a platform of its own (on a node of that platform it
+        runs natively, as a ``$BUILDPLATFORM`` stage does)."""
+        return self.cross or bool(self.pinned)
+
+    @property
     def target_runs(self) -> int:
         """RUN instructions in target-platform stages (these need the target CPU or QEMU)."""
         return sum(s.runs for s in self.used if s.platform == TARGET)

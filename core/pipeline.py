@@ -215,7 +215,8 @@ class Planned:
 def check_request(hooks: Hooks, request: BuildRequest, config: Config, session: Session) -> list[NodeSpec]:
     """What the input alone decides, checked before any node is probed or registry asked: the
     Dockerfile, and the ``--node``/``--strategy`` pins (a platform being built, a node the
-    inventory has, ``cross`` only for a Dockerfile that cross-compiles). Raises
+    inventory has, ``cross`` only for a Dockerfile with a stage on ``$BUILDPLATFORM`` or pinned to a
+    platform of its own). Raises
     :class:`UsageError`; returns the inventory's enabled nodes. Cheap: call it again freely."""
     # a Dockerfile error is the user's: report it before probing anything (each platform's file)
     analyses = {p: analyse(request, p) for p in request.platforms}
@@ -225,10 +226,10 @@ def check_request(hooks: Hooks, request: BuildRequest, config: Config, session: 
         if pin.strategy != "cross" or "cross" not in hooks.strategies():
             continue
         for p in ([pin.platform] if pin.platform is not None else request.platforms):
-            if not analyses[p].cross:
+            if not analyses[p].can_cross:
                 raise UsageError(f"{pin.flag}: {request.dockerfile_for(p).name} cannot cross-compile: no stage it "
-                                 "builds runs on $BUILDPLATFORM (use FROM --platform=$BUILDPLATFORM for the build "
-                                 "stages, or drop --strategy cross)")
+                                 "builds runs on $BUILDPLATFORM or a platform of its own (use "
+                                 "FROM --platform=$BUILDPLATFORM for the build stages, or drop --strategy cross)")
     return nodes
 
 

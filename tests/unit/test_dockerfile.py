@@ -424,3 +424,22 @@ def test_the_escape_character_is_the_one_buildkits_parser_uses(text, escape):
     # and word expansion uses it: `$ is a literal $ only where ` escapes
     a = analyse_text(text.rstrip("\\` \n") + f"\nFROM img-{escape}$X\n")
     assert a.stages[-1].base == "img-$X"
+
+
+def test_strategy_cross_is_accepted_for_a_stage_pinned_to_a_platform_of_its_own(tmp_path, monkeypatch, capsys):
+    # the cross strategy offers PINNED on the amd64 node (its pinned stage runs natively there,
+    # as a $BUILDPLATFORM stage would), so --strategy cross must not be refused before probing
+    from archfleet import cli, pipeline
+
+    (tmp_path / "Dockerfile").write_text(PINNED)
+
+    async def probe(hooks, config, session, nodes=None):
+        return {"local": LOCAL, "pi4": PI4}
+
+    monkeypatch.setattr(pipeline, "probe", probe)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("ARCHFLEET_NODES", raising=False)
+    assert cli.main(["plan", "--platform", "linux/arm64", "--strategy", "cross", "--format", "json",
+                     str(tmp_path)]) == 0, capsys.readouterr().err
+    (entry,) = json.loads(capsys.readouterr().out)["platforms"]
+    assert (entry["strategy"], entry["node"]) == ("cross", "local")
