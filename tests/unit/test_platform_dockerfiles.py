@@ -11,6 +11,7 @@ and ``--metadata-file``."""
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 
 import pytest
@@ -256,3 +257,42 @@ def test_each_platform_is_built_from_its_own_dockerfile_and_the_metadata_says_wh
     assert {p: e["dockerfile"] for p, e in doc["archfleet.platforms"].items()} == {
         "linux/amd64": str(ctx / "Dockerfile"), "linux/arm64": str(ctx / "Dockerfile"),
         "linux/arm/v7": str(ctx / "Dockerfile.armv7")}
+
+
+def test_a_node_gets_each_platforms_dockerfile_and_its_own_ignore_file(ctx, tmp_path, monkeypatch):
+    # the SSH path: CommandNode.prepare_context syncs once per (context, Dockerfile); beside each
+    # tree lies that platform's Dockerfile and the ignore file its snapshot applied, so BuildKit
+    # on the node filters the tree by the same rule (the node-side scripts run by sh here)
+    from archfleet.context import CACHE
+    from archfleet.transport import CommandNode, LocalTransport
+
+    class Node(CommandNode):
+        node = "n1"
+
+        async def run(self, argv, **kw):
+            return await LocalTransport().run(argv, **kw)
+
+        def docker_client(self):
+            raise AssertionError("not needed")
+
+        async def close(self):
+            pass
+
+    (ctx / "secret.txt").write_text("not for armv7")
+    (ctx / "Dockerfile.armv7.dockerignore").write_text("secret.txt\n")
+    req = request_from("linux/arm/v7=ctx/Dockerfile.armv7")
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(home)
+    node = Node()
+
+    async def both():
+        return [await node.prepare_context(req.for_platform(p), None) for p in (V7, AMD, ARM)]
+
+    (v7_tree, v7_df, _), (amd_tree, amd_df, _), (arm_tree, _, _) = asyncio.run(both())
+    assert v7_tree != amd_tree and arm_tree == amd_tree  # one sync per Dockerfile
+    assert (home / v7_df).read_text() == ARMV7 and (home / amd_df).read_text() == DEFAULT
+    assert (home / (v7_df + ".dockerignore")).read_text() == "secret.txt\n"
+    assert not (home / (amd_df + ".dockerignore")).exists()
+    assert "secret.txt" not in os.listdir(home / v7_tree) and "secret.txt" in os.listdir(home / amd_tree)
+    assert (home / CACHE / "blobs").is_dir()
