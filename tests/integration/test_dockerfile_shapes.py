@@ -59,7 +59,8 @@ def test_a_run_mounting_a_build_platform_stage_still_runs_on_the_target(lab, tmp
     # Corpus: run-mount-from-build-stage (cross@local is offered, with the final RUN emulated).
     out = build(lab, tmp_path, "ARG BASE\nFROM --platform=$BUILDPLATFORM $BASE AS src\nRUN uname -m > /src\n"
                                "FROM $BASE AS final\n"
-                               "RUN --mount=type=bind,from=src,source=/src,target=/src sh -c 'uname -m > /m; cat /src >> /m'\n"
+                               "RUN --mount=type=bind,from=src,source=/src,target=/src "
+                               "sh -c 'uname -m > /m; cat /src >> /m'\n"
                                "FROM scratch\nCOPY --from=final /m /m\n")
     assert (out / "m").read_text().split() == ["s390x", HOST]
 
