@@ -73,8 +73,9 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
             problems.append(str(exc))
             return None
 
-    values = [("PATH", path), ("--file", file), ("--target", target), ("--metadata-file", metadata_file),
-              ("--report", report), ("--engine-cli", engine_cli)]
+    files = (file,) if isinstance(file, str) else tuple(file or ())
+    values = [("PATH", path), ("--target", target), ("--metadata-file", metadata_file),
+              ("--report", report), ("--engine-cli", engine_cli)] + [("--file", f) for f in files]
     # build-arg values may be secrets: only their names are ever repeated in a message
     values += [(f"--build-arg {item.partition('=')[0]!r}", item.partition("=")[0]) for item in build_arg]
     values += [(flag, v) for flag, many in (("--platform", platform), ("--tag", tag),
@@ -86,20 +87,29 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
         raise UsageError("; ".join(encoding))
 
     context = Path(path)
-    dockerfile = Path(file) if file else context / "Dockerfile"
-    if not context.exists():
-        problems.append(f"PATH: build context {path!r} does not exist")
-    elif not context.is_dir():
-        problems.append(f"PATH: build context {path!r} is not a directory")
-    elif not dockerfile.is_file():
-        problems.append(f"--file: Dockerfile {str(dockerfile)!r} not found" + ("" if file else "; name it with -f"))
     platforms: tuple = ()
+    platforms_ok = True
     try:
         platforms = plat.parse_list(list(platform)) if platform else (plat.from_uname(_platform.machine()),)
         if not platforms:
             problems.append("--platform: no platform given")
     except plat.PlatformError as exc:
         problems.append(f"--platform: {exc}")
+        platforms_ok = False
+    default, own = _dockerfiles(files, problems)
+    dockerfile = default if default is not None else context / "Dockerfile"
+    if not context.exists():
+        problems.append(f"PATH: build context {path!r} does not exist")
+    elif not context.is_dir():
+        problems.append(f"PATH: build context {path!r} is not a directory")
+    elif (not platforms or any(p not in dict(own) for p in platforms)) and not dockerfile.is_file():
+        # the default is read only by the platforms without a file of their own
+        problems.append(f"--file: Dockerfile {str(dockerfile)!r} not found" + ("" if default else "; name it with -f"))
+    if platforms_ok:
+        for p, _ in own:
+            if p not in platforms:
+                problems.append(f"--file {p}=...: {p} is not being built (--platform "
+                                f"{','.join(map(str, platforms))}); drop it or add the platform")
     refs = [check(parse_push_target, t, what="--tag") for t in tag]
     if refs and refs[0] is not None and platforms:
         # children are pushed as <first tag>-<os>-<arch>[-<variant>]: the longest must fit
@@ -146,6 +156,7 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
         raise UsageError("; ".join(dict.fromkeys(problems)))
     return BuildRequest(
         context=context.resolve(), dockerfile=dockerfile.resolve(), platforms=platforms, tags=tuple(tag),
+        platform_dockerfiles=tuple((p, f.resolve()) for p, f in own),
         build_args=list(args.items()), env_build_args=tuple(k for k in args if k in from_env),
         labels=labels, target=target, push=push, no_cache=no_cache, pull=pull, progress=progress,
         metadata_file=Path(metadata_file) if metadata_file else None,
@@ -154,13 +165,52 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
     )
 
 
+def _dockerfiles(files, problems: list[str]) -> tuple[Path | None, list[tuple[plat.Platform, Path]]]:
+    """The ``-f`` values: the default Dockerfile (None: not given) and the per-platform ones.
+
+    ``-f PATH`` names the default, ``-f PLATFORM=PATH`` the file of one platform (normalised as
+    ``--platform`` is, so ``armhf=...`` is ``linux/arm/v7``); a value that is an existing file
+    is a path whatever it holds. Paths are as for ``-f`` alone: relative to the working
+    directory. Problems (not a platform, two defaults, two files for one platform, a file that
+    is missing) are appended to ``problems``, one each, for the CLI's one pass."""
+    default: Path | None = None
+    own: dict[plat.Platform, Path] = {}
+    for value in files:
+        key, eq, rest = value.partition("=")
+        if not eq or Path(value).is_file():
+            if default is not None and Path(value) != default:
+                problems.append(f"--file: two default Dockerfiles ({str(default)!r} and {value!r}); give one, and "
+                                "PLATFORM=PATH for a platform's own")
+            else:
+                default = Path(value)
+            continue
+        try:
+            p = plat.parse(key)
+        except plat.PlatformError as exc:
+            problems.append(f"--file {value!r}: no such file, and {key!r} is not a platform ({exc}); "
+                            "give PATH or PLATFORM=PATH")
+            continue
+        if not rest:
+            problems.append(f"--file {value!r}: name the Dockerfile for {p} after the '='")
+            continue
+        if p in own and own[p] != Path(rest):
+            problems.append(f"--file: two Dockerfiles for {p} ({str(own[p])!r} and {rest!r}); give one")
+            continue
+        own[p] = Path(rest)
+        if not Path(rest).is_file():
+            problems.append(f"--file {key}={rest}: Dockerfile {rest!r} not found")
+    return default, list(own.items())
+
+
 def build_options(fn):
     """The flags ``build`` and ``plan`` share (a plan is a build that stops before running)."""
     opts = [
         click.argument("path", default=".", required=False),
         click.option("--platform", multiple=True, help="Target platforms, comma-separated or repeated (linux/arm64,...)."),
         click.option("-t", "--tag", multiple=True, help="Name and tag (registry/repo:tag); repeatable."),
-        click.option("-f", "--file", help="Dockerfile (default: PATH/Dockerfile)."),
+        click.option("-f", "--file", multiple=True, metavar="[PLATFORM=]PATH",
+                     help="Dockerfile (default: PATH/Dockerfile); PLATFORM=PATH gives one platform its own, "
+                          "repeatable: -f linux/arm/v7=Dockerfile.armv7 -f Dockerfile."),
         click.option("--build-arg", multiple=True, help="Build-time variable NAME=VALUE; repeatable."),
         click.option("--label", multiple=True, help="Image label KEY=VALUE; repeatable."),
         click.option("--target", help="Build stage to build."),
@@ -305,6 +355,8 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
                          "estimate_basis": r.option.basis, "why_not": r.why}
                         for r in p.rejected if r.option.platform == s.option.platform
                     ],
+                    "not_offered": [{"node": node, "why": why} for pl, node, why in planned.not_offered
+                                    if pl == s.option.platform],
                 }
                 for s in p.chosen
             ],
@@ -320,6 +372,9 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
         for r in p.rejected:
             if r.option.platform == s.option.platform:
                 rows.append(("", f"  not {r.option}", f"{r.option.estimate:.1f}s", "", r.why))
+        for pl, node, why in planned.not_offered:
+            if pl == s.option.platform:
+                rows.append(("", f"  not on {node}", "", "", why))
     click.echo(_table(rows))
     click.echo(f"makespan: {p.makespan:.1f}s ({'exact search' if p.exact else 'greedy schedule'})")
     for pl, _ in p.unplannable:

@@ -91,6 +91,11 @@ def archfleet_offer(platform, request, facts):
     the platform), or with an awaitable resolving to one (to ask a registry, say: all offers
     are awaited at once): return either, or None when the plugin is no strategy. ``Option.strategy`` must be the strategy's own name: it is how
     ``archfleet_run`` finds the plugin again; ``Option.node`` must be a probed node.
+    ``request`` is the request as ``platform`` sees it
+    (:meth:`~archfleet.model.BuildRequest.for_platform`): ``request.dockerfile`` is that
+    platform's own Dockerfile when ``-f PLATFORM=PATH`` gave it one, and
+    ``analyse_dockerfile(request)`` analyses that file. The same holds in ``archfleet_estimate``
+    and ``archfleet_run``.
     """
 
 

@@ -36,6 +36,7 @@ import attrs
 from . import layercache, linkrate, scores
 from .history import HistoryView
 from .model import LayerScan, NodeFacts, PlatformResult, Transfer
+from .platforms import Platform
 
 
 def _speeds(value) -> tuple[tuple[str, float], ...]:
@@ -52,7 +53,9 @@ class Lessons:
     that finished (a history row each, and the link rate of each context sync they used);
     ``speeds``: node name -> the node's relative speed when it built
     (:func:`archfleet.planner.node_speed`), kept in the rows; ``scans``: the layer scans
-    verification made; ``history``: where rows go (None: history is off, no rows).
+    verification made; ``history``: where rows go (None: history is off, no rows);
+    ``histories``: (platform, view) where a platform's rows go instead, when platforms are
+    built from Dockerfiles of their own (each keyed by its file).
     """
 
     probed: tuple[NodeFacts, ...] = attrs.field(default=(), converter=tuple)
@@ -60,6 +63,7 @@ class Lessons:
     speeds: tuple[tuple[str, float], ...] = attrs.field(default=(), converter=_speeds)
     scans: tuple[LayerScan, ...] = attrs.field(default=(), converter=tuple)
     history: HistoryView | None = None
+    histories: tuple[tuple[Platform, HistoryView | None], ...] = attrs.field(default=(), converter=tuple)
 
     def transfers(self) -> tuple[Transfer, ...]:
         """Each context sync once, in the order of the results (platforms built from one sync
@@ -79,7 +83,9 @@ def keep(lessons: Lessons) -> None:
         linkrate.record(transfer.link, transfer.bytes, transfer.seconds)
     for scan in dict.fromkeys(lessons.scans):
         layercache.store(scan.digest, scan.scan)
-    if lessons.history is not None:
-        speeds = dict(lessons.speeds)
-        for result in lessons.results:
-            lessons.history.record(result, speed=speeds.get(result.option.node))
+    speeds = dict(lessons.speeds)
+    views = dict(lessons.histories)
+    for result in lessons.results:
+        view = views.get(result.platform, lessons.history)
+        if view is not None:
+            view.record(result, speed=speeds.get(result.option.node))

@@ -36,6 +36,12 @@ def _labels(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple((str(k), str(v)) for k, v in value)
 
 
+def _platform_files(value: Any) -> tuple[tuple[Platform, Path], ...]:
+    if isinstance(value, dict):
+        value = value.items()
+    return tuple((k, Path(v)) for k, v in value)
+
+
 def _settings(value: Any) -> tuple[tuple[str, Any], ...]:
     if isinstance(value, dict):
         value = value.items()
@@ -117,7 +123,13 @@ class NodeFacts:
 
 @attrs.frozen
 class BuildRequest:
-    """One ``archfleet build``/``plan`` invocation, after the flags were validated."""
+    """One ``archfleet build``/``plan`` invocation, after the flags were validated.
+
+    ``dockerfile`` is the default Dockerfile; ``platform_dockerfiles`` the per-platform ones
+    (``-f linux/arm/v7=Dockerfile.armv7``), each overriding the default for its platform. Every
+    stage that reads the Dockerfile (analysis, offers, estimates, history and context keys, the
+    context snapshot, the build) reads :meth:`dockerfile_for` its platform, through
+    :meth:`for_platform`. The default need not exist when every platform has its own file."""
 
     context: Path
     dockerfile: Path
@@ -139,6 +151,33 @@ class BuildRequest:
     # names in build_args whose value came from archfleet's environment (a bare --build-arg NAME,
     # as docker allows): the engine CLI gets them in its environment, never in argv
     env_build_args: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    # (platform, Dockerfile) from -f PLATFORM=PATH, one per platform, in the order given
+    platform_dockerfiles: tuple[tuple[Platform, Path], ...] = attrs.field(default=(), converter=_platform_files)
+
+    def dockerfile_for(self, platform: Platform) -> Path:
+        """The Dockerfile ``platform`` is built from: its own (``-f PLATFORM=PATH``), else the default."""
+        for p, path in self.platform_dockerfiles:
+            if p == platform:
+                return path
+        return self.dockerfile
+
+    def for_platform(self, platform: Platform) -> "BuildRequest":
+        """The request as building ``platform`` sees it: ``dockerfile`` is that platform's own
+        file, ``platforms`` the requested platforms built from the same file, and no per-platform
+        files left. The request itself when no platform has a file of its own (the usual case),
+        so what is cached per request is shared."""
+        if not self.platform_dockerfiles:
+            return self
+        own = self.dockerfile_for(platform)
+        return attrs.evolve(self, dockerfile=own, platform_dockerfiles=(),
+                            platforms=tuple(p for p in self.platforms if self.dockerfile_for(p) == own) or (platform,))
+
+    def by_dockerfile(self) -> tuple[tuple[Path, tuple[Platform, ...]], ...]:
+        """Each Dockerfile the requested platforms use, with those platforms, in platform order."""
+        out: dict[Path, list[Platform]] = {}
+        for p in self.platforms:
+            out.setdefault(self.dockerfile_for(p), []).append(p)
+        return tuple((path, tuple(ps)) for path, ps in out.items())
 
 
 @attrs.frozen

@@ -101,17 +101,53 @@ async def learn(lessons: Lessons) -> None:
 
 async def offers(hooks: Hooks, request: BuildRequest, facts: Mapping[str, NodeFacts]) -> list[Option]:
     """Offer: every strategy's options for every platform (``archfleet_offer``), all asked at
-    once and checked (:meth:`archfleet.manager.Hooks.offer`)."""
+    once and checked (:meth:`archfleet.manager.Hooks.offer`). Each platform is offered with the
+    request as it sees it (:meth:`~archfleet.model.BuildRequest.for_platform`: its own Dockerfile)."""
     all_facts = tuple(facts.values())
-    answers = await asyncio.gather(*(hooks.offer(p, request, all_facts) for p in request.platforms))
+    answers = await asyncio.gather(*(hooks.offer(p, request.for_platform(p), all_facts) for p in request.platforms))
     return [opt for got in answers for opt in got]
 
 
+Histories = Mapping[Platform, "HistoryView | None"]
+
+
 def estimates(hooks: Hooks, options: Sequence[Option], request: BuildRequest,
-              facts: Mapping[str, NodeFacts], history: HistoryView | None) -> list[Option]:
-    """Estimate: each option's seconds refined by the plugins (``archfleet_estimate``)."""
-    answers = [hooks.estimate(o, request, facts.get(o.node), history) for o in options]
+              facts: Mapping[str, NodeFacts], history: "HistoryView | Histories | None") -> list[Option]:
+    """Estimate: each option's seconds refined by the plugins (``archfleet_estimate``), with the
+    request and the history view of the option's platform (``history``: one view for every
+    platform, or one per platform as :func:`histories` makes them)."""
+    def view(platform):
+        return history.get(platform) if isinstance(history, Mapping) else history
+
+    answers = [hooks.estimate(o, request.for_platform(o.platform), facts.get(o.node), view(o.platform))
+               for o in options]
     return apply_estimates(options, answers)
+
+
+def histories(request: BuildRequest) -> dict[Platform, HistoryView | None]:
+    """The history view of each platform: keyed by the context and the platform's own
+    Dockerfile, one view per Dockerfile (:func:`archfleet.history.view_for`). Blocking (it walks
+    the context once per Dockerfile): call it in a thread."""
+    by_file = {path: view_for(request.for_platform(ps[0])) for path, ps in request.by_dockerfile()}
+    return {p: by_file[request.dockerfile_for(p)] for p in request.platforms}
+
+
+def not_offered(request: BuildRequest, facts: Mapping[str, NodeFacts],
+                options: Sequence[Option]) -> tuple[tuple[Platform, str, str], ...]:
+    """(platform, node, why) for each node that runs or emulates a platform but got no option
+    for it because a stage the build needs RUNs on a platform the node can neither run nor
+    emulate (a stage pinned with ``FROM --platform=...``): what ``archfleet plan`` shows besides
+    the rejected options."""
+    offered = {(o.platform, o.node) for o in options}
+    out = []
+    for p in request.platforms:
+        for f in facts.values():
+            if not f.can_build or (p, f.name) in offered or (p not in f.native and p not in f.emulated):
+                continue
+            why = analyse(request, p).placement(p, f.native, f.emulated).why_not()
+            if why:
+                out.append((p, f.name, why))
+    return tuple(out)
 
 
 def unplannable_reason(platform, planned: "Planned") -> str:
@@ -140,7 +176,7 @@ def unplannable_reason(platform, planned: "Planned") -> str:
         elif not f.builder:
             reasons.append(f"{f.name}: {f.error}")
         elif planned.request and (platform in f.native or platform in f.emulated) and (
-                why := analyse(planned.request).placement(platform, f.native, f.emulated).why_not()):
+                why := analyse(planned.request, platform).placement(platform, f.native, f.emulated).why_not()):
             reasons.append(f"{f.name}: {why}")  # it runs the target, not a stage pinned elsewhere
         elif problem:
             reasons.append(f"{f.name}: {problem}")
@@ -163,24 +199,37 @@ class Planned:
     facts: dict[str, NodeFacts]
     options: tuple[Option, ...]  # after estimates and pins: what the plan and fallbacks use
     plan: Plan
-    history: HistoryView | None = None
+    history: HistoryView | None = None  # the first platform's (every platform's, with one Dockerfile)
     pinned_out: tuple[Option, ...] = ()  # offered, but excluded by --strategy/--node
     request: BuildRequest | None = None  # what was planned (says why a node cannot run a stage)
+    # (platform, node, why): nodes that run or emulate the platform but cannot run a stage it needs
+    not_offered: tuple[tuple[Platform, str, str], ...] = ()
+    # each platform's history view (keyed by its own Dockerfile); empty: ``history`` for all
+    histories: tuple[tuple[Platform, HistoryView | None], ...] = ()
+
+    def history_for(self, platform: Platform) -> HistoryView | None:
+        """The history view ``platform``'s estimates read and its result is recorded in."""
+        return dict(self.histories).get(platform, self.history)
 
 
 def check_request(hooks: Hooks, request: BuildRequest, config: Config, session: Session) -> list[NodeSpec]:
     """What the input alone decides, checked before any node is probed or registry asked: the
     Dockerfile, and the ``--node``/``--strategy`` pins (a platform being built, a node the
-    inventory has, ``cross`` only for a Dockerfile that cross-compiles). Raises
+    inventory has, ``cross`` only for a Dockerfile with a stage on ``$BUILDPLATFORM`` or pinned to a
+    platform of its own). Raises
     :class:`UsageError`; returns the inventory's enabled nodes. Cheap: call it again freely."""
-    analysis = analyse(request)  # a Dockerfile error is the user's: report it before probing anything
+    # a Dockerfile error is the user's: report it before probing anything (each platform's file)
+    analyses = {p: analyse(request, p) for p in request.platforms}
     nodes = nodes_of(hooks, config, session)
     check_pins(request.pins, request.platforms, [n.name for n in nodes])
     for pin in request.pins:
-        if pin.strategy == "cross" and "cross" in hooks.strategies() and not analysis.cross:
-            raise UsageError(f"{pin.flag}: {request.dockerfile.name} cannot cross-compile: no stage it builds "
-                             "runs on $BUILDPLATFORM (use FROM --platform=$BUILDPLATFORM for the build stages, "
-                             "or drop --strategy cross)")
+        if pin.strategy != "cross" or "cross" not in hooks.strategies():
+            continue
+        for p in ([pin.platform] if pin.platform is not None else request.platforms):
+            if not analyses[p].can_cross:
+                raise UsageError(f"{pin.flag}: {request.dockerfile_for(p).name} cannot cross-compile: no stage it "
+                                 "builds runs on $BUILDPLATFORM or a platform of its own (use "
+                                 "FROM --platform=$BUILDPLATFORM for the build stages, or drop --strategy cross)")
     return nodes
 
 
@@ -189,16 +238,18 @@ async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session
     no plugin names is refused once the offers are in (a plugin's strategy name need not be its
     plugin name)."""
     nodes = check_request(hooks, request, config, session)
-    view_task = asyncio.create_task(asyncio.to_thread(view_for, request))
+    view_task = asyncio.create_task(asyncio.to_thread(histories, request))
     facts = await probe(hooks, config, session, nodes)
-    view = await view_task
-    offered = estimates(hooks, await offers(hooks, request, facts), request, facts, view)
+    views = await view_task
+    offered = estimates(hooks, await offers(hooks, request, facts), request, facts, views)
     check_pin_strategies(request.pins, hooks.strategies() | {o.strategy for o in offered})
     options = apply_pins(offered, request.pins)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
     busy = {name: f.busy for name, f in facts.items() if f.busy}  # slots other archfleet runs hold
     plan = schedule(request.platforms, options, capacity, busy)
-    return Planned(facts, tuple(options), plan, view, tuple(o for o in offered if o not in options), request)
+    return Planned(facts, tuple(options), plan, views.get(request.platforms[0]),
+                   tuple(o for o in offered if o not in options), request, not_offered(request, facts, offered),
+                   tuple(views.items()))
 
 
 async def connect(hooks: Hooks, facts: NodeFacts, session: Session):
@@ -285,7 +336,8 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
 
         executor = Executor(request, planned.facts, reporter,
                             connect=lambda node: connect(hooks, planned.facts[node], session),
-                            run_option=lambda option, job: hooks.run(option, request, job),
+                            run_option=lambda option, job: hooks.run(option, request.for_platform(option.platform),
+                                                                     job),
                             replan=replan)
         outcome = await executor.run(planned.plan)
         failures = list(outcome.failures)
@@ -323,7 +375,7 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
             reporter.warning("left out (--allow-partial): " + "; ".join(f.line() for f in failures))
         for r in results:
             hooks.build_finished(r)
-        await learn(Lessons(results=results, history=planned.history,
+        await learn(Lessons(results=results, history=planned.history, histories=planned.histories,
                             speeds={n: node_speed(f) for n, f in planned.facts.items()},
                             scans=[scan for child in children for scan in child.scans]))
     return BuildSummary(tuple(results), tuple(children), digest, media_type, size, request.tags, planned,
@@ -424,6 +476,7 @@ def metadata(summary: BuildSummary) -> dict:
     if summary.tags:
         doc["image.name"] = ",".join(summary.tags)
     children = {c.platform: c for c in summary.children}
+    request = summary.planned.request
     estimates = {s.option.platform: s.option.estimate for s in summary.planned.plan.chosen}
     per = {}
     for r in summary.results:
@@ -439,6 +492,8 @@ def metadata(summary: BuildSummary) -> dict:
             "image_id": r.image_id,
             "replans": [{"from": old, "why": why} for p, old, why in summary.replans if p == r.platform],
         }
+        if request is not None:
+            per[str(r.platform)]["dockerfile"] = str(request.dockerfile_for(r.platform))
     doc["archfleet.platforms"] = per
     doc["archfleet.seconds"] = round(summary.seconds, 2)
     return doc

@@ -138,8 +138,8 @@ def test_pin_for_a_platform_not_built(capsys):
 
 def test_cross_for_a_dockerfile_that_cannot_cross_compile(capsys):
     assert one_error(capsys, "plan", "--platform", "linux/arm64", "--strategy", "cross", "ctx") == (
-        "--strategy 'cross': Dockerfile cannot cross-compile: no stage it builds runs on $BUILDPLATFORM "
-        "(use FROM --platform=$BUILDPLATFORM for the build stages, or drop --strategy cross)")
+        "--strategy 'cross': Dockerfile cannot cross-compile: no stage it builds runs on $BUILDPLATFORM or a "
+        "platform of its own (use FROM --platform=$BUILDPLATFORM for the build stages, or drop --strategy cross)")
 
 
 @pytest.fixture
