@@ -320,6 +320,18 @@ def capable(request: BuildRequest, facts: Iterable[NodeFacts]) -> list[NodeFacts
     return [f for f in facts if f.can_build and not lacking(f, wanted)]
 
 
+#: what gives a node each feature, one line each (the fix ``plan`` and ``build`` print)
+FEATURE_FIX = {
+    "heredocs": "build on Docker >= 23 or podman >= 5.0, or start the Dockerfile with "
+                "`# syntax=docker/dockerfile:1` (a BuildKit node then loads a frontend that has them)",
+    "frontends": "build on a Docker node (BuildKit loads the `# syntax=` frontend; podman ignores the directive)",
+    "secrets": "build on Docker with BuildKit or podman >= 3.0",
+    "ssh": "build on Docker with BuildKit or podman >= 3.4",
+    "cache_export": "build on a node whose docker CLI has the buildx plugin, or on podman",
+    "outputs": "build on Docker with BuildKit or podman",
+}
+
+
 def why_lacking(facts: NodeFacts, missing: Sequence[Need]) -> str:
     """One phrase for people: what ``facts``' engine cannot do of ``missing`` and where the
     Dockerfile asks for it."""

@@ -24,7 +24,9 @@ environment (never a command line).
   ``time="..." level=...`` / ``WARN[0000]``): a process of the build exited non-zero
   (``Error: building at STEP "...": while running runtime: exit status N``, seen here) -> the
   build failed, whatever the step printed; an errno of a node resource ending that line (no
-  space left on device, ...) -> the node failed; anything else (an unknown instruction, a
+  space left on device, ...), or ending it but for the ``exit status N`` containers/storage's
+  helper appends (``... write /bin/busybox: no space left on device exit status 1``, seen here
+  on a full store) -> the node failed; anything else (an unknown instruction, a
   COPY source missing, a base image that cannot be pulled) -> the build failed.
 - **Push**: ``podman push --format v2s2 --digestfile`` (Docker schema 2 manifests, as docker
   nodes push, so a fleet mixing engines still gets one manifest list). Credentials: podman reads
@@ -68,6 +70,9 @@ _VERSION = re.compile(r"^podman(?:\.exe)? version (\d+)\.(\d+)(?:\.(\d+))?\S*\s*
 _LOG_LINE = re.compile(r'^(time="[^"]*" level=\w+ |(DEBU|INFO|WARN|ERRO)\[\d+\] )')
 # a process of the build exited non-zero (buildah: "while running runtime: exit status N")
 _PROCESS_EXIT = re.compile(r"while running runtime: exit status \d+\s*$")
+# containers/storage's helper process appends its own exit to the stderr it relays ("... write
+# /bin/busybox: no space left on device exit status 1", seen here on a full store)
+_HELPER_EXIT = re.compile(r"\s+exit status \d+\s*$")
 _IMAGE_ID = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
 _DIGEST = re.compile(r"^archfleet-digest=(sha256:[0-9a-f]{64})$")
 _BASE64_LINE = re.compile(r"^[A-Za-z0-9+/]+=*$")
@@ -210,7 +215,9 @@ def node_failed(done: Completed) -> str | None:
     line = cli_error_line(done)
     if line is None or _PROCESS_EXIT.search(line):
         return None
-    return resource_failure(line)
+    if resource_failure(line) or resource_failure(_HELPER_EXIT.sub("", line)):
+        return f"node out of resources: {line}"
+    return None
 
 
 def _own_message(done: Completed) -> str:
@@ -322,7 +329,10 @@ class PodmanEngine:
         if why is not None:
             raise InfrastructureError(transport.node, f"{why} during the push of {ref}")
         message = _own_message(done) if not done.ok else "podman reported no digest"
-        code, status = registry_answer(message.replace(": ", ":\n"))
+        # containers/image puts the registry's "<code>: <message>" after its own context on one
+        # line ("writing blob: ...: unauthorized: authentication required"): each ": " may start it
+        code, _ = registry_answer(message.replace(": ", ":\n"))
+        _, status = registry_answer(message)
         known = refusal(code, status, ref.registry, f"the push of {ref}", message)
         if known is not None:
             raise known from None
@@ -341,18 +351,18 @@ class PodmanEngine:
         when it fails). Chunks wait in memory while the consumer is slower than the link."""
         queue: asyncio.Queue = asyncio.Queue()
         messages: list[str] = []
-        pending: list[bytes] = []
+        pending = bytearray()
 
         def watch(line: str) -> None:
             line = line.strip()
             if line and _BASE64_LINE.match(line):
                 try:
-                    pending.append(base64.b64decode(line))
+                    pending.extend(base64.b64decode(line))
                 except binascii.Error:
                     messages.append(line)
                     return
-                if sum(map(len, pending)) >= 1 << 20:
-                    queue.put_nowait(b"".join(pending))
+                if len(pending) >= 1 << 20:
+                    queue.put_nowait(bytes(pending))
                     pending.clear()
             elif line:
                 messages.append(line)
@@ -362,7 +372,7 @@ class PodmanEngine:
                 return await transport.run(["sh", "-c", SAVE_SCRIPT, "sh", image, *self._argv(facts)], on_line=watch)
             finally:
                 if pending:
-                    queue.put_nowait(b"".join(pending))
+                    queue.put_nowait(bytes(pending))
                     pending.clear()
                 queue.put_nowait(None)
 
