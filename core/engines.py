@@ -167,14 +167,23 @@ def last_own_line(done: Completed, noise: re.Pattern) -> str | None:
     return None
 
 
+# how the SSH transport reports a remote command killed by a signal (its own last line, after
+# the command's output; :class:`archfleet.plugins.ssh.transport.SSHTransport`)
+_SSH_SIGNAL = re.compile(r"^killed by signal (\w+)$")
+
+
 def exit_path_failure(done: Completed) -> str | None:
     """Why a CLI run that ended like ``done`` is the node's failure, from its exit path alone:
     the CLI could not be started (126/127: not found, not executable) or was killed by a signal
-    (a negative status: the OOM killer, a reboot); else None."""
+    (the OOM killer, a reboot, a killed engine: a negative status here; over SSH, status 137
+    with the transport's own ``killed by signal NAME`` line last); else None."""
     if done.returncode in (126, 127):
         return f"engine CLI unusable: {done.last_line()}"
     if done.returncode < 0:
         return f"engine CLI killed by signal {-done.returncode}"
+    m = _SSH_SIGNAL.match(done.tail[-1]) if done.returncode == 137 and done.tail else None
+    if m:
+        return f"engine CLI killed by signal {m.group(1)}"
     return None
 
 

@@ -176,3 +176,20 @@ def test_ls_shows_each_nodes_engine_and_what_it_can_do(monkeypatch, tmp_path):
     assert (doc["n4"]["engine"], doc["n4"]["engine_version"], doc["n5"]["rootless"]) == ("podman", "4.3.1", True)
     assert doc["n4"]["capabilities"] == {"secrets": True, "ssh": True, "cache_export": True, "outputs": True,
                                          "heredocs": False, "frontends": False}
+
+
+# -- the exit path every adapter reads first ---------------------------------------------------------
+
+@pytest.mark.parametrize("returncode,tail,why", [
+    (127, ("podman: command not found",), "engine CLI unusable: podman: command not found"),
+    (-9, (), "engine CLI killed by signal 9"),  # this machine's transport: a negative status
+    # the SSH transport: 137 and its own last line naming the signal
+    (137, ("STEP 2/2: RUN sleep 8", "killed by signal KILL"), "engine CLI killed by signal KILL"),
+    # a RUN step exiting 137 is the build's: the CLI's own line is last, not the transport's
+    (137, ('Error: building at STEP "RUN x": while running runtime: exit status 137',), None),
+    (137, ("#5 killed by signal KILL", "executor failed running [/bin/sh -c x]: exit code: 137"), None),
+])
+def test_a_cli_that_could_not_start_or_was_killed_is_the_nodes_failure(returncode, tail, why):
+    from archfleet.transport import Completed
+
+    assert engines.exit_path_failure(Completed(("cli",), returncode, tail)) == why
