@@ -495,18 +495,21 @@ def plugins_(fmt):
 @click.option("--engine-cli", envvar="ARCHFLEET_ENGINE_CLI", metavar="PATH", help="Engine CLI for the local node.")
 @click.option("--local/--no-local", default=True, help="Check the local engine and binfmt handlers.")
 @click.option("--nodes", "nodes_file", metavar="FILE", help="nodes.toml to check.")
-def doctor(registries, insecure_registry, engine_cli, local, nodes_file):
-    """Check the engine, BuildKit, QEMU handlers, registries and nodes; say what to fix."""
+@click.option("--platform", "platform", multiple=True, metavar="P[,P...]",
+              help="Platforms to check on each node (default: linux/amd64,arm64,arm/v7,s390x,ppc64le).")
+def doctor(registries, insecure_registry, engine_cli, local, nodes_file, platform):
+    """Check the engine, BuildKit, QEMU handlers, registries, nodes and each platform on each node; say what to fix."""
     from . import doctor as doc
 
     for host in registries:
         parse_registry_host(host, what="--registry")
     for host in insecure_registry:
         parse_registry_host(host, what="--insecure-registry")
+    platforms = tuple(p for text in platform for p in _platform_list("--platform", text))
     hooks = _hooks()
     config = _config(hooks, nodes_file, engine_cli, local)
     checks = _run(hooks, lambda session: doc.run(hooks, config, session, tuple(registries),
-                                                 tuple(insecure_registry), engine_cli))
+                                                 tuple(insecure_registry), engine_cli, platforms))
     for c in checks:
         click.echo(c.line())
     failed = [c for c in checks if c.status == "FAIL"]
