@@ -11,9 +11,7 @@ import base64
 import io
 import json
 import os
-import stat
 import tarfile
-from pathlib import Path
 
 import pytest
 
