@@ -202,3 +202,58 @@ def test_this_machine_as_a_podman_node_builds_native_and_emulated(lab, tmp_path)
     assert "[linux/amd64@local] STEP 1/" in proc.stderr  # podman's build output, not BuildKit's
     assert {p: c["architecture"] for p, c in child_configs(lab.registry, repo, tag).items()} == {
         "linux/amd64": "amd64", "linux/arm64": "arm64"}
+
+
+def test_each_adapter_builds_inspects_exports_and_removes_an_image_on_its_node(lab, engine_nodes, tmp_path):
+    """The adapter interface on real engines: the local dockerd, rootless podman on n4 and the
+    rootless dockerd on n5 (over SSH). What inspect says is what was built; export is a `docker
+    save` archive naming the image; remove removes it once."""
+    import asyncio
+    import io
+    import tarfile
+
+    from archfleet import pipeline
+    from archfleet.engines import adapter_for
+    from archfleet.inventory import make_config
+    from archfleet.manager import make_hooks
+    from archfleet.model import BuildRequest
+    from archfleet.platforms import parse
+    from archfleet.session import Session
+
+    (tmp_path / "Dockerfile").write_text("ARG BASE\nFROM $BASE\nARG N\nRUN echo $N > /n\n")
+    arm = parse("linux/arm64")
+    # this machine's dockerd reaches the lab registry on loopback, the nodes on the bridge
+    where = {"local": (lab.registry, lab.base), "n4": (engine_nodes.registry, engine_nodes.base),
+             "n5": (engine_nodes.registry, engine_nodes.base)}
+
+    async def roundtrip():
+        hooks = make_hooks()
+        session = Session()
+        found = {}
+        try:
+            facts = await pipeline.probe(hooks, make_config(nodes=str(engine_nodes.toml), keys=hooks.node_keys()),
+                                         session)
+            for name, (registry, base) in where.items():
+                f = facts[name]
+                engine, transport = adapter_for(f.node.engine), await pipeline.connect(hooks, f, session)
+                request = BuildRequest(tmp_path, tmp_path / "Dockerfile", (arm,),
+                                       build_args=(("BASE", base), ("N", unique("n"))))
+                ctx, dockerfile, _ = await transport.prepare_context(request)
+                tag = f"{registry}/engines/roundtrip:{name}-{unique('t')}"
+                image = await engine.build(transport, f, platform=arm, request=request, tag=tag, context=ctx,
+                                           dockerfile=dockerfile)
+                info = await engine.inspect(transport, f, tag)
+                archive = b"".join([chunk async for chunk in engine.export(transport, f, tag)])
+                removed = (await engine.remove(transport, f, tag), await engine.remove(transport, f, tag))
+                found[name] = (image, info, archive, removed, tag)
+        finally:
+            await hooks.session_end(session)
+        return found
+
+    for name, (image, info, archive, removed, tag) in asyncio.run(roundtrip()).items():
+        assert (info.id, info.os, info.architecture) == (image, "linux", "arm64"), name
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            (entry,) = json.load(tar.extractfile("manifest.json"))
+        assert tag in entry["RepoTags"] and entry["Config"].removeprefix("blobs/sha256/").startswith(
+            image.split(":")[1][:12]), (name, entry)
+        assert removed == (True, False), name
