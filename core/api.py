@@ -57,7 +57,8 @@ __all__ = [
     # errors
     "InfrastructureError", "BuildFailed", "PlatformError",
     # strategy helpers
-    "capable_nodes", "build_and_push", "child_tag", "context_digest", "LABEL_CONTEXT", "LABEL_PLATFORM", "prior_seconds",
+    "capable_nodes", "build_and_push", "child_tag", "context_digest", "LABEL_CONTEXT", "LABEL_PLATFORM",
+    "prior_seconds",
     "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "RegistryClient",
     "parse_reference",
     # transports and probing

@@ -216,7 +216,8 @@ def check_platforms(facts: dict[str, NodeFacts], platforms: tuple[Platform, ...]
             if problem:
                 out.append(Check(status, f"{p} on {f.name}", problem, _binfmt_fix(f, p)))
             elif not plat.emulable(p):
-                out.append(Check(status, f"{p} on {f.name}", f"its CPU does not run {p} and no QEMU handler emulates it",
+                out.append(Check(status, f"{p} on {f.name}",
+                                 f"its CPU does not run {p} and no QEMU handler emulates it",
                                  f"build {p} on a node whose CPU runs it (add one to nodes.toml)"))
             else:
                 out.append(Check(status, f"{p} on {f.name}", f"not native and no qemu-{p.qemu_arch} handler",

@@ -16,8 +16,9 @@ and what a RUN step prints ("Connection refused", "no space left on device", ...
 user's text, whatever it says. In order:
 
 1. The engine CLI could not be started (exit 126/127 from the transport: not found, not
-   executable) or was killed by a signal (a negative exit status: the OOM killer, a reboot):
-   the node failed.
+   executable) or was killed by a signal (a negative exit status: the OOM killer, a reboot;
+   over SSH, status 137 with the transport's own ``killed by signal NAME`` line last): the node
+   failed (:func:`archfleet.engines.exit_path_failure`, shared with the podman adapter).
 2. The engine does not answer ``ping()`` (``GET /_ping``, the Engine API's liveness check):
    the engine is gone, the node failed.
 3. Otherwise only the CLI's own error line is read: the last non-empty line that is not
@@ -59,10 +60,6 @@ from .platforms import Platform
 from .reference import Reference
 from .registry import credential_name, load_credentials, refusal, registry_answer
 from .transport import Completed, LineCallback, Transport
-
-__all__ = ["DOCKER", "DockerEngine", "EngineCLI", "ENV_CLI", "auth_config_for", "build", "build_argv",
-           "capabilities", "cli_error_line", "discover_cli", "engine_gone", "export", "local_candidates",
-           "node_failed", "ping", "push"]
 
 ENV_CLI = "ARCHFLEET_ENGINE_CLI"
 _VERSION = re.compile(r"version\s+v?(\d+)\.(\d+)", re.I)
@@ -466,7 +463,8 @@ class DockerEngine:
         else:
             cli, reasons = await discover_cli(transport, candidates)
             if cli is None:
-                return Probed(True, error="no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"]))
+                return Probed(True, error="no engine CLI with BuildKit: "
+                              + "; ".join(reasons or ["no docker CLI found"]))
             version, rootless, error = await server_info(transport, cli)
             if error is not None:
                 return Probed(False, cli=cli, error=f"engine not answering on the node: {error}",
@@ -496,7 +494,8 @@ class DockerEngine:
     async def inspect(self, transport: Transport, facts: NodeFacts, image: str) -> ImageInfo:
         """The image's id and platform from the Engine API (``GET /images/NAME/json``)."""
         attrs_ = await asyncio.to_thread(lambda: transport.docker_client().api.inspect_image(image))
-        return ImageInfo(attrs_["Id"], attrs_.get("Os", ""), attrs_.get("Architecture", ""), attrs_.get("Variant") or "")
+        return ImageInfo(attrs_["Id"], attrs_.get("Os", ""), attrs_.get("Architecture", ""),
+                         attrs_.get("Variant") or "")
 
     async def remove(self, transport: Transport, facts: NodeFacts, image: str) -> bool:
         """``DELETE /images/NAME`` (untag; layers another image uses stay); False when absent."""

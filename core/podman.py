@@ -87,7 +87,8 @@ umask 077
 base=${XDG_RUNTIME_DIR:-}
 { [ -n "$base" ] && [ -d "$base" ] && [ -w "$base" ]; } || base=/dev/shm
 { [ -d "$base" ] && [ -w "$base" ]; } || base=${TMPDIR:-/tmp}
-d=$(mktemp -d "$base/archfleet-push.XXXXXXXX") || { echo "archfleet: cannot make a private directory in $base" >&2; exit 125; }
+d=$(mktemp -d "$base/archfleet-push.XXXXXXXX") || {
+  echo "archfleet: cannot make a private directory in $base" >&2; exit 125; }
 trap 'rm -rf "$d"' EXIT
 trap 'exit 129' HUP
 trap 'exit 130' INT
@@ -267,7 +268,8 @@ class PodmanEngine:
             collect(transport, [*cli.argv, "build", "--help"], timeout=30))
         facts = parse_info(info_lines)
         if not info.ok or not facts.get("version"):
-            return Probed(False, cli=cli, error=f"podman does not answer on the node: {cli_error_line(info) or info.last_line()}",
+            return Probed(False, cli=cli,
+                          error=f"podman does not answer on the node: {cli_error_line(info) or info.last_line()}",
                           fix="run `podman info` on the node as its user and fix what it says (storage, "
                               "subuids for rootless podman)")
         version = facts["version"]

@@ -183,7 +183,8 @@ def podman_storage(d: Path) -> dict[str, str]:
     (d / "storage.conf").write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{d}/storage"\n'
                                     f'runroot = "{d}/run"\n')
     (d / "registries.conf").write_text('[[registry]]\nlocation = "127.0.0.1:5000"\ninsecure = true\n')
-    return {"CONTAINERS_STORAGE_CONF": str(d / "storage.conf"), "CONTAINERS_REGISTRIES_CONF": str(d / "registries.conf")}
+    return {"CONTAINERS_STORAGE_CONF": str(d / "storage.conf"),
+            "CONTAINERS_REGISTRIES_CONF": str(d / "registries.conf")}
 
 
 def test_this_machine_as_a_podman_node_builds_native_and_emulated(lab, tmp_path):

@@ -56,8 +56,8 @@ def test_a_handler_without_the_fix_binary_flag_is_named_with_the_command_that_re
 
 def test_a_cpu_level_no_handler_emulates_says_to_build_it_elsewhere():
     (line,) = lines([facts("local", transport="local")], [V4])
-    assert line == ("FAIL  linux/amd64/v4 on local: its CPU does not run linux/amd64/v4 and no QEMU handler emulates it "
-                    "-> build linux/amd64/v4 on a node whose CPU runs it (add one to nodes.toml)")
+    assert line == ("FAIL  linux/amd64/v4 on local: its CPU does not run linux/amd64/v4 and no QEMU handler "
+                    "emulates it -> build linux/amd64/v4 on a node whose CPU runs it (add one to nodes.toml)")
 
 
 def test_nodes_that_cannot_build_at_all_have_their_own_check_not_platform_lines():

@@ -43,7 +43,7 @@ def node(name, engine_kind="docker", caps=None, **kw) -> NodeFacts:
 def test_each_engine_kind_has_its_adapter_and_only_docker_uses_an_engine_socket():
     assert engines.KINDS == ("docker", "podman")
     assert [engines.adapter_for(k).kind for k in engines.KINDS] == ["docker", "podman"]
-    assert (engines.adapter_for("docker").uses_engine_api, engines.adapter_for("podman").uses_engine_api) == (True, False)
+    assert [engines.adapter_for(k).uses_engine_api for k in ("docker", "podman")] == [True, False]
     with pytest.raises(KeyError):
         engines.adapter_for("lxd")
 
@@ -126,8 +126,8 @@ def test_plan_says_which_engine_cannot_do_what_and_how_to_get_it(tmp_path):
     req = dockerfile(tmp_path, "FROM busybox\nRUN <<EOF\necho hi\nEOF\n")
     facts = {"pod": node("pod", "podman", caps=PODMAN_43)}
     line = unplannable_reason(ARM, Planned(facts, (), Plan((), ()), request=req))
-    assert line == ("no node can build linux/arm64 (pod: podman 4.3.1 cannot build heredocs (Dockerfile:2: RUN <<EOF)); "
-                    + engines.FEATURE_FIX["heredocs"])
+    assert line == ("no node can build linux/arm64 (pod: podman 4.3.1 cannot build heredocs "
+                    "(Dockerfile:2: RUN <<EOF)); " + engines.FEATURE_FIX["heredocs"])
 
 
 # -- nodes.toml -------------------------------------------------------------------------------------
@@ -172,7 +172,8 @@ def test_ls_shows_each_nodes_engine_and_what_it_can_do(monkeypatch, tmp_path):
         ["n1", "ready", "docker 20.10.24", "buildkit", "secrets,ssh,outputs,syntax"],
         ["n4", "ready", "podman 4.3.1", "buildah", "secrets,ssh,cache,outputs"],
         ["n5", "ready", "docker 20.10.24 rootless", "buildkit", "secrets,ssh,outputs,syntax"]]
-    doc = {n["name"]: n for n in json.loads(CliRunner().invoke(cli.cli, ["ls", "--no-local", "--format", "json"]).output)}
+    listed = CliRunner().invoke(cli.cli, ["ls", "--no-local", "--format", "json"]).output
+    doc = {n["name"]: n for n in json.loads(listed)}
     assert (doc["n4"]["engine"], doc["n4"]["engine_version"], doc["n5"]["rootless"]) == ("podman", "4.3.1", True)
     assert doc["n4"]["capabilities"] == {"secrets": True, "ssh": True, "cache_export": True, "outputs": True,
                                          "heredocs": False, "frontends": False}
