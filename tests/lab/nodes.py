@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Lab nodes: network namespaces on a bridge, each with its own sshd and its own engine.
 
-    python tests/lab/nodes.py up [N] [--engines]  # N docker nodes (default 3), prints the nodes.toml path;
+    python tests/lab/nodes.py up [N] [--engines]  # N docker nodes (1-3, default 3), prints the nodes.toml path;
                                                   # --engines: also n4 (podman) and n5 (rootless docker),
                                                   # and prints the engines.toml path after it
     python tests/lab/nodes.py down                # stop everything, remove namespaces and links
@@ -451,6 +451,8 @@ def up(count: int = 3, engines: bool = False) -> Path:
     node n4 and the rootless docker node n5 (``engines.toml``: n1, n4, n5)."""
     if os.geteuid() != 0:
         raise SystemExit("lab: needs root")
+    if not 1 <= count <= 3:
+        raise SystemExit("lab: 1 to 3 docker nodes (n4 and n5 are the podman and rootless docker nodes: --engines)")
     ensure_key()
     (LAB / "authorized_keys").write_text(Path(f"{KEY}.pub").read_text())
     bridge_up()
@@ -462,7 +464,7 @@ def up(count: int = 3, engines: bool = False) -> Path:
     entries: dict[str, list[str]] = {}
     wanted = [(i, name) for i, name in enumerate(names(count), 1)]
     if engines:
-        wanted += [(int(n[1:]), n) for n in (PODMAN_NODE, ROOTLESS_NODE) if n not in names(count)]
+        wanted += [(int(n[1:]), n) for n in (PODMAN_NODE, ROOTLESS_NODE)]
     for i, name in wanted:
         user = user_up(name, docker_group=name not in (PODMAN_NODE, ROOTLESS_NODE))
         netns_up(name, i)
