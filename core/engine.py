@@ -52,8 +52,8 @@ from typing import AsyncIterator, Collection, Sequence
 import docker.auth
 
 from .buildargs import env_passable
-from .engines import (EngineCLI, ImageInfo, Probed, exit_path_failure, last_own_line, resource_failure,
-                      run_build)
+from .engines import (ENV_CLI, EngineCLI, ImageInfo, Probed, exit_path_failure, last_own_line,  # noqa: F401
+                      local_candidates, resource_failure, run_build)
 from .errors import BuildFailed, InfrastructureError, RegistryError
 from .model import BuildRequest, Capabilities, NodeFacts, NodeSpec
 from .platforms import Platform
@@ -61,7 +61,6 @@ from .reference import Reference
 from .registry import credential_name, load_credentials, refusal, registry_answer
 from .transport import Completed, LineCallback, Transport
 
-ENV_CLI = "ARCHFLEET_ENGINE_CLI"
 _VERSION = re.compile(r"version\s+v?(\d+)\.(\d+)", re.I)
 _IMAGE_ID = re.compile(r"writing image (sha256:[0-9a-f]{64})")
 _PROGRESS = re.compile(r"^#\d+ ")  # BuildKit's plain progress: the build's own output, never classified
@@ -73,26 +72,6 @@ _PROCESS_EXIT = re.compile(r"(\]|did not complete successfully): exit code: \d+\
 # (Docker 20.10's client exits 0 with ServerErrors when the daemon does not answer; newer ones exit 1)
 INFO_FORMAT = ('{{if .ServerErrors}}error: {{join .ServerErrors "; "}}'
                '{{else}}version={{.ServerVersion}} security={{join .SecurityOptions " "}}{{end}}')
-
-
-def local_candidates(preferred: str | None = None, name: str = "docker") -> list[str]:
-    """CLIs to try on this machine: the named one only (``preferred``, else ``$ARCHFLEET_ENGINE_CLI``),
-    else every ``name`` on PATH, then ``/usr/bin/NAME`` (for docker: Debian's 20.10 client,
-    which has BuildKit built in)."""
-    preferred = preferred or os.environ.get(ENV_CLI)
-    if preferred:
-        return [preferred]
-    seen: list[str] = []
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        path = os.path.join(directory or ".", name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            real = os.path.realpath(path)
-            if real not in [os.path.realpath(s) for s in seen]:
-                seen.append(path)
-    fallback = f"/usr/bin/{name}"
-    if os.path.exists(fallback) and fallback not in seen:
-        seen.append(fallback)
-    return seen
 
 
 async def discover_cli(transport: Transport, candidates: Sequence[str]) -> tuple[EngineCLI | None, list[str]]:

@@ -45,6 +45,7 @@ from .transport import Completed, LineCallback, Transport
 
 #: the engine kinds ``nodes.toml`` accepts, each with its adapter module (:func:`adapter_for`)
 KINDS = ("docker", "podman")
+ENV_CLI = "ARCHFLEET_ENGINE_CLI"  # the local node's engine CLI, as --engine-cli names it
 
 # Go wraps errors as "op path: errno text": a node resource failure ends the CLI's own line with
 # the errno's text (ENOSPC, EDQUOT, ENOMEM, EROFS, EIO, EMFILE)
@@ -153,6 +154,26 @@ def adapter_for(kind: str) -> Engine:
         from .podman import PODMAN
         return PODMAN
     raise KeyError(f"no engine adapter for {kind!r} (known: {', '.join(KINDS)})")
+
+
+def local_candidates(preferred: str | None = None, name: str = "docker") -> list[str]:
+    """CLIs to try on this machine: the named one only (``preferred``, else ``$ARCHFLEET_ENGINE_CLI``),
+    else every ``name`` on PATH, then ``/usr/bin/NAME`` (for docker: Debian's 20.10 client,
+    which has BuildKit built in)."""
+    preferred = preferred or os.environ.get(ENV_CLI)
+    if preferred:
+        return [preferred]
+    seen: list[str] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = os.path.join(directory or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            real = os.path.realpath(path)
+            if real not in [os.path.realpath(s) for s in seen]:
+                seen.append(path)
+    fallback = f"/usr/bin/{name}"
+    if os.path.exists(fallback) and fallback not in seen:
+        seen.append(fallback)
+    return seen
 
 
 # -- how a failed CLI run is read (shared by the adapters) ------------------------------------

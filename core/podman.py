@@ -55,8 +55,8 @@ import re
 from typing import AsyncIterator, Sequence
 
 from .buildargs import env_passable
-from .engines import (EngineCLI, ImageInfo, Probed, collect, exit_path_failure, last_own_line, resource_failure,
-                      run_build)
+from .engines import (EngineCLI, ImageInfo, Probed, collect, exit_path_failure, last_own_line, local_candidates,
+                      resource_failure, run_build)
 from .errors import BuildFailed, InfrastructureError, RegistryError
 from .model import BuildRequest, Capabilities, NodeFacts, NodeSpec
 from .platforms import Platform
@@ -251,8 +251,6 @@ class PodmanEngine:
         """``engine_cli`` alone, else on this machine every ``podman`` on PATH then
         ``/usr/bin/podman``; on a node ``podman`` then ``/usr/bin/podman``."""
         if local:
-            from .engine import local_candidates
-
             return local_candidates(engine_cli, name="podman")
         return [engine_cli] if engine_cli else ["podman", "/usr/bin/podman"]
 
