@@ -14,7 +14,9 @@ a plugin to raise.
   (``archfleet_node_keys``).
 - Errors: :class:`InfrastructureError` (the node failed: re-planned elsewhere),
   :class:`BuildFailed` (the build failed: reported), :class:`PlatformError`.
-- Strategies: :func:`build_and_push` (build in the node's engine, wait at the push gate, push),
+- Strategies: :func:`capable_nodes` (the nodes that can build the request: reachable, with a
+  builder, and an engine that has what the Dockerfile needs), :func:`build_and_push` (build in
+  the node's engine, wait at the push gate, push),
   :func:`child_tag`, :func:`context_digest` and its labels, :func:`prior_seconds`,
   :func:`node_speed`, :func:`reference_work`, :data:`QEMU_FACTOR`, :data:`LINK_RATE`,
   :func:`analyse_dockerfile` (its ``placement()`` says what a node can run), :class:`RegistryClient`,
@@ -22,13 +24,15 @@ a plugin to raise.
 - Transports: :class:`LocalTransport`, :class:`CommandNode` (context sync and leases over ``run``),
   :class:`Completed`, :func:`pump_lines`, :func:`supervise`, :func:`guard_callback`,
   :func:`guard_chunks`, :class:`CallerError`, :func:`parse_docker_host`, :func:`probe_node`,
-  :func:`benchmark`, :func:`discover_cli`, :func:`local_candidates`, :mod:`binfmt`,
+  :func:`benchmark`, :func:`adapter_for` (the node's engine adapter: its CLIs, its probe,
+  whether it needs the engine socket), :mod:`binfmt`,
   :func:`native_platforms`, :func:`read_cpu_flags`, :func:`from_uname`, :func:`read_local_leases`.
 """
 
 from . import binfmt
 from .dockerfile import analyse as analyse_dockerfile
-from .engine import discover_cli, local_candidates
+from .engines import adapter_for
+from .engines import capable as capable_nodes
 from .errors import BuildFailed, InfrastructureError
 from .executor import Job
 from .hookspecs import hookimpl
@@ -53,11 +57,12 @@ __all__ = [
     # errors
     "InfrastructureError", "BuildFailed", "PlatformError",
     # strategy helpers
-    "build_and_push", "child_tag", "context_digest", "LABEL_CONTEXT", "LABEL_PLATFORM", "prior_seconds",
+    "capable_nodes", "build_and_push", "child_tag", "context_digest", "LABEL_CONTEXT", "LABEL_PLATFORM",
+    "prior_seconds",
     "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "RegistryClient",
     "parse_reference",
     # transports and probing
     "LocalTransport", "CommandNode", "Completed", "pump_lines", "supervise", "guard_callback", "guard_chunks",
-    "CallerError", "parse_docker_host", "probe_node", "benchmark", "discover_cli", "local_candidates", "binfmt",
+    "CallerError", "parse_docker_host", "probe_node", "benchmark", "adapter_for", "binfmt",
     "native_platforms", "read_cpu_flags", "from_uname", "read_local_leases",
 ]

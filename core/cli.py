@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import attrs
 import click
 
 from . import platforms as plat
@@ -390,6 +391,10 @@ def _fail_unplannable(planned) -> None:
         raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in planned.plan.unplannable))
 
 
+# `archfleet ls`'s CAN column: one word per capability (docs/cli.md)
+_FEATURE_WORDS = {"cache_export": "cache", "frontends": "syntax"}
+
+
 @cli.command(name="ls")
 @click.option("--engine-cli", envvar="ARCHFLEET_ENGINE_CLI", metavar="PATH", help="Engine CLI for the local node.")
 @click.option("--local/--no-local", default=True)
@@ -405,19 +410,22 @@ def ls_(engine_cli, local, nodes_file, fmt):
     if fmt == "json":
         click.echo(json.dumps([
             {"name": f.name, "reachable": f.reachable, "error": f.error, "transport": f.node.transport,
-             "engine_version": f.engine_version, "builder": f.builder, "engine_cli": list(f.engine_cli),
+             "engine": f.node.engine, "engine_version": f.engine_version, "rootless": f.rootless,
+             "capabilities": attrs.asdict(f.capabilities) if f.capabilities else None,
+             "builder": f.builder, "engine_cli": list(f.engine_cli),
              "native": [str(p) for p in f.native], "emulated": [str(p) for p in f.emulated],
              "cpus": f.cpus, "memory": f.memory, "load": f.load, "score": f.score, "max_builds": f.node.max_builds,
              "busy": list(f.busy), "labels": dict(f.node.labels)}
             for f in facts.values()
         ], indent=2))
         return
-    rows = [("NAME", "STATUS", "ENGINE", "BUILDER", "CPUS", "SCORE", "MAX", "NATIVE", "EMULATED")]
+    rows = [("NAME", "STATUS", "ENGINE", "BUILDER", "CAN", "CPUS", "SCORE", "MAX", "NATIVE", "EMULATED")]
     for f in facts.values():
         status = "ready" if f.can_build else ("unreachable" if not f.reachable else "no builder")
         if f.can_build and f.busy:
             status += f" ({len(f.busy)} busy)"
-        rows.append((f.name, status, f"docker {f.engine_version or '?'}", f.builder or "-", str(f.cpus),
+        can = ",".join(_FEATURE_WORDS.get(n, n) for n in f.capabilities.names()) if f.capabilities else "-"
+        rows.append((f.name, status, f.engine_label, f.builder or "-", can or "-", str(f.cpus),
                      f"{f.score:.2f}" if f.score else "-", str(f.node.max_builds),
                      ",".join(map(str, f.native)) or "-", ",".join(map(str, f.emulated)) or "-"))
     click.echo(_table(rows))
@@ -542,18 +550,21 @@ def plugins_(fmt):
 @click.option("--engine-cli", envvar="ARCHFLEET_ENGINE_CLI", metavar="PATH", help="Engine CLI for the local node.")
 @click.option("--local/--no-local", default=True, help="Check the local engine and binfmt handlers.")
 @click.option("--nodes", "nodes_file", metavar="FILE", help="nodes.toml to check.")
-def doctor(registries, insecure_registry, engine_cli, local, nodes_file):
-    """Check the engine, BuildKit, QEMU handlers, registries and nodes; say what to fix."""
+@click.option("--platform", "platform", multiple=True, metavar="P[,P...]",
+              help="Platforms to check on each node (default: linux/amd64,arm64,arm/v7,s390x,ppc64le).")
+def doctor(registries, insecure_registry, engine_cli, local, nodes_file, platform):
+    """Check the engine, BuildKit, QEMU handlers, registries, nodes and each platform on each node; say what to fix."""
     from . import doctor as doc
 
     for host in registries:
         parse_registry_host(host, what="--registry")
     for host in insecure_registry:
         parse_registry_host(host, what="--insecure-registry")
+    platforms = tuple(p for text in platform for p in _platform_list("--platform", text))
     hooks = _hooks()
     config = _config(hooks, nodes_file, engine_cli, local)
     checks = _run(hooks, lambda session: doc.run(hooks, config, session, tuple(registries),
-                                                 tuple(insecure_registry), engine_cli))
+                                                 tuple(insecure_registry), engine_cli, platforms))
     for c in checks:
         click.echo(c.line())
     failed = [c for c in checks if c.status == "FAIL"]

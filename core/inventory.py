@@ -5,8 +5,9 @@ config dir (``~/.config/archfleet/nodes.toml``). It holds one ``[nodes.NAME]`` t
 ``[nodes.local]`` adjusts the implicit local node. Every validation error names ``file:line``
 and the key.
 
-This module knows the keys every node has (``transport``, ``arch``, ``engine``, ``engine_cli``,
-``docker_host``, ``max_builds``, ``labels``, ``enabled``). A transport's own keys (an SSH node's
+This module knows the keys every node has (``transport``, ``arch``, ``engine`` (``docker`` or
+``podman``: which engine adapter builds there, :mod:`archfleet.engines`), ``engine_cli``,
+``docker_host`` (docker nodes only), ``max_builds``, ``labels``, ``enabled``). A transport's own keys (an SSH node's
 ``host``, ``port``, ...) are declared by its plugin (``archfleet_node_keys``: name ->
 :class:`Key`) and validated here the same way, into ``NodeSpec.settings``; this module holds no
 transport's schema. Plugins contribute nodes through ``archfleet_add_nodes``; :func:`combine`
@@ -37,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 
+from .engines import KINDS as ENGINES
 from .errors import UsageError
 from .model import NodeSpec
 from .platforms import PlatformError, parse_target
@@ -47,8 +49,8 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 MAX_BYTES = 1 << 20  # a nodes file is a few KB; anything near this is not one
 DEFAULT_TRANSPORT = "ssh"  # a node that names no transport (as in every nodes.toml so far)
 
-_LOCAL_KEYS = {"engine_cli", "docker_host", "max_builds", "labels", "enabled"}
-_NODE_KEYS = _LOCAL_KEYS | {"transport", "arch", "engine"}
+_LOCAL_KEYS = {"engine", "engine_cli", "docker_host", "max_builds", "labels", "enabled"}
+_NODE_KEYS = _LOCAL_KEYS | {"transport", "arch"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -325,11 +327,15 @@ def _node(path: Path, lines: _Lines, name: str, table: Any, keys: Mapping[str, M
     engine_cli = get("engine_cli", str, None, lambda v: v.strip() != "", "a path")
     docker_host = get("docker_host", str, None, valid_docker_host,
                       "unix:///absolute/path or tcp://host:port (the port is required)")
+    engine = get("engine", str, "docker", lambda v: v in ENGINES, " or ".join(f'"{k}"' for k in ENGINES))
+    if engine != "docker" and docker_host is not None:
+        raise fail("docker_host", f"a {engine} node has no Docker socket (archfleet drives {engine} through its CLI); "
+                                  "remove docker_host, or set engine = \"docker\"")
     if is_local:
         if engine_cli is not None and "/" in engine_cli:
             engine_cli = str(file_path(engine_cli))  # never relative to the working directory
-        return NodeSpec(name="local", transport="local", engine_cli=engine_cli, docker_host=docker_host,
-                        max_builds=max_builds or 4, labels=labels, enabled=enabled,
+        return NodeSpec(name="local", transport="local", engine=engine, engine_cli=engine_cli,
+                        docker_host=docker_host, max_builds=max_builds or 4, labels=labels, enabled=enabled,
                         source=f"{path}:{lines.of(name)}")
     known = sorted(keys)
     transport = get("transport", str, DEFAULT_TRANSPORT, lambda v: v in keys,
@@ -362,7 +368,6 @@ def _node(path: Path, lines: _Lines, name: str, table: Any, keys: Mapping[str, M
             arch = parse_target(raw)
         except PlatformError as exc:
             raise fail("arch", str(exc)) from None
-    engine = get("engine", str, "docker", lambda v: v == "docker", '"docker" (the only engine so far)')
     return NodeSpec(
         name=name, transport=transport, arch=arch, engine=engine, engine_cli=engine_cli,
         docker_host=docker_host, max_builds=max_builds or 2, labels=labels, enabled=enabled,

@@ -16,6 +16,7 @@ from .platforms import Platform
 
 __all__ = [
     "NodeSpec",
+    "Capabilities",
     "NodeFacts",
     "BuildRequest",
     "Option",
@@ -84,6 +85,48 @@ class NodeSpec:
 
 
 @attrs.frozen
+class Capabilities:
+    """What a node's engine can do for a build, as its adapter's probe found it (see
+    :mod:`archfleet.engines` for where each answer comes from). Each field is one feature; a
+    request that needs a feature the node lacks is not offered there
+    (:func:`archfleet.engines.needs`, :func:`archfleet.engines.capable`).
+
+    - ``secrets``: build secrets (``--secret``, ``RUN --mount=type=secret``);
+    - ``ssh``: SSH agent forwarding into the build (``--ssh``, ``RUN --mount=type=ssh``);
+    - ``cache_export``: exporting the build cache to a registry (``--cache-to``);
+    - ``outputs``: exporting the result as files (``--output type=local|tar``);
+    - ``heredocs``: here-documents in the Dockerfile (``RUN <<EOF``: BuildKit's Dockerfile 1.4
+      frontend, built into Docker >= 23; buildah >= 1.35, podman >= 5.0);
+    - ``frontends``: a ``# syntax=`` directive loads that Dockerfile frontend (BuildKit only;
+      podman reads every Dockerfile with its own parser)."""
+
+    secrets: bool = False
+    ssh: bool = False
+    cache_export: bool = False
+    outputs: bool = False
+    heredocs: bool = False
+    frontends: bool = False
+
+    #: how each feature is named to people (``archfleet ls``, messages), in field order
+    LABELS = {"secrets": "secrets", "ssh": "ssh", "cache_export": "cache export", "outputs": "outputs",
+              "heredocs": "heredocs", "frontends": "syntax frontends"}
+
+    def names(self) -> tuple[str, ...]:
+        """The features the engine has, as field names, in field order."""
+        return tuple(f.name for f in attrs.fields(Capabilities) if getattr(self, f.name))
+
+    def lacks(self, wanted) -> tuple[str, ...]:
+        """Of the feature names ``wanted`` (field names), those the engine does not have, in
+        field order. An unknown name is lacked (no engine has it)."""
+        return tuple(sorted((w for w in set(wanted) if not getattr(self, w, False)), key=_feature_order))
+
+
+def _feature_order(name: str) -> tuple[int, str]:
+    order = [f.name for f in attrs.fields(Capabilities)]
+    return (order.index(name) if name in order else len(order), name)
+
+
+@attrs.frozen
 class NodeFacts:
     """What a probe found out about a node. ``reachable=False`` carries ``error`` instead."""
 
@@ -96,7 +139,8 @@ class NodeFacts:
     emulation_problems: tuple[tuple[Platform, str], ...] = attrs.field(default=(), converter=_tuple)
     engine_version: str | None = None
     engine_cli: tuple[str, ...] = attrs.field(default=(), converter=_tuple)  # argv prefix
-    builder: str | None = None  # "buildx" | "buildkit" (client with built-in BuildKit) | None
+    # "buildx" | "buildkit" (docker client with built-in BuildKit) | "buildah" (podman build) | None
+    builder: str | None = None
     cpus: int = 1
     memory: int = 0  # bytes
     load: float = 0.0
@@ -109,6 +153,16 @@ class NodeFacts:
     # the probe ran the benchmark just now (the learn stage keeps ``score``); False: the score
     # came from the cache (or there is none)
     score_measured: bool = False
+    rootless: bool = False  # the engine runs as an unprivileged user (rootless dockerd, rootless podman)
+    # what the engine can do for a build; None: not known (a plugin that does not say), and then
+    # nothing is held back from the node
+    capabilities: Capabilities | None = None
+
+    @property
+    def engine_label(self) -> str:
+        """The engine as people read it: its kind, version and whether it is rootless
+        (``podman 4.3.1``, ``docker 20.10.24 rootless``); ``?`` for an unknown version."""
+        return f"{self.node.engine} {self.engine_version or '?'}" + (" rootless" if self.rootless else "")
 
     @property
     def name(self) -> str:

@@ -1,5 +1,7 @@
 """Build one platform on one node through its engine, then push it: the work shared by the
-strategies whose builds run in a node's Docker engine (native, qemu, cross)."""
+strategies whose builds run in a node's engine (native, qemu, cross). The node's engine adapter
+(:func:`archfleet.engines.adapter_for` of ``NodeSpec.engine``: docker or podman) builds and
+pushes; this module does not care which."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import time
 from . import engine, toolchains
 from .context import snapshot_of
 from .dockerfile import analyse
-from .engine import EngineCLI
+from .engines import adapter_for
 from .model import BuildRequest, Option, PlatformResult
 from .reference import child_ref, parse_reference
 
@@ -47,7 +49,7 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
     (``PlatformResult.transfer``), for the learn stage."""
     started = time.monotonic()
     facts = job.facts
-    cli = EngineCLI(tuple(facts.engine_cli), facts.builder or "buildkit")
+    adapter = adapter_for(facts.node.engine)
     tag = child_tag(request, option)
     job.status("syncing context")
     ctx_dir, dockerfile, transfer = await job.transport.prepare_context(request, job.reporter)
@@ -55,8 +57,8 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
     extra = toolchains.build_args(option.platform, analyse(request).declared_args, request.build_args)
     digest_of_context = await asyncio.to_thread(context_digest, request)
     labels = [(LABEL_CONTEXT, digest_of_context), (LABEL_PLATFORM, str(option.platform))]
-    image_id = await engine.build(
-        job.transport, cli, platform=option.platform, request=request, tag=tag or "",
+    image_id = await adapter.build(
+        job.transport, facts, platform=option.platform, request=request, tag=tag or "",
         context=ctx_dir, dockerfile=dockerfile, extra_build_args=extra, extra_labels=labels, on_line=job.log,
     )
     built = time.monotonic() - started
@@ -68,7 +70,7 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
     ref = parse_reference(tag)
     # a credsStore/credHelpers lookup starts a helper program: not on the event loop
     auth = await asyncio.to_thread(engine.auth_config_for, ref.registry)
-    digest = await engine.push(job.transport, ref, auth, on_line=job.log)
+    digest = await adapter.push(job.transport, facts, ref, auth, on_line=job.log)
     # the time waiting at the push gate is other platforms' time, not this option's
     seconds = built + (time.monotonic() - push_started)
     return PlatformResult(option.platform, option, seconds, repository=ref.name,

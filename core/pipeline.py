@@ -36,6 +36,7 @@ from .errors import (ArchfleetError, EnvironmentProblem, Interrupted, PlatformsF
                      VerificationFailed)
 from .context import cache_days
 from .dockerfile import analyse
+from .engines import FEATURE_FIX, lacking, needs, why_lacking
 from .executor import Executor, Failure
 from .history import HistoryView, view_for
 from .inventory import Config
@@ -153,7 +154,8 @@ def not_offered(request: BuildRequest, facts: Mapping[str, NodeFacts],
 def unplannable_reason(platform, planned: "Planned") -> str:
     """Why nobody can build ``platform``, and what to do (one line).
 
-    Per node: unreachable, no builder, a QEMU handler that is registered but unusable in
+    Per node: unreachable, no builder, an engine that cannot do what the Dockerfile asks (here-
+    documents, secret or ssh mounts: :func:`archfleet.engines.needs`), a QEMU handler that is registered but unusable in
     containers (no ``F`` flag: ``archfleet binfmt --install`` re-registers it), a platform no QEMU
     handler emulates (an amd64 level above the CPU's: installing a handler would not help), or
     no handler at all."""
@@ -175,6 +177,9 @@ def unplannable_reason(platform, planned: "Planned") -> str:
             reasons.append(f"{f.name}: unreachable ({f.error})")
         elif not f.builder:
             reasons.append(f"{f.name}: {f.error}")
+        elif planned.request and (missing := lacking(f, needs(planned.request))):
+            reasons.append(f"{f.name}: {why_lacking(f, missing)}")  # its engine cannot do what the Dockerfile asks
+            fix = fix or FEATURE_FIX.get(missing[0].feature)
         elif planned.request and (platform in f.native or platform in f.emulated) and (
                 why := analyse(planned.request, platform).placement(platform, f.native, f.emulated).why_not()):
             reasons.append(f"{f.name}: {why}")  # it runs the target, not a stage pinned elsewhere

@@ -1,6 +1,7 @@
 """Probing a node through any transport: machine, CPUs, memory, load, binfmt handlers, the
-engine and its CLI, build slots other archfleet runs hold there (their leases), and a short CPU
-benchmark (read from the score cache when measured lately, see :mod:`archfleet.scores`).
+engine and its CLI (through the node's engine adapter, :mod:`archfleet.engines`), build slots
+other archfleet runs hold there (their leases), and a short CPU benchmark (read from the score
+cache when measured lately, see :mod:`archfleet.scores`).
 
 The probe only reads the caches (a node's score, its link rate). A score it measures is
 reported in the facts (``NodeFacts.score_measured``) and kept by the learn stage
@@ -16,7 +17,8 @@ import asyncio
 
 import attrs
 
-from . import binfmt, engine, leases, linkrate, scores
+from . import binfmt, leases, linkrate, scores
+from .engines import adapter_for
 from .model import NodeFacts, NodeSpec
 from .platforms import PlatformError, from_uname, native_platforms
 from .scores import score_key
@@ -82,8 +84,9 @@ async def benchmark(transport, node: NodeSpec) -> Score:
     return Score(round(BENCH_REFERENCE_US / int(us), 3), measured=True)
 
 
-async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_argv=True) -> NodeFacts:
-    """Facts of ``node`` through ``transport`` (already connected)."""
+async def probe_node(transport, node: NodeSpec, candidates=None) -> NodeFacts:
+    """Facts of ``node`` through ``transport`` (already connected); the engine's through its
+    adapter (``node.engine``), trying the CLIs ``candidates`` (default: the adapter's for a node)."""
     done = await transport.run(["sh", "-c", FACTS_SCRIPT, "sh", leases.shared_root(), leases.engine_key(node)],
                                timeout=60)
     if not done.ok:
@@ -100,19 +103,13 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
                          fix=f"fix or remove 'arch' at {node.source}")
     emulated = tuple(p for p in binfmt.emulated_platforms(raw["binfmt"]) if p not in natives)
     problems = tuple((p, why) for p, why in binfmt.unusable(raw["binfmt"]) if p not in natives)
-    cli, reasons = await engine.discover_cli(transport, candidates)
-    version = None
-    error = None
-    if cli is None:
-        error = "no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"])
-    else:
-        ver = await transport.run([*cli.argv[:1], "version", "--format", "{{.Server.Version}}"], timeout=30)
-        if ver.ok:
-            version = ver.last_line()
-        else:
-            return NodeFacts(node, False, error=f"engine not answering on the node: {ver.last_line()}",
-                             native=natives, emulated=emulated,
-                             fix=f"start dockerd on the node, or fix docker_host at {node.source}")
+    adapter = adapter_for(node.engine)
+    if candidates is None:
+        candidates = adapter.candidates(node.engine_cli, local=False)
+    found = await adapter.probe(transport, node, candidates)
+    if not found.answered:
+        return NodeFacts(node, False, error=found.error, native=natives, emulated=emulated, fix=found.fix)
+    cli = found.cli
     score = await benchmark(transport, node)
 
     def num(key, kind, default):
@@ -122,8 +119,8 @@ async def probe_node(transport, node: NodeSpec, candidates, *, engine_version_ar
             return default
 
     return NodeFacts(
-        node, True, error=error, native=natives, emulated=emulated, emulation_problems=problems,
-        engine_version=version,
+        node, True, error=found.error, native=natives, emulated=emulated, emulation_problems=problems,
+        engine_version=found.version, rootless=found.rootless, capabilities=found.capabilities, fix=found.fix,
         engine_cli=cli.argv if cli else (), builder=cli.mode if cli else None,
         cpus=num("cpus", int, 1), memory=num("mem_kb", int, 0) * 1024, load=num("load", float, 0.0), score=score.value,
         busy=leases.parse(raw["lease"]), link_rate=linkrate.measured(score_key(node)), score_measured=score.measured,

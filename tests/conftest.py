@@ -394,6 +394,23 @@ def nodes(lab) -> Nodes:
     subprocess.run([sys.executable, str(LAB_NODES), "down"], capture_output=True)
 
 
+@pytest.fixture(scope="session")
+def engine_nodes(lab) -> Nodes:
+    """One lab node of each engine kind (tests/lab/nodes.py up --engines): n1 (rootful dockerd),
+    n4 (rootless podman), n5 (rootless dockerd), in engines.toml; the docker lab n1..n3 as
+    usual beside them (nodes.toml)."""
+    if os.geteuid() != 0 or shutil.which("sshd") is None and not os.path.exists("/usr/sbin/sshd"):
+        missing("the node lab needs root and openssh-server")
+    for tool in ("podman", "rootlesskit", "newuidmap", "slirp4netns"):
+        if shutil.which(tool) is None:
+            missing(f"the engines lab needs {tool} (tests/lab/bootstrap.sh installs it)")
+    proc = subprocess.run([sys.executable, str(LAB_NODES), "up", "3", "--engines"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"lab nodes did not come up: {proc.stderr[-2000:]}")
+    yield Nodes(Path(proc.stdout.split()[-1]))
+    subprocess.run([sys.executable, str(LAB_NODES), "down"], capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def armvm(lab):
     """The arm64 VM node, booted for the tests of one module and shut down after them (an idle

@@ -10,7 +10,9 @@ one copy did not reach the others:
 - :func:`ls` is ``archfleet ls --format json`` by node name;
 - :func:`engine_images` lists the local engine's images carrying a label (nothing built?);
 - :func:`background` starts a command in its own process group and never leaves it running;
-- :func:`sampled` calls a function over and over while a block runs (what ran meanwhile?).
+- :func:`sampled` calls a function over and over while a block runs (what ran meanwhile?);
+- :func:`look` and :func:`files_holding` search processes (argv, a namespace's environments) and
+  files for a secret.
 """
 
 from __future__ import annotations
@@ -153,3 +155,54 @@ def sampled(sample, every: float = 0.02):
     finally:
         stop.set()
         thread.join()
+
+
+def netns_inode(name: str) -> int:
+    """The inode of network namespace ``name`` (``ip netns``): what its processes' ns/net link to."""
+    return os.stat(f"/var/run/netns/{name}").st_ino
+
+
+def look(needles: list[bytes], netns: int) -> tuple[list[str], set[str]]:
+    """Every process's argv, and the environment of the processes in network namespace
+    ``netns``: (where a needle was found, what runs in the namespace)."""
+    hits, in_netns = [], set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes()
+            ours = os.stat(entry / "ns" / "net").st_ino == netns
+            environ = (entry / "environ").read_bytes() if ours else b""
+        except OSError:
+            continue
+        if ours and argv:
+            in_netns.add(argv.split(b"\0")[0].decode(errors="replace"))
+        for needle in needles:
+            if needle in argv:
+                hits.append(f"argv of pid {entry.name}: {argv[:200]!r}")
+            if needle in environ:
+                hits.append(f"environment of pid {entry.name} ({argv[:80]!r})")
+    return hits, in_netns
+
+
+def files_holding(roots: list[Path], needles: list[bytes], since: float, skip: Path | None = None) -> list[str]:
+    """Regular files under ``roots`` (not under ``skip``) changed since ``since`` (at most
+    64 MiB each) that hold a needle."""
+    found = []
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            if skip is not None and Path(dirpath) == skip:
+                dirnames.clear()
+                continue
+            for name in filenames:
+                path = Path(dirpath) / name
+                try:
+                    st = path.lstat()
+                    if not path.is_file() or path.is_symlink() or st.st_size > 64 << 20 or \
+                            max(st.st_mtime, st.st_ctime) < since:
+                        continue
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                found += [f"{path} holds {n[:6]!r}..." for n in needles if n in data]
+    return found

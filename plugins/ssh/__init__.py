@@ -33,7 +33,7 @@ import re
 
 import attrs
 
-from archfleet.api import InfrastructureError, Key, NodeFacts, hookimpl, probe_node
+from archfleet.api import InfrastructureError, Key, NodeFacts, adapter_for, hookimpl, probe_node
 
 from .hostkeys import SSHNode, open_connection
 from .transport import SSHTransport
@@ -83,10 +83,6 @@ async def get_transport(node, session) -> SSHTransport:
     return await asyncio.shield(pool[node.name])
 
 
-def _candidates(node):
-    return [node.engine_cli] if node.engine_cli else ["docker", "/usr/bin/docker"]
-
-
 def _down(node, exc: InfrastructureError) -> NodeFacts:
     return NodeFacts(node, False, error=str(exc).removeprefix(f"node {node.name}: "), fix=exc.fix,
                      address=SSHNode.of(node).address)
@@ -100,7 +96,7 @@ def archfleet_probe(node, config, session):
     async def _probe():
         try:
             transport = await get_transport(node, session)
-            facts = await probe_node(transport, node, _candidates(node))
+            facts = await probe_node(transport, node)  # the engine adapter's CLIs for a node
         except InfrastructureError as exc:
             return _down(node, exc)
         return attrs.evolve(facts, address=SSHNode.of(node).address)
@@ -115,6 +111,8 @@ def archfleet_connect(node, facts, session):
 
     async def _conn():
         transport = await get_transport(node, session)
+        if not adapter_for(node.engine).uses_engine_api:
+            return transport  # podman: everything goes through its CLI, there is no socket
         try:
             await transport.open_engine()
         except Exception as exc:

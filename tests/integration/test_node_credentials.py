@@ -13,7 +13,6 @@ searched. The password, and the base64 ``user:password`` Docker stores, appear n
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import ssl
 import time
@@ -23,7 +22,7 @@ import pytest
 
 import pki
 from conftest import extra_registry, htpasswd_auth, placed
-from labtools import basic_entry, docker_config, manifest, sampled, unique
+from labtools import basic_entry, docker_config, files_holding, look, manifest, netns_inode, sampled, unique
 
 HOST = "10.231.0.1:5060"
 USER = "alice"
@@ -42,56 +41,6 @@ def htpasswd_registry(lab, nodes, tmp_path_factory):
         yield type("Registry", (), {"password": password, "verify": verify})()
 
 
-def _netns_inode(name: str) -> int:
-    return os.stat(f"/var/run/netns/{name}").st_ino
-
-
-def look(needles: list[bytes], netns: int) -> tuple[list[str], set[str]]:
-    """Every process's argv, and the environment of the processes in network namespace
-    ``netns``: (where a needle was found, what runs in the namespace)."""
-    hits, in_netns = [], set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes()
-            ours = os.stat(entry / "ns" / "net").st_ino == netns
-            environ = (entry / "environ").read_bytes() if ours else b""
-        except OSError:
-            continue
-        if ours and argv:
-            in_netns.add(argv.split(b"\0")[0].decode(errors="replace"))
-        for needle in needles:
-            if needle in argv:
-                hits.append(f"argv of pid {entry.name}: {argv[:200]!r}")
-            if needle in environ:
-                hits.append(f"environment of pid {entry.name} ({argv[:80]!r})")
-    return hits, in_netns
-
-
-def files_holding(roots: list[Path], needles: list[bytes], since: float, skip: Path | None = None) -> list[str]:
-    """Regular files under ``roots`` (not under ``skip``) changed since ``since`` (at most
-    64 MiB each) that hold a needle."""
-    found = []
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            if skip is not None and Path(dirpath) == skip:
-                dirnames.clear()
-                continue
-            for name in filenames:
-                path = Path(dirpath) / name
-                try:
-                    st = path.lstat()
-                    if not path.is_file() or path.is_symlink() or st.st_size > 64 << 20 or \
-                            max(st.st_mtime, st.st_ctime) < since:
-                        continue
-                    data = path.read_bytes()
-                except OSError:
-                    continue
-                found += [f"{path} holds {n[:6]!r}..." for n in needles if n in data]
-    return found
-
-
 def test_registry_credentials_reach_no_argv_environment_or_file_on_the_node(lab, nodes, htpasswd_registry, tmp_path):
     password = htpasswd_registry.password
     needles = [password.encode(), base64.b64encode(f"{USER}:{password}".encode())]
@@ -105,7 +54,7 @@ def test_registry_credentials_reach_no_argv_environment_or_file_on_the_node(lab,
     env = docker_config(tmp_path, {HOST: basic_entry(USER, password)})
     t = unique("t")
     started = time.time()
-    netns = _netns_inode("af-n1")
+    netns = netns_inode("af-n1")
     with sampled(lambda: look(needles, netns)) as samples:
         proc = lab.archfleet("build", "--progress", "plain", *nodes.args("--no-local", "--node", "n1"),
                              "--platform", "linux/amd64,linux/arm64", "--build-arg", f"BASE={nodes.base}",

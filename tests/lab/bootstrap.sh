@@ -31,7 +31,9 @@ fi
 PACKAGES=(docker.io qemu-user-static docker-registry iproute2 openssh-server curl ca-certificates python3-venv python3-pip
           tmux chromium fonts-dejavu-core                                     # progress and report tests
           fish tcsh                                                           # SSH users with non-POSIX login shells
-          qemu-system-arm qemu-utils debootstrap e2fsprogs cpio xz-utils)     # the arm64 VM node
+          qemu-system-arm qemu-utils debootstrap e2fsprogs cpio xz-utils      # the arm64 VM node
+          podman buildah uidmap slirp4netns fuse-overlayfs rootlesskit        # podman and rootless-docker lab nodes
+          pipx)                                                               # installing archfleet as a tool
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
