@@ -32,6 +32,7 @@ from . import index as index_mod
 from . import inventory
 from . import learn as learning
 from . import platforms as plat
+from .buildkey import resolve_bases
 from .errors import (ArchfleetError, EnvironmentProblem, Interrupted, PlatformsFailed, UsageError,
                      VerificationFailed)
 from .context import cache_days
@@ -99,11 +100,12 @@ async def learn(lessons: Lessons) -> None:
     await asyncio.to_thread(learning.keep, lessons)
 
 
-async def offers(hooks: Hooks, request: BuildRequest, facts: Mapping[str, NodeFacts]) -> list[Option]:
+async def offers(hooks: Hooks, request: BuildRequest, facts: Mapping[str, NodeFacts],
+                 session: Session | None = None) -> list[Option]:
     """Offer: every strategy's options for every platform (``archfleet_offer``), all asked at
     once and checked (:meth:`archfleet.manager.Hooks.offer`)."""
     all_facts = tuple(facts.values())
-    answers = await asyncio.gather(*(hooks.offer(p, request, all_facts) for p in request.platforms))
+    answers = await asyncio.gather(*(hooks.offer(p, request, all_facts, session) for p in request.platforms))
     return [opt for got in answers for opt in got]
 
 
@@ -184,15 +186,43 @@ def check_request(hooks: Hooks, request: BuildRequest, config: Config, session: 
     return nodes
 
 
-async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session: Session) -> Planned:
-    """Inventory, probe, offer, estimate and plan, after :func:`check_request`. A pinned strategy
+async def resolve(request: BuildRequest, client: RegistryClient | None = None) -> BuildRequest:
+    """Analyse, the registry's half: ``request`` with its base images resolved in their
+    registries (``BuildRequest.bases``, :func:`archfleet.buildkey.resolve_bases`), which the reuse
+    key of every platform needs. Only for a build that pushes and pulls (the key exists only
+    then); otherwise, or when a base cannot be resolved, ``request`` as it is. ``client``: the
+    build's registry client, else one of its own."""
+    if not (request.push and request.pull and request.tags):
+        return request
+    if client is None:
+        async with RegistryClient(request.insecure_registries) as own:
+            return await resolve(request, own)
+    bases = await resolve_bases(client, request)
+    return attrs.evolve(request, bases=bases) if bases else request
+
+
+async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session: Session,
+                    client: RegistryClient | None = None) -> Planned:
+    """Inventory, probe, resolve, offer, estimate and plan, after :func:`check_request`. The
+    base images are resolved (:func:`resolve`) and the plugins prepare (``archfleet_prepare``)
+    while the nodes are probed. A pinned strategy
     no plugin names is refused once the offers are in (a plugin's strategy name need not be its
-    plugin name)."""
+    plugin name). ``Planned.request`` is the request the rest of the build uses (bases resolved)."""
     nodes = check_request(hooks, request, config, session)
     view_task = asyncio.create_task(asyncio.to_thread(view_for, request))
-    facts = await probe(hooks, config, session, nodes)
+    resolving = asyncio.create_task(resolve(request, client))
+    preparing = asyncio.create_task(hooks.prepare(request, session))
+    try:
+        facts = await probe(hooks, config, session, nodes)
+        request = await resolving
+        await preparing
+    finally:
+        for task in (resolving, preparing):
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
     view = await view_task
-    offered = estimates(hooks, await offers(hooks, request, facts), request, facts, view)
+    offered = estimates(hooks, await offers(hooks, request, facts, session), request, facts, view)
     check_pin_strategies(request.pins, hooks.strategies() | {o.strategy for o in offered})
     options = apply_pins(offered, request.pins)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
@@ -258,7 +288,8 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
     if request.push and not tags:
         raise UsageError("--push needs at least one -t/--tag")
     async with RegistryClient(request.insecure_registries) as client:
-        planning = asyncio.create_task(make_plan(hooks, request, config, session))
+        session.registry = client  # plugins that read the registry share it (and what it read)
+        planning = asyncio.create_task(make_plan(hooks, request, config, session, client))
         try:
             if request.push:
                 # Fail before building anything when the registry is not there or refuses us.
@@ -272,6 +303,7 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
                 await asyncio.gather(planning, return_exceptions=True)
             elif not planning.cancelled():
                 planning.exception()  # the registry's error is the one to report; mark this one seen
+        request = planned.request or request  # its base images resolved
         missing = planned.plan.unplannable
         if missing:
             raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in missing))
@@ -285,7 +317,7 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
 
         executor = Executor(request, planned.facts, reporter,
                             connect=lambda node: connect(hooks, planned.facts[node], session),
-                            run_option=lambda option, job: hooks.run(option, request, job),
+                            run_option=lambda option, job: hooks.run(option, request, job, session),
                             replan=replan)
         outcome = await executor.run(planned.plan)
         failures = list(outcome.failures)
@@ -307,10 +339,12 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
             where = ", ".join(str(t) for t in tags)
             # children copied to every repository and the index put there by digest: stoppable,
             # no tag has moved yet; only moving the tags is held against Ctrl-C
-            digest, body, media_type = await index_mod.stage_index(client, source, children, tags)
+            staged = await index_mod.stage_index(client, source, children, tags, annotations=request.annotations,
+                                                 child_tags=request.child_tags)
+            digest, body, media_type = staged.digest, staged.body, staged.media_type
             with hold_interrupts(f"the index was being pushed to {where}") as held:
                 await asyncio.sleep(0)  # a Ctrl-C that came before this point stops here: tags untouched
-                await index_mod.move_tags(client, tags, body, media_type)
+                await index_mod.move_tags(client, tags, body, media_type, first=staged.child_tags)
                 if state is not None:
                     state.index_digest, state.tags = digest, tuple(str(t) for t in tags)
             size = len(body)

@@ -154,7 +154,7 @@ def one_amd64_node(monkeypatch):
 
 def test_unknown_strategy_is_a_usage_error(capsys, one_amd64_node):
     assert one_error(capsys, "plan", "--strategy", "bogus", "ctx") == (
-        "--strategy 'bogus': no strategy named 'bogus' (known: cross, native, qemu; see archfleet plugins)")
+        "--strategy 'bogus': no strategy named 'bogus' (known: cross, native, qemu, reuse; see archfleet plugins)")
 
 
 def test_plan_says_why_a_platform_cannot_be_built_on_stderr(capsys, one_amd64_node):

@@ -165,10 +165,10 @@ def test_stage_index_moves_no_tag_and_move_tags_moves_them_all():
 
     async def go():
         async with RegistryClient(transport=httpx.MockTransport(fake), docker_config=CONFIG) as c:
-            digest, body, media_type = await stage_index(c, parse_reference(f"{HOST}/src"), children, tags)
+            got = await stage_index(c, parse_reference(f"{HOST}/src"), children, tags)
             staged = {key for key in fake.manifests if not key[1].startswith("sha256:")}
-            await move_tags(c, tags, body, media_type)
-            return digest, staged
+            await move_tags(c, tags, got.body, got.media_type)
+            return got.digest, staged
 
     digest, staged = asyncio.run(go())
     assert staged == set()  # staging touched no tag

@@ -267,10 +267,10 @@ def fake_publish(monkeypatch):
         return ChildImage(platform, DIGEST, "application/vnd.docker.distribution.manifest.v2+json", 100,
                           scans=[LayerScan(layer(1), SCAN), LayerScan(layer(2 if platform == AMD else 3), SCAN)])
 
-    async def stage_index(client, source, children, tags):
-        return "sha256:" + "ff" * 32, b"{}", "application/vnd.oci.image.index.v1+json"
+    async def stage_index(client, source, children, tags, **kw):
+        return index_mod.Staged("sha256:" + "ff" * 32, b"{}", "application/vnd.oci.image.index.v1+json")
 
-    async def move_tags(client, tags, body, media_type):
+    async def move_tags(client, tags, body, media_type, **kw):
         return None
 
     monkeypatch.setattr(RegistryClient, "check_access", check_access)
