@@ -26,24 +26,14 @@ import threading
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 
 from conftest import missing
-from labtools import manifest, one_line_error, unique
+from labtools import manifest, one_line_error, tags_of, unique
 
 FIVE = ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/s390x", "linux/ppc64le"]
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def tags_of(registry: str, repo: str) -> list[str]:
-    """``/v2/<repo>/tags/list``, sorted ([] when the registry knows no tag there)."""
-    resp = httpx.get(f"http://{registry}/v2/{repo}/tags/list", timeout=30)
-    if resp.status_code == 404:
-        return []
-    resp.raise_for_status()
-    return sorted(resp.json().get("tags") or [])
 
 
 def platform_of(entry: dict) -> str:
