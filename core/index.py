@@ -17,7 +17,7 @@ import io
 import json
 import tarfile
 import zlib
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import attrs
 
@@ -42,7 +42,8 @@ def _platform_of(config_or_desc: dict) -> Platform | None:
         return None
 
 
-async def verify_child(client: RegistryClient, ref: Reference, platform: Platform) -> ChildImage:
+async def verify_child(client: RegistryClient, ref: Reference, platform: Platform,
+                       scans: Mapping[str, dict] | None = None) -> ChildImage:
     """Read the manifest ``ref`` points at and its config; they must be ``platform``.
 
     A child that is itself an index (BuildKit's, with provenance attestations; or an earlier
@@ -50,8 +51,10 @@ async def verify_child(client: RegistryClient, ref: Reference, platform: Platfor
     the attestation manifests that refer to that manifest (``vnd.docker.reference.digest``)
     are kept with it (``ChildImage.attestations``, their descriptors as written). The child
     carries the layer scans made on the way that were not cached (``ChildImage.scans``): the
-    learn stage keeps them. Raises :class:`VerificationFailed` when it is not ``platform``, a
-    registry error when it cannot be read.
+    learn stage keeps them. ``scans``: layer digest -> a scan already made of that layer (the
+    push scanned the layers it sent, from the engine's export): such a layer is not read back.
+    Raises :class:`VerificationFailed` when it is not ``platform``, a registry error when it
+    cannot be read.
     """
     manifest = await client.get_manifest(ref)
     if manifest.media_type in mediatypes.INDEXES:
@@ -63,7 +66,7 @@ async def verify_child(client: RegistryClient, ref: Reference, platform: Platfor
                 str(_platform_of(e.get("platform") or {})) for e in entries if _platform_of(e.get("platform") or {})
             ) or "none"
             raise VerificationFailed(f"{ref} is an index without {platform} (it has: {actual})")
-        child = await verify_child(client, ref.with_digest(found[0]["digest"]), platform)
+        child = await verify_child(client, ref.with_digest(found[0]["digest"]), platform, scans)
         attestations = tuple(json.dumps(e, sort_keys=True) for e in entries if is_attestation(e)
                              and (e.get("annotations") or {}).get(REFERENCE_DIGEST) == child.digest)
         return attrs.evolve(child, attestations=attestations)
@@ -77,13 +80,13 @@ async def verify_child(client: RegistryClient, ref: Reference, platform: Platfor
             f"requested {platform} but the image pushed for it is "
             f"{actual or config.get('os', '?') + '/' + config.get('architecture', '?')} ({ref.name}@{manifest.digest})"
         )
-    program, arch, scans = await program_architecture(client, ref, manifest.json(), config)
+    program, arch, new = await program_architecture(client, ref, manifest.json(), config, known=scans)
     if arch and not elfcheck.matches(arch, platform):
         raise VerificationFailed(
             f"requested {platform} but the image pushed for it runs {program} built for linux/{arch} "
             f"(its config claims {actual}; is the final stage pinned with FROM --platform?) ({ref.name}@{manifest.digest})"
         )
-    return ChildImage(platform, manifest.digest, manifest.media_type, len(manifest.body), scans=scans,
+    return ChildImage(platform, manifest.digest, manifest.media_type, len(manifest.body), scans=new,
                       repository=ref.name)
 
 
@@ -105,14 +108,16 @@ def _scan(data: bytes) -> dict:
 
 
 async def program_architecture(client: RegistryClient, ref: Reference, manifest: dict, config: dict,
-                               budget: int = CONTENT_BUDGET) -> tuple[str, str | None, tuple[LayerScan, ...]]:
+                               budget: int = CONTENT_BUDGET, known: Mapping[str, dict] | None = None,
+                               ) -> tuple[str, str | None, tuple[LayerScan, ...]]:
     """(program, architecture, new scans): what the image runs and the ELF architecture of it,
     from ELF headers in its layers, and the layers scanned here that no cached scan had.
 
     Layers are read top first and reading stops as soon as the program is found; layers past
     ``budget`` bytes are not read (then the most common ELF architecture seen so far is used).
-    A layer scanned before (by digest, :mod:`archfleet.layercache`) is not fetched again; a
-    layer scanned now is not written here: it is returned, for the learn stage.
+    A layer scanned before (by digest, :mod:`archfleet.layercache`) is not fetched again, nor
+    one in ``known`` (digest -> scan, made by the push from the same bytes); a layer scanned now,
+    or known but not cached, is not written here: it is returned, for the learn stage.
     """
     cfg = config.get("config") or {}
     argv = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
@@ -124,6 +129,9 @@ async def program_architecture(client: RegistryClient, ref: Reference, manifest:
     for desc in reversed(manifest.get("layers") or []):
         digest = str(desc.get("digest") or "")
         scan = await asyncio.to_thread(layercache.load, digest)
+        if scan is None and known and digest in known:
+            scan = known[digest]
+            new.append(LayerScan(digest, scan))
         if scan is None:
             size = int(desc.get("size") or 0)
             if spent + size > budget:

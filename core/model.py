@@ -212,6 +212,9 @@ class PlatformResult:
     # the context sync this build used, when it sent the context (the learn stage learns the
     # node's link rate from it); None when nothing was sent or the transport does not sync
     transfer: "Transfer | None" = None
+    # what the layers it pushed hold, scanned from the engine's export on the way (by the pushed
+    # blob's digest): verification need not read those layers back from the registry
+    scans: tuple["LayerScan", ...] = attrs.field(default=(), converter=_tuple, eq=False, repr=False)
 
 
 @attrs.frozen

@@ -93,4 +93,5 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
     # the time waiting at the push gate is other platforms' time, not this option's
     seconds = built + (time.monotonic() - push_started)
     return PlatformResult(option.platform, option, seconds, repository=repository.name,
-                          digest=digest, ref=f"{repository.name}@{digest}", image_id=image_id, transfer=transfer)
+                          digest=digest, ref=f"{repository.name}@{digest}", image_id=image_id, transfer=transfer,
+                          scans=prepared.scans)

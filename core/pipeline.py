@@ -375,15 +375,17 @@ def failed(failures: Sequence[Failure], *, pushed_nothing: bool) -> PlatformsFai
 
 async def verify(client: RegistryClient, results: Sequence[PlatformResult], *,
                  allow_partial: bool) -> tuple[list[ChildImage], list[Failure]]:
-    """Read every pushed child back (:func:`archfleet.index.verify_child`, all at once).
+    """Read every pushed child back (:func:`archfleet.index.verify_child`, all at once; a layer
+    the push scanned from the engine's export, ``PlatformResult.scans``, is not read back).
 
     Returns the verified children in the order of ``results`` and, with ``allow_partial``, the
     platforms whose child failed verification (to be left out of the index). Without it, those
     raise :class:`PlatformsFailed` naming every one. Any other error (the registry refusing or
     failing) concerns every child alike and is raised once, as it is.
     """
+    pushed = {scan.digest: scan.scan for r in results for scan in r.scans}  # what the pushes scanned
     got = await asyncio.gather(*(
-        index_mod.verify_child(client, parse_reference(r.ref, what="child reference"), r.platform)
+        index_mod.verify_child(client, parse_reference(r.ref, what="child reference"), r.platform, pushed)
         for r in results
     ), return_exceptions=True)
     children: list[ChildImage] = []

@@ -46,6 +46,7 @@ import json
 import os
 import posixpath
 import shutil
+import struct
 import tarfile
 import tempfile
 import threading
@@ -56,8 +57,9 @@ from typing import AsyncIterator, Iterable, Mapping, Sequence
 import attrs
 
 from . import mediatypes
+from .elfcheck import scan_layer
 from .errors import ArchfleetError, InfrastructureError, RegistryError
-from .model import Annotation, BuildRequest
+from .model import Annotation, BuildRequest, LayerScan
 from .platforms import Platform
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, sha256_digest
@@ -106,12 +108,15 @@ class Blob:
 class Prepared:
     """What :func:`prepare` decided: the blobs in push order (configs and layers first), then
     the manifests to put by digest, each (exact bytes, media type), the last being the child
-    (an image manifest, or the small index of it and its attestations). ``workdir`` holds the
+    (an image manifest, or the small index of it and its attestations). ``scans``: what each
+    layer archfleet compressed holds (:func:`archfleet.elfcheck.scan_layer` of its bytes, by the
+    blob's digest), for verification, which then need not read it back. ``workdir`` holds the
     spool files; :func:`discard` removes it."""
 
     blobs: tuple[Blob, ...]
     manifests: tuple[tuple[bytes, str], ...]
     workdir: Path | None = None
+    scans: tuple[LayerScan, ...] = ()
 
     @property
     def child(self) -> tuple[str, str, int]:
@@ -252,14 +257,56 @@ def _json(member: _Member) -> dict | list:
 # -- compressing -----------------------------------------------------------------------------------
 
 
+def _scan(member: _Member) -> dict | None:
+    """What the uncompressed layer ``member`` holds (:func:`archfleet.elfcheck.scan_layer`), or
+    None when it is not a tar archfleet can read (verification then reads it as it would)."""
+    try:
+        if member.data is not None:
+            return scan_layer(io.BytesIO(member.data))
+        with open(member.path, "rb") as f:
+            return scan_layer(f)
+    except (tarfile.TarError, OSError, EOFError):
+        return None
+
+
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, mtime 0, OS unknown
+BLOCK = 512 * 1024  # raw bytes deflated on their own, as pigz does (its default is 128 KiB)
+WINDOW = 32 * 1024  # deflate's window: each block is primed with the previous block's last 32 KiB
+
+
+def _deflate_block(block: bytes, primer: bytes, last: bool) -> bytes:
+    """One block of the layer as raw deflate, primed with the bytes before it (``primer``, so
+    matches reach back into the previous block as in one stream) and ended byte-aligned (a sync
+    flush) unless it is the ``last``: blocks concatenate into one valid deflate stream."""
+    packer = (zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, primer)
+              if primer else zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15))
+    return packer.compress(block) + packer.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+def _blocks(member: _Member):
+    """The raw layer in :data:`BLOCK`-sized pieces."""
+    if member.data is not None:
+        for i in range(0, len(member.data), BLOCK):
+            yield member.data[i:i + BLOCK]
+        return
+    with open(member.path, "rb") as source:
+        while block := source.read(BLOCK):
+            yield block
+
+
 def gzip_layer(member: _Member, out: Path) -> tuple[str, int]:
-    """Compress ``member`` into ``out`` as gzip, deterministically (zlib level
-    :data:`GZIP_LEVEL`, wbits 31: a gzip header with mtime 0 and no file name), hashing the
-    compressed bytes as they are written; return (digest, size). Blocking (a thread)."""
-    packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    """Compress ``member`` into ``out`` as one gzip member, deterministically: a fixed header
+    (mtime 0, no file name), the layer deflated at level :data:`GZIP_LEVEL` in :data:`BLOCK`
+    pieces, each primed with the 32 KiB before it (pigz's parallel gzip), on :data:`COMPRESSING`
+    threads, written in order; the same bytes always give the same blob, whatever the threads
+    did. The compressed bytes are hashed as they are written; return (digest, size). At most a
+    few blocks are in memory. Blocking (a thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     hasher = hashlib.sha256()
+    crc, raw = 0, 0
     size = 0
-    with open(out, "wb") as sink:
+    with open(out, "wb") as sink, ThreadPoolExecutor(COMPRESSING, thread_name_prefix="archfleet-gzip") as pool:
         def put(data: bytes) -> None:
             nonlocal size
             if data:
@@ -267,13 +314,24 @@ def gzip_layer(member: _Member, out: Path) -> tuple[str, int]:
                 sink.write(data)
                 size += len(data)
 
-        if member.data is not None:
-            put(packer.compress(member.data))
-        else:
-            with open(member.path, "rb") as source:
-                while piece := source.read(PIECE):
-                    put(packer.compress(piece))
-        put(packer.flush())
+        put(GZIP_HEADER)
+        pending: list = []
+        primer = b""
+        blocks = _blocks(member)
+        block = next(blocks, None)
+        while True:
+            nxt = next(blocks, None) if block is not None else None
+            data = block if block is not None else b""
+            crc = zlib.crc32(data, crc)
+            raw += len(data)
+            pending.append(pool.submit(_deflate_block, data, primer, nxt is None))
+            primer = data[-WINDOW:] if len(data) >= WINDOW else (primer + data)[-WINDOW:]
+            while len(pending) > COMPRESSING or (nxt is None and pending):
+                put(pending.pop(0).result())
+            if nxt is None:
+                break
+            block = nxt
+        put(struct.pack("<II", crc & 0xFFFFFFFF, raw & 0xFFFFFFFF))
     return "sha256:" + hasher.hexdigest(), size
 
 
@@ -351,6 +409,7 @@ async def _decide(members: Mapping[str, _Member], workdir: Path, *, node: str, i
     layer_type = OCI_LAYER_GZIP if oci else DOCKER_LAYER_GZIP
     limit = asyncio.Semaphore(COMPRESSING)
     made: dict[str, asyncio.Task] = {}
+    scans: list[LayerScan] = []
 
     async def compressed(member: _Member) -> Blob:
         base = known.get(member.digest)
@@ -359,6 +418,9 @@ async def _decide(members: Mapping[str, _Member], workdir: Path, *, node: str, i
         async with limit:
             out = workdir / f"gz-{member.digest[7:]}"
             digest, size = await asyncio.to_thread(gzip_layer, member, out)
+            scan = await asyncio.to_thread(_scan, member)
+        if scan is not None:
+            scans.append(LayerScan(digest, scan))
         return Blob(digest, size, layer_type, path=out)
 
     for member in layers:
@@ -382,7 +444,7 @@ async def _decide(members: Mapping[str, _Member], workdir: Path, *, node: str, i
     unique: dict[str, Blob] = {config.digest: config}
     for b in blobs:
         unique.setdefault(b.digest, b)
-    return Prepared(tuple(unique.values()), ((body, doc["mediaType"]),))
+    return Prepared(tuple(unique.values()), ((body, doc["mediaType"]),), scans=tuple(scans))
 
 
 def _layer_compressed(media_type: str) -> bool:

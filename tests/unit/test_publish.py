@@ -375,3 +375,26 @@ def test_export_reads_only_a_few_pieces_ahead_of_its_reader():
 
     got, ahead = asyncio.run(first_two())
     assert got == [b"\0", b"\1"] and ahead <= 2 + engine._EXPORT_AHEAD + 1
+
+
+def test_the_push_scans_the_layers_it_compressed_and_verification_does_not_read_them_back():
+    """A layer archfleet pushed from the export was scanned on the way (by its blob digest):
+    verification reads the child's manifest and config, not that layer."""
+    tar, image_id = docker_archive([raw_layer({"bin/app": AMD64})])
+    got = prepare(tar, image_id)
+    fake = FakeRegistry(HOST)
+    repo = parse_reference(f"{HOST}/app")
+
+    async def go():
+        async with client(fake) as c:
+            digest, _, _, _ = await publish.upload(c, got, repo)
+            return await verify_child(c, repo.with_digest(digest), AMD, {s.digest: s.scan for s in got.scans})
+
+    try:
+        child = asyncio.run(go())
+    finally:
+        publish.discard(got)
+    layer = got.blobs[1].digest
+    assert [s.digest for s in got.scans] == [layer] and got.scans[0].scan["entries"]["/bin/app"] == ["file", "amd64"]
+    assert child.scans == got.scans  # not cached yet: handed on for the learn stage to keep
+    assert not [r for r in fake.requests if r.method == "GET" and r.url.path.endswith(layer)]
