@@ -398,3 +398,117 @@ def test_the_push_scans_the_layers_it_compressed_and_verification_does_not_read_
     assert [s.digest for s in got.scans] == [layer] and got.scans[0].scan["entries"]["/bin/app"] == ["file", "amd64"]
     assert child.scans == got.scans  # not cached yet: handed on for the learn stage to keep
     assert not [r for r in fake.requests if r.method == "GET" and r.url.path.endswith(layer)]
+
+
+def oci_layout(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _image(layer: bytes, layer_type: str) -> tuple[dict[str, bytes], dict, bytes]:
+    config = json.dumps({"os": "linux", "architecture": "amd64", "rootfs": {"diff_ids": [sha(layer)]}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_MANIFEST,
+                           "config": {"mediaType": publish.OCI_CONFIG, "digest": sha(config), "size": len(config)},
+                           "layers": [{"mediaType": layer_type, "digest": sha(layer), "size": len(layer)}]}).encode()
+    blobs = {f"blobs/sha256/{sha(x)[7:]}": x for x in (config, layer, manifest)}
+    desc = {"mediaType": mediatypes.OCI_MANIFEST, "digest": sha(manifest), "size": len(manifest)}
+    return blobs, desc, config
+
+
+def test_an_oci_export_of_compressed_layers_is_pushed_as_written():
+    """Docker 25's containerd store: index.json names the image manifest, layers already gzipped."""
+    gz = layer_bytes({"bin/app": AMD64})
+    blobs, desc, _ = _image(gz, publish.OCI_LAYER_GZIP)
+    got = prepare(oci_layout({"index.json": json.dumps({"schemaVersion": 2, "manifests": [desc]}).encode(), **blobs}))
+    assert got.child[0] == desc["digest"] and got.child[1] == mediatypes.OCI_MANIFEST
+    assert {b.digest for b in got.blobs} == {sha(gz), json.loads(got.manifests[0][0])["config"]["digest"]}
+
+
+def test_an_oci_export_of_uncompressed_layers_is_compressed_through_its_manifest_json():
+    """Docker 25's classic store: uncompressed layers in an OCI layout, and a manifest.json: read
+    like a docker-archive, so the layers go up gzipped (and deterministic)."""
+    raw = raw_layer({"bin/app": AMD64})
+    blobs, desc, config = _image(raw, publish.OCI_LAYER_TAR)
+    legacy = json.dumps([{"Config": f"blobs/sha256/{sha(config)[7:]}", "Layers": [f"blobs/sha256/{sha(raw)[7:]}"]}])
+    got = prepare(oci_layout({"index.json": json.dumps({"schemaVersion": 2, "manifests": [desc]}).encode(),
+                              "manifest.json": legacy.encode(), **blobs}))
+    try:
+        doc = json.loads(got.manifests[0][0])
+        assert doc["mediaType"] == mediatypes.DOCKER_MANIFEST
+        assert doc["layers"][0]["mediaType"] == publish.DOCKER_LAYER_GZIP and doc["layers"][0]["digest"] != sha(raw)
+    finally:
+        publish.discard(got)
+
+
+@pytest.mark.parametrize("members,rule", [
+    ({"hello": b"x"}, "neither a docker-archive"),
+    ({"index.json": b'{"manifests": []}'}, "lists no image"),
+    ({"manifest.json": b"not json"}, "manifest.json is not JSON"),
+    ({"manifest.json": b"[]"}, "does not describe exactly one image"),
+])
+def test_an_export_that_is_no_image_archive_is_the_nodes_failure(members, rule):
+    with pytest.raises(InfrastructureError, match=rule):
+        prepare(oci_layout(members))
+
+
+def test_an_export_whose_config_is_not_the_image_built_is_refused():
+    tar, _ = docker_archive([raw_layer({"a": b"1"})])
+    with pytest.raises(InfrastructureError, match="not the image sha256:0000"):
+        prepare(tar, "sha256:" + "0" * 64)
+
+
+def test_a_cancelled_prepare_stops_reading_closes_the_export_and_leaves_no_spool(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tar, image_id = docker_archive([raw_layer({"a": os.urandom(3 * publish.SMALL)})])
+    closed = []
+
+    async def slow():
+        try:
+            for i in range(0, len(tar), 4096):
+                yield tar[i:i + 4096]
+                await asyncio.sleep(0.001)
+        finally:
+            closed.append(True)
+
+    async def go():
+        task = asyncio.ensure_future(publish.prepare(slow(), node="n1", image_id=image_id))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert closed == [True] and list(tmp_path.iterdir()) == []
+
+
+def test_a_base_layer_that_cannot_be_mounted_is_a_registry_error():
+    from archfleet.errors import RegistryError
+
+    fake = FakeRegistry(HOST, can_mount=False)
+    gz = layer_bytes({"etc/base": b"base"})
+    fake.blobs[("base", sha(gz))] = gz
+    base = raw_layer({"etc/base": b"base"})
+    tar, image_id = docker_archive([base])
+    got = prepare(tar, image_id, known={sha(base): publish.Blob(sha(gz), len(gz), publish.OCI_LAYER_GZIP,
+                                                               mount_from=f"{HOST}/base")})
+
+    async def go():
+        async with client(fake) as c:
+            await publish.upload(c, got, parse_reference(f"{HOST}/app"))
+
+    try:
+        with pytest.raises(RegistryError, match="could not be mounted into registry.test/app"):
+            asyncio.run(go())
+    finally:
+        publish.discard(got)
+
+
+def test_manifest_annotations_are_those_for_the_platform():
+    notes = [Annotation("manifest", "a", "1"), Annotation("manifest", "b", "2", parse("linux/arm64")),
+             Annotation("index", "c", "3")]
+    assert publish.manifest_annotations(notes, AMD) == (notes[0],)

@@ -269,3 +269,28 @@ def test_make_plan_resolves_the_bases_and_prepares_the_plugins_while_probing(ctx
     assert plugin.events.index("prepared") < plugin.events.index("probe done") < plugin.events.index("offer")
     assert plugin.bases == planned.request.bases and [b.ref for b in plugin.bases] == [BASE_REF]
     assert {str(s.option) for s in planned.plan.chosen} == {"test@n1"}
+
+
+def test_plan_without_a_build_client_uses_the_strategys_own_and_closes_it_at_session_end(ctx, monkeypatch):
+    """`archfleet plan` has no registry client of the build's: the strategy opens one for the
+    command, in its session state, and closes it in archfleet_session_end. A tag that points at
+    a single image (not an index) is looked at too."""
+    monkeypatch.setattr(reuse, "context_digest", lambda request: "c0")
+    req = request(ctx, platforms=(AMD,), bases=bases())
+    fake = FakeRegistry(HOST)
+    digest = fake.add_image("app", [layer_bytes({"bin/app": AMD64})], media_type=mediatypes.DOCKER_MANIFEST,
+                            config={"Labels": {buildkey.LABEL_REUSE_KEY: key(req, AMD)}})
+    fake.manifests[("app", "1")] = fake.manifests[("app", digest)]
+    monkeypatch.setattr(reuse, "RegistryClient", lambda insecure: RegistryClient(
+        insecure, transport=httpx.MockTransport(fake), docker_config=CONFIG))
+    session = Session()
+
+    async def go():
+        (option,) = await reuse.archfleet_offer(AMD, req, FACTS, session)
+        own = session.state("reuse")["client"]
+        await reuse.archfleet_session_end(session)
+        return option, own
+
+    option, own = asyncio.run(go())
+    assert option.strategy == "reuse" and "client" not in session.state("reuse")
+    assert own._http.is_closed
