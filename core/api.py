@@ -2,9 +2,9 @@
 
 Hooks are declared in :mod:`archfleet.hookspecs` (each documented there); implement them with
 :data:`hookimpl`. Other modules are internal and may change without notice. The built-in plugins
-(``archfleet.plugins.*``) and the documentation's example import from here only, and a test keeps it so: what they use is what this module exports, plus
-the types the hooks receive or return (for annotations) and the two errors the hook contract asks
-a plugin to raise.
+(``archfleet.plugins.*``) and the documentation's example import from here only, and a test
+keeps it so: what they use is what this module exports, plus the types the hooks receive or
+return (for annotations) and the two errors the hook contract asks a plugin to raise.
 
 - Hook values (frozen attrs classes unless said): :class:`Platform`, :class:`NodeSpec`,
   :class:`NodeFacts`, :class:`Option`, :class:`BuildRequest`, :class:`PlatformResult`,

@@ -138,8 +138,10 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
 
     Everything the flags alone decide is checked in this one pass, before any node is probed or
     anything built: paths (exist, writable, UTF-8), platforms (Linux, known), tags (distribution's
-    grammar, no digest, the per-platform child tags fit 128 characters), build args, labels,
-    registries, ``--push`` with a tag, the syntax of ``--strategy``/``--node`` (``pin_flags``: their
+    grammar, no digest, the engine's per-platform image names fit 128 characters), build args,
+    labels, registries, ``--push`` with a tag, ``--annotation`` (``annotation``: buildx's syntax,
+    :func:`parse_annotations`) and ``--child-tags`` (``child_tags``: every name it gives,
+    :func:`check_child_tags`), both only with ``--push``, the syntax of ``--strategy``/``--node`` (``pin_flags``: their
     values; which nodes and strategies exist is ``pipeline.check_request``'s job). All problems
     found are reported together, as one line (``; ``-separated), with :class:`UsageError`
     (exit 2); values that are not UTF-8 are reported first, alone."""
@@ -253,7 +255,8 @@ def build_options(fn):
         click.option("--build-arg", multiple=True, help="Build-time variable NAME=VALUE; repeatable."),
         click.option("--label", multiple=True, help="Image label KEY=VALUE; repeatable."),
         click.option("--target", help="Build stage to build."),
-        click.option("--push", is_flag=True, help="Push the per-platform images (by digest) and the index to the tags."),
+        click.option("--push", is_flag=True,
+                     help="Push the per-platform images (by digest) and the index to the tags."),
         click.option("--child-tags", "child_tags", is_flag=False, flag_value=SEED_CHILD_TAGS, default=None,
                      metavar="[TEMPLATE]", help="Also tag each child: alone, <tag>-<os>-<arch>[-<variant>]; or a "
                      "template of {tag} {platform} {os} {arch} {variant}, e.g. '{tag}-{arch}{variant}'."),

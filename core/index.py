@@ -257,7 +257,8 @@ async def move_tags(client: RegistryClient, tags: Sequence[Reference], body: byt
     digest = sha256_digest(body)
     moved: list[str] = []
     moved_children: list[str] = []
-    for tag, what, kind, mine in [*((t, b, m, False) for t, b, m in first), *((t, body, media_type, True) for t in tags)]:
+    moves = [*((t, b, m, False) for t, b, m in first), *((t, body, media_type, True) for t in tags)]
+    for tag, what, kind, mine in moves:
         try:
             await client.put_manifest(tag, what, kind)
         except ArchfleetError as exc:

@@ -598,7 +598,9 @@ class RegistryClient:
                 int(resp.headers.get("content-length", "0")))
 
     async def get_manifest(self, ref: Reference) -> Manifest:
-        """The manifest ``ref`` points at, exactly as served, checked against its digest (``ref``'s and ``Docker-Content-Digest``). Raises :class:`RegistryError` (404: not found; not JSON; a digest mismatch).
+        """The manifest ``ref`` points at, exactly as served, checked against its digest (``ref``'s
+        and ``Docker-Content-Digest``). Raises :class:`RegistryError` (404: not found; not JSON; a
+        digest mismatch).
 
         A manifest read is kept by its digest for the client's life (content under a digest never
         changes), so one command reads it once: the reuse strategy's look-up, verification and

@@ -226,6 +226,7 @@ def test_child_tags_move_after_staging_before_the_tags_in_every_repository():
     staged, moved_while_staging = asyncio.run(go())
     assert moved_while_staging == []
     order = [(repo, ref) for kind, repo, ref in fake.events if kind == "manifest" and not ref.startswith("sha256:")]
-    assert order == [("src", "1-amd64"), ("src", "1-arm64"), ("a", "2-amd64"), ("a", "2-arm64"), ("src", "1"), ("a", "2")]
+    assert order == [("src", "1-amd64"), ("src", "1-arm64"), ("a", "2-amd64"), ("a", "2-arm64"),
+                     ("src", "1"), ("a", "2")]
     for repo, tag, child in (("src", "1-amd64", children[0]), ("a", "2-arm64", children[1])):
         assert digest_of(fake.manifests[(repo, tag)][0]) == child.digest

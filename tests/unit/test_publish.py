@@ -54,7 +54,8 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def docker_archive(layers: list[bytes], *, diff_ids: list[str] | None = None, duplicate: bool = False) -> tuple[bytes, str]:
+def docker_archive(layers: list[bytes], *, diff_ids: list[str] | None = None,
+                   duplicate: bool = False) -> tuple[bytes, str]:
     """A docker-archive tar as Docker 20.10's ``docker save`` writes it (layer dirs, the config
     named by its digest, manifest.json last); ``duplicate``: the last layer is a symlink to the
     first (docker save links a layer saved twice). Returns (tar bytes, image id)."""
@@ -241,7 +242,8 @@ def test_base_layers_come_from_the_resolved_base_on_the_same_registry():
     fake.blobs[("base", sha(gz))] = gz
     body = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.DOCKER_MANIFEST,
                        "config": {"mediaType": publish.DOCKER_CONFIG, "digest": sha(config), "size": len(config)},
-                       "layers": [{"mediaType": publish.DOCKER_LAYER_GZIP, "digest": sha(gz), "size": len(gz)}]}).encode()
+                       "layers": [{"mediaType": publish.DOCKER_LAYER_GZIP, "digest": sha(gz),
+                                   "size": len(gz)}]}).encode()
     fake.manifests[("base", sha(body))] = (body, mediatypes.DOCKER_MANIFEST)
     request = BuildRequest(Path("/ctx"), Path("/ctx/Dockerfile"), (AMD,), tags=(f"{HOST}/app:1",), push=True,
                            bases=(BaseImage(f"{HOST}/base:1", "sha256:" + "1" * 64, (("linux/amd64", sha(body)),)),
@@ -271,15 +273,18 @@ def oci_layout_with_attestation() -> tuple[bytes, dict]:
     image = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_MANIFEST,
                         "config": {"mediaType": publish.OCI_CONFIG, **put(config)},
                         "layers": [{"mediaType": publish.OCI_LAYER_GZIP, **put(gz)}]}).encode()
-    image_desc = {"mediaType": mediatypes.OCI_MANIFEST, **put(image), "platform": {"architecture": "amd64", "os": "linux"}}
+    image_desc = {"mediaType": mediatypes.OCI_MANIFEST, **put(image),
+                  "platform": {"architecture": "amd64", "os": "linux"}}
     statement = b'{"_type": "https://in-toto.io/Statement/v0.1"}'
     empty = b"{}"
     attestation = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_MANIFEST,
                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(empty)},
                               "layers": [{"mediaType": "application/vnd.in-toto+json", **put(statement),
-                                          "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"}}]}).encode()
+                                          "annotations": {"in-toto.io/predicate-type":
+                                                          "https://slsa.dev/provenance/v0.2"}}]}).encode()
     att_desc = {"mediaType": mediatypes.OCI_MANIFEST, **put(attestation),
-                "annotations": {publish.REFERENCE_DIGEST: image_desc["digest"], publish.REFERENCE_TYPE: publish.ATTESTATION},
+                "annotations": {publish.REFERENCE_DIGEST: image_desc["digest"],
+                                publish.REFERENCE_TYPE: publish.ATTESTATION},
                 "platform": {"architecture": "unknown", "os": "unknown"}}
     index = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX,
                         "manifests": [image_desc, att_desc]}).encode()
