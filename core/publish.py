@@ -368,8 +368,9 @@ async def prepare(export: AsyncIterator[bytes], *, node: str, image_id: str = ""
             with contextlib.suppress(Exception):
                 await export.aclose()
         try:
-            return await _decide(members, workdir, node=node, image_id=image_id, annotations=annotations,
-                                 platform=platform, known=known or {})
+            decided = await _decide(members, workdir, node=node, image_id=image_id, annotations=annotations,
+                                    platform=platform, known=known or {})
+            return attrs.evolve(decided, workdir=workdir)  # discard() removes it, spool files and all
         except _Bad as exc:
             raise InfrastructureError(node, f"the engine's export of {image_id or 'the image'}: {exc}") from None
     except BaseException:
@@ -383,7 +384,7 @@ async def _decide(members: Mapping[str, _Member], workdir: Path, *, node: str, i
     if "index.json" in members:
         layout = _oci_layout(members, platform)
         if layout is not None:
-            return attrs.evolve(layout, workdir=workdir)
+            return layout
     if "manifest.json" not in members:
         raise _Bad("it is neither a docker-archive (manifest.json) nor an OCI layout (index.json)")
     entries = _json(_resolve(members, "manifest.json"))

@@ -50,9 +50,12 @@ def test_five_platforms_leave_exactly_the_requested_tag_and_child_tags_add_the_s
     (<tag>-<os>-<arch>[-<variant>]), each pointing at the index's child for its platform; a
     template names them as asked ({tag}-{arch}{variant} -> 1-armv7)."""
     repo = f"publish/{unique('tags')}"
+    spool = tmp_path / "spool"
+    spool.mkdir()
     proc = lab.archfleet("build", "-q", "--platform", ",".join(FIVE), "-t", f"{lab.registry}/{repo}:1", "--push",
-                         "examples/arch-test", check=True)
+                         "examples/arch-test", env={"TMPDIR": str(spool)}, check=True)
     assert tags_of(lab.registry, repo) == ["1"]
+    assert list(spool.iterdir()) == []  # each child's export was spooled there, and removed after its push
     index = lab.manifest(repo, "1")
     assert index.headers["docker-content-digest"] == proc.stdout.strip()
     assert sorted(platform_of(e) for e in index.json()["manifests"]) == sorted(FIVE)

@@ -96,6 +96,17 @@ def client(fake) -> RegistryClient:
     return RegistryClient(transport=httpx.MockTransport(fake), docker_config=CONFIG)
 
 
+@pytest.fixture(autouse=True)
+def spool(tmp_path, monkeypatch):
+    """Every test spools into a directory of its own, which must be empty once the test has
+    discarded what it prepared (publish.discard removes the spool files)."""
+    d = tmp_path / "spool"
+    d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(d))
+    yield d
+    assert list(d.iterdir()) == [], "a prepared child's spool was left behind"
+
+
 def prepare(data: bytes, image_id: str = "", **kw) -> publish.Prepared:
     return asyncio.run(publish.prepare(pieces(data), node="n1", image_id=image_id, **kw))
 
@@ -151,12 +162,11 @@ def test_a_layer_saved_twice_is_a_symlink_and_is_pushed_once():
         publish.discard(got)
 
 
-def test_a_layer_that_is_not_its_diff_id_is_the_nodes_failure_and_leaves_no_spool(tmp_path, monkeypatch):
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+def test_a_layer_that_is_not_its_diff_id_is_the_nodes_failure_and_leaves_no_spool(spool):
     tar, image_id = docker_archive([raw_layer({"a": os.urandom(2 * publish.SMALL)})], diff_ids=["sha256:" + "0" * 64])
     with pytest.raises(InfrastructureError, match="its config says sha256:000"):
         prepare(tar, image_id)
-    assert list(tmp_path.iterdir()) == []
+    assert list(spool.iterdir()) == []
 
 
 def test_a_cut_off_export_is_the_nodes_failure():
@@ -430,6 +440,7 @@ def test_an_oci_export_of_compressed_layers_is_pushed_as_written():
     gz = layer_bytes({"bin/app": AMD64})
     blobs, desc, _ = _image(gz, publish.OCI_LAYER_GZIP)
     got = prepare(oci_layout({"index.json": json.dumps({"schemaVersion": 2, "manifests": [desc]}).encode(), **blobs}))
+    publish.discard(got)
     assert got.child[0] == desc["digest"] and got.child[1] == mediatypes.OCI_MANIFEST
     assert {b.digest for b in got.blobs} == {sha(gz), json.loads(got.manifests[0][0])["config"]["digest"]}
 
@@ -467,8 +478,7 @@ def test_an_export_whose_config_is_not_the_image_built_is_refused():
         prepare(tar, "sha256:" + "0" * 64)
 
 
-def test_a_cancelled_prepare_stops_reading_closes_the_export_and_leaves_no_spool(tmp_path, monkeypatch):
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+def test_a_cancelled_prepare_stops_reading_closes_the_export_and_leaves_no_spool(spool):
     tar, image_id = docker_archive([raw_layer({"a": os.urandom(3 * publish.SMALL)})])
     closed = []
 
@@ -488,7 +498,7 @@ def test_a_cancelled_prepare_stops_reading_closes_the_export_and_leaves_no_spool
             await task
 
     asyncio.run(go())
-    assert closed == [True] and list(tmp_path.iterdir()) == []
+    assert closed == [True] and list(spool.iterdir()) == []
 
 
 def test_a_base_layer_that_cannot_be_mounted_is_a_registry_error():
