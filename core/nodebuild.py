@@ -85,7 +85,7 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
             await job.ready_to_push()
             job.status("pushing")
             push_started = time.monotonic()
-            digest, _, _, counts = await publish.upload(client, prepared, repository.with_tag(None))
+            digest, _, _, counts = await publish.upload(client, prepared, repository)
         finally:
             publish.discard(prepared)
     job.log(f"pushed {repository.name}@{digest} (blobs: {counts['uploaded']} uploaded, {counts['mounted']} mounted, "

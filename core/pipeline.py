@@ -4,6 +4,9 @@ One build flows one way through these stages, each a function over frozen values
 
     request -> inventory -> probe -> offer -> estimate -> plan -> run -> verify -> merge -> learn
 
+(while the nodes are probed, the base images are resolved in their registries and the plugins
+prepare what needs no node: :func:`make_plan`)
+
 Learning (writing what was measured to the user's caches) happens in :func:`learn` only: the
 stages that measure return what they measured (``NodeFacts.score_measured``,
 ``PlatformResult.transfer``, ``ChildImage.scans``, the results' seconds) and :func:`learn` keeps
