@@ -2,10 +2,9 @@
 
 Hooks are declared in :mod:`archfleet.hookspecs` (each documented there); implement them with
 :data:`hookimpl`. Other modules are internal and may change without notice. The built-in plugins
-(``archfleet.plugins.*``), the documentation's example and ``examples/plugins/archfleet-reuse``
-import from here only, and a test keeps it so: what they use is what this module exports, plus
-the types the hooks receive or return (for annotations) and the two errors the hook contract asks
-a plugin to raise.
+(``archfleet.plugins.*``) and the documentation's example import from here only, and a test
+keeps it so: what they use is what this module exports, plus the types the hooks receive or
+return (for annotations) and the two errors the hook contract asks a plugin to raise.
 
 - Hook values (frozen attrs classes unless said): :class:`Platform`, :class:`NodeSpec`,
   :class:`NodeFacts`, :class:`Option`, :class:`BuildRequest`, :class:`PlatformResult`,
@@ -16,8 +15,8 @@ a plugin to raise.
   :class:`BuildFailed` (the build failed: reported), :class:`PlatformError`.
 - Strategies: :func:`capable_nodes` (the nodes that can build the request: reachable, with a
   builder, and an engine that has what the Dockerfile needs), :func:`build_and_push` (build in
-  the node's engine, wait at the push gate, push),
-  :func:`child_tag`, :func:`context_digest` and its labels, :func:`prior_seconds`,
+  the node's engine, wait at the push gate, push by digest), :func:`context_digest`,
+  :func:`reuse_key` and its label :data:`LABEL_REUSE_KEY` (the ``reuse`` strategy), :func:`prior_seconds`,
   :func:`node_speed`, :func:`reference_work`, :data:`QEMU_FACTOR`, :data:`LINK_RATE`,
   :func:`analyse_dockerfile` (its ``placement()`` says what a node can run), :class:`RegistryClient`,
   :func:`parse_reference`.
@@ -38,8 +37,9 @@ from .executor import Job
 from .hookspecs import hookimpl
 from .inventory import Config, Key
 from .leases import read_local as read_local_leases
+from .buildkey import LABEL_REUSE_KEY, reuse_key
 from .model import BuildRequest, NodeFacts, NodeSpec, Option, PlatformResult
-from .nodebuild import LABEL_CONTEXT, LABEL_PLATFORM, build_and_push, child_tag, context_digest
+from .nodebuild import build_and_push, context_digest
 from .planner import LINK_RATE, QEMU_FACTOR, node_speed, prior_seconds, reference_work
 from .platforms import Platform, PlatformError, from_uname, native_platforms, read_cpu_flags
 from .probe import benchmark, probe_node
@@ -57,8 +57,7 @@ __all__ = [
     # errors
     "InfrastructureError", "BuildFailed", "PlatformError",
     # strategy helpers
-    "capable_nodes", "build_and_push", "child_tag", "context_digest", "LABEL_CONTEXT", "LABEL_PLATFORM",
-    "prior_seconds",
+    "capable_nodes", "build_and_push", "context_digest", "LABEL_REUSE_KEY", "reuse_key", "prior_seconds",
     "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "RegistryClient",
     "parse_reference",
     # transports and probing

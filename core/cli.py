@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import platform as _platform
+import re
 import signal
 import subprocess
 import sys
@@ -22,9 +23,9 @@ import click
 from . import platforms as plat
 from .errors import ArchfleetError, EnvironmentProblem, Interrupted, UsageError
 from .inventory import Config, not_utf8
-from .model import BuildRequest
+from .model import Annotation, BuildRequest
 from .planner import parse_pins
-from .reference import child_ref, parse_push_target, parse_registry_host
+from .reference import SEED_CHILD_TAGS, child_ref, child_tag_name, parse_push_target, parse_registry_host
 
 
 def _fail_param(param: str, message: str) -> UsageError:
@@ -53,15 +54,95 @@ def _writable_file(flag: str, value: str) -> None:
         raise _fail_param(flag, f"cannot write {value!r}: {exc.strerror}") from None
 
 
+ANNOTATION_KINDS = ("index", "manifest", "manifest-descriptor")
+_ANNOTATION_TYPE = re.compile(r"([a-z-]+)(?:\[([A-Za-z0-9_/.-]+)\])?")
+
+
+def parse_annotations(values, platforms) -> tuple[list[Annotation], list[str]]:
+    """``--annotation`` values in buildx's syntax, ``[TYPE[PLATFORM],...:]KEY=VALUE`` (buildx's
+    ``ParseAnnotations``): TYPE is ``index`` (the index itself), ``manifest`` (each child
+    manifest; also a bare ``KEY=VALUE``) or ``manifest-descriptor`` (each child's entry in the
+    index); ``[PLATFORM]`` limits a manifest or descriptor annotation to one platform being
+    built. ``index-descriptor`` (only an OCI layout output has one) is refused. Returns the
+    annotations and the problems found (one line each)."""
+    out: list[Annotation] = []
+    problems: list[str] = []
+    for item in values:
+        keypart, eq, value = item.partition("=")
+        if not eq:
+            problems.append(f"--annotation {item!r}: expected [TYPE:]KEY=VALUE")
+            continue
+        kinds, colon, key = keypart.partition(":")
+        if not colon:
+            kinds, key = "manifest", keypart
+        if not key or any(c.isspace() for c in key):
+            problems.append(f"--annotation {item!r}: the KEY is empty or has spaces")
+            continue
+        for kind_text in kinds.split(","):
+            m = _ANNOTATION_TYPE.fullmatch(kind_text)
+            if not m:
+                problems.append(f"--annotation {item!r}: {kind_text!r} is not TYPE or TYPE[PLATFORM]")
+                continue
+            kind, where = m.group(1), m.group(2)
+            if kind == "index-descriptor":
+                problems.append(f"--annotation {item!r}: index-descriptor annotations exist only in an OCI "
+                                "layout output; archfleet pushes to a registry (use index: or manifest-descriptor:)")
+                continue
+            if kind not in ANNOTATION_KINDS:
+                problems.append(f"--annotation {item!r}: unknown type {kind!r} (use "
+                                + ", ".join(ANNOTATION_KINDS) + ")")
+                continue
+            target = None
+            if where:
+                if kind == "index":
+                    problems.append(f"--annotation {item!r}: an index annotation is for the whole index; "
+                                    "drop the [PLATFORM]")
+                    continue
+                try:
+                    target = plat.parse(where)
+                except plat.PlatformError as exc:
+                    problems.append(f"--annotation {item!r}: {exc}")
+                    continue
+                if platforms and target not in platforms:
+                    problems.append(f"--annotation {item!r}: {target} is not a platform being built")
+                    continue
+            out.append(Annotation(kind, key, value, target))
+    return out, problems
+
+
+def check_child_tags(template: str, refs, platforms) -> None:
+    """``--child-tags``: every child's tag, for every ``-t`` tag, is a valid tag, no two
+    platforms get the same one, and none is a ``-t`` tag of the same repository. Raises
+    :class:`UsageError` (one line)."""
+    if os.path.exists(template) and "{" not in template:
+        raise UsageError(f"--child-tags {template!r}: that is a path, not a template; write --child-tags "
+                         "before other flags or as --child-tags=TEMPLATE (alone it means the seed style "
+                         f"{SEED_CHILD_TAGS})")
+    requested = {(r.name, r.tag) for r in refs}
+    for ref in refs:
+        seen: dict[str, object] = {}
+        for p in platforms:
+            name = child_tag_name(template, ref, p)
+            if name in seen:
+                raise UsageError(f"--child-tags {template!r}: {seen[name]} and {p} would both be tagged "
+                                 f"{name!r}; use {{platform}}, or {{arch}}{{variant}}")
+            if (ref.name, name) in requested:
+                raise UsageError(f"--child-tags {template!r}: {p}'s child would take the tag {ref.name}:{name}, "
+                                 "which -t names for the index")
+            seen[name] = p
+
+
 def _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                   metadata_file, insecure_registry, allow_partial, engine_cli, pin_flags=((), ()),
-                  report=None) -> BuildRequest:
+                  report=None, annotation=(), child_tags=None) -> BuildRequest:
     """The :class:`BuildRequest` for ``build``/``plan``, every flag checked first.
 
     Everything the flags alone decide is checked in this one pass, before any node is probed or
     anything built: paths (exist, writable, UTF-8), platforms (Linux, known), tags (distribution's
-    grammar, no digest, the per-platform child tags fit 128 characters), build args, labels,
-    registries, ``--push`` with a tag, the syntax of ``--strategy``/``--node`` (``pin_flags``: their
+    grammar, no digest, the engine's per-platform image names fit 128 characters), build args,
+    labels, registries, ``--push`` with a tag, ``--annotation`` (``annotation``: buildx's syntax,
+    :func:`parse_annotations`) and ``--child-tags`` (``child_tags``: every name it gives,
+    :func:`check_child_tags`), both only with ``--push``, the syntax of ``--strategy``/``--node`` (``pin_flags``: their
     values; which nodes and strategies exist is ``pipeline.check_request``'s job). All problems
     found are reported together, as one line (``; ``-separated), with :class:`UsageError`
     (exit 2); values that are not UTF-8 are reported first, alone."""
@@ -81,7 +162,8 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
     values += [(f"--build-arg {item.partition('=')[0]!r}", item.partition("=")[0]) for item in build_arg]
     values += [(flag, v) for flag, many in (("--platform", platform), ("--tag", tag),
                                             ("--label", label), ("--insecure-registry", insecure_registry),
-                                            ("--strategy", pin_flags[0]), ("--node", pin_flags[1]))
+                                            ("--strategy", pin_flags[0]), ("--node", pin_flags[1]),
+                                            ("--annotation", annotation), ("--child-tags", (child_tags or "",)))
                for v in many]
     encoding = [m for flag, value in values if value is not None and (m := not_utf8(flag, value))]
     if encoding:  # the other checks would only repeat these values
@@ -118,6 +200,15 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
     pins = check(parse_pins, *pin_flags) or ()
     if push and not tag:
         problems.append("--push: name where to push with -t/--tag")
+    annotations, bad = parse_annotations(annotation, platforms)
+    problems += bad
+    if annotations and not push:
+        problems.append("--annotation: annotations go on what is pushed; add --push")
+    if child_tags is not None:
+        if not push:
+            problems.append("--child-tags: child tags are pushed; add --push")
+        elif platforms and refs and None not in refs:
+            check(check_child_tags, child_tags, refs, platforms)
     args: dict[str, str] = {}  # like docker: a later value for the same name wins
     from_env: set[str] = set()
     for item in build_arg:
@@ -162,7 +253,7 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
         labels=labels, target=target, push=push, no_cache=no_cache, pull=pull, progress=progress,
         metadata_file=Path(metadata_file) if metadata_file else None,
         insecure_registries=tuple(insecure_registry), allow_partial=allow_partial, engine_cli=engine_cli,
-        pins=tuple(pins),
+        pins=tuple(pins), annotations=tuple(annotations), child_tags=child_tags,
     )
 
 
@@ -215,7 +306,14 @@ def build_options(fn):
         click.option("--build-arg", multiple=True, help="Build-time variable NAME=VALUE; repeatable."),
         click.option("--label", multiple=True, help="Image label KEY=VALUE; repeatable."),
         click.option("--target", help="Build stage to build."),
-        click.option("--push", is_flag=True, help="Push the per-platform images and the index to the tags."),
+        click.option("--push", is_flag=True,
+                     help="Push the per-platform images (by digest) and the index to the tags."),
+        click.option("--child-tags", "child_tags", is_flag=False, flag_value=SEED_CHILD_TAGS, default=None,
+                     metavar="[TEMPLATE]", help="Also tag each child: alone, <tag>-<os>-<arch>[-<variant>]; or a "
+                     "template of {tag} {platform} {os} {arch} {variant}, e.g. '{tag}-{arch}{variant}'."),
+        click.option("--annotation", multiple=True, metavar="[TYPE:]KEY=VALUE",
+                     help="Annotation, buildx's syntax: index:, manifest: (default), manifest-descriptor:, "
+                          "optionally TYPE[PLATFORM]; repeatable."),
         click.option("--no-cache", is_flag=True, help="Do not use the build cache."),
         click.option("--pull/--no-pull", default=True, show_default=True,
                      help="Resolve base images in their registry rather than the engine's image store."),
@@ -279,8 +377,9 @@ def cli():
 
 @cli.command()
 @build_options
-def build(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
-          report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node):
+def build(path, platform, tag, file, build_arg, label, target, push, child_tags, annotation, no_cache, pull, progress,
+          quiet, metadata_file, report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy,
+          pin_node):
     """Build PATH for every --platform on the fastest nodes and (with --push) publish the index."""
     from .pipeline import RunState, build as run_build, check_request, write_metadata
     from .progress import make_reporter
@@ -289,7 +388,7 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
         progress = "quiet"
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
-                            (pin_strategy, pin_node), report)
+                            (pin_strategy, pin_node), report, annotation, child_tags)
     hooks = _hooks()
     config = _config(hooks, nodes_file, engine_cli, local)
     from .buildargs import secret_warning
@@ -330,14 +429,15 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
 @cli.command()
 @build_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
-         report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node, fmt):
+def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, annotation, no_cache, pull, progress,
+         quiet, metadata_file, report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy,
+         pin_node, fmt):
     """Show the chosen option per platform and the alternatives, without building."""
     from .pipeline import make_plan, unplannable_reason
 
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
-                            (pin_strategy, pin_node), report)
+                            (pin_strategy, pin_node), report, annotation, child_tags)
     hooks = _hooks()
     config = _config(hooks, nodes_file, engine_cli, local)
     planned = _run(hooks, lambda session: make_plan(hooks, request, config, session))

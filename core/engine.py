@@ -298,6 +298,76 @@ async def push(transport: Transport, ref: Reference, auth_config: dict | None = 
         raise RegistryError(f"push of {ref} from node {transport.node} failed: {message}") from None
 
 
+EXPORT_CHUNK = 1024 * 1024  # bytes per piece of an export
+_EXPORT_AHEAD = 4  # pieces read ahead of the consumer, at most
+
+
+async def export(transport: Transport, image_id: str) -> AsyncIterator[bytes]:
+    """The image ``image_id`` of the node's engine as an image archive, streamed: ``docker
+    save`` through the Engine API (``GET /images/{id}/get``, docker-py's ``api.get_image``) over
+    the node's engine connection (:meth:`Transport.docker_client`; an SSH node's is forwarded),
+    in pieces of :data:`EXPORT_CHUNK` bytes, never whole in memory: the engine is read at most
+    :data:`_EXPORT_AHEAD` pieces ahead of the consumer. Docker 20.10 writes a docker-archive
+    (``manifest.json``, the config, ``<dir>/layer.tar``), Docker 25+ an OCI layout as well;
+    :mod:`archfleet.publish` reads both.
+
+    This is the one engine-side step of a push by digest: an engine adapter (podman, ...)
+    provides the same function. Closing the iterator early stops the read. Raises
+    :class:`InfrastructureError` when the engine cannot be reached, drops the connection, or no
+    longer has the image (pruned since it was built): the platform can be built elsewhere."""
+    import threading
+
+    import docker.errors
+
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue = asyncio.Queue()
+    room = threading.Semaphore(_EXPORT_AHEAD)
+    stop = threading.Event()
+    end = object()
+
+    def hand(item) -> bool:
+        try:
+            loop.call_soon_threadsafe(pieces.put_nowait, item)
+            return True
+        except RuntimeError:  # the loop is closed: nobody is reading any more
+            return False
+
+    def pump() -> None:
+        try:
+            stream = transport.docker_client().api.get_image(image_id, chunk_size=EXPORT_CHUNK)
+            for piece in stream:
+                while not room.acquire(timeout=0.2):
+                    if stop.is_set():
+                        return
+                if stop.is_set() or not hand(piece):
+                    return
+            hand(end)
+        except docker.errors.NotFound:
+            hand(InfrastructureError(transport.node, f"the engine no longer has image {image_id} (removed "
+                                                     "since it was built?)"))
+        except docker.errors.APIError as exc:
+            hand(InfrastructureError(transport.node, f"the engine refused to export {image_id}: "
+                                                     f"{exc.explanation or exc}"))
+        except Exception as exc:  # the connection to the engine dropped
+            hand(InfrastructureError(transport.node, f"engine connection lost during the export of {image_id}: "
+                                                     f"{str(exc) or type(exc).__name__}"))
+
+    worker = loop.run_in_executor(None, pump)
+    try:
+        while True:
+            item = await pieces.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            room.release()
+            yield item
+    finally:
+        stop.set()
+        if worker.done():
+            worker.exception()  # mark it seen; pump reports through the queue
+
+
 class _Dropped(Exception):
     """The connection to the engine failed during the push."""
 
@@ -366,45 +436,6 @@ async def server_info(transport: Transport, cli: EngineCLI) -> tuple[str | None,
     if version is None and error is None:
         error = done.last_line()
     return version, rootless, error
-
-
-async def export(transport: Transport, image: str) -> AsyncIterator[bytes]:
-    """``image`` (an id or a tag in the node's engine) as ``docker save`` writes it, in chunks,
-    through the Engine API (in a thread; never whole in memory: one chunk at a time is handed
-    over, and the API stream waits while the consumer does)."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue(maxsize=4)
-    done = object()
-    stop = False
-
-    def _save() -> None:
-        try:
-            for chunk in transport.docker_client().api.get_image(image, chunk_size=1 << 20):
-                if stop:
-                    return
-                asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
-        except BaseException as exc:  # handed to the consumer, raised there
-            asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
-            return
-        asyncio.run_coroutine_threadsafe(queue.put(done), loop).result()
-
-    worker = loop.run_in_executor(None, _save)
-    try:
-        while True:
-            item = await queue.get()
-            if item is done:
-                break
-            if isinstance(item, BaseException):
-                raise InfrastructureError(transport.node, f"cannot export {image} from the engine: {item}") from None
-            yield item
-    finally:
-        stop = True
-        while not worker.done():  # let a blocked put finish, so the thread ends
-            try:
-                queue.get_nowait()
-            except asyncio.QueueEmpty:
-                await asyncio.sleep(0.01)
-        await asyncio.gather(worker, return_exceptions=True)
 
 
 class DockerEngine:

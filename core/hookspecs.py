@@ -12,6 +12,7 @@ pluggy, see :mod:`archfleet.manager`):
 0. ``archfleet_node_keys``  (once)              -> the nodes.toml keys each transport reads
 1. ``archfleet_add_nodes``  (once)              -> the nodes
 2. ``archfleet_probe``      (once per node)     -> what each node can do
+   ``archfleet_prepare``    (once, while the nodes are probed) -> look-ups that need no node
 3. ``archfleet_offer``      (per platform x strategy) -> the options
 4. ``archfleet_estimate``   (per option)        -> refined seconds
 5. ``archfleet_connect``    (per node used)     -> a transport to run commands on the node
@@ -82,7 +83,20 @@ def archfleet_probe(node, config, session):
 
 
 @hookspec
-def archfleet_offer(platform, request, facts):
+def archfleet_prepare(request, session):
+    """*Async.* Start what a strategy needs to know that does not depend on the nodes.
+
+    Called once per ``build`` and ``plan`` with the checked ``request`` (a
+    :class:`~archfleet.model.BuildRequest`) and the command's ``session``, at the same time as
+    the nodes are probed (so a look-up in a registry costs no time of its own). Return None, or
+    an awaitable (an ``async def``): archfleet awaits every plugin's before asking for offers,
+    and a failure is reported like any hook's. Keep what it found in ``session.state(<your
+    plugin>)`` for ``archfleet_offer``. ``request.bases`` is not resolved yet here.
+    """
+
+
+@hookspec
+def archfleet_offer(platform, request, facts, session):
     """Offer ways to build ``platform`` for ``request``.
 
     Called for every requested platform with ``facts``, the tuple of every probed node's
@@ -96,6 +110,10 @@ def archfleet_offer(platform, request, facts):
     platform's own Dockerfile when ``-f PLATFORM=PATH`` gave it one, and
     ``analyse_dockerfile(request)`` analyses that file. The same holds in ``archfleet_estimate``
     and ``archfleet_run``.
+    ``session`` is the command's :class:`archfleet.session.Session` (what a strategy looked up
+    once for every platform, a registry client it opened, lives there until ``archfleet_run``).
+    ``request.bases`` holds the base images as the registry resolved them for this build (see
+    :mod:`archfleet.buildkey`).
     """
 
 
@@ -126,7 +144,7 @@ def archfleet_connect(node, facts, session):
 
 
 @hookspec(firstresult=True)
-def archfleet_run(option, request, job):
+def archfleet_run(option, request, job, session):
     """*Async.* Build ``option.platform`` as ``option`` says, and push it if ``request.push``.
 
     Called once per chosen option (and again for a fallback option when a node failed);
@@ -136,6 +154,8 @@ def archfleet_run(option, request, job):
     facts, a reporter for progress and log lines, and ``await job.ready_to_push()``
     which a strategy must await between building and pushing (it returns once every platform
     is built, and raises if another platform failed, so nothing is pushed half-way).
+
+    ``session`` is the command's :class:`archfleet.session.Session`, as ``archfleet_offer`` had it.
 
     Return an awaitable resolving to :class:`~archfleet.model.PlatformResult`. Raise
     :class:`archfleet.errors.InfrastructureError` when the node failed (archfleet re-plans

@@ -46,6 +46,7 @@ BUILTIN_PLUGINS = (
     "archfleet.plugins.cross",
     "archfleet.plugins.estimates",
     "archfleet.plugins.ssh",
+    "archfleet.plugins.reuse",
 )
 ENTRY_POINT_GROUP = "archfleet"
 
@@ -159,10 +160,17 @@ class Hooks:
                                                 f"{type(facts).__name__}, not NodeFacts")
         return facts
 
-    async def offer(self, platform, request, facts: tuple[NodeFacts, ...]) -> list[Option]:
+    async def prepare(self, request, session) -> None:
+        """``archfleet_prepare``: every plugin's look-ups that need no node, awaited together."""
+        import asyncio
+
+        answers = self._call("archfleet_prepare", request=request, session=session)
+        await asyncio.gather(*(_resolved(a) for a in answers))
+
+    async def offer(self, platform, request, facts: tuple[NodeFacts, ...], session=None) -> list[Option]:
         """``archfleet_offer``: every strategy's options for ``platform``, checked (an Option for
         this platform on a probed node). Answers that are awaitables are awaited together."""
-        answers = self._call("archfleet_offer", platform=platform, request=request, facts=facts)
+        answers = self._call("archfleet_offer", platform=platform, request=request, facts=facts, session=session)
         named = [(self._who(a), a) for a in answers]
         import asyncio
 
@@ -205,9 +213,9 @@ class Hooks:
             raise InfrastructureError(node.name, f"no plugin can connect to transport {node.transport!r}")
         return await _resolved(answer)
 
-    async def run(self, option: Option, request, job) -> PlatformResult:
+    async def run(self, option: Option, request, job, session=None) -> PlatformResult:
         """``archfleet_run`` (firstresult): build (and push) ``option`` with ``job``."""
-        answer = self._call("archfleet_run", option=option, request=request, job=job)
+        answer = self._call("archfleet_run", option=option, request=request, job=job, session=session)
         if answer is None:
             raise PluginError(f"no plugin runs strategy {option.strategy!r} (offered for {option.platform})")
         name = self._who(answer)

@@ -24,6 +24,8 @@ __all__ = [
     "ChildImage",
     "Transfer",
     "LayerScan",
+    "Annotation",
+    "BaseImage",
 ]
 
 
@@ -208,6 +210,17 @@ class BuildRequest:
     # (platform, Dockerfile) from -f PLATFORM=PATH, one per platform, in the order given
     platform_dockerfiles: tuple[tuple[Platform, Path], ...] = attrs.field(default=(), converter=_platform_files)
 
+    # --child-tags: None (children are pushed by digest only), or the template of the tag each
+    # child also gets in every -t tag's repository ("{tag}-{platform}" is the seed style)
+    child_tags: str | None = None
+    # --annotation, buildx's syntax, parsed: where each goes (index, manifest, manifest-descriptor)
+    annotations: tuple["Annotation", ...] = attrs.field(default=(), converter=_tuple)
+    # ids of the build's secrets (never their values): part of the reuse key; no flag sets them yet
+    secret_ids: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    # the external base images (FROM) as the registry resolved them for this build, filled in by
+    # the pipeline before the offers (archfleet.buildkey.resolve_bases); () when not resolved
+    bases: tuple["BaseImage", ...] = attrs.field(default=(), converter=_tuple)
+
     def dockerfile_for(self, platform: Platform) -> Path:
         """The Dockerfile ``platform`` is built from: its own (``-f PLATFORM=PATH``), else the default."""
         for p, path in self.platform_dockerfiles:
@@ -265,6 +278,13 @@ class ChildImage:
     # the layers verification scanned because no scan of them was cached: the learn stage keeps
     # them (not part of the image's identity: equality and hash leave them out)
     scans: tuple["LayerScan", ...] = attrs.field(default=(), converter=_tuple, eq=False, repr=False)
+    # the repository (registry/path) it was read from: where the merge copies it from (not part
+    # of the image's identity either)
+    repository: str = attrs.field(default="", eq=False)
+    # the attestation manifests the engine made for it (BuildKit's ``unknown/unknown`` entries,
+    # ``vnd.docker.reference.type: attestation-manifest``), each the exact descriptor JSON as the
+    # engine wrote it in its index; the merge keeps them in the index beside the child
+    attestations: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
 
 
 @attrs.frozen
@@ -286,6 +306,9 @@ class PlatformResult:
     # the context sync this build used, when it sent the context (the learn stage learns the
     # node's link rate from it); None when nothing was sent or the transport does not sync
     transfer: "Transfer | None" = None
+    # what the layers it pushed hold, scanned from the engine's export on the way (by the pushed
+    # blob's digest): verification need not read those layers back from the registry
+    scans: tuple["LayerScan", ...] = attrs.field(default=(), converter=_tuple, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -311,3 +334,42 @@ class LayerScan:
 
     digest: str
     scan: dict = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen
+class Annotation:
+    """One ``--annotation`` (buildx's syntax, ``[TYPE[PLATFORM],...:]KEY=VALUE``) for one place:
+    ``kind`` is ``index`` (the index's own annotations), ``manifest`` (each child manifest's; a
+    bare ``KEY=VALUE`` is this) or ``manifest-descriptor`` (the child's entry in the index);
+    ``platform`` limits it to one child (None: every child). Annotations need OCI media types:
+    an index or manifest that carries one is an OCI index or OCI manifest."""
+
+    kind: str
+    key: str
+    value: str
+    platform: Platform | None = None
+
+    def applies_to(self, platform: Platform) -> bool:
+        """Whether this annotation goes on ``platform``'s child (or its descriptor)."""
+        return self.platform is None or self.platform == platform
+
+
+@attrs.frozen
+class BaseImage:
+    """A ``FROM`` image as the registry resolved it: ``ref`` (normalised, as in the Dockerfile
+    after ARG expansion), ``digest`` (of what the reference points at: an index or a manifest)
+    and, for an index, the manifest digest of each platform in it (``platforms``: (platform text,
+    digest) pairs). Values, not clients: the reuse key is computed from them (archfleet.buildkey)."""
+
+    ref: str
+    digest: str
+    platforms: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_tuple)
+
+    def digest_for(self, platform: Platform | None) -> str:
+        """The manifest digest of ``platform`` in it (for an index), else the reference's own
+        digest (a single-platform image, or ``platform`` None: any platform)."""
+        if platform is not None:
+            for text, digest in self.platforms:
+                if text == str(platform):
+                    return digest
+        return self.digest

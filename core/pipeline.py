@@ -4,6 +4,9 @@ One build flows one way through these stages, each a function over frozen values
 
     request -> inventory -> probe -> offer -> estimate -> plan -> run -> verify -> merge -> learn
 
+(while the nodes are probed, the base images are resolved in their registries and the plugins
+prepare what needs no node: :func:`make_plan`)
+
 Learning (writing what was measured to the user's caches) happens in :func:`learn` only: the
 stages that measure return what they measured (``NodeFacts.score_measured``,
 ``PlatformResult.transfer``, ``ChildImage.scans``, the results' seconds) and :func:`learn` keeps
@@ -32,6 +35,7 @@ from . import index as index_mod
 from . import inventory
 from . import learn as learning
 from . import platforms as plat
+from .buildkey import resolve_bases
 from .errors import (ArchfleetError, EnvironmentProblem, Interrupted, PlatformsFailed, UsageError,
                      VerificationFailed)
 from .context import cache_days
@@ -100,12 +104,14 @@ async def learn(lessons: Lessons) -> None:
     await asyncio.to_thread(learning.keep, lessons)
 
 
-async def offers(hooks: Hooks, request: BuildRequest, facts: Mapping[str, NodeFacts]) -> list[Option]:
+async def offers(hooks: Hooks, request: BuildRequest, facts: Mapping[str, NodeFacts],
+                 session: Session | None = None) -> list[Option]:
     """Offer: every strategy's options for every platform (``archfleet_offer``), all asked at
     once and checked (:meth:`archfleet.manager.Hooks.offer`). Each platform is offered with the
     request as it sees it (:meth:`~archfleet.model.BuildRequest.for_platform`: its own Dockerfile)."""
     all_facts = tuple(facts.values())
-    answers = await asyncio.gather(*(hooks.offer(p, request.for_platform(p), all_facts) for p in request.platforms))
+    answers = await asyncio.gather(*(hooks.offer(p, request.for_platform(p), all_facts, session)
+                                     for p in request.platforms))
     return [opt for got in answers for opt in got]
 
 
@@ -238,15 +244,43 @@ def check_request(hooks: Hooks, request: BuildRequest, config: Config, session: 
     return nodes
 
 
-async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session: Session) -> Planned:
-    """Inventory, probe, offer, estimate and plan, after :func:`check_request`. A pinned strategy
+async def resolve(request: BuildRequest, client: RegistryClient | None = None) -> BuildRequest:
+    """Analyse, the registry's half: ``request`` with its base images resolved in their
+    registries (``BuildRequest.bases``, :func:`archfleet.buildkey.resolve_bases`), which the reuse
+    key of every platform needs. Only for a build that pushes and pulls (the key exists only
+    then); otherwise, or when a base cannot be resolved, ``request`` as it is. ``client``: the
+    build's registry client, else one of its own."""
+    if not (request.push and request.pull and request.tags):
+        return request
+    if client is None:
+        async with RegistryClient(request.insecure_registries) as own:
+            return await resolve(request, own)
+    bases = await resolve_bases(client, request)
+    return attrs.evolve(request, bases=bases) if bases else request
+
+
+async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session: Session,
+                    client: RegistryClient | None = None) -> Planned:
+    """Inventory, probe, resolve, offer, estimate and plan, after :func:`check_request`. The
+    base images are resolved (:func:`resolve`) and the plugins prepare (``archfleet_prepare``)
+    while the nodes are probed. A pinned strategy
     no plugin names is refused once the offers are in (a plugin's strategy name need not be its
-    plugin name)."""
+    plugin name). ``Planned.request`` is the request the rest of the build uses (bases resolved)."""
     nodes = check_request(hooks, request, config, session)
     view_task = asyncio.create_task(asyncio.to_thread(histories, request))
-    facts = await probe(hooks, config, session, nodes)
+    resolving = asyncio.create_task(resolve(request, client))
+    preparing = asyncio.create_task(hooks.prepare(request, session))
+    try:
+        facts = await probe(hooks, config, session, nodes)
+        request = await resolving
+        await preparing
+    finally:
+        for task in (resolving, preparing):
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
     views = await view_task
-    offered = estimates(hooks, await offers(hooks, request, facts), request, facts, views)
+    offered = estimates(hooks, await offers(hooks, request, facts, session), request, facts, views)
     check_pin_strategies(request.pins, hooks.strategies() | {o.strategy for o in offered})
     options = apply_pins(offered, request.pins)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
@@ -314,7 +348,8 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
     if request.push and not tags:
         raise UsageError("--push needs at least one -t/--tag")
     async with RegistryClient(request.insecure_registries) as client:
-        planning = asyncio.create_task(make_plan(hooks, request, config, session))
+        session.registry = client  # plugins that read the registry share it (and what it read)
+        planning = asyncio.create_task(make_plan(hooks, request, config, session, client))
         try:
             if request.push:
                 # Fail before building anything when the registry is not there or refuses us.
@@ -328,6 +363,7 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
                 await asyncio.gather(planning, return_exceptions=True)
             elif not planning.cancelled():
                 planning.exception()  # the registry's error is the one to report; mark this one seen
+        request = planned.request or request  # its base images resolved
         missing = planned.plan.unplannable
         if missing:
             raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in missing))
@@ -342,7 +378,7 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
         executor = Executor(request, planned.facts, reporter,
                             connect=lambda node: connect(hooks, planned.facts[node], session),
                             run_option=lambda option, job: hooks.run(option, request.for_platform(option.platform),
-                                                                     job),
+                                                                     job, session),
                             replan=replan)
         outcome = await executor.run(planned.plan)
         failures = list(outcome.failures)
@@ -364,10 +400,12 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
             where = ", ".join(str(t) for t in tags)
             # children copied to every repository and the index put there by digest: stoppable,
             # no tag has moved yet; only moving the tags is held against Ctrl-C
-            digest, body, media_type = await index_mod.stage_index(client, source, children, tags)
+            staged = await index_mod.stage_index(client, source, children, tags, annotations=request.annotations,
+                                                 child_tags=request.child_tags)
+            digest, body, media_type = staged.digest, staged.body, staged.media_type
             with hold_interrupts(f"the index was being pushed to {where}") as held:
                 await asyncio.sleep(0)  # a Ctrl-C that came before this point stops here: tags untouched
-                await index_mod.move_tags(client, tags, body, media_type)
+                await index_mod.move_tags(client, tags, body, media_type, first=staged.child_tags)
                 if state is not None:
                     state.index_digest, state.tags = digest, tuple(str(t) for t in tags)
             size = len(body)
@@ -398,15 +436,17 @@ def failed(failures: Sequence[Failure], *, pushed_nothing: bool) -> PlatformsFai
 
 async def verify(client: RegistryClient, results: Sequence[PlatformResult], *,
                  allow_partial: bool) -> tuple[list[ChildImage], list[Failure]]:
-    """Read every pushed child back (:func:`archfleet.index.verify_child`, all at once).
+    """Read every pushed child back (:func:`archfleet.index.verify_child`, all at once; a layer
+    the push scanned from the engine's export, ``PlatformResult.scans``, is not read back).
 
     Returns the verified children in the order of ``results`` and, with ``allow_partial``, the
     platforms whose child failed verification (to be left out of the index). Without it, those
     raise :class:`PlatformsFailed` naming every one. Any other error (the registry refusing or
     failing) concerns every child alike and is raised once, as it is.
     """
+    pushed = {scan.digest: scan.scan for r in results for scan in r.scans}  # what the pushes scanned
     got = await asyncio.gather(*(
-        index_mod.verify_child(client, parse_reference(r.ref, what="child reference"), r.platform)
+        index_mod.verify_child(client, parse_reference(r.ref, what="child reference"), r.platform, pushed)
         for r in results
     ), return_exceptions=True)
     children: list[ChildImage] = []

@@ -13,12 +13,17 @@ from typing import Any
 
 class Session:
     """Per-command state for plugins. Made by the pipeline for each command and handed to
-    ``archfleet_add_nodes``, ``archfleet_probe``, ``archfleet_connect`` and
-    ``archfleet_session_end``."""
+    ``archfleet_add_nodes``, ``archfleet_probe``, ``archfleet_offer``, ``archfleet_connect``,
+    ``archfleet_run`` and ``archfleet_session_end``. ``registry`` is the command's registry
+    client when it has one (a build), for plugins that read the registry."""
 
     def __init__(self) -> None:
         self._state: dict[str, dict[str, Any]] = {}
         self.ended = False
+        # the command's registry client (an archfleet.registry.RegistryClient) once the pipeline
+        # opened one (a build): a plugin that reads the registry uses it rather than a client of
+        # its own, sharing its connections, tokens and what it already read; None otherwise
+        self.registry = None
 
     def state(self, plugin: str) -> dict[str, Any]:
         """The dict ``plugin`` keeps its things in for this command (made on first use)."""

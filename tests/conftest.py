@@ -246,14 +246,22 @@ def placed(path: Path, content: bytes):
 
 
 @pytest.fixture(scope="session")
-def reuse_plugin(tmp_path_factory) -> dict[str, str]:
-    """examples/plugins/archfleet-reuse installed for the archfleet processes a test starts,
-    never into .venv: built into a directory of its own, put on their PYTHONPATH (entry points
-    are found there). Returns the environment to pass to ``lab.archfleet(..., env=...)``."""
-    target = tmp_path_factory.mktemp("reuse-plugin")
+def example_plugin(tmp_path_factory) -> dict[str, str]:
+    """The documentation's example plugin (docs/examples/fast_pool.py) as the package
+    docs/plugins.md shows (entry point ``fast-pool``), installed for the archfleet processes a
+    test starts, never into .venv: built into a directory of its own and put on their PYTHONPATH
+    (entry points are found there). Returns the environment to pass to ``lab.archfleet(...,
+    env=...)``."""
+    src = tmp_path_factory.mktemp("fast-pool-src")
+    shutil.copy(REPO / "docs" / "examples" / "fast_pool.py", src / "fast_pool.py")
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "archfleet-fast-pool"\nversion = "0.1.0"\ndependencies = ["archfleet"]\n'
+        '[project.entry-points.archfleet]\nfast-pool = "fast_pool"\n'
+        '[tool.setuptools]\npy-modules = ["fast_pool"]\n')
+    target = tmp_path_factory.mktemp("fast-pool")
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target",
-                           str(target), str(REPO / "examples" / "plugins" / "archfleet-reuse")],
-                          capture_output=True, text=True)
+                           str(target), str(src)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))}
 

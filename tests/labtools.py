@@ -5,7 +5,8 @@ one copy did not reach the others:
 
 - :func:`unique` names a tag or repository no other test (or earlier run) used;
 - :func:`one_line_error` is the CLI's error rule: one ``archfleet: error:`` line, no traceback;
-- :func:`manifest`, :func:`child_configs`, :func:`child_labels` read what a registry serves;
+- :func:`manifest`, :func:`child_configs`, :func:`child_labels`, :func:`tags_of` read what a
+  registry serves;
 - :func:`docker_config` writes a Docker config with credentials for a registry;
 - :func:`ls` is ``archfleet ls --format json`` by node name;
 - :func:`engine_images` lists the local engine's images carrying a label (nothing built?);
@@ -59,6 +60,16 @@ def manifest(registry: str, repo: str, ref: str, *, scheme: str = "http", verify
     """GET ``/v2/<repo>/manifests/<ref>`` accepting every image and index media type."""
     return httpx.get(f"{scheme}://{registry}/v2/{repo}/manifests/{ref}", verify=verify, auth=auth,
                      headers={"Accept": ACCEPT, **(headers or {})}, timeout=30)
+
+
+def tags_of(registry: str, repo: str, *, scheme: str = "http", verify=True, auth=None) -> list[str]:
+    """``/v2/<repo>/tags/list``, sorted; [] when the registry knows no tag there (distribution
+    answers NAME_UNKNOWN for a repository that holds only untagged manifests)."""
+    resp = httpx.get(f"{scheme}://{registry}/v2/{repo}/tags/list", verify=verify, auth=auth, timeout=30)
+    if resp.status_code == 404:
+        return []
+    resp.raise_for_status()
+    return sorted(resp.json().get("tags") or [])
 
 
 def child_configs(registry: str, repo: str, ref: str, **kw) -> dict[str, dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import uuid
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from conftest import extra_registry, htpasswd_auth
-from labtools import DOCKER, basic_entry, docker_config, engine_images, ls, manifest, one_line_error, unique
+from labtools import DOCKER, basic_entry, docker_config, engine_images, ls, manifest, one_line_error, tags_of, unique
 
 FIVE = ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/s390x", "linux/ppc64le"]
 UNAME = {"linux/amd64": "x86_64", "linux/arm64": "aarch64", "linux/arm/v7": "armv7l",
@@ -49,14 +50,14 @@ def test_five_platforms_push_a_verified_index_that_runs_everywhere(lab, tmp_path
 def test_a_built_platform_waits_at_the_push_gate_and_is_cancelled_when_another_fails(lab, tmp_path):
     """The push gate (README: "holds every push until all platforms are built"): amd64 is built
     in a second and reaches the gate; arm64 fails 15 s later. amd64 was built (its image is in
-    the engine under its child tag), was cancelled at the gate, and pushed nothing: neither its
-    child tag nor the -t tag moved."""
+    the engine under its local name), was cancelled at the gate, and pushed nothing: not even its
+    config blob, and no tag moved or appeared."""
     repo, t = "promises/gate", unique("t")
     tag = f"{lab.registry}/{repo}:{t}"
     before = lab.archfleet("build", "-q", "--platform", "linux/amd64", "-t", tag, "--push", "examples/arch-test",
                            check=True).stdout.strip()
     assert lab.manifest(repo, t).headers["docker-content-digest"] == before
-    child_before = lab.manifest(repo, f"{t}-linux-amd64").headers["docker-content-digest"]
+    tags_before = tags_of(lab.registry, repo)
     (tmp_path / "Dockerfile").write_text(
         f"FROM {lab.base}\n"
         'RUN if [ "$(uname -m)" = aarch64 ]; then sleep 15; echo "arm64 fails on purpose"; exit 7; fi\n'
@@ -74,13 +75,15 @@ def test_a_built_platform_waits_at_the_push_gate_and_is_cancelled_when_another_f
         cancelled = next(i for i, l in enumerate(amd64) if "cancelled: linux/arm64 failed" in l)
         assert built < cancelled, amd64  # built first, then stopped at the gate
         assert not [l for l in amd64 if "] pushing (" in l], amd64  # never started its push
-        # built: the image is in the engine, under the child tag it would have pushed
-        inspect = subprocess.run([DOCKER, "image", "inspect", "--format", "{{index .Config.Labels \"run\"}}",
+        # built: the image is in the engine, under its local name (never a registry tag)
+        inspect = subprocess.run([DOCKER, "image", "inspect", "--format", "{{.Id}} {{index .Config.Labels \"run\"}}",
                                   f"{tag}-linux-amd64"], capture_output=True, text=True)
-        assert inspect.stdout.strip() == run, inspect.stderr
-        # ...and nothing reached the registry: the child tag and the tag are where they were
-        assert lab.manifest(repo, f"{t}-linux-amd64").headers["docker-content-digest"] == child_before
+        image_id, label = inspect.stdout.split()
+        assert label == run, inspect.stderr
+        # ...and nothing reached the registry: not its config (the image id is its digest), no tag
+        assert httpx.head(f"http://{lab.registry}/v2/{repo}/blobs/{image_id}").status_code == 404
         assert lab.manifest(repo, t).headers["docker-content-digest"] == before
+        assert tags_of(lab.registry, repo) == tags_before
     finally:
         subprocess.run([DOCKER, "rmi", "-f", *engine_images(f"run={run}")], capture_output=True)
 
@@ -105,8 +108,8 @@ def test_final_stage_pinned_to_another_platform_is_caught_by_the_elf_check(lab, 
     """Docker 20.10's BuildKit writes the requested platform into the config of an image whose
     final stage is pinned elsewhere, so only the ELF check can catch it: the error says what the
     program is built for and that the config claims otherwise. The -t tag never points at the
-    result (README). The child tag is a working tag: the child was pushed to it before it was
-    read back, and it stays (docs/concepts.md)."""
+    result (README). The child was pushed by digest before it was read back: it is there under
+    the digest the error names, and no tag points at it (docs/concepts.md)."""
     repo, t = "promises/arch-pinned", unique("t")
     tag = f"{lab.registry}/{repo}:{t}"
     before = lab.archfleet("build", "-q", "--platform", "linux/arm64", "-t", tag, "--push", "examples/arch-test",
@@ -118,8 +121,9 @@ def test_final_stage_pinned_to_another_platform_is_caught_by_the_elf_check(lab, 
     assert "requested linux/arm64 but the image pushed for it runs uname" in line, line  # the ELF branch...
     assert "built for linux/amd64" in line and "its config claims linux/arm64" in line  # ...not the config's
     assert lab.manifest(repo, t).headers["docker-content-digest"] == before  # the tag did not move
-    child = lab.manifest(repo, f"{t}-linux-arm64")
-    assert child.status_code == 200 and child.headers["docker-content-digest"] in line  # the working tag
+    named = re.search(rf"{re.escape(repo)}@(sha256:[0-9a-f]{{64}})", line)
+    assert named and lab.manifest(repo, named.group(1)).status_code == 200  # the child, by digest
+    assert t in tags_of(lab.registry, repo) and not [x for x in tags_of(lab.registry, repo) if x.startswith(f"{t}-")]
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -166,7 +170,7 @@ def test_wrong_credentials_are_one_line_before_building(lab, auth_registry, tmp_
     assert engine_images(f"run={run}") == []
 
 
-def test_right_credentials_push_through_the_engine_and_the_client(lab, auth_registry, tmp_path):
+def test_right_credentials_push_children_and_index_through_the_client(lab, auth_registry, tmp_path):
     env = docker_config(tmp_path, {auth_registry: basic_entry("alice", "s3cret")})
     proc = lab.archfleet("build", "-q", "--platform", "linux/amd64,linux/arm64", "-t", f"{auth_registry}/app:ok",
                          "--push", "examples/arch-test", env=env, check=True)
@@ -174,11 +178,10 @@ def test_right_credentials_push_through_the_engine_and_the_client(lab, auth_regi
     alice = ("alice", "s3cret")
     assert manifest(auth_registry, "app", "ok").status_code == 401  # reading needs the credentials too
     resp = manifest(auth_registry, "app", "ok", auth=alice)
-    assert resp.headers["docker-content-digest"] == digest  # archfleet's client pushed the index
-    for entry in resp.json()["manifests"]:  # the engine pushed each child, under its working tag
-        p = entry["platform"]
-        child = manifest(auth_registry, "app", f"ok-{p['os']}-{p['architecture']}", auth=alice)
-        assert child.headers["docker-content-digest"] == entry["digest"]
+    assert resp.headers["docker-content-digest"] == digest  # archfleet's client pushed the index...
+    for entry in resp.json()["manifests"]:  # ...and each child, by digest
+        assert manifest(auth_registry, "app", entry["digest"], auth=alice).status_code == 200
+    assert tags_of(auth_registry, "app", auth=alice) == ["ok"]
     assert "s3cret" not in proc.stderr
 
 
@@ -204,11 +207,11 @@ esac
 
 
 @pytest.mark.parametrize("config", ["credsStore", "credHelpers"])
-def test_credentials_from_a_credential_helper_push_through_the_engine_and_the_client(
+def test_credentials_from_a_credential_helper_push_children_and_index_through_the_client(
         lab, auth_registry, tmp_path, credential_helper, config):
     """design.md: credentials come from the Docker config through docker.auth: auths,
-    credsStore, credHelpers. The helper's answer must reach both archfleet's client (the check
-    before building, the index) and the engine's push of the children."""
+    credsStore, credHelpers. The helper's answer must reach archfleet's client everywhere it
+    pushes: the check before building, each child (by digest) and the index."""
     path, log = credential_helper
     extra = {"credsStore": "afstub"} if config == "credsStore" else {"credHelpers": {auth_registry: "afstub"}}
     env = {**docker_config(tmp_path, {}, **extra), **path}

@@ -2,7 +2,7 @@
 loopback registry is insecure for dockerd (127.0.0.0/8) and for archfleet, and dockerd then
 uses HTTPS without verifying the certificate. archfleet's own client must do the same (it used
 to fall back to plain HTTP and fail with "Client sent an HTTP request to an HTTPS server"), so
-the whole build, children through dockerd and the index through archfleet, works."""
+the whole build works: archfleet's client pushes the children (by digest) and the index."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def test_registry_credentials_reach_no_argv_environment_or_file_on_the_node(lab,
                              "--build-arg", f"N={unique('n')}", "-t", f"{HOST}/promises/creds:{t}", "--push",
                              "examples/arch-test", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # the push really went from n1's engine to the registry, with the password
+    # n1 built both; archfleet's client pushed them (from n1's export), with the password
     assert "[linux/arm64@n1] pushing" in proc.stderr and "[linux/amd64@n1] pushing" in proc.stderr
     index = manifest(HOST, "promises/creds", t, scheme="https", verify=htpasswd_registry.verify,
                      auth=(USER, password))

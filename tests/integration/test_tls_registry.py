@@ -1,7 +1,7 @@
 """A registry with its own CA, as a lab or company registry has: Debian's docker-registry serving
 TLS on the lab bridge (10.231.0.1:5443, not a loopback address, so nobody may fall back to plain
 HTTP) with a certificate from a CA made here. Trusted the way dockerd trusts it, through
-/etc/docker/certs.d/<host:port>/ca.crt: the engine pushes the children, archfleet's own client
+/etc/docker/certs.d/<host:port>/ca.crt: archfleet's own client pushes the children (by digest),
 verifies them and pushes the index."""
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ def client_cert_registry(lab, nodes, tmp_path_factory):
         yield d, with_client
 
 
-def test_a_client_certificate_in_certs_d_is_presented_by_the_engine_and_by_archfleet(lab, client_cert_registry):
-    """cli.md: `*.cert`/`*.key` in certs.d are a client certificate, as for dockerd."""
+def test_a_client_certificate_in_certs_d_is_presented_by_archfleet_on_every_push(lab, client_cert_registry):
+    """cli.md: `*.cert`/`*.key` in certs.d are a client certificate, as for dockerd (archfleet's
+    client pushes the children and the index, and presents it each time)."""
     d, with_client = client_cert_registry
     without = ssl.create_default_context(cafile=str(d / "ca.crt"))
     with pytest.raises(httpx.HTTPError):  # precondition: the registry refuses a client without one

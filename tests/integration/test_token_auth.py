@@ -1,9 +1,9 @@
 """Bearer-token auth against a real registry: Debian's docker-registry configured for token
 auth (as Docker Hub, GHCR, Harbor and Quay are), with a small token service here that signs
-ES256 JWTs the registry verifies against our certificate (tests/integration/tokens.py). Both
-archfleet's registry client and the engine (pushing with the ``auth_config`` archfleet hands it)
-go through the token dance: with a username and password, and with an identity token (the
-OAuth2 refresh-token grant, what ``docker login`` stores for registries that issue one)."""
+ES256 JWTs the registry verifies against our certificate (tests/integration/tokens.py).
+archfleet's registry client, which pushes the children (by digest) and the index, goes through
+the token dance: with a username and password, and with an identity token (the OAuth2
+refresh-token grant, what ``docker login`` stores for registries that issue one)."""
 
 from __future__ import annotations
 

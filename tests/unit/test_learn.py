@@ -176,7 +176,7 @@ def test_a_build_carries_the_sync_measurement_in_its_result(prepared, expected):
 
 def test_verification_returns_new_scans_and_writes_none(monkeypatch):
     """A child's layers scanned during verification ride on the ChildImage (not its identity)."""
-    async def architecture(client, ref, manifest, config):
+    async def architecture(client, ref, manifest, config, known=None):
         return "uname", "amd64", (LayerScan(layer(1), SCAN),)
 
     class Manifest:
@@ -263,14 +263,14 @@ def fake_publish(monkeypatch):
     async def check_access(self, ref, push=False):
         return None
 
-    async def verify_child(client, ref, platform):
+    async def verify_child(client, ref, platform, scans=None):
         return ChildImage(platform, DIGEST, "application/vnd.docker.distribution.manifest.v2+json", 100,
                           scans=[LayerScan(layer(1), SCAN), LayerScan(layer(2 if platform == AMD else 3), SCAN)])
 
-    async def stage_index(client, source, children, tags):
-        return "sha256:" + "ff" * 32, b"{}", "application/vnd.oci.image.index.v1+json"
+    async def stage_index(client, source, children, tags, **kw):
+        return index_mod.Staged("sha256:" + "ff" * 32, b"{}", "application/vnd.oci.image.index.v1+json")
 
-    async def move_tags(client, tags, body, media_type):
+    async def move_tags(client, tags, body, media_type, **kw):
         return None
 
     monkeypatch.setattr(RegistryClient, "check_access", check_access)

@@ -246,7 +246,7 @@ def test_each_platform_is_built_from_its_own_dockerfile_and_the_metadata_says_wh
     hooks.register(Recording(), name="recording")
     chosen = [option(p, f"n{i}") for i, p in enumerate(req.platforms)]
 
-    async def make_plan(hooks, request, config, session):
+    async def make_plan(hooks, request, config, session, client=None):
         return Planned(facts(*[o.node for o in chosen]), tuple(chosen), plan(*chosen), None, (), request)
 
     monkeypatch.setattr(pipeline, "make_plan", make_plan)

@@ -18,14 +18,14 @@ REQ = BuildRequest(HERE.parent.parent / "examples" / "arch-test", HERE.parent.pa
 FACTS = {"n1": NodeFacts(NodeSpec("n1", transport="test"), True, native=[ARM], builder="buildkit", engine_cli=["docker"])}
 
 
-def test_all_six_builtins_are_registered_as_plugins():
-    """README "Layout": built-in plugins local, ssh, native, qemu, cross, estimates; nothing else
-    is registered without entry points."""
+def test_all_seven_builtins_are_registered_as_plugins():
+    """README "Layout": built-in plugins local, ssh, native, qemu, cross, reuse, estimates; nothing
+    else is registered without entry points."""
     from archfleet.manager import BUILTIN_PLUGINS
 
     pm = make_hooks(load_entrypoints=False).pm
     names = {pm.get_name(p) for p in pm.get_plugins()}
-    assert names == {"local", "ssh", "native", "qemu", "cross", "estimates"}
+    assert names == {"local", "ssh", "native", "qemu", "cross", "reuse", "estimates"}
     assert names == {d.rsplit(".", 1)[-1] for d in BUILTIN_PLUGINS}
 
 
@@ -156,7 +156,7 @@ def test_every_hook_documents_its_arguments_and_its_return():
     from archfleet import hookspecs
 
     hooks = {n: f for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("archfleet_")}
-    assert len(hooks) == 10
+    assert len(hooks) == 11
     for name, fn in hooks.items():
         doc = fn.__doc__ or ""
         for arg in inspect.signature(fn).parameters:
@@ -178,15 +178,14 @@ def test_builtin_plugins_use_only_the_public_api():
 
 
 def test_the_api_exports_what_plugins_use_and_the_hook_types_no_more():
-    """Rule (archfleet.api's docstring): the public API is what the built-in plugins and the two
-    examples import, plus the types hooks receive or return and the errors a hook raises."""
+    """Rule (archfleet.api's docstring): the public API is what the built-in plugins and the
+    documentation's example import, plus the types hooks receive or return and the errors a hook raises."""
     import ast
 
     from archfleet import api
 
     repo = Path(__file__).resolve().parents[2]
-    files = [*(repo / "plugins").rglob("*.py"), repo / "docs" / "examples" / "fast_pool.py",
-             repo / "examples" / "plugins" / "archfleet-reuse" / "archfleet_reuse.py"]
+    files = [*(repo / "plugins").rglob("*.py"), repo / "docs" / "examples" / "fast_pool.py"]
     used = set()
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):

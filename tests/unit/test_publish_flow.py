@@ -111,7 +111,7 @@ def build(monkeypatch, fake, strategy, platforms=(AMD, ARM), **req):
     chosen = [option(p, f"n{i}") for i, p in enumerate(platforms)]
     request = BuildRequest(CTX, CTX / "Dockerfile", platforms, tags=TAGS, push=True, **req)
 
-    async def make_plan(pm, request, config, session):
+    async def make_plan(pm, request, config, session, client=None):
         return Planned(facts(*[o.node for o in chosen]), tuple(chosen), plan(*chosen), None, (), request)
 
     monkeypatch.setattr(pipeline, "make_plan", make_plan)

@@ -494,6 +494,71 @@ def test_a_source_blob_that_does_not_match_its_digest_is_not_committed():
     assert ("app", wrong) not in dst_fake.blobs and dst_fake.uploads == {}
 
 
+# -- push_blob: a blob from anywhere, sent at most once (issue 15) ---------------------------------
+
+
+def _pieces(data: bytes, calls: list):
+    def source():
+        calls.append(1)
+
+        async def gen():
+            for i in range(0, len(data), 1000):
+                yield data[i:i + 1000]
+        return gen()
+    return source
+
+
+def test_push_blob_skips_what_is_there_mounts_what_a_sibling_has_and_uploads_the_rest():
+    fake = FakeRegistry(HOST)
+    there, sibling, new = os.urandom(300), os.urandom(300), os.urandom(3000)
+    fake.blobs[("app", digest_of(there))] = there
+    fake.blobs[("base", digest_of(sibling))] = sibling
+    app, base = parse_reference(f"{HOST}/app"), parse_reference(f"{HOST}/base")
+    calls: list = []
+
+    async def go():
+        async with client(fake) as c:
+            return [await c.push_blob(app, digest_of(there), _pieces(there, calls), mount_from=[base]),
+                    await c.push_blob(app, digest_of(sibling), _pieces(sibling, calls), mount_from=[base]),
+                    await c.push_blob(app, digest_of(new), _pieces(new, calls), mount_from=[base])]
+
+    assert run(go()) == ["skipped", "mounted", "uploaded"]
+    assert len(calls) == 1  # only the new blob was read, once
+    assert fake.blobs[("app", digest_of(new))] == new and fake.blobs[("app", digest_of(sibling))] == sibling
+
+
+def test_push_blob_refuses_bytes_that_are_not_the_digest_and_commits_nothing():
+    fake = FakeRegistry(HOST)
+    app = parse_reference(f"{HOST}/app")
+    wrong = digest_of(b"what was promised")
+    with pytest.raises(RegistryError, match="does not match its digest"):
+        run(client(fake).push_blob(app, wrong, _pieces(b"something else", [])))
+    assert ("app", wrong) not in fake.blobs and fake.uploads == {}
+
+
+def test_content_under_a_digest_is_read_once_per_client():
+    """A manifest or a config read by digest is kept: the reuse look-up, verification and the
+    merge of one command read it once."""
+    fake = FakeRegistry(HOST)
+    digest = fake.add_image("app", [os.urandom(10)])
+    ref = parse_reference(f"{HOST}/app").with_digest(digest)
+
+    async def go():
+        async with client(fake) as c:
+            one = await c.get_manifest(ref)
+            config = one.json()["config"]["digest"]
+            blob = await c.get_blob(ref, config)
+            two = await c.get_manifest(ref)
+            assert await c.get_blob(ref, config) == blob
+            return one, two
+
+    one, two = run(go())
+    assert one == two
+    reads = [r.url.path for r in fake.requests if r.method == "GET" and r.url.path.startswith("/v2/app/")
+             and "authorization" in r.headers]
+    assert len(reads) == len(set(reads)) == 2
+
+
 # -- the rest -------------------------------------------------------------------------------------
 
 def test_digest_mismatch_is_refused():
