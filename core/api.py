@@ -17,7 +17,10 @@ return (for annotations) and the two errors the hook contract asks a plugin to r
   builder, and an engine that has what the Dockerfile needs), :func:`build_and_push` (build in
   the node's engine, wait at the push gate, push by digest), :func:`context_digest`,
   :func:`reuse_key` and its label :data:`LABEL_REUSE_KEY` (the ``reuse`` strategy), :func:`prior_seconds`,
-  :func:`node_speed`, :func:`reference_work`, :data:`QEMU_FACTOR`, :data:`LINK_RATE`,
+  :func:`node_speed`, :data:`QEMU_FACTOR`, :data:`LINK_RATE`,
+  :class:`Estimate` (what ``archfleet_estimate`` may answer: seconds, basis, parts, steps) and the
+  pieces of the built-in estimates: :mod:`steps` (the steps a build runs, their priors and
+  learned times), :func:`fixed_prior`, :func:`push_prior`, :data:`PUSH_BASE`, :data:`PUSH_RATE`,
   :func:`analyse_dockerfile` (its ``placement()`` says what a node can run), :class:`RegistryClient`,
   :func:`parse_reference`.
 - Transports: :class:`LocalTransport`, :class:`CommandNode` (context sync and leases over ``run``),
@@ -38,9 +41,10 @@ from .hookspecs import hookimpl
 from .inventory import Config, Key
 from .leases import read_local as read_local_leases
 from .buildkey import LABEL_REUSE_KEY, reuse_key
-from .model import BuildRequest, NodeFacts, NodeSpec, Option, PlatformResult
+from . import steps
+from .model import BuildRequest, Estimate, NodeFacts, NodeSpec, Option, PlatformResult
 from .nodebuild import build_and_push, context_digest
-from .planner import LINK_RATE, QEMU_FACTOR, node_speed, prior_seconds, reference_work
+from .planner import LINK_RATE, PUSH_BASE, PUSH_RATE, QEMU_FACTOR, fixed_prior, node_speed, prior_seconds, push_prior
 from .platforms import Platform, PlatformError, from_uname, native_platforms, read_cpu_flags
 from .probe import benchmark, probe_node
 from .reference import parse_reference
@@ -58,8 +62,8 @@ __all__ = [
     "InfrastructureError", "BuildFailed", "PlatformError",
     # strategy helpers
     "capable_nodes", "build_and_push", "context_digest", "LABEL_REUSE_KEY", "reuse_key", "prior_seconds",
-    "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "RegistryClient",
-    "parse_reference",
+    "node_speed", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "RegistryClient",
+    "parse_reference", "Estimate", "steps", "fixed_prior", "push_prior", "PUSH_BASE", "PUSH_RATE",
     # transports and probing
     "LocalTransport", "CommandNode", "Completed", "pump_lines", "supervise", "guard_callback", "guard_chunks",
     "CallerError", "parse_docker_host", "probe_node", "benchmark", "adapter_for", "binfmt",

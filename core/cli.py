@@ -451,9 +451,13 @@ def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, 
                     "platform": str(s.option.platform), "strategy": s.option.strategy, "node": s.option.node,
                     "estimate_seconds": s.option.estimate, "start": round(s.start, 2), "finish": round(s.finish, 2),
                     "why": s.option.why, "estimate_basis": s.option.basis,
+                    "estimate_parts": dict(s.option.parts),
+                    "steps": [{"stage": st.stage, "index": st.index, "step": st.text, "platform": str(st.platform),
+                               "emulated": st.emulated, "estimate": st.seconds, "basis": st.basis}
+                              for st in s.option.steps],
                     "alternatives": [
                         {"strategy": r.option.strategy, "node": r.option.node, "estimate_seconds": r.option.estimate,
-                         "estimate_basis": r.option.basis, "why_not": r.why}
+                         "estimate_basis": r.option.basis, "estimate_parts": dict(r.option.parts), "why_not": r.why}
                         for r in p.rejected if r.option.platform == s.option.platform
                     ],
                     "not_offered": [{"node": node, "why": why} for pl, node, why in planned.not_offered
@@ -470,6 +474,11 @@ def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, 
     for s in p.chosen:
         rows.append((str(s.option.platform), str(s.option), f"{s.option.estimate:.1f}s", f"{s.finish:.1f}s", s.option.why))
         rows.append(("", "", "", "", f"estimate: {s.option.basis}"))
+        if s.option.parts:
+            rows.append(("", "", "", "", "parts: " + " + ".join(f"{k} {v:.1f}s" for k, v in s.option.parts)))
+        for st in s.option.steps:
+            where = f"{st.stage} " if st.stage else ""
+            rows.append(("", "", "", "", f"  [{where}{st.index}] {st.seconds:.1f}s {st.basis}: {st.text[:60]}"))
         for r in p.rejected:
             if r.option.platform == s.option.platform:
                 rows.append(("", f"  not {r.option}", f"{r.option.estimate:.1f}s", "", r.why))

@@ -255,6 +255,12 @@ class Analysis:
             raise DockerfileError(got)
         return got
 
+    def concrete(self, build: Platform, target: Platform) -> tuple[tuple[int, ...], tuple[Platform | str, ...]]:
+        """When ``build`` builds ``target``: the stages the target needs (indices, file order)
+        and the platform each stage runs on (or why its --platform names none there)."""
+        conc = _concrete(self, build, target)
+        return conc.reachable, conc.platforms
+
     def placement(self, target: Platform, native: Sequence[Platform], emulated: Sequence[Platform]) -> Placement:
         """How the stages ``target`` needs run on a node that runs ``native`` (its own platform
         first) and emulates ``emulated``; see :class:`Placement`."""

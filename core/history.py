@@ -9,6 +9,14 @@ Safe with two archfleet runs at once (WAL, a busy timeout, short transactions) a
 context holds, see :func:`context_key`) and the project key (where it lives), so a changed
 context still learns from its project's past.
 
+Two tables: ``runs``, one row per finished platform (its seconds and, since issue 17, the
+measured parts: ``fixed``, ``transfer``, ``work``, ``push`` and the bytes pushed), and
+``steps``, one row per Dockerfile step a build reported (:mod:`archfleet.steps`): its ``key``
+(what the step is), its ``chain`` (whether a node has it cached), the platform, node and
+emulation it ran with, its seconds (0 when cached) and the node's speed then. The estimates
+read them through :class:`HistoryView` (per node: the fixed cost and the push rate; per step:
+its past times; per node and chain: what is cached).
+
 History is an optimisation and never fails ``plan`` or ``build`` (review finding 19): every
 read and write catches ``sqlite3.Error`` and ``OSError``. When the database cannot be opened
 (a read-only cache dir, ``ARCHFLEET_HISTORY`` naming a place that cannot be written) history is
@@ -50,7 +58,24 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_ctx ON runs (context_key, platform, strategy, node);
 CREATE INDEX IF NOT EXISTS runs_proj ON runs (project_key, strategy, node);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    key TEXT NOT NULL,
+    chain TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    node TEXT NOT NULL,
+    emulated INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    cached INTEGER NOT NULL,
+    speed REAL
+);
+CREATE INDEX IF NOT EXISTS steps_key ON steps (key);
+CREATE INDEX IF NOT EXISTS steps_chain ON steps (node, chain);
 """
+MAX_STEP_ROWS = 20000
+#: the measured parts a ``runs`` row keeps (:data:`archfleet.model.PARTS`), and the bytes pushed
+PART_COLUMNS = ("fixed", "transfer", "work", "push")
 
 
 def context_key(request) -> tuple[str, int]:
@@ -58,6 +83,14 @@ def context_key(request) -> tuple[str, int]:
     and mtime, the Dockerfile's bytes, the build args and the target. Contents are not read
     (fast on big contexts); an mtime change without a content change just counts as a new
     context. The byte count is what a remote node that lacks the context would be sent."""
+    key, total, _ = context_keys(request)
+    return key, total
+
+
+def context_keys(request) -> tuple[str, int, str]:
+    """:func:`context_key`'s (key, bytes) and, from the same walk, a key of the files alone
+    (names, sizes, mtimes: not the Dockerfile, args or target), which a COPY from the context
+    depends on (:mod:`archfleet.steps`)."""
     h = hashlib.sha256()
     total = 0
     root = Path(request.context)
@@ -72,12 +105,13 @@ def context_key(request) -> tuple[str, int]:
             total += st.st_size
             # bytes as the file system holds them: a name that is not UTF-8 hashes too
             h.update(os.fsencode(p.relative_to(root)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    files = h.copy().hexdigest()[:32]
     try:
         h.update(Path(request.dockerfile).read_bytes())
     except OSError:
         pass
     h.update(repr((tuple(request.build_args), request.target)).encode())
-    return h.hexdigest()[:32], total
+    return h.hexdigest()[:32], total, files
 
 
 def project_key(request) -> str:
@@ -87,14 +121,16 @@ def project_key(request) -> str:
 
 
 def _add_speed_column(db: sqlite3.Connection) -> None:
-    """Histories written before the ``speed`` column get it (two runs may race to add it)."""
+    """Histories written before the ``speed`` column (or the parts columns) get them (two runs
+    may race to add one)."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-    if "speed" not in columns:
-        try:
-            db.execute("ALTER TABLE runs ADD COLUMN speed REAL")
-        except sqlite3.OperationalError as exc:
-            if "duplicate column" not in str(exc):
-                raise
+    for name, kind in (("speed", "REAL"), *((c, "REAL") for c in PART_COLUMNS), ("push_bytes", "INTEGER")):
+        if name not in columns:
+            try:
+                db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 @attrs.frozen
@@ -190,18 +226,98 @@ class History:
 
     @_never_fails(None)
     def record(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str,
-               seconds: float, bytes: int = 0, outcome: str = "ok", speed: float | None = None) -> None:
-        """``speed``: the node's relative speed (:func:`archfleet.planner.node_speed`) when it ran,
-        so a slow node's seconds can be turned into reference-speed work for other nodes."""
+               seconds: float, bytes: int = 0, outcome: str = "ok", speed: float | None = None,
+               parts: "dict[str, float] | None" = None, push_bytes: int | None = None,
+               steps: "list[tuple] | tuple" = ()) -> None:
+        """One finished platform. ``speed``: the node's relative speed
+        (:func:`archfleet.planner.node_speed`) when it ran, so a slow node's seconds can be
+        turned into reference-speed work for other nodes; ``parts``: the measured seconds of each
+        of :data:`PART_COLUMNS`; ``push_bytes``: the bytes of the layers it pushed; ``steps``:
+        (key, chain, platform, emulated, seconds, cached) for each step it reported."""
+        parts = parts or {}
         db = self._conn()
+        now = time.time()
         with db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
-                "INSERT INTO runs (at, context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed),
+                "INSERT INTO runs (at, context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed,"
+                " fixed, transfer, work, push, push_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (now, context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed,
+                 *(parts.get(c) for c in PART_COLUMNS), push_bytes),
             )
             db.execute("DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - ?", (MAX_ROWS,))
+            if steps:
+                db.executemany(
+                    "INSERT INTO steps (at, key, chain, platform, node, emulated, seconds, cached, speed)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(now, key, chain, step_platform, node, int(bool(emulated)), float(step_seconds), int(bool(cached)),
+                      speed) for key, chain, step_platform, emulated, step_seconds, cached in steps])
+                db.execute("DELETE FROM steps WHERE id <= (SELECT MAX(id) FROM steps) - ?", (MAX_STEP_ROWS,))
+
+    @_never_fails({})
+    def step_times(self, keys, per_key: int = 12) -> dict[str, list[tuple]]:
+        """key -> (seconds, speed, platform, emulated) of the last ``per_key`` times each step
+        of ``keys`` ran (not cached), newest first."""
+        out: dict[str, list[tuple]] = {}
+        db = self._conn()
+        for key in dict.fromkeys(keys):
+            rows = db.execute("SELECT seconds, speed, platform, emulated FROM steps WHERE key = ? AND cached = 0"
+                              " ORDER BY id DESC LIMIT ?", (key, per_key)).fetchall()
+            if rows:
+                out[key] = rows
+        return out
+
+    @_never_fails(frozenset())
+    def cached_chains(self, node: str, chains) -> frozenset[str]:
+        """Of ``chains``, those a build on ``node`` ran or found cached within the last week:
+        its BuildKit most likely still holds them."""
+        wanted = list(dict.fromkeys(chains))
+        if not wanted:
+            return frozenset()
+        db = self._conn()
+        found: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            marks = ",".join("?" * len(part))
+            found.update(r[0] for r in db.execute(
+                f"SELECT DISTINCT chain FROM steps WHERE node = ? AND at > ? AND chain IN ({marks})",
+                (node, time.time() - 7 * 86400, *part)))
+        return frozenset(found)
+
+    @_never_fails(())
+    def part_rows(self, *, node: str | None = None, project_key: str | None = None, platform: str | None = None,
+                  limit: int = 9) -> tuple[tuple, ...]:
+        """(node, platform, fixed, transfer, work, push, push_bytes, project_key) of the last
+        ``limit`` ok runs with measured parts, on ``node`` and/or of ``project_key`` and/or for
+        ``platform`` (None: any), newest first."""
+        where = ["outcome = 'ok'", "fixed IS NOT NULL"]
+        args: list = []
+        for column, value in (("node", node), ("project_key", project_key), ("platform", platform)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        rows = self._conn().execute(
+            "SELECT node, platform, fixed, transfer, work, push, push_bytes, project_key FROM runs WHERE "
+            + " AND ".join(where) + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return tuple(rows)
+
+    @_never_fails({})
+    def qemu_factors(self, min_native: float = 0.3) -> dict[str, float]:
+        """platform -> how many times slower its CPU-bound steps ran under QEMU than natively, at
+        the same speed: the median, over the steps that ran both ways, of emulated / native time
+        (each at reference speed), counting only steps whose native time is at least
+        ``min_native`` seconds and whose ratio is above 2 (steps that wait rather than compute
+        say nothing of QEMU)."""
+        rows = self._conn().execute(
+            "SELECT e.platform, e.key, AVG(e.seconds * COALESCE(e.speed, 1)), AVG(n.seconds * COALESCE(n.speed, 1))"
+            " FROM steps e JOIN steps n ON e.key = n.key"
+            " WHERE e.emulated = 1 AND n.emulated = 0 AND e.cached = 0 AND n.cached = 0"
+            " GROUP BY e.platform, e.key").fetchall()
+        ratios: dict[str, list[float]] = {}
+        for platform, _, emulated, native in rows:
+            if native and native >= min_native and emulated / native > 2:
+                ratios.setdefault(platform, []).append(emulated / native)
+        return {p: statistics.median(r) for p, r in ratios.items()}
 
     def _median(self, sql: str, args: tuple, limit: int = 5) -> tuple[float, int] | None:
         rows = [r[0] for r in self._conn().execute(sql + f" ORDER BY id DESC LIMIT {limit}", args)]
@@ -258,12 +374,21 @@ class History:
 
 @attrs.frozen
 class HistoryView:
-    """What ``archfleet_estimate`` gets: the database and this request's keys."""
+    """What ``archfleet_estimate`` gets: the database and this request's keys (``files_key``:
+    the context's files alone, see :func:`context_keys`). Reads are kept for the view's life
+    (one command): the estimates ask the same question for many options."""
 
     db: History
     context_key: str
     project_key: str
     context_bytes: int
+    files_key: str = ""
+    _memo: dict = attrs.field(factory=dict, eq=False, repr=False, init=False)
+
+    def _once(self, key, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def past(self, option) -> Past | None:
         """What ``option`` took before for this context, else this project (:meth:`History.past`), or None."""
@@ -272,14 +397,36 @@ class HistoryView:
 
     def synced_before(self, node: str) -> bool:
         """True when a build of this very context ran on ``node`` before (so the node has it: no transfer to estimate)."""
-        return self.db.synced_before(self.context_key, node)
+        return self._once(("synced", node), lambda: self.db.synced_before(self.context_key, node))
 
-    def record(self, result, outcome: str = "ok", speed: float | None = None) -> None:
-        # history is an optimisation: a locked, broken or unwritable cache never fails a build
-        """Add one row for ``result`` (``outcome`` ok, ``speed`` the node's :func:`~archfleet.planner.node_speed` then). Never raises."""
+    def step_times(self, keys) -> dict[str, list[tuple]]:
+        """:meth:`History.step_times` of ``keys`` (asked once per set of keys)."""
+        keys = tuple(dict.fromkeys(keys))
+        return self._once(("steps", keys), lambda: self.db.step_times(keys))
+
+    def cached_chains(self, node: str, chains) -> frozenset[str]:
+        """:meth:`History.cached_chains` (asked once per node and set of chains)."""
+        chains = tuple(dict.fromkeys(chains))
+        return self._once(("chains", node, chains), lambda: self.db.cached_chains(node, chains))
+
+    def part_rows(self, **where) -> tuple[tuple, ...]:
+        """:meth:`History.part_rows` (asked once per question)."""
+        return self._once(("parts", tuple(sorted(where.items()))), lambda: self.db.part_rows(**where))
+
+    def qemu_factors(self) -> dict[str, float]:
+        """:meth:`History.qemu_factors` (asked once)."""
+        return self._once(("qemu",), self.db.qemu_factors)
+
+    def record(self, result, outcome: str = "ok", speed: float | None = None, steps=()) -> None:
+        """Add one row for ``result`` (``outcome`` ok, ``speed`` the node's
+        :func:`~archfleet.planner.node_speed` then), with its measured parts and pushed bytes,
+        and its ``steps`` (key, chain, platform, emulated, seconds, cached). Never raises
+        (history is an optimisation: a locked, broken or unwritable cache never fails a build)."""
+        parts = dict(result.parts) if getattr(result, "parts", ()) else None
         self.db.record(context_key=self.context_key, project_key=self.project_key,
                        platform=str(result.platform), strategy=result.option.strategy, node=result.option.node,
-                       seconds=result.seconds, bytes=self.context_bytes, outcome=outcome, speed=speed)
+                       seconds=result.seconds, bytes=self.context_bytes, outcome=outcome, speed=speed, parts=parts,
+                       push_bytes=getattr(result, "pushed_bytes", None) if parts else None, steps=steps)
 
 
 def view_for(request, path: Path | None = None) -> HistoryView | None:
@@ -291,7 +438,7 @@ def view_for(request, path: Path | None = None) -> HistoryView | None:
     if where is None:
         return None
     try:
-        key, size = context_key(request)
-        return HistoryView(History(path or where), key, project_key(request), size)
+        key, size, files = context_keys(request)
+        return HistoryView(History(path or where), key, project_key(request), size, files)
     except (OSError, sqlite3.Error):
         return None

@@ -14,8 +14,12 @@ a context sync              ``PlatformResult.transfer``           ``links.json``
                                                                   (:mod:`archfleet.linkrate`)
 verification                ``ChildImage.scans``                  ``layers-v2/``
                                                                   (:mod:`archfleet.layercache`)
-a finished build            ``PlatformResult.seconds`` and the    ``history.sqlite``
-                            node's speed                          (:mod:`archfleet.history`)
+a finished build            ``PlatformResult.seconds``, ``.parts``,  ``history.sqlite``
+                            ``.pushed_bytes`` and the node's      (:mod:`archfleet.history`,
+                            speed                                 table ``runs``)
+the build's step timings    ``PlatformResult.steps``, paired      ``history.sqlite``
+                            with the ``Option.steps`` the         (table ``steps``)
+                            estimate planned (:func:`steps_of`)
 ==========================  ====================================  ==============================
 
 Reading stays where the value is needed: the probe reads a node's cached score (to skip the
@@ -35,6 +39,7 @@ import attrs
 
 from . import layercache, linkrate, scores
 from .history import HistoryView
+from .steps import join
 from .model import LayerScan, NodeFacts, PlatformResult, Transfer
 from .platforms import Platform
 
@@ -88,4 +93,13 @@ def keep(lessons: Lessons) -> None:
     for result in lessons.results:
         view = views.get(result.platform, lessons.history)
         if view is not None:
-            view.record(result, speed=speeds.get(result.option.node))
+            view.record(result, speed=speeds.get(result.option.node), steps=steps_of(result))
+
+
+def steps_of(result: PlatformResult) -> list[tuple]:
+    """The step rows a result teaches: each step the build reported (``result.steps``) paired
+    with the step the estimate planned for it (``result.option.steps``, by stage and index,
+    :func:`archfleet.steps.join`), as (key, chain, platform, emulated, seconds, cached). A step
+    only one side knows teaches nothing (its key or its time is missing)."""
+    return [(plan.key, plan.chain, str(plan.platform), plan.emulated, 0.0 if timed.cached else timed.seconds,
+             timed.cached) for plan, timed in join(result.option.steps, result.steps)]

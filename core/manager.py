@@ -37,7 +37,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ArchfleetError, PluginError, UsageError
-from .model import NodeFacts, NodeSpec, Option, PlatformResult
+from .model import Estimate, NodeFacts, NodeSpec, Option, PlatformResult
 
 BUILTIN_PLUGINS = (
     "archfleet.plugins.local",
@@ -188,21 +188,27 @@ class Hooks:
                 out.append(opt)
         return out
 
-    def estimate(self, option: Option, request, facts: NodeFacts | None, history) -> tuple[float, str] | None:
-        """``archfleet_estimate`` (firstresult): (seconds, basis) for ``option``, or None to keep
-        the offer's estimate. Seconds must be a finite number >= 0."""
+    def estimate(self, option: Option, request, facts: NodeFacts | None, history) -> "Estimate | None":
+        """``archfleet_estimate`` (firstresult): an :class:`~archfleet.model.Estimate` for
+        ``option`` (from ``(seconds, basis)``, a bare number, or an Estimate with its parts and
+        steps), or None to keep the offer's estimate. Seconds must be a finite number >= 0, and
+        so must every part."""
         answer = self._call("archfleet_estimate", option=option, request=request, facts=facts, history=history)
         if answer is None:
             return None
         name = self._who(answer)
-        seconds, basis = answer if isinstance(answer, tuple) and len(answer) == 2 else (answer, f"from plugin {name}")
-        try:
-            seconds = float(seconds)
-        except (TypeError, ValueError):
-            raise PluginError(f"plugin {name!r} answered archfleet_estimate with {answer!r}, not seconds") from None
-        if not math.isfinite(seconds) or seconds < 0:
-            raise PluginError(f"plugin {name!r} estimated {seconds} seconds for {option}")
-        return seconds, str(basis)
+        if isinstance(answer, Estimate):
+            got = answer
+        else:
+            seconds, basis = answer if isinstance(answer, tuple) and len(answer) == 2 else (answer, f"from plugin {name}")
+            try:
+                got = Estimate(float(seconds), str(basis))
+            except (TypeError, ValueError):
+                raise PluginError(f"plugin {name!r} answered archfleet_estimate with {answer!r}, not seconds") from None
+        for label, value in (("seconds", got.seconds), *got.parts):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise PluginError(f"plugin {name!r} estimated {value} {label} for {option}")
+        return got
 
     async def connect(self, node: NodeSpec, facts: NodeFacts, session):
         """``archfleet_connect`` (firstresult): a transport to ``node`` for this command."""

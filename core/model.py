@@ -24,6 +24,10 @@ __all__ = [
     "ChildImage",
     "Transfer",
     "LayerScan",
+    "StepPlan",
+    "StepTime",
+    "Estimate",
+    "PARTS",
     "Annotation",
     "BaseImage",
 ]
@@ -43,6 +47,12 @@ def _platform_files(value: Any) -> tuple[tuple[Platform, Path], ...]:
     if isinstance(value, dict):
         value = value.items()
     return tuple((k, Path(v)) for k, v in value)
+
+
+def _parts(value: Any) -> tuple[tuple[str, float], ...]:
+    if isinstance(value, dict):
+        value = value.items()
+    return tuple((str(k), float(v)) for k, v in value)
 
 
 def _settings(value: Any) -> tuple[tuple[str, Any], ...]:
@@ -262,9 +272,22 @@ class Option:
     why: str = ""
     emulated: bool = False
     basis: str = "prior"  # where the estimate comes from, one line (set by archfleet_estimate)
+    # the estimate in parts (name, seconds), in the order of :data:`PARTS`, summing to
+    # ``estimate``; () when the plugin that estimated it gave none (an offer's prior, reuse)
+    parts: tuple[tuple[str, float], ...] = attrs.field(default=(), converter=_parts, eq=False)
+    # the Dockerfile steps the estimate's ``work`` part counted, each with its own estimate: the
+    # learn stage joins them with the steps the build reported (``PlatformResult.steps``)
+    steps: tuple["StepPlan", ...] = attrs.field(default=(), converter=_tuple, eq=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.strategy}@{self.node}"
+
+    def part(self, name: str) -> float | None:
+        """The seconds of part ``name`` (one of :data:`PARTS`), None when the estimate has no parts."""
+        for key, seconds in self.parts:
+            if key == name:
+                return seconds
+        return None
 
 
 @attrs.frozen
@@ -309,6 +332,87 @@ class PlatformResult:
     # what the layers it pushed hold, scanned from the engine's export on the way (by the pushed
     # blob's digest): verification need not read those layers back from the registry
     scans: tuple["LayerScan", ...] = attrs.field(default=(), converter=_tuple, eq=False, repr=False)
+    # where the seconds went, measured (name, seconds) in the order of :data:`PARTS`, summing to
+    # ``seconds``; () when the strategy did not measure them (reuse, a plugin's own strategy)
+    parts: tuple[tuple[str, float], ...] = attrs.field(default=(), converter=_parts, eq=False)
+    # the build's own step timings (BuildKit's progress, buildah's STEP lines), in the order seen
+    steps: tuple["StepTime", ...] = attrs.field(default=(), converter=_tuple, eq=False, repr=False)
+    # bytes of the layers archfleet compressed and pushed (base layers mounted are not counted)
+    pushed_bytes: int = attrs.field(default=0, eq=False)
+
+    def part(self, name: str) -> float | None:
+        """The measured seconds of part ``name`` (one of :data:`PARTS`), None when not measured."""
+        for key, seconds in self.parts:
+            if key == name:
+                return seconds
+        return None
+
+
+#: The parts of an estimate and of a measured build, in this order (seconds each; they sum to
+#: the whole): ``fixed`` (per build on a node: the engine CLI and BuildKit starting, resolving
+#: the base, the steps that do no work (FROM, WORKDIR, ...), writing the image, reading the
+#: export), ``transfer`` (the context sent to a remote node that lacks it: bytes / link rate),
+#: ``work`` (the Dockerfile's RUN, COPY and ADD steps, the longest chain of stages; a step the
+#: node's BuildKit has cached costs nothing) and ``push`` (compressing and uploading the new
+#: layers: their bytes / the rate to the registry, plus the manifest).
+PARTS = ("fixed", "transfer", "work", "push")
+
+
+@attrs.frozen
+class StepPlan:
+    """One Dockerfile step a build will run, as the estimate saw it.
+
+    ``stage`` is the stage's name as BuildKit prints it (its ``AS`` name, ``stage-N`` for an
+    unnamed one in a multi-stage file, ``""`` in a one-stage file) and ``index`` its position
+    in the stage as BuildKit counts it (``[stage index/total]``: FROM is 1, then every RUN,
+    COPY, ADD and WORKDIR). ``key`` names what the step *is* (its instruction text and its
+    stage's base image, not the build's arguments): a step whose text changes gets a new key and
+    only it is estimated anew. ``chain`` approximates BuildKit's cache key (the key, the steps
+    before it in the stage, the base's digest, the stage's ARG values, the context's files for
+    COPY/ADD, the stages it copies from): a node that ran that chain before has it cached.
+    ``platform`` is where the step runs (its stage's platform), ``emulated`` whether under QEMU
+    on the node. ``seconds`` is this step's estimate and ``basis`` where it came from
+    (``prior``, ``learned``, ``cached``)."""
+
+    stage: str
+    index: int
+    keyword: str
+    text: str
+    key: str
+    chain: str
+    platform: Platform
+    emulated: bool = False
+    seconds: float = 0.0
+    basis: str = "prior"
+    stage_index: int = 0  # the stage's index in the file (0-based), for the critical path
+    after: tuple[int, ...] = attrs.field(default=(), converter=_tuple)  # stages it waits for
+
+
+@attrs.frozen
+class StepTime:
+    """One step as the build reported it: BuildKit's ``#N [stage index/total] TEXT`` then ``#N
+    DONE 1.2s`` or ``#N CACHED`` (buildah: ``STEP index/total: TEXT``, timed between lines).
+    ``stage`` and ``index`` as in :class:`StepPlan`; ``seconds`` the time the engine gave it (0
+    when cached); ``text`` as the engine printed it."""
+
+    stage: str
+    index: int
+    keyword: str
+    text: str
+    seconds: float
+    cached: bool = False
+
+
+@attrs.frozen
+class Estimate:
+    """What ``archfleet_estimate`` may answer instead of ``(seconds, basis)``: the seconds, one
+    line saying where they come from, the parts (:data:`PARTS`, summing to ``seconds``) and the
+    steps the ``work`` part counted (:class:`StepPlan`)."""
+
+    seconds: float
+    basis: str
+    parts: tuple[tuple[str, float], ...] = attrs.field(default=(), converter=_parts)
+    steps: tuple[StepPlan, ...] = attrs.field(default=(), converter=_tuple)
 
 
 @attrs.frozen

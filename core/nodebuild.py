@@ -11,6 +11,7 @@ import time
 
 from . import engine, publish, toolchains
 from .buildkey import LABEL_REUSE_KEY, reuse_key
+from .steps import StepClock, measured_work
 from .context import snapshot_of
 from .dockerfile import analyse
 from .engines import adapter_for
@@ -54,14 +55,23 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
     after it, the child is pushed into the first tag's repository by digest
     (:func:`archfleet.publish.upload`): no tag is created. The result carries the context sync's
     :class:`~archfleet.model.Transfer` when one was sent (``PlatformResult.transfer``), for the
-    learn stage."""
+    learn stage, and the parts its seconds went to (``PlatformResult.parts``: the context sync,
+    the steps' own times as the engine reported them (``PlatformResult.steps``, read from its
+    output by :class:`archfleet.steps.StepClock`), the export and push, and the rest: fixed)."""
     started = time.monotonic()
     facts = job.facts
     adapter = adapter_for(facts.node.engine)
     tag = child_tag(request, option)
     job.status("syncing context")
     ctx_dir, dockerfile, transfer = await job.transport.prepare_context(request, job.reporter)
+    synced = time.monotonic() - started
     job.status("building")
+    clock = StepClock()
+
+    def on_line(line: str) -> None:
+        clock.feed(line)
+        job.log(line)
+
     extra = toolchains.build_args(option.platform, analyse(request).declared_args, request.build_args)
     digest_of_context = await asyncio.to_thread(context_digest, request)
     labels = [(LABEL_CONTEXT, digest_of_context), (LABEL_PLATFORM, str(option.platform))]
@@ -70,11 +80,21 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
         labels.append((LABEL_REUSE_KEY, key))
     image_id = await adapter.build(
         job.transport, facts, platform=option.platform, request=request, tag=tag or "",
-        context=ctx_dir, dockerfile=dockerfile, extra_build_args=extra, extra_labels=labels, on_line=job.log,
+        context=ctx_dir, dockerfile=dockerfile, extra_build_args=extra, extra_labels=labels, on_line=on_line,
     )
+    clock.close()
+    built_at = time.monotonic()
+    timed = clock.steps()
+    work = measured_work(option.steps, timed)
+
+    def parts(total: float, push: float = 0.0) -> tuple:
+        return (("fixed", max(total - synced - work - push, 0.0)), ("transfer", synced), ("work", work),
+                ("push", push))
+
     if not request.push or tag is None:
-        return PlatformResult(option.platform, option, time.monotonic() - started, image_id=image_id, ref=tag,
-                              transfer=transfer)
+        total = time.monotonic() - started
+        return PlatformResult(option.platform, option, total, image_id=image_id, ref=tag,
+                              transfer=transfer, parts=parts(total), steps=timed)
     repository = parse_reference(request.tags[0])
     async with RegistryClient(request.insecure_registries) as client:
         job.status("exporting")
@@ -85,16 +105,20 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
             known=known)
         try:
             built = time.monotonic() - started
+            exported = time.monotonic() - built_at
             await job.ready_to_push()
             job.status("pushing")
             push_started = time.monotonic()
             digest, _, _, counts = await publish.upload(client, prepared, repository)
         finally:
             publish.discard(prepared)
+        pushed_bytes = sum(b.size for b in prepared.blobs if b.path is not None)
     job.log(f"pushed {repository.name}@{digest} (blobs: {counts['uploaded']} uploaded, {counts['mounted']} mounted, "
             f"{counts['skipped']} already there)")
     # the time waiting at the push gate is other platforms' time, not this option's
-    seconds = built + (time.monotonic() - push_started)
+    uploaded = time.monotonic() - push_started
+    seconds = built + uploaded
     return PlatformResult(option.platform, option, seconds, repository=repository.name,
                           digest=digest, ref=f"{repository.name}@{digest}", image_id=image_id, transfer=transfer,
-                          scans=prepared.scans)
+                          scans=prepared.scans, parts=parts(seconds, exported + uploaded), steps=timed,
+                          pushed_bytes=pushed_bytes)

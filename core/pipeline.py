@@ -536,12 +536,34 @@ def metadata(summary: BuildSummary) -> dict:
             "ref": r.ref,
             "image_id": r.image_id,
             "replans": [{"from": old, "why": why} for p, old, why in summary.replans if p == r.platform],
+            "estimate": {"seconds": round(r.option.estimate, 2), "basis": r.option.basis,
+                         "parts": {k: round(v, 2) for k, v in r.option.parts}},
+            "actual": {"seconds": round(r.seconds, 2), "parts": {k: round(v, 2) for k, v in r.parts},
+                       "pushed_bytes": r.pushed_bytes},
+            "steps": step_report(r),
         }
         if request is not None:
             per[str(r.platform)]["dockerfile"] = str(request.dockerfile_for(r.platform))
     doc["archfleet.platforms"] = per
     doc["archfleet.seconds"] = round(summary.seconds, 2)
     return doc
+
+
+def step_report(result: PlatformResult) -> list[dict]:
+    """Each Dockerfile step of ``result``: what the estimate planned (``estimate``, ``basis``)
+    beside what the build reported (``seconds``, ``cached``; None when it did not report the
+    step), in the planned order, then any step the build reported that was not planned."""
+    timed = {(t.stage, t.index, t.keyword): t for t in result.steps}
+    out = []
+    for plan in result.option.steps:
+        t = timed.pop((plan.stage, plan.index, plan.keyword), None)
+        out.append({"stage": plan.stage, "index": plan.index, "step": plan.text, "platform": str(plan.platform),
+                    "emulated": plan.emulated, "estimate": round(plan.seconds, 2), "basis": plan.basis,
+                    "seconds": None if t is None else round(t.seconds, 2), "cached": None if t is None else t.cached})
+    for t in timed.values():
+        out.append({"stage": t.stage, "index": t.index, "step": t.text, "platform": None, "emulated": None,
+                    "estimate": None, "basis": None, "seconds": round(t.seconds, 2), "cached": t.cached})
+    return out
 
 
 def write_metadata(path, summary: BuildSummary) -> None:

@@ -1,10 +1,13 @@
 """Estimates and the schedule: one option per platform, minimising the time the last one ends.
 
-Estimates: a strategy's offer carries a prior (reference work scaled by the node's speed and
-the strategy's factor: native 1, QEMU 8, cross a blend); the built-in ``estimates`` plugin then
-replaces it with history where this context or project was built before, learns the QEMU
-factor per node, and adds the context transfer to remote nodes. Every estimate says in one
-line where it came from (``Option.basis``).
+Estimates come in parts (:data:`archfleet.model.PARTS`): a fixed cost per build on a node,
+the context transfer to a remote node, the work of the Dockerfile's steps, and the push. This
+module holds the *priors* for each part (what archfleet assumes before it has measured
+anything: :func:`fixed_prior`, :func:`step_prior`, :func:`push_prior`, the link rate); the
+built-in ``estimates`` plugin replaces each with what history learned (per node, per step, per
+project) and says where every number came from (``Option.basis``, ``Option.parts``). A
+strategy's offer carries a cruder prior (:func:`prior_seconds`: the same fixed cost and step
+priors, from the Dockerfile's RUN count).
 
 Schedule: each node has ``max_builds`` slots (some possibly busy until a given time). An exact
 branch-and-bound search over the options minimises the makespan (then the sum of the
@@ -17,19 +20,36 @@ from __future__ import annotations
 
 import heapq
 import math
+import re
+import shlex
 from typing import Iterable, Mapping, Sequence
 
 import attrs
 
 from .errors import UsageError
-from .model import BuildRequest, NodeFacts, Option
+from .model import BuildRequest, Estimate, NodeFacts, Option
 from .platforms import Platform, PlatformError, parse_target
 
-BASE_WORK = 2.0  # seconds for a build that RUNs nothing, on a reference node
-RUN_WORK = 4.0  # seconds per RUN instruction, a prior until history knows better
-QEMU_FACTOR = 8.0  # emulated work costs this much more (a prior; 4-20x is typical)
-REFERENCE_CPUS = 2
+# --- priors ---------------------------------------------------------------------------------------
+# Seconds at reference speed (the project VM, one build at a time) unless said. Where each comes
+# from: measured on the lab (docs/benchmarks.md, bench/estimates), not fitted to it.
+
+FIXED_LOCAL = 0.9  # a build on this machine's engine: CLI and BuildKit start, base resolved, image written
+FIXED_REMOTE = 1.3  # the same on an SSH node: every command and the export travel over SSH
+FIXED_CPU_SHARE = 0.4  # of the fixed cost, the share that is CPU work (a slow board takes longer)
+RUN_OVERHEAD = 0.35  # starting a RUN step's container (runc, the mounts): native even under QEMU
+RUN_WORK = 3.0  # a RUN step whose commands archfleet cannot tell (a script, a loop, a tool it does not know)
+COMPILE_WORK = 8.0  # a compiler or build tool (cc, go build, cargo, make, ...)
+DOWNLOAD_WORK = 4.0  # fetching something (wget, curl, git clone): the network's time, not the CPU's
+PACKAGE_WORK = 10.0  # a package manager (apt-get, apk, pip, npm, ...): downloads, then unpacking on the CPU
+COPY_RATE = 150e6  # bytes/s a COPY or ADD from the context writes into a layer
+COPY_OVERHEAD = 0.05  # a COPY, ADD or WORKDIR that moves almost nothing
+QEMU_FACTOR = 8.0  # emulated CPU work costs this much more (a prior; 4-20x is typical; learned per platform)
 LINK_RATE = 50e6  # bytes/s to a remote node, until measured
+PUSH_BASE = 0.15  # reading the export and putting the manifest, when no new layer is big
+PUSH_RATE = 60e6  # bytes/s of new layers compressed (gzip, two threads) and uploaded
+BASE_WORK = FIXED_LOCAL  # the fixed cost of a build, as strategies' offers count it
+REFERENCE_CPUS = 2
 EXACT_LIMIT = 50_000  # largest search space (product of option counts) searched exactly
 
 
@@ -38,6 +58,157 @@ def node_speed(facts: NodeFacts) -> float:
     cores = (max(facts.cpus, 1) / REFERENCE_CPUS) ** 0.5  # builds use more than one core, not linearly
     busy = 1.0 + max(facts.load - facts.cpus, 0.0) / max(facts.cpus, 1)
     return (facts.score or 1.0) * cores / busy
+
+
+def fixed_prior(facts: NodeFacts | None) -> float:
+    """Seconds a build costs on ``facts``' node whatever it builds (the ``fixed`` part), before
+    any build there was measured: :data:`FIXED_LOCAL` on this machine, :data:`FIXED_REMOTE` on a
+    node reached through a transport (SSH), of which :data:`FIXED_CPU_SHARE` is CPU work and
+    scales with the node's speed (:func:`node_speed`; the rest is waiting on the engine, the
+    registry and the link)."""
+    base = FIXED_LOCAL if facts is None or facts.node.transport == "local" else FIXED_REMOTE
+    speed = node_speed(facts) if facts is not None else 1.0
+    return base * ((1 - FIXED_CPU_SHARE) + FIXED_CPU_SHARE / max(speed, 1e-3))
+
+
+def push_prior(nbytes: int) -> float:
+    """Seconds to compress and upload ``nbytes`` of new layers (the ``push`` part), before the
+    node's rate to the registry was measured: :data:`PUSH_BASE` + bytes / :data:`PUSH_RATE`."""
+    return PUSH_BASE + max(nbytes, 0) / PUSH_RATE
+
+
+@attrs.frozen
+class StepPrior:
+    """What a Dockerfile step costs before it was ever timed, at reference speed: ``io`` seconds
+    that do not depend on the CPU (waiting: a sleep, the network, the container starting) and
+    ``cpu`` seconds that do (and run ``QEMU_FACTOR`` times slower emulated); ``kind`` says which
+    rule gave it (``sleep``, ``trivial``, ``download``, ``package``, ``compile``, ``unknown``,
+    ``copy``, ``none``)."""
+
+    io: float
+    cpu: float
+    kind: str
+
+    @property
+    def cpu_share(self) -> float:
+        """The fraction of the step's native time that is CPU (0 when it takes no time)."""
+        total = self.io + self.cpu
+        return self.cpu / total if total > 0 else 0.0
+
+
+# what a command's first word says about its cost (module doc of the rules in docs/concepts.md)
+_TRIVIAL = frozenset("""echo printf mkdir cp ln chmod chown chgrp touch true false rm rmdir mv cat test [ cd
+    export set : ls env id whoami uname date basename dirname head tail tee sed grep awk cut tr sort uniq wc
+    stat readlink realpath install adduser addgroup useradd groupadd usermod exit umask unset pwd sync
+    ldconfig update-ca-certificates""".split())
+_DOWNLOAD = frozenset("wget curl git svn hg scp rsync aria2c".split())
+_PACKAGE = frozenset("""apt-get apt aptitude dpkg apk dnf yum microdnf zypper pacman emerge pip pip3 pipx poetry
+    uv conda mamba npm yarn pnpm bun gem bundle composer cpanm""".split())
+_COMPILE = frozenset("""cc gcc g++ c++ clang clang++ zig go cargo rustc rustup make gmake cmake ninja meson
+    javac mvn gradle dotnet tsc webpack esbuild vite ghc stack cabal swift swiftc ld strip upx""".split())
+_WRAPPERS = frozenset("exec time nice ionice sudo env nohup command xargs".split())
+_SLEEP = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)([smhd]?)$")
+_SLEEP_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SEPARATORS = frozenset({"&&", "||", ";", "|", "&", "(", ")", ";;", "\n", "{", "}"})
+
+
+def _commands(text: str) -> list[list[str]]:
+    """The simple commands of a shell command line: their words, split on ``&&``, ``||``, ``;``,
+    ``|`` and newlines (a rough reading: quotes respected, nothing expanded)."""
+    try:
+        lex = shlex.shlex(text.replace("\\\n", " "), posix=True, punctuation_chars=";&|()")
+        lex.whitespace = " \t\r"
+        lex.wordchars += "-./:=$@%+,~[]{}*?!#^"
+        tokens = list(lex)
+    except ValueError:  # an unbalanced quote: words as they are
+        tokens = text.split()
+    out: list[list[str]] = [[]]
+    for tok in tokens:
+        if tok in _SEPARATORS or set(tok) <= set(";&|()\n"):
+            if out[-1]:
+                out.append([])
+        else:
+            out[-1].append(tok)
+    return [c for c in out if c]
+
+
+def _command_name(words: Sequence[str]) -> tuple[str, list[str]]:
+    """The program a simple command runs (assignments and wrappers like ``exec``/``sudo`` skipped) and its arguments."""
+    i = 0
+    while i < len(words) and (re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[i]) or words[i] in _WRAPPERS
+                              or (i and words[i - 1] in ("env", "nice", "xargs") and words[i].startswith("-"))):
+        i += 1
+    if i >= len(words):
+        return "", []
+    return words[i].rsplit("/", 1)[-1], list(words[i + 1:])
+
+
+def step_prior(keyword: str, words: Sequence[str], *, json: bool = False, context_bytes: int = 0,
+               from_context: bool = False) -> StepPrior:
+    """The prior cost of one Dockerfile step (``keyword`` upper case, ``words`` as the Dockerfile
+    parser gives them), at reference speed, by what its commands are:
+
+    - RUN: :data:`RUN_OVERHEAD` (io) plus, per command, ``sleep N`` N seconds of io; a trivial
+      command (echo, mkdir, cp, ...) nothing; a download (wget, curl, git) :data:`DOWNLOAD_WORK`
+      (90% io); a package manager (apt-get, apk, pip, npm, ...) :data:`PACKAGE_WORK` (half io,
+      half CPU); a compiler or build tool (cc, go, cargo, make, ...) :data:`COMPILE_WORK` of CPU;
+      anything else (a script, a loop, a tool not listed) :data:`RUN_WORK` of CPU, counted once
+      per step. The same command word counts once per step.
+    - COPY/ADD from the context (``from_context``): ``context_bytes`` / :data:`COPY_RATE` (io);
+      from a stage or image, and WORKDIR: :data:`COPY_OVERHEAD`. ADD of a URL is a download.
+    - anything else: nothing (it runs no step of its own).
+    """
+    if keyword == "RUN":
+        commands = [list(words)] if json else _commands(" ".join(words))
+        io, cpu = RUN_OVERHEAD, 0.0
+        kinds: set[str] = set()
+        seen: set[str] = set()
+        unknown = False
+        for cmd in commands:
+            name, args = _command_name(cmd)
+            if not name:
+                continue
+            if name == "sleep":
+                total = 0.0
+                for a in args:
+                    m = _SLEEP.match(a)
+                    if m:
+                        total += float(m.group(1)) * _SLEEP_UNIT[m.group(2)]
+                io += total
+                kinds.add("sleep")
+                continue
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in _TRIVIAL:
+                kinds.add("trivial")
+            elif name in _DOWNLOAD:
+                io, cpu = io + 0.9 * DOWNLOAD_WORK, cpu + 0.1 * DOWNLOAD_WORK
+                kinds.add("download")
+            elif name in _PACKAGE:
+                io, cpu = io + 0.5 * PACKAGE_WORK, cpu + 0.5 * PACKAGE_WORK
+                kinds.add("package")
+            elif name in _COMPILE:
+                cpu += COMPILE_WORK
+                kinds.add("compile")
+            else:
+                unknown = True
+        if unknown:
+            cpu += RUN_WORK
+            kinds.add("unknown")
+        for kind in ("compile", "package", "download", "unknown", "sleep", "trivial"):
+            if kind in kinds:
+                return StepPrior(round(io, 3), round(cpu, 3), kind)
+        return StepPrior(io, cpu, "trivial")
+    if keyword in ("COPY", "ADD"):
+        if keyword == "ADD" and any(re.match(r"^(https?|git)://", w) for w in words[:-1]):
+            return StepPrior(COPY_OVERHEAD + DOWNLOAD_WORK, 0.0, "download")
+        if from_context:
+            return StepPrior(COPY_OVERHEAD + max(context_bytes, 0) / COPY_RATE, 0.0, "copy")
+        return StepPrior(COPY_OVERHEAD, 0.0, "copy")
+    if keyword == "WORKDIR":
+        return StepPrior(COPY_OVERHEAD, 0.0, "trivial")
+    return StepPrior(0.0, 0.0, "none")
 
 
 def _runs(request: BuildRequest) -> int:
@@ -50,15 +221,17 @@ def _runs(request: BuildRequest) -> int:
 
 
 def reference_work(request: BuildRequest) -> float:
-    """Seconds of work at reference speed, from the Dockerfile (RUN count), before history."""
+    """Seconds of a build at reference speed, from the Dockerfile's RUN count, before history:
+    :data:`BASE_WORK` + :data:`RUN_WORK` per RUN (a strategy's offer; the ``estimates`` plugin
+    counts each step by what it runs instead)."""
     return BASE_WORK + RUN_WORK * _runs(request)
 
 
 def prior_seconds(request: BuildRequest, facts: NodeFacts, *, emulated: bool, share: float = 1.0) -> float:
-    """A first estimate: reference work (or ``share`` of it) scaled by node speed; under
-    emulation only the RUN work is slowed by the QEMU factor. The fixed part (resolving the
-    base, exporting, pushing) runs natively whatever the platform: an image that RUNs nothing
-    executes nothing under QEMU."""
+    """A first estimate for a strategy's offer: reference work (or ``share`` of it) scaled by
+    node speed; under emulation only the RUN work is slowed by the QEMU factor. The fixed part
+    (resolving the base, exporting, pushing) runs natively whatever the platform: an image that
+    RUNs nothing executes nothing under QEMU."""
     run_work = RUN_WORK * _runs(request) * (QEMU_FACTOR if emulated else 1.0)
     return round((BASE_WORK + run_work) * share / node_speed(facts), 2)
 
@@ -311,14 +484,23 @@ def _exact(order, by_platform, capacity, busy) -> list[Option]:
 
 # --- estimates ------------------------------------------------------------------------------------
 
-def apply_estimates(options: Sequence[Option], answers: Sequence[tuple[float, str] | None]) -> list[Option]:
+def apply_estimates(options: Sequence[Option], answers: Sequence["Estimate | tuple[float, str] | None"]) -> list[Option]:
     """``options`` with the refined estimates the pipeline got from ``archfleet_estimate``:
-    ``answers[i]`` is ``(seconds, basis)`` for ``options[i]``, or None to keep its offer's estimate.
-    Seconds are rounded to 10 ms (the plan prints them)."""
+    ``answers[i]`` is an :class:`~archfleet.model.Estimate` (or ``(seconds, basis)``) for
+    ``options[i]``, or None to keep its offer's estimate. Seconds (and parts) are rounded to 10 ms
+    (the plan prints them); the parts and the planned steps ride on the option."""
     if len(options) != len(answers):
         raise ValueError("one answer per option")
-    return [opt if got is None else attrs.evolve(opt, estimate=round(got[0], 2), basis=got[1])
-            for opt, got in zip(options, answers)]
+    out = []
+    for opt, got in zip(options, answers):
+        if got is None:
+            out.append(opt)
+        elif isinstance(got, tuple):
+            out.append(attrs.evolve(opt, estimate=round(got[0], 2), basis=got[1]))
+        else:
+            out.append(attrs.evolve(opt, estimate=round(got.seconds, 2), basis=got.basis,
+                                    parts=tuple((k, round(v, 2)) for k, v in got.parts), steps=got.steps))
+    return out
 
 
 # --- fallback -------------------------------------------------------------------------------------

@@ -1,44 +1,145 @@
-"""The built-in ``estimates`` plugin: history first, then the strategy's prior, plus transfer.
+"""The built-in ``estimates`` plugin: every option's estimate in parts, each learned on its own.
 
-- this context (or, failing that, this project) was built with this option before: the median
-  of the last runs;
-- else the offer's prior, rescaled by this project's typical work if known, with the QEMU
-  factor learned on that node for emulated options;
-- plus sending the context to a remote node that has not seen it (bytes / the link rate
-  measured on earlier syncs to that node, or an assumed 50 MB/s).
+An option's seconds are the sum of four parts (``archfleet.model.PARTS``), each from history
+when it knows, else from its prior (``archfleet.planner``):
+
+- ``fixed``: what any build costs on that node (the engine starting, the base resolved, the
+  image written and read back): the median of the last builds of this project on that node,
+  else of any project on that node, else the prior (``fixed_prior``: this machine or a remote
+  node, its CPU share scaled by the node's speed). Never another node's: one slow board's
+  builds must not make the fast host look slow;
+- ``transfer``: sending the context to a remote node that has not built it: its bytes / the
+  link rate measured on earlier syncs to that node (or an assumed 50 MB/s);
+- ``work``: the Dockerfile's steps (``archfleet.steps``), each estimated from the times that
+  very step took before (natively or under QEMU, on any node, moved to this node's speed by
+  its CPU share), else its prior by what it runs; a step this node's BuildKit has cached (it ran
+  the same chain there this week, and no ``--no-cache``) costs nothing. Summed along the
+  longest chain of stages;
+- ``push`` (only with ``--push``): compressing and uploading the new layers: the median of this
+  project's last pushes for this platform (else any platform), else the bytes it pushed (or the
+  context's, when the target copies it in) at the rate learned for that node's pushes.
+
+The answer is an ``Estimate``: seconds, one line of where they come from, the parts and the
+planned steps (the learn stage pairs those with the steps the build reports).
 """
 
 from __future__ import annotations
 
-from archfleet.api import LINK_RATE, QEMU_FACTOR, hookimpl, node_speed, reference_work
+import statistics
+
+import attrs
+
+from archfleet.api import (LINK_RATE, PUSH_BASE, PUSH_RATE, QEMU_FACTOR, Estimate, fixed_prior, hookimpl,
+                           node_speed, push_prior, steps)
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fixed_part(option, facts, history) -> tuple[float, str]:
+    """(seconds, basis) of the ``fixed`` part: learned as the module says, else the prior."""
+    if history is not None:
+        # never another node's: one build on a slow board must not make the fast host look slow
+        for where, basis in (({"project_key": history.project_key, "node": option.node}, f"this project on {option.node}"),
+                             ({"node": option.node}, f"builds on {option.node}")):
+            rows = history.part_rows(limit=5, **where)
+            got = _median(r[2] for r in rows)
+            if got is not None:
+                return got, f"learned ({basis}, {len(rows)} run{'s' if len(rows) > 1 else ''})"
+    where = "this machine" if facts is None or facts.node.transport == "local" else "a remote node"
+    return fixed_prior(facts), f"prior ({where})"
+
+
+def _push_rate(rows) -> tuple[float, float, bool]:
+    """(base seconds, bytes/s, learned) of a node's pushes: the base from the small ones, the
+    rate from the big ones, each the prior without such pushes."""
+    small = [r[5] for r in rows if r[5] is not None and (r[6] or 0) < (1 << 20)]
+    base = _median(small) if small else PUSH_BASE
+    rates = [r[6] / (r[5] - base) for r in rows if r[5] is not None and (r[6] or 0) >= (4 << 20) and r[5] > base + 0.05]
+    rate = _median(rates) if rates else PUSH_RATE
+    return base, rate, bool(small or rates)
+
+
+def push_part(option, request, plans, history) -> tuple[float, str]:
+    """(seconds, basis) of the ``push`` part (0 without ``--push``)."""
+    if not request.push:
+        return 0.0, "no push"
+    project_rows = ()
+    if history is not None:
+        project_rows = history.part_rows(project_key=history.project_key, platform=str(option.platform), limit=3)
+        got = _median(r[5] for r in project_rows)
+        if got is not None:
+            return got, "learned (this project's pushes of this platform)"
+        project_rows = history.part_rows(project_key=history.project_key, limit=5)
+    nbytes = _median(r[6] for r in project_rows)
+    said = "as this project's last pushes"
+    if nbytes is None:
+        copies = any(p.keyword in ("COPY", "ADD") and " --from" not in p.text and p.stage_index == plans[-1].stage_index
+                     for p in plans) if plans else False
+        nbytes = history.context_bytes if copies and history is not None else 0
+        said = "the context copied in" if copies else "nothing big"
+    base, rate, learned = _push_rate(history.part_rows(node=option.node, limit=20) if history is not None else ())
+    seconds = base + nbytes / rate if learned else push_prior(int(nbytes))
+    return seconds, (f"{nbytes / 1e6:.1f} MB ({said}) at {rate / 1e6:.0f} MB/s "
+                     + (f"learned on {option.node}" if learned else "(prior)"))
+
+
+def transfer_part(option, facts, history) -> tuple[float, str]:
+    """(seconds, basis) of the ``transfer`` part: a remote node that has not built this context."""
+    if facts is None or facts.node.transport == "local" or history is None or history.synced_before(option.node):
+        return 0.0, ""
+    rate = facts.link_rate or LINK_RATE
+    seconds = history.context_bytes / rate
+    return seconds, (f"{history.context_bytes / 1e6:.1f} MB at {rate / 1e6:.0f} MB/s "
+                     + ("(measured)" if facts.link_rate else "(assumed)"))
+
+
+def work_part(option, request, facts, history):
+    """(seconds, basis, planned steps with their estimates) of the ``work`` part."""
+    files_key = history.files_key if history is not None else ""
+    plans = steps.planned(request, option.platform, facts.native, facts.emulated, files_key)
+    if not plans:
+        return 0.0, "no steps", ()
+    speed = node_speed(facts)
+    cached = (history.cached_chains(option.node, [p.chain for p in plans])
+              if history is not None and not request.no_cache else frozenset())
+    times = history.step_times([p.key for p in plans]) if history is not None else {}
+    factors = history.qemu_factors() if history is not None else {}
+    context_bytes = history.context_bytes if history is not None else 0
+    out = []
+    seconds = {}
+    counts: dict[str, int] = {}
+    for plan in plans:
+        if plan.chain in cached:
+            got, basis = steps.CACHED_SECONDS, "cached"
+        else:
+            prior = steps.prior_of(plan, request, context_bytes)
+            qemu = factors.get(str(plan.platform), QEMU_FACTOR)
+            got, basis = steps.estimate(plan, prior, steps.observations(times.get(plan.key, ())), speed, qemu)
+        seconds[(plan.stage_index, plan.index)] = got
+        out.append(attrs.evolve(plan, seconds=round(got, 3), basis=basis))
+        kind = basis.split(" ", 1)[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    total = steps.critical_path(out, seconds)
+    said = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    return total, f"{len(out)} step{'s' if len(out) > 1 else ''}: {said}", tuple(out)
 
 
 @hookimpl
 def archfleet_estimate(option, request, facts, history):
-    if history is None:
-        return None
-    past = history.past(option)
-    if past is not None:
-        return past.seconds, f"median of the last {past.runs} builds of {past.basis} with this option"
-    seconds = option.estimate
-    notes = [f"prior {option.estimate:.1f}s (Dockerfile work / node speed {node_speed(facts):.2f}"
-             + (f", RUN steps x qemu {QEMU_FACTOR:g}" if option.emulated else "") + ")"] if facts else ["prior"]
-    try:
-        work = history.db.project_work(history.project_key)
-        learned = history.db.qemu_factor(option.node) if option.emulated else None
-    except Exception:
-        work = learned = None
-    if work:
-        scale = work / reference_work(request)
-        seconds *= scale
-        notes.append(f"x{scale:.2f} for this project's past work")
-    if learned:
-        seconds *= learned / QEMU_FACTOR
-        notes.append(f"qemu factor {learned:.1f} learned on {option.node}")
-    if facts is not None and facts.node.transport != "local" and not history.synced_before(option.node):
-        rate = facts.link_rate or LINK_RATE
-        transfer = history.context_bytes / rate
-        seconds += transfer
-        notes.append(f"+{transfer:.1f}s to send {history.context_bytes / 1e6:.1f} MB at {rate / 1e6:.0f} MB/s "
-                     + ("(measured)" if facts.link_rate else "(assumed)"))
-    return round(seconds, 2), "; ".join(notes)
+    if facts is None or not facts.native:
+        return None  # nothing known of the node: the offer's prior stands
+    work, work_basis, plans = work_part(option, request, facts, history)
+    fixed, fixed_basis = fixed_part(option, facts, history)
+    transfer, transfer_basis = transfer_part(option, facts, history)
+    push, push_basis = push_part(option, request, plans, history)
+    parts = (("fixed", fixed), ("transfer", transfer), ("work", work), ("push", push))
+    notes = [f"fixed {fixed:.1f}s {fixed_basis}"]
+    if transfer_basis:
+        notes.append(f"transfer {transfer:.1f}s: {transfer_basis}")
+    notes.append(f"work {work:.1f}s ({work_basis})")
+    if request.push:
+        notes.append(f"push {push:.1f}s: {push_basis}")
+    return Estimate(round(sum(v for _, v in parts), 2), "; ".join(notes), parts, plans)
