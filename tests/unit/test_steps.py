@@ -1,0 +1,335 @@
+"""Estimates in parts and per Dockerfile step (issue 17): reading BuildKit's own step timings
+from the build's output, planning a build's steps and their keys, the step priors, what a step
+learns from its past times, the parts the ``estimates`` plugin answers, and where the parts are
+shown (``archfleet plan``) and recorded (``--metadata-file``, against its JSON schema)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import attrs
+import pytest
+
+from archfleet import cli, pipeline, steps
+from archfleet.history import view_for
+from archfleet.learn import Lessons, keep, steps_of
+from archfleet.model import PARTS, BuildRequest, NodeFacts, NodeSpec, Option, PlatformResult, StepTime
+from archfleet.planner import COMPILE_WORK, QEMU_FACTOR, RUN_OVERHEAD, Plan, Scheduled, node_speed, step_prior
+from archfleet.platforms import parse
+from archfleet.plugins import estimates as plugin
+
+REPO = Path(__file__).resolve().parent.parent.parent
+AMD, ARM = parse("linux/amd64"), parse("linux/arm64")
+BASE = "127.0.0.1:5000/archfleet/busybox:latest"
+
+TWO_STAGES = f"""FROM {BASE} AS build
+RUN sleep 2
+RUN cc -O2 -o /x x.c
+FROM scratch
+COPY --from=build /x /x
+COPY . /src
+"""
+
+# what dockerd 20.10's BuildKit printed for TWO_STAGES (--progress=plain, --platform linux/arm64)
+BUILDKIT_PLAIN = """\
+#1 [internal] load build definition from Dockerfile
+#1 transferring dockerfile: 160B done
+#1 DONE 0.0s
+
+#2 [internal] load .dockerignore
+#2 DONE 0.0s
+
+#3 [internal] load metadata for 127.0.0.1:5000/archfleet/busybox:latest
+#3 DONE 0.1s
+
+#4 [linux/arm64 build 1/3] FROM 127.0.0.1:5000/archfleet/busybox:latest@sha256:0123
+#4 DONE 0.3s
+
+#5 [linux/arm64 build 2/3] RUN sleep 2
+#5 DONE 2.1s
+
+#6 [linux/arm64 build 3/3] RUN cc -O2 -o /x x.c
+#6 0.512 warning: something the compiler said
+#6 DONE 17.25s
+
+#7 [internal] load build context
+#7 transferring context: 40B done
+#7 DONE 0.0s
+
+#8 [linux/arm64 stage-1 2/3] COPY --from=build /x /x
+#8 CACHED
+
+#9 [linux/arm64 stage-1 3/3] COPY . /src
+#9 DONE 0.04s
+
+#10 exporting to image
+#10 exporting layers 0.1s done
+#10 DONE 0.2s
+"""
+
+
+def facts(name="local", native=(AMD,), emulated=(ARM,), transport="local", score=1.0, **settings):
+    return NodeFacts(NodeSpec(name, transport=transport, settings=settings), True, native=native, emulated=emulated,
+                     builder="buildkit", engine_cli=["docker"], cpus=2, score=score)
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    d = tmp_path / "ctx"
+    d.mkdir()
+    (d / "Dockerfile").write_text(TWO_STAGES)
+    (d / "x.c").write_text("int main(void) { return 0; }\n")
+    return d
+
+
+def request_for(ctx, text=None, push=False, platforms=(ARM,)):
+    if text is not None:
+        (ctx / "Dockerfile").write_text(text)
+    return BuildRequest(ctx, ctx / "Dockerfile", list(platforms),
+                        tags=["127.0.0.1:5000/estimates/t:1"] if push else [], push=push)
+
+
+# --- BuildKit's own step timings -------------------------------------------------------------------
+
+def test_the_step_clock_reads_each_steps_own_time_from_buildkits_plain_progress():
+    """Rule: a step's time is BuildKit's ``#N DONE s`` for the vertex ``#N [stage k/n] TEXT``
+    (platform prefix dropped), ``#N CACHED`` is 0 s and cached; FROM and BuildKit's own vertices
+    (internal, exporting) are not steps; output lines in between change nothing."""
+    clock = steps.StepClock()
+    for line in BUILDKIT_PLAIN.splitlines():
+        clock.feed(line)
+    assert clock.steps() == (
+        StepTime("build", 2, "RUN", "RUN sleep 2", 2.1),
+        StepTime("build", 3, "RUN", "RUN cc -O2 -o /x x.c", 17.25),
+        StepTime("stage-1", 2, "COPY", "COPY --from=build /x /x", 0.0, cached=True),
+        StepTime("stage-1", 3, "COPY", "COPY . /src", 0.04),
+    )
+
+
+def test_the_step_clock_reads_a_one_stage_file_and_ignores_unfinished_and_garbled_lines():
+    clock = steps.StepClock()
+    for line in ["#4 [1/3] FROM docker.io/library/busybox", "#4 DONE 0.1s", "#5 [2/3] RUN make -j2",
+                 "#5 DONE 3.0s", "#6 [3/3] RUN sleep 9", "#6 ERROR: process did not complete", "#x [y] z",
+                 "#7 DONE notanumber", "\x00\xff garbage"]:
+        clock.feed(line)
+    assert clock.steps() == (StepTime("", 2, "RUN", "RUN make -j2", 3.0),)
+
+
+def test_the_step_clock_times_buildahs_steps_between_lines():
+    """Rule: podman prints no durations: a STEP lasts from its line to the next STEP or COMMIT."""
+    now = iter([0.0, 1.0, 1.5, 4.5, 5.0])
+    clock = steps.StepClock(now=lambda: next(now))
+    for line in ["STEP 1/3: FROM busybox", "STEP 2/3: RUN sleep 3", "some output", "STEP 3/3: COPY . /src",
+                 "COMMIT img"]:
+        clock.feed(line)
+    assert clock.steps() == (StepTime("", 2, "RUN", "RUN sleep 3", 3.5), StepTime("", 3, "COPY", "COPY . /src", 0.5))
+
+
+def test_parse_vertex_names_the_stage_and_position():
+    assert steps.parse_vertex("linux/arm64 build 2/3") == ("build", 2)
+    assert steps.parse_vertex("stage-1 3/3") == ("stage-1", 3)
+    assert steps.parse_vertex("2/4") == ("", 2)
+    assert steps.parse_vertex("internal") is None
+
+
+# --- the steps a build runs, and their keys --------------------------------------------------------
+
+def test_planned_steps_are_numbered_as_buildkit_numbers_them_and_join_its_report(ctx):
+    req = request_for(ctx)
+    plans = steps.planned(req, ARM, [AMD], [ARM])
+    assert [(p.stage, p.index, p.keyword, p.emulated) for p in plans] == [
+        ("build", 2, "RUN", True), ("build", 3, "RUN", True), ("stage-1", 2, "COPY", False),
+        ("stage-1", 3, "COPY", False)]
+    assert plans[2].after == (0,)  # the COPY --from=build waits for the build stage
+    clock = steps.StepClock()
+    for line in BUILDKIT_PLAIN.splitlines():
+        clock.feed(line)
+    pairs = steps.join(plans, clock.steps())
+    assert [(p.index, t.seconds) for p, t in pairs] == [(2, 2.1), (3, 17.25), (2, 0.0), (3, 0.04)]
+    # the work part measured: the steps along the longest chain (here one chain: their sum)
+    assert steps.measured_work(plans, clock.steps()) == pytest.approx(2.1 + 17.25 + 0.04)
+
+
+def test_a_changed_step_gets_a_new_key_and_the_other_steps_keep_theirs(ctx):
+    """Rule (issue 17): history is keyed so that a change to one step only re-estimates that
+    step: the key is the step's text and its stage's base; the chain (cache) of every later step
+    in the stage changes too, as BuildKit's cache does."""
+    before = steps.planned(request_for(ctx), ARM, [AMD], [ARM])
+    steps._planned.cache_clear()
+    after = steps.planned(request_for(ctx, TWO_STAGES.replace("sleep 2", "sleep 3")), ARM, [AMD], [ARM])
+    assert before[0].key != after[0].key
+    assert [p.key for p in before[1:]] == [p.key for p in after[1:]]
+    assert before[1].chain != after[1].chain  # its cache is gone: it runs again
+
+
+def test_a_build_arg_value_changes_the_chain_of_the_steps_that_declare_it_but_not_the_key(ctx):
+    text = f"FROM {BASE}\nARG N\nRUN echo $N\n"
+    one = steps.planned(attrs.evolve(request_for(ctx, text), build_args=[("N", "1")]), AMD, [AMD], [])
+    two = steps.planned(attrs.evolve(request_for(ctx, text), build_args=[("N", "2")]), AMD, [AMD], [])
+    assert one[0].key == two[0].key and one[0].chain != two[0].chain
+
+
+# --- priors by what a step runs --------------------------------------------------------------------
+
+@pytest.mark.parametrize("command,kind,io,cpu", [
+    ("sleep 20", "sleep", RUN_OVERHEAD + 20, 0.0),
+    ("sleep 1m", "sleep", RUN_OVERHEAD + 60, 0.0),
+    ("mkdir -p /a && echo hi > /a/b", "trivial", RUN_OVERHEAD, 0.0),
+    ("cc -O2 -o /x x.c && strip /x", "compile", RUN_OVERHEAD, 2 * COMPILE_WORK),
+])
+def test_a_steps_prior_follows_what_its_commands_are(command, kind, io, cpu):
+    """Rule: a sleep or a download is io (not multiplied by the QEMU factor), a compiler is CPU."""
+    got = step_prior("RUN", command.split())
+    assert (got.kind, got.io, got.cpu) == (kind, pytest.approx(io), pytest.approx(cpu))
+
+
+def test_a_download_is_mostly_io():
+    got = step_prior("RUN", ["wget", "-O", "/f", "http://10.0.0.1/big"])
+    assert got.kind == "download" and got.cpu_share < 0.2
+
+
+def test_a_sleep_is_not_multiplied_by_the_qemu_factor_and_a_compile_is(ctx):
+    plans = steps.planned(request_for(ctx), ARM, [AMD], [ARM])
+    sleep, compile_ = plans[0], plans[1]
+    got, basis = steps.estimate(sleep, step_prior("RUN", ["sleep", "2"]), [], speed=1.0)
+    assert got == pytest.approx(RUN_OVERHEAD + 2) and basis == "prior (sleep)"
+    got, _ = steps.estimate(compile_, step_prior("RUN", "cc -O2 -o /x x.c".split()), [], speed=1.0)
+    assert got == pytest.approx(RUN_OVERHEAD + COMPILE_WORK * QEMU_FACTOR)
+
+
+# --- learned step times ----------------------------------------------------------------------------
+
+def test_a_step_seen_natively_and_under_qemu_learns_its_cpu_share():
+    """Rule: r = emulated / native = 1 - f + f * qemu gives the CPU share f; a sleep (r = 1) is io."""
+    prior = step_prior("RUN", ["./script"])
+    native, emulated = steps.Observation(2.0, 1.0, "linux/amd64", False), steps.Observation(2.1, 1.0, "linux/arm64", True)
+    share, learned = steps.cpu_share([native, emulated], prior, QEMU_FACTOR)
+    assert learned and share < 0.05
+    compiled = steps.Observation(9.0, 1.0, "linux/arm64", True)
+    share, _ = steps.cpu_share([steps.Observation(1.0, 1.0, "linux/amd64", False), compiled], prior, 9.0)
+    assert share == pytest.approx(1.0)
+
+
+def test_a_step_timed_natively_is_moved_to_qemu_by_its_learned_share_only(ctx):
+    plans = steps.planned(request_for(ctx), ARM, [AMD], [ARM])
+    obs = [steps.Observation(5.0, 1.0, "linux/amd64", False)]
+    got, basis = steps.estimate(plans[1], step_prior("RUN", "cc -O2 -o /x x.c".split()), obs, speed=1.0)
+    assert basis.startswith("learned natively, moved by qemu")
+    prior = step_prior("RUN", "cc -O2 -o /x x.c".split())
+    assert got == pytest.approx(5.0 * ((1 - prior.cpu_share) + prior.cpu_share * QEMU_FACTOR))
+    # the same platform and emulation ran before: its median, as it was
+    same = [steps.Observation(s, 1.0, "linux/arm64", True) for s in (30.0, 31.0, 40.0)]
+    assert steps.estimate(plans[1], prior, same, speed=1.0) == (31.0, "learned from 3 runs")
+
+
+def test_the_critical_path_runs_independent_stages_at_once():
+    a = [steps.StepPlan("a", 2, "RUN", "RUN x", "k1", "c1", AMD, stage_index=0),
+         steps.StepPlan("b", 2, "RUN", "RUN y", "k2", "c2", AMD, stage_index=1),
+         steps.StepPlan("c", 2, "COPY", "COPY --from=a", "k3", "c3", AMD, stage_index=2, after=(0, 1))]
+    assert steps.critical_path(a, {(0, 2): 5.0, (1, 2): 3.0, (2, 2): 1.0}) == 6.0
+
+
+# --- learning and the plugin's parts ---------------------------------------------------------------
+
+def test_the_learn_stage_keeps_each_reported_step_and_the_next_estimate_uses_it(ctx, tmp_path):
+    """A first build is estimated from priors; once the learn stage kept its parts and step times,
+    the same build is estimated from them (and a step this node ran this week is cached)."""
+    req = request_for(ctx)
+    node = facts()
+    db = tmp_path / "h.sqlite"
+    option = Option(ARM, "qemu", "local", 1.0, emulated=True)
+    first = plugin.archfleet_estimate(option=option, request=req, facts=node, history=view_for(req, db))
+    assert [k for k, _ in first.parts] == list(PARTS)
+    assert first.seconds == pytest.approx(sum(v for _, v in first.parts), abs=0.02)
+    assert all(s.basis.startswith("prior") for s in first.steps)
+    clock = steps.StepClock()
+    for line in BUILDKIT_PLAIN.replace("#8 CACHED", "#8 DONE 0.05s").splitlines():
+        clock.feed(line)
+    result = PlatformResult(ARM, attrs.evolve(option, steps=first.steps), 21.0, steps=clock.steps(),
+                            parts={"fixed": 1.5, "transfer": 0.0, "work": 19.4, "push": 0.1})
+    assert [r[4] for r in steps_of(result)] == [2.1, 17.25, 0.05, 0.04]
+    keep(Lessons(results=[result], speeds={"local": node_speed(node)}, history=view_for(req, db)))
+    # a changed compile flag: a new key for that step, and no cache from here on
+    steps._planned.cache_clear()
+    changed = request_for(ctx, TWO_STAGES.replace("-O2", "-O3"))
+    second = plugin.archfleet_estimate(option=option, request=changed, facts=node, history=view_for(changed, db))
+    by_index = {(s.stage, s.index): s for s in second.steps}
+    assert by_index[("build", 2)].basis == "cached"
+    assert by_index[("build", 3)].basis.startswith("prior")  # the changed step alone is estimated anew
+    assert dict(second.parts)["fixed"] == pytest.approx(1.5)
+    # another node: nothing cached there, the sleep's learned time (not multiplied by the QEMU factor)
+    other = facts("n1", transport="ssh", host="10.0.0.1")
+    third = plugin.archfleet_estimate(option=attrs.evolve(option, node="n1"), request=changed, facts=other,
+                                      history=view_for(changed, db))
+    sleep = {(s.stage, s.index): s for s in third.steps}[("build", 2)]
+    assert sleep.basis == "learned from 1 run" and sleep.seconds == pytest.approx(2.1)
+
+
+def test_the_push_part_is_counted_only_with_push(ctx, tmp_path):
+    node = facts()
+    option = Option(AMD, "native", "local", 1.0)
+    no_push = plugin.archfleet_estimate(option=option, request=request_for(ctx, platforms=(AMD,)), facts=node,
+                                        history=view_for(request_for(ctx), tmp_path / "h.sqlite"))
+    assert dict(no_push.parts)["push"] == 0.0
+    req = request_for(ctx, push=True, platforms=(AMD,))
+    push = plugin.archfleet_estimate(option=option, request=req, facts=node, history=view_for(req, tmp_path / "h.sqlite"))
+    assert dict(push.parts)["push"] > 0 and "push" in push.basis
+
+
+# --- shown and recorded ----------------------------------------------------------------------------
+
+@pytest.fixture
+def one_node(monkeypatch, tmp_path, ctx):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for var in ("ARCHFLEET_NODES", "ARCHFLEET_ENGINE_CLI", "ARCHFLEET_DEBUG", "ARCHFLEET_HISTORY"):
+        monkeypatch.delenv(var, raising=False)
+
+    async def probe(hooks, config, session, nodes=None):
+        return {"local": facts()}
+
+    monkeypatch.setattr(pipeline, "probe", probe)
+
+
+def test_plan_shows_the_parts_and_each_step(capsys, one_node):
+    assert cli.main(["plan", "--platform", "linux/arm64", "ctx"]) == 0
+    out = capsys.readouterr().out
+    assert "parts: fixed " in out and " + work " in out
+    assert "[build 2]" in out and "prior (sleep): RUN sleep 2" in out
+    assert cli.main(["plan", "--platform", "linux/arm64", "--format", "json", "ctx"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    chosen = doc["platforms"][0]
+    assert list(chosen["estimate_parts"]) == list(PARTS)
+    assert sum(chosen["estimate_parts"].values()) == pytest.approx(chosen["estimate_seconds"], abs=0.03)
+    assert [s["step"] for s in chosen["steps"]][:2] == ["RUN sleep 2", "RUN cc -O2 -o /x x.c"]
+
+
+def test_the_metadata_file_records_estimate_and_actual_per_part_and_step_in_its_schema(ctx, tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    req = request_for(ctx)
+    node = facts()
+    option = Option(ARM, "qemu", "local", 1.0, emulated=True)
+    got = plugin.archfleet_estimate(option=option, request=req, facts=node, history=view_for(req, tmp_path / "h"))
+    option = attrs.evolve(option, estimate=got.seconds, basis=got.basis, parts=got.parts, steps=got.steps)
+    clock = steps.StepClock()
+    for line in BUILDKIT_PLAIN.splitlines():
+        clock.feed(line)
+    result = PlatformResult(ARM, option, 21.0, image_id="sha256:" + "ab" * 32, steps=clock.steps(),
+                            parts={"fixed": 1.5, "transfer": 0.0, "work": 19.39, "push": 0.11}, pushed_bytes=1234)
+    planned = pipeline.Planned({"local": node}, (option,), Plan((Scheduled(option, 0.0, got.seconds),), ()),
+                               request=req)
+    summary = pipeline.BuildSummary((result,), (), None, None, 0, (), planned, (), 21.5)
+    doc = json.loads(json.dumps(pipeline.metadata(summary)))
+    schema = json.loads((REPO / "docs" / "schema" / "metadata.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+    entry = doc["archfleet.platforms"]["linux/arm64"]
+    assert entry["actual"] == {"seconds": 21.0, "parts": {"fixed": 1.5, "transfer": 0.0, "work": 19.39, "push": 0.11},
+                               "pushed_bytes": 1234}
+    assert list(entry["estimate"]["parts"]) == list(PARTS)
+    compile_ = entry["steps"][1]
+    assert (compile_["step"], compile_["seconds"], compile_["cached"]) == ("RUN cc -O2 -o /x x.c", 17.25, False)
+    assert compile_["estimate"] > 17.25 and compile_["basis"] == "prior (compile)"
+    assert entry["steps"][2]["cached"] is True
