@@ -452,6 +452,13 @@ class DockerEngine:
             return local_candidates(engine_cli)
         return [engine_cli] if engine_cli else ["docker", "/usr/bin/docker"]
 
+    def probe_argvs(self, candidates: Sequence[str]) -> list[list[str]]:
+        """The commands :meth:`probe` (without ``api``) may run, for the probe to run at once in
+        one session (:func:`archfleet.probe.run_batch`): each candidate's ``buildx version`` and
+        ``--version`` (:func:`discover_cli`) and its ``info`` (:func:`server_info`)."""
+        return [argv for cli in candidates for argv in ([cli, "buildx", "version"], [cli, "--version"],
+                                                        [cli, "info", "--format", INFO_FORMAT])]
+
     async def probe(self, transport: Transport, node: NodeSpec, candidates: Sequence[str], *,
                     api: bool = False) -> Probed:
         """The CLI (:func:`discover_cli`), the daemon's version and whether it is rootless: through

@@ -107,6 +107,13 @@ class Engine(Protocol):
         """The engine's facts on the node (:class:`Probed`)."""
         ...
 
+    def probe_argvs(self, candidates: Sequence[str]) -> list[list[str]]:
+        """Optional: the commands (argv lists, no environment or stdin of their own) :meth:`probe`
+        runs on a node, which :func:`archfleet.probe.probe_node` runs ahead in the same session
+        as its facts (each session pays the node's login shell); the probe reads their answers as
+        if it ran them. An adapter without it runs its commands itself."""
+        ...
+
     async def build(self, transport: Transport, facts: NodeFacts, *, platform: Platform, request: BuildRequest,
                     tag: str, context: str | None = None, dockerfile: str | None = None,
                     extra_build_args: Sequence[tuple[str, str]] = (), extra_labels: Sequence[tuple[str, str]] = (),

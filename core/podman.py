@@ -254,6 +254,16 @@ class PodmanEngine:
             return local_candidates(engine_cli, name="podman")
         return [engine_cli] if engine_cli else ["podman", "/usr/bin/podman"]
 
+    def probe_argvs(self, candidates: Sequence[str]) -> list[list[str]]:
+        """The commands :meth:`probe` runs, for the probe to run ahead in one session
+        (:func:`archfleet.probe.run_batch`): each candidate's ``--version``, and the first
+        candidate's ``info`` and ``build --help`` (another candidate's run when it is chosen)."""
+        if not candidates:
+            return []
+        first = candidates[0]
+        return [*([cli, "--version"] for cli in candidates), [first, "info", "--format", INFO_FORMAT],
+                [first, "build", "--help"]]
+
     async def probe(self, transport: Transport, node: NodeSpec, candidates: Sequence[str]) -> Probed:
         """The podman CLI, then at once ``podman info`` and ``podman build --help`` (module doc)."""
         cli, reasons = await discover_cli(transport, candidates)

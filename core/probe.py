@@ -9,11 +9,22 @@ reported in the facts (``NodeFacts.score_measured``) and kept by the learn stage
 
 Everything runs as fixed scripts (``sh -c SCRIPT``); nothing from the user is ever part of a
 script. Both the local and the SSH transport use this, so their numbers compare.
+
+One session per node (issue 17): every command a session starts pays the node's login shell
+(sshd runs the command through it, and a ``~/.bashrc`` that runs ``pyenv init`` costs ~0.2 s
+each time), so the probe asks for the facts, the engine adapter's own probe commands
+(``Engine.probe_argvs``: for docker, each candidate CLI's ``buildx version``, ``--version`` and
+``info``) and, when no score is cached, the benchmark, all in one run of :data:`BATCH_SCRIPT`
+(:func:`run_batch`), whose commands travel as argv words, never as script text. The adapter's
+probe then reads those answers through :class:`Answered` as if it ran them; anything else it
+runs, it runs for real. A probe used to take three rounds of six sessions per node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+from typing import Sequence
 
 import attrs
 
@@ -22,6 +33,7 @@ from .engines import adapter_for
 from .model import NodeFacts, NodeSpec
 from .platforms import PlatformError, from_uname, native_platforms
 from .scores import score_key
+from .transport import Completed
 
 FACTS_SCRIPT = r"""
 echo "machine=$(uname -m)"
@@ -42,6 +54,81 @@ while [ $i -lt 100000 ]; do i=$((i+1)); done
 e=$(date +%s%N); echo "bench_us=$(( (e - s) / 1000 ))"
 """
 BENCH_REFERENCE_US = 67_000.0  # what the project VM (dash, one core) takes: score 1.0
+BENCH_ARGV = ("sh", "-c", BENCH_SCRIPT)
+
+
+# Runs several commands in one session: $1 is a marker, then for each command its word count and
+# its words. Each command's output (stdout and stderr, stdin empty) is framed by marker lines
+# carrying its exit status. The command words are data ("$@"), never script text.
+BATCH_SCRIPT = r"""
+m=$1; shift; c=0
+_take() { n=$1; shift; total=$#; i=0
+  for a do if [ "$i" -lt "$n" ]; then set -- "$@" "$a"; fi; i=$((i+1)); done
+  shift "$total"; "$@"; }
+while [ $# -gt 0 ]; do
+  n=$1; shift; c=$((c+1))
+  echo "$m $c begin"
+  _take "$n" "$@" </dev/null 2>&1
+  printf '\n%s %s end %s\n' "$m" "$c" "$?"
+  shift "$n"
+done
+"""
+
+
+async def run_batch(transport, commands: Sequence[Sequence[str]], *, timeout: float = 60) -> dict[tuple, Completed]:
+    """Run ``commands`` (argv lists) one after another in one session on the node
+    (:data:`BATCH_SCRIPT`); their answers by argv (every line each printed, as ``tail``). A
+    command whose answer did not come back whole is left out (its caller runs it itself).
+    Raises what ``transport.run`` raises (the node is unreachable)."""
+    if not commands:
+        return {}
+    marker = "@@archfleet-" + secrets.token_hex(6)
+    words: list[str] = []
+    for argv in commands:
+        words += [str(len(argv)), *argv]
+    lines: list[str] = []
+    await transport.run(["sh", "-c", BATCH_SCRIPT, "sh", marker, *words], on_line=lines.append, timeout=timeout)
+    out: dict[tuple, Completed] = {}
+    current: list[str] | None = None
+    for line in lines:
+        if line.startswith(marker + " "):
+            fields = line.split()
+            if len(fields) == 3 and fields[2] == "begin":
+                current = []
+            elif len(fields) == 4 and fields[2] == "end" and current is not None and fields[1].isdigit():
+                k = int(fields[1]) - 1
+                if 0 <= k < len(commands) and fields[3].lstrip("-").isdigit():
+                    if current and current[-1] == "":
+                        current.pop()  # the newline the end marker starts with
+                    out[tuple(commands[k])] = Completed(tuple(commands[k]), int(fields[3]), tuple(current))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return out
+
+
+class Answered:
+    """``transport`` with the answers of commands already run (:func:`run_batch`): ``run`` of
+    one of them (no environment or stdin of its own) answers at once, feeding ``on_line`` every
+    line it printed and keeping the last 40 as ``tail``, as a transport does; every other call
+    goes to ``transport``."""
+
+    def __init__(self, transport, answers: dict[tuple, Completed]):
+        self._transport = transport
+        self._answers = answers
+
+    async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
+        """The batch's answer for ``argv``, else ``transport.run``."""
+        got = self._answers.get(tuple(argv)) if env is None and stdin is None else None
+        if got is None:
+            return await self._transport.run(argv, env=env, stdin=stdin, on_line=on_line, timeout=timeout)
+        if on_line is not None:
+            for line in got.tail:
+                on_line(line)
+        return Completed(got.argv, got.returncode, got.tail[-40:])
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
 
 
 def parse_facts(lines) -> dict:
@@ -77,7 +164,7 @@ async def benchmark(transport, node: NodeSpec) -> Score:
     cached = await asyncio.to_thread(scores.cached, score_key(node))
     if cached is not None:
         return Score(cached)
-    done = await transport.run(["sh", "-c", BENCH_SCRIPT], timeout=120)
+    done = await transport.run(BENCH_ARGV, timeout=120)
     us = parse_facts(done.tail).get("bench_us")
     if not done.ok or not us or not us.isdigit() or int(us) <= 0:
         return Score(None)
@@ -86,9 +173,18 @@ async def benchmark(transport, node: NodeSpec) -> Score:
 
 async def probe_node(transport, node: NodeSpec, candidates=None) -> NodeFacts:
     """Facts of ``node`` through ``transport`` (already connected); the engine's through its
-    adapter (``node.engine``), trying the CLIs ``candidates`` (default: the adapter's for a node)."""
-    done = await transport.run(["sh", "-c", FACTS_SCRIPT, "sh", leases.shared_root(), leases.engine_key(node)],
-                               timeout=60)
+    adapter (``node.engine``), trying the CLIs ``candidates`` (default: the adapter's for a node).
+    All of it in one session when it can (module doc)."""
+    adapter = adapter_for(node.engine)
+    if candidates is None:
+        candidates = adapter.candidates(node.engine_cli, local=False)
+    facts_argv = ("sh", "-c", FACTS_SCRIPT, "sh", leases.shared_root(), leases.engine_key(node))
+    batch = [facts_argv, *getattr(adapter, "probe_argvs", lambda c: [])(candidates)]
+    scored = await asyncio.to_thread(scores.cached, score_key(node))
+    if scored is None:
+        batch.append(BENCH_ARGV)
+    transport = Answered(transport, await run_batch(transport, batch, timeout=60 if scored is not None else 180))
+    done = await transport.run(list(facts_argv), timeout=60)
     if not done.ok:
         return NodeFacts(node, False, error=f"probe failed: {done.last_line()}")
     raw = parse_facts(done.tail)
@@ -103,9 +199,6 @@ async def probe_node(transport, node: NodeSpec, candidates=None) -> NodeFacts:
                          fix=f"fix or remove 'arch' at {node.source}")
     emulated = tuple(p for p in binfmt.emulated_platforms(raw["binfmt"]) if p not in natives)
     problems = tuple((p, why) for p, why in binfmt.unusable(raw["binfmt"]) if p not in natives)
-    adapter = adapter_for(node.engine)
-    if candidates is None:
-        candidates = adapter.candidates(node.engine_cli, local=False)
     found = await adapter.probe(transport, node, candidates)
     if not found.answered:
         return NodeFacts(node, False, error=found.error, native=natives, emulated=emulated, fix=found.fix)

@@ -1,0 +1,96 @@
+"""The probe in one session per node (issue 17: probing scales with the fleet): every session a
+node starts pays its login shell, so the facts, the engine adapter's probe commands and the
+benchmark run in one batch (``probe.run_batch``), through a real ``sh`` here."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from archfleet import probe
+from archfleet.model import NodeSpec
+from archfleet.transport import LocalTransport
+
+FAKE_DOCKER = """#!/bin/sh
+case "$1" in
+  buildx) echo "docker: 'buildx' is not a docker command." >&2; exit 1;;
+  --version) echo "Docker version 20.10.24+dfsg1, build 297e128";;
+  info) printf 'version=20.10.24+dfsg1 security=name=seccomp,profile=default';;
+esac
+"""
+
+
+class Counting:
+    """A local transport that counts the sessions (runs) it was asked for."""
+
+    def __init__(self):
+        self.inner = LocalTransport("n1")
+        self.runs: list[tuple] = []
+
+    async def run(self, argv, **kw):
+        self.runs.append(tuple(argv))
+        return await self.inner.run(argv, **kw)
+
+
+def test_a_batch_returns_each_commands_status_and_every_line_as_data():
+    """Rule: words travel as argv (a ``;`` or ``$(...)`` is a word, never shell), each command's
+    exit status and output come back apart, a missing program is 127, no output is no lines,
+    output without a final newline keeps its last line."""
+    cmds = [["echo", "a; echo $(id -u)"], ["sh", "-c", "printf 'x\\ny'; exit 3"], ["/nonexistent/prog"], ["true"]]
+    got = asyncio.run(probe.run_batch(LocalTransport(), cmds))
+    assert got[tuple(cmds[0])].tail == ("a; echo $(id -u)",) and got[tuple(cmds[0])].ok
+    assert (got[tuple(cmds[1])].returncode, got[tuple(cmds[1])].tail) == (3, ("x", "y"))
+    assert got[tuple(cmds[2])].returncode == 127 and "not found" in got[tuple(cmds[2])].last_line()
+    assert got[tuple(cmds[3])].tail == ()
+
+
+def test_answered_serves_the_batch_and_runs_the_rest():
+    inner = Counting()
+    answered = probe.Answered(inner, asyncio.run(probe.run_batch(inner, [["echo", "hi"]])))
+    lines = []
+    done = asyncio.run(answered.run(["echo", "hi"], on_line=lines.append, timeout=5))
+    assert done.tail == ("hi",) and lines == ["hi"] and len(inner.runs) == 1
+    assert asyncio.run(answered.run(["echo", "other"])).tail == ("other",) and len(inner.runs) == 2
+    assert answered.inner is inner.inner  # everything else is the transport's
+
+
+def test_a_docker_node_is_probed_in_one_session_with_the_same_facts(tmp_path, monkeypatch):
+    """Rule: one session per node (was three rounds of six): facts, the CLI candidates'
+    ``buildx version``/``--version``, ``docker info`` and the benchmark (no cached score) all in
+    one run; the facts are what the adapter found, the first candidate that can build."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fake = tmp_path / "docker"
+    fake.write_text(FAKE_DOCKER)
+    fake.chmod(0o755)
+    transport = Counting()
+    node = NodeSpec("n1", transport="ssh", engine_cli=str(fake), settings={"host": "127.0.0.1"})
+    facts = asyncio.run(probe.probe_node(transport, node, candidates=["/nonexistent/docker", str(fake)]))
+    assert len(transport.runs) == 1, transport.runs
+    assert facts.reachable and facts.error is None, facts.error
+    assert (facts.builder, tuple(facts.engine_cli), facts.engine_version) == ("buildkit", (str(fake),), "20.10.24+dfsg1")
+    assert facts.score_measured and facts.score > 0 and facts.cpus >= 1
+
+
+def test_a_node_without_sh_answers_nothing_and_the_probe_runs_its_commands_itself():
+    """A batch that did not come back (the transport failed it) answers nothing: each command
+    is then run on its own, as before."""
+
+    class NoBatch(Counting):
+        async def run(self, argv, **kw):
+            if argv[:3] == ["sh", "-c", probe.BATCH_SCRIPT]:
+                self.runs.append(("batch",))
+                return await self.inner.run(["false"], **kw)
+            return await super().run(argv, **kw)
+
+    transport = NoBatch()
+    assert asyncio.run(probe.run_batch(transport, [["echo", "x"]])) == {}
+    answered = probe.Answered(transport, {})
+    assert asyncio.run(answered.run(["echo", "x"])).tail == ("x",)
+
+
+@pytest.mark.parametrize("count", [1, 40])
+def test_many_commands_fit_one_batch(count):
+    cmds = [["echo", str(i)] for i in range(count)]
+    got = asyncio.run(probe.run_batch(LocalTransport(), cmds))
+    assert [got[tuple(c)].tail for c in cmds] == [(str(i),) for i in range(count)]
