@@ -368,7 +368,7 @@ class StepPlan:
     COPY, ADD and WORKDIR). ``key`` names what the step *is* (its instruction text and its
     stage's base image, not the build's arguments): a step whose text changes gets a new key and
     only it is estimated anew. ``chain`` approximates BuildKit's cache key (the key, the steps
-    before it in the stage, the base's digest, the stage's ARG values, the context's files for
+    before it in the stage, the base's digest, the ARG values in scope (for a RUN), the context's files for
     COPY/ADD, the stages it copies from): a node that ran that chain before has it cached.
     ``platform`` is where the step runs (its stage's platform), ``emulated`` whether under QEMU
     on the node. ``seconds`` is this step's estimate and ``basis`` where it came from

@@ -171,7 +171,9 @@ def _planned(analysis: Analysis, platform: Platform, native: tuple, files_key: s
                             k = _from_stage(analysis, fv.strip(), i)
                             extra += " " + (last_chain.get(k, "") if k is not None else f"image {fv}")
                             sources += lineage(k)
-            chain = _h("chain", chain, text, sorted(declared.items(), key=lambda kv: kv[0]), extra)
+            # build args reach a RUN's environment only: a COPY after a changed ARG stays cached
+            scope = sorted(declared.items(), key=lambda kv: kv[0]) if ins.keyword == "RUN" else ()
+            chain = _h("chain", chain, text, scope, extra)
             after = tuple(sorted(set(waits) | set(sources)))
             waits = ()
             out.append(StepPlan(display, index, ins.keyword, text, key, chain, runs_on,

@@ -333,3 +333,11 @@ def test_the_metadata_file_records_estimate_and_actual_per_part_and_step_in_its_
     assert (compile_["step"], compile_["seconds"], compile_["cached"]) == ("RUN cc -O2 -o /x x.c", 17.25, False)
     assert compile_["estimate"] > 17.25 and compile_["basis"] == "prior (compile)"
     assert entry["steps"][2]["cached"] is True
+
+
+def test_a_build_arg_reaches_a_runs_cache_but_not_a_copys(ctx):
+    """Rule (BuildKit): ARG values are a RUN's environment; a COPY before any such RUN stays cached."""
+    text = f"FROM {BASE}\nARG N\nCOPY x.c /x.c\nRUN echo $N\n"
+    one = steps.planned(attrs.evolve(request_for(ctx, text), build_args=[("N", "1")]), AMD, [AMD], [])
+    two = steps.planned(attrs.evolve(request_for(ctx, text), build_args=[("N", "2")]), AMD, [AMD], [])
+    assert one[0].chain == two[0].chain and one[1].chain != two[1].chain
