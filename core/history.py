@@ -124,7 +124,8 @@ def _add_speed_column(db: sqlite3.Connection) -> None:
     """Histories written before the ``speed`` column (or the parts columns) get them (two runs
     may race to add one)."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-    for name, kind in (("speed", "REAL"), *((c, "REAL") for c in PART_COLUMNS), ("push_bytes", "INTEGER")):
+    for name, kind in (("speed", "REAL"), *((c, "REAL") for c in PART_COLUMNS), ("push_bytes", "INTEGER"),
+                       ("files_key", "TEXT")):
         if name not in columns:
             try:
                 db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
@@ -228,12 +229,13 @@ class History:
     def record(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str,
                seconds: float, bytes: int = 0, outcome: str = "ok", speed: float | None = None,
                parts: "dict[str, float] | None" = None, push_bytes: int | None = None,
-               steps: "list[tuple] | tuple" = ()) -> None:
+               steps: "list[tuple] | tuple" = (), files_key: str | None = None) -> None:
         """One finished platform. ``speed``: the node's relative speed
         (:func:`archfleet.planner.node_speed`) when it ran, so a slow node's seconds can be
         turned into reference-speed work for other nodes; ``parts``: the measured seconds of each
         of :data:`PART_COLUMNS`; ``push_bytes``: the bytes of the layers it pushed; ``steps``:
-        (key, chain, platform, emulated, seconds, cached) for each step it reported."""
+        (key, chain, platform, emulated, seconds, cached) for each step it reported; ``files_key``:
+        the context's files alone (:func:`context_keys`: a node that has them needs no transfer)."""
         parts = parts or {}
         db = self._conn()
         now = time.time()
@@ -241,9 +243,9 @@ class History:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
                 "INSERT INTO runs (at, context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed,"
-                " fixed, transfer, work, push, push_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " fixed, transfer, work, push, push_bytes, files_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (now, context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed,
-                 *(parts.get(c) for c in PART_COLUMNS), push_bytes),
+                 *(parts.get(c) for c in PART_COLUMNS), push_bytes, files_key or None),
             )
             db.execute("DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - ?", (MAX_ROWS,))
             if steps:
@@ -256,12 +258,12 @@ class History:
 
     @_never_fails({})
     def step_times(self, keys, per_key: int = 12) -> dict[str, list[tuple]]:
-        """key -> (seconds, speed, platform, emulated) of the last ``per_key`` times each step
-        of ``keys`` ran (not cached), newest first."""
+        """key -> (seconds, speed, platform, emulated, node) of the last ``per_key`` times each
+        step of ``keys`` ran (not cached), newest first."""
         out: dict[str, list[tuple]] = {}
         db = self._conn()
         for key in dict.fromkeys(keys):
-            rows = db.execute("SELECT seconds, speed, platform, emulated FROM steps WHERE key = ? AND cached = 0"
+            rows = db.execute("SELECT seconds, speed, platform, emulated, node FROM steps WHERE key = ? AND cached = 0"
                               " ORDER BY id DESC LIMIT ?", (key, per_key)).fetchall()
             if rows:
                 out[key] = rows
@@ -360,10 +362,11 @@ class History:
         return got[0] if got else None
 
     @_never_fails(False)
-    def synced_before(self, context_key: str, node: str) -> bool:
-        """Whether this context was built on ``node`` before (so the node has it)."""
-        row = self._conn().execute("SELECT 1 FROM runs WHERE context_key = ? AND node = ? LIMIT 1",
-                                   (context_key, node)).fetchone()
+    def synced_before(self, context_key: str, node: str, files_key: str = "") -> bool:
+        """Whether this context (or, with ``files_key``, the same files with another Dockerfile,
+        build args or target) was built on ``node`` before (so the node has its files)."""
+        row = self._conn().execute("SELECT 1 FROM runs WHERE node = ? AND (context_key = ? OR files_key = ?) LIMIT 1",
+                                   (node, context_key, files_key or "\0none")).fetchone()
         return row is not None
 
     @_never_fails(0)
@@ -396,8 +399,8 @@ class HistoryView:
                             platform=str(option.platform), strategy=option.strategy, node=option.node)
 
     def synced_before(self, node: str) -> bool:
-        """True when a build of this very context ran on ``node`` before (so the node has it: no transfer to estimate)."""
-        return self._once(("synced", node), lambda: self.db.synced_before(self.context_key, node))
+        """True when a build of this context's files ran on ``node`` before (so the node has them: no transfer to estimate)."""
+        return self._once(("synced", node), lambda: self.db.synced_before(self.context_key, node, self.files_key))
 
     def step_times(self, keys) -> dict[str, list[tuple]]:
         """:meth:`History.step_times` of ``keys`` (asked once per set of keys)."""
@@ -426,7 +429,8 @@ class HistoryView:
         self.db.record(context_key=self.context_key, project_key=self.project_key,
                        platform=str(result.platform), strategy=result.option.strategy, node=result.option.node,
                        seconds=result.seconds, bytes=self.context_bytes, outcome=outcome, speed=speed, parts=parts,
-                       push_bytes=getattr(result, "pushed_bytes", None) if parts else None, steps=steps)
+                       push_bytes=getattr(result, "pushed_bytes", None) if parts else None, steps=steps,
+                       files_key=self.files_key)
 
 
 def view_for(request, path: Path | None = None) -> HistoryView | None:

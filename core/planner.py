@@ -42,6 +42,7 @@ RUN_WORK = 3.0  # a RUN step whose commands archfleet cannot tell (a script, a l
 COMPILE_WORK = 8.0  # a compiler or build tool (cc, go build, cargo, make, ...)
 DOWNLOAD_WORK = 4.0  # fetching something (wget, curl, git clone): the network's time, not the CPU's
 PACKAGE_WORK = 10.0  # a package manager (apt-get, apk, pip, npm, ...): downloads, then unpacking on the CPU
+UTILITY_WORK = 0.5  # a data utility (gzip, tar, sha256sum, ...): its time is its input's, in a Dockerfile usually small
 COPY_RATE = 150e6  # bytes/s a COPY or ADD from the context writes into a layer
 COPY_OVERHEAD = 0.05  # a COPY, ADD or WORKDIR that moves almost nothing
 QEMU_FACTOR = 8.0  # emulated CPU work costs this much more (a prior; 4-20x is typical; learned per platform)
@@ -82,7 +83,7 @@ class StepPrior:
     """What a Dockerfile step costs before it was ever timed, at reference speed: ``io`` seconds
     that do not depend on the CPU (waiting: a sleep, the network, the container starting) and
     ``cpu`` seconds that do (and run ``QEMU_FACTOR`` times slower emulated); ``kind`` says which
-    rule gave it (``sleep``, ``trivial``, ``download``, ``package``, ``compile``, ``unknown``,
+    rule gave it (``sleep``, ``trivial``, ``download``, ``package``, ``compile``, ``utility``, ``unknown``,
     ``copy``, ``none``)."""
 
     io: float
@@ -106,6 +107,9 @@ _PACKAGE = frozenset("""apt-get apt aptitude dpkg apk dnf yum microdnf zypper pa
     uv conda mamba npm yarn pnpm bun gem bundle composer cpanm""".split())
 _COMPILE = frozenset("""cc gcc g++ c++ clang clang++ zig go cargo rustc rustup make gmake cmake ninja meson
     javac mvn gradle dotnet tsc webpack esbuild vite ghc stack cabal swift swiftc ld strip upx""".split())
+_UTILITY = frozenset("""gzip gunzip zcat bzip2 bunzip2 bzcat xz unxz xzcat zstd unzstd lz4 tar unzip zip sha256sum
+    sha512sum sha384sum sha224sum sha1sum md5sum cksum b2sum base64 base32 dd find od hexdump xxd cmp diff split
+    strings file gpg""".split())
 _WRAPPERS = frozenset("exec time nice ionice sudo env nohup command xargs".split())
 _SLEEP = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)([smhd]?)$")
 _SLEEP_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -152,6 +156,7 @@ def step_prior(keyword: str, words: Sequence[str], *, json: bool = False, contex
       command (echo, mkdir, cp, ...) nothing; a download (wget, curl, git) :data:`DOWNLOAD_WORK`
       (90% io); a package manager (apt-get, apk, pip, npm, ...) :data:`PACKAGE_WORK` (half io,
       half CPU); a compiler or build tool (cc, go, cargo, make, ...) :data:`COMPILE_WORK` of CPU;
+      a data utility (gzip, tar, sha256sum, ...) :data:`UTILITY_WORK` of CPU;
       anything else (a script, a loop, a tool not listed) :data:`RUN_WORK` of CPU, counted once
       per step. The same command word counts once per step.
     - COPY/ADD from the context (``from_context``): ``context_bytes`` / :data:`COPY_RATE` (io);
@@ -191,12 +196,15 @@ def step_prior(keyword: str, words: Sequence[str], *, json: bool = False, contex
             elif name in _COMPILE:
                 cpu += COMPILE_WORK
                 kinds.add("compile")
+            elif name in _UTILITY:
+                cpu += UTILITY_WORK
+                kinds.add("utility")
             else:
                 unknown = True
         if unknown:
             cpu += RUN_WORK
             kinds.add("unknown")
-        for kind in ("compile", "package", "download", "unknown", "sleep", "trivial"):
+        for kind in ("compile", "package", "download", "unknown", "utility", "sleep", "trivial"):
             if kind in kinds:
                 return StepPrior(round(io, 3), round(cpu, 3), kind)
         return StepPrior(io, cpu, "trivial")

@@ -332,13 +332,14 @@ def join(plans: Sequence[StepPlan], timed: Sequence[StepTime]) -> list[tuple[Ste
 
 @attrs.frozen
 class Observation:
-    """One time a step ran (not cached): ``seconds`` on a node of ``speed`` (relative, see
+    """One time a step ran (not cached): ``seconds`` on ``node`` of ``speed`` (relative, see
     :func:`archfleet.planner.node_speed`), for ``platform``, ``emulated`` or not."""
 
     seconds: float
     speed: float
     platform: str
     emulated: bool
+    node: str = ""
 
 
 def cpu_share(obs: Sequence[Observation], prior: StepPrior, qemu: float) -> tuple[float, bool]:
@@ -355,10 +356,13 @@ def cpu_share(obs: Sequence[Observation], prior: StepPrior, qemu: float) -> tupl
 
 
 def estimate(step: StepPlan, prior: StepPrior, obs: Sequence[Observation], speed: float,
-             qemu: float = QEMU_FACTOR) -> tuple[float, str]:
-    """(seconds, basis) of ``step`` on a node of ``speed``, where it runs emulated or not as
+             qemu: float = QEMU_FACTOR, node: str = "") -> tuple[float, str]:
+    """(seconds, basis) of ``step`` on ``node`` of ``speed``, where it runs emulated or not as
     ``step.emulated`` says and emulated CPU work costs ``qemu`` times more:
 
+    0. the times it took on this very node, for the same platform and emulation: their median
+       as they were (a node's speed figure moves with the load and a short benchmark; the step's
+       own time there is the better measure);
     1. the times it took before for the same platform and the same emulation, else any platform
        with the same emulation: their median, each moved to this node's speed by its CPU share;
     2. else the times it took the other way (natively, wanted emulated, or the reverse): moved
@@ -372,6 +376,9 @@ def estimate(step: StepPlan, prior: StepPrior, obs: Sequence[Observation], speed
         return o.seconds * ((1 - share) + share * (o.speed / speed if o.speed > 0 else 1.0))
 
     same = [o for o in obs if o.emulated == step.emulated and o.platform == str(step.platform)]
+    here = [o.seconds for o in same if node and o.node == node]
+    if here:
+        return statistics.median(here), f"learned on this node from {len(here)} run{'s' if len(here) > 1 else ''}"
     mode = same or [o for o in obs if o.emulated == step.emulated]
     if mode:
         seconds = statistics.median(moved(o) for o in mode)
@@ -412,5 +419,6 @@ def measured_work(plans: Sequence[StepPlan], timed: Sequence[StepTime]) -> float
 
 
 def observations(rows: Iterable[tuple]) -> list[Observation]:
-    """History rows (seconds, speed, platform, emulated) as observations (speed 1 when unknown)."""
-    return [Observation(float(s), float(v) if v and v > 0 else 1.0, str(p), bool(e)) for s, v, p, e in rows]
+    """History rows (seconds, speed, platform, emulated[, node]) as observations (speed 1 when unknown)."""
+    return [Observation(float(r[0]), float(r[1]) if r[1] and r[1] > 0 else 1.0, str(r[2]), bool(r[3]),
+                        str(r[4]) if len(r) > 4 and r[4] is not None else "") for r in rows]

@@ -117,7 +117,8 @@ def work_part(option, request, facts, history):
         else:
             prior = steps.prior_of(plan, request, context_bytes)
             qemu = factors.get(str(plan.platform), QEMU_FACTOR)
-            got, basis = steps.estimate(plan, prior, steps.observations(times.get(plan.key, ())), speed, qemu)
+            got, basis = steps.estimate(plan, prior, steps.observations(times.get(plan.key, ())), speed, qemu,
+                                        node=option.node)
         seconds[(plan.stage_index, plan.index)] = got
         out.append(attrs.evolve(plan, seconds=round(got, 3), basis=basis))
         kind = basis.split(" ", 1)[0]

@@ -341,3 +341,38 @@ def test_a_build_arg_reaches_a_runs_cache_but_not_a_copys(ctx):
     one = steps.planned(attrs.evolve(request_for(ctx, text), build_args=[("N", "1")]), AMD, [AMD], [])
     two = steps.planned(attrs.evolve(request_for(ctx, text), build_args=[("N", "2")]), AMD, [AMD], [])
     assert one[0].chain == two[0].chain and one[1].chain != two[1].chain
+
+
+def test_a_data_utility_is_a_small_cpu_prior_not_an_unknown_script():
+    """Rule (planner.UTILITY_WORK): gzip, tar, sha256sum... take their input's time, usually small."""
+    from archfleet.planner import RUN_WORK, UTILITY_WORK
+
+    got = step_prior("RUN", "head -c 6000000 /dev/urandom | gzip -9 | sha256sum".split())
+    assert (got.kind, got.cpu) == ("utility", pytest.approx(2 * UTILITY_WORK))
+    assert step_prior("RUN", ["./build.sh"]).cpu == RUN_WORK
+
+
+def test_a_steps_time_on_this_very_node_is_taken_as_it_was():
+    """Rule: the same step, platform and emulation on the same node: the median of its times
+    there, not moved by speed figures (which move with the load)."""
+    plan = steps.StepPlan("", 2, "RUN", "RUN gzip", "k", "c", ARM, emulated=True)
+    prior = step_prior("RUN", ["gzip"])
+    obs = [steps.Observation(0.8, 0.1, "linux/arm64", True, "n2"), steps.Observation(0.9, 0.1, "linux/arm64", True, "n2"),
+           steps.Observation(5.0, 1.0, "linux/arm64", True, "n1")]
+    assert steps.estimate(plan, prior, obs, speed=1.0, node="n2") == (pytest.approx(0.85), "learned on this node from 2 runs")
+    assert steps.estimate(plan, prior, obs, speed=1.0, node="n3")[1] == "learned from 3 runs"
+
+
+def test_a_node_that_built_the_same_files_needs_no_transfer_whatever_the_build_args(ctx, tmp_path):
+    """Rule: the context sync is by content; a new --build-arg value (a new context key) sends nothing."""
+    db = tmp_path / "h.sqlite"
+    req = attrs.evolve(request_for(ctx), build_args=[("NONCE", "1")])
+    node = facts("n1", transport="ssh", host="10.0.0.1")
+    option = Option(ARM, "qemu", "n1", 1.0, emulated=True)
+    first = plugin.archfleet_estimate(option=option, request=req, facts=node, history=view_for(req, db))
+    assert dict(first.parts)["transfer"] > 0
+    view_for(req, db).record(PlatformResult(ARM, option, 5.0, parts={"fixed": 1, "transfer": 1, "work": 3, "push": 0}))
+    again = attrs.evolve(req, build_args=[("NONCE", "2")])
+    assert view_for(again, db).context_key != view_for(req, db).context_key
+    second = plugin.archfleet_estimate(option=option, request=again, facts=node, history=view_for(again, db))
+    assert dict(second.parts)["transfer"] == 0
