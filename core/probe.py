@@ -82,8 +82,9 @@ done
 async def run_batch(transport, commands: Sequence[Sequence[str]], *, timeout: float = 60) -> dict[tuple, Completed]:
     """Run ``commands`` (argv lists) one after another in one session on the node
     (:data:`BATCH_SCRIPT`); their answers by argv (every line each printed, as ``tail``). A
-    command whose answer did not come back whole is left out (its caller runs it itself).
-    Raises what ``transport.run`` raises (the node is unreachable)."""
+    command whose answer did not come back whole (the batch timed out after ``timeout`` seconds
+    in it, or was cut off) is left out: its caller runs it itself. Raises what ``transport.run``
+    raises but a timeout (the node is unreachable)."""
     if not commands:
         return {}
     marker = "@@archfleet-" + secrets.token_hex(6)
@@ -91,7 +92,10 @@ async def run_batch(transport, commands: Sequence[Sequence[str]], *, timeout: fl
     for argv in commands:
         words += [str(len(argv)), *argv]
     lines: list[str] = []
-    await transport.run(["sh", "-c", BATCH_SCRIPT, "sh", marker, *words], on_line=lines.append, timeout=timeout)
+    try:
+        await transport.run(["sh", "-c", BATCH_SCRIPT, "sh", marker, *words], on_line=lines.append, timeout=timeout)
+    except (TimeoutError, asyncio.TimeoutError):
+        pass  # the commands that ended are answered; the caller runs the one that hung itself
     out: dict[tuple, Completed] = {}
     current: list[str] | None = None
     for line in lines:

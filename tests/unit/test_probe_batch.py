@@ -94,3 +94,10 @@ def test_many_commands_fit_one_batch(count):
     cmds = [["echo", str(i)] for i in range(count)]
     got = asyncio.run(probe.run_batch(LocalTransport(), cmds))
     assert [got[tuple(c)].tail for c in cmds] == [(str(i),) for i in range(count)]
+
+
+def test_a_batch_that_times_out_answers_the_commands_that_ended():
+    cmds = [["echo", "first"], ["sleep", "30"], ["echo", "never"]]
+    got = asyncio.run(probe.run_batch(LocalTransport(), cmds, timeout=1.5))
+    assert got[("echo", "first")].tail == ("first",)
+    assert ("sleep", "30") not in got and ("echo", "never") not in got
