@@ -124,8 +124,11 @@ def archfleet_estimate(option, request, facts, history):
     Called once per option after all offers are in, with the ``request``, ``facts`` (the
     :class:`~archfleet.model.NodeFacts` of the option's node) and ``history`` (an :class:`archfleet.history.HistoryView`: past durations of this context and
     project, or None when history is off). Return ``(seconds, basis)`` where ``basis`` is one
-    line saying where the number comes from, a bare number, or None to keep the offer's
-    estimate. firstresult: the first plugin answering decides; installed plugins are asked
+    line saying where the number comes from, a bare number, an :class:`archfleet.model.Estimate`
+    (seconds, basis, its ``parts``: ``fixed``, ``transfer``, ``work``, ``push`` in seconds, and the
+    Dockerfile ``steps`` its work part counted, which ride on the option: ``archfleet plan`` shows
+    them, ``--metadata-file`` records them beside what the build measured), or None to keep the
+    offer's estimate. Seconds and parts must be finite and >= 0. firstresult: the first plugin answering decides; installed plugins are asked
     before the built-in ``estimates`` plugin. The planner minimises the time the last platform
     finishes using these numbers.
     """
