@@ -42,6 +42,7 @@ import asyncio
 import base64
 import copy
 import email.utils
+import functools
 import hashlib
 import json
 import logging
@@ -269,6 +270,13 @@ def _retry_after(resp: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+@functools.lru_cache(maxsize=1)
+def _system_tls() -> ssl.SSLContext:
+    """The default TLS context (the system's CAs, as httpx makes it), made once per process:
+    loading the CA bundle takes ~17 ms, and each build's client made it again (issue 17)."""
+    return httpx.create_ssl_context()
+
+
 class RegistryClient:
     """One client for the whole run; reuse it (connections, tokens and credentials are cached).
 
@@ -284,7 +292,8 @@ class RegistryClient:
         self._timeout = timeout
         self._transport_for = transport_for
         self._custom = transport is not None  # a test's transport serves every host
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True)
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True,
+                                       verify=_system_tls() if transport is None else True)
         self._per_host: dict[tuple[str, bool], httpx.AsyncClient | None] = {}
         self._unverified: set[str] = set()  # insecure registries whose certificate does not verify
         self._schemes: dict[str, str] = {}
@@ -312,7 +321,8 @@ class RegistryClient:
         if self._transport_for is not None:
             return httpx.AsyncClient(timeout=self._timeout, transport=self._transport_for(verify),
                                      follow_redirects=True)
-        return httpx.AsyncClient(timeout=self._timeout, verify=verify, follow_redirects=True)
+        return httpx.AsyncClient(timeout=self._timeout, verify=_system_tls() if verify is True else verify,
+                                 follow_redirects=True)
 
     def _client(self, url_or_host: str, *, verify: bool | None = None) -> httpx.AsyncClient:
         """The client for a host: the shared one, one trusting the host's certs.d CAs, or (for
