@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Mutation testing of the modules whose rules are pure, against the unit tests only.
 
-    .venv/bin/python tests/mutation.py [--jobs N] [--keep] [MODULE ...]
+    .venv/bin/python tests/mutation.py [--jobs N] [--retest] [MODULE ...]
 
 Not part of every CI run: it takes tens of minutes (docs/testing.md has the last figure and its
 run time). MODULE narrows the run to some of the modules below (``platforms``, ``index``, ...).
+``--retest`` keeps the last run's mutants and results, copies the unit tests as they are now
+into it and tests again only the mutants that were not killed: the quick check after adding a
+test for a survivor (the source must not have changed since that run).
 
 mutmut (``pip install -e '.[mutation]'``) changes one thing at a time in these modules (an
 operator, a constant, a condition, a call's argument) and runs the unit tests that reach the
@@ -161,7 +164,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", metavar="MODULE", help=f"some of: {' '.join(MODULES)}")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="mutants tested at once")
-    parser.add_argument("--keep", action="store_true", help="reuse build/mutation (re-test only what is missing)")
+    parser.add_argument("--retest", action="store_true",
+                        help="test the last run's surviving mutants again against the current unit tests")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -173,11 +177,30 @@ def main() -> int:
         print("mutation: mutmut is not installed: .venv/bin/pip install -e '.[mutation]'", file=sys.stderr)
         return 2
     started = time.monotonic()
-    if not (args.keep and STAGE.exists()):
-        stage()
     log = STAGE / "mutmut.log"
-    print(f"mutation: mutmut {mutmut.__version__} on {', '.join(modules)} in {STAGE} (progress: {log})", flush=True)
-    if run_mutmut("run", "--max-children", str(args.jobs), *patterns(modules), log=log) != 0:
+    if args.retest:
+        if not (STAGE / "mutants").is_dir():
+            print("mutation: --retest needs an earlier run in build/mutation", file=sys.stderr)
+            return 2
+        changed = [m for m in modules if (REPO / "core" / f"{m}.py").read_bytes()
+                   != (STAGE / "src" / "archfleet" / f"{m}.py").read_bytes()]
+        if changed:
+            print(f"mutation: --retest: core/{changed[0]}.py changed since that run; run without --retest",
+                  file=sys.stderr)
+            return 2
+        again = sorted(n for n, c in results().items() if c not in KILLED and counted(n, modules))
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(REPO / "tests" / "unit", STAGE / "tests" / "unit", ignore=ignore, dirs_exist_ok=True)
+        shutil.copy2(REPO / "tests" / "conftest.py", STAGE / "tests" / "conftest.py")
+        print(f"mutation: --retest: {len(again)} mutants not killed last time, against the unit tests as they are now "
+              f"(progress: {log})", flush=True)
+        targets = again
+    else:
+        stage()
+        print(f"mutation: mutmut {mutmut.__version__} on {', '.join(modules)} in {STAGE} (progress: {log})",
+              flush=True)
+        targets = patterns(modules)
+    if targets and run_mutmut("run", "--max-children", str(args.jobs), *targets, log=log) != 0:
         print(f"mutation: mutmut failed, see {log}", file=sys.stderr)
         return 1
     first = time.monotonic() - started
