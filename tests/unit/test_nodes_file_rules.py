@@ -111,3 +111,138 @@ def test_a_user_private_group_is_the_owners_primary_group_named_after_them_with_
     assert _private_group(1000, gid) is private
     assert _private_group(1000, 4242) is False  # no such group
     assert _private_group(4242, gid) is False  # no such user
+
+
+# --- the file as a whole --------------------------------------------------------------------------
+
+from archfleet.api import hookimpl  # noqa: E402
+from archfleet.inventory import MAX_BYTES, collect_nodes, find_nodes_file, make_config  # noqa: E402
+from archfleet.model import NodeSpec  # noqa: E402
+from archfleet.plugin import make_manager  # noqa: E402
+
+
+@pytest.mark.parametrize("text,line", [
+    ('[nodes.a]\nhost = "h"\n\n[nodes.a]\nhost = "i"\n', "F:4: node 'a' is defined twice (first at line 1)"),
+    ('\n[nodes.b]\nhost = "h"\n\n[nodes.b]\n', "F:5: node 'b' is defined twice (first at line 2)"),
+    ("nodes = 1\n", "F:1: 'nodes' must be a table of [nodes.NAME] tables"),
+    ('[nodes.a]\nhost = "h"\nport = \n', "F:3: not valid TOML: Invalid value"),
+    ("[other]\nx = 1\n", "F:1: unknown top-level key 'other'; nodes go in [nodes.NAME] tables"),
+])
+def test_file_level_mistakes_are_one_line_with_file_and_line(tmp_path, text, line):
+    assert error(tmp_path, text) == line
+
+
+def test_a_key_is_found_on_its_line_after_quoted_names_and_sub_tables(tmp_path):
+    text = ("[nodes.'a']\n"          # 1
+            '"host" = "h"\n'          # 2
+            "\n"                      # 3
+            "[nodes.b.labels]\n"      # 4: not b's own keys
+            'port = "x"\n'            # 5
+            "\n"                      # 6
+            "[nodes.b]\n"             # 7
+            'host = "h"\n'            # 8
+            "port = 0\n")             # 9
+    assert error(tmp_path, text) == "F:9: node 'b' key 'port': expected an integer 1-65535, got 0"
+    assert error(tmp_path, '[nodes."a"]\n"host" = 7\n') == "F:2: node 'a' key 'host': expected a host name, " \
+                                                            "address or ~/.ssh/config alias, got int 7"
+
+
+def test_a_nodes_file_is_at_most_1_mib(tmp_path):
+    path = tmp_path / "nodes.toml"
+    path.write_bytes(b"#" * (MAX_BYTES - 1) + b"\n")
+    path.chmod(0o600)
+    assert load_nodes_file(path) == []
+    path.write_bytes(b"#" * MAX_BYTES + b"\n")
+    with pytest.raises(UsageError) as err:
+        load_nodes_file(path)
+    assert str(err.value) == f"{path}: larger than {MAX_BYTES} bytes; this is not a nodes file"
+
+
+def test_a_file_that_cannot_be_opened_says_why(tmp_path):
+    with pytest.raises(UsageError) as err:
+        load_nodes_file(tmp_path / "missing.toml")
+    assert str(err.value) == f"{tmp_path / 'missing.toml'}: cannot read: No such file or directory"
+
+
+def test_a_nodes_path_that_is_not_utf8_is_refused_naming_the_byte(monkeypatch):
+    monkeypatch.delenv("ARCHFLEET_NODES", raising=False)
+    with pytest.raises(UsageError) as err:
+        find_nodes_file("n\udcffodes.toml")
+    assert str(err.value) == ("--nodes 'n\\udcffodes.toml': not UTF-8 at byte 1; archfleet takes UTF-8 names "
+                              "and values")
+
+
+def test_make_config_carries_every_choice(tmp_path, monkeypatch):
+    monkeypatch.delenv("ARCHFLEET_NODES", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)
+    path = nodes_file(tmp_path, '[nodes.a]\nhost = "h"\n')
+    notes = []
+    config = make_config(str(path), engine_cli="/opt/docker", local=False, only_nodes=("a",), note=notes.append)
+    assert (config.nodes_file, config.engine_cli, config.local, config.only_nodes) == (path, "/opt/docker", False,
+                                                                                       ("a",))
+    assert [n.name for n in config.file_nodes] == ["a"] and notes == []  # named: trusted, nothing to say
+    default = make_config()
+    assert (default.nodes_file, default.file_nodes, default.engine_cli, default.local, default.only_nodes) == (
+        None, (), None, True, ())
+
+
+def test_an_ignored_working_directory_file_is_said_with_the_file_used(tmp_path, monkeypatch):
+    monkeypatch.delenv("ARCHFLEET_NODES", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    (tmp_path / "config" / "archfleet").mkdir(parents=True)
+    mine = nodes_file(tmp_path / "config" / "archfleet", '[nodes.a]\nhost = "h"\n')
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "nodes.toml").write_text('[nodes.evil]\nhost = "h"\n')
+    notes = []
+    assert make_config(note=notes.append).nodes_file == mine
+    assert notes == ["./nodes.toml is not read unless you name it (it can run programs): pass --nodes nodes.toml "
+                     f"or set $ARCHFLEET_NODES if you trust it; using {mine}"]
+    monkeypatch.setenv("ARCHFLEET_NODES", str(mine))
+    make_config(note=notes.append)
+    assert len(notes) == 1  # a file named in the environment is a choice: nothing to say
+
+
+class Contributes:
+    def __init__(self, *nodes):
+        self.nodes = nodes
+
+    @hookimpl
+    def archfleet_add_nodes(self, config):
+        return list(self.nodes)
+
+
+def manager(*nodes):
+    pm = make_manager(load_entrypoints=False)
+    pm.register(Contributes(*nodes), name="test-nodes")
+    return pm
+
+
+def test_nodes_come_local_first_then_in_order_without_the_disabled(tmp_path):
+    pm = manager(NodeSpec("z", transport="test"), NodeSpec("off", transport="test", enabled=False),
+                 NodeSpec("b", transport="test"))
+    assert [n.name for n in collect_nodes(pm, make_config())] == ["local", "z", "b"]
+    assert [n.name for n in collect_nodes(pm, make_config(only_nodes=("b", "local")))] == ["local", "b"]
+    assert [n.name for n in collect_nodes(pm, make_config(local=False, only_nodes=("b",)))] == ["b"]
+
+
+def test_an_unknown_node_selection_names_what_exists():
+    pm = manager(NodeSpec("b", transport="test"))
+    with pytest.raises(UsageError) as err:
+        collect_nodes(pm, make_config(only_nodes=("b", "x", "y")))
+    assert str(err.value) == "--node: no node named x, y (known: b, local)"
+    with pytest.raises(UsageError) as err:
+        collect_nodes(make_manager(load_entrypoints=False), make_config(local=False, only_nodes=("x",)))
+    assert str(err.value) == "--node: no node named x (known: none)"
+
+
+def test_two_nodes_of_one_name_or_a_contribution_that_is_no_node_are_refused():
+    pm = manager(NodeSpec("b", transport="test", source="one.toml:3"), NodeSpec("b", transport="test", source="p:1"))
+    with pytest.raises(UsageError) as err:
+        collect_nodes(pm, make_config(local=False))
+    assert str(err.value) == "p:1: node name 'b' is already used at one.toml:3"
+    with pytest.raises(UsageError) as err:
+        collect_nodes(manager("b"), make_config(local=False))
+    assert str(err.value) == "plugin 'test-nodes' contributed 'b', not a NodeSpec"
