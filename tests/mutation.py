@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Mutation testing of the modules whose rules are pure, against the unit tests only.
 
-    .venv/bin/python tests/mutation.py [--jobs N] [--retest] [--recheck-timeouts] [MODULE ...]
+    .venv/bin/python tests/mutation.py [--jobs N] [--resume | --retest] [--recheck-timeouts] [MODULE ...]
 
 Not part of every CI run: it takes tens of minutes (docs/testing.md has the last figure and its
 run time). MODULE narrows the run to some of the modules below (``platforms``, ``index``, ...).
-``--retest`` keeps the last run's mutants and results, copies the unit tests as they are now
+``--resume`` goes on with a run that was stopped. ``--retest`` keeps the last run's mutants and results, copies the unit tests as they are now
 into it and tests again only the mutants that were not killed: the quick check after adding a
 test for a survivor (the source must not have changed since that run).
 
@@ -18,8 +18,8 @@ the run happens in a staged copy under ``build/mutation/`` where ``core/`` is
 ``[tool.mutmut]`` in pyproject.toml. In ``core/index.py`` only the pure functions count
 (``FUNCTIONS`` below): the rest talks to a registry.
 
-A *timeout* is a mutant that made its tests run past 15 times their usual time (mutmut's
-limit): a loop that no longer ends, mostly; CI's own time limit would stop such a change, so it
+A *timeout* is a mutant that made its tests run past 5 times their usual time (the
+``timeout_multiplier``): a loop that no longer ends, mostly; CI's own time limit would stop such a change, so it
 counts as detected. ``--recheck-timeouts`` runs each of them again with twice that limit, to
 tell a busy machine from a hang. Prints, per module and in total: mutants, killed, timeouts,
 survived, untested (no unit test reaches the function: a survivor too), % killed ((killed +
@@ -119,12 +119,11 @@ def counted(name: str, modules: list[str]) -> str | None:
 
 
 def set_timeout_multiplier(factor: float) -> None:
-    """Scale [tool.mutmut] timeout_multiplier in the staged pyproject.toml (mutmut's default 15)."""
+    """Scale [tool.mutmut] timeout_multiplier in the staged pyproject.toml by ``factor``."""
     path = STAGE / "pyproject.toml"
     text = path.read_text()
-    text = re.sub(r"(?m)^timeout_multiplier = .*\n", "", text)
-    text = text.replace("[tool.mutmut]\n", f"[tool.mutmut]\ntimeout_multiplier = {15 * factor}\n", 1)
-    path.write_text(text)
+    now = float(re.search(r"(?m)^timeout_multiplier = (.*)$", text).group(1))
+    path.write_text(re.sub(r"(?m)^timeout_multiplier = .*$", f"timeout_multiplier = {now * factor}", text))
 
 
 def show(names: list[str]) -> str:
@@ -165,6 +164,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", metavar="MODULE", help=f"some of: {' '.join(MODULES)}")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="mutants tested at once")
+    parser.add_argument("--resume", action="store_true", help="go on with the last run where it stopped")
     parser.add_argument("--retest", action="store_true",
                         help="test the last run's surviving mutants again against the current unit tests")
     parser.add_argument("--recheck-timeouts", action="store_true",
@@ -199,7 +199,8 @@ def main() -> int:
               f"(progress: {log})", flush=True)
         targets = again
     else:
-        stage()
+        if not (args.resume and (STAGE / "mutants").is_dir()):
+            stage()
         print(f"mutation: mutmut {mutmut.__version__} on {', '.join(modules)} in {STAGE} (progress: {log})",
               flush=True)
         targets = patterns(modules)
