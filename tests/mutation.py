@@ -198,9 +198,12 @@ def main() -> int:
         print(f"mutation: --retest: {len(again)} mutants not killed last time, against the unit tests as they are now "
               f"(progress: {log})", flush=True)
         targets = again
+    elif args.resume and (STAGE / "mutants").is_dir():
+        # mutmut runs every mutant it is given by name again, so name only those without a result
+        targets = sorted(n for n, c in results().items() if c is None and counted(n, modules))
+        print(f"mutation: resuming: {len(targets)} mutants not tested yet (progress: {log})", flush=True)
     else:
-        if not (args.resume and (STAGE / "mutants").is_dir()):
-            stage()
+        stage()
         print(f"mutation: mutmut {mutmut.__version__} on {', '.join(modules)} in {STAGE} (progress: {log})",
               flush=True)
         targets = patterns(modules)
