@@ -20,8 +20,9 @@ the run happens in a staged copy under ``build/mutation/`` where ``core/`` is
 
 A *timeout* is a mutant that made its tests run past 5 times their usual time (the
 ``timeout_multiplier``): a loop that no longer ends, mostly; CI's own time limit would stop such a change, so it
-counts as detected. ``--recheck-timeouts`` runs each of them again with twice that limit, to
-tell a busy machine from a hang. Prints, per module and in total: mutants, killed, timeouts,
+counts as detected. On a busy machine a slow survivor can pass for one, so
+``--recheck-timeouts`` runs each of them again with 15 times the usual time (mutmut's default);
+with ``--retest`` in the same pass as the survivors. Prints, per module and in total: mutants, killed, timeouts,
 survived, untested (no unit test reaches the function: a survivor too), % killed ((killed +
 timeouts) / mutants). Every survivor's diff goes to ``build/mutation/survivors.txt``; each is
 either killed by a unit test that names the rule it checks or listed in docs/testing.md with why
@@ -59,7 +60,7 @@ KILLED = {1, 3}
 SURVIVED = {0}
 UNTESTED = {5, 33}
 TIMEOUT = {-24, 24, 152, 255, 36}
-RECHECK_TIMEOUT_FACTOR = 2
+RECHECK_MULTIPLIER = 15.0  # mutmut's own default: 3x the limit of the first pass
 
 
 def stage() -> None:
@@ -118,12 +119,11 @@ def counted(name: str, modules: list[str]) -> str | None:
     return m.group(1)
 
 
-def set_timeout_multiplier(factor: float) -> None:
-    """Scale [tool.mutmut] timeout_multiplier in the staged pyproject.toml by ``factor``."""
-    path = STAGE / "pyproject.toml"
-    text = path.read_text()
-    now = float(re.search(r"(?m)^timeout_multiplier = (.*)$", text).group(1))
-    path.write_text(re.sub(r"(?m)^timeout_multiplier = .*$", f"timeout_multiplier = {now * factor}", text))
+def set_timeout_multiplier(value: float) -> None:
+    """Set [tool.mutmut] timeout_multiplier in the staged pyproject.toml (both copies mutmut reads)."""
+    for path in (STAGE / "pyproject.toml", STAGE / "mutants" / "pyproject.toml"):
+        text = path.read_text()
+        path.write_text(re.sub(r"(?m)^timeout_multiplier = .*$", f"timeout_multiplier = {value}", text))
 
 
 def show(names: list[str]) -> str:
@@ -168,7 +168,7 @@ def main() -> int:
     parser.add_argument("--retest", action="store_true",
                         help="test the last run's surviving mutants again against the current unit tests")
     parser.add_argument("--recheck-timeouts", action="store_true",
-                        help=f"run the timed-out mutants again with {RECHECK_TIMEOUT_FACTOR}x mutmut's time limit")
+                        help=f"run the timed-out mutants again with {RECHECK_MULTIPLIER:g}x their usual time")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -192,6 +192,9 @@ def main() -> int:
                   file=sys.stderr)
             return 2
         again = sorted(n for n, c in results().items() if c not in KILLED | TIMEOUT and counted(n, modules))
+        if args.recheck_timeouts:
+            again += sorted(n for n, c in results().items() if c in TIMEOUT and counted(n, modules))
+            set_timeout_multiplier(RECHECK_MULTIPLIER)
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         shutil.copytree(REPO / "tests" / "unit", STAGE / "tests" / "unit", ignore=ignore, dirs_exist_ok=True)
         shutil.copy2(REPO / "tests" / "conftest.py", STAGE / "tests" / "conftest.py")
@@ -212,9 +215,9 @@ def main() -> int:
         return 1
     first = time.monotonic() - started
     timed_out = sorted(n for n, c in results().items() if c in TIMEOUT and counted(n, modules))
-    if timed_out and args.recheck_timeouts:
-        print(f"mutation: {len(timed_out)} timeouts again with {RECHECK_TIMEOUT_FACTOR}x the time limit", flush=True)
-        set_timeout_multiplier(RECHECK_TIMEOUT_FACTOR)
+    if timed_out and args.recheck_timeouts and not args.retest:
+        print(f"mutation: {len(timed_out)} timeouts again with {RECHECK_MULTIPLIER:g}x their usual time", flush=True)
+        set_timeout_multiplier(RECHECK_MULTIPLIER)
         if run_mutmut("run", "--max-children", str(args.jobs), *timed_out, log=log) != 0:
             print(f"mutation: the re-run of the timeouts failed, see {log}", file=sys.stderr)
             return 1
