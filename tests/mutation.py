@@ -18,11 +18,11 @@ the run happens in a staged copy under ``build/mutation/`` where ``core/`` is
 ``[tool.mutmut]`` in pyproject.toml. In ``core/index.py`` only the pure functions count
 (``FUNCTIONS`` below): the rest talks to a registry.
 
-A *timeout* is a mutant that made its tests run past 5 times their usual time (the
+A *timeout* is a mutant that made its tests run past 15 times their usual time (mutmut's
 ``timeout_multiplier``): a loop that no longer ends, mostly; CI's own time limit would stop such a change, so it
 counts as detected. On a busy machine a slow survivor can pass for one, so
-``--recheck-timeouts`` runs each of them again with 15 times the usual time (mutmut's default);
-with ``--retest`` in the same pass as the survivors. Prints, per module and in total: mutants, killed, timeouts,
+``--recheck-timeouts`` runs each of them again with 30 times the usual time; with ``--retest``
+in the same pass as the survivors. Prints, per module and in total: mutants, killed, timeouts,
 survived, untested (no unit test reaches the function: a survivor too), % killed ((killed +
 timeouts) / mutants). Every survivor's diff goes to ``build/mutation/survivors.txt``; each is
 either killed by a unit test that names the rule it checks or listed in docs/testing.md with why
@@ -60,7 +60,7 @@ KILLED = {1, 3}
 SURVIVED = {0}
 UNTESTED = {5, 33}
 TIMEOUT = {-24, 24, 152, 255, 36}
-RECHECK_MULTIPLIER = 15.0  # mutmut's own default: 3x the limit of the first pass
+RECHECK_MULTIPLIER = 30.0  # twice the limit of the first pass
 
 
 def stage() -> None:
