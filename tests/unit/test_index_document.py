@@ -63,6 +63,7 @@ def test_an_index_needs_children_and_one_per_platform():
 @pytest.mark.parametrize("doc,platform", [
     ({"os": "linux", "architecture": "arm64"}, "linux/arm64"),
     ({"os": "linux", "architecture": "arm", "variant": "v7"}, "linux/arm/v7"),
+    ({"os": "linux", "architecture": "arm", "variant": "v6"}, "linux/arm/v6"),  # not linux/arm's v7
     ({"os": "linux", "architecture": "arm64", "variant": ""}, "linux/arm64"),
     ({"os": "linux", "architecture": "aarch64"}, "linux/arm64"),  # normalised as containerd does
     ({"architecture": "amd64"}, None),                             # no OS

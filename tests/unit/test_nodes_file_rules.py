@@ -246,3 +246,73 @@ def test_two_nodes_of_one_name_or_a_contribution_that_is_no_node_are_refused():
     with pytest.raises(UsageError) as err:
         collect_nodes(manager("b"), make_config(local=False))
     assert str(err.value) == "plugin 'test-nodes' contributed 'b', not a NodeSpec"
+
+
+# --- each key's own rule ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,line", [
+    ('[nodes.a]\nhost = "h"\narch = 7\n', "F:3: node 'a' key 'arch': expected str, got int 7"),
+    ('[nodes.a]\nhost = "h"\narch = true\n', "F:3: node 'a' key 'arch': expected str, got True"),
+    ('[nodes.a]\nhost = "-oProxyJump"\n',
+     "F:2: node 'a' key 'host': expected a host name, address or ~/.ssh/config alias, got '-oProxyJump'"),
+    ('[nodes.a]\nhost = "h"\nport = 0\n', "F:3: node 'a' key 'port': expected an integer 1-65535, got 0"),
+    ('[nodes.a]\nhost = "h"\nport = 65536\n', "F:3: node 'a' key 'port': expected an integer 1-65535, got 65536"),
+    ('[nodes.a]\nhost = "h"\nidentity = " "\n', "F:3: node 'a' key 'identity': expected a path, got ' '"),
+    ('[nodes.a]\nhost = "h"\nknown_hosts = ""\n', "F:3: node 'a' key 'known_hosts': expected a path, got ''"),
+    ('[nodes.a]\nhost = "h"\nidentity = "/nonexistent/key"\n',
+     "F:3: node 'a' key 'identity': cannot read key file '/nonexistent/key': No such file or directory"),
+    ('[nodes.Xa]\nhost = "h"\nport = 0\n', "F:3: node 'Xa' key 'port': expected an integer 1-65535, got 0"),
+    ('[nodes.b]\nhost = "h"\n  [nodes.b.labels]\n  port = "x"\n\n[nodes.c]\nhost = "h"\nport = 0\n',
+     "F:8: node 'c' key 'port': expected an integer 1-65535, got 0"),
+])
+def test_each_key_is_checked_by_its_own_rule(tmp_path, text, line):
+    assert error(tmp_path, text) == line
+
+
+def test_every_value_given_is_kept(tmp_path):
+    (tmp_path / "id").write_text("key")
+    (local, node) = load_nodes_file(nodes_file(tmp_path, (
+        '[nodes.local]\nlabels = { site = "here" }\nmax_builds = 3\n\n'
+        '[nodes.a]\nhost = "h"\nport = 1\ntransport = "ssh"\nengine = "docker"\nengine_cli = "/opt/docker"\n'
+        'host_key_policy = "accept-new"\nidentity = "id"\nknown_hosts = "kh"\nuser = "u"\n'
+        'docker_host = "unix:///run/d.sock"\n')))
+    assert (local.labels, local.max_builds, local.enabled) == ((("site", "here"),), 3, True)
+    assert (node.port, node.transport, node.engine, node.engine_cli, node.host_key_policy, node.user,
+            node.docker_host, node.arch) == (1, "ssh", "docker", "/opt/docker", "accept-new", "u",
+                                             "unix:///run/d.sock", None)
+    assert (node.identity, node.known_hosts) == (str(tmp_path / "id"), str(tmp_path / "kh"))
+    (top,) = load_nodes_file(nodes_file(tmp_path, '[nodes.a]\nhost = "h"\nport = 65535\n'))
+    assert top.port == 65535
+
+
+def test_the_local_node_remembers_its_own_line(tmp_path):
+    ssh, local = load_nodes_file(nodes_file(tmp_path, '[nodes.a]\nhost = "h"\n\n[nodes.local]\nmax_builds = 1\n'))
+    assert local.source == f"{tmp_path / 'nodes.toml'}:4"
+
+
+@pytest.mark.parametrize("uid,mode,gid,private,problem", [
+    (1000, 0o600, 1000, False, None),                   # mine, only I can write
+    (0, 0o644, 0, False, None),                         # root's
+    (1001, 0o600, 1001, False, "owned by uid 1001 (not you or root)"),
+    (1000, 0o666, 1000, True, "anyone can write (mode 0666)"),
+    (1000, 0o664, 1000, True, None),                    # group-writable, my private group
+    (1000, 0o664, 50, False, "its group can write (mode 0664, gid 50)"),
+    (1000, 0o644, 50, False, None),                     # a shared group that cannot write
+])
+def test_who_could_change_a_nodes_file(monkeypatch, uid, mode, gid, private, problem):
+    from types import SimpleNamespace
+
+    from archfleet import inventory
+
+    monkeypatch.setattr(inventory.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(inventory, "_private_group", lambda u, g: private)
+    st = SimpleNamespace(st_uid=uid, st_mode=0o100000 | mode, st_gid=gid)
+    assert inventory._untrusted(st) == problem
+
+
+def test_a_directory_named_nodes_toml_in_the_working_directory_gets_no_note(tmp_path, monkeypatch):
+    from archfleet.inventory import ignored_local_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nodes.toml").mkdir()
+    assert ignored_local_file(None) is None
