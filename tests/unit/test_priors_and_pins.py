@@ -27,6 +27,7 @@ def facts(cpus=2, score=None, load=0.0, name="n"):
     (8, 2.0, 12.0, 4.0 / 1.5),        # a load beyond the CPUs slows it by the excess per CPU
     (8, 2.0, 6.0, 4.0),               # a load below the CPUs does not
     (0, 1.0, 0.0, 0.5 ** 0.5),        # an unknown CPU count counts as one
+    (1, 1.0, 3.0, 0.5 ** 0.5 / 3),    # one CPU with two runs waiting: a third of its speed
 ])
 def test_node_speed_is_score_times_root_of_cores_over_load(cpus, score, load, speed):
     assert node_speed(facts(cpus, score, load)) == pytest.approx(speed)
@@ -70,16 +71,23 @@ class Estimates:
     def __init__(self, answers):
         self.answers = answers
 
+        self.requests = []
+
     @hookimpl(tryfirst=True)
     def archfleet_estimate(self, option, request, facts, history):
+        self.requests.append(request)
         return self.answers.get(option.node)
 
 
 def refined(tmp_path, answers):
     pm = make_manager(load_entrypoints=False)
-    pm.register(Estimates(answers), name="guess")
+    plugin = Estimates(answers)
+    pm.register(plugin, name="guess")
     options = [Option(ARM, "qemu", n, 10.0) for n in ("a", "b", "c")]
-    return refine(pm, options, request_with(tmp_path, "FROM a\n"), {}, None)
+    request = request_with(tmp_path, "FROM a\n")
+    out = refine(pm, options, request, {}, None)
+    assert plugin.requests == [request] * len(options)  # every estimate sees the request
+    return out
 
 
 def test_a_plugins_estimate_replaces_the_prior_with_its_basis(tmp_path):
