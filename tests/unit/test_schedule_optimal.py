@@ -166,3 +166,22 @@ def test_each_rejected_option_says_why_in_one_line():
     why = {str(r.option): r.why for r in both.rejected}
     assert why["native@pi"] == ("faster alone (2.0s), but pi's slots are taken 1 by other archfleet runs (the first "
                                 "free in ~30s) and by other platforms of this run; native@x86 ends sooner overall")
+
+
+@pytest.mark.parametrize("seed", [226, 430])
+def test_a_better_makespan_with_a_larger_sum_is_not_pruned(seed):
+    """Two cases where a plan 0.5 s shorter has a larger sum of finish times than the first one
+    found: pruning by the sum may only cut plans at least as long as the best so far."""
+    platforms, options, capacity, busy = random_case(random.Random(seed))
+    assert schedule(platforms, options, capacity, busy).makespan == best_by_hand(platforms, options, capacity, busy)[0]
+
+
+@pytest.mark.parametrize("seed", [94, 1045])
+def test_on_a_tie_of_makespan_and_sum_the_first_options_win(seed):
+    """Cases where two plans tie on both makespan and sum of finishes and the search meets the
+    one with the later options first: the option order decides, so equal inputs give equal plans."""
+    platforms, options, capacity, busy = random_case(random.Random(seed))
+    plan = schedule(platforms, options, capacity, busy)
+    chosen = {s.option.platform: s.option for s in plan.chosen}
+    order = sorted(platforms, key=lambda p: (-min(o.estimate for o in options if o.platform == p), str(p)))
+    assert tuple(_key(chosen[p]) for p in order) == best_by_hand(platforms, options, capacity, busy)[2]
