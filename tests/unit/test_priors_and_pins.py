@@ -118,3 +118,19 @@ def test_a_rejected_option_as_fast_as_the_winner_is_not_called_slower():
     assert [r.why for r in plan.rejected] == [
         "faster alone (3.0s), but pi's slots are taken 2 by other archfleet runs (the first free in ~30s); "
         "native@x86 ends sooner overall"]
+
+
+def test_a_pin_naming_what_is_not_there_says_what_is():
+    from archfleet.planner import check_pins
+
+    amd = parse("linux/amd64")
+    with pytest.raises(UsageError) as err:
+        check_pins(parse_pins([], ["linux/s390x=n1"]), [ARM, amd], ["n1"])
+    assert str(err.value) == "--node 'linux/s390x=n1': linux/s390x is not being built (--platform: linux/arm64, linux/amd64)"
+    with pytest.raises(UsageError) as err:
+        check_pins(parse_pins([], ["n9"]), [ARM], ["n1", "n2"])
+    assert str(err.value) == "--node 'n9': no node named 'n9' (known: n1, n2; see archfleet ls)"
+    with pytest.raises(UsageError) as err:
+        check_pins(parse_pins([], ["n9"]), [ARM], [])
+    assert str(err.value) == "--node 'n9': no node named 'n9' (known: none; see archfleet ls)"
+    check_pins(parse_pins(["qemu"], ["linux/arm64=n1"]), [ARM], ["n1"])  # a pin on every platform, one on arm64
