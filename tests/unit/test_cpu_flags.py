@@ -42,3 +42,7 @@ def test_runs_is_native_also():
     assert arm64.runs(parse("linux/arm64")) and arm64.runs(parse("linux/arm/v7"))
     assert not arm64.runs(parse("linux/amd64"))
     assert not parse("linux/arm/v6").runs(parse("linux/arm/v7"))  # an older ARM does not run newer code
+
+
+def test_by_default_the_flags_are_this_machines():
+    assert read_cpu_flags() == read_cpu_flags("/proc/cpuinfo")

@@ -63,3 +63,7 @@ def test_the_escape_directive_changes_the_escape_character():
     assert expand("`$A", ENV, escape="`") == ("$A", ())
     assert expand('"`"x"', ENV, escape="`") == ('"x', ())
     assert expand("a\\b", ENV, escape="`") == ("a\\b", ())  # a backslash is then an ordinary character
+
+
+def test_a_pattern_matches_across_newlines_in_the_value():
+    assert expand("${N##*/}", {"N": "a\nb/c"}) == ("c", ())
