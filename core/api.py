@@ -1,57 +1,67 @@
-"""archfleet's public API for plugins: everything a plugin may import, from one place.
+"""archfleet's public API for plugins: everything a plugin may import, from one place, and no more.
 
 Hooks are declared in :mod:`archfleet.hookspecs` (each documented there); implement them with
-:data:`hookimpl`. The values a hook receives or returns are frozen attrs classes. Helpers a
-strategy usually needs (build on a node's engine, a prior estimate, the Dockerfile analysis,
-the registry client) are here too. Other modules are internal and may change without notice:
-import from ``archfleet.api`` only. The built-in plugins (``archfleet.plugins.*``) follow this
-rule, so they are examples of what an outside plugin can do.
+:data:`hookimpl`. Other modules are internal and may change without notice. The built-in plugins
+(``archfleet.plugins.*``) and the documentation's example import from here only, and a test
+keeps it so: what they use is what this module exports, plus the types the hooks receive or
+return (for annotations) and the two errors the hook contract asks a plugin to raise.
+
+- Hook values (frozen attrs classes unless said): :class:`Platform`, :class:`NodeSpec`,
+  :class:`NodeFacts`, :class:`Option`, :class:`BuildRequest`, :class:`PlatformResult`,
+  :class:`Config` (``archfleet_add_nodes``), :class:`Job` (``archfleet_run``; mutable),
+  :class:`Transport` (the interface ``archfleet_connect`` answers with), :class:`Key`
+  (``archfleet_node_keys``).
+- Errors: :class:`InfrastructureError` (the node failed: re-planned elsewhere),
+  :class:`BuildFailed` (the build failed: reported), :class:`PlatformError`.
+- Strategies: :func:`capable_nodes` (the nodes that can build the request: reachable, with a
+  builder, and an engine that has what the Dockerfile needs), :func:`build_and_push` (build in
+  the node's engine, wait at the push gate, push by digest), :func:`context_digest`,
+  :func:`reuse_key` and its label :data:`LABEL_REUSE_KEY` (the ``reuse`` strategy), :func:`prior_seconds`,
+  :func:`node_speed`, :func:`reference_work`, :data:`QEMU_FACTOR`, :data:`LINK_RATE`,
+  :func:`analyse_dockerfile` (its ``placement()`` says what a node can run), :class:`RegistryClient`,
+  :func:`parse_reference`.
+- Transports: :class:`LocalTransport`, :class:`CommandNode` (context sync and leases over ``run``),
+  :class:`Completed`, :func:`pump_lines`, :func:`supervise`, :func:`guard_callback`,
+  :func:`guard_chunks`, :class:`CallerError`, :func:`parse_docker_host`, :func:`probe_node`,
+  :func:`benchmark`, :func:`adapter_for` (the node's engine adapter: its CLIs, its probe,
+  whether it needs the engine socket), :mod:`binfmt`,
+  :func:`native_platforms`, :func:`read_cpu_flags`, :func:`from_uname`, :func:`read_local_leases`.
 """
 
 from . import binfmt
-from .dockerfile import Analysis, Placement, Stage
 from .dockerfile import analyse as analyse_dockerfile
-from .engine import EngineCLI, discover_cli, local_candidates
-from .errors import (
-    ArchfleetError,
-    BuildFailed,
-    EnvironmentProblem,
-    InfrastructureError,
-    UsageError,
-    VerificationFailed,
-)
-from .executor import RunContext
-from .hookspecs import hookimpl, hookspec
-from .index import verify_child
-from .inventory import Config
+from .engines import adapter_for
+from .engines import capable as capable_nodes
+from .errors import BuildFailed, InfrastructureError
+from .executor import Job
+from .hookspecs import hookimpl
+from .inventory import Config, Key
 from .leases import read_local as read_local_leases
-from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
-from .nodebuild import LABEL_CONTEXT, LABEL_PLATFORM, build_and_push, child_tag, context_digest
+from .buildkey import LABEL_REUSE_KEY, reuse_key
+from .model import BuildRequest, NodeFacts, NodeSpec, Option, PlatformResult
+from .nodebuild import build_and_push, context_digest
 from .planner import LINK_RATE, QEMU_FACTOR, node_speed, prior_seconds, reference_work
 from .platforms import Platform, PlatformError, from_uname, native_platforms, read_cpu_flags
-from .platforms import parse as parse_platform
-from .probe import benchmark, probe_node, score_key
-from .progress import Reporter
-from .reference import Reference, parse_reference
+from .probe import benchmark, probe_node
+from .reference import parse_reference
 from .registry import RegistryClient
-from .transport import Completed, LocalTransport, SSHTransport, Transport, quote_argv
+from .transport import (CallerError, CommandNode, Completed, LocalTransport, Transport, guard_callback, guard_chunks,
+                        parse_docker_host, pump_lines, supervise)
 
 __all__ = [
     # hooks
-    "hookimpl", "hookspec",
-    # values
-    "Platform", "parse_platform", "from_uname", "NodeSpec", "NodeFacts", "Option", "BuildRequest",
-    "PlatformResult", "ChildImage", "Config", "RunContext", "Reporter", "Reference", "Completed",
+    "hookimpl",
+    # hook values
+    "Platform", "NodeSpec", "NodeFacts", "Option", "BuildRequest", "PlatformResult", "Config", "Job", "Transport",
+    "Key",
     # errors
-    "ArchfleetError", "UsageError", "EnvironmentProblem", "BuildFailed", "InfrastructureError",
-    "VerificationFailed", "PlatformError",
+    "InfrastructureError", "BuildFailed", "PlatformError",
     # strategy helpers
-    "build_and_push", "child_tag", "context_digest", "LABEL_CONTEXT", "LABEL_PLATFORM",
-    "prior_seconds", "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "Analysis", "Stage",
-    "Placement",
+    "capable_nodes", "build_and_push", "context_digest", "LABEL_REUSE_KEY", "reuse_key", "prior_seconds",
+    "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "RegistryClient",
+    "parse_reference",
     # transports and probing
-    "Transport", "LocalTransport", "SSHTransport", "quote_argv", "probe_node", "benchmark", "discover_cli",
-    "local_candidates", "EngineCLI", "binfmt", "native_platforms", "read_cpu_flags", "read_local_leases", "score_key",
-    # registry
-    "RegistryClient", "parse_reference", "verify_child",
+    "LocalTransport", "CommandNode", "Completed", "pump_lines", "supervise", "guard_callback", "guard_chunks",
+    "CallerError", "parse_docker_host", "probe_node", "benchmark", "adapter_for", "binfmt",
+    "native_platforms", "read_cpu_flags", "from_uname", "read_local_leases",
 ]

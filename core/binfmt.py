@@ -31,6 +31,7 @@ NO_F = "the fix-binary flag F"
 
 @attrs.frozen
 class Handler:
+    """One binfmt_misc entry as the kernel shows it (``/proc/sys/fs/binfmt_misc/<name>``): its name (``qemu-aarch64``), whether it is enabled, the interpreter path and the flags (``F`` = fix-binary: the interpreter is opened at registration, so it works inside containers)."""
     name: str  # "qemu-aarch64"
     enabled: bool
     interpreter: str
@@ -38,6 +39,7 @@ class Handler:
 
     @property
     def platforms(self) -> tuple[Platform, ...]:
+        """The platforms this handler runs, from its QEMU name (``qemu-arm`` runs linux/arm/v7, v6 and v5); empty for a handler that is not QEMU's."""
         if not self.name.startswith("qemu-"):
             return ()
         return from_qemu_name(self.name[len("qemu-"):])
@@ -59,6 +61,7 @@ class Handler:
 
 
 def parse_entry(name: str, text: str) -> Handler:
+    """A :class:`Handler` from the text of a binfmt_misc entry file (``enabled``, ``interpreter PATH``, ``flags: OCF``)."""
     enabled = False
     interpreter = flags = ""
     for line in text.splitlines():
@@ -73,6 +76,7 @@ def parse_entry(name: str, text: str) -> Handler:
 
 
 def read_handlers(mount: Path = MOUNT) -> list[Handler]:
+    """Every handler registered under ``mount`` (binfmt_misc), sorted by name; empty when it is not mounted or cannot be read."""
     out = []
     try:
         names = sorted(os.listdir(mount))
@@ -89,6 +93,7 @@ def read_handlers(mount: Path = MOUNT) -> list[Handler]:
 
 
 def emulated_platforms(handlers: list[Handler]) -> tuple[Platform, ...]:
+    """The platforms ``handlers`` can emulate inside containers (enabled, with ``F``), each once, in handler order."""
     out: list[Platform] = []
     for h in handlers:
         if h.usable_in_containers:
@@ -108,6 +113,7 @@ def unusable(handlers: list[Handler]) -> tuple[tuple[Platform, str], ...]:
 
 
 def ensure_mounted(mount: Path = MOUNT) -> None:
+    """Mount binfmt_misc at ``mount`` if it is not (needs root). Raises ``subprocess.CalledProcessError`` or ``OSError`` when it cannot."""
     if (mount / "register").exists():
         return
     subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(mount)], check=True,
@@ -125,6 +131,7 @@ def available_confs(dirs: tuple[Path, ...] = CONF_DIRS) -> dict[str, Path]:
 
 
 def conf_for(platform: Platform) -> str | None:
+    """The QEMU handler name for ``platform`` (``qemu-aarch64`` for linux/arm64), or None when QEMU has no emulator for it."""
     return f"qemu-{platform.qemu_arch}" if platform.qemu_arch else None
 
 

@@ -51,8 +51,9 @@ def env_passable(name: str) -> bool:
 
 
 def mask(build_args: Iterable[tuple[str, str]]) -> str:
-    """``repr`` of build args for traces and logs: values of secret-looking names are hidden."""
-    return repr(tuple((k, "***" if looks_secret(k) else v) for k, v in build_args))
+    """``repr`` of build args for traces and logs: names only, every value hidden (any value may
+    be a token, whatever its name; pluggy's tracing prints a BuildRequest through this)."""
+    return repr(tuple((k, "***") for k, _ in build_args))
 
 
 def secret_warning(build_args: Iterable[tuple[str, str]]) -> str | None:

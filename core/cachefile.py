@@ -1,5 +1,6 @@
-"""Writing the user's cache files (scores, link rates, layer scans) so that runs and threads
-writing at once neither tear a file nor lose each other's entries.
+"""Writing the user's cache files (scores, link rates, layer scans, in :mod:`archfleet.cachedir`)
+so that runs and threads writing at once neither tear a file nor lose each other's entries.
+The caches call these when the learn stage (:mod:`archfleet.learn`) keeps what a run measured.
 
 - :func:`write_atomic`: the text goes to a fresh temp file in the same directory
   (``tempfile.mkstemp``: a unique name, ``O_EXCL``, so two writers never share it, unlike a

@@ -10,20 +10,22 @@ import asyncio
 import json
 import os
 import platform as _platform
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import attrs
 import click
 
 from . import platforms as plat
 from .errors import ArchfleetError, EnvironmentProblem, Interrupted, UsageError
 from .inventory import Config, not_utf8
-from .model import BuildRequest
+from .model import Annotation, BuildRequest
 from .planner import parse_pins
-from .reference import child_ref, parse_push_target, parse_registry_host
+from .reference import SEED_CHILD_TAGS, child_ref, child_tag_name, parse_push_target, parse_registry_host
 
 
 def _fail_param(param: str, message: str) -> UsageError:
@@ -52,15 +54,95 @@ def _writable_file(flag: str, value: str) -> None:
         raise _fail_param(flag, f"cannot write {value!r}: {exc.strerror}") from None
 
 
+ANNOTATION_KINDS = ("index", "manifest", "manifest-descriptor")
+_ANNOTATION_TYPE = re.compile(r"([a-z-]+)(?:\[([A-Za-z0-9_/.-]+)\])?")
+
+
+def parse_annotations(values, platforms) -> tuple[list[Annotation], list[str]]:
+    """``--annotation`` values in buildx's syntax, ``[TYPE[PLATFORM],...:]KEY=VALUE`` (buildx's
+    ``ParseAnnotations``): TYPE is ``index`` (the index itself), ``manifest`` (each child
+    manifest; also a bare ``KEY=VALUE``) or ``manifest-descriptor`` (each child's entry in the
+    index); ``[PLATFORM]`` limits a manifest or descriptor annotation to one platform being
+    built. ``index-descriptor`` (only an OCI layout output has one) is refused. Returns the
+    annotations and the problems found (one line each)."""
+    out: list[Annotation] = []
+    problems: list[str] = []
+    for item in values:
+        keypart, eq, value = item.partition("=")
+        if not eq:
+            problems.append(f"--annotation {item!r}: expected [TYPE:]KEY=VALUE")
+            continue
+        kinds, colon, key = keypart.partition(":")
+        if not colon:
+            kinds, key = "manifest", keypart
+        if not key or any(c.isspace() for c in key):
+            problems.append(f"--annotation {item!r}: the KEY is empty or has spaces")
+            continue
+        for kind_text in kinds.split(","):
+            m = _ANNOTATION_TYPE.fullmatch(kind_text)
+            if not m:
+                problems.append(f"--annotation {item!r}: {kind_text!r} is not TYPE or TYPE[PLATFORM]")
+                continue
+            kind, where = m.group(1), m.group(2)
+            if kind == "index-descriptor":
+                problems.append(f"--annotation {item!r}: index-descriptor annotations exist only in an OCI "
+                                "layout output; archfleet pushes to a registry (use index: or manifest-descriptor:)")
+                continue
+            if kind not in ANNOTATION_KINDS:
+                problems.append(f"--annotation {item!r}: unknown type {kind!r} (use "
+                                + ", ".join(ANNOTATION_KINDS) + ")")
+                continue
+            target = None
+            if where:
+                if kind == "index":
+                    problems.append(f"--annotation {item!r}: an index annotation is for the whole index; "
+                                    "drop the [PLATFORM]")
+                    continue
+                try:
+                    target = plat.parse(where)
+                except plat.PlatformError as exc:
+                    problems.append(f"--annotation {item!r}: {exc}")
+                    continue
+                if platforms and target not in platforms:
+                    problems.append(f"--annotation {item!r}: {target} is not a platform being built")
+                    continue
+            out.append(Annotation(kind, key, value, target))
+    return out, problems
+
+
+def check_child_tags(template: str, refs, platforms) -> None:
+    """``--child-tags``: every child's tag, for every ``-t`` tag, is a valid tag, no two
+    platforms get the same one, and none is a ``-t`` tag of the same repository. Raises
+    :class:`UsageError` (one line)."""
+    if os.path.exists(template) and "{" not in template:
+        raise UsageError(f"--child-tags {template!r}: that is a path, not a template; write --child-tags "
+                         "before other flags or as --child-tags=TEMPLATE (alone it means the seed style "
+                         f"{SEED_CHILD_TAGS})")
+    requested = {(r.name, r.tag) for r in refs}
+    for ref in refs:
+        seen: dict[str, object] = {}
+        for p in platforms:
+            name = child_tag_name(template, ref, p)
+            if name in seen:
+                raise UsageError(f"--child-tags {template!r}: {seen[name]} and {p} would both be tagged "
+                                 f"{name!r}; use {{platform}}, or {{arch}}{{variant}}")
+            if (ref.name, name) in requested:
+                raise UsageError(f"--child-tags {template!r}: {p}'s child would take the tag {ref.name}:{name}, "
+                                 "which -t names for the index")
+            seen[name] = p
+
+
 def _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                   metadata_file, insecure_registry, allow_partial, engine_cli, pin_flags=((), ()),
-                  report=None) -> BuildRequest:
+                  report=None, annotation=(), child_tags=None) -> BuildRequest:
     """The :class:`BuildRequest` for ``build``/``plan``, every flag checked first.
 
     Everything the flags alone decide is checked in this one pass, before any node is probed or
     anything built: paths (exist, writable, UTF-8), platforms (Linux, known), tags (distribution's
-    grammar, no digest, the per-platform child tags fit 128 characters), build args, labels,
-    registries, ``--push`` with a tag, the syntax of ``--strategy``/``--node`` (``pin_flags``: their
+    grammar, no digest, the engine's per-platform image names fit 128 characters), build args,
+    labels, registries, ``--push`` with a tag, ``--annotation`` (``annotation``: buildx's syntax,
+    :func:`parse_annotations`) and ``--child-tags`` (``child_tags``: every name it gives,
+    :func:`check_child_tags`), both only with ``--push``, the syntax of ``--strategy``/``--node`` (``pin_flags``: their
     values; which nodes and strategies exist is ``pipeline.check_request``'s job). All problems
     found are reported together, as one line (``; ``-separated), with :class:`UsageError`
     (exit 2); values that are not UTF-8 are reported first, alone."""
@@ -73,33 +155,44 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
             problems.append(str(exc))
             return None
 
-    values = [("PATH", path), ("--file", file), ("--target", target), ("--metadata-file", metadata_file),
-              ("--report", report), ("--engine-cli", engine_cli)]
+    files = (file,) if isinstance(file, str) else tuple(file or ())
+    values = [("PATH", path), ("--target", target), ("--metadata-file", metadata_file),
+              ("--report", report), ("--engine-cli", engine_cli)] + [("--file", f) for f in files]
     # build-arg values may be secrets: only their names are ever repeated in a message
     values += [(f"--build-arg {item.partition('=')[0]!r}", item.partition("=")[0]) for item in build_arg]
     values += [(flag, v) for flag, many in (("--platform", platform), ("--tag", tag),
                                             ("--label", label), ("--insecure-registry", insecure_registry),
-                                            ("--strategy", pin_flags[0]), ("--node", pin_flags[1]))
+                                            ("--strategy", pin_flags[0]), ("--node", pin_flags[1]),
+                                            ("--annotation", annotation), ("--child-tags", (child_tags or "",)))
                for v in many]
     encoding = [m for flag, value in values if value is not None and (m := not_utf8(flag, value))]
     if encoding:  # the other checks would only repeat these values
         raise UsageError("; ".join(encoding))
 
     context = Path(path)
-    dockerfile = Path(file) if file else context / "Dockerfile"
-    if not context.exists():
-        problems.append(f"PATH: build context {path!r} does not exist")
-    elif not context.is_dir():
-        problems.append(f"PATH: build context {path!r} is not a directory")
-    elif not dockerfile.is_file():
-        problems.append(f"--file: Dockerfile {str(dockerfile)!r} not found" + ("" if file else "; name it with -f"))
     platforms: tuple = ()
+    platforms_ok = True
     try:
         platforms = plat.parse_list(list(platform)) if platform else (plat.from_uname(_platform.machine()),)
         if not platforms:
             problems.append("--platform: no platform given")
     except plat.PlatformError as exc:
         problems.append(f"--platform: {exc}")
+        platforms_ok = False
+    default, own = _dockerfiles(files, problems)
+    dockerfile = default if default is not None else context / "Dockerfile"
+    if not context.exists():
+        problems.append(f"PATH: build context {path!r} does not exist")
+    elif not context.is_dir():
+        problems.append(f"PATH: build context {path!r} is not a directory")
+    elif (not platforms or any(p not in dict(own) for p in platforms)) and not dockerfile.is_file():
+        # the default is read only by the platforms without a file of their own
+        problems.append(f"--file: Dockerfile {str(dockerfile)!r} not found" + ("" if default else "; name it with -f"))
+    if platforms_ok:
+        for p, _ in own:
+            if p not in platforms:
+                problems.append(f"--file {p}=...: {p} is not being built (--platform "
+                                f"{','.join(map(str, platforms))}); drop it or add the platform")
     refs = [check(parse_push_target, t, what="--tag") for t in tag]
     if refs and refs[0] is not None and platforms:
         # children are pushed as <first tag>-<os>-<arch>[-<variant>]: the longest must fit
@@ -107,6 +200,15 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
     pins = check(parse_pins, *pin_flags) or ()
     if push and not tag:
         problems.append("--push: name where to push with -t/--tag")
+    annotations, bad = parse_annotations(annotation, platforms)
+    problems += bad
+    if annotations and not push:
+        problems.append("--annotation: annotations go on what is pushed; add --push")
+    if child_tags is not None:
+        if not push:
+            problems.append("--child-tags: child tags are pushed; add --push")
+        elif platforms and refs and None not in refs:
+            check(check_child_tags, child_tags, refs, platforms)
     args: dict[str, str] = {}  # like docker: a later value for the same name wins
     from_env: set[str] = set()
     for item in build_arg:
@@ -146,12 +248,50 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
         raise UsageError("; ".join(dict.fromkeys(problems)))
     return BuildRequest(
         context=context.resolve(), dockerfile=dockerfile.resolve(), platforms=platforms, tags=tuple(tag),
+        platform_dockerfiles=tuple((p, f.resolve()) for p, f in own),
         build_args=list(args.items()), env_build_args=tuple(k for k in args if k in from_env),
         labels=labels, target=target, push=push, no_cache=no_cache, pull=pull, progress=progress,
         metadata_file=Path(metadata_file) if metadata_file else None,
         insecure_registries=tuple(insecure_registry), allow_partial=allow_partial, engine_cli=engine_cli,
-        pins=tuple(pins),
+        pins=tuple(pins), annotations=tuple(annotations), child_tags=child_tags,
     )
+
+
+def _dockerfiles(files, problems: list[str]) -> tuple[Path | None, list[tuple[plat.Platform, Path]]]:
+    """The ``-f`` values: the default Dockerfile (None: not given) and the per-platform ones.
+
+    ``-f PATH`` names the default, ``-f PLATFORM=PATH`` the file of one platform (normalised as
+    ``--platform`` is, so ``armhf=...`` is ``linux/arm/v7``); a value that is an existing file
+    is a path whatever it holds. Paths are as for ``-f`` alone: relative to the working
+    directory. Problems (not a platform, two defaults, two files for one platform, a file that
+    is missing) are appended to ``problems``, one each, for the CLI's one pass."""
+    default: Path | None = None
+    own: dict[plat.Platform, Path] = {}
+    for value in files:
+        key, eq, rest = value.partition("=")
+        if not eq or Path(value).is_file():
+            if default is not None and Path(value) != default:
+                problems.append(f"--file: two default Dockerfiles ({str(default)!r} and {value!r}); give one, and "
+                                "PLATFORM=PATH for a platform's own")
+            else:
+                default = Path(value)
+            continue
+        try:
+            p = plat.parse(key)
+        except plat.PlatformError as exc:
+            problems.append(f"--file {value!r}: no such file, and {key!r} is not a platform ({exc}); "
+                            "give PATH or PLATFORM=PATH")
+            continue
+        if not rest:
+            problems.append(f"--file {value!r}: name the Dockerfile for {p} after the '='")
+            continue
+        if p in own and own[p] != Path(rest):
+            problems.append(f"--file: two Dockerfiles for {p} ({str(own[p])!r} and {rest!r}); give one")
+            continue
+        own[p] = Path(rest)
+        if not Path(rest).is_file():
+            problems.append(f"--file {key}={rest}: Dockerfile {rest!r} not found")
+    return default, list(own.items())
 
 
 def build_options(fn):
@@ -160,11 +300,20 @@ def build_options(fn):
         click.argument("path", default=".", required=False),
         click.option("--platform", multiple=True, help="Target platforms, comma-separated or repeated (linux/arm64,...)."),
         click.option("-t", "--tag", multiple=True, help="Name and tag (registry/repo:tag); repeatable."),
-        click.option("-f", "--file", help="Dockerfile (default: PATH/Dockerfile)."),
+        click.option("-f", "--file", multiple=True, metavar="[PLATFORM=]PATH",
+                     help="Dockerfile (default: PATH/Dockerfile); PLATFORM=PATH gives one platform its own, "
+                          "repeatable: -f linux/arm/v7=Dockerfile.armv7 -f Dockerfile."),
         click.option("--build-arg", multiple=True, help="Build-time variable NAME=VALUE; repeatable."),
         click.option("--label", multiple=True, help="Image label KEY=VALUE; repeatable."),
         click.option("--target", help="Build stage to build."),
-        click.option("--push", is_flag=True, help="Push the per-platform images and the index to the tags."),
+        click.option("--push", is_flag=True,
+                     help="Push the per-platform images (by digest) and the index to the tags."),
+        click.option("--child-tags", "child_tags", is_flag=False, flag_value=SEED_CHILD_TAGS, default=None,
+                     metavar="[TEMPLATE]", help="Also tag each child: alone, <tag>-<os>-<arch>[-<variant>]; or a "
+                     "template of {tag} {platform} {os} {arch} {variant}, e.g. '{tag}-{arch}{variant}'."),
+        click.option("--annotation", multiple=True, metavar="[TYPE:]KEY=VALUE",
+                     help="Annotation, buildx's syntax: index:, manifest: (default), manifest-descriptor:, "
+                          "optionally TYPE[PLATFORM]; repeatable."),
         click.option("--no-cache", is_flag=True, help="Do not use the build cache."),
         click.option("--pull/--no-pull", default=True, show_default=True,
                      help="Resolve base images in their registry rather than the engine's image store."),
@@ -193,19 +342,27 @@ def build_options(fn):
     return fn
 
 
-def _config(nodes, engine_cli, local) -> Config:
+def _config(hooks, nodes, engine_cli, local) -> Config:
     """The nodes configuration; a ``./nodes.toml`` left unread is said in one stderr line."""
-    from .inventory import make_config
+    from .pipeline import load_config
 
-    return make_config(nodes=nodes, engine_cli=engine_cli, local=local,
+    return load_config(hooks, nodes=nodes, engine_cli=engine_cli, local=local,
                        note=lambda line: click.echo(f"archfleet: warning: {line}", err=True))
 
 
-def _run(pm, coro):
+def _hooks():
+    """This command's plugin manager (built-ins, installed plugins, ``ARCHFLEET_*`` settings)."""
+    from .manager import make_hooks
+
+    return make_hooks()
+
+
+def _run(hooks, work):
+    """Run ``work(session)`` on a new event loop as one command (:func:`pipeline.run_command`)."""
     from .pipeline import run_command
 
     try:
-        return asyncio.run(run_command(pm, coro))
+        return asyncio.run(run_command(hooks, work))
     except KeyboardInterrupt as exc:
         # Ctrl-C: asyncio.run cancelled the run. As an ArchfleetError it is one line and exit 130
         # (click would print an empty line and drop the message saying what could not be stopped)
@@ -220,31 +377,35 @@ def cli():
 
 @cli.command()
 @build_options
-def build(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
-          report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node):
+def build(path, platform, tag, file, build_arg, label, target, push, child_tags, annotation, no_cache, pull, progress,
+          quiet, metadata_file, report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy,
+          pin_node):
     """Build PATH for every --platform on the fastest nodes and (with --push) publish the index."""
     from .pipeline import RunState, build as run_build, check_request, write_metadata
-    from .plugin import get_manager
     from .progress import make_reporter
 
     if quiet:
         progress = "quiet"
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
-                            (pin_strategy, pin_node), report)
-    config = _config(nodes_file, engine_cli, local)
+                            (pin_strategy, pin_node), report, annotation, child_tags)
+    hooks = _hooks()
+    config = _config(hooks, nodes_file, engine_cli, local)
     from .buildargs import secret_warning
 
-    warning = secret_warning(request.build_args)
+
+    async def check(session):
+        check_request(hooks, request, config, session)
+
+    _run(hooks, check)  # pins and the Dockerfile, before the registry is asked or a display drawn
+    warning = secret_warning(request.build_args)  # after the checks: bad input stays one line
     if warning:
         click.echo(f"archfleet: warning: {warning}", err=True)
-    pm = get_manager()
-    check_request(pm, request, config)  # pins and the Dockerfile, before the registry is asked
     reporter = make_reporter(progress)  # guarded: progress output never fails the build
     state = RunState()
     try:
         try:
-            summary = _run(pm, run_build(pm, request, config, reporter, state))
+            summary = _run(hooks, lambda session: run_build(hooks, request, config, reporter, session, state))
             reporter.finished(summary)
         finally:
             reporter.close()  # before the error line: a live tty display would hide it
@@ -268,18 +429,18 @@ def build(path, platform, tag, file, build_arg, label, target, push, no_cache, p
 @cli.command()
 @build_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress, quiet, metadata_file,
-         report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node, fmt):
+def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, annotation, no_cache, pull, progress,
+         quiet, metadata_file, report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy,
+         pin_node, fmt):
     """Show the chosen option per platform and the alternatives, without building."""
     from .pipeline import make_plan, unplannable_reason
-    from .plugin import get_manager
 
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
-                            (pin_strategy, pin_node), report)
-    config = _config(nodes_file, engine_cli, local)
-    pm = get_manager()
-    planned = _run(pm, make_plan(pm, request, config))
+                            (pin_strategy, pin_node), report, annotation, child_tags)
+    hooks = _hooks()
+    config = _config(hooks, nodes_file, engine_cli, local)
+    planned = _run(hooks, lambda session: make_plan(hooks, request, config, session))
     p = planned.plan
     if fmt == "json":
         doc = {
@@ -295,6 +456,8 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
                          "estimate_basis": r.option.basis, "why_not": r.why}
                         for r in p.rejected if r.option.platform == s.option.platform
                     ],
+                    "not_offered": [{"node": node, "why": why} for pl, node, why in planned.not_offered
+                                    if pl == s.option.platform],
                 }
                 for s in p.chosen
             ],
@@ -310,6 +473,9 @@ def plan(path, platform, tag, file, build_arg, label, target, push, no_cache, pu
         for r in p.rejected:
             if r.option.platform == s.option.platform:
                 rows.append(("", f"  not {r.option}", f"{r.option.estimate:.1f}s", "", r.why))
+        for pl, node, why in planned.not_offered:
+            if pl == s.option.platform:
+                rows.append(("", f"  not on {node}", "", "", why))
     click.echo(_table(rows))
     click.echo(f"makespan: {p.makespan:.1f}s ({'exact search' if p.exact else 'greedy schedule'})")
     for pl, _ in p.unplannable:
@@ -325,6 +491,10 @@ def _fail_unplannable(planned) -> None:
         raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in planned.plan.unplannable))
 
 
+# `archfleet ls`'s CAN column: one word per capability (docs/cli.md)
+_FEATURE_WORDS = {"cache_export": "cache", "frontends": "syntax"}
+
+
 @cli.command(name="ls")
 @click.option("--engine-cli", envvar="ARCHFLEET_ENGINE_CLI", metavar="PATH", help="Engine CLI for the local node.")
 @click.option("--local/--no-local", default=True)
@@ -333,27 +503,29 @@ def _fail_unplannable(planned) -> None:
 def ls_(engine_cli, local, nodes_file, fmt):
     """List build nodes with their native and emulated platforms (like `docker buildx ls`)."""
     from .pipeline import probe
-    from .plugin import get_manager
 
-    config = _config(nodes_file, engine_cli, local)
-    pm = get_manager()
-    facts = _run(pm, probe(pm, config))
+    hooks = _hooks()
+    config = _config(hooks, nodes_file, engine_cli, local)
+    facts = _run(hooks, lambda session: probe(hooks, config, session))
     if fmt == "json":
         click.echo(json.dumps([
             {"name": f.name, "reachable": f.reachable, "error": f.error, "transport": f.node.transport,
-             "engine_version": f.engine_version, "builder": f.builder, "engine_cli": list(f.engine_cli),
+             "engine": f.node.engine, "engine_version": f.engine_version, "rootless": f.rootless,
+             "capabilities": attrs.asdict(f.capabilities) if f.capabilities else None,
+             "builder": f.builder, "engine_cli": list(f.engine_cli),
              "native": [str(p) for p in f.native], "emulated": [str(p) for p in f.emulated],
              "cpus": f.cpus, "memory": f.memory, "load": f.load, "score": f.score, "max_builds": f.node.max_builds,
-             "busy": list(f.busy)}
+             "busy": list(f.busy), "labels": dict(f.node.labels)}
             for f in facts.values()
         ], indent=2))
         return
-    rows = [("NAME", "STATUS", "ENGINE", "BUILDER", "CPUS", "SCORE", "MAX", "NATIVE", "EMULATED")]
+    rows = [("NAME", "STATUS", "ENGINE", "BUILDER", "CAN", "CPUS", "SCORE", "MAX", "NATIVE", "EMULATED")]
     for f in facts.values():
         status = "ready" if f.can_build else ("unreachable" if not f.reachable else "no builder")
         if f.can_build and f.busy:
             status += f" ({len(f.busy)} busy)"
-        rows.append((f.name, status, f"docker {f.engine_version or '?'}", f.builder or "-", str(f.cpus),
+        can = ",".join(_FEATURE_WORDS.get(n, n) for n in f.capabilities.names()) if f.capabilities else "-"
+        rows.append((f.name, status, f.engine_label, f.builder or "-", can or "-", str(f.cpus),
                      f"{f.score:.2f}" if f.score else "-", str(f.node.max_builds),
                      ",".join(map(str, f.native)) or "-", ",".join(map(str, f.emulated)) or "-"))
     click.echo(_table(rows))
@@ -386,17 +558,19 @@ def binfmt(install, uninstall):
         confs = bf.available_confs(bf.CONF_DIRS)
         if not confs:
             raise EnvironmentProblem(f"no QEMU handlers found in {bf.CONF_DIRS[0]}; install qemu-user-static")
+        native = {bf.conf_for(p) for p in plat.native_platforms(_platform.machine())}
         if install.strip() == "all":
             wanted = sorted(confs)
         else:
             wanted = []
             for p in install_platforms:
                 name = bf.conf_for(p)
+                if name in native:
+                    continue  # this machine runs it: no handler (Debian ships none for it either)
                 if name not in confs:
                     raise EnvironmentProblem(f"--install {p}: qemu-user-static has no {name}.conf in "
                                              f"{bf.CONF_DIRS[0]}")
                 wanted.append(name)
-        native = {bf.conf_for(p) for p in plat.native_platforms(_platform.machine())}
         for name in wanted:
             if name in native:
                 continue
@@ -441,9 +615,9 @@ def _why(exc: BaseException) -> str:
 def plugins_(fmt):
     """List loaded plugins (built-in and installed), their versions and the hooks each implements."""
     from . import __version__
-    from .plugin import BUILTIN_PLUGINS, get_manager
+    from .manager import BUILTIN_PLUGINS
 
-    pm = get_manager()
+    pm = _hooks().pm
     dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     builtin = {d.rsplit(".", 1)[-1] for d in BUILTIN_PLUGINS}
     rows = []
@@ -476,18 +650,21 @@ def plugins_(fmt):
 @click.option("--engine-cli", envvar="ARCHFLEET_ENGINE_CLI", metavar="PATH", help="Engine CLI for the local node.")
 @click.option("--local/--no-local", default=True, help="Check the local engine and binfmt handlers.")
 @click.option("--nodes", "nodes_file", metavar="FILE", help="nodes.toml to check.")
-def doctor(registries, insecure_registry, engine_cli, local, nodes_file):
-    """Check the engine, BuildKit, QEMU handlers, registries and nodes; say what to fix."""
+@click.option("--platform", "platform", multiple=True, metavar="P[,P...]",
+              help="Platforms to check on each node (default: linux/amd64,arm64,arm/v7,s390x,ppc64le).")
+def doctor(registries, insecure_registry, engine_cli, local, nodes_file, platform):
+    """Check the engine, BuildKit, QEMU handlers, registries, nodes and each platform on each node; say what to fix."""
     from . import doctor as doc
-    from .plugin import get_manager
 
     for host in registries:
         parse_registry_host(host, what="--registry")
     for host in insecure_registry:
         parse_registry_host(host, what="--insecure-registry")
-    config = _config(nodes_file, engine_cli, local)
-    pm = get_manager()
-    checks = _run(pm, doc.run(pm, config, tuple(registries), tuple(insecure_registry), engine_cli))
+    platforms = tuple(p for text in platform for p in _platform_list("--platform", text))
+    hooks = _hooks()
+    config = _config(hooks, nodes_file, engine_cli, local)
+    checks = _run(hooks, lambda session: doc.run(hooks, config, session, tuple(registries),
+                                                 tuple(insecure_registry), engine_cli, platforms))
     for c in checks:
         click.echo(c.line())
     failed = [c for c in checks if c.status == "FAIL"]
@@ -512,15 +689,15 @@ def _table(rows) -> str:
 
 
 def main(argv=None) -> int:
+    """Run the ``archfleet`` command with ``argv`` (default: ``sys.argv[1:]``); return its exit code. Every error is one line on stderr (``archfleet: error: ...``) and a documented code (:mod:`archfleet.errors`: 2 bad input, 3 environment, 1 build, 70 a bug, 130 interrupted); ``ARCHFLEET_DEBUG=1`` adds the traceback."""
     debug = os.environ.get("ARCHFLEET_DEBUG") == "1"
     try:
         cli.main(args=argv, prog_name="archfleet", standalone_mode=False)
         return 0
-    except click.exceptions.NoSuchOption as exc:
-        _say(f"{exc.format_message()} (see archfleet {exc.ctx.command.name if exc.ctx else ''} --help)")
-        return 2
     except click.exceptions.UsageError as exc:
-        hint = f" (see archfleet {exc.ctx.info_name} --help)" if exc.ctx else ""
+        # the help to read: "archfleet build --help" for a command's flags, "archfleet --help" for
+        # the command's name or a flag given before it
+        hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
         _say(exc.format_message() + hint)
         return 2
     except click.exceptions.Abort:
@@ -552,6 +729,7 @@ def _say(message: str) -> None:
 
 
 def entrypoint() -> None:
+    """The console script: :func:`main`, then exit with its code."""
     code = None
     try:
         code = main()

@@ -58,8 +58,8 @@ from typing import Iterator
 
 import attrs
 
-from . import linkrate
 from .errors import InfrastructureError, UsageError
+from .model import Transfer
 
 CACHE = ".cache/archfleet/sync-v2"  # bump the version when the layout changes
 CHUNK = 1 << 20
@@ -70,6 +70,7 @@ DIGEST_VERSION = b"archfleet-context-v3\n"
 
 @attrs.frozen
 class Entry:
+    """One path of a context snapshot: ``path`` relative and ``/``-separated, ``kind`` (file, dir or link), its mode, and for files the sha256 hex of the contents and the size in bytes, for links the target."""
     path: str  # relative, "/"-separated
     kind: str  # "file" | "dir" | "link"
     mode: int = 0o644
@@ -79,11 +80,13 @@ class Entry:
 
     @property
     def blob(self) -> str:
+        """The name the file's contents have in a node's blob cache: ``<sha256>-<octal mode>`` (hard links share a mode)."""
         return f"{self.digest}-{self.mode:o}"
 
 
 @attrs.frozen
 class Snapshot:
+    """What a build context holds after the ignore rule: its entries, the Dockerfile (as an entry and its path), the ignore file applied, and ``digest`` (sha256 hex over all of it: the sync and history key)."""
     root: Path
     entries: tuple[Entry, ...]
     dockerfile: Entry
@@ -94,6 +97,7 @@ class Snapshot:
 
     @property
     def size(self) -> int:
+        """Bytes of file contents in the context (what a cold sync sends, before tar headers)."""
         return sum(e.size for e in self.entries if e.kind == "file")
 
 
@@ -263,13 +267,15 @@ _MISSING = (
 # $1 cache, $4 minutes a tree may go unused, $5 minutes an orphaned blob is kept. Once a day
 # (the "pruned" stamp). A tree goes by one rename out of ctx/ before it is deleted, so no
 # interrupted prune leaves a half-deleted tree where a sync would trust it; its marker goes next.
+# Its last line says what it did: absent (no cache), recent (pruned less than a day ago), pruned.
 _PRUNE = (
-    'cd "$1" 2>/dev/null || exit 0; [ -n "$(find . -maxdepth 1 -name pruned -mmin -1440)" ] && exit 0;'
+    '[ -e "$1" ] || { echo absent; exit 0; }; cd "$1" || exit 1;'
+    ' [ -n "$(find . -maxdepth 1 -name pruned -mmin -1440)" ] && { echo recent; exit 0; };'
     ' : > pruned; mkdir -p stage; for ok in ctx/*.ok; do [ -e "$ok" ] || continue;'
     ' if [ -n "$(find "$ok" -mmin +"$4")" ]; then d=${ok%.ok}; g="stage/gone-${d#ctx/}-$$";'
     ' if [ -e "$d" ]; then mv -T "$d" "$g" 2>/dev/null && rm -rf "$g"; fi; rm -f "$ok"; fi; done;'
     ' find blobs -type f -links 1 -cmin +"$5" -exec rm -f {} + 2>/dev/null;'
-    ' find stage -mindepth 1 -maxdepth 1 -mmin +"$5" -exec rm -rf {} + 2>/dev/null; true'
+    ' find stage -mindepth 1 -maxdepth 1 -mmin +"$5" -exec rm -rf {} + 2>/dev/null; echo pruned'
 )
 # $1 cache, $2 context digest, $3 staging name. The stream unpacks into stage/$3 only: new blobs
 # in new/ with their SHA256SUMS, the tree (hard links to new/ or blobs/), the Dockerfile, and
@@ -413,8 +419,12 @@ def _blob_tar(snap: Snapshot, names: set[str], stage: str) -> Iterator[bytes]:
     yield b"".join(layout)
 
 
-async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
-    """Make the context exist on the node; return (context dir, Dockerfile path) there.
+async def sync_context(transport, request, reporter=None) -> tuple[str, str, Transfer | None]:
+    """Make the context exist on the node; return (context dir, Dockerfile path) there, and the
+    :class:`~archfleet.model.Transfer` measured when the sync sent the context over a link the
+    transport names (its ``link_key``), else None (the node had it, or no link to learn). The
+    caller hands the Transfer on (``PlatformResult.transfer``): the learn stage learns the
+    link rate from it.
 
     Beside that Dockerfile lies the ignore file this snapshot applied, as
     ``Dockerfile.dockerignore`` (when one applied), so BuildKit on the node filters the tree
@@ -435,7 +445,7 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
 
     check = await sh(_CHECK, CACHE, snap.digest)
     if check.ok and "present" in check.tail:
-        return ctx_dir, df_path
+        return ctx_dir, df_path, None
     wanted = sorted({e.blob for e in _files(snap)})
     names = await _missing(transport, wanted)
     # short: "stage/<16>/new/<blob>" stays within tar's 100-byte name field, so the blob and
@@ -453,23 +463,31 @@ async def sync_context(transport, request, reporter=None) -> tuple[str, str]:
                       stdin=counted(_blob_tar(snap, names, stage)))
     if not unpack.ok:
         raise InfrastructureError(transport.node, f"context sync failed: {unpack.last_line()}")
+    seconds = time.monotonic() - started
     key = getattr(transport, "link_key", None)
-    if key:
-        await asyncio.to_thread(linkrate.record, key, sent[0], time.monotonic() - started)
-    return ctx_dir, df_path
+    return ctx_dir, df_path, (Transfer(key, sent[0], seconds, stage) if key else None)
+
+
+PRUNE_STATES = ("pruned", "recent", "absent")
 
 
 async def prune(transport, cache: str = CACHE, *, tree_minutes: int | None = None,
-                orphan_minutes: int = ORPHAN_MINUTES) -> None:
+                orphan_minutes: int = ORPHAN_MINUTES) -> str:
     """Bound the node's cache by age, on its own (a sync that unpacks a new tree runs the same
-    script as its last step): at most once a day, cheap otherwise. Never raises."""
+    script as its last step): at most once a day, cheap otherwise. Never raises: returns what
+    happened, ``"pruned"``, ``"recent"`` (pruned less than a day ago: nothing done), ``"absent"``
+    (no cache there), or ``"failed: <why>"`` (the node could not be asked, or the script failed)."""
     if tree_minutes is None:
         tree_minutes = cache_days() * 1440
     try:
-        await transport.run(["sh", "-c", _PRUNE, "sh", cache, "", "", str(tree_minutes), str(orphan_minutes)],
-                            timeout=120)
-    except Exception:
-        pass
+        done = await transport.run(["sh", "-c", _PRUNE, "sh", cache, "", "", str(tree_minutes), str(orphan_minutes)],
+                                   timeout=120)
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}: {exc}"
+    said = done.last_line()
+    if not done.ok:
+        return f"failed: {said}"
+    return said if said in PRUNE_STATES else f"failed: unexpected answer {said!r}"
 
 
 async def _missing(transport, wanted: list[str]) -> set[str]:

@@ -15,9 +15,14 @@ shell-unquoted). This module keeps only the semantics on top, after BuildKit's
   quotes, ``$VAR``, ``${VAR:-x}``, ``${VAR:+x}``, nested ``${A:-$C}``, ...). A name used in
   ``FROM`` that no ARG declares expands to empty with a warning (BuildKit's lint
   ``UndefinedArgInFrom``), not an error.
-- the stage graph: ``FROM <stage>``, ``COPY --from=<name|index|image>`` and
-  ``RUN --mount=...,from=<name>``, with the ``--from`` value expanded with the stage's ARGs and
-  ENVs; the closure of the ``--target`` stage.
+- the stage graph: ``FROM <stage>`` (the last stage of that name so far; the value expanded
+  with the global ARGs, so ``FROM build-$TARGETARCH`` picks a stage per target),
+  ``COPY --from=<name|index|image>`` and ``RUN --mount=...,from=<name|image>`` (looked up once
+  every stage is known: a name used twice means its last stage). As in BuildKit, ``--from``
+  and a mount's ``from=`` are never expanded: a variable there is an error (dockerfile2llb's
+  "variable expansion is not supported for --from"), a stage copying from itself is a
+  circular dependency, and one copying from a later stage fails when it is built. The
+  closure of the ``--target`` stage.
 - the platform of each stage: ``$BUILDPLATFORM`` however it is spelled (``linux/$BUILDARCH``,
   ``$BUILDOS/$BUILDARCH``), the target, or a literal platform (``--platform=linux/amd64``);
   see :class:`Stage`. :meth:`Analysis.placement` says how the stages one target needs run on
@@ -106,6 +111,7 @@ class Stage:
 
     @property
     def on_build_platform(self) -> bool:
+        """True when the stage runs on ``$BUILDPLATFORM`` (the build node's own platform)."""
         return self.platform == BUILD
 
     @property
@@ -115,6 +121,7 @@ class Stage:
 
     @property
     def label(self) -> str:
+        """The stage's name for people: its ``AS`` name, else ``#<index>``."""
         return self.name or f"#{self.index}"
 
 
@@ -138,10 +145,12 @@ class Placement:
 
     @property
     def possible(self) -> bool:
+        """True when the node can run every RUN of the build (natively or under QEMU)."""
         return not self.missing
 
     @property
     def emulated_runs(self) -> int:
+        """RUN instructions that run under QEMU on this node."""
         return sum(n for _, n in self.emulated)
 
     @property
@@ -161,6 +170,7 @@ class Placement:
         return ", ".join(parts)
 
     def why_not(self) -> str:
+        """One line saying which stage the node cannot run and on what platform (empty when possible)."""
         return "; ".join(self.missing)
 
 
@@ -185,10 +195,12 @@ class Analysis:
     escape: str = "\\"
 
     def stage(self, i: int) -> Stage:
+        """The stage at index ``i`` (0-based, file order)."""
         return self.stages[i]
 
     @property
     def used(self) -> tuple[Stage, ...]:
+        """The stages the target needs (the target included), in file order."""
         return tuple(self.stages[i] for i in self.reachable)
 
     @property
@@ -197,12 +209,20 @@ class Analysis:
         return any(s.on_build_platform for s in self.used)
 
     @property
+    def can_cross(self) -> bool:
+        """The ``cross`` strategy can offer this on some node: a stage the target needs runs on
+        ``$BUILDPLATFORM``, or is pinned to a platform of its own (on a node of that platform it
+        runs natively, as a ``$BUILDPLATFORM`` stage does)."""
+        return self.cross or bool(self.pinned)
+
+    @property
     def target_runs(self) -> int:
         """RUN instructions in target-platform stages (these need the target CPU or QEMU)."""
         return sum(s.runs for s in self.used if s.platform == TARGET)
 
     @property
     def build_runs(self) -> int:
+        """RUN instructions in build-platform stages (they run natively on any node)."""
         return sum(s.runs for s in self.used if s.platform == BUILD)
 
     @property
@@ -212,6 +232,7 @@ class Analysis:
 
     @property
     def declared_args(self) -> frozenset[str]:
+        """Every ARG name the Dockerfile declares (global and per stage)."""
         out = set(self.global_args)
         for s in self.stages:
             out.update(s.args)
@@ -282,6 +303,7 @@ def read(path: str | Path) -> str:
 
 
 def decode(raw: bytes, path: str = "Dockerfile") -> str:
+    """``raw`` (a Dockerfile's bytes) as text. Raises :class:`DockerfileError` naming ``path``, the line and the byte offset when it is not UTF-8 (a BOM is BuildKit's to strip)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -351,17 +373,18 @@ def _error_line(text: str, message: str) -> int:
     return max(lo, 1)
 
 
+_PROBE = "archfleet_escape_probe"
+
+
 def _escape_token(text: str) -> str:
-    """The ``# escape=`` parser directive's character (``\\`` by default). BuildKit's parser has
-    already checked the directives; this reads them again only to know the character, by the
-    same rule: directives come first, and the first line that is not one ends them."""
-    for line in text.lstrip("\ufeff").splitlines():
-        m = re.match(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$", line)
-        if not m or m.group(1).lower() not in ("syntax", "escape"):
-            break
-        if m.group(1).lower() == "escape":
-            return m.group(2)
-    return "\\"
+    """The escape character BuildKit's parser uses for ``text``: ``\\`` unless a ``# escape=``
+    parser directive made it the backtick (the only two it accepts). Asked of the parser itself,
+    so its directive rules hold (where directives end, which it knows): two probe lines are
+    appended, the first ending in a backtick; the second stands alone as the last instruction
+    only when the backtick escapes nothing (also when ``text`` ends in a continuation, which
+    swallows the first). Call it on text the parser accepts."""
+    probe = _buildkit.parse_string(f"{text}\nARG {_PROBE}1`\nARG {_PROBE}2\n")
+    return "\\" if probe and probe[-1].value == (f"{_PROBE}2",) else "`"
 
 
 # --- the semantic pass ----------------------------------------------------------------------------
@@ -437,18 +460,35 @@ def _evaluate(insts: Sequence[Instruction], path: str, build_args: Mapping[str, 
         if rows and rows[-1]["name"]:
             names[rows[-1]["name"]] = rows[-1]["index"]
 
-    def refs(value: str, line: int, what: str) -> list[int]:
-        """Stages ``value`` (an expanded --from) names: a stage name, an index, else an image."""
-        if _SENTINEL_RE.search(value):  # symbolic pass: the stages any platform could pick
-            rx = re.compile(".*".join(re.escape(p) for p in _SENTINEL_RE.split(value)[::2]), re.S)
-            return sorted(i for n, i in names.items() if rx.fullmatch(n))
-        if value.lower() in names:
-            return [names[value.lower()]]
-        if value.isdigit():
-            if int(value) >= len(rows) - 1:
-                raise DockerfileError(f"{path}:{line}: {what}={value} refers to a stage that is not before it")
-            return [int(value)]
-        return []  # an image
+    # what --from and a mount's from= name: BuildKit looks them up once every stage is known,
+    # so a name used twice means its last stage (FROM <name> means the last one so far)
+    every_name: dict[str, int] = {}
+    for k, ins in enumerate(i for i in insts[first:] if i.keyword == "FROM"):
+        if len(ins.words) == 3 and ins.words[1].lower() == "as":
+            every_name[ins.words[2].lower()] = k
+
+    def refs(value: str, line: int, what: str, index_ok: bool = True) -> list[int]:
+        """Stages ``value`` names: a stage name, an index (``COPY --from`` only), else an image.
+        One not before the current stage is an error, as in BuildKit: the stage itself is a
+        circular dependency, and a later one has not been built when this one copies from it."""
+        here = len(rows) - 1
+        k = every_name.get(value.lower())
+        if k is None and index_ok and value.isdigit():
+            k = int(value)
+        if k is None:
+            return []  # an image
+        if k == here:
+            raise DockerfileError(f"{path}:{line}: {what}={value}: circular dependency: it names the stage it is in "
+                                  "(a stage name used twice means its last stage)")
+        if k > here:  # an error only if this stage is built (BuildKit fails then, not before)
+            rows[here]["broken"].append(f"{path}:{line}: {what}={value} refers to a stage that is not before it")
+            return []
+        return [k]
+
+    def bases(value: str) -> list[int]:
+        """The stages a symbolic ``FROM`` value could name for some platform (``build-$TARGETARCH``)."""
+        rx = re.compile(".*".join(re.escape(p) for p in _SENTINEL_RE.split(value)[::2]), re.S)
+        return sorted(i for n, i in names.items() if rx.fullmatch(n))
 
     for ins in insts[first:]:
         where = f"{path}:{ins.line}"
@@ -475,45 +515,46 @@ def _evaluate(insts: Sequence[Instruction], path: str, build_args: Mapping[str, 
                 raise DockerfileError(f"{where}: FROM --platform needs a value")
             parent = names.get(base.lower())
             deps: list[int] = []
-            if parent is None and _SENTINEL_RE.search(base):
-                deps = refs(base, ins.line, "FROM")
-            env: dict[str, str | None] = dict(rows[parent]["env"]) if parent is not None else {}
+            if parent is None and _SENTINEL_RE.search(base):  # symbolic pass: any stage a platform picks
+                deps = bases(base)
             rows.append(dict(index=len(rows), name=name, line=ins.line, base=base, platform_expr=platform_expr,
-                             parent=parent, deps=deps, runs=0, args=[], env=env, senv=dict(env)))
+                             parent=parent, deps=deps, runs=0, args=[], broken=[]))
             continue
         st = rows[-1]
         if ins.keyword == "ARG":
             for name, raw in _arg_decls(ins, path):
                 st["args"].append(name)
-                if name in build_args and name not in auto:
-                    st["senv"][name] = build_args[name]
-                elif raw is not None:
-                    st["senv"][name] = _word(raw, st["senv"], escape, f"{where}: ARG {name}")[0]
-                else:
-                    st["senv"][name] = genv.get(name)
+                if raw is not None:  # its value matters to no stage edge: only its syntax is checked
+                    _word(raw, {}, escape, f"{where}: ARG {name}")
         elif ins.keyword == "ENV":
-            words = ins.words
-            for k in range(0, len(words) - 1, 2):
-                value = _word(words[k + 1], st["senv"], escape, f"{where}: ENV {words[k]}")[0]
-                st["senv"][words[k]] = st["env"][words[k]] = value
-        elif ins.keyword in ("COPY", "ADD"):
+            for k in range(0, len(ins.words) - 1, 2):
+                _word(ins.words[k + 1], {}, escape, f"{where}: ENV {ins.words[k]}")
+        elif ins.keyword == "ADD" and ins.flag("from") is not None:
+            raise DockerfileError(f"{where}: ADD has no --from flag (BuildKit: unknown flag: from); use COPY --from")
+        elif ins.keyword == "COPY":
             src = ins.flag("from")
-            if src is not None:
-                value, unmatched = _word(src, st["senv"], escape, f"{where}: --from")
-                for var in unmatched:
-                    warnings.append(f"{where}: --from={src} uses ${var}, which nothing in this stage sets; "
-                                    "it expands to empty")
-                if value:  # empty: BuildKit copies from the build context
-                    st["deps"].extend(refs(value, ins.line, "--from"))
+            if src is not None and _word(src, {}, escape, f"{where}: --from")[0] != src:
+                # dockerfile2llb's toCommand: a --from that expansion would change is refused
+                raise DockerfileError(
+                    f"{where}: COPY --from={src}: BuildKit does not expand variables in --from; name the stage "
+                    f"with a global ARG instead (ARG before the first FROM, then FROM {src} AS <name>, and "
+                    "COPY --from=<name>)")
+            if src:  # empty: BuildKit copies from the build context
+                st["deps"].extend(refs(src, ins.line, "--from"))
         elif ins.keyword == "RUN":
             st["runs"] += 1
             for key, value in ins.flags:
                 if key == "mount" and value:
                     for field in next(csv.reader([value])):
                         k, _, v = field.partition("=")
-                        if k.strip().lower() == "from" and v:
-                            got, _ = _word(v, st["senv"], escape, f"{where}: --mount from")
-                            st["deps"].extend(refs(got, ins.line, "--mount from"))
+                        if k.lower() != "from" or not v:
+                            continue
+                        if re.search(r"\$.", v):  # instructions.parseMount refuses it
+                            raise DockerfileError(
+                                f"{where}: RUN --mount from={v}: BuildKit does not expand variables in a mount's "
+                                "from; name the stage with a global ARG instead (FROM "
+                                f"{v} AS <name>, then from=<name>)")
+                        st["deps"].extend(refs(v, ins.line, "--mount from", index_ok=False))
     register_last()
     if target_name is not None:
         t = target_name.lower()
@@ -533,6 +574,9 @@ def _evaluate(insts: Sequence[Instruction], path: str, build_args: Mapping[str, 
         todo.extend(rows[k]["deps"])
         if rows[k]["parent"] is not None:
             todo.append(rows[k]["parent"])
+    for k in sorted(reach):
+        if rows[k]["broken"]:
+            raise DockerfileError(rows[k]["broken"][0])
     out = tuple(_Row(r["index"], r["name"], r["line"], r["base"], r["platform_expr"], r["parent"],
                      tuple(dict.fromkeys(r["deps"])), r["runs"], tuple(r["args"])) for r in rows)
     return _Pass(tuple(global_args), out, target, tuple(sorted(reach)),
@@ -663,9 +707,13 @@ def _cached(path: str, stamp: tuple, build_args: tuple, target: str | None, plat
     return analysis
 
 
-def analyse(request) -> Analysis:
-    """The analysis of ``request``'s Dockerfile (cached per file version, args, target and
-    platforms). DockerfileError (exit 2) when BuildKit would not build it."""
+def analyse(request, platform: Platform | None = None) -> Analysis:
+    """The analysis of ``request``'s Dockerfile, or of ``platform``'s own when the request gives
+    platforms files of their own (:meth:`~archfleet.model.BuildRequest.for_platform`); cached per
+    file version, args, target and the platforms built from that file. DockerfileError (exit 2)
+    when BuildKit would not build it."""
+    if platform is not None and hasattr(request, "for_platform"):
+        request = request.for_platform(platform)
     path = str(request.dockerfile)
     try:
         st = Path(path).stat()

@@ -113,6 +113,7 @@ class LayerIndex:
         self.elf_counts: dict[str, int] = {}
 
     def add_layer(self, fileobj: IO[bytes]) -> None:
+        """Scan the tar stream ``fileobj`` (a layer, gzip or plain) and add it as the next layer down."""
         self.add_scan(scan_layer(fileobj))
 
     def _hidden(self, path: str) -> bool:
@@ -183,6 +184,7 @@ class LayerIndex:
         return None
 
     def majority_arch(self) -> str | None:
+        """The ELF architecture most files seen have (ties go to the name first in order), or None when no ELF was seen."""
         if not self.elf_counts:
             return None
         return max(sorted(self.elf_counts), key=lambda a: self.elf_counts[a])

@@ -1,4 +1,6 @@
-"""The Docker engine adapter.
+"""The Docker engine adapter (``engine = "docker"``, the default; see :mod:`archfleet.engines` for
+the interface every adapter has): dockerd, rootful or rootless (a ``docker_host`` to a rootless
+daemon's socket; the probe reads ``name=rootless`` in ``docker info``'s security options).
 
 Builds go through an engine CLI because docker-py cannot drive BuildKit (docker/docker-py#2230):
 ``docker buildx build`` where the buildx plugin exists, else ``DOCKER_BUILDKIT=1 docker build``
@@ -14,8 +16,9 @@ and what a RUN step prints ("Connection refused", "no space left on device", ...
 user's text, whatever it says. In order:
 
 1. The engine CLI could not be started (exit 126/127 from the transport: not found, not
-   executable) or was killed by a signal (a negative exit status: the OOM killer, a reboot):
-   the node failed.
+   executable) or was killed by a signal (a negative exit status: the OOM killer, a reboot;
+   over SSH, status 137 with the transport's own ``killed by signal NAME`` line last): the node
+   failed (:func:`archfleet.engines.exit_path_failure`, shared with the podman adapter).
 2. The engine does not answer ``ping()`` (``GET /_ping``, the Engine API's liveness check):
    the engine is gone, the node failed.
 3. Otherwise only the CLI's own error line is read: the last non-empty line that is not
@@ -44,21 +47,20 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from typing import Collection, Sequence
-
-import attrs
+from typing import AsyncIterator, Collection, Sequence
 
 import docker.auth
 
 from .buildargs import env_passable
+from .engines import (ENV_CLI, EngineCLI, ImageInfo, Probed, exit_path_failure, last_own_line,  # noqa: F401
+                      local_candidates, resource_failure, run_build)
 from .errors import BuildFailed, InfrastructureError, RegistryError
-from .model import BuildRequest
+from .model import BuildRequest, Capabilities, NodeFacts, NodeSpec
 from .platforms import Platform
 from .reference import Reference
 from .registry import credential_name, load_credentials, refusal, registry_answer
 from .transport import Completed, LineCallback, Transport
 
-ENV_CLI = "ARCHFLEET_ENGINE_CLI"
 _VERSION = re.compile(r"version\s+v?(\d+)\.(\d+)", re.I)
 _IMAGE_ID = re.compile(r"writing image (sha256:[0-9a-f]{64})")
 _PROGRESS = re.compile(r"^#\d+ ")  # BuildKit's plain progress: the build's own output, never classified
@@ -66,35 +68,10 @@ _PROGRESS = re.compile(r"^#\d+ ")  # BuildKit's plain progress: the build's own 
 # CMD may span lines, so only its end is matched) or "process "CMD" did not complete
 # successfully: exit code: N" (BuildKit >= 0.9)
 _PROCESS_EXIT = re.compile(r"(\]|did not complete successfully): exit code: \d+\s*$")
-_NODE_ERRNO = ("no space left on device", "disk quota exceeded", "cannot allocate memory",
-               "read-only file system", "input/output error", "too many open files")
-
-
-@attrs.frozen
-class EngineCLI:
-    """An engine CLI that can drive BuildKit: ``argv`` prefix and how (``buildx``|``buildkit``)."""
-
-    argv: tuple[str, ...]
-    mode: str
-    version: str = ""
-
-
-def local_candidates(preferred: str | None = None) -> list[str]:
-    """CLIs to try on this machine: the named one only, else every ``docker`` on PATH, then
-    ``/usr/bin/docker`` (Debian's 20.10 client, which has BuildKit built in)."""
-    preferred = preferred or os.environ.get(ENV_CLI)
-    if preferred:
-        return [preferred]
-    seen: list[str] = []
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        path = os.path.join(directory or ".", "docker")
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            real = os.path.realpath(path)
-            if real not in [os.path.realpath(s) for s in seen]:
-                seen.append(path)
-    if os.path.exists("/usr/bin/docker") and "/usr/bin/docker" not in seen:
-        seen.append("/usr/bin/docker")
-    return seen
+# one `docker info` answers the server's version and whether it is rootless, or why it cannot
+# (Docker 20.10's client exits 0 with ServerErrors when the daemon does not answer; newer ones exit 1)
+INFO_FORMAT = ('{{if .ServerErrors}}error: {{join .ServerErrors "; "}}'
+               '{{else}}version={{.ServerVersion}} security={{join .SecurityOptions " "}}{{end}}')
 
 
 async def discover_cli(transport: Transport, candidates: Sequence[str]) -> tuple[EngineCLI | None, list[str]]:
@@ -172,27 +149,19 @@ def build_argv(cli: Sequence[str], mode: str, *, platform: Platform, dockerfile:
 def cli_error_line(done: Completed) -> str | None:
     """The engine CLI's own error line: the last non-empty line of its output that is not
     BuildKit progress output (``#N ...``), or None when there is none."""
-    for line in reversed(done.tail):
-        line = line.strip()
-        if line and not _PROGRESS.match(line):
-            return line
-    return None
+    return last_own_line(done, _PROGRESS)
 
 
 def node_failed(done: Completed) -> str | None:
     """Why the failed build ``done`` is the node's fault (rules 1 and 3 of the module
     docstring, without the ping), or None when the build's."""
-    if done.returncode in (126, 127):
-        return f"engine CLI unusable: {done.last_line()}"
-    if done.returncode < 0:
-        return f"engine CLI killed by signal {-done.returncode}"
+    why = exit_path_failure(done)
+    if why is not None:
+        return why
     line = cli_error_line(done)
     if line is None or _PROCESS_EXIT.search(line):
         return None
-    low = line.lower().rstrip(" .")
-    if any(low.endswith(errno) for errno in _NODE_ERRNO):
-        return f"node out of resources: {line}"
-    return None
+    return resource_failure(line)
 
 
 def engine_gone(done: Completed) -> bool:
@@ -219,28 +188,13 @@ async def build(transport: Transport, cli: EngineCLI, *, platform: Platform, req
         env_build_args=request.env_build_args,
     )
     image_id: list[str] = []
-    callback_failed: list[BaseException] = []
 
     def watch(line: str) -> None:
         m = _IMAGE_ID.search(line)
         if m:
             image_id.append(m.group(1))
-        if on_line and not callback_failed:
-            try:
-                on_line(line)
-            except Exception as exc:
-                # not raised into the transport's reader: cancel the run, which kills the CLI
-                callback_failed.append(exc)
-                running.cancel()
 
-    running = asyncio.ensure_future(transport.run(argv, env=env, on_line=watch))
-    try:
-        done = await running
-    except asyncio.CancelledError:
-        me = asyncio.current_task()
-        if callback_failed and (me is None or not me.cancelling()):
-            raise callback_failed[0] from None
-        raise
+    done = await run_build(transport, argv, env, on_line, watch)
     if not done.ok:
         why = node_failed(done)
         if why is None and not await ping(transport):
@@ -344,6 +298,76 @@ async def push(transport: Transport, ref: Reference, auth_config: dict | None = 
         raise RegistryError(f"push of {ref} from node {transport.node} failed: {message}") from None
 
 
+EXPORT_CHUNK = 1024 * 1024  # bytes per piece of an export
+_EXPORT_AHEAD = 4  # pieces read ahead of the consumer, at most
+
+
+async def export(transport: Transport, image_id: str) -> AsyncIterator[bytes]:
+    """The image ``image_id`` of the node's engine as an image archive, streamed: ``docker
+    save`` through the Engine API (``GET /images/{id}/get``, docker-py's ``api.get_image``) over
+    the node's engine connection (:meth:`Transport.docker_client`; an SSH node's is forwarded),
+    in pieces of :data:`EXPORT_CHUNK` bytes, never whole in memory: the engine is read at most
+    :data:`_EXPORT_AHEAD` pieces ahead of the consumer. Docker 20.10 writes a docker-archive
+    (``manifest.json``, the config, ``<dir>/layer.tar``), Docker 25+ an OCI layout as well;
+    :mod:`archfleet.publish` reads both.
+
+    This is the one engine-side step of a push by digest: an engine adapter (podman, ...)
+    provides the same function. Closing the iterator early stops the read. Raises
+    :class:`InfrastructureError` when the engine cannot be reached, drops the connection, or no
+    longer has the image (pruned since it was built): the platform can be built elsewhere."""
+    import threading
+
+    import docker.errors
+
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue = asyncio.Queue()
+    room = threading.Semaphore(_EXPORT_AHEAD)
+    stop = threading.Event()
+    end = object()
+
+    def hand(item) -> bool:
+        try:
+            loop.call_soon_threadsafe(pieces.put_nowait, item)
+            return True
+        except RuntimeError:  # the loop is closed: nobody is reading any more
+            return False
+
+    def pump() -> None:
+        try:
+            stream = transport.docker_client().api.get_image(image_id, chunk_size=EXPORT_CHUNK)
+            for piece in stream:
+                while not room.acquire(timeout=0.2):
+                    if stop.is_set():
+                        return
+                if stop.is_set() or not hand(piece):
+                    return
+            hand(end)
+        except docker.errors.NotFound:
+            hand(InfrastructureError(transport.node, f"the engine no longer has image {image_id} (removed "
+                                                     "since it was built?)"))
+        except docker.errors.APIError as exc:
+            hand(InfrastructureError(transport.node, f"the engine refused to export {image_id}: "
+                                                     f"{exc.explanation or exc}"))
+        except Exception as exc:  # the connection to the engine dropped
+            hand(InfrastructureError(transport.node, f"engine connection lost during the export of {image_id}: "
+                                                     f"{str(exc) or type(exc).__name__}"))
+
+    worker = loop.run_in_executor(None, pump)
+    try:
+        while True:
+            item = await pieces.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            room.release()
+            yield item
+    finally:
+        stop.set()
+        if worker.done():
+            worker.exception()  # mark it seen; pump reports through the queue
+
+
 class _Dropped(Exception):
     """The connection to the engine failed during the push."""
 
@@ -370,3 +394,135 @@ def auth_config_for(registry: str) -> dict | None:
         return {"identitytoken": creds["identitytoken"], "serveraddress": server}
     return {"username": creds.get("username", ""), "password": creds.get("password", ""), "serveraddress": server}
 
+
+
+# -- the rest of the adapter: facts, export, inspect, cleanup ------------------------------------
+
+def capabilities(mode: str, server_version: str | None) -> Capabilities:
+    """What a Docker node can do, from how its CLI builds and the daemon's version (no command
+    needed: these are fixed by the CLI and BuildKit versions):
+
+    - ``buildkit`` (a client with BuildKit built in, Docker < 23, ``DOCKER_BUILDKIT=1 docker
+      build``): ``--secret``, ``--ssh`` and ``--output`` (its ``build --help`` lists them), no
+      ``--cache-to`` (only inline cache: that needs buildx);
+    - ``buildx``: all four;
+    - here-documents need the daemon's BuildKit to carry the Dockerfile 1.4 frontend: Docker >=
+      23 (BuildKit 0.11). Docker 20.10's BuildKit refuses them ("unknown instruction", seen here);
+    - a ``# syntax=`` directive works with any BuildKit (it pulls that frontend image)."""
+    major = None
+    if server_version:
+        m = re.match(r"\s*v?(\d+)\.", server_version)
+        major = int(m.group(1)) if m else None
+    return Capabilities(secrets=True, ssh=True, cache_export=mode == "buildx", outputs=True,
+                        heredocs=major is not None and major >= 23, frontends=True)
+
+
+def parse_info(lines: Sequence[str]) -> tuple[str | None, bool, str | None]:
+    """(server version, rootless, error) from the output of ``docker info --format INFO_FORMAT``."""
+    for line in lines:
+        line = line.strip()
+        if line.startswith("version=") and not line.startswith("version= "):
+            version, _, rest = line[len("version="):].partition(" security=")
+            return version.strip() or None, "name=rootless" in rest.split(), None
+        if line.startswith("error: "):
+            return None, False, line[len("error: "):]
+    return None, False, next((l.strip() for l in reversed(lines) if l.strip()), "no answer")
+
+
+async def server_info(transport: Transport, cli: EngineCLI) -> tuple[str | None, bool, str | None]:
+    """(version, rootless, error) of the node's daemon, asked through its CLI (``docker info``)."""
+    done = await transport.run([*cli.argv[:1], "info", "--format", INFO_FORMAT], timeout=30)
+    version, rootless, error = parse_info(done.tail)
+    if version is None and error is None:
+        error = done.last_line()
+    return version, rootless, error
+
+
+class DockerEngine:
+    """The ``docker`` adapter (:class:`archfleet.engines.Engine`): this module's functions, with
+    the CLI the probe chose taken from the node's facts."""
+
+    kind = "docker"
+    uses_engine_api = True  # pushes, inspect, export and ping go through the Engine API
+
+    def candidates(self, engine_cli: str | None, local: bool) -> list[str]:
+        """``engine_cli`` alone, else on this machine every ``docker`` on PATH then
+        ``/usr/bin/docker``; on a node ``docker`` then ``/usr/bin/docker``."""
+        if local:
+            return local_candidates(engine_cli)
+        return [engine_cli] if engine_cli else ["docker", "/usr/bin/docker"]
+
+    async def probe(self, transport: Transport, node: NodeSpec, candidates: Sequence[str], *,
+                    api: bool = False) -> Probed:
+        """The CLI (:func:`discover_cli`), the daemon's version and whether it is rootless: through
+        the Engine API when ``api`` (this machine: a few ms, asked while the CLIs are), else with
+        ``docker info`` through the chosen CLI. A daemon that does not answer: ``answered`` False."""
+        if api:
+            info_task = asyncio.create_task(asyncio.to_thread(lambda: transport.docker_client().info()))
+            cli_task = asyncio.create_task(discover_cli(transport, candidates))
+            try:
+                info = await info_task
+            except Exception as exc:
+                cli_task.cancel()
+                await asyncio.gather(cli_task, return_exceptions=True)
+                return Probed(False, error=f"no Docker engine answers ({type(exc).__name__}: {exc}); start dockerd "
+                              "or set DOCKER_HOST", fix="start dockerd, or set DOCKER_HOST (docker_host in nodes.toml)")
+            cli, reasons = await cli_task
+            version = info.get("ServerVersion")
+            rootless = any("name=rootless" in str(o) for o in info.get("SecurityOptions") or ())
+        else:
+            cli, reasons = await discover_cli(transport, candidates)
+            if cli is None:
+                return Probed(True, error="no engine CLI with BuildKit: "
+                              + "; ".join(reasons or ["no docker CLI found"]))
+            version, rootless, error = await server_info(transport, cli)
+            if error is not None:
+                return Probed(False, cli=cli, error=f"engine not answering on the node: {error}",
+                              fix=f"start dockerd on the node, or fix docker_host at {node.source}")
+        if cli is None:
+            return Probed(True, version=version, rootless=rootless,
+                          error="no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"]))
+        return Probed(True, cli=cli, version=version, rootless=rootless, capabilities=capabilities(cli.mode, version))
+
+    @staticmethod
+    def _cli(facts: NodeFacts) -> EngineCLI:
+        return EngineCLI(tuple(facts.engine_cli), facts.builder or "buildkit")
+
+    async def build(self, transport: Transport, facts: NodeFacts, **kw) -> str:
+        """:func:`build` with the facts' CLI."""
+        return await build(transport, self._cli(facts), **kw)
+
+    async def push(self, transport: Transport, facts: NodeFacts, ref: Reference, auth_config: dict | None = None,
+                   on_line: LineCallback | None = None) -> str:
+        """:func:`push` through the Engine API (credentials in its request header only)."""
+        return await push(transport, ref, auth_config, on_line=on_line)
+
+    def export(self, transport: Transport, facts: NodeFacts, image: str) -> AsyncIterator[bytes]:
+        """:func:`export`: ``docker save`` through the Engine API."""
+        return export(transport, image)
+
+    async def inspect(self, transport: Transport, facts: NodeFacts, image: str) -> ImageInfo:
+        """The image's id and platform from the Engine API (``GET /images/NAME/json``)."""
+        attrs_ = await asyncio.to_thread(lambda: transport.docker_client().api.inspect_image(image))
+        return ImageInfo(attrs_["Id"], attrs_.get("Os", ""), attrs_.get("Architecture", ""),
+                         attrs_.get("Variant") or "")
+
+    async def remove(self, transport: Transport, facts: NodeFacts, image: str) -> bool:
+        """``DELETE /images/NAME`` (untag; layers another image uses stay); False when absent."""
+        import docker.errors
+
+        def _remove() -> bool:
+            try:
+                transport.docker_client().api.remove_image(image)
+            except docker.errors.ImageNotFound:
+                return False
+            return True
+
+        return await asyncio.to_thread(_remove)
+
+    async def alive(self, transport: Transport, facts: NodeFacts | None = None) -> bool:
+        """:func:`ping`."""
+        return await ping(transport)
+
+
+DOCKER = DockerEngine()

@@ -60,9 +60,10 @@ class InfrastructureError(ArchfleetError):
     exit_code = 1
     retry_elsewhere = True
 
-    def __init__(self, node: str, message: str):
+    def __init__(self, node: str, message: str, fix: str | None = None):
         super().__init__(f"node {node}: {message}")
         self.node = node
+        self.fix = fix  # what to do about it, one line, when the raiser knows
 
 
 class RegistryError(ArchfleetError):
@@ -85,6 +86,11 @@ class RegistryRefused(EnvironmentProblem):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+class RegistryUnreachable(EnvironmentProblem):
+    """The registry (or its token service) cannot be reached at all: connection refused, no
+    route, timed out, name not found. Nothing was said about credentials."""
 
 
 class PluginError(ArchfleetError):

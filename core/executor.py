@@ -1,5 +1,11 @@
 """Run a plan: every chosen option at once, fallback on node failures, nothing pushed half-way.
 
+The executor calls no plugin itself: the pipeline hands it three functions — ``connect(node)``
+(a transport, through ``archfleet_connect``), ``run(option, job)`` (the build, through
+``archfleet_run``) and ``replan(platform, tried, down, wait)`` (the next-best option, from the
+planner) — and it does the rest: build slots per node, other runs' leases, the push gate,
+cancellation, the timeline.
+
 What happens when a platform's option raises is decided by the error's type
 (:mod:`archfleet.errors`), never by its text:
 
@@ -22,9 +28,10 @@ from typing import Sequence
 
 import attrs
 
+from typing import Awaitable, Callable, Mapping
+
 from . import leases
-from .errors import Aborted, ArchfleetError, BuildFailed, InfrastructureError, PluginError
-from .hookcall import call_first, resolve
+from .errors import Aborted, ArchfleetError, BuildFailed
 from .model import BuildRequest, NodeFacts, Option, PlatformResult
 from .planner import Plan
 from .platforms import Platform
@@ -44,11 +51,13 @@ class PushGate:
         self._failed: str | None = None
 
     def built(self, platform: Platform) -> None:
+        """``platform`` is built (or left out with --allow-partial): when none is left, the gate opens."""
         self._waiting.discard(platform)
         if not self._waiting:
             self._event.set()
 
     def fail(self, why: str) -> None:
+        """A platform failed for good: the gate breaks, and every :meth:`wait` raises :class:`Aborted` with ``why``."""
         if self._failed is None:
             self._failed = why
         self._event.set()
@@ -59,14 +68,16 @@ class PushGate:
         return self._failed
 
     async def wait(self) -> None:
+        """Return once every platform is built; raise :class:`Aborted` if the gate broke."""
         await self._event.wait()
         if self._failed is not None:
             raise Aborted(self._failed)
 
 
 @attrs.define
-class RunContext:
-    """What ``archfleet_run`` gets besides the option and request."""
+class Job:
+    """What ``archfleet_run`` gets besides the option and request: the work of building one
+    option on one node (its transport, the node's facts, where to report, the push gate)."""
 
     option: Option
     facts: NodeFacts
@@ -77,6 +88,7 @@ class RunContext:
 
     @property
     def node(self) -> str:
+        """The name of the node this job runs on."""
         return self.option.node
 
     def log(self, line: str) -> None:
@@ -105,10 +117,12 @@ class Slot:
         self._on_release = on_release
 
     async def acquire(self) -> None:
+        """Wait for a free build slot on the node."""
         await self._semaphore.acquire()
         self._held = True
 
     def release(self) -> None:
+        """Give the slot back (at most once; later calls do nothing) and say so to the executor."""
         if self._held:
             self._held = False
             self._semaphore.release()
@@ -141,16 +155,28 @@ class Failure:
 
 @attrs.frozen
 class Outcome:
+    """What a run produced: the platforms' results, the failures for good (in the order they happened; the first stopped the others), the re-plans (platform, option left, why) and every attempt for the timeline."""
     results: tuple[PlatformResult, ...]
     failures: tuple[Failure, ...]  # in the order they happened; the first one stopped the others
     replans: tuple[tuple[Platform, str, str], ...]  # platform, from option, why
     attempts: tuple[Attempt, ...] = ()
 
 
+Connect = Callable[[str], Awaitable[object]]
+RunOption = Callable[[Option, "Job"], Awaitable[PlatformResult]]
+Replan = Callable[[Platform, Sequence[Option], Mapping[str, str], Mapping[str, float]], "Option | None"]
+
+
 class Executor:
-    def __init__(self, pm, request: BuildRequest, facts: dict[str, NodeFacts], reporter: Reporter):
-        self.pm = pm
+    """Runs one plan (:meth:`run`). ``connect``, ``run_option`` and ``replan`` come from the
+    pipeline (module doc); ``facts`` are the probed nodes; ``reporter`` gets progress."""
+
+    def __init__(self, request: BuildRequest, facts: dict[str, NodeFacts], reporter: Reporter, *,
+                 connect: Connect, run_option: RunOption, replan: Replan):
         self.request = request
+        self._connect = connect
+        self._run_option = run_option
+        self._replan = replan
         self.facts = facts
         self.reporter = guard(reporter)  # progress output never fails a build
         self.down: dict[str, str] = {}
@@ -164,26 +190,21 @@ class Executor:
         self._lease_drops: list[asyncio.Future] = []
 
     async def _transport(self, node: str):
+        """The node's transport, asked for once per run (the pipeline's ``connect``); its plugin
+        owns it and closes it when the command ends."""
         if node in self._transports:
             return self._transports[node]
         if node not in self._connecting:
-            facts = self.facts[node]
-            name, awaitable = call_first(self.pm, "archfleet_connect", node=facts.node, facts=facts)
-            if awaitable is None:
-                raise InfrastructureError(node, f"no plugin can connect to transport {facts.node.transport!r}")
-            self._connecting[node] = asyncio.ensure_future(resolve(name, "archfleet_connect", awaitable))
+            self._connecting[node] = asyncio.ensure_future(self._connect(node))
         transport = await asyncio.shield(self._connecting[node])
         self._transports[node] = transport
         return transport
 
     async def close(self) -> None:
+        """Let the leases this run took be dropped (each node's transport stays open: its plugin
+        closes it at the end of the command)."""
         if self._lease_drops:
             await asyncio.gather(*self._lease_drops, return_exceptions=True)
-        for transport in self._transports.values():
-            try:
-                await transport.close()
-            except Exception:
-                pass
 
     def _wait_for_slot(self, node: str) -> float:
         """Seconds until ``node`` has a free build slot: from this run's builds there now and the
@@ -245,20 +266,12 @@ class Executor:
             # other archfleet runs probing this node now see the slot taken (taken in the
             # background: the build need not wait for it)
             lease.append(leases.Held(transport, self.facts[option.node].node, option.estimate))
-            context = RunContext(option, self.facts[option.node], transport, self.reporter, gate, slot)
-            name, awaitable = call_first(self.pm, "archfleet_run", option=option, request=self.request,
-                                         context=context)
-            if awaitable is None:
-                raise ArchfleetError(f"no plugin runs strategy {option.strategy!r} (offered for {option.platform})")
-            result = await resolve(name, "archfleet_run", awaitable)
+            job = Job(option, self.facts[option.node], transport, self.reporter, gate, slot)
+            return await self._run_option(option, job)
         finally:
             slot.release()
-        if not isinstance(result, PlatformResult):
-            raise PluginError(f"plugin {name!r} answered archfleet_run for {option} with {type(result).__name__}, "
-                              "not PlatformResult")
-        return result
 
-    async def _platform(self, platform: Platform, first: Option, alternatives: list[Option],
+    async def _platform(self, platform: Platform, first: Option,
                         gate: PushGate, last: dict[Platform, Option]) -> PlatformResult:
         option = first
         tried: list[Option] = []
@@ -293,12 +306,13 @@ class Executor:
                 attempt(f"node failed: {exc}")
                 node = getattr(exc, "node", None) or option.node
                 self.down.setdefault(node, str(exc))
-                remaining = [o for o in alternatives if o not in tried and o.node not in self.down]
-                if not remaining:
+                # the pipeline asks the planner again without the failed node: the next-best
+                # option now, its estimate plus the wait for a slot on its node
+                waits = {n: self._wait_for_slot(n) for n in self.facts if n not in self.down}
+                nxt = self._replan(platform, tuple(tried), dict(self.down), waits)
+                if nxt is None:
                     self.reporter.failed(option, str(exc))
                     raise BuildFailed(f"{exc}; no other option left") from None
-                # the next-best option now: its estimate plus the wait for a slot on its node
-                nxt = min(remaining, key=lambda o: (self._wait_for_slot(o.node) + o.estimate, o.strategy, o.node))
                 self.replans.append((platform, str(option), str(exc)))
                 self.reporter.replanned(option, nxt, f"{exc} (after {time.monotonic() - started[0]:.1f}s)")
                 option = nxt
@@ -307,7 +321,7 @@ class Executor:
                 self.reporter.failed(option, f"{type(exc).__name__}: {exc}")
                 raise
 
-    async def run(self, plan: Plan, options: Sequence[Option]) -> Outcome:
+    async def run(self, plan: Plan) -> Outcome:
         """Run every chosen option at once; see the module docstring for what a failure does.
         Raises what a platform raised only when it is not an :class:`ArchfleetError` (a bug)."""
         platforms = [s.option.platform for s in plan.chosen]
@@ -331,8 +345,7 @@ class Executor:
             return callback
 
         for s in plan.chosen:
-            alts = [o for o in options if o.platform == s.option.platform]
-            task = asyncio.create_task(self._platform(s.option.platform, s.option, alts, gate, last))
+            task = asyncio.create_task(self._platform(s.option.platform, s.option, gate, last))
             tasks[s.option.platform] = task
             task.add_done_callback(on_done(s.option.platform))
         try:

@@ -1,5 +1,9 @@
 """How long options really took: SQLite in the user's cache dir, one row per finished option.
 
+The estimates read it (:class:`HistoryView`); the learn stage (:mod:`archfleet.learn`) writes a
+row per platform at the end of a build. Where the database is (``ARCHFLEET_HISTORY``, else
+``history.sqlite`` in the cache dir) is :func:`archfleet.cachedir.history`'s answer.
+
 Safe with two archfleet runs at once (WAL, a busy timeout, short transactions) and bounded
 (the oldest rows beyond ``MAX_ROWS`` are dropped on insert). Keys: the context key (what the
 context holds, see :func:`context_key`) and the project key (where it lives), so a changed
@@ -27,6 +31,8 @@ from pathlib import Path
 
 import attrs
 
+from . import cachedir
+
 MAX_ROWS = 5000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -45,12 +51,6 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_ctx ON runs (context_key, platform, strategy, node);
 CREATE INDEX IF NOT EXISTS runs_proj ON runs (project_key, strategy, node);
 """
-
-
-def default_path() -> Path:
-    import platformdirs
-
-    return Path(os.environ.get("ARCHFLEET_HISTORY") or Path(platformdirs.user_cache_dir("archfleet")) / "history.sqlite")
 
 
 def context_key(request) -> tuple[str, int]:
@@ -81,6 +81,7 @@ def context_key(request) -> tuple[str, int]:
 
 
 def project_key(request) -> str:
+    """Where the project lives (the context dir and Dockerfile, resolved), hashed: 32 hex digits. A changed context of the same project still learns from its past."""
     return hashlib.sha256(os.fsencode(Path(request.context).resolve()) + b"\0"
                           + os.fsencode(Path(request.dockerfile).resolve())).hexdigest()[:32]
 
@@ -98,6 +99,7 @@ def _add_speed_column(db: sqlite3.Connection) -> None:
 
 @attrs.frozen
 class Past:
+    """What an option took before: the median ``seconds`` of the last ``runs`` ok runs, and ``basis`` (this context or this project)."""
     seconds: float
     runs: int
     basis: str  # "this context" | "this project" | ...
@@ -136,11 +138,12 @@ def _never_fails(default):
 
 
 class History:
-    """The database at ``path`` (default :func:`default_path`), opened on first use. No method
-    raises: a database that cannot be opened or used answers "nothing known" (see the module)."""
+    """The database at ``path`` (:func:`archfleet.cachedir.history` finds the user's), opened on
+    first use. No method raises: a database that cannot be opened or used answers "nothing
+    known" (see the module)."""
 
-    def __init__(self, path: Path | None = None):
-        self.path = Path(path) if path else default_path()
+    def __init__(self, path: Path):
+        self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self.off: str | None = None  # why history is off, once opening the database failed
 
@@ -180,6 +183,7 @@ class History:
         return db
 
     def close(self) -> None:
+        """Close the database connection (opened again on next use)."""
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -248,6 +252,7 @@ class History:
 
     @_never_fails(0)
     def count(self) -> int:
+        """How many runs the database holds (0 when it cannot be read)."""
         return self._conn().execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
 
@@ -261,24 +266,32 @@ class HistoryView:
     context_bytes: int
 
     def past(self, option) -> Past | None:
+        """What ``option`` took before for this context, else this project (:meth:`History.past`), or None."""
         return self.db.past(context_key=self.context_key, project_key=self.project_key,
                             platform=str(option.platform), strategy=option.strategy, node=option.node)
 
     def synced_before(self, node: str) -> bool:
+        """True when a build of this very context ran on ``node`` before (so the node has it: no transfer to estimate)."""
         return self.db.synced_before(self.context_key, node)
 
     def record(self, result, outcome: str = "ok", speed: float | None = None) -> None:
         # history is an optimisation: a locked, broken or unwritable cache never fails a build
+        """Add one row for ``result`` (``outcome`` ok, ``speed`` the node's :func:`~archfleet.planner.node_speed` then). Never raises."""
         self.db.record(context_key=self.context_key, project_key=self.project_key,
                        platform=str(result.platform), strategy=result.option.strategy, node=result.option.node,
                        seconds=result.seconds, bytes=self.context_bytes, outcome=outcome, speed=speed)
 
 
 def view_for(request, path: Path | None = None) -> HistoryView | None:
-    if os.environ.get("ARCHFLEET_HISTORY") == "off":
+    """The history ``request``'s estimates read and its build is learned into: the database at
+    ``path``, else the user's (:func:`archfleet.cachedir.history`); None when history is off
+    (``ARCHFLEET_HISTORY=off``, whatever ``path`` says) or the context cannot be read.
+    Blocking (it walks the context): call it in a thread."""
+    where = cachedir.history()
+    if where is None:
         return None
     try:
         key, size = context_key(request)
-        return HistoryView(History(path), key, project_key(request), size)
+        return HistoryView(History(path or where), key, project_key(request), size)
     except (OSError, sqlite3.Error):
         return None

@@ -3,8 +3,15 @@
 ``nodes.toml`` is found in this order: ``--nodes FILE``, ``$ARCHFLEET_NODES``, then the user
 config dir (``~/.config/archfleet/nodes.toml``). It holds one ``[nodes.NAME]`` table per node;
 ``[nodes.local]`` adjusts the implicit local node. Every validation error names ``file:line``
-and the key. Plugins contribute nodes through ``archfleet_add_nodes``; this module collects
-them, checks names are unique and applies ``--node`` selections.
+and the key.
+
+This module knows the keys every node has (``transport``, ``arch``, ``engine`` (``docker`` or
+``podman``: which engine adapter builds there, :mod:`archfleet.engines`), ``engine_cli``,
+``docker_host`` (docker nodes only), ``max_builds``, ``labels``, ``enabled``). A transport's own keys (an SSH node's
+``host``, ``port``, ...) are declared by its plugin (``archfleet_node_keys``: name ->
+:class:`Key`) and validated here the same way, into ``NodeSpec.settings``; this module holds no
+transport's schema. Plugins contribute nodes through ``archfleet_add_nodes``; :func:`combine`
+checks names are unique and applies ``--node`` selections.
 
 The trust rule (like git's ``safe.directory``): a nodes file can run programs (``engine_cli``),
 pick the daemon that receives registry credentials (``docker_host``) and weaken host-key checks
@@ -27,10 +34,11 @@ import re
 import stat
 import tomllib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 
+from .engines import KINDS as ENGINES
 from .errors import UsageError
 from .model import NodeSpec
 from .platforms import PlatformError, parse_target
@@ -38,17 +46,32 @@ from .transport import valid_docker_host
 
 ENV_NODES = "ARCHFLEET_NODES"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-HOST = re.compile(r"[A-Za-z0-9_.:\[\]%-]+")
-USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-HOST_KEY_POLICIES = ("strict", "accept-new")
 MAX_BYTES = 1 << 20  # a nodes file is a few KB; anything near this is not one
+DEFAULT_TRANSPORT = "ssh"  # a node that names no transport (as in every nodes.toml so far)
 
-_SSH_KEYS = {
-    "host", "port", "user", "identity", "known_hosts", "host_key_policy", "arch", "engine", "engine_cli",
-    "docker_host", "max_builds", "labels", "enabled", "transport",
-}
-_LOCAL_KEYS = {"engine_cli", "docker_host", "max_builds", "labels", "enabled"}
+_LOCAL_KEYS = {"engine", "engine_cli", "docker_host", "max_builds", "labels", "enabled"}
+_NODE_KEYS = _LOCAL_KEYS | {"transport", "arch"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@attrs.frozen
+class Key:
+    """One ``nodes.toml`` key a transport's plugin reads, as it declares it (``archfleet_node_keys``).
+
+    ``kind``: the TOML type(s) accepted (``str``, ``int``, ``bool``, ``dict``; a bool is never
+    taken for an int). ``hint``: what is expected, for messages ("an integer 1-65535").
+    ``check``: a further test of the value. ``default``: the value when the key is absent.
+    ``required``: when set, the key must be there and this says what it is ("an address or an
+    ~/.ssh/config alias"). ``path``: ``"file"`` makes the value a path (``~`` is the user's
+    home, a relative path is relative to the nodes file); ``"readable"`` also requires that the
+    file can be opened now. The validated value goes into ``NodeSpec.settings`` under the key."""
+
+    kind: type | tuple[type, ...] = str
+    hint: str = ""
+    check: Callable[[Any], bool] | None = None
+    default: Any = None
+    required: str | None = None
+    path: str | None = None
 
 
 @attrs.frozen
@@ -62,10 +85,12 @@ class Config:
     only_nodes: tuple[str, ...] = ()  # --node NAME: restrict to these
 
     def file_node(self, name: str) -> NodeSpec | None:
+        """The node the nodes file defines under ``name``, or None."""
         return next((n for n in self.file_nodes if n.name == name), None)
 
 
 def user_config_dir() -> Path:
+    """archfleet's config directory for this user (``~/.config/archfleet``, XDG aware)."""
     import platformdirs
 
     return Path(platformdirs.user_config_dir("archfleet"))
@@ -111,15 +136,17 @@ def ignored_local_file(used: Path | None) -> str | None:
 
 
 def make_config(nodes: str | None = None, engine_cli: str | None = None, local: bool = True,
-                only_nodes: tuple[str, ...] = (), note: Callable[[str], None] | None = None) -> Config:
-    """The command's :class:`Config`: the nodes file found and loaded (see :func:`find_nodes_file`).
+                only_nodes: tuple[str, ...] = (), note: Callable[[str], None] | None = None,
+                keys: Mapping[str, Mapping[str, Key]] | None = None) -> Config:
+    """The command's :class:`Config`: the nodes file found and loaded (see :func:`find_nodes_file`)
+    with the transports' ``keys`` (``archfleet_node_keys``: transport -> key -> :class:`Key`).
     ``note`` receives the one line about an ignored ``./nodes.toml``, if there is one."""
     path = find_nodes_file(nodes)
     if note is not None and nodes is None and not os.environ.get(ENV_NODES):
         message = ignored_local_file(path)
         if message:
             note(message)
-    specs = load_nodes_file(path) if path else ()
+    specs = load_nodes_file(path, keys or {}) if path else ()
     return Config(nodes_file=path, file_nodes=tuple(specs), engine_cli=engine_cli, local=local,
                   only_nodes=tuple(only_nodes))
 
@@ -222,9 +249,10 @@ class _Lines:
         return self.headers.get(node, 1)
 
 
-def load_nodes_file(path: Path) -> list[NodeSpec]:
-    """The nodes in ``path`` (read with :func:`read_trusted`); raises :class:`UsageError` naming
-    ``file:line``, the node and the key for the first problem."""
+def load_nodes_file(path: Path, keys: Mapping[str, Mapping[str, Key]]) -> list[NodeSpec]:
+    """The nodes in ``path`` (read with :func:`read_trusted`), validated with the keys every node
+    has and those its transport declares (``keys``: transport -> key -> :class:`Key`); raises
+    :class:`UsageError` naming ``file:line``, the node and the key for the first problem."""
     text = read_trusted(path)
     lines = _Lines(text)
     if lines.duplicates:
@@ -247,11 +275,11 @@ def load_nodes_file(path: Path) -> list[NodeSpec]:
         raise UsageError(f"{path}:1: 'nodes' must be a table of [nodes.NAME] tables")
     out = []
     for name, table in nodes.items():
-        out.append(_node(path, lines, name, table))
+        out.append(_node(path, lines, name, table, keys))
     return out
 
 
-def _node(path: Path, lines: _Lines, name: str, table: Any) -> NodeSpec:
+def _node(path: Path, lines: _Lines, name: str, table: Any, keys: Mapping[str, Mapping[str, Key]]) -> NodeSpec:
     def fail(key: str | None, message: str) -> UsageError:
         where = f"{path}:{lines.of(name, key)}"
         return UsageError(f"{where}: node {name!r}" + (f" key {key!r}" if key else "") + f": {message}")
@@ -265,6 +293,7 @@ def _node(path: Path, lines: _Lines, name: str, table: Any) -> NodeSpec:
         if key not in table:
             return default
         value = table[key]
+        types = types if isinstance(types, tuple) else (types,)
         if isinstance(value, bool) and bool not in types:
             raise fail(key, f"expected {hint or types[0].__name__}, got {value!r}")
         if not isinstance(value, types):
@@ -281,76 +310,85 @@ def _node(path: Path, lines: _Lines, name: str, table: Any) -> NodeSpec:
         return p if p.is_absolute() else Path(os.path.normpath(path.parent.absolute() / p))
 
     is_local = name == "local"
-    allowed = _LOCAL_KEYS if is_local else _SSH_KEYS
+    transport = None
+    own: Mapping[str, Key] = {}
+    if not is_local:
+        raw = table.get("transport", DEFAULT_TRANSPORT)
+        own = keys.get(raw, {}) if isinstance(raw, str) else {}
+    allowed = _LOCAL_KEYS if is_local else _NODE_KEYS | set(own)
     for key in table:
         if key not in allowed:
             raise fail(key, "unknown key (known: " + ", ".join(sorted(allowed)) + ")"
                        + ("; the local node takes only these" if is_local else ""))
-    max_builds = get("max_builds", (int,), None, lambda v: 1 <= v <= 64, "an integer 1-64")
-    enabled = get("enabled", (bool,), True, hint="true or false")
-    labels = get("labels", (dict,), {}, lambda v: all(isinstance(x, str) and not _CONTROL.search(k + x)
-                                                      for k, x in v.items()), "a table of strings")
-    engine_cli = get("engine_cli", (str,), None, lambda v: v.strip() != "", "a path")
-    docker_host = get("docker_host", (str,), None, valid_docker_host,
+    max_builds = get("max_builds", int, None, lambda v: 1 <= v <= 64, "an integer 1-64")
+    enabled = get("enabled", bool, True, hint="true or false")
+    labels = get("labels", dict, {}, lambda v: all(isinstance(x, str) and not _CONTROL.search(k + x)
+                                                   for k, x in v.items()), "a table of strings")
+    engine_cli = get("engine_cli", str, None, lambda v: v.strip() != "", "a path")
+    docker_host = get("docker_host", str, None, valid_docker_host,
                       "unix:///absolute/path or tcp://host:port (the port is required)")
+    engine = get("engine", str, "docker", lambda v: v in ENGINES, " or ".join(f'"{k}"' for k in ENGINES))
+    if engine != "docker" and docker_host is not None:
+        raise fail("docker_host", f"a {engine} node has no Docker socket (archfleet drives {engine} through its CLI); "
+                                  "remove docker_host, or set engine = \"docker\"")
     if is_local:
         if engine_cli is not None and "/" in engine_cli:
             engine_cli = str(file_path(engine_cli))  # never relative to the working directory
-        return NodeSpec(name="local", transport="local", engine_cli=engine_cli, docker_host=docker_host,
-                        max_builds=max_builds or 4, labels=labels, enabled=enabled,
+        return NodeSpec(name="local", transport="local", engine=engine, engine_cli=engine_cli,
+                        docker_host=docker_host, max_builds=max_builds or 4, labels=labels, enabled=enabled,
                         source=f"{path}:{lines.of(name)}")
-    transport = get("transport", (str,), "ssh", lambda v: v == "ssh", '"ssh"')
-    if "host" not in table:
-        raise fail(None, "missing 'host' (an address or an ~/.ssh/config alias)")
-    host = get("host", (str,), None, lambda v: bool(HOST.fullmatch(v)) and not v.startswith("-"),
-               "a host name, address or ~/.ssh/config alias")
-    port = get("port", (int,), None, lambda v: 1 <= v <= 65535, "an integer 1-65535")
-    user = get("user", (str,), None, lambda v: bool(USER.fullmatch(v)), "a user name")
-    identity = get("identity", (str,), None, lambda v: v.strip() != "", "a path")
-    if identity is not None:
-        key_path = file_path(identity)
-        try:
-            with open(key_path, "rb"):
-                pass
-        except OSError as exc:
-            raise fail("identity", f"cannot read key file {str(key_path)!r}: {exc.strerror}") from None
-        identity = str(key_path)
-    known_hosts = get("known_hosts", (str,), None, lambda v: v.strip() != "", "a path")
-    if known_hosts is not None:
-        known_hosts = str(file_path(known_hosts))
-    policy = get("host_key_policy", (str,), "strict", lambda v: v in HOST_KEY_POLICIES,
-                 " or ".join(HOST_KEY_POLICIES))
+    known = sorted(keys)
+    transport = get("transport", str, DEFAULT_TRANSPORT, lambda v: v in keys,
+                    " or ".join(f'"{t}"' for t in known) + " (a transport a plugin provides)" if known
+                    else "a transport a plugin provides (none is loaded)")
+    if transport not in keys:  # the default transport, and its plugin is not loaded
+        raise fail(None, f"no plugin provides transport {transport!r} (is it disabled?)")
+    settings: dict[str, Any] = {}
+    for key, spec in own.items():
+        if key not in table:
+            if spec.required:
+                raise fail(None, f"missing {key!r} ({spec.required})")
+            if spec.default is not None:
+                settings[key] = spec.default
+            continue
+        value = get(key, spec.kind, None, spec.check, spec.hint)
+        if spec.path:
+            value = str(file_path(value))
+            if spec.path == "readable":
+                try:
+                    with open(value, "rb"):
+                        pass
+                except OSError as exc:
+                    raise fail(key, f"cannot read file {value!r}: {exc.strerror}") from None
+        settings[key] = value
     arch = None
     if "arch" in table:
-        raw = get("arch", (str,), None)
+        raw = get("arch", str, None)
         try:
             arch = parse_target(raw)
         except PlatformError as exc:
             raise fail("arch", str(exc)) from None
-    engine = get("engine", (str,), "docker", lambda v: v == "docker", '"docker" (the only engine so far)')
     return NodeSpec(
-        name=name, transport=transport, host=host, port=port, user=user, identity=identity,
-        known_hosts=known_hosts, host_key_policy=policy, arch=arch, engine=engine, engine_cli=engine_cli,
+        name=name, transport=transport, arch=arch, engine=engine, engine_cli=engine_cli,
         docker_host=docker_host, max_builds=max_builds or 2, labels=labels, enabled=enabled,
-        source=f"{path}:{lines.of(name)}",
+        source=f"{path}:{lines.of(name)}", settings=settings,
     )
 
 
-def collect_nodes(pm, config: Config) -> list[NodeSpec]:
+def combine(contributed: Iterable[tuple[str, NodeSpec]], config: Config) -> list[NodeSpec]:
+    """The enabled nodes from what plugins contributed (``(plugin, node)`` pairs, in order):
+    names must be unique (a duplicate is a :class:`UsageError` naming both places), ``--node``
+    selections (``config.only_nodes``) must name known nodes and restrict to them, and the
+    ``local`` node comes first, the others in the order given."""
     nodes: list[NodeSpec] = []
     names: dict[str, NodeSpec] = {}
-    from .hookcall import call_each
-
-    for plugin, contributed in call_each(pm, "archfleet_add_nodes", config=config):
-        for node in contributed or ():
-            if not isinstance(node, NodeSpec):
-                raise UsageError(f"plugin {plugin!r} contributed {node!r}, not a NodeSpec")
-            if node.name in names:
-                raise UsageError(
-                    f"{node.source}: node name {node.name!r} is already used at {names[node.name].source}"
-                )
-            names[node.name] = node
-            nodes.append(node)
+    for _plugin, node in contributed:
+        if node.name in names:
+            raise UsageError(
+                f"{node.source}: node name {node.name!r} is already used at {names[node.name].source}"
+            )
+        names[node.name] = node
+        nodes.append(node)
     if config.only_nodes:
         unknown = [n for n in config.only_nodes if n not in names]
         if unknown:

@@ -4,7 +4,9 @@ layer digest.
 A layer is immutable and its digest is checked when it is fetched, so a scan never goes stale:
 verification reads a base layer once, not once per platform per build (a 30 MB base, five
 platforms, every build, would otherwise be downloaded again each time). Bounded: past
-``MAX_ENTRIES`` files the least recently used go.
+``MAX_ENTRIES`` files the least recently used go. Verification reads the cache (:func:`load`);
+the scans it makes are kept by the learn stage (:func:`store`, from :mod:`archfleet.learn`).
+The directory is ``layers-v2/`` in :mod:`archfleet.cachedir`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 import time
 from pathlib import Path
 
-from . import cachefile
+from . import cachedir, cachefile
 
 MAX_ENTRIES = 400
 STALE_TMP = 3600.0  # a temp file this old was left by a writer that died
@@ -23,9 +25,7 @@ _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 
 def _dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("archfleet")) / "layers-v2"  # v2: scans with opaque dirs, hidden names
+    return cachedir.layers()
 
 
 def _path(digest: str) -> Path | None:
@@ -34,6 +34,7 @@ def _path(digest: str) -> Path | None:
 
 
 def load(digest: str) -> dict | None:
+    """The scan cached for layer ``digest`` (``sha256:<hex>``), marked recently used; None when absent, unreadable or not a scan."""
     path = _path(digest)
     if path is None:
         return None

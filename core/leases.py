@@ -23,7 +23,8 @@ trusted (review finding 1, a symlink attack; finding 8, a denial of service):
 - when ``/tmp/archfleet-leases`` or its per-engine directory fails the check (a symlink, a file,
   another user's directory), this user's leases go to a private directory instead:
   ``$XDG_RUNTIME_DIR/archfleet-leases`` (when that is set, this user's and writable by nobody
-  else), else ``~/.cache/archfleet-leases``, both mode 0700. The trade-off: leases then steer
+  else), else ``leases`` in the user's cache dir (``~/.cache/archfleet/leases``, or under
+  ``$XDG_CACHE_HOME``: :mod:`archfleet.cachedir`), both mode 0700. The trade-off: leases then steer
   only this user's runs on that engine. So two users' runs see each other's leases only
   through directories root made (a run as root makes both levels, sticky and world-writable);
   a directory one user made sends every other user to a private one;
@@ -56,11 +57,12 @@ import stat
 import time
 from typing import Iterable
 
+from . import cachedir
 from .model import NodeSpec
 
 ROOT = "/tmp/archfleet-leases"
 ROOT_ENV = "ARCHFLEET_LEASE_ROOT"  # test hook (see the module docstring)
-PRIVATE = "archfleet-leases"  # the private root's name, in $XDG_RUNTIME_DIR or ~/.cache
+PRIVATE = "archfleet-leases"  # the private root's name in $XDG_RUNTIME_DIR (else the cache dir's leases/)
 HEARTBEAT, STALE_BEAT = 20.0, 75.0
 SWEEP_AGE = 600.0  # taking a lease removes this user's lease files untouched for this long
 NO_BEAT_STALE = 600.0  # a lease without a heartbeat (a foreign file, an old archfleet) counts this long
@@ -84,7 +86,8 @@ def shared_root() -> str:
 #   ok DIR   DIR is a real directory (no link), ours or root's, sticky if others may write in it
 #   own DIR  ... and ours, and nobody else may write in it
 #   mk DIR MODE  make DIR (the last component only; chmod-ed to MODE when this made it); then ok
-#   priv     p = the private root ($XDG_RUNTIME_DIR/archfleet-leases, else ~/.cache/archfleet-leases)
+#   priv     p = the private root ($XDG_RUNTIME_DIR/archfleet-leases, else the cache dir's leases:
+#            $XDG_CACHE_HOME/archfleet/leases, else ~/.cache/archfleet/leases, as archfleet.cachedir)
 #   pick ROOT KEY [make]  d = ROOT/KEY when both pass ok, else the private root's KEY (made 0700)
 _PRELUDE = r"""u=$(id -u)
 ok() {
@@ -103,7 +106,8 @@ mk() {
 }
 priv() {
   case $XDG_RUNTIME_DIR in /*) if own "$XDG_RUNTIME_DIR"; then p=$XDG_RUNTIME_DIR/archfleet-leases; return 0; fi;; esac
-  case $HOME in /*) p=$HOME/.cache/archfleet-leases;; *) return 1;; esac
+  case $XDG_CACHE_HOME in /*) p=$XDG_CACHE_HOME/archfleet/leases; return 0;; esac
+  case $HOME in /*) p=$HOME/.cache/archfleet/leases;; *) return 1;; esac
 }
 pick() {
   if [ -n "$3" ]; then
@@ -204,12 +208,6 @@ def parse(values: Iterable[str]) -> tuple[float, ...]:
     return tuple(sorted(out))
 
 
-def _is_local(transport) -> bool:
-    from .transport import LocalTransport
-
-    return isinstance(transport, LocalTransport)
-
-
 # This process's leases are named "<RUN>-<hex>": a run waiting for slots skips its own.
 RUN = f"{os.getpid()}{secrets.token_hex(4)}"
 
@@ -290,16 +288,17 @@ def _open_pair(root: str, key: str, make: bool, mode: int) -> int | None:
 def private_root() -> str | None:
     """This user's own lease root, used when the shared one fails the check:
     ``$XDG_RUNTIME_DIR/archfleet-leases`` when that variable names an absolute directory that is
-    this user's and writable by nobody else, else ``$HOME/.cache/archfleet-leases``; None without either."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR") or ""
-    if xdg.startswith("/"):
+    this user's and writable by nobody else, else ``leases`` in the user's cache dir
+    (:func:`archfleet.cachedir.leases`: ``~/.cache/archfleet/leases``); None without either."""
+    run = cachedir.runtime_dir()
+    if run is not None:
         try:
-            if _usable(os.lstat(xdg), private=True):
-                return os.path.join(xdg, PRIVATE)
+            if _usable(os.lstat(run), private=True):
+                return os.path.join(run, PRIVATE)
         except OSError:
             pass
-    home = os.environ.get("HOME") or ""
-    return os.path.join(home, ".cache", PRIVATE) if home.startswith("/") else None
+    cache = cachedir.leases()
+    return str(cache) if cache is not None else None
 
 
 def _lease_dir(root: str, key: str, make: bool) -> int | None:
@@ -362,8 +361,12 @@ def _names(dir_fd: int) -> list[str]:
 def read_local(node: NodeSpec, root: str | None = None, skip: str | None = None) -> tuple[float, ...]:
     """The local node's leases (but those named ``skip...``), read directly (no process to start).
     Blocking (file system): call it in a thread."""
+    return _read_key(root or shared_root(), engine_key(node), skip)
+
+
+def _read_key(root: str, key: str, skip: str | None) -> tuple[float, ...]:
     now = time.time()
-    fd = _lease_dir(root or shared_root(), engine_key(node), make=False)
+    fd = _lease_dir(root, key, make=False)
     if fd is None:
         return ()
     values = []
@@ -452,59 +455,91 @@ def _estimate(estimate: float) -> float:
     return min(estimate, MAX_ESTIMATE) if math.isfinite(estimate) and estimate >= 0 else 0.0
 
 
-async def take(transport, node: NodeSpec, estimate: float, root: str | None = None) -> str | None:
-    """Leave a lease for one build slot on ``node``; its name (for :func:`drop`), None if it could not."""
-    name = f"{RUN}-{secrets.token_hex(6)}"
-    key, root = engine_key(node), root or shared_root()
-    estimate = _estimate(estimate)
-    if _is_local(transport):
+class LocalLeases:
+    """Leases in this machine's file system: the local node's lease store (no process to start;
+    the rules above, through directory file descriptors, in a thread)."""
+
+    async def take(self, root: str, key: str, name: str, estimate: float) -> str | None:
+        """Leave lease ``name`` (``estimate`` seconds) for engine ``key`` under ``root``; its name, or None when it could not."""
         return await asyncio.to_thread(_take_local, root, key, name, estimate)
-    try:
-        done = await transport.run(["sh", "-c", _TAKE, "sh", root, key, name, f"{estimate:.1f}"], timeout=5)
-    except Exception:
-        return None
-    return name if done.ok else None
+
+    async def drop(self, root: str, key: str, name: str, timeout: float = 5) -> None:
+        """Remove lease ``name`` (a lease of this user's only)."""
+        await asyncio.to_thread(_drop_local, root, key, name)
+
+    async def others(self, root: str, key: str, skip: str) -> tuple[float, ...]:
+        """Busy seconds of the live leases for engine ``key``, leaving out those whose names start with ``skip``."""
+        return await asyncio.to_thread(_read_key, root, key, skip)
+
+    async def beat(self, root: str, key: str, name: str) -> None:
+        """Renew lease ``name``'s heartbeat."""
+        await asyncio.to_thread(_beat_local, root, key, name)
+
+
+class ShellLeases:
+    """Leases on a node reached by running commands: the fixed scripts above through
+    ``transport.run`` (the lease store of :class:`archfleet.transport.CommandNode`). A node that
+    does not answer never fails a build: nothing taken, nothing read."""
+
+    def __init__(self, transport):
+        self.transport = transport
+
+    async def take(self, root: str, key: str, name: str, estimate: float) -> str | None:
+        """As :meth:`LocalLeases.take`, on the node (the ``_TAKE`` script); None when the node does not answer."""
+        try:
+            done = await self.transport.run(["sh", "-c", _TAKE, "sh", root, key, name, f"{estimate:.1f}"], timeout=5)
+        except Exception:
+            return None
+        return name if done.ok else None
+
+    async def drop(self, root: str, key: str, name: str, timeout: float = 5) -> None:
+        """As :meth:`LocalLeases.drop`, on the node; waits at most ``timeout`` seconds."""
+        try:
+            await self.transport.run(["sh", "-c", _DROP, "sh", root, key, name], timeout=timeout)
+        except Exception:
+            pass
+
+    async def others(self, root: str, key: str, skip: str) -> tuple[float, ...]:
+        """As :meth:`LocalLeases.others`, read on the node (empty when it does not answer)."""
+        lines: list[str] = []
+        try:
+            done = await self.transport.run(["sh", "-c", READ_SCRIPT, "sh", root, key, skip],
+                                            on_line=lines.append, timeout=10)
+        except Exception:
+            return ()
+        if not done.ok:
+            return ()
+        return parse(l.strip()[len("lease="):] for l in lines if l.strip().startswith("lease="))
+
+    async def beat(self, root: str, key: str, name: str) -> None:
+        """As :meth:`LocalLeases.beat`, on the node."""
+        try:
+            await self.transport.run(["sh", "-c", _BEAT, "sh", root, key, name], timeout=10)
+        except Exception:
+            pass
+
+
+async def take(transport, node: NodeSpec, estimate: float, root: str | None = None) -> str | None:
+    """Leave a lease for one build slot on ``node`` (through ``transport.leases``, its node's
+    lease store); its name (for :func:`drop`), None if it could not."""
+    name = f"{RUN}-{secrets.token_hex(6)}"
+    return await transport.leases.take(root or shared_root(), engine_key(node), name, _estimate(estimate))
 
 
 async def drop(transport, node: NodeSpec, name: str | None, root: str | None = None, timeout: float = 5) -> None:
-    if name is None:
-        return
-    key, root = engine_key(node), root or shared_root()
-    if _is_local(transport):
-        await asyncio.to_thread(_drop_local, root, key, name)
-        return
-    try:
-        await transport.run(["sh", "-c", _DROP, "sh", root, key, name], timeout=timeout)
-    except Exception:
-        pass
+    """Remove lease ``name`` (from :func:`take`; None does nothing)."""
+    if name is not None:
+        await transport.leases.drop(root or shared_root(), engine_key(node), name, timeout)
 
 
 async def others(transport, node: NodeSpec, root: str | None = None) -> tuple[float, ...]:
     """Busy seconds of the slots other runs hold on ``node`` now (this process's leases left out)."""
-    root = root or shared_root()
-    if _is_local(transport):
-        return await asyncio.to_thread(read_local, node, root, RUN + "-")
-    lines: list[str] = []
-    try:
-        done = await transport.run(["sh", "-c", READ_SCRIPT, "sh", root, engine_key(node), RUN + "-"],
-                                   on_line=lines.append, timeout=10)
-    except Exception:
-        return ()
-    if not done.ok:
-        return ()
-    return parse(l.strip()[len("lease="):] for l in lines if l.strip().startswith("lease="))
+    return await transport.leases.others(root or shared_root(), engine_key(node), RUN + "-")
 
 
 async def beat(transport, node: NodeSpec, name: str, root: str | None = None) -> None:
     """Renew a lease's heartbeat (the run holding it is alive)."""
-    key, root = engine_key(node), root or shared_root()
-    if _is_local(transport):
-        await asyncio.to_thread(_beat_local, root, key, name)
-        return
-    try:
-        await transport.run(["sh", "-c", _BEAT, "sh", root, key, name], timeout=10)
-    except Exception:
-        pass
+    await transport.leases.beat(root or shared_root(), engine_key(node), name)
 
 
 def wait_limit(busy: Iterable[float], own_estimate: float) -> float:
@@ -531,6 +566,7 @@ class Held:
             await beat(self.transport, self.node, name, self.root)
 
     async def release(self, timeout: float = 5) -> None:
+        """Stop renewing and drop the lease (waiting at most ``timeout`` seconds for the node); never raises."""
         self._renewing.cancel()
         await asyncio.gather(self._renewing, return_exceptions=True)
         try:

@@ -1,9 +1,11 @@
 """Measured transfer rates to nodes, from the context syncs that sent enough to measure.
 
-The planner's context-transfer estimate is bytes / rate. A sync that streams at least
-``MIN_BYTES`` records bytes / seconds for its node (a moving average, so one slow moment
-does not rule a link); the probe hands the rate to the estimates as ``NodeFacts.link_rate``.
-Rates older than ``TTL`` are not used (links change: a Pi moved to Wi-Fi).
+The planner's context-transfer estimate is bytes / rate. A sync returns what it sent and how
+long it took (:class:`archfleet.model.Transfer`); the learn stage (:mod:`archfleet.learn`)
+folds each one that streamed at least ``MIN_BYTES`` into its node's rate (:func:`record`: a
+moving average, so one slow moment does not rule a link); the probe hands the rate to the
+estimates as ``NodeFacts.link_rate`` (:func:`measured`). Rates older than ``TTL`` are not used
+(links change: a Pi moved to Wi-Fi). The file is ``links.json`` in :mod:`archfleet.cachedir`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import time
 from pathlib import Path
 
-from . import cachefile
+from . import cachedir, cachefile
 
 MIN_BYTES = 1 << 20  # below this, latency and process start-up dominate: no measurement
 TTL = 7 * 24 * 3600
@@ -20,9 +22,7 @@ WEIGHT = 0.5  # of the newest measurement in the average
 
 
 def _file() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("archfleet")) / "links.json"
+    return cachedir.links()
 
 
 def _read() -> dict:

@@ -16,11 +16,16 @@ from .platforms import Platform
 
 __all__ = [
     "NodeSpec",
+    "Capabilities",
     "NodeFacts",
     "BuildRequest",
     "Option",
     "PlatformResult",
     "ChildImage",
+    "Transfer",
+    "LayerScan",
+    "Annotation",
+    "BaseImage",
 ]
 
 
@@ -34,18 +39,29 @@ def _labels(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple((str(k), str(v)) for k, v in value)
 
 
+def _platform_files(value: Any) -> tuple[tuple[Platform, Path], ...]:
+    if isinstance(value, dict):
+        value = value.items()
+    return tuple((k, Path(v)) for k, v in value)
+
+
+def _settings(value: Any) -> tuple[tuple[str, Any], ...]:
+    if isinstance(value, dict):
+        value = value.items()
+    return tuple(sorted((str(k), v) for k, v in value))
+
+
 @attrs.frozen
 class NodeSpec:
-    """A build node as configured (``nodes.toml``) or contributed by a plugin."""
+    """A build node as configured (``nodes.toml``) or contributed by a plugin.
+
+    The fields are what every node has; ``settings`` holds the keys of its transport, as the
+    transport's plugin declared them (``archfleet_node_keys``) and ``nodes.toml`` gave them
+    (for ``ssh``: host, port, user, identity, known_hosts, host_key_policy). Only that plugin
+    reads them (:meth:`setting`)."""
 
     name: str
     transport: str = "local"  # which transport plugin owns it: "local", "ssh", ...
-    host: str | None = None
-    port: int | None = None
-    user: str | None = None
-    identity: str | None = None
-    known_hosts: str | None = None
-    host_key_policy: str = "strict"  # or "accept-new" (opt-in: trust a host seen for the first time)
     arch: Platform | None = None  # what the user says it is; the probe must agree
     engine: str = "docker"
     engine_cli: str | None = None  # the engine CLI to build with (path), None = discover
@@ -54,6 +70,62 @@ class NodeSpec:
     labels: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
     enabled: bool = True
     source: str = "<builtin>"  # file:line where it was defined, for error messages
+    settings: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_settings)
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        """The value of the transport's ``key`` (``default`` when not given)."""
+        for k, v in self.settings:
+            if k == key:
+                return v
+        return default
+
+    @property
+    def key(self) -> str:
+        """A stable name for what this node is (its name, transport and settings), for caches
+        keyed by node (CPU scores, link rates): a node re-pointed elsewhere is measured anew."""
+        return f"{self.name}|{self.transport}|" + ",".join(f"{k}={v}" for k, v in self.settings)
+
+
+@attrs.frozen
+class Capabilities:
+    """What a node's engine can do for a build, as its adapter's probe found it (see
+    :mod:`archfleet.engines` for where each answer comes from). Each field is one feature; a
+    request that needs a feature the node lacks is not offered there
+    (:func:`archfleet.engines.needs`, :func:`archfleet.engines.capable`).
+
+    - ``secrets``: build secrets (``--secret``, ``RUN --mount=type=secret``);
+    - ``ssh``: SSH agent forwarding into the build (``--ssh``, ``RUN --mount=type=ssh``);
+    - ``cache_export``: exporting the build cache to a registry (``--cache-to``);
+    - ``outputs``: exporting the result as files (``--output type=local|tar``);
+    - ``heredocs``: here-documents in the Dockerfile (``RUN <<EOF``: BuildKit's Dockerfile 1.4
+      frontend, built into Docker >= 23; buildah >= 1.35, podman >= 5.0);
+    - ``frontends``: a ``# syntax=`` directive loads that Dockerfile frontend (BuildKit only;
+      podman reads every Dockerfile with its own parser)."""
+
+    secrets: bool = False
+    ssh: bool = False
+    cache_export: bool = False
+    outputs: bool = False
+    heredocs: bool = False
+    frontends: bool = False
+
+    #: how each feature is named to people (``archfleet ls``, messages), in field order
+    LABELS = {"secrets": "secrets", "ssh": "ssh", "cache_export": "cache export", "outputs": "outputs",
+              "heredocs": "heredocs", "frontends": "syntax frontends"}
+
+    def names(self) -> tuple[str, ...]:
+        """The features the engine has, as field names, in field order."""
+        return tuple(f.name for f in attrs.fields(Capabilities) if getattr(self, f.name))
+
+    def lacks(self, wanted) -> tuple[str, ...]:
+        """Of the feature names ``wanted`` (field names), those the engine does not have, in
+        field order. An unknown name is lacked (no engine has it)."""
+        return tuple(sorted((w for w in set(wanted) if not getattr(self, w, False)), key=_feature_order))
+
+
+def _feature_order(name: str) -> tuple[int, str]:
+    order = [f.name for f in attrs.fields(Capabilities)]
+    return (order.index(name) if name in order else len(order), name)
 
 
 @attrs.frozen
@@ -69,7 +141,8 @@ class NodeFacts:
     emulation_problems: tuple[tuple[Platform, str], ...] = attrs.field(default=(), converter=_tuple)
     engine_version: str | None = None
     engine_cli: tuple[str, ...] = attrs.field(default=(), converter=_tuple)  # argv prefix
-    builder: str | None = None  # "buildx" | "buildkit" (client with built-in BuildKit) | None
+    # "buildx" | "buildkit" (docker client with built-in BuildKit) | "buildah" (podman build) | None
+    builder: str | None = None
     cpus: int = 1
     memory: int = 0  # bytes
     load: float = 0.0
@@ -77,19 +150,42 @@ class NodeFacts:
     # seconds until each build slot taken by another archfleet run frees up (its lease), sorted
     busy: tuple[float, ...] = attrs.field(default=(), converter=_tuple)
     link_rate: float | None = None  # bytes/s to the node, measured on earlier context syncs
+    fix: str | None = None  # what to do about ``error``, one line, from the plugin that knows
+    address: str | None = None  # where the node is, for people (``user@host:port``), from its plugin
+    # the probe ran the benchmark just now (the learn stage keeps ``score``); False: the score
+    # came from the cache (or there is none)
+    score_measured: bool = False
+    rootless: bool = False  # the engine runs as an unprivileged user (rootless dockerd, rootless podman)
+    # what the engine can do for a build; None: not known (a plugin that does not say), and then
+    # nothing is held back from the node
+    capabilities: Capabilities | None = None
+
+    @property
+    def engine_label(self) -> str:
+        """The engine as people read it: its kind, version and whether it is rootless
+        (``podman 4.3.1``, ``docker 20.10.24 rootless``); ``?`` for an unknown version."""
+        return f"{self.node.engine} {self.engine_version or '?'}" + (" rootless" if self.rootless else "")
 
     @property
     def name(self) -> str:
+        """The node's name."""
         return self.node.name
 
     @property
     def can_build(self) -> bool:
+        """True when the node answered and has an engine CLI that can build with BuildKit."""
         return self.reachable and self.builder is not None
 
 
 @attrs.frozen
 class BuildRequest:
-    """One ``archfleet build``/``plan`` invocation, after the flags were validated."""
+    """One ``archfleet build``/``plan`` invocation, after the flags were validated.
+
+    ``dockerfile`` is the default Dockerfile; ``platform_dockerfiles`` the per-platform ones
+    (``-f linux/arm/v7=Dockerfile.armv7``), each overriding the default for its platform. Every
+    stage that reads the Dockerfile (analysis, offers, estimates, history and context keys, the
+    context snapshot, the build) reads :meth:`dockerfile_for` its platform, through
+    :meth:`for_platform`. The default need not exist when every platform has its own file."""
 
     context: Path
     dockerfile: Path
@@ -111,6 +207,44 @@ class BuildRequest:
     # names in build_args whose value came from archfleet's environment (a bare --build-arg NAME,
     # as docker allows): the engine CLI gets them in its environment, never in argv
     env_build_args: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    # (platform, Dockerfile) from -f PLATFORM=PATH, one per platform, in the order given
+    platform_dockerfiles: tuple[tuple[Platform, Path], ...] = attrs.field(default=(), converter=_platform_files)
+
+    # --child-tags: None (children are pushed by digest only), or the template of the tag each
+    # child also gets in every -t tag's repository ("{tag}-{platform}" is the seed style)
+    child_tags: str | None = None
+    # --annotation, buildx's syntax, parsed: where each goes (index, manifest, manifest-descriptor)
+    annotations: tuple["Annotation", ...] = attrs.field(default=(), converter=_tuple)
+    # ids of the build's secrets (never their values): part of the reuse key; no flag sets them yet
+    secret_ids: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    # the external base images (FROM) as the registry resolved them for this build, filled in by
+    # the pipeline before the offers (archfleet.buildkey.resolve_bases); () when not resolved
+    bases: tuple["BaseImage", ...] = attrs.field(default=(), converter=_tuple)
+
+    def dockerfile_for(self, platform: Platform) -> Path:
+        """The Dockerfile ``platform`` is built from: its own (``-f PLATFORM=PATH``), else the default."""
+        for p, path in self.platform_dockerfiles:
+            if p == platform:
+                return path
+        return self.dockerfile
+
+    def for_platform(self, platform: Platform) -> "BuildRequest":
+        """The request as building ``platform`` sees it: ``dockerfile`` is that platform's own
+        file, ``platforms`` the requested platforms built from the same file, and no per-platform
+        files left. The request itself when no platform has a file of its own (the usual case),
+        so what is cached per request is shared."""
+        if not self.platform_dockerfiles:
+            return self
+        own = self.dockerfile_for(platform)
+        return attrs.evolve(self, dockerfile=own, platform_dockerfiles=(),
+                            platforms=tuple(p for p in self.platforms if self.dockerfile_for(p) == own) or (platform,))
+
+    def by_dockerfile(self) -> tuple[tuple[Path, tuple[Platform, ...]], ...]:
+        """Each Dockerfile the requested platforms use, with those platforms, in platform order."""
+        out: dict[Path, list[Platform]] = {}
+        for p in self.platforms:
+            out.setdefault(self.dockerfile_for(p), []).append(p)
+        return tuple((path, tuple(ps)) for path, ps in out.items())
 
 
 @attrs.frozen
@@ -141,6 +275,16 @@ class ChildImage:
     digest: str
     media_type: str
     size: int
+    # the layers verification scanned because no scan of them was cached: the learn stage keeps
+    # them (not part of the image's identity: equality and hash leave them out)
+    scans: tuple["LayerScan", ...] = attrs.field(default=(), converter=_tuple, eq=False, repr=False)
+    # the repository (registry/path) it was read from: where the merge copies it from (not part
+    # of the image's identity either)
+    repository: str = attrs.field(default="", eq=False)
+    # the attestation manifests the engine made for it (BuildKit's ``unknown/unknown`` entries,
+    # ``vnd.docker.reference.type: attestation-manifest``), each the exact descriptor JSON as the
+    # engine wrote it in its index; the merge keeps them in the index beside the child
+    attestations: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
 
 
 @attrs.frozen
@@ -159,3 +303,73 @@ class PlatformResult:
     digest: str | None = None
     ref: str | None = None
     image_id: str | None = None
+    # the context sync this build used, when it sent the context (the learn stage learns the
+    # node's link rate from it); None when nothing was sent or the transport does not sync
+    transfer: "Transfer | None" = None
+    # what the layers it pushed hold, scanned from the engine's export on the way (by the pushed
+    # blob's digest): verification need not read those layers back from the registry
+    scans: tuple["LayerScan", ...] = attrs.field(default=(), converter=_tuple, eq=False, repr=False)
+
+
+@attrs.frozen
+class Transfer:
+    """One context sync to a node, as measured: ``bytes`` sent in ``seconds`` over the link
+    ``link`` names (the transport's ``link_key``, see :func:`archfleet.scores.score_key`).
+
+    ``sync`` tells syncs apart: every platform built from one sync carries the same Transfer,
+    and the learn stage folds each sync into the link rate once."""
+
+    link: str
+    bytes: int
+    seconds: float
+    sync: str = ""
+
+
+@attrs.frozen
+class LayerScan:
+    """What verification found in one image layer (:func:`archfleet.elfcheck.scan_layer`: a
+    JSON-able dict, ``{"entries": {...}, "whiteouts": [...]}``), by the layer's digest. A layer
+    never changes under its digest, so two scans are equal when their digests are; ``scan`` is
+    read, never changed."""
+
+    digest: str
+    scan: dict = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen
+class Annotation:
+    """One ``--annotation`` (buildx's syntax, ``[TYPE[PLATFORM],...:]KEY=VALUE``) for one place:
+    ``kind`` is ``index`` (the index's own annotations), ``manifest`` (each child manifest's; a
+    bare ``KEY=VALUE`` is this) or ``manifest-descriptor`` (the child's entry in the index);
+    ``platform`` limits it to one child (None: every child). Annotations need OCI media types:
+    an index or manifest that carries one is an OCI index or OCI manifest."""
+
+    kind: str
+    key: str
+    value: str
+    platform: Platform | None = None
+
+    def applies_to(self, platform: Platform) -> bool:
+        """Whether this annotation goes on ``platform``'s child (or its descriptor)."""
+        return self.platform is None or self.platform == platform
+
+
+@attrs.frozen
+class BaseImage:
+    """A ``FROM`` image as the registry resolved it: ``ref`` (normalised, as in the Dockerfile
+    after ARG expansion), ``digest`` (of what the reference points at: an index or a manifest)
+    and, for an index, the manifest digest of each platform in it (``platforms``: (platform text,
+    digest) pairs). Values, not clients: the reuse key is computed from them (archfleet.buildkey)."""
+
+    ref: str
+    digest: str
+    platforms: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_tuple)
+
+    def digest_for(self, platform: Platform | None) -> str:
+        """The manifest digest of ``platform`` in it (for an index), else the reference's own
+        digest (a single-platform image, or ``platform`` None: any platform)."""
+        if platform is not None:
+            for text, digest in self.platforms:
+                if text == str(platform):
+                    return digest
+        return self.digest

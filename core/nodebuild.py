@@ -1,5 +1,7 @@
 """Build one platform on one node through its engine, then push it: the work shared by the
-strategies whose builds run in a node's Docker engine (native, qemu, cross)."""
+strategies whose builds run in a node's engine (native, qemu, cross). The node's engine adapter
+(:func:`archfleet.engines.adapter_for` of ``NodeSpec.engine``: docker or podman) builds and
+pushes; this module does not care which."""
 
 from __future__ import annotations
 
@@ -7,12 +9,14 @@ import asyncio
 import hashlib
 import time
 
-from . import engine, toolchains
+from . import engine, publish, toolchains
+from .buildkey import LABEL_REUSE_KEY, reuse_key
 from .context import snapshot_of
 from .dockerfile import analyse
-from .engine import EngineCLI
+from .engines import adapter_for
 from .model import BuildRequest, Option, PlatformResult
 from .reference import child_ref, parse_reference
+from .registry import RegistryClient
 
 
 LABEL_CONTEXT = "org.archfleet.context-digest"
@@ -30,41 +34,67 @@ def context_digest(request: BuildRequest) -> str:
 
 
 def child_tag(request: BuildRequest, option: Option) -> str | None:
-    """``<first tag>-<os>-<arch>[-<variant>]``: where the platform's image is pushed.
-
-    The engine's image store (Docker 20.10) cannot push by digest alone, so each child gets its
-    own tag next to the requested one; the requested tags only ever point at the full index.
-    """
+    """``<first tag>-<os>-<arch>[-<variant>]``: the name the platform's image gets in the node's
+    engine (a local name: it is never pushed as a tag; children are pushed by digest, and get
+    tags in the registry only with ``--child-tags``). None without ``-t``."""
     if not request.tags:
         return None
     return str(child_ref(parse_reference(request.tags[0]), option.platform.tag_suffix))
 
 
-async def build_and_push(option: Option, request: BuildRequest, context) -> PlatformResult:
-    """Build ``option.platform`` on ``context``'s node; push after ``context.ready_to_push()``."""
+async def build_and_push(option: Option, request: BuildRequest, job) -> PlatformResult:
+    """Build ``option.platform`` on ``job``'s node (an :class:`archfleet.executor.Job`), push it
+    by digest after ``job.ready_to_push()``: the work of every strategy whose build runs in a
+    node's engine.
+
+    The image is labelled with its context digest, its platform and, when it has one, its reuse
+    key (:func:`archfleet.buildkey.reuse_key`). With ``--push``, before the gate, the engine's
+    export (:func:`archfleet.engine.export`) is read and the child prepared
+    (:func:`archfleet.publish.prepare`: layers compressed, base layers found in the registry);
+    after it, the child is pushed into the first tag's repository by digest
+    (:func:`archfleet.publish.upload`): no tag is created. The result carries the context sync's
+    :class:`~archfleet.model.Transfer` when one was sent (``PlatformResult.transfer``), for the
+    learn stage."""
     started = time.monotonic()
-    facts = context.facts
-    cli = EngineCLI(tuple(facts.engine_cli), facts.builder or "buildkit")
+    facts = job.facts
+    adapter = adapter_for(facts.node.engine)
     tag = child_tag(request, option)
-    context.status("syncing context")
-    ctx_dir, dockerfile = await context.transport.prepare_context(request, context.reporter)
-    context.status("building")
+    job.status("syncing context")
+    ctx_dir, dockerfile, transfer = await job.transport.prepare_context(request, job.reporter)
+    job.status("building")
     extra = toolchains.build_args(option.platform, analyse(request).declared_args, request.build_args)
     digest_of_context = await asyncio.to_thread(context_digest, request)
     labels = [(LABEL_CONTEXT, digest_of_context), (LABEL_PLATFORM, str(option.platform))]
-    image_id = await engine.build(
-        context.transport, cli, platform=option.platform, request=request, tag=tag or "",
-        context=ctx_dir, dockerfile=dockerfile, extra_build_args=extra, extra_labels=labels, on_line=context.log,
+    key = reuse_key(request, option.platform, digest_of_context)
+    if key:
+        labels.append((LABEL_REUSE_KEY, key))
+    image_id = await adapter.build(
+        job.transport, facts, platform=option.platform, request=request, tag=tag or "",
+        context=ctx_dir, dockerfile=dockerfile, extra_build_args=extra, extra_labels=labels, on_line=job.log,
     )
-    built = time.monotonic() - started
     if not request.push or tag is None:
-        return PlatformResult(option.platform, option, built, image_id=image_id, ref=tag)
-    await context.ready_to_push()
-    context.status("pushing")
-    push_started = time.monotonic()
-    ref = parse_reference(tag)
-    digest = await engine.push(context.transport, ref, engine.auth_config_for(ref.registry), on_line=context.log)
+        return PlatformResult(option.platform, option, time.monotonic() - started, image_id=image_id, ref=tag,
+                              transfer=transfer)
+    repository = parse_reference(request.tags[0])
+    async with RegistryClient(request.insecure_registries) as client:
+        job.status("exporting")
+        known = await publish.base_layers(client, request, option.platform, repository)
+        prepared = await publish.prepare(
+            adapter.export(job.transport, facts, image_id), node=job.node, image_id=image_id,
+            platform=option.platform, annotations=publish.manifest_annotations(request.annotations, option.platform),
+            known=known)
+        try:
+            built = time.monotonic() - started
+            await job.ready_to_push()
+            job.status("pushing")
+            push_started = time.monotonic()
+            digest, _, _, counts = await publish.upload(client, prepared, repository)
+        finally:
+            publish.discard(prepared)
+    job.log(f"pushed {repository.name}@{digest} (blobs: {counts['uploaded']} uploaded, {counts['mounted']} mounted, "
+            f"{counts['skipped']} already there)")
     # the time waiting at the push gate is other platforms' time, not this option's
     seconds = built + (time.monotonic() - push_started)
-    return PlatformResult(option.platform, option, seconds, repository=ref.name,
-                          digest=digest, ref=f"{ref.name}@{digest}", image_id=image_id)
+    return PlatformResult(option.platform, option, seconds, repository=repository.name,
+                          digest=digest, ref=f"{repository.name}@{digest}", image_id=image_id, transfer=transfer,
+                          scans=prepared.scans)

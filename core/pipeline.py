@@ -1,6 +1,22 @@
-"""The stages of a build in order: probe, offer, plan, run, verify, merge, report.
+"""The spine of archfleet, and the only caller of plugins.
 
-Data flows one way; each stage is a function over frozen values. The CLI calls these.
+One build flows one way through these stages, each a function over frozen values::
+
+    request -> inventory -> probe -> offer -> estimate -> plan -> run -> verify -> merge -> learn
+
+(while the nodes are probed, the base images are resolved in their registries and the plugins
+prepare what needs no node: :func:`make_plan`)
+
+Learning (writing what was measured to the user's caches) happens in :func:`learn` only: the
+stages that measure return what they measured (``NodeFacts.score_measured``,
+``PlatformResult.transfer``, ``ChildImage.scans``, the results' seconds) and :func:`learn` keeps
+it, after the probe for the scores and at the end of a build for the rest.
+
+The CLI makes the request (:class:`~archfleet.model.BuildRequest`) and the configuration
+(:class:`~archfleet.inventory.Config`), then calls :func:`run_command` with one of the commands
+here. Every hook is called from this module, through :class:`archfleet.manager.Hooks` (pluggy);
+the planner, the inventory and the executor call none: the executor gets ``connect``, ``run``
+and ``replan`` from :func:`build`.
 """
 
 from __future__ import annotations
@@ -11,84 +27,154 @@ import json
 import signal
 import threading
 import time
-from typing import Sequence
+from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import attrs
 
 from . import index as index_mod
+from . import inventory
+from . import learn as learning
 from . import platforms as plat
+from .buildkey import resolve_bases
 from .errors import (ArchfleetError, EnvironmentProblem, Interrupted, PlatformsFailed, UsageError,
                      VerificationFailed)
 from .context import cache_days
 from .dockerfile import analyse
+from .engines import FEATURE_FIX, lacking, needs, why_lacking
 from .executor import Executor, Failure
-from .hookcall import PluginError, call_each, call_first, resolve
-from .inventory import Config, collect_nodes
-from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
 from .history import HistoryView, view_for
-from .planner import Plan, apply_pins, check_pin_strategies, check_pins, node_speed, refine, schedule
+from .inventory import Config
+from .learn import Lessons
+from .manager import Hooks
+from .model import BuildRequest, ChildImage, NodeFacts, NodeSpec, Option, PlatformResult
+from .planner import (Plan, apply_estimates, apply_pins, check_pin_strategies, check_pins, next_best, node_speed,
+                      schedule)
+from .platforms import Platform
 from .progress import Reporter, guard
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
+from .session import Session
+
+T = TypeVar("T")
 
 
-async def probe(pm, config: Config, nodes: list[NodeSpec] | None = None) -> dict[str, NodeFacts]:
-    """Every enabled node's facts (``nodes``, else the inventory's), probed concurrently.
-    Unreachable nodes are kept, marked."""
+async def run_command(hooks: Hooks, work: Callable[[Session], Awaitable[T]]) -> T:
+    """Run one command (``work``, given this command's :class:`Session`), then end the session
+    whatever happened (``archfleet_session_end``: plugins close their connections)."""
+    session = Session()
+    try:
+        return await work(session)
+    finally:
+        session.ended = True
+        await hooks.session_end(session)
+
+
+def load_config(hooks: Hooks, *, nodes: str | None = None, engine_cli: str | None = None, local: bool = True,
+                note: Callable[[str], None] | None = None) -> Config:
+    """Request, the nodes half: the nodes file found, trusted and validated with the keys every
+    node has and those each transport's plugin declares (``archfleet_node_keys``); see
+    :func:`archfleet.inventory.make_config`. Raises :class:`UsageError` (one line, ``file:line``)."""
+    return inventory.make_config(nodes=nodes, engine_cli=engine_cli, local=local, note=note, keys=hooks.node_keys())
+
+
+def nodes_of(hooks: Hooks, config: Config, session: Session) -> list[NodeSpec]:
+    """Inventory: every enabled node, as the plugins contribute them (``archfleet_add_nodes``),
+    names unique, ``--node`` selections applied (:func:`archfleet.inventory.combine`)."""
+    return inventory.combine(hooks.add_nodes(config, session), config)
+
+
+async def probe(hooks: Hooks, config: Config, session: Session,
+                nodes: list[NodeSpec] | None = None) -> dict[str, NodeFacts]:
+    """Probe: every enabled node's facts (``nodes``, else the inventory's), all at once.
+    Unreachable nodes are kept, marked. The scores the probe measured are learned as soon as it
+    is over (:func:`learn`), so ``ls``, ``plan``, ``doctor`` and a build that fails later all
+    keep them."""
     if nodes is None:
-        nodes = collect_nodes(pm, config)
-
-    async def one(node):
-        try:
-            name, awaitable = call_first(pm, "archfleet_probe", node=node, config=config)
-            if awaitable is None:
-                return NodeFacts(node, False, error=f"no plugin handles transport {node.transport!r}")
-            facts = await resolve(name, "archfleet_probe", awaitable)
-        except ArchfleetError as exc:  # a plugin bug must not take the other nodes down
-            return NodeFacts(node, False, error=str(exc))
-        if not isinstance(facts, NodeFacts):
-            return NodeFacts(node, False, error=f"plugin {name!r} answered archfleet_probe with "
-                                                f"{type(facts).__name__}, not NodeFacts")
-        return facts
-
-    results = await asyncio.gather(*(one(n) for n in nodes))
+        nodes = nodes_of(hooks, config, session)
+    results = await asyncio.gather(*(hooks.probe(n, config, session) for n in nodes))
+    await learn(Lessons(probed=results))
     return {f.name: f for f in results}
 
 
-async def offers(pm, request: BuildRequest, facts: dict[str, NodeFacts]) -> list[Option]:
-    """Ask every strategy for its options for every platform; check what comes back.
+async def learn(lessons: Lessons) -> None:
+    """Learn: keep what a command measured for the ones after it (:func:`archfleet.learn.keep`,
+    in a thread): the scores after the probe, and at the end of a build its history rows, the
+    link rates of its context syncs and the layer scans of its verification. The only stage
+    that writes the user's caches; it never fails the command."""
+    await asyncio.to_thread(learning.keep, lessons)
 
-    A strategy may answer with a list or with an awaitable resolving to one (to ask a registry,
-    say); all of them are asked at once.
-    """
+
+async def offers(hooks: Hooks, request: BuildRequest, facts: Mapping[str, NodeFacts],
+                 session: Session | None = None) -> list[Option]:
+    """Offer: every strategy's options for every platform (``archfleet_offer``), all asked at
+    once and checked (:meth:`archfleet.manager.Hooks.offer`). Each platform is offered with the
+    request as it sees it (:meth:`~archfleet.model.BuildRequest.for_platform`: its own Dockerfile)."""
     all_facts = tuple(facts.values())
-    pending = []
-    for platform in request.platforms:
-        for name, got in call_each(pm, "archfleet_offer", platform=platform, request=request, facts=all_facts):
-            pending.append((platform, name, got))
-    answers = await asyncio.gather(*(resolve(name, "archfleet_offer", got) for _, name, got in pending))
-    out: list[Option] = []
-    for (platform, name, _), got in zip(pending, answers):
-        if not isinstance(got, (list, tuple)):
-            raise PluginError(f"plugin {name!r} answered archfleet_offer with {type(got).__name__}, not a list of Option")
-        for opt in got:
-            if not isinstance(opt, Option) or opt.platform != platform or opt.node not in facts:
-                raise PluginError(f"plugin {name!r} offered {opt!r}: expected an Option for {platform} on a known node")
-            out.append(opt)
-    return out
+    answers = await asyncio.gather(*(hooks.offer(p, request.for_platform(p), all_facts, session)
+                                     for p in request.platforms))
+    return [opt for got in answers for opt in got]
+
+
+Histories = Mapping[Platform, "HistoryView | None"]
+
+
+def estimates(hooks: Hooks, options: Sequence[Option], request: BuildRequest,
+              facts: Mapping[str, NodeFacts], history: "HistoryView | Histories | None") -> list[Option]:
+    """Estimate: each option's seconds refined by the plugins (``archfleet_estimate``), with the
+    request and the history view of the option's platform (``history``: one view for every
+    platform, or one per platform as :func:`histories` makes them)."""
+    def view(platform):
+        return history.get(platform) if isinstance(history, Mapping) else history
+
+    answers = [hooks.estimate(o, request.for_platform(o.platform), facts.get(o.node), view(o.platform))
+               for o in options]
+    return apply_estimates(options, answers)
+
+
+def histories(request: BuildRequest) -> dict[Platform, HistoryView | None]:
+    """The history view of each platform: keyed by the context and the platform's own
+    Dockerfile, one view per Dockerfile (:func:`archfleet.history.view_for`). Blocking (it walks
+    the context once per Dockerfile): call it in a thread."""
+    by_file = {path: view_for(request.for_platform(ps[0])) for path, ps in request.by_dockerfile()}
+    return {p: by_file[request.dockerfile_for(p)] for p in request.platforms}
+
+
+def not_offered(request: BuildRequest, facts: Mapping[str, NodeFacts],
+                options: Sequence[Option]) -> tuple[tuple[Platform, str, str], ...]:
+    """(platform, node, why) for each node that runs or emulates a platform but got no option
+    for it because a stage the build needs RUNs on a platform the node can neither run nor
+    emulate (a stage pinned with ``FROM --platform=...``): what ``archfleet plan`` shows besides
+    the rejected options."""
+    offered = {(o.platform, o.node) for o in options}
+    out = []
+    for p in request.platforms:
+        for f in facts.values():
+            if not f.can_build or (p, f.name) in offered or (p not in f.native and p not in f.emulated):
+                continue
+            why = analyse(request, p).placement(p, f.native, f.emulated).why_not()
+            if why:
+                out.append((p, f.name, why))
+    return tuple(out)
 
 
 def unplannable_reason(platform, planned: "Planned") -> str:
     """Why nobody can build ``platform``, and what to do (one line).
 
-    Per node: unreachable, no builder, a QEMU handler that is registered but unusable in
+    Per node: unreachable, no builder, an engine that cannot do what the Dockerfile asks (here-
+    documents, secret or ssh mounts: :func:`archfleet.engines.needs`), a QEMU handler that is registered but unusable in
     containers (no ``F`` flag: ``archfleet binfmt --install`` re-registers it), a platform no QEMU
     handler emulates (an amd64 level above the CPU's: installing a handler would not help), or
     no handler at all."""
     pinned = [o for o in planned.pinned_out if o.platform == platform]
     if pinned:
+        # a pinned node that could not be used says why (a refused host key, say), not only
+        # which other nodes were offered
+        pins = planned.request.pins if planned.request else ()
+        named = {p.node for p in pins if p.node and p.platform in (None, platform)}
+        why = [f"{f.name}: unreachable ({f.error})" if not f.reachable else f"{f.name}: {f.error}"
+               for f in planned.facts.values() if f.name in named and not f.can_build]
         return (f"no option for {platform} is allowed by --strategy/--node (offered: "
-                + ", ".join(str(o) for o in pinned) + ")")
+                + ", ".join(str(o) for o in pinned) + ")" + "".join(f"; {w}" for w in why))
     reasons = []
     fix = None
     for f in planned.facts.values():
@@ -97,8 +183,11 @@ def unplannable_reason(platform, planned: "Planned") -> str:
             reasons.append(f"{f.name}: unreachable ({f.error})")
         elif not f.builder:
             reasons.append(f"{f.name}: {f.error}")
+        elif planned.request and (missing := lacking(f, needs(planned.request))):
+            reasons.append(f"{f.name}: {why_lacking(f, missing)}")  # its engine cannot do what the Dockerfile asks
+            fix = fix or FEATURE_FIX.get(missing[0].feature)
         elif planned.request and (platform in f.native or platform in f.emulated) and (
-                why := analyse(planned.request).placement(platform, f.native, f.emulated).why_not()):
+                why := analyse(planned.request, platform).placement(platform, f.native, f.emulated).why_not()):
             reasons.append(f"{f.name}: {why}")  # it runs the target, not a stage pinned elsewhere
         elif problem:
             reasons.append(f"{f.name}: {problem}")
@@ -117,54 +206,100 @@ def unplannable_reason(platform, planned: "Planned") -> str:
 
 @attrs.frozen
 class Planned:
+    """What the plan stage produced: the nodes' facts, the options after estimates and pins (what the plan and fallbacks choose from), the plan, the history view, the options the pins left out, and the request."""
     facts: dict[str, NodeFacts]
     options: tuple[Option, ...]  # after estimates and pins: what the plan and fallbacks use
     plan: Plan
-    history: HistoryView | None = None
+    history: HistoryView | None = None  # the first platform's (every platform's, with one Dockerfile)
     pinned_out: tuple[Option, ...] = ()  # offered, but excluded by --strategy/--node
     request: BuildRequest | None = None  # what was planned (says why a node cannot run a stage)
+    # (platform, node, why): nodes that run or emulate the platform but cannot run a stage it needs
+    not_offered: tuple[tuple[Platform, str, str], ...] = ()
+    # each platform's history view (keyed by its own Dockerfile); empty: ``history`` for all
+    histories: tuple[tuple[Platform, HistoryView | None], ...] = ()
+
+    def history_for(self, platform: Platform) -> HistoryView | None:
+        """The history view ``platform``'s estimates read and its result is recorded in."""
+        return dict(self.histories).get(platform, self.history)
 
 
-def check_request(pm, request: BuildRequest, config: Config) -> list[NodeSpec]:
+def check_request(hooks: Hooks, request: BuildRequest, config: Config, session: Session) -> list[NodeSpec]:
     """What the input alone decides, checked before any node is probed or registry asked: the
     Dockerfile, and the ``--node``/``--strategy`` pins (a platform being built, a node the
-    inventory has, ``cross`` only for a Dockerfile that cross-compiles). Raises
+    inventory has, ``cross`` only for a Dockerfile with a stage on ``$BUILDPLATFORM`` or pinned to a
+    platform of its own). Raises
     :class:`UsageError`; returns the inventory's enabled nodes. Cheap: call it again freely."""
-    analysis = analyse(request)  # a Dockerfile error is the user's: report it before probing anything
-    nodes = collect_nodes(pm, config)
+    # a Dockerfile error is the user's: report it before probing anything (each platform's file)
+    analyses = {p: analyse(request, p) for p in request.platforms}
+    nodes = nodes_of(hooks, config, session)
     check_pins(request.pins, request.platforms, [n.name for n in nodes])
     for pin in request.pins:
-        if pin.strategy == "cross" and "cross" in _offering_plugins(pm) and not analysis.cross:
-            raise UsageError(f"{pin.flag}: {request.dockerfile.name} cannot cross-compile: no stage it builds "
-                             "runs on $BUILDPLATFORM (use FROM --platform=$BUILDPLATFORM for the build stages, "
-                             "or drop --strategy cross)")
+        if pin.strategy != "cross" or "cross" not in hooks.strategies():
+            continue
+        for p in ([pin.platform] if pin.platform is not None else request.platforms):
+            if not analyses[p].can_cross:
+                raise UsageError(f"{pin.flag}: {request.dockerfile_for(p).name} cannot cross-compile: no stage it "
+                                 "builds runs on $BUILDPLATFORM or a platform of its own (use "
+                                 "FROM --platform=$BUILDPLATFORM for the build stages, or drop --strategy cross)")
     return nodes
 
 
-async def make_plan(pm, request: BuildRequest, config: Config) -> Planned:
-    """Probe, offer, estimate and schedule, after :func:`check_request`. A pinned strategy no
-    plugin names is refused once the offers are in (a plugin's strategy name need not be its
-    plugin name)."""
-    nodes = check_request(pm, request, config)
-    view_task = asyncio.create_task(asyncio.to_thread(view_for, request))
-    facts = await probe(pm, config, nodes)
-    view = await view_task
-    offered = refine(pm, await offers(pm, request, facts), request, facts, view)
-    check_pin_strategies(request.pins, _offering_plugins(pm) | {o.strategy for o in offered})
+async def resolve(request: BuildRequest, client: RegistryClient | None = None) -> BuildRequest:
+    """Analyse, the registry's half: ``request`` with its base images resolved in their
+    registries (``BuildRequest.bases``, :func:`archfleet.buildkey.resolve_bases`), which the reuse
+    key of every platform needs. Only for a build that pushes and pulls (the key exists only
+    then); otherwise, or when a base cannot be resolved, ``request`` as it is. ``client``: the
+    build's registry client, else one of its own."""
+    if not (request.push and request.pull and request.tags):
+        return request
+    if client is None:
+        async with RegistryClient(request.insecure_registries) as own:
+            return await resolve(request, own)
+    bases = await resolve_bases(client, request)
+    return attrs.evolve(request, bases=bases) if bases else request
+
+
+async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session: Session,
+                    client: RegistryClient | None = None) -> Planned:
+    """Inventory, probe, resolve, offer, estimate and plan, after :func:`check_request`. The
+    base images are resolved (:func:`resolve`) and the plugins prepare (``archfleet_prepare``)
+    while the nodes are probed. A pinned strategy
+    no plugin names is refused once the offers are in (a plugin's strategy name need not be its
+    plugin name). ``Planned.request`` is the request the rest of the build uses (bases resolved)."""
+    nodes = check_request(hooks, request, config, session)
+    view_task = asyncio.create_task(asyncio.to_thread(histories, request))
+    resolving = asyncio.create_task(resolve(request, client))
+    preparing = asyncio.create_task(hooks.prepare(request, session))
+    try:
+        facts = await probe(hooks, config, session, nodes)
+        request = await resolving
+        await preparing
+    finally:
+        for task in (resolving, preparing):
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    views = await view_task
+    offered = estimates(hooks, await offers(hooks, request, facts, session), request, facts, views)
+    check_pin_strategies(request.pins, hooks.strategies() | {o.strategy for o in offered})
     options = apply_pins(offered, request.pins)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
     busy = {name: f.busy for name, f in facts.items() if f.busy}  # slots other archfleet runs hold
     plan = schedule(request.platforms, options, capacity, busy)
-    return Planned(facts, tuple(options), plan, view, tuple(o for o in offered if o not in options), request)
+    return Planned(facts, tuple(options), plan, views.get(request.platforms[0]),
+                   tuple(o for o in offered if o not in options), request, not_offered(request, facts, offered),
+                   tuple(views.items()))
 
 
-def _offering_plugins(pm) -> set[str]:
-    """Names of the registered plugins that implement ``archfleet_offer`` (the strategies)."""
-    return {impl.plugin_name for impl in pm.hook.archfleet_offer.get_hookimpls()}
+async def connect(hooks: Hooks, facts: NodeFacts, session: Session):
+    """A transport to the node of ``facts`` (``archfleet_connect``), owned by its plugin for the
+    rest of the command."""
+    return await hooks.connect(facts.node, facts, session)
 
 
 @attrs.frozen
 class BuildSummary:
+    """What a build produced, for the CLI, ``--metadata-file`` and ``--report``: each platform's result and verified child, the index (digest, media type, size in bytes) and its tags, the plan, the re-plans, the attempts, and the seconds it all took."""
     results: tuple[PlatformResult, ...]
     children: tuple[ChildImage, ...]
     index_digest: str | None
@@ -194,7 +329,7 @@ class RunState:
         return "interrupted"
 
 
-async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
+async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: Reporter, session: Session,
                 state: RunState | None = None) -> BuildSummary:
     """Plan, run, verify and publish ``request``; ``state`` (if given) records what was published.
 
@@ -203,6 +338,8 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
     build or whose child fails verification is left out of the index, and said so. Ctrl-C
     before the tags start moving leaves them untouched; once they do, the moves are finished
     first and :class:`Interrupted` says that the tags were moved (see :func:`hold_interrupts`).
+    A node that fails mid-build is dropped and the platform asked of the planner again
+    (:func:`archfleet.planner.next_best` over the options left).
     """
     started = time.monotonic()
     reporter = guard(reporter)  # progress output never fails a build
@@ -211,7 +348,8 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
     if request.push and not tags:
         raise UsageError("--push needs at least one -t/--tag")
     async with RegistryClient(request.insecure_registries) as client:
-        planning = asyncio.create_task(make_plan(pm, request, config))
+        session.registry = client  # plugins that read the registry share it (and what it read)
+        planning = asyncio.create_task(make_plan(hooks, request, config, session, client))
         try:
             if request.push:
                 # Fail before building anything when the registry is not there or refuses us.
@@ -225,12 +363,24 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
                 await asyncio.gather(planning, return_exceptions=True)
             elif not planning.cancelled():
                 planning.exception()  # the registry's error is the one to report; mark this one seen
+        request = planned.request or request  # its base images resolved
         missing = planned.plan.unplannable
         if missing:
             raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in missing))
         reporter.planned(planned.plan)
-        executor = Executor(pm, request, planned.facts, reporter)
-        outcome = await executor.run(planned.plan, planned.options)
+        options_of: dict[Platform, list[Option]] = {}
+        for o in planned.options:
+            options_of.setdefault(o.platform, []).append(o)
+
+        def replan(platform: Platform, tried, down, wait) -> Option | None:
+            return next_best(options_of.get(platform, ()), tried, down, wait)
+
+        executor = Executor(request, planned.facts, reporter,
+                            connect=lambda node: connect(hooks, planned.facts[node], session),
+                            run_option=lambda option, job: hooks.run(option, request.for_platform(option.platform),
+                                                                     job, session),
+                            replan=replan)
+        outcome = await executor.run(planned.plan)
         failures = list(outcome.failures)
         if failures and not (request.allow_partial and outcome.results):
             raise failed(failures, pushed_nothing=request.push)
@@ -250,26 +400,27 @@ async def build(pm, request: BuildRequest, config: Config, reporter: Reporter,
             where = ", ".join(str(t) for t in tags)
             # children copied to every repository and the index put there by digest: stoppable,
             # no tag has moved yet; only moving the tags is held against Ctrl-C
-            digest, body, media_type = await index_mod.stage_index(client, source, children, tags)
+            staged = await index_mod.stage_index(client, source, children, tags, annotations=request.annotations,
+                                                 child_tags=request.child_tags)
+            digest, body, media_type = staged.digest, staged.body, staged.media_type
             with hold_interrupts(f"the index was being pushed to {where}") as held:
                 await asyncio.sleep(0)  # a Ctrl-C that came before this point stops here: tags untouched
-                await index_mod.move_tags(client, tags, body, media_type)
+                await index_mod.move_tags(client, tags, body, media_type, first=staged.child_tags)
                 if state is not None:
                     state.index_digest, state.tags = digest, tuple(str(t) for t in tags)
             size = len(body)
             for tag in tags:
                 reporter.event(f"pushed {tag} -> {digest}")
-                call_each(pm, "archfleet_index_pushed", ref=str(tag), digest=digest)
+                hooks.index_pushed(str(tag), digest)
             if held.interrupted:
                 raise Interrupted(f"interrupted after the index {digest} was pushed to {where}")
         if failures:
             reporter.warning("left out (--allow-partial): " + "; ".join(f.line() for f in failures))
         for r in results:
-            if planned.history is not None:
-                facts = planned.facts.get(r.option.node)
-                speed = node_speed(facts) if facts is not None else None
-                await asyncio.to_thread(planned.history.record, r, speed=speed)
-            call_each(pm, "archfleet_build_finished", result=r)
+            hooks.build_finished(r)
+        await learn(Lessons(results=results, history=planned.history, histories=planned.histories,
+                            speeds={n: node_speed(f) for n, f in planned.facts.items()},
+                            scans=[scan for child in children for scan in child.scans]))
     return BuildSummary(tuple(results), tuple(children), digest, media_type, size, request.tags, planned,
                         outcome.replans, time.monotonic() - started, outcome.attempts)
 
@@ -285,15 +436,17 @@ def failed(failures: Sequence[Failure], *, pushed_nothing: bool) -> PlatformsFai
 
 async def verify(client: RegistryClient, results: Sequence[PlatformResult], *,
                  allow_partial: bool) -> tuple[list[ChildImage], list[Failure]]:
-    """Read every pushed child back (:func:`archfleet.index.verify_child`, all at once).
+    """Read every pushed child back (:func:`archfleet.index.verify_child`, all at once; a layer
+    the push scanned from the engine's export, ``PlatformResult.scans``, is not read back).
 
     Returns the verified children in the order of ``results`` and, with ``allow_partial``, the
     platforms whose child failed verification (to be left out of the index). Without it, those
     raise :class:`PlatformsFailed` naming every one. Any other error (the registry refusing or
     failing) concerns every child alike and is raised once, as it is.
     """
+    pushed = {scan.digest: scan.scan for r in results for scan in r.scans}  # what the pushes scanned
     got = await asyncio.gather(*(
-        index_mod.verify_child(client, parse_reference(r.ref, what="child reference"), r.platform)
+        index_mod.verify_child(client, parse_reference(r.ref, what="child reference"), r.platform, pushed)
         for r in results
     ), return_exceptions=True)
     children: list[ChildImage] = []
@@ -348,27 +501,6 @@ def hold_interrupts(what: str):
             signal.signal(signal.SIGINT, previous)
 
 
-async def end_session(pm) -> None:
-    """Let plugins close what they hold (``archfleet_session_end``)."""
-    try:
-        answers = call_each(pm, "archfleet_session_end")
-    except ArchfleetError:
-        return  # closing up: a plugin failing here must not hide the command's own outcome
-    for name, result in answers:
-        try:
-            await resolve(name, "archfleet_session_end", result)
-        except ArchfleetError:
-            pass
-
-
-async def run_command(pm, coro):
-    """Run one command's coroutine, then end the session whatever happened."""
-    try:
-        return await coro
-    finally:
-        await end_session(pm)
-
-
 def _one_per_repo(tags: Sequence[Reference]) -> list[Reference]:
     seen, out = set(), []
     for t in tags:
@@ -389,6 +521,7 @@ def metadata(summary: BuildSummary) -> dict:
     if summary.tags:
         doc["image.name"] = ",".join(summary.tags)
     children = {c.platform: c for c in summary.children}
+    request = summary.planned.request
     estimates = {s.option.platform: s.option.estimate for s in summary.planned.plan.chosen}
     per = {}
     for r in summary.results:
@@ -404,11 +537,14 @@ def metadata(summary: BuildSummary) -> dict:
             "image_id": r.image_id,
             "replans": [{"from": old, "why": why} for p, old, why in summary.replans if p == r.platform],
         }
+        if request is not None:
+            per[str(r.platform)]["dockerfile"] = str(request.dockerfile_for(r.platform))
     doc["archfleet.platforms"] = per
     doc["archfleet.seconds"] = round(summary.seconds, 2)
     return doc
 
 
 def write_metadata(path, summary: BuildSummary) -> None:
+    """Write :func:`metadata`'s document to ``path`` as JSON (buildx's keys where they mean the same, plus ``archfleet.*``)."""
     text = json.dumps(metadata(summary), indent=2) + "\n"
     path.write_text(text)

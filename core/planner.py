@@ -34,6 +34,7 @@ EXACT_LIMIT = 50_000  # largest search space (product of option counts) searched
 
 
 def node_speed(facts: NodeFacts) -> float:
+    """How fast ``facts``' node builds, relative to the reference node (1.0): its CPU score, times the square root of its CPUs over 2 (builds use more than one core, not linearly), divided by how overloaded it is (load above its CPU count)."""
     cores = (max(facts.cpus, 1) / REFERENCE_CPUS) ** 0.5  # builds use more than one core, not linearly
     busy = 1.0 + max(facts.load - facts.cpus, 0.0) / max(facts.cpus, 1)
     return (facts.score or 1.0) * cores / busy
@@ -66,12 +67,14 @@ def prior_seconds(request: BuildRequest, facts: NodeFacts, *, emulated: bool, sh
 
 @attrs.frozen
 class Pin:
+    """One ``--strategy``/``--node`` flag: for ``platform`` (None: every platform) only options of ``strategy`` and/or on ``node``. ``flag`` is the flag as given, for messages."""
     platform: Platform | None  # None: every platform
     strategy: str | None
     node: str | None
     flag: str = attrs.field(default="", eq=False)  # the flag as given ("--node 'linux/arm64=pi4'"), for messages
 
     def allows(self, option: Option) -> bool:
+        """True when ``option`` may be planned under this pin (a pin for another platform allows everything)."""
         if self.platform is not None and option.platform != self.platform:
             return True
         return (self.strategy is None or option.strategy == self.strategy) and (
@@ -131,6 +134,7 @@ def check_pin_strategies(pins: Sequence[Pin], strategies: Iterable[str]) -> None
 
 
 def apply_pins(options: Iterable[Option], pins: Sequence[Pin]) -> list[Option]:
+    """The options every pin allows, in order."""
     return [o for o in options if all(p.allows(o) for p in pins)]
 
 
@@ -138,6 +142,7 @@ def apply_pins(options: Iterable[Option], pins: Sequence[Pin]) -> list[Option]:
 
 @attrs.frozen
 class Scheduled:
+    """An option placed in the plan: it starts ``start`` and ends ``finish`` seconds from now."""
     option: Option
     start: float
     finish: float
@@ -145,12 +150,14 @@ class Scheduled:
 
 @attrs.frozen
 class Rejected:
+    """An option not chosen, with one line saying why (slower, or its node's slots are taken)."""
     option: Option
     why: str
 
 
 @attrs.frozen
 class Plan:
+    """The schedule: one :class:`Scheduled` option per plannable platform (in request order), the rejected alternatives, the platforms no option exists for (with why), and whether the search was exact."""
     chosen: tuple[Scheduled, ...]
     rejected: tuple[Rejected, ...]
     unplannable: tuple[tuple[Platform, str], ...] = ()
@@ -158,9 +165,11 @@ class Plan:
 
     @property
     def makespan(self) -> float:
+        """Seconds until the last platform is done (0 for an empty plan)."""
         return max((s.finish for s in self.chosen), default=0.0)
 
     def option_for(self, platform: Platform) -> Option | None:
+        """The option chosen for ``platform``, or None."""
         for s in self.chosen:
             if s.option.platform == platform:
                 return s.option
@@ -302,24 +311,27 @@ def _exact(order, by_platform, capacity, busy) -> list[Option]:
 
 # --- estimates ------------------------------------------------------------------------------------
 
-def refine(pm, options: Sequence[Option], request: BuildRequest, facts: Mapping[str, NodeFacts],
-           history) -> list[Option]:
-    """Let plugins refine each option's estimate (``archfleet_estimate``, firstresult)."""
-    from .hookcall import PluginError, call_first
+def apply_estimates(options: Sequence[Option], answers: Sequence[tuple[float, str] | None]) -> list[Option]:
+    """``options`` with the refined estimates the pipeline got from ``archfleet_estimate``:
+    ``answers[i]`` is ``(seconds, basis)`` for ``options[i]``, or None to keep its offer's estimate.
+    Seconds are rounded to 10 ms (the plan prints them)."""
+    if len(options) != len(answers):
+        raise ValueError("one answer per option")
+    return [opt if got is None else attrs.evolve(opt, estimate=round(got[0], 2), basis=got[1])
+            for opt, got in zip(options, answers)]
 
-    out = []
-    for opt in options:
-        name, value = call_first(pm, "archfleet_estimate", option=opt, request=request, facts=facts.get(opt.node),
-                                 history=history)
-        if value is None:
-            out.append(opt)
-            continue
-        seconds, basis = value if isinstance(value, tuple) and len(value) == 2 else (value, f"from plugin {name}")
-        try:
-            seconds = float(seconds)
-        except (TypeError, ValueError):
-            raise PluginError(f"plugin {name!r} answered archfleet_estimate with {value!r}, not seconds") from None
-        if not math.isfinite(seconds) or seconds < 0:
-            raise PluginError(f"plugin {name!r} estimated {seconds} seconds for {opt}")
-        out.append(attrs.evolve(opt, estimate=round(seconds, 2), basis=str(basis)))
-    return out
+
+# --- fallback -------------------------------------------------------------------------------------
+
+def next_best(alternatives: Sequence[Option], tried: Iterable[Option], down: Iterable[str],
+              wait: Mapping[str, float]) -> Option | None:
+    """The option to run a platform on after a node failed: among ``alternatives`` (its options),
+    those not tried yet and not on a node that is ``down``, the one that would finish first: its
+    estimate plus ``wait[node]``, the seconds until its node has a free build slot (0 if absent).
+    Ties go to the strategy, then the node name, so equal inputs give the same choice. None when
+    nothing is left."""
+    tried, down = set(tried), set(down)
+    remaining = [o for o in alternatives if o not in tried and o.node not in down]
+    if not remaining:
+        return None
+    return min(remaining, key=lambda o: (wait.get(o.node, 0.0) + o.estimate, o.strategy, o.node))

@@ -35,21 +35,42 @@ _STEP = re.compile(r"^#\d+ \[(?:[^\]]*?\s)?(\d+/\d+)\] (.*)$")
 
 
 class Reporter:
-    """The interface strategies and the executor report through. Every method is optional."""
+    """The interface strategies and the executor report through. Every method is optional (the
+    base class ignores all), and a reporter's failure never fails a build (:func:`guard`)."""
 
-    def planned(self, plan) -> None: ...
-    def event(self, text: str) -> None: ...
-    def warning(self, text: str) -> None: ...  # shown in every mode, quiet included (a platform left out)
-    def log(self, option: Option, line: str) -> None: ...
-    def status(self, option: Option, state: str) -> None: ...
-    def done(self, option: Option, result: PlatformResult) -> None: ...
-    def failed(self, option: Option, why: str) -> None: ...
-    def replanned(self, old: Option, new: Option, why: str) -> None: ...
-    def finished(self, summary) -> None: ...
-    def close(self) -> None: ...
+    def planned(self, plan) -> None:
+        """The plan is made (a :class:`~archfleet.planner.Plan`)."""
+
+    def event(self, text: str) -> None:
+        """Something happened to the whole build (verifying, pushed TAG -> DIGEST)."""
+
+    def warning(self, text: str) -> None:
+        """Something the user should know although the build goes on (left out with --allow-partial)."""
+
+    def log(self, option: Option, line: str) -> None:
+        """One line of build output for ``option``."""
+
+    def status(self, option: Option, state: str) -> None:
+        """``option`` changed state (syncing context, building, pushing, cancelled: ...)."""
+
+    def done(self, option: Option, result: PlatformResult) -> None:
+        """``option`` finished with ``result``."""
+
+    def failed(self, option: Option, why: str) -> None:
+        """``option`` failed, ``why`` in one line."""
+
+    def replanned(self, old: Option, new: Option, why: str) -> None:
+        """``old``'s node failed; the platform goes on with ``new``."""
+
+    def finished(self, summary) -> None:
+        """The build is over (a :class:`~archfleet.pipeline.BuildSummary`)."""
+
+    def close(self) -> None:
+        """Stop drawing (the terminal is the caller's again); safe to call twice."""
 
 
 class PlainReporter(Reporter):
+    """One line per event to ``stream`` (stderr), prefixed ``[platform@node]``, build output under it unless ``show_logs`` is False: for CI and pipes."""
     def __init__(self, stream: TextIO | None = None, *, show_logs: bool = True):
         self.stream = stream or sys.stderr
         self.show_logs = show_logs
@@ -63,34 +84,43 @@ class PlainReporter(Reporter):
         self.stream.flush()
 
     def planned(self, plan) -> None:
+        """One line per chosen option: platform, option, estimate, why."""
         for s in plan.chosen:
             o = s.option
             self._write(f"[archfleet] {o.platform}: {o} (est. {o.estimate:.1f}s) - {o.why}")
 
     def event(self, text: str) -> None:
+        """``[archfleet] text``."""
         self._write(f"[archfleet] {text}")
 
     def warning(self, text: str) -> None:
+        """``archfleet: warning: text``."""
         self._write(f"[archfleet] warning: {text}")
 
     def log(self, option: Option, line: str) -> None:
+        """The build output line under its ``[platform@node]`` prefix."""
         if self.show_logs and line.strip():
             self._write(f"{self._prefix(option)} {line}")
 
     def status(self, option: Option, state: str) -> None:
+        """The new state, the strategy and the seconds since the run started."""
         self._write(f"{self._prefix(option)} {state} ({option.strategy}, {time.monotonic() - self.started:.1f}s)")
 
     def done(self, option: Option, result: PlatformResult) -> None:
+        """How long it took and the digest (or image id)."""
         what = result.digest or result.image_id or ""
         self._write(f"{self._prefix(option)} done in {result.seconds:.1f}s {what}".rstrip())
 
     def failed(self, option: Option, why: str) -> None:
+        """``FAILED: why``."""
         self._write(f"{self._prefix(option)} FAILED: {why}")
 
     def replanned(self, old: Option, new: Option, why: str) -> None:
+        """Where the platform goes on, and why."""
         self._write(f"{self._prefix(old)} re-planned to {new}: {why}")
 
     def finished(self, summary) -> None:
+        """One line per platform (option, seconds, estimate, digest) and the index digest."""
         for r in summary.results:
             self._write(f"[archfleet] {r.platform}: {r.option} took {r.seconds:.1f}s "
                         f"(est. {r.option.estimate:.1f}s){' ' + r.digest if r.digest else ''}")
@@ -106,12 +136,14 @@ class QuietReporter(Reporter):
         self.stream = stream
 
     def warning(self, text: str) -> None:
+        """Warnings are the one thing quiet mode prints."""
         stream = self.stream or sys.stderr
         stream.write(f"archfleet: warning: {text}\n")
         stream.flush()
 
 
 class Row:
+    """The live display's row for one platform: its option, state, detail, start and end, re-plans."""
     def __init__(self, option: Option):
         self.option = option
         self.state = "waiting"
@@ -178,18 +210,22 @@ class TTYReporter(Reporter):
         return row
 
     def planned(self, plan) -> None:
+        """A row per chosen option."""
         for s in plan.chosen:
             self._row(s.option)
         self._refresh()
 
     def event(self, text: str) -> None:
+        """Shown under the rows (the last three)."""
         self.events.append(text)
         self._refresh()
 
     def warning(self, text: str) -> None:
+        """Printed above the live rows, as a line of its own."""
         self.console.print(_text(f"warning: {text}", "yellow"))  # above the live rows, and kept
 
     def log(self, option: Option, line: str) -> None:
+        """BuildKit's step counter (``[2/5]``) and step go into the row."""
         m = _STEP.match(line.strip())
         row = self._row(option)
         if m and row.state.startswith("building"):
@@ -198,6 +234,7 @@ class TTYReporter(Reporter):
             self._refresh()
 
     def status(self, option: Option, state: str) -> None:
+        """The row's state."""
         row = self._row(option)
         if row.started is None:
             row.started = time.monotonic()
@@ -205,16 +242,19 @@ class TTYReporter(Reporter):
         self._refresh()
 
     def done(self, option: Option, result: PlatformResult) -> None:
+        """The row turns done, with the digest."""
         row = self._row(option)
         row.state, row.ended, row.detail = "done", time.monotonic(), (result.digest or result.image_id or "")[:19]
         self._refresh()
 
     def failed(self, option: Option, why: str) -> None:
+        """The row turns FAILED, with why."""
         row = self._row(option)
         row.state, row.ended, row.detail = "FAILED", time.monotonic(), why
         self._refresh()
 
     def replanned(self, old: Option, new: Option, why: str) -> None:
+        """The old row says where the platform went; the new row counts the re-plan."""
         row = self._row(old)
         row.state, row.detail = "re-planned", f"-> {new}: {why}"
         self._refresh()
@@ -223,6 +263,7 @@ class TTYReporter(Reporter):
         nrow.state, nrow.detail = "re-planned", f"from {old}"
 
     def finished(self, summary) -> None:
+        """Stop the live rows and print the summary table."""
         from rich.table import Table
 
         self.close()
@@ -239,6 +280,7 @@ class TTYReporter(Reporter):
                                      f"in {summary.seconds:.1f}s"))
 
     def close(self) -> None:
+        """Stop the live display."""
         if self.live.is_started:
             self.live.stop()
 
@@ -314,33 +356,43 @@ class GuardedReporter(Reporter):
             self.inner = PlainReporter(stream)
 
     def planned(self, plan) -> None:
+        """Passed on; a failure becomes one warning."""
         self._call("planned", plan)
 
     def event(self, text: str) -> None:
+        """Passed on; a failure becomes one warning."""
         self._call("event", text)
 
     def warning(self, text: str) -> None:
+        """Passed on; a failure becomes one warning."""
         self._call("warning", text)
 
     def log(self, option: Option, line: str) -> None:
+        """Passed on; a failure becomes one warning."""
         self._call("log", option, line)
 
     def status(self, option: Option, state: str) -> None:
+        """Passed on; a failure becomes one warning."""
         self._call("status", option, state)
 
     def done(self, option: Option, result: PlatformResult) -> None:
+        """Passed on; a failure becomes one warning."""
         self._call("done", option, result)
 
     def failed(self, option: Option, why: str) -> None:
+        """Passed on; a failure becomes one warning."""
         self._call("failed", option, why)
 
     def replanned(self, old: Option, new: Option, why: str) -> None:
+        """Passed on; a failure becomes one warning."""
         self._call("replanned", old, new, why)
 
     def finished(self, summary) -> None:
+        """Passed on; a failure becomes one warning."""
         self._call("finished", summary)
 
     def close(self) -> None:
+        """Passed on; a failure becomes one warning."""
         self._call("close")
 
 

@@ -35,6 +35,7 @@ DOCKER_HUB_API = "registry-1.docker.io"
 
 @attrs.frozen
 class Reference:
+    """An image reference, parsed and normalised (:func:`parse_reference`): registry (``host[:port]``, ``docker.io`` for Docker Hub), repository path, tag and/or ``sha256:`` digest."""
     registry: str  # host[:port], "docker.io" for Docker Hub
     repository: str  # path inside the registry
     tag: str | None = None
@@ -42,16 +43,20 @@ class Reference:
 
     @property
     def name(self) -> str:
+        """``registry/repository``."""
         return f"{self.registry}/{self.repository}"
 
     @property
     def api_host(self) -> str:
+        """The host the registry API is served from (Docker Hub's is ``registry-1.docker.io``); credentials are looked up by :attr:`registry`, not this."""
         return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
 
     def with_tag(self, tag: str) -> "Reference":
+        """The same repository at ``tag`` (no digest)."""
         return attrs.evolve(self, tag=tag, digest=None)
 
     def with_digest(self, digest: str) -> "Reference":
+        """The same repository at ``digest`` (no tag)."""
         return attrs.evolve(self, tag=None, digest=digest)
 
     @property
@@ -162,3 +167,36 @@ def is_loopback_host(registry: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+SEED_CHILD_TAGS = "{tag}-{platform}"  # --child-tags alone: the seed recipe's <tag>-<os>-<arch>[-<variant>]
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+CHILD_TAG_FIELDS = ("tag", "platform", "os", "arch", "variant")
+
+
+def child_tag_name(template: str, ref: Reference, platform, *, what: str = "--child-tags") -> str:
+    """The tag ``platform``'s child gets next to ``ref`` under ``template`` (``--child-tags``):
+    ``{tag}`` is ``ref``'s tag, ``{platform}`` ``<os>-<arch>[-<variant>]``, ``{os}``, ``{arch}``
+    and ``{variant}`` (empty when the platform has none) its parts; ``{tag}-{arch}{variant}`` gives
+    ``1.0-armv7``. Raises :class:`UsageError` naming ``what`` for an unknown placeholder, a stray
+    brace, or a result that is not a tag in distribution's grammar (128 characters at most)."""
+    values = {"tag": ref.tag or "latest", "platform": platform.tag_suffix, "os": platform.os,
+              "arch": platform.architecture, "variant": platform.variant or ""}
+
+    def field(m: re.Match) -> str:
+        if m.group(1) not in values:
+            raise UsageError(f"{what} {template!r}: unknown placeholder {{{m.group(1)}}} (use "
+                             + ", ".join(f"{{{f}}}" for f in CHILD_TAG_FIELDS) + ")")
+        return values[m.group(1)]
+
+    name = _PLACEHOLDER.sub(field, template)
+    if "{" in name or "}" in name:
+        raise UsageError(f"{what} {template!r}: a brace that opens no placeholder")
+    if not _TAG.fullmatch(name):
+        if len(name) > TAG_MAX:
+            raise UsageError(f"{what} {template!r}: the tag for {platform} would be {len(name)} characters, more "
+                             f"than the registry's {TAG_MAX}; shorten the tag {str(ref)!r} or the template by "
+                             f"{len(name) - TAG_MAX}")
+        raise UsageError(f"{what} {template!r}: gives {name!r} for {platform}, not a tag (1-{TAG_MAX} of "
+                         "A-Z a-z 0-9 _ . -, not starting with . or -)")
+    return name

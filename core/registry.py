@@ -51,14 +51,14 @@ import ssl
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import AsyncIterator, Callable, Iterable, Sequence
 
 import attrs
 import docker.auth  # at import time: importing it from two threads at once races
 import httpx
 
 from . import mediatypes
-from .errors import ArchfleetError, EnvironmentProblem, RegistryError, RegistryRefused
+from .errors import ArchfleetError, EnvironmentProblem, RegistryError, RegistryRefused, RegistryUnreachable
 from .reference import DOCKER_HUB, DOCKER_HUB_API, Reference, is_loopback_host
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ RETRIES = 4
 BACKOFF = 0.25  # seconds, doubled each retry
 RETRY_AFTER_CAP = 60.0  # seconds: the longest Retry-After archfleet waits for (longer: reported)
 CHUNK = 8 * 1024 * 1024  # bytes per upload PATCH; a blob copy holds at most about this much
+CACHED_BLOB = 256 * 1024  # bytes: a blob read up to this size is kept for the client's life (configs)
 
 sleep = asyncio.sleep  # the one place the client waits (tests patch it)
 
@@ -76,6 +77,7 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.
 
 
 def sha256_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data`` (the OCI digest of those exact bytes)."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -88,6 +90,7 @@ class Manifest:
     digest: str
 
     def json(self) -> dict:
+        """The manifest parsed (a dict)."""
         return json.loads(self.body)
 
 
@@ -202,6 +205,7 @@ def refusal(code: str | None, status: int | None, registry: str, subject: str, d
 # -- TLS ------------------------------------------------------------------------------------------
 
 def certs_dir() -> Path:
+    """Where per-registry CAs and client certificates are looked for: ``$ARCHFLEET_CERTS_D``, else ``/etc/docker/certs.d`` (as dockerd)."""
     return Path(os.environ.get("ARCHFLEET_CERTS_D") or "/etc/docker/certs.d")
 
 
@@ -287,6 +291,12 @@ class RegistryClient:
         self._tokens: dict[tuple[str, str], str] = {}  # (host, scope) -> Authorization header
         self._basic: dict[str, str] = {}  # host -> Authorization header (Basic)
         self._creds: dict[str, asyncio.Future] = {}
+        # content read by digest, which never changes under it: (host, repository, digest) ->
+        # a manifest, or a small blob (a config); see :data:`CACHED_BLOB`
+        self._seen: dict[tuple[str, str, str], "Manifest | bytes"] = {}
+        # (host, repository, digest) -> the lock held while this client writes that blob (see
+        # :meth:`blob_writer`)
+        self._writing: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     async def __aenter__(self) -> "RegistryClient":
         return self
@@ -295,6 +305,7 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the HTTP connections (also per-host TLS clients)."""
         await self._http.aclose()
         for client in self._per_host.values():
             if client is not None:
@@ -421,7 +432,7 @@ class RegistryClient:
                     headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
                 resp = await self._client(realm).get(realm, params=query, headers=headers)
         except httpx.TransportError as exc:
-            raise EnvironmentProblem(f"token service {realm} for registry {credential_name(host)} unreachable: "
+            raise RegistryUnreachable(f"token service {realm} for registry {credential_name(host)} unreachable: "
                                      f"{_reason(exc) or type(exc).__name__}") from None
         if resp.status_code in (401, 403):
             raise RegistryRefused(
@@ -492,7 +503,7 @@ class RegistryClient:
                 if attempt >= RETRIES:
                     reason = str(exc) or type(exc).__name__
                     if connect:
-                        raise EnvironmentProblem(f"registry {host} unreachable ({scheme}): {reason}") from None
+                        raise RegistryUnreachable(f"registry {host} unreachable ({scheme}): {reason}") from None
                     raise RegistryError(f"{method} {url} failed after {RETRIES} tries: {reason}") from None
                 await sleep(delay)
                 delay *= 2
@@ -590,6 +601,17 @@ class RegistryClient:
                 int(resp.headers.get("content-length", "0")))
 
     async def get_manifest(self, ref: Reference) -> Manifest:
+        """The manifest ``ref`` points at, exactly as served, checked against its digest (``ref``'s
+        and ``Docker-Content-Digest``). Raises :class:`RegistryError` (404: not found; not JSON; a
+        digest mismatch).
+
+        A manifest read is kept by its digest for the client's life (content under a digest never
+        changes), so one command reads it once: the reuse strategy's look-up, verification and
+        the merge share what they read."""
+        if ref.digest:
+            seen = self._seen.get((ref.api_host, ref.repository, ref.digest))
+            if isinstance(seen, Manifest):
+                return seen
         resp = await self.request(
             "GET", ref.api_host, f"/v2/{ref.repository}/manifests/{ref.reference}",
             scope=f"repository:{ref.repository}:pull", headers={"Accept": mediatypes.ACCEPT}, ok=(200, 404),
@@ -608,19 +630,28 @@ class RegistryClient:
             media_type = json.loads(body).get("mediaType") or media_type
         except ValueError:
             raise RegistryError(f"{ref}: manifest is not JSON") from None
-        return Manifest(body, media_type, digest)
+        manifest = Manifest(body, media_type, digest)
+        self._seen[(ref.api_host, ref.repository, digest)] = manifest
+        return manifest
 
     async def get_blob(self, ref: Reference, digest: str) -> bytes:
         """A (small) blob's bytes, checked against its digest. For a layer that may be large,
-        :meth:`copy_blob` streams instead."""
+        :meth:`copy_blob` streams instead. A blob up to :data:`CACHED_BLOB` bytes (a config) is
+        kept by its digest for the client's life, like a manifest."""
+        seen = self._seen.get((ref.api_host, ref.repository, digest))
+        if isinstance(seen, bytes):
+            return seen
         resp = await self.request(
             "GET", ref.api_host, f"/v2/{ref.repository}/blobs/{digest}", scope=f"repository:{ref.repository}:pull"
         )
         if sha256_digest(resp.content) != digest:
             raise RegistryError(f"blob {digest} in {ref.name} does not match its digest")
+        if len(resp.content) <= CACHED_BLOB:
+            self._seen[(ref.api_host, ref.repository, digest)] = resp.content
         return resp.content
 
     async def blob_exists(self, ref: Reference, digest: str) -> bool:
+        """True when the repository of ``ref`` has blob ``digest`` (HEAD)."""
         resp = await self.request(
             "HEAD", ref.api_host, f"/v2/{ref.repository}/blobs/{digest}",
             scope=f"repository:{ref.repository}:pull", ok=(200, 404),
@@ -632,34 +663,101 @@ class RegistryClient:
         are on one registry, else a streamed copy (:data:`CHUNK` bytes at a time). An upload cut
         off part-way is not re-sent to the same session: the blob is looked for (HEAD) and the
         upload started again in a new session, up to :data:`RETRIES` times."""
+
+        async def source():
+            resp = await self.request("GET", src.api_host, f"/v2/{src.repository}/blobs/{digest}",
+                                      scope=f"repository:{src.repository}:pull", stream=True)
+            try:
+                async for piece in resp.aiter_bytes():
+                    yield piece
+            except httpx.TransportError as exc:
+                raise _Unfinished(f"reading blob {digest} from {src.name} failed: "
+                                  f"{str(exc) or type(exc).__name__}") from None
+            finally:
+                await resp.aclose()
+
+        await self.push_blob(dst, digest, source, mount_from=(src,), where=f"in {src.name}")
+
+    async def mount_blob(self, src: Reference, dst: Reference, digest: str) -> bool:
+        """Ask the registry to mount blob ``digest`` of ``src``'s repository into ``dst``'s (the
+        distribution spec's cross-repository mount; both on one registry). True when it did
+        (201); False when it opened an upload session instead (202: it cannot, or may not,
+        mount), which is cancelled."""
+        session = await self._mount(src, dst, digest)
+        if session is None:
+            return True
+        await self._cancel(dst, session, f"repository:{dst.repository}:pull,push")
+        return False
+
+    async def _mount(self, src: Reference, dst: Reference, digest: str) -> str | None:
+        """A mount request: None when mounted, else the upload session the registry opened."""
+        scope = f"repository:{dst.repository}:pull,push repository:{src.repository}:pull"
+        resp = await self.request(
+            "POST", dst.api_host, f"/v2/{dst.repository}/blobs/uploads/?mount={digest}&from={src.repository}",
+            scope=scope, ok=(201, 202), repeatable=True,
+        )
+        if resp.status_code == 201:
+            return None
+        if not resp.headers.get("location"):
+            raise RegistryError(f"registry {credential_name(dst.api_host)} started an upload without a Location")
+        return _path_of(resp.headers["location"])
+
+    def blob_writer(self, dst: Reference, digest: str) -> asyncio.Lock:
+        """The lock to hold while making blob ``digest`` exist in ``dst``'s repository, so this
+        client writes one blob into one repository once at a time: children of one build share
+        layers, and distribution's filesystem driver rewrites a repository's blob link file in
+        place (truncate, then write) on every upload or mount of it, so a sibling's manifest PUT
+        that reads the link meanwhile is refused (400 DIGEST_INVALID + MANIFEST_BLOB_UNKNOWN).
+        The second writer waits, then finds the blob there (HEAD) and sends nothing."""
+        return self._writing.setdefault((dst.api_host, dst.repository, digest), asyncio.Lock())
+
+    async def push_blob(self, dst: Reference, digest: str, source: Callable[[], AsyncIterator[bytes]], *,
+                        mount_from: Sequence[Reference] = (), where: str = "") -> str:
+        """Make blob ``digest`` exist in ``dst``, one writer at a time (:meth:`blob_writer`);
+        see :meth:`_push_blob`."""
+        async with self.blob_writer(dst, digest):
+            return await self._push_blob(dst, digest, source, mount_from=mount_from, where=where)
+
+    async def _push_blob(self, dst: Reference, digest: str, source: Callable[[], AsyncIterator[bytes]], *,
+                         mount_from: Sequence[Reference] = (), where: str = "") -> str:
+        """Make blob ``digest`` exist in ``dst``'s repository, sending its bytes only when the
+        registry has it nowhere we can name. In order: HEAD in ``dst`` (there: ``"skipped"``); a
+        cross-repository mount from each of ``mount_from`` on the same registry (``"mounted"``);
+        else an upload (``"uploaded"``) of what ``source()`` yields (a new async iterator of
+        byte pieces each time it is called), re-cut into :data:`CHUNK`-byte PATCHes and checked
+        against ``digest`` before the final PUT, so at most one chunk is held in memory. An
+        upload cut off part-way is not re-sent to the same session: the blob is looked for and
+        the upload started again, from a new ``source()``, up to :data:`RETRIES` times.
+
+        Raises :class:`RegistryError` when the bytes do not match ``digest`` (``where`` names
+        their origin in the message) or the upload keeps failing."""
         if await self.blob_exists(dst, digest):
-            return
+            return "skipped"
         session = None
-        if src.api_host == dst.api_host and src.repository != dst.repository:
-            scope = f"repository:{dst.repository}:pull,push repository:{src.repository}:pull"
-            resp = await self.request(
-                "POST", dst.api_host, f"/v2/{dst.repository}/blobs/uploads/?mount={digest}&from={src.repository}",
-                scope=scope, ok=(201, 202), repeatable=True,
-            )
-            if resp.status_code == 201:
-                return
-            # 202: no mount (the registry cannot, or may not): it opened an upload session instead
-            session = _path_of(resp.headers["location"]) if resp.headers.get("location") else None
+        for src in mount_from:
+            if src.api_host != dst.api_host or src.repository == dst.repository:
+                continue
+            if session is not None:
+                await self._cancel(dst, session, f"repository:{dst.repository}:pull,push")
+            session = await self._mount(src, dst, digest)
+            if session is None:
+                return "mounted"
         last: Exception | None = None
         for _ in range(RETRIES):
             try:
-                await self._upload(src, dst, digest, session)
-                return
+                await self._upload(dst, digest, session, source(), where)
+                return "uploaded"
             except _Unfinished as exc:
                 last = exc
                 session = None
                 if await self.blob_exists(dst, digest):
-                    return  # the cut-off request did arrive
+                    return "uploaded"  # the cut-off request did arrive
         raise RegistryError(f"copying blob {digest} to {dst.name} failed {RETRIES} times: {last}")
 
-    async def _upload(self, src: Reference, dst: Reference, digest: str, session: str | None) -> None:
-        """One streamed upload of ``src``'s blob into ``dst`` (raises :class:`_Unfinished` when
-        it was cut off and may be started again)."""
+    async def _upload(self, dst: Reference, digest: str, session: str | None, pieces: AsyncIterator[bytes],
+                      where: str) -> None:
+        """One upload of ``pieces`` into ``dst`` as blob ``digest`` (raises :class:`_Unfinished`
+        when it was cut off and may be started again)."""
         push = f"repository:{dst.repository}:pull,push"
         if session is None:
             start = await self.request("POST", dst.api_host, f"/v2/{dst.repository}/blobs/uploads/", scope=push,
@@ -671,10 +769,8 @@ class RegistryClient:
         pending: list[bytes] = []
         held = 0
         sent = 0
-        source = await self.request("GET", src.api_host, f"/v2/{src.repository}/blobs/{digest}",
-                                    scope=f"repository:{src.repository}:pull", stream=True)
         try:
-            async for piece in source.aiter_bytes():
+            async for piece in pieces:
                 pending.append(piece)
                 held += len(piece)
                 while held >= CHUNK:
@@ -686,15 +782,15 @@ class RegistryClient:
                     session = await self._patch(dst, session, chunk, sent, push)
                     sent += len(chunk)
                     del chunk
-        except httpx.TransportError as exc:
-            raise _Unfinished(f"reading blob {digest} from {src.name} failed: {str(exc) or type(exc).__name__}") from None
         finally:
-            await source.aclose()
+            closing = getattr(pieces, "aclose", None)
+            if closing is not None:
+                await closing()
         last = b"".join(pending)
         hasher.update(last)
         if "sha256:" + hasher.hexdigest() != digest:
             await self._cancel(dst, session, push)
-            raise RegistryError(f"blob {digest} in {src.name} does not match its digest")
+            raise RegistryError(f"blob {digest}{' ' + where if where else ''} does not match its digest")
         sep = "&" if "?" in session else "?"
         await self.request("PUT", dst.api_host, f"{session}{sep}digest={digest}", scope=push, content=last,
                            headers={"Content-Type": "application/octet-stream"}, ok=(201, 204), repeatable=False)

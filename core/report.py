@@ -19,6 +19,7 @@ def _esc(text) -> str:
 
 
 def render(summary, request) -> str:
+    """The ``--report`` HTML page for ``summary`` of ``request``: one self-contained document (inline CSS, no scripts): a lane per node with the planned bar and the actual attempts of each platform, and the plan table."""
     plan = summary.planned.plan
     attempts = list(summary.attempts)
     # one row per (node, platform) that was planned or tried there, grouped by node
@@ -72,7 +73,9 @@ def render(summary, request) -> str:
         parts.append(f'<rect class="bar actual {kind}" data-platform="{_esc(p)}" x="{x:.1f}" y="{yy + 6}" '
                      f'width="{w:.1f}" height="{ROW - 12}" fill="{fill}">'
                      f'<title>{_esc(p)} on {_esc(o)}: {a.end - a.start:.1f}s, {_esc(a.outcome)}</title></rect>')
-        label = f"{p} {o.strategy}" + (" - node failed, re-planned" if kind == "failed" else "")
+        # only a node failure is re-planned; a failed build is the platform's end
+        label = f"{p} {o.strategy}" + (" - node failed, re-planned" if a.outcome.startswith("node failed")
+                                       else " - failed" if kind == "failed" else "")
         fits_after = x + w + 4 + 6.5 * len(label) <= LEFT + WIDTH
         lx = x + w + 4 if fits_after else x + 4
         fill_text = "#222" if fits_after else "#fff"
@@ -103,7 +106,7 @@ table {{ border-collapse: collapse; margin-top: 16px; }} td, th {{ border: 1px s
 <p>{len(summary.results)} platform(s) in {summary.seconds:.1f}s; planned makespan {plan.makespan:.1f}s.</p>
 {index}
 <p class="legend"><span>dashed outline: planned (estimate)</span><span>filled: actual</span>
-<span style="color:#d62728">red: node failed, re-planned</span><span style="color:#999">grey: cancelled</span></p>
+<span style="color:#d62728">red: failed (a node that failed: re-planned)</span><span style="color:#999">grey: cancelled</span></p>
 {''.join(parts)}
 <table><thead><tr><th>platform</th><th>planned</th><th>estimate</th><th>estimate from</th><th>actual</th>
 <th>re-plans</th><th>alternatives</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
@@ -112,4 +115,5 @@ table {{ border-collapse: collapse; margin-top: 16px; }} td, th {{ border: 1px s
 
 
 def write_report(path: Path, summary, request) -> None:
+    """Write :func:`render`'s page to ``path`` (UTF-8)."""
     path.write_text(render(summary, request))

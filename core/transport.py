@@ -1,38 +1,19 @@
-"""Run argv lists on a node and stream their output.
+"""What core knows of a node's transport: the :class:`Transport` interface, the local transport,
+and the pieces every transport plugin shares.
 
-Commands are always argv lists, and an environment to add is always a mapping: no caller ever
-writes a command line. The local transport hands both to the OS as they are (``execve``, no
-shell). The SSH transport cannot: sshd runs the command string it is given through the login
-shell of the node's user, whatever that is (sh, bash, dash, zsh, ksh, fish, csh, tcsh), and
-those shells disagree on quoting (in fish ``\\'`` inside single quotes is a quote; csh expands
-``!`` in them). So no user value ever travels in that string:
+A transport runs argv lists on its node and streams their output; commands are always argv
+lists and an environment to add is always a mapping, so no caller ever writes a command line.
+Everything else core does on a node goes through the same object: the engine API
+(``docker_client``), the build context (``prepare_context``) and other runs' build slots
+(``leases``). How a transport reaches its node is its plugin's business: the ``local`` plugin
+uses :class:`LocalTransport` here (``execve``, no shell); the ``ssh`` plugin has its own, built on
+:class:`CommandNode` (the context sync and leases as fixed ``sh`` scripts over ``run``) and the
+helpers below (:func:`pump_lines`, :func:`supervise`, :func:`guard_callback`,
+:func:`guard_chunks`).
 
-- The string is one constant, :data:`REMOTE_COMMAND`: ``exec /bin/sh -c '<bootstrap>'``, where
-  the bootstrap holds no ``'``, ``\\``, ``!`` or newline, so every one of those shells passes it
-  to ``/bin/sh`` literally.
-- Every argv word and environment value travels on the channel's stdin, ahead of the caller's
-  own stdin, framed by :func:`frame` (the one place anything is encoded for a node): one line
-  per item, ``A`` (argv word) or ``E`` (``NAME=value``), then ``r`` and the bytes as they are
-  when they are all printable ASCII, else ``b`` and the bytes with every other byte (and ``\\``)
-  written as a ``\\0ooo`` octal escape; a line ``.`` ends the frame. The bootstrap reads it with
-  ``IFS= read -r`` (which reads a pipe byte by byte in dash, bash and busybox, so the caller's
-  stdin stays in place for the command), decodes ``b`` items with ``printf %b`` plus a trailing
-  sentinel (so trailing newlines survive), ``export``\\ s the environment and ``exec``\\ s the argv.
-  A frame that does not end with ``.`` runs nothing (exit 125).
-- So the node's process list shows the constant (the shell) and then the command's own argv;
-  environment values (``DOCKER_HOST``, build args from the environment) are in no argv.
-
-Ending a run: whatever ends it early (a timeout, a cancel, an exception raised by ``on_line``,
-a lost connection), the process is killed before ``run`` returns or raises: locally with
-SIGKILL, over SSH with a ``signal`` request (``KILL``; OpenSSH >= 7.9 delivers it to the
-session's process group, so ``exec`` keeps the command in it) and then the channel is closed,
-so a quiet remote build cannot outlive its run (and its lease).
-
-Sessions: OpenSSH's sshd allows ``MaxSessions`` (default 10) sessions per connection. One SSH
-transport keeps at most :attr:`SSHTransport.SESSIONS_PER_CONNECTION` (8) sessions open on a
-connection and opens another connection to the node (same options, same host-key check) when
-more are wanted, up to :attr:`SSHTransport.MAX_CONNECTIONS`; beyond that, runs wait for a free
-session.
+Ending a run: whatever ends it early (a timeout, a cancel, an exception raised by ``on_line``),
+the process is killed before ``run`` returns or raises, with what it started (locally: SIGKILL
+to its process group), so nothing of a run outlives it (and its lease).
 """
 
 from __future__ import annotations
@@ -41,30 +22,14 @@ import asyncio
 import collections
 import contextlib
 import os
-import re
 import shlex
 import signal
-import tempfile
 from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 from urllib.parse import urlsplit
 
 import attrs
 
 LineCallback = Callable[[str], None]
-
-# The fixed script every SSH command runs (see the module doc). It must stay free of ' \ ! and
-# newlines (a unit test checks), and user data must only ever be read from stdin by it.
-BOOTSTRAP = (
-    'set --; ok=; while IFS= read -r l; do case $l in .) ok=1; break;; ?r*) v=${l#??};; '
-    '?b*) v=$(printf %bx "${l#??}"); v=${v%x};; *) break;; esac; '
-    'case $l in A*) set -- "$@" "$v";; E*) export "$v";; *) break;; esac; done; '
-    '[ -n "$ok" ] || { echo "archfleet: the command frame on stdin was cut short" >&2; exit 125; }; exec "$@"'
-)
-REMOTE_COMMAND = f"exec /bin/sh -c '{BOOTSTRAP}'"
-FRAME_ERROR = 125  # the bootstrap's exit status when the frame did not arrive whole
-
-_ENV_NAME = re.compile(rb"^[A-Za-z_][A-Za-z0-9_]*$")
-
 
 @attrs.frozen
 class Completed:
@@ -78,9 +43,11 @@ class Completed:
 
     @property
     def ok(self) -> bool:
+        """True when the command exited 0."""
         return self.returncode == 0
 
     def last_line(self) -> str:
+        """The last non-empty output line (where CLIs put their error), else ``exit status N``."""
         for line in reversed(self.tail):
             if line.strip():
                 return line.strip()
@@ -88,13 +55,14 @@ class Completed:
 
 
 class Transport(Protocol):
-    """What a transport plugin's ``archfleet_connect`` returns.
+    """What a transport plugin's ``archfleet_connect`` returns; everything core does on a node.
 
     ``run`` runs ``argv`` (a list of words, never a command line) with ``env`` added to the
     node's environment (never put in any argv), ``stdin`` (bytes or an iterable of byte chunks)
     as its standard input, each output line (stdout and stderr, decoded as UTF-8 with
     replacement) passed to ``on_line``; ``timeout`` in seconds. The process is killed if the
-    run ends any other way than by the process exiting (a timeout, a cancel, an exception)."""
+    run ends any other way than by the process exiting (a timeout, a cancel, an exception).
+    It raises :class:`~archfleet.errors.InfrastructureError` when the node cannot be reached."""
 
     node: str
 
@@ -106,16 +74,55 @@ class Transport(Protocol):
         stdin: bytes | None = None,
         on_line: LineCallback | None = None,
         timeout: float | None = None,
-    ) -> Completed: ...
-
-    def docker_client(self):  # -> docker.DockerClient (blocking calls: use a thread)
+    ) -> Completed:
+        """Run ``argv`` on the node and return how it ended (see the class doc)."""
         ...
 
-    async def close(self) -> None: ...
+    def docker_client(self):
+        """A ``docker.DockerClient`` for the node's engine (blocking calls: use a thread)."""
+        ...
+
+    async def prepare_context(self, request, reporter=None) -> tuple[str, str, "Transfer | None"]:
+        """Make the build context and Dockerfile readable on the node: (context dir, Dockerfile)
+        as paths there, and the :class:`~archfleet.model.Transfer` measured if the context was
+        sent (None otherwise), for the learn stage."""
+        ...
+
+    @property
+    def leases(self):
+        """The node's lease store: ``take``/``drop``/``others``/``beat`` as in
+        :class:`archfleet.leases.LocalLeases` (see :mod:`archfleet.leases`)."""
+        ...
+
+
+class CommandNode:
+    """The node-side work of a transport whose :meth:`run` reaches a POSIX node: the build
+    context synced with fixed ``sh`` scripts (:func:`archfleet.context.sync_context`, once per
+    context per transport however many platforms build from it) and build-slot leases as fixed
+    scripts (:class:`archfleet.leases.ShellLeases`). A transport plugin subclasses it and
+    provides ``node``, ``run``, ``docker_client`` and ``close``."""
+
+    node: str
+
+    @property
+    def leases(self):
+        """The node's lease store: fixed scripts through :meth:`run` (:class:`archfleet.leases.ShellLeases`)."""
+        from .leases import ShellLeases
+
+        store = self.__dict__.get("_shell_leases")
+        if store is None:
+            store = self.__dict__["_shell_leases"] = ShellLeases(self)
+        return store
 
     async def prepare_context(self, request, reporter=None) -> tuple[str, str]:
-        """Make the build context and Dockerfile readable on the node; return their paths there."""
-        ...
+        """Sync the request's context to the node once (per context and transport, however many platforms build from it); its (context dir, Dockerfile) paths there."""
+        from .context import sync_context
+
+        syncs = self.__dict__.setdefault("_syncs", {})
+        key = (str(request.context), str(request.dockerfile))
+        if key not in syncs or (syncs[key].done() and syncs[key].exception()):
+            syncs[key] = asyncio.ensure_future(sync_context(self, request, reporter))
+        return await asyncio.shield(syncs[key])
 
 
 def _chunks(data) -> Iterable[bytes]:
@@ -124,53 +131,9 @@ def _chunks(data) -> Iterable[bytes]:
     return data
 
 
-def _word(value: str | bytes) -> bytes:
-    """An argv word or env value as the bytes the node should receive (str: UTF-8, with
-    surrogate escapes turned back into the bytes they stand for, as ``os.fsencode`` does)."""
-    return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
-
-
-def _item(kind: bytes, value: bytes) -> bytes:
-    if all(0x20 <= b <= 0x7E for b in value):
-        return kind + b"r" + value + b"\n"
-    out = bytearray(kind + b"b")
-    for b in value:
-        if 0x20 <= b <= 0x7E and b != 0x5C:
-            out.append(b)
-        else:
-            out += b"\\0%03o" % b  # printf %b: \0 and up to three octal digits
-    return bytes(out) + b"\n"
-
-
-def frame(argv: Sequence[str | bytes], env: Mapping[str, str | bytes] | None = None) -> bytes:
-    """The stdin header :data:`BOOTSTRAP` turns back into ``env`` and ``argv``, byte for byte.
-
-    Raises ``ValueError`` for an empty argv, a NUL byte (no argv word or environment value can
-    hold one) or an environment name that is not ``[A-Za-z_][A-Za-z0-9_]*``."""
-    if not argv:
-        raise ValueError("empty argv")
-    out = []
-    for name, value in (env or {}).items():
-        key = _word(name)
-        if not _ENV_NAME.match(key):
-            raise ValueError(f"not an environment variable name: {name!r}")
-        data = _word(value)
-        if b"\0" in data:
-            raise ValueError(f"environment value of {name} holds a NUL byte")
-        out.append(_item(b"E", key + b"=" + data))
-    for word in argv:
-        data = _word(word)
-        if b"\0" in data:
-            raise ValueError("an argv word holds a NUL byte")
-        out.append(_item(b"A", data))
-    out.append(b".\n")
-    return b"".join(out)
-
-
 def quote_argv(argv: Sequence[str]) -> str:
     """An argv list as POSIX sh would read it, for *showing* a command to a person (messages,
-    docs). Nothing archfleet runs is ever built this way: remote commands go through
-    :func:`frame`."""
+    docs). Nothing archfleet runs is ever built this way."""
     return shlex.join([str(a) for a in argv])
 
 
@@ -230,13 +193,14 @@ async def pump_lines(reader: asyncio.StreamReader, on_line: LineCallback | None,
             on_line(line)
 
 
-class _CallerError(Exception):
+class CallerError(Exception):
     """An exception the caller's own code raised while a remote command ran (its ``stdin``
     iterable, its ``on_line`` callback): re-raised as it was, never taken for a lost connection
     (a reporter's BrokenPipeError or a context file that vanished is not the node's fault)."""
 
 
-def _guard_callback(fn: LineCallback | None) -> LineCallback | None:
+def guard_callback(fn: LineCallback | None) -> LineCallback | None:
+    """``fn`` with whatever it raises wrapped in :class:`CallerError` (so a transport can tell the caller's failure from the node's); None stays None."""
     if fn is None:
         return None
 
@@ -244,12 +208,13 @@ def _guard_callback(fn: LineCallback | None) -> LineCallback | None:
         try:
             fn(line)
         except Exception as exc:
-            raise _CallerError() from exc
+            raise CallerError() from exc
 
     return call
 
 
-def _guard_chunks(data) -> Iterable[bytes]:
+def guard_chunks(data) -> Iterable[bytes]:
+    """The byte chunks of ``data`` (bytes or an iterable of bytes), with whatever producing them raises wrapped in :class:`CallerError`."""
     it = iter(_chunks(data))
     while True:
         try:
@@ -257,11 +222,11 @@ def _guard_chunks(data) -> Iterable[bytes]:
         except StopIteration:
             return
         except Exception as exc:
-            raise _CallerError() from exc
+            raise CallerError() from exc
         yield chunk
 
 
-async def _supervise(parts, timeout: float | None, stop: Callable[[], Awaitable[None]]) -> None:
+async def supervise(parts, timeout: float | None, stop: Callable[[], Awaitable[None]]) -> None:
     """Run the coroutines ``parts`` (feed stdin, read output, wait for the exit) to the end within
     ``timeout``. If anything ends them early (the timeout, a cancel, one of them raising, e.g. an
     ``on_line`` callback), ``stop()`` kills the process first, then the rest are cancelled and
@@ -286,7 +251,9 @@ async def _supervise(parts, timeout: float | None, stop: Callable[[], Awaitable[
 
 
 class LocalTransport:
-    """Runs commands on this machine; the ``local`` node's transport."""
+    """Runs commands on this machine; the ``local`` node's transport. Leases live in this
+    machine's file system (:class:`archfleet.leases.LocalLeases`); the context is used where it
+    is."""
 
     def __init__(self, node: str = "local", docker_host: str | None = None):
         self.node = node
@@ -294,31 +261,51 @@ class LocalTransport:
         self._client = None
         self.bytes_sent = 0
 
-    async def prepare_context(self, request, reporter=None) -> tuple[str, str]:
-        """(context dir, Dockerfile) as paths the node's engine CLI can read: here, as given."""
-        return str(request.context), str(request.dockerfile)
+    @property
+    def leases(self):
+        """This machine's lease store (:class:`archfleet.leases.LocalLeases`)."""
+        from .leases import LocalLeases
+
+        return LocalLeases()  # stateless: the rules live in archfleet.leases
+
+    async def prepare_context(self, request, reporter=None) -> tuple[str, str, None]:
+        """(context dir, Dockerfile) as paths the node's engine CLI can read: here, as given;
+        nothing is sent."""
+        return str(request.context), str(request.dockerfile), None
 
     async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
+        """Run ``argv`` here, in a process group of its own (see :class:`Transport`); 127/126 when the program is missing or not executable."""
         full_env = dict(os.environ)
         if self.docker_host:
             full_env["DOCKER_HOST"] = self.docker_host
         if env:
             full_env.update(env)
+        spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=full_env,
+            # its own process group, so stopping it stops what it started too (a killed
+            # `sh -c` would leave its children holding the output pipe)
+            start_new_session=True,
+        ))
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=full_env,
-                # its own process group, so stopping it stops what it started too (a killed
-                # `sh -c` would leave its children holding the output pipe)
-                start_new_session=True,
-            )
+            # shielded: cancelled while the process starts, asyncio would kill only the leader
+            # and then wait until its children close the output pipe (a `sleep 5` under `sh -c`:
+            # 5 s); the process group is stopped here instead
+            proc = await asyncio.shield(spawn)
         except FileNotFoundError:
             return Completed(tuple(argv), 127, (f"{argv[0]}: command not found",))
         except PermissionError:
             return Completed(tuple(argv), 126, (f"{argv[0]}: permission denied",))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                started = await spawn
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(started.pid, signal.SIGKILL)
+                await asyncio.wait_for(started.wait(), 5)
+            raise
         tail: collections.deque = collections.deque(maxlen=40)
 
         async def feed():
@@ -341,10 +328,11 @@ class LocalTransport:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(proc.wait()), 5)
 
-        await _supervise([feed(), pump_lines(proc.stdout, on_line, tail), proc.wait()], timeout, stop)
+        await supervise([feed(), pump_lines(proc.stdout, on_line, tail), proc.wait()], timeout, stop)
         return Completed(tuple(argv), proc.returncode, tuple(tail))
 
     def docker_client(self):
+        """A docker-py client for ``docker_host`` (else the environment's ``DOCKER_HOST`` or the default socket), made once."""
         import docker
 
         if self._client is None:
@@ -355,216 +343,9 @@ class LocalTransport:
         return self._client
 
     async def close(self) -> None:
+        """Close the docker-py client, if one was made."""
         if self._client is not None:
             self._client.close()
             self._client = None
 
 
-class SSHTransport:
-    """Runs commands on a node over asyncssh, reusing its connection(s) for the whole command.
-
-    ``conn`` is an open, host-key-verified connection; ``connect`` (optional) opens another one
-    to the same node with the same options, used when ``conn`` has
-    :attr:`SESSIONS_PER_CONNECTION` sessions open. Commands and their environment reach the node
-    only through :func:`frame` on stdin (module doc). The engine socket (``docker_host``, a
-    ``unix://`` path or ``tcp://host:port`` on the node) is forwarded to a Unix socket in a
-    private (0700) directory here, so docker-py speaks the Engine API to the node and no other
-    local user can (pushes carry ``auth_config`` in a header: registry credentials never reach
-    the node's disk or process list).
-    """
-
-    SESSIONS_PER_CONNECTION = 8  # below OpenSSH's default MaxSessions (10)
-    MAX_CONNECTIONS = 8
-
-    def __init__(self, node: str, conn, docker_host: str | None = None, link_key: str | None = None, *,
-                 connect: Callable[[], Awaitable] | None = None):
-        self.node = node
-        self.conn = conn
-        self.docker_host = docker_host
-        self.link_key = link_key  # where measured transfer rates to this node are kept
-        self.bytes_sent = 0
-        self._client = None
-        self._listener = None
-        self._sockdir: str | None = None
-        self._local_base_url: str | None = None
-        self._closed = False
-        self._syncs: dict[tuple[str, str], asyncio.Future] = {}
-        self._connect = connect
-        self._conns: list = [conn]
-        self._open_sessions: dict[int, int] = {id(conn): 0}
-        self._opening = 0
-        self._waiters: list[asyncio.Future] = []
-        self.peak_sessions = 0  # most sessions open at once on one connection (for tests and figures)
-
-    # -- sessions ----------------------------------------------------------------------------
-
-    def _take(self):
-        for conn in self._conns:
-            if self._open_sessions[id(conn)] < self.SESSIONS_PER_CONNECTION:
-                self._open_sessions[id(conn)] += 1
-                self.peak_sessions = max(self.peak_sessions, self._open_sessions[id(conn)])
-                return conn
-        return None
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def _acquire(self):
-        while True:
-            conn = self._take()
-            if conn is not None:
-                return conn
-            if self._connect is not None and not self._opening and len(self._conns) < self.MAX_CONNECTIONS:
-                self._opening += 1  # one at a time: the one being opened has room for the waiters
-                try:
-                    conn = await self._connect()
-                except Exception:
-                    # The node takes no more connections (MaxStartups, a firewall's limit, ...):
-                    # share the ones there are.
-                    self._connect = None
-                    continue
-                else:
-                    self._conns.append(conn)
-                    self._open_sessions[id(conn)] = 0
-                    continue
-                finally:
-                    self._opening -= 1
-                    self._wake()
-            fut = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            await fut
-
-    def _release(self, conn) -> None:
-        self._open_sessions[id(conn)] -= 1
-        self._wake()
-
-    @contextlib.asynccontextmanager
-    async def _session(self):
-        conn = await self._acquire()
-        try:
-            yield conn
-        finally:
-            self._release(conn)
-
-    # -- running -----------------------------------------------------------------------------
-
-    async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
-        import asyncssh
-
-        from .errors import InfrastructureError
-
-        full_env = {}
-        if self.docker_host:
-            full_env["DOCKER_HOST"] = self.docker_host
-        full_env.update(env or {})
-        header = frame(argv, full_env)
-        tail: collections.deque = collections.deque(maxlen=40)
-        async with self._session() as conn:
-            try:
-                proc = await conn.create_process(REMOTE_COMMAND, stderr=asyncssh.STDOUT, encoding=None,
-                                                 request_pty=False)
-            except (asyncssh.Error, OSError) as exc:
-                raise InfrastructureError(self.node, f"SSH connection failed: {exc}") from None
-
-            async def feed():
-                try:
-                    proc.stdin.write(header)
-                    self.bytes_sent += len(header)
-                    if stdin is not None:
-                        for chunk in _guard_chunks(stdin):
-                            proc.stdin.write(chunk)
-                            self.bytes_sent += len(chunk)
-                            await proc.stdin.drain()
-                finally:
-                    with contextlib.suppress(Exception):
-                        proc.stdin.write_eof()
-
-            async def stop():
-                # Kill the remote process group, then close the channel. Closing alone is not
-                # enough: a quiet process lives on until its next write hits SIGPIPE.
-                if proc.exit_status is None:
-                    with contextlib.suppress(Exception):
-                        proc.send_signal("KILL")
-                with contextlib.suppress(Exception):
-                    proc.close()
-                with contextlib.suppress(BaseException):  # the session counts until sshd closes it
-                    await asyncio.wait_for(asyncio.shield(proc.wait_closed()), 5)
-
-            try:
-                await _supervise([feed(), pump_lines(proc.stdout, _guard_callback(on_line), tail), proc.wait()],
-                                 timeout, stop)
-            except _CallerError as exc:
-                raise exc.__cause__  # the caller's own exception, as it was
-            except (asyncssh.Error, OSError) as exc:
-                if isinstance(exc, TimeoutError):
-                    raise
-                raise InfrastructureError(self.node, f"SSH connection lost: {exc}") from None
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.wait_closed(), 5)
-        if proc.exit_status is None or proc.exit_status < 0:
-            if proc.exit_signal:
-                return Completed(tuple(argv), 128 + 9, tuple(tail) + (f"killed by signal {proc.exit_signal[0]}",))
-            raise InfrastructureError(self.node, "SSH connection lost while running " + str(argv[0]))
-        return Completed(tuple(argv), proc.exit_status, tuple(tail))
-
-    # -- the engine socket -------------------------------------------------------------------
-
-    async def _forward_engine(self) -> str:
-        """Forward the node's engine socket to a local Unix socket in a private directory; return
-        its base_url. Never a local TCP port: any local user could reach that, and the Engine
-        API is root on the node."""
-        if self._local_base_url:
-            return self._local_base_url
-        kind, where, port = parse_docker_host(self.docker_host or "unix:///var/run/docker.sock")
-        self._sockdir = tempfile.mkdtemp(prefix="archfleet-")  # mode 0700, ours
-        local = os.path.join(self._sockdir, "docker.sock")
-        if kind == "unix":
-            self._listener = await self.conn.forward_local_path(local, where)
-        else:
-            self._listener = await self.conn.forward_local_path_to_port(local, where, port)
-        self._local_base_url = f"unix://{local}"
-        return self._local_base_url
-
-    async def open_engine(self) -> None:
-        await self._forward_engine()
-
-    def docker_client(self):
-        import docker
-
-        if self._client is None:
-            if not self._local_base_url:
-                raise RuntimeError("open_engine() first")
-            self._client = docker.DockerClient(base_url=self._local_base_url)
-        return self._client
-
-    async def prepare_context(self, request, reporter=None) -> tuple[str, str]:
-        """Sync once per context per connection, however many platforms build from it."""
-        from .context import sync_context
-
-        key = (str(request.context), str(request.dockerfile))
-        if key not in self._syncs or (self._syncs[key].done() and self._syncs[key].exception()):
-            self._syncs[key] = asyncio.ensure_future(sync_context(self, request, reporter))
-        return await asyncio.shield(self._syncs[key])
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._client is not None:
-            self._client.close()
-        if self._listener is not None:
-            self._listener.close()
-        if self._sockdir:
-            import shutil
-
-            shutil.rmtree(self._sockdir, ignore_errors=True)
-        for conn in self._conns:
-            conn.close()
-        for conn in self._conns:
-            try:
-                await asyncio.wait_for(conn.wait_closed(), 5)
-            except Exception:
-                pass

@@ -8,7 +8,8 @@ from pathlib import Path
 from archfleet import hookspecs
 
 OUT = Path(__file__).with_name("hooks.md")
-ORDER = ["archfleet_add_nodes", "archfleet_probe", "archfleet_offer", "archfleet_estimate", "archfleet_connect",
+ORDER = ["archfleet_add_nodes", "archfleet_probe", "archfleet_prepare", "archfleet_offer", "archfleet_estimate",
+         "archfleet_connect",
          "archfleet_run", "archfleet_build_finished", "archfleet_index_pushed", "archfleet_session_end"]
 
 

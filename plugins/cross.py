@@ -7,7 +7,7 @@ that blend."""
 
 from __future__ import annotations
 
-from archfleet.api import Option, analyse_dockerfile, build_and_push, hookimpl, prior_seconds
+from archfleet.api import Option, analyse_dockerfile, build_and_push, capable_nodes, hookimpl, prior_seconds
 
 STRATEGY = "cross"
 
@@ -16,8 +16,8 @@ STRATEGY = "cross"
 def archfleet_offer(platform, request, facts):
     analysis = analyse_dockerfile(request)
     out = []
-    for f in facts:
-        if not f.can_build or not f.native:
+    for f in capable_nodes(request, facts):  # can build, and its engine has what the Dockerfile needs
+        if not f.native:
             continue
         placed = analysis.placement(platform, f.native, f.emulated)
         if not placed.cross or not placed.possible:
@@ -33,7 +33,7 @@ def archfleet_offer(platform, request, facts):
 
 
 @hookimpl
-def archfleet_run(option, request, context):
+def archfleet_run(option, request, job):
     if option.strategy != STRATEGY:
         return None
-    return build_and_push(option, request, context)
+    return build_and_push(option, request, job)

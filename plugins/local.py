@@ -1,4 +1,5 @@
-"""The ``local`` node: this machine's engine, probed and driven without SSH."""
+"""The ``local`` node: this machine's engine (docker by default, or podman with ``[nodes.local]
+engine = "podman"``), probed and driven without SSH."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import os
 import platform as _platform
 
 from archfleet.api import (
-    LocalTransport, NodeFacts, NodeSpec, PlatformError, benchmark, binfmt, discover_cli, from_uname, hookimpl,
-    local_candidates, native_platforms, read_cpu_flags, read_local_leases,
+    LocalTransport, NodeFacts, NodeSpec, PlatformError, adapter_for, benchmark, binfmt, from_uname, hookimpl,
+    native_platforms, read_cpu_flags, read_local_leases,
 )
 
 TRANSPORT = "local"
@@ -26,12 +27,6 @@ def archfleet_add_nodes(config):
     if override is not None:
         node = attrs.evolve(override, engine_cli=config.engine_cli or override.engine_cli)
     return [node]
-
-
-def _engine_info(transport: LocalTransport) -> dict:
-    # /version answers in a few ms; /info takes tens (it walks containers, images, plugins),
-    # and what it would add (CPUs, memory) this machine can tell us itself.
-    return transport.docker_client().version()
 
 
 def _memory() -> int:
@@ -59,16 +54,16 @@ async def _probe(node: NodeSpec) -> NodeFacts:
             native = from_uname(_platform.machine())
         except PlatformError as exc:
             return NodeFacts(node, False, error=f"unsupported machine: {exc}")
-        info_task = asyncio.create_task(asyncio.to_thread(_engine_info, transport))
-        cli_task = asyncio.create_task(discover_cli(transport, local_candidates(node.engine_cli)))
-        try:
-            info = await info_task
-        except Exception as exc:
-            cli_task.cancel()
-            await asyncio.gather(cli_task, return_exceptions=True)
-            return NodeFacts(node, False, error=f"no Docker engine answers ({type(exc).__name__}: {exc}); start dockerd "
-                             "or set DOCKER_HOST")
-        cli, reasons = await cli_task
+        adapter = adapter_for(node.engine)
+        candidates = adapter.candidates(node.engine_cli, local=True)
+        if adapter.uses_engine_api:
+            # the Engine API answers in a few ms here, asked while the CLIs are
+            found = await adapter.probe(transport, node, candidates, api=True)
+        else:
+            found = await adapter.probe(transport, node, candidates)
+        if not found.answered:
+            return NodeFacts(node, False, error=found.error, fix=found.fix)
+        cli = found.cli
         score = await benchmark(transport, node)
         handlers = binfmt.read_handlers()
         natives = native_platforms(_platform.machine(), read_cpu_flags())
@@ -78,23 +73,36 @@ async def _probe(node: NodeSpec) -> NodeFacts:
             load = os.getloadavg()[0]
         except OSError:
             load = 0.0
-        error = None if cli else "no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"])
         return NodeFacts(
-            node, True, error=error, native=natives, emulated=emulated, emulation_problems=problems,
-            engine_version=info.get("Version"), engine_cli=cli.argv if cli else (),
+            node, True, error=found.error, fix=found.fix, native=natives, emulated=emulated,
+            emulation_problems=problems, engine_version=found.version, rootless=found.rootless,
+            capabilities=found.capabilities, engine_cli=cli.argv if cli else (),
             builder=cli.mode if cli else None, cpus=os.cpu_count() or 1, memory=_memory(), load=load,
-            score=score, busy=await asyncio.to_thread(read_local_leases, node),
+            score=score.value, score_measured=score.measured, busy=await asyncio.to_thread(read_local_leases, node),
         )
     finally:
         await transport.close()
 
 
 @hookimpl
-def archfleet_connect(node, facts):
+def archfleet_connect(node, facts, session):
     if node.transport != TRANSPORT:
         return None
 
     async def _connect():
-        return LocalTransport(node.name, node.docker_host)
+        # one transport per node for the command, kept in the session and closed at its end
+        transports = session.state(TRANSPORT).setdefault("transports", {})
+        if node.name not in transports:
+            transports[node.name] = LocalTransport(node.name, node.docker_host)
+        return transports[node.name]
 
     return _connect()
+
+
+@hookimpl
+def archfleet_session_end(session):
+    async def _close():
+        for transport in session.state(TRANSPORT).pop("transports", {}).values():
+            await transport.close()
+
+    return _close()

@@ -1,7 +1,7 @@
 """A strategy plugin: build on nodes labelled `pool = "fast"` in nodes.toml, natively,
 and tell the planner those nodes are twice as quick as their probe says."""
 
-from archfleet.api import Option, build_and_push, hookimpl, prior_seconds
+from archfleet.api import Option, build_and_push, capable_nodes, hookimpl, prior_seconds
 
 STRATEGY = "fast-pool"
 
@@ -9,9 +9,9 @@ STRATEGY = "fast-pool"
 @hookimpl
 def archfleet_offer(platform, request, facts):
     options = []
-    for node in facts:
+    for node in capable_nodes(request, facts):  # can build, and its engine can do what the Dockerfile asks
         labels = dict(node.node.labels)
-        if node.can_build and labels.get("pool") == "fast" and platform in node.native:
+        if labels.get("pool") == "fast" and platform in node.native:
             seconds = prior_seconds(request, node, emulated=False) / 2
             why = f"{node.name} is in the fast pool and runs {platform} natively"
             options.append(Option(platform, STRATEGY, node.name, seconds, why=why))
@@ -19,7 +19,7 @@ def archfleet_offer(platform, request, facts):
 
 
 @hookimpl
-def archfleet_run(option, request, context):
+def archfleet_run(option, request, job):
     if option.strategy != STRATEGY:
         return None  # another strategy's option
-    return build_and_push(option, request, context)
+    return build_and_push(option, request, job)

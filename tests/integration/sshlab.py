@@ -89,6 +89,11 @@ def start(d: Path, port: int, *, extra: str = "") -> Sshd:
             time.sleep(0.1)
     else:
         raise RuntimeError(f"sshd on 127.0.0.1:{port} did not start: {(d / 'sshd.log').read_text()[-500:]}")
+    # sshd listens before it writes its pid file: on a busy machine the file comes a moment later
+    for _ in range(100):
+        if (d / "sshd.pid").exists() and (d / "sshd.pid").read_text().strip():
+            break
+        time.sleep(0.1)
     pid = int((d / "sshd.pid").read_text())
     return Sshd(d, port, pid, host_pub, d / "key")
 

@@ -4,14 +4,12 @@ used or avoided by the planner on the evidence."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 
-import httpx
 import pytest
+
+from labtools import child_configs, unique
 
 pytestmark = pytest.mark.armvm
 
@@ -21,10 +19,6 @@ def report(line: str) -> None:
     from conftest import FIGURES
 
     FIGURES.append(line)
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def test_ls_shows_the_vm_as_native_arm64(lab, armvm):
@@ -38,7 +32,8 @@ def test_ls_shows_the_vm_as_native_arm64(lab, armvm):
 
 
 def test_pinned_native_build_on_the_vm_is_really_arm64(lab, armvm, tmp_path):
-    tag = f"{lab.registry}/armvm:{unique('native')}"
+    repo, t = "promises/armvm", unique("native")
+    tag = f"{lab.registry}/{repo}:{t}"
     meta = tmp_path / "m.json"
     started = time.time()
     lab.archfleet("build", "-q", "--nodes", str(armvm.toml), "--platform", "linux/arm64",
@@ -47,9 +42,7 @@ def test_pinned_native_build_on_the_vm_is_really_arm64(lab, armvm, tmp_path):
     took = time.time() - started
     entry = json.loads(meta.read_text())["archfleet.platforms"]["linux/arm64"]
     assert (entry["node"], entry["strategy"]) == ("armvm", "native")
-    child = lab.manifest("armvm", tag.rsplit(":", 1)[1] + "-linux-arm64").json()
-    config = httpx.get(f"http://{lab.registry}/v2/armvm/blobs/{child['config']['digest']}").json()
-    assert config["architecture"] == "arm64"
+    assert child_configs(lab.registry, repo, t)["linux/arm64"]["architecture"] == "arm64"
     assert lab.run_image(tag, "linux/arm64") == "aarch64"
     report(f"armvm: native build + push of examples/arch-test on the VM took {took:.0f}s")
 
@@ -67,19 +60,9 @@ def test_planner_prefers_the_x86_host_for_a_trivial_image_and_says_why(lab, armv
     assert "not native@armvm" in table
 
 
-@pytest.fixture
-def no_host_arm64_emulator(lab):
-    subprocess.run([sys.executable, "-m", "archfleet.cli", "binfmt", "--uninstall", "linux/arm64"], check=True,
-                   capture_output=True)
-    try:
-        yield
-    finally:
-        subprocess.run([sys.executable, "-m", "archfleet.cli", "binfmt", "--install", "linux/arm64"], check=True,
-                       capture_output=True)
-
-
-def test_without_the_host_emulator_the_vm_builds_it(lab, armvm, no_host_arm64_emulator, tmp_path):
-    tag = f"{lab.registry}/armvm:{unique('only')}"
+@pytest.mark.parametrize("emulators_removed", ["linux/arm64"], indirect=True)
+def test_without_the_host_emulator_the_vm_builds_it(lab, armvm, emulators_removed, tmp_path):
+    tag = f"{lab.registry}/promises/armvm:{unique('only')}"
     meta = tmp_path / "m.json"
     plan = json.loads(lab.archfleet("plan", "--format", "json", "--nodes", str(armvm.toml), "--platform",
                                     "linux/arm64", "examples/arch-test", check=True).stdout)

@@ -70,8 +70,9 @@ def ssh_node(lab, tmp_path_factory):
         toml.write_text(f'[nodes.box]\nhost = "127.0.0.1"\nport = {port}\nuser = "root"\nidentity = "{d}/key"\n'
                         f'known_hosts = "{d}/known_hosts"\nengine_cli = "/usr/bin/docker"\n')
         from archfleet.inventory import load_nodes_file
+        from archfleet.plugins.ssh import KEYS as SSH_KEYS
 
-        yield toml, next(n for n in load_nodes_file(toml) if n.name == "box")
+        yield toml, next(n for n in load_nodes_file(toml, {"ssh": SSH_KEYS}) if n.name == "box")
     finally:
         pid = d / "sshd.pid"
         if pid.exists():

@@ -6,66 +6,54 @@ docker-registry serves TLS on 127.0.0.1:443 with Bearer-token auth like Hub's, a
 on https://registry-1.docker.io:5051 grants push only in the user's own namespace, and the CA is
 trusted through ``$ARCHFLEET_CERTS_D`` (as dockerd's certs.d).
 
-What this covers is archfleet's own registry client on the Hub names: the push check before
-building, reading the children back (verification) and pushing the index. The engine's push of
-the children is not covered: dockerd 20.10 talks to ``registry-1.docker.io`` with the system's
-CA roots only (``registry.lookupV2Endpoints`` gives the official index
-``tlsconfig.ServerDefault()``; certs.d is read for other registries), so without changing the
-machine's trust store and restarting dockerd it cannot push to this registry. The children are
-therefore built and pushed to the lab registry, copied here by archfleet's client (a streamed
-cross-registry copy), and the build of the same context reuses them through the
-``archfleet-reuse`` plugin (examples/plugins): a real ``archfleet build --push`` that pushes the
-index to ``docker.io/alice/app`` with the credentials ``docker login`` wrote."""
+What this covers is archfleet's own registry client on the Hub names, which now does every push:
+the push check before building, each child (by digest, from the engine's export), reading them
+back (verification) and the index, all with the credentials ``docker login`` wrote. (The engine
+itself could not have pushed here: dockerd 20.10 talks to ``registry-1.docker.io`` with the
+system's CA roots only, ``registry.lookupV2Endpoints`` giving the official index
+``tlsconfig.ServerDefault()``; certs.d is read for other registries.) A second build of the same
+context is a no-op: the built-in ``reuse`` strategy finds every child under the tag."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
 import json
 import os
 import socket
 import ssl
-import subprocess
-import sys
-import threading
 import uuid
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import REPO, extra_registry
+import pki
+from conftest import extra_registry, machine_change, missing
+from labtools import ACCEPT, basic_entry, docker_config, one_line_error
+from tokens import TokenService, registry_auth, serving
 
-from hubtokens import HUB_NAMES, ISSUER, PASSWORD, SERVICE, USER, HubTokenService, pki
-
+HUB_NAMES = ("registry-1.docker.io", "index.docker.io")
 REGISTRY_ADDR = "127.0.0.1:443"
 TOKEN_PORT = 5051
-PLUGIN = REPO / "examples" / "plugins" / "archfleet-reuse"
+USER, PASSWORD = "alice", "hunter2-" + os.urandom(4).hex()
 MARKER = f"# archfleet test_docker_hub_credentials {os.getpid()}"
 
 
 @contextlib.contextmanager
 def hub_names_on_loopback():
     """The Hub names resolve to 127.0.0.1 while the block runs: one /etc/hosts line, written in
-    place (the file may be a bind mount) and removed again whatever happens."""
+    place (the file may be a bind mount) and removed again whatever happens (after a crash, by
+    the next test session: conftest.machine_change)."""
     for name in HUB_NAMES:
         try:
             if socket.gethostbyname(name) == "127.0.0.1":
-                pytest.skip(f"{name} already resolves to 127.0.0.1 (another test holding the names?)")
+                missing(f"{name} already resolves to 127.0.0.1 (another test holding the names?)")
         except OSError:
             pass
-    with open("/etc/hosts", "a") as f:
-        f.write(f"127.0.0.1 {' '.join(HUB_NAMES)} {MARKER}\n")
-    try:
+    with machine_change("line", file="/etc/hosts", marker=MARKER):
+        with open("/etc/hosts", "a") as f:
+            f.write(f"127.0.0.1 {' '.join(HUB_NAMES)} {MARKER}\n")
         yield
-    finally:
-        with open("/etc/hosts", "r+") as f:
-            kept = [line for line in f.read().splitlines(keepends=True) if MARKER not in line]
-            f.seek(0)
-            f.write("".join(kept))
-            f.truncate()
 
 
 def _port_free(port: int) -> bool:
@@ -76,54 +64,35 @@ def _port_free(port: int) -> bool:
 @pytest.fixture(scope="module")
 def fake_hub(lab, tmp_path_factory):
     if os.geteuid() != 0:
-        pytest.skip("needs root: /etc/hosts and port 443")
+        missing("needs root: /etc/hosts and port 443")
     for port in (443, TOKEN_PORT):
         if not _port_free(port):
-            pytest.skip(f"127.0.0.1:{port} is in use")
+            missing(f"127.0.0.1:{port} is in use")
     d = tmp_path_factory.mktemp("fakehub")
-    sign_key, sign_der = pki(d)
+    pki.server(d, dns=HUB_NAMES, ips=("127.0.0.1",), issuer=pki.ca(d, "archfleet fake Hub CA"))
+    sign_key, sign_der = pki.signing(d, "archfleet-fake-hub")
     certs_d = d / "certs.d"
     for host in (HUB_NAMES[0], f"{HUB_NAMES[0]}:{TOKEN_PORT}"):
         (certs_d / host).mkdir(parents=True)
         (certs_d / host / "ca.crt").write_bytes((d / "ca.crt").read_bytes())
-    tokens = HubTokenService(sign_key, sign_der)
-    server = ThreadingHTTPServer(("127.0.0.1", TOKEN_PORT), tokens.handler())
+    tokens = TokenService(sign_key, sign_der, issuer="archfleet-fake-hub", service="registry.docker.io", user=USER,
+                          password=PASSWORD, hub_rules=True)
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(str(d / "server.crt"), str(d / "server.key"))
-    server.socket = tls.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    http_tls = f"  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n"
-    auth = (f"  token:\n    realm: https://{HUB_NAMES[0]}:{TOKEN_PORT}/token\n    service: {SERVICE}\n"
-            f"    issuer: {ISSUER}\n    rootcertbundle: {d}/token.crt\n")
     verify = ssl.create_default_context(cafile=str(d / "ca.crt"))
-    config = d / "docker-config"
-    config.mkdir()
     # exactly what `docker login -u alice` writes for Docker Hub
-    (config / "config.json").write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {
-        "auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
-    try:
-        with hub_names_on_loopback(), extra_registry(d, REGISTRY_ADDR, http_extra=http_tls, auth=auth,
-                                                     scheme="https", ready_status=401, verify=verify):
-            yield type("Hub", (), {"dir": d, "tokens": tokens, "verify": verify,
-                                   "env": {"ARCHFLEET_CERTS_D": str(certs_d), "DOCKER_CONFIG": str(config)}})()
-    finally:
-        server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def reuse_installed():
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", str(PLUGIN)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    try:
-        yield
-    finally:
-        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "archfleet-reuse"], capture_output=True)
+    env = docker_config(d, {"https://index.docker.io/v1/": basic_entry(USER, PASSWORD)})
+    with serving(tokens, TOKEN_PORT, tls), hub_names_on_loopback(), extra_registry(
+            d, REGISTRY_ADDR, http_extra=pki.tls_config(d), scheme="https", ready_status=401, verify=verify,
+            auth=registry_auth(f"https://{HUB_NAMES[0]}:{TOKEN_PORT}/token", tokens, d / "token.crt")):
+        yield type("Hub", (), {"dir": d, "tokens": tokens, "verify": verify,
+                               "env": {"ARCHFLEET_CERTS_D": str(certs_d), **env}})()
 
 
 def hub_get(hub, path: str, scope: str, accept: str = "") -> httpx.Response:
     """GET on the fake Hub with alice's credentials, the way any client does it."""
-    token = httpx.get(f"https://{HUB_NAMES[0]}:{TOKEN_PORT}/token", params={"service": SERVICE, "scope": scope},
+    token = httpx.get(f"https://{HUB_NAMES[0]}:{TOKEN_PORT}/token", params={"service": "registry.docker.io",
+                                                                          "scope": scope},
                       auth=(USER, PASSWORD), verify=hub.verify).json()["token"]
     return httpx.get(f"https://{HUB_NAMES[0]}{path}", verify=hub.verify,
                      headers={"Authorization": f"Bearer {token}", "Accept": accept})
@@ -136,59 +105,33 @@ def _context(lab, tmp_path: Path) -> Path:
     return ctx
 
 
-def _copy_children(env: dict, src: str, dst: str, suffixes: list[str]) -> None:
-    """Copy the children under ``src``'s child tags to ``dst``'s, with archfleet's own client."""
-    import archfleet.registry
-    from archfleet.index import copy_manifest
-    from archfleet.reference import parse_reference
-    from archfleet.registry import RegistryClient
-
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    chunk, archfleet.registry.CHUNK = archfleet.registry.CHUNK, 64 * 1024  # a real registry takes the PATCHes
-    try:
-        async def go():
-            async with RegistryClient() as client:
-                for suffix in suffixes:
-                    s, t = parse_reference(f"{src}-{suffix}"), parse_reference(f"{dst}-{suffix}")
-                    manifest = await client.get_manifest(s)
-                    await copy_manifest(client, s.with_digest(manifest.digest), t.with_digest(manifest.digest))
-                    await client.put_manifest(t, manifest.body, manifest.media_type)
-
-        asyncio.run(go())
-    finally:
-        archfleet.registry.CHUNK = chunk
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def test_push_to_docker_hub_uses_the_credentials_docker_login_stored(lab, fake_hub, reuse_installed, tmp_path):
+def test_push_to_docker_hub_uses_the_credentials_docker_login_stored(lab, fake_hub, tmp_path):
     ctx = _context(lab, tmp_path)
     tag, nonce = uuid.uuid4().hex[:8], uuid.uuid4().hex
     common = ["--platform", "linux/amd64,linux/arm64", "--build-arg", f"N={nonce}", str(ctx)]
-    lab_tag = f"{lab.registry}/registry/hub-children:{tag}"
-    lab.archfleet("build", "-q", "-t", lab_tag, "--push", *common, check=True)
     hub_tag = f"docker.io/{USER}/app:{tag}"
-    _copy_children(fake_hub.env, lab_tag, hub_tag, ["linux-amd64", "linux-arm64"])
     before = len(fake_hub.tokens.requests)
-
     meta = tmp_path / "meta.json"
-    proc = lab.archfleet("build", "--progress", "plain", "--metadata-file", str(meta), "-t", hub_tag, "--push",
-                         *common, env=fake_hub.env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    strategies = {p["strategy"] for p in json.loads(meta.read_text())["archfleet.platforms"].values()}
-    assert strategies == {"reuse"}  # nothing was built or pushed by the engine: the client did the rest
-    digest = proc.stdout.strip()
-    resp = hub_get(fake_hub, f"/v2/{USER}/app/manifests/{tag}", f"repository:{USER}/app:pull",
-                   "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json")
+    first = lab.archfleet("build", "-q", "-t", hub_tag, "--push", *common, env=fake_hub.env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    digest = first.stdout.strip()
+    resp = hub_get(fake_hub, f"/v2/{USER}/app/manifests/{tag}", f"repository:{USER}/app:pull", ACCEPT)
     assert resp.status_code == 200 and resp.headers["docker-content-digest"] == digest
     assert sorted(m["platform"]["architecture"] for m in resp.json()["manifests"]) == ["amd64", "arm64"]
+    for m in resp.json()["manifests"]:  # each child pushed by digest, by archfleet's client
+        child = hub_get(fake_hub, f"/v2/{USER}/app/manifests/{m['digest']}", f"repository:{USER}/app:pull", ACCEPT)
+        assert child.status_code == 200
+    tags = hub_get(fake_hub, f"/v2/{USER}/app/tags/list", f"repository:{USER}/app:pull")
+    assert tags.json()["tags"] == [tag]  # no working tags
+
+    again = lab.archfleet("build", "--progress", "plain", "--metadata-file", str(meta), "-t", hub_tag, "--push",
+                          *common, env=fake_hub.env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    strategies = {p["strategy"] for p in json.loads(meta.read_text())["archfleet.platforms"].values()}
+    assert strategies == {"reuse"} and again.stdout.strip() == digest  # nothing built: the same index
     asked = fake_hub.tokens.requests[before:]
-    assert asked and {who for who, _ in asked} == {USER}  # every token request carried alice's credentials
-    assert PASSWORD not in proc.stderr and PASSWORD not in proc.stdout
+    assert asked and {a.who for a in asked} == {USER}  # every token request carried alice's credentials
+    assert PASSWORD not in first.stderr + first.stdout + again.stderr + again.stdout
 
 
 def test_someone_elses_namespace_is_refused_before_building_in_one_line(lab, fake_hub, tmp_path):
@@ -197,19 +140,14 @@ def test_someone_elses_namespace_is_refused_before_building_in_one_line(lab, fak
                          "--platform", "linux/amd64", "--build-arg", f"N={uuid.uuid4().hex}", str(ctx),
                          env=fake_hub.env)
     assert proc.returncode == 3, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "`docker login`" in lines[0] and "someone-else/app" in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+    line = one_line_error(proc)
+    assert "`docker login`" in line and "someone-else/app" in line
 
 
 def test_credentials_stored_under_the_api_host_are_not_docker_hubs(lab, fake_hub, tmp_path):
     """Like the docker CLI: Hub's credentials live under the index name, not registry-1."""
-    config = tmp_path / "cfg"
-    config.mkdir()
-    (config / "config.json").write_text(json.dumps({"auths": {"registry-1.docker.io": {
-        "auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
+    env = docker_config(tmp_path, {"registry-1.docker.io": basic_entry(USER, PASSWORD)})
     proc = lab.archfleet("build", "-t", f"docker.io/{USER}/app:x", "--push", "--platform", "linux/amd64",
-                         str(_context(lab, tmp_path)), env={**fake_hub.env, "DOCKER_CONFIG": str(config)})
+                         str(_context(lab, tmp_path)), env={**fake_hub.env, **env})
     assert proc.returncode == 3, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "run `docker login`" in lines[0], proc.stderr
+    assert "run `docker login`" in one_line_error(proc)

@@ -18,12 +18,9 @@ import httpx
 import pytest
 
 from conftest import REPO
+from labtools import manifest as registry_manifest, unique
 
 REPO_NAME = "exec/arch-test"
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -76,9 +73,7 @@ def test_a_failing_platform_stops_the_others_at_once(lab, tmp_path):
 
 
 def manifest(tag: str) -> httpx.Response:
-    return httpx.get(f"http://{lab_registry()}/v2/{REPO_NAME}/manifests/{tag}",
-                     headers={"Accept": "application/vnd.docker.distribution.manifest.list.v2+json, "
-                                        "application/vnd.oci.image.index.v1+json"})
+    return registry_manifest(lab_registry(), REPO_NAME, tag)
 
 
 def lab_registry() -> str:

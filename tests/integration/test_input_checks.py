@@ -4,22 +4,12 @@ in a subprocess against the lab's dockerd and registry (pushes go to 127.0.0.1:5
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 
+from labtools import one_line_error, unique
+
 DIGEST = "sha256:" + "0" * 64
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-def one_line_error(proc) -> str:
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 1 and lines[0].startswith("archfleet: error: "), proc.stderr
-    return lines[0]
 
 
 @pytest.fixture

@@ -7,38 +7,26 @@ alice/, as Docker Hub does. And the build itself refuses before building anythin
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
-import json
 import subprocess
 import tarfile
-import threading
 import uuid
-from http.server import ThreadingHTTPServer
 
 import pytest
 
-from conftest import extra_registry
-from hubtokens import ISSUER, PASSWORD, SERVICE, USER, HubTokenService, pki
+from labtools import basic_entry, docker_config, one_line_error
+from tokens import token_registry
 
 REGISTRY = "127.0.0.1:5053"
 TOKEN_PORT = 5054
+USER, PASSWORD = "alice", "hunter2-refusals"
 
 
 @pytest.fixture(scope="module")
 def refusing_registry(lab, tmp_path_factory):
-    d = tmp_path_factory.mktemp("refusing")
-    key, der = pki(d)
-    service = HubTokenService(key, der)
-    server = ThreadingHTTPServer(("127.0.0.1", TOKEN_PORT), service.handler())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    auth = (f"  token:\n    realm: http://127.0.0.1:{TOKEN_PORT}/token\n    service: {SERVICE}\n"
-            f"    issuer: {ISSUER}\n    rootcertbundle: {d}/token.crt\n")
-    try:
-        with extra_registry(d, REGISTRY, auth=auth, ready_status=401):
-            yield service
-    finally:
-        server.shutdown()
+    with token_registry(tmp_path_factory.mktemp("refusing"), REGISTRY, TOKEN_PORT, issuer="archfleet-fake-hub",
+                        service="registry.docker.io", user=USER, password=PASSWORD, hub_rules=True) as service:
+        yield service
 
 
 @pytest.fixture
@@ -90,12 +78,9 @@ def test_a_push_the_registry_allows_returns_its_digest(lab, refusing_registry, l
 
 
 def test_a_repository_the_account_may_not_push_to_is_one_line_before_building(lab, refusing_registry, tmp_path):
-    cfg = tmp_path / "cfg"
-    cfg.mkdir()
-    (cfg / "config.json").write_text(json.dumps({"auths": {REGISTRY: {
-        "auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
+    env = docker_config(tmp_path, {REGISTRY: basic_entry(USER, PASSWORD)})
     proc = lab.archfleet("build", "--progress", "plain", "--platform", "linux/amd64", "-t", f"{REGISTRY}/bob/app:1",
-                         "--push", "examples/arch-test", env={"DOCKER_CONFIG": str(cfg)})
+                         "--push", "examples/arch-test", env=env)
     assert proc.returncode == 3, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and f"docker login {REGISTRY}" in lines[0] and "bob/app" in lines[0], proc.stderr
+    line = one_line_error(proc)
+    assert f"docker login {REGISTRY}" in line and "bob/app" in line

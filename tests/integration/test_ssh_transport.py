@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +27,7 @@ import pytest
 
 import sshlab
 from conftest import missing
+from labtools import sampled
 
 PORT = 2250
 FISH = "/usr/bin/fish"
@@ -74,8 +74,10 @@ def sshd():
 def spec(sshd, user, **kw):
     from archfleet.model import NodeSpec
 
-    return NodeSpec(**{"name": "box", "transport": "ssh", "host": "127.0.0.1", "port": sshd.port, "user": user,
-                       "identity": str(sshd.server.key), "known_hosts": str(sshd.known_hosts), **kw})
+    settings = {"host": "127.0.0.1", "port": sshd.port, "user": user, "identity": str(sshd.server.key),
+                "known_hosts": str(sshd.known_hosts)}
+    settings.update({k: kw.pop(k) for k in list(kw) if k in settings or k == "host_key_policy"})
+    return NodeSpec(**{"name": "box", "transport": "ssh", "settings": settings, **kw})
 
 
 async def transport(node):
@@ -231,25 +233,13 @@ def test_a_bare_secret_build_arg_is_in_no_argv_on_the_coordinator_or_the_node(la
     nodes.write_text(f'[nodes.fishbox]\nhost = "127.0.0.1"\nport = {sshd.port}\nuser = "{sshd.fish}"\n'
                      f'identity = "{sshd.server.key}"\nknown_hosts = "{sshd.known_hosts}"\n'
                      'engine_cli = "/usr/bin/docker"\n')
-    seen: list[int] = []
-    stop = threading.Event()
-
-    def sample():
-        needle = secret.encode()
-        while not stop.is_set():
-            seen.extend(pid for pid, argv in sshlab.cmdlines().items() if needle in argv)
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    needle = secret.encode()
+    with sampled(lambda: [pid for pid, argv in sshlab.cmdlines().items() if needle in argv]) as samples:
         proc = lab.archfleet("build", "--nodes", str(nodes), "--progress", "plain", "--no-cache",
                              "--platform", "linux/amd64,linux/arm64", "--node", "linux/amd64=local",
                              "--node", "linux/arm64=fishbox", "--build-arg", f"BASE={lab.base}",
                              "--build-arg", "NPM_TOKEN", str(ctx), env={"NPM_TOKEN": secret})
-    finally:
-        stop.set()
-        sampler.join()
+    seen = [pid for pids in samples for pid in pids]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[linux/arm64@fishbox]" in proc.stderr and "[linux/amd64@local]" in proc.stderr
     assert "warning: --build-arg NPM_TOKEN" in proc.stderr
@@ -264,7 +254,7 @@ def test_the_bootstrap_reads_the_frame_under_busybox_sh(lab):
     index = lab.manifest("archfleet/busybox", "latest").json()
     digest = next(m["digest"] for m in index["manifests"] if m["platform"]["architecture"] == "amd64")
     image = f"{lab.registry}/archfleet/busybox@{digest}"
-    from archfleet.transport import REMOTE_COMMAND, frame
+    from archfleet.plugins.ssh.transport import REMOTE_COMMAND, frame
 
     values = [v.replace(b"%(m)s", b"/tmp/x") for v in HOSTILE]
     out = subprocess.run([lab.docker, "run", "-i", "--rm", image, "sh", "-c", REMOTE_COMMAND],

@@ -7,7 +7,10 @@
 #   - builds the multi-arch busybox base image from Debian's busybox-static packages and pushes it
 #     as $REGISTRY/archfleet/busybox:latest (with archfleet itself)
 #   - makes the Zig C toolchain image for this machine's platform (tests/lab/toolchain.sh)
-# Prints the environment the other scripts need: ARCHFLEET_REGISTRY, ARCHFLEET_BASE.
+#   - makes the multi-arch Debian bookworm base, $REGISTRY/library/debian:bookworm (tests/lab/debian.sh;
+#     debootstrap per architecture, cached under ~/.cache/archfleet-lab: minutes the first time only)
+# Prints the environment the other scripts need: ARCHFLEET_REGISTRY, ARCHFLEET_BASE, ARCHFLEET_TOOLCHAIN,
+# ARCHFLEET_DEBIAN.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -28,7 +31,9 @@ fi
 PACKAGES=(docker.io qemu-user-static docker-registry iproute2 openssh-server curl ca-certificates python3-venv python3-pip
           tmux chromium fonts-dejavu-core                                     # progress and report tests
           fish tcsh                                                           # SSH users with non-POSIX login shells
-          qemu-system-arm qemu-utils debootstrap e2fsprogs cpio xz-utils)     # the arm64 VM node
+          qemu-system-arm qemu-utils debootstrap e2fsprogs cpio xz-utils      # the arm64 VM node
+          podman buildah uidmap slirp4netns fuse-overlayfs rootlesskit        # podman and rootless-docker lab nodes
+          pipx)                                                               # installing archfleet as a tool
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -141,6 +146,10 @@ fi
 # --- the Zig C toolchain image (for examples/cross-c) -------------------------------------------
 TOOLCHAIN=$(bash "$REPO/tests/lab/toolchain.sh")
 
+# --- the multi-arch Debian base (examples/seed-rust, the seed article's Dockerfiles) --------------
+DEBIAN=$(bash "$REPO/tests/lab/debian.sh")
+
 echo "ARCHFLEET_REGISTRY=$REGISTRY"
 echo "ARCHFLEET_BASE=$BASE"
 echo "ARCHFLEET_TOOLCHAIN=$TOOLCHAIN"
+echo "ARCHFLEET_DEBIAN=$DEBIAN"

@@ -205,19 +205,46 @@ class FakeRegistry:
     # -- helpers for tests ----------------------------------------------------------------------
 
     def add_image(self, repo: str, layers: list[bytes], media_type="application/vnd.oci.image.manifest.v1+json",
-                  platform=("linux", "amd64")) -> str:
-        """Store an image (a config naming ``platform`` and ``layers``) by digest; return its digest."""
-        config = json.dumps({"os": platform[0], "architecture": platform[1], "config": {}}).encode()
-        self.blobs[(repo, digest_of(config))] = config
+                  platform=("linux", "amd64"), *, config: dict | None = None,
+                  layer_media_type="application/vnd.oci.image.layer.v1.tar+gzip",
+                  declared_sizes: dict[int, int] | None = None) -> str:
+        """Store an image (a config naming ``platform`` and ``layers``, bottom first) by digest;
+        return its digest. ``config``: the config's ``config`` member (Cmd, Entrypoint, Env);
+        ``declared_sizes``: layer index -> the size its descriptor claims (the blob is unchanged)."""
+        doc = {"os": platform[0], "architecture": platform[1], "config": config or {}}
+        if len(platform) > 2:
+            doc["variant"] = platform[2]
+        config_blob = json.dumps(doc).encode()
+        self.blobs[(repo, digest_of(config_blob))] = config_blob
         descs = []
-        for layer in layers:
+        for i, layer in enumerate(layers):
             self.blobs[(repo, digest_of(layer))] = layer
-            descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest_of(layer),
-                          "size": len(layer)})
+            descs.append({"mediaType": layer_media_type, "digest": digest_of(layer),
+                          "size": (declared_sizes or {}).get(i, len(layer))})
+        config_type = ("application/vnd.docker.container.image.v1+json" if "docker" in media_type
+                       else "application/vnd.oci.image.config.v1+json")
         body = json.dumps({"schemaVersion": 2, "mediaType": media_type,
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                      "digest": digest_of(config), "size": len(config)},
+                           "config": {"mediaType": config_type, "digest": digest_of(config_blob),
+                                      "size": len(config_blob)},
                            "layers": descs}).encode()
+        digest = digest_of(body)
+        self.manifests[(repo, digest)] = (body, media_type)
+        return digest
+
+    def add_index(self, repo: str, entries: list[dict], media_type="application/vnd.oci.image.index.v1+json") -> str:
+        """Store an index over manifests already in ``repo``; ``entries``: {"digest", "platform"
+        (os, arch[, variant]) or None, "annotations"}. Returns its digest."""
+        manifests = []
+        for e in entries:
+            body, mt = self.manifests[(repo, e["digest"])]
+            desc = {"mediaType": mt, "digest": e["digest"], "size": len(body)}
+            if e.get("platform"):
+                os_, arch, *variant = e["platform"]
+                desc["platform"] = {"os": os_, "architecture": arch, **({"variant": variant[0]} if variant else {})}
+            if e.get("annotations"):
+                desc["annotations"] = e["annotations"]
+            manifests.append(desc)
+        body = json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}).encode()
         digest = digest_of(body)
         self.manifests[(repo, digest)] = (body, media_type)
         return digest

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from archfleet import cachefile, history, layercache, linkrate, probe
+from archfleet import cachedir, cachefile, history, layercache, linkrate, probe, scores
 from archfleet.model import BuildRequest, NodeFacts, NodeSpec, Option, PlatformResult
 from archfleet.platforms import parse
 from archfleet.plugins import estimates
@@ -54,7 +54,7 @@ def test_an_unwritable_history_turns_history_off_with_one_warning(tmp_path, monk
     view = history.view_for(request)
     assert view is not None
     option = Option(AMD, "native", "n1", 12.0)
-    facts = NodeFacts(NodeSpec("n1", transport="ssh", host="h"), True, native=[AMD], score=1.0)
+    facts = NodeFacts(NodeSpec("n1", transport="ssh", settings={"host": "h"}), True, native=[AMD], score=1.0)
     for _ in range(3):
         assert view.past(option) is None
         assert view.synced_before("n1") is False
@@ -109,9 +109,9 @@ def test_an_unwritable_cache_dir_never_fails_link_rates(tmp_path, monkeypatch, k
 @pytest.mark.parametrize("kind", KINDS)
 def test_an_unwritable_cache_dir_never_fails_the_benchmark_score(tmp_path, monkeypatch, kind):
     cache = unwritable(tmp_path, kind)
-    monkeypatch.setattr(probe, "_cache_file", lambda: cache / "scores.json")
-    probe.store_score("n1|ssh|h|", 1.5)
-    assert probe.cached_score("n1|ssh|h|") is None
+    monkeypatch.setattr(cachedir, "scores", lambda: cache / "scores.json")
+    scores.store("n1|ssh|h|", 1.5)
+    assert scores.cached("n1|ssh|h|") is None
 
     class Bench:
         async def run(self, argv, **kwargs):
@@ -119,7 +119,7 @@ def test_an_unwritable_cache_dir_never_fails_the_benchmark_score(tmp_path, monke
 
             return Completed(tuple(argv), 0, ("bench_us=67000",))
 
-    assert asyncio.run(probe.benchmark(Bench(), NodeSpec("n1", transport="ssh", host="h"))) == 1.0
+    assert asyncio.run(probe.benchmark(Bench(), NodeSpec("n1", transport="ssh", settings={"host": "h"}))) == probe.Score(1.0, True)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -132,7 +132,7 @@ def test_an_unwritable_cache_dir_never_fails_layer_scans(tmp_path, monkeypatch, 
 
 def test_cached_numbers_must_be_finite_and_positive(tmp_path, monkeypatch):
     """Rule: a cache file is input too: an inf, nan, zero or negative score or rate is no value."""
-    monkeypatch.setattr(probe, "_cache_file", lambda: tmp_path / "scores.json")
+    monkeypatch.setattr(cachedir, "scores", lambda: tmp_path / "scores.json")
     monkeypatch.setattr(linkrate, "_file", lambda: tmp_path / "links.json")
     import time
 
@@ -141,7 +141,7 @@ def test_cached_numbers_must_be_finite_and_positive(tmp_path, monkeypatch):
     (tmp_path / "scores.json").write_text(json.dumps({k: {"score": v, "at": now} for k, v in bad.items()}))
     (tmp_path / "links.json").write_text(json.dumps({k: {"rate": v, "at": now} for k, v in bad.items()}))
     for key in bad:
-        assert probe.cached_score(key) is None and linkrate.measured(key) is None
+        assert scores.cached(key) is None and linkrate.measured(key) is None
 
 
 WRITERS, ROUNDS = 8, 25
@@ -178,9 +178,9 @@ def test_concurrent_link_rate_writers_lose_nothing(tmp_path, monkeypatch):
 
 
 def test_concurrent_score_writers_lose_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(probe, "_cache_file", lambda: tmp_path / "scores.json")
-    hammer(lambda i, r: probe.store_score(f"n{i}", 1.0 + r))
-    assert all(probe.cached_score(f"n{i}") == float(ROUNDS) for i in range(WRITERS))
+    monkeypatch.setattr(cachedir, "scores", lambda: tmp_path / "scores.json")
+    hammer(lambda i, r: scores.store(f"n{i}", 1.0 + r))
+    assert all(scores.cached(f"n{i}") == float(ROUNDS) for i in range(WRITERS))
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 

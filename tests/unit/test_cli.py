@@ -138,13 +138,13 @@ def test_pin_for_a_platform_not_built(capsys):
 
 def test_cross_for_a_dockerfile_that_cannot_cross_compile(capsys):
     assert one_error(capsys, "plan", "--platform", "linux/arm64", "--strategy", "cross", "ctx") == (
-        "--strategy 'cross': Dockerfile cannot cross-compile: no stage it builds runs on $BUILDPLATFORM "
-        "(use FROM --platform=$BUILDPLATFORM for the build stages, or drop --strategy cross)")
+        "--strategy 'cross': Dockerfile cannot cross-compile: no stage it builds runs on $BUILDPLATFORM or a "
+        "platform of its own (use FROM --platform=$BUILDPLATFORM for the build stages, or drop --strategy cross)")
 
 
 @pytest.fixture
 def one_amd64_node(monkeypatch):
-    async def probe(pm, config, nodes=None):
+    async def probe(hooks, config, session, nodes=None):
         node = NodeSpec("local", max_builds=2)
         return {"local": NodeFacts(node, True, native=(parse("linux/amd64"), parse("linux/386")),
                                    builder="buildkit", cpus=2, score=1.0)}
@@ -154,7 +154,7 @@ def one_amd64_node(monkeypatch):
 
 def test_unknown_strategy_is_a_usage_error(capsys, one_amd64_node):
     assert one_error(capsys, "plan", "--strategy", "bogus", "ctx") == (
-        "--strategy 'bogus': no strategy named 'bogus' (known: cross, native, qemu; see archfleet plugins)")
+        "--strategy 'bogus': no strategy named 'bogus' (known: cross, native, qemu, reuse; see archfleet plugins)")
 
 
 def test_plan_says_why_a_platform_cannot_be_built_on_stderr(capsys, one_amd64_node):
@@ -196,3 +196,76 @@ def test_build_checks_pins_before_asking_the_registry(capsys, monkeypatch):
     monkeypatch.setattr(RegistryClient, "check_access", unreachable)
     assert one_error(capsys, "build", "--node", "nosuch", "-t", "127.0.0.1:5999/cli/x:y", "--push", "ctx") == (
         "--node 'nosuch': no node named 'nosuch' (known: local; see archfleet ls)")
+
+
+def test_bad_input_with_a_secret_looking_build_arg_is_still_one_line(capsys, monkeypatch):
+    """Rule: the warning about secret-looking build-arg names comes after the input checks, so a
+    bad flag next to such an arg is still exactly one stderr line (the error)."""
+    monkeypatch.setenv("NPM_TOKEN", "x")
+    code, _, err = run(capsys, "build", "--build-arg", "NPM_TOKEN", "--node", "nosuch", "ctx")
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and "--node" in lines[0], err
+
+
+# -- --annotation and --child-tags (issue 15) -------------------------------------------------------
+
+
+def test_annotations_follow_buildx_syntax():
+    """buildx's ParseAnnotations: [TYPE[PLATFORM],...:]KEY=VALUE; bare = manifest; a value keeps
+    its '=' and ':'."""
+    from archfleet.model import Annotation
+
+    got, problems = cli.parse_annotations(
+        ["org.example.a=1", "index:org.opencontainers.image.title=x=y:z",
+         "manifest[linux/arm64],manifest-descriptor:k=v"], (parse("linux/amd64"), parse("linux/arm64")))
+    assert problems == []
+    assert got == [Annotation("manifest", "org.example.a", "1"),
+                   Annotation("index", "org.opencontainers.image.title", "x=y:z"),
+                   Annotation("manifest", "k", "v", parse("linux/arm64")),
+                   Annotation("manifest-descriptor", "k", "v")]
+
+
+@pytest.mark.parametrize("value,rule", [
+    ("nothing", "expected [TYPE:]KEY=VALUE"),
+    ("index-descriptor:k=v", "index-descriptor annotations exist only in an OCI layout output"),
+    ("layer:k=v", "unknown type 'layer'"),
+    ("index[linux/amd64]:k=v", "drop the [PLATFORM]"),
+    ("manifest[linux/s390x]:k=v", "linux/s390x is not a platform being built"),
+    ("manifest[windows/amd64]:k=v", "--annotation 'manifest[windows/amd64]:k=v': "),
+    ("manifest:=v", "the KEY is empty"),
+])
+def test_a_bad_annotation_is_one_line_exit_2(capsys, value, rule):
+    got = one_error(capsys, "build", "--platform", "linux/amd64", "-t", "reg.io/app:1", "--push",
+                    "--annotation", value, "ctx")
+    assert got.startswith(f"--annotation {value!r}") and rule in got
+
+
+def test_annotations_and_child_tags_need_push(capsys):
+    assert one_error(capsys, "build", "--annotation", "k=v", "ctx") == (
+        "--annotation: annotations go on what is pushed; add --push")
+    assert one_error(capsys, "build", "--child-tags", "-t", "reg.io/app:1", "ctx") == (
+        "--child-tags: child tags are pushed; add --push")
+
+
+def test_child_tags_alone_are_the_seed_style_and_a_template_is_checked_for_every_platform_and_tag():
+    from archfleet.reference import SEED_CHILD_TAGS, parse_reference
+
+    request = cli._request_from("ctx", ("linux/amd64,linux/arm/v7",), ("reg.io/app:1",), None, (), (), None, True,
+                                False, True, "auto", None, (), False, None, child_tags=SEED_CHILD_TAGS)
+    assert request.child_tags == "{tag}-{platform}"
+    refs = [parse_reference("reg.io/app:1")]
+    arm6, arm7 = parse("linux/arm/v6"), parse("linux/arm/v7")
+    with pytest.raises(cli.UsageError, match="linux/arm/v6 and linux/arm/v7 would both be tagged '1-arm'"):
+        cli.check_child_tags("{tag}-{arch}", refs, [arm6, arm7])
+    cli.check_child_tags("{tag}-{arch}{variant}", refs, [arm6, arm7])
+    with pytest.raises(cli.UsageError, match="which -t names for the index"):
+        cli.check_child_tags("{tag}", refs, [arm7])
+    with pytest.raises(cli.UsageError, match="that is a path, not a template"):
+        cli.check_child_tags("ctx", refs, [arm7])
+
+
+def test_child_tags_given_as_a_flag_before_path_or_with_equals(capsys, monkeypatch):
+    """click's optional value: `--child-tags PATH` would take PATH; the error says so."""
+    got = one_error(capsys, "build", "--platform", "linux/amd64", "-t", "reg.io/app:1", "--push",
+                    "--child-tags", "ctx")
+    assert "--child-tags 'ctx': that is a path, not a template" in got and "--child-tags=TEMPLATE" in got

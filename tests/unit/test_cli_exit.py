@@ -1,13 +1,22 @@
 """cli.main's mapping of outcomes to exit codes and one-line errors (docs/cli.md): an
 ArchfleetError's own code, 130 for Ctrl-C (with what could not be stopped, if anything), 70 for a
-bug; ARCHFLEET_DEBUG=1 shows the traceback."""
+bug; ARCHFLEET_DEBUG=1 shows the traceback. Every error type archfleet has is in the table (a
+test checks), and the real process (``python -m archfleet.cli``) is run too, so "no traceback"
+is what the user's terminal shows, not only what ``main`` returns."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import click
 import pytest
 
-from archfleet import cli
-from archfleet.errors import BuildFailed, Interrupted, PlatformsFailed, RegistryRefused, UsageError
+from archfleet import cli, errors
+from archfleet.errors import (Aborted, ArchfleetError, BuildFailed, EnvironmentProblem, InfrastructureError, Interrupted,
+                              PlatformsFailed, PluginError, RegistryError, RegistryRefused, RegistryUnreachable, UsageError,
+                              VerificationFailed)
 
 from stubs import AMD
 
@@ -34,11 +43,66 @@ def main_raising(monkeypatch, exc):
      "the new index"),
     (RuntimeError("boom"), 70,
      "archfleet: error: internal error: RuntimeError: boom (ARCHFLEET_DEBUG=1 shows the traceback)"),
+    (ArchfleetError("something failed"), 1, "archfleet: error: something failed"),
+    (EnvironmentProblem("no Docker engine answers at unix:///var/run/docker.sock"), 3,
+     "archfleet: error: no Docker engine answers at unix:///var/run/docker.sock"),
+    (RegistryRefused("registry reg refused the credentials; run `docker login reg`", 401), 3,
+     "archfleet: error: registry reg refused the credentials; run `docker login reg`"),
+    (RegistryUnreachable("registry reg:5000 unreachable (https): connection refused"), 3,
+     "archfleet: error: registry reg:5000 unreachable (https): connection refused"),
+    (BuildFailed("build failed: exit code: 2"), 1, "archfleet: error: build failed: exit code: 2"),
+    (VerificationFailed("requested linux/arm64 but the image pushed for it is linux/amd64"), 1,
+     "archfleet: error: requested linux/arm64 but the image pushed for it is linux/amd64"),
+    (InfrastructureError("n1", "engine gone"), 1, "archfleet: error: node n1: engine gone"),
+    (RegistryError("PUT https://reg/v2/app/manifests/1: 400 manifest invalid", 400), 1,
+     "archfleet: error: PUT https://reg/v2/app/manifests/1: 400 manifest invalid"),
+    (PluginError("plugin 'x' failed in archfleet_offer: ValueError: bad"), 1,
+     "archfleet: error: plugin 'x' failed in archfleet_offer: ValueError: bad"),
+    (Aborted("linux/arm64 failed"), 1, "archfleet: error: linux/arm64 failed"),
+    (PlatformsFailed("every platform failed"), 1, "archfleet: error: every platform failed"),
+    (click.exceptions.Abort(), 130, "archfleet: error: interrupted"),
 ])
 def test_exit_code_and_one_line(monkeypatch, capsys, exc, code, line):
     monkeypatch.delenv("ARCHFLEET_DEBUG", raising=False)
     assert main_raising(monkeypatch, exc) == code
-    assert capsys.readouterr().err.splitlines() == [line]
+    err = capsys.readouterr().err
+    assert err.splitlines() == [line] and "Traceback" not in err
+
+
+def test_every_error_type_has_its_row_in_the_table():
+    """A new error class gets its exit code checked here, or this test fails."""
+    table = test_exit_code_and_one_line.pytestmark[0].args[1]
+    tested = {type(exc) for exc, _, _ in table}
+    defined = {v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, ArchfleetError)}
+    assert defined - tested == set()
+
+
+@pytest.mark.parametrize("message", ["first\nsecond", "a\r\nb", "ends with a newline\n"])
+def test_a_message_with_line_breaks_is_still_one_line(monkeypatch, capsys, message):
+    monkeypatch.delenv("ARCHFLEET_DEBUG", raising=False)
+    assert main_raising(monkeypatch, BuildFailed(message)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("\n")
+    assert err == "archfleet: error: " + message.replace("\r", "\\r").replace("\n", "\\n") + "\n"
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["build", "--bogus"], "No such option '--bogus'. Did you mean '--push'? (see archfleet build --help)"),
+    (["--bogus"], "No such option '--bogus'. (see archfleet --help)"),
+    (["nosuch"], "No such command 'nosuch'. (see archfleet --help)"),
+    (["build", "--progress", "fancy"], "Invalid value for '--progress': 'fancy' is not one of 'auto', 'plain', "
+                                       "'tty', 'quiet'. (see archfleet build --help)"),
+    (["ls", "extra"], "Got unexpected extra argument (extra) (see archfleet ls --help)"),
+])
+def test_a_command_line_click_refuses_is_exit_2_in_one_line_naming_the_help_to_read(capsys, argv, line):
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [f"archfleet: error: {line}"]
+
+
+def test_a_command_that_exits_with_a_code_keeps_it(monkeypatch, capsys):
+    """doctor ends with sys.exit(3) when a check failed: the code is kept, nothing is added."""
+    assert main_raising(monkeypatch, SystemExit(3)) == 3
+    assert capsys.readouterr().err == ""
 
 
 def test_debug_shows_the_traceback_of_an_internal_error(monkeypatch):
@@ -59,7 +123,7 @@ def build_interrupted(monkeypatch, tmp_path, published: bool) -> int:
 
     from stubs import CTX
 
-    async def fake_build(pm, request, config, reporter, state=None):
+    async def fake_build(hooks, request, config, reporter, session, state=None):
         if published:  # the index PUT answered, then Ctrl-C (history, session end, ...)
             state.index_digest, state.tags = "sha256:" + "ab" * 32, ("127.0.0.1:5000/exec/app:1",)
         raise KeyboardInterrupt
@@ -85,3 +149,51 @@ def test_debug_adds_no_traceback_to_an_interrupt(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("ARCHFLEET_DEBUG", "1")
     assert main_raising(monkeypatch, Interrupted("interrupted")) == 130
     assert capsys.readouterr().err == "archfleet: error: interrupted\n"
+
+
+# -- the real process: what the terminal shows -------------------------------------------------
+
+RAISING = """
+import sys
+from archfleet import cli
+def boom(*args, **kwargs):
+    raise {exc}
+cli.cli.main = boom
+cli.entrypoint()
+"""
+
+
+def process(exc: str, *, debug: bool = False) -> subprocess.CompletedProcess:
+    """archfleet's entry point in a fresh interpreter, its command raising ``exc`` (Python source)."""
+    env = {k: v for k, v in os.environ.items() if k != "ARCHFLEET_DEBUG"}
+    if debug:
+        env["ARCHFLEET_DEBUG"] = "1"
+    return subprocess.run([sys.executable, "-c", RAISING.format(exc=exc)], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("exc,code,line", [
+    ("RuntimeError('boom')", 70, "archfleet: error: internal error: RuntimeError: boom "
+                                 "(ARCHFLEET_DEBUG=1 shows the traceback)"),
+    ("KeyboardInterrupt()", 130, "archfleet: error: interrupted"),
+    ("__import__('archfleet.errors').errors.EnvironmentProblem('no engine\\nanswers')", 3,
+     "archfleet: error: no engine\\nanswers"),
+])
+def test_the_process_prints_one_line_and_no_traceback(exc, code, line):
+    proc = process(exc)
+    assert proc.returncode == code
+    assert proc.stderr.splitlines() == [line] and proc.stdout == ""
+
+
+def test_the_process_shows_the_traceback_under_archfleet_debug():
+    proc = process("RuntimeError('boom')", debug=True)
+    assert proc.returncode == 1  # Python's own exit for an uncaught exception
+    assert "Traceback (most recent call last)" in proc.stderr and proc.stderr.rstrip().endswith("RuntimeError: boom")
+
+
+def test_the_real_command_line_refuses_an_unknown_flag_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "archfleet.cli", "build", "--bogus"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["archfleet: error: No such option '--bogus'. Did you mean '--push'? "
+                                        "(see archfleet build --help)"]

@@ -146,7 +146,7 @@ def test_a_sync_ships_the_ignore_file_it_applied_and_never_the_excluded_file(tmp
     monkeypatch.chdir(home)
     ctx = tmp_path / "ctx"
     df = app_context(ctx, own="secret.env\n", shared="keep.txt\n")
-    tree, dockerfile = asyncio.run(sync_context(LocalTransport(), BuildRequest(ctx, df, [parse("linux/amd64")])))
+    tree, dockerfile, _ = asyncio.run(sync_context(LocalTransport(), BuildRequest(ctx, df, [parse("linux/amd64")])))
     assert sorted(os.listdir(home / tree)) == [".dockerignore", "app.Dockerfile", "app.Dockerfile.dockerignore",
                                                "keep.txt"]
     assert (home / dockerfile).read_text() == "FROM scratch\nCOPY . /ctx/\n"
@@ -180,7 +180,7 @@ def test_file_names_that_are_not_utf8_snapshot_hash_and_sync_as_their_bytes(tmp_
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.chdir(home)
-    tree, _ = asyncio.run(sync_context(LocalTransport(), req))
+    tree, _, _ = asyncio.run(sync_context(LocalTransport(), req))
     node_tree = os.fsencode(home / tree)
     assert sorted(os.listdir(node_tree)) == [b"Dockerfile", b"caf\xe9.txt", b"d\xff"]
     assert open(node_tree + b"/caf\xe9.txt", "rb").read() == b"latin-1 name\n"

@@ -2,6 +2,7 @@
 
 Each test names the BuildKit rule it checks and the right value (review findings 11, 12, 13)."""
 
+import json
 import types
 
 import pytest
@@ -79,12 +80,15 @@ def test_continuations_heredocs_lowercase_and_comments():
 
 
 def test_platform_written_out_and_stage_names_reused():
+    # BuildKit: FROM <name> means the last stage of that name so far; --from and a mount's
+    # from= are looked up once every stage is known, so they mean the name's last stage
     text = """\
 FROM --platform=linux/amd64 img AS tool
 FROM --platform=$TARGETPLATFORM img AS x
 RUN true
-FROM img AS x
+FROM img AS y
 COPY --from=x /a /a
+FROM img AS x
 FROM --platform=$BUILDPLATFORM img AS other
 FROM x
 RUN --mount=type=bind,from=tool,target=/t true
@@ -92,11 +96,26 @@ RUN --mount=type=bind,from=tool,target=/t true
     a = analyse_text(text)
     assert a.stages[0].platform == "linux/amd64" and a.stages[0].pinned
     assert a.stages[1].platform == TARGET
-    assert a.stages[2].deps == (1,)  # COPY --from=x inside the second x means the first one
     last = a.stages[-1]
-    assert last.parent == 2 and last.deps == (0,)  # FROM x means the later x
-    assert a.reachable == (0, 1, 2, 4)
+    assert last.parent == 3 and last.deps == (0,)  # FROM x: the x before it, the second one
+    assert a.reachable == (0, 3, 5)
     assert not a.cross  # the unused $BUILDPLATFORM stage does not count
+    # y copies from x, which by then means the second x, defined after y (seen in the lab:
+    # Docker 20.10's BuildKit copies from it before it is built and fails)
+    with pytest.raises(DockerfileError, match=r"^Dockerfile:5: --from=x refers to a stage that is not before it$"):
+        analyse_text(text, target="y")
+
+
+def test_copy_from_the_stage_it_is_in_is_a_circular_dependency():
+    # seen in the lab: "circular dependency detected on stage: x" (a name used twice is its last stage)
+    with pytest.raises(DockerfileError, match=r"^Dockerfile:4: --from=x: circular dependency"):
+        analyse_text("FROM a AS x\nRUN echo first > /a\nFROM b AS x\nCOPY --from=x /a /a\n")
+
+
+def test_a_mount_from_a_number_is_an_image_not_a_stage_index():
+    # dockerfile2llb's detectRunMount looks mounts up by name only (the lab pulled docker.io/library/0)
+    a = analyse_text("FROM --platform=$BUILDPLATFORM a AS src\nFROM b\nRUN --mount=from=0,target=/m true\n")
+    assert a.stages[1].deps == () and not a.cross
 
 
 def test_target_selects_reachable_stages():
@@ -187,28 +206,49 @@ def test_target_with_a_variant_its_spelling_loses_is_resolved_per_target():
     assert a.platform_of(0, AMD, v6) == parse("linux/arm/v7")
 
 
-def test_copy_from_is_expanded_with_the_stage_args():
-    # BuildKit expands --from with the stage's ARGs (a global one redeclared, or its own default)
+@pytest.mark.parametrize("line,message", [
+    ("COPY --from=${STAGE} /x /x", "Dockerfile:5: COPY --from=${STAGE}: BuildKit does not expand variables in --from"),
+    ("COPY --from=$STAGE /x /x", "Dockerfile:5: COPY --from=$STAGE: BuildKit does not expand variables in --from"),
+    ("COPY --from=build-${TARGETARCH} /x /x", "Dockerfile:5: COPY --from=build-${TARGETARCH}: BuildKit does not"),
+    ("RUN --mount=type=bind,from=${STAGE},target=/t true",
+     "Dockerfile:5: RUN --mount from=${STAGE}: BuildKit does not expand variables in a mount's from"),
+    ("ADD --from=build /x /x", "Dockerfile:5: ADD has no --from flag"),
+])
+def test_a_variable_in_from_is_refused_as_buildkit_refuses_it(line, message):
+    # dockerfile2llb toCommand: "variable expansion is not supported for --from, define a new
+    # stage with FROM using ARG from global scope as a workaround"; instructions.parseMount:
+    # "'from' doesn't support variable expansion, define alias stage instead". Docker 20.10
+    # fails too ("failed to parse stage name "${STAGE}"", seen in the lab): exit 2 before building
+    text = f"ARG STAGE=build\nFROM --platform=$BUILDPLATFORM golang AS build\nRUN go build\nFROM alpine\n{line}\n"
+    with pytest.raises(DockerfileError) as err:
+        analyse_text(text)
+    assert str(err.value).startswith(message) and err.value.exit_code == 2
+
+
+def test_the_global_arg_workaround_names_the_stage():
+    # the supported spelling: a global ARG chooses the stage in FROM, --from names that stage
     text = ("ARG STAGE=build\nFROM --platform=$BUILDPLATFORM golang AS build\nRUN go build\n"
-            "FROM alpine AS a\nARG STAGE\nCOPY --from=${STAGE} /x /x\n"
-            "FROM alpine AS b\nARG FROMSTAGE=build\nCOPY --from=$FROMSTAGE /x /x\n"
-            "FROM alpine AS c\nENV TOOLS=build\nRUN --mount=type=bind,from=${TOOLS},target=/t true\n")
-    for target in ("a", "b", "c"):
-        a = analyse_text(text, target=target)
-        assert a.used[-1].deps == (0,) and a.cross, target
-    assert analyse_text(text, target="a", build_args={"STAGE": "alpine:3"}).used[-1].deps == ()  # an image
+            "FROM golang AS native\nRUN go build\nFROM ${STAGE} AS picked\nFROM alpine\nCOPY --from=picked /x /x\n")
+    a = analyse_text(text)
+    assert a.used[-1].deps == (2,) and a.stages[2].parent == 0 and a.reachable == (0, 2, 3)
+    assert a.cross and a.stages[2].platform == BUILD  # a stage FROM a stage runs on its platform
+    b = analyse_text(text, build_args={"STAGE": "native"})
+    assert b.reachable == (1, 2, 3) and not b.cross
 
 
-def test_copy_from_a_target_dependent_stage_picks_the_stage_per_target():
+def test_a_target_dependent_stage_is_picked_per_target():
+    # FROM builder-${TARGETARCH}: FROM expands the automatic platform ARGs, so each target
+    # builds from its own stage (the documented replacement for --from=builder-$TARGETARCH)
     text = ("FROM --platform=$BUILDPLATFORM a AS builder-amd64\nRUN x\n"
             "FROM --platform=linux/s390x a AS builder-arm64\nRUN y\n"
-            "FROM c\nARG TARGETARCH\nCOPY --from=builder-${TARGETARCH} / /\n")
+            "FROM builder-${TARGETARCH} AS builder\nFROM c\nCOPY --from=builder / /\n")
     a = analyse_text(text)
     assert a.stages[2].deps == (0, 1)  # without a target: every stage it could pick
     node = (AMD, parse("linux/386"))
     # building arm64 picks builder-arm64, pinned to s390x, which this amd64 node cannot run
     assert not a.placement(ARM, node, ()).possible
     assert a.placement(AMD, node, ()).possible  # builder-amd64 runs natively
+    assert a.platform_of(2, AMD, ARM) == S390X  # the picked stage's platform carries over
 
 
 def test_directives_end_at_the_first_unknown_one():
@@ -379,3 +419,66 @@ def test_mutated_dockerfiles_give_an_analysis_or_one_dockerfile_error_line():
             assert exc.exit_code == 2
             outcomes.add("error")
     assert outcomes == {"ok", "error"}  # the mutations reach both
+
+
+def test_plan_says_which_node_was_not_offered_because_of_a_pinned_stage(tmp_path, monkeypatch, capsys):
+    # issue 13 item 2: pi4 runs linux/arm64, but the amd64-pinned stage RUNs and pi4 can neither
+    # run nor emulate amd64, so no strategy offers pi4; the plan (cross@local) says so beside it
+    from archfleet import cli, pipeline
+
+    req, got = _offers(tmp_path, PINNED, ARM, (LOCAL, PI4))
+    options = [o for opts in got.values() for o in opts]
+    why = ("stage build (line 1) RUNs on linux/amd64, which this node neither runs natively nor emulates "
+           "(no qemu-x86_64 handler; `archfleet binfmt --install linux/amd64`)")
+    assert pipeline.not_offered(req, {"local": LOCAL, "pi4": PI4}, options) == ((ARM, "pi4", why),)
+
+    async def probe(hooks, config, session, nodes=None):
+        return {"local": LOCAL, "pi4": PI4}
+
+    monkeypatch.setattr(pipeline, "probe", probe)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("ARCHFLEET_NODES", raising=False)
+    assert cli.main(["plan", "--platform", "linux/arm64", "--format", "json", str(tmp_path)]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["platforms"]
+    assert (entry["strategy"], entry["node"]) == ("cross", "local")
+    assert entry["not_offered"] == [{"node": "pi4", "why": why}]
+    assert cli.main(["plan", "--platform", "linux/arm64", str(tmp_path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "not on pi4" in line)
+    assert row.split() == ["not", "on", "pi4", *why.split()]
+
+
+@pytest.mark.parametrize("text,escape", [
+    ("FROM a\n", "\\"),
+    ("# escape=`\nFROM a\n", "`"),
+    ("\ufeff# escape=`\nFROM a", "`"),  # after a BOM, still a directive
+    ("# foo=bar\n# escape=`\nFROM a\n", "\\"),  # directives end at an unknown one
+    ("# escape=`\n\nFROM a\n", "`"),
+    ("FROM a\nRUN x \\", "\\"),  # a file ending in a continuation does not fool the probe
+    ("# escape=`\nFROM a\nRUN x `", "`"),
+])
+def test_the_escape_character_is_the_one_buildkits_parser_uses(text, escape):
+    from archfleet.dockerfile import _escape_token
+
+    assert _escape_token(text) == escape
+    # and word expansion uses it: `$ is a literal $ only where ` escapes
+    a = analyse_text(text.rstrip("\\` \n") + f"\nFROM img-{escape}$X\n")
+    assert a.stages[-1].base == "img-$X"
+
+
+def test_strategy_cross_is_accepted_for_a_stage_pinned_to_a_platform_of_its_own(tmp_path, monkeypatch, capsys):
+    # the cross strategy offers PINNED on the amd64 node (its pinned stage runs natively there,
+    # as a $BUILDPLATFORM stage would), so --strategy cross must not be refused before probing
+    from archfleet import cli, pipeline
+
+    (tmp_path / "Dockerfile").write_text(PINNED)
+
+    async def probe(hooks, config, session, nodes=None):
+        return {"local": LOCAL, "pi4": PI4}
+
+    monkeypatch.setattr(pipeline, "probe", probe)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("ARCHFLEET_NODES", raising=False)
+    assert cli.main(["plan", "--platform", "linux/arm64", "--strategy", "cross", "--format", "json",
+                     str(tmp_path)]) == 0, capsys.readouterr().err
+    (entry,) = json.loads(capsys.readouterr().out)["platforms"]
+    assert (entry["strategy"], entry["node"]) == ("cross", "local")

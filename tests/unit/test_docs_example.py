@@ -9,7 +9,7 @@ from archfleet.model import BuildRequest, NodeFacts, NodeSpec
 from archfleet.pipeline import offers
 from archfleet.planner import schedule
 from archfleet.platforms import parse
-from archfleet.plugin import make_manager
+from archfleet.manager import make_hooks
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "docs" / "examples" / "fast_pool.py"
@@ -29,9 +29,8 @@ def test_the_page_includes_the_file_and_it_is_30_lines_at_most():
 
 
 def test_the_example_plugin_offers_and_wins_on_fast_nodes():
-    pm = make_manager(load_entrypoints=False)
-    pm.register(load_example(), name="fast-pool")
-    pm.check_pending()
+    hooks = make_hooks(load_entrypoints=False)
+    hooks.register(load_example(), name="fast-pool")
     amd = parse("linux/amd64")
     ctx = REPO / "examples" / "arch-test"
     request = BuildRequest(ctx, ctx / "Dockerfile", [amd])
@@ -41,7 +40,7 @@ def test_the_example_plugin_offers_and_wins_on_fast_nodes():
         "slow": NodeFacts(NodeSpec("slow", transport="test"), True, native=[amd], builder="buildkit",
                           engine_cli=["docker"], cpus=2, score=1.0),
     }
-    options = asyncio.run(offers(pm, request, facts))
+    options = asyncio.run(offers(hooks, request, facts))
     mine = [o for o in options if o.strategy == "fast-pool"]
     assert [o.node for o in mine] == ["fast"]
     plan = schedule([amd], options, {"fast": 1, "slow": 1})

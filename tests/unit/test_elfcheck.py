@@ -1,28 +1,6 @@
-import io
-import struct
-import tarfile
-
 from archfleet.elfcheck import LayerIndex, elf_arch
 
-
-def elf(machine: int, elf_class: int = 2, little: bool = True) -> bytes:
-    head = b"\x7fELF" + bytes([elf_class, 1 if little else 2, 1]) + b"\0" * 9
-    return head + struct.pack("<H" if little else ">H", 2) + struct.pack("<H" if little else ">H", machine) + b"\0" * 40
-
-
-def layer(files: dict[str, bytes | str]) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            if isinstance(content, str):
-                info.type, info.linkname = tarfile.SYMTYPE, content
-                tar.addfile(info)
-            else:
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-    buf.seek(0)
-    return buf
+from images import elf, layer
 
 
 def test_elf_machines():
@@ -53,12 +31,14 @@ def test_whiteout_hides_lower_file():
 
 def test_a_layer_scanned_once_is_not_fetched_again(tmp_path, monkeypatch):
     """The base layer is read for the first image only; the second image (same base, new top
-    layer) fetches just its top layer, and still finds the program in the cached base."""
+    layer) fetches just its top layer, and still finds the program in the cached base. The scans
+    are kept by the learn stage, from what verification returned: verification writes nothing."""
     import asyncio
     import hashlib
     import json
 
     from archfleet import index, layercache
+    from archfleet.learn import Lessons, keep
 
     monkeypatch.setattr(layercache, "_dir", lambda: tmp_path / "layers")
     blobs = {}
@@ -79,8 +59,13 @@ def test_a_layer_scanned_once_is_not_fetched_again(tmp_path, monkeypatch):
     config = {"config": {"Cmd": ["uname", "-m"], "Env": ["PATH=/bin"]}}
     for n in range(2):
         top = put(layer({f"round-{n}": b"x" * 100}).getvalue())
-        got = asyncio.run(index.program_architecture(Registry(), None, {"layers": [base, top]}, config))
-        assert got == ("uname", "arm64")
+        program, arch, scans = asyncio.run(index.program_architecture(Registry(), None, {"layers": [base, top]},
+                                                                      config))
+        assert (program, arch) == ("uname", "arm64")
+        assert [s.digest for s in scans] == [top["digest"], base["digest"]][:2 - n]  # the base only the first time
+        if n == 0:
+            assert not (tmp_path / "layers").exists()  # nothing written until the learn stage
+        keep(Lessons(scans=scans))
     assert fetched.count(base["digest"]) == 1 and len(fetched) == 3
     assert json.loads((tmp_path / "layers" / f"sha256-{base['digest'][7:]}.json").read_text())["entries"]
 

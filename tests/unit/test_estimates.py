@@ -7,10 +7,10 @@ import attrs
 
 from archfleet.history import History, view_for
 from archfleet.model import BuildRequest, NodeFacts, NodeSpec, PlatformResult
-from archfleet.pipeline import offers
-from archfleet.planner import node_speed, refine, schedule
+from archfleet.pipeline import estimates, offers
+from archfleet.planner import node_speed, schedule
 from archfleet.platforms import parse
-from archfleet.plugin import make_manager
+from archfleet.manager import make_hooks
 
 EXAMPLE = Path(__file__).resolve().parent.parent.parent / "examples" / "arch-test"
 ARM, AMD = parse("linux/arm64"), parse("linux/amd64")
@@ -19,7 +19,7 @@ ARM, AMD = parse("linux/arm64"), parse("linux/amd64")
 def lab(local_load: float = 0.0) -> dict[str, NodeFacts]:
     local = NodeFacts(NodeSpec("local"), True, native=[AMD], emulated=[ARM], builder="buildkit",
                       engine_cli=["docker"], cpus=2, score=1.0, load=local_load)
-    board = NodeFacts(NodeSpec("armvm", transport="ssh", host="127.0.0.1"), True, native=[ARM], builder="buildkit",
+    board = NodeFacts(NodeSpec("armvm", transport="ssh", settings={"host": "127.0.0.1"}), True, native=[ARM], builder="buildkit",
                       engine_cli=["docker"], cpus=2, score=0.045)
     return {"local": local, "armvm": board}
 
@@ -30,11 +30,11 @@ def plan_arm64(tmp_path, record=(), local_load=0.0):
     history_path = tmp_path / "h.sqlite"
     view = view_for(request, history_path)
     for node, strategy, seconds in record:
-        option = next(o for o in asyncio.run(offers(make_manager(), request, facts))
+        option = next(o for o in asyncio.run(offers(make_hooks(), request, facts))
                       if (o.node, o.strategy) == (node, strategy))
         result = PlatformResult(ARM, option, seconds)
         view.record(result, speed=node_speed(facts[node]))
-    options = refine(make_manager(), asyncio.run(offers(make_manager(), request, facts)), request, facts,
+    options = estimates(make_hooks(), asyncio.run(offers(make_hooks(), request, facts)), request, facts,
                      view_for(attrs.evolve(request, build_args=[("N", "other")]), history_path))
     return schedule([ARM], options, {"local": 2, "armvm": 1})
 
@@ -86,12 +86,12 @@ def test_context_transfer_uses_the_measured_link_rate(tmp_path):
     (ctx / "Dockerfile").write_text("FROM scratch\nCOPY blob /\n")
     (ctx / "blob").write_bytes(os.urandom(8_000_000))
     request = BuildRequest(ctx, ctx / "Dockerfile", [AMD])
-    spec = NodeSpec("far", transport="ssh", host="10.0.0.9")
+    spec = NodeSpec("far", transport="ssh", settings={"host": "10.0.0.9"})
 
     def estimate(link_rate):
         facts = {"far": NodeFacts(spec, True, native=[AMD], builder="buildkit", engine_cli=["docker"], cpus=2,
                                   score=1.0, link_rate=link_rate)}
-        options = refine(make_manager(), asyncio.run(offers(make_manager(), request, facts)), request, facts,
+        options = estimates(make_hooks(), asyncio.run(offers(make_hooks(), request, facts)), request, facts,
                          view_for(request, tmp_path / "h.sqlite"))
         return next(o for o in options if o.strategy == "native")
 

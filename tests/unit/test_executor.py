@@ -8,8 +8,8 @@ from archfleet.platforms import parse
 
 
 def executor(busy=(), max_builds=2):
-    facts = {"n": NodeFacts(NodeSpec("n", transport="ssh", host="h", max_builds=max_builds), True, busy=busy)}
-    return Executor(None, None, facts, None)
+    facts = {"n": NodeFacts(NodeSpec("n", transport="ssh", settings={"host": "h"}, max_builds=max_builds), True, busy=busy)}
+    return Executor(None, facts, None, connect=None, run_option=None, replan=None)
 
 
 def test_free_node_has_no_wait():

@@ -10,9 +10,8 @@ import pytest
 
 from archfleet import pipeline
 from archfleet.errors import BuildFailed, PlatformsFailed
-from archfleet.executor import Executor
 
-from stubs import AMD, ARM, S390, Recorder, StubTransport, facts, fails, manager, ok, option, plan, request, slow
+from stubs import AMD, ARM, S390, Recorder, StubTransport, executor, facts, fails, ok, option, plan, request, slow
 
 FAIL_LINES = ("#5 0.1 Connection refused",
               "executor failed running [/bin/sh -c echo Connection refused && exit 1]: exit code: 1")
@@ -21,8 +20,8 @@ FAIL_LINES = ("#5 0.1 Connection refused",
 def run(transports, chosen, options=None, **req):
     reporter = Recorder()
     platforms = tuple(o.platform for o in chosen)
-    ex = Executor(manager(transports), request(*platforms, **req), facts(*transports), reporter)
-    outcome = asyncio.run(ex.run(plan(*chosen), list(options or chosen)))
+    ex = executor(transports, request(*platforms, **req), facts(*transports), reporter, list(options or chosen))
+    outcome = asyncio.run(ex.run(plan(*chosen)))
     return outcome, reporter, ex
 
 
@@ -107,8 +106,8 @@ def test_a_reporter_that_raises_does_not_fail_the_build(capsys):
             return method
 
     n1 = StubTransport("n1", ok(["#5 [2/2] RUN sed -i s/[/]/-/g /etc/motd"]))
-    ex = Executor(manager({"n1": n1}), request(AMD), facts("n1"), Broken())
-    outcome = asyncio.run(ex.run(plan(option(AMD, "n1")), [option(AMD, "n1")]))
+    ex = executor({"n1": n1}, request(AMD), facts("n1"), Broken(), [option(AMD, "n1")])
+    outcome = asyncio.run(ex.run(plan(option(AMD, "n1"))))
     assert outcome.failures == () and [r.platform for r in outcome.results] == [AMD]
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("archfleet: warning: progress output failed")

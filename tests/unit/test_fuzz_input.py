@@ -35,7 +35,7 @@ def sandbox(tmp_path, monkeypatch):
     (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")  # no $BUILDPLATFORM stage
     (tmp_path / "key").write_text("not really a key\n")
 
-    async def probe(pm, config, nodes=None):  # an amd64 node, so offers and pins can be checked
+    async def probe(hooks, config, session, nodes=None):  # an amd64 node, so offers and pins can be checked
         node = NodeSpec("local", max_builds=2)
         return {"local": NodeFacts(node, True, native=(parse("linux/amd64"), parse("linux/386")),
                                    builder="buildkit", cpus=2, score=1.0)}

@@ -21,12 +21,36 @@ def test_past_prefers_this_context_then_project(tmp_path):
     assert (got.seconds, got.runs, got.basis) == (4.5, 2, "this context")
 
 
-def test_after_two_builds_the_estimate_is_within_20_percent(tmp_path):
+def past(h):
+    return h.past(context_key="c1", project_key="p1", platform="linux/arm64", strategy="qemu", node="local")
+
+
+def test_the_estimate_is_the_median_not_the_mean_first_or_last(tmp_path):
+    """concepts.md: "from history ... (median of the last runs)". 10, 30, 100 s: the median is
+    30; the mean (46.7), the first (10) and the last (100) are all different."""
     h = History(tmp_path / "h.sqlite")
-    for took in (20.0, 22.0):
+    for took in (10.0, 30.0, 100.0):
         rec(h, took)
-    got = h.past(context_key="c1", project_key="p1", platform="linux/arm64", strategy="qemu", node="local")
-    assert abs(got.seconds - 22.0) / 22.0 <= 0.2
+    got = past(h)
+    assert (got.seconds, got.runs, got.basis) == (30.0, 3, "this context")
+
+
+def test_only_the_last_three_runs_of_this_context_count(tmp_path):
+    """An old 1000 s run, then 10, 30, 100: the last three give 30 (all four would give 20)."""
+    h = History(tmp_path / "h.sqlite")
+    for took in (1000.0, 10.0, 30.0, 100.0):
+        rec(h, took)
+    assert (past(h).seconds, past(h).runs) == (30.0, 3)
+
+
+def test_only_the_last_five_runs_of_this_project_count(tmp_path):
+    """Without a run of this context, the project's last five (each another context) count:
+    1000, 1000, then 10, 20, 30, 90, 100 give 30 (their mean is 50; all seven would give 90)."""
+    h = History(tmp_path / "h.sqlite")
+    for i, took in enumerate((1000.0, 1000.0, 10.0, 20.0, 30.0, 90.0, 100.0)):
+        rec(h, took, context_key=f"old-{i}")
+    got = past(h)
+    assert (got.seconds, got.runs, got.basis) == (30.0, 5, "this project")
 
 
 def test_failures_do_not_count_and_qemu_factor_is_learned(tmp_path):

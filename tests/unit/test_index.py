@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -6,7 +7,6 @@ from archfleet import mediatypes
 from archfleet.index import assemble
 from archfleet.model import ChildImage
 from archfleet.platforms import parse
-from archfleet.registry import sha256_digest
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
@@ -27,9 +27,37 @@ def test_any_oci_child_makes_an_oci_index():
     assert mt == mediatypes.OCI_INDEX
 
 
-def test_assembly_is_deterministic_so_the_digest_is():
-    children = [ChildImage(parse("linux/amd64"), D1, mediatypes.DOCKER_MANIFEST, 1)]
-    assert sha256_digest(assemble(children)[0]) == sha256_digest(assemble(children)[0])
+ASSEMBLE = """
+import sys
+from archfleet import mediatypes
+from archfleet.index import assemble
+from archfleet.model import ChildImage
+from archfleet.platforms import parse
+children = [ChildImage(parse(p), d, mt, int(n)) for p, d, mt, n in (a.split(",") for a in sys.argv[1:])]
+sys.stdout.buffer.write(assemble(children)[0])
+"""
+
+
+def test_assembly_is_byte_for_byte_the_same_in_another_process():
+    """The index digest is what the tags point at: the same children give the same bytes in a
+    fresh interpreter with other hash seeds (set and dict order, platform objects made anew).
+    The children are listed in the order given: the pipeline gives them in --platform order
+    (test_publish_flow checks that completion order does not change it)."""
+    import subprocess
+    import sys
+
+    children = [ChildImage(parse("linux/arm/v7"), D2, mediatypes.OCI_MANIFEST, 501),
+                ChildImage(parse("linux/amd64"), D1, mediatypes.DOCKER_MANIFEST, 500)]
+    here = assemble(children)[0]
+    args = [f"{c.platform},{c.digest},{c.media_type},{c.size}" for c in children]
+    for seed in ("0", "1", "4242"):
+        there = subprocess.run([sys.executable, "-c", ASSEMBLE, *args], capture_output=True, check=True,
+                               env={**os.environ, "PYTHONHASHSEED": seed}, timeout=60).stdout
+        assert there == here
+    assert [m["platform"]["architecture"] for m in json.loads(here)["manifests"]] == ["arm", "amd64"]
+    reordered = assemble(children[::-1])[0]
+    assert reordered != here and sorted(json.loads(reordered)["manifests"], key=str) == \
+        sorted(json.loads(here)["manifests"], key=str)
 
 
 def test_duplicate_platform_refused():
@@ -42,8 +70,8 @@ def test_duplicate_platform_refused():
 
 import asyncio
 import base64
-import os
 
+import attrs
 import httpx
 
 from archfleet.errors import RegistryRefused
@@ -51,7 +79,7 @@ from archfleet.index import push_index
 from archfleet.reference import parse_reference
 from archfleet.registry import RegistryClient
 
-from fakeregistry import FakeRegistry
+from fakeregistry import FakeRegistry, digest_of
 
 HOST = "registry.test"
 CONFIG = {"auths": {HOST: {"auth": base64.b64encode(b"alice:s3cret").decode()}}}
@@ -138,12 +166,67 @@ def test_stage_index_moves_no_tag_and_move_tags_moves_them_all():
 
     async def go():
         async with RegistryClient(transport=httpx.MockTransport(fake), docker_config=CONFIG) as c:
-            digest, body, media_type = await stage_index(c, parse_reference(f"{HOST}/src"), children, tags)
+            got = await stage_index(c, parse_reference(f"{HOST}/src"), children, tags)
             staged = {key for key in fake.manifests if not key[1].startswith("sha256:")}
-            await move_tags(c, tags, body, media_type)
-            return digest, staged
+            await move_tags(c, tags, got.body, got.media_type)
+            return got.digest, staged
 
     digest, staged = asyncio.run(go())
     assert staged == set()  # staging touched no tag
     assert {("a", digest), ("src", digest)} <= set(fake.manifests)
     assert fake.manifests[("a", "1")][0] == fake.manifests[("src", "1")][0] == fake.manifests[("a", digest)][0]
+
+
+# -- annotations, attestations, child tags (issue 15) ----------------------------------------------
+
+
+def test_annotations_go_on_the_index_and_on_the_named_descriptors_and_make_it_oci():
+    """buildx's places: index: on the index, manifest-descriptor[P]: on P's entry only."""
+    from archfleet.model import Annotation
+
+    children = [ChildImage(parse("linux/amd64"), D1, mediatypes.DOCKER_MANIFEST, 1),
+                ChildImage(parse("linux/arm64"), D2, mediatypes.DOCKER_MANIFEST, 1)]
+    body, mt = assemble(children, [Annotation("index", "org.opencontainers.image.title", "t"),
+                                   Annotation("manifest-descriptor", "lane", "slow", parse("linux/arm64")),
+                                   Annotation("manifest", "ignored.here", "x")])
+    doc = json.loads(body)
+    assert mt == doc["mediaType"] == mediatypes.OCI_INDEX
+    assert doc["annotations"] == {"org.opencontainers.image.title": "t"}
+    assert "annotations" not in doc["manifests"][0] and doc["manifests"][1]["annotations"] == {"lane": "slow"}
+    assert assemble(children, [Annotation("manifest", "k", "v")])[1] == mediatypes.DOCKER_LIST  # nothing for the list
+
+
+def test_attestations_follow_every_child_in_the_index_as_written():
+    att = {"mediaType": mediatypes.OCI_MANIFEST, "digest": "sha256:" + "a" * 64, "size": 5,
+           "annotations": {"vnd.docker.reference.digest": D1, "vnd.docker.reference.type": "attestation-manifest"},
+           "platform": {"architecture": "unknown", "os": "unknown"}}
+    children = [ChildImage(parse("linux/amd64"), D1, mediatypes.OCI_MANIFEST, 1, attestations=(json.dumps(att),)),
+                ChildImage(parse("linux/arm64"), D2, mediatypes.OCI_MANIFEST, 1)]
+    doc = json.loads(assemble(children)[0])
+    assert [m["digest"] for m in doc["manifests"]] == [D1, D2, att["digest"]] and doc["manifests"][2] == att
+
+
+def test_child_tags_move_after_staging_before_the_tags_in_every_repository():
+    """--child-tags: each child also gets its tag in every -t tag's repository, moved with the tags
+    (after verification), before the -t tags; nothing moves while staging."""
+    from archfleet.index import move_tags, stage_index
+
+    fake = FakeRegistry(HOST)
+    children = [attrs.evolve(c, repository=f"{HOST}/src") for c in _two_children(fake)]
+    tags = [parse_reference(f"{HOST}/src:1"), parse_reference(f"{HOST}/a:2")]
+
+    async def go():
+        async with RegistryClient(transport=httpx.MockTransport(fake), docker_config=CONFIG) as c:
+            staged = await stage_index(c, parse_reference(f"{HOST}/src"), children, tags,
+                                       child_tags="{tag}-{arch}")
+            moved = [e for e in fake.events if e[0] == "manifest" and not e[2].startswith("sha256:")]
+            await move_tags(c, tags, staged.body, staged.media_type, first=staged.child_tags)
+            return staged, moved
+
+    staged, moved_while_staging = asyncio.run(go())
+    assert moved_while_staging == []
+    order = [(repo, ref) for kind, repo, ref in fake.events if kind == "manifest" and not ref.startswith("sha256:")]
+    assert order == [("src", "1-amd64"), ("src", "1-arm64"), ("a", "2-amd64"), ("a", "2-arm64"),
+                     ("src", "1"), ("a", "2")]
+    for repo, tag, child in (("src", "1-amd64", children[0]), ("a", "2-arm64", children[1])):
+        assert digest_of(fake.manifests[(repo, tag)][0]) == child.digest

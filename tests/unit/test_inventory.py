@@ -5,6 +5,7 @@ import pytest
 from pathlib import Path
 
 from archfleet.errors import UsageError
+from archfleet.plugins.ssh import KEYS as SSH_KEYS
 from archfleet.inventory import find_nodes_file, load_nodes_file
 
 GOOD = """\
@@ -29,13 +30,14 @@ def write(tmp_path, text):
 
 
 def test_good_file(tmp_path):
-    nodes = load_nodes_file(write(tmp_path, GOOD))
+    nodes = load_nodes_file(write(tmp_path, GOOD), {"ssh": SSH_KEYS})
     local, pi = nodes
     assert local.transport == "local" and not local.enabled
-    assert (pi.name, pi.host, pi.port, pi.user, str(pi.arch), pi.max_builds) == ("pi4", "192.0.2.10", 2222, "builder",
-                                                                                 "linux/arm64", 1)
+    assert (pi.name, str(pi.arch), pi.max_builds) == ("pi4", "linux/arm64", 1)
+    # the transport's own keys, validated with the keys its plugin declares, in the settings
+    assert (pi.setting("host"), pi.setting("port"), pi.setting("user")) == ("192.0.2.10", 2222, "builder")
     assert pi.labels == (("site", "lab"),) and pi.source.endswith("nodes.toml:5")
-    assert pi.host_key_policy == "strict"
+    assert pi.setting("host_key_policy") == "strict"
 
 
 @pytest.mark.parametrize("text,line,needle", [
@@ -46,7 +48,7 @@ def test_good_file(tmp_path):
     ('[nodes.a]\nhost = "h"\n\n[nodes.a]\nhost = "i"\n', 4, "defined twice"),
     ('[nodes.a]\nhost = "h"\nmax_builds = 0\n', 3, "key 'max_builds'"),
     ('[nodes.a]\nhost = "h"\nenabled = "yes"\n', 3, "key 'enabled': expected true or false"),
-    ('[nodes.a]\nhost = "h"\nidentity = "/nonexistent/key"\n', 3, "cannot read key file"),
+    ('[nodes.a]\nhost = "h"\nidentity = "/nonexistent/key"\n', 3, "cannot read file"),
     ('[nodes.a]\nhost = "h"\narch = "linux/arm65"\n', 3, "key 'arch'"),
     ('[nodes.a]\nhost = "$(id)"\n', 2, "key 'host'"),
     ('[nodes.a]\nhost = "-oProxyCommand=x"\n', 2, "key 'host'"),
@@ -59,7 +61,7 @@ def test_good_file(tmp_path):
 def test_errors_name_file_line_and_key(tmp_path, text, line, needle):
     path = write(tmp_path, text)
     with pytest.raises(UsageError) as err:
-        load_nodes_file(path)
+        load_nodes_file(path, {"ssh": SSH_KEYS})
     message = str(err.value)
     assert message.startswith(f"{path}:{line}: "), message
     assert needle in message
@@ -102,11 +104,11 @@ def test_working_directory_nodes_toml_is_ignored_and_said_so(tmp_path, monkeypat
     monkeypatch.delenv("ARCHFLEET_NODES", raising=False)
     (tmp_path / "nodes.toml").write_text(HOSTILE)
     notes = []
-    config = make_config(note=notes.append)
+    config = make_config(keys={"ssh": SSH_KEYS}, note=notes.append)
     assert config.nodes_file is None and config.file_nodes == ()
     assert notes == ["./nodes.toml is not read unless you name it (it can run programs): pass --nodes nodes.toml "
                      "or set $ARCHFLEET_NODES if you trust it"]
-    named = make_config("nodes.toml", note=notes.append)  # named: trusted, and no note
+    named = make_config("nodes.toml", keys={"ssh": SSH_KEYS}, note=notes.append)  # named: trusted, and no note
     assert named.file_node("local").docker_host == "tcp://192.0.2.66:2375" and len(notes) == 1
 
 
@@ -125,9 +127,9 @@ def test_a_special_nodes_toml_in_the_working_directory_neither_hangs_nor_crashes
 
 def test_relative_engine_cli_is_relative_to_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir("/")
-    nodes = load_nodes_file(write(tmp_path, HOSTILE))
+    nodes = load_nodes_file(write(tmp_path, HOSTILE), {"ssh": SSH_KEYS})
     assert nodes[0].engine_cli == str(tmp_path / "tools" / "docker")
-    bare = load_nodes_file(write(tmp_path, '[nodes.local]\nengine_cli = "docker"\n'))
+    bare = load_nodes_file(write(tmp_path, '[nodes.local]\nengine_cli = "docker"\n'), {"ssh": SSH_KEYS})
     assert bare[0].engine_cli == "docker"  # a command name is looked up on PATH, as before
 
 
@@ -144,7 +146,7 @@ def test_files_others_can_change_are_refused(tmp_path, mode, owner, group, needl
         os.chown(path, -1 if owner is None else owner, -1 if group is None else group)
     path.chmod(mode)
     with pytest.raises(UsageError) as err:
-        load_nodes_file(path)
+        load_nodes_file(path, {"ssh": SSH_KEYS})
     assert str(err.value) == (f"{path}: refusing a nodes file {needle} (it can run programs); "
                               "chmod go-w it or copy it to a file of your own")
 
@@ -160,16 +162,16 @@ def test_group_writable_in_a_user_private_group_is_fine(tmp_path):
     path = write(tmp_path, GOOD)
     os.chown(path, -1, me.pw_gid)
     path.chmod(0o664)
-    assert len(load_nodes_file(path)) == 2
+    assert len(load_nodes_file(path, {"ssh": SSH_KEYS})) == 2
 
 
 def test_non_regular_files_are_refused_without_blocking(tmp_path):
     fifo = tmp_path / "fifo.toml"
     os.mkfifo(fifo)
     with pytest.raises(UsageError, match="not a regular file"):
-        load_nodes_file(fifo)  # O_NONBLOCK: opening a FIFO with no writer does not hang
+        load_nodes_file(fifo, {"ssh": SSH_KEYS})  # O_NONBLOCK: opening a FIFO with no writer does not hang
     with pytest.raises(UsageError, match="not a regular file"):
-        load_nodes_file(tmp_path)
+        load_nodes_file(tmp_path, {"ssh": SSH_KEYS})
 
 
 # --- encodings and values (findings 16, 18) ----------------------------------------------------
@@ -178,14 +180,14 @@ def test_not_utf8_names_file_line_and_byte(tmp_path):
     path = tmp_path / "nodes.toml"
     path.write_bytes(b'[nodes.a]\nhost = "h"\n# caf\xe9\n')
     with pytest.raises(UsageError) as err:
-        load_nodes_file(path)
+        load_nodes_file(path, {"ssh": SSH_KEYS})
     assert str(err.value) == f"{path}:3: not UTF-8 at byte 26; TOML files are UTF-8"
 
 
 def test_a_bom_is_accepted(tmp_path):
     path = tmp_path / "nodes.toml"
     path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
-    assert len(load_nodes_file(path)) == 2
+    assert len(load_nodes_file(path, {"ssh": SSH_KEYS})) == 2
 
 
 @pytest.mark.parametrize("value,ok", [
@@ -204,11 +206,11 @@ def test_a_bom_is_accepted(tmp_path):
 def test_docker_host_is_unix_path_or_tcp_host_port(tmp_path, value, ok):
     text = f'[nodes.a]\nhost = "h"\ndocker_host = "{value}"\n'
     if ok:
-        assert load_nodes_file(write(tmp_path, text))[0].docker_host == value
+        assert load_nodes_file(write(tmp_path, text), {"ssh": SSH_KEYS})[0].docker_host == value
     else:
         with pytest.raises(UsageError, match=r":3: node 'a' key 'docker_host': expected unix:///absolute/path "
                                              r"or tcp://host:port"):
-            load_nodes_file(write(tmp_path, text))
+            load_nodes_file(write(tmp_path, text), {"ssh": SSH_KEYS})
 
 
 @pytest.mark.parametrize("text,line,needle", [
@@ -222,11 +224,11 @@ def test_docker_host_is_unix_path_or_tcp_host_port(tmp_path, value, ok):
 def test_values_with_control_characters_or_other_oses(tmp_path, text, line, needle):
     path = write(tmp_path, text)
     with pytest.raises(UsageError) as err:
-        load_nodes_file(path)
+        load_nodes_file(path, {"ssh": SSH_KEYS})
     assert str(err.value).startswith(f"{path}:{line}: ") and needle in str(err.value)
 
 
 def test_deeply_nested_toml_is_one_line(tmp_path):
     path = write(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(UsageError, match="not valid TOML: nested too deeply"):
-        load_nodes_file(path)
+        load_nodes_file(path, {"ssh": SSH_KEYS})

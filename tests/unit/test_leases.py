@@ -9,11 +9,12 @@ import pytest
 from archfleet import leases
 from archfleet.model import NodeSpec
 from archfleet.probe import FACTS_SCRIPT, parse_facts
-from archfleet.transport import LocalTransport
+from archfleet.transport import CommandNode, LocalTransport
 
 
-class ShellTransport(LocalTransport):
-    """Runs the scripts as an SSH node would (not a LocalTransport to the lease code)."""
+class ShellTransport(CommandNode, LocalTransport):
+    """Runs the lease scripts through ``run`` as an SSH node's transport does (its lease store is
+    CommandNode's ShellLeases, not the local file-system one)."""
 
 
 def test_remaining_and_staleness():
@@ -29,8 +30,8 @@ def test_remaining_and_staleness():
 
 
 def test_shell_path_take_probe_drop(tmp_path, monkeypatch):
-    node = NodeSpec("n1", transport="ssh", host="10.0.0.1", docker_host="unix:///run/n1.sock")
-    other = NodeSpec("n2", transport="ssh", host="10.0.0.1", docker_host="unix:///run/n2.sock")
+    node = NodeSpec("n1", transport="ssh", settings={"host": "10.0.0.1"}, docker_host="unix:///run/n1.sock")
+    other = NodeSpec("n2", transport="ssh", settings={"host": "10.0.0.1"}, docker_host="unix:///run/n2.sock")
     root = str(tmp_path / "leases")
     t = ShellTransport("n1")
 
@@ -78,31 +79,53 @@ def test_a_foreign_or_broken_lease_is_ignored(tmp_path):
 
 
 def test_a_failing_transport_never_fails_the_build():
-    class Broken:
+    class Broken(CommandNode):  # a node reached by commands that no longer answers
         async def run(self, *a, **k):
             raise ConnectionError("gone")
 
-    node = NodeSpec("n1", transport="ssh", host="h")
+    node = NodeSpec("n1", transport="ssh", settings={"host": "h"})
     assert asyncio.run(leases.take(Broken(), node, 5.0)) is None
     asyncio.run(leases.drop(Broken(), node, "x"))
 
 
 def test_held_lease_is_renewed_then_dropped(tmp_path, monkeypatch):
-    """Both paths: the heartbeat moves on while held, and nothing is left after release."""
-    monkeypatch.setattr(leases, "HEARTBEAT", 0.05)
-    node = NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///x.sock")
+    """Both paths: the heartbeat moves on while held, and nothing is left after release.
+
+    Deterministic: the heartbeat's wait is a queue the test feeds one tick at a time, and the
+    test waits for the beat that tick started to finish (a timeout bounds a hang, it never
+    orders anything)."""
+    HEARTBEAT = 12345.0  # a wait only the lease's renewal uses
+    monkeypatch.setattr(leases, "HEARTBEAT", HEARTBEAT)
+    node = NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///x.sock")
     root = str(tmp_path)
     d = tmp_path / leases.engine_key(node)
+    real_sleep, real_beat = asyncio.sleep, leases.beat
 
     async def scenario(transport):
+        ticks, beats = asyncio.Queue(), asyncio.Queue()
+
+        async def sleep(seconds, *args):
+            if seconds == HEARTBEAT:
+                await ticks.get()
+            else:
+                await real_sleep(seconds, *args)
+
+        async def beat(*args, **kwargs):
+            await real_beat(*args, **kwargs)
+            beats.put_nowait(1)
+
+        monkeypatch.setattr(asyncio, "sleep", sleep)
+        monkeypatch.setattr(leases, "beat", beat)
         held = leases.Held(transport, node, 30.0, root=root)
-        await asyncio.sleep(0.2)
-        (lease,) = [p for p in d.iterdir() if not p.name.startswith(".")]
-        start, estimate, beat = lease.read_text().split()
-        assert float(estimate) == 30.0 and int(beat) >= int(start)
-        lease.write_text(f"{start} {estimate} 0\n")  # as if the beat were ancient
-        await asyncio.sleep(0.5)
+        name = await asyncio.wait_for(asyncio.shield(held._taking), 10)  # the lease is taken
+        lease = d / name
+        start, estimate, beat_at = lease.read_text().split()
+        assert float(estimate) == 30.0 and int(beat_at) >= int(start)
+        lease.write_text(f"{start} {estimate} 0\n")  # as if the beat were ancient; no beat runs now
+        ticks.put_nowait(None)  # one heartbeat period passes
+        await asyncio.wait_for(beats.get(), 10)
         assert int(lease.read_text().split()[2]) > 0  # renewed
+        assert beats.empty()  # one tick, one beat
         await held.release()
         assert list(d.iterdir()) == []
 
@@ -113,7 +136,7 @@ def test_held_lease_is_renewed_then_dropped(tmp_path, monkeypatch):
 def test_taking_a_lease_sweeps_dead_ones(tmp_path):
     import os
 
-    for transport, node in ((ShellTransport("n1"), NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///n1.sock")),
+    for transport, node in ((ShellTransport("n1"), NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///n1.sock")),
                             (LocalTransport(), NodeSpec("local"))):
         d = tmp_path / leases.engine_key(node)
         d.mkdir(exist_ok=True)
@@ -125,7 +148,7 @@ def test_taking_a_lease_sweeps_dead_ones(tmp_path):
 
 
 def test_others_leaves_out_this_process_leases(tmp_path):
-    for transport, node in ((ShellTransport("n1"), NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///o.sock")),
+    for transport, node in ((ShellTransport("n1"), NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///o.sock")),
                             (LocalTransport(), NodeSpec("local"))):
         root = str(tmp_path)
         d = tmp_path / leases.engine_key(node)
@@ -147,13 +170,14 @@ import math
 import os
 import stat
 import threading
+from pathlib import Path
 
 from archfleet.executor import Executor
 from archfleet.model import NodeFacts, Option
 from archfleet.platforms import parse as parse_platform
 
 PATHS = [
-    pytest.param(ShellTransport, NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///n1.sock"),
+    pytest.param(ShellTransport, NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///n1.sock"),
                  id="node-script"),
     pytest.param(LocalTransport, NodeSpec("local"), id="local"),
 ]
@@ -243,6 +267,41 @@ def test_a_lease_root_that_is_a_file_sends_leases_private(tmp_path, private_root
     assert (tmp_path / "leases").read_text() == "not a directory\n"
 
 
+class NodeShell(CommandNode):
+    """A transport the lease code does not take for the local one (ShellTransport is a
+    LocalTransport to it): the node-side scripts run, here, through sh."""
+
+    def __init__(self, node: str = "n1"):
+        self.node = node
+        self._sh = LocalTransport(node)
+
+    async def run(self, argv, **kwargs):
+        return await self._sh.run(argv, **kwargs)
+
+
+@pytest.mark.parametrize("xdg_cache", [True, False])
+@pytest.mark.parametrize("transport_cls,node", [
+    pytest.param(NodeShell, NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///n1.sock"),
+                 id="node-script"),
+    pytest.param(LocalTransport, NodeSpec("local"), id="local"),
+])
+def test_without_a_runtime_dir_leases_go_to_the_cache_dirs_leases(tmp_path, monkeypatch, transport_cls, node,
+                                                                   xdg_cache):
+    """No usable $XDG_RUNTIME_DIR: the private root is leases/ in archfleet's cache dir
+    (archfleet.cachedir: $XDG_CACHE_HOME/archfleet, else ~/.cache/archfleet), the same place on
+    the local path and in the node-side script."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    if xdg_cache:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        where = tmp_path / "xdg" / "archfleet" / "leases"
+    else:
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        where = Path(os.environ["HOME"]) / ".cache" / "archfleet" / "leases"  # the fixture's own HOME
+    (tmp_path / "leases").write_text("not a directory\n")
+    lease_life(transport_cls("n1"), node, tmp_path / "leases", where=where)
+    assert stat.S_IMODE(where.stat().st_mode) == 0o700
+
+
 @root_only
 @pytest.mark.parametrize("level", ["root", "engine dir"])
 @pytest.mark.parametrize("transport_cls,node", PATHS)
@@ -326,19 +385,19 @@ def test_reading_local_leases_runs_off_the_event_loop(tmp_path, monkeypatch):
     node = NodeSpec("local")
     hostile_engine_dir(tmp_path, node)
     threads = []
-    real = leases.read_local
+    real = leases._read_key
 
     def spy(*args, **kwargs):
         threads.append(threading.current_thread() is threading.main_thread())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(leases, "read_local", spy)
+    monkeypatch.setattr(leases, "_read_key", spy)
     got = asyncio.run(asyncio.wait_for(leases.others(LocalTransport(), node, root=str(tmp_path)), 15))
     assert got == (pytest.approx(40.0, abs=1.1),) and threads == [False]
 
 
 def test_the_probe_script_skips_what_is_not_a_regular_file(tmp_path):
-    node = NodeSpec("n1", transport="ssh", host="h", docker_host="unix:///n1.sock")
+    node = NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///n1.sock")
     hostile_engine_dir(tmp_path, node)
 
     async def probe():
@@ -388,9 +447,15 @@ def test_the_wait_for_other_runs_is_capped():
     assert leases.wait_limit((math.inf,), 10.0) == 60.0
 
 
-def test_the_executor_builds_anyway_at_the_cap(monkeypatch):
-    """Rule: slots another run holds "for a day" (or forever) delay a build by at most the cap
-    (300 s here, on a fake clock), then it builds and says so."""
+@pytest.mark.parametrize("busy,waited", [
+    ((86400.0, 86400.0), 300.0),  # held "for a day": the cap
+    ((100.0, 100.0), 200.0),      # twice the longest wait the probe saw
+    ((10.0, 10.0), 60.0),         # a minute at least
+])
+def test_the_executor_builds_anyway_at_the_cap(monkeypatch, busy, waited):
+    """Rule (concepts.md "The plan"): while other runs hold every slot, a build waits at most
+    twice the longest wait the probe saw, a minute at least, never past the cap (300 s here),
+    then builds and says so. The slots never free here (a fake clock)."""
     clock = [1000.0]
     real_sleep = asyncio.sleep
 
@@ -399,7 +464,7 @@ def test_the_executor_builds_anyway_at_the_cap(monkeypatch):
         await real_sleep(0)
 
     async def full(transport, node, root=None):
-        return (86400.0, 86400.0)
+        return busy
 
     monkeypatch.setattr("archfleet.executor.time.monotonic", lambda: clock[0])
     monkeypatch.setattr("archfleet.executor.asyncio.sleep", fake_sleep)
@@ -410,14 +475,14 @@ def test_the_executor_builds_anyway_at_the_cap(monkeypatch):
         def status(self, option, state):
             said.append(state)
 
-    spec = NodeSpec("n", transport="ssh", host="h", max_builds=2)
-    facts = {"n": NodeFacts(spec, True, busy=(86400.0, 86400.0))}
-    ex = Executor(None, None, facts, Reporter())
+    spec = NodeSpec("n", transport="ssh", settings={"host": "h"}, max_builds=2)
+    facts = {"n": NodeFacts(spec, True, busy=busy)}
+    ex = Executor(None, facts, Reporter(), connect=None, run_option=None, replan=None)
     option = Option(parse_platform("linux/amd64"), "native", "n", 30.0)
     ex._busy["n"][option.platform] = (clock[0], 30.0)
     started = clock[0]
     asyncio.run(ex._wait_for_other_runs(option, object()))
-    assert 300.0 <= clock[0] - started <= 306.0
+    assert waited <= clock[0] - started <= waited + 6.0  # checked every few seconds
     assert said[-1] == "other archfleet runs still hold the slots; building anyway"
 
 

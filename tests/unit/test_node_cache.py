@@ -26,32 +26,67 @@ def make_cache(root):
     os.utime(root / "ctx" / "old.ok", (month, month))
 
 
-def run(root, **kw):
-    asyncio.run(prune(LocalTransport(), str(root), **kw))
+def run(root, transport=None, **kw) -> str:
+    return asyncio.run(prune(transport or LocalTransport(), str(root), **kw))
+
+
+def listing(root):
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
 def test_unused_trees_and_their_orphaned_blobs_go(tmp_path):
     root = tmp_path / "sync"
     make_cache(root)
-    run(root, tree_minutes=14 * 1440, orphan_minutes=0)
+    assert run(root, tree_minutes=14 * 1440, orphan_minutes=0) == "pruned"
     assert sorted(p.name for p in (root / "ctx").iterdir()) == ["new", "new.ok"]
     assert sorted(p.name for p in (root / "blobs").iterdir()) == ["only-new", "shared"]
 
 
 def test_recently_orphaned_blobs_stay_and_it_runs_once_a_day(tmp_path):
+    """Rule: at most once a day. The second prune, on a cache where the new tree has since gone
+    unused, says "recent" and changes nothing; the control (the day's stamp removed, nothing
+    else changed) prunes that tree: so "nothing happened" came from the once-a-day rule, not
+    from a prune that failed silently."""
     root = tmp_path / "sync"
     make_cache(root)
-    run(root, tree_minutes=14 * 1440)  # the default hour for orphans: a sync may be about to link them
+    assert run(root, tree_minutes=14 * 1440) == "pruned"  # the default hour for orphans: a sync may be about to link them
     assert not (root / "ctx" / "old").exists()
     assert sorted(p.name for p in (root / "blobs").iterdir()) == ["only-new", "only-old", "orphan", "shared"]
-    (root / "ctx" / "new.ok").touch()
     os.utime(root / "ctx" / "new.ok", (0, 0))
-    run(root, tree_minutes=1, orphan_minutes=0)  # stamped less than a day ago: nothing happens
-    assert (root / "ctx" / "new").exists() and (root / "blobs" / "orphan").exists()
+    before = listing(root)
+    assert run(root, tree_minutes=1, orphan_minutes=0) == "recent"  # stamped less than a day ago
+    assert listing(root) == before
+    (root / "pruned").unlink()  # control: the same cache, a day later
+    assert run(root, tree_minutes=1, orphan_minutes=0) == "pruned"
+    assert not (root / "ctx" / "new").exists() and not (root / "blobs" / "orphan").exists()
 
 
-def test_a_missing_cache_is_fine(tmp_path):
-    run(tmp_path / "nothing-here", tree_minutes=1)
+def test_a_missing_cache_is_fine_and_said_to_be_absent(tmp_path):
+    assert run(tmp_path / "nothing-here", tree_minutes=1) == "absent"
+    assert not (tmp_path / "nothing-here").exists()  # not created
+    make_cache(tmp_path / "here")  # control: where there is a cache, it is pruned
+    assert run(tmp_path / "here", tree_minutes=14 * 1440) == "pruned"
+
+
+def test_a_prune_that_fails_says_why_and_does_not_raise(tmp_path):
+    (tmp_path / "file").write_text("not a cache\n")
+    got = run(tmp_path / "file", tree_minutes=1)
+    assert got.startswith("failed: ") and "file" in got, got
+    assert (tmp_path / "file").read_text() == "not a cache\n"
+
+    class Gone:
+        async def run(self, *args, **kwargs):
+            raise ConnectionError("SSH connection lost")
+
+    assert run(tmp_path, transport=Gone(), tree_minutes=1) == "failed: ConnectionError: SSH connection lost"
+
+    class Strange:
+        async def run(self, argv, **kwargs):
+            from archfleet.transport import Completed
+
+            return Completed(tuple(argv), 0, ("sh: find: not found",))
+
+    assert run(tmp_path, transport=Strange(), tree_minutes=1) == "failed: unexpected answer 'sh: find: not found'"
 
 
 def test_cache_days_setting(monkeypatch):
@@ -86,7 +121,7 @@ def test_a_sync_that_unpacks_a_new_tree_prunes_in_the_same_command(tmp_path, mon
             runs.append(argv)
             return await super().run(argv, **kw)
 
-    tree, _ = asyncio.run(sync_context(Counting(), BuildRequest(ctx, ctx / "Dockerfile", [parse("linux/amd64")])))
+    tree, _, _ = asyncio.run(sync_context(Counting(), BuildRequest(ctx, ctx / "Dockerfile", [parse("linux/amd64")])))
     assert (home / tree).is_dir()
     assert not (home / CACHE / "ctx" / "old").exists() and (home / CACHE / "ctx" / "new").exists()
     assert len(runs) == 3  # is it there, which blobs are missing, unpack (and prune): no extra round trip
@@ -195,7 +230,7 @@ def test_a_blob_whose_bytes_are_not_its_name_never_enters_the_cache(tmp_path, mo
 def test_the_blobs_of_a_good_sync_are_what_their_names_say(tmp_path, monkeypatch):
     cache = node_home(tmp_path, monkeypatch)
     req = small_context(tmp_path)
-    tree, dockerfile = asyncio.run(sync_context(LocalTransport(), req))
+    tree, dockerfile, _ = asyncio.run(sync_context(LocalTransport(), req))
     for name in os.listdir(cache / "blobs"):
         assert name.startswith(hashlib.sha256((cache / "blobs" / name).read_bytes()).hexdigest() + "-")
     assert (cache.parent.parent.parent / tree / "version.txt").read_text() == "1.2.3\n"
@@ -217,7 +252,7 @@ def test_no_marker_when_the_tree_could_not_be_renamed_into_place(tmp_path, monke
         asyncio.run(sync_context(LocalTransport(), req))
     assert os.listdir(cache / "ctx") == []
     monkeypatch.setenv("PATH", os.environ["PATH"].split(":", 1)[1])
-    tree, _ = asyncio.run(sync_context(LocalTransport(), req))  # and the next sync just works
+    tree, _, _ = asyncio.run(sync_context(LocalTransport(), req))  # and the next sync just works
     assert (cache.parent.parent.parent / tree / "version.txt").is_file()
 
 
@@ -226,10 +261,10 @@ def test_a_marker_without_its_tree_is_not_trusted(tmp_path, monkeypatch):
 
     cache = node_home(tmp_path, monkeypatch)
     req = small_context(tmp_path)
-    tree, _ = asyncio.run(sync_context(LocalTransport(), req))
+    tree, _, _ = asyncio.run(sync_context(LocalTransport(), req))
     home = cache.parent.parent.parent
     shutil.rmtree(home / tree)  # e.g. an old-style prune interrupted after the marker check
-    tree, _ = asyncio.run(sync_context(LocalTransport(), req))
+    tree, _, _ = asyncio.run(sync_context(LocalTransport(), req))
     assert (home / tree / "version.txt").read_text() == "1.2.3\n"
 
 

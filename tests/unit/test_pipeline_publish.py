@@ -27,7 +27,7 @@ def results(*platforms):
 
 
 def fake_verify(monkeypatch, bad: dict):
-    async def verify_child(client, ref, platform):
+    async def verify_child(client, ref, platform, scans=None):
         if platform in bad:
             raise bad[platform]
         return ChildImage(platform, DIGEST, "application/vnd.docker.distribution.manifest.v2+json", 100)

@@ -494,6 +494,99 @@ def test_a_source_blob_that_does_not_match_its_digest_is_not_committed():
     assert ("app", wrong) not in dst_fake.blobs and dst_fake.uploads == {}
 
 
+# -- push_blob: a blob from anywhere, sent at most once (issue 15) ---------------------------------
+
+
+def _pieces(data: bytes, calls: list):
+    def source():
+        calls.append(1)
+
+        async def gen():
+            for i in range(0, len(data), 1000):
+                yield data[i:i + 1000]
+        return gen()
+    return source
+
+
+def test_push_blob_skips_what_is_there_mounts_what_a_sibling_has_and_uploads_the_rest():
+    fake = FakeRegistry(HOST)
+    there, sibling, new = os.urandom(300), os.urandom(300), os.urandom(3000)
+    fake.blobs[("app", digest_of(there))] = there
+    fake.blobs[("base", digest_of(sibling))] = sibling
+    app, base = parse_reference(f"{HOST}/app"), parse_reference(f"{HOST}/base")
+    calls: list = []
+
+    async def go():
+        async with client(fake) as c:
+            return [await c.push_blob(app, digest_of(there), _pieces(there, calls), mount_from=[base]),
+                    await c.push_blob(app, digest_of(sibling), _pieces(sibling, calls), mount_from=[base]),
+                    await c.push_blob(app, digest_of(new), _pieces(new, calls), mount_from=[base])]
+
+    assert run(go()) == ["skipped", "mounted", "uploaded"]
+    assert len(calls) == 1  # only the new blob was read, once
+    assert fake.blobs[("app", digest_of(new))] == new and fake.blobs[("app", digest_of(sibling))] == sibling
+
+
+def test_children_sharing_a_layer_write_it_once_one_writer_at_a_time():
+    """Rule: one client writes one blob into one repository once at a time (distribution's
+    filesystem driver rewrites the blob's link file in place on each upload or mount, and a
+    sibling's manifest PUT reading it meanwhile is refused with DIGEST_INVALID). Two children
+    pushing the same layer at once: one uploads, the other waits and finds it there."""
+    fake = FakeRegistry(HOST)
+    layer = os.urandom(5000)
+    app = parse_reference(f"{HOST}/app")
+    calls: list = []
+
+    def slow_source():  # yields to the other child between pieces, as a real spool read does
+        calls.append(1)
+
+        async def gen():
+            for i in range(0, len(layer), 1000):
+                await asyncio.sleep(0)
+                yield layer[i:i + 1000]
+        return gen()
+
+    async def go():
+        async with client(fake) as c:
+            return await asyncio.gather(c.push_blob(app, digest_of(layer), slow_source),
+                                        c.push_blob(app, digest_of(layer), slow_source))
+
+    assert sorted(run(go())) == ["skipped", "uploaded"]
+    assert len(calls) == 1 and fake.blobs[("app", digest_of(layer))] == layer
+
+
+def test_push_blob_refuses_bytes_that_are_not_the_digest_and_commits_nothing():
+    fake = FakeRegistry(HOST)
+    app = parse_reference(f"{HOST}/app")
+    wrong = digest_of(b"what was promised")
+    with pytest.raises(RegistryError, match="does not match its digest"):
+        run(client(fake).push_blob(app, wrong, _pieces(b"something else", [])))
+    assert ("app", wrong) not in fake.blobs and fake.uploads == {}
+
+
+def test_content_under_a_digest_is_read_once_per_client():
+    """A manifest or a config read by digest is kept: the reuse look-up, verification and the
+    merge of one command read it once."""
+    fake = FakeRegistry(HOST)
+    digest = fake.add_image("app", [os.urandom(10)])
+    ref = parse_reference(f"{HOST}/app").with_digest(digest)
+
+    async def go():
+        async with client(fake) as c:
+            one = await c.get_manifest(ref)
+            config = one.json()["config"]["digest"]
+            blob = await c.get_blob(ref, config)
+            two = await c.get_manifest(ref)
+            assert await c.get_blob(ref, config) == blob
+            return one, two
+
+    one, two = run(go())
+    assert one == two
+    reads = [r.url.path for r in fake.requests if r.method == "GET" and r.url.path.startswith("/v2/app/")
+             and "authorization" in r.headers]
+    assert len(reads) == len(set(reads)) == 2
+
+
 # -- the rest -------------------------------------------------------------------------------------
 
 def test_digest_mismatch_is_refused():
@@ -538,3 +631,17 @@ def test_parse_challenge():
 def test_registry_answer_reads_the_error_code_dockerd_relays(text, answer):
     """dockerd renders distribution error codes lower-cased with spaces, then ': message'."""
     assert registry_answer(text) == answer
+
+
+def test_a_registry_nobody_answers_for_is_registry_unreachable_by_type(sleeps):
+    """Rule: "cannot reach the registry" is its own type (RegistryUnreachable, exit 3), so the
+    doctor and the CLI choose their advice by type, not by the words of the message."""
+    from archfleet.errors import RegistryUnreachable
+
+    def refuse(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    client = RegistryClient(transport=httpx.MockTransport(refuse), docker_config=CONFIG)
+    with pytest.raises(RegistryUnreachable) as info:
+        run(client.check_access(parse_reference(f"{HOST}/app:1")))
+    assert info.value.exit_code == 3 and str(info.value).startswith(f"registry {HOST} unreachable")

@@ -12,6 +12,8 @@ import pytest
 from archfleet.errors import InfrastructureError
 from archfleet.model import NodeSpec
 from archfleet.plugins import ssh as sshp
+from archfleet.plugins.ssh import hostkeys
+from archfleet.plugins.ssh.hostkeys import SSHNode
 
 
 class _Server(asyncssh.SSHServer):
@@ -39,7 +41,7 @@ def server(tmp_path, monkeypatch):
 
 def connect(server, node):
     async def go():
-        conn = await sshp.open_connection(node)
+        conn = await sshp.open_connection(SSHNode.of(node))
         conn.close()
         await conn.wait_closed()
 
@@ -57,7 +59,9 @@ def public(key) -> str:
 
 
 def node(**kw):
-    return NodeSpec(**{"name": "box", "transport": "ssh", "source": "nodes.toml:3", **kw})
+    """An SSH node as nodes.toml gives it: its ssh keys go into the settings."""
+    ssh = {k: kw.pop(k) for k in ("host", "port", "user", "identity", "known_hosts", "host_key_policy") if k in kw}
+    return NodeSpec(**{"name": "box", "transport": "ssh", "source": "nodes.toml:3", "settings": ssh, **kw})
 
 
 def test_accept_new_records_an_ip_with_its_port_the_way_openssh_files_it(server, tmp_path):
@@ -157,20 +161,20 @@ def test_an_entry_for_another_port_does_not_count_as_this_hosts_key(server, tmp_
 
 
 def test_names_looked_up_for_a_name_an_ip_an_alias_and_a_host_key_alias():
-    keys = sshp.HostKeys(node(host="x", known_hosts="/nonexistent"), [], None, None)
+    keys = hostkeys.HostKeys(SSHNode.of(node(host="x", known_hosts="/nonexistent")), [], None, None)
     assert keys.names("builder.example", "192.0.2.9", None) == ["builder.example", "192.0.2.9"]
     assert keys.names("builder.example", "192.0.2.9", 2241) == ["[builder.example]:2241", "[192.0.2.9]:2241"]
     assert keys.names("192.0.2.9", "192.0.2.9", 2241) == ["[192.0.2.9]:2241"]
     assert keys.names("::1", "::1", 2222) == ["[::1]:2222"]
-    aliased = sshp.HostKeys(node(host="x", known_hosts="/nonexistent"), [], None, "builder-7")
+    aliased = hostkeys.HostKeys(SSHNode.of(node(host="x", known_hosts="/nonexistent")), [], None, "builder-7")
     assert aliased.names("192.0.2.9", "192.0.2.9", 2241) == ["builder-7"]
 
 
 def test_known_hosts_files_follow_openssh_defaults_and_ssh_config():
-    n = node(host="x")
-    files, write = sshp.known_hosts_files(n, None)
+    n = SSHNode.of(node(host="x"))
+    files, write = hostkeys.known_hosts_files(n, None)
     assert files[0] == os.path.expanduser("~/.ssh/known_hosts") and "/etc/ssh/ssh_known_hosts" in files
     assert write == os.path.expanduser("~/.ssh/known_hosts")
-    assert sshp.known_hosts_files(node(host="x", known_hosts="/k"), None) == (["/k"], "/k")
+    assert hostkeys.known_hosts_files(SSHNode.of(node(host="x", known_hosts="/k")), None) == (["/k"], "/k")
     cfg = {"UserKnownHostsFile": [], "GlobalKnownHostsFile": []}  # "none" in ssh_config
-    assert sshp.known_hosts_files(n, cfg) == ([], None)
+    assert hostkeys.known_hosts_files(n, cfg) == ([], None)

@@ -1,0 +1,91 @@
+"""The learn stage: the one place archfleet keeps what it measured, for the commands after it.
+
+The stages that measure return what they measured as frozen values; the pipeline collects them
+into :class:`Lessons` and calls :func:`keep` (through :func:`archfleet.pipeline.learn`) once the
+measuring is over: after the probe for the scores it measured (``ls``, ``plan``, ``doctor`` and
+a build's own probe), and at the end of a build for everything else.
+
+==========================  ====================================  ==============================
+measured by                 carried as                            kept in (the user's cache dir)
+==========================  ====================================  ==============================
+the probe's CPU benchmark   ``NodeFacts.score``, when             ``scores.json``
+                            ``NodeFacts.score_measured``          (:mod:`archfleet.scores`)
+a context sync              ``PlatformResult.transfer``           ``links.json``
+                                                                  (:mod:`archfleet.linkrate`)
+verification                ``ChildImage.scans``                  ``layers-v2/``
+                                                                  (:mod:`archfleet.layercache`)
+a finished build            ``PlatformResult.seconds`` and the    ``history.sqlite``
+                            node's speed                          (:mod:`archfleet.history`)
+==========================  ====================================  ==============================
+
+Reading stays where the value is needed: the probe reads a node's cached score (to skip the
+benchmark) and its link rate, verification a layer's cached scan, the estimates the history.
+Where the files are is :mod:`archfleet.cachedir`'s business.
+
+Learning is an optimisation and never fails a command: every cache answers a file system or
+database it cannot use by not keeping the value (history also says so once on stderr), and
+:func:`keep` raises nothing of the kind.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import attrs
+
+from . import layercache, linkrate, scores
+from .history import HistoryView
+from .model import LayerScan, NodeFacts, PlatformResult, Transfer
+from .platforms import Platform
+
+
+def _speeds(value) -> tuple[tuple[str, float], ...]:
+    if isinstance(value, Mapping):
+        value = value.items()
+    return tuple((str(k), float(v)) for k, v in value)
+
+
+@attrs.frozen
+class Lessons:
+    """What one command measured, for :func:`keep`. Every field may be empty.
+
+    ``probed``: the nodes' facts (the scores they measured are kept); ``results``: the platforms
+    that finished (a history row each, and the link rate of each context sync they used);
+    ``speeds``: node name -> the node's relative speed when it built
+    (:func:`archfleet.planner.node_speed`), kept in the rows; ``scans``: the layer scans
+    verification made; ``history``: where rows go (None: history is off, no rows);
+    ``histories``: (platform, view) where a platform's rows go instead, when platforms are
+    built from Dockerfiles of their own (each keyed by its file).
+    """
+
+    probed: tuple[NodeFacts, ...] = attrs.field(default=(), converter=tuple)
+    results: tuple[PlatformResult, ...] = attrs.field(default=(), converter=tuple)
+    speeds: tuple[tuple[str, float], ...] = attrs.field(default=(), converter=_speeds)
+    scans: tuple[LayerScan, ...] = attrs.field(default=(), converter=tuple)
+    history: HistoryView | None = None
+    histories: tuple[tuple[Platform, HistoryView | None], ...] = attrs.field(default=(), converter=tuple)
+
+    def transfers(self) -> tuple[Transfer, ...]:
+        """Each context sync once, in the order of the results (platforms built from one sync
+        carry the same Transfer)."""
+        return tuple(dict.fromkeys(r.transfer for r in self.results if r.transfer is not None))
+
+
+def keep(lessons: Lessons) -> None:
+    """Write what ``lessons`` holds to the caches: scores the probe measured (not those it read
+    from the cache), each sync's transfer folded into its link's rate, each new layer scan once,
+    one history row per result. Blocking (files, SQLite): call it in a thread. Never raises for
+    a cache that cannot be written (see the module)."""
+    for facts in lessons.probed:
+        if facts.score_measured and facts.score is not None:
+            scores.store(scores.score_key(facts.node), facts.score)
+    for transfer in lessons.transfers():
+        linkrate.record(transfer.link, transfer.bytes, transfer.seconds)
+    for scan in dict.fromkeys(lessons.scans):
+        layercache.store(scan.digest, scan.scan)
+    speeds = dict(lessons.speeds)
+    views = dict(lessons.histories)
+    for result in lessons.results:
+        view = views.get(result.platform, lessons.history)
+        if view is not None:
+            view.record(result, speed=speeds.get(result.option.node))

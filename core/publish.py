@@ -1,0 +1,610 @@
+"""Push one child image by digest, from its engine's export: no tag is created.
+
+Docker 20.10's Engine API can push a tag only, so a child used to be pushed under a working tag
+of its own (``<tag>-<os>-<arch>``) that nothing removed. Here archfleet's own registry client
+pushes it instead, from what the engine exports (:func:`archfleet.engine.export`, ``docker save``
+of the image id, streamed), in two steps around the push gate:
+
+1. :func:`prepare` (before the gate: nothing is sent): read the export as it streams, each
+   member hashed and, when larger than :data:`SMALL`, spooled to a file in :func:`spool_dir`
+   (never held whole in memory). Then the manifest to push is decided:
+
+   - a **docker-archive** (``manifest.json``, ``<image id>.json``, ``<dir>/layer.tar``: Docker's
+     ``docker save`` up to version 24, podman's default) holds each layer uncompressed. Each
+     layer's sha256 must be its ``diff_id`` in the config. A layer the registry already holds
+     under a base image (``known``: diff_id -> the base's blob, same registry) is not compressed
+     at all: it will be skipped or mounted. Every other layer is compressed
+     **deterministically** (zlib's gzip at level :data:`GZIP_LEVEL`, header mtime 0, no file
+     name), hashing as it goes, into a second spool file: the same layer always gives the same
+     blob digest on this machine, so an unchanged layer is found in the registry and never sent
+     twice. The manifest is archfleet's own: a Docker manifest (v2 schema 2), or an OCI
+     manifest when ``annotations`` are given (only OCI manifests carry annotations).
+   - an **OCI layout** (``index.json`` and ``blobs/sha256/``: Docker 25+, podman's oci-archive)
+     is pushed exactly as the engine wrote it when it holds attestation manifests (BuildKit's
+     ``unknown/unknown`` entries) or compressed layers: re-compressing would change the image's
+     digest, which each attestation names as its subject. The child is then a small OCI index
+     of the image manifest and the attestations that refer to it (pushed by digest too), which
+     verification flattens and the merge keeps. An OCI layout with uncompressed layers and no
+     attestation is read through its ``manifest.json`` like a docker-archive.
+
+2. :func:`upload` (after the gate): every blob, then the manifest, by digest (``repo@sha256:``).
+   A blob is sent at most once: HEAD first (``skipped``), then a cross-repository mount from
+   the base's repository (``mounted``), else an upload in :data:`archfleet.registry.CHUNK`
+   pieces read from the spool file (``uploaded``).
+
+Errors: :class:`archfleet.errors.InfrastructureError` when the engine's export is cut off or
+inconsistent (another node may build the platform); registry errors keep their types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import os
+import posixpath
+import shutil
+import struct
+import tarfile
+import tempfile
+import threading
+import zlib
+from pathlib import Path
+from typing import AsyncIterator, Iterable, Mapping, Sequence
+
+import attrs
+
+from . import mediatypes
+from .elfcheck import scan_layer
+from .errors import ArchfleetError, InfrastructureError, RegistryError
+from .model import Annotation, BuildRequest, LayerScan
+from .platforms import Platform
+from .reference import Reference, parse_reference
+from .registry import RegistryClient, sha256_digest
+
+SMALL = 1024 * 1024  # bytes: a member up to this size is kept in memory, a larger one spooled
+PIECE = 1024 * 1024  # bytes read, hashed, compressed or sent at a time
+GZIP_LEVEL = 6  # zlib's default, as Docker's own push uses (compress/gzip DefaultCompression)
+COMPRESSING = 2  # layers compressed at once (each in a thread)
+
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
+ATTESTATION = "attestation-manifest"  # vnd.docker.reference.type of BuildKit's attestations
+REFERENCE_TYPE = "vnd.docker.reference.type"
+REFERENCE_DIGEST = "vnd.docker.reference.digest"
+
+
+def spool_dir() -> str:
+    """Where exports are spooled: ``$TMPDIR`` when set, else ``/var/tmp`` (disk-backed by
+    convention, unlike a ``/tmp`` that may be tmpfs, i.e. memory)."""
+    return os.environ.get("TMPDIR") or ("/var/tmp" if os.path.isdir("/var/tmp") else tempfile.gettempdir())
+
+
+@attrs.frozen
+class Blob:
+    """A blob to push: its descriptor (``digest``, ``size``, ``media_type``) and where its bytes
+    are: ``data`` (small), a spool file ``path``, or nowhere (``mount_from``: a repository of
+    the same registry that holds it, for a base layer that is mounted, not sent)."""
+
+    digest: str
+    size: int
+    media_type: str
+    data: bytes | None = attrs.field(default=None, repr=False)
+    path: Path | None = None
+    mount_from: str | None = None  # registry/repository
+
+    def descriptor(self) -> dict:
+        """The OCI/Docker descriptor of this blob."""
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
+
+@attrs.frozen
+class Prepared:
+    """What :func:`prepare` decided: the blobs in push order (configs and layers first), then
+    the manifests to put by digest, each (exact bytes, media type), the last being the child
+    (an image manifest, or the small index of it and its attestations). ``scans``: what each
+    layer archfleet compressed holds (:func:`archfleet.elfcheck.scan_layer` of its bytes, by the
+    blob's digest), for verification, which then need not read it back. ``workdir`` holds the
+    spool files; :func:`discard` removes it."""
+
+    blobs: tuple[Blob, ...]
+    manifests: tuple[tuple[bytes, str], ...]
+    workdir: Path | None = None
+    scans: tuple[LayerScan, ...] = ()
+
+    @property
+    def child(self) -> tuple[str, str, int]:
+        """(digest, media type, size) of the child the index will name."""
+        body, media_type = self.manifests[-1]
+        return sha256_digest(body), media_type, len(body)
+
+
+def discard(prepared: Prepared | None) -> None:
+    """Remove ``prepared``'s spool files (safe to call twice)."""
+    if prepared is not None and prepared.workdir is not None:
+        shutil.rmtree(prepared.workdir, ignore_errors=True)
+
+
+# -- reading the export ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Member:
+    name: str
+    digest: str
+    size: int
+    data: bytes | None = attrs.field(default=None, repr=False)
+    path: Path | None = None
+    link: str | None = None  # a symlink's target, as a member name
+
+
+class _Reader(io.RawIOBase):
+    """A blocking file over an async iterator of byte pieces, for ``tarfile`` in a thread:
+    each read asks the event loop for the next piece."""
+
+    def __init__(self, pieces: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop):
+        self._pieces = pieces
+        self._loop = loop
+        self._buf = b""
+        self._eof = False
+        self.stopped = threading.Event()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf and not self._eof:
+            if self.stopped.is_set():
+                raise _Stopped()
+            future = asyncio.run_coroutine_threadsafe(_next(self._pieces), self._loop)
+            piece = future.result()
+            if piece is None:
+                self._eof = True
+            else:
+                self._buf = bytes(piece)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+class _Stopped(Exception):
+    """The reading thread was told to stop (its caller was cancelled)."""
+
+
+async def _next(pieces: AsyncIterator[bytes]) -> bytes | None:
+    try:
+        return await pieces.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+def _read_members(fileobj, workdir: Path) -> dict[str, _Member]:
+    """Every regular file and symlink of the tar stream ``fileobj``: hashed; kept in memory up
+    to :data:`SMALL` bytes, else spooled to a file in ``workdir``. Blocking (a thread)."""
+    members: dict[str, _Member] = {}
+    n = 0
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        for info in tar:
+            name = posixpath.normpath(info.name.lstrip("/"))
+            if info.issym():
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(name), info.linkname))
+                members[name] = _Member(name, "", 0, link=target)
+                continue
+            if info.islnk():
+                members[name] = _Member(name, "", 0, link=posixpath.normpath(info.linkname.lstrip("/")))
+                continue
+            if not info.isfile():
+                continue
+            source = tar.extractfile(info)
+            hasher = hashlib.sha256()
+            if info.size <= SMALL:
+                data = source.read()
+                hasher.update(data)
+                members[name] = _Member(name, "sha256:" + hasher.hexdigest(), len(data), data=data)
+                continue
+            n += 1
+            path = workdir / f"m{n}"
+            size = 0
+            with open(path, "wb") as out:
+                while True:
+                    piece = source.read(PIECE)
+                    if not piece:
+                        break
+                    hasher.update(piece)
+                    out.write(piece)
+                    size += len(piece)
+            members[name] = _Member(name, "sha256:" + hasher.hexdigest(), size, path=path)
+    return members
+
+
+def _resolve(members: Mapping[str, _Member], name: str) -> _Member:
+    """The member ``name`` names, following symlinks and hard links (docker save links a layer
+    saved twice to its first copy)."""
+    seen = set()
+    name = posixpath.normpath(name)
+    while name in members and members[name].link is not None and name not in seen:
+        seen.add(name)
+        name = members[name].link
+    if name not in members or members[name].link is not None:
+        raise _Bad(f"the export has no {name}")
+    return members[name]
+
+
+class _Bad(Exception):
+    """The export is not an image archive archfleet can read (the message says why)."""
+
+
+def _content(member: _Member) -> bytes:
+    if member.data is not None:
+        return member.data
+    return member.path.read_bytes()  # only for manifests and configs, which are small
+
+
+def _json(member: _Member) -> dict | list:
+    try:
+        return json.loads(_content(member))
+    except ValueError:
+        raise _Bad(f"{member.name} is not JSON") from None
+
+
+# -- compressing -----------------------------------------------------------------------------------
+
+
+def _scan(member: _Member) -> dict | None:
+    """What the uncompressed layer ``member`` holds (:func:`archfleet.elfcheck.scan_layer`), or
+    None when it is not a tar archfleet can read (verification then reads it as it would)."""
+    try:
+        if member.data is not None:
+            return scan_layer(io.BytesIO(member.data))
+        with open(member.path, "rb") as f:
+            return scan_layer(f)
+    except (tarfile.TarError, OSError, EOFError):
+        return None
+
+
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, mtime 0, OS unknown
+BLOCK = 512 * 1024  # raw bytes deflated on their own, as pigz does (its default is 128 KiB)
+WINDOW = 32 * 1024  # deflate's window: each block is primed with the previous block's last 32 KiB
+
+
+def _deflate_block(block: bytes, primer: bytes, last: bool) -> bytes:
+    """One block of the layer as raw deflate, primed with the bytes before it (``primer``, so
+    matches reach back into the previous block as in one stream) and ended byte-aligned (a sync
+    flush) unless it is the ``last``: blocks concatenate into one valid deflate stream."""
+    packer = (zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, primer)
+              if primer else zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15))
+    return packer.compress(block) + packer.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+def _blocks(member: _Member):
+    """The raw layer in :data:`BLOCK`-sized pieces."""
+    if member.data is not None:
+        for i in range(0, len(member.data), BLOCK):
+            yield member.data[i:i + BLOCK]
+        return
+    with open(member.path, "rb") as source:
+        while block := source.read(BLOCK):
+            yield block
+
+
+def gzip_layer(member: _Member, out: Path) -> tuple[str, int]:
+    """Compress ``member`` into ``out`` as one gzip member, deterministically: a fixed header
+    (mtime 0, no file name), the layer deflated at level :data:`GZIP_LEVEL` in :data:`BLOCK`
+    pieces, each primed with the 32 KiB before it (pigz's parallel gzip), on :data:`COMPRESSING`
+    threads, written in order; the same bytes always give the same blob, whatever the threads
+    did. The compressed bytes are hashed as they are written; return (digest, size). At most a
+    few blocks are in memory. Blocking (a thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    hasher = hashlib.sha256()
+    crc, raw = 0, 0
+    size = 0
+    with open(out, "wb") as sink, ThreadPoolExecutor(COMPRESSING, thread_name_prefix="archfleet-gzip") as pool:
+        def put(data: bytes) -> None:
+            nonlocal size
+            if data:
+                hasher.update(data)
+                sink.write(data)
+                size += len(data)
+
+        put(GZIP_HEADER)
+        pending: list = []
+        primer = b""
+        blocks = _blocks(member)
+        block = next(blocks, None)
+        while True:
+            nxt = next(blocks, None) if block is not None else None
+            data = block if block is not None else b""
+            crc = zlib.crc32(data, crc)
+            raw += len(data)
+            pending.append(pool.submit(_deflate_block, data, primer, nxt is None))
+            primer = data[-WINDOW:] if len(data) >= WINDOW else (primer + data)[-WINDOW:]
+            while len(pending) > COMPRESSING or (nxt is None and pending):
+                put(pending.pop(0).result())
+            if nxt is None:
+                break
+            block = nxt
+        put(struct.pack("<II", crc & 0xFFFFFFFF, raw & 0xFFFFFFFF))
+    return "sha256:" + hasher.hexdigest(), size
+
+
+# -- deciding what to push -------------------------------------------------------------------------
+
+
+async def prepare(export: AsyncIterator[bytes], *, node: str, image_id: str = "",
+                  annotations: Sequence[Annotation] = (), platform: Platform | None = None,
+                  known: Mapping[str, Blob] | None = None) -> Prepared:
+    """Read ``export`` (the image archive :func:`archfleet.engine.export` streams) and decide
+    what to push for the child: see the module docstring. ``known``: diff_id -> a base layer's
+    blob (``mount_from`` set) that need not be compressed or sent. ``annotations``: the
+    ``manifest`` annotations of ``platform`` (an OCI manifest then). Nothing is sent. The
+    caller :func:`discard`\\ s the result when done. Raises :class:`InfrastructureError` (naming
+    ``node``) when the export is cut off or not an image archive archfleet can read."""
+    workdir = Path(tempfile.mkdtemp(prefix="archfleet-export-", dir=spool_dir()))
+    loop = asyncio.get_running_loop()
+    reader = _Reader(export, loop)
+    try:
+        reading = loop.run_in_executor(None, _read_members, io.BufferedReader(reader, PIECE), workdir)
+        try:
+            members = await asyncio.shield(reading)
+        except asyncio.CancelledError:
+            reader.stopped.set()  # the thread stops at its next read; wait for it, then close the export
+            with contextlib.suppress(BaseException):
+                await reading
+            raise
+        except ArchfleetError:
+            raise
+        except (tarfile.TarError, OSError, EOFError, _Bad) as exc:
+            raise InfrastructureError(node, f"the engine's export of {image_id or 'the image'} could not be read: "
+                                      f"{exc}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await export.aclose()
+        try:
+            decided = await _decide(members, workdir, node=node, image_id=image_id, annotations=annotations,
+                                    platform=platform, known=known or {})
+            return attrs.evolve(decided, workdir=workdir)  # discard() removes it, spool files and all
+        except _Bad as exc:
+            raise InfrastructureError(node, f"the engine's export of {image_id or 'the image'}: {exc}") from None
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+async def _decide(members: Mapping[str, _Member], workdir: Path, *, node: str, image_id: str,
+                  annotations: Sequence[Annotation], platform: Platform | None,
+                  known: Mapping[str, Blob]) -> Prepared:
+    if "index.json" in members:
+        layout = _oci_layout(members, platform)
+        if layout is not None:
+            return layout
+    if "manifest.json" not in members:
+        raise _Bad("it is neither a docker-archive (manifest.json) nor an OCI layout (index.json)")
+    entries = _json(_resolve(members, "manifest.json"))
+    if not isinstance(entries, list) or len(entries) != 1:
+        raise _Bad("its manifest.json does not describe exactly one image")
+    entry = entries[0]
+    config_member = _resolve(members, str(entry.get("Config") or ""))
+    config_bytes = _content(config_member)
+    if image_id and image_id.startswith("sha256:") and config_member.digest != image_id:
+        raise _Bad(f"its config is {config_member.digest}, not the image {image_id}")
+    try:
+        diff_ids = list(json.loads(config_bytes)["rootfs"]["diff_ids"])
+    except (ValueError, KeyError, TypeError):
+        raise _Bad("its config has no rootfs.diff_ids") from None
+    layer_names = list(entry.get("Layers") or [])
+    if len(layer_names) != len(diff_ids):
+        raise _Bad(f"it lists {len(layer_names)} layers for {len(diff_ids)} diff_ids")
+    layers = [_resolve(members, name) for name in layer_names]
+    for member, diff_id in zip(layers, diff_ids):
+        if member.digest != diff_id:
+            raise _Bad(f"layer {member.name} is {member.digest}, its config says {diff_id}")
+    oci = bool(annotations)
+    layer_type = OCI_LAYER_GZIP if oci else DOCKER_LAYER_GZIP
+    limit = asyncio.Semaphore(COMPRESSING)
+    made: dict[str, asyncio.Task] = {}
+    scans: list[LayerScan] = []
+
+    async def compressed(member: _Member) -> Blob:
+        base = known.get(member.digest)
+        if base is not None:
+            return attrs.evolve(base, media_type=layer_type)
+        async with limit:
+            out = workdir / f"gz-{member.digest[7:]}"
+            digest, size = await asyncio.to_thread(gzip_layer, member, out)
+            scan = await asyncio.to_thread(_scan, member)
+        if scan is not None:
+            scans.append(LayerScan(digest, scan))
+        return Blob(digest, size, layer_type, path=out)
+
+    for member in layers:
+        if member.digest not in made:
+            made[member.digest] = asyncio.ensure_future(compressed(member))
+    try:
+        blobs = [await made[m.digest] for m in layers]
+    finally:
+        for task in made.values():
+            task.cancel()
+    config = Blob(config_member.digest, config_member.size, OCI_CONFIG if oci else DOCKER_CONFIG, data=config_bytes)
+    doc: dict = {
+        "schemaVersion": 2,
+        "mediaType": mediatypes.OCI_MANIFEST if oci else mediatypes.DOCKER_MANIFEST,
+        "config": config.descriptor(),
+        "layers": [b.descriptor() for b in blobs],
+    }
+    if oci:
+        doc["annotations"] = {a.key: a.value for a in annotations}
+    body = json.dumps(doc, indent=3).encode() + b"\n"
+    unique: dict[str, Blob] = {config.digest: config}
+    for b in blobs:
+        unique.setdefault(b.digest, b)
+    return Prepared(tuple(unique.values()), ((body, doc["mediaType"]),), scans=tuple(scans))
+
+
+def _layer_compressed(media_type: str) -> bool:
+    return media_type not in (OCI_LAYER_TAR, DOCKER_LAYER_TAR)
+
+
+def _oci_layout(members: Mapping[str, _Member], platform: Platform | None) -> Prepared | None:
+    """The child of an OCI-layout export, pushed as the engine wrote it (module docstring), or
+    None when it is better read through its ``manifest.json`` (uncompressed layers, no
+    attestations, and a manifest.json there)."""
+    def blob(digest: str) -> _Member:
+        if not isinstance(digest, str) or not digest.startswith("sha256:"):
+            raise _Bad(f"a descriptor names {digest!r}, not a sha256 digest")
+        member = _resolve(members, f"blobs/sha256/{digest[7:]}")
+        if member.digest != digest:
+            raise _Bad(f"blob {digest} in the export does not match its digest")
+        return member
+
+    index = _json(_resolve(members, "index.json"))
+    tops = [d for d in (index.get("manifests") or []) if isinstance(d, dict)] if isinstance(index, dict) else []
+    if not tops:
+        raise _Bad("its index.json lists no image")
+    top = tops[0]
+    images: list[dict] = []
+    attestations: list[dict] = []
+    if top.get("mediaType") in mediatypes.INDEXES:
+        inner = _json(blob(top["digest"]))
+        for d in inner.get("manifests") or []:
+            annotations = d.get("annotations") or {}
+            if annotations.get(REFERENCE_TYPE) == ATTESTATION:
+                attestations.append(d)
+            else:
+                images.append(d)
+    else:
+        images.append(top)
+    if platform is not None and len(images) > 1:
+        images = [d for d in images if _platform_text(d.get("platform") or {}) == str(platform)] or images[:1]
+    image = images[0]
+    attestations = [d for d in attestations if (d.get("annotations") or {}).get(REFERENCE_DIGEST) == image["digest"]]
+    image_doc = _json(blob(image["digest"]))
+    layers = image_doc.get("layers") or []
+    if not attestations and "manifest.json" in members and not any(
+            _layer_compressed(str(d.get("mediaType"))) for d in layers):
+        return None  # uncompressed layers: compressed by archfleet instead, through manifest.json
+    blobs: dict[str, Blob] = {}
+    manifests: list[tuple[bytes, str]] = []
+    for desc in [image, *attestations]:
+        member = blob(desc["digest"])
+        doc = _json(member)
+        for part in [doc.get("config") or {}, *(doc.get("layers") or [])]:
+            m = blob(part.get("digest"))
+            blobs.setdefault(m.digest, Blob(m.digest, m.size, str(part.get("mediaType") or ""), data=m.data,
+                                            path=m.path))
+        manifests.append((_content(member), str(doc.get("mediaType") or desc.get("mediaType"))))
+    if attestations:
+        child = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": [image, *attestations]}
+        manifests.append((json.dumps(child, indent=3).encode() + b"\n", mediatypes.OCI_INDEX))
+    return Prepared(tuple(blobs.values()), tuple(manifests))
+
+
+def _platform_text(p: Mapping) -> str:
+    return "/".join(filter(None, [p.get("os"), p.get("architecture"), p.get("variant")]))
+
+
+# -- pushing -----------------------------------------------------------------------------------------
+
+
+def _file_pieces(path: Path):
+    async def pieces():
+        handle = await asyncio.to_thread(open, path, "rb")
+        try:
+            while piece := await asyncio.to_thread(handle.read, PIECE):
+                yield piece
+        finally:
+            handle.close()
+    return pieces
+
+
+def _bytes_pieces(data: bytes):
+    async def pieces():
+        for i in range(0, len(data), PIECE):
+            yield data[i:i + PIECE]
+    return pieces
+
+
+async def upload(client: RegistryClient, prepared: Prepared, repository: Reference) -> tuple[str, str, int, dict]:
+    """Push ``prepared`` into ``repository`` by digest: every blob (at most once: skipped when
+    there, mounted from a base's repository, else uploaded from its spool file), then each
+    manifest by its digest. Returns (digest, media type, size, {"skipped"|"mounted"|"uploaded":
+    count}) of the child. No tag is created or moved."""
+    counts = {"skipped": 0, "mounted": 0, "uploaded": 0}
+
+    async def one(b: Blob) -> None:
+        mount = [parse_reference(b.mount_from, what="base repository")] if b.mount_from else []
+        if b.data is None and b.path is None:  # a base layer: there, or mounted, or nothing to send
+            how = await _mount_only(client, repository, b.digest, mount)
+        else:
+            source = _bytes_pieces(b.data) if b.data is not None else _file_pieces(b.path)
+            how = await client.push_blob(repository, b.digest, source, mount_from=mount)
+        counts[how] += 1
+
+    await asyncio.gather(*(one(b) for b in prepared.blobs))
+    for body, media_type in prepared.manifests:
+        await client.put_manifest(repository.with_digest(sha256_digest(body)), body, media_type)
+    digest, media_type, size = prepared.child
+    return digest, media_type, size, counts
+
+
+async def _mount_only(client: RegistryClient, dst: Reference, digest: str, sources: Sequence[Reference]) -> str:
+    async with client.blob_writer(dst, digest):
+        return await _mount_only_unlocked(client, dst, digest, sources)
+
+
+async def _mount_only_unlocked(client: RegistryClient, dst: Reference, digest: str,
+                               sources: Sequence[Reference]) -> str:
+    if await client.blob_exists(dst, digest):
+        return "skipped"
+    for src in sources:
+        if src.api_host == dst.api_host and src.repository != dst.repository:
+            if await client.mount_blob(src, dst, digest):
+                return "mounted"
+    raise RegistryError(f"blob {digest} (a layer of the base image) could not be mounted into {dst.name} "
+                        f"from {', '.join(s.name for s in sources) or 'its base repository'}")
+
+
+async def base_layers(client: RegistryClient, request: BuildRequest, platform: Platform,
+                      repository: Reference) -> dict[str, Blob]:
+    """diff_id -> the registry's blob of each layer of ``platform``'s base images (as the
+    pipeline resolved them, ``request.bases``) that live on ``repository``'s registry: such a
+    layer is mounted from the base's repository, never compressed or sent. Reads only (two
+    requests per base); a base that cannot be read contributes nothing (its layers are then
+    compressed and uploaded like the others)."""
+    out: dict[str, Blob] = {}
+
+    async def one(base) -> None:
+        ref = parse_reference(base.ref, what="base image")
+        if ref.api_host != repository.api_host:
+            return
+        try:
+            manifest = await client.get_manifest(ref.with_digest(base.digest_for(platform)))
+            doc = manifest.json()
+            if manifest.media_type not in mediatypes.MANIFESTS:
+                return
+            config = json.loads(await client.get_blob(ref, doc["config"]["digest"]))
+            diff_ids = config["rootfs"]["diff_ids"]
+            layers = doc.get("layers") or []
+        except (ArchfleetError, ValueError, KeyError, TypeError):
+            return
+        if len(diff_ids) != len(layers):
+            return
+        for diff_id, layer in zip(diff_ids, layers):
+            media_type = str(layer.get("mediaType") or "")
+            if media_type.endswith("gzip"):  # Docker's .tar.gzip or OCI's +gzip: the same bytes
+                out.setdefault(diff_id, Blob(layer["digest"], int(layer["size"]), media_type, mount_from=ref.name))
+
+    await asyncio.gather(*(one(b) for b in request.bases))
+    return out
+
+
+def manifest_annotations(annotations: Iterable[Annotation], platform: Platform) -> tuple[Annotation, ...]:
+    """The ``manifest`` annotations that go on ``platform``'s child."""
+    return tuple(a for a in annotations if a.kind == "manifest" and a.applies_to(platform))

@@ -1,0 +1,13 @@
+FROM --platform=$BUILDPLATFORM tonistiigi/xx:1.4.0 AS xx
+
+FROM --platform=$BUILDPLATFORM golang:1.22-alpine AS build
+COPY --from=xx / /
+ARG TARGETPLATFORM
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/root/.cache \
+    CGO_ENABLED=0 xx-go build -o /out/app . && xx-verify /out/app
+
+FROM scratch
+COPY --from=build /out/app /app
+ENTRYPOINT ["/app"]

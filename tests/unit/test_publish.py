@@ -1,0 +1,529 @@
+"""archfleet.publish and engine.export: a child pushed by digest from the engine's export.
+
+Rules (core/publish.py, issue 15): the export is read as it streams and no layer is held whole
+in memory; a layer is compressed deterministically, so the same layer always has the same
+digest; a base layer the registry holds is mounted, never compressed or sent; every blob is sent
+at most once; the child is pushed by digest and no tag is created; annotations make an OCI
+manifest; an OCI-layout export with attestation manifests is pushed as the engine wrote it and
+verification keeps the attestations beside their child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tracemalloc
+
+import httpx
+import pytest
+
+from archfleet import engine, mediatypes, publish
+from archfleet.errors import InfrastructureError
+from archfleet.index import assemble, verify_child
+from archfleet.model import Annotation
+from archfleet.platforms import parse
+from archfleet.reference import parse_reference
+from archfleet.registry import RegistryClient
+
+from fakeregistry import FakeRegistry, digest_of
+from images import AMD64, layer_bytes
+
+HOST = "registry.test"
+CONFIG = {"auths": {HOST: {"auth": base64.b64encode(b"alice:s3cret").decode()}}}
+AMD = parse("linux/amd64")
+
+
+def raw_layer(files: dict[str, bytes]) -> bytes:
+    """An uncompressed layer tar, as docker save holds it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def docker_archive(layers: list[bytes], *, diff_ids: list[str] | None = None,
+                   duplicate: bool = False) -> tuple[bytes, str]:
+    """A docker-archive tar as Docker 20.10's ``docker save`` writes it (layer dirs, the config
+    named by its digest, manifest.json last); ``duplicate``: the last layer is a symlink to the
+    first (docker save links a layer saved twice). Returns (tar bytes, image id)."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/app"]},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids or [sha(x) for x in layers]}}).encode()
+    image_id = sha(config)
+    buf = io.BytesIO()
+    names = []
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        def add(name, data):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        for i, data in enumerate(layers):
+            d = hashlib.sha256(f"dir{i}".encode()).hexdigest()
+            names.append(f"{d}/layer.tar")
+            add(f"{d}/VERSION", b"1.0")
+            if duplicate and i == len(layers) - 1:
+                info = tarfile.TarInfo(f"{d}/layer.tar")
+                info.type, info.linkname = tarfile.SYMTYPE, f"../{names[0].split('/')[0]}/layer.tar"
+                tar.addfile(info)
+            else:
+                add(f"{d}/layer.tar", data)
+        add(f"{image_id[7:]}.json", config)
+        add("manifest.json", json.dumps([{"Config": f"{image_id[7:]}.json", "RepoTags": None,
+                                          "Layers": names}]).encode())
+    return buf.getvalue(), image_id
+
+
+async def pieces(data: bytes, size: int = 64 * 1024):
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+        await asyncio.sleep(0)
+
+
+def client(fake) -> RegistryClient:
+    return RegistryClient(transport=httpx.MockTransport(fake), docker_config=CONFIG)
+
+
+@pytest.fixture(autouse=True)
+def spool(tmp_path, monkeypatch):
+    """Every test spools into a directory of its own, which must be empty once the test has
+    discarded what it prepared (publish.discard removes the spool files)."""
+    d = tmp_path / "spool"
+    d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(d))
+    yield d
+    assert list(d.iterdir()) == [], "a prepared child's spool was left behind"
+
+
+def prepare(data: bytes, image_id: str = "", **kw) -> publish.Prepared:
+    return asyncio.run(publish.prepare(pieces(data), node="n1", image_id=image_id, **kw))
+
+
+def test_the_same_layer_compresses_to_the_same_digest_every_time():
+    """Deterministic gzip (mtime 0, fixed level): an unchanged layer is found in the registry."""
+    import gzip
+
+    raw = raw_layer({"bin/app": AMD64 + os.urandom(5000)})
+    tar, image_id = docker_archive([raw])
+    one, two = prepare(tar, image_id), prepare(tar, image_id)
+    try:
+        assert [b.digest for b in one.blobs] == [b.digest for b in two.blobs]
+        assert one.manifests == two.manifests
+        layer = one.blobs[1]
+        assert layer.media_type == publish.DOCKER_LAYER_GZIP
+        gz = layer.path.read_bytes()
+        assert gz[:2] == b"\x1f\x8b" and gz[4:8] == b"\0\0\0\0"  # gzip, mtime 0
+        assert sha(gz) == layer.digest and len(gz) == layer.size
+        assert gzip.decompress(gz) == raw
+    finally:
+        publish.discard(one)
+        publish.discard(two)
+
+
+def test_the_manifest_names_the_config_the_layers_in_order_and_the_image_id():
+    a, b = raw_layer({"a": b"1"}), raw_layer({"b": b"2"})
+    tar, image_id = docker_archive([a, b])
+    got = prepare(tar, image_id)
+    try:
+        body, media_type = got.manifests[0]
+        doc = json.loads(body)
+        assert media_type == doc["mediaType"] == mediatypes.DOCKER_MANIFEST
+        assert doc["config"]["digest"] == image_id and doc["config"]["mediaType"] == publish.DOCKER_CONFIG
+        import gzip
+
+        layers = {b.digest: b for b in got.blobs}
+        assert [sha(gzip.decompress(layers[d["digest"]].path.read_bytes())) for d in doc["layers"]] == [sha(a), sha(b)]
+        assert got.child == (sha(body), media_type, len(body))
+    finally:
+        publish.discard(got)
+
+
+def test_a_layer_saved_twice_is_a_symlink_and_is_pushed_once():
+    a = raw_layer({"a": b"same"})
+    tar, image_id = docker_archive([a, raw_layer({"b": b"x"}), a], duplicate=True)
+    got = prepare(tar, image_id)
+    try:
+        doc = json.loads(got.manifests[0][0])
+        assert doc["layers"][0] == doc["layers"][2]
+        assert len(got.blobs) == 3  # config + two distinct layers
+    finally:
+        publish.discard(got)
+
+
+def test_a_layer_that_is_not_its_diff_id_is_the_nodes_failure_and_leaves_no_spool(spool):
+    tar, image_id = docker_archive([raw_layer({"a": os.urandom(2 * publish.SMALL)})], diff_ids=["sha256:" + "0" * 64])
+    with pytest.raises(InfrastructureError, match="its config says sha256:000"):
+        prepare(tar, image_id)
+    assert list(spool.iterdir()) == []
+
+
+def test_a_cut_off_export_is_the_nodes_failure():
+    tar, image_id = docker_archive([raw_layer({"a": os.urandom(200000)})])
+    with pytest.raises(InfrastructureError, match="could not be read"):
+        prepare(tar[: len(tar) // 2], image_id)
+
+
+def test_no_layer_is_held_whole_in_memory():
+    """A 24 MiB layer goes through prepare with less than a third of it in memory at any time
+    (members over publish.SMALL are spooled; compression reads and writes 1 MiB at a time)."""
+    big = raw_layer({"big": os.urandom(24 * 1024 * 1024)})
+    tar, image_id = docker_archive([big])
+    del big
+
+    async def go():
+        tracemalloc.start()
+        try:
+            got = await publish.prepare(pieces(tar, 1024 * 1024), node="n1", image_id=image_id)
+            return got, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    got, peak = asyncio.run(go())
+    try:
+        assert peak < 8 * 1024 * 1024, peak
+        assert got.blobs[1].path is not None and got.blobs[1].data is None
+    finally:
+        publish.discard(got)
+
+
+def test_manifest_annotations_make_an_oci_manifest():
+    tar, image_id = docker_archive([raw_layer({"a": b"1"})])
+    got = prepare(tar, image_id, annotations=[Annotation("manifest", "org.example.k", "v")])
+    try:
+        doc = json.loads(got.manifests[0][0])
+        assert doc["mediaType"] == mediatypes.OCI_MANIFEST and doc["annotations"] == {"org.example.k": "v"}
+        assert doc["config"]["mediaType"] == publish.OCI_CONFIG
+        assert {d["mediaType"] for d in doc["layers"]} == {publish.OCI_LAYER_GZIP}
+    finally:
+        publish.discard(got)
+
+
+def test_upload_sends_each_blob_once_mounts_base_layers_and_creates_no_tag():
+    fake = FakeRegistry(HOST)
+    base_layer = layer_bytes({"etc/base": b"base"})  # what the base's repository holds, gzipped
+    base = raw_layer({"etc/base": b"base"})
+    fake.blobs[("base", sha(base_layer))] = base_layer
+    mine = raw_layer({"bin/app": AMD64})
+    tar, image_id = docker_archive([base, mine])
+    known = {sha(base): publish.Blob(sha(base_layer), len(base_layer), publish.OCI_LAYER_GZIP,
+                                     mount_from=f"{HOST}/base")}
+    got = prepare(tar, image_id, known=known)
+    repo = parse_reference(f"{HOST}/app")
+
+    async def go():
+        async with client(fake) as c:
+            first = await publish.upload(c, got, repo)
+            second = await publish.upload(c, got, repo)
+            return first, second
+
+    try:
+        (digest, media_type, size, counts), (again, _, _, counts2) = asyncio.run(go())
+    finally:
+        publish.discard(got)
+    assert counts == {"uploaded": 2, "mounted": 1, "skipped": 0}  # config and my layer; the base mounted
+    assert counts2 == {"uploaded": 0, "mounted": 0, "skipped": 3} and again == digest
+    doc = json.loads(fake.manifests[("app", digest)][0])
+    assert doc["layers"][0] == {"mediaType": publish.DOCKER_LAYER_GZIP, "digest": sha(base_layer),
+                                "size": len(base_layer)}
+    assert {ref for (r, ref) in fake.manifests if r == "app"} == {digest}  # by digest only: no tag
+
+
+def test_base_layers_come_from_the_resolved_base_on_the_same_registry():
+    from archfleet.model import BaseImage, BuildRequest
+    from pathlib import Path
+
+    fake = FakeRegistry(HOST)
+    gz = layer_bytes({"etc/base": b"base"})
+    diff_id = sha(raw_layer({"etc/base": b"base"}))
+    config = json.dumps({"os": "linux", "architecture": "amd64", "rootfs": {"diff_ids": [diff_id]}}).encode()
+    fake.blobs[("base", sha(config))] = config
+    fake.blobs[("base", sha(gz))] = gz
+    body = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.DOCKER_MANIFEST,
+                       "config": {"mediaType": publish.DOCKER_CONFIG, "digest": sha(config), "size": len(config)},
+                       "layers": [{"mediaType": publish.DOCKER_LAYER_GZIP, "digest": sha(gz),
+                                   "size": len(gz)}]}).encode()
+    fake.manifests[("base", sha(body))] = (body, mediatypes.DOCKER_MANIFEST)
+    request = BuildRequest(Path("/ctx"), Path("/ctx/Dockerfile"), (AMD,), tags=(f"{HOST}/app:1",), push=True,
+                           bases=(BaseImage(f"{HOST}/base:1", "sha256:" + "1" * 64, (("linux/amd64", sha(body)),)),
+                                  BaseImage("elsewhere.test/base:1", "sha256:" + "2" * 64)))
+
+    async def go():
+        async with client(fake) as c:
+            return await publish.base_layers(c, request, AMD, parse_reference(f"{HOST}/app"))
+
+    got = asyncio.run(go())
+    assert got == {diff_id: publish.Blob(sha(gz), len(gz), publish.DOCKER_LAYER_GZIP, mount_from=f"{HOST}/base")}
+
+
+# -- an OCI layout with attestations: pushed as written, the attestations kept -----------------------
+
+
+def oci_layout_with_attestation() -> tuple[bytes, dict]:
+    blobs: dict[str, bytes] = {}
+
+    def put(data: bytes) -> dict:
+        blobs[sha(data)] = data
+        return {"digest": sha(data), "size": len(data)}
+
+    gz = layer_bytes({"bin/app": AMD64})
+    config = json.dumps({"os": "linux", "architecture": "amd64", "config": {"Cmd": ["/bin/app"]},
+                         "rootfs": {"diff_ids": ["sha256:" + "a" * 64]}}).encode()
+    image = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_MANIFEST,
+                        "config": {"mediaType": publish.OCI_CONFIG, **put(config)},
+                        "layers": [{"mediaType": publish.OCI_LAYER_GZIP, **put(gz)}]}).encode()
+    image_desc = {"mediaType": mediatypes.OCI_MANIFEST, **put(image),
+                  "platform": {"architecture": "amd64", "os": "linux"}}
+    statement = b'{"_type": "https://in-toto.io/Statement/v0.1"}'
+    empty = b"{}"
+    attestation = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_MANIFEST,
+                              "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(empty)},
+                              "layers": [{"mediaType": "application/vnd.in-toto+json", **put(statement),
+                                          "annotations": {"in-toto.io/predicate-type":
+                                                          "https://slsa.dev/provenance/v0.2"}}]}).encode()
+    att_desc = {"mediaType": mediatypes.OCI_MANIFEST, **put(attestation),
+                "annotations": {publish.REFERENCE_DIGEST: image_desc["digest"],
+                                publish.REFERENCE_TYPE: publish.ATTESTATION},
+                "platform": {"architecture": "unknown", "os": "unknown"}}
+    index = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX,
+                        "manifests": [image_desc, att_desc]}).encode()
+    top = {"mediaType": mediatypes.OCI_INDEX, **put(index)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in [("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'),
+                           ("index.json", json.dumps({"schemaVersion": 2, "manifests": [top]}).encode()),
+                           *((f"blobs/sha256/{d[7:]}", data) for d, data in blobs.items())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), {"image": image_desc, "attestation": att_desc}
+
+
+def test_an_oci_export_with_attestations_is_pushed_as_written_and_verification_keeps_them():
+    """Issue 15 item 4: the attestation manifests an engine produced stay in the index, with
+    their reference annotations; the image keeps the digest they name."""
+    tar, descs = oci_layout_with_attestation()
+    got = prepare(tar, platform=AMD)
+    fake = FakeRegistry(HOST)
+    repo = parse_reference(f"{HOST}/app")
+
+    async def go():
+        async with client(fake) as c:
+            digest, media_type, _, _ = await publish.upload(c, got, repo)
+            child = await verify_child(c, repo.with_digest(digest), AMD)
+            return media_type, child
+
+    try:
+        media_type, child = asyncio.run(go())
+    finally:
+        publish.discard(got)
+    assert media_type == mediatypes.OCI_INDEX
+    assert child.digest == descs["image"]["digest"]  # not re-compressed: the digest the attestation names
+    assert [json.loads(a) for a in child.attestations] == [descs["attestation"]]
+    body, index_type = assemble([child])
+    entries = json.loads(body)["manifests"]
+    assert index_type == mediatypes.OCI_INDEX
+    assert [e["digest"] for e in entries] == [descs["image"]["digest"], descs["attestation"]["digest"]]
+    assert entries[1]["annotations"][publish.REFERENCE_TYPE] == "attestation-manifest"
+
+
+# -- engine.export ---------------------------------------------------------------------------------
+
+
+class _Api:
+    def __init__(self, chunks, fail=None):
+        self.chunks, self.fail, self.read = chunks, fail, 0
+
+    def get_image(self, image, chunk_size):
+        assert chunk_size == engine.EXPORT_CHUNK
+        for c in self.chunks:
+            self.read += 1
+            yield c
+        if self.fail:
+            raise self.fail
+
+
+class _Transport:
+    node = "n1"
+
+    def __init__(self, api):
+        self.api = api
+
+    def docker_client(self):
+        return type("Client", (), {"api": self.api})()
+
+
+def test_export_streams_the_engines_archive_and_maps_its_failures_to_the_node():
+    import docker.errors
+
+    async def collect(api):
+        return [c async for c in engine.export(_Transport(api), "sha256:abc")]
+
+    assert asyncio.run(collect(_Api([b"a", b"b", b"c"]))) == [b"a", b"b", b"c"]
+    with pytest.raises(InfrastructureError, match="no longer has image sha256:abc"):
+        asyncio.run(collect(_Api([], docker.errors.NotFound("gone"))))
+    with pytest.raises(InfrastructureError, match="engine connection lost during the export"):
+        asyncio.run(collect(_Api([b"a"], ConnectionResetError("reset"))))
+
+
+def test_export_reads_only_a_few_pieces_ahead_of_its_reader():
+    api = _Api([bytes([i]) for i in range(50)])
+
+    async def first_two():
+        stream = engine.export(_Transport(api), "sha256:abc")
+        got = [await stream.__anext__(), await stream.__anext__()]
+        await asyncio.sleep(0.3)
+        ahead = api.read
+        await stream.aclose()
+        return got, ahead
+
+    got, ahead = asyncio.run(first_two())
+    assert got == [b"\0", b"\1"] and ahead <= 2 + engine._EXPORT_AHEAD + 1
+
+
+def test_the_push_scans_the_layers_it_compressed_and_verification_does_not_read_them_back():
+    """A layer archfleet pushed from the export was scanned on the way (by its blob digest):
+    verification reads the child's manifest and config, not that layer."""
+    tar, image_id = docker_archive([raw_layer({"bin/app": AMD64})])
+    got = prepare(tar, image_id)
+    fake = FakeRegistry(HOST)
+    repo = parse_reference(f"{HOST}/app")
+
+    async def go():
+        async with client(fake) as c:
+            digest, _, _, _ = await publish.upload(c, got, repo)
+            return await verify_child(c, repo.with_digest(digest), AMD, {s.digest: s.scan for s in got.scans})
+
+    try:
+        child = asyncio.run(go())
+    finally:
+        publish.discard(got)
+    layer = got.blobs[1].digest
+    assert [s.digest for s in got.scans] == [layer] and got.scans[0].scan["entries"]["/bin/app"] == ["file", "amd64"]
+    assert child.scans == got.scans  # not cached yet: handed on for the learn stage to keep
+    assert not [r for r in fake.requests if r.method == "GET" and r.url.path.endswith(layer)]
+
+
+def oci_layout(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _image(layer: bytes, layer_type: str) -> tuple[dict[str, bytes], dict, bytes]:
+    config = json.dumps({"os": "linux", "architecture": "amd64", "rootfs": {"diff_ids": [sha(layer)]}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_MANIFEST,
+                           "config": {"mediaType": publish.OCI_CONFIG, "digest": sha(config), "size": len(config)},
+                           "layers": [{"mediaType": layer_type, "digest": sha(layer), "size": len(layer)}]}).encode()
+    blobs = {f"blobs/sha256/{sha(x)[7:]}": x for x in (config, layer, manifest)}
+    desc = {"mediaType": mediatypes.OCI_MANIFEST, "digest": sha(manifest), "size": len(manifest)}
+    return blobs, desc, config
+
+
+def test_an_oci_export_of_compressed_layers_is_pushed_as_written():
+    """Docker 25's containerd store: index.json names the image manifest, layers already gzipped."""
+    gz = layer_bytes({"bin/app": AMD64})
+    blobs, desc, _ = _image(gz, publish.OCI_LAYER_GZIP)
+    got = prepare(oci_layout({"index.json": json.dumps({"schemaVersion": 2, "manifests": [desc]}).encode(), **blobs}))
+    publish.discard(got)
+    assert got.child[0] == desc["digest"] and got.child[1] == mediatypes.OCI_MANIFEST
+    assert {b.digest for b in got.blobs} == {sha(gz), json.loads(got.manifests[0][0])["config"]["digest"]}
+
+
+def test_an_oci_export_of_uncompressed_layers_is_compressed_through_its_manifest_json():
+    """Docker 25's classic store: uncompressed layers in an OCI layout, and a manifest.json: read
+    like a docker-archive, so the layers go up gzipped (and deterministic)."""
+    raw = raw_layer({"bin/app": AMD64})
+    blobs, desc, config = _image(raw, publish.OCI_LAYER_TAR)
+    legacy = json.dumps([{"Config": f"blobs/sha256/{sha(config)[7:]}", "Layers": [f"blobs/sha256/{sha(raw)[7:]}"]}])
+    got = prepare(oci_layout({"index.json": json.dumps({"schemaVersion": 2, "manifests": [desc]}).encode(),
+                              "manifest.json": legacy.encode(), **blobs}))
+    try:
+        doc = json.loads(got.manifests[0][0])
+        assert doc["mediaType"] == mediatypes.DOCKER_MANIFEST
+        assert doc["layers"][0]["mediaType"] == publish.DOCKER_LAYER_GZIP and doc["layers"][0]["digest"] != sha(raw)
+    finally:
+        publish.discard(got)
+
+
+@pytest.mark.parametrize("members,rule", [
+    ({"hello": b"x"}, "neither a docker-archive"),
+    ({"index.json": b'{"manifests": []}'}, "lists no image"),
+    ({"manifest.json": b"not json"}, "manifest.json is not JSON"),
+    ({"manifest.json": b"[]"}, "does not describe exactly one image"),
+])
+def test_an_export_that_is_no_image_archive_is_the_nodes_failure(members, rule):
+    with pytest.raises(InfrastructureError, match=rule):
+        prepare(oci_layout(members))
+
+
+def test_an_export_whose_config_is_not_the_image_built_is_refused():
+    tar, _ = docker_archive([raw_layer({"a": b"1"})])
+    with pytest.raises(InfrastructureError, match="not the image sha256:0000"):
+        prepare(tar, "sha256:" + "0" * 64)
+
+
+def test_a_cancelled_prepare_stops_reading_closes_the_export_and_leaves_no_spool(spool):
+    tar, image_id = docker_archive([raw_layer({"a": os.urandom(3 * publish.SMALL)})])
+    closed = []
+
+    async def slow():
+        try:
+            for i in range(0, len(tar), 4096):
+                yield tar[i:i + 4096]
+                await asyncio.sleep(0.001)
+        finally:
+            closed.append(True)
+
+    async def go():
+        task = asyncio.ensure_future(publish.prepare(slow(), node="n1", image_id=image_id))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert closed == [True] and list(spool.iterdir()) == []
+
+
+def test_a_base_layer_that_cannot_be_mounted_is_a_registry_error():
+    from archfleet.errors import RegistryError
+
+    fake = FakeRegistry(HOST, can_mount=False)
+    gz = layer_bytes({"etc/base": b"base"})
+    fake.blobs[("base", sha(gz))] = gz
+    base = raw_layer({"etc/base": b"base"})
+    tar, image_id = docker_archive([base])
+    got = prepare(tar, image_id, known={sha(base): publish.Blob(sha(gz), len(gz), publish.OCI_LAYER_GZIP,
+                                                               mount_from=f"{HOST}/base")})
+
+    async def go():
+        async with client(fake) as c:
+            await publish.upload(c, got, parse_reference(f"{HOST}/app"))
+
+    try:
+        with pytest.raises(RegistryError, match="could not be mounted into registry.test/app"):
+            asyncio.run(go())
+    finally:
+        publish.discard(got)
+
+
+def test_manifest_annotations_are_those_for_the_platform():
+    notes = [Annotation("manifest", "a", "1"), Annotation("manifest", "b", "2", parse("linux/arm64")),
+             Annotation("index", "c", "3")]
+    assert publish.manifest_annotations(notes, AMD) == (notes[0],)
