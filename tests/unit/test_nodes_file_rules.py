@@ -10,11 +10,14 @@ import os
 
 import pytest
 
-from archfleet.errors import UsageError
+from archfleet.errors import PluginError, UsageError
 from archfleet.inventory import _private_group, load_nodes_file
+from archfleet.plugins.ssh import KEYS as SSH_KEYS
 
-SSH_KEYS = ("arch, docker_host, enabled, engine, engine_cli, host, host_key_policy, identity, known_hosts, "
-            "labels, max_builds, port, transport, user")
+# the transports' keys as the pipeline loads them (archfleet_node_keys): the ssh plugin's
+KEYS = {"ssh": SSH_KEYS}
+KNOWN_SSH = ("arch, docker_host, enabled, engine, engine_cli, host, host_key_policy, identity, known_hosts, "
+             "labels, max_builds, port, transport, user")
 
 
 def nodes_file(tmp_path, text):
@@ -27,7 +30,7 @@ def nodes_file(tmp_path, text):
 def error(tmp_path, text) -> str:
     path = nodes_file(tmp_path, text)
     with pytest.raises(UsageError) as err:
-        load_nodes_file(path)
+        load_nodes_file(path, KEYS)
     return str(err.value).replace(str(path), "F")
 
 
@@ -39,25 +42,40 @@ def error(tmp_path, text) -> str:
     ('[nodes.a]\nhost = "h"\nport = "22"\n',
      "F:3: node 'a' key 'port': expected an integer 1-65535, got str '22'"),
     ('[nodes.a]\nhost = "h"\nuser = 7\n', "F:3: node 'a' key 'user': expected a user name, got int 7"),
-    ('[nodes.a]\nhost = "h"\ncolour = "red"\n', f"F:3: node 'a' key 'colour': unknown key (known: {SSH_KEYS})"),
+    ('[nodes.a]\nhost = "h"\ncolour = "red"\n', f"F:3: node 'a' key 'colour': unknown key (known: {KNOWN_SSH})"),
     ('[nodes.local]\nhost = "h"\n',
-     "F:2: node 'local' key 'host': unknown key (known: docker_host, enabled, engine_cli, labels, max_builds); "
+     "F:2: node 'local' key 'host': unknown key (known: docker_host, enabled, engine, engine_cli, labels, max_builds); "
      "the local node takes only these"),
     ('[nodes.a]\nhost = "h"\nmax_builds = 65\n', "F:3: node 'a' key 'max_builds': expected an integer 1-64, got 65"),
     ('[nodes.a]\nhost = "h"\nengine_cli = " "\n', "F:3: node 'a' key 'engine_cli': expected a path, got ' '"),
     ('[nodes.a]\nhost = "h"\nenabled = 1\n', "F:3: node 'a' key 'enabled': expected true or false, got int 1"),
-    ('[nodes.a]\nhost = "h"\ntransport = "telnet"\n', "F:3: node 'a' key 'transport': expected \"ssh\", got 'telnet'"),
-    ('[nodes.a]\nhost = "h"\nengine = "podman"\n',
-     "F:3: node 'a' key 'engine': expected \"docker\" (the only engine so far), got 'podman'"),
+    ('[nodes.a]\nhost = "h"\ntransport = "telnet"\n',
+     "F:3: node 'a' key 'transport': expected \"ssh\" (a transport a plugin provides), got 'telnet'"),
+    ('[nodes.a]\nhost = "h"\nengine = "rkt"\n',
+     "F:3: node 'a' key 'engine': expected \"docker\" or \"podman\", got 'rkt'"),
     ('[nodes.a]\nuser = "u"\n', "F:1: node 'a': missing 'host' (an address or an ~/.ssh/config alias)"),
 ])
 def test_each_mistake_is_one_line_with_file_line_node_key_and_what_is_expected(tmp_path, text, line):
     assert error(tmp_path, text) == line
 
 
+def test_a_transport_no_plugin_provides_is_named_before_the_keys_it_would_declare(tmp_path):
+    """The transport decides which keys a node may have: with the ssh plugin disabled, an SSH
+    node's ``host`` is not the mistake to report."""
+    path = nodes_file(tmp_path, '[nodes.a]\nhost = "h"\n')
+    with pytest.raises(UsageError) as err:
+        load_nodes_file(path, {})
+    assert str(err.value) == f"{path}:1: node 'a': no plugin provides transport 'ssh' (is it disabled?)"
+    path = nodes_file(tmp_path, '[nodes.a]\nhost = "h"\ntransport = "ssh"\n')
+    with pytest.raises(UsageError) as err:
+        load_nodes_file(path, {})
+    assert str(err.value) == (f"{path}:3: node 'a' key 'transport': expected a transport a plugin provides "
+                              "(none is loaded), got 'ssh'")
+
+
 def test_max_builds_is_1_to_64_on_both_sides(tmp_path):
     for value in (1, 64):
-        (node,) = load_nodes_file(nodes_file(tmp_path, f'[nodes.a]\nhost = "h"\nmax_builds = {value}\n'))
+        (node,) = load_nodes_file(nodes_file(tmp_path, f'[nodes.a]\nhost = "h"\nmax_builds = {value}\n'), KEYS)
         assert node.max_builds == value
     for value in (0, 65):
         assert "expected an integer 1-64" in error(tmp_path, f'[nodes.a]\nhost = "h"\nmax_builds = {value}\n')
@@ -66,16 +84,18 @@ def test_max_builds_is_1_to_64_on_both_sides(tmp_path):
 def test_left_out_keys_take_the_documented_defaults(tmp_path):
     """An SSH node: 2 build slots, enabled, strict host keys, transport ssh, engine docker. The
     local node: 4 build slots, enabled. Both remember file:line of their table."""
-    local, ssh = load_nodes_file(nodes_file(tmp_path, '[nodes.local]\nlabels = {}\n\n[nodes.a]\nhost = "h"\n'))
-    assert (local.name, local.transport, local.max_builds, local.enabled) == ("local", "local", 4, True)
-    assert (ssh.transport, ssh.max_builds, ssh.enabled, ssh.host_key_policy, ssh.engine) == (
+    local, ssh = load_nodes_file(nodes_file(tmp_path, '[nodes.local]\nlabels = {}\n\n[nodes.a]\nhost = "h"\n'), KEYS)
+    assert (local.name, local.transport, local.max_builds, local.enabled, local.engine) == (
+        "local", "local", 4, True, "docker")
+    assert (ssh.transport, ssh.max_builds, ssh.enabled, ssh.setting("host_key_policy"), ssh.engine) == (
         "ssh", 2, True, "strict", "docker")
     path = tmp_path / "nodes.toml"
     assert (local.source, ssh.source) == (f"{path}:1", f"{path}:4")
 
 
 def test_enabled_false_and_labels_are_kept(tmp_path):
-    (node,) = load_nodes_file(nodes_file(tmp_path, '[nodes.a]\nhost = "h"\nenabled = false\nlabels = { site = "x" }\n'))
+    (node,) = load_nodes_file(nodes_file(tmp_path, '[nodes.a]\nhost = "h"\nenabled = false\nlabels = { site = "x" }\n'),
+                              KEYS)
     assert node.enabled is False and node.labels == (("site", "x"),)
 
 
@@ -86,9 +106,9 @@ def test_identity_and_known_hosts_are_relative_to_the_file_absolute_paths_stay(t
     other.mkdir()
     monkeypatch.chdir(other)  # the working directory plays no part
     (node,) = load_nodes_file(nodes_file(
-        tmp_path, f'[nodes.a]\nhost = "h"\nidentity = "keys/id"\nknown_hosts = "{tmp_path}/kh"\n'))
-    assert node.identity == str(tmp_path / "keys" / "id")
-    assert node.known_hosts == str(tmp_path / "kh")
+        tmp_path, f'[nodes.a]\nhost = "h"\nidentity = "keys/id"\nknown_hosts = "{tmp_path}/kh"\n'), KEYS)
+    assert node.setting("identity") == str(tmp_path / "keys" / "id")
+    assert node.setting("known_hosts") == str(tmp_path / "kh")
 
 
 @pytest.mark.parametrize("gid,name,members,private", [
@@ -116,9 +136,11 @@ def test_a_user_private_group_is_the_owners_primary_group_named_after_them_with_
 # --- the file as a whole --------------------------------------------------------------------------
 
 from archfleet.api import hookimpl  # noqa: E402
-from archfleet.inventory import MAX_BYTES, collect_nodes, find_nodes_file, make_config  # noqa: E402
+from archfleet.inventory import MAX_BYTES, find_nodes_file, make_config  # noqa: E402
+from archfleet.manager import make_hooks  # noqa: E402
 from archfleet.model import NodeSpec  # noqa: E402
-from archfleet.plugin import make_manager  # noqa: E402
+from archfleet.pipeline import nodes_of  # noqa: E402
+from archfleet.session import Session  # noqa: E402
 
 
 @pytest.mark.parametrize("text,line", [
@@ -151,16 +173,16 @@ def test_a_nodes_file_is_at_most_1_mib(tmp_path):
     path = tmp_path / "nodes.toml"
     path.write_bytes(b"#" * (MAX_BYTES - 1) + b"\n")
     path.chmod(0o600)
-    assert load_nodes_file(path) == []
+    assert load_nodes_file(path, KEYS) == []
     path.write_bytes(b"#" * MAX_BYTES + b"\n")
     with pytest.raises(UsageError) as err:
-        load_nodes_file(path)
+        load_nodes_file(path, KEYS)
     assert str(err.value) == f"{path}: larger than {MAX_BYTES} bytes; this is not a nodes file"
 
 
 def test_a_file_that_cannot_be_opened_says_why(tmp_path):
     with pytest.raises(UsageError) as err:
-        load_nodes_file(tmp_path / "missing.toml")
+        load_nodes_file(tmp_path / "missing.toml", KEYS)
     assert str(err.value) == f"{tmp_path / 'missing.toml'}: cannot read: No such file or directory"
 
 
@@ -178,7 +200,8 @@ def test_make_config_carries_every_choice(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = nodes_file(tmp_path, '[nodes.a]\nhost = "h"\n')
     notes = []
-    config = make_config(str(path), engine_cli="/opt/docker", local=False, only_nodes=("a",), note=notes.append)
+    config = make_config(str(path), engine_cli="/opt/docker", local=False, only_nodes=("a",), note=notes.append,
+                         keys=KEYS)
     assert (config.nodes_file, config.engine_cli, config.local, config.only_nodes) == (path, "/opt/docker", False,
                                                                                        ("a",))
     assert [n.name for n in config.file_nodes] == ["a"] and notes == []  # named: trusted, nothing to say
@@ -197,11 +220,11 @@ def test_an_ignored_working_directory_file_is_said_with_the_file_used(tmp_path, 
     monkeypatch.chdir(work)
     (work / "nodes.toml").write_text('[nodes.evil]\nhost = "h"\n')
     notes = []
-    assert make_config(note=notes.append).nodes_file == mine
+    assert make_config(note=notes.append, keys=KEYS).nodes_file == mine
     assert notes == ["./nodes.toml is not read unless you name it (it can run programs): pass --nodes nodes.toml "
                      f"or set $ARCHFLEET_NODES if you trust it; using {mine}"]
     monkeypatch.setenv("ARCHFLEET_NODES", str(mine))
-    make_config(note=notes.append)
+    make_config(note=notes.append, keys=KEYS)
     assert len(notes) == 1  # a file named in the environment is a choice: nothing to say
 
 
@@ -215,9 +238,15 @@ class Contributes:
 
 
 def manager(*nodes):
-    pm = make_manager(load_entrypoints=False)
-    pm.register(Contributes(*nodes), name="test-nodes")
-    return pm
+    """The built-in plugins (the local node among them) and one that contributes ``nodes``."""
+    hooks = make_hooks({}, load_entrypoints=False)
+    hooks.register(Contributes(*nodes), name="test-nodes")
+    return hooks
+
+
+def collect_nodes(hooks, config):
+    """The inventory stage as a command runs it (pipeline.nodes_of)."""
+    return nodes_of(hooks, config, Session())
 
 
 def test_nodes_come_local_first_then_in_order_without_the_disabled(tmp_path):
@@ -234,7 +263,7 @@ def test_an_unknown_node_selection_names_what_exists():
         collect_nodes(pm, make_config(only_nodes=("b", "x", "y")))
     assert str(err.value) == "--node: no node named x, y (known: b, local)"
     with pytest.raises(UsageError) as err:
-        collect_nodes(make_manager(load_entrypoints=False), make_config(local=False, only_nodes=("x",)))
+        collect_nodes(make_hooks({}, load_entrypoints=False), make_config(local=False, only_nodes=("x",)))
     assert str(err.value) == "--node: no node named x (known: none)"
 
 
@@ -243,7 +272,7 @@ def test_two_nodes_of_one_name_or_a_contribution_that_is_no_node_are_refused():
     with pytest.raises(UsageError) as err:
         collect_nodes(pm, make_config(local=False))
     assert str(err.value) == "p:1: node name 'b' is already used at one.toml:3"
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(PluginError) as err:  # the plugin's mistake, not the user's (PluginError, exit 1)
         collect_nodes(manager("b"), make_config(local=False))
     assert str(err.value) == "plugin 'test-nodes' contributed 'b', not a NodeSpec"
 
@@ -260,7 +289,7 @@ def test_two_nodes_of_one_name_or_a_contribution_that_is_no_node_are_refused():
     ('[nodes.a]\nhost = "h"\nidentity = " "\n', "F:3: node 'a' key 'identity': expected a path, got ' '"),
     ('[nodes.a]\nhost = "h"\nknown_hosts = ""\n', "F:3: node 'a' key 'known_hosts': expected a path, got ''"),
     ('[nodes.a]\nhost = "h"\nidentity = "/nonexistent/key"\n',
-     "F:3: node 'a' key 'identity': cannot read key file '/nonexistent/key': No such file or directory"),
+     "F:3: node 'a' key 'identity': cannot read file '/nonexistent/key': No such file or directory"),
     ('[nodes.Xa]\nhost = "h"\nport = 0\n', "F:3: node 'Xa' key 'port': expected an integer 1-65535, got 0"),
     ('[nodes.b]\nhost = "h"\n  [nodes.b.labels]\n  port = "x"\n\n[nodes.c]\nhost = "h"\nport = 0\n',
      "F:8: node 'c' key 'port': expected an integer 1-65535, got 0"),
@@ -275,18 +304,21 @@ def test_every_value_given_is_kept(tmp_path):
         '[nodes.local]\nlabels = { site = "here" }\nmax_builds = 3\n\n'
         '[nodes.a]\nhost = "h"\nport = 1\ntransport = "ssh"\nengine = "docker"\nengine_cli = "/opt/docker"\n'
         'host_key_policy = "accept-new"\nidentity = "id"\nknown_hosts = "kh"\nuser = "u"\n'
-        'docker_host = "unix:///run/d.sock"\n')))
+        'docker_host = "unix:///run/d.sock"\n')), KEYS)
     assert (local.labels, local.max_builds, local.enabled) == ((("site", "here"),), 3, True)
-    assert (node.port, node.transport, node.engine, node.engine_cli, node.host_key_policy, node.user,
-            node.docker_host, node.arch) == (1, "ssh", "docker", "/opt/docker", "accept-new", "u",
-                                             "unix:///run/d.sock", None)
-    assert (node.identity, node.known_hosts) == (str(tmp_path / "id"), str(tmp_path / "kh"))
-    (top,) = load_nodes_file(nodes_file(tmp_path, '[nodes.a]\nhost = "h"\nport = 65535\n'))
-    assert top.port == 65535
+    assert (node.setting("port"), node.transport, node.engine, node.engine_cli, node.setting("host_key_policy"),
+            node.setting("user"), node.docker_host, node.arch) == (1, "ssh", "docker", "/opt/docker", "accept-new",
+                                                                   "u", "unix:///run/d.sock", None)
+    assert (node.setting("identity"), node.setting("known_hosts")) == (str(tmp_path / "id"), str(tmp_path / "kh"))
+    (top,) = load_nodes_file(nodes_file(tmp_path, '[nodes.a]\nhost = "h"\nport = 65535\n'), KEYS)
+    assert top.setting("port") == 65535
+    (pod,) = load_nodes_file(nodes_file(tmp_path, '[nodes.a]\nhost = "h"\nengine = "podman"\n'), KEYS)
+    assert pod.engine == "podman"
 
 
 def test_the_local_node_remembers_its_own_line(tmp_path):
-    ssh, local = load_nodes_file(nodes_file(tmp_path, '[nodes.a]\nhost = "h"\n\n[nodes.local]\nmax_builds = 1\n'))
+    ssh, local = load_nodes_file(nodes_file(tmp_path, '[nodes.a]\nhost = "h"\n\n[nodes.local]\nmax_builds = 1\n'),
+                                 KEYS)
     assert local.source == f"{tmp_path / 'nodes.toml'}:4"
 
 
