@@ -11,7 +11,8 @@ archfleet imports them less the ``archfleet.`` (``buildargs``, ``plugins.estimat
 (``core/buildargs.py``, ``plugins/ssh/hostkeys.py``).
 ``--resume`` goes on with a run that was stopped. ``--retest`` keeps the last run's mutants and results, copies the unit tests as they are now
 into it and tests again only the mutants that were not killed: the quick check after adding a
-test for a survivor (the source must not have changed since that run).
+test for a survivor (the source must not have changed since that run). Without MODULE, ``--retest``
+and ``--resume`` go on with the modules of the last run.
 
 mutmut (``pip install -e '.[mutation]'``) changes one thing at a time in these modules (an
 operator, a constant, a condition, a call's argument) and runs the unit tests that reach the
@@ -148,6 +149,18 @@ def stage(modules: list[str]) -> None:
     configure(STAGE / "pyproject.toml", "pytest_add_cli_args_test_selection", oracle(modules))
 
 
+def in_stage() -> list[str]:
+    """The modules the staged run mutates (its ``only_mutate``); none without a stage."""
+    import fnmatch
+    import tomllib
+
+    try:
+        mutated = tomllib.loads((STAGE / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return []
+    return [m for m in MODULES if any(fnmatch.fnmatch(staged(m).as_posix(), p) for p in mutated)]
+
+
 def configure(path: Path, key: str, values: list[str]) -> None:
     """Set ``key`` of ``[tool.mutmut]`` in the pyproject.toml at ``path`` to the list ``values``
     (the key's whole array, as the repository's pyproject.toml writes it, one item a line)."""
@@ -254,7 +267,12 @@ def main() -> int:
     unknown = [m for m in args.modules if module_of(m) is None]
     if unknown:
         parser.error(f"unknown module {unknown[0]!r} (known: {', '.join(MODULES)})")
-    modules = list(dict.fromkeys(module_of(m) for m in args.modules)) if args.modules else list(MODULES)
+    if args.modules:
+        modules = list(dict.fromkeys(module_of(m) for m in args.modules))
+    elif (args.retest or args.resume) and in_stage():
+        modules = in_stage()  # go on with the last run's modules
+    else:
+        modules = list(MODULES)
     try:
         import mutmut  # noqa: F401
     except ImportError:
@@ -266,7 +284,7 @@ def main() -> int:
         if not (STAGE / "mutants").is_dir():
             print("mutation: --retest needs an earlier run in build/mutation", file=sys.stderr)
             return 2
-        missing = [m for m in modules if not (STAGE / staged(m)).is_file()]
+        missing = [m for m in modules if m not in in_stage()]
         changed = [m for m in modules if m not in missing
                    and MODULES[m].read_bytes() != (STAGE / staged(m)).read_bytes()]
         if missing or changed:
