@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -70,3 +72,17 @@ def update_json(path: Path, change: Callable[[dict], None]) -> dict:
         change(doc)
         write_atomic(path, json.dumps(doc, separators=(",", ":")))
     return doc
+
+
+def fresh_positive(entry, field: str, ttl: float) -> float | None:
+    """``entry[field]`` of a cache entry shaped ``{field: number, "at": epoch seconds}`` when it
+    was written less than ``ttl`` seconds ago and is finite and positive, else None (missing,
+    too old, or not such an entry: caches are read without trusting their shape)."""
+    try:
+        if entry and time.time() - float(entry["at"]) < ttl:
+            value = float(entry[field])
+            if math.isfinite(value) and value > 0:
+                return value
+    except (KeyError, TypeError, ValueError):
+        pass
+    return None

@@ -313,8 +313,15 @@ def _node(path: Path, lines: _Lines, name: str, table: Any, keys: Mapping[str, M
     transport = None
     own: Mapping[str, Key] = {}
     if not is_local:
-        raw = table.get("transport", DEFAULT_TRANSPORT)
-        own = keys.get(raw, {}) if isinstance(raw, str) else {}
+        # the transport first: it decides which other keys the node may have, so a transport
+        # no plugin provides is the mistake to name, not the keys it would have declared
+        known = sorted(keys)
+        transport = get("transport", str, DEFAULT_TRANSPORT, lambda v: v in keys,
+                        " or ".join(f'"{t}"' for t in known) + " (a transport a plugin provides)" if known
+                        else "a transport a plugin provides (none is loaded)")
+        if transport not in keys:  # the default transport, and its plugin is not loaded
+            raise fail(None, f"no plugin provides transport {transport!r} (is it disabled?)")
+        own = keys[transport]
     allowed = _LOCAL_KEYS if is_local else _NODE_KEYS | set(own)
     for key in table:
         if key not in allowed:
@@ -337,12 +344,6 @@ def _node(path: Path, lines: _Lines, name: str, table: Any, keys: Mapping[str, M
         return NodeSpec(name="local", transport="local", engine=engine, engine_cli=engine_cli,
                         docker_host=docker_host, max_builds=max_builds or 4, labels=labels, enabled=enabled,
                         source=f"{path}:{lines.of(name)}")
-    known = sorted(keys)
-    transport = get("transport", str, DEFAULT_TRANSPORT, lambda v: v in keys,
-                    " or ".join(f'"{t}"' for t in known) + " (a transport a plugin provides)" if known
-                    else "a transport a plugin provides (none is loaded)")
-    if transport not in keys:  # the default transport, and its plugin is not loaded
-        raise fail(None, f"no plugin provides transport {transport!r} (is it disabled?)")
     settings: dict[str, Any] = {}
     for key, spec in own.items():
         if key not in table:

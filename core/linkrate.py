@@ -10,7 +10,6 @@ estimates as ``NodeFacts.link_rate`` (:func:`measured`). Rates older than ``TTL`
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -31,14 +30,7 @@ def _read() -> dict:
 
 def _rate(entry) -> float | None:
     """The rate an entry holds if it is recent, finite and positive."""
-    try:
-        if entry and time.time() - float(entry["at"]) < TTL:
-            rate = float(entry["rate"])
-            if math.isfinite(rate) and rate > 0:
-                return rate
-    except (KeyError, TypeError, ValueError):
-        pass
-    return None
+    return cachefile.fresh_positive(entry, "rate", TTL)
 
 
 def measured(key: str) -> float | None:

@@ -555,6 +555,12 @@ async def upload(client: RegistryClient, prepared: Prepared, repository: Referen
 
 
 async def _mount_only(client: RegistryClient, dst: Reference, digest: str, sources: Sequence[Reference]) -> str:
+    async with client.blob_writer(dst, digest):
+        return await _mount_only_unlocked(client, dst, digest, sources)
+
+
+async def _mount_only_unlocked(client: RegistryClient, dst: Reference, digest: str,
+                               sources: Sequence[Reference]) -> str:
     if await client.blob_exists(dst, digest):
         return "skipped"
     for src in sources:

@@ -303,6 +303,9 @@ class RegistryClient:
         # content read by digest, which never changes under it: (host, repository, digest) ->
         # a manifest, or a small blob (a config); see :data:`CACHED_BLOB`
         self._seen: dict[tuple[str, str, str], "Manifest | bytes"] = {}
+        # (host, repository, digest) -> the lock held while this client writes that blob (see
+        # :meth:`blob_writer`)
+        self._writing: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     async def __aenter__(self) -> "RegistryClient":
         return self
@@ -709,8 +712,24 @@ class RegistryClient:
             raise RegistryError(f"registry {credential_name(dst.api_host)} started an upload without a Location")
         return _path_of(resp.headers["location"])
 
+    def blob_writer(self, dst: Reference, digest: str) -> asyncio.Lock:
+        """The lock to hold while making blob ``digest`` exist in ``dst``'s repository, so this
+        client writes one blob into one repository once at a time: children of one build share
+        layers, and distribution's filesystem driver rewrites a repository's blob link file in
+        place (truncate, then write) on every upload or mount of it, so a sibling's manifest PUT
+        that reads the link meanwhile is refused (400 DIGEST_INVALID + MANIFEST_BLOB_UNKNOWN).
+        The second writer waits, then finds the blob there (HEAD) and sends nothing."""
+        return self._writing.setdefault((dst.api_host, dst.repository, digest), asyncio.Lock())
+
     async def push_blob(self, dst: Reference, digest: str, source: Callable[[], AsyncIterator[bytes]], *,
                         mount_from: Sequence[Reference] = (), where: str = "") -> str:
+        """Make blob ``digest`` exist in ``dst``, one writer at a time (:meth:`blob_writer`);
+        see :meth:`_push_blob`."""
+        async with self.blob_writer(dst, digest):
+            return await self._push_blob(dst, digest, source, mount_from=mount_from, where=where)
+
+    async def _push_blob(self, dst: Reference, digest: str, source: Callable[[], AsyncIterator[bytes]], *,
+                         mount_from: Sequence[Reference] = (), where: str = "") -> str:
         """Make blob ``digest`` exist in ``dst``'s repository, sending its bytes only when the
         registry has it nowhere we can name. In order: HEAD in ``dst`` (there: ``"skipped"``); a
         cross-repository mount from each of ``mount_from`` on the same registry (``"mounted"``);

@@ -9,7 +9,6 @@ learn stage (:func:`store`, called from :mod:`archfleet.learn` only).
 
 from __future__ import annotations
 
-import math
 import time
 
 from . import cachedir, cachefile
@@ -27,15 +26,7 @@ def score_key(node) -> str:
 def cached(key: str) -> float | None:
     """The node's benchmark score if measured within ``SCORE_TTL`` (finite and positive), else
     None (never measured, too old, or a file that cannot be read). Blocking (one small file)."""
-    entry = cachefile.read_json(cachedir.scores()).get(key)
-    try:
-        if entry and time.time() - float(entry["at"]) < SCORE_TTL:
-            score = float(entry["score"])
-            if math.isfinite(score) and score > 0:
-                return score
-    except (KeyError, TypeError, ValueError):
-        pass
-    return None
+    return cachefile.fresh_positive(cachefile.read_json(cachedir.scores()).get(key), "score", SCORE_TTL)
 
 
 def store(key: str, score: float) -> None:

@@ -527,6 +527,34 @@ def test_push_blob_skips_what_is_there_mounts_what_a_sibling_has_and_uploads_the
     assert fake.blobs[("app", digest_of(new))] == new and fake.blobs[("app", digest_of(sibling))] == sibling
 
 
+def test_children_sharing_a_layer_write_it_once_one_writer_at_a_time():
+    """Rule: one client writes one blob into one repository once at a time (distribution's
+    filesystem driver rewrites the blob's link file in place on each upload or mount, and a
+    sibling's manifest PUT reading it meanwhile is refused with DIGEST_INVALID). Two children
+    pushing the same layer at once: one uploads, the other waits and finds it there."""
+    fake = FakeRegistry(HOST)
+    layer = os.urandom(5000)
+    app = parse_reference(f"{HOST}/app")
+    calls: list = []
+
+    def slow_source():  # yields to the other child between pieces, as a real spool read does
+        calls.append(1)
+
+        async def gen():
+            for i in range(0, len(layer), 1000):
+                await asyncio.sleep(0)
+                yield layer[i:i + 1000]
+        return gen()
+
+    async def go():
+        async with client(fake) as c:
+            return await asyncio.gather(c.push_blob(app, digest_of(layer), slow_source),
+                                        c.push_blob(app, digest_of(layer), slow_source))
+
+    assert sorted(run(go())) == ["skipped", "uploaded"]
+    assert len(calls) == 1 and fake.blobs[("app", digest_of(layer))] == layer
+
+
 def test_push_blob_refuses_bytes_that_are_not_the_digest_and_commits_nothing():
     fake = FakeRegistry(HOST)
     app = parse_reference(f"{HOST}/app")
