@@ -376,3 +376,16 @@ def test_a_node_that_built_the_same_files_needs_no_transfer_whatever_the_build_a
     assert view_for(again, db).context_key != view_for(req, db).context_key
     second = plugin.archfleet_estimate(option=option, request=again, facts=node, history=view_for(again, db))
     assert dict(second.parts)["transfer"] == 0
+
+
+def test_a_stage_mounted_or_copied_by_index_is_waited_for_and_part_of_the_chain(ctx):
+    """Rule: RUN --mount=from=STAGE and COPY --from=N depend on that stage: the step waits for it
+    (critical path) and its cache chain changes when the stage's steps change."""
+    text = (f"FROM {BASE} AS tools\nRUN echo one > /t\nFROM {BASE}\nRUN --mount=type=bind,from=tools,target=/x cat /x/t\n"
+            "COPY --from=0 /t /t\n")
+    before = steps.planned(request_for(ctx, text), AMD, [AMD], [])
+    steps._planned.cache_clear()
+    after = steps.planned(request_for(ctx, text.replace("echo one", "echo two")), AMD, [AMD], [])
+    run, copy = before[1], before[2]
+    assert run.after == (0,) and copy.after == (0,)
+    assert run.key == after[1].key and run.chain != after[1].chain and copy.chain != after[2].chain
