@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS runs (
     seconds REAL NOT NULL,
     bytes INTEGER NOT NULL DEFAULT 0,
     outcome TEXT NOT NULL,
-    speed REAL
+    speed REAL,
+    ref TEXT,
+    warm INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_ctx ON runs (context_key, platform, strategy, node);
 CREATE INDEX IF NOT EXISTS runs_proj ON runs (project_key, strategy, node);
@@ -87,11 +89,14 @@ def project_key(request) -> str:
 
 
 def _add_speed_column(db: sqlite3.Connection) -> None:
-    """Histories written before the ``speed`` column get it (two runs may race to add it)."""
+    """Histories written before the ``speed``, ``ref`` and ``warm`` columns get them (two runs may
+    race to add one)."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-    if "speed" not in columns:
+    for name, kind in (("speed", "REAL"), ("ref", "TEXT"), ("warm", "INTEGER")):
+        if name in columns:
+            continue
         try:
-            db.execute("ALTER TABLE runs ADD COLUMN speed REAL")
+            db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
         except sqlite3.OperationalError as exc:
             if "duplicate column" not in str(exc):
                 raise
@@ -190,16 +195,20 @@ class History:
 
     @_never_fails(None)
     def record(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str,
-               seconds: float, bytes: int = 0, outcome: str = "ok", speed: float | None = None) -> None:
+               seconds: float, bytes: int = 0, outcome: str = "ok", speed: float | None = None,
+               ref: str | None = None, warm: bool = False) -> None:
         """``speed``: the node's relative speed (:func:`archfleet.planner.node_speed`) when it ran,
-        so a slow node's seconds can be turned into reference-speed work for other nodes."""
+        so a slow node's seconds can be turned into reference-speed work for other nodes; ``ref``:
+        the child it pushed (``repo@sha256:...``), the next build's warm cache source; ``warm``:
+        it read another node's child as a cache source (:mod:`archfleet.buildcache`)."""
         db = self._conn()
         with db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
-                "INSERT INTO runs (at, context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed),
+                "INSERT INTO runs (at, context_key, project_key, platform, strategy, node, seconds, bytes, outcome,"
+                " speed, ref, warm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed,
+                 ref, 1 if warm else 0),
             )
             db.execute("DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - ?", (MAX_ROWS,))
 
@@ -210,17 +219,30 @@ class History:
         return statistics.median(rows), len(rows)
 
     @_never_fails(None)
-    def past(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str) -> Past | None:
-        """What this option took before: this context first, then this project."""
+    def past(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str,
+             warm: bool = False) -> Past | None:
+        """What this option took before: this context first, then this project. ``warm``: only
+        builds that started from another node's cache (else only those that did not)."""
+        flag = " AND COALESCE(warm, 0) = ?"
         got = self._median("SELECT seconds FROM runs WHERE outcome = 'ok' AND context_key = ? AND platform = ?"
-                           " AND strategy = ? AND node = ?", (context_key, platform, strategy, node), limit=3)
+                           " AND strategy = ? AND node = ?" + flag, (context_key, platform, strategy, node, int(warm)),
+                           limit=3)
         if got:
-            return Past(got[0], got[1], "this context")
+            return Past(got[0], got[1], "this context" + (" (warm)" if warm else ""))
         got = self._median("SELECT seconds FROM runs WHERE outcome = 'ok' AND project_key = ? AND platform = ?"
-                           " AND strategy = ? AND node = ?", (project_key, platform, strategy, node))
+                           " AND strategy = ? AND node = ?" + flag, (project_key, platform, strategy, node, int(warm)))
         if got:
-            return Past(got[0], got[1], "this project")
+            return Past(got[0], got[1], "this project" + (" (warm)" if warm else ""))
         return None
+
+    @_never_fails(None)
+    def last_pushed(self, project_key: str, platform: str) -> tuple[str, str] | None:
+        """(node, child ref) of this project's last build of ``platform`` that pushed a child,
+        or None."""
+        row = self._conn().execute(
+            "SELECT node, ref FROM runs WHERE outcome = 'ok' AND project_key = ? AND platform = ? AND ref IS NOT NULL"
+            " AND ref != '' ORDER BY id DESC LIMIT 1", (project_key, platform)).fetchone()
+        return (row[0], row[1]) if row else None
 
     @_never_fails(None)
     def qemu_factor(self, node: str) -> float | None:
@@ -265,10 +287,15 @@ class HistoryView:
     project_key: str
     context_bytes: int
 
-    def past(self, option) -> Past | None:
-        """What ``option`` took before for this context, else this project (:meth:`History.past`), or None."""
+    def past(self, option, warm: bool = False) -> Past | None:
+        """What ``option`` took before for this context, else this project (:meth:`History.past`;
+        ``warm``: builds that started from another node's cache), or None."""
         return self.db.past(context_key=self.context_key, project_key=self.project_key,
-                            platform=str(option.platform), strategy=option.strategy, node=option.node)
+                            platform=str(option.platform), strategy=option.strategy, node=option.node, warm=warm)
+
+    def last_pushed(self, platform) -> tuple[str, str] | None:
+        """(node, child ref) of this project's last pushed build of ``platform`` (:meth:`History.last_pushed`)."""
+        return self.db.last_pushed(self.project_key, str(platform))
 
     def synced_before(self, node: str) -> bool:
         """True when a build of this very context ran on ``node`` before (so the node has it: no transfer to estimate)."""
@@ -279,7 +306,8 @@ class HistoryView:
         """Add one row for ``result`` (``outcome`` ok, ``speed`` the node's :func:`~archfleet.planner.node_speed` then). Never raises."""
         self.db.record(context_key=self.context_key, project_key=self.project_key,
                        platform=str(result.platform), strategy=result.option.strategy, node=result.option.node,
-                       seconds=result.seconds, bytes=self.context_bytes, outcome=outcome, speed=speed)
+                       seconds=result.seconds, bytes=self.context_bytes, outcome=outcome, speed=speed,
+                       ref=result.ref if result.digest else None, warm=bool(getattr(result, "warm_from", None)))
 
 
 def view_for(request, path: Path | None = None) -> HistoryView | None:
