@@ -452,6 +452,9 @@ def build(path, platform, tag, file, build_arg, label, target, push, child_tags,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
                             (pin_strategy, pin_node), report, annotation, child_tags, secret, ssh, cache_from,
                             cache_to, output, load)
+    from .secrets import hold_env
+
+    hold_env(request.secrets)  # no process archfleet starts inherits an env= secret's variable
     hooks = _hooks()
     config = _config(hooks, nodes_file, engine_cli, local)
     from .buildargs import secret_warning

@@ -255,11 +255,30 @@ def check_mounts(request: BuildRequest) -> list[str]:
 
 # -- the values -----------------------------------------------------------------------------------
 
+_HELD: dict[str, bytes] = {}  # env= secrets taken out of this process's environment (hold_env)
+# variables every process needs: left in place even when a secret names one
+_KEEP = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TERM", "PWD", "TMPDIR", "SSH_AUTH_SOCK"}
+
+
+def hold_env(secrets: Sequence[Secret]) -> None:
+    """Take the variable of each ``env=`` secret out of this process's environment, its value
+    kept here for :func:`value`: no process archfleet starts (engine CLIs, ssh, probes) inherits
+    it. The build command calls it once the flags are checked. Variables in :data:`_KEEP` stay."""
+    for s in secrets:
+        if s.env is None or s.env in _HELD or s.env in _KEEP or s.env.startswith(("DOCKER_", "XDG_", "ARCHFLEET_")):
+            continue
+        data = os.environb.pop(os.fsencode(s.env), None)
+        if data is not None:
+            _HELD[s.env] = data
+
+
 def value(secret: Secret) -> bytes:
     """The secret's value, read now (blocking: a file). Raises :class:`UsageError` when its file
     cannot be read or its variable is gone (the flag was checked when archfleet started)."""
     if secret.env is not None:
-        data = os.environb.get(os.fsencode(secret.env))
+        data = _HELD.get(secret.env)
+        if data is None:
+            data = os.environb.get(os.fsencode(secret.env))
         if data is None:
             raise UsageError(f"--secret id={secret.id}: ${secret.env} is no longer set")
         return data
