@@ -19,7 +19,8 @@ return (for annotations) and the two errors the hook contract asks a plugin to r
   :func:`reuse_key` and its label :data:`LABEL_REUSE_KEY` (the ``reuse`` strategy), :func:`prior_seconds`,
   :func:`node_speed`, :func:`reference_work`, :data:`QEMU_FACTOR`, :data:`LINK_RATE`,
   :func:`analyse_dockerfile` (its ``placement()`` says what a node can run), :class:`RegistryClient`,
-  :func:`parse_reference`.
+  :func:`parse_reference`, :func:`warm_ref` and :data:`WARM_FACTOR` (the cross-node warm cache:
+  :mod:`archfleet.buildcache`).
 - Transports: :class:`LocalTransport`, :class:`CommandNode` (context sync and leases over ``run``),
   :class:`Completed`, :func:`pump_lines`, :func:`supervise`, :func:`guard_callback`,
   :func:`guard_chunks`, :class:`CallerError`, :func:`parse_docker_host`, :func:`probe_node`,
@@ -37,6 +38,7 @@ from .executor import Job
 from .hookspecs import hookimpl
 from .inventory import Config, Key
 from .leases import read_local as read_local_leases
+from .buildcache import WARM_FACTOR, warm_ref
 from .buildkey import LABEL_REUSE_KEY, reuse_key
 from .model import BuildRequest, NodeFacts, NodeSpec, Option, PlatformResult
 from .nodebuild import build_and_push, context_digest
@@ -59,7 +61,7 @@ __all__ = [
     # strategy helpers
     "capable_nodes", "build_and_push", "context_digest", "LABEL_REUSE_KEY", "reuse_key", "prior_seconds",
     "node_speed", "reference_work", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "RegistryClient",
-    "parse_reference",
+    "parse_reference", "warm_ref", "WARM_FACTOR",
     # transports and probing
     "LocalTransport", "CommandNode", "Completed", "pump_lines", "supervise", "guard_callback", "guard_chunks",
     "CallerError", "parse_docker_host", "probe_node", "benchmark", "adapter_for", "binfmt",

@@ -64,11 +64,13 @@ def parse_cache(flag: str, text: str) -> CacheSpec:
             key = key.strip().lower()
             if not eq:
                 raise UsageError(f"{flag} {text!r}: {part!r} is not key=value")
-            if key not in ("type", "ref", "mode"):
-                raise UsageError(f"{flag} {text!r}: unknown key {key!r} (type, ref, mode)")
             fields[key] = value.strip()
         fields.setdefault("type", "registry")
     kind = fields["type"].lower()
+    if kind in ("registry", "inline"):
+        for key in fields:
+            if key not in ("type", "ref", "mode"):
+                raise UsageError(f"{flag} {text!r}: unknown key {key!r} (type, ref, mode)")
     if kind == "inline":
         if flag != "--cache-to":
             raise UsageError(f"{flag} {text!r}: an inline cache is read from an image: give its ref")

@@ -530,6 +530,7 @@ def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, 
             ],
             "unplannable": [{"platform": str(pl), "why": unplannable_reason(pl, planned)} for pl, _ in p.unplannable],
         }
+        doc["features"] = [{"node": node, "note": note} for node, note in feature_notes(planned)]
         click.echo(json.dumps(doc, indent=2))
         _fail_unplannable(planned)
         return
@@ -545,9 +546,29 @@ def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, 
                 rows.append(("", f"  not on {node}", "", "", why))
     click.echo(_table(rows))
     click.echo(f"makespan: {p.makespan:.1f}s ({'exact search' if p.exact else 'greedy schedule'})")
+    for node, note in feature_notes(planned):
+        click.echo(f"{node}: {note}")
     for pl, _ in p.unplannable:
         click.echo(f"{pl}: CANNOT BUILD: {unplannable_reason(pl, planned)}")
     _fail_unplannable(planned)
+
+
+def feature_notes(planned) -> list[tuple[str, str]]:
+    """(node, note) for what ``plan`` says of the build's features on the chosen nodes: where one
+    is degraded (:func:`archfleet.buildcache.notes`) and which platform starts warm from another
+    node's child (:func:`archfleet.buildcache.warm_ref`). Nodes rejected for lacking a feature
+    are in ``not_offered``."""
+    from .buildcache import warm_ref
+
+    chosen = {s.option.node for s in planned.plan.chosen}
+    out = [(node, f"degraded: {note}") for node, note in planned.notes if node in chosen]
+    request = planned.request
+    for s in planned.plan.chosen if request is not None else ():
+        facts = planned.facts.get(s.option.node)
+        warm = warm_ref(request, s.option.platform, s.option.node, facts.builder if facts else None)
+        if warm is not None:
+            out.append((s.option.node, f"{s.option.platform} starts warm: cache from {warm.ref} (built on {warm.node})"))
+    return out
 
 
 def _fail_unplannable(planned) -> None:
