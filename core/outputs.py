@@ -35,6 +35,7 @@ loaded (``docker load`` through the Engine API); a reused child is pulled by dig
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import copy
@@ -240,14 +241,21 @@ def write_tree(layers: Sequence[tarfile.TarFile], out: Path, prefix: str = "") -
 
 async def tee(pieces: AsyncIterator[bytes], path: Path) -> AsyncIterator[bytes]:
     """``pieces`` as they come, each also written to ``path`` (one export feeds the push and the
-    output). Closing the result closes ``pieces``."""
-    handle = await asyncio.to_thread(open, path, "wb")
+    output). Closing the result closes ``pieces``. The writes run in a thread of the tee's own:
+    an export already holds two threads of the default pool (the engine's stream and the push's
+    reader), and with a few platforms at once a write queued behind them would never run."""
+    loop = asyncio.get_running_loop()
+    writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="archfleet-output")
+    handle = None
     try:
+        handle = await loop.run_in_executor(writer, open, path, "wb")
         async for piece in pieces:
-            await asyncio.to_thread(handle.write, piece)
+            await loop.run_in_executor(writer, handle.write, piece)
             yield piece
     finally:
-        handle.close()
+        if handle is not None:
+            handle.close()
+        writer.shutdown(wait=False)
         with contextlib.suppress(Exception):
             await pieces.aclose()
 
