@@ -160,3 +160,33 @@ def test_on_this_machine_a_src_secret_and_ssh_paths_go_to_the_cli_as_given(tmp_p
     m = asyncio.run(go())
     assert m.flags == ("--secret", "id=a,src=/home/u/.npmrc", "--ssh", "default=/run/a.sock")
     assert m.wrapper == () and m.stdin is None
+
+
+def test_a_script_stopped_while_it_takes_the_values_removes_its_directory(tmp_path):
+    """Cancelled before the CLI starts (SIGTERM to its process group, as the transports cancel a
+    command, while a value is still arriving): the trap removes the private directory and its
+    partial file; exit 143. (A dropped connection ends stdin instead: the cut-short case.)"""
+    import signal
+    import subprocess
+    import time
+
+    from archfleet.secrets import MOUNT_SCRIPT
+
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    proc = subprocess.Popen(["sh", "-c", MOUNT_SCRIPT, "sh", "1", "true"], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={"PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(runtime)},
+                            start_new_session=True)
+    proc.stdin.write(b"100\nhalf-a-val")
+    proc.stdin.flush()
+    for _ in range(200):
+        made = list(runtime.glob("archfleet-secrets.*"))
+        if made and list(made[0].iterdir()):
+            break
+        time.sleep(0.01)
+    assert made and oct(made[0].stat().st_mode & 0o777) == "0o700"
+    assert oct(next(made[0].iterdir()).stat().st_mode & 0o777) == "0o600"
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(10) == 143
+    proc.stdin.close()
+    assert list(runtime.iterdir()) == []
