@@ -366,7 +366,8 @@ def build_options(fn):
                      help="SSH agent or keys for RUN --mount=type=ssh; repeatable. default: $SSH_AUTH_SOCK, "
                           "forwarded to SSH nodes for the build only. E.g. --ssh default"),
         click.option("--cache-from", "cache_from", multiple=True, metavar="[type=registry,ref=]REF",
-                     help="A registry cache to read, per platform (REF-<os>-<arch>, and REF itself); repeatable."),
+                     help="A registry cache to read, per platform (REF-<os>-<arch>, and REF itself); repeatable. "
+                          "E.g. --cache-from reg/app:cache"),
         click.option("--cache-to", "cache_to", multiple=True, metavar="type=registry,ref=REF[,mode=max]|type=inline",
                      help="Write the build cache to REF-<os>-<arch> per platform (needs --push; Docker 20.10 "
                           "without buildx: inline, mode=min only). E.g. --cache-to type=registry,ref=reg/app:cache"),
@@ -375,7 +376,7 @@ def build_options(fn):
                           "tar FILE; repeatable. E.g. -o type=local,dest=out"),
         click.option("--load", is_flag=True,
                      help="Put the local engine's platform (or the one --platform) into the local engine under "
-                          "each -t, wherever it was built."),
+                          "each -t, wherever it was built. E.g. --load -t app:dev"),
         click.option("--no-cache", is_flag=True, help="Do not use the build cache."),
         click.option("--pull/--no-pull", default=True, show_default=True,
                      help="Resolve base images in their registry rather than the engine's image store."),
