@@ -142,3 +142,30 @@ def test_a_required_secret_not_given_is_refused_before_anything_is_built(cli, tm
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "Dockerfile:4" in proc.stderr and "secret 'token' is required" in proc.stderr
     assert "--secret id=token" in proc.stderr
+
+
+def test_secrets_on_a_podman_node_reach_the_run_step_and_nothing_else(lab, tmp_path, own_cache):
+    """docs/cli.md: podman takes the same --secret; this machine as a podman node (its own store)
+    gets the src= file as given and the env= value handed over through the tmpfs script."""
+    d = tmp_path / "podman"
+    d.mkdir()
+    (d / "storage.conf").write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{d}/storage"\nrunroot = "{d}/run"\n')
+    (d / "registries.conf").write_text('[[registry]]\nlocation = "127.0.0.1:5000"\ninsecure = true\n')
+    nodes = tmp_path / "nodes.toml"
+    nodes.write_text('[nodes.local]\nengine = "podman"\n')
+    nodes.chmod(0o600)
+    ctx, src, env, needles, want = _context(tmp_path)
+    env.update({"CONTAINERS_STORAGE_CONF": str(d / "storage.conf"),
+                "CONTAINERS_REGISTRIES_CONF": str(d / "registries.conf")})
+    repo, tag = "features/secret-podman", unique("t")
+    started = time.time()
+    netns = os.stat("/proc/self/ns/net").st_ino
+    with sampled(lambda: look(needles, netns), every=0.05) as samples:
+        proc = lab.archfleet("build", "--progress", "plain", "--nodes", str(nodes), "--platform", "linux/amd64",
+                             "--build-arg", f"BASE={lab.base}", "--build-arg", f"N={unique('n')}",
+                             "--secret", f"id=token,src={src}", "--secret", "id=envtok,env=AFTEST_ENVTOK",
+                             "--metadata-file", str(tmp_path / "meta.json"), "--report", str(tmp_path / "report.json"),
+                             "-t", f"{lab.registry}/{repo}:{tag}", "--push", str(ctx), env=env)
+    assert "[linux/amd64@local] STEP 1/" in proc.stderr, proc.stderr[-3000:]  # podman's output
+    _check(lab, proc, tmp_path, lab.registry, repo, tag, needles, want, samples,
+           [Path("/dev/shm"), own_cache], started, "podman")
