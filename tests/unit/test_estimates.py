@@ -98,3 +98,29 @@ def test_context_transfer_uses_the_measured_link_rate(tmp_path):
     slow, assumed = estimate(2e6), estimate(None)
     assert "at 2 MB/s (measured)" in slow.basis and "(assumed)" in assumed.basis
     assert round(slow.estimate - assumed.estimate, 1) == round(8_000_000 / 2e6 - 8_000_000 / LINK_RATE, 1)
+
+
+def test_an_option_that_starts_warm_from_another_node_s_child_is_estimated_lower(tmp_path):
+    """plugins/estimates (issue 14): when another node pushed the platform's last child, an
+    option on a BuildKit node reads it as its cache: its estimate is the cold one x WARM_FACTOR
+    until that node has warm builds of its own, whose median then wins."""
+    from archfleet.buildcache import WARM_FACTOR
+    from archfleet.model import WarmSource
+
+    request = BuildRequest(EXAMPLE, EXAMPLE / "Dockerfile", [ARM])
+    facts = lab()
+    path = tmp_path / "h.sqlite"
+    view = view_for(request, path)
+    offered = asyncio.run(offers(make_hooks(), request, facts))
+    cold = {(o.node, o.strategy): o for o in estimates(make_hooks(), offered, request, facts, view)}
+    warm_request = attrs.evolve(request, warm=(WarmSource(ARM, "armvm", "r/app@sha256:" + "c" * 64),))
+    warm = {(o.node, o.strategy): o for o in estimates(make_hooks(), offered, warm_request, facts, view)}
+    local = next(k for k in warm if k[0] == "local")
+    assert abs(warm[local].estimate - round(cold[local].estimate * WARM_FACTOR, 2)) < 0.02
+    assert "starts warm from armvm's child" in warm[local].basis
+    board = next(k for k in warm if k[0] == "armvm")
+    assert warm[board].estimate == cold[board].estimate  # its own child: nothing to start from
+    option = next(o for o in offered if (o.node, o.strategy) == local)
+    view.record(attrs.evolve(PlatformResult(ARM, option, 3.0), warm_from="armvm"), speed=1.0)
+    again = {(o.node, o.strategy): o for o in estimates(make_hooks(), offered, warm_request, facts, view)}
+    assert again[local].estimate == 3.0 and "warm builds" in again[local].basis
