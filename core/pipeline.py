@@ -476,11 +476,13 @@ async def _write_outputs(request: BuildRequest, results: Sequence[PlatformResult
         for r in results:
             if r.output:
                 trees.append(Path(r.output))
-            elif r.ref and r.digest:
+            elif r.repository and r.digest:  # not built here (reused): its child in the registry
                 work = outputs_mod.workdir()
                 extra.append(work)
-                trees.append(await outputs_mod.from_registry(client, r.ref, work,
+                trees.append(await outputs_mod.from_registry(client, f"{r.repository}@{r.digest}", work,
                                                              outputs_mod.prefix_for(request, r.platform)))
+            else:
+                raise EnvironmentProblem(f"--output: no files of {r.platform}: it was neither built here nor pushed")
         await outputs_mod.write(request.outputs, trees)
     finally:
         for work in extra:
@@ -524,7 +526,7 @@ async def _load(hooks: Hooks, request: BuildRequest, config: Config, planned: Pl
             finally:
                 shutil.rmtree(work, ignore_errors=True)
         else:
-            ref = parse(result.ref or "", what="child")
+            ref = parse(f"{result.repository}@{result.digest}", what="child")  # the child, not an index
 
             def pull() -> str:
                 auth = auth_config_for(ref.registry)

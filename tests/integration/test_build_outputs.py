@@ -92,3 +92,31 @@ def test_two_platforms_on_an_ssh_node_come_back_under_os_arch_and_the_local_one_
         assert f"loaded linux/amd64 into the local engine as {tag}" in proc.stderr
     finally:
         _rmi(tag)
+
+
+def test_a_reused_platform_s_files_and_image_come_from_the_registry(lab, tmp_path):
+    """concepts.md "Reuse": an unchanged rebuild builds nothing; its -o files are then read from
+    the child in the registry (layers downloaded, merged as the engine's would be) and --load
+    pulls that child by digest."""
+    ctx, n = _context(tmp_path), unique("n")
+    repo, t = "features/out-reuse", unique("t")
+    tag = f"{lab.registry}/{repo}:{t}"
+    args = ["build", "--progress", "plain", "--node", "local", "--platform", "linux/amd64,linux/arm64",
+            "--build-arg", f"BASE={lab.base}", "--build-arg", f"N={n}", "-t", tag, "--push"]
+    try:
+        first = lab.archfleet(*args, str(ctx))
+        assert first.returncode == 0, first.stderr[-3000:]
+        _rmi(tag)
+        out, tar = tmp_path / "out", tmp_path / "out.tar"
+        again = lab.archfleet(*args, "-o", f"type=local,dest={out}", "-o", f"type=tar,dest={tar}", "--load", str(ctx))
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "reuse" in again.stderr and again.stdout.strip() == first.stdout.strip()  # nothing built
+        for d, arch in (("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")):
+            assert (out / d / "data" / "n").read_text().strip() == n
+            assert (out / d / "data" / "arch").read_text().strip() == arch
+            assert not (out / d / "data" / "gone").exists() and (out / d / "bin" / "busybox").exists()
+        with tarfile.open(tar) as tf:
+            assert tf.extractfile("linux_arm64/data/arch").read().decode().strip() == "aarch64"
+        assert _loaded(tag) == ("amd64", n)
+    finally:
+        _rmi(tag)
