@@ -443,7 +443,8 @@ FEATURE_FIX = {
     "frontends": "build on a Docker node (BuildKit loads the `# syntax=` frontend; podman ignores the directive)",
     "secrets": "build on Docker with BuildKit or podman >= 3.0",
     "ssh": "build on Docker with BuildKit or podman >= 3.4",
-    "cache_export": "build on a node whose docker CLI has the buildx plugin, or on podman",
+    "cache_export": "build on a node whose docker CLI has the buildx plugin (podman exports no BuildKit cache), "
+                    "or drop mode=max (Docker without buildx then writes the inline cache)",
     "outputs": "build on Docker with BuildKit or podman",
 }
 
