@@ -22,7 +22,8 @@ return (for annotations) and the two errors the hook contract asks a plugin to r
   pieces of the built-in estimates: :mod:`steps` (the steps a build runs, their priors and
   learned times), :func:`fixed_prior`, :func:`push_prior`, :data:`PUSH_BASE`, :data:`PUSH_RATE`,
   :func:`analyse_dockerfile` (its ``placement()`` says what a node can run), :class:`RegistryClient`,
-  :func:`parse_reference`.
+  :func:`parse_reference`, :func:`warm_ref` and :data:`WARM_FACTOR` (the cross-node warm cache:
+  :mod:`archfleet.buildcache`).
 - Transports: :class:`LocalTransport`, :class:`CommandNode` (context sync and leases over ``run``),
   :class:`Completed`, :func:`pump_lines`, :func:`supervise`, :func:`guard_callback`,
   :func:`guard_chunks`, :class:`CallerError`, :func:`parse_docker_host`, :func:`probe_node`,
@@ -40,6 +41,7 @@ from .executor import Job
 from .hookspecs import hookimpl
 from .inventory import Config, Key
 from .leases import read_local as read_local_leases
+from .buildcache import WARM_FACTOR, warm_ref
 from .buildkey import LABEL_REUSE_KEY, reuse_key
 from . import steps
 from .model import BuildRequest, Estimate, NodeFacts, NodeSpec, Option, PlatformResult
@@ -63,7 +65,8 @@ __all__ = [
     # strategy helpers
     "capable_nodes", "build_and_push", "context_digest", "LABEL_REUSE_KEY", "reuse_key", "prior_seconds",
     "node_speed", "QEMU_FACTOR", "LINK_RATE", "analyse_dockerfile", "RegistryClient",
-    "parse_reference", "Estimate", "steps", "fixed_prior", "push_prior", "PUSH_BASE", "PUSH_RATE",
+    "parse_reference", "warm_ref", "WARM_FACTOR", "Estimate", "steps", "fixed_prior", "push_prior", "PUSH_BASE",
+    "PUSH_RATE",
     # transports and probing
     "LocalTransport", "CommandNode", "Completed", "pump_lines", "supervise", "guard_callback", "guard_chunks",
     "CallerError", "parse_docker_host", "probe_node", "benchmark", "adapter_for", "binfmt",

@@ -23,8 +23,11 @@ import click
 from . import platforms as plat
 from .errors import ArchfleetError, EnvironmentProblem, Interrupted, UsageError
 from .inventory import Config, not_utf8
+from .buildcache import check_refs as check_cache_refs, parse_cache
 from .model import Annotation, BuildRequest
+from .outputs import check_outputs, parse_output
 from .planner import parse_pins
+from .secrets import check_flags as check_secret_flags, check_mounts, parse_secret, parse_ssh
 from .reference import SEED_CHILD_TAGS, child_ref, child_tag_name, parse_push_target, parse_registry_host
 
 
@@ -134,7 +137,8 @@ def check_child_tags(template: str, refs, platforms) -> None:
 
 def _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                   metadata_file, insecure_registry, allow_partial, engine_cli, pin_flags=((), ()),
-                  report=None, annotation=(), child_tags=None) -> BuildRequest:
+                  report=None, annotation=(), child_tags=None, secret=(), ssh=(), cache_from=(), cache_to=(),
+                  output=(), load=False) -> BuildRequest:
     """The :class:`BuildRequest` for ``build``/``plan``, every flag checked first.
 
     Everything the flags alone decide is checked in this one pass, before any node is probed or
@@ -143,7 +147,13 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
     labels, registries, ``--push`` with a tag, ``--annotation`` (``annotation``: buildx's syntax,
     :func:`parse_annotations`) and ``--child-tags`` (``child_tags``: every name it gives,
     :func:`check_child_tags`), both only with ``--push``, the syntax of ``--strategy``/``--node`` (``pin_flags``: their
-    values; which nodes and strategies exist is ``pipeline.check_request``'s job). All problems
+    values; which nodes and strategies exist is ``pipeline.check_request``'s job), ``--secret``
+    and ``--ssh`` (:func:`archfleet.secrets.parse_secret`, :func:`~archfleet.secrets.parse_ssh`:
+    files readable, variables set, no id twice, never a value in a message) and the Dockerfile's
+    required secret and ssh mounts against them (:func:`archfleet.secrets.check_mounts`),
+    ``--cache-from``/``--cache-to`` (:func:`archfleet.buildcache.parse_cache`; ``--cache-to``
+    needs ``--push``), ``-o`` (:func:`archfleet.outputs.parse_output`: the destination can be
+    written) and ``--load`` (a platform the local engine can take). All problems
     found are reported together, as one line (``; ``-separated), with :class:`UsageError`
     (exit 2); values that are not UTF-8 are reported first, alone."""
     problems: list[str] = []
@@ -163,7 +173,9 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
     values += [(flag, v) for flag, many in (("--platform", platform), ("--tag", tag),
                                             ("--label", label), ("--insecure-registry", insecure_registry),
                                             ("--strategy", pin_flags[0]), ("--node", pin_flags[1]),
-                                            ("--annotation", annotation), ("--child-tags", (child_tags or "",)))
+                                            ("--annotation", annotation), ("--child-tags", (child_tags or "",)),
+                                            ("--secret", secret), ("--ssh", ssh), ("--cache-from", cache_from),
+                                            ("--cache-to", cache_to), ("--output", output))
                for v in many]
     encoding = [m for flag, value in values if value is not None and (m := not_utf8(flag, value))]
     if encoding:  # the other checks would only repeat these values
@@ -244,9 +256,25 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
             check(_writable_file, flag, value)
     if metadata_file and report and Path(metadata_file).absolute() == Path(report).absolute():
         problems.append(f"--report: {report!r} is also the --metadata-file; name two files")
+    secrets = [s for s in (check(parse_secret, v) for v in secret) if s is not None]
+    agents = [a for a in (check(parse_ssh, v) for v in ssh) if a is not None]
+    problems += check_secret_flags(secrets, agents)
+    caches_from = [c for c in (check(parse_cache, "--cache-from", v) for v in cache_from) if c is not None]
+    caches_to = [c for c in (check(parse_cache, "--cache-to", v) for v in cache_to) if c is not None]
+    check(check_cache_refs, "--cache-from", caches_from, platforms)
+    check(check_cache_refs, "--cache-to", caches_to, platforms)
+    if caches_to and not push:
+        problems.append("--cache-to: archfleet writes caches beside the children it pushes; add --push")
+    outs = [o for o in (check(parse_output, v) for v in output) if o is not None]
+    problems += check_outputs(outs)
+    if load and platforms_ok and platforms:
+        local = plat.from_uname(_platform.machine())
+        if load_platform_of(platforms, local) is None:
+            problems.append(f"--load: the local engine runs {local}, which is not being built; build it too, or "
+                            "name one --platform to load")
     if problems:
         raise UsageError("; ".join(dict.fromkeys(problems)))
-    return BuildRequest(
+    request = BuildRequest(
         context=context.resolve(), dockerfile=dockerfile.resolve(), platforms=platforms, tags=tuple(tag),
         platform_dockerfiles=tuple((p, f.resolve()) for p, f in own),
         build_args=list(args.items()), env_build_args=tuple(k for k in args if k in from_env),
@@ -254,7 +282,23 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
         metadata_file=Path(metadata_file) if metadata_file else None,
         insecure_registries=tuple(insecure_registry), allow_partial=allow_partial, engine_cli=engine_cli,
         pins=tuple(pins), annotations=tuple(annotations), child_tags=child_tags,
+        secrets=tuple(secrets), secret_ids=tuple(s.id for s in secrets), ssh=tuple(agents),
+        cache_from=tuple(caches_from), cache_to=tuple(caches_to), outputs=tuple(outs), load=load,
     )
+    mounts = check_mounts(request)  # the Dockerfile's required secret and ssh mounts, against the flags
+    if mounts:
+        raise UsageError("; ".join(dict.fromkeys(mounts)))
+    return request
+
+
+def load_platform_of(platforms, local):
+    """The platform ``--load`` takes (:func:`archfleet.outputs.load_platform`) of ``platforms``."""
+    from .outputs import load_platform
+
+    return load_platform(attrs.evolve(_EMPTY, platforms=tuple(platforms)), local)
+
+
+_EMPTY = BuildRequest(context=Path("."), dockerfile=Path("Dockerfile"), platforms=())
 
 
 def _dockerfiles(files, problems: list[str]) -> tuple[Path | None, list[tuple[plat.Platform, Path]]]:
@@ -314,6 +358,25 @@ def build_options(fn):
         click.option("--annotation", multiple=True, metavar="[TYPE:]KEY=VALUE",
                      help="Annotation, buildx's syntax: index:, manifest: (default), manifest-descriptor:, "
                           "optionally TYPE[PLATFORM]; repeatable."),
+        click.option("--secret", multiple=True, metavar="id=ID[,src=PATH|,env=VAR]",
+                     help="A secret for RUN --mount=type=secret,id=ID; repeatable. Never in argv, logs or the image: "
+                          "on SSH nodes it travels on the SSH channel into a tmpfs file deleted before the build "
+                          "starts. E.g. --secret id=npmrc,src=$HOME/.npmrc"),
+        click.option("--ssh", multiple=True, metavar="default|ID[=PATH[,PATH]]",
+                     help="SSH agent or keys for RUN --mount=type=ssh; repeatable. default: $SSH_AUTH_SOCK, "
+                          "forwarded to SSH nodes for the build only. E.g. --ssh default"),
+        click.option("--cache-from", "cache_from", multiple=True, metavar="[type=registry,ref=]REF",
+                     help="A registry cache to read, per platform (REF-<os>-<arch>, and REF itself); repeatable. "
+                          "E.g. --cache-from reg/app:cache"),
+        click.option("--cache-to", "cache_to", multiple=True, metavar="type=registry,ref=REF[,mode=max]|type=inline",
+                     help="Write the build cache to REF-<os>-<arch> per platform (needs --push; Docker 20.10 "
+                          "without buildx: inline, mode=min only). E.g. --cache-to type=registry,ref=reg/app:cache"),
+        click.option("-o", "--output", multiple=True, metavar="type=local,dest=DIR|type=tar,dest=FILE",
+                     help="Also write the result's files: into DIR (several platforms: DIR/<os>_<arch>/) or one "
+                          "tar FILE; repeatable. E.g. -o type=local,dest=out"),
+        click.option("--load", is_flag=True,
+                     help="Put the local engine's platform (or the one --platform) into the local engine under "
+                          "each -t, wherever it was built. E.g. --load -t app:dev"),
         click.option("--no-cache", is_flag=True, help="Do not use the build cache."),
         click.option("--pull/--no-pull", default=True, show_default=True,
                      help="Resolve base images in their registry rather than the engine's image store."),
@@ -377,9 +440,9 @@ def cli():
 
 @cli.command()
 @build_options
-def build(path, platform, tag, file, build_arg, label, target, push, child_tags, annotation, no_cache, pull, progress,
-          quiet, metadata_file, report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy,
-          pin_node):
+def build(path, platform, tag, file, build_arg, label, target, push, child_tags, annotation, secret, ssh, cache_from,
+          cache_to, output, load, no_cache, pull, progress, quiet, metadata_file, report, insecure_registry,
+          allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node):
     """Build PATH for every --platform on the fastest nodes and (with --push) publish the index."""
     from .pipeline import RunState, build as run_build, check_request, write_metadata
     from .progress import make_reporter
@@ -388,7 +451,11 @@ def build(path, platform, tag, file, build_arg, label, target, push, child_tags,
         progress = "quiet"
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
-                            (pin_strategy, pin_node), report, annotation, child_tags)
+                            (pin_strategy, pin_node), report, annotation, child_tags, secret, ssh, cache_from,
+                            cache_to, output, load)
+    from .secrets import hold_env
+
+    hold_env(request.secrets)  # no process archfleet starts inherits an env= secret's variable
     hooks = _hooks()
     config = _config(hooks, nodes_file, engine_cli, local)
     from .buildargs import secret_warning
@@ -429,15 +496,16 @@ def build(path, platform, tag, file, build_arg, label, target, push, child_tags,
 @cli.command()
 @build_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, annotation, no_cache, pull, progress,
-         quiet, metadata_file, report, insecure_registry, allow_partial, engine_cli, local, nodes_file, pin_strategy,
-         pin_node, fmt):
+def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, annotation, secret, ssh, cache_from,
+         cache_to, output, load, no_cache, pull, progress, quiet, metadata_file, report, insecure_registry,
+         allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node, fmt):
     """Show the chosen option per platform and the alternatives, without building."""
     from .pipeline import make_plan, unplannable_reason
 
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
-                            (pin_strategy, pin_node), report, annotation, child_tags)
+                            (pin_strategy, pin_node), report, annotation, child_tags, secret, ssh, cache_from,
+                            cache_to, output, load)
     hooks = _hooks()
     config = _config(hooks, nodes_file, engine_cli, local)
     planned = _run(hooks, lambda session: make_plan(hooks, request, config, session))
@@ -467,6 +535,7 @@ def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, 
             ],
             "unplannable": [{"platform": str(pl), "why": unplannable_reason(pl, planned)} for pl, _ in p.unplannable],
         }
+        doc["features"] = [{"node": node, "note": note} for node, note in feature_notes(planned)]
         click.echo(json.dumps(doc, indent=2))
         _fail_unplannable(planned)
         return
@@ -487,9 +556,29 @@ def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, 
                 rows.append(("", f"  not on {node}", "", "", why))
     click.echo(_table(rows))
     click.echo(f"makespan: {p.makespan:.1f}s ({'exact search' if p.exact else 'greedy schedule'})")
+    for node, note in feature_notes(planned):
+        click.echo(f"{node}: {note}")
     for pl, _ in p.unplannable:
         click.echo(f"{pl}: CANNOT BUILD: {unplannable_reason(pl, planned)}")
     _fail_unplannable(planned)
+
+
+def feature_notes(planned) -> list[tuple[str, str]]:
+    """(node, note) for what ``plan`` says of the build's features on the chosen nodes: where one
+    is degraded (:func:`archfleet.buildcache.notes`) and which platform starts warm from another
+    node's child (:func:`archfleet.buildcache.warm_ref`). Nodes rejected for lacking a feature
+    are in ``not_offered``."""
+    from .buildcache import warm_ref
+
+    chosen = {s.option.node for s in planned.plan.chosen}
+    out = [(node, f"degraded: {note}") for node, note in planned.notes if node in chosen]
+    request = planned.request
+    for s in planned.plan.chosen if request is not None else ():
+        facts = planned.facts.get(s.option.node)
+        warm = warm_ref(request, s.option.platform, s.option.node, facts.builder if facts else None)
+        if warm is not None:
+            out.append((s.option.node, f"{s.option.platform} starts warm: cache from {warm.ref} (built on {warm.node})"))
+    return out
 
 
 def _fail_unplannable(planned) -> None:

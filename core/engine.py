@@ -103,9 +103,12 @@ async def discover_cli(transport: Transport, candidates: Sequence[str]) -> tuple
 def build_argv(cli: Sequence[str], mode: str, *, platform: Platform, dockerfile: str, context: str,
                tag: str, build_args: Sequence[tuple[str, str]] = (), labels: Sequence[tuple[str, str]] = (),
                target: str | None = None, no_cache: bool = False, pull: bool = True,
-               env_build_args: Collection[str] = ()) -> tuple[list[str], dict[str, str]]:
+               env_build_args: Collection[str] = (), mounts: Sequence[str] = (),
+               cache: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
     """The argv, and the environment to add to the engine CLI's, that build ``platform`` into the
-    engine as ``tag``.
+    engine as ``tag``. ``mounts``: the ``--secret``/``--ssh`` words of the build
+    (:func:`archfleet.secrets.mounted`: paths and descriptors, never a value); ``cache``: its
+    ``--cache-from``/``--cache-to`` words (:func:`archfleet.buildcache.cache_argv`).
 
     A build arg named in ``env_build_args`` (its value came from archfleet's environment: a bare
     ``--build-arg NAME``) is passed as a bare ``--build-arg NAME`` with ``NAME=value`` in the
@@ -135,6 +138,8 @@ def build_argv(cli: Sequence[str], mode: str, *, platform: Platform, dockerfile:
         argv += ["--label", f"{key}={value}"]
     if target:
         argv += ["--target", target]
+    argv += list(mounts)
+    argv += list(cache)
     if no_cache:
         argv.append("--no-cache")
     if pull:
@@ -173,20 +178,21 @@ def engine_gone(done: Completed) -> bool:
 async def build(transport: Transport, cli: EngineCLI, *, platform: Platform, request: BuildRequest, tag: str,
                 context: str | None = None, dockerfile: str | None = None,
                 extra_build_args: Sequence[tuple[str, str]] = (), extra_labels: Sequence[tuple[str, str]] = (),
-                on_line: LineCallback | None = None) -> str:
+                on_line: LineCallback | None = None, local: bool = False, warm: str | None = None) -> str:
     """Build ``platform`` on the node into its engine as ``tag``; return the image id.
 
-    Raises :class:`InfrastructureError` when the node failed and :class:`BuildFailed` when the
-    build did (the rules are in the module docstring). An exception raised by ``on_line`` stops
-    the build (the engine CLI is killed through the transport's cancellation) and is raised here.
+    The build's secrets and ssh reach the CLI as :func:`archfleet.secrets.mounted` says (``local``:
+    the node is this machine, whose files the CLI reads itself); its caches as
+    :func:`archfleet.buildcache.cache_argv` says (``warm``: another node's child of this
+    platform, read as a cache source). Raises :class:`InfrastructureError` when the node failed
+    and :class:`BuildFailed` when the build did (the rules are in the module docstring). An
+    exception raised by ``on_line`` stops the build (the engine CLI is killed through the
+    transport's cancellation) and is raised here.
     """
-    argv, env = build_argv(
-        cli.argv, cli.mode, platform=platform,
-        dockerfile=dockerfile or str(request.dockerfile), context=context or str(request.context), tag=tag,
-        build_args=[*request.build_args, *extra_build_args], labels=[*request.labels, *extra_labels],
-        target=request.target, no_cache=request.no_cache, pull=request.pull,
-        env_build_args=request.env_build_args,
-    )
+    from .buildcache import cache_argv
+    from .secrets import mounted
+
+    cache, cache_args = cache_argv(cli.mode, request, platform, warm)
     image_id: list[str] = []
 
     def watch(line: str) -> None:
@@ -194,7 +200,15 @@ async def build(transport: Transport, cli: EngineCLI, *, platform: Platform, req
         if m:
             image_id.append(m.group(1))
 
-    done = await run_build(transport, argv, env, on_line, watch)
+    async with mounted(transport, request, local=local) as mounts:
+        argv, env = build_argv(
+            cli.argv, cli.mode, platform=platform,
+            dockerfile=dockerfile or str(request.dockerfile), context=context or str(request.context), tag=tag,
+            build_args=[*request.build_args, *extra_build_args, *cache_args],
+            labels=[*request.labels, *extra_labels], target=request.target, no_cache=request.no_cache,
+            pull=request.pull, env_build_args=request.env_build_args, mounts=mounts.flags, cache=cache,
+        )
+        done = await run_build(transport, mounts.argv(argv), env, on_line, watch, stdin=mounts.stdin)
     if not done.ok:
         why = node_failed(done)
         if why is None and not await ping(transport):
@@ -404,7 +418,8 @@ def capabilities(mode: str, server_version: str | None) -> Capabilities:
 
     - ``buildkit`` (a client with BuildKit built in, Docker < 23, ``DOCKER_BUILDKIT=1 docker
       build``): ``--secret``, ``--ssh`` and ``--output`` (its ``build --help`` lists them), no
-      ``--cache-to`` (only inline cache: that needs buildx);
+      ``--cache-to`` (only an inline cache, in the image's config: :mod:`archfleet.buildcache`
+      degrades a ``mode=min`` registry cache to it, and a ``mode=max`` one needs buildx);
     - ``buildx``: all four;
     - here-documents need the daemon's BuildKit to carry the Dockerfile 1.4 frontend: Docker >=
       23 (BuildKit 0.11). Docker 20.10's BuildKit refuses them ("unknown instruction", seen here);
@@ -496,7 +511,8 @@ class DockerEngine:
         return EngineCLI(tuple(facts.engine_cli), facts.builder or "buildkit")
 
     async def build(self, transport: Transport, facts: NodeFacts, **kw) -> str:
-        """:func:`build` with the facts' CLI."""
+        """:func:`build` with the facts' CLI (``local``: the facts' node is this machine)."""
+        kw.setdefault("local", facts.node.transport == "local")
         return await build(transport, self._cli(facts), **kw)
 
     async def push(self, transport: Transport, facts: NodeFacts, ref: Reference, auth_config: dict | None = None,

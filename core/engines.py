@@ -12,7 +12,8 @@ environment, never a command line), so it works on this machine and on SSH nodes
 
 - ``probe``: the engine CLI that can build, the engine's version, whether it is rootless, and
   what it can do (:class:`~archfleet.model.Capabilities`) -> :class:`Probed`;
-- ``build``: build one platform into the node's image store under a tag -> the image id;
+- ``build``: build one platform into the node's image store under a tag -> the image id, with
+  the request's secrets and ssh (:mod:`archfleet.secrets`) and caches (:mod:`archfleet.buildcache`);
   a failure is typed here (:class:`~archfleet.errors.InfrastructureError`: the node failed,
   the platform is re-planned elsewhere; :class:`~archfleet.errors.BuildFailed`: the build
   failed, reported). Each adapter decides from how its CLI ended and whether its engine still
@@ -117,8 +118,11 @@ class Engine(Protocol):
     async def build(self, transport: Transport, facts: NodeFacts, *, platform: Platform, request: BuildRequest,
                     tag: str, context: str | None = None, dockerfile: str | None = None,
                     extra_build_args: Sequence[tuple[str, str]] = (), extra_labels: Sequence[tuple[str, str]] = (),
-                    on_line: LineCallback | None = None) -> str:
-        """Build ``platform`` into the node's store as ``tag``; the image id. Raises
+                    on_line: LineCallback | None = None, warm: str | None = None) -> str:
+        """Build ``platform`` into the node's store as ``tag``; the image id. The request's
+        secrets and ssh reach the CLI through :func:`archfleet.secrets.mounted`, its caches as
+        :func:`archfleet.buildcache.cache_argv` says (``warm``: another node's child of this
+        platform as a cache source; an engine that reads no BuildKit cache ignores it). Raises
         :class:`~archfleet.errors.InfrastructureError` (the node failed) or
         :class:`~archfleet.errors.BuildFailed` (the build did)."""
         ...
@@ -202,11 +206,18 @@ _SSH_SIGNAL = re.compile(r"^killed by signal (\w+)$")
 
 def exit_path_failure(done: Completed) -> str | None:
     """Why a CLI run that ended like ``done`` is the node's failure, from its exit path alone:
-    the CLI could not be started (126/127: not found, not executable) or was killed by a signal
-    (the OOM killer, a reboot, a killed engine: a negative status here; over SSH, status 137
-    with the transport's own ``killed by signal NAME`` line last); else None."""
+    the CLI could not be started (126/127: not found, not executable), the secrets wrapper
+    before it could not hand the values over (:func:`archfleet.secrets.script_failure`: no tmpfs
+    on the node) or it was killed by a signal (the OOM killer, a reboot, a killed engine: a
+    negative status here; over SSH, status 137 with the transport's own ``killed by signal
+    NAME`` line last); else None."""
+    from .secrets import script_failure
+
     if done.returncode in (126, 127):
         return f"engine CLI unusable: {done.last_line()}"
+    why = script_failure(done)
+    if why is not None:
+        return f"the node could not take the build's secrets: {why}"
     if done.returncode < 0:
         return f"engine CLI killed by signal {-done.returncode}"
     m = _SSH_SIGNAL.match(done.tail[-1]) if done.returncode == 137 and done.tail else None
@@ -228,10 +239,12 @@ def resource_failure(line: str | None) -> str | None:
 
 
 async def run_build(transport: Transport, argv: Sequence[str], env: dict[str, str],
-                    on_line: LineCallback | None, watch: LineCallback | None = None) -> Completed:
+                    on_line: LineCallback | None, watch: LineCallback | None = None,
+                    stdin: bytes | None = None) -> Completed:
     """Run a build CLI through ``transport``, each line to ``watch`` (the adapter's own reading)
-    and then ``on_line``. An exception ``on_line`` raises stops the build (the CLI is killed
-    through the transport's cancellation) and is raised here."""
+    and then ``on_line``; ``stdin``: what the build's secrets wrapper reads
+    (:func:`archfleet.secrets.mounted`), else nothing. An exception ``on_line`` raises stops the
+    build (the CLI is killed through the transport's cancellation) and is raised here."""
     callback_failed: list[BaseException] = []
 
     def each(line: str) -> None:
@@ -245,7 +258,7 @@ async def run_build(transport: Transport, argv: Sequence[str], env: dict[str, st
                 callback_failed.append(exc)
                 running.cancel()
 
-    running = asyncio.ensure_future(transport.run(argv, env=env, on_line=each))
+    running = asyncio.ensure_future(transport.run(argv, env=env, stdin=stdin, on_line=each))
     try:
         return await running
     except asyncio.CancelledError:
@@ -278,23 +291,58 @@ class Need:
 _SYNTAX = re.compile(r"^\s*#\s*syntax\s*=\s*\S", re.I)
 
 
+@attrs.frozen
+class Mount:
+    """One ``RUN --mount=type=secret|ssh`` of a Dockerfile as BuildKit reads it: ``kind``
+    (``secret`` or ``ssh``), ``id`` (BuildKit's defaults applied: a secret's ``id``, else its
+    ``source``, else the base name of its ``target``; ssh's ``default``), whether the step fails
+    without it (``required``: BuildKit's default is False, the mount is then skipped) and
+    ``where`` (``file:line: instruction``)."""
+
+    kind: str
+    id: str
+    required: bool
+    where: str
+
+
 def needs(request: BuildRequest) -> tuple[Need, ...]:
     """What building ``request`` needs of an engine, from its Dockerfile read with BuildKit's
     own parser (the whole file: BuildKit and buildah both parse every stage): here-documents
     (``heredocs``, or ``frontends`` when a ``# syntax=`` directive names a frontend that brings
-    them), ``RUN --mount=type=secret`` (``secrets``), ``RUN --mount=type=ssh`` (``ssh``). One
-    :class:`Need` per feature, at its first use. A Dockerfile that cannot be read or parsed
-    needs nothing here (the analysis reports it, exit 2)."""
+    them), ``RUN --mount=type=secret`` (``secrets``), ``RUN --mount=type=ssh`` (``ssh``); and from
+    its flags: ``--cache-to`` with ``mode=max`` (``cache_export``: only a registry cache export
+    holds every stage; an engine with inline cache only cannot). One :class:`Need` per feature, at
+    its first use. A Dockerfile that cannot be read or parsed needs nothing here (the analysis
+    reports it, exit 2)."""
+    found = {n.feature: n for n in _dockerfile_needs(request)}
+    for spec in request.cache_to:
+        if spec.kind == "registry" and spec.mode == "max":
+            found.setdefault("cache_export", Need("cache_export", f"--cache-to {spec}"))
+    order = [f.name for f in attrs.fields(Capabilities)]
+    return tuple(found[k] for k in sorted(found, key=order.index))
+
+
+def mounts(request: BuildRequest) -> tuple[Mount, ...]:
+    """Every ``RUN --mount=type=secret|ssh`` of ``request``'s Dockerfile (:class:`Mount`), in
+    order; none when the file cannot be read or parsed."""
+    return _parsed(request)[1]
+
+
+def _dockerfile_needs(request: BuildRequest) -> tuple[Need, ...]:
+    return _parsed(request)[0]
+
+
+def _parsed(request: BuildRequest) -> tuple[tuple[Need, ...], tuple[Mount, ...]]:
     path = str(request.dockerfile)
     try:
         st = os.stat(path)
     except OSError:
-        return ()
-    return _needs(path, (st.st_mtime_ns, st.st_size))
+        return (), ()
+    return _read(path, (st.st_mtime_ns, st.st_size))
 
 
 @functools.lru_cache(maxsize=64)
-def _needs(path: str, stamp: tuple) -> tuple[Need, ...]:
+def _read(path: str, stamp: tuple) -> tuple[tuple[Need, ...], tuple[Mount, ...]]:
     import dockerfile as _buildkit
 
     from .dockerfile import decode
@@ -304,7 +352,7 @@ def _needs(path: str, stamp: tuple) -> tuple[Need, ...]:
             text = decode(f.read(), path)
         commands = _buildkit.parse_string(text)
     except Exception:
-        return ()
+        return (), ()
     directive = False
     for line in text.splitlines():  # parser directives: comments before the first instruction
         if not line.strip():
@@ -313,6 +361,7 @@ def _needs(path: str, stamp: tuple) -> tuple[Need, ...]:
             break
         directive = directive or bool(_SYNTAX.match(line))
     found: dict[str, Need] = {}
+    mounted: list[Mount] = []
     name = os.path.basename(path)
     for cmd in commands:
         where = f"{name}:{cmd.start_line}: {cmd.original.splitlines()[0][:60]}"
@@ -323,20 +372,57 @@ def _needs(path: str, stamp: tuple) -> tuple[Need, ...]:
             for flag in cmd.flags:
                 if not flag.lower().startswith("--mount="):
                     continue
-                kind = _mount_type(flag.split("=", 1)[1])
-                if kind in ("secret", "ssh"):
-                    feature = "secrets" if kind == "secret" else "ssh"
+                mount = _mount(flag.split("=", 1)[1], where)
+                if mount is not None:
+                    feature = "secrets" if mount.kind == "secret" else "ssh"
                     found.setdefault(feature, Need(feature, where))
-    return tuple(found[k] for k in sorted(found, key=lambda k: [f.name for f in attrs.fields(Capabilities)].index(k)))
+                    mounted.append(mount)
+    return tuple(found.values()), tuple(mounted)
+
+
+def _mount_fields(spec: str) -> list[tuple[str, str]]:
+    import csv
+
+    try:
+        fields = next(csv.reader([spec]))
+    except (csv.Error, StopIteration):
+        fields = spec.split(",")
+    out = []
+    for part in fields:
+        key, eq, value = part.partition("=")
+        out.append((key.strip().lower(), value.strip() if eq else None))
+    return out
 
 
 def _mount_type(spec: str) -> str:
     """The ``type=`` of a ``RUN --mount`` value (BuildKit's default is ``bind``)."""
-    for part in spec.split(","):
-        key, _, value = part.partition("=")
-        if key.strip().lower() == "type":
-            return value.strip().strip("\"'").lower()
+    for key, value in _mount_fields(spec):
+        if key == "type" and value is not None:
+            return value.strip("\"'").lower()
     return "bind"
+
+
+def _mount(spec: str, where: str) -> Mount | None:
+    """A secret or ssh ``--mount`` value as :class:`Mount` (BuildKit's ``runmount.go`` defaults),
+    None for any other type."""
+    kind = _mount_type(spec)
+    if kind not in ("secret", "ssh"):
+        return None
+    ident = source = target = ""
+    required = False
+    for key, value in _mount_fields(spec):
+        if key == "id":
+            ident = value or ""
+        elif key in ("source", "src"):
+            source = value or ""
+        elif key in ("target", "dst", "destination"):
+            target = value or ""
+        elif key == "required":
+            required = value is None or value in ("1", "t", "T", "true", "TRUE", "True")
+    if kind == "ssh":
+        return Mount("ssh", ident or "default", required, where)
+    ident = ident or source or (target.rstrip("/").rsplit("/", 1)[-1] if target else "")
+    return Mount("secret", ident, required, where)
 
 
 def lacking(facts: NodeFacts, wanted: Iterable[Need]) -> tuple[Need, ...]:
@@ -364,7 +450,8 @@ FEATURE_FIX = {
     "frontends": "build on a Docker node (BuildKit loads the `# syntax=` frontend; podman ignores the directive)",
     "secrets": "build on Docker with BuildKit or podman >= 3.0",
     "ssh": "build on Docker with BuildKit or podman >= 3.4",
-    "cache_export": "build on a node whose docker CLI has the buildx plugin, or on podman",
+    "cache_export": "build on a node whose docker CLI has the buildx plugin (podman exports no BuildKit cache), "
+                    "or drop mode=max (Docker without buildx then writes the inline cache)",
     "outputs": "build on Docker with BuildKit or podman",
 }
 

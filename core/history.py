@@ -54,7 +54,9 @@ CREATE TABLE IF NOT EXISTS runs (
     seconds REAL NOT NULL,
     bytes INTEGER NOT NULL DEFAULT 0,
     outcome TEXT NOT NULL,
-    speed REAL
+    speed REAL,
+    ref TEXT,
+    warm INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_ctx ON runs (context_key, platform, strategy, node);
 CREATE INDEX IF NOT EXISTS runs_proj ON runs (project_key, strategy, node);
@@ -121,11 +123,11 @@ def project_key(request) -> str:
 
 
 def _add_speed_column(db: sqlite3.Connection) -> None:
-    """Histories written before the ``speed`` column (or the parts columns) get them (two runs
-    may race to add one)."""
+    """Histories written before the ``speed`` column (or the ``ref``, ``warm`` and parts
+    columns) get them (two runs may race to add one)."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-    for name, kind in (("speed", "REAL"), *((c, "REAL") for c in PART_COLUMNS), ("push_bytes", "INTEGER"),
-                       ("files_key", "TEXT")):
+    for name, kind in (("speed", "REAL"), ("ref", "TEXT"), ("warm", "INTEGER"),
+                       *((c, "REAL") for c in PART_COLUMNS), ("push_bytes", "INTEGER"), ("files_key", "TEXT")):
         if name not in columns:
             try:
                 db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
@@ -228,14 +230,18 @@ class History:
     @_never_fails(None)
     def record(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str,
                seconds: float, bytes: int = 0, outcome: str = "ok", speed: float | None = None,
+               ref: str | None = None, warm: bool = False,
                parts: "dict[str, float] | None" = None, push_bytes: int | None = None,
                steps: "list[tuple] | tuple" = (), files_key: str | None = None) -> None:
         """One finished platform. ``speed``: the node's relative speed
         (:func:`archfleet.planner.node_speed`) when it ran, so a slow node's seconds can be
-        turned into reference-speed work for other nodes; ``parts``: the measured seconds of each
-        of :data:`PART_COLUMNS`; ``push_bytes``: the bytes of the layers it pushed; ``steps``:
-        (key, chain, platform, emulated, seconds, cached) for each step it reported; ``files_key``:
-        the context's files alone (:func:`context_keys`: a node that has them needs no transfer)."""
+        turned into reference-speed work for other nodes; ``ref``: the child it pushed
+        (``repo@sha256:...``), the next build's warm cache source; ``warm``: it read another
+        node's child as a cache source (:mod:`archfleet.buildcache`); ``parts``: the measured
+        seconds of each of :data:`PART_COLUMNS`; ``push_bytes``: the bytes of the layers it
+        pushed; ``steps``: (key, chain, platform, emulated, seconds, cached) for each step it
+        reported; ``files_key``: the context's files alone (:func:`context_keys`: a node that
+        has them needs no transfer)."""
         parts = parts or {}
         db = self._conn()
         now = time.time()
@@ -243,9 +249,10 @@ class History:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
                 "INSERT INTO runs (at, context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed,"
-                " fixed, transfer, work, push, push_bytes, files_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " ref, warm, fixed, transfer, work, push, push_bytes, files_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (now, context_key, project_key, platform, strategy, node, seconds, bytes, outcome, speed,
-                 *(parts.get(c) for c in PART_COLUMNS), push_bytes, files_key or None),
+                 ref, 1 if warm else 0, *(parts.get(c) for c in PART_COLUMNS), push_bytes, files_key or None),
             )
             db.execute("DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - ?", (MAX_ROWS,))
             if steps:
@@ -328,38 +335,30 @@ class History:
         return statistics.median(rows), len(rows)
 
     @_never_fails(None)
-    def past(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str) -> Past | None:
-        """What this option took before: this context first, then this project."""
+    def past(self, *, context_key: str, project_key: str, platform: str, strategy: str, node: str,
+             warm: bool = False) -> Past | None:
+        """What this option took before: this context first, then this project. ``warm``: only
+        builds that started from another node's cache (else only those that did not)."""
+        flag = " AND COALESCE(warm, 0) = ?"
         got = self._median("SELECT seconds FROM runs WHERE outcome = 'ok' AND context_key = ? AND platform = ?"
-                           " AND strategy = ? AND node = ?", (context_key, platform, strategy, node), limit=3)
+                           " AND strategy = ? AND node = ?" + flag, (context_key, platform, strategy, node, int(warm)),
+                           limit=3)
         if got:
-            return Past(got[0], got[1], "this context")
+            return Past(got[0], got[1], "this context" + (" (warm)" if warm else ""))
         got = self._median("SELECT seconds FROM runs WHERE outcome = 'ok' AND project_key = ? AND platform = ?"
-                           " AND strategy = ? AND node = ?", (project_key, platform, strategy, node))
+                           " AND strategy = ? AND node = ?" + flag, (project_key, platform, strategy, node, int(warm)))
         if got:
-            return Past(got[0], got[1], "this project")
+            return Past(got[0], got[1], "this project" + (" (warm)" if warm else ""))
         return None
 
     @_never_fails(None)
-    def qemu_factor(self, node: str) -> float | None:
-        """Learned slowdown of emulated over native builds of the same projects on ``node``."""
-        rows = self._conn().execute(
-            "SELECT e.project_key, AVG(e.seconds), AVG(n.seconds) FROM runs e JOIN runs n"
-            " ON e.project_key = n.project_key AND e.node = n.node"
-            " WHERE e.node = ? AND e.strategy = 'qemu' AND n.strategy = 'native'"
-            " AND e.outcome = 'ok' AND n.outcome = 'ok' GROUP BY e.project_key", (node,)).fetchall()
-        ratios = [e / n for _, e, n in rows if n and n > 0.05]
-        return statistics.median(ratios) if ratios else None
-
-    @_never_fails(None)
-    def project_work(self, project_key: str) -> float | None:
-        """Typical work of this project at reference speed (seconds x the node's speed), from its
-        native and cross builds on any node: a prior for nodes that have not built it. Raw seconds
-        would not do: one build on a slow arm board would make every other node look slow too.
-        Rows recorded without a speed (older archfleet) are left out."""
-        got = self._median("SELECT seconds * speed FROM runs WHERE outcome = 'ok' AND project_key = ?"
-                           " AND strategy IN ('native', 'cross') AND speed > 0", (project_key,), limit=9)
-        return got[0] if got else None
+    def last_pushed(self, project_key: str, platform: str) -> tuple[str, str] | None:
+        """(node, child ref) of this project's last build of ``platform`` that pushed a child,
+        or None."""
+        row = self._conn().execute(
+            "SELECT node, ref FROM runs WHERE outcome = 'ok' AND project_key = ? AND platform = ? AND ref IS NOT NULL"
+            " AND ref != '' ORDER BY id DESC LIMIT 1", (project_key, platform)).fetchone()
+        return (row[0], row[1]) if row else None
 
     @_never_fails(False)
     def synced_before(self, context_key: str, node: str, files_key: str = "") -> bool:
@@ -393,10 +392,15 @@ class HistoryView:
             self._memo[key] = compute()
         return self._memo[key]
 
-    def past(self, option) -> Past | None:
-        """What ``option`` took before for this context, else this project (:meth:`History.past`), or None."""
+    def past(self, option, warm: bool = False) -> Past | None:
+        """What ``option`` took before for this context, else this project (:meth:`History.past`;
+        ``warm``: builds that started from another node's cache), or None."""
         return self.db.past(context_key=self.context_key, project_key=self.project_key,
-                            platform=str(option.platform), strategy=option.strategy, node=option.node)
+                            platform=str(option.platform), strategy=option.strategy, node=option.node, warm=warm)
+
+    def last_pushed(self, platform) -> tuple[str, str] | None:
+        """(node, child ref) of this project's last pushed build of ``platform`` (:meth:`History.last_pushed`)."""
+        return self.db.last_pushed(self.project_key, str(platform))
 
     def synced_before(self, node: str) -> bool:
         """True when a build of this context's files ran on ``node`` before (so the node has them: no transfer to estimate)."""
@@ -428,9 +432,10 @@ class HistoryView:
         parts = dict(result.parts) if getattr(result, "parts", ()) else None
         self.db.record(context_key=self.context_key, project_key=self.project_key,
                        platform=str(result.platform), strategy=result.option.strategy, node=result.option.node,
-                       seconds=result.seconds, bytes=self.context_bytes, outcome=outcome, speed=speed, parts=parts,
-                       push_bytes=getattr(result, "pushed_bytes", None) if parts else None, steps=steps,
-                       files_key=self.files_key)
+                       seconds=result.seconds, bytes=self.context_bytes, outcome=outcome, speed=speed,
+                       ref=result.ref if result.digest else None, warm=bool(getattr(result, "warm_from", None)),
+                       parts=parts, push_bytes=getattr(result, "pushed_bytes", None) if parts else None,
+                       steps=steps, files_key=self.files_key)
 
 
 def view_for(request, path: Path | None = None) -> HistoryView | None:

@@ -30,6 +30,11 @@ __all__ = [
     "PARTS",
     "Annotation",
     "BaseImage",
+    "Secret",
+    "SshAgent",
+    "CacheSpec",
+    "Output",
+    "WarmSource",
 ]
 
 
@@ -225,11 +230,32 @@ class BuildRequest:
     child_tags: str | None = None
     # --annotation, buildx's syntax, parsed: where each goes (index, manifest, manifest-descriptor)
     annotations: tuple["Annotation", ...] = attrs.field(default=(), converter=_tuple)
-    # ids of the build's secrets (never their values): part of the reuse key; no flag sets them yet
+    # ids of the build's secrets (never their values): part of the reuse key (--secret sets them)
     secret_ids: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    # --secret id=ID[,src=PATH|,env=VAR]: where each value is read at build time (never the value)
+    secrets: tuple["Secret", ...] = attrs.field(default=(), converter=_tuple)
+    # --ssh default|ID=PATH[,PATH]: the agent sockets or key files each ssh id forwards
+    ssh: tuple["SshAgent", ...] = attrs.field(default=(), converter=_tuple)
+    # --cache-from / --cache-to (buildx's syntax, parsed)
+    cache_from: tuple["CacheSpec", ...] = attrs.field(default=(), converter=_tuple)
+    cache_to: tuple["CacheSpec", ...] = attrs.field(default=(), converter=_tuple)
+    # -o type=local,dest=DIR / type=tar,dest=FILE, and --load
+    outputs: tuple["Output", ...] = attrs.field(default=(), converter=_tuple)
+    load: bool = False
+    # cross-node warm caches: each platform's last pushed child (from history), filled in by the
+    # pipeline before the offers (archfleet.buildcache.warm_sources); () when none is known
+    warm: tuple["WarmSource", ...] = attrs.field(default=(), converter=_tuple)
     # the external base images (FROM) as the registry resolved them for this build, filled in by
     # the pipeline before the offers (archfleet.buildkey.resolve_bases); () when not resolved
     bases: tuple["BaseImage", ...] = attrs.field(default=(), converter=_tuple)
+
+    def warm_for(self, platform: Platform) -> "WarmSource | None":
+        """The warm cache source of ``platform`` (its last pushed child, the node that built it),
+        or None when there is none."""
+        for w in self.warm:
+            if w.platform == platform:
+                return w
+        return None
 
     def dockerfile_for(self, platform: Platform) -> Path:
         """The Dockerfile ``platform`` is built from: its own (``-f PLATFORM=PATH``), else the default."""
@@ -339,6 +365,11 @@ class PlatformResult:
     steps: tuple["StepTime", ...] = attrs.field(default=(), converter=_tuple, eq=False, repr=False)
     # bytes of the layers archfleet compressed and pushed (base layers mounted are not counted)
     pushed_bytes: int = attrs.field(default=0, eq=False)
+    # the node whose child this build read as its warm cache source (archfleet.buildcache), if any
+    warm_from: str | None = None
+    # -o: the platform's files, merged from the image's layers into a spool tar (archfleet.outputs),
+    # written to the destinations once every platform is done; None without -o
+    output: str | None = None
 
     def part(self, name: str) -> float | None:
         """The measured seconds of part ``name`` (one of :data:`PARTS`), None when not measured."""
@@ -372,7 +403,7 @@ class StepPlan:
     COPY/ADD, the stages it copies from): a node that ran that chain before has it cached.
     ``platform`` is where the step runs (its stage's platform), ``emulated`` whether under QEMU
     on the node. ``seconds`` is this step's estimate and ``basis`` where it came from
-    (``prior``, ``learned``, ``cached``)."""
+    (``prior``, ``learned``, ``cached``, ``warm``: cached in the warm source's child)."""
 
     stage: str
     index: int
@@ -477,3 +508,85 @@ class BaseImage:
                 if text == str(platform):
                     return digest
         return self.digest
+
+
+@attrs.frozen
+class Secret:
+    """One ``--secret`` (buildx's syntax, ``id=ID[,src=PATH|,env=VAR]``): the secret's ``id``
+    and where its value is read when a build starts: the file ``src`` or the environment variable
+    ``env`` (exactly one of them is set). Never the value itself: a request is printed in traces
+    and crosses plugin borders; the value is read by :func:`archfleet.secrets.value` only where a
+    build hands it to its node."""
+
+    id: str
+    src: str | None = None
+    env: str | None = None
+
+    def __str__(self) -> str:
+        return f"id={self.id}," + (f"src={self.src}" if self.src is not None else f"env={self.env}")
+
+
+@attrs.frozen
+class SshAgent:
+    """One ``--ssh`` (buildx's syntax, ``default|ID=PATH[,PATH...]``): the ssh ``id`` a
+    ``RUN --mount=type=ssh,id=ID`` asks for, and ``paths``: one agent socket (``default`` alone
+    is the user's ``$SSH_AUTH_SOCK``, resolved when the flag is read; ``agent`` True), or private
+    key files, as BuildKit reads them (one path that is a socket is an agent; else every path is
+    a key)."""
+
+    id: str
+    paths: tuple[str, ...] = attrs.field(converter=_tuple)
+    agent: bool = False  # paths is one agent socket (else key files); decided when the flag is read
+
+    def __str__(self) -> str:
+        return f"{self.id}={','.join(self.paths)}"
+
+
+@attrs.frozen
+class CacheSpec:
+    """One ``--cache-from`` or ``--cache-to`` (buildx's syntax: ``type=registry,ref=REF[,mode=max]``,
+    a plain ``REF``, or ``type=inline`` for ``--cache-to``): ``kind`` is ``registry`` or
+    ``inline``; ``ref`` the cache image (``registry`` only); ``mode`` ``min`` (the layers of the
+    result, BuildKit's default) or ``max`` (every stage's layers too). archfleet reads and writes
+    a registry cache per platform, under ``ref``'s tag with the platform's suffix
+    (:meth:`ref_for`), so platforms do not overwrite each other."""
+
+    kind: str
+    ref: str = ""
+    mode: str = "min"
+
+    def ref_for(self, platform: Platform) -> str:
+        """``ref`` with ``platform``'s suffix on its tag: ``reg/app:cache`` ->
+        ``reg/app:cache-linux-arm64`` (a ref without a tag: ``latest-linux-arm64``)."""
+        from .reference import child_ref, parse_reference
+
+        return str(child_ref(parse_reference(self.ref, what="cache ref"), platform.tag_suffix, what="cache ref"))
+
+    def __str__(self) -> str:
+        if self.kind == "inline":
+            return "type=inline"
+        return f"type=registry,ref={self.ref}" + (",mode=max" if self.mode == "max" else "")
+
+
+@attrs.frozen
+class Output:
+    """One ``-o``/``--output`` (buildx's syntax): ``kind`` ``local`` (the result's files under the
+    directory ``dest``) or ``tar`` (one tar file ``dest``). With several platforms each goes under
+    ``<os>_<arch>[_<variant>]/``, as buildx writes them (:mod:`archfleet.outputs`)."""
+
+    kind: str
+    dest: Path = attrs.field(converter=Path)
+
+    def __str__(self) -> str:
+        return f"type={self.kind},dest={self.dest}"
+
+
+@attrs.frozen
+class WarmSource:
+    """A platform's last child archfleet pushed (``ref``, ``repo@sha256:...``) and the node that
+    built it (``node``), from history: a build of that platform on another node reads it as a
+    cache source (its inline cache), so it starts warm (:mod:`archfleet.buildcache`)."""
+
+    platform: Platform
+    node: str
+    ref: str

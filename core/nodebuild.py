@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import time
 
-from . import engine, publish, toolchains
+from . import buildcache, engine, outputs, publish, toolchains
 from .buildkey import LABEL_REUSE_KEY, reuse_key
 from .steps import StepClock, measured_work
 from .context import snapshot_of
@@ -49,7 +49,12 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
     node's engine.
 
     The image is labelled with its context digest, its platform and, when it has one, its reuse
-    key (:func:`archfleet.buildkey.reuse_key`). With ``--push``, before the gate, the engine's
+    key (:func:`archfleet.buildkey.reuse_key`). Its secrets and ssh reach the node as
+    :mod:`archfleet.secrets` says; when another node built the platform's last child, that child
+    is its warm cache source (:func:`archfleet.buildcache.warm_ref`; ``PlatformResult.warm_from``).
+    With ``-o``, the image's files are merged from its export into a spool tar before the gate
+    (:mod:`archfleet.outputs`; ``PlatformResult.output``: the pipeline writes the outputs when
+    every platform is done; one export feeds the push and the files). With ``--push``, before the gate, the engine's
     export (:func:`archfleet.engine.export`) is read and the child prepared
     (:func:`archfleet.publish.prepare`: layers compressed, base layers found in the registry);
     after it, the child is pushed into the first tag's repository by digest
@@ -78,9 +83,13 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
     key = reuse_key(request, option.platform, digest_of_context)
     if key:
         labels.append((LABEL_REUSE_KEY, key))
+    warm = buildcache.warm_ref(request, option.platform, option.node, facts.builder)
+    if warm is not None:
+        job.log(f"cache source: {warm.ref} (the last {option.platform} child, built on {warm.node})")
     image_id = await adapter.build(
         job.transport, facts, platform=option.platform, request=request, tag=tag or "",
         context=ctx_dir, dockerfile=dockerfile, extra_build_args=extra, extra_labels=labels, on_line=on_line,
+        warm=warm.ref if warm else None,
     )
     clock.close()
     built_at = time.monotonic()
@@ -91,19 +100,31 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
         return (("fixed", max(total - synced - work - push, 0.0)), ("transfer", synced), ("work", work),
                 ("push", push))
 
+    warm_from = warm.node if warm else None
+    spool = outputs.workdir() if request.outputs else None  # removed when the run ends (outputs.spools)
+    prefix = outputs.prefix_for(request, option.platform)
     if not request.push or tag is None:
+        tree = None
+        if spool is not None:  # the outputs are written once every platform is done (the pipeline)
+            job.status("exporting")
+            tree = await outputs.from_export(adapter.export(job.transport, facts, image_id), spool, prefix, job.node)
         total = time.monotonic() - started
         return PlatformResult(option.platform, option, total, image_id=image_id, ref=tag,
-                              transfer=transfer, parts=parts(total), steps=timed)
+                              transfer=transfer, warm_from=warm_from, output=str(tree) if tree else None,
+                              parts=parts(total), steps=timed)
     repository = parse_reference(request.tags[0])
     async with RegistryClient(request.insecure_registries) as client:
         job.status("exporting")
         known = await publish.base_layers(client, request, option.platform, repository)
+        export = adapter.export(job.transport, facts, image_id)
+        if spool is not None:
+            export = outputs.tee(export, spool / "image.tar")  # one export: the push and the files
         prepared = await publish.prepare(
-            adapter.export(job.transport, facts, image_id), node=job.node, image_id=image_id,
+            export, node=job.node, image_id=image_id,
             platform=option.platform, annotations=publish.manifest_annotations(request.annotations, option.platform),
             known=known)
         try:
+            tree = await outputs.tree_of(spool / "image.tar", spool, prefix, job.node) if spool else None
             built = time.monotonic() - started
             exported = time.monotonic() - built_at
             await job.ready_to_push()
@@ -120,5 +141,5 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
     seconds = built + uploaded
     return PlatformResult(option.platform, option, seconds, repository=repository.name,
                           digest=digest, ref=f"{repository.name}@{digest}", image_id=image_id, transfer=transfer,
-                          scans=prepared.scans, parts=parts(seconds, exported + uploaded), steps=timed,
-                          pushed_bytes=pushed_bytes)
+                          scans=prepared.scans, warm_from=warm_from, output=str(tree) if tree else None,
+                          parts=parts(seconds, exported + uploaded), steps=timed, pushed_bytes=pushed_bytes)

@@ -24,16 +24,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import platform as _platform
+import shutil
 import signal
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import attrs
 
+from . import buildcache
 from . import index as index_mod
 from . import inventory
 from . import learn as learning
+from . import outputs as outputs_mod
 from . import platforms as plat
 from .buildkey import resolve_bases
 from .errors import (ArchfleetError, EnvironmentProblem, Interrupted, PlatformsFailed, UsageError,
@@ -142,14 +148,19 @@ def histories(request: BuildRequest) -> dict[Platform, HistoryView | None]:
 def not_offered(request: BuildRequest, facts: Mapping[str, NodeFacts],
                 options: Sequence[Option]) -> tuple[tuple[Platform, str, str], ...]:
     """(platform, node, why) for each node that runs or emulates a platform but got no option
-    for it because a stage the build needs RUNs on a platform the node can neither run nor
-    emulate (a stage pinned with ``FROM --platform=...``): what ``archfleet plan`` shows besides
-    the rejected options."""
+    for it because its engine cannot do what the build needs (:func:`archfleet.engines.needs`:
+    a secret or ssh mount, ``--cache-to ...,mode=max``, ...) or a stage the build needs RUNs on
+    a platform the node can neither run nor emulate (a stage pinned with ``FROM
+    --platform=...``): what ``archfleet plan`` shows besides the rejected options."""
     offered = {(o.platform, o.node) for o in options}
     out = []
     for p in request.platforms:
         for f in facts.values():
             if not f.can_build or (p, f.name) in offered or (p not in f.native and p not in f.emulated):
+                continue
+            missing = lacking(f, needs(request.for_platform(p)))
+            if missing:  # its engine cannot do what the build asks (a secret mount, --cache-to mode=max)
+                out.append((p, f.name, why_lacking(f, missing)))
                 continue
             why = analyse(request, p).placement(p, f.native, f.emulated).why_not()
             if why:
@@ -217,6 +228,8 @@ class Planned:
     not_offered: tuple[tuple[Platform, str, str], ...] = ()
     # each platform's history view (keyed by its own Dockerfile); empty: ``history`` for all
     histories: tuple[tuple[Platform, HistoryView | None], ...] = ()
+    # (node, note): where a feature the build asks for is degraded (archfleet.buildcache.notes)
+    notes: tuple[tuple[str, str], ...] = ()
 
     def history_for(self, platform: Platform) -> HistoryView | None:
         """The history view ``platform``'s estimates read and its result is recorded in."""
@@ -263,7 +276,8 @@ async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session
                     client: RegistryClient | None = None) -> Planned:
     """Inventory, probe, resolve, offer, estimate and plan, after :func:`check_request`. The
     base images are resolved (:func:`resolve`) and the plugins prepare (``archfleet_prepare``)
-    while the nodes are probed. A pinned strategy
+    while the nodes are probed; each platform's last pushed child is looked up in history for a
+    warm start on another node (``BuildRequest.warm``, :func:`archfleet.buildcache.warm_sources`). A pinned strategy
     no plugin names is refused once the offers are in (a plugin's strategy name need not be its
     plugin name). ``Planned.request`` is the request the rest of the build uses (bases resolved)."""
     nodes = check_request(hooks, request, config, session)
@@ -280,15 +294,19 @@ async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
     views = await view_task
+    warm = await asyncio.to_thread(buildcache.warm_sources, request, views)
+    if warm:
+        request = attrs.evolve(request, warm=warm)  # each platform's last child, for a warm start elsewhere
     offered = estimates(hooks, await offers(hooks, request, facts, session), request, facts, views)
     check_pin_strategies(request.pins, hooks.strategies() | {o.strategy for o in offered})
     options = apply_pins(offered, request.pins)
     capacity = {name: f.node.max_builds for name, f in facts.items() if f.can_build}
     busy = {name: f.busy for name, f in facts.items() if f.busy}  # slots other archfleet runs hold
     plan = schedule(request.platforms, options, capacity, busy)
+    notes = tuple((f.name, note) for f in facts.values() for note in buildcache.notes(request, f))
     return Planned(facts, tuple(options), plan, views.get(request.platforms[0]),
                    tuple(o for o in offered if o not in options), request, not_offered(request, facts, offered),
-                   tuple(views.items()))
+                   tuple(views.items()), notes)
 
 
 async def connect(hooks: Hooks, facts: NodeFacts, session: Session):
@@ -347,7 +365,7 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
     cache_days()  # a bad ARCHFLEET_NODE_CACHE_DAYS is a usage error now, not mid-build
     if request.push and not tags:
         raise UsageError("--push needs at least one -t/--tag")
-    async with RegistryClient(request.insecure_registries) as client:
+    async with RegistryClient(request.insecure_registries) as client, outputs_mod.spools():
         session.registry = client  # plugins that read the registry share it (and what it read)
         planning = asyncio.create_task(make_plan(hooks, request, config, session, client))
         try:
@@ -368,6 +386,10 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
         if missing:
             raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in missing))
         reporter.planned(planned.plan)
+        used = {s.option.node for s in planned.plan.chosen}
+        for node, note in planned.notes:
+            if node in used:
+                reporter.warning(f"{node}: {note}")
         options_of: dict[Platform, list[Option]] = {}
         for o in planned.options:
             options_of.setdefault(o.platform, []).append(o)
@@ -414,6 +436,7 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
                 hooks.index_pushed(str(tag), digest)
             if held.interrupted:
                 raise Interrupted(f"interrupted after the index {digest} was pushed to {where}")
+        await deliver(hooks, request, config, planned, results, children, client, session, reporter)
         if failures:
             reporter.warning("left out (--allow-partial): " + "; ".join(f.line() for f in failures))
         for r in results:
@@ -423,6 +446,97 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
                             scans=[scan for child in children for scan in child.scans]))
     return BuildSummary(tuple(results), tuple(children), digest, media_type, size, request.tags, planned,
                         outcome.replans, time.monotonic() - started, outcome.attempts)
+
+
+async def deliver(hooks: Hooks, request: BuildRequest, config: Config, planned: Planned,
+                  results: Sequence[PlatformResult], children: Sequence[ChildImage], client: RegistryClient,
+                  session: Session, reporter: Reporter) -> None:
+    """What the run delivers besides the index, once it is pushed: the caches a node could only
+    write inline (``--cache-to``, :func:`archfleet.buildcache.export_inline`), the files
+    (``-o``, :mod:`archfleet.outputs`) and the local engine's image (``--load``)."""
+    if request.push and request.cache_to:
+        builders = {r.platform: ("reuse" if r.option.strategy == "reuse" else
+                                 planned.facts[r.option.node].builder if r.option.node in planned.facts else None)
+                    for r in results}
+        for ref in await buildcache.export_inline(client, request, children, builders):
+            reporter.event(f"cache (inline) -> {ref}")
+    if request.outputs:
+        await _write_outputs(request, results, client, reporter)
+    if request.load:
+        await _load(hooks, request, config, planned, results, session, reporter)
+
+
+async def _write_outputs(request: BuildRequest, results: Sequence[PlatformResult], client: RegistryClient,
+                         reporter: Reporter) -> None:
+    """``-o``: each platform's files (its spool tree, else its child read from the registry:
+    a reused platform) into every output (:mod:`archfleet.outputs`)."""
+    trees = []
+    extra = []
+    try:
+        for r in results:
+            if r.output:
+                trees.append(Path(r.output))
+            elif r.repository and r.digest:  # not built here (reused): its child in the registry
+                work = outputs_mod.workdir()
+                extra.append(work)
+                trees.append(await outputs_mod.from_registry(client, f"{r.repository}@{r.digest}", work,
+                                                             outputs_mod.prefix_for(request, r.platform)))
+            else:
+                raise EnvironmentProblem(f"--output: no files of {r.platform}: it was neither built here nor pushed")
+        await outputs_mod.write(request.outputs, trees)
+    finally:
+        for work in extra:
+            shutil.rmtree(work, ignore_errors=True)
+    for out in request.outputs:
+        reporter.event(f"wrote {out}")
+
+
+async def _load(hooks: Hooks, request: BuildRequest, config: Config, planned: Planned,
+                results: Sequence[PlatformResult], session: Session, reporter: Reporter) -> None:
+    """``--load``: the child of the local engine's platform (or the one platform built) into the
+    local engine under each ``-t`` (:mod:`archfleet.outputs`): tagged when it was built here,
+    exported from its node and loaded when built elsewhere, pulled by digest when reused."""
+    from .engine import auth_config_for
+    from .publish import spool_dir
+    from .reference import parse_reference as parse
+    from .transport import LocalTransport
+
+    target = outputs_mod.load_platform(request, plat.from_uname(_platform.machine()))
+    result = next((r for r in results if r.platform == target), None)
+    if result is None:
+        reporter.warning(f"--load: {target} was not built; nothing loaded")
+        return
+    spec = config.file_node("local")
+    local = LocalTransport("local", spec.docker_host if spec else None)
+    names = outputs_mod.tag_names(request.tags)
+    facts = planned.facts.get(result.option.node)
+    try:
+        if facts is not None and facts.node.transport == "local" and facts.node.engine == "docker" and result.image_id:
+            ident = await outputs_mod.load_into(local.docker_client, None, result.image_id, names)
+        elif facts is not None and result.image_id and result.option.strategy != "reuse":
+            from .engines import adapter_for
+
+            transport = await connect(hooks, facts, session)
+            work = Path(tempfile.mkdtemp(prefix="archfleet-load-", dir=spool_dir()))
+            try:
+                archive = work / "image.tar"
+                await outputs_mod.spool(adapter_for(facts.node.engine).export(transport, facts, result.image_id),
+                                        archive)
+                ident = await outputs_mod.load_into(local.docker_client, archive, None, names)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        else:
+            ref = parse(f"{result.repository}@{result.digest}", what="child")  # the child, not an index
+
+            def pull() -> str:
+                auth = auth_config_for(ref.registry)
+                local.docker_client().api.pull(ref.name, tag=ref.digest, auth_config=auth)
+                return str(ref)
+
+            ident = await outputs_mod.load_into(local.docker_client, None, await asyncio.to_thread(pull), names)
+    finally:
+        await local.close()
+    reporter.event(f"loaded {target} into the local engine as {', '.join(names) or ident}")
 
 
 def failed(failures: Sequence[Failure], *, pushed_nothing: bool) -> PlatformsFailed:

@@ -153,10 +153,14 @@ async def discover_cli(transport: Transport, candidates: Sequence[str]) -> tuple
 
 def capabilities(help_lines: Sequence[str], version: str | None) -> Capabilities:
     """What a podman node can do: the flags its ``podman build --help`` lists, and here-documents
-    from podman 5.0 on (see :data:`HEREDOCS_SINCE`); never ``# syntax=`` frontends."""
+    from podman 5.0 on (see :data:`HEREDOCS_SINCE`); never ``# syntax=`` frontends, and never a
+    BuildKit registry cache export (buildah's ``--cache-to`` is a cache of its own format:
+    :mod:`archfleet.buildcache`)."""
     flags = set(re.findall(r"(?<![\w-])--([a-z][a-z0-9-]*)", "\n".join(help_lines)))
     parsed = parse_version(f"podman version {version}") if version else None
-    return Capabilities(secrets="secret" in flags, ssh="ssh" in flags, cache_export="cache-to" in flags,
+    # buildah's --cache-to/--cache-from keep a layer cache of buildah's own, not BuildKit's
+    # registry cache: archfleet's --cache-to is not something podman can export
+    return Capabilities(secrets="secret" in flags, ssh="ssh" in flags, cache_export=False,
                         outputs="output" in flags, heredocs=parsed is not None and parsed[:2] >= HEREDOCS_SINCE,
                         frontends=False)
 
@@ -172,12 +176,13 @@ def parse_info(lines: Sequence[str]) -> dict[str, str]:
 def build_argv(cli: Sequence[str], *, platform: Platform, dockerfile: str, context: str, tag: str,
                build_args: Sequence[tuple[str, str]] = (), labels: Sequence[tuple[str, str]] = (),
                target: str | None = None, no_cache: bool = False, pull: bool = True,
-               env_build_args: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+               env_build_args: Sequence[str] = (), mounts: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
     """The argv, and the environment to add to podman's, that build ``platform`` into the node's
     store as ``tag`` (see the module doc). A build arg named in ``env_build_args`` (its value
     came from archfleet's environment) is passed bare, ``--build-arg NAME``, with its value in
     the returned environment, where podman reads it from (as docker does); other args are
-    ``NAME=VALUE`` in argv."""
+    ``NAME=VALUE`` in argv. ``mounts``: the build's ``--secret``/``--ssh`` words
+    (:func:`archfleet.secrets.mounted`), which podman takes as docker does."""
     argv = [*cli, "build", "--format", "docker", "--platform", str(platform), "-f", dockerfile]
     env: dict[str, str] = {}
     if tag:
@@ -193,6 +198,7 @@ def build_argv(cli: Sequence[str], *, platform: Platform, dockerfile: str, conte
         argv += ["--label", f"{key}={value}"]
     if target:
         argv += ["--target", target]
+    argv += list(mounts)
     if no_cache:
         argv.append("--no-cache")
     # always: resolve bases in the registry for the platform asked (as docker nodes do);
@@ -291,14 +297,13 @@ class PodmanEngine:
     async def build(self, transport: Transport, facts: NodeFacts, *, platform: Platform, request: BuildRequest,
                     tag: str, context: str | None = None, dockerfile: str | None = None,
                     extra_build_args: Sequence[tuple[str, str]] = (), extra_labels: Sequence[tuple[str, str]] = (),
-                    on_line: LineCallback | None = None) -> str:
-        """Build ``platform`` as ``tag`` with ``podman build``; the image id (``sha256:...``).
-        Raises InfrastructureError or BuildFailed (module doc)."""
-        argv, env = build_argv(
-            self._argv(facts), platform=platform, dockerfile=dockerfile or str(request.dockerfile),
-            context=context or str(request.context), tag=tag,
-            build_args=[*request.build_args, *extra_build_args], labels=[*request.labels, *extra_labels],
-            target=request.target, no_cache=request.no_cache, pull=request.pull, env_build_args=request.env_build_args)
+                    on_line: LineCallback | None = None, warm: str | None = None) -> str:
+        """Build ``platform`` as ``tag`` with ``podman build``; the image id (``sha256:...``). The
+        request's secrets and ssh as :func:`archfleet.secrets.mounted` hands them over; no
+        BuildKit cache (``warm`` is not read: :mod:`archfleet.buildcache`). Raises
+        InfrastructureError or BuildFailed (module doc)."""
+        from .secrets import mounted
+
         ids: list[str] = []
 
         def watch(line: str) -> None:
@@ -306,7 +311,14 @@ class PodmanEngine:
             if m:
                 ids.append("sha256:" + m.group(1))
 
-        done = await run_build(transport, argv, env, on_line, watch)
+        async with mounted(transport, request, local=facts.node.transport == "local") as mounts:
+            argv, env = build_argv(
+                self._argv(facts), platform=platform, dockerfile=dockerfile or str(request.dockerfile),
+                context=context or str(request.context), tag=tag,
+                build_args=[*request.build_args, *extra_build_args], labels=[*request.labels, *extra_labels],
+                target=request.target, no_cache=request.no_cache, pull=request.pull,
+                env_build_args=request.env_build_args, mounts=mounts.flags)
+            done = await run_build(transport, mounts.argv(argv), env, on_line, watch, stdin=mounts.stdin)
         if not done.ok:
             why = node_failed(done)
             if why is None and not await self.alive(transport, facts):

@@ -94,6 +94,13 @@ class Transport(Protocol):
         :class:`archfleet.leases.LocalLeases` (see :mod:`archfleet.leases`)."""
         ...
 
+    def agent_socket(self, local_path: str) -> "contextlib.AbstractAsyncContextManager[str]":
+        """An async context manager: the path *on the node* of a Unix socket that reaches the SSH
+        agent listening at ``local_path`` on this machine, for the block's duration only (a
+        build's ``--ssh``, :mod:`archfleet.secrets`); nothing of it is left afterwards. Optional:
+        a transport without it cannot forward an agent (the build is told so)."""
+        ...
+
 
 class CommandNode:
     """The node-side work of a transport whose :meth:`run` reaches a POSIX node: the build
@@ -272,6 +279,11 @@ class LocalTransport:
         """(context dir, Dockerfile) as paths the node's engine CLI can read: here, as given;
         nothing is sent."""
         return str(request.context), str(request.dockerfile), None
+
+    @contextlib.asynccontextmanager
+    async def agent_socket(self, local_path: str):
+        """The agent at ``local_path`` is on this machine already: the path itself."""
+        yield local_path
 
     async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
         """Run ``argv`` here, in a process group of its own (see :class:`Transport`); 127/126 when the program is missing or not executable."""

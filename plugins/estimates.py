@@ -19,6 +19,11 @@ when it knows, else from its prior (``archfleet.planner``):
   project's last pushes for this platform (else any platform), else the bytes it pushed (or the
   context's, when the target copies it in) at the rate learned for that node's pushes.
 
+An option that starts warm (another node built the platform's last child, which its build reads
+as an inline cache: ``archfleet.buildcache.warm_ref``) counts the final stage's steps that node
+ran as cached ("warm"); when history has no steps of that node, the final stage's steps cost
+``WARM_FACTOR`` of their cold estimate.
+
 The answer is an ``Estimate``: seconds, one line of where they come from, the parts and the
 planned steps (the learn stage pairs those with the steps the build reports).
 """
@@ -29,8 +34,8 @@ import statistics
 
 import attrs
 
-from archfleet.api import (LINK_RATE, PUSH_BASE, PUSH_RATE, QEMU_FACTOR, Estimate, fixed_prior, hookimpl,
-                           node_speed, push_prior, steps)
+from archfleet.api import (LINK_RATE, PUSH_BASE, PUSH_RATE, QEMU_FACTOR, WARM_FACTOR, Estimate, fixed_prior, hookimpl,
+                           node_speed, push_prior, steps, warm_ref)
 
 
 def _median(values):
@@ -96,8 +101,9 @@ def transfer_part(option, facts, history) -> tuple[float, str]:
                      + ("(measured)" if facts.link_rate else "(assumed)"))
 
 
-def work_part(option, request, facts, history):
-    """(seconds, basis, planned steps with their estimates) of the ``work`` part."""
+def work_part(option, request, facts, history, warm=None):
+    """(seconds, basis, planned steps with their estimates) of the ``work`` part; ``warm``: the
+    :class:`~archfleet.model.WarmSource` the build reads as a cache, if any."""
     files_key = history.files_key if history is not None else ""
     plans = steps.planned(request, option.platform, facts.native, facts.emulated, files_key)
     if not plans:
@@ -108,17 +114,25 @@ def work_part(option, request, facts, history):
     times = history.step_times([p.key for p in plans]) if history is not None else {}
     factors = history.qemu_factors() if history is not None else {}
     context_bytes = history.context_bytes if history is not None else 0
+    final = plans[-1].stage_index
+    warm_chains = frozenset()
+    if warm is not None and history is not None:  # an inline cache holds the final stage's steps only
+        warm_chains = history.cached_chains(warm.node, [p.chain for p in plans if p.stage_index == final])
     out = []
     seconds = {}
     counts: dict[str, int] = {}
     for plan in plans:
         if plan.chain in cached:
             got, basis = steps.CACHED_SECONDS, "cached"
+        elif plan.chain in warm_chains:
+            got, basis = steps.CACHED_SECONDS, f"warm (cached in {warm.node}'s child)"
         else:
             prior = steps.prior_of(plan, request, context_bytes)
             qemu = factors.get(str(plan.platform), QEMU_FACTOR)
             got, basis = steps.estimate(plan, prior, steps.observations(times.get(plan.key, ())), speed, qemu,
                                         node=option.node)
+            if warm is not None and not warm_chains and plan.stage_index == final:
+                got, basis = got * WARM_FACTOR, f"warm x{WARM_FACTOR:g} ({basis})"
         seconds[(plan.stage_index, plan.index)] = got
         out.append(attrs.evolve(plan, seconds=round(got, 3), basis=basis))
         kind = basis.split(" ", 1)[0]
@@ -132,7 +146,8 @@ def work_part(option, request, facts, history):
 def archfleet_estimate(option, request, facts, history):
     if facts is None or not facts.native:
         return None  # nothing known of the node: the offer's prior stands
-    work, work_basis, plans = work_part(option, request, facts, history)
+    warm = warm_ref(request, option.platform, option.node, facts.builder)
+    work, work_basis, plans = work_part(option, request, facts, history, warm)
     fixed, fixed_basis = fixed_part(option, facts, history)
     transfer, transfer_basis = transfer_part(option, facts, history)
     push, push_basis = push_part(option, request, plans, history)
@@ -140,7 +155,7 @@ def archfleet_estimate(option, request, facts, history):
     notes = [f"fixed {fixed:.1f}s {fixed_basis}"]
     if transfer_basis:
         notes.append(f"transfer {transfer:.1f}s: {transfer_basis}")
-    notes.append(f"work {work:.1f}s ({work_basis})")
+    notes.append(f"work {work:.1f}s ({work_basis})" + (f", starts warm from {warm.node}'s child" if warm else ""))
     if request.push:
         notes.append(f"push {push:.1f}s: {push_basis}")
     return Estimate(round(sum(v for _, v in parts), 2), "; ".join(notes), parts, plans)

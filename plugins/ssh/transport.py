@@ -55,6 +55,22 @@ BOOTSTRAP = (
     '[ -n "$ok" ] || { echo "archfleet: the command frame on stdin was cut short" >&2; exit 125; }; exec "$@"'
 )
 REMOTE_COMMAND = f"exec /bin/sh -c '{BOOTSTRAP}'"
+
+# A private directory for one build's forwarded ssh agent: on a tmpfs ($XDG_RUNTIME_DIR, else
+# /dev/shm), 0700; its path is the last line. AGENT_RM_SCRIPT removes it ($1), and nothing else.
+AGENT_DIR_SCRIPT = r"""
+umask 077
+base=${XDG_RUNTIME_DIR:-}
+{ [ -n "$base" ] && [ -d "$base" ] && [ -w "$base" ]; } || base=/dev/shm
+d=$(mktemp -d "$base/archfleet-ssh.XXXXXXXX") || exit 125
+printf 'archfleet-dir=%s\n' "$d"
+"""
+AGENT_RM_SCRIPT = r"""
+case $1 in
+  */archfleet-ssh.*) [ -d "$1" ] && [ ! -L "$1" ] && rm -rf -- "$1" ;;
+esac
+exit 0
+"""
 FRAME_ERROR = 125  # the bootstrap's exit status when the frame did not arrive whole
 
 _ENV_NAME = re.compile(rb"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -251,6 +267,46 @@ class SSHTransport(CommandNode):
                 return Completed(tuple(argv), 128 + 9, tuple(tail) + (f"killed by signal {proc.exit_signal[0]}",))
             raise InfrastructureError(self.node, "SSH connection lost while running " + str(argv[0]))
         return Completed(tuple(argv), proc.exit_status, tuple(tail))
+
+    # -- forwarding the user's ssh agent for one build ----------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def agent_socket(self, local_path: str):
+        """Forward the SSH agent at ``local_path`` (this machine) to a socket on the node, for
+        the block's duration: a fresh private (0700) directory on a tmpfs of the node
+        (:data:`AGENT_DIR_SCRIPT`), sshd listening on ``agent.sock`` in it (a streamlocal
+        forward over the node's connection, like ``ssh -R``, but for this build only; sshd makes
+        the socket 0600), connections to it relayed to the agent here. Yields the socket's path
+        on the node. Afterwards the forward is closed and the directory removed, also when the
+        block fails or is cancelled. Raises :class:`InfrastructureError` when the node refuses the
+        forward (sshd's ``AllowStreamLocalForwarding no``) or the directory cannot be made."""
+        import asyncssh
+
+        lines: list[str] = []
+        done = await self.run(["sh", "-c", AGENT_DIR_SCRIPT, "sh"], on_line=lines.append, timeout=60)
+        made = [line.removeprefix("archfleet-dir=") for line in lines if line.startswith("archfleet-dir=/")]
+        if not done.ok or not made:
+            raise InfrastructureError(self.node, f"cannot make a private directory for the ssh agent: "
+                                                 f"{done.last_line()}")
+        directory = made[-1]
+        remote = f"{directory}/agent.sock"
+        listener = None
+        try:
+            try:
+                listener = await self.conn.forward_remote_path(remote, local_path)
+            except (asyncssh.Error, OSError) as exc:
+                raise InfrastructureError(self.node, f"the node refused to forward the ssh agent ({exc}); allow "
+                                                     "it in its sshd_config: AllowStreamLocalForwarding yes") from None
+            yield remote
+        finally:
+            if listener is not None:
+                listener.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(listener.wait_closed(), 5)
+            # shielded: a cancelled build still removes the directory (the connection allowing)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(
+                    self.run(["sh", "-c", AGENT_RM_SCRIPT, "sh", directory], timeout=30)), 30)
 
     # -- the engine socket -------------------------------------------------------------------
 

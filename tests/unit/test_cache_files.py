@@ -59,7 +59,7 @@ def test_an_unwritable_history_turns_history_off_with_one_warning(tmp_path, monk
         assert view.past(option) is None
         assert view.synced_before("n1") is False
         view.record(PlatformResult(AMD, option, 3.0), speed=1.0)
-        assert view.db.project_work(view.project_key) is None and view.db.qemu_factor("n1") is None
+        assert view.db.qemu_factors() == {} and view.db.part_rows(node="n1") == ()
         assert view.db.count() == 0
         got = estimates.archfleet_estimate(option=option, request=request, facts=facts, history=view)
         assert got.seconds > 0 and "prior" in got.basis and "learned" not in got.basis

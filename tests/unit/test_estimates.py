@@ -4,6 +4,7 @@ import asyncio
 from pathlib import Path
 
 import attrs
+import pytest
 
 from archfleet.history import History, view_for
 from archfleet.model import BuildRequest, NodeFacts, NodeSpec, PlatformResult
@@ -99,3 +100,44 @@ def test_context_transfer_uses_the_measured_link_rate(tmp_path):
     slow, assumed = estimate(2e6), estimate(None)
     assert "at 2 MB/s (measured)" in slow.basis and "(assumed)" in assumed.basis
     assert round(slow.estimate - assumed.estimate, 1) == round(8_000_000 / 2e6 - 8_000_000 / LINK_RATE, 1)
+
+
+def test_an_option_that_starts_warm_from_another_node_s_child_is_estimated_lower(tmp_path):
+    """plugins/estimates (issues 14 and 17): when another node pushed the platform's last child,
+    an option on a BuildKit node reads it as an inline cache, which holds the final stage's
+    steps. Until history has that node's steps, they cost WARM_FACTOR of their cold work (the
+    fixed part does not shrink); once it has them, the steps it ran count as cached."""
+    from archfleet import steps
+    from archfleet.buildcache import WARM_FACTOR
+    from archfleet.model import WarmSource
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN make -j2 all\n")
+    request = BuildRequest(ctx, ctx / "Dockerfile", [ARM])
+    facts = lab()
+    path = tmp_path / "h.sqlite"
+    offered = asyncio.run(offers(make_hooks(), request, facts))
+    cold = {(o.node, o.strategy): o for o in estimates(make_hooks(), offered, request, facts, view_for(request, path))}
+    warm_request = attrs.evolve(request, warm=(WarmSource(ARM, "armvm", "r/app@sha256:" + "c" * 64),))
+
+    def warm_estimates():
+        return {(o.node, o.strategy): o
+                for o in estimates(make_hooks(), offered, warm_request, facts, view_for(warm_request, path))}
+
+    warm = warm_estimates()
+    local = next(k for k in warm if k[0] == "local")
+    parts, cold_parts = dict(warm[local].parts), dict(cold[local].parts)
+    assert cold_parts["work"] > 0 and parts["fixed"] == cold_parts["fixed"]
+    assert parts["work"] == pytest.approx(cold_parts["work"] * WARM_FACTOR, abs=0.01)
+    assert "starts warm from armvm's child" in warm[local].basis
+    board = next(k for k in warm if k[0] == "armvm")
+    assert warm[board].estimate == cold[board].estimate  # its own child: nothing to start from
+
+    # armvm's build of that child, as the learn stage keeps it: its steps, run natively
+    option = cold[board]
+    view_for(request, path).record(PlatformResult(ARM, option, 30.0), speed=0.1, steps=[
+        (p.key, p.chain, str(p.platform), False, 25.0, False) for p in option.steps])
+    again = warm_estimates()
+    assert dict(again[local].parts)["work"] == pytest.approx(steps.CACHED_SECONDS * len(option.steps), abs=0.01)
+    assert all(p.basis.startswith("warm") for p in again[local].steps)
