@@ -51,8 +51,7 @@ from typing import AsyncIterator, Collection, Sequence
 
 import docker.auth
 
-from .buildargs import env_passable
-from .engines import (ENV_CLI, EngineCLI, ImageInfo, Probed, exit_path_failure, last_own_line,  # noqa: F401
+from .engines import (build_flags, ENV_CLI, EngineCLI, ImageInfo, Probed, exit_path_failure, last_own_line,  # noqa: F401
                       local_candidates, resource_failure, run_build)
 from .errors import BuildFailed, InfrastructureError, RegistryError
 from .model import BuildRequest, Capabilities, NodeFacts, NodeSpec
@@ -110,13 +109,8 @@ def build_argv(cli: Sequence[str], mode: str, *, platform: Platform, dockerfile:
     (:func:`archfleet.secrets.mounted`: paths and descriptors, never a value); ``cache``: its
     ``--cache-from``/``--cache-to`` words (:func:`archfleet.buildcache.cache_argv`).
 
-    A build arg named in ``env_build_args`` (its value came from archfleet's environment: a bare
-    ``--build-arg NAME``) is passed as a bare ``--build-arg NAME`` with ``NAME=value`` in the
-    returned environment, which is where docker's CLI reads a bare name from (docker/cli
-    ``opts.ValidateEnv``; buildx does the same): its value is in no process's argv, on this
-    machine or on a node (transports hand the environment over without a command line). Names
-    the CLI itself reads (:func:`archfleet.buildargs.env_passable`) and explicit ``NAME=VALUE``
-    args go in argv, as ``docker build`` would have them.
+    Tag, build args (a bare ``--build-arg NAME`` keeps its value out of argv), labels and
+    target as every engine CLI takes them: :func:`archfleet.engines.build_flags`.
     """
     if mode == "buildx":
         argv = [*cli, "build", "--load"]
@@ -125,19 +119,10 @@ def build_argv(cli: Sequence[str], mode: str, *, platform: Platform, dockerfile:
         argv = [*cli, "build"]
         env = {"DOCKER_BUILDKIT": "1"}
     argv += ["--progress", "plain", "--platform", str(platform), "-f", dockerfile]
-    if tag:
-        argv += ["-t", tag]
-    from_env = set(env_build_args)
-    for key, value in build_args:
-        if key in from_env and env_passable(key):
-            argv += ["--build-arg", key]
-            env[key] = value
-        else:
-            argv += ["--build-arg", f"{key}={value}"]
-    for key, value in labels:
-        argv += ["--label", f"{key}={value}"]
-    if target:
-        argv += ["--target", target]
+    flags, flag_env = build_flags(tag=tag, build_args=build_args, labels=labels, target=target,
+                                  env_build_args=env_build_args)
+    argv += flags
+    env.update(flag_env)
     argv += list(mounts)
     argv += list(cache)
     if no_cache:

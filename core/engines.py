@@ -39,6 +39,7 @@ from typing import AsyncIterator, Iterable, Protocol, Sequence
 
 import attrs
 
+from .buildargs import env_passable
 from .model import BuildRequest, Capabilities, NodeFacts, NodeSpec
 from .platforms import Platform
 from .reference import Reference
@@ -462,3 +463,29 @@ def why_lacking(facts: NodeFacts, missing: Sequence[Need]) -> str:
     labels = Capabilities.LABELS
     return (f"{facts.engine_label} cannot build " + "; ".join(
         f"{labels.get(n.feature, n.feature)} ({n.where})" for n in missing))
+
+
+def build_flags(*, tag: str, build_args: Sequence[tuple[str, str]], labels: Sequence[tuple[str, str]],
+                target: str | None, env_build_args: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """The ``docker build`` flags every engine CLI takes alike (docker, buildx, podman/buildah):
+    ``-t TAG`` (when given), ``--build-arg`` each arg, ``--label`` each label, ``--target``; and
+    the environment to add to the CLI's. A build arg named in ``env_build_args`` (its value came
+    from archfleet's environment: a bare ``--build-arg NAME``) is passed bare with its value in
+    the returned environment, where both CLIs read a bare name from (docker/cli
+    ``opts.ValidateEnv``; buildah the same), so the value is in no process's argv; names the CLI
+    itself reads (:func:`archfleet.buildargs.env_passable`) and explicit ``NAME=VALUE`` args go
+    in argv."""
+    argv: list[str] = ["-t", tag] if tag else []
+    env: dict[str, str] = {}
+    from_env = set(env_build_args)
+    for key, value in build_args:
+        if key in from_env and env_passable(key):
+            argv += ["--build-arg", key]
+            env[key] = value
+        else:
+            argv += ["--build-arg", f"{key}={value}"]
+    for key, value in labels:
+        argv += ["--label", f"{key}={value}"]
+    if target:
+        argv += ["--target", target]
+    return argv, env

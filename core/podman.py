@@ -54,8 +54,7 @@ import json
 import re
 from typing import AsyncIterator, Sequence
 
-from .buildargs import env_passable
-from .engines import (EngineCLI, ImageInfo, Probed, collect, exit_path_failure, last_own_line, local_candidates,
+from .engines import (build_flags, EngineCLI, ImageInfo, Probed, collect, exit_path_failure, last_own_line, local_candidates,
                       resource_failure, run_build)
 from .errors import BuildFailed, InfrastructureError, RegistryError
 from .model import BuildRequest, Capabilities, NodeFacts, NodeSpec
@@ -185,19 +184,10 @@ def build_argv(cli: Sequence[str], *, platform: Platform, dockerfile: str, conte
     (:func:`archfleet.secrets.mounted`), which podman takes as docker does."""
     argv = [*cli, "build", "--format", "docker", "--platform", str(platform), "-f", dockerfile]
     env: dict[str, str] = {}
-    if tag:
-        argv += ["-t", tag]
-    from_env = set(env_build_args)
-    for key, value in build_args:
-        if key in from_env and env_passable(key):
-            argv += ["--build-arg", key]
-            env[key] = value
-        else:
-            argv += ["--build-arg", f"{key}={value}"]
-    for key, value in labels:
-        argv += ["--label", f"{key}={value}"]
-    if target:
-        argv += ["--target", target]
+    flags, flag_env = build_flags(tag=tag, build_args=build_args, labels=labels, target=target,
+                                  env_build_args=env_build_args)
+    argv += flags
+    env.update(flag_env)
     argv += list(mounts)
     if no_cache:
         argv.append("--no-cache")
