@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from . import flagfields
 from .errors import UsageError
 from .model import BuildRequest, CacheSpec, NodeFacts, WarmSource
 from .platforms import Platform
@@ -58,13 +59,7 @@ def parse_cache(flag: str, text: str) -> CacheSpec:
     if "=" not in text:
         fields = {"type": "registry", "ref": text}
     else:
-        fields = {}
-        for part in text.split(","):
-            key, eq, value = part.partition("=")
-            key = key.strip().lower()
-            if not eq:
-                raise UsageError(f"{flag} {text!r}: {part!r} is not key=value")
-            fields[key] = value.strip()
+        fields = {key: value.strip() for key, value in flagfields.fields(f"{flag} {text!r}", text)}
         fields.setdefault("type", "registry")
     kind = fields["type"].lower()
     if kind in ("registry", "inline"):

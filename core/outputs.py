@@ -49,6 +49,7 @@ import zlib
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterable, Sequence
 
+from . import flagfields
 from .errors import ArchfleetError, EnvironmentProblem, InfrastructureError, UsageError
 from .model import BuildRequest, Output, PlatformResult
 from .platforms import Platform
@@ -73,11 +74,7 @@ def parse_output(text: str) -> Output:
         kind, dest = "local", text
     else:
         fields = {}
-        for part in text.split(","):
-            key, eq, value = part.partition("=")
-            key = key.strip().lower()
-            if not eq:
-                raise UsageError(f"{flag}: {part!r} is not key=value")
+        for key, value in flagfields.fields(flag, text):
             if key not in ("type", "dest"):
                 raise UsageError(f"{flag}: unknown key {key!r} (type, dest)")
             fields[key] = value

@@ -41,7 +41,6 @@ How a build gets them (:func:`mounted`, used by every engine adapter):
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import re
 import stat
@@ -50,6 +49,7 @@ from typing import AsyncIterator, Sequence
 
 import attrs
 
+from . import flagfields
 from .errors import EnvironmentProblem, UsageError
 from .model import BuildRequest, Secret, SshAgent
 
@@ -99,21 +99,6 @@ SCRIPT_FAILED = 125  # MOUNT_SCRIPT's exit status when it could not hand the val
 
 # -- the flags ------------------------------------------------------------------------------------
 
-def _fields(flag: str, text: str) -> list[tuple[str, str]]:
-    """``text`` as buildx reads it: CSV fields, each ``key=value`` (keys lower-cased)."""
-    try:
-        fields = next(csv.reader([text]))
-    except (csv.Error, StopIteration):
-        raise UsageError(f"{flag}: cannot read it as comma-separated key=value fields") from None
-    out = []
-    for field in fields:
-        key, eq, value = field.partition("=")
-        if not eq:
-            raise UsageError(f"{flag}: {field!r} is not key=value")
-        out.append((key.strip().lower(), value))
-    return out
-
-
 def _check_id(flag: str, value: str) -> str:
     if not _ID.fullmatch(value):
         raise UsageError(f"{flag}: id {value!r} must be letters, digits, '_', '.' or '-'")
@@ -126,9 +111,8 @@ def parse_secret(text: str, environ=None) -> Secret:
     naming the flag by its id, never a value."""
     environ = os.environ if environ is None else environ
     flag = "--secret"
-    fields = _fields(flag, text)
     kind = ident = src = env = None
-    for key, value in fields:
+    for key, value in flagfields.fields(flag, text):
         if key == "type":
             if value not in ("file", "env"):
                 raise UsageError(f"{flag}: type {value!r} is not file or env")
