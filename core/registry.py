@@ -51,6 +51,7 @@ import re
 import ssl
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterable, Sequence
 
@@ -277,6 +278,11 @@ def _system_tls() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+# event loop -> (host, repository, digest) -> the lock held while a blob is written there
+# (:meth:`RegistryClient.blob_writer`); per loop, as an asyncio lock belongs to one loop
+_WRITING: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+
+
 class RegistryClient:
     """One client for the whole run; reuse it (connections, tokens and credentials are cached).
 
@@ -303,9 +309,6 @@ class RegistryClient:
         # content read by digest, which never changes under it: (host, repository, digest) ->
         # a manifest, or a small blob (a config); see :data:`CACHED_BLOB`
         self._seen: dict[tuple[str, str, str], "Manifest | bytes"] = {}
-        # (host, repository, digest) -> the lock held while this client writes that blob (see
-        # :meth:`blob_writer`)
-        self._writing: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     async def __aenter__(self) -> "RegistryClient":
         return self
@@ -714,12 +717,15 @@ class RegistryClient:
 
     def blob_writer(self, dst: Reference, digest: str) -> asyncio.Lock:
         """The lock to hold while making blob ``digest`` exist in ``dst``'s repository, so this
-        client writes one blob into one repository once at a time: children of one build share
-        layers, and distribution's filesystem driver rewrites a repository's blob link file in
-        place (truncate, then write) on every upload or mount of it, so a sibling's manifest PUT
-        that reads the link meanwhile is refused (400 DIGEST_INVALID + MANIFEST_BLOB_UNKNOWN).
-        The second writer waits, then finds the blob there (HEAD) and sends nothing."""
-        return self._writing.setdefault((dst.api_host, dst.repository, digest), asyncio.Lock())
+        process writes one blob into one repository once at a time, whichever client asks (each
+        platform's build has a client of its own): children of one build share layers, and
+        distribution's filesystem driver rewrites a repository's blob link file in place
+        (truncate, then write) on every upload or mount of it, so a sibling's manifest PUT that
+        reads the link meanwhile is refused (400 DIGEST_INVALID + MANIFEST_BLOB_UNKNOWN). The
+        second writer waits, then finds the blob there (HEAD) and sends nothing."""
+        loop = asyncio.get_running_loop()
+        locks = _WRITING.setdefault(loop, {})
+        return locks.setdefault((dst.api_host, dst.repository, digest), asyncio.Lock())
 
     async def push_blob(self, dst: Reference, digest: str, source: Callable[[], AsyncIterator[bytes]], *,
                         mount_from: Sequence[Reference] = (), where: str = "") -> str:

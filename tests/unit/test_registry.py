@@ -528,7 +528,7 @@ def test_push_blob_skips_what_is_there_mounts_what_a_sibling_has_and_uploads_the
 
 
 def test_children_sharing_a_layer_write_it_once_one_writer_at_a_time():
-    """Rule: one client writes one blob into one repository once at a time (distribution's
+    """Rule: one process writes one blob into one repository once at a time (distribution's
     filesystem driver rewrites the blob's link file in place on each upload or mount, and a
     sibling's manifest PUT reading it meanwhile is refused with DIGEST_INVALID). Two children
     pushing the same layer at once: one uploads, the other waits and finds it there."""
@@ -546,10 +546,10 @@ def test_children_sharing_a_layer_write_it_once_one_writer_at_a_time():
                 yield layer[i:i + 1000]
         return gen()
 
-    async def go():
-        async with client(fake) as c:
-            return await asyncio.gather(c.push_blob(app, digest_of(layer), slow_source),
-                                        c.push_blob(app, digest_of(layer), slow_source))
+    async def go():  # each platform's build has a client of its own
+        async with client(fake) as one, client(fake) as two:
+            return await asyncio.gather(one.push_blob(app, digest_of(layer), slow_source),
+                                        two.push_blob(app, digest_of(layer), slow_source))
 
     assert sorted(run(go())) == ["skipped", "uploaded"]
     assert len(calls) == 1 and fake.blobs[("app", digest_of(layer))] == layer
