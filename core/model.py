@@ -438,12 +438,18 @@ class StepTime:
 class Estimate:
     """What ``archfleet_estimate`` may answer instead of ``(seconds, basis)``: the seconds, one
     line saying where they come from, the parts (:data:`PARTS`, summing to ``seconds``) and the
-    steps the ``work`` part counted (:class:`StepPlan`)."""
+    steps the ``work`` part counted (:class:`StepPlan`).
+
+    It unpacks as ``(seconds, basis)``, the answer the hook had before it: a
+    ``wrapper=True`` plugin written for that (``seconds, basis = yield``) keeps working."""
 
     seconds: float
     basis: str
     parts: tuple[tuple[str, float], ...] = attrs.field(default=(), converter=_parts)
     steps: tuple[StepPlan, ...] = attrs.field(default=(), converter=_tuple)
+
+    def __iter__(self):
+        return iter((self.seconds, self.basis))
 
 
 @attrs.frozen

@@ -96,6 +96,28 @@ def test_a_new_style_wrapper_sees_and_changes_the_answers():
     assert seen == [[[Option(AMD, "s", "n1", 10.0)]]]
 
 
+def test_a_wrapper_written_for_seconds_and_basis_still_works_on_an_estimate_answer():
+    """Rule: archfleet_estimate answered (seconds, basis) before it could answer an Estimate;
+    an Estimate unpacks as that pair, so a wrapper doing ``seconds, basis = yield`` works."""
+    from archfleet.model import Estimate
+
+    class Parts:
+        @hookimpl
+        def archfleet_estimate(self, option):
+            return Estimate(4.0, "in parts", (("fixed", 1.0), ("transfer", 0.0), ("work", 3.0), ("push", 0.0)))
+
+    class Old:
+        @hookimpl(wrapper=True)
+        def archfleet_estimate(self, option):
+            seconds, basis = yield
+            return seconds * 2, basis + " (doubled)"
+
+    hooks = hooks_with(Parts(), "parts")
+    hooks.register(Old(), name="old")
+    got = hooks.estimate(option(AMD, "n1"), request(), None, None)
+    assert (got.seconds, got.basis) == (8.0, "in parts (doubled)")
+
+
 def test_tryfirst_decides_a_firstresult_hook():
     class Late:
         @hookimpl
