@@ -25,3 +25,4 @@ def fields(flag: str, text: str) -> list[tuple[str, str]]:
             raise UsageError(f"{flag}: {part!r} is not key=value")
         out.append((key.strip().lower(), value))
     return out
+

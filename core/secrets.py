@@ -47,12 +47,16 @@ import stat
 from pathlib import Path
 from typing import AsyncIterator, Sequence
 
+import asyncssh
 import attrs
 
 from . import flagfields
 from .errors import EnvironmentProblem, UsageError
 from .model import BuildRequest, Secret, SshAgent
 
+# what a CLI reading --secret's fields would split a path on: docker reads them as CSV, podman
+# splits on commas; such a path is handed over as a value instead of being named
+_SPLITS = re.compile(r'[,"\n\r]')
 MAX_SECRET = 500 * 1024  # bytes: BuildKit's limit on one secret (secrets.MaxSecretSize)
 FIRST_FD = 3
 MAX_HANDED = 7  # values handed over on stdin per build: descriptors 3..9
@@ -152,9 +156,12 @@ def parse_secret(text: str, environ=None) -> Secret:
         raise UsageError(f"{flag}: cannot read {src!r}: {exc.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{flag}: {src!r} is a directory; name a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{flag}: {src!r} is not a regular file (a pipe or device can be read once, and each "
+                         "platform's build reads the secret); save it to a file only you can read, or use env=VAR")
     if not os.access(path, os.R_OK):
         raise UsageError(f"{flag}: {src!r} is not readable")
-    if stat.S_ISREG(st.st_mode) and st.st_size > MAX_SECRET:
+    if st.st_size > MAX_SECRET:
         raise UsageError(f"{flag}: {src!r} is larger than BuildKit's {MAX_SECRET // 1024} KiB limit for a secret")
     return Secret(ident, src=str(path.absolute()))
 
@@ -185,16 +192,33 @@ def parse_ssh(text: str, environ=None) -> SshAgent:
             raise UsageError(f"{flag}: cannot use {p!r}: {exc.strerror}") from None
         if stat.S_ISSOCK(st.st_mode):
             kinds.append("socket")
-        elif stat.S_ISDIR(st.st_mode) or not os.access(path, os.R_OK):
+        elif not stat.S_ISREG(st.st_mode) or not os.access(path, os.R_OK):
             raise UsageError(f"{flag}: {p!r} is neither an agent socket nor a readable key file")
         else:
-            if stat.S_ISREG(st.st_mode) and st.st_size > MAX_SECRET:
+            if st.st_size > MAX_SECRET:
                 raise UsageError(f"{flag}: {p!r} is too large to be a private key")
+            _check_key(flag, p, path)
             kinds.append("key")
         resolved.append(str(path.absolute()))
     if "socket" in kinds and len(resolved) > 1:
         raise UsageError(f"{flag}: an agent socket is given alone (BuildKit reads several paths as key files)")
     return SshAgent(ident, tuple(resolved), agent=kinds == ["socket"])
+
+
+def _check_key(flag: str, shown: str, path: Path) -> None:
+    """Refuse a key file BuildKit's ssh forwarding cannot use: not an unencrypted private key
+    (BuildKit loads key files without asking for a passphrase). Read with asyncssh, which reads
+    the formats OpenSSH writes (OpenSSH, PEM, PKCS#8)."""
+    try:
+        asyncssh.import_private_key(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read {shown!r}: {exc.strerror}") from None
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        if "passphrase" in str(exc).lower():
+            raise UsageError(f"{flag}: {shown!r} is passphrase-protected, which BuildKit cannot use; add it to "
+                             "ssh-agent (ssh-add) and give --ssh default") from None
+        raise UsageError(f"{flag}: {shown!r} is not a private key (give the key file, not the .pub, or an "
+                         "agent socket)") from None
 
 
 def handed_values(secrets: Sequence[Secret], ssh: Sequence[SshAgent]) -> int:
@@ -322,9 +346,9 @@ async def mounted(transport, request: BuildRequest, *, local: bool) -> AsyncIter
         return f"/dev/fd/{FIRST_FD + len(values) - 1}"
 
     for s in request.secrets:
-        if local and s.src is not None:
+        if local and s.src is not None and not _SPLITS.search(s.src):
             flags += ["--secret", f"id={s.id},src={s.src}"]
-        else:
+        else:  # remote, env=, or a path the CLI would split (podman splits on commas, unquoted)
             flags += ["--secret", f"id={s.id},src={hand(await asyncio.to_thread(value, s))}"]
     async with contextlib.AsyncExitStack() as stack:
         for a in request.ssh:

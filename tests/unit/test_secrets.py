@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from archfleet.errors import UsageError
@@ -59,7 +61,7 @@ def test_duplicate_ids_and_too_many_values_are_refused():
 
 def test_ssh_default_is_the_agent_and_paths_are_keys_or_one_socket(tmp_path):
     key = tmp_path / "id_ed25519"
-    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    key.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
     sock_path = tmp_path / "agent.sock"
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(sock_path))
@@ -190,3 +192,42 @@ def test_a_script_stopped_while_it_takes_the_values_removes_its_directory(tmp_pa
     assert proc.wait(10) == 143
     proc.stdin.close()
     assert list(runtime.iterdir()) == []
+
+
+def test_a_secret_source_that_is_not_a_regular_file_is_refused_before_building(tmp_path):
+    """A pipe (src=/dev/stdin, src=<(cmd)) or a device can be read once, and each platform's
+    build reads the secret: exit 2 before building, saying what to do instead."""
+    os.mkfifo(tmp_path / "fifo")
+    for src in (str(tmp_path / "fifo"), "/dev/null"):
+        with pytest.raises(UsageError, match=r"^--secret id=tok: .* is not a regular file .*use env=VAR$"):
+            parse_secret(f"id=tok,src={src}", {})
+
+
+def test_an_ssh_key_file_must_be_a_private_key_without_a_passphrase(tmp_path):
+    """BuildKit loads --ssh key files without a passphrase: a .pub, any other file, or an
+    encrypted key is refused before building, naming the fix."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    (tmp_path / "pub").write_bytes(key.export_public_key())
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "pw", "-f", str(tmp_path / "locked")], check=True)
+    with pytest.raises(UsageError, match=r"^--ssh k: '.*pub' is not a private key \(give the key file"):
+        parse_ssh(f"k={tmp_path / 'pub'}", {})
+    with pytest.raises(UsageError, match=r"^--ssh k: '.*locked' is passphrase-protected.*--ssh default$"):
+        parse_ssh(f"k={tmp_path / 'locked'}", {})
+
+
+def test_a_local_secret_path_a_cli_would_split_is_handed_over_as_a_value(tmp_path):
+    """docker reads --secret's fields as CSV and podman splits them on commas: a src path with a
+    comma or a quote is never named to the CLI; its value goes over a descriptor instead."""
+    src = tmp_path / "we,ird name"
+    src.write_text("v")
+    plain = tmp_path / "plain"
+    plain.write_text("v")
+    request = _request(tmp_path, "FROM x\n", secrets=(parse_secret(f'id=a,"src={src}"', {}),
+                                                     parse_secret(f"id=b,src={plain}", {})))
+
+    async def go():
+        async with mounted(LocalTransport(), request, local=True) as m:
+            return m
+    m = asyncio.run(go())
+    assert m.flags[:2] == ("--secret", "id=a,src=/dev/fd/3") and m.flags[2:] == ("--secret", f"id=b,src={plain}")
+    assert m.wrapper and m.stdin is not None
