@@ -369,9 +369,11 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
         session.registry = client  # plugins that read the registry share it (and what it read)
         planning = asyncio.create_task(make_plan(hooks, request, config, session, client))
         try:
-            if request.push:
-                # Fail before building anything when the registry is not there or refuses us.
-                await asyncio.gather(*(client.check_access(t, push=True) for t in _one_per_repo(tags)))
+            # Fail before building anything when a registry we will write to (the tags, the
+            # --cache-to refs) is not there or refuses us.
+            writes = (tags if request.push else []) + [
+                parse_reference(c.ref, what="--cache-to") for c in request.cache_to if c.kind == "registry"]
+            await asyncio.gather(*(client.check_access(t, push=True) for t in _one_per_repo(writes)))
             planned = await planning
         finally:
             if not planning.done():
@@ -436,7 +438,12 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
                 hooks.index_pushed(str(tag), digest)
             if held.interrupted:
                 raise Interrupted(f"interrupted after the index {digest} was pushed to {where}")
-        await deliver(hooks, request, config, planned, results, children, client, session, reporter)
+        try:
+            await deliver(hooks, request, config, planned, results, children, client, session, reporter)
+        except ArchfleetError as exc:
+            if digest and type(exc).__str__ is Exception.__str__:  # the tags moved: say so in the one line
+                exc.args = (f"the index {digest} was pushed to {', '.join(map(str, tags))}, then: {exc}",)
+            raise
         if failures:
             reporter.warning("left out (--allow-partial): " + "; ".join(f.line() for f in failures))
         for r in results:

@@ -198,6 +198,28 @@ def test_build_checks_pins_before_asking_the_registry(capsys, monkeypatch):
         "--node 'nosuch': no node named 'nosuch' (known: local; see archfleet ls)")
 
 
+def test_every_registry_a_build_writes_to_is_checked_before_building(capsys, monkeypatch, tmp_path):
+    """Rule: the tags' repositories and each --cache-to ref's are checked for push before
+    anything is built (an unreachable cache registry found after the index moved would fail a
+    published build): exit 3, one line naming the registry."""
+    from archfleet.errors import RegistryUnreachable
+    from archfleet.registry import RegistryClient
+
+    asked = []
+
+    async def check_access(self, ref, push=True):
+        asked.append(ref.name)
+        if ref.api_host.startswith("127.0.0.1:5999"):
+            raise RegistryUnreachable("registry 127.0.0.1:5999 unreachable (http): connection refused")
+
+    monkeypatch.setattr(RegistryClient, "check_access", check_access)
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    assert one_error(capsys, "build", "--platform", "linux/amd64", "-t", "127.0.0.1:5000/cli/app:1", "--push",
+                     "--cache-to", "type=registry,ref=127.0.0.1:5999/cli/cache:1", str(tmp_path), code=3) == (
+        "registry 127.0.0.1:5999 unreachable (http): connection refused")
+    assert sorted(asked) == ["127.0.0.1:5000/cli/app", "127.0.0.1:5999/cli/cache"]
+
+
 def test_bad_input_with_a_secret_looking_build_arg_is_still_one_line(capsys, monkeypatch):
     """Rule: the warning about secret-looking build-arg names comes after the input checks, so a
     bad flag next to such an arg is still exactly one stderr line (the error)."""
