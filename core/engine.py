@@ -62,6 +62,7 @@ from .transport import Completed, LineCallback, Transport
 
 _VERSION = re.compile(r"version\s+v?(\d+)\.(\d+)", re.I)
 _IMAGE_ID = re.compile(r"writing image (sha256:[0-9a-f]{64})")
+_BUILDX = re.compile(r"\bbuildx\b.*\bv?\d+\.\d+")
 _PROGRESS = re.compile(r"^#\d+ ")  # BuildKit's plain progress: the build's own output, never classified
 # a build process exited non-zero: "executor failed running [CMD]: exit code: N" (Docker 20.10;
 # CMD may span lines, so only its end is matched) or "process "CMD" did not complete
@@ -86,15 +87,21 @@ async def discover_cli(transport: Transport, candidates: Sequence[str]) -> tuple
     reasons: list[str] = []
     for i, cli in enumerate(candidates):
         buildx, ver = answers[2 * i], answers[2 * i + 1]
-        if buildx.ok:
+        # buildx names itself ("github.com/docker/buildx v0.12.1 ..."): a program that merely
+        # exits 0 (a wrong --engine-cli) is no buildx, and no docker either (below)
+        if buildx.ok and _BUILDX.search(" ".join(buildx.tail)):
             return EngineCLI((cli, "buildx"), "buildx", buildx.last_line()), reasons
         if not ver.ok:
             reasons.append(f"{cli}: {ver.last_line()}")
             continue
         m = _VERSION.search(" ".join(ver.tail))
-        if m and int(m.group(1)) < 23:
+        if m is None:
+            printed = next((l.strip() for l in reversed(ver.tail) if l.strip()), "nothing")
+            reasons.append(f"{cli}: not a docker CLI (its --version printed {printed!r})")
+            continue
+        if int(m.group(1)) < 23:
             return EngineCLI((cli,), "buildkit", f"{m.group(1)}.{m.group(2)}"), reasons
-        reasons.append(f"{cli}: version {m.group(1) + '.' + m.group(2) if m else '?'} has no buildx plugin "
+        reasons.append(f"{cli}: version {m.group(1)}.{m.group(2)} has no buildx plugin "
                        "and no built-in BuildKit")
     return None, reasons
 

@@ -194,3 +194,24 @@ def test_a_cli_that_could_not_start_or_was_killed_is_the_nodes_failure(returncod
     from archfleet.transport import Completed
 
     assert engines.exit_path_failure(Completed(("cli",), returncode, tail)) == why
+
+
+def test_a_cli_is_buildx_or_docker_only_when_it_says_so():
+    """Rule (discover_cli): exit 0 is not enough. ``buildx version`` must name buildx and a
+    version, ``--version`` must give docker's version: a program that merely succeeds (a wrong
+    --engine-cli /bin/true) is refused with the reason, never used to build."""
+    from archfleet.transport import Completed
+
+    class T:
+        node = "local"
+
+        async def run(self, argv, **kw):
+            answers = {("/bin/true", "buildx", "version"): (0, ()), ("/bin/true", "--version"): (0, ()),
+                       ("docker", "buildx", "version"): (0, ("github.com/docker/buildx v0.12.1 30feaa1",)),
+                       ("docker", "--version"): (0, ("Docker version 24.0.7, build afdd53b",))}
+            rc, tail = answers[tuple(argv)]
+            return Completed(tuple(argv), rc, tail)
+
+    cli, reasons = asyncio.run(engine.discover_cli(T(), ["/bin/true", "docker"]))
+    assert (cli.argv, cli.mode) == (("docker", "buildx"), "buildx")
+    assert reasons == ["/bin/true: not a docker CLI (its --version printed 'nothing')"]
