@@ -73,19 +73,19 @@ def parse_output(text: str) -> Output:
             raise UsageError(f"{flag}: archfleet writes a tar to a file, not to stdout; use type=tar,dest=FILE")
         kind, dest = "local", text
     else:
-        fields = {}
-        for key, value in flagfields.fields(flag, text):
-            if key not in ("type", "dest"):
-                raise UsageError(f"{flag}: unknown key {key!r} (type, dest)")
-            fields[key] = value
+        fields = dict(flagfields.fields(flag, text))
         kind = fields.get("type", "local").strip().lower()
         dest = fields.get("dest", "")
+        # the type first: another type's keys (name=, push=) are not the mistake to name
         if kind == "registry":
             raise UsageError(f"{flag}: to push, use --push with -t")
         if kind in ("docker", "image"):
             raise UsageError(f"{flag}: to put the image in the local engine, use --load")
         if kind not in ("local", "tar"):
             raise UsageError(f"{flag}: type {kind!r} is not local or tar")
+        for key in fields:
+            if key not in ("type", "dest"):
+                raise UsageError(f"{flag}: unknown key {key!r} (type, dest)")
         if not dest:
             raise UsageError(f"{flag}: name where with dest=" + ("DIR" if kind == "local" else "FILE"))
         if dest == "-":

@@ -83,7 +83,9 @@ def parse_reference(text: str, *, what: str = "tag") -> Reference:
     def bad(rule: str) -> UsageError:
         return UsageError(f"invalid {what} {original!r}: {rule}")
 
-    if not text or not text.isascii() or not text.isprintable() or any(c.isspace() for c in text):
+    if not text.strip():
+        raise bad("it is empty; give [REGISTRY/]NAME[:TAG], e.g. 127.0.0.1:5000/app:1.0")
+    if not text.isascii() or not text.isprintable() or any(c.isspace() for c in text):
         raise bad("references are printable ASCII without whitespace (distribution's reference grammar)")
     digest = None
     if "@" in text:
@@ -126,8 +128,8 @@ def parse_push_target(text: str, *, what: str = "--tag") -> Reference:
     manifest, which a push would then move."""
     ref = parse_reference(text, what=what)
     if ref.digest is not None:
-        raise UsageError(f"invalid {what} {text!r}: a digest cannot be pushed to; give "
-                         f"{ref.name}:TAG (the index's digest is printed when it is pushed)")
+        printed = " (the index's digest is printed when it is pushed)" if what in ("-t", "--tag") else ""
+        raise UsageError(f"invalid {what} {text!r}: a digest cannot be pushed to; give {ref.name}:TAG{printed}")
     return ref
 
 

@@ -172,7 +172,9 @@ def parse_ssh(text: str, environ=None) -> SshAgent:
     agent socket or readable key files. Raises :class:`UsageError`."""
     environ = os.environ if environ is None else environ
     ident, eq, rest = text.partition("=")
-    flag = f"--ssh {_check_id('--ssh', ident.strip() or '?')}"
+    if not ident.strip():
+        raise UsageError(f"--ssh {text!r}: name an id: default, ID (the agent at $SSH_AUTH_SOCK) or ID=PATH")
+    flag = f"--ssh {_check_id('--ssh', ident.strip())}"
     ident = ident.strip()
     paths = [p for p in rest.split(",") if p] if eq else []
     if eq and not paths:

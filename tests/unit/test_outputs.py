@@ -96,3 +96,17 @@ def test_a_docker_save_archive_gives_its_image_s_files(tmp_path):
             t.addfile(info, io.BytesIO(data))
     tree_from_archive(archive, tmp_path / "tree.tar")
     assert _files(tmp_path / "tree.tar") == {"hello": b"v2", "keep": b"k"}
+
+
+def test_another_output_type_is_named_before_its_keys():
+    """Rule: -o's type is checked before its keys: `type=image,name=foo` says to use --load, not
+    that `name` is unknown (it is image's key)."""
+    import pytest
+
+    from archfleet.errors import UsageError
+    from archfleet.outputs import parse_output
+
+    with pytest.raises(UsageError, match=r"^--output 'type=image,name=foo': to put the image in the local engine, use --load$"):
+        parse_output("type=image,name=foo")
+    with pytest.raises(UsageError, match=r"^--output 'type=local,dest=x,push=true': unknown key 'push' \(type, dest\)$"):
+        parse_output("type=local,dest=x,push=true")

@@ -99,3 +99,14 @@ def test_a_child_tag_too_long_names_the_flag_the_tag_and_the_cut():
     assert refusal(child_ref, ref, "linux-arm-v7") == (
         f"invalid --tag 'reg.io/app:{'a' * 116}': the per-platform tag {'a' * 20}...-linux-arm-v7 would be 129 "
         "characters, more than the registry's 128; shorten the tag by 1")
+
+
+def test_an_empty_reference_says_it_is_empty_and_what_to_give():
+    import pytest
+
+    from archfleet.errors import UsageError
+    from archfleet.reference import parse_reference
+
+    for text in ("", "  "):
+        with pytest.raises(UsageError, match=r"^invalid -t '\s*': it is empty; give \[REGISTRY/\]NAME\[:TAG\]"):
+            parse_reference(text, what="-t")

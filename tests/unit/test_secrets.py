@@ -231,3 +231,9 @@ def test_a_local_secret_path_a_cli_would_split_is_handed_over_as_a_value(tmp_pat
     m = asyncio.run(go())
     assert m.flags[:2] == ("--secret", "id=a,src=/dev/fd/3") and m.flags[2:] == ("--secret", f"id=b,src={plain}")
     assert m.wrapper and m.stdin is not None
+
+
+def test_an_ssh_value_without_an_id_says_to_name_one():
+    for text in ("", "=/tmp/key"):
+        with pytest.raises(UsageError, match=r"^--ssh '.*': name an id: default, ID .* or ID=PATH$"):
+            parse_ssh(text, {})
