@@ -101,7 +101,8 @@ class StepPrior:
 _TRIVIAL = frozenset("""echo printf mkdir cp ln chmod chown chgrp touch true false rm rmdir mv cat test [ cd
     export set : ls env id whoami uname date basename dirname head tail tee sed grep awk cut tr sort uniq wc
     stat readlink realpath install adduser addgroup useradd groupadd usermod exit umask unset pwd sync
-    ldconfig update-ca-certificates""".split())
+    ldconfig update-ca-certificates
+    [[ wait read shift return break continue local trap type hash which printenv nproc getconf""".split())
 _DOWNLOAD = frozenset("wget curl git svn hg scp rsync aria2c".split())
 _PACKAGE = frozenset("""apt-get apt aptitude dpkg apk dnf yum microdnf zypper pacman emerge pip pip3 pipx poetry
     uv conda mamba npm yarn pnpm bun gem bundle composer cpanm""".split())
