@@ -150,7 +150,8 @@ def _commands(text: str) -> list[list[str]]:
     newlines), compound commands (``if/then/elif/else/fi``, ``while/until/for ... do/done``,
     ``case ... esac``: its patterns run nothing, ``{ ...; }``, subshells), command substitutions
     (``$(...)``, whose words stay out of the command around it), redirections (operator and target
-    dropped). A rough reading of the structure, never of the values: nothing is expanded."""
+    dropped; a heredoc alone, BuildKit's ``RUN <<EOT``, is a command of its own: a script not
+    seen). A rough reading of the structure, never of the values: nothing is expanded."""
     tokens = _tokens(text)
     out: list[list[str]] = []
     current: list[str] = []
@@ -181,6 +182,8 @@ def _commands(text: str) -> list[list[str]]:
             continue
         if set(tok) <= _PUNCTUATION:  # an operator (_tokens split them)
             if "<" in tok or ">" in tok:  # a redirection: its target is no word of the command
+                if tok == "<<" and not current and i < len(tokens):
+                    current = [tok + tokens[i]]  # RUN <<EOT: a script whose body is not in the words
                 i += 1
             elif tok == "(" and current and current[-1].endswith("$"):  # $( ... ) inside a word
                 current[-1] = current[-1][:-1]

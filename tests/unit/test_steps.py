@@ -431,6 +431,8 @@ def test_a_stage_mounted_or_copied_by_index_is_waited_for_and_part_of_the_chain(
     # what is really unknown stays so: a script, a shell running a file, a quoted string that is data
     ("sh ./build.sh", "unknown", RUN_OVERHEAD, 3.0),
     ('echo "make; sleep 100"', "trivial", RUN_OVERHEAD, 0.0),
+    ("<<EOT", "unknown", RUN_OVERHEAD, 3.0),  # BuildKit's heredoc script: its body is not in the words
+    ("cat <<EOF > /etc/x.conf", "trivial", RUN_OVERHEAD, 0.0),  # a heredoc as a command's input is data
 ])
 def test_a_runs_prior_comes_from_every_command_it_runs_seen_through_the_shell(command, kind, io, cpu):
     """Rule (issue 17): a RUN's prior counts each simple command ``/bin/sh -c`` would run, through
