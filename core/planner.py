@@ -101,7 +101,8 @@ class StepPrior:
 _TRIVIAL = frozenset("""echo printf mkdir cp ln chmod chown chgrp touch true false rm rmdir mv cat test [ cd
     export set : ls env id whoami uname date basename dirname head tail tee sed grep awk cut tr sort uniq wc
     stat readlink realpath install adduser addgroup useradd groupadd usermod exit umask unset pwd sync
-    ldconfig update-ca-certificates""".split())
+    ldconfig update-ca-certificates
+    [[ wait read shift return break continue local trap type hash which printenv nproc getconf""".split())
 _DOWNLOAD = frozenset("wget curl git svn hg scp rsync aria2c".split())
 _PACKAGE = frozenset("""apt-get apt aptitude dpkg apk dnf yum microdnf zypper pacman emerge pip pip3 pipx poetry
     uv conda mamba npm yarn pnpm bun gem bundle composer cpanm""".split())
@@ -110,41 +111,155 @@ _COMPILE = frozenset("""cc gcc g++ c++ clang clang++ zig go cargo rustc rustup m
 _UTILITY = frozenset("""gzip gunzip zcat bzip2 bunzip2 bzcat xz unxz xzcat zstd unzstd lz4 tar unzip zip sha256sum
     sha512sum sha384sum sha224sum sha1sum md5sum cksum b2sum base64 base32 dd find od hexdump xxd cmp diff split
     strings file gpg""".split())
-_WRAPPERS = frozenset("exec time nice ionice sudo env nohup command xargs".split())
+_WRAPPERS = frozenset("exec time nice ionice sudo env nohup command xargs timeout stdbuf".split())
+#: a wrapper's options that take the next word as their value (the rest take none)
+_WRAPPER_VALUES = {"env": {"-u", "--unset", "-C", "--chdir"}, "nice": {"-n", "--adjustment"},
+                   "ionice": {"-c", "-n", "--class", "--classdata"}, "timeout": {"-s", "--signal", "-k", "--kill-after"},
+                   "sudo": {"-u", "-g", "-C", "-h", "-p", "-U", "-r", "-t"}, "exec": {"-a"}, "time": {"-f", "-o"},
+                   "stdbuf": {"-i", "-o", "-e"},
+                   "xargs": {"-n", "-I", "-P", "-L", "-d", "-s", "-E", "-a", "--max-args", "--max-procs", "--delimiter",
+                             "--arg-file", "--max-lines", "--max-chars", "--replace"}}
+_WRAPPER_POSITIONALS = {"timeout": 1}  # timeout DURATION COMMAND
+_SHELLS = frozenset("sh bash dash ash zsh ksh mksh".split())  # sh -c STRING runs STRING's commands
+#: words that open, continue or close a compound command; the command after them runs
+_RESERVED = frozenset("if then else elif fi do done while until ! { } esac".split())
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _SLEEP = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)([smhd]?)$")
 _SLEEP_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_SEPARATORS = frozenset({"&&", "||", ";", "|", "&", "(", ")", ";;", "\n", "{", "}"})
+_PUNCTUATION = frozenset(";&|()<>\n")
+_OPERATOR = re.compile(r";;&|;;|;&|&&|\|\||\|&|&>>|&>|>>|>&|>\||<<<|<<|<&|<>|\(\(|\)\)|[;&|()<>\n]")
+_NESTING = 4  # sh -c 'bash -c "..."' this deep at most
 
 
-def _commands(text: str) -> list[list[str]]:
-    """The simple commands of a shell command line: their words, split on ``&&``, ``||``, ``;``,
-    ``|`` and newlines (a rough reading: quotes respected, nothing expanded)."""
+def _tokens(text: str) -> list[str]:
+    """Shell words and operators (stdlib ``shlex``: quotes respected, nothing expanded; its runs
+    of ``;&|()<>`` split into the shell's operators, ``);`` into ``)`` and ``;``)."""
     try:
-        lex = shlex.shlex(text.replace("\\\n", " "), posix=True, punctuation_chars=";&|()")
+        lex = shlex.shlex(text.replace("\\\n", " "), posix=True, punctuation_chars=";&|()<>")
         lex.whitespace = " \t\r"
         lex.wordchars += "-./:=$@%+,~[]{}*?!#^"
         tokens = list(lex)
     except ValueError:  # an unbalanced quote: words as they are
-        tokens = text.split()
-    out: list[list[str]] = [[]]
-    for tok in tokens:
-        if tok in _SEPARATORS or set(tok) <= set(";&|()\n"):
-            if out[-1]:
-                out.append([])
-        else:
-            out[-1].append(tok)
-    return [c for c in out if c]
+        return text.split()
+    return [op for tok in tokens for op in (_OPERATOR.findall(tok) if set(tok) <= _PUNCTUATION else (tok,))]
 
 
-def _command_name(words: Sequence[str]) -> tuple[str, list[str]]:
-    """The program a simple command runs (assignments and wrappers like ``exec``/``sudo`` skipped) and its arguments."""
+def _commands(text: str) -> list[list[str]]:
+    """The simple commands a shell command line runs, each as its words, seen through the
+    shell's grammar as ``/bin/sh -c`` reads it: lists (``;``, ``&&``, ``||``, ``|``, ``&``,
+    newlines), compound commands (``if/then/elif/else/fi``, ``while/until/for ... do/done``,
+    ``case ... esac``: its patterns run nothing, ``{ ...; }``, subshells), command substitutions
+    (``$(...)``, whose words stay out of the command around it), redirections (operator and target
+    dropped; a heredoc alone, BuildKit's ``RUN <<EOT``, is a command of its own: a script not
+    seen). A rough reading of the structure, never of the values: nothing is expanded."""
+    tokens = _tokens(text)
+    out: list[list[str]] = []
+    current: list[str] = []
+    outer: list[list[str]] = []  # the commands a $( ... ) interrupted
+    cases: list[str] = []  # per open case: "pattern" (words until ")") or "body"
     i = 0
-    while i < len(words) and (re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[i]) or words[i] in _WRAPPERS
-                              or (i and words[i - 1] in ("env", "nice", "xargs") and words[i].startswith("-"))):
+
+    def end() -> list[str]:
+        if [w for w in current if w]:
+            out.append([w for w in current if w])
+        return []
+
+    while i < len(tokens):
+        tok = tokens[i]
         i += 1
+        if cases and cases[-1] == "pattern":
+            if tok == "esac":
+                cases.pop()
+            elif ")" in tok:
+                cases[-1] = "body"
+            continue
+        if tok == "((":  # arithmetic, $(( )) or (( )): no command
+            while i < len(tokens) and tokens[i] != "))":
+                i += 1
+            i += 1
+            if current and current[-1].endswith("$"):
+                current[-1] = current[-1][:-1]
+            continue
+        if set(tok) <= _PUNCTUATION:  # an operator (_tokens split them)
+            if "<" in tok or ">" in tok:  # a redirection: its target is no word of the command
+                if tok == "<<" and not current and i < len(tokens):
+                    current = [tok + tokens[i]]  # RUN <<EOT: a script whose body is not in the words
+                i += 1
+            elif tok == "(" and current and current[-1].endswith("$"):  # $( ... ) inside a word
+                current[-1] = current[-1][:-1]
+                outer.append(current)
+                current = []
+            elif tok == ")" and outer:
+                end()
+                current = outer.pop()
+            else:
+                current = end()
+                if cases and tok in (";;", ";&", ";;&"):
+                    cases[-1] = "pattern"
+            continue
+        if not current:
+            if tok in _RESERVED:
+                continue
+            if tok == "case":
+                while i < len(tokens) and tokens[i] != "in":
+                    i += 1
+                i += 1
+                cases.append("pattern")
+                continue
+            if tok in ("for", "select"):  # for NAME [in WORDS]; do: the words run nothing
+                while i < len(tokens) and tokens[i] not in ("do", "\n", ";", "&"):
+                    i += 1
+                continue
+        current.append(tok)
+    end()
+    out += [[w for w in rest if w] for rest in outer if any(rest)]
+    return out
+
+
+def _shell_script(args: Sequence[str]) -> str | None:
+    """The command string of ``sh [OPTIONS] -c STRING [NAME ARGS]`` (options such as ``-e``,
+    ``-lc``, ``-o pipefail``), None for a shell running a file or its input."""
+    i, has_c = 0, False
+    while i < len(args) and args[i][:1] in ("-", "+") and args[i] not in ("-", "--"):
+        opt = args[i]
+        i += 1
+        if opt in ("-o", "+o", "--rcfile", "--init-file"):
+            i += 1
+        elif not opt.startswith("--") and "c" in opt[1:]:
+            has_c = True
+    if args[i:i + 1] == ["--"]:
+        i += 1
+    return args[i] if has_c and i < len(args) else None
+
+
+def _programs(words: Sequence[str], depth: int = 0) -> list[tuple[str, list[str]]]:
+    """The programs one simple command runs and their arguments: assignments (``A=1 cmd``) and
+    wrappers (``env``, ``exec``, ``nice -n 5``, ``timeout 10``, ``time``, ``xargs -n1``, ``sudo``...)
+    skipped with their options, and a shell's ``-c STRING`` read as the commands it runs."""
+    i = 0
+    while i < len(words):
+        if _ASSIGNMENT.match(words[i]):
+            i += 1
+            continue
+        name = words[i].rsplit("/", 1)[-1]
+        if name not in _WRAPPERS:
+            break
+        i += 1
+        takes = _WRAPPER_VALUES.get(name, ())
+        while i < len(words) and words[i].startswith("-") and len(words[i]) > 1:
+            i += 1
+            if words[i - 1] == "--":
+                break
+            if words[i - 1] in takes:
+                i += 1
+        i += _WRAPPER_POSITIONALS.get(name, 0)
     if i >= len(words):
-        return "", []
-    return words[i].rsplit("/", 1)[-1], list(words[i + 1:])
+        return []
+    name, args = words[i].rsplit("/", 1)[-1], list(words[i + 1:])
+    script = _shell_script(args) if name in _SHELLS and depth < _NESTING else None
+    if script is not None:
+        return [p for cmd in _commands(script) for p in _programs(cmd, depth + 1)]
+    return [(name, args)]
 
 
 def step_prior(keyword: str, words: Sequence[str], *, json: bool = False, context_bytes: int = 0,
@@ -152,7 +267,10 @@ def step_prior(keyword: str, words: Sequence[str], *, json: bool = False, contex
     """The prior cost of one Dockerfile step (``keyword`` upper case, ``words`` as the Dockerfile
     parser gives them), at reference speed, by what its commands are:
 
-    - RUN: :data:`RUN_OVERHEAD` (io) plus, per command, ``sleep N`` N seconds of io; a trivial
+    - RUN: :data:`RUN_OVERHEAD` (io) plus, per simple command the shell runs (:func:`_commands`,
+      :func:`_programs`: through lists, ``if``/``for``/``while``/``case``, ``{ }``, subshells,
+      ``$( )`` and wrappers such as ``sh -c STRING``, ``env``, ``exec``, ``nice``, ``timeout``,
+      ``time``, ``xargs``), ``sleep N`` N seconds of io; a trivial
       command (echo, mkdir, cp, ...) nothing; a download (wget, curl, git) :data:`DOWNLOAD_WORK`
       (90% io); a package manager (apt-get, apk, pip, npm, ...) :data:`PACKAGE_WORK` (half io,
       half CPU); a compiler or build tool (cc, go, cargo, make, ...) :data:`COMPILE_WORK` of CPU;
@@ -169,10 +287,7 @@ def step_prior(keyword: str, words: Sequence[str], *, json: bool = False, contex
         kinds: set[str] = set()
         seen: set[str] = set()
         unknown = False
-        for cmd in commands:
-            name, args = _command_name(cmd)
-            if not name:
-                continue
+        for name, args in (p for cmd in commands for p in _programs(cmd)):
             if name == "sleep":
                 total = 0.0
                 for a in args:

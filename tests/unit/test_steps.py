@@ -389,3 +389,72 @@ def test_a_stage_mounted_or_copied_by_index_is_waited_for_and_part_of_the_chain(
     run, copy = before[1], before[2]
     assert run.after == (0,) and copy.after == (0,)
     assert run.key == after[1].key and run.chain != after[1].chain and copy.chain != after[2].chain
+
+
+# --- priors through the shell's structure and wrappers (a RUN runs `/bin/sh -c` on its text) --------
+
+@pytest.mark.parametrize("command,kind,io,cpu", [
+    # lists: ; && || | newline (a `\` continuation), & (in the background)
+    ("echo start; sleep 3", "sleep", RUN_OVERHEAD + 3, 0.0),
+    ("true || sleep 2 && echo done", "sleep", RUN_OVERHEAD + 2, 0.0),
+    ("sleep 1 & sleep 2; wait", "sleep", RUN_OVERHEAD + 3, 0.0),
+    ("echo a \\\n && sleep 2", "sleep", RUN_OVERHEAD + 2, 0.0),
+    # compound commands: their reserved words run nothing, the commands inside them do
+    ('if [ -n "$X" ]; then echo y; fi; sleep 2', "sleep", RUN_OVERHEAD + 2, 0.0),
+    ("if true; then :; elif false; then make; else sleep 2; fi", "compile", RUN_OVERHEAD + 2, 8.0),
+    ("for i in 1 2 3; do sleep 1; done", "sleep", RUN_OVERHEAD + 1, 0.0),  # each command once: no loop counts
+    ("while ! curl -fs http://x/; do sleep 1; done", "download", RUN_OVERHEAD + 1 + 3.6, 0.4),
+    ("until false; do sleep 1; done", "sleep", RUN_OVERHEAD + 1, 0.0),
+    ("case $ARCH in arm64) sleep 2;; (amd64|x86_64) echo ok;; esac", "sleep", RUN_OVERHEAD + 2, 0.0),
+    ("{ echo a; sleep 2; } > /f", "sleep", RUN_OVERHEAD + 2, 0.0),
+    ("(cd /src && make); sleep 1", "compile", RUN_OVERHEAD + 1, 8.0),
+    # command substitution and arithmetic: the commands inside run, the words around stay the command's
+    ("cp $(ls /a) /dst", "trivial", RUN_OVERHEAD, 0.0),
+    ("make -j$(nproc) && [[ -x /x ]]", "compile", RUN_OVERHEAD, 8.0),
+    ("echo $((1 + 2)); sleep 2", "sleep", RUN_OVERHEAD + 2, 0.0),
+    # redirections: the target is no command
+    ("gzip -9 < /in > /out 2>&1", "utility", RUN_OVERHEAD, 0.5),
+    # wrappers that run a string or the words after them
+    ("sh -c 'echo $V; sleep 2'", "sleep", RUN_OVERHEAD + 2, 0.0),
+    ('bash -c "sleep 3"', "sleep", RUN_OVERHEAD + 3, 0.0),
+    ('bash -lc "apt-get update"', "package", RUN_OVERHEAD + 5, 5.0),
+    ('bash -o pipefail -euxc "cargo build"', "compile", RUN_OVERHEAD, 8.0),
+    ("""sh -c "bash -c 'sleep 7'" """, "sleep", RUN_OVERHEAD + 7, 0.0),
+    ("env A=1 B=2 sleep 4", "sleep", RUN_OVERHEAD + 4, 0.0),
+    ("env -u HOME -i go build ./...", "compile", RUN_OVERHEAD, 8.0),
+    ("A=1 exec sleep 5", "sleep", RUN_OVERHEAD + 5, 0.0),
+    ("nice -n 10 make", "compile", RUN_OVERHEAD, 8.0),
+    ("timeout 30 sleep 2", "sleep", RUN_OVERHEAD + 2, 0.0),
+    ("timeout -s KILL 5m gzip big", "utility", RUN_OVERHEAD, 0.5),
+    ("time -p cc -o /x x.c", "compile", RUN_OVERHEAD, 8.0),
+    ("ls | xargs -n1 -I {} sh -c 'sleep 1; gzip {}'", "utility", RUN_OVERHEAD + 1, 0.5),
+    # what is really unknown stays so: a script, a shell running a file, a quoted string that is data
+    ("sh ./build.sh", "unknown", RUN_OVERHEAD, 3.0),
+    ('echo "make; sleep 100"', "trivial", RUN_OVERHEAD, 0.0),
+    ("<<EOT", "unknown", RUN_OVERHEAD, 3.0),  # BuildKit's heredoc script: its body is not in the words
+    ("cat <<EOF > /etc/x.conf", "trivial", RUN_OVERHEAD, 0.0),  # a heredoc as a command's input is data
+])
+def test_a_runs_prior_comes_from_every_command_it_runs_seen_through_the_shell(command, kind, io, cpu):
+    """Rule (issue 17): a RUN's prior counts each simple command ``/bin/sh -c`` would run, through
+    lists, compound commands, substitutions and wrappers (``sh -c STRING``, ``env``, ``exec``,
+    ``nice``, ``timeout``, ``time``, ``xargs``); reserved words, case patterns, a for's words and
+    redirection targets run nothing."""
+    got = step_prior("RUN", command.split(" "))
+    assert (got.kind, got.io, got.cpu) == (kind, pytest.approx(io), pytest.approx(cpu))
+
+
+def test_the_exec_form_through_a_shell_is_read_as_the_shell_form():
+    got = step_prior("RUN", ["/bin/sh", "-c", "echo $V; sleep 2"], json=True)
+    assert (got.kind, got.io, got.cpu) == ("sleep", pytest.approx(RUN_OVERHEAD + 2), 0.0)
+
+
+def test_wrapped_sleeps_are_estimated_as_sleeps_under_qemu_not_as_unknown_cpu_work(ctx):
+    """The tester's first runs (empty history, arm64 emulated): each RUN is its sleep plus the
+    container's start, not the unknown prior times the QEMU factor (130.9 s for 5.2 s)."""
+    text = (f"FROM {BASE}\nARG V=1\nRUN sh -c 'echo $V; sleep 2'\n"
+            "RUN if [ -n \"$X\" ]; then echo y; fi; sleep 2\nRUN sh -c 'echo a; sleep 3'\nRUN echo start; sleep 3\n")
+    request = request_for(ctx, text)
+    plans = steps.planned(request, ARM, [AMD], [ARM])
+    assert [p.emulated for p in plans] == [True] * 4
+    got = [steps.estimate(p, steps.prior_of(p, request), [], speed=1.0) for p in plans]
+    assert got == [(pytest.approx(RUN_OVERHEAD + s), "prior (sleep)") for s in (2, 2, 3, 3)]
