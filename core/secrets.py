@@ -47,7 +47,6 @@ import stat
 from pathlib import Path
 from typing import AsyncIterator, Sequence
 
-import asyncssh
 import attrs
 
 from . import flagfields
@@ -211,6 +210,8 @@ def _check_key(flag: str, shown: str, path: Path) -> None:
     """Refuse a key file BuildKit's ssh forwarding cannot use: not an unencrypted private key
     (BuildKit loads key files without asking for a passphrase). Read with asyncssh, which reads
     the formats OpenSSH writes (OpenSSH, PEM, PKCS#8)."""
+    import asyncssh  # only for --ssh key files: importing it costs every command ~0.1 s
+
     try:
         asyncssh.import_private_key(path.read_bytes())
     except OSError as exc:
