@@ -18,6 +18,7 @@ greedy list schedule (longest platform first, each to the option that finishes e
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import re
@@ -264,6 +265,15 @@ def _programs(words: Sequence[str], depth: int = 0) -> list[tuple[str, list[str]
 
 def step_prior(keyword: str, words: Sequence[str], *, json: bool = False, context_bytes: int = 0,
                from_context: bool = False) -> StepPrior:
+    """:func:`_step_prior`, kept per distinct step: a plan asks it for every step of every
+    option (thousands of times for one Dockerfile in a large fleet), and reading a RUN's shell
+    structure is the costly part."""
+    return _step_prior(keyword, tuple(words), json, context_bytes, from_context)
+
+
+@functools.lru_cache(maxsize=4096)
+def _step_prior(keyword: str, words: tuple[str, ...], json: bool, context_bytes: int,
+                from_context: bool) -> StepPrior:
     """The prior cost of one Dockerfile step (``keyword`` upper case, ``words`` as the Dockerfile
     parser gives them), at reference speed, by what its commands are:
 

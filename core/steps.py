@@ -32,6 +32,7 @@ import json
 import re
 import statistics
 import time
+import weakref
 from typing import Callable, Iterable, Mapping, Sequence
 
 import attrs
@@ -194,9 +195,26 @@ def prior_of(step: StepPlan, request: BuildRequest, context_bytes: int = 0) -> S
     return step_prior(ins.keyword, ins.words, json=ins.json, context_bytes=context_bytes, from_context=from_context)
 
 
+# id(request) -> (a weak reference to it, its stages' instructions): a plan reads the same
+# request's steps back for every option (thousands in a large fleet); keyed by identity, as
+# hashing a request (or analyse's cache key) costs more than the look-up it would save
+_STAGES: dict[int, tuple] = {}
+
+
+def _stages_of(request: BuildRequest):
+    got = _STAGES.get(id(request))
+    if got is not None and got[0]() is request:
+        return got[1]
+    stages = _stage_instructions(analyse(request))
+    if len(_STAGES) > 64:
+        _STAGES.clear()
+    _STAGES[id(request)] = (weakref.ref(request), stages)
+    return stages
+
+
 def _instruction(request: BuildRequest, step: StepPlan) -> Instruction | None:
     try:
-        stages = _stage_instructions(analyse(request))
+        stages = _stages_of(request)
     except Exception:
         return None
     for ins in stages[step.stage_index] if step.stage_index < len(stages) else ():
