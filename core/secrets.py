@@ -208,20 +208,26 @@ def parse_ssh(text: str, environ=None) -> SshAgent:
 
 def _check_key(flag: str, shown: str, path: Path) -> None:
     """Refuse a key file BuildKit's ssh forwarding cannot use: not an unencrypted private key
-    (BuildKit loads key files without asking for a passphrase). Read with asyncssh, which reads
-    the formats OpenSSH writes (OpenSSH, PEM, PKCS#8)."""
-    import asyncssh  # only for --ssh key files: importing it costs every command ~0.1 s
+    (BuildKit loads key files without asking for a passphrase). Read with ``cryptography``
+    (OpenSSH's own format, then PEM/PKCS#8: the formats ``ssh-keygen`` writes); SSH itself stays
+    in the ssh plugin."""
+    from cryptography.hazmat.primitives import serialization  # only for --ssh key files
 
     try:
-        asyncssh.import_private_key(path.read_bytes())
+        data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"{flag}: cannot read {shown!r}: {exc.strerror}") from None
-    except (asyncssh.KeyImportError, ValueError) as exc:
-        if "passphrase" in str(exc).lower():
+    for load in (serialization.load_ssh_private_key, serialization.load_pem_private_key):
+        try:
+            load(data, password=None)
+            return
+        except TypeError:  # "Key is password-protected, but password was not provided"
             raise UsageError(f"{flag}: {shown!r} is passphrase-protected, which BuildKit cannot use; add it to "
                              "ssh-agent (ssh-add) and give --ssh default") from None
-        raise UsageError(f"{flag}: {shown!r} is not a private key (give the key file, not the .pub, or an "
-                         "agent socket)") from None
+        except Exception:  # ValueError, UnsupportedAlgorithm: not this format, or not a key at all
+            continue
+    raise UsageError(f"{flag}: {shown!r} is not a private key (give the key file, not the .pub, or an "
+                     "agent socket)")
 
 
 def handed_values(secrets: Sequence[Secret], ssh: Sequence[SshAgent]) -> int:
