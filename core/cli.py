@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import attrs
@@ -420,15 +421,70 @@ def _hooks():
     return make_hooks()
 
 
+class _CtrlC:
+    """SIGINT while :func:`_run`'s event loop runs, in place of asyncio.Runner's own handler.
+
+    While the command's task runs, the first Ctrl-C cancels it and a second one raises
+    KeyboardInterrupt at once, as asyncio.Runner does. Once the task is done, Runner would raise
+    KeyboardInterrupt from inside the loop's last iteration; the loop then keeps the stop its
+    task asked for, and the next ``run_until_complete`` (Runner's own shutdown of the default
+    executor) fails with "Event loop stopped before Future completed": exit 70, "internal error",
+    after the tags moved. So then the Ctrl-C is only noted (``late``): :func:`_run` raises it
+    once the task's answer is out of the loop."""
+
+    def __init__(self):
+        self.task: asyncio.Task | None = None
+        self.count = 0
+        self.late = False
+
+    def __call__(self, signum, frame):
+        self.count += 1
+        task = self.task
+        if task is not None and task.done():
+            self.late = True
+            return
+        if self.count == 1 and task is not None:
+            task.cancel()
+            task.get_loop().call_soon_threadsafe(lambda: None)  # wake a select() that waits long
+            return
+        raise KeyboardInterrupt()
+
+
 def _run(hooks, work):
-    """Run ``work(session)`` on a new event loop as one command (:func:`pipeline.run_command`)."""
+    """Run ``work(session)`` on a new event loop as one command (:func:`pipeline.run_command`).
+
+    Ctrl-C (:class:`_CtrlC`) cancels the run; once asyncio.run's work is over it is raised as
+    :class:`Interrupted` (one line, exit 130: click would print an empty line and drop the message
+    saying what could not be stopped). A Ctrl-C while the loop shuts down (the default executor's
+    threads joined) stops that wait, as asyncio.run lets it."""
     from .pipeline import run_command
 
+    ctrl_c = _CtrlC()
+
+    async def command():
+        ctrl_c.task = asyncio.current_task()
+        return await run_command(hooks, work)
+
+    # as asyncio.Runner decides whether to handle SIGINT: main thread, Python's default handler
+    own = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
     try:
-        return asyncio.run(run_command(hooks, work))
+        with asyncio.Runner() as runner:
+            if own:
+                signal.signal(signal.SIGINT, ctrl_c)
+            try:
+                answer = runner.run(command())
+            except asyncio.CancelledError:
+                if ctrl_c.count:
+                    raise KeyboardInterrupt() from None
+                raise
+            finally:
+                if own and signal.getsignal(signal.SIGINT) is ctrl_c:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+            if ctrl_c.late:
+                raise KeyboardInterrupt()
+            return answer
     except KeyboardInterrupt as exc:
-        # Ctrl-C: asyncio.run cancelled the run. As an ArchfleetError it is one line and exit 130
-        # (click would print an empty line and drop the message saying what could not be stopped)
         raise Interrupted(str(exc) or "interrupted") from None
 
 
