@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import attrs
@@ -420,15 +421,70 @@ def _hooks():
     return make_hooks()
 
 
+class _CtrlC:
+    """SIGINT while :func:`_run`'s event loop runs, in place of asyncio.Runner's own handler.
+
+    While the command's task runs, the first Ctrl-C cancels it and a second one raises
+    KeyboardInterrupt at once, as asyncio.Runner does. Once the task is done, Runner would raise
+    KeyboardInterrupt from inside the loop's last iteration; the loop then keeps the stop its
+    task asked for, and the next ``run_until_complete`` (Runner's own shutdown of the default
+    executor) fails with "Event loop stopped before Future completed": exit 70, "internal error",
+    after the tags moved. So then the Ctrl-C is only noted (``late``): :func:`_run` raises it
+    once the task's answer is out of the loop."""
+
+    def __init__(self):
+        self.task: asyncio.Task | None = None
+        self.count = 0
+        self.late = False
+
+    def __call__(self, signum, frame):
+        self.count += 1
+        task = self.task
+        if task is not None and task.done():
+            self.late = True
+            return
+        if self.count == 1 and task is not None:
+            task.cancel()
+            task.get_loop().call_soon_threadsafe(lambda: None)  # wake a select() that waits long
+            return
+        raise KeyboardInterrupt()
+
+
 def _run(hooks, work):
-    """Run ``work(session)`` on a new event loop as one command (:func:`pipeline.run_command`)."""
+    """Run ``work(session)`` on a new event loop as one command (:func:`pipeline.run_command`).
+
+    Ctrl-C (:class:`_CtrlC`) cancels the run; once asyncio.run's work is over it is raised as
+    :class:`Interrupted` (one line, exit 130: click would print an empty line and drop the message
+    saying what could not be stopped). A Ctrl-C while the loop shuts down (the default executor's
+    threads joined) stops that wait, as asyncio.run lets it."""
     from .pipeline import run_command
 
+    ctrl_c = _CtrlC()
+
+    async def command():
+        ctrl_c.task = asyncio.current_task()
+        return await run_command(hooks, work)
+
+    # as asyncio.Runner decides whether to handle SIGINT: main thread, Python's default handler
+    own = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
     try:
-        return asyncio.run(run_command(hooks, work))
+        with asyncio.Runner() as runner:
+            if own:
+                signal.signal(signal.SIGINT, ctrl_c)
+            try:
+                answer = runner.run(command())
+            except asyncio.CancelledError:
+                if ctrl_c.count:
+                    raise KeyboardInterrupt() from None
+                raise
+            finally:
+                if own and signal.getsignal(signal.SIGINT) is ctrl_c:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+            if ctrl_c.late:
+                raise KeyboardInterrupt()
+            return answer
     except KeyboardInterrupt as exc:
-        # Ctrl-C: asyncio.run cancelled the run. As an ArchfleetError it is one line and exit 130
-        # (click would print an empty line and drop the message saying what could not be stopped)
         raise Interrupted(str(exc) or "interrupted") from None
 
 
@@ -469,28 +525,31 @@ def build(path, platform, tag, file, build_arg, label, target, push, child_tags,
     if warning:
         click.echo(f"archfleet: warning: {warning}", err=True)
     reporter = make_reporter(progress)  # guarded: progress output never fails the build
-    state = RunState()
+    global _run_state
+    _run_state = state = RunState()  # main() and entrypoint() say it too, for a Ctrl-C that reaches them
     try:
         try:
-            summary = _run(hooks, lambda session: run_build(hooks, request, config, reporter, session, state))
-            reporter.finished(summary)
-        finally:
-            reporter.close()  # before the error line: a live tty display would hide it
-        if request.metadata_file:
-            write_metadata(request.metadata_file, summary)
-        if report:
-            from .report import write_report
+            try:
+                summary = _run(hooks, lambda session: run_build(hooks, request, config, reporter, session, state))
+                reporter.finished(summary)
+            finally:
+                reporter.close()  # before the error line: a live tty display would hide it
+            if request.metadata_file:
+                write_metadata(request.metadata_file, summary)
+            if report:
+                from .report import write_report
 
-            write_report(Path(report), summary, request)
-        if summary.index_digest:
-            click.echo(summary.index_digest)
-        elif not push:
-            for r in summary.results:
-                click.echo(f"{r.platform} {r.image_id}" + (f" {r.ref}" if r.ref else ""))
-    except (KeyboardInterrupt, Interrupted) as exc:
-        if state.index_digest:  # Ctrl-C after the tags moved: say so, not just "interrupted"
-            raise Interrupted(state.interrupted()) from None
-        raise Interrupted(str(exc) or "interrupted") from None
+                write_report(Path(report), summary, request)
+            if summary.index_digest:
+                click.echo(summary.index_digest)
+            elif not push:
+                for r in summary.results:
+                    click.echo(f"{r.platform} {r.image_id}" + (f" {r.ref}" if r.ref else ""))
+        except (KeyboardInterrupt, Interrupted) as exc:
+            # Ctrl-C after the tags moved: say so, not just "interrupted"
+            raise Interrupted(_interrupted(exc)) from None
+    finally:
+        _hold_sigint_until_exit()  # the outcome is decided, and said (or about to be)
 
 
 @cli.command()
@@ -786,8 +845,45 @@ def _table(rows) -> str:
     return "\n".join(lines)
 
 
+# What the build command running in this process has published (pipeline.RunState), for the line
+# of a Ctrl-C that reaches main() or entrypoint() rather than the command's own handler.
+_run_state = None
+# Set by entrypoint(): this process ends with the command, so once the command's outcome is
+# decided, SIGINT is ignored until the process exits (_hold_sigint_until_exit).
+_exit_after_command = False
+
+
+def _interrupted(exc: BaseException | None) -> str:
+    """The line for a Ctrl-C: once a build moved its tags, ``interrupted after the index D was
+    pushed to TAG`` (docs/cli.md, exit code 130), whatever the interrupt's own message."""
+    if _run_state is not None and _run_state.index_digest:
+        return _run_state.interrupted()
+    return (str(exc) if exc is not None else "") or "interrupted"
+
+
+def _hold_sigint_until_exit() -> None:
+    """When this process ends with the command (:func:`entrypoint`): from here until it exits a
+    Ctrl-C changes nothing, the outcome being decided. SIGINT is ignored, not handled: while the
+    interpreter exits it joins threads and runs atexit callbacks (where a KeyboardInterrupt is a
+    traceback), then it puts a handled SIGINT back to the default action and tears its modules
+    down, and a Ctrl-C then kills the process by signal, after its outcome was said. A Ctrl-C
+    already received is first run by the handler this one replaces (``signal.signal`` does so);
+    it came too late to change the outcome: dropped. ``main()`` called in-process leaves SIGINT
+    to its caller."""
+    if not _exit_after_command or threading.current_thread() is not threading.main_thread():
+        return
+    while True:
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
 def main(argv=None) -> int:
     """Run the ``archfleet`` command with ``argv`` (default: ``sys.argv[1:]``); return its exit code. Every error is one line on stderr (``archfleet: error: ...``) and a documented code (:mod:`archfleet.errors`: 2 bad input, 3 environment, 1 build, 70 a bug, 130 interrupted); ``ARCHFLEET_DEBUG=1`` adds the traceback."""
+    global _run_state
+    _run_state = None
     debug = os.environ.get("ARCHFLEET_DEBUG") == "1"
     try:
         cli.main(args=argv, prog_name="archfleet", standalone_mode=False)
@@ -798,8 +894,8 @@ def main(argv=None) -> int:
         hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
         _say(exc.format_message() + hint)
         return 2
-    except click.exceptions.Abort:
-        _say("interrupted")
+    except click.exceptions.Abort as exc:  # click's word for a KeyboardInterrupt that reached it
+        _say(_interrupted(exc.__cause__ if isinstance(exc.__cause__, KeyboardInterrupt) else None))
         return 130
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -809,7 +905,7 @@ def main(argv=None) -> int:
             raise
         return exc.exit_code
     except KeyboardInterrupt as exc:  # outside a command's run (commands raise Interrupted)
-        _say(str(exc) or "interrupted")
+        _say(_interrupted(exc))
         return 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
@@ -827,17 +923,24 @@ def _say(message: str) -> None:
 
 
 def entrypoint() -> None:
-    """The console script: :func:`main`, then exit with its code."""
+    """The console script (pyproject.toml's ``archfleet``): :func:`main`, then exit with its code.
+
+    The rule: from the moment the tags start moving until the process exits, a Ctrl-C never
+    kills the process by signal, and the exit code and the lines tell the truth (exit 0 with the
+    digest said, or 130 with ``interrupted after the index D was pushed to TAG``). The build
+    command ignores SIGINT once its outcome is decided (:func:`_hold_sigint_until_exit`); so does
+    this function once main() returned, for every command: a Ctrl-C while the interpreter shuts
+    down (joining threads, tearing modules down) must not turn the outcome into death by SIGINT."""
+    global _exit_after_command
+    _exit_after_command = True
     code = None
     try:
         code = main()
-        # the outcome is decided and said: a Ctrl-C while the interpreter shuts down (joining
-        # threads) must not turn it into death by SIGINT
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except KeyboardInterrupt:  # in the last instants of main()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if code is None:
-            _say("interrupted")
+        _hold_sigint_until_exit()
+    except KeyboardInterrupt as exc:  # in the last instants of main()
+        _hold_sigint_until_exit()
+        if code is None:  # its outcome not said
+            _say(_interrupted(exc))
             code = 130
     sys.exit(code)
 

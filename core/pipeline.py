@@ -598,8 +598,9 @@ def hold_interrupts(what: str):
     active, a first SIGINT is only recorded (``held.interrupted``; the caller finishes the push
     and then says the tags were moved), and a second one stops at once with a
     ``KeyboardInterrupt`` whose message says the tags *may* point at the new index (``what``
-    names the step). Outside it, SIGINT cancels the run as usual (asyncio.run) and the tags are
-    untouched. Only in the main thread, and not when SIGINT is ignored (a background job).
+    names the step). Outside it, SIGINT cancels the run as usual (the CLI's event loop,
+    ``cli._run``) and the tags are untouched, or, once they moved, the line says so. Only in the
+    main thread, and not when SIGINT is ignored (a background job).
     """
     held = _Held()
     previous = signal.getsignal(signal.SIGINT)

@@ -1,0 +1,81 @@
+"""The rule: from the moment the tags start moving until the process exits, a Ctrl-C (SIGINT)
+never kills archfleet by signal, and the exit code and the lines tell the truth (docs/cli.md,
+exit code 130): either the run had finished (exit 0, the digest on stdout, no error line) or
+exit 130 with ``interrupted after the index D was pushed to TAG``. Before the tags move, a
+Ctrl-C is exit 130 ``interrupted`` and the tag is where it was.
+
+Each case runs ``archfleet build --push`` as the console script does (the function
+pyproject.toml names, ``sys.exit`` of its answer) in a fresh interpreter, against the
+in-process registry, sending itself ONE SIGINT at one point (tests/unit/sigint_driver.py):
+deterministic stand-ins for the tester's Ctrl-C 0.03-0.12 s after ``verifying`` (which died by
+SIGINT after printing success, the tag moved)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+TAG = "registry.test/app:1"
+
+
+def run(point: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, str | None]:
+    """(the process, the digest the tag points at once it exited; None: not moved)."""
+    out = tmp_path / "tag.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHFLEET_")}
+    env.update(HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "config"),
+               PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    proc = subprocess.run([sys.executable, str(HERE / "sigint_driver.py"), point, str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    return proc, json.loads(out.read_text()) if out.exists() else None
+
+
+def said(proc: subprocess.CompletedProcess) -> str:
+    return f"rc {proc.returncode}\nstdout: {proc.stdout!r}\nstderr:\n{proc.stderr}"
+
+
+def test_ctrl_c_before_the_tags_move_is_130_interrupted_and_the_tag_stays(tmp_path):
+    proc, tagged = run("verifying", tmp_path)
+    assert proc.returncode == 130, said(proc)
+    assert proc.stderr.splitlines() == ["archfleet: error: interrupted"], said(proc)
+    assert tagged is None and proc.stdout == ""
+
+
+@pytest.mark.parametrize("point", ["moving", "moved", "task-done", "executor", "metadata"])
+def test_ctrl_c_once_the_tags_move_is_130_and_says_the_index_was_pushed(tmp_path, point):
+    """While the tags move (held until they have), after they moved while the run goes on, once
+    the run's task is done but asyncio.run has not returned (asyncio.Runner raises
+    KeyboardInterrupt itself then), while asyncio.run shuts the default executor down, and while
+    the CLI writes --metadata-file: exit 130, and the line names the index and the tag."""
+    proc, tagged = run(point, tmp_path)
+    assert proc.returncode == 130, said(proc)
+    assert tagged is not None, said(proc)
+    assert proc.stderr.splitlines() == [f"archfleet: error: interrupted after the index {tagged} was pushed to {TAG}"], \
+        said(proc)
+
+
+@pytest.mark.parametrize("point", ["main-returned", "thread-join", "atexit", "teardown"])
+def test_ctrl_c_after_the_outcome_was_said_changes_nothing(tmp_path, point):
+    """After the command said its outcome (the digest on stdout): when main() returns, while the
+    interpreter joins the threads left at exit, in an atexit callback, and while it tears its
+    modules down (it has put SIGINT back to the default action by then: the tester's death by
+    SIGINT): exit 0, no error line, no traceback."""
+    proc, tagged = run(point, tmp_path)
+    assert proc.returncode == 0, said(proc)
+    assert tagged is not None and proc.stdout == tagged + "\n", said(proc)
+    assert proc.stderr == "", said(proc)
+
+
+def test_the_console_script_is_the_entrypoint_that_keeps_the_rule():
+    """``archfleet`` runs cli.entrypoint, not cli.main: only entrypoint keeps SIGINT from killing
+    the process while the interpreter exits."""
+    import tomllib
+
+    scripts = tomllib.loads((HERE.parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["archfleet"] == "archfleet.cli:entrypoint"
