@@ -287,3 +287,14 @@ def scripted(plays: dict, connects=None):
 
 def scripted_option(platform, node: str, estimate: float = 10.0, strategy: str = "scripted") -> Option:
     return Option(platform, strategy, node, estimate)
+
+
+class ConnectsStubs:
+    """A plugin base whose ``archfleet_connect`` answers a fresh :class:`StubTransport` for
+    every node: a test's strategy plugin inherits it when only its ``archfleet_run`` matters."""
+
+    @hookimpl
+    def archfleet_connect(self, node, facts):
+        async def connect():
+            return StubTransport(node.name)
+        return connect()

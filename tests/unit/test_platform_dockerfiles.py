@@ -27,7 +27,7 @@ from archfleet.nodebuild import context_digest
 from archfleet.pipeline import Planned
 from archfleet.platforms import parse
 
-from stubs import Recorder, facts, plan, scripted_option as option
+from stubs import ConnectsStubs, Recorder, facts, plan, scripted_option as option
 
 AMD, ARM, V7, S390 = (parse(p) for p in ("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/s390x"))
 
@@ -226,15 +226,7 @@ def test_each_platform_is_built_from_its_own_dockerfile_and_the_metadata_says_wh
     req = request_from("linux/arm/v7=ctx/Dockerfile.armv7")
     seen = {}
 
-    class Recording:
-        @hookimpl
-        def archfleet_connect(self, node, facts):
-            from stubs import StubTransport
-
-            async def connect():
-                return StubTransport(node.name)
-            return connect()
-
+    class Recording(ConnectsStubs):
         @hookimpl
         def archfleet_run(self, option, request, job):
             async def run():

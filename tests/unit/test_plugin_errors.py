@@ -19,7 +19,7 @@ from archfleet.manager import make_hooks
 from archfleet.model import NodeFacts, NodeSpec
 from archfleet.session import Session
 
-from stubs import AMD, Recorder, StubTransport, builds, facts, option, plan, request, scripted, scripted_option, wired
+from stubs import AMD, ConnectsStubs, Recorder, StubTransport, builds, facts, option, plan, request, scripted, scripted_option, wired
 
 
 def manager(*plugins):
@@ -160,13 +160,7 @@ def test_a_connect_plugin_that_crashes_is_named_and_not_retried():
     (None, "no plugin runs strategy 'scripted' (offered for linux/amd64)"),
 ])
 def test_a_run_that_answers_no_platform_result_names_the_plugin_or_the_strategy(answer, error):
-    class Sloppy:
-        @hookimpl
-        def archfleet_connect(self, node, facts):
-            async def connect():
-                return StubTransport(node.name)
-            return connect()
-
+    class Sloppy(ConnectsStubs):
         @hookimpl
         def archfleet_run(self, option, request, job):
             if answer is None:

@@ -29,7 +29,7 @@ from archfleet.registry import RegistryClient
 
 from fakeregistry import FakeRegistry
 from images import AMD64, ARM64, layer_bytes
-from stubs import AMD, ARM, CTX, Recorder, facts, plan, scripted_option as option
+from stubs import AMD, ARM, CTX, ConnectsStubs, Recorder, facts, plan, scripted_option as option
 
 HOST = "registry.test"
 CONFIG = {"auths": {HOST: {"auth": base64.b64encode(b"alice:s3cret").decode()}}}
@@ -38,7 +38,7 @@ TAGS = (f"{HOST}/app:1", f"{HOST}/mirror/app:1")
 PROGRAM = {AMD: layer_bytes({"bin/app": AMD64}), ARM: layer_bytes({"bin/app": ARM64})}
 
 
-class Pushing:
+class Pushing(ConnectsStubs):
     """Strategy "scripted": builds, waits at the gate, pushes the platform's image into the fake
     registry (by digest, and as ``<tag>-<os>-<arch>``). ``after``: platform -> the platform whose
     build it waits for (to order the builds); ``finished`` lists the platforms in the order they
@@ -52,14 +52,6 @@ class Pushing:
 
     def built(self, platform) -> asyncio.Event:
         return self._built.setdefault(platform, asyncio.Event())
-
-    @hookimpl
-    def archfleet_connect(self, node, facts):
-        from stubs import StubTransport
-
-        async def connect():
-            return StubTransport(node.name)
-        return connect()
 
     @hookimpl
     def archfleet_run(self, option, request, job):
