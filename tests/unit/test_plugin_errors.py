@@ -19,7 +19,7 @@ from archfleet.manager import make_hooks
 from archfleet.model import NodeFacts, NodeSpec
 from archfleet.session import Session
 
-from stubs import AMD, ConnectsStubs, Recorder, StubTransport, builds, facts, option, plan, request, scripted, scripted_option, wired
+from stubs import AMD, ConnectsStubs, Recorder, builds, facts, option, plan, request, scripted, scripted_option, wired
 
 
 def manager(*plugins):
