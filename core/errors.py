@@ -73,9 +73,10 @@ class RegistryError(ArchfleetError):
 
     exit_code = 1
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, codes: tuple[str, ...] = ()):
         super().__init__(message)
         self.status = status
+        self.codes = codes  # the distribution error codes of the answer (MANIFEST_BLOB_UNKNOWN, ...)
 
 
 class RegistryRefused(EnvironmentProblem):
@@ -83,9 +84,10 @@ class RegistryRefused(EnvironmentProblem):
     limit or quota (429, ``toomanyrequests``). The fix is on the user's side (``docker login``,
     access rights, waiting); not retried on another node."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, codes: tuple[str, ...] = ()):
         super().__init__(message)
         self.status = status
+        self.codes = codes  # the distribution error codes of the answer (MANIFEST_BLOB_UNKNOWN, ...)
 
 
 class RegistryUnreachable(EnvironmentProblem):

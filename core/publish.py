@@ -549,9 +549,35 @@ async def upload(client: RegistryClient, prepared: Prepared, repository: Referen
 
     await asyncio.gather(*(one(b) for b in prepared.blobs))
     for body, media_type in prepared.manifests:
-        await client.put_manifest(repository.with_digest(sha256_digest(body)), body, media_type)
+        await _put_manifest(client, repository, body, media_type, [b.digest for b in prepared.blobs])
     digest, media_type, size = prepared.child
     return digest, media_type, size, counts
+
+
+BLOB_LINK_RETRIES = 3  # manifest PUTs refused while a blob's link is rewritten (see _put_manifest)
+
+
+async def _put_manifest(client: RegistryClient, repository: Reference, body: bytes, media_type: str,
+                        blobs: Sequence[str]) -> None:
+    """PUT one manifest by its digest. distribution's filesystem driver rewrites a repository's
+    blob link in place whenever anyone uploads or mounts that blob again, and a manifest PUT that
+    reads the link meanwhile is refused with MANIFEST_BLOB_UNKNOWN (with DIGEST_INVALID for the
+    half-written link). Within one process :meth:`RegistryClient.blob_writer` prevents it; another
+    client pushing the same layer at that moment cannot be. So a refusal naming
+    MANIFEST_BLOB_UNKNOWN while every blob is there (HEAD) is tried again, up to
+    :data:`BLOB_LINK_RETRIES` times, after a short wait; a blob really missing is the error."""
+    ref = repository.with_digest(sha256_digest(body))
+    for attempt in range(BLOB_LINK_RETRIES + 1):
+        try:
+            await client.put_manifest(ref, body, media_type)
+            return
+        except RegistryError as exc:
+            if attempt == BLOB_LINK_RETRIES or "MANIFEST_BLOB_UNKNOWN" not in getattr(exc, "codes", ()):
+                raise
+            present = await asyncio.gather(*(client.blob_exists(repository, d) for d in blobs))
+            if not all(present):
+                raise
+            await asyncio.sleep(0.1 * (attempt + 1))
 
 
 async def _mount_only(client: RegistryClient, dst: Reference, digest: str, sources: Sequence[Reference]) -> str:

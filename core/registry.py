@@ -569,7 +569,7 @@ class RegistryClient:
             code = _error_code(resp)
             if status in (403, 429) or code in _REFUSED_CODES | _RATE_LIMITED_CODES:
                 raise refusal(code, status, host, _subject(method, path), _error_detail(resp) or str(status))
-            raise RegistryError(_describe_error(method, url, resp), status)
+            raise RegistryError(_describe_error(method, url, resp), status, _error_codes(resp))
 
     # -- API ------------------------------------------------------------------------------
 
@@ -877,6 +877,15 @@ def _subject(method: str, path: str) -> str:
         name = name.split(part, 1)[0]
     name = name.strip("/") or "the registry"
     return f"a push to {name}" if method in ("POST", "PUT", "PATCH", "DELETE") else f"a pull from {name}"
+
+
+def _error_codes(resp: httpx.Response) -> tuple[str, ...]:
+    """Every distribution error code in an error answer's body, in order."""
+    try:
+        errors = resp.json().get("errors") or []
+        return tuple(str(e.get("code", "")).upper() for e in errors if isinstance(e, dict))
+    except (ValueError, AttributeError):
+        return ()
 
 
 def _error_code(resp: httpx.Response) -> str | None:

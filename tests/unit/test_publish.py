@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from archfleet import engine, mediatypes, publish
-from archfleet.errors import InfrastructureError
+from archfleet.errors import InfrastructureError, RegistryError
 from archfleet.index import assemble, verify_child
 from archfleet.model import Annotation
 from archfleet.platforms import parse
@@ -527,3 +527,60 @@ def test_manifest_annotations_are_those_for_the_platform():
     notes = [Annotation("manifest", "a", "1"), Annotation("manifest", "b", "2", parse("linux/arm64")),
              Annotation("index", "c", "3")]
     assert publish.manifest_annotations(notes, AMD) == (notes[0],)
+
+
+def _refuse_manifest_puts(fake, times):
+    """Answer the first ``times`` manifest PUTs as distribution does while a blob's link file
+    is being rewritten by another client's upload of it."""
+    left = [times]
+
+    def hook(request):
+        if request.method == "PUT" and "/manifests/" in request.url.path and left[0] > 0:
+            left[0] -= 1
+            return httpx.Response(400, json={"errors": [
+                {"code": "DIGEST_INVALID", "message": "provided digest did not match uploaded content"},
+                {"code": "MANIFEST_BLOB_UNKNOWN", "message": "blob unknown to registry"}]})
+        return None
+    fake.hook = hook
+    return left
+
+
+def test_a_manifest_refused_while_every_blob_is_there_is_put_again(monkeypatch):
+    """Rule: MANIFEST_BLOB_UNKNOWN while every blob HEADs present is another client rewriting a
+    blob's link (distribution's filesystem driver): the manifest PUT is tried again, up to
+    BLOB_LINK_RETRIES times; the child is pushed."""
+    async def no_wait(seconds):
+        return None
+    monkeypatch.setattr(publish.asyncio, "sleep", no_wait)
+    fake = FakeRegistry(HOST)
+    tar, image_id = docker_archive([raw_layer({"bin/app": AMD64})])
+    got = prepare(tar, image_id)
+    left = _refuse_manifest_puts(fake, publish.BLOB_LINK_RETRIES)
+
+    async def go():
+        async with client(fake) as c:
+            return await publish.upload(c, got, parse_reference(f"{HOST}/app"))
+    try:
+        digest, _, _, _ = asyncio.run(go())
+    finally:
+        publish.discard(got)
+    assert left == [0] and ("app", digest) in fake.manifests
+
+
+def test_a_manifest_whose_blob_is_really_missing_is_the_registrys_error_at_once():
+    """The same refusal with a blob truly absent is not retried: RegistryError, one PUT."""
+    fake = FakeRegistry(HOST)
+    tar, image_id = docker_archive([raw_layer({"bin/app": AMD64})])
+    got = prepare(tar, image_id)
+    left = _refuse_manifest_puts(fake, 5)
+
+    async def go():  # no blob was pushed: the registry is right, they are missing
+        async with client(fake) as c:
+            await publish._put_manifest(c, parse_reference(f"{HOST}/app"), got.manifests[0][0],
+                                        got.manifests[0][1], [b.digest for b in got.blobs])
+    try:
+        with pytest.raises(RegistryError, match="MANIFEST_BLOB_UNKNOWN"):
+            asyncio.run(go())
+    finally:
+        publish.discard(got)
+    assert left == [4]  # one PUT, not retried
