@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -86,8 +87,12 @@ def interrupted_build(tmp_path, trigger: str, delay: float):
     seconds after ``trigger`` appears on stderr ("" = after start); return what happened."""
     tag = unique("int-" + (re.sub(r"[^a-z]", "", trigger) or "start"))
     ref = f"{lab_registry()}/{REPO_NAME}:{tag}"
+    # the installed console script, as a user runs it: it, not `python -m archfleet.cli`, is
+    # what must keep the Ctrl-C rule (it once called main() and skipped entrypoint()'s guard)
+    script = Path(sys.executable).with_name("archfleet")
+    assert script.exists(), f"{script}: the console script is not installed (pip install -e .)"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "archfleet.cli", "build", "--progress", "plain", "--label", f"run={uuid.uuid4().hex}",
+        [str(script), "build", "--progress", "plain", "--label", f"run={uuid.uuid4().hex}",
          "--platform", "linux/amd64,linux/arm64", "-t", ref, "--push", "examples/arch-test"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
         # jobs started in the background by a non-interactive shell ignore SIGINT, and an
