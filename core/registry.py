@@ -889,13 +889,8 @@ def _error_codes(resp: httpx.Response) -> tuple[str, ...]:
 
 
 def _error_code(resp: httpx.Response) -> str | None:
-    """The first distribution error code in an error answer's body, or None."""
-    try:
-        errors = resp.json().get("errors") or []
-        codes = [str(e.get("code", "")).upper() for e in errors if isinstance(e, dict)]
-    except (ValueError, AttributeError):
-        return None
-    return next((c for c in codes if c in ERROR_CODES), None)
+    """The first distribution error code in an error answer's body that archfleet knows, or None."""
+    return next((c for c in _error_codes(resp) if c in ERROR_CODES), None)
 
 
 def _error_detail(resp: httpx.Response) -> str:
