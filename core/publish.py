@@ -572,7 +572,7 @@ async def _put_manifest(client: RegistryClient, repository: Reference, body: byt
             await client.put_manifest(ref, body, media_type)
             return
         except RegistryError as exc:
-            if attempt == BLOB_LINK_RETRIES or "MANIFEST_BLOB_UNKNOWN" not in getattr(exc, "codes", ()):
+            if attempt == BLOB_LINK_RETRIES or "MANIFEST_BLOB_UNKNOWN" not in exc.codes:
                 raise
             present = await asyncio.gather(*(client.blob_exists(repository, d) for d in blobs))
             if not all(present):
