@@ -14,7 +14,7 @@ of the image id, streamed), in two steps around the push gate:
      layer's sha256 must be its ``diff_id`` in the config. A layer the registry already holds
      under a base image (``known``: diff_id -> the base's blob, same registry) is not compressed
      at all: it will be skipped or mounted. Every other layer is compressed
-     **deterministically** (zlib's gzip at level :data:`GZIP_LEVEL`, header mtime 0, no file
+     **deterministically** (gzip of ISA-L's deflate at level :data:`GZIP_LEVEL`, header mtime 0, no file
      name), hashing as it goes, into a second spool file: the same layer always gives the same
      blob digest on this machine, so an unchanged layer is found in the registry and never sent
      twice. The manifest is archfleet's own: a Docker manifest (v2 schema 2), or an OCI
@@ -50,11 +50,11 @@ import struct
 import tarfile
 import tempfile
 import threading
-import zlib
 from pathlib import Path
 from typing import AsyncIterator, Iterable, Mapping, Sequence
 
 import attrs
+from isal import isal_zlib
 
 from . import mediatypes
 from .elfcheck import scan_layer
@@ -66,7 +66,10 @@ from .registry import RegistryClient, sha256_digest
 
 SMALL = 1024 * 1024  # bytes: a member up to this size is kept in memory, a larger one spooled
 PIECE = 1024 * 1024  # bytes read, hashed, compressed or sent at a time
-GZIP_LEVEL = 6  # zlib's default, as Docker's own push uses (compress/gzip DefaultCompression)
+# ISA-L's deflate (python-isal) at its highest level: on debian:bookworm's 121 MB layer 0.31 s
+# and 52.9 MB, where zlib's level 6 took 3.09 s for 48.7 MB and Docker's push (Go's
+# compress/gzip, DefaultCompression) sent 49.6 MB; on an incompressible layer 17x faster than zlib
+GZIP_LEVEL = 3
 COMPRESSING = 2  # layers compressed at once (each in a thread)
 
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -278,9 +281,9 @@ def _deflate_block(block: bytes, primer: bytes, last: bool) -> bytes:
     """One block of the layer as raw deflate, primed with the bytes before it (``primer``, so
     matches reach back into the previous block as in one stream) and ended byte-aligned (a sync
     flush) unless it is the ``last``: blocks concatenate into one valid deflate stream."""
-    packer = (zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, primer)
-              if primer else zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15))
-    return packer.compress(block) + packer.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    packer = (isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, -15, 8, isal_zlib.Z_DEFAULT_STRATEGY, primer)
+              if primer else isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, -15))
+    return packer.compress(block) + packer.flush(isal_zlib.Z_FINISH if last else isal_zlib.Z_SYNC_FLUSH)
 
 
 def _blocks(member: _Member):
@@ -296,7 +299,7 @@ def _blocks(member: _Member):
 
 def gzip_layer(member: _Member, out: Path) -> tuple[str, int]:
     """Compress ``member`` into ``out`` as one gzip member, deterministically: a fixed header
-    (mtime 0, no file name), the layer deflated at level :data:`GZIP_LEVEL` in :data:`BLOCK`
+    (mtime 0, no file name), the layer deflated by ISA-L at level :data:`GZIP_LEVEL` in :data:`BLOCK`
     pieces, each primed with the 32 KiB before it (pigz's parallel gzip), on :data:`COMPRESSING`
     threads, written in order; the same bytes always give the same blob, whatever the threads
     did. The compressed bytes are hashed as they are written; return (digest, size). At most a
@@ -322,7 +325,7 @@ def gzip_layer(member: _Member, out: Path) -> tuple[str, int]:
         while True:
             nxt = next(blocks, None) if block is not None else None
             data = block if block is not None else b""
-            crc = zlib.crc32(data, crc)
+            crc = isal_zlib.crc32(data, crc)
             raw += len(data)
             pending.append(pool.submit(_deflate_block, data, primer, nxt is None))
             primer = data[-WINDOW:] if len(data) >= WINDOW else (primer + data)[-WINDOW:]
