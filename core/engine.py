@@ -321,6 +321,7 @@ async def export(transport: Transport, image_id: str) -> AsyncIterator[bytes]:
     provides the same function. Closing the iterator early stops the read. Raises
     :class:`InfrastructureError` when the engine cannot be reached, drops the connection, or no
     longer has the image (pruned since it was built): the platform can be built elsewhere."""
+    import itertools
     import threading
 
     import docker.errors
@@ -341,12 +342,23 @@ async def export(transport: Transport, image_id: str) -> AsyncIterator[bytes]:
     def pump() -> None:
         try:
             stream = transport.docker_client().api.get_image(image_id, chunk_size=EXPORT_CHUNK)
-            for piece in stream:
+            # the engine answers in HTTP chunks of ~32 KiB whatever chunk_size asks; handed over
+            # one by one, a 30 MB export took ~1000 round trips through the event loop and the
+            # reader waited on them for 0.19 s (twice the read itself): gather EXPORT_CHUNK first
+            gathered = bytearray()
+            for piece in itertools.chain(stream, [None]):
+                if piece is not None:
+                    gathered += piece
+                    if len(gathered) < EXPORT_CHUNK:
+                        continue
+                elif not gathered:
+                    break
                 while not room.acquire(timeout=0.2):
                     if stop.is_set():
                         return
-                if stop.is_set() or not hand(piece):
+                if stop.is_set() or not hand(bytes(gathered)):
                     return
+                gathered.clear()
             hand(end)
         except docker.errors.NotFound:
             hand(InfrastructureError(transport.node, f"the engine no longer has image {image_id} (removed "

@@ -370,14 +370,30 @@ def test_export_streams_the_engines_archive_and_maps_its_failures_to_the_node():
     async def collect(api):
         return [c async for c in engine.export(_Transport(api), "sha256:abc")]
 
-    assert asyncio.run(collect(_Api([b"a", b"b", b"c"]))) == [b"a", b"b", b"c"]
+    assert asyncio.run(collect(_Api([b"a", b"b", b"c"]))) == [b"abc"]
     with pytest.raises(InfrastructureError, match="no longer has image sha256:abc"):
         asyncio.run(collect(_Api([], docker.errors.NotFound("gone"))))
     with pytest.raises(InfrastructureError, match="engine connection lost during the export"):
         asyncio.run(collect(_Api([b"a"], ConnectionResetError("reset"))))
 
 
-def test_export_reads_only_a_few_pieces_ahead_of_its_reader():
+def test_export_gathers_the_engines_small_chunks_into_export_chunk_pieces(monkeypatch):
+    """The Engine API answers in HTTP chunks of ~32 KiB whatever chunk_size asks; each piece
+    handed to the reader costs a round trip through the event loop, so the export hands over
+    engine.EXPORT_CHUNK bytes at a time (the last piece: what is left), the bytes unchanged."""
+    monkeypatch.setattr(engine, "EXPORT_CHUNK", 10)
+
+    async def collect(api):
+        return [c async for c in engine.export(_Transport(api), "sha256:abc")]
+
+    chunks = [bytes([i]) * 3 for i in range(9)]  # 27 bytes in chunks of 3
+    got = asyncio.run(collect(_Api(chunks)))
+    assert b"".join(got) == b"".join(chunks)
+    assert [len(p) for p in got] == [12, 12, 3]  # pieces of at least 10 bytes, whole chunks
+
+
+def test_export_reads_only_a_few_pieces_ahead_of_its_reader(monkeypatch):
+    monkeypatch.setattr(engine, "EXPORT_CHUNK", 1)
     api = _Api([bytes([i]) for i in range(50)])
 
     async def first_two():
