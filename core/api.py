@@ -28,11 +28,13 @@ return (for annotations) and the two errors the hook contract asks a plugin to r
   :class:`Completed`, :func:`pump_lines`, :func:`supervise`, :func:`guard_callback`,
   :func:`guard_chunks`, :class:`CallerError`, :func:`parse_docker_host`, :func:`probe_node`,
   :func:`benchmark`, :func:`adapter_for` (the node's engine adapter: its CLIs, its probe,
-  whether it needs the engine socket), :mod:`binfmt`,
+  whether it needs the engine socket), :mod:`binfmt`, :func:`docker_module` (docker-py, for a
+  transport's ``docker_client``: imported under archfleet's one lock),
   :func:`native_platforms`, :func:`read_cpu_flags`, :func:`from_uname`, :func:`read_local_leases`.
 """
 
 from . import binfmt
+from .dockerlib import module as docker_module
 from .dockerfile import analyse as analyse_dockerfile
 from .engines import adapter_for
 from .engines import capable as capable_nodes
@@ -69,6 +71,6 @@ __all__ = [
     "PUSH_RATE",
     # transports and probing
     "LocalTransport", "CommandNode", "Completed", "pump_lines", "supervise", "guard_callback", "guard_chunks",
-    "CallerError", "parse_docker_host", "probe_node", "benchmark", "adapter_for", "binfmt",
+    "CallerError", "parse_docker_host", "probe_node", "benchmark", "adapter_for", "binfmt", "docker_module",
     "native_platforms", "read_cpu_flags", "from_uname", "read_local_leases",
 ]

@@ -58,6 +58,7 @@ from typing import Iterator
 
 import attrs
 
+from . import dockerlib
 from .errors import InfrastructureError, UsageError
 from .model import Transfer
 
@@ -151,7 +152,7 @@ def ignore_patterns(data: bytes) -> list[str]:
 
 
 def _included(root: Path, dockerfile: Path, patterns: list[str]) -> list[str]:
-    from docker.utils.build import exclude_paths
+    exclude_paths = dockerlib.module().utils.build.exclude_paths
 
     rel_df = None
     try:

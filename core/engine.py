@@ -49,8 +49,7 @@ import os
 import re
 from typing import AsyncIterator, Collection, Sequence
 
-import docker.auth
-
+from . import dockerlib
 from .engines import (build_flags, ENV_CLI, EngineCLI, ImageInfo, Probed, exit_path_failure, last_own_line,  # noqa: F401
                       local_candidates, resource_failure, run_build)
 from .errors import BuildFailed, InfrastructureError, RegistryError
@@ -258,12 +257,11 @@ async def push(transport: Transport, ref: Reference, auth_config: dict | None = 
     - anything else while the engine still answers: :class:`RegistryError` naming the node (the
       push failed between the engine and the registry; not retried on another node).
     """
-    import docker.errors
-
     repository = ref.name if ref.registry != "docker.io" else ref.repository
     loop = asyncio.get_running_loop()
 
     def _push() -> str:
+        docker = dockerlib.module()
         client = transport.docker_client()
         digest = None
         kwargs = {"auth_config": auth_config} if auth_config else {}
@@ -324,8 +322,6 @@ async def export(transport: Transport, image_id: str) -> AsyncIterator[bytes]:
     import itertools
     import threading
 
-    import docker.errors
-
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
     room = threading.Semaphore(_EXPORT_AHEAD)
@@ -340,6 +336,7 @@ async def export(transport: Transport, image_id: str) -> AsyncIterator[bytes]:
             return False
 
     def pump() -> None:
+        docker = dockerlib.module()
         try:
             stream = transport.docker_client().api.get_image(image_id, chunk_size=EXPORT_CHUNK)
             # the engine answers in HTTP chunks of ~32 KiB whatever chunk_size asks; handed over
@@ -407,7 +404,8 @@ def auth_config_for(registry: str) -> dict | None:
     if not creds:
         return None
     name = credential_name(registry)
-    server = docker.auth.INDEX_URL if name == docker.auth.INDEX_NAME else name
+    auth = dockerlib.module().auth
+    server = auth.INDEX_URL if name == auth.INDEX_NAME else name
     if "identitytoken" in creds:
         return {"identitytoken": creds["identitytoken"], "serveraddress": server}
     return {"username": creds.get("username", ""), "password": creds.get("password", ""), "serveraddress": server}
@@ -536,9 +534,8 @@ class DockerEngine:
 
     async def remove(self, transport: Transport, facts: NodeFacts, image: str) -> bool:
         """``DELETE /images/NAME`` (untag; layers another image uses stay); False when absent."""
-        import docker.errors
-
         def _remove() -> bool:
+            docker = dockerlib.module()
             try:
                 transport.docker_client().api.remove_image(image)
             except docker.errors.ImageNotFound:

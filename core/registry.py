@@ -56,10 +56,28 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, Iterable, Sequence
 
 import attrs
-import docker.auth  # at import time: importing it from two threads at once races
-import httpx
 
-from . import mediatypes
+from . import dockerlib, mediatypes
+
+
+def _lazy(name: str):
+    """``name`` imported on first attribute access (:class:`importlib.util.LazyLoader`)."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# httpx (with rich and pygments, which its command line imports) takes 30-70 ms to import: paid
+# when a client is first made, not by every command that imports this module (`ls`, issue 17)
+httpx = _lazy("httpx")
 from .errors import ArchfleetError, EnvironmentProblem, RegistryError, RegistryRefused, RegistryUnreachable
 from .reference import DOCKER_HUB, DOCKER_HUB_API, Reference, is_loopback_host
 
@@ -75,7 +93,8 @@ sleep = asyncio.sleep  # the one place the client waits (tests patch it)
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 # httpx errors raised before a request left this machine: safe to send again whatever it was
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+def _not_sent() -> tuple[type, ...]:
+    return (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 def sha256_digest(data: bytes) -> str:
@@ -131,12 +150,13 @@ def load_credentials(registry: str, docker_config: dict | None = None) -> dict[s
     :class:`EnvironmentProblem` naming it; no secret is ever part of a message."""
     name = credential_name(registry)
     try:
+        auth = dockerlib.module().auth
         with warnings.catch_warnings():  # docker.credentials warns on stderr when a helper is missing
             warnings.simplefilter("ignore")
             if docker_config is not None:
-                cfg = docker.auth.load_config(config_dict=copy.deepcopy(docker_config))  # it mutates
+                cfg = auth.load_config(config_dict=copy.deepcopy(docker_config))  # it mutates
             else:
-                cfg = docker.auth.load_config()
+                cfg = auth.load_config()
             found = cfg.resolve_authconfig(name)
     except Exception as exc:  # a broken credential helper: say so, do not leak anything
         raise EnvironmentProblem(f"cannot read credentials for {name} from the Docker config: "
@@ -499,7 +519,7 @@ class RegistryClient:
             try:
                 resp = await client.send(client.build_request(method, url, headers=hdrs, content=content), stream=True)
             except httpx.TransportError as exc:  # refused, reset, timed out
-                connect = isinstance(exc, _NOT_SENT)
+                connect = isinstance(exc, _not_sent())
                 cause = _ssl_cause(exc)
                 if scheme == "https" and isinstance(cause, ssl.SSLCertVerificationError):
                     raise EnvironmentProblem(

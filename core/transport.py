@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from . import dockerlib
+
 LineCallback = Callable[[str], None]
 
 @attrs.frozen
@@ -345,7 +347,7 @@ class LocalTransport:
 
     def docker_client(self):
         """A docker-py client for ``docker_host`` (else the environment's ``DOCKER_HOST`` or the default socket), made once."""
-        import docker
+        docker = dockerlib.module()
 
         if self._client is None:
             if self.docker_host:

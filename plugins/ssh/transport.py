@@ -43,8 +43,8 @@ import re
 import tempfile
 from typing import Awaitable, Callable, Mapping, Sequence
 
-from archfleet.api import (CallerError, CommandNode, Completed, InfrastructureError, guard_callback, guard_chunks,
-                           parse_docker_host, pump_lines, supervise)
+from archfleet.api import (CallerError, CommandNode, Completed, InfrastructureError, docker_module, guard_callback,
+                           guard_chunks, parse_docker_host, pump_lines, supervise)
 
 # The fixed script every SSH command runs (see the module doc). It must stay free of ' \ ! and
 # newlines (a unit test checks), and user data must only ever be read from stdin by it.
@@ -332,7 +332,7 @@ class SSHTransport(CommandNode):
 
     def docker_client(self):
         """A docker-py client over the forwarded engine socket (after :meth:`open_engine`)."""
-        import docker
+        docker = docker_module()
 
         if self._client is None:
             if not self._local_base_url:
