@@ -61,14 +61,29 @@ BENCH_REFERENCE_US = 67_000.0  # what the project VM (dash, one core) takes: sco
 BENCH_ARGV = ("sh", "-c", BENCH_SCRIPT)
 
 
-# Runs several commands in one session: $1 is a marker, then for each command its word count and
-# its words. Each command's output (stdout and stderr, stdin empty) is framed by marker lines
-# carrying its exit status. The command words are data ("$@"), never script text.
+# Runs several commands in one session: $1 is a marker, $2 how many of the commands (the first
+# ones) run at once, then for each command its word count and its words. Each command's output
+# (stdout and stderr, stdin empty) is framed by marker lines carrying its exit status. Those run
+# at once write to files in a private directory (mktemp -d; without one they run one after
+# another) and are printed in order, each as soon as it and those before it have ended; the rest
+# run one after another once they all have. The command words are data ("$@"), never script text.
 BATCH_SCRIPT = r"""
-m=$1; shift; c=0
+m=$1; p=$2; shift 2; c=0
 _take() { n=$1; shift; total=$#; i=0
   for a do if [ "$i" -lt "$n" ]; then set -- "$@" "$a"; fi; i=$((i+1)); done
   shift "$total"; "$@"; }
+d=; if [ "$p" -gt 0 ]; then d=$(mktemp -d 2>/dev/null) && trap 'rm -rf "$d"' EXIT && trap 'exit 129' HUP INT TERM; fi
+if [ -n "$d" ]; then
+  while [ "$c" -lt "$p" ] && [ $# -gt 0 ]; do
+    n=$1; shift; c=$((c+1))
+    (_take "$n" "$@" </dev/null >"$d/$c" 2>&1; echo "$?" >"$d/$c.rc") &
+    echo "$c $!" >>"$d/jobs"
+    shift "$n"
+  done
+  while read -r k pid; do
+    wait "$pid"; echo "$m $k begin"; cat "$d/$k"; printf '\n%s %s end %s\n' "$m" "$k" "$(cat "$d/$k.rc")"
+  done <"$d/jobs"
+fi
 while [ $# -gt 0 ]; do
   n=$1; shift; c=$((c+1))
   echo "$m $c begin"
@@ -79,12 +94,15 @@ done
 """
 
 
-async def run_batch(transport, commands: Sequence[Sequence[str]], *, timeout: float = 60) -> dict[tuple, Completed]:
-    """Run ``commands`` (argv lists) one after another in one session on the node
-    (:data:`BATCH_SCRIPT`); their answers by argv (every line each printed, as ``tail``). A
-    command whose answer did not come back whole (the batch timed out after ``timeout`` seconds
-    in it, or was cut off) is left out: its caller runs it itself. Raises what ``transport.run``
-    raises but a timeout (the node is unreachable)."""
+async def run_batch(transport, commands: Sequence[Sequence[str]], *, timeout: float = 60,
+                    together: int = 0) -> dict[tuple, Completed]:
+    """Run ``commands`` (argv lists) in one session on the node (:data:`BATCH_SCRIPT`): the first
+    ``together`` at once, then the rest one after another; their answers by argv (every line
+    each printed, as ``tail``). A command whose answer did not come back whole (the batch timed
+    out after ``timeout`` seconds in it or in one before it, or was cut off) is left out: its
+    caller runs it itself; a batch killed at its timeout leaves its private directory (a few
+    bytes, in the node's ``$TMPDIR``). Raises what ``transport.run`` raises but a timeout (the
+    node is unreachable)."""
     if not commands:
         return {}
     marker = "@@archfleet-" + secrets.token_hex(6)
@@ -93,7 +111,8 @@ async def run_batch(transport, commands: Sequence[Sequence[str]], *, timeout: fl
         words += [str(len(argv)), *argv]
     lines: list[str] = []
     try:
-        await transport.run(["sh", "-c", BATCH_SCRIPT, "sh", marker, *words], on_line=lines.append, timeout=timeout)
+        await transport.run(["sh", "-c", BATCH_SCRIPT, "sh", marker, str(max(0, together)), *words],
+                            on_line=lines.append, timeout=timeout)
     except (TimeoutError, asyncio.TimeoutError):
         pass  # the commands that ended are answered; the caller runs the one that hung itself
     out: dict[tuple, Completed] = {}
@@ -188,10 +207,12 @@ async def probe_node(transport, node: NodeSpec, candidates=None) -> NodeFacts:
         candidates = adapter.candidates(node.engine_cli, local=False)
     facts_argv = ("sh", "-c", FACTS_SCRIPT, "sh", leases.shared_root(), leases.engine_key(node))
     batch = [facts_argv, *getattr(adapter, "probe_argvs", lambda c: [])(candidates)]
+    together = len(batch)  # independent and short: at once (~0.1 s of CLI starts one after another)
     scored = await asyncio.to_thread(scores.cached, score_key(node))
     if scored is None:
-        batch.append(BENCH_ARGV)
-    transport = Answered(transport, await run_batch(transport, batch, timeout=60 if scored is not None else 180))
+        batch.append(BENCH_ARGV)  # alone, after them: it measures the CPU
+    transport = Answered(transport, await run_batch(transport, batch, timeout=60 if scored is not None else 180,
+                                                    together=together))
     done = await transport.run(list(facts_argv), timeout=60)
     if not done.ok:
         return NodeFacts(node, False, error=f"probe failed: {done.last_line()}")

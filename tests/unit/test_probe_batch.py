@@ -101,3 +101,40 @@ def test_a_batch_that_times_out_answers_the_commands_that_ended():
     got = asyncio.run(probe.run_batch(LocalTransport(), cmds, timeout=1.5))
     assert got[("echo", "first")].tail == ("first",)
     assert ("sleep", "30") not in got and ("echo", "never") not in got
+
+
+def test_the_commands_given_together_run_at_once_and_the_rest_after_them(tmp_path):
+    """Rule: the first ``together`` commands start at once (two 0.6 s sleeps end within ~0.6 s,
+    not 1.2 s), their answers come back in order, and the commands after them (the CPU
+    benchmark) start only once they all ended (the file the slow one writes is there)."""
+    import time
+
+    mark = tmp_path / "done"
+    cmds = [["sh", "-c", "sleep 0.6; echo one"], ["sh", "-c", f"sleep 0.6; echo two; touch {mark}"],
+            ["test", "-e", str(mark)]]
+    start = time.monotonic()
+    got = asyncio.run(probe.run_batch(LocalTransport(), cmds, together=2))
+    took = time.monotonic() - start
+    assert took < 1.1, took
+    assert [got[tuple(c)].tail for c in cmds[:2]] == [("one",), ("two",)]
+    assert got[tuple(cmds[2])].ok, "the alone command ran before the together ones ended"
+
+
+def test_without_a_private_directory_the_commands_run_one_after_another(monkeypatch, tmp_path):
+    """mktemp -d failing (no writable TMPDIR on the node) is no error: every command is still
+    answered, one after another, as before."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    cmds = [["echo", "a"], ["sh", "-c", "echo b; exit 4"]]
+    got = asyncio.run(probe.run_batch(LocalTransport(), cmds, together=2))
+    assert got[("echo", "a")].tail == ("a",)
+    assert (got[tuple(cmds[1])].returncode, got[tuple(cmds[1])].tail) == (4, ("b",))
+
+
+def test_a_together_batch_that_times_out_answers_those_before_the_slow_one(tmp_path, monkeypatch):
+    """A batch killed at its timeout (SIGKILL here) cannot remove its private directory: it is
+    left in the node's TMPDIR (here the test's own)."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    cmds = [["echo", "first"], ["sleep", "30"], ["echo", "after"]]
+    got = asyncio.run(probe.run_batch(LocalTransport(), cmds, timeout=1.5, together=3))
+    assert got[("echo", "first")].tail == ("first",)
+    assert ("sleep", "30") not in got and ("echo", "after") not in got
