@@ -141,3 +141,34 @@ def test_an_option_that_starts_warm_from_another_node_s_child_is_estimated_lower
     again = warm_estimates()
     assert dict(again[local].parts)["work"] == pytest.approx(steps.CACHED_SECONDS * len(option.steps), abs=0.01)
     assert all(p.basis.startswith("warm") for p in again[local].steps)
+
+
+def test_a_warm_start_does_not_discount_a_step_the_warm_node_ran_with_other_inputs(tmp_path):
+    """plugins/estimates: the warm child's inline cache helps only the steps it holds (the same
+    cache chain). A step the warm node ran with another build arg (same key, other chain: a new
+    NONCE each build) runs again in full; the blind WARM_FACTOR is only for a warm node history
+    knows nothing of. bench/estimates caught it: every pass-2 'sleep 4' estimated 2.1 s, ran 4.2 s."""
+    from archfleet.model import WarmSource
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nARG NONCE\nRUN echo $NONCE > /n && sleep 4\n")
+    facts = lab()
+    path = tmp_path / "h.sqlite"
+
+    def request_for(nonce, warm=()):
+        return BuildRequest(ctx, ctx / "Dockerfile", [ARM], build_args=[("NONCE", nonce)], warm=warm)
+
+    first = request_for("1")
+    offered = asyncio.run(offers(make_hooks(), first, facts))
+    board = next(o for o in estimates(make_hooks(), offered, first, facts, view_for(first, path))
+                 if o.node == "armvm")
+    view_for(first, path).record(PlatformResult(ARM, board, 5.0), speed=0.1, steps=[
+        (p.key, p.chain, str(p.platform), False, 4.2, False) for p in board.steps])
+
+    second = request_for("2", warm=(WarmSource(ARM, "armvm", "r/app@sha256:" + "c" * 64),))
+    again = asyncio.run(offers(make_hooks(), second, facts))
+    local = next(o for o in estimates(make_hooks(), again, second, facts, view_for(second, path))
+                 if o.node == "local")
+    run = local.steps[-1]
+    assert "warm" not in run.basis and run.seconds >= 4.0, (run.seconds, run.basis)
