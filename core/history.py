@@ -360,6 +360,19 @@ class History:
             " AND ref != '' ORDER BY id DESC LIMIT 1", (project_key, platform)).fetchone()
         return (row[0], row[1]) if row else None
 
+    @_never_fails(None)
+    def child_chains(self, ref: str) -> frozenset[str] | None:
+        """The cache chains of the steps recorded with the build that pushed the child ``ref``
+        (what its inline cache holds), or None when that build recorded no steps (or none is
+        known): a warm start from it can then only be guessed."""
+        db = self._conn()
+        run = db.execute("SELECT at, node, platform FROM runs WHERE ref = ? ORDER BY id DESC LIMIT 1",
+                         (ref,)).fetchone()
+        if run is None:
+            return None
+        rows = db.execute("SELECT chain FROM steps WHERE at = ? AND node = ? AND platform = ?", run).fetchall()
+        return frozenset(r[0] for r in rows) if rows else None
+
     @_never_fails(False)
     def synced_before(self, context_key: str, node: str, files_key: str = "") -> bool:
         """Whether this context (or, with ``files_key``, the same files with another Dockerfile,
@@ -410,6 +423,10 @@ class HistoryView:
         """:meth:`History.step_times` of ``keys`` (asked once per set of keys)."""
         keys = tuple(dict.fromkeys(keys))
         return self._once(("steps", keys), lambda: self.db.step_times(keys))
+
+    def child_chains(self, ref: str) -> frozenset[str] | None:
+        """:meth:`History.child_chains` (asked once per child)."""
+        return self._once(("child", ref), lambda: self.db.child_chains(ref))
 
     def cached_chains(self, node: str, chains) -> frozenset[str]:
         """:meth:`History.cached_chains` (asked once per node and set of chains)."""

@@ -21,9 +21,9 @@ when it knows, else from its prior (``archfleet.planner``):
 
 An option that starts warm (another node built the platform's last child, which its build reads
 as an inline cache: ``archfleet.buildcache.warm_ref``) counts the final stage's steps that node
-ran as cached ("warm"); a step that node ran with other inputs (the same instruction, another
-cache chain: a changed build arg or file) runs again in full; only when history has none of
-those steps of that node do the final stage's steps cost ``WARM_FACTOR`` of their cold estimate.
+recorded as cached ("warm"); a step that child does not hold (another cache chain: a changed
+build arg or file) runs again in full; only when history did not record the steps of the build
+that pushed the child do the final stage's steps cost ``WARM_FACTOR`` of their cold estimate.
 
 The answer is an ``Estimate``: seconds, one line of where they come from, the parts and the
 planned steps (the learn stage pairs those with the steps the build reports).
@@ -116,28 +116,26 @@ def work_part(option, request, facts, history, warm=None):
     factors = history.qemu_factors() if history is not None else {}
     context_bytes = history.context_bytes if history is not None else 0
     final = plans[-1].stage_index
-    warm_chains = frozenset()
-    warm_known = False  # whether history knows what the warm node ran of the final stage's steps
-    if warm is not None and history is not None:  # an inline cache holds the final stage's steps only
-        finals = [p for p in plans if p.stage_index == final]
-        warm_chains = history.cached_chains(warm.node, [p.chain for p in finals])
-        warm_known = bool(warm_chains) or any(row[4] == warm.node for p in finals for row in times.get(p.key, ()))
+    # what the warm child's inline cache holds (the final stage's steps of the build that pushed
+    # it), or None when history did not record that build's steps
+    warm_chains = history.child_chains(warm.ref) if warm is not None and history is not None else None
     out = []
     seconds = {}
     counts: dict[str, int] = {}
     for plan in plans:
         if plan.chain in cached:
             got, basis = steps.CACHED_SECONDS, "cached"
-        elif plan.chain in warm_chains:
+        elif warm_chains is not None and plan.chain in warm_chains and plan.stage_index == final:
             got, basis = steps.CACHED_SECONDS, f"warm (cached in {warm.node}'s child)"
         else:
             prior = steps.prior_of(plan, request, context_bytes)
             qemu = factors.get(str(plan.platform), QEMU_FACTOR)
             got, basis = steps.estimate(plan, prior, steps.observations(times.get(plan.key, ())), speed, qemu,
                                         node=option.node)
-            # a step the warm node ran with other inputs (another chain) runs again here in full;
-            # only when history does not know what that node ran is the cache's share a guess
-            if warm is not None and not warm_known and plan.stage_index == final:
+            # a step the warm child does not hold (another chain: a changed build arg or file)
+            # runs again here in full; only when history did not record that child's steps is
+            # the cache's share a guess
+            if warm is not None and warm_chains is None and plan.stage_index == final:
                 got, basis = got * WARM_FACTOR, f"warm x{WARM_FACTOR:g} ({basis})"
         seconds[(plan.stage_index, plan.index)] = got
         out.append(attrs.evolve(plan, seconds=round(got, 3), basis=basis))

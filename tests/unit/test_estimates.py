@@ -136,7 +136,9 @@ def test_an_option_that_starts_warm_from_another_node_s_child_is_estimated_lower
 
     # armvm's build of that child, as the learn stage keeps it: its steps, run natively
     option = cold[board]
-    view_for(request, path).record(PlatformResult(ARM, option, 30.0), speed=0.1, steps=[
+    child = warm_request.warm[0].ref
+    view_for(request, path).record(PlatformResult(ARM, option, 30.0, digest=child.split("@")[1], ref=child),
+                                   speed=0.1, steps=[
         (p.key, p.chain, str(p.platform), False, 25.0, False) for p in option.steps])
     again = warm_estimates()
     assert dict(again[local].parts)["work"] == pytest.approx(steps.CACHED_SECONDS * len(option.steps), abs=0.01)
@@ -145,9 +147,10 @@ def test_an_option_that_starts_warm_from_another_node_s_child_is_estimated_lower
 
 def test_a_warm_start_does_not_discount_a_step_the_warm_node_ran_with_other_inputs(tmp_path):
     """plugins/estimates: the warm child's inline cache helps only the steps it holds (the same
-    cache chain). A step the warm node ran with another build arg (same key, other chain: a new
-    NONCE each build) runs again in full; the blind WARM_FACTOR is only for a warm node history
-    knows nothing of. bench/estimates caught it: every pass-2 'sleep 4' estimated 2.1 s, ran 4.2 s."""
+    cache chain, as the build that pushed it recorded them). A step that build ran with another
+    build arg (same key, other chain: a new NONCE each build) runs again in full; the blind
+    WARM_FACTOR is only for a child whose build recorded no steps. bench/estimates caught it:
+    every pass-2 'sleep 4' estimated 2.1 s, ran 4.2 s."""
     from archfleet.model import WarmSource
 
     ctx = tmp_path / "ctx"
@@ -163,10 +166,12 @@ def test_a_warm_start_does_not_discount_a_step_the_warm_node_ran_with_other_inpu
     offered = asyncio.run(offers(make_hooks(), first, facts))
     board = next(o for o in estimates(make_hooks(), offered, first, facts, view_for(first, path))
                  if o.node == "armvm")
-    view_for(first, path).record(PlatformResult(ARM, board, 5.0), speed=0.1, steps=[
+    child = "r/app@sha256:" + "c" * 64
+    view_for(first, path).record(PlatformResult(ARM, board, 5.0, digest=child.split("@")[1], ref=child), speed=0.1,
+                                 steps=[
         (p.key, p.chain, str(p.platform), False, 4.2, False) for p in board.steps])
 
-    second = request_for("2", warm=(WarmSource(ARM, "armvm", "r/app@sha256:" + "c" * 64),))
+    second = request_for("2", warm=(WarmSource(ARM, "armvm", child),))
     again = asyncio.run(offers(make_hooks(), second, facts))
     local = next(o for o in estimates(make_hooks(), again, second, facts, view_for(second, path))
                  if o.node == "local")
