@@ -35,18 +35,23 @@ from .platforms import Platform, PlatformError, parse_target
 # Seconds at reference speed (the project VM, one build at a time) unless said. Where each comes
 # from: measured on the lab (docs/benchmarks.md, bench/estimates), not fitted to it.
 
-FIXED_LOCAL = 0.9  # a build on this machine's engine: CLI and BuildKit start, base resolved, image written
-FIXED_REMOTE = 1.3  # the same on an SSH node: every command and the export travel over SSH
+FIXED_LOCAL = 0.6  # a build on this machine's engine: CLI and BuildKit start, base resolved, image written, exported
+FIXED_REMOTE = 0.9  # the same on an SSH node: every command and the export travel over SSH (lab: 0.6-0.7 on loopback)
 FIXED_CPU_SHARE = 0.4  # of the fixed cost, the share that is CPU work (a slow board takes longer)
 RUN_OVERHEAD = 0.35  # starting a RUN step's container (runc, the mounts): native even under QEMU
 RUN_WORK = 3.0  # a RUN step whose commands archfleet cannot tell (a script, a loop, a tool it does not know)
 COMPILE_WORK = 8.0  # a compiler or build tool (cc, go build, cargo, make, ...)
 DOWNLOAD_WORK = 4.0  # fetching something (wget, curl, git clone): the network's time, not the CPU's
 PACKAGE_WORK = 10.0  # a package manager (apt-get, apk, pip, npm, ...): downloads, then unpacking on the CPU
-UTILITY_WORK = 0.5  # a data utility (gzip, tar, sha256sum, ...): its time is its input's, in a Dockerfile usually small
+UTILITY_WORK = 0.5  # data utilities (gzip, tar, sha256sum, ...), once per step: their time is their input's, usually small
 COPY_RATE = 150e6  # bytes/s a COPY or ADD from the context writes into a layer
 COPY_OVERHEAD = 0.05  # a COPY, ADD or WORKDIR that moves almost nothing
 QEMU_FACTOR = 8.0  # emulated CPU work costs this much more (a prior; 4-20x is typical; learned per platform)
+# ... by what the CPU work is, before a factor was learned for the platform. Measured under
+# qemu-aarch64 on the project VM (busybox): gzip -9 3.5x, sha256sum 3.5x, bzip2 5x, a shell loop
+# 12x; a C compile ~7x (bench/cross_vs_emulation: cross 0.14 of emulated)
+QEMU_BY_KIND = {"utility": 4.0, "download": 4.0, "compile": QEMU_FACTOR, "package": QEMU_FACTOR,
+                "unknown": QEMU_FACTOR}
 LINK_RATE = 50e6  # bytes/s to a remote node, until measured
 PUSH_BASE = 0.15  # reading the export and putting the manifest, when no new layer is big
 PUSH_RATE = 60e6  # bytes/s of new layers compressed (gzip, two threads) and uploaded
@@ -83,13 +88,15 @@ def push_prior(nbytes: int) -> float:
 class StepPrior:
     """What a Dockerfile step costs before it was ever timed, at reference speed: ``io`` seconds
     that do not depend on the CPU (waiting: a sleep, the network, the container starting) and
-    ``cpu`` seconds that do (and run ``QEMU_FACTOR`` times slower emulated); ``kind`` says which
-    rule gave it (``sleep``, ``trivial``, ``download``, ``package``, ``compile``, ``utility``, ``unknown``,
-    ``copy``, ``none``)."""
+    ``cpu`` seconds that do (and run ``qemu`` times slower emulated, until a factor is learned
+    for the platform: :data:`QEMU_BY_KIND` weighted by each kind's CPU seconds); ``kind`` says
+    which rule gave it (``sleep``, ``trivial``, ``download``, ``package``, ``compile``,
+    ``utility``, ``unknown``, ``copy``, ``none``)."""
 
     io: float
     cpu: float
     kind: str
+    qemu: float = QEMU_FACTOR
 
     @property
     def cpu_share(self) -> float:
@@ -284,7 +291,8 @@ def _step_prior(keyword: str, words: tuple[str, ...], json: bool, context_bytes:
       command (echo, mkdir, cp, ...) nothing; a download (wget, curl, git) :data:`DOWNLOAD_WORK`
       (90% io); a package manager (apt-get, apk, pip, npm, ...) :data:`PACKAGE_WORK` (half io,
       half CPU); a compiler or build tool (cc, go, cargo, make, ...) :data:`COMPILE_WORK` of CPU;
-      a data utility (gzip, tar, sha256sum, ...) :data:`UTILITY_WORK` of CPU;
+      data utilities (gzip, tar, sha256sum, ...) :data:`UTILITY_WORK` of CPU once per step (they
+      work on one input, often in one pipeline);
       anything else (a script, a loop, a tool not listed) :data:`RUN_WORK` of CPU, counted once
       per step. The same command word counts once per step.
     - COPY/ADD from the context (``from_context``): ``context_bytes`` / :data:`COPY_RATE` (io);
@@ -294,6 +302,7 @@ def _step_prior(keyword: str, words: tuple[str, ...], json: bool, context_bytes:
     if keyword == "RUN":
         commands = [list(words)] if json else _commands(" ".join(words))
         io, cpu = RUN_OVERHEAD, 0.0
+        by_kind: dict[str, float] = {}  # CPU seconds per kind, for the step's QEMU factor
         kinds: set[str] = set()
         seen: set[str] = set()
         unknown = False
@@ -314,25 +323,32 @@ def _step_prior(keyword: str, words: tuple[str, ...], json: bool, context_bytes:
                 kinds.add("trivial")
             elif name in _DOWNLOAD:
                 io, cpu = io + 0.9 * DOWNLOAD_WORK, cpu + 0.1 * DOWNLOAD_WORK
+                by_kind["download"] = by_kind.get("download", 0.0) + 0.1 * DOWNLOAD_WORK
                 kinds.add("download")
             elif name in _PACKAGE:
                 io, cpu = io + 0.5 * PACKAGE_WORK, cpu + 0.5 * PACKAGE_WORK
+                by_kind["package"] = by_kind.get("package", 0.0) + 0.5 * PACKAGE_WORK
                 kinds.add("package")
             elif name in _COMPILE:
                 cpu += COMPILE_WORK
+                by_kind["compile"] = by_kind.get("compile", 0.0) + COMPILE_WORK
                 kinds.add("compile")
             elif name in _UTILITY:
-                cpu += UTILITY_WORK
+                if "utility" not in kinds:  # they work on the step's one input: counted once
+                    cpu += UTILITY_WORK
+                    by_kind["utility"] = UTILITY_WORK
                 kinds.add("utility")
             else:
                 unknown = True
         if unknown:
             cpu += RUN_WORK
+            by_kind["unknown"] = RUN_WORK
             kinds.add("unknown")
+        qemu = (sum(c * QEMU_BY_KIND[k] for k, c in by_kind.items()) / cpu) if cpu > 0 else QEMU_FACTOR
         for kind in ("compile", "package", "download", "unknown", "utility", "sleep", "trivial"):
             if kind in kinds:
-                return StepPrior(round(io, 3), round(cpu, 3), kind)
-        return StepPrior(io, cpu, "trivial")
+                return StepPrior(round(io, 3), round(cpu, 3), kind, round(qemu, 3))
+        return StepPrior(io, cpu, "trivial", round(qemu, 3))
     if keyword in ("COPY", "ADD"):
         if keyword == "ADD" and any(re.match(r"^(https?|git)://", w) for w in words[:-1]):
             return StepPrior(COPY_OVERHEAD + DOWNLOAD_WORK, 0.0, "download")

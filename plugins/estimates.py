@@ -35,7 +35,7 @@ import statistics
 
 import attrs
 
-from archfleet.api import (LINK_RATE, PUSH_BASE, PUSH_RATE, QEMU_FACTOR, WARM_FACTOR, Estimate, fixed_prior, hookimpl,
+from archfleet.api import (LINK_RATE, PUSH_BASE, PUSH_RATE, WARM_FACTOR, Estimate, fixed_prior, hookimpl,
                            node_speed, push_prior, steps, warm_ref)
 
 
@@ -129,7 +129,7 @@ def work_part(option, request, facts, history, warm=None):
             got, basis = steps.CACHED_SECONDS, f"warm (cached in {warm.node}'s child)"
         else:
             prior = steps.prior_of(plan, request, context_bytes)
-            qemu = factors.get(str(plan.platform), QEMU_FACTOR)
+            qemu = factors.get(str(plan.platform), prior.qemu)  # learned for the platform, else by what it runs
             got, basis = steps.estimate(plan, prior, steps.observations(times.get(plan.key, ())), speed, qemu,
                                         node=option.node)
             # a step the warm child does not hold (another chain: a changed build arg or file)

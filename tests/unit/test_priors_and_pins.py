@@ -39,21 +39,21 @@ def request_with(tmp_path, text):
 
 
 def test_reference_work_is_the_fixed_prior_plus_3_s_per_run(tmp_path):
-    """Priors of issue 17 (planner.BASE_WORK = FIXED_LOCAL 0.9 s, RUN_WORK 3 s): an offer's crude
+    """Priors of issue 17 (planner.BASE_WORK = FIXED_LOCAL 0.6 s, RUN_WORK 3 s): an offer's crude
     prior; the estimates plugin counts each step by what it runs instead."""
-    assert reference_work(request_with(tmp_path, "FROM a\nRUN x\nRUN y\nRUN z\n")) == pytest.approx(9.9)
+    assert reference_work(request_with(tmp_path, "FROM a\nRUN x\nRUN y\nRUN z\n")) == pytest.approx(9.6)
 
 
 def test_a_dockerfile_that_cannot_be_analysed_counts_as_one_run(tmp_path):
-    assert reference_work(request_with(tmp_path, "FROM\n")) == pytest.approx(3.9)
+    assert reference_work(request_with(tmp_path, "FROM\n")) == pytest.approx(3.6)
 
 
 def test_prior_seconds_slows_only_the_run_work_under_qemu_rounded_to_hundredths(tmp_path):
     req = request_with(tmp_path, "FROM a\nRUN x\nRUN y\nRUN z\n")
     fast = facts(score=3.0)
-    assert prior_seconds(req, fast, emulated=False) == 3.3            # 9.9 / 3
-    assert prior_seconds(req, fast, emulated=True) == 24.3            # (0.9 + 9 x 8) / 3
-    assert prior_seconds(req, fast, emulated=True, share=0.5) == 12.15
+    assert prior_seconds(req, fast, emulated=False) == 3.2            # 9.6 / 3
+    assert prior_seconds(req, fast, emulated=True) == 24.2            # (0.6 + 9 x 8) / 3
+    assert prior_seconds(req, fast, emulated=True, share=0.5) == 12.1
 
 
 def test_node_pins_keep_the_strategy_they_name():

@@ -344,12 +344,27 @@ def test_a_build_arg_reaches_a_runs_cache_but_not_a_copys(ctx):
 
 
 def test_a_data_utility_is_a_small_cpu_prior_not_an_unknown_script():
-    """Rule (planner.UTILITY_WORK): gzip, tar, sha256sum... take their input's time, usually small."""
-    from archfleet.planner import RUN_WORK, UTILITY_WORK
+    """Rule (planner.UTILITY_WORK): gzip, tar, sha256sum... take their input's time, usually small,
+    and work on the step's one input (often one pipeline): counted once per step, and slowed by
+    QEMU as utilities are (planner.QEMU_BY_KIND: gzip -9 ran 3.5x slower under qemu-aarch64 here),
+    not as a compile is."""
+    from archfleet.planner import QEMU_BY_KIND, QEMU_FACTOR, RUN_WORK, UTILITY_WORK
 
     got = step_prior("RUN", "head -c 6000000 /dev/urandom | gzip -9 | sha256sum".split())
-    assert (got.kind, got.cpu) == ("utility", pytest.approx(2 * UTILITY_WORK))
+    assert (got.kind, got.cpu, got.qemu) == ("utility", pytest.approx(UTILITY_WORK), QEMU_BY_KIND["utility"])
     assert step_prior("RUN", ["./build.sh"]).cpu == RUN_WORK
+    assert step_prior("RUN", ["./build.sh"]).qemu == QEMU_FACTOR
+
+
+def test_a_steps_qemu_prior_is_its_commands_weighted_by_their_cpu_seconds():
+    """Rule (planner.QEMU_BY_KIND): a step mixing a compile (8 s of CPU, x8) and a utility (0.5 s,
+    x4) is slowed (8 x 8 + 0.5 x 4) / 8.5 times under QEMU; a step with no CPU work keeps QEMU_FACTOR."""
+    from archfleet.planner import COMPILE_WORK, QEMU_BY_KIND, QEMU_FACTOR, UTILITY_WORK
+
+    got = step_prior("RUN", "make all && tar czf /out.tgz /out".split())
+    want = (COMPILE_WORK * QEMU_BY_KIND["compile"] + UTILITY_WORK * QEMU_BY_KIND["utility"]) / (COMPILE_WORK + UTILITY_WORK)
+    assert got.qemu == pytest.approx(want, abs=1e-3)
+    assert step_prior("RUN", ["sleep", "3"]).qemu == QEMU_FACTOR
 
 
 def test_a_steps_time_on_this_very_node_is_taken_as_it_was():
