@@ -75,8 +75,28 @@ def _lazy(name: str):
     return module
 
 
-# httpx (with rich and pygments, which its command line imports) takes 30-70 ms to import: paid
-# when a client is first made, not by every command that imports this module (`ls`, issue 17)
+def _skip_httpx_cli() -> None:
+    """httpx's package imports its command line (``httpx._main``: click, rich and pygments, all
+    installed here as archfleet's own dependencies) whenever it is imported: ~39 ms of every
+    command that speaks to a registry, for a CLI archfleet never runs. Its module is put in
+    place as a stub, in this process only (the ``httpx`` console script is another process)."""
+    import sys
+    import types
+
+    if "httpx" in sys.modules or "httpx._main" in sys.modules:
+        return
+    stub = types.ModuleType("httpx._main", "httpx's command line, not loaded by archfleet")
+
+    def main() -> None:
+        raise SystemExit("httpx's command line is not loaded in archfleet's process")
+
+    stub.main = main
+    sys.modules["httpx._main"] = stub
+
+
+# httpx takes 30-70 ms to import: paid when a client is first made, not by every command that
+# imports this module (`ls`, issue 17)
+_skip_httpx_cli()
 httpx = _lazy("httpx")
 from .errors import ArchfleetError, EnvironmentProblem, RegistryError, RegistryRefused, RegistryUnreachable
 from .reference import DOCKER_HUB, DOCKER_HUB_API, Reference, is_loopback_host
