@@ -81,7 +81,9 @@ if [ -n "$d" ]; then
     shift "$n"
   done
   while read -r k pid; do
-    wait "$pid"; echo "$m $k begin"; cat "$d/$k"; printf '\n%s %s end %s\n' "$m" "$k" "$(cat "$d/$k.rc")"
+    wait "$pid"; echo "$m $k begin"; rc=
+    while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done <"$d/$k"
+    read -r rc <"$d/$k.rc"; printf '\n%s %s end %s\n' "$m" "$k" "$rc"
   done <"$d/jobs"
 fi
 while [ $# -gt 0 ]; do
