@@ -58,47 +58,8 @@ from typing import AsyncIterator, Callable, Iterable, Sequence
 import attrs
 
 from . import dockerlib, mediatypes
-
-
-def _lazy(name: str):
-    """``name`` imported on first attribute access (:class:`importlib.util.LazyLoader`)."""
-    import importlib.util
-    import sys
-
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _skip_httpx_cli() -> None:
-    """httpx's package imports its command line (``httpx._main``: click, rich and pygments, all
-    installed here as archfleet's own dependencies) whenever it is imported: ~39 ms of every
-    command that speaks to a registry, for a CLI archfleet never runs. Its module is put in
-    place as a stub, in this process only (the ``httpx`` console script is another process)."""
-    import sys
-    import types
-
-    if "httpx" in sys.modules or "httpx._main" in sys.modules:
-        return
-    stub = types.ModuleType("httpx._main", "httpx's command line, not loaded by archfleet")
-
-    def main() -> None:
-        raise SystemExit("httpx's command line is not loaded in archfleet's process")
-
-    stub.main = main
-    sys.modules["httpx._main"] = stub
-
-
-# httpx takes 30-70 ms to import: paid when a client is first made, not by every command that
-# imports this module (`ls`, issue 17)
-_skip_httpx_cli()
-httpx = _lazy("httpx")
 from .errors import ArchfleetError, EnvironmentProblem, RegistryError, RegistryRefused, RegistryUnreachable
+from .httpxlib import httpx
 from .reference import DOCKER_HUB, DOCKER_HUB_API, Reference, is_loopback_host
 
 log = logging.getLogger(__name__)
@@ -112,8 +73,8 @@ CACHED_BLOB = 256 * 1024  # bytes: a blob read up to this size is kept for the c
 sleep = asyncio.sleep  # the one place the client waits (tests patch it)
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
-# httpx errors raised before a request left this machine: safe to send again whatever it was
 def _not_sent() -> tuple[type, ...]:
+    """The httpx errors raised before a request left this machine: safe to send again whatever it was."""
     return (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 

@@ -19,14 +19,14 @@ def imported_after(code: str) -> set[str]:
 @pytest.mark.parametrize("module", ["archfleet.cli", "archfleet.pipeline", "archfleet.api", "archfleet.plugins.ssh"])
 def test_importing_archfleet_loads_neither_docker_py_nor_httpx(module):
     """Rule: docker-py (~45 ms) and httpx (~60 ms) load when first used (archfleet.dockerlib,
-    the registry's LazyLoader): `archfleet ls` of SSH nodes uses neither."""
+    archfleet.httpxlib's LazyLoader): `archfleet ls` of SSH nodes uses neither."""
     got = imported_after(f"import {module}")
     assert "docker" not in got and "httpx._client" not in got and "requests" not in got
 
 
 def test_a_registry_client_does_not_load_httpx_s_command_line():
     """Rule: httpx imports its CLI (click, rich, pygments: ~39 ms) with the package; archfleet's
-    process puts a stub in its place (registry._skip_httpx_cli) and never runs it."""
+    process puts a stub in its place (archfleet.httpxlib) and never runs it."""
     got = imported_after("import archfleet.registry as r\nr.RegistryClient()")
     assert "httpx._client" in got
     assert "rich" not in got and "pygments" not in got
