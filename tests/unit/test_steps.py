@@ -16,7 +16,7 @@ from archfleet import cli, pipeline, steps
 from archfleet.history import view_for
 from archfleet.learn import Lessons, keep, steps_of
 from archfleet.model import PARTS, BuildRequest, NodeFacts, NodeSpec, Option, PlatformResult, StepTime
-from archfleet.planner import COMPILE_WORK, QEMU_FACTOR, RUN_OVERHEAD, Plan, Scheduled, node_speed, step_prior
+from archfleet.planner import COMPILE_WORK, QEMU_FACTOR, RUN_OVERHEAD, UTILITY_WORK, Plan, Scheduled, node_speed, step_prior
 from archfleet.platforms import parse
 from archfleet.plugins import estimates as plugin
 
@@ -428,7 +428,7 @@ def test_a_stage_mounted_or_copied_by_index_is_waited_for_and_part_of_the_chain(
     ("make -j$(nproc) && [[ -x /x ]]", "compile", RUN_OVERHEAD, 8.0),
     ("echo $((1 + 2)); sleep 2", "sleep", RUN_OVERHEAD + 2, 0.0),
     # redirections: the target is no command
-    ("gzip -9 < /in > /out 2>&1", "utility", RUN_OVERHEAD, 0.5),
+    ("gzip -9 < /in > /out 2>&1", "utility", RUN_OVERHEAD, UTILITY_WORK),
     # wrappers that run a string or the words after them
     ("sh -c 'echo $V; sleep 2'", "sleep", RUN_OVERHEAD + 2, 0.0),
     ('bash -c "sleep 3"', "sleep", RUN_OVERHEAD + 3, 0.0),
@@ -440,9 +440,9 @@ def test_a_stage_mounted_or_copied_by_index_is_waited_for_and_part_of_the_chain(
     ("A=1 exec sleep 5", "sleep", RUN_OVERHEAD + 5, 0.0),
     ("nice -n 10 make", "compile", RUN_OVERHEAD, 8.0),
     ("timeout 30 sleep 2", "sleep", RUN_OVERHEAD + 2, 0.0),
-    ("timeout -s KILL 5m gzip big", "utility", RUN_OVERHEAD, 0.5),
+    ("timeout -s KILL 5m gzip big", "utility", RUN_OVERHEAD, UTILITY_WORK),
     ("time -p cc -o /x x.c", "compile", RUN_OVERHEAD, 8.0),
-    ("ls | xargs -n1 -I {} sh -c 'sleep 1; gzip {}'", "utility", RUN_OVERHEAD + 1, 0.5),
+    ("ls | xargs -n1 -I {} sh -c 'sleep 1; gzip {}'", "utility", RUN_OVERHEAD + 1, UTILITY_WORK),
     # what is really unknown stays so: a script, a shell running a file, a quoted string that is data
     ("sh ./build.sh", "unknown", RUN_OVERHEAD, 3.0),
     ('echo "make; sleep 100"', "trivial", RUN_OVERHEAD, 0.0),
