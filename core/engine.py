@@ -45,8 +45,10 @@ user's text, whatever it says. In order:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import time
 from typing import AsyncIterator, Collection, Sequence
 
 from . import dockerlib
@@ -304,6 +306,22 @@ async def push(transport: Transport, ref: Reference, auth_config: dict | None = 
 
 EXPORT_CHUNK = 1024 * 1024  # bytes per piece of an export
 _EXPORT_AHEAD = 4  # pieces read ahead of the consumer, at most
+_EXPORT_DRAIN = 1.5  # seconds an abandoned export keeps reading, discarding, before it closes
+
+
+def _drain(stream) -> None:
+    """Read ``stream`` (an abandoned export) to its end, discarding it, for at most
+    :data:`_EXPORT_DRAIN` seconds, so that the engine's answer ends before its socket closes.
+    Closed mid-answer, a socket that an SSH node's engine forward still writes into made
+    asyncio's transports (asyncssh's forward, CPython 3.11) log dozens of "socket.send() raised
+    exception." lines and connection_lost tracebacks after archfleet's one error line."""
+    deadline = time.monotonic() + _EXPORT_DRAIN
+    try:
+        for _ in stream:
+            if time.monotonic() > deadline:
+                return
+    except Exception:  # the connection dropped: nothing left to drain
+        return
 
 
 async def export(transport: Transport, image_id: str) -> AsyncIterator[bytes]:
@@ -344,6 +362,9 @@ async def export(transport: Transport, image_id: str) -> AsyncIterator[bytes]:
             # reader waited on them for 0.19 s (twice the read itself): gather EXPORT_CHUNK first
             gathered = bytearray()
             for piece in itertools.chain(stream, [None]):
+                if stop.is_set():  # the reader is gone
+                    _drain(stream)
+                    return
                 if piece is not None:
                     gathered += piece
                     if len(gathered) < EXPORT_CHUNK:
@@ -352,8 +373,10 @@ async def export(transport: Transport, image_id: str) -> AsyncIterator[bytes]:
                     break
                 while not room.acquire(timeout=0.2):
                     if stop.is_set():
+                        _drain(stream)
                         return
                 if stop.is_set() or not hand(bytes(gathered)):
+                    _drain(stream)
                     return
                 gathered.clear()
             hand(end)
@@ -379,7 +402,10 @@ async def export(transport: Transport, image_id: str) -> AsyncIterator[bytes]:
             yield item
     finally:
         stop.set()
-        if worker.done():
+        if not worker.done():  # let the pump drain and stop before the caller ends the session
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({worker}, timeout=_EXPORT_DRAIN + 1.0)
+        if worker.done() and not worker.cancelled():
             worker.exception()  # mark it seen; pump reports through the queue
 
 

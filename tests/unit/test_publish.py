@@ -600,3 +600,35 @@ def test_a_manifest_whose_blob_is_really_missing_is_the_registrys_error_at_once(
     finally:
         publish.discard(got)
     assert left == [4]  # one PUT, not retried
+
+
+def test_an_abandoned_export_reads_the_engines_answer_to_its_end_before_it_returns(monkeypatch):
+    """Rule (engine._drain): a reader that stops early (another platform failed, Ctrl-C) leaves
+    the engine's answer read to its end, for at most engine._EXPORT_DRAIN seconds, before the
+    export's close returns: closed mid-answer, the socket an SSH node's engine forward still
+    wrote into made asyncio print dozens of "socket.send() raised exception." lines and
+    connection_lost tracebacks after archfleet's one error line."""
+    import time as time_mod
+
+    monkeypatch.setattr(engine, "EXPORT_CHUNK", 1)
+    api = _Api([bytes([i]) for i in range(200)])
+
+    async def first_then_close(api):
+        stream = engine.export(_Transport(api), "sha256:abc")
+        got = await stream.__anext__()
+        await stream.aclose()
+        return got
+
+    assert asyncio.run(first_then_close(api)) == b"\0"
+    assert api.read == 200, "the rest of the answer was read (and discarded) before the close returned"
+
+    class Endless(_Api):
+        def get_image(self, image, chunk_size):
+            while True:
+                self.read += 1
+                yield b"x"
+
+    monkeypatch.setattr(engine, "_EXPORT_DRAIN", 0.2)
+    start = time_mod.monotonic()
+    asyncio.run(first_then_close(Endless([])))
+    assert time_mod.monotonic() - start < 1.5, "an endless answer is drained for _EXPORT_DRAIN seconds only"
