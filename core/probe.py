@@ -64,15 +64,26 @@ BENCH_ARGV = ("sh", "-c", BENCH_SCRIPT)
 # Runs several commands in one session: $1 is a marker, $2 how many of the commands (the first
 # ones) run at once, then for each command its word count and its words. Each command's output
 # (stdout and stderr, stdin empty) is framed by marker lines carrying its exit status. Those run
-# at once write to files in a private directory (mktemp -d; without one they run one after
-# another) and are printed in order, each as soon as it and those before it have ended; the rest
-# run one after another once they all have. The command words are data ("$@"), never script text.
+# at once write to files in a private directory ($TMPDIR/archfleet-batch.<the shell's pid>, made
+# 0700 by mkdir, which fails rather than follow anything already there; without one they run one
+# after another) and are printed in order, each as soon as it and those before it have ended; the
+# rest run one after another once they all have. A batch killed before its EXIT trap ran (the SSH
+# transport's KILL on a cancel or timeout) leaves its directory: the next batch on the node
+# removes every such directory of its user whose shell is gone. The command words are data
+# ("$@"), never script text.
 BATCH_SCRIPT = r"""
 m=$1; p=$2; shift 2; c=0
 _take() { n=$1; shift; total=$#; i=0
   for a do if [ "$i" -lt "$n" ]; then set -- "$@" "$a"; fi; i=$((i+1)); done
   shift "$total"; "$@"; }
-d=; if [ "$p" -gt 0 ]; then d=$(mktemp -d 2>/dev/null) && trap 'rm -rf "$d"' EXIT && trap 'exit 129' HUP INT TERM; fi
+t=${TMPDIR:-/tmp}; d=
+for o in "$t"/archfleet-batch.*; do
+  k=${o##*.}; case $k in ''|*[!0-9]*) continue;; esac
+  [ -d "$o" ] && [ -O "$o" ] && ! kill -0 "$k" 2>/dev/null && rm -rf "$o"
+done
+if [ "$p" -gt 0 ] && mkdir -m 700 "$t/archfleet-batch.$$" 2>/dev/null; then
+  d=$t/archfleet-batch.$$; trap 'rm -rf "$d"' EXIT; trap 'exit 129' HUP INT TERM PIPE
+fi
 if [ -n "$d" ]; then
   while [ "$c" -lt "$p" ] && [ $# -gt 0 ]; do
     n=$1; shift; c=$((c+1))
@@ -102,9 +113,9 @@ async def run_batch(transport, commands: Sequence[Sequence[str]], *, timeout: fl
     ``together`` at once, then the rest one after another; their answers by argv (every line
     each printed, as ``tail``). A command whose answer did not come back whole (the batch timed
     out after ``timeout`` seconds in it or in one before it, or was cut off) is left out: its
-    caller runs it itself; a batch killed at its timeout leaves its private directory (a few
-    bytes, in the node's ``$TMPDIR``). Raises what ``transport.run`` raises but a timeout (the
-    node is unreachable)."""
+    caller runs it itself; a batch killed at its timeout or cancel leaves its private directory
+    (a few bytes, in the node's ``$TMPDIR``), which the next batch on that node removes. Raises
+    what ``transport.run`` raises but a timeout (the node is unreachable)."""
     if not commands:
         return {}
     marker = "@@archfleet-" + secrets.token_hex(6)

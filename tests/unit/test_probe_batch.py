@@ -131,10 +131,29 @@ def test_without_a_private_directory_the_commands_run_one_after_another(monkeypa
 
 
 def test_a_together_batch_that_times_out_answers_those_before_the_slow_one(tmp_path, monkeypatch):
-    """A batch killed at its timeout (SIGKILL here) cannot remove its private directory: it is
-    left in the node's TMPDIR (here the test's own)."""
+    """A batch killed at its timeout (SIGKILL here, as the SSH transport's cancel sends KILL)
+    cannot remove its private directory; the next batch does (below)."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     cmds = [["echo", "first"], ["sleep", "30"], ["echo", "after"]]
     got = asyncio.run(probe.run_batch(LocalTransport(), cmds, timeout=1.5, together=3))
     assert got[("echo", "first")].tail == ("first",)
     assert ("sleep", "30") not in got and ("echo", "after") not in got
+
+
+def test_a_batch_removes_the_directories_killed_batches_left_and_nothing_else(tmp_path, monkeypatch):
+    """Rule (probe.BATCH_SCRIPT): a killed batch's $TMPDIR/archfleet-batch.<pid> (its shell gone)
+    is removed by the next batch on the node; a live batch's (its pid running), a name that is
+    no pid and anything else stay."""
+    import os
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    dead = tmp_path / "archfleet-batch.999999"  # no such process (pid_max is 4194304 at most; 999999 is unused here)
+    alive = tmp_path / f"archfleet-batch.{os.getpid()}"
+    other = tmp_path / "archfleet-batch.x1"
+    for d in (dead, alive, other):
+        d.mkdir()
+        (d / "1").write_text("left")
+    got = asyncio.run(probe.run_batch(LocalTransport(), [["echo", "a"], ["echo", "b"]], together=2))
+    assert got[("echo", "a")].tail == ("a",) and got[("echo", "b")].tail == ("b",)
+    assert not dead.exists() and alive.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])
