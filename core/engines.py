@@ -344,9 +344,7 @@ def _parsed(request: BuildRequest) -> tuple[tuple[Need, ...], tuple[Mount, ...]]
 
 @functools.lru_cache(maxsize=64)
 def _read(path: str, stamp: tuple) -> tuple[tuple[Need, ...], tuple[Mount, ...]]:
-    import dockerfile as _buildkit
-
-    from .dockerfile import decode
+    from .dockerfile import _buildkit, decode
 
     try:
         with open(path, "rb") as f:

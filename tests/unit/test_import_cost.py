@@ -30,3 +30,22 @@ def test_a_registry_client_does_not_load_httpx_s_command_line():
     got = imported_after("import archfleet.registry as r\nr.RegistryClient()")
     assert "httpx._client" in got
     assert "rich" not in got and "pygments" not in got
+
+
+def test_buildkit_s_parser_is_imported_with_sigint_blocked(tmp_path):
+    """Rule (archfleet.dockerfile._import_parser): the ``dockerfile`` package is a Go shared
+    library, and a Ctrl-C while its runtime started crashed archfleet with SIGSEGV (11 of 400
+    interrupted imports here); it is imported with SIGINT blocked, and unblocked after. A stand-in
+    package records the signal mask its import ran under."""
+    fake = tmp_path / "dockerfile"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import signal\nMASK_AT_IMPORT = signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
+        "def all_cmds():\n    return ('from', 'run')\n")
+    code = (f"import sys, signal\nsys.path.insert(0, {str(tmp_path)!r})\n"
+            "from archfleet.dockerfile import _buildkit\n"
+            "assert _buildkit.__file__.startswith(sys.path[0]), _buildkit.__file__\n"
+            "print(signal.SIGINT in _buildkit.MASK_AT_IMPORT, signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]
