@@ -295,11 +295,14 @@ class History:
 
     @_never_fails(())
     def part_rows(self, *, node: str | None = None, project_key: str | None = None, platform: str | None = None,
-                  limit: int = 9) -> tuple[tuple, ...]:
+                  limit: int = 9, pushed: bool = False) -> tuple[tuple, ...]:
         """(node, platform, fixed, transfer, work, push, push_bytes, project_key) of the last
         ``limit`` ok runs with measured parts, on ``node`` and/or of ``project_key`` and/or for
-        ``platform`` (None: any), newest first."""
+        ``platform`` (None: any), newest first; ``pushed``: only runs that pushed a child (a
+        build without ``--push`` measures a push of 0 s, which says nothing of a push)."""
         where = ["outcome = 'ok'", "fixed IS NOT NULL"]
+        if pushed:
+            where.append("ref IS NOT NULL AND ref != ''")
         args: list = []
         for column, value in (("node", node), ("project_key", project_key), ("platform", platform)):
             if value is not None:

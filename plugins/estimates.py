@@ -74,11 +74,12 @@ def push_part(option, request, plans, history) -> tuple[float, str]:
         return 0.0, "no push"
     project_rows = ()
     if history is not None:
-        project_rows = history.part_rows(project_key=history.project_key, platform=str(option.platform), limit=3)
+        project_rows = history.part_rows(project_key=history.project_key, platform=str(option.platform), limit=3,
+                                         pushed=True)
         got = _median(r[5] for r in project_rows)
         if got is not None:
             return got, "learned (this project's pushes of this platform)"
-        project_rows = history.part_rows(project_key=history.project_key, limit=5)
+        project_rows = history.part_rows(project_key=history.project_key, limit=5, pushed=True)
     nbytes = _median(r[6] for r in project_rows)
     said = "as this project's last pushes"
     if nbytes is None:
@@ -86,7 +87,7 @@ def push_part(option, request, plans, history) -> tuple[float, str]:
                      for p in plans) if plans else False
         nbytes = history.context_bytes if copies and history is not None else 0
         said = "the context copied in" if copies else "nothing big"
-    base, rate, learned = _push_rate(history.part_rows(node=option.node, limit=20) if history is not None else ())
+    base, rate, learned = _push_rate(history.part_rows(node=option.node, limit=20, pushed=True) if history is not None else ())
     seconds = base + nbytes / rate if learned else push_prior(int(nbytes))
     return seconds, (f"{nbytes / 1e6:.1f} MB ({said}) at {rate / 1e6:.0f} MB/s "
                      + (f"learned on {option.node}" if learned else "(prior)"))

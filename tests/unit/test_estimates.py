@@ -177,3 +177,25 @@ def test_a_warm_start_does_not_discount_a_step_the_warm_node_ran_with_other_inpu
                  if o.node == "local")
     run = local.steps[-1]
     assert "warm" not in run.basis and run.seconds >= 4.0, (run.seconds, run.basis)
+
+
+def test_the_push_part_is_learned_from_builds_that_pushed_only(tmp_path):
+    """plugins/estimates: a build without --push records a push of 0 s; it says nothing of what
+    a push costs. The fresh-user helper saw 'push 0.4s: learned' become 'push 0.0s: learned'
+    after two builds without --push."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN true\n")
+    request = BuildRequest(ctx, ctx / "Dockerfile", [AMD], push=True, tags=["r.test/app:1"])
+    facts = {"local": lab()["local"]}
+    path = tmp_path / "h.sqlite"
+    option = next(o for o in asyncio.run(offers(make_hooks(), request, facts)) if o.node == "local")
+    child = "r.test/app@sha256:" + "d" * 64
+    view_for(request, path).record(PlatformResult(AMD, option, 2.0, digest=child.split("@")[1], ref=child,
+                                                  parts={"fixed": 0.6, "transfer": 0, "work": 1.0, "push": 0.4},
+                                                  pushed_bytes=30_000_000))
+    for _ in range(2):  # the same project built without --push
+        view_for(request, path).record(PlatformResult(AMD, option, 1.6,
+                                                      parts={"fixed": 0.6, "transfer": 0, "work": 1.0, "push": 0.0}))
+    got = next(o for o in estimates(make_hooks(), [option], request, facts, view_for(request, path)))
+    assert dict(got.parts)["push"] == pytest.approx(0.4)
