@@ -678,7 +678,7 @@ def ls_(engine_cli, local, nodes_file, fmt):
              "capabilities": attrs.asdict(f.capabilities) if f.capabilities else None,
              "builder": f.builder, "engine_cli": list(f.engine_cli),
              "native": [str(p) for p in f.native], "emulated": [str(p) for p in f.emulated],
-             "cpus": f.cpus, "memory": f.memory, "load": f.load, "score": f.score, "max_builds": f.node.max_builds,
+             "cpus": f.cpus if f.reachable else None, "memory": f.memory, "load": f.load, "score": f.score, "max_builds": f.node.max_builds,
              "busy": list(f.busy), "labels": dict(f.node.labels)}
             for f in facts.values()
         ], indent=2))
@@ -689,7 +689,7 @@ def ls_(engine_cli, local, nodes_file, fmt):
         if f.can_build and f.busy:
             status += f" ({len(f.busy)} busy)"
         can = ",".join(_FEATURE_WORDS.get(n, n) for n in f.capabilities.names()) if f.capabilities else "-"
-        rows.append((f.name, status, f.engine_label, f.builder or "-", can or "-", str(f.cpus),
+        rows.append((f.name, status, f.engine_label, f.builder or "-", can or "-", str(f.cpus) if f.reachable else "-",
                      f"{f.score:.2f}" if f.score else "-", str(f.node.max_builds),
                      ",".join(map(str, f.native)) or "-", ",".join(map(str, f.emulated)) or "-"))
     click.echo(_table(rows))

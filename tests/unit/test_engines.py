@@ -215,3 +215,22 @@ def test_a_cli_is_buildx_or_docker_only_when_it_says_so():
     cli, reasons = asyncio.run(engine.discover_cli(T(), ["/bin/true", "docker"]))
     assert (cli.argv, cli.mode) == (("docker", "buildx"), "buildx")
     assert reasons == ["/bin/true: not a docker CLI (its --version printed 'nothing')"]
+
+
+def test_ls_shows_no_cpu_count_for_a_node_it_could_not_reach(monkeypatch, tmp_path):
+    """An unreachable node's CPU count is unknown: '-' in the table, null in JSON (it showed 1,
+    NodeFacts' default, as if measured)."""
+    from archfleet.model import NodeFacts, NodeSpec
+
+    down = NodeFacts(NodeSpec("far", transport="ssh", settings={"host": "10.9.9.9"}), False, error="unreachable")
+
+    async def probe(hooks, config, session, nodes=None):
+        return {"far": down}
+
+    monkeypatch.setattr(pipeline, "probe", probe)
+    monkeypatch.chdir(tmp_path)
+    table = CliRunner().invoke(cli.cli, ["ls", "--no-local"])
+    header, row = [re.split(r"\s{2,}", line) for line in table.output.splitlines()[:2]]
+    assert row[header.index("CPUS")] == "-", row
+    doc = json.loads(CliRunner().invoke(cli.cli, ["ls", "--no-local", "--format", "json"]).output)
+    assert doc[0]["cpus"] is None
