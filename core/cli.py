@@ -678,7 +678,8 @@ def ls_(engine_cli, local, nodes_file, fmt):
              "capabilities": attrs.asdict(f.capabilities) if f.capabilities else None,
              "builder": f.builder, "engine_cli": list(f.engine_cli),
              "native": [str(p) for p in f.native], "emulated": [str(p) for p in f.emulated],
-             "cpus": f.cpus if f.reachable else None, "memory": f.memory, "load": f.load, "score": f.score, "max_builds": f.node.max_builds,
+             "cpus": f.cpus if f.reachable else None, "memory": f.memory, "load": f.load, "score": f.score,
+             "max_builds": f.node.max_builds,
              "busy": list(f.busy), "labels": dict(f.node.labels)}
             for f in facts.values()
         ], indent=2))
