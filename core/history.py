@@ -96,6 +96,7 @@ def context_keys(request) -> tuple[str, int, str]:
     h = hashlib.sha256()
     total = 0
     root = Path(request.context)
+    dockerfile = os.path.abspath(request.dockerfile)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
@@ -105,6 +106,8 @@ def context_keys(request) -> tuple[str, int, str]:
             except OSError:
                 continue
             total += st.st_size
+            if os.path.abspath(p) == dockerfile:
+                continue  # its bytes are hashed below; a COPY that copies it says so (steps.planned)
             # bytes as the file system holds them: a name that is not UTF-8 hashes too
             h.update(os.fsencode(p.relative_to(root)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     files = h.copy().hexdigest()[:32]

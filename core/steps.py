@@ -26,9 +26,12 @@ Three pieces, each pure:
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import hashlib
 import json
+import os
+import posixpath
 import re
 import statistics
 import time
@@ -90,20 +93,45 @@ def planned(request: BuildRequest, platform: Platform, native: Sequence[Platform
             files_key: str = "") -> tuple[StepPlan, ...]:
     """The steps building ``platform`` from ``request`` runs on a node whose own platforms are
     ``native`` (its own first) and that emulates ``emulated``, in the order of the stages and
-    their instructions. ``files_key`` names the context's files (a COPY or ADD from the context
-    is cached only while they are the same). Empty when the Dockerfile cannot be read or the
+    their instructions. ``files_key`` names the context's files but the Dockerfile (a COPY or
+    ADD from the context is cached only while they are the same, and, when it :func:`copies` the
+    Dockerfile, while that is). Empty when the Dockerfile cannot be read or the
     node cannot run a stage (the offer would not exist). Cached: cheap to ask per option."""
     try:
         analysis = analyse(request, platform)
     except Exception:
         return ()
     bases = tuple((b.ref, b.digest_for(platform)) for b in request.bases)
-    return _planned(analysis, platform, tuple(native), files_key, tuple(request.build_args), bases)
+    return _planned(analysis, platform, tuple(native), files_key, tuple(request.build_args), bases,
+                    _in_context(analysis.path, request.context))
+
+
+def _in_context(dockerfile: str, context) -> str:
+    """The Dockerfile's path inside the context (``/``-separated), or "" when it is outside."""
+    rel = os.path.relpath(os.path.abspath(dockerfile), os.path.abspath(context))
+    return "" if rel == ".." or rel.startswith(".." + os.sep) else rel.replace(os.sep, "/")
+
+
+def copies(sources: Sequence[str], path: str) -> bool:
+    """Whether a COPY or ADD of ``sources`` (paths or patterns in the context, as the Dockerfile
+    gives them) can copy the context's file ``path``: a source that is the context itself, the
+    file, a directory above it, or a pattern (Go's filepath.Match, as BuildKit) matching one of
+    those. A source with a variable in it may be anything: True."""
+    parts = path.split("/")
+    for src in sources:
+        if "$" in src:
+            return True
+        s = posixpath.normpath("/" + src).lstrip("/")
+        if s in ("", "."):
+            return True
+        if any(fnmatch.fnmatchcase("/".join(parts[:i]), s) for i in range(1, len(parts) + 1)):
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=1024)
 def _planned(analysis: Analysis, platform: Platform, native: tuple, files_key: str, build_args: tuple,
-             bases: tuple) -> tuple[StepPlan, ...]:
+             bases: tuple, dockerfile_in_context: str = "") -> tuple[StepPlan, ...]:
     if not native:
         return ()
     build = native[0]
@@ -163,7 +191,11 @@ def _planned(analysis: Analysis, platform: Platform, native: tuple, files_key: s
                     extra = last_chain.get(k, "") if k is not None else f"image {src}"
                     sources += lineage(k)
                 else:
+                    # the context's files less the Dockerfile: editing the Dockerfile changes a
+                    # COPY's cache only when the COPY copies the Dockerfile itself
                     extra = f"context {files_key}"
+                    if dockerfile_in_context and copies(ins.words[:-1], dockerfile_in_context):
+                        extra += f" dockerfile {analysis.digest}"
             elif ins.keyword == "RUN":
                 for name, value in ins.flags:
                     for field in (value or "").split(",") if name == "mount" else ():

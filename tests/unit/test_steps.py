@@ -473,3 +473,46 @@ def test_wrapped_sleeps_are_estimated_as_sleeps_under_qemu_not_as_unknown_cpu_wo
     assert [p.emulated for p in plans] == [True] * 4
     got = [steps.estimate(p, steps.prior_of(p, request), [], speed=1.0) for p in plans]
     assert got == [(pytest.approx(RUN_OVERHEAD + s), "prior (sleep)") for s in (2, 2, 3, 3)]
+
+
+@pytest.mark.parametrize("sources,path,copied", [
+    (["."], "Dockerfile", True),
+    (["./"], "docker/Dockerfile", True),
+    (["*"], "Dockerfile", True),
+    (["Docker*"], "Dockerfile", True),
+    (["docker/"], "docker/Dockerfile", True),
+    (["d*"], "docker/Dockerfile", True),  # a pattern matching a directory above it
+    (["$SRC"], "Dockerfile", True),  # a variable may name anything
+    (["a.txt", "b/"], "Dockerfile", False),
+    (["docker"], "build/Dockerfile", False),
+    (["<<EOF"], "Dockerfile", False),  # a heredoc is no context path
+])
+def test_which_copies_copy_the_dockerfile(sources, path, copied):
+    """Rule (steps.copies): BuildKit's COPY sources are paths and Go filepath.Match patterns
+    from the context's root; the Dockerfile is copied by a source that is the root, the file, a
+    directory above it or a pattern matching one of those."""
+    assert steps.copies(sources, path) is copied
+
+
+def test_editing_a_dockerfile_in_its_context_keeps_a_copy_of_other_files_cached(tmp_path):
+    """Rule (issue 17: a change to one step re-estimates that step only): the context's files key
+    leaves the Dockerfile out; a COPY of other files keeps its chain when the Dockerfile is
+    edited, a COPY that copies the Dockerfile (COPY . /src) does not. The fresh-user helper saw
+    both marked 'not cached' after appending a RUN, and BuildKit then report them CACHED."""
+    from archfleet.history import context_keys
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a.txt").write_text("a")
+    text = f"FROM {BASE}\nCOPY a.txt /a.txt\nCOPY . /src\nRUN cat /a.txt\n"
+
+    def chains(text):
+        request = request_for(ctx, text)
+        plan = steps.planned(request, ARM, [ARM], [], context_keys(request)[2])
+        return {p.text: p.chain for p in plan}
+
+    before = chains(text)
+    after = chains(text + "RUN echo new > /new\n")
+    assert after["COPY a.txt /a.txt"] == before["COPY a.txt /a.txt"]
+    assert after["COPY . /src"] != before["COPY . /src"]
+    assert after["RUN cat /a.txt"] != before["RUN cat /a.txt"]  # it comes after COPY . in the chain
