@@ -301,8 +301,8 @@ def _step_prior(keyword: str, words: tuple[str, ...], json: bool, context_bytes:
     """
     if keyword == "RUN":
         commands = [list(words)] if json else _commands(" ".join(words))
-        io, cpu = RUN_OVERHEAD, 0.0
-        by_kind: dict[str, float] = {}  # CPU seconds per kind, for the step's QEMU factor
+        io = RUN_OVERHEAD
+        by_kind: dict[str, float] = {}  # CPU seconds per kind (their sum: the step's CPU; weights of its QEMU factor)
         kinds: set[str] = set()
         seen: set[str] = set()
         unknown = False
@@ -322,28 +322,25 @@ def _step_prior(keyword: str, words: tuple[str, ...], json: bool, context_bytes:
             if name in _TRIVIAL:
                 kinds.add("trivial")
             elif name in _DOWNLOAD:
-                io, cpu = io + 0.9 * DOWNLOAD_WORK, cpu + 0.1 * DOWNLOAD_WORK
+                io += 0.9 * DOWNLOAD_WORK
                 by_kind["download"] = by_kind.get("download", 0.0) + 0.1 * DOWNLOAD_WORK
                 kinds.add("download")
             elif name in _PACKAGE:
-                io, cpu = io + 0.5 * PACKAGE_WORK, cpu + 0.5 * PACKAGE_WORK
+                io += 0.5 * PACKAGE_WORK
                 by_kind["package"] = by_kind.get("package", 0.0) + 0.5 * PACKAGE_WORK
                 kinds.add("package")
             elif name in _COMPILE:
-                cpu += COMPILE_WORK
                 by_kind["compile"] = by_kind.get("compile", 0.0) + COMPILE_WORK
                 kinds.add("compile")
             elif name in _UTILITY:
-                if "utility" not in kinds:  # they work on the step's one input: counted once
-                    cpu += UTILITY_WORK
-                    by_kind["utility"] = UTILITY_WORK
+                by_kind["utility"] = UTILITY_WORK  # they work on the step's one input: counted once
                 kinds.add("utility")
             else:
                 unknown = True
         if unknown:
-            cpu += RUN_WORK
             by_kind["unknown"] = RUN_WORK
             kinds.add("unknown")
+        cpu = sum(by_kind.values(), 0.0)
         qemu = (sum(c * QEMU_BY_KIND[k] for k, c in by_kind.items()) / cpu) if cpu > 0 else QEMU_FACTOR
         for kind in ("compile", "package", "download", "unknown", "utility", "sleep", "trivial"):
             if kind in kinds:
