@@ -151,7 +151,9 @@ def ignore_patterns(data: bytes) -> list[str]:
     return patterns
 
 
-def _included(root: Path, dockerfile: Path, patterns: list[str]) -> list[str]:
+def included(root: Path, dockerfile: Path, patterns: list[str]) -> list[str]:
+    """The paths (files, links, directories; relative) of the context at ``root`` that the ignore
+    ``patterns`` let through, as docker-py's ``exclude_paths`` applies moby's rule; sorted."""
     exclude_paths = dockerlib.module().utils.build.exclude_paths
 
     rel_df = None
@@ -186,7 +188,7 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
     ignore_path = ignore_file(root, dockerfile)
     ignore_bytes = _read_ignore(ignore_path) if ignore_path else b""
     entries: list[Entry] = []
-    for rel in _included(root, dockerfile, ignore_patterns(ignore_bytes)):
+    for rel in included(root, dockerfile, ignore_patterns(ignore_bytes)):
         full = root / rel
         try:
             st = os.lstat(full)

@@ -40,6 +40,7 @@ from pathlib import Path
 import attrs
 
 from . import cachedir
+from .model import ContextFiles
 
 MAX_ROWS = 5000
 SCHEMA = """
@@ -89,14 +90,16 @@ def context_key(request) -> tuple[str, int]:
     return key, total
 
 
-def context_keys(request) -> tuple[str, int, str]:
-    """:func:`context_key`'s (key, bytes) and, from the same walk, a key of the files alone
-    (names, sizes, mtimes: not the Dockerfile, args or target), which a COPY from the context
-    depends on (:mod:`archfleet.steps`)."""
+def context_keys(request) -> tuple[str, int, ContextFiles]:
+    """:func:`context_key`'s (key, bytes) and, from the same walk, the context's files alone
+    (:class:`~archfleet.model.ContextFiles`: names, sizes, mtimes; not the Dockerfile, args or
+    target; BuildKit's ignore rule applied), which a COPY from the context depends on
+    (:mod:`archfleet.steps`)."""
     h = hashlib.sha256()
     total = 0
     root = Path(request.context)
     dockerfile = os.path.abspath(request.dockerfile)
+    files: list[tuple[str, int, int]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
@@ -108,15 +111,43 @@ def context_keys(request) -> tuple[str, int, str]:
             total += st.st_size
             if os.path.abspath(p) == dockerfile:
                 continue  # its bytes are hashed below; a COPY that copies it says so (steps.planned)
+            rel = p.relative_to(root)
             # bytes as the file system holds them: a name that is not UTF-8 hashes too
-            h.update(os.fsencode(p.relative_to(root)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    files = h.copy().hexdigest()[:32]
+            h.update(os.fsencode(rel) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            files.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
+    sent = _sent_files(root, Path(request.dockerfile), files)
+    if sent is None:
+        files_key = h.hexdigest()[:32]
+    else:
+        files = sent
+        fh = hashlib.sha256()
+        for path, size, mtime in files:
+            fh.update(os.fsencode(path) + f"\0{size}\0{mtime}\n".encode())
+        files_key = fh.hexdigest()[:32]
     try:
         h.update(Path(request.dockerfile).read_bytes())
     except OSError:
         pass
     h.update(repr((tuple(request.build_args), request.target)).encode())
-    return h.hexdigest()[:32], total, files
+    return h.hexdigest()[:32], total, ContextFiles(tuple(files), files_key)
+
+
+def _sent_files(root: Path, dockerfile: Path, files: list[tuple[str, int, int]]) -> list | None:
+    """``files`` less those the build's ignore file keeps out of the context (BuildKit's rule,
+    :func:`archfleet.context.ignore_file`), or None when no ignore file has a pattern."""
+    from .context import ignore_file, ignore_patterns, included
+
+    path = ignore_file(root, dockerfile)
+    if path is None:
+        return None
+    try:
+        patterns = ignore_patterns(path.read_bytes())
+    except OSError:
+        return None  # the snapshot says so in one line; here every file counts
+    if not patterns:
+        return None
+    kept = {p.replace(os.sep, "/") for p in included(root, dockerfile, patterns)}
+    return [f for f in files if f[0] in kept]
 
 
 def project_key(request) -> str:
@@ -395,16 +426,21 @@ class History:
 
 @attrs.frozen
 class HistoryView:
-    """What ``archfleet_estimate`` gets: the database and this request's keys (``files_key``:
-    the context's files alone, see :func:`context_keys`). Reads are kept for the view's life
+    """What ``archfleet_estimate`` gets: the database and this request's keys (``files``: the
+    context's files alone, :class:`~archfleet.model.ContextFiles` from :func:`context_keys`). Reads are kept for the view's life
     (one command): the estimates ask the same question for many options."""
 
     db: History
     context_key: str
     project_key: str
     context_bytes: int
-    files_key: str = ""
+    files: ContextFiles | None = None
     _memo: dict = attrs.field(factory=dict, eq=False, repr=False, init=False)
+
+    @property
+    def files_key(self) -> str:
+        """The key of the context's files (:attr:`ContextFiles.key`), "" when unknown."""
+        return self.files.key if self.files is not None else ""
 
     def _once(self, key, compute):
         if key not in self._memo:

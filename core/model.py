@@ -389,6 +389,27 @@ class PlatformResult:
 PARTS = ("fixed", "transfer", "work", "push")
 
 
+@attrs.frozen(eq=False)
+class ContextFiles:
+    """The context's files as a COPY or ADD from the context sees them: each ``(path, size,
+    mtime_ns)`` (``path`` relative, ``/``-separated; in path order) that BuildKit's ignore rule
+    lets through (:func:`archfleet.context.ignore_file`), less the Dockerfile, and ``key``, a
+    digest of them all (32 hex digits). Read from one walk, no file's bytes
+    (:func:`archfleet.history.context_keys`). Equal and hashed by ``key``, so the per-platform
+    step plans made from it are cached by it. A step's chain covers only the files its sources
+    can copy (:func:`archfleet.steps.files_key_for`): editing a file one COPY does not copy
+    leaves that COPY, and the steps after it, cached."""
+
+    entries: tuple[tuple[str, int, int], ...] = attrs.field(converter=tuple, repr=lambda e: f"<{len(e)} files>")
+    key: str
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ContextFiles) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
 @attrs.frozen
 class StepPlan:
     """One Dockerfile step a build will run, as the estimate saw it.
@@ -399,8 +420,9 @@ class StepPlan:
     COPY, ADD and WORKDIR). ``key`` names what the step *is* (its instruction text and its
     stage's base image, not the build's arguments): a step whose text changes gets a new key and
     only it is estimated anew. ``chain`` approximates BuildKit's cache key (the key, the steps
-    before it in the stage, the base's digest, the ARG values in scope (for a RUN), the context's files for
-    COPY/ADD, the stages it copies from): a node that ran that chain before has it cached.
+    before it in the stage, the base's digest, the ARG values in scope (for a RUN), the context's files
+    its sources can copy (COPY/ADD from the context, a RUN that bind-mounts it: :class:`ContextFiles`),
+    the stages it copies from): a node that ran that chain before has it cached.
     ``platform`` is where the step runs (its stage's platform), ``emulated`` whether under QEMU
     on the node. ``seconds`` is this step's estimate and ``basis`` where it came from
     (``prior``, ``learned``, ``cached``, ``warm``: cached in the warm source's child)."""

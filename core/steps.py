@@ -41,7 +41,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import attrs
 
 from .dockerfile import Analysis, Instruction, analyse
-from .model import BuildRequest, StepPlan, StepTime
+from .model import BuildRequest, ContextFiles, StepPlan, StepTime
 from .planner import QEMU_FACTOR, StepPrior, step_prior
 from .platforms import Platform
 
@@ -90,19 +90,21 @@ def _from_stage(analysis: Analysis, value: str, before: int) -> int | None:
 
 
 def planned(request: BuildRequest, platform: Platform, native: Sequence[Platform], emulated: Sequence[Platform],
-            files_key: str = "") -> tuple[StepPlan, ...]:
+            files: ContextFiles | str = "") -> tuple[StepPlan, ...]:
     """The steps building ``platform`` from ``request`` runs on a node whose own platforms are
     ``native`` (its own first) and that emulates ``emulated``, in the order of the stages and
-    their instructions. ``files_key`` names the context's files but the Dockerfile (a COPY or
-    ADD from the context is cached only while they are the same, and, when it :func:`copies` the
-    Dockerfile, while that is). Empty when the Dockerfile cannot be read or the
+    their instructions. ``files``: the context's files less the Dockerfile
+    (:class:`~archfleet.model.ContextFiles`; a bare key string is taken as one key for every
+    file): a COPY or ADD from the context, or a RUN that bind-mounts it, is cached only while the
+    files its sources can copy are the same (:func:`files_key_for`), and, when it
+    :func:`copies` the Dockerfile, while that is. Empty when the Dockerfile cannot be read or the
     node cannot run a stage (the offer would not exist). Cached: cheap to ask per option."""
     try:
         analysis = analyse(request, platform)
     except Exception:
         return ()
     bases = tuple((b.ref, b.digest_for(platform)) for b in request.bases)
-    return _planned(analysis, platform, tuple(native), files_key, tuple(request.build_args), bases,
+    return _planned(analysis, platform, tuple(native), files, tuple(request.build_args), bases,
                     _in_context(analysis.path, request.context))
 
 
@@ -112,11 +114,24 @@ def _in_context(dockerfile: str, context) -> str:
     return "" if rel == ".." or rel.startswith(".." + os.sep) else rel.replace(os.sep, "/")
 
 
+_MAGIC = re.compile(r"[*?\[]")
+
+
+def _component(pattern: str, name: str) -> bool:
+    """Go's ``filepath.Match`` of one path component (no ``/`` on either side): ``*`` and
+    ``?`` never cross a ``/``, ``[^...]`` negates as ``[!...]`` does in :mod:`fnmatch`."""
+    if not _MAGIC.search(pattern):
+        return pattern == name
+    return fnmatch.fnmatchcase(name, pattern.replace("[^", "[!"))
+
+
 def copies(sources: Sequence[str], path: str) -> bool:
     """Whether a COPY or ADD of ``sources`` (paths or patterns in the context, as the Dockerfile
-    gives them) can copy the context's file ``path``: a source that is the context itself, the
-    file, a directory above it, or a pattern (Go's filepath.Match, as BuildKit) matching one of
-    those. A source with a variable in it may be anything: True."""
+    gives them) can copy the context's file ``path`` (``/``-separated): a source that is the
+    context itself, the file, a directory above it, or a pattern matching one of those
+    component by component (Go's ``filepath.Match``, as BuildKit's copy: ``src/*.go`` matches
+    ``src/a.go``, not ``src/x/a.go``; ``src/*`` matches ``src/x``, so all below it). A source
+    with a variable in it may be anything: True."""
     parts = path.split("/")
     for src in sources:
         if "$" in src:
@@ -124,13 +139,49 @@ def copies(sources: Sequence[str], path: str) -> bool:
         s = posixpath.normpath("/" + src).lstrip("/")
         if s in ("", "."):
             return True
-        if any(fnmatch.fnmatchcase("/".join(parts[:i]), s) for i in range(1, len(parts) + 1)):
+        pattern = s.split("/")
+        if len(pattern) <= len(parts) and all(_component(p, n) for p, n in zip(pattern, parts)):
             return True
     return False
 
 
+def _everything(sources: Sequence[str]) -> bool:
+    return any("$" in s or posixpath.normpath("/" + s) == "/" for s in sources)
+
+
+@functools.lru_cache(maxsize=512)
+def files_key_for(files: ContextFiles, sources: tuple[str, ...]) -> str:
+    """The key (32 hex digits) of the files of ``files`` that a COPY or ADD of ``sources``
+    :func:`copies`: changes only when one of those is added, removed, resized or touched.
+    ``files.key`` itself when a source is the whole context or has a variable in it."""
+    if _everything(sources):
+        return files.key
+    h = hashlib.sha256(b"files\n")
+    for path, size, mtime in files.entries:
+        if copies(sources, path):
+            h.update(os.fsencode(path) + f"\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _context_key(files: ContextFiles | str, sources: Sequence[str]) -> str:
+    if isinstance(files, ContextFiles):
+        return files_key_for(files, tuple(sources))
+    return files
+
+
+def _bind_sources(value: str) -> tuple[bool, str | None, str]:
+    """A ``RUN --mount=...`` value's (is a bind mount, its ``from``, its ``source``): BuildKit's
+    default type is bind and its default source the root of what it mounts."""
+    fields = {}
+    for field in value.split(","):
+        k, _, v = field.partition("=")
+        fields[k.strip().lower()] = v.strip()
+    return (fields.get("type", "bind") == "bind", fields.get("from") or None,
+            fields.get("source") or fields.get("src") or "/")
+
+
 @functools.lru_cache(maxsize=1024)
-def _planned(analysis: Analysis, platform: Platform, native: tuple, files_key: str, build_args: tuple,
+def _planned(analysis: Analysis, platform: Platform, native: tuple, files: ContextFiles | str, build_args: tuple,
              bases: tuple, dockerfile_in_context: str = "") -> tuple[StepPlan, ...]:
     if not native:
         return ()
@@ -191,19 +242,24 @@ def _planned(analysis: Analysis, platform: Platform, native: tuple, files_key: s
                     extra = last_chain.get(k, "") if k is not None else f"image {src}"
                     sources += lineage(k)
                 else:
-                    # the context's files less the Dockerfile: editing the Dockerfile changes a
-                    # COPY's cache only when the COPY copies the Dockerfile itself
-                    extra = f"context {files_key}"
+                    # the context's files it can copy, less the Dockerfile: editing a file it
+                    # does not copy, or the Dockerfile, leaves it cached unless it copies that
+                    extra = "context " + _context_key(files, ins.words[:-1])
                     if dockerfile_in_context and copies(ins.words[:-1], dockerfile_in_context):
                         extra += f" dockerfile {analysis.digest}"
             elif ins.keyword == "RUN":
                 for name, value in ins.flags:
-                    for field in (value or "").split(",") if name == "mount" else ():
-                        fk, _, fv = field.partition("=")
-                        if fk.strip().lower() == "from" and fv:
-                            k = _from_stage(analysis, fv.strip(), i)
-                            extra += " " + (last_chain.get(k, "") if k is not None else f"image {fv}")
-                            sources += lineage(k)
+                    if name != "mount" or not value:
+                        continue
+                    bind, src, source = _bind_sources(value)
+                    if src:
+                        k = _from_stage(analysis, src, i)
+                        extra += " " + (last_chain.get(k, "") if k is not None else f"image {src}")
+                        sources += lineage(k)
+                    elif bind:  # the context, mounted: the RUN sees the files under its source
+                        extra += " context " + _context_key(files, (source,))
+                        if dockerfile_in_context and copies((source,), dockerfile_in_context):
+                            extra += f" dockerfile {analysis.digest}"
             # build args reach a RUN's environment only: a COPY after a changed ARG stays cached
             scope = sorted(declared.items(), key=lambda kv: kv[0]) if ins.keyword == "RUN" else ()
             chain = _h("chain", chain, text, scope, extra)

@@ -106,8 +106,8 @@ def transfer_part(option, facts, history) -> tuple[float, str]:
 def work_part(option, request, facts, history, warm=None):
     """(seconds, basis, planned steps with their estimates) of the ``work`` part; ``warm``: the
     :class:`~archfleet.model.WarmSource` the build reads as a cache, if any."""
-    files_key = history.files_key if history is not None else ""
-    plans = steps.planned(request, option.platform, facts.native, facts.emulated, files_key)
+    files = history.files if history is not None else None
+    plans = steps.planned(request, option.platform, facts.native, facts.emulated, files if files is not None else "")
     if not plans:
         return 0.0, "no steps", ()
     speed = node_speed(facts)

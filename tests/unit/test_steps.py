@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import attrs
@@ -486,6 +487,14 @@ def test_wrapped_sleeps_are_estimated_as_sleeps_under_qemu_not_as_unknown_cpu_wo
     (["a.txt", "b/"], "Dockerfile", False),
     (["docker"], "build/Dockerfile", False),
     (["<<EOF"], "Dockerfile", False),  # a heredoc is no context path
+    # Go's filepath.Match, component by component: * and ? never cross a /
+    (["src/*.go"], "src/a.go", True),
+    (["src/*.go"], "src/x/a.go", False),
+    (["*.go"], "cmd/main.go", False),
+    (["src/*"], "src/x/a.go", True),  # src/x matches: everything below it is copied
+    (["go.*"], "go.sum", True),
+    (["[^a]*"], "b.txt", True),
+    (["[^a]*"], "a.txt", False),
 ])
 def test_which_copies_copy_the_dockerfile(sources, path, copied):
     """Rule (steps.copies): BuildKit's COPY sources are paths and Go filepath.Match patterns
@@ -516,3 +525,84 @@ def test_editing_a_dockerfile_in_its_context_keeps_a_copy_of_other_files_cached(
     assert after["COPY a.txt /a.txt"] == before["COPY a.txt /a.txt"]
     assert after["COPY . /src"] != before["COPY . /src"]
     assert after["RUN cat /a.txt"] != before["RUN cat /a.txt"]  # it comes after COPY . in the chain
+
+
+def _touch(path, text):
+    path.write_text(text)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new mtime, whatever the clock's grain
+
+
+def _chains(ctx, text):
+    from archfleet.history import context_keys
+
+    request = request_for(ctx, text)
+    return {p.text: p.chain for p in steps.planned(request, ARM, [ARM], [], context_keys(request)[2])}
+
+
+def test_editing_a_file_a_copy_does_not_copy_keeps_that_copy_and_the_steps_after_it_cached(tmp_path):
+    """Rule (issue 17: a change to one step re-estimates that step only; BuildKit's COPY cache
+    key covers the files it copies): the dependency layer of every real Dockerfile
+    (``COPY go.mod go.sum ./`` then ``RUN go mod download``) stays cached when main.go changes;
+    the ``COPY . .`` after it and its RUN do not."""
+    ctx = tmp_path / "ctx"
+    (ctx / "cmd").mkdir(parents=True)
+    for name in ("go.mod", "go.sum", "cmd/main.go"):
+        (ctx / name).write_text(name)
+    text = (f"FROM {BASE}\nWORKDIR /src\nCOPY go.mod go.sum ./\nRUN cat go.mod\nCOPY . .\n"
+            "RUN cat cmd/main.go\n")
+    before = _chains(ctx, text)
+    _touch(ctx / "cmd" / "main.go", "changed")
+    after = _chains(ctx, text)
+    assert after["COPY go.mod go.sum ./"] == before["COPY go.mod go.sum ./"]
+    assert after["RUN cat go.mod"] == before["RUN cat go.mod"]
+    assert after["COPY . ."] != before["COPY . ."]
+    assert after["RUN cat cmd/main.go"] != before["RUN cat cmd/main.go"]
+    _touch(ctx / "go.sum", "new sums")
+    again = _chains(ctx, text)
+    assert again["COPY go.mod go.sum ./"] != after["COPY go.mod go.sum ./"]
+    assert again["RUN cat go.mod"] != after["RUN cat go.mod"]
+
+
+def test_editing_an_ignored_file_changes_no_step(tmp_path):
+    """Rule (BuildKit's ignore rule, archfleet.context.ignore_file): a file the .dockerignore
+    keeps out of the context reaches no COPY, so editing it (a build output, .git) leaves every
+    chain, and the files key the history matches syncs by, as they were."""
+    from archfleet.history import context_keys
+
+    ctx = tmp_path / "ctx"
+    (ctx / "out").mkdir(parents=True)
+    (ctx / "a.txt").write_text("a")
+    (ctx / "out" / "bin").write_text("1")
+    (ctx / ".dockerignore").write_text("out\n")
+    text = f"FROM {BASE}\nCOPY . /src\nRUN ls /src\n"
+    before = _chains(ctx, text)
+    key_before = context_keys(request_for(ctx, text))[2]
+    _touch(ctx / "out" / "bin", "22")
+    assert _chains(ctx, text) == before
+    files = context_keys(request_for(ctx, text))[2]
+    assert files.key == key_before.key and [e[0] for e in files.entries] == [".dockerignore", "a.txt"]
+    _touch(ctx / "a.txt", "b")
+    assert _chains(ctx, text)["COPY . /src"] != before["COPY . /src"]
+
+
+@pytest.mark.parametrize("mount,depends", [
+    ("--mount=type=bind,source=src,target=/src", True),
+    ("--mount=target=/ctx", True),  # a bind of the context's root by default
+    ("--mount=type=bind,src=docs,target=/d", False),
+    ("--mount=type=cache,target=/root/.cache", False),
+    ("--mount=type=tmpfs,target=/tmp", False),
+])
+def test_a_run_that_bind_mounts_the_context_depends_on_the_files_it_mounts(tmp_path, mount, depends):
+    """Rule (BuildKit: RUN --mount's default type is bind, its default source the root of the
+    context): a RUN that bind-mounts the context is cached only while the files under its source
+    are the same; other mounts do not see the context."""
+    ctx = tmp_path / "ctx"
+    (ctx / "src").mkdir(parents=True)
+    (ctx / "docs").mkdir()
+    (ctx / "src" / "a.c").write_text("int a;")
+    (ctx / "docs" / "x.md").write_text("x")
+    text = f"FROM {BASE}\nRUN {mount} true\n"
+    before = _chains(ctx, text)
+    _touch(ctx / "src" / "a.c", "int b;")
+    assert (_chains(ctx, text) != before) is depends
