@@ -5,12 +5,15 @@ user's cache dir). A benchmark that shared them with the test suite or with earl
 measure whatever those left behind, so each benchmark calls :func:`isolate` first: a fresh
 ``XDG_CACHE_HOME`` and ``ARCHFLEET_HISTORY`` for itself and every archfleet it starts. Pass
 ``--keep-state`` (or set ``ARCHFLEET_BENCH_STATE=keep``) to measure with the user's caches instead;
-the line printed says which.
+the line printed says which. The directory is removed when the benchmark exits (set
+``ARCHFLEET_BENCH_STATE=leave`` to keep it for a look).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +30,8 @@ def isolate(name: str) -> Path | None:
     os.environ["XDG_CACHE_HOME"] = str(d)
     os.environ["ARCHFLEET_HISTORY"] = str(d / "history.sqlite")
     print(f"{name}: state: empty caches and history in {d}")
+    if os.environ.get("ARCHFLEET_BENCH_STATE") != "leave":
+        atexit.register(shutil.rmtree, d, True)  # ignore_errors: a run's files may be root's or gone
     return d
 
 
