@@ -218,29 +218,33 @@ class Executor:
             return 0.0
         return taken[len(taken) - cap]  # a slot frees when the count running drops below cap
 
-    async def _wait_for_other_runs(self, option: Option, transport) -> None:
-        """Honour ``max_builds`` across runs: while other runs' leases and this run's own builds
-        fill the node's slots, wait (re-reading the leases), at most twice the longest wait the
-        probe saw (a minute at least) and never past :func:`archfleet.leases.wait_limit`'s cap
-        (five minutes or this build's own estimate, whichever is longer: leases are anyone's
-        input); then build anyway and say so."""
+    async def _claim_slot(self, option: Option, transport) -> "leases.Held":
+        """Honour ``max_builds`` across runs: claim a slot on the node (:func:`archfleet.leases.claim`:
+        a lease is written, under the lease directory's lock, only while fewer than
+        ``max_builds`` are live, this run's own builds' included), and while the node's slots are
+        all held, wait and claim again, at most twice the longest wait the probe saw (a minute at
+        least) and never past :func:`archfleet.leases.wait_limit`'s cap (five minutes or this
+        build's own estimate, whichever is longer: leases are anyone's input); then build anyway
+        and say so. The lease held (renewed until the slot frees)."""
         facts = self.facts[option.node]
         cap = max(1, facts.node.max_builds)
-        give_up = time.monotonic() + leases.wait_limit(facts.busy, option.estimate)
+        give_up = None
         said = False
         while True:
-            held = await leases.others(transport, facts.node)
-            mine = len(self._busy[option.node]) - 1  # this run's other builds there
-            if len(held) + mine < cap:
-                return
-            if time.monotonic() > give_up:
+            got = await leases.claim(transport, facts.node, option.estimate, cap)
+            if not got.full:
+                return leases.Held(transport, facts.node, option.estimate, name=got.name, taken=True)
+            now = time.monotonic()
+            if give_up is None:
+                give_up = now + leases.wait_limit(tuple(facts.busy) + got.busy, option.estimate)
+            if now > give_up:
                 self.reporter.status(option, "other archfleet runs still hold the slots; building anyway")
-                return
+                got = await leases.claim(transport, facts.node, option.estimate, 0)
+                return leases.Held(transport, facts.node, option.estimate, name=got.name, taken=True)
             if not said:
-                self.reporter.status(option, f"waiting for a slot other archfleet runs hold (~{held[0]:.0f}s)"
-                                     if held else "waiting for a build slot")
+                self.reporter.status(option, f"waiting for a slot other archfleet runs hold (~{got.busy[0]:.0f}s)")
                 said = True
-            await asyncio.sleep(min(5.0, max(1.0, held[0] if held else 1.0)))
+            await asyncio.sleep(min(5.0, max(1.0, got.busy[0])))
 
     def _slot_freed(self, option: Option, lease: list) -> None:
         self._busy[option.node].pop(option.platform, None)
@@ -260,12 +264,12 @@ class Executor:
         self._busy[option.node][option.platform] = (started[0], option.estimate)
         try:
             transport = await self._transport(option.node)
-            if self.facts[option.node].busy:  # other runs held slots there at the probe
-                await self._wait_for_other_runs(option, transport)
-                started[0] = time.monotonic()
-            # other archfleet runs probing this node now see the slot taken (taken in the
-            # background: the build need not wait for it)
-            lease.append(leases.Held(transport, self.facts[option.node].node, option.estimate))
+            # other archfleet runs probing this node see the slot taken from now on; one that
+            # claims at the same moment finds this lease and waits (or this run waits for it)
+            claimed = time.monotonic()
+            lease.append(await self._claim_slot(option, transport))
+            if time.monotonic() - claimed > 1.0:
+                started[0] = time.monotonic()  # the timeline shows the work, not the wait
             job = Job(option, self.facts[option.node], transport, self.reporter, gate, slot)
             return await self._run_option(option, job)
         finally:

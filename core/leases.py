@@ -38,8 +38,17 @@ trusted (review finding 1, a symlink attack; finding 8, a denial of service):
   without a heartbeat counts for at most ``NO_BEAT_STALE`` seconds after its start, and one
   whose heartbeat is in the future (beyond ``CLOCK_SKEW``) not at all.
 
-A lease's content is read as numbers and nothing else; a bad or foreign file is ignored. Leases
-steer the plan; they do not lock anything, and failing to write or read one never fails a build.
+A lease's content is read as numbers and nothing else; a bad or foreign file is ignored.
+
+A build *claims* its slot (:func:`claim`): under an exclusive ``flock`` of the lease directory
+(``fcntl.flock`` on its fd here, ``flock -w 2`` on the node), it counts the live leases and
+writes its own only when fewer than the node's ``max_builds`` are live, so two runs that start
+at the same moment (both probes saw no lease) cannot both take the last slot: the second finds
+the first's lease and waits. The lock is only ever waited on for 2 s (anyone who can read the
+directory can hold it: past that the claim goes on unlocked), and on a node without ``flock(1)``
+the count and the write are merely back to back. Counting in the node-side script takes a lease
+as archfleet writes it (whole seconds; :func:`remaining` also reads a foreign file's decimals).
+Failing to write or read a lease never fails a build.
 
 Test hook: ``ARCHFLEET_LEASE_ROOT`` replaces ``/tmp/archfleet-leases`` (on every node) so a test
 can use a fresh root without touching the one other runs on the machine use. It is not a
@@ -49,6 +58,7 @@ setting: the code path is the same as for the default root.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import math
 import os
@@ -56,6 +66,8 @@ import secrets
 import stat
 import time
 from typing import Iterable
+
+import attrs
 
 from . import cachedir
 from .model import NodeSpec
@@ -131,6 +143,45 @@ t=$(date +%s)
 chmod 644 -- "$f"
 find "$d" -maxdepth 1 -type f -user "$u" -mmin +10 -exec rm -f -- {} + 2>/dev/null
 true
+"""
+# The claim: $4 the estimate, $5 the node's max_builds (0: take whatever is live). Under an
+# exclusive flock of the lease directory (waited on for 2 s at most), the live leases are
+# printed as READ_SCRIPT prints them and counted (live: whole-second start and heartbeat as
+# archfleet writes them, the heartbeat at most 75 s old, none in the future beyond 60 s; without
+# a heartbeat, started at most 600 s ago); the lease is written only when fewer than $5 are
+# live. The last line says which: "claim=taken" or "claim=full".
+_CLAIM = _PRELUDE + r"""pick "$1" "$2" make || exit 1
+f=$d/$3
+if [ -e "$f" ] || [ -L "$f" ]; then exit 1; fi
+if command -v flock >/dev/null 2>&1 && (exec 9< "$d") 2>/dev/null; then exec 9< "$d"; flock -w 2 9 || true; fi
+int() { case $1 in ''|*[!0-9]*|???????????*) return 1;; esac; }
+now=$(date +%s); n=0; live=0
+if command -v timeout >/dev/null 2>&1; then T="timeout 2"; else T=; fi
+for g in "$d"/*; do
+  [ -f "$g" ] && ! [ -L "$g" ] || continue
+  n=$((n + 1)); [ $n -le 256 ] || break
+  l=$($T head -c 64 -- "$g" 2>/dev/null | { read -r s e b _ && echo "$s $e $b"; }) || continue
+  set -f; set -- "$1" "$2" "$3" "$4" "$5" $l; set +f
+  [ $# -ge 7 ] || continue
+  int "$6" || continue
+  case $7 in ''|*[!0-9.]*|*.*.*|.*) continue;; esac
+  [ $(($6 - now)) -le 60 ] || continue
+  if [ $# -ge 8 ]; then
+    int "$8" || continue
+    [ $((now - $8)) -le 75 ] && [ $(($8 - now)) -le 60 ] || continue
+    echo "lease=$now $6 $7 $8"
+  else
+    [ $((now - $6)) -le 600 ] || continue
+    echo "lease=$now $6 $7"
+  fi
+  live=$((live + 1))
+done
+if [ "$5" != 0 ] && [ "$live" -ge "$5" ]; then echo claim=full; exit 0; fi
+t=$(date +%s)
+(set -C; echo "$t $4 $t" > "$f") 2>/dev/null || exit 1
+chmod 644 -- "$f"
+find "$d" -maxdepth 1 -type f -user "$u" -mmin +10 -exec rm -f -- {} + 2>/dev/null
+echo claim=taken
 """
 # Renewed through a fresh temp file (mktemp: O_EXCL, a random name; dot-files are skipped by
 # the readers) renamed over the lease, never half-written; only a lease that is ours.
@@ -365,10 +416,17 @@ def read_local(node: NodeSpec, root: str | None = None, skip: str | None = None)
 
 
 def _read_key(root: str, key: str, skip: str | None) -> tuple[float, ...]:
-    now = time.time()
     fd = _lease_dir(root, key, make=False)
     if fd is None:
         return ()
+    try:
+        return _read_fd(fd, skip)
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int, skip: str | None = None) -> tuple[float, ...]:
+    now = time.time()
     values = []
     try:
         for name in _names(fd):
@@ -381,9 +439,26 @@ def _read_key(root: str, key: str, skip: str | None) -> tuple[float, ...]:
                 break
     except OSError:
         pass
-    finally:
-        os.close(fd)
     return parse(values)
+
+
+LOCK_WAIT = 2.0  # seconds a claim waits for the lease directory's lock before going on without it
+
+
+def _lock(fd: int, wait: float = LOCK_WAIT) -> bool:
+    """An exclusive ``flock`` of the directory ``fd`` (released when it is closed), waited on for
+    ``wait`` seconds at most; False when it could not be had (anyone may hold it)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        except OSError:
+            return False
 
 
 def _sweep(dir_fd: int, now: float) -> None:
@@ -396,6 +471,27 @@ def _sweep(dir_fd: int, now: float) -> None:
                 os.unlink(name, dir_fd=dir_fd)
         except OSError:
             pass  # gone meanwhile
+
+
+def _claim_local(root: str, key: str, name: str, estimate: float, cap: int) -> tuple[str | None, tuple[float, ...]]:
+    """The claim (see the module docstring) in this machine's file system: (``name`` when the
+    lease was written, else None; the busy seconds of the live leases it counted)."""
+    fd = _lease_dir(root, key, make=True)
+    if fd is None:
+        return None, ()
+    try:
+        _lock(fd)
+        busy = _read_fd(fd)
+        if cap and len(busy) >= cap:
+            return None, busy
+        now = int(time.time())
+        _write_new(fd, name, f"{now} {estimate:.1f} {now}\n")
+        _sweep(fd, now)
+        return name, busy
+    except OSError:
+        return None, ()
+    finally:
+        os.close(fd)  # and the lock with it
 
 
 def _take_local(root: str, key: str, name: str, estimate: float) -> str | None:
@@ -463,6 +559,12 @@ class LocalLeases:
         """Leave lease ``name`` (``estimate`` seconds) for engine ``key`` under ``root``; its name, or None when it could not."""
         return await asyncio.to_thread(_take_local, root, key, name, estimate)
 
+    async def claim(self, root: str, key: str, name: str, estimate: float,
+                    cap: int) -> tuple[str | None, tuple[float, ...]]:
+        """Write lease ``name`` only while fewer than ``cap`` leases are live (0: whatever is live),
+        under the directory's lock: (its name or None, the live leases' busy seconds)."""
+        return await asyncio.to_thread(_claim_local, root, key, name, estimate, cap)
+
     async def drop(self, root: str, key: str, name: str, timeout: float = 5) -> None:
         """Remove lease ``name`` (a lease of this user's only)."""
         await asyncio.to_thread(_drop_local, root, key, name)
@@ -491,6 +593,24 @@ class ShellLeases:
         except Exception:
             return None
         return name if done.ok else None
+
+    async def claim(self, root: str, key: str, name: str, estimate: float,
+                    cap: int) -> tuple[str | None, tuple[float, ...]]:
+        """As :meth:`LocalLeases.claim`, on the node (the ``_CLAIM`` script); (None, ()) when the
+        node does not answer or has no lease directory."""
+        lines: list[str] = []
+        try:
+            done = await self.transport.run(["sh", "-c", _CLAIM, "sh", root, key, name, f"{estimate:.1f}", str(cap)],
+                                            on_line=lines.append, timeout=10)
+        except Exception:
+            return None, ()
+        words = [l.strip() for l in lines]
+        busy = parse(w[len("lease="):] for w in words if w.startswith("lease="))
+        if not done.ok:
+            return None, ()
+        if "claim=taken" in words:
+            return name, busy
+        return None, busy if "claim=full" in words else ()
 
     async def drop(self, root: str, key: str, name: str, timeout: float = 5) -> None:
         """As :meth:`LocalLeases.drop`, on the node; waits at most ``timeout`` seconds."""
@@ -526,6 +646,26 @@ async def take(transport, node: NodeSpec, estimate: float, root: str | None = No
     return await transport.leases.take(root or shared_root(), engine_key(node), name, _estimate(estimate))
 
 
+@attrs.frozen
+class Claim:
+    """What :func:`claim` found: ``name`` of the lease it wrote (None when it wrote none),
+    ``full`` when that is because the node's slots are all held (else the lease store did not
+    answer: build without a lease, as before leases), ``busy`` the live leases' busy seconds."""
+    name: str | None
+    full: bool
+    busy: tuple[float, ...] = ()
+
+
+async def claim(transport, node: NodeSpec, estimate: float, cap: int, root: str | None = None) -> Claim:
+    """Claim one of ``node``'s ``cap`` build slots (``node.max_builds``; 0: take one whatever
+    is held): a lease is written, under the lease directory's lock, only while fewer than
+    ``cap`` live leases are there (this run's own builds' included). See the module docstring."""
+    name = f"{RUN}-{secrets.token_hex(6)}"
+    got, busy = await transport.leases.claim(root or shared_root(), engine_key(node), name, _estimate(estimate),
+                                             max(cap, 0))
+    return Claim(got, got is None and cap > 0 and len(busy) >= cap, busy)
+
+
 async def drop(transport, node: NodeSpec, name: str | None, root: str | None = None, timeout: float = 5) -> None:
     """Remove lease ``name`` (from :func:`take`; None does nothing)."""
     if name is not None:
@@ -554,9 +694,16 @@ class Held:
     """One lease, from taking it (at once, in the background) to dropping it: renewed every
     ``HEARTBEAT`` seconds meanwhile."""
 
-    def __init__(self, transport, node: NodeSpec, estimate: float, root: str | None = None):
+    def __init__(self, transport, node: NodeSpec, estimate: float, root: str | None = None, *,
+                 name: str | None = None, taken: bool = False):
+        """Take a lease in the background, or, ``taken``, hold lease ``name`` already written
+        (by :func:`claim`; None: there is none to renew or drop)."""
         self.transport, self.node, self.root = transport, node, root or shared_root()
-        self._taking = asyncio.ensure_future(take(transport, node, estimate, self.root))
+        if taken:
+            self._taking = asyncio.get_running_loop().create_future()
+            self._taking.set_result(name)
+        else:
+            self._taking = asyncio.ensure_future(take(transport, node, estimate, self.root))
         self._renewing = asyncio.ensure_future(self._renew())
 
     async def _renew(self) -> None:

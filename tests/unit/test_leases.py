@@ -463,12 +463,16 @@ def test_the_executor_builds_anyway_at_the_cap(monkeypatch, busy, waited):
         clock[0] += seconds
         await real_sleep(0)
 
-    async def full(transport, node, root=None):
-        return busy
+    caps = []
+
+    async def full(transport, node, estimate, cap, root=None):
+        caps.append(cap)
+        return leases.Claim(None, True, busy) if cap else leases.Claim("x", False, busy)
 
     monkeypatch.setattr("archfleet.executor.time.monotonic", lambda: clock[0])
     monkeypatch.setattr("archfleet.executor.asyncio.sleep", fake_sleep)
-    monkeypatch.setattr(leases, "others", full)
+    monkeypatch.setattr(leases, "claim", full)
+    monkeypatch.setattr(leases, "Held", lambda *a, **k: k)
     said = []
 
     class Reporter:
@@ -481,8 +485,9 @@ def test_the_executor_builds_anyway_at_the_cap(monkeypatch, busy, waited):
     option = Option(parse_platform("linux/amd64"), "native", "n", 30.0)
     ex._busy["n"][option.platform] = (clock[0], 30.0)
     started = clock[0]
-    asyncio.run(ex._wait_for_other_runs(option, object()))
+    held = asyncio.run(ex._claim_slot(option, object()))
     assert waited <= clock[0] - started <= waited + 6.0  # checked every few seconds
+    assert caps[-1] == 0 and set(caps[:-1]) == {2} and held == {"name": "x", "taken": True}
     assert said[-1] == "other archfleet runs still hold the slots; building anyway"
 
 
@@ -525,3 +530,82 @@ def test_an_existing_directory_is_never_chmod_ed(tmp_path, private_root, transpo
     root.chmod(mode)
     lease_life(transport_cls("n1"), node, root, where=root if used else private_root)
     assert stat.S_IMODE(root.stat().st_mode) == mode
+
+
+# --- the claim: max_builds holds when runs start at the same moment ----------------------------
+
+@pytest.mark.parametrize("transport_cls,node", PATHS)
+def test_a_claim_takes_a_slot_only_while_fewer_than_max_builds_are_live(tmp_path, transport_cls, node):
+    """Rule (leases module docstring, the claim): a lease is written only while fewer than the
+    node's max_builds leases are live; a stale one (heartbeat older than 75 s), a future one
+    and a file that is not a lease do not count; cap 0 takes the slot whatever is held."""
+    root = str(tmp_path)
+    d = tmp_path / leases.engine_key(node)
+    d.mkdir()
+    now = int(time.time())
+    (d / "1-live").write_text(f"{now} 40 {now}\n")
+    (d / "2-stale").write_text(f"{now - 500} 900 {now - 200}\n")
+    (d / "3-future").write_text(f"{now + 3600} 40 {now + 3600}\n")
+    (d / "4-junk").write_text("$(touch /tmp/x) 1 2\n")
+    t = transport_cls("n1")
+    got = asyncio.run(leases.claim(t, node, 10.0, 2, root=root))
+    assert got.name and not got.full and (d / got.name).is_file()
+    assert got.busy == (pytest.approx(40.0, abs=1.1),)
+    full = asyncio.run(leases.claim(t, node, 10.0, 2, root=root))
+    assert (full.name, full.full, len(full.busy)) == (None, True, 2)
+    assert sorted(p.name for p in d.iterdir()) == sorted(["1-live", "2-stale", "3-future", "4-junk", got.name])
+    anyway = asyncio.run(leases.claim(t, node, 10.0, 0, root=root))
+    assert anyway.name and not anyway.full and (d / anyway.name).is_file()
+
+
+def test_claims_at_the_same_moment_take_exactly_max_builds_slots_on_a_node(tmp_path):
+    """Rule (the claim, node side): eight runs claiming a two-slot node at once (separate
+    shells, as separate coordinators' SSH sessions) take two slots; six find it full. Without
+    the directory's lock each would count the leases before any was written."""
+    import subprocess
+
+    node = PATHS[0].values[1]
+    key = leases.engine_key(node)
+    procs = [subprocess.Popen(["sh", "-c", leases._CLAIM, "sh", str(tmp_path), key, f"9{i}-claim", "30.0", "2"],
+                              stdout=subprocess.PIPE, text=True) for i in range(8)]
+    outs = [p.communicate(timeout=30)[0] for p in procs]
+    assert [o.strip().splitlines()[-1] for o in outs].count("claim=taken") == 2, outs
+    assert len(list((tmp_path / key).iterdir())) == 2
+
+
+def test_claims_at_the_same_moment_take_exactly_max_builds_slots_here(tmp_path):
+    """Rule (the claim, this machine: fcntl.flock of the lease directory): eight claims from
+    threads at once on a three-slot engine take three slots."""
+    node = NodeSpec("local")
+    barrier = threading.Barrier(8)
+    got = []
+
+    def one(i):
+        barrier.wait()
+        got.append(leases._claim_local(str(tmp_path), leases.engine_key(node), f"8{i}-claim", 30.0, 3)[0])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert len([n for n in got if n]) == 3 and len(got) == 8
+    assert len(list((tmp_path / leases.engine_key(node)).iterdir())) == 3
+
+
+def test_a_claim_goes_on_without_the_lock_when_someone_holds_it(tmp_path):
+    """Rule (finding 8, a denial of service): anyone who can read the lease directory can hold
+    its lock; a claim waits for it LOCK_WAIT (2 s) at most, then counts and writes unlocked."""
+    import fcntl
+
+    for transport_cls, node in (p.values for p in PATHS):
+        d = tmp_path / leases.engine_key(node)
+        d.mkdir()
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            started = time.monotonic()
+            got = asyncio.run(leases.claim(transport_cls("n1"), node, 5.0, 2, root=str(tmp_path)))
+            assert got.name and 1.5 <= time.monotonic() - started < 8
+        finally:
+            os.close(fd)
