@@ -26,7 +26,6 @@ Three pieces, each pure:
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import hashlib
 import json
@@ -114,15 +113,47 @@ def _in_context(dockerfile: str, context) -> str:
     return "" if rel == ".." or rel.startswith(".." + os.sep) else rel.replace(os.sep, "/")
 
 
-_MAGIC = re.compile(r"[*?\[]")
+def _component_regex(pattern: str) -> str:
+    """One path component of a Go ``filepath.Match`` pattern as a regular expression: ``*`` and
+    ``?`` never match a ``/``; ``[...]`` (``[^...]`` or ``[!...]`` negated) one character but
+    ``/``; a backslash escapes the next character; a ``[`` without its ``]`` is itself."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[" and "]" in pattern[i + 2:]:
+            j = pattern.index("]", i + 2)
+            body = pattern[i + 1:j]
+            negate = body[:1] in ("^", "!")
+            body = (body[1:] if negate else body).replace("\\", "\\\\").replace("[", "\\[")
+            out.append("[" + ("^/" if negate else "") + body + "]")
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
 
 
-def _component(pattern: str, name: str) -> bool:
-    """Go's ``filepath.Match`` of one path component (no ``/`` on either side): ``*`` and
-    ``?`` never cross a ``/``, ``[^...]`` negates as ``[!...]`` does in :mod:`fnmatch`."""
-    if not _MAGIC.search(pattern):
-        return pattern == name
-    return fnmatch.fnmatchcase(name, pattern.replace("[^", "[!"))
+@functools.lru_cache(maxsize=1024)
+def _source_regex(src: str) -> "re.Pattern | None":
+    """What a COPY source matches, as a regular expression over a context path: the source,
+    component by component, then the path's end or a ``/`` (a directory copies all below it).
+    None when the source is the whole context or has a variable in it (it may copy anything)."""
+    if "$" in src:
+        return None
+    norm = posixpath.normpath("/" + src).lstrip("/")
+    if norm in ("", "."):
+        return None
+    try:
+        return re.compile("/".join(_component_regex(p) for p in norm.split("/")) + r"(?:/|\Z)", re.S)
+    except re.error:  # a pattern BuildKit would refuse: taken literally
+        return re.compile(re.escape(norm) + r"(?:/|\Z)", re.S)
 
 
 def copies(sources: Sequence[str], path: str) -> bool:
@@ -132,15 +163,9 @@ def copies(sources: Sequence[str], path: str) -> bool:
     component by component (Go's ``filepath.Match``, as BuildKit's copy: ``src/*.go`` matches
     ``src/a.go``, not ``src/x/a.go``; ``src/*`` matches ``src/x``, so all below it). A source
     with a variable in it may be anything: True."""
-    parts = path.split("/")
     for src in sources:
-        if "$" in src:
-            return True
-        s = posixpath.normpath("/" + src).lstrip("/")
-        if s in ("", "."):
-            return True
-        pattern = s.split("/")
-        if len(pattern) <= len(parts) and all(_component(p, n) for p, n in zip(pattern, parts)):
+        rx = _source_regex(src)
+        if rx is None or rx.match(path):
             return True
     return False
 

@@ -495,6 +495,12 @@ def test_wrapped_sleeps_are_estimated_as_sleeps_under_qemu_not_as_unknown_cpu_wo
     (["go.*"], "go.sum", True),
     (["[^a]*"], "b.txt", True),
     (["[^a]*"], "a.txt", False),
+    (["[!a]*"], "b.txt", True),
+    (["a\\*b"], "a*b", True),  # an escaped star is a star
+    (["a\\*b"], "axb", False),
+    (["file["], "file[", True),  # a [ without its ] is itself
+    (["[a-c]/x"], "b/x/y", True),
+    (["./src/../go.mod"], "go.mod", True),  # cleaned as BuildKit cleans it
 ])
 def test_which_copies_copy_the_dockerfile(sources, path, copied):
     """Rule (steps.copies): BuildKit's COPY sources are paths and Go filepath.Match patterns
