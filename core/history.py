@@ -86,15 +86,15 @@ def context_key(request) -> tuple[str, int]:
     and mtime, the Dockerfile's bytes, the build args and the target. Contents are not read
     (fast on big contexts); an mtime change without a content change just counts as a new
     context. The byte count is what a remote node that lacks the context would be sent."""
-    key, total, _ = context_keys(request)
+    key, total, _ = context_keys(request, ignore=False)
     return key, total
 
 
-def context_keys(request) -> tuple[str, int, ContextFiles]:
+def context_keys(request, ignore: bool = True) -> tuple[str, int, ContextFiles]:
     """:func:`context_key`'s (key, bytes) and, from the same walk, the context's files alone
     (:class:`~archfleet.model.ContextFiles`: names, sizes, mtimes; not the Dockerfile, args or
-    target; BuildKit's ignore rule applied), which a COPY from the context depends on
-    (:mod:`archfleet.steps`)."""
+    target; BuildKit's ignore rule applied unless ``ignore`` is False), which a COPY from the
+    context depends on (:mod:`archfleet.steps`)."""
     h = hashlib.sha256()
     total = 0
     root = Path(request.context)
@@ -115,7 +115,7 @@ def context_keys(request) -> tuple[str, int, ContextFiles]:
             # bytes as the file system holds them: a name that is not UTF-8 hashes too
             h.update(os.fsencode(rel) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             files.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
-    sent = _sent_files(root, Path(request.dockerfile), files)
+    sent = _sent_files(root, Path(request.dockerfile), files) if ignore else None
     if sent is None:
         files_key = h.hexdigest()[:32]
     else:
