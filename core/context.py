@@ -164,6 +164,15 @@ def included(root: Path, dockerfile: Path, patterns: list[str]) -> list[str]:
     return sorted(exclude_paths(str(root), list(patterns), dockerfile=rel_df))
 
 
+def included_file(path: str, patterns: list[str]) -> bool:
+    """Whether the ignore ``patterns`` let the context's ``path`` (relative, ``/``-separated)
+    through, by the same matcher as :func:`included` (a directory above it excluded excludes
+    it), without the Dockerfile exception docker-py's walk adds: BuildKit sends the Dockerfile
+    apart and leaves an ignored one out of the context."""
+    matcher = dockerlib.module().utils.build.PatternMatcher(list(patterns))
+    return not matcher.matches(path.replace("/", os.sep))
+
+
 def _read_ignore(path: Path) -> bytes:
     try:
         return path.read_bytes()

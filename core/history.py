@@ -115,11 +115,13 @@ def context_keys(request, ignore: bool = True) -> tuple[str, int, ContextFiles]:
             # bytes as the file system holds them: a name that is not UTF-8 hashes too
             h.update(os.fsencode(rel) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             files.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
-    sent = _sent_files(root, Path(request.dockerfile), files) if ignore else None
+    inside = os.path.relpath(dockerfile, os.path.abspath(root))
+    in_context = "" if inside == ".." or inside.startswith(".." + os.sep) else inside.replace(os.sep, "/")
+    sent = _sent_files(root, Path(request.dockerfile), files, in_context) if ignore else None
     if sent is None:
         files_key = h.hexdigest()[:32]
     else:
-        files = sent
+        files, in_context = sent
         fh = hashlib.sha256()
         for path, size, mtime in files:
             fh.update(os.fsencode(path) + f"\0{size}\0{mtime}\n".encode())
@@ -129,13 +131,15 @@ def context_keys(request, ignore: bool = True) -> tuple[str, int, ContextFiles]:
     except OSError:
         pass
     h.update(repr((tuple(request.build_args), request.target)).encode())
-    return h.hexdigest()[:32], total, ContextFiles(tuple(files), files_key)
+    return h.hexdigest()[:32], total, ContextFiles(tuple(files), files_key, in_context)
 
 
-def _sent_files(root: Path, dockerfile: Path, files: list[tuple[str, int, int]]) -> list | None:
+def _sent_files(root: Path, dockerfile: Path, files: list[tuple[str, int, int]],
+                in_context: str) -> tuple[list, str] | None:
     """``files`` less those the build's ignore file keeps out of the context (BuildKit's rule,
-    :func:`archfleet.context.ignore_file`), or None when no ignore file has a pattern."""
-    from .context import ignore_file, ignore_patterns, included
+    :func:`archfleet.context.ignore_file`), and the Dockerfile's path in the context unless
+    the rule keeps it out too ("" then); None when no ignore file has a pattern."""
+    from .context import ignore_file, ignore_patterns, included, included_file
 
     path = ignore_file(root, dockerfile)
     if path is None:
@@ -146,8 +150,12 @@ def _sent_files(root: Path, dockerfile: Path, files: list[tuple[str, int, int]])
         return None  # the snapshot says so in one line; here every file counts
     if not patterns:
         return None
+    # docker-py's walk always keeps the Dockerfile (as the classic builder sent it); BuildKit
+    # applies the rule to it like any file: ask the rule about it alone
     kept = {p.replace(os.sep, "/") for p in included(root, dockerfile, patterns)}
-    return [f for f in files if f[0] in kept]
+    if in_context and not included_file(in_context, patterns):
+        in_context = ""
+    return [f for f in files if f[0] in kept], in_context
 
 
 def project_key(request) -> str:

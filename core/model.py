@@ -395,19 +395,22 @@ class ContextFiles:
     mtime_ns)`` (``path`` relative, ``/``-separated; in path order) that BuildKit's ignore rule
     lets through (:func:`archfleet.context.ignore_file`), less the Dockerfile, and ``key``, a
     digest of them all (32 hex digits). Read from one walk, no file's bytes
-    (:func:`archfleet.history.context_keys`). Equal and hashed by ``key``, so the per-platform
+    (:func:`archfleet.history.context_keys`). Equal and hashed by ``key`` (and ``dockerfile``), so the per-platform
     step plans made from it are cached by it. A step's chain covers only the files its sources
     can copy (:func:`archfleet.steps.files_key_for`): editing a file one COPY does not copy
     leaves that COPY, and the steps after it, cached."""
 
     entries: tuple[tuple[str, int, int], ...] = attrs.field(converter=tuple, repr=lambda e: f"<{len(e)} files>")
     key: str
+    #: the Dockerfile's path in the context as BuildKit sends it (``/``-separated), "" when it
+    #: lies outside the context or the ignore rule keeps it out (no COPY can copy it then)
+    dockerfile: str = ""
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ContextFiles) and other.key == self.key
+        return isinstance(other, ContextFiles) and (other.key, other.dockerfile) == (self.key, self.dockerfile)
 
     def __hash__(self) -> int:
-        return hash(self.key)
+        return hash((self.key, self.dockerfile))
 
 
 @attrs.frozen

@@ -103,8 +103,9 @@ def planned(request: BuildRequest, platform: Platform, native: Sequence[Platform
     except Exception:
         return ()
     bases = tuple((b.ref, b.digest_for(platform)) for b in request.bases)
-    return _planned(analysis, platform, tuple(native), files, tuple(request.build_args), bases,
-                    _in_context(analysis.path, request.context))
+    # where the Dockerfile is in the context as sent (an ignored one is not): the files say
+    in_context = files.dockerfile if isinstance(files, ContextFiles) else _in_context(analysis.path, request.context)
+    return _planned(analysis, platform, tuple(native), files, tuple(request.build_args), bases, in_context)
 
 
 def _in_context(dockerfile: str, context) -> str:
@@ -115,8 +116,9 @@ def _in_context(dockerfile: str, context) -> str:
 
 def _component_regex(pattern: str) -> str:
     """One path component of a Go ``filepath.Match`` pattern as a regular expression: ``*`` and
-    ``?`` never match a ``/``; ``[...]`` (``[^...]`` or ``[!...]`` negated) one character but
-    ``/``; a backslash escapes the next character; a ``[`` without its ``]`` is itself."""
+    ``?`` never match a ``/``; ``[...]`` (``[^...]`` negated; unlike a shell's, ``[!...]`` is
+    a set holding ``!``) one character but ``/``; a backslash escapes the next character; a
+    ``[`` without its ``]`` is itself."""
     out, i = [], 0
     while i < len(pattern):
         c = pattern[i]
@@ -130,7 +132,7 @@ def _component_regex(pattern: str) -> str:
         elif c == "[" and "]" in pattern[i + 2:]:
             j = pattern.index("]", i + 2)
             body = pattern[i + 1:j]
-            negate = body[:1] in ("^", "!")
+            negate = body[:1] == "^"  # Go: only ^ negates; [!a] is the set of ! and a
             body = (body[1:] if negate else body).replace("\\", "\\\\").replace("[", "\\[")
             out.append("[" + ("^/" if negate else "") + body + "]")
             i = j
@@ -445,15 +447,17 @@ class StepClock:
 def join(plans: Sequence[StepPlan], timed: Sequence[StepTime]) -> list[tuple[StepPlan, StepTime]]:
     """Pairs of (planned step, reported step): the same stage and index and keyword (BuildKit
     names stages as :func:`planned` does; buildah numbers them ``#N``, matched by the stage's
-    index in the file). A reported step with no planned twin, or the other way round, is left
-    out."""
+    index in the file). When every planned step is in one stage, the stage's name is not
+    compared: BuildKit prints a one-stage file's steps as ``[2/4]`` or, once a RUN has a
+    ``--mount``, as ``[stage-0 2/4]``. A reported step with no planned twin, or the other way
+    round, is left out."""
     by_place = {(p.stage, p.index, p.keyword): p for p in plans}
     by_number = {(f"#{p.stage_index}", p.index, p.keyword): p for p in plans}
-    if len({p.stage_index for p in plans}) == 1 and plans:
-        by_number.update({("", p.index, p.keyword): p for p in plans})
+    one_stage = {(p.index, p.keyword): p for p in plans} if len({p.stage_index for p in plans}) == 1 else {}
     out = []
     for t in timed:
-        p = by_place.get((t.stage, t.index, t.keyword)) or by_number.get((t.stage, t.index, t.keyword))
+        p = (by_place.get((t.stage, t.index, t.keyword)) or by_number.get((t.stage, t.index, t.keyword))
+             or one_stage.get((t.index, t.keyword)))
         if p is not None:
             out.append((p, t))
     return out

@@ -153,6 +153,22 @@ def test_planned_steps_are_numbered_as_buildkit_numbers_them_and_join_its_report
     assert steps.measured_work(plans, clock.steps()) == pytest.approx(2.1 + 17.25 + 0.04)
 
 
+def test_a_one_stage_files_steps_join_whatever_name_buildkit_gives_its_stage(ctx):
+    """Rule (steps.join): BuildKit prints a one-stage file's steps as ``[2/4]``, or, once a RUN
+    has a --mount, as ``[stage-0 2/4]`` (the fresh-user helper's cache-mount Dockerfile: no step
+    was ever learned, so plan never said cached); both pair with the planned steps."""
+    text = f"FROM {BASE}\nCOPY a.txt /a\nRUN --mount=type=cache,target=/c echo cache\nCOPY . .\n"
+    plans = steps.planned(request_for(ctx, text), AMD, [AMD], [])
+    assert [p.stage for p in plans] == ["", "", ""]
+    clock = steps.StepClock()
+    for line in ["#6 [stage-0 2/4] COPY a.txt /a", "#6 CACHED",
+                 "#7 [stage-0 3/4] RUN --mount=type=cache,target=/c echo cache", "#7 DONE 0.3s",
+                 "#8 [stage-0 4/4] COPY . .", "#8 DONE 0.1s"]:
+        clock.feed(line)
+    assert [(p.index, t.seconds, t.cached) for p, t in steps.join(plans, clock.steps())] == [
+        (2, 0.0, True), (3, 0.3, False), (4, 0.1, False)]
+
+
 def test_a_changed_step_gets_a_new_key_and_the_other_steps_keep_theirs(ctx):
     """Rule (issue 17): history is keyed so that a change to one step only re-estimates that
     step: the key is the step's text and its stage's base; the chain (cache) of every later step
@@ -495,7 +511,8 @@ def test_wrapped_sleeps_are_estimated_as_sleeps_under_qemu_not_as_unknown_cpu_wo
     (["go.*"], "go.sum", True),
     (["[^a]*"], "b.txt", True),
     (["[^a]*"], "a.txt", False),
-    (["[!a]*"], "b.txt", True),
+    (["[!a]*"], "b.txt", False),  # Go: [!a] is the set {!, a}; only [^a] negates (BuildKit kept it CACHED)
+    (["[!a]*"], "a.txt", True),
     (["a\\*b"], "a*b", True),  # an escaped star is a star
     (["a\\*b"], "axb", False),
     (["file["], "file[", True),  # a [ without its ] is itself
@@ -612,3 +629,18 @@ def test_a_run_that_bind_mounts_the_context_depends_on_the_files_it_mounts(tmp_p
     before = _chains(ctx, text)
     _touch(ctx / "src" / "a.c", "int b;")
     assert (_chains(ctx, text) != before) is depends
+
+
+def test_a_dockerfile_the_ignore_file_keeps_out_is_copied_by_no_step(tmp_path):
+    """Rule (BuildKit sends the Dockerfile apart and applies .dockerignore to it like any file):
+    with the Dockerfile ignored, editing it leaves ``COPY . .`` cached (the fresh-user helper
+    saw plan say not cached, BuildKit CACHED); not ignored, the same edit re-runs it."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a.txt").write_text("a")
+    text = f"FROM {BASE}\nCOPY . /src\n"
+    for ignore, same in (("Dockerfile\n", True), ("nothing-here\n", False)):
+        (ctx / ".dockerignore").write_text(ignore)
+        before = _chains(ctx, text)
+        after = _chains(ctx, text + "RUN echo tail\n")
+        assert (after["COPY . /src"] == before["COPY . /src"]) is same, ignore
