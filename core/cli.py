@@ -202,6 +202,14 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
     elif (not platforms or any(p not in dict(own) for p in platforms)) and not dockerfile.is_file():
         # the default is read only by the platforms without a file of their own
         problems.append(f"--file: Dockerfile {str(dockerfile)!r} not found" + ("" if default else "; name it with -f"))
+    if context.is_dir():
+        from .context import ignore_file
+
+        for df in {dockerfile, *(f for _, f in own)}:
+            try:
+                ignore_file(context, Path(df))
+            except UsageError as exc:
+                problems.append(str(exc))
     if platforms_ok:
         for p, _ in own:
             if p not in platforms:
@@ -437,9 +445,11 @@ class _CtrlC:
         self.task: asyncio.Task | None = None
         self.count = 0
         self.late = False
+        self.signum: int | None = None  # the last signal: SIGINT, or SIGTERM (handled alike)
 
     def __call__(self, signum, frame):
         self.count += 1
+        self.signum = signum
         task = self.task
         if task is not None and task.done():
             self.late = True
@@ -448,7 +458,7 @@ class _CtrlC:
             task.cancel()
             task.get_loop().call_soon_threadsafe(lambda: None)  # wake a select() that waits long
             return
-        raise KeyboardInterrupt()
+        raise KeyboardInterrupt(_signal_word(signum))
 
 
 def _run(hooks, work):
@@ -472,27 +482,40 @@ def _run(hooks, work):
         ctrl_c.task = asyncio.current_task()
         return await run_command(hooks, work)
 
-    # as asyncio.Runner decides whether to handle SIGINT: main thread, Python's default handler
-    own = threading.current_thread() is threading.main_thread() and \
-        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # as asyncio.Runner decides whether to handle SIGINT: main thread, Python's default handler.
+    # SIGTERM (a CI job cancelled, `timeout`, a service stopping) is handled as SIGINT is, when
+    # nobody else handles it: killed by it, the run left its engine CLI running and its leases
+    # held (found by the fresh-user helper)
+    main = threading.current_thread() is threading.main_thread()
+    own = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    own_term = main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     try:
         with asyncio.Runner() as runner:
             if own:
                 signal.signal(signal.SIGINT, ctrl_c)
+            if own_term:
+                signal.signal(signal.SIGTERM, ctrl_c)
             try:
                 answer = runner.run(command())
             except asyncio.CancelledError:
                 if ctrl_c.count:
-                    raise KeyboardInterrupt() from None
+                    raise KeyboardInterrupt(_signal_word(ctrl_c.signum)) from None
                 raise
             finally:
                 if own and signal.getsignal(signal.SIGINT) is ctrl_c:
                     signal.signal(signal.SIGINT, signal.default_int_handler)
+                if own_term and signal.getsignal(signal.SIGTERM) is ctrl_c:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
             if ctrl_c.late:
-                raise KeyboardInterrupt()
+                raise KeyboardInterrupt(_signal_word(ctrl_c.signum))
             return answer
     except KeyboardInterrupt as exc:
         raise Interrupted(str(exc) or "interrupted") from None
+
+
+def _signal_word(signum: int | None) -> str:
+    """How an interrupt by ``signum`` is said: ``interrupted``, or ``terminated (SIGTERM)``."""
+    return "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -883,6 +906,8 @@ def _hold_sigint_until_exit() -> None:
     while True:
         try:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the same for a SIGTERM
             return
         except KeyboardInterrupt:
             continue

@@ -125,12 +125,16 @@ def ignore_file(root: Path, dockerfile: Path) -> Path | None:
     built-in BuildKit of Docker 20.10): ``<dockerfile path>.dockerignore`` beside the Dockerfile,
     wherever the Dockerfile lives (inside the context or not), if it exists; else
     ``<context>/.dockerignore`` if it exists. Never both: the Dockerfile's own file wins.
+    Raises :class:`UsageError` when the one that applies is not a regular file (a FIFO, a
+    device, a directory): BuildKit would read it, and a FIFO no one writes hangs the build.
     Blocking (two stats)."""
-    own = _own_ignore(dockerfile)
-    if own.is_file():
-        return own
-    shared = root / ".dockerignore"
-    return shared if shared.is_file() else None
+    for path in (_own_ignore(dockerfile), root / ".dockerignore"):
+        if path.is_file():
+            return path
+        if path.exists():
+            raise UsageError(f"ignore file {path}: not a regular file (a FIFO, a device or a directory; BuildKit "
+                             "would read it and could wait forever): make it a file or remove it")
+    return None
 
 
 def ignore_patterns(data: bytes) -> list[str]:

@@ -591,7 +591,8 @@ class _Held:
 
 @contextlib.contextmanager
 def hold_interrupts(what: str):
-    """Hold Ctrl-C (SIGINT) while the tags move, so an interrupt never leaves the user unsure.
+    """Hold Ctrl-C (SIGINT, and SIGTERM when the command handles it) while the tags move, so an
+    interrupt never leaves the user unsure.
 
     Moving the tags (:func:`archfleet.index.move_tags`: one small PUT per tag of an index the
     registry already holds) is the one step that cannot be stopped half-way and known: a request
@@ -604,24 +605,38 @@ def hold_interrupts(what: str):
     main thread, and not when SIGINT is ignored (a background job).
     """
     held = _Held()
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    # SIGINT unless it is ignored (a background job); SIGTERM when the command handles it
+    # (cli._run does, as it does SIGINT): otherwise it is not this process's to hold
+    previous = {}
+    handler = signal.getsignal(signal.SIGINT)
+    if handler not in (signal.SIG_IGN, None):
+        previous[signal.SIGINT] = handler
+    handler = signal.getsignal(signal.SIGTERM)
+    if callable(handler):
+        previous[signal.SIGTERM] = handler
+    if not previous:
         yield held
         return
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         if not held.interrupted:
             held.interrupted = True
             return
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         raise KeyboardInterrupt(f"interrupted while {what}: the tags may already point at the new index")
 
-    signal.signal(signal.SIGINT, on_sigint)
+    for sig in previous:
+        signal.signal(sig, on_signal)
     try:
         yield held
     finally:
-        if signal.getsignal(signal.SIGINT) is on_sigint:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is on_signal:
+                signal.signal(sig, handler)
 
 
 def _one_per_repo(tags: Sequence[Reference]) -> list[Reference]:

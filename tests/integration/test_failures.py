@@ -167,3 +167,49 @@ def test_allow_partial_leaves_out_a_child_that_fails_verification(lab, tmp_path)
     (line,) = without.stderr.splitlines()
     assert line.startswith("archfleet: error: linux/arm64 failed on ") and line.endswith("nothing was pushed to the tags")
     assert manifest(f"{tag}-strict").status_code == 404
+
+
+def test_sigterm_stops_the_run_as_ctrl_c_does_engine_cli_and_lease_included(lab, tmp_path):
+    """Rule (cli._run): SIGTERM to archfleet alone (a CI job cancelled, `timeout`) is handled as
+    Ctrl-C: the engine CLI it started is stopped, its build-slot lease removed, the tag left
+    untouched, one line ("terminated (SIGTERM)"), exit 130. The fresh-user helper saw a killed
+    run leave `docker build` running (PPID 1) and its lease blocking the node for 75 s."""
+    leases_root = tmp_path / "leases"
+    marker = uuid.uuid4().hex
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {lab.base}\nARG M\nRUN echo $M && sleep 30\n")
+    tag = unique("sigterm")
+    ref = f"{lab_registry()}/{REPO_NAME}:{tag}"
+    script = Path(sys.executable).with_name("archfleet")
+    proc = subprocess.Popen(
+        [str(script), "build", "--progress", "plain", "--no-cache", "--build-arg", f"M={marker}",
+         "--platform", "linux/amd64", "-t", ref, "--push", str(ctx)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
+        env=dict(os.environ, ARCHFLEET_LEASE_ROOT=str(leases_root)))
+    lines: list[str] = []
+    building = threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            lines.append(line)
+            if marker in line and "RUN" not in line:  # the step's own output: it is running
+                building.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert building.wait(120), "".join(lines)[-3000:]
+        assert list(leases_root.glob("*/*")), "no lease while building"
+        proc.send_signal(signal.SIGTERM)  # the process alone, not its group
+        proc.wait(60)
+        reader.join(10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = "".join(lines)
+    assert proc.returncode == 130, err[-3000:]
+    assert error_lines(err) == ["archfleet: error: terminated (SIGTERM)"]
+    assert [l for l in left_running(proc.pid) if marker in l] == []  # no engine CLI left building
+    assert [p.name for p in leases_root.glob("*/*")] == []
+    assert manifest(tag).status_code == 404

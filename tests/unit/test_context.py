@@ -216,3 +216,19 @@ def test_platforms_asking_at_once_share_one_hash(tmp_path, monkeypatch):
     with ThreadPoolExecutor(5) as pool:
         snaps = list(pool.map(lambda _: snapshot_of(req), range(5)))
     assert len(calls) == 1 and all(s is snaps[0] for s in snaps)
+
+
+def test_an_ignore_file_that_is_not_a_regular_file_is_refused_before_anything_runs(tmp_path, capsys):
+    """Rule (context.ignore_file): BuildKit reads the ignore file that applies; a FIFO nobody
+    writes hung the build for ever (the fresh-user helper; plan said nothing), so the CLI
+    refuses it with one line naming it, exit 2, before probing or building."""
+    from archfleet import cli
+
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    os.mkfifo(tmp_path / ".dockerignore")
+    for command in ("plan", "build"):
+        assert cli.main([command, "--platform", "linux/amd64", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"archfleet: error: ignore file {tmp_path}/.dockerignore: not a regular file (a FIFO, a "
+                       "device or a directory; BuildKit would read it and could wait forever): make it a file or "
+                       "remove it\n")
