@@ -242,7 +242,10 @@ class Executor:
                 got = await leases.claim(transport, facts.node, option.estimate, 0)
                 return leases.Held(transport, facts.node, option.estimate, name=got.name, taken=True)
             if not said:
-                self.reporter.status(option, f"waiting for a slot other archfleet runs hold (~{got.busy[0]:.0f}s)")
+                mine = len(self._busy[option.node]) - 1  # this run's other builds there hold leases too
+                self.reporter.status(
+                    option, f"waiting for a slot other archfleet runs hold (~{got.busy[0]:.0f}s)"
+                    if mine < len(got.busy) else "waiting for a slot this run's other builds there hold")
                 said = True
             await asyncio.sleep(min(5.0, max(1.0, got.busy[0])))
 

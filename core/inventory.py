@@ -295,7 +295,7 @@ def _node(path: Path, lines: _Lines, name: str, table: Any, keys: Mapping[str, M
         value = table[key]
         types = types if isinstance(types, tuple) else (types,)
         if isinstance(value, bool) and bool not in types:
-            raise fail(key, f"expected {hint or types[0].__name__}, got {value!r}")
+            raise fail(key, f"expected {hint or types[0].__name__}, got {str(value).lower()}")  # TOML's spelling
         if not isinstance(value, types):
             raise fail(key, f"expected {hint or types[0].__name__}, got {type(value).__name__} {value!r}")
         if isinstance(value, str) and _CONTROL.search(value):

@@ -38,7 +38,7 @@ def error(tmp_path, text) -> str:
     ('[nodes."-a"]\nhost = "h"\n',
      "F:1: node '-a': names are letters, digits, '.', '_' and '-' (at most 63, not starting with a symbol)"),
     ("[nodes]\na = 1\n", "F:1: node 'a': must be a table ([nodes.NAME])"),
-    ('[nodes.a]\nhost = "h"\nport = true\n', "F:3: node 'a' key 'port': expected an integer 1-65535, got True"),
+    ('[nodes.a]\nhost = "h"\nport = true\n', "F:3: node 'a' key 'port': expected an integer 1-65535, got true"),  # TOML spells it true
     ('[nodes.a]\nhost = "h"\nport = "22"\n',
      "F:3: node 'a' key 'port': expected an integer 1-65535, got str '22'"),
     ('[nodes.a]\nhost = "h"\nuser = 7\n', "F:3: node 'a' key 'user': expected a user name, got int 7"),
@@ -281,7 +281,7 @@ def test_two_nodes_of_one_name_or_a_contribution_that_is_no_node_are_refused():
 
 @pytest.mark.parametrize("text,line", [
     ('[nodes.a]\nhost = "h"\narch = 7\n', "F:3: node 'a' key 'arch': expected str, got int 7"),
-    ('[nodes.a]\nhost = "h"\narch = true\n', "F:3: node 'a' key 'arch': expected str, got True"),
+    ('[nodes.a]\nhost = "h"\narch = true\n', "F:3: node 'a' key 'arch': expected str, got true"),
     ('[nodes.a]\nhost = "-oProxyJump"\n',
      "F:2: node 'a' key 'host': expected a host name, address or ~/.ssh/config alias, got '-oProxyJump'"),
     ('[nodes.a]\nhost = "h"\nport = 0\n', "F:3: node 'a' key 'port': expected an integer 1-65535, got 0"),
