@@ -31,6 +31,7 @@ import functools
 import hashlib
 import os
 import sqlite3
+import stat
 import statistics
 import sys
 import threading
@@ -92,16 +93,24 @@ def context_key(request) -> tuple[str, int]:
 
 def context_keys(request, ignore: bool = True) -> tuple[str, int, ContextFiles]:
     """:func:`context_key`'s (key, bytes) and, from the same walk, the context's files alone
-    (:class:`~archfleet.model.ContextFiles`: names, sizes, mtimes; not the Dockerfile, args or
-    target; BuildKit's ignore rule applied unless ``ignore`` is False), which a COPY from the
-    context depends on (:mod:`archfleet.steps`)."""
+    (:class:`~archfleet.model.ContextFiles`: names, sizes, mtimes and modes of the files and
+    links, names and modes of the directories; not the Dockerfile, args or target; BuildKit's
+    ignore rule applied unless ``ignore`` is False), which a COPY from the context depends on
+    (:mod:`archfleet.steps`)."""
     h = hashlib.sha256()
     total = 0
     root = Path(request.context)
     dockerfile = os.path.abspath(request.dockerfile)
-    files: list[tuple[str, int, int]] = []
+    files: list[tuple[str, int, int, int]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        for name in dirnames:  # BuildKit copies directories too: an empty one, a mode changed
+            try:
+                st = (Path(dirpath) / name).lstat()
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):  # not its mtime: that moves with every file made in it
+                files.append(((Path(dirpath) / name).relative_to(root).as_posix() + "/", 0, 0, st.st_mode))
         for name in sorted(filenames):
             p = Path(dirpath) / name
             try:
@@ -114,18 +123,17 @@ def context_keys(request, ignore: bool = True) -> tuple[str, int, ContextFiles]:
             rel = p.relative_to(root)
             # bytes as the file system holds them: a name that is not UTF-8 hashes too
             h.update(os.fsencode(rel) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            files.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
+            files.append((rel.as_posix(), st.st_size, st.st_mtime_ns, st.st_mode))
     inside = os.path.relpath(dockerfile, os.path.abspath(root))
     in_context = "" if inside == ".." or inside.startswith(".." + os.sep) else inside.replace(os.sep, "/")
     sent = _sent_files(root, Path(request.dockerfile), files, in_context) if ignore else None
-    if sent is None:
-        files_key = h.hexdigest()[:32]
-    else:
+    if sent is not None:
         files, in_context = sent
-        fh = hashlib.sha256()
-        for path, size, mtime in files:
-            fh.update(os.fsencode(path) + f"\0{size}\0{mtime}\n".encode())
-        files_key = fh.hexdigest()[:32]
+    files.sort()
+    fh = hashlib.sha256()
+    for path, size, mtime, mode in files:
+        fh.update(os.fsencode(path) + f"\0{size}\0{mtime}\0{mode:o}\n".encode())
+    files_key = fh.hexdigest()[:32]
     try:
         h.update(Path(request.dockerfile).read_bytes())
     except OSError:
@@ -134,7 +142,7 @@ def context_keys(request, ignore: bool = True) -> tuple[str, int, ContextFiles]:
     return h.hexdigest()[:32], total, ContextFiles(tuple(files), files_key, in_context)
 
 
-def _sent_files(root: Path, dockerfile: Path, files: list[tuple[str, int, int]],
+def _sent_files(root: Path, dockerfile: Path, files: list[tuple[str, int, int, int]],
                 in_context: str) -> tuple[list, str] | None:
     """``files`` less those the build's ignore file keeps out of the context (BuildKit's rule,
     :func:`archfleet.context.ignore_file`), and the Dockerfile's path in the context unless
@@ -155,7 +163,7 @@ def _sent_files(root: Path, dockerfile: Path, files: list[tuple[str, int, int]],
     kept = {p.replace(os.sep, "/") for p in included(root, dockerfile, patterns)}
     if in_context and not included_file(in_context, patterns):
         in_context = ""
-    return [f for f in files if f[0] in kept], in_context
+    return [f for f in files if f[0].rstrip("/") in kept], in_context
 
 
 def project_key(request) -> str:

@@ -644,3 +644,25 @@ def test_a_dockerfile_the_ignore_file_keeps_out_is_copied_by_no_step(tmp_path):
         before = _chains(ctx, text)
         after = _chains(ctx, text + "RUN echo tail\n")
         assert (after["COPY . /src"] == before["COPY . /src"]) is same, ignore
+
+
+@pytest.mark.parametrize("change,copy,changed", [
+    (lambda ctx: (ctx / "dir" / "a.txt").chmod(0o755), "COPY dir/ /d/", True),  # a mode: BuildKit copies it again
+    (lambda ctx: (ctx / "dir" / "empty").mkdir(), "COPY dir/ /d/", True),  # an empty directory is copied too
+    (lambda ctx: (ctx / "dir").chmod(0o700), "COPY dir/ /d/", True),
+    (lambda ctx: (ctx / "other").mkdir(), "COPY dir/ /d/", False),  # not under its source
+    (lambda ctx: (ctx / "dir" / "empty").mkdir(), "COPY other.txt /o", False),
+])
+def test_a_copys_chain_follows_modes_and_directories_as_buildkits_cache_key_does(tmp_path, change, copy, changed):
+    """Rule (BuildKit's COPY cache key: each copied path's contents and mode, directories
+    included): the fresh-user helper saw `chmod +x` and `mkdir dir/e` leave plan saying cached
+    while BuildKit copied again."""
+    ctx = tmp_path / "ctx"
+    (ctx / "dir").mkdir(parents=True)
+    (ctx / "dir" / "a.txt").write_text("a")
+    (ctx / "dir" / "a.txt").chmod(0o644)
+    (ctx / "other.txt").write_text("o")
+    text = f"FROM {BASE}\n{copy}\n"
+    before = _chains(ctx, text)
+    change(ctx)
+    assert (_chains(ctx, text)[copy] != before[copy]) is changed
