@@ -233,14 +233,14 @@ class Executor:
         while True:
             got = await leases.claim(transport, facts.node, option.estimate, cap)
             if not got.full:
-                return leases.Held(transport, facts.node, option.estimate, name=got.name, taken=True)
+                return leases.Held(transport, facts.node, got.name)
             now = time.monotonic()
             if give_up is None:
                 give_up = now + leases.wait_limit(tuple(facts.busy) + got.busy, option.estimate)
             if now > give_up:
                 self.reporter.status(option, "other archfleet runs still hold the slots; building anyway")
                 got = await leases.claim(transport, facts.node, option.estimate, 0)
-                return leases.Held(transport, facts.node, option.estimate, name=got.name, taken=True)
+                return leases.Held(transport, facts.node, got.name)
             if not said:
                 mine = len(self._busy[option.node]) - 1  # this run's other builds there hold leases too
                 self.reporter.status(
@@ -269,10 +269,8 @@ class Executor:
             transport = await self._transport(option.node)
             # other archfleet runs probing this node see the slot taken from now on; one that
             # claims at the same moment finds this lease and waits (or this run waits for it)
-            claimed = time.monotonic()
             lease.append(await self._claim_slot(option, transport))
-            if time.monotonic() - claimed > 1.0:
-                started[0] = time.monotonic()  # the timeline shows the work, not the wait
+            started[0] = time.monotonic()  # the timeline shows the work, not the wait for a slot
             job = Job(option, self.facts[option.node], transport, self.reporter, gate, slot)
             return await self._run_option(option, job)
         finally:

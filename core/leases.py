@@ -133,23 +133,14 @@ pick() {
   priv && ok "$p" && ok "$p/$2" && d=$p/$2
 }
 """
-# A fresh name: created with noclobber (O_EXCL), never through a link; then this user's dead
-# lease files (and only this user's: -user) in that one directory are swept.
-_TAKE = _PRELUDE + r"""pick "$1" "$2" make || exit 1
-f=$d/$3
-if [ -e "$f" ] || [ -L "$f" ]; then exit 1; fi
-t=$(date +%s)
-(set -C; echo "$t $4 $t" > "$f") 2>/dev/null || exit 1
-chmod 644 -- "$f"
-find "$d" -maxdepth 1 -type f -user "$u" -mmin +10 -exec rm -f -- {} + 2>/dev/null
-true
-"""
 # The claim: $4 the estimate, $5 the node's max_builds (0: take whatever is live). Under an
 # exclusive flock of the lease directory (waited on for 2 s at most), the live leases are
 # printed as READ_SCRIPT prints them and counted (live: whole-second start and heartbeat as
 # archfleet writes them, the heartbeat at most 75 s old, none in the future beyond 60 s; without
 # a heartbeat, started at most 600 s ago); the lease is written only when fewer than $5 are
-# live. The last line says which: "claim=taken" or "claim=full".
+# live, with noclobber (O_EXCL, never through a link); then this user's dead lease files (and
+# only this user's: -user) in that one directory are swept. The last line says which:
+# "claim=taken" or "claim=full".
 _CLAIM = _PRELUDE + r"""pick "$1" "$2" make || exit 1
 f=$d/$3
 if [ -e "$f" ] || [ -L "$f" ]; then exit 1; fi
@@ -494,21 +485,6 @@ def _claim_local(root: str, key: str, name: str, estimate: float, cap: int) -> t
         os.close(fd)  # and the lock with it
 
 
-def _take_local(root: str, key: str, name: str, estimate: float) -> str | None:
-    fd = _lease_dir(root, key, make=True)
-    if fd is None:
-        return None
-    try:
-        now = int(time.time())
-        _write_new(fd, name, f"{now} {estimate:.1f} {now}\n")
-        _sweep(fd, now)
-        return name
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 def _beat_local(root: str, key: str, name: str) -> None:
     fd = _lease_dir(root, key, make=False)
     if fd is None:
@@ -555,10 +531,6 @@ class LocalLeases:
     """Leases in this machine's file system: the local node's lease store (no process to start;
     the rules above, through directory file descriptors, in a thread)."""
 
-    async def take(self, root: str, key: str, name: str, estimate: float) -> str | None:
-        """Leave lease ``name`` (``estimate`` seconds) for engine ``key`` under ``root``; its name, or None when it could not."""
-        return await asyncio.to_thread(_take_local, root, key, name, estimate)
-
     async def claim(self, root: str, key: str, name: str, estimate: float,
                     cap: int) -> tuple[str | None, tuple[float, ...]]:
         """Write lease ``name`` only while fewer than ``cap`` leases are live (0: whatever is live),
@@ -585,14 +557,6 @@ class ShellLeases:
 
     def __init__(self, transport):
         self.transport = transport
-
-    async def take(self, root: str, key: str, name: str, estimate: float) -> str | None:
-        """As :meth:`LocalLeases.take`, on the node (the ``_TAKE`` script); None when the node does not answer."""
-        try:
-            done = await self.transport.run(["sh", "-c", _TAKE, "sh", root, key, name, f"{estimate:.1f}"], timeout=5)
-        except Exception:
-            return None
-        return name if done.ok else None
 
     async def claim(self, root: str, key: str, name: str, estimate: float,
                     cap: int) -> tuple[str | None, tuple[float, ...]]:
@@ -639,11 +603,6 @@ class ShellLeases:
             pass
 
 
-async def take(transport, node: NodeSpec, estimate: float, root: str | None = None) -> str | None:
-    """Leave a lease for one build slot on ``node`` (through ``transport.leases``, its node's
-    lease store); its name (for :func:`drop`), None if it could not."""
-    name = f"{RUN}-{secrets.token_hex(6)}"
-    return await transport.leases.take(root or shared_root(), engine_key(node), name, _estimate(estimate))
 
 
 @attrs.frozen
@@ -664,6 +623,12 @@ async def claim(transport, node: NodeSpec, estimate: float, cap: int, root: str 
     got, busy = await transport.leases.claim(root or shared_root(), engine_key(node), name, _estimate(estimate),
                                              max(cap, 0))
     return Claim(got, got is None and cap > 0 and len(busy) >= cap, busy)
+
+
+async def take(transport, node: NodeSpec, estimate: float, root: str | None = None) -> str | None:
+    """Leave a lease for one build slot on ``node`` whatever is held there (:func:`claim` with no
+    cap); its name (for :func:`drop`), None if it could not."""
+    return (await claim(transport, node, estimate, 0, root)).name
 
 
 async def drop(transport, node: NodeSpec, name: str | None, root: str | None = None, timeout: float = 5) -> None:
@@ -691,33 +656,20 @@ def wait_limit(busy: Iterable[float], own_estimate: float) -> float:
 
 
 class Held:
-    """One lease, from taking it (at once, in the background) to dropping it: renewed every
-    ``HEARTBEAT`` seconds meanwhile."""
+    """One lease from its :func:`claim` to dropping it: renewed every ``HEARTBEAT`` seconds
+    meanwhile. ``name`` None (the lease store did not answer): nothing to renew or drop."""
 
-    def __init__(self, transport, node: NodeSpec, estimate: float, root: str | None = None, *,
-                 name: str | None = None, taken: bool = False):
-        """Take a lease in the background, or, ``taken``, hold lease ``name`` already written
-        (by :func:`claim`; None: there is none to renew or drop)."""
-        self.transport, self.node, self.root = transport, node, root or shared_root()
-        if taken:
-            self._taking = asyncio.get_running_loop().create_future()
-            self._taking.set_result(name)
-        else:
-            self._taking = asyncio.ensure_future(take(transport, node, estimate, self.root))
+    def __init__(self, transport, node: NodeSpec, name: str | None, root: str | None = None):
+        self.transport, self.node, self.root, self.name = transport, node, root or shared_root(), name
         self._renewing = asyncio.ensure_future(self._renew())
 
     async def _renew(self) -> None:
-        name = await asyncio.shield(self._taking)
-        while name is not None:
+        while self.name is not None:
             await asyncio.sleep(HEARTBEAT)
-            await beat(self.transport, self.node, name, self.root)
+            await beat(self.transport, self.node, self.name, self.root)
 
     async def release(self, timeout: float = 5) -> None:
         """Stop renewing and drop the lease (waiting at most ``timeout`` seconds for the node); never raises."""
         self._renewing.cancel()
         await asyncio.gather(self._renewing, return_exceptions=True)
-        try:
-            name = await self._taking
-        except Exception:
-            return
-        await drop(self.transport, self.node, name, self.root, timeout)
+        await drop(self.transport, self.node, self.name, self.root, timeout)

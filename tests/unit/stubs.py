@@ -80,9 +80,9 @@ class StubTransport(CommandNode):
         from archfleet import leases
 
         if argv[0] == "sh":  # a lease script
-            if argv[2] in (leases._TAKE, leases._CLAIM):
+            if argv[2] == leases._CLAIM:
                 self.leases_taken += 1
-                if argv[2] == leases._CLAIM and on_line is not None:
+                if on_line is not None:
                     on_line("claim=taken")
             elif argv[2] == leases._DROP:
                 self.leases_dropped += 1

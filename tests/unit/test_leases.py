@@ -116,8 +116,8 @@ def test_held_lease_is_renewed_then_dropped(tmp_path, monkeypatch):
 
         monkeypatch.setattr(asyncio, "sleep", sleep)
         monkeypatch.setattr(leases, "beat", beat)
-        held = leases.Held(transport, node, 30.0, root=root)
-        name = await asyncio.wait_for(asyncio.shield(held._taking), 10)  # the lease is taken
+        name = await asyncio.wait_for(leases.take(transport, node, 30.0, root=root), 10)  # the lease is taken
+        held = leases.Held(transport, node, name, root=root)
         lease = d / name
         start, estimate, beat_at = lease.read_text().split()
         assert float(estimate) == 30.0 and int(beat_at) >= int(start)
@@ -472,7 +472,7 @@ def test_the_executor_builds_anyway_at_the_cap(monkeypatch, busy, waited):
     monkeypatch.setattr("archfleet.executor.time.monotonic", lambda: clock[0])
     monkeypatch.setattr("archfleet.executor.asyncio.sleep", fake_sleep)
     monkeypatch.setattr(leases, "claim", full)
-    monkeypatch.setattr(leases, "Held", lambda *a, **k: k)
+    monkeypatch.setattr(leases, "Held", lambda transport, node, name: name)
     said = []
 
     class Reporter:
@@ -487,7 +487,7 @@ def test_the_executor_builds_anyway_at_the_cap(monkeypatch, busy, waited):
     started = clock[0]
     held = asyncio.run(ex._claim_slot(option, object()))
     assert waited <= clock[0] - started <= waited + 6.0  # checked every few seconds
-    assert caps[-1] == 0 and set(caps[:-1]) == {2} and held == {"name": "x", "taken": True}
+    assert caps[-1] == 0 and set(caps[:-1]) == {2} and held == "x"  # the lease the last claim took is held
     assert said[-1] == "other archfleet runs still hold the slots; building anyway"
 
 
