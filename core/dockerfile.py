@@ -91,6 +91,20 @@ class DockerfileError(UsageError):
     """The Dockerfile cannot be built: one line, ``file:line: what``."""
 
 
+
+def mount_fields(spec: str) -> list[tuple[str, str | None]]:
+    """A ``RUN --mount=`` value's fields as (key lowercased, value or None for a bare key), read
+    as BuildKit reads it (``instructions.parseMount``: CSV, so a quoted field may hold a comma)."""
+    try:
+        fields = next(csv.reader([spec]))
+    except (csv.Error, StopIteration):
+        fields = spec.split(",")
+    out = []
+    for part in fields:
+        key, eq, value = part.partition("=")
+        out.append((key.strip().lower(), value.strip() if eq else None))
+    return out
+
 @attrs.frozen
 class Instruction:
     """One instruction as BuildKit's parser returns it."""
@@ -572,9 +586,8 @@ def _evaluate(insts: Sequence[Instruction], path: str, build_args: Mapping[str, 
             st["runs"] += 1
             for key, value in ins.flags:
                 if key == "mount" and value:
-                    for field in next(csv.reader([value])):
-                        k, _, v = field.partition("=")
-                        if k.lower() != "from" or not v:
+                    for k, v in mount_fields(value):
+                        if k != "from" or not v:
                             continue
                         if re.search(r"\$.", v):  # instructions.parseMount refuses it
                             raise DockerfileError(

@@ -40,6 +40,7 @@ from typing import AsyncIterator, Iterable, Protocol, Sequence
 import attrs
 
 from .buildargs import env_passable
+from .dockerfile import mount_fields
 from .model import BuildRequest, Capabilities, NodeFacts, NodeSpec
 from .platforms import Platform
 from .reference import Reference
@@ -379,23 +380,9 @@ def _read(path: str, stamp: tuple) -> tuple[tuple[Need, ...], tuple[Mount, ...]]
     return tuple(found.values()), tuple(mounted)
 
 
-def _mount_fields(spec: str) -> list[tuple[str, str]]:
-    import csv
-
-    try:
-        fields = next(csv.reader([spec]))
-    except (csv.Error, StopIteration):
-        fields = spec.split(",")
-    out = []
-    for part in fields:
-        key, eq, value = part.partition("=")
-        out.append((key.strip().lower(), value.strip() if eq else None))
-    return out
-
-
 def _mount_type(spec: str) -> str:
     """The ``type=`` of a ``RUN --mount`` value (BuildKit's default is ``bind``)."""
-    for key, value in _mount_fields(spec):
+    for key, value in mount_fields(spec):
         if key == "type" and value is not None:
             return value.strip("\"'").lower()
     return "bind"
@@ -409,7 +396,7 @@ def _mount(spec: str, where: str) -> Mount | None:
         return None
     ident = source = target = ""
     required = False
-    for key, value in _mount_fields(spec):
+    for key, value in mount_fields(spec):
         if key == "id":
             ident = value or ""
         elif key in ("source", "src"):

@@ -39,7 +39,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
-from .dockerfile import Analysis, Instruction, analyse
+from .dockerfile import Analysis, Instruction, analyse, mount_fields
 from .model import BuildRequest, ContextFiles, StepPlan, StepTime
 from .planner import QEMU_FACTOR, StepPrior, step_prior
 from .platforms import Platform
@@ -173,7 +173,7 @@ def copies(sources: Sequence[str], path: str) -> bool:
 
 
 def _everything(sources: Sequence[str]) -> bool:
-    return any("$" in s or posixpath.normpath("/" + s) == "/" for s in sources)
+    return any(_source_regex(s) is None for s in sources)
 
 
 @functools.lru_cache(maxsize=512)
@@ -200,11 +200,8 @@ def _context_key(files: ContextFiles | str, sources: Sequence[str]) -> str:
 def _bind_sources(value: str) -> tuple[bool, str | None, str]:
     """A ``RUN --mount=...`` value's (is a bind mount, its ``from``, its ``source``): BuildKit's
     default type is bind and its default source the root of what it mounts."""
-    fields = {}
-    for field in value.split(","):
-        k, _, v = field.partition("=")
-        fields[k.strip().lower()] = v.strip()
-    return (fields.get("type", "bind") == "bind", fields.get("from") or None,
+    fields = {k: v or "" for k, v in mount_fields(value)}
+    return (fields.get("type", "bind").lower() == "bind", fields.get("from") or None,
             fields.get("source") or fields.get("src") or "/")
 
 
@@ -232,6 +229,15 @@ def _planned(analysis: Analysis, platform: Platform, native: tuple, files: Conte
             out_.append(k)
             k = analysis.stages[k].parent
         return tuple(out_)
+
+    def context_part(sources: Sequence[str]) -> str:
+        """What a step that reads ``sources`` from the context depends on: the files they can
+        copy, less the Dockerfile (editing a file it does not copy, or the Dockerfile, leaves it
+        cached), plus the Dockerfile when they can copy it."""
+        part = "context " + _context_key(files, sources)
+        if dockerfile_in_context and copies(sources, dockerfile_in_context):
+            part += f" dockerfile {analysis.digest}"
+        return part
 
     out: list[StepPlan] = []
     for i in sorted(reachable):
@@ -270,11 +276,7 @@ def _planned(analysis: Analysis, platform: Platform, native: tuple, files: Conte
                     extra = last_chain.get(k, "") if k is not None else f"image {src}"
                     sources += lineage(k)
                 else:
-                    # the context's files it can copy, less the Dockerfile: editing a file it
-                    # does not copy, or the Dockerfile, leaves it cached unless it copies that
-                    extra = "context " + _context_key(files, ins.words[:-1])
-                    if dockerfile_in_context and copies(ins.words[:-1], dockerfile_in_context):
-                        extra += f" dockerfile {analysis.digest}"
+                    extra = context_part(ins.words[:-1])
             elif ins.keyword == "RUN":
                 for name, value in ins.flags:
                     if name != "mount" or not value:
@@ -285,9 +287,7 @@ def _planned(analysis: Analysis, platform: Platform, native: tuple, files: Conte
                         extra += " " + (last_chain.get(k, "") if k is not None else f"image {src}")
                         sources += lineage(k)
                     elif bind:  # the context, mounted: the RUN sees the files under its source
-                        extra += " context " + _context_key(files, (source,))
-                        if dockerfile_in_context and copies((source,), dockerfile_in_context):
-                            extra += f" dockerfile {analysis.digest}"
+                        extra += " " + context_part((source,))
             # build args reach a RUN's environment only: a COPY after a changed ARG stays cached
             scope = sorted(declared.items(), key=lambda kv: kv[0]) if ins.keyword == "RUN" else ()
             chain = _h("chain", chain, text, scope, extra)
