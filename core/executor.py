@@ -188,6 +188,7 @@ class Executor:
         self._slots = {name: asyncio.Semaphore(max(1, f.node.max_builds)) for name, f in facts.items()}
         self._busy: dict[str, dict[Platform, tuple[float, float]]] = {name: {} for name in facts}  # started, estimate
         self._lease_drops: list[asyncio.Future] = []
+        self._dropping: dict[str, list[asyncio.Future]] = {}  # node -> its leases being dropped
 
     async def _transport(self, node: str):
         """The node's transport, asked for once per run (the pipeline's ``connect``); its plugin
@@ -228,6 +229,11 @@ class Executor:
         and say so. The lease held (renewed until the slot frees)."""
         facts = self.facts[option.node]
         cap = max(1, facts.node.max_builds)
+        # the leases this run's finished builds there are dropping: gone before this one counts
+        # (else it waits on its own run's lease, and says other runs hold it)
+        dropping = [d for d in self._dropping.get(option.node, ()) if not d.done()]
+        if dropping:
+            await asyncio.gather(*(asyncio.shield(d) for d in dropping), return_exceptions=True)
         give_up = None
         said = False
         while True:
@@ -255,7 +261,9 @@ class Executor:
             # a node marked down may still answer (its engine died, not its sshd): try briefly;
             # if it does not, the lease goes stale when its heartbeat stops
             timeout = 2 if option.node in self.down else 5
-            self._lease_drops.append(asyncio.ensure_future(lease[0].release(timeout)))
+            drop = asyncio.ensure_future(lease[0].release(timeout))
+            self._lease_drops.append(drop)
+            self._dropping.setdefault(option.node, []).append(drop)
 
     async def _run_one(self, option: Option, gate: PushGate, started: list[float]) -> PlatformResult:
         lease: list = []  # the leases.Held once there is a transport

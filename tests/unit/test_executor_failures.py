@@ -111,3 +111,36 @@ def test_a_reporter_that_raises_does_not_fail_the_build(capsys):
     assert outcome.failures == () and [r.platform for r in outcome.results] == [AMD]
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("archfleet: warning: progress output failed")
+
+
+def test_a_platform_after_another_of_the_same_run_on_a_one_slot_node_does_not_wait_on_its_lease(tmp_path, monkeypatch):
+    """Rule (executor._claim_slot): the leases this run's finished builds on a node are dropping
+    are gone before the next build there claims; the fresh-user helper saw arm64 wait ~1 s on
+    amd64's lease (dropped in the background) and say "other archfleet runs" held the slot."""
+    from archfleet import leases
+
+    class SlowDrop(leases.LocalLeases):
+        async def drop(self, root, key, name, timeout=5):
+            await asyncio.sleep(0.3)  # a node a round trip away
+            await super().drop(root, key, name, timeout)
+
+    class Node(StubTransport):
+        @property
+        def leases(self):
+            return SlowDrop()
+
+    monkeypatch.setenv(leases.ROOT_ENV, str(tmp_path))
+    n1 = Node("n1", ok())
+    reporter = Recorder()
+    chosen = [option(AMD, "n1"), option(ARM, "n1")]
+    ex = executor({"n1": n1}, request(AMD, ARM), facts("n1", max_builds=1), reporter, chosen)
+
+    async def scenario():
+        outcome = await ex.run(plan(*chosen))
+        await ex.close()
+        return outcome
+
+    outcome = asyncio.run(scenario())
+    assert sorted(str(r.platform) for r in outcome.results) == ["linux/amd64", "linux/arm64"]
+    assert not [s for s in reporter.of("status") if "waiting for a slot" in s[1]], reporter.of("status")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # both leases dropped
