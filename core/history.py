@@ -94,7 +94,7 @@ def context_key(request) -> tuple[str, int]:
 def context_keys(request, ignore: bool = True) -> tuple[str, int, ContextFiles]:
     """:func:`context_key`'s (key, bytes) and, from the same walk, the context's files alone
     (:class:`~archfleet.model.ContextFiles`: names, sizes, mtimes and modes of the files and
-    links, names and modes of the directories; not the Dockerfile, args or target; BuildKit's
+    links, names of the directories; not the Dockerfile, args or target; BuildKit's
     ignore rule applied unless ``ignore`` is False), which a COPY from the context depends on
     (:mod:`archfleet.steps`)."""
     h = hashlib.sha256()
@@ -104,13 +104,15 @@ def context_keys(request, ignore: bool = True) -> tuple[str, int, ContextFiles]:
     files: list[tuple[str, int, int, int]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        for name in dirnames:  # BuildKit copies directories too: an empty one, a mode changed
+        for name in dirnames:  # BuildKit copies directories too: an empty one made copies again
             try:
                 st = (Path(dirpath) / name).lstat()
             except OSError:
                 continue
-            if stat.S_ISDIR(st.st_mode):  # not its mtime: that moves with every file made in it
-                files.append(((Path(dirpath) / name).relative_to(root).as_posix() + "/", 0, 0, st.st_mode))
+            # by name alone: not its mtime (it moves with every file made in it), nor its mode
+            # (BuildKit kept a COPY cached after a chmod of a directory in it)
+            if stat.S_ISDIR(st.st_mode):
+                files.append(((Path(dirpath) / name).relative_to(root).as_posix() + "/", 0, 0, 0))
         for name in sorted(filenames):
             p = Path(dirpath) / name
             try:

@@ -393,7 +393,7 @@ PARTS = ("fixed", "transfer", "work", "push")
 class ContextFiles:
     """The context's files as a COPY or ADD from the context sees them: each ``(path, size,
     mtime_ns, st_mode)`` (``path`` relative, ``/``-separated, a directory's ending in ``/`` with
-    size and mtime 0; in path order) that BuildKit's ignore rule lets through
+    size, mtime and mode 0; in path order) that BuildKit's ignore rule lets through
     (:func:`archfleet.context.ignore_file`), less the Dockerfile, and ``key``, a digest of them
     all (32 hex digits). The mtime stands in for the contents (BuildKit's cache key has the
     contents and the mode, not the mtime: a file touched but unchanged counts as changed here). Read from one walk, no file's bytes

@@ -180,7 +180,7 @@ def _everything(sources: Sequence[str]) -> bool:
 def files_key_for(files: ContextFiles, sources: tuple[str, ...]) -> str:
     """The key (32 hex digits) of the files of ``files`` that a COPY or ADD of ``sources``
     :func:`copies`: changes only when one of those is added, removed, resized, touched or
-    given another mode (a directory: added, removed or given another mode).
+    given another mode (a directory: added or removed).
     ``files.key`` itself when a source is the whole context or has a variable in it."""
     if _everything(sources):
         return files.key

@@ -649,14 +649,15 @@ def test_a_dockerfile_the_ignore_file_keeps_out_is_copied_by_no_step(tmp_path):
 @pytest.mark.parametrize("change,copy,changed", [
     (lambda ctx: (ctx / "dir" / "a.txt").chmod(0o755), "COPY dir/ /d/", True),  # a mode: BuildKit copies it again
     (lambda ctx: (ctx / "dir" / "empty").mkdir(), "COPY dir/ /d/", True),  # an empty directory is copied too
-    (lambda ctx: (ctx / "dir").chmod(0o700), "COPY dir/ /d/", True),
+    (lambda ctx: (ctx / "dir").chmod(0o700), "COPY dir/ /d/", False),  # a directory's mode: BuildKit kept it CACHED
     (lambda ctx: (ctx / "other").mkdir(), "COPY dir/ /d/", False),  # not under its source
     (lambda ctx: (ctx / "dir" / "empty").mkdir(), "COPY other.txt /o", False),
 ])
 def test_a_copys_chain_follows_modes_and_directories_as_buildkits_cache_key_does(tmp_path, change, copy, changed):
-    """Rule (BuildKit's COPY cache key: each copied path's contents and mode, directories
-    included): the fresh-user helper saw `chmod +x` and `mkdir dir/e` leave plan saying cached
-    while BuildKit copied again."""
+    """Rule (BuildKit's COPY cache key, as the fresh-user helpers measured it: each copied
+    file's contents and mode, and which directories there are, not their modes): `chmod +x` of
+    a file and `mkdir dir/e` made BuildKit copy again (plan had said cached); `chmod 700` of a
+    directory did not."""
     ctx = tmp_path / "ctx"
     (ctx / "dir").mkdir(parents=True)
     (ctx / "dir" / "a.txt").write_text("a")
