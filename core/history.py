@@ -31,7 +31,6 @@ import functools
 import hashlib
 import os
 import sqlite3
-import stat
 import statistics
 import sys
 import threading
@@ -83,36 +82,20 @@ PART_COLUMNS = ("fixed", "transfer", "work", "push")
 
 
 def context_key(request) -> tuple[str, int]:
-    """(key, bytes) of what the context holds, cheaply, in one walk: every file with its size
-    and mtime, the Dockerfile's bytes, the build args and the target. Contents are not read
-    (fast on big contexts); an mtime change without a content change just counts as a new
-    context. The byte count is what a remote node that lacks the context would be sent."""
-    key, total, _ = context_keys(request, ignore=False)
-    return key, total
-
-
-def context_keys(request, ignore: bool = True) -> tuple[str, int, ContextFiles]:
-    """:func:`context_key`'s (key, bytes) and, from the same walk, the context's files alone
-    (:class:`~archfleet.model.ContextFiles`: names, sizes, mtimes and modes of the files and
-    links, names of the directories; not the Dockerfile, args or target; BuildKit's
-    ignore rule applied unless ``ignore`` is False), which a COPY from the context depends on
-    (:mod:`archfleet.steps`)."""
+    """(key, bytes) of what the context holds, cheaply, in one walk: every file with its size,
+    mtime and mode, every directory's name, the Dockerfile's bytes, the build args and the
+    target. Contents are not read (fast on big contexts); an mtime change without a content
+    change just counts as a new context. The byte count is what a remote node that lacks the
+    context would be sent. Also the stamp a context's snapshot is cached by
+    (:func:`archfleet.context.snapshot_of`): whatever the snapshot holds must change it."""
     h = hashlib.sha256()
     total = 0
     root = Path(request.context)
     dockerfile = os.path.abspath(request.dockerfile)
-    files: list[tuple[str, int, int, int]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        for name in dirnames:  # BuildKit copies directories too: an empty one made copies again
-            try:
-                st = (Path(dirpath) / name).lstat()
-            except OSError:
-                continue
-            # by name alone: not its mtime (it moves with every file made in it), nor its mode
-            # (BuildKit kept a COPY cached after a chmod of a directory in it)
-            if stat.S_ISDIR(st.st_mode):
-                files.append(((Path(dirpath) / name).relative_to(root).as_posix() + "/", 0, 0, 0))
+        for name in dirnames:  # an empty directory made is in the snapshot: the stamp must move
+            h.update(os.fsencode((Path(dirpath) / name).relative_to(root)) + b"/\n")
         for name in sorted(filenames):
             p = Path(dirpath) / name
             try:
@@ -121,51 +104,52 @@ def context_keys(request, ignore: bool = True) -> tuple[str, int, ContextFiles]:
                 continue
             total += st.st_size
             if os.path.abspath(p) == dockerfile:
-                continue  # its bytes are hashed below; a COPY that copies it says so (steps.planned)
-            rel = p.relative_to(root)
+                continue  # its bytes are hashed below
             # bytes as the file system holds them: a name that is not UTF-8 hashes too
-            h.update(os.fsencode(rel) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            files.append((rel.as_posix(), st.st_size, st.st_mtime_ns, st.st_mode))
-    inside = os.path.relpath(dockerfile, os.path.abspath(root))
-    in_context = "" if inside == ".." or inside.startswith(".." + os.sep) else inside.replace(os.sep, "/")
-    sent = _sent_files(root, Path(request.dockerfile), files, in_context) if ignore else None
-    if sent is not None:
-        files, in_context = sent
-    files.sort()
-    fh = hashlib.sha256()
-    for path, size, mtime, mode in files:
-        fh.update(os.fsencode(path) + f"\0{size}\0{mtime}\0{mode:o}\n".encode())
-    files_key = fh.hexdigest()[:32]
+            h.update(os.fsencode(p.relative_to(root)) + f"\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode:o}\n".encode())
     try:
         h.update(Path(request.dockerfile).read_bytes())
     except OSError:
         pass
     h.update(repr((tuple(request.build_args), request.target)).encode())
-    return h.hexdigest()[:32], total, ContextFiles(tuple(files), files_key, in_context)
+    return h.hexdigest()[:32], total
 
 
-def _sent_files(root: Path, dockerfile: Path, files: list[tuple[str, int, int, int]],
-                in_context: str) -> tuple[list, str] | None:
-    """``files`` less those the build's ignore file keeps out of the context (BuildKit's rule,
-    :func:`archfleet.context.ignore_file`), and the Dockerfile's path in the context unless
-    the rule keeps it out too ("" then); None when no ignore file has a pattern."""
-    from .context import ignore_file, ignore_patterns, included, included_file
+def context_files(request) -> ContextFiles:
+    """The context's files as a COPY from it sees them (:class:`~archfleet.model.ContextFiles`),
+    from its snapshot (:func:`archfleet.context.snapshot_of`: BuildKit's ignore rule applied,
+    every file's contents hashed once per process and shared with the sync and the context
+    digest): each file's contents and mode, each link's target, each directory's name (not its
+    mode or mtime: BuildKit keeps a COPY cached after either changes), not the Dockerfile.
+    Blocking. Raises :class:`~archfleet.errors.UsageError` naming a file that cannot be read."""
+    from .context import ignore_patterns, included_file, snapshot_of
 
-    path = ignore_file(root, dockerfile)
-    if path is None:
-        return None
-    try:
-        patterns = ignore_patterns(path.read_bytes())
-    except OSError:
-        return None  # the snapshot says so in one line; here every file counts
-    if not patterns:
-        return None
-    # docker-py's walk always keeps the Dockerfile (as the classic builder sent it); BuildKit
-    # applies the rule to it like any file: ask the rule about it alone
-    kept = {p.replace(os.sep, "/") for p in included(root, dockerfile, patterns)}
-    if in_context and not included_file(in_context, patterns):
-        in_context = ""
-    return [f for f in files if f[0].rstrip("/") in kept], in_context
+    snap = snapshot_of(request)
+    inside = os.path.relpath(os.path.abspath(request.dockerfile), os.path.abspath(request.context))
+    in_context = "" if inside == ".." or inside.startswith(".." + os.sep) else inside.replace(os.sep, "/")
+    entries: list[tuple[str, str, int]] = []
+    for e in snap.entries:
+        if e.path == in_context:
+            continue  # the Dockerfile: its bytes chain the steps that can copy it (steps.planned)
+        if e.kind == "file":
+            entries.append((e.path, e.digest, e.mode))
+        elif e.kind == "link":
+            entries.append((e.path, "-> " + e.target, 0))
+        else:
+            entries.append((e.path + "/", "", 0))
+    if in_context and snap.ignore_path is not None:
+        # docker-py's walk keeps the Dockerfile (as the classic builder sent it); BuildKit
+        # applies the rule to it like any file and sends it apart: an ignored one is not there
+        try:
+            if not included_file(in_context, ignore_patterns(Path(snap.ignore_path).read_bytes())):
+                in_context = ""
+        except OSError:
+            pass
+    entries.sort()
+    h = hashlib.sha256()
+    for path, content, mode in entries:
+        h.update(os.fsencode(path) + f"\0{content}\0{mode:o}\n".encode())
+    return ContextFiles(tuple(entries), h.hexdigest()[:32], in_context)
 
 
 def project_key(request) -> str:
@@ -292,7 +276,7 @@ class History:
         node's child as a cache source (:mod:`archfleet.buildcache`); ``parts``: the measured
         seconds of each of :data:`PART_COLUMNS`; ``push_bytes``: the bytes of the layers it
         pushed; ``steps``: (key, chain, platform, emulated, seconds, cached) for each step it
-        reported; ``files_key``: the context's files alone (:func:`context_keys`: a node that
+        reported; ``files_key``: the context's files alone (:func:`context_files`: a node that
         has them needs no transfer)."""
         parts = parts or {}
         db = self._conn()
@@ -445,7 +429,7 @@ class History:
 @attrs.frozen
 class HistoryView:
     """What ``archfleet_estimate`` gets: the database and this request's keys (``files``: the
-    context's files alone, :class:`~archfleet.model.ContextFiles` from :func:`context_keys`). Reads are kept for the view's life
+    context's files alone, :class:`~archfleet.model.ContextFiles` from :func:`context_files`). Reads are kept for the view's life
     (one command): the estimates ask the same question for many options."""
 
     db: History
@@ -524,7 +508,7 @@ def view_for(request, path: Path | None = None) -> HistoryView | None:
     if where is None:
         return None
     try:
-        key, size, files = context_keys(request)
-        return HistoryView(History(path or where), key, project_key(request), size, files)
+        key, size = context_key(request)
+        return HistoryView(History(path or where), key, project_key(request), size, context_files(request))
     except (OSError, sqlite3.Error):
         return None

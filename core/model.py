@@ -391,18 +391,19 @@ PARTS = ("fixed", "transfer", "work", "push")
 
 @attrs.frozen(eq=False)
 class ContextFiles:
-    """The context's files as a COPY or ADD from the context sees them: each ``(path, size,
-    mtime_ns, st_mode)`` (``path`` relative, ``/``-separated, a directory's ending in ``/`` with
-    size, mtime and mode 0; in path order) that BuildKit's ignore rule lets through
-    (:func:`archfleet.context.ignore_file`), less the Dockerfile, and ``key``, a digest of them
-    all (32 hex digits). The mtime stands in for the contents (BuildKit's cache key has the
-    contents and the mode, not the mtime: a file touched but unchanged counts as changed here). Read from one walk, no file's bytes
-    (:func:`archfleet.history.context_keys`). Equal and hashed by ``key`` (and ``dockerfile``), so the per-platform
-    step plans made from it are cached by it. A step's chain covers only the files its sources
-    can copy (:func:`archfleet.steps.files_key_for`): editing a file one COPY does not copy
-    leaves that COPY, and the steps after it, cached."""
+    """The context's files as a COPY or ADD from the context sees them: each ``(path, content,
+    mode)`` that BuildKit's ignore rule lets through (:func:`archfleet.context.ignore_file`),
+    less the Dockerfile, in path order: ``path`` relative and ``/``-separated (a directory's
+    ending in ``/``), ``content`` a file's sha256 (``-> TARGET`` for a link, "" for a directory)
+    and ``mode`` a file's permission bits (0 for the others); and ``key``, a digest of them all
+    (32 hex digits). From the context's snapshot (:func:`archfleet.history.context_files`), so
+    a file touched but not changed changes nothing, as in BuildKit's cache key (contents and
+    modes). Equal and hashed by ``key`` (and ``dockerfile``), so the per-platform step plans
+    made from it are cached by it. A step's chain covers only the files its sources can copy
+    (:func:`archfleet.steps.files_key_for`): editing a file one COPY does not copy leaves that
+    COPY, and the steps after it, cached."""
 
-    entries: tuple[tuple[str, int, int, int], ...] = attrs.field(converter=tuple, repr=lambda e: f"<{len(e)} files>")
+    entries: tuple[tuple[str, str, int], ...] = attrs.field(converter=tuple, repr=lambda e: f"<{len(e)} files>")
     key: str
     #: the Dockerfile's path in the context as BuildKit sends it (``/``-separated), "" when it
     #: lies outside the context or the ignore rule keeps it out (no COPY can copy it then)

@@ -179,15 +179,15 @@ def _everything(sources: Sequence[str]) -> bool:
 @functools.lru_cache(maxsize=512)
 def files_key_for(files: ContextFiles, sources: tuple[str, ...]) -> str:
     """The key (32 hex digits) of the files of ``files`` that a COPY or ADD of ``sources``
-    :func:`copies`: changes only when one of those is added, removed, resized, touched or
-    given another mode (a directory: added or removed).
+    :func:`copies`: changes only when one of those is added, removed, changed or given another
+    mode (a directory: added or removed), not when a file is only touched.
     ``files.key`` itself when a source is the whole context or has a variable in it."""
     if _everything(sources):
         return files.key
     h = hashlib.sha256(b"files\n")
-    for path, size, mtime, mode in files.entries:
+    for path, content, mode in files.entries:
         if copies(sources, path):
-            h.update(os.fsencode(path) + f"\0{size}\0{mtime}\0{mode:o}\n".encode())
+            h.update(os.fsencode(path) + f"\0{content}\0{mode:o}\n".encode())
     return h.hexdigest()[:32]
 
 

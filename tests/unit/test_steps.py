@@ -531,7 +531,7 @@ def test_editing_a_dockerfile_in_its_context_keeps_a_copy_of_other_files_cached(
     leaves the Dockerfile out; a COPY of other files keeps its chain when the Dockerfile is
     edited, a COPY that copies the Dockerfile (COPY . /src) does not. The fresh-user helper saw
     both marked 'not cached' after appending a RUN, and BuildKit then report them CACHED."""
-    from archfleet.history import context_keys
+    from archfleet.history import context_files
 
     ctx = tmp_path / "ctx"
     ctx.mkdir()
@@ -540,7 +540,7 @@ def test_editing_a_dockerfile_in_its_context_keeps_a_copy_of_other_files_cached(
 
     def chains(text):
         request = request_for(ctx, text)
-        plan = steps.planned(request, ARM, [ARM], [], context_keys(request)[2])
+        plan = steps.planned(request, ARM, [ARM], [], context_files(request))
         return {p.text: p.chain for p in plan}
 
     before = chains(text)
@@ -557,10 +557,10 @@ def _touch(path, text):
 
 
 def _chains(ctx, text):
-    from archfleet.history import context_keys
+    from archfleet.history import context_files
 
     request = request_for(ctx, text)
-    return {p.text: p.chain for p in steps.planned(request, ARM, [ARM], [], context_keys(request)[2])}
+    return {p.text: p.chain for p in steps.planned(request, ARM, [ARM], [], context_files(request))}
 
 
 def test_editing_a_file_a_copy_does_not_copy_keeps_that_copy_and_the_steps_after_it_cached(tmp_path):
@@ -591,7 +591,7 @@ def test_editing_an_ignored_file_changes_no_step(tmp_path):
     """Rule (BuildKit's ignore rule, archfleet.context.ignore_file): a file the .dockerignore
     keeps out of the context reaches no COPY, so editing it (a build output, .git) leaves every
     chain, and the files key the history matches syncs by, as they were."""
-    from archfleet.history import context_keys
+    from archfleet.history import context_files
 
     ctx = tmp_path / "ctx"
     (ctx / "out").mkdir(parents=True)
@@ -600,10 +600,10 @@ def test_editing_an_ignored_file_changes_no_step(tmp_path):
     (ctx / ".dockerignore").write_text("out\n")
     text = f"FROM {BASE}\nCOPY . /src\nRUN ls /src\n"
     before = _chains(ctx, text)
-    key_before = context_keys(request_for(ctx, text))[2]
+    key_before = context_files(request_for(ctx, text))
     _touch(ctx / "out" / "bin", "22")
     assert _chains(ctx, text) == before
-    files = context_keys(request_for(ctx, text))[2]
+    files = context_files(request_for(ctx, text))
     assert files.key == key_before.key and [e[0] for e in files.entries] == [".dockerignore", "a.txt"]
     _touch(ctx / "a.txt", "b")
     assert _chains(ctx, text)["COPY . /src"] != before["COPY . /src"]
@@ -667,3 +667,18 @@ def test_a_copys_chain_follows_modes_and_directories_as_buildkits_cache_key_does
     before = _chains(ctx, text)
     change(ctx)
     assert (_chains(ctx, text)[copy] != before[copy]) is changed
+
+
+def test_a_file_touched_but_not_changed_changes_no_step(tmp_path):
+    """Rule (BuildKit's COPY cache key: contents and mode, not the mtime): a fresh checkout or
+    `touch` leaves every COPY cached (the first fresh-user helper: plan said not cached, BuildKit
+    CACHED); the same size with other bytes does not."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a.txt").write_text("aaaa")
+    text = f"FROM {BASE}\nCOPY a.txt /a\nRUN cat /a\n"
+    before = _chains(ctx, text)
+    _touch(ctx / "a.txt", "aaaa")  # the same bytes, a new mtime
+    assert _chains(ctx, text) == before
+    _touch(ctx / "a.txt", "bbbb")  # the same size, other bytes
+    assert _chains(ctx, text)["COPY a.txt /a"] != before["COPY a.txt /a"]
