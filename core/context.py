@@ -168,6 +168,12 @@ def included(root: Path, dockerfile: Path, patterns: list[str]) -> list[str]:
     return sorted(exclude_paths(str(root), list(patterns), dockerfile=rel_df))
 
 
+def path_in_context(path, context) -> str:
+    """``path``'s place inside the context (relative, ``/``-separated), or "" when it is outside."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(context))
+    return "" if rel == ".." or rel.startswith(".." + os.sep) else rel.replace(os.sep, "/")
+
+
 def included_file(path: str, patterns: list[str]) -> bool:
     """Whether the ignore ``patterns`` let the context's ``path`` (relative, ``/``-separated)
     through, by the same matcher as :func:`included` (a directory above it excluded excludes

@@ -122,11 +122,10 @@ def context_files(request) -> ContextFiles:
     digest): each file's contents and mode, each link's target, each directory's name (not its
     mode or mtime: BuildKit keeps a COPY cached after either changes), not the Dockerfile.
     Blocking. Raises :class:`~archfleet.errors.UsageError` naming a file that cannot be read."""
-    from .context import ignore_patterns, included_file, snapshot_of
+    from .context import ignore_patterns, included_file, path_in_context, snapshot_of
 
     snap = snapshot_of(request)
-    inside = os.path.relpath(os.path.abspath(request.dockerfile), os.path.abspath(request.context))
-    in_context = "" if inside == ".." or inside.startswith(".." + os.sep) else inside.replace(os.sep, "/")
+    in_context = path_in_context(request.dockerfile, request.context)
     entries: list[tuple[str, str, int]] = []
     for e in snap.entries:
         if e.path == in_context:

@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
+from .context import path_in_context
 from .dockerfile import Analysis, Instruction, analyse, mount_fields
 from .model import BuildRequest, ContextFiles, StepPlan, StepTime
 from .planner import QEMU_FACTOR, StepPrior, step_prior
@@ -104,14 +105,8 @@ def planned(request: BuildRequest, platform: Platform, native: Sequence[Platform
         return ()
     bases = tuple((b.ref, b.digest_for(platform)) for b in request.bases)
     # where the Dockerfile is in the context as sent (an ignored one is not): the files say
-    in_context = files.dockerfile if isinstance(files, ContextFiles) else _in_context(analysis.path, request.context)
+    in_context = files.dockerfile if isinstance(files, ContextFiles) else path_in_context(analysis.path, request.context)
     return _planned(analysis, platform, tuple(native), files, tuple(request.build_args), bases, in_context)
-
-
-def _in_context(dockerfile: str, context) -> str:
-    """The Dockerfile's path inside the context (``/``-separated), or "" when it is outside."""
-    rel = os.path.relpath(os.path.abspath(dockerfile), os.path.abspath(context))
-    return "" if rel == ".." or rel.startswith(".." + os.sep) else rel.replace(os.sep, "/")
 
 
 def _component_regex(pattern: str) -> str:
