@@ -190,16 +190,13 @@ rm -f -- "$t"
 _DROP = _PRELUDE + r"""pick "$1" "$2" || exit 0
 rm -f -- "$d/$3"
 """
-# One "lease=now start estimate beat" line per lease in the lease directory of $1/$2, leaving
-# out those named "$3..." when $3 is given (a run waiting on other runs' slots skips its own).
-# Also the tail of the probe's facts script, which passes only $1 and $2. A file that is not a
-# regular file is skipped; ``timeout`` bounds a read that races a file swapped for a FIFO.
+# One "lease=now start estimate beat" line per lease in the lease directory of $1/$2: the tail
+# of the probe's facts script. A file that is not a regular file is skipped; ``timeout`` bounds a read that races a file swapped for a FIFO.
 READ_SCRIPT = _PRELUDE + r"""if [ -n "$2" ] && pick "$1" "$2"; then
   now=$(date +%s); n=0
   if command -v timeout >/dev/null 2>&1; then T="timeout 2"; else T=; fi
   for f in "$d"/*; do
     [ -f "$f" ] && ! [ -L "$f" ] || continue
-    if [ -n "$3" ]; then case "${f##*/}" in "$3"*) continue;; esac; fi
     n=$((n + 1)); [ $n -le 256 ] || break
     $T head -c 64 -- "$f" 2>/dev/null | { read -r s e b _ && echo "lease=$now $s $e $b"; }
   done
@@ -250,7 +247,7 @@ def parse(values: Iterable[str]) -> tuple[float, ...]:
     return tuple(sorted(out))
 
 
-# This process's leases are named "<RUN>-<hex>": a run waiting for slots skips its own.
+# This process's leases are named "<RUN>-<hex>".
 RUN = f"{os.getpid()}{secrets.token_hex(4)}"
 
 
@@ -400,28 +397,28 @@ def _names(dir_fd: int) -> list[str]:
     return out
 
 
-def read_local(node: NodeSpec, root: str | None = None, skip: str | None = None) -> tuple[float, ...]:
-    """The local node's leases (but those named ``skip...``), read directly (no process to start).
+def read_local(node: NodeSpec, root: str | None = None) -> tuple[float, ...]:
+    """The local node's leases, read directly (no process to start).
     Blocking (file system): call it in a thread."""
-    return _read_key(root or shared_root(), engine_key(node), skip)
+    return _read_key(root or shared_root(), engine_key(node))
 
 
-def _read_key(root: str, key: str, skip: str | None) -> tuple[float, ...]:
+def _read_key(root: str, key: str) -> tuple[float, ...]:
     fd = _lease_dir(root, key, make=False)
     if fd is None:
         return ()
     try:
-        return _read_fd(fd, skip)
+        return _read_fd(fd)
     finally:
         os.close(fd)
 
 
-def _read_fd(fd: int, skip: str | None = None) -> tuple[float, ...]:
+def _read_fd(fd: int) -> tuple[float, ...]:
     now = time.time()
     values = []
     try:
         for name in _names(fd):
-            if name.startswith(".") or (skip and name.startswith(skip)):
+            if name.startswith("."):
                 continue
             text = _read_one(fd, name)
             if text is not None:
@@ -541,10 +538,6 @@ class LocalLeases:
         """Remove lease ``name`` (a lease of this user's only)."""
         await asyncio.to_thread(_drop_local, root, key, name)
 
-    async def others(self, root: str, key: str, skip: str) -> tuple[float, ...]:
-        """Busy seconds of the live leases for engine ``key``, leaving out those whose names start with ``skip``."""
-        return await asyncio.to_thread(_read_key, root, key, skip)
-
     async def beat(self, root: str, key: str, name: str) -> None:
         """Renew lease ``name``'s heartbeat."""
         await asyncio.to_thread(_beat_local, root, key, name)
@@ -582,18 +575,6 @@ class ShellLeases:
             await self.transport.run(["sh", "-c", _DROP, "sh", root, key, name], timeout=timeout)
         except Exception:
             pass
-
-    async def others(self, root: str, key: str, skip: str) -> tuple[float, ...]:
-        """As :meth:`LocalLeases.others`, read on the node (empty when it does not answer)."""
-        lines: list[str] = []
-        try:
-            done = await self.transport.run(["sh", "-c", READ_SCRIPT, "sh", root, key, skip],
-                                            on_line=lines.append, timeout=10)
-        except Exception:
-            return ()
-        if not done.ok:
-            return ()
-        return parse(l.strip()[len("lease="):] for l in lines if l.strip().startswith("lease="))
 
     async def beat(self, root: str, key: str, name: str) -> None:
         """As :meth:`LocalLeases.beat`, on the node."""
@@ -635,11 +616,6 @@ async def drop(transport, node: NodeSpec, name: str | None, root: str | None = N
     """Remove lease ``name`` (from :func:`take`; None does nothing)."""
     if name is not None:
         await transport.leases.drop(root or shared_root(), engine_key(node), name, timeout)
-
-
-async def others(transport, node: NodeSpec, root: str | None = None) -> tuple[float, ...]:
-    """Busy seconds of the slots other runs hold on ``node`` now (this process's leases left out)."""
-    return await transport.leases.others(root or shared_root(), engine_key(node), RUN + "-")
 
 
 async def beat(transport, node: NodeSpec, name: str, root: str | None = None) -> None:

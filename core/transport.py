@@ -92,7 +92,7 @@ class Transport(Protocol):
 
     @property
     def leases(self):
-        """The node's lease store: ``take``/``drop``/``others``/``beat`` as in
+        """The node's lease store: ``claim``/``drop``/``beat`` as in
         :class:`archfleet.leases.LocalLeases` (see :mod:`archfleet.leases`)."""
         ...
 

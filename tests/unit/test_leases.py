@@ -147,7 +147,9 @@ def test_taking_a_lease_sweeps_dead_ones(tmp_path):
         assert sorted(p.name for p in d.iterdir()) == [name]
 
 
-def test_others_leaves_out_this_process_leases(tmp_path):
+def test_a_claim_counts_this_runs_own_leases_beside_other_runs(tmp_path):
+    """Rule (leases.claim): every live lease counts toward max_builds, this process's own too
+    (its other builds use the engine as much as another run's)."""
     for transport, node in ((ShellTransport("n1"), NodeSpec("n1", transport="ssh", settings={"host": "h"}, docker_host="unix:///o.sock")),
                             (LocalTransport(), NodeSpec("local"))):
         root = str(tmp_path)
@@ -157,8 +159,9 @@ def test_others_leaves_out_this_process_leases(tmp_path):
         (d / "999999abcd-0123").write_text(f"{now} 40 {now}\n")  # another run's
         mine = asyncio.run(leases.take(transport, node, 10.0, root=root))
         assert mine.startswith(leases.RUN + "-")
-        got = asyncio.run(leases.others(transport, node, root=root))
-        assert got == (pytest.approx(40.0, abs=1.1),), got
+        got = asyncio.run(leases.claim(transport, node, 10.0, 2, root=root))
+        assert (got.name, got.full) == (None, True)
+        assert got.busy == (pytest.approx(10.0, abs=1.1), pytest.approx(40.0, abs=1.1)), got
 
 
 # --- the lease directory is anyone's: nothing there is followed, trusted or waited on ----------
@@ -257,7 +260,9 @@ def test_a_symlinked_engine_dir_is_never_followed(tmp_path, private_root, transp
     (root / leases.engine_key(node)).symlink_to(v)
     lease_life(transport_cls("n1"), node, root, where=private_root)
     assert snapshot(v) == before
-    assert asyncio.run(leases.others(transport_cls("n1"), node, root=str(root))) == ()
+    got = asyncio.run(leases.claim(transport_cls("n1"), node, 5.0, 1, root=str(root)))
+    assert got.busy == () and got.name and snapshot(v) == before  # nothing read or written through the link
+    asyncio.run(leases.drop(transport_cls("n1"), node, got.name, root=str(root)))
 
 
 @pytest.mark.parametrize("transport_cls,node", PATHS)
@@ -375,8 +380,8 @@ def test_a_fifo_or_dev_zero_lease_never_blocks(tmp_path, transport_cls, node):
     (which blocks an open for reading) and a symlink to /dev/zero (endless) are skipped and the
     one real lease still counts. Bounded by a timeout: a hang fails the test, not the suite."""
     hostile_engine_dir(tmp_path, node)
-    got = asyncio.run(asyncio.wait_for(leases.others(transport_cls("n1"), node, root=str(tmp_path)), 15))
-    assert got == (pytest.approx(40.0, abs=1.1),)
+    got = asyncio.run(asyncio.wait_for(leases.claim(transport_cls("n1"), node, 5.0, 2, root=str(tmp_path)), 15))
+    assert got.busy == (pytest.approx(40.0, abs=1.1),) and got.name
 
 
 def test_reading_local_leases_runs_off_the_event_loop(tmp_path, monkeypatch):
@@ -385,15 +390,15 @@ def test_reading_local_leases_runs_off_the_event_loop(tmp_path, monkeypatch):
     node = NodeSpec("local")
     hostile_engine_dir(tmp_path, node)
     threads = []
-    real = leases._read_key
+    real = leases._read_fd
 
     def spy(*args, **kwargs):
         threads.append(threading.current_thread() is threading.main_thread())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(leases, "_read_key", spy)
-    got = asyncio.run(asyncio.wait_for(leases.others(LocalTransport(), node, root=str(tmp_path)), 15))
-    assert got == (pytest.approx(40.0, abs=1.1),) and threads == [False]
+    monkeypatch.setattr(leases, "_read_fd", spy)
+    got = asyncio.run(asyncio.wait_for(leases.claim(LocalTransport(), node, 5.0, 2, root=str(tmp_path)), 15))
+    assert got.busy == (pytest.approx(40.0, abs=1.1),) and threads == [False]
 
 
 def test_the_probe_script_skips_what_is_not_a_regular_file(tmp_path):
