@@ -182,20 +182,36 @@ class _Word:
 def _glob(pattern: str) -> re.Pattern:
     """A shell pattern as a regex: ``*`` any run, ``?`` one character, ``\\x`` a literal x
     (BuildKit's convertShellPatternToRegex, which has no ``[...]`` classes either)."""
+    return re.compile(wildcard_regex(pattern, one=".", classes=False), re.S)
+
+
+def wildcard_regex(pattern: str, *, one: str, classes: bool) -> str:
+    """A wildcard pattern as a regular expression's text: ``*`` any run of ``one`` (a regex
+    atom: ``.`` for a shell pattern, ``[^/]`` for a path component), ``?`` one ``one``, a
+    backslash escapes the next character; with ``classes`` (paths: Go's ``filepath.Match``),
+    ``[...]`` is one character of the set (``[^...]`` negated and never ``/``; ``[!...]`` is a
+    set holding ``!``), and a ``[`` without its ``]`` is itself."""
     out, i = [], 0
     while i < len(pattern):
         ch = pattern[i]
         if ch == "*":
-            out.append(".*")
+            out.append(one + "*")
         elif ch == "?":
-            out.append(".")
+            out.append(one)
         elif ch == "\\" and i + 1 < len(pattern):
             i += 1
             out.append(re.escape(pattern[i]))
+        elif classes and ch == "[" and "]" in pattern[i + 2:]:
+            j = pattern.index("]", i + 2)
+            body = pattern[i + 1:j]
+            negate = body[:1] == "^"  # Go: only ^ negates; [!a] is the set of ! and a
+            body = (body[1:] if negate else body).replace("\\", "\\\\").replace("[", "\\[")
+            out.append("[" + ("^/" if negate else "") + body + "]")
+            i = j
         else:
             out.append(re.escape(ch))
         i += 1
-    return re.compile("".join(out), re.S)
+    return "".join(out)
 
 
 def expand(text: str, env: Mapping[str, str | None], *, escape: str = "\\") -> tuple[str, tuple[str, ...]]:

@@ -43,6 +43,7 @@ from .context import path_in_context
 from .dockerfile import Analysis, Instruction, analyse, mount_fields
 from .model import BuildRequest, ContextFiles, StepPlan, StepTime
 from .planner import QEMU_FACTOR, StepPrior, step_prior
+from .shellword import wildcard_regex
 from .platforms import Platform
 
 #: the instructions BuildKit makes a step of (and numbers, after FROM); the others set metadata
@@ -109,34 +110,6 @@ def planned(request: BuildRequest, platform: Platform, native: Sequence[Platform
     return _planned(analysis, platform, tuple(native), files, tuple(request.build_args), bases, in_context)
 
 
-def _component_regex(pattern: str) -> str:
-    """One path component of a Go ``filepath.Match`` pattern as a regular expression: ``*`` and
-    ``?`` never match a ``/``; ``[...]`` (``[^...]`` negated; unlike a shell's, ``[!...]`` is
-    a set holding ``!``) one character but ``/``; a backslash escapes the next character; a
-    ``[`` without its ``]`` is itself."""
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "\\" and i + 1 < len(pattern):
-            i += 1
-            out.append(re.escape(pattern[i]))
-        elif c == "[" and "]" in pattern[i + 2:]:
-            j = pattern.index("]", i + 2)
-            body = pattern[i + 1:j]
-            negate = body[:1] == "^"  # Go: only ^ negates; [!a] is the set of ! and a
-            body = (body[1:] if negate else body).replace("\\", "\\\\").replace("[", "\\[")
-            out.append("[" + ("^/" if negate else "") + body + "]")
-            i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
 @functools.lru_cache(maxsize=1024)
 def _source_regex(src: str) -> "re.Pattern | None":
     """What a COPY source matches, as a regular expression over a context path: the source,
@@ -148,7 +121,9 @@ def _source_regex(src: str) -> "re.Pattern | None":
     if norm in ("", "."):
         return None
     try:
-        return re.compile("/".join(_component_regex(p) for p in norm.split("/")) + r"(?:/|\Z)", re.S)
+        # Go's filepath.Match per component: * and ? never cross a /; [^...] negates, [!...] is a set
+        return re.compile("/".join(wildcard_regex(p, one="[^/]", classes=True) for p in norm.split("/"))
+                          + r"(?:/|\Z)", re.S)
     except re.error:  # a pattern BuildKit would refuse: taken literally
         return re.compile(re.escape(norm) + r"(?:/|\Z)", re.S)
 
