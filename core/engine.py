@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import time
@@ -63,48 +64,90 @@ from .transport import Completed, LineCallback, Transport
 
 _VERSION = re.compile(r"version\s+v?(\d+)\.(\d+)", re.I)
 _IMAGE_ID = re.compile(r"writing image (sha256:[0-9a-f]{64})")
-_BUILDX = re.compile(r"\bbuildx\b.*\bv?\d+\.\d+")
 _PROGRESS = re.compile(r"^#\d+ ")  # BuildKit's plain progress: the build's own output, never classified
 # a build process exited non-zero: "executor failed running [CMD]: exit code: N" (Docker 20.10;
 # CMD may span lines, so only its end is matched) or "process "CMD" did not complete
 # successfully: exit code: N" (BuildKit >= 0.9)
 _PROCESS_EXIT = re.compile(r"(\]|did not complete successfully): exit code: \d+\s*$")
-# one `docker info` answers the server's version and whether it is rootless, or why it cannot
-# (Docker 20.10's client exits 0 with ServerErrors when the daemon does not answer; newer ones exit 1)
-INFO_FORMAT = ('{{if .ServerErrors}}error: {{join .ServerErrors "; "}}'
+# One `docker info` answers what the CLI is and what the daemon is. Its first line is the CLI's
+# own part (`ClientInfo`, Docker >= 19.03: its plugins, each found the way the CLI runs it, and
+# from Docker 24 its own version), printed whether or not a daemon answers; its second is the
+# server's version and whether it is rootless, or why it cannot say (Docker 20.10's client exits
+# 0 with ServerErrors when the daemon does not answer; newer ones exit 1 and print the error).
+INFO_FORMAT = ('client={{json .ClientInfo}}\n'
+               '{{if .ServerErrors}}error: {{join .ServerErrors "; "}}'
                '{{else}}version={{.ServerVersion}} security={{join .SecurityOptions " "}}{{end}}')
 
 
-async def discover_cli(transport: Transport, candidates: Sequence[str]) -> tuple[EngineCLI | None, list[str]]:
-    """The first candidate that can build with BuildKit, and why the others could not.
+def probe_argvs(candidates: Sequence[str]) -> list[list[str]]:
+    """The commands that find the CLI and ask its daemon (:func:`choose_cli`): each candidate's
+    ``--version`` and ``info --format INFO_FORMAT``; two per candidate, all independent."""
+    return [argv for cli in candidates for argv in ([cli, "--version"], [cli, "info", "--format", INFO_FORMAT])]
 
-    Every candidate is asked both questions at once (they are cheap and independent); the
-    answer is still the first candidate in order that can build. Asked one after another,
-    two candidates cost four sequential process starts before a build could begin."""
-    if not candidates:
-        return None, []
-    answers = await asyncio.gather(*(transport.run(argv, timeout=30) for cli in candidates
-                                     for argv in ([cli, "buildx", "version"], [cli, "--version"])))
+
+def buildx_plugin(info: Completed) -> str | None:
+    """The version of the buildx plugin the CLI lists in ``docker info``'s ``ClientInfo.Plugins``
+    (the CLI found it and ran its ``docker-cli-plugin-metadata``; a plugin listed with ``Err``
+    is broken and not counted), or None when it lists none."""
+    for line in info.tail:
+        if not line.startswith("client="):
+            continue
+        try:
+            client = json.loads(line[len("client="):])
+        except ValueError:
+            return None
+        for plugin in (client.get("Plugins") or ()) if isinstance(client, dict) else ():
+            if isinstance(plugin, dict) and plugin.get("Name") == "buildx" and not plugin.get("Err"):
+                return str(plugin.get("Version") or "")
+        return None
+    return None
+
+
+async def discover_cli(transport: Transport, candidates: Sequence[str]) -> tuple[EngineCLI | None, list[str]]:
+    """The first candidate that can build with BuildKit, and why the others could not
+    (:func:`choose_cli` over :func:`ask_clis`)."""
+    cli, reasons, _ = choose_cli(candidates, await ask_clis(transport, candidates))
+    return cli, reasons
+
+
+async def ask_clis(transport: Transport, candidates: Sequence[str]) -> dict[tuple, Completed]:
+    """Every :func:`probe_argvs` command at once (they are cheap and independent), by argv."""
+    argvs = probe_argvs(candidates)
+    done = await asyncio.gather(*(transport.run(argv, timeout=30) for argv in argvs))
+    return {tuple(argv): answer for argv, answer in zip(argvs, done)}
+
+
+def choose_cli(candidates: Sequence[str], answers: dict[tuple, Completed]
+               ) -> tuple[EngineCLI | None, list[str], Completed | None]:
+    """From the :func:`probe_argvs` answers: the first candidate, in order, that can build with
+    BuildKit, why each one before it could not, and its ``info`` answer (the daemon's part, for
+    :func:`parse_info`).
+
+    A candidate builds with ``buildx build`` when its ``docker info`` lists a working buildx
+    plugin, else with ``DOCKER_BUILDKIT=1 docker build`` when ``--version`` says a Docker client
+    older than 23 (BuildKit built in; from 23 on, ``docker build`` needs buildx). A program that
+    merely exits 0 (a wrong --engine-cli) lists no plugin and prints no version: refused, with
+    the reason."""
     reasons: list[str] = []
-    for i, cli in enumerate(candidates):
-        buildx, ver = answers[2 * i], answers[2 * i + 1]
-        # buildx names itself ("github.com/docker/buildx v0.12.1 ..."): a program that merely
-        # exits 0 (a wrong --engine-cli) is no buildx, and no docker either (below)
-        if buildx.ok and _BUILDX.search(" ".join(buildx.tail)):
-            return EngineCLI((cli, "buildx"), "buildx", buildx.last_line()), reasons
+    for cli in candidates:
+        ver = answers[(cli, "--version")]
+        info = answers[(cli, "info", "--format", INFO_FORMAT)]
         if not ver.ok:
             reasons.append(f"{cli}: {ver.last_line()}")
             continue
+        buildx = buildx_plugin(info)
+        if buildx is not None:
+            return EngineCLI((cli, "buildx"), "buildx", f"buildx {buildx}".strip()), reasons, info
         m = _VERSION.search(" ".join(ver.tail))
         if m is None:
             printed = next((l.strip() for l in reversed(ver.tail) if l.strip()), "nothing")
             reasons.append(f"{cli}: not a docker CLI (its --version printed {printed!r})")
             continue
         if int(m.group(1)) < 23:
-            return EngineCLI((cli,), "buildkit", f"{m.group(1)}.{m.group(2)}"), reasons
+            return EngineCLI((cli,), "buildkit", f"{m.group(1)}.{m.group(2)}"), reasons, info
         reasons.append(f"{cli}: version {m.group(1)}.{m.group(2)} has no buildx plugin "
                        "and no built-in BuildKit")
-    return None, reasons
+    return None, reasons, None
 
 
 def build_argv(cli: Sequence[str], mode: str, *, platform: Platform, dockerfile: str, context: str,
@@ -469,16 +512,8 @@ def parse_info(lines: Sequence[str]) -> tuple[str | None, bool, str | None]:
             return version.strip() or None, "name=rootless" in rest.split(), None
         if line.startswith("error: "):
             return None, False, line[len("error: "):]
-    return None, False, next((l.strip() for l in reversed(lines) if l.strip()), "no answer")
-
-
-async def server_info(transport: Transport, cli: EngineCLI) -> tuple[str | None, bool, str | None]:
-    """(version, rootless, error) of the node's daemon, asked through its CLI (``docker info``)."""
-    done = await transport.run([*cli.argv[:1], "info", "--format", INFO_FORMAT], timeout=30)
-    version, rootless, error = parse_info(done.tail)
-    if version is None and error is None:
-        error = done.last_line()
-    return version, rootless, error
+    return None, False, next((l.strip() for l in reversed(lines) if l.strip() and not l.startswith("client=")),
+                             "no answer")
 
 
 class DockerEngine:
@@ -496,42 +531,27 @@ class DockerEngine:
         return [engine_cli] if engine_cli else ["docker", "/usr/bin/docker"]
 
     def probe_argvs(self, candidates: Sequence[str]) -> list[list[str]]:
-        """The commands :meth:`probe` (without ``api``) may run, for the probe to run at once in
-        one session (:func:`archfleet.probe.run_batch`): each candidate's ``buildx version`` and
-        ``--version`` (:func:`discover_cli`) and its ``info`` (:func:`server_info`)."""
-        return [argv for cli in candidates for argv in ([cli, "buildx", "version"], [cli, "--version"],
-                                                        [cli, "info", "--format", INFO_FORMAT])]
+        """The commands :meth:`probe` runs, for the probe to run them at once in one session
+        (:func:`archfleet.probe.run_batch`): :func:`probe_argvs`."""
+        return probe_argvs(candidates)
 
-    async def probe(self, transport: Transport, node: NodeSpec, candidates: Sequence[str], *,
-                    api: bool = False) -> Probed:
-        """The CLI (:func:`discover_cli`), the daemon's version and whether it is rootless: through
-        the Engine API when ``api`` (this machine: a few ms, asked while the CLIs are), else with
-        ``docker info`` through the chosen CLI. A daemon that does not answer: ``answered`` False."""
-        if api:
-            info_task = asyncio.create_task(asyncio.to_thread(lambda: transport.docker_client().info()))
-            cli_task = asyncio.create_task(discover_cli(transport, candidates))
-            try:
-                info = await info_task
-            except Exception as exc:
-                cli_task.cancel()
-                await asyncio.gather(cli_task, return_exceptions=True)
-                return Probed(False, error=f"no Docker engine answers ({type(exc).__name__}: {exc}); start dockerd "
-                              "or set DOCKER_HOST", fix="start dockerd, or set DOCKER_HOST (docker_host in nodes.toml)")
-            cli, reasons = await cli_task
-            version = info.get("ServerVersion")
-            rootless = any("name=rootless" in str(o) for o in info.get("SecurityOptions") or ())
-        else:
-            cli, reasons = await discover_cli(transport, candidates)
-            if cli is None:
-                return Probed(True, error="no engine CLI with BuildKit: "
-                              + "; ".join(reasons or ["no docker CLI found"]))
-            version, rootless, error = await server_info(transport, cli)
-            if error is not None:
-                return Probed(False, cli=cli, error=f"engine not answering on the node: {error}",
-                              fix=f"start dockerd on the node, or fix docker_host at {node.source}")
-        if cli is None:
-            return Probed(True, version=version, rootless=rootless,
-                          error="no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"]))
+    async def probe(self, transport: Transport, node: NodeSpec, candidates: Sequence[str]) -> Probed:
+        """The CLI, the daemon's version and whether it is rootless, from each candidate's
+        ``--version`` and ``docker info`` (:func:`choose_cli`, :func:`parse_info`): the daemon
+        asked is the one the chosen CLI builds on. A daemon that does not answer: ``answered``
+        False."""
+        cli, reasons, info = choose_cli(candidates, await ask_clis(transport, candidates))
+        if cli is None or info is None:
+            return Probed(True, error="no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"]))
+        version, rootless, error = parse_info(info.tail)
+        if version is None and error is None:
+            error = info.last_line()
+        if error is not None and node.transport == "local":
+            return Probed(False, cli=cli, error=f"no Docker engine answers ({error}); start dockerd or set DOCKER_HOST",
+                          fix="start dockerd, or set DOCKER_HOST (docker_host in nodes.toml)")
+        if error is not None:
+            return Probed(False, cli=cli, error=f"engine not answering on the node: {error}",
+                          fix=f"start dockerd on the node, or fix docker_host at {node.source}")
         return Probed(True, cli=cli, version=version, rootless=rootless, capabilities=capabilities(cli.mode, version))
 
     @staticmethod

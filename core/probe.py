@@ -13,8 +13,8 @@ script. Both the local and the SSH transport use this, so their numbers compare.
 One session per node (issue 17): every command a session starts pays the node's login shell
 (sshd runs the command through it, and a ``~/.bashrc`` that runs ``pyenv init`` costs ~0.2 s
 each time), so the probe asks for the facts, the engine adapter's own probe commands
-(``Engine.probe_argvs``: for docker, each candidate CLI's ``buildx version``, ``--version`` and
-``info``) and, when no score is cached, the benchmark, all in one run of :data:`BATCH_SCRIPT`
+(``Engine.probe_argvs``: for docker, each candidate CLI's ``--version`` and ``info``, whose
+client part lists the buildx plugin) and, when no score is cached, the benchmark, all in one run of :data:`BATCH_SCRIPT`
 (:func:`run_batch`), whose commands travel as argv words, never as script text. The adapter's
 probe then reads those answers through :class:`Answered` as if it ran them; anything else it
 runs, it runs for real. A probe used to take three rounds of six sessions per node.

@@ -56,11 +56,7 @@ async def _probe(node: NodeSpec) -> NodeFacts:
             return NodeFacts(node, False, error=f"unsupported machine: {exc}")
         adapter = adapter_for(node.engine)
         candidates = adapter.candidates(node.engine_cli, local=True)
-        if adapter.uses_engine_api:
-            # the Engine API answers in a few ms here, asked while the CLIs are
-            found = await adapter.probe(transport, node, candidates, api=True)
-        else:
-            found = await adapter.probe(transport, node, candidates)
+        found = await adapter.probe(transport, node, candidates)
         if not found.answered:
             return NodeFacts(node, False, error=found.error, fix=found.fix)
         cli = found.cli

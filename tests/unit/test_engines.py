@@ -196,25 +196,96 @@ def test_a_cli_that_could_not_start_or_was_killed_is_the_nodes_failure(returncod
     assert engines.exit_path_failure(Completed(("cli",), returncode, tail)) == why
 
 
-def test_a_cli_is_buildx_or_docker_only_when_it_says_so():
-    """Rule (discover_cli): exit 0 is not enough. ``buildx version`` must name buildx and a
-    version, ``--version`` must give docker's version: a program that merely succeeds (a wrong
-    --engine-cli /bin/true) is refused with the reason, never used to build."""
+def _clis(answers):
+    """A transport answering each candidate's ``--version`` and ``info`` from ``answers``
+    (``{(cli, "--version"): (rc, lines), (cli, "info"): (rc, lines)}``)."""
     from archfleet.transport import Completed
 
     class T:
         node = "local"
+        runs: list = []
 
         async def run(self, argv, **kw):
-            answers = {("/bin/true", "buildx", "version"): (0, ()), ("/bin/true", "--version"): (0, ()),
-                       ("docker", "buildx", "version"): (0, ("github.com/docker/buildx v0.12.1 30feaa1",)),
-                       ("docker", "--version"): (0, ("Docker version 24.0.7, build afdd53b",))}
-            rc, tail = answers[tuple(argv)]
+            T.runs.append(tuple(argv))
+            key = tuple(argv[:2]) if argv[1:2] == ["info"] else tuple(argv)
+            assert argv[1:] in (["--version"], ["info", "--format", engine.INFO_FORMAT]), argv
+            rc, tail = answers[key]
             return Completed(tuple(argv), rc, tail)
 
-    cli, reasons = asyncio.run(engine.discover_cli(T(), ["/bin/true", "docker"]))
-    assert (cli.argv, cli.mode) == (("docker", "buildx"), "buildx")
+    return T()
+
+
+BUILDX = 'client={"Debug":false,"Version":"24.0.7","Plugins":[{"Name":"buildx","Version":"v0.12.1","Path":"/x"}]}'
+NO_PLUGINS_20 = 'client={"Debug":false,"Context":"default","Plugins":[],"Warnings":null}'  # Docker 20.10, seen here
+DAEMON = "version=20.10.24+dfsg1 security=name=seccomp,profile=default"
+
+
+def test_a_cli_is_buildx_or_docker_only_when_it_says_so():
+    """Rule (choose_cli): exit 0 is not enough. ``docker info`` must list a working buildx plugin,
+    or ``--version`` must give a Docker client older than 23: a program that merely succeeds (a
+    wrong --engine-cli /bin/true) is refused with the reason, never used to build."""
+    t = _clis({("/bin/true", "--version"): (0, ()), ("/bin/true", "info"): (0, ()),
+               ("docker", "--version"): (0, ("Docker version 24.0.7, build afdd53b",)),
+               ("docker", "info"): (0, (BUILDX, DAEMON))})
+    cli, reasons = asyncio.run(engine.discover_cli(t, ["/bin/true", "docker"]))
+    assert (cli.argv, cli.mode, cli.version) == (("docker", "buildx"), "buildx", "buildx v0.12.1")
     assert reasons == ["/bin/true: not a docker CLI (its --version printed 'nothing')"]
+
+
+@pytest.mark.parametrize("client_line,version,expected", [
+    # the plugin as the CLI lists it: buildx builds, whatever the client's version
+    (BUILDX, "Docker version 28.2.2, build e6534b4", ("buildx", ("docker", "buildx"))),
+    # a broken plugin (the CLI lists it with Err) is no buildx: a Docker 28 client then cannot build
+    ('client={"Version":"28.2.2","Plugins":[{"Name":"buildx","Err":"not a valid CLI plugin"}]}',
+     "Docker version 28.2.2, build e6534b4", None),
+    # Docker 20.10 lists no plugin: BuildKit is built in below 23 (seen here: /usr/bin/docker)
+    (NO_PLUGINS_20, "Docker version 20.10.24+dfsg1, build 297e128", ("buildkit", ("docker",))),
+    # Docker 28 without the plugin (seen here: /usr/local/bin/docker)
+    ('client={"Debug":false,"Version":"28.2.2","Plugins":[]}', "Docker version 28.2.2, build e6534b4", None),
+    # another plugin named like it is not it; a client line that is not JSON lists nothing
+    ('client={"Plugins":[{"Name":"buildx-extra","Version":"v1"}]}', "Docker version 28.2.2, build e6534b4", None),
+    ("client=<no value>", "Docker version 20.10.24+dfsg1, build 297e128", ("buildkit", ("docker",))),
+])
+def test_buildx_is_what_docker_info_lists_as_a_working_plugin(client_line, version, expected):
+    t = _clis({("docker", "--version"): (0, (version,)), ("docker", "info"): (0, (client_line, DAEMON))})
+    cli, reasons = asyncio.run(engine.discover_cli(t, ["docker"]))
+    assert ((cli.mode, cli.argv) if cli else None) == expected, reasons
+
+
+def test_a_probe_runs_two_commands_per_candidate_and_reads_the_daemon_from_the_chosen_clis_info():
+    """Rule (issue 17, probing scales): each candidate's ``--version`` and ``info``, nothing else
+    (no ``buildx version``, no second ``info``); the daemon's facts come from the chosen CLI's."""
+    from archfleet.model import NodeSpec
+
+    t = _clis({("/usr/local/bin/docker", "--version"): (0, ("Docker version 28.2.2, build e6534b4",)),
+               ("/usr/local/bin/docker", "info"): (0, ('client={"Version":"28.2.2","Plugins":[]}', "version=x security=")),
+               ("/usr/bin/docker", "--version"): (0, ("Docker version 20.10.24+dfsg1, build 297e128",)),
+               ("/usr/bin/docker", "info"): (0, (NO_PLUGINS_20, DAEMON + " name=rootless"))})
+    t.runs.clear()
+    found = asyncio.run(engine.DOCKER.probe(t, NodeSpec("local"), ["/usr/local/bin/docker", "/usr/bin/docker"]))
+    assert len(t.runs) == 4
+    assert (found.answered, found.cli.argv, found.version, found.rootless) == (
+        True, ("/usr/bin/docker",), "20.10.24+dfsg1", True)
+
+
+@pytest.mark.parametrize("transport,lines,expected", [
+    # Docker 20.10's client without a daemon (exit 0, ServerErrors), on this machine and on a node
+    ("local", (NO_PLUGINS_20, "error: Cannot connect to the Docker daemon at unix:///x.sock."),
+     "no Docker engine answers (Cannot connect to the Docker daemon at unix:///x.sock.); start dockerd or set DOCKER_HOST"),
+    ("ssh", (NO_PLUGINS_20, "error: Cannot connect to the Docker daemon at unix:///x.sock."),
+     "engine not answering on the node: Cannot connect to the Docker daemon at unix:///x.sock."),
+    # a newer client exits 1 and says why last; its client line is never the reason
+    ("ssh", (NO_PLUGINS_20, "version= security=", "Cannot connect to the Docker daemon."),
+     "engine not answering on the node: Cannot connect to the Docker daemon."),
+])
+def test_a_cli_whose_daemon_does_not_answer_says_why(transport, lines, expected):
+    from archfleet.model import NodeSpec
+
+    t = _clis({("docker", "--version"): (0, ("Docker version 20.10.24+dfsg1, build 297e128",)),
+               ("docker", "info"): (0, lines)})
+    node = NodeSpec("n", transport=transport, settings={"host": "10.0.0.1"} if transport == "ssh" else {})
+    found = asyncio.run(engine.DOCKER.probe(t, node, ["docker"]))
+    assert (found.answered, found.error) == (False, expected)
 
 
 def test_ls_shows_no_cpu_count_for_a_node_it_could_not_reach(monkeypatch, tmp_path):

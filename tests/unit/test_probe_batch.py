@@ -14,9 +14,8 @@ from archfleet.transport import LocalTransport
 
 FAKE_DOCKER = """#!/bin/sh
 case "$1" in
-  buildx) echo "docker: 'buildx' is not a docker command." >&2; exit 1;;
   --version) echo "Docker version 20.10.24+dfsg1, build 297e128";;
-  info) printf 'version=20.10.24+dfsg1 security=name=seccomp,profile=default';;
+  info) printf 'client={"Plugins":[]}\nversion=20.10.24+dfsg1 security=name=seccomp,profile=default';;
 esac
 """
 
@@ -57,7 +56,7 @@ def test_answered_serves_the_batch_and_runs_the_rest():
 
 def test_a_docker_node_is_probed_in_one_session_with_the_same_facts(tmp_path, monkeypatch):
     """Rule: one session per node (was three rounds of six): facts, the CLI candidates'
-    ``buildx version``/``--version``, ``docker info`` and the benchmark (no cached score) all in
+    ``--version`` and ``docker info`` and the benchmark (no cached score) all in
     one run; the facts are what the adapter found, the first candidate that can build."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     fake = tmp_path / "docker"
