@@ -146,12 +146,65 @@ def _everything(sources: Sequence[str]) -> bool:
     return any(_source_regex(s) is None for s in sources)
 
 
+_WILDCARD = re.compile(r"[*?\[\\]")
+_MAX_LINKS = 40  # Linux's MAXSYMLINKS: BuildKit's copy then fails (ELOOP), and so nothing is followed further
+
+
+def through_links(links: Mapping[str, str], src: str) -> str | None:
+    """``src`` with the symbolic links among its leading literal components replaced by their
+    targets, as BuildKit's COPY finds its sources (``FollowSymlinks``; the context is the root:
+    an absolute target, or a ``..`` above the context, stays inside it, as
+    ``fs.RootPath`` resolves); None when no such component is a link. ``links``: the context's
+    links, path -> target. Resolution stops at the first component with a wildcard (what a
+    pattern matches is not resolved here). ``"lib"`` -> ``"."`` gives ``""``: the whole context."""
+    if "$" in src:
+        return None
+    norm = posixpath.normpath("/" + src).lstrip("/")
+    parts = norm.split("/") if norm not in ("", ".") else []
+    changed = False
+    for _ in range(_MAX_LINKS):  # one link resolved per pass, then the path is read again from its start
+        for i, part in enumerate(parts):
+            if _WILDCARD.search(part):
+                return "/".join(parts) if changed else None
+            target = links.get("/".join(parts[:i + 1]))
+            if target is not None:
+                base = "/" if target.startswith("/") else "/" + "/".join(parts[:i])
+                new = posixpath.normpath(posixpath.join(base, target)).lstrip("/")
+                parts = (new.split("/") if new not in ("", ".") else []) + parts[i + 1:]
+                changed = True
+                break
+        else:
+            return "/".join(parts) if changed else None
+    return "/".join(parts)  # a loop of links: as far as it got
+
+
+@functools.lru_cache(maxsize=64)
+def _links_of(files: ContextFiles) -> dict[str, str]:
+    return {path: content[3:] for path, content, _ in files.entries if content.startswith("-> ")}
+
+
+def followed(files: ContextFiles, sources: Sequence[str]) -> tuple[str, ...]:
+    """``sources`` and, for each that reaches through a symbolic link of the context, the path
+    BuildKit copies from (:func:`through_links`): a COPY of ``link/file`` with ``link -> dir``
+    copies ``dir/file``, so that file's contents key it; the link's own entry keys it too."""
+    links = _links_of(files)
+    if not links:
+        return tuple(sources)
+    out = list(sources)
+    for src in sources:
+        resolved = through_links(links, src)
+        if resolved is not None and resolved not in out:
+            out.append(resolved)
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=512)
 def files_key_for(files: ContextFiles, sources: tuple[str, ...]) -> str:
     """The key (32 hex digits) of the files of ``files`` that a COPY or ADD of ``sources``
     :func:`copies`: changes only when one of those is added, removed, changed or given another
     mode (a directory: added or removed), not when a file is only touched.
     ``files.key`` itself when a source is the whole context or has a variable in it."""
+    sources = followed(files, sources)
     if _everything(sources):
         return files.key
     h = hashlib.sha256(b"files\n")
@@ -205,7 +258,8 @@ def _planned(analysis: Analysis, platform: Platform, native: tuple, files: Conte
         copy, less the Dockerfile (editing a file it does not copy, or the Dockerfile, leaves it
         cached), plus the Dockerfile when they can copy it."""
         part = "context " + _context_key(files, sources)
-        if dockerfile_in_context and copies(sources, dockerfile_in_context):
+        if dockerfile_in_context and copies(followed(files, sources) if isinstance(files, ContextFiles) else sources,
+                                            dockerfile_in_context):
             part += f" dockerfile {analysis.digest}"
         return part
 

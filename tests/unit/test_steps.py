@@ -682,3 +682,40 @@ def test_a_file_touched_but_not_changed_changes_no_step(tmp_path):
     assert _chains(ctx, text) == before
     _touch(ctx / "a.txt", "bbbb")  # the same size, other bytes
     assert _chains(ctx, text)["COPY a.txt /a"] != before["COPY a.txt /a"]
+
+
+@pytest.mark.parametrize("link,copy", [
+    ("dir", "COPY link/a.txt /a"),  # a linked directory on the way to the file
+    ("dir", "COPY link /d"),  # the source is the link: its target is copied
+    ("/dir", "COPY link/a.txt /a"),  # an absolute target is inside the context (BuildKit's fs.RootPath)
+    ("../../dir", "COPY link/a.txt /a"),  # and so is a .. above it
+    ("dir", "COPY link/*.txt /d/"),  # a pattern below the link
+])
+def test_a_copy_through_a_symlinked_directory_is_keyed_by_what_it_copies(tmp_path, link, copy):
+    """Rule (BuildKit's COPY follows symbolic links in its source, FollowSymlinks): `COPY
+    link/a.txt` with `link -> dir` copies dir/a.txt, so editing dir/a.txt changes that COPY's
+    chain (the second fresh-user helper: plan said cached, BuildKit copied again); a file it
+    does not reach changes nothing."""
+    ctx = tmp_path / "ctx"
+    (ctx / "dir").mkdir(parents=True)
+    (ctx / "dir" / "a.txt").write_text("a")
+    (ctx / "other.txt").write_text("o")
+    (ctx / "link").symlink_to(link)
+    text = f"FROM {BASE}\n{copy}\n"
+    before = _chains(ctx, text)
+    (ctx / "other.txt").write_text("changed")
+    assert _chains(ctx, text)[copy] == before[copy]
+    (ctx / "dir" / "a.txt").write_text("changed")
+    assert _chains(ctx, text)[copy] != before[copy]
+
+
+@pytest.mark.parametrize("src,resolved", [
+    ("link/f", "dir/f"), ("./link/x/y", "dir/x/y"), ("abs/f", "dir/sub/f"), ("up/f", "dir/f"),
+    ("root", ""),  # a link to the context itself: the whole context
+    ("d/in/f", "dir/f"),  # a relative target is read from the link's own directory
+    ("dir/f", None), ("l*/f", None), ("$X/f", None),  # no link, a pattern first, a variable
+    ("a/x", "a/x"),  # a loop of links: BuildKit fails the COPY (ELOOP); resolved as far as it goes
+])
+def test_through_links_resolves_the_literal_components_as_buildkit_does(src, resolved):
+    links = {"link": "dir", "abs": "/dir/sub", "up": "../../dir", "a": "b", "b": "a", "root": ".", "d/in": "../dir"}
+    assert steps.through_links(links, src) == resolved
