@@ -28,6 +28,7 @@ directory.
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import re
@@ -52,6 +53,38 @@ DEFAULT_TRANSPORT = "ssh"  # a node that names no transport (as in every nodes.t
 _LOCAL_KEYS = {"engine", "engine_cli", "docker_host", "max_builds", "labels", "enabled"}
 _NODE_KEYS = _LOCAL_KEYS | {"transport", "arch"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# TOML's names for its value types (toml.io, v1.0.0), in the order isinstance is asked (bool is an int)
+_TOML_TYPES = ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"), (list, "array"),
+               (dict, "table"))
+
+
+def toml_type(kind: type) -> str:
+    """TOML's name for values of Python type ``kind`` (``str`` -> "string", ``dict`` -> "table")."""
+    for python, name in _TOML_TYPES:
+        if issubclass(kind, python):
+            return name
+    return "date-time" if kind.__name__ in ("datetime", "date", "time") else kind.__name__
+
+
+def toml_text(value: Any) -> str:
+    """``value`` as it is written in a TOML file, on one line: ``true``, ``7``, ``"22"`` (a basic
+    string, its control characters escaped), ``["a", true]``, ``{ port = 22 }``; so an error
+    shows what the user wrote, not Python's spelling of it (``True``, ``'22'``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return {"inf": "inf", "-inf": "-inf", "nan": "nan"}.get(repr(value), repr(value))
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{k if _BARE_KEY.fullmatch(k) else toml_text(k)} = {toml_text(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
 
 
 @attrs.frozen
@@ -294,14 +327,15 @@ def _node(path: Path, lines: _Lines, name: str, table: Any, keys: Mapping[str, M
             return default
         value = table[key]
         types = types if isinstance(types, tuple) else (types,)
+        expected = hint or f"a {toml_type(types[0])}"
         if isinstance(value, bool) and bool not in types:
-            raise fail(key, f"expected {hint or types[0].__name__}, got {str(value).lower()}")  # TOML's spelling
+            raise fail(key, f"expected {expected}, got {toml_text(value)}")
         if not isinstance(value, types):
-            raise fail(key, f"expected {hint or types[0].__name__}, got {type(value).__name__} {value!r}")
+            raise fail(key, f"expected {expected}, got {toml_type(type(value))} {toml_text(value)}")
         if isinstance(value, str) and _CONTROL.search(value):
-            raise fail(key, f"control characters are not allowed, got {value!r}")
+            raise fail(key, f"control characters are not allowed, got {toml_text(value)}")
         if check and not check(value):
-            raise fail(key, f"expected {hint}, got {value!r}")
+            raise fail(key, f"expected {hint}, got {toml_text(value)}")
         return value
 
     def file_path(value: str) -> Path:

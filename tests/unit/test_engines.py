@@ -141,7 +141,7 @@ def test_engine_podman_is_accepted_for_the_local_node_and_ssh_nodes(tmp_path):
 
 
 @pytest.mark.parametrize("text,line,needle", [
-    ('[nodes.a]\nhost = "h"\nengine = "lxd"\n', 3, 'key \'engine\': expected "docker" or "podman", got \'lxd\''),
+    ('[nodes.a]\nhost = "h"\nengine = "lxd"\n', 3, 'key \'engine\': expected "docker" or "podman", got "lxd"'),
     ('[nodes.local]\nengine = "rkt"\n', 2, "key 'engine'"),
     ('[nodes.a]\nhost = "h"\nengine = "podman"\ndocker_host = "unix:///run/podman/podman.sock"\n', 4,
      "a podman node has no Docker socket"),

@@ -40,19 +40,19 @@ def error(tmp_path, text) -> str:
     ("[nodes]\na = 1\n", "F:1: node 'a': must be a table ([nodes.NAME])"),
     ('[nodes.a]\nhost = "h"\nport = true\n', "F:3: node 'a' key 'port': expected an integer 1-65535, got true"),  # TOML spells it true
     ('[nodes.a]\nhost = "h"\nport = "22"\n',
-     "F:3: node 'a' key 'port': expected an integer 1-65535, got str '22'"),
-    ('[nodes.a]\nhost = "h"\nuser = 7\n', "F:3: node 'a' key 'user': expected a user name, got int 7"),
+     "F:3: node 'a' key 'port': expected an integer 1-65535, got string \"22\""),
+    ('[nodes.a]\nhost = "h"\nuser = 7\n', "F:3: node 'a' key 'user': expected a user name, got integer 7"),
     ('[nodes.a]\nhost = "h"\ncolour = "red"\n', f"F:3: node 'a' key 'colour': unknown key (known: {KNOWN_SSH})"),
     ('[nodes.local]\nhost = "h"\n',
      "F:2: node 'local' key 'host': unknown key (known: docker_host, enabled, engine, engine_cli, labels, max_builds); "
      "the local node takes only these"),
     ('[nodes.a]\nhost = "h"\nmax_builds = 65\n', "F:3: node 'a' key 'max_builds': expected an integer 1-64, got 65"),
-    ('[nodes.a]\nhost = "h"\nengine_cli = " "\n', "F:3: node 'a' key 'engine_cli': expected a path, got ' '"),
-    ('[nodes.a]\nhost = "h"\nenabled = 1\n', "F:3: node 'a' key 'enabled': expected true or false, got int 1"),
+    ('[nodes.a]\nhost = "h"\nengine_cli = " "\n', "F:3: node 'a' key 'engine_cli': expected a path, got \" \""),
+    ('[nodes.a]\nhost = "h"\nenabled = 1\n', "F:3: node 'a' key 'enabled': expected true or false, got integer 1"),
     ('[nodes.a]\nhost = "h"\ntransport = "telnet"\n',
-     "F:3: node 'a' key 'transport': expected \"ssh\" (a transport a plugin provides), got 'telnet'"),
+     "F:3: node 'a' key 'transport': expected \"ssh\" (a transport a plugin provides), got \"telnet\""),
     ('[nodes.a]\nhost = "h"\nengine = "rkt"\n',
-     "F:3: node 'a' key 'engine': expected \"docker\" or \"podman\", got 'rkt'"),
+     "F:3: node 'a' key 'engine': expected \"docker\" or \"podman\", got \"rkt\""),
     ('[nodes.a]\nuser = "u"\n', "F:1: node 'a': missing 'host' (an address or an ~/.ssh/config alias)"),
 ])
 def test_each_mistake_is_one_line_with_file_line_node_key_and_what_is_expected(tmp_path, text, line):
@@ -70,7 +70,7 @@ def test_a_transport_no_plugin_provides_is_named_before_the_keys_it_would_declar
     with pytest.raises(UsageError) as err:
         load_nodes_file(path, {})
     assert str(err.value) == (f"{path}:3: node 'a' key 'transport': expected a transport a plugin provides "
-                              "(none is loaded), got 'ssh'")
+                              "(none is loaded), got \"ssh\"")
 
 
 def test_max_builds_is_1_to_64_on_both_sides(tmp_path):
@@ -166,7 +166,7 @@ def test_a_key_is_found_on_its_line_after_quoted_names_and_sub_tables(tmp_path):
             "port = 0\n")             # 9
     assert error(tmp_path, text) == "F:9: node 'b' key 'port': expected an integer 1-65535, got 0"
     assert error(tmp_path, '[nodes."a"]\n"host" = 7\n') == "F:2: node 'a' key 'host': expected a host name, " \
-                                                            "address or ~/.ssh/config alias, got int 7"
+                                                            "address or ~/.ssh/config alias, got integer 7"
 
 
 def test_a_nodes_file_is_at_most_1_mib(tmp_path):
@@ -280,14 +280,14 @@ def test_two_nodes_of_one_name_or_a_contribution_that_is_no_node_are_refused():
 # --- each key's own rule ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text,line", [
-    ('[nodes.a]\nhost = "h"\narch = 7\n', "F:3: node 'a' key 'arch': expected str, got int 7"),
-    ('[nodes.a]\nhost = "h"\narch = true\n', "F:3: node 'a' key 'arch': expected str, got true"),
+    ('[nodes.a]\nhost = "h"\narch = 7\n', "F:3: node 'a' key 'arch': expected a string, got integer 7"),
+    ('[nodes.a]\nhost = "h"\narch = true\n', "F:3: node 'a' key 'arch': expected a string, got true"),
     ('[nodes.a]\nhost = "-oProxyJump"\n',
-     "F:2: node 'a' key 'host': expected a host name, address or ~/.ssh/config alias, got '-oProxyJump'"),
+     "F:2: node 'a' key 'host': expected a host name, address or ~/.ssh/config alias, got \"-oProxyJump\""),
     ('[nodes.a]\nhost = "h"\nport = 0\n', "F:3: node 'a' key 'port': expected an integer 1-65535, got 0"),
     ('[nodes.a]\nhost = "h"\nport = 65536\n', "F:3: node 'a' key 'port': expected an integer 1-65535, got 65536"),
-    ('[nodes.a]\nhost = "h"\nidentity = " "\n', "F:3: node 'a' key 'identity': expected a path, got ' '"),
-    ('[nodes.a]\nhost = "h"\nknown_hosts = ""\n', "F:3: node 'a' key 'known_hosts': expected a path, got ''"),
+    ('[nodes.a]\nhost = "h"\nidentity = " "\n', "F:3: node 'a' key 'identity': expected a path, got \" \""),
+    ('[nodes.a]\nhost = "h"\nknown_hosts = ""\n', "F:3: node 'a' key 'known_hosts': expected a path, got \"\""),
     ('[nodes.a]\nhost = "h"\nidentity = "/nonexistent/key"\n',
      "F:3: node 'a' key 'identity': cannot read file '/nonexistent/key': No such file or directory"),
     ('[nodes.Xa]\nhost = "h"\nport = 0\n', "F:3: node 'Xa' key 'port': expected an integer 1-65535, got 0"),
@@ -348,3 +348,15 @@ def test_a_directory_named_nodes_toml_in_the_working_directory_gets_no_note(tmp_
     monkeypatch.chdir(tmp_path)
     (tmp_path / "nodes.toml").mkdir()
     assert ignored_local_file(None) is None
+
+
+@pytest.mark.parametrize("value,shown", [
+    ('"22"', 'string "22"'), ("2.5", "float 2.5"), ("inf", "float inf"),
+    ('["a", true]', 'array ["a", true]'), ('{ x = 1, "a b" = "c" }', 'table { x = 1, "a b" = "c" }'),
+    ("1979-05-27T07:32:00Z", "date-time 1979-05-27T07:32:00+00:00"), ('"tab\\there"', 'string "tab\\there"'),
+])
+def test_a_wrong_value_is_shown_as_toml_writes_it(tmp_path, value, shown):
+    """Rule: the value in an error is what the user wrote, in TOML's spelling and with TOML's
+    type names (it showed Python's: ``str '22'``, ``list ['a', True]``)."""
+    assert error(tmp_path, f'[nodes.a]\nhost = "h"\nport = {value}\n') == \
+        f"F:3: node 'a' key 'port': expected an integer 1-65535, got {shown}"
