@@ -368,6 +368,10 @@ def _instruction(request: BuildRequest, step: StepPlan) -> Instruction | None:
 _VERTEX = re.compile(r"^#(\d+) \[([^\]]*)\] (.*)$")
 _DONE = re.compile(r"^#(\d+) DONE (\d+(?:\.\d+)?)s\s*$")
 _CACHED = re.compile(r"^#(\d+) CACHED\s*$")
+# A step's output that does not end in a newline has its own DONE glued to it: BuildKit's plain
+# printer ends a partial log with a newline only when it moves to another vertex
+# (progressui's printVtx, logsPartial), so "#7 0.151 abc#7 DONE 0.2s" is one line.
+_LOG_THEN_DONE = re.compile(r"^#(\d+) .*#(\d+) DONE (\d+(?:\.\d+)?)s\s*$", re.S)
 _POSITION = re.compile(r"^(\d+)/(\d+)$")
 _BUILDAH_STEP = re.compile(r"^(?:\[(\d+)/(\d+)\] )?STEP (\d+)(?:/(\d+))?: (\S+)(.*)$")
 _BUILDAH_END = re.compile(r"^(COMMIT\b|--> |Successfully tagged |[0-9a-f]{64}$)")
@@ -428,6 +432,10 @@ class StepClock:
             m = _CACHED.match(line)
             if m:
                 self._done[int(m.group(1))] = (0.0, True)
+                return
+            m = _LOG_THEN_DONE.match(line)
+            if m and m.group(1) == m.group(2):  # only the vertex's own DONE ends its own log
+                self._done[int(m.group(1))] = (float(m.group(3)), False)
             return
         now = self._now()
         m = _BUILDAH_STEP.match(line)

@@ -118,6 +118,19 @@ def test_the_step_clock_reads_a_one_stage_file_and_ignores_unfinished_and_garble
     assert clock.steps() == (StepTime("", 2, "RUN", "RUN make -j2", 3.0),)
 
 
+def test_a_steps_done_glued_to_its_own_unterminated_output_still_ends_it():
+    """Rule (BuildKit's plain printer ends a partial log line only when it moves to another
+    vertex): `RUN cat /w/go.mod` of a file without a final newline printed
+    ``#7 0.151 a270a2a3#7 DONE 0.2s`` (seen on this machine's Docker 20.10); that step was never
+    learned, so every later plan called it not cached. Another vertex's DONE inside a log line
+    is the step's own text, not an end."""
+    clock = steps.StepClock()
+    for line in ["#7 [3/7] RUN cat /w/go.mod", "#7 0.151 a270a2a3#7 DONE 0.2s",
+                 "#8 [4/7] RUN echo '#9 DONE 5.0s'", "#8 0.1 #9 DONE 5.0s", "#9 [5/7] RUN true"]:
+        clock.feed(line)
+    assert clock.steps() == (StepTime("", 3, "RUN", "RUN cat /w/go.mod", 0.2),)
+
+
 def test_the_step_clock_times_buildahs_steps_between_lines():
     """Rule: podman prints no durations: a STEP lasts from its line to the next STEP or COMMIT."""
     now = iter([0.0, 1.0, 1.5, 4.5, 5.0])
