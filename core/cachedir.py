@@ -8,6 +8,7 @@ when ``XDG_CACHE_HOME`` names an absolute directory, else ``~/.cache/archfleet``
 - ``links.json``: transfer rates to nodes (:mod:`archfleet.linkrate`);
 - ``scores.json``: nodes' CPU benchmark scores (:mod:`archfleet.scores`);
 - ``layers-v2/``: scans of image layers (:mod:`archfleet.layercache`);
+- ``contexts/``: each build context's file digests, by their stat (:mod:`archfleet.filedigests`);
 - ``leases/``: this user's private lease directory, when ``$XDG_RUNTIME_DIR`` cannot hold it
   (:func:`archfleet.leases.private_root`).
 
@@ -61,6 +62,15 @@ def links() -> Path:
 def scores() -> Path:
     """The benchmark-score file (JSON, one entry per node)."""
     return root() / "scores.json"
+
+
+def context_digests(context: Path) -> Path:
+    """The file of a context directory's remembered file digests (:mod:`archfleet.filedigests`):
+    one per absolute context path, named by its sha256."""
+    import hashlib
+
+    name = hashlib.sha256(os.fsencode(str(context))).hexdigest()[:32]
+    return root() / "contexts" / f"{name}.json"
 
 
 def layers() -> Path:

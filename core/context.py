@@ -58,9 +58,9 @@ from typing import Iterator
 
 import attrs
 
-from . import dockerlib
+from . import dockerlib, filedigests
 from .errors import InfrastructureError, UsageError
-from .model import Transfer
+from .model import FileDigests, Transfer
 
 CACHE = ".cache/archfleet/sync-v2"  # bump the version when the layout changes
 CHUNK = 1 << 20
@@ -95,6 +95,8 @@ class Snapshot:
     digest: str  # of the whole context + Dockerfile (+ the ignore file applied)
     ignore: Entry | None = None  # the ignore file applied, shipped as "Dockerfile.dockerignore"
     ignore_path: Path | None = None  # where it was read
+    #: the file digests to remember (:mod:`archfleet.filedigests`), for the learn stage
+    digests: FileDigests | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def size(self) -> int:
@@ -207,6 +209,9 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
     ignore_path = ignore_file(root, dockerfile)
     ignore_bytes = _read_ignore(ignore_path) if ignore_path else b""
     entries: list[Entry] = []
+    started = time.time_ns()
+    known = filedigests.load(root.absolute())
+    keep: list[tuple[str, tuple[int, ...], str]] = []
     for rel in included(root, dockerfile, ignore_patterns(ignore_bytes)):
         full = root / rel
         try:
@@ -222,7 +227,12 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
             elif stat.S_ISDIR(st.st_mode):
                 entries.append(Entry(rel, "dir", mode))
             elif stat.S_ISREG(st.st_mode):
-                entries.append(Entry(rel, "file", mode, _hash_file(full), st.st_size))
+                key = filedigests.stat_key(st)
+                got = known.get(rel)
+                digest = got[1] if got is not None and got[0] == key else _hash_file(full)
+                if filedigests.settled(st, started):
+                    keep.append((rel, key, digest))
+                entries.append(Entry(rel, "file", mode, digest, st.st_size))
         except OSError as exc:
             raise UsageError(f"context {root}: cannot read {rel}: {exc.strerror}") from None
     try:
@@ -239,7 +249,9 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
     h.update(b"--\n")  # the tree ends, what lies beside it follows (every entry line has NULs, this none)
     for e in [df] + ([ignore] if ignore else []):
         h.update(_entry_line(e))
-    return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest(), ignore, ignore_path)
+    changed = {rel: (key, digest) for rel, key, digest in keep} != known
+    digests = FileDigests(str(root.absolute()), keep, changed)
+    return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest(), ignore, ignore_path, digests)
 
 
 _hashing = threading.Lock()

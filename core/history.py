@@ -148,7 +148,7 @@ def context_files(request) -> ContextFiles:
     h = hashlib.sha256()
     for path, content, mode in entries:
         h.update(os.fsencode(path) + f"\0{content}\0{mode:o}\n".encode())
-    return ContextFiles(tuple(entries), h.hexdigest()[:32], in_context)
+    return ContextFiles(tuple(entries), h.hexdigest()[:32], in_context, snap.digests)
 
 
 def project_key(request) -> str:

@@ -3,7 +3,8 @@
 The stages that measure return what they measured as frozen values; the pipeline collects them
 into :class:`Lessons` and calls :func:`keep` (through :func:`archfleet.pipeline.learn`) once the
 measuring is over: after the probe for the scores it measured (``ls``, ``plan``, ``doctor`` and
-a build's own probe), and at the end of a build for everything else.
+a build's own probe), after ``plan``'s planning for the context's file digests, and at the end
+of a build for everything else.
 
 ==========================  ====================================  ==============================
 measured by                 carried as                            kept in (the user's cache dir)
@@ -20,6 +21,8 @@ a finished build            ``PlatformResult.seconds``, ``.parts``,  ``history.s
 the build's step timings    ``PlatformResult.steps``, paired      ``history.sqlite``
                             with the ``Option.steps`` the         (table ``steps``)
                             estimate planned (:func:`steps_of`)
+the context's snapshot      ``ContextFiles.digests`` of the       ``contexts/``
+(its files' digests)        history views (``plan`` and builds)   (:mod:`archfleet.filedigests`)
 ==========================  ====================================  ==============================
 
 Reading stays where the value is needed: the probe reads a node's cached score (to skip the
@@ -37,10 +40,10 @@ from typing import Mapping
 
 import attrs
 
-from . import layercache, linkrate, scores
+from . import filedigests, layercache, linkrate, scores
 from .history import HistoryView
 from .steps import join
-from .model import LayerScan, NodeFacts, PlatformResult, Transfer
+from .model import FileDigests, LayerScan, NodeFacts, PlatformResult, Transfer
 from .platforms import Platform
 
 
@@ -70,6 +73,13 @@ class Lessons:
     history: HistoryView | None = None
     histories: tuple[tuple[Platform, HistoryView | None], ...] = attrs.field(default=(), converter=tuple)
 
+    def file_digests(self) -> tuple[FileDigests, ...]:
+        """The context file digests a snapshot found and that differ from those remembered, once
+        per context (the history views' files: every platform's view shares the context)."""
+        views = [self.history, *(v for _, v in self.histories)]
+        found = [v.files.digests for v in views if v is not None and v.files is not None]
+        return tuple(dict.fromkeys(d for d in found if d is not None and d.changed))
+
     def transfers(self) -> tuple[Transfer, ...]:
         """Each context sync once, in the order of the results (platforms built from one sync
         carry the same Transfer)."""
@@ -88,6 +98,8 @@ def keep(lessons: Lessons) -> None:
         linkrate.record(transfer.link, transfer.bytes, transfer.seconds)
     for scan in dict.fromkeys(lessons.scans):
         layercache.store(scan.digest, scan.scan)
+    for digests in lessons.file_digests():
+        filedigests.store(digests)
     speeds = dict(lessons.speeds)
     views = dict(lessons.histories)
     for result in lessons.results:

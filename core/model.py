@@ -389,6 +389,18 @@ class PlatformResult:
 PARTS = ("fixed", "transfer", "work", "push")
 
 
+@attrs.frozen
+class FileDigests:
+    """A context's file digests as a snapshot found them, for the learn stage to remember
+    (:mod:`archfleet.filedigests`): ``root`` the context's absolute path; ``files`` each
+    settled file's ``(path, stat key, sha256 hex)`` (stat key: device, inode, size, mtime ns,
+    ctime ns); ``changed`` whether that differs from what was remembered (else nothing to write)."""
+
+    root: str
+    files: tuple[tuple[str, tuple[int, ...], str], ...] = attrs.field(converter=tuple, repr=lambda f: f"<{len(f)} files>")
+    changed: bool = True
+
+
 @attrs.frozen(eq=False)
 class ContextFiles:
     """The context's files as a COPY or ADD from the context sees them: each ``(path, content,
@@ -408,6 +420,9 @@ class ContextFiles:
     #: the Dockerfile's path in the context as BuildKit sends it (``/``-separated), "" when it
     #: lies outside the context or the ignore rule keeps it out (no COPY can copy it then)
     dockerfile: str = ""
+    #: the digests the snapshot computed or reused, for the learn stage to remember (not part of
+    #: the value: equal files are equal however they were hashed)
+    digests: FileDigests | None = attrs.field(default=None, repr=False)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ContextFiles) and (other.key, other.dockerfile) == (self.key, self.dockerfile)

@@ -309,6 +309,16 @@ async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session
                    tuple(views.items()), notes)
 
 
+async def plan_only(hooks: Hooks, request: BuildRequest, config: Config, session: Session,
+                    registry: RegistryClient | None = None) -> Planned:
+    """``archfleet plan``: :func:`make_plan`, then learn what planning measured besides the
+    probe's scores (the context's file digests, :mod:`archfleet.filedigests`), as a build
+    learns them at its end."""
+    planned = await make_plan(hooks, request, config, session, registry)
+    await learn(Lessons(history=planned.history, histories=planned.histories))
+    return planned
+
+
 async def connect(hooks: Hooks, facts: NodeFacts, session: Session):
     """A transport to the node of ``facts`` (``archfleet_connect``), owned by its plugin for the
     rest of the command."""

@@ -1,0 +1,68 @@
+"""Content digests of a build context's files, remembered by their stat between commands (issue 17).
+
+A context's snapshot (:func:`archfleet.context.snapshot`) hashes every file's contents: the
+steps' cache keys, the context digest and the sync to SSH nodes need them. Reading every byte
+costs ~0.65 s per GB here, on every ``plan`` and build of a big context. A file whose
+``(device, inode, size, mtime, ctime)`` is what it was when it was hashed has the same contents:
+the rule git's index relies on, and BuildKit's own context transfer (fsutil compares stat
+to choose the files it sends again). ``ctime`` cannot be set from user space (``utime``
+changes it), so a file rewritten and given its old mtime back still gets a new key.
+
+A file changed within the file system's timestamp granularity of its hashing could keep its
+mtime and ctime ("racily clean", in git's words): only files whose mtime and ctime are at least
+:data:`SETTLED_NS` older than the walk's start are remembered; the others are hashed again
+next time.
+
+One JSON file per context directory (its absolute path, hashed) in ``contexts/`` of the cache
+directory (:func:`archfleet.cachedir.context_digests`); read by the snapshot, written only by
+the learn stage (:func:`store`); a file that cannot be read or written is no memory, never an
+error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+from . import cachedir, cachefile
+from .model import FileDigests
+
+VERSION = 1
+SETTLED_NS = 2_000_000_000  # FAT's 2 s mtime granularity is the coarsest in use
+
+
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What must be unchanged for a file to keep its digest: (device, inode, size, mtime ns, ctime ns)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def settled(st: os.stat_result, started_ns: int) -> bool:
+    """Whether a file's digest may be remembered: its mtime and ctime are at least
+    :data:`SETTLED_NS` before ``started_ns`` (the walk's start, ``time.time_ns()``)."""
+    return max(st.st_mtime_ns, st.st_ctime_ns) <= started_ns - SETTLED_NS
+
+
+def load(root: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The digests remembered for the context at ``root``: relative path -> (stat key, sha256
+    hex); empty when there are none or the file cannot be read."""
+    try:
+        doc = json.loads(cachedir.context_digests(root).read_text(encoding="utf-8"))
+        if doc.get("version") != VERSION or doc.get("root") != str(root):
+            return {}
+        return {rel: (tuple(int(x) for x in v[:5]), str(v[5])) for rel, v in doc["files"].items()
+                if isinstance(v, list) and len(v) == 6}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def store(digests: FileDigests) -> None:
+    """Remember ``digests`` for its context (replacing what was remembered: files gone from the
+    context are forgotten). Never raises for a cache that cannot be written."""
+    files: Mapping[str, tuple] = {rel: [*key, digest] for rel, key, digest in digests.files}
+    text = json.dumps({"version": VERSION, "root": digests.root, "files": files}, separators=(",", ":"))
+    try:
+        cachefile.write_atomic(cachedir.context_digests(Path(digests.root)), text)
+    except OSError:
+        pass

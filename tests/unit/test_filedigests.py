@@ -1,0 +1,126 @@
+"""A context's file digests remembered by their stat (issue 17: a plan of a big context read
+every byte each time): a file whose device, inode, size, mtime and ctime are unchanged keeps
+its digest; anything else is hashed again, and a file changed too recently is not remembered."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from archfleet import context, filedigests, learn
+from archfleet.model import FileDigests
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The paths the snapshot reads to hash them."""
+    read: list[str] = []
+    real = context._hash_file
+
+    def hash_file(path):
+        read.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(context, "_hash_file", hash_file)
+    return read
+
+
+@pytest.fixture
+def settled_now(monkeypatch):
+    """Every file counts as settled (the tests' files were all written a moment ago)."""
+    monkeypatch.setattr(filedigests, "SETTLED_NS", -10**18)
+
+
+def ctx_with(tmp_path: Path, **files: str) -> Path:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")
+    for name, text in files.items():
+        (ctx / name).write_text(text)
+    return ctx
+
+
+def snap_and_learn(ctx: Path):
+    snap = context.snapshot(ctx, ctx / "Dockerfile")
+    learn.keep(learn.Lessons())  # nothing to keep: writes nothing
+    if snap.digests is not None and snap.digests.changed:
+        filedigests.store(snap.digests)
+    return snap
+
+
+def test_an_unchanged_file_is_not_read_again_and_keeps_its_digest(tmp_path, counted, settled_now):
+    ctx = ctx_with(tmp_path, a="aaaa", b="bbbb")
+    first = snap_and_learn(ctx)
+    assert set(counted) == {"Dockerfile", "a", "b"}
+    counted.clear()
+    second = snap_and_learn(ctx)
+    assert counted == ["Dockerfile"]  # read as the build's Dockerfile, always; as a context file, not again
+    assert second.digest == first.digest and not second.digests.changed
+
+
+def test_a_file_rewritten_with_its_old_size_and_mtime_is_hashed_again(tmp_path, counted, settled_now):
+    """Rule: ctime is part of the key, and no user can set it: `utime` back to the old mtime
+    after a same-size rewrite still changes the key (size and mtime alone would keep the old
+    digest, and the old contents would be built)."""
+    ctx = ctx_with(tmp_path, a="aaaa")
+    first = snap_and_learn(ctx)
+    st = os.stat(ctx / "a")
+    time.sleep(0.02)  # past the file system's timestamp tick
+    (ctx / "a").write_text("bbbb")
+    os.utime(ctx / "a", ns=(st.st_atime_ns, st.st_mtime_ns))
+    counted.clear()
+    second = snap_and_learn(ctx)
+    assert "a" in counted and second.digest != first.digest
+
+
+def test_a_file_changed_within_the_settling_time_is_not_remembered(tmp_path, counted):
+    """Rule (git's racily clean entries): a file whose mtime or ctime is less than 2 s before the
+    walk may still change within the same timestamp tick: it is hashed every time until it
+    settles."""
+    ctx = ctx_with(tmp_path, a="aaaa")
+    old = time.time_ns() - 10 * 10**9
+    os.utime(ctx / "Dockerfile", ns=(old, old))
+    first = snap_and_learn(ctx)
+    assert [f for f, _, _ in first.digests.files] == []  # a's ctime is now
+    counted.clear()
+    snap_and_learn(ctx)
+    assert "a" in counted
+
+
+def test_the_memory_is_per_context_and_a_broken_file_is_no_memory(tmp_path, counted, settled_now):
+    ctx = ctx_with(tmp_path, a="aaaa")
+    snap_and_learn(ctx)
+    path = filedigests.cachedir.context_digests(ctx.absolute())
+    other = filedigests.cachedir.context_digests((tmp_path / "other").absolute())
+    assert path.exists() and path != other
+    path.write_text("{not json")
+    counted.clear()
+    assert snap_and_learn(ctx).digest  # hashed again, no error
+    assert "a" in counted
+    # an entry whose recorded root is another directory (a renamed cache file) is not used
+    doc = path.read_text().replace(str(ctx.absolute()), "/elsewhere")
+    path.write_text(doc)
+    assert filedigests.load(ctx.absolute()) == {}
+
+
+def test_the_learn_stage_keeps_the_digests_a_plans_history_view_carries(tmp_path, settled_now):
+    """Only the learn stage writes the cache: the digests travel in the history view's
+    ContextFiles, and learn.keep writes them once per context, only when they changed."""
+    from archfleet.history import HistoryView
+
+    digests = FileDigests(str(tmp_path / "ctx"), [("a", (1, 2, 4, 5, 6), "ab" * 32)])
+    view = HistoryView(None, "k", "p", 4, files=context_files_with(digests))
+    learn.keep(learn.Lessons(history=view, histories=[(None, view)]))
+    assert filedigests.load(tmp_path / "ctx") == {"a": ((1, 2, 4, 5, 6), "ab" * 32)}
+    unchanged = FileDigests(str(tmp_path / "ctx2"), [("a", (1, 2, 4, 5, 6), "cd" * 32)], changed=False)
+    learn.keep(learn.Lessons(history=HistoryView(None, "k", "p", 4, files=context_files_with(unchanged))))
+    assert not filedigests.cachedir.context_digests(tmp_path / "ctx2").exists()
+
+
+def context_files_with(digests):
+    from archfleet.model import ContextFiles
+
+    return ContextFiles((), "key", "", digests)
