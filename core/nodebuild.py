@@ -44,7 +44,7 @@ def child_tag(request: BuildRequest, option: Option) -> str | None:
     return str(child_ref(parse_reference(request.tags[0]), option.platform.tag_suffix))
 
 
-async def build_and_push(option: Option, request: BuildRequest, job) -> PlatformResult:
+async def build_and_push(option: Option, request: BuildRequest, job, registry=None) -> PlatformResult:
     """Build ``option.platform`` on ``job``'s node (an :class:`archfleet.executor.Job`), push it
     by digest after ``job.ready_to_push()``: the work of every strategy whose build runs in a
     node's engine.
@@ -63,7 +63,9 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
     :class:`~archfleet.model.Transfer` when one was sent (``PlatformResult.transfer``), for the
     learn stage, and the parts its seconds went to (``PlatformResult.parts``: the context sync,
     the steps' own times as the engine reported them (``PlatformResult.steps``, read from its
-    output by :class:`archfleet.steps.StepClock`), the export and push, and the rest: fixed)."""
+    output by :class:`archfleet.steps.StepClock`), the export and push, and the rest: fixed).
+    ``registry``: the command's registry client (``session.registry``), shared with the
+    pipeline (its connections, tokens and what it read); without one, a client of its own."""
     started = time.monotonic()
     facts = job.facts
     adapter = adapter_for(facts.node.engine)
@@ -93,7 +95,7 @@ async def build_and_push(option: Option, request: BuildRequest, job) -> Platform
             # the registry client made and the base layers asked for while the engine builds,
             # not after it: ~30 ms of a one-second build (issue 17)
             repository = parse_reference(request.tags[0])
-            client = await cleanup.enter_async_context(RegistryClient(request.insecure_registries))
+            client = registry or await cleanup.enter_async_context(RegistryClient(request.insecure_registries))
             known = asyncio.ensure_future(publish.base_layers(client, request, option.platform, repository))
             cleanup.callback(known.cancel)
         image_id = await adapter.build(

@@ -31,7 +31,7 @@ def archfleet_offer(platform, request, facts):
 
 
 @hookimpl
-def archfleet_run(option, request, job):
+def archfleet_run(option, request, job, session):
     if option.strategy != STRATEGY:
         return None
-    return build_and_push(option, request, job)
+    return build_and_push(option, request, job, registry=session.registry if session is not None else None)
