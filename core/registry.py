@@ -12,8 +12,9 @@ Rules, and where each comes from:
   token spec. Credentials go to a token realm only over HTTPS, or over plain HTTP when the
   registry itself may speak plain HTTP (loopback or ``--insecure-registry``) *and* the realm is on
   the registry's own host; otherwise nothing is sent and the run stops with one line.
-- **TLS.** A registry with its own CA is trusted the way dockerd trusts it:
-  ``/etc/docker/certs.d/<host[:port]>/*.crt`` are extra CA roots and ``*.cert``/``*.key`` pairs
+- **TLS.** Registries are trusted the way dockerd trusts them: the system's CA store
+  (:func:`trust_roots`), and for a registry with its own CA
+  ``/etc/docker/certs.d/<host[:port]>/*.crt`` as extra CA roots and ``*.cert``/``*.key`` pairs
   client certificates (``$ARCHFLEET_CERTS_D`` names another directory). For an *insecure*
   registry (loopback, or ``--insecure-registry``) archfleet does what dockerd does: HTTPS first;
   if the certificate does not verify, HTTPS without verification; plain HTTP only when TLS
@@ -218,9 +219,7 @@ def tls_context_for(host: str) -> ssl.SSLContext | None:
     d = certs_dir() / host
     if not d.is_dir():
         return None
-    import certifi
-
-    ctx = ssl.create_default_context(cafile=certifi.where())
+    ctx = trust_roots()
     try:
         for ca in sorted(d.glob("*.crt")):
             ctx.load_verify_locations(cafile=str(ca))
@@ -272,11 +271,25 @@ def _retry_after(resp: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def trust_roots() -> ssl.SSLContext:
+    """A new TLS client context trusting what dockerd trusts: the system's CA store (OpenSSL's
+    default paths, ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set; Go's ``SystemCertPool`` reads the
+    same files), so a company CA installed with ``update-ca-certificates`` works for archfleet as
+    for ``docker push``. A machine with no CA store at all gets certifi's bundle (httpx's
+    default, which alone missed such a CA)."""
+    paths = ssl.get_default_verify_paths()
+    if any(p and os.path.exists(p) for p in (paths.cafile, paths.capath)):
+        return ssl.create_default_context()
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 @functools.lru_cache(maxsize=1)
 def _system_tls() -> ssl.SSLContext:
-    """The default TLS context (the system's CAs, as httpx makes it), made once per process:
-    loading the CA bundle takes ~17 ms, and each build's client made it again (issue 17)."""
-    return httpx.create_ssl_context()
+    """:func:`trust_roots`, made once per process: loading the CA store takes ~17 ms, and each
+    build's client made it again (issue 17)."""
+    return trust_roots()
 
 
 # event loop -> (host, repository, digest) -> the lock held while a blob is written there
@@ -347,7 +360,7 @@ class RegistryClient:
             else:
                 ctx = tls_context_for(host)
                 if ctx is None and self._transport_for is None:
-                    self._per_host[key] = None  # the shared client: system roots (certifi)
+                    self._per_host[key] = None  # the shared client: the system's roots
                 else:
                     self._per_host[key] = self._new_client(ctx if ctx is not None else True)
         return self._per_host[key] or self._http

@@ -55,6 +55,23 @@ def test_build_and_push_trusting_the_registry_ca_like_dockerd(lab, tls_registry)
     assert sorted(m["platform"]["architecture"] for m in resp.json()["manifests"]) == ["amd64", "arm64"]
 
 
+def test_a_ca_in_the_system_store_is_trusted_as_dockerd_trusts_it(lab, tls_registry, tmp_path):
+    """Rule (dockerd: Go's SystemCertPool plus certs.d): a company CA installed in the system's
+    store is trusted with no certs.d entry. archfleet trusted only certifi's bundle (httpx's
+    default), so a CA added with update-ca-certificates worked for docker and failed here. The
+    store is given as SSL_CERT_FILE (read by OpenSSL and Go alike) rather than by changing the
+    machine's: the system's bundle plus the lab CA."""
+    bundle = tmp_path / "store.pem"
+    bundle.write_bytes(Path(ssl.get_default_verify_paths().cafile).read_bytes() + (tls_registry / "ca.crt").read_bytes())
+    tag = uuid.uuid4().hex[:8]
+    proc = lab.archfleet("build", "-q", "--platform", "linux/amd64", "-t", f"{HOST}/app:{tag}", "--push",
+                         "--build-arg", f"N={uuid.uuid4().hex}", "examples/arch-test",
+                         env={"ARCHFLEET_CERTS_D": str(tmp_path / "empty"), "SSL_CERT_FILE": str(bundle)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert manifest(HOST, "app", tag, scheme="https", verify=ssl.create_default_context(
+        cafile=str(tls_registry / "ca.crt"))).headers["docker-content-digest"] == proc.stdout.strip()
+
+
 @pytest.fixture(scope="module")
 def client_cert_registry(lab, nodes, tmp_path_factory):
     """A registry that asks every client for a certificate from its CA (clientcas), with the CA
