@@ -59,14 +59,25 @@ def test_a_ca_in_the_system_store_is_trusted_as_dockerd_trusts_it(lab, tls_regis
     """Rule (dockerd: Go's SystemCertPool plus certs.d): a company CA installed in the system's
     store is trusted with no certs.d entry. archfleet trusted only certifi's bundle (httpx's
     default), so a CA added with update-ca-certificates worked for docker and failed here. The
-    store is given as SSL_CERT_FILE (read by OpenSSL and Go alike) rather than by changing the
-    machine's: the system's bundle plus the lab CA."""
-    bundle = tmp_path / "store.pem"
-    bundle.write_bytes(Path(ssl.get_default_verify_paths().cafile).read_bytes() + (tls_registry / "ca.crt").read_bytes())
+    store here is the system's bundle with the lab CA appended, for this test only (put back
+    as it was afterwards, even after a crash: conftest.placed)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    # a user's environment names no store: this machine's sets SSL_CERT_FILE to the system
+    # bundle, which httpx honoured, hiding the rule
+    env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    env["ARCHFLEET_CERTS_D"] = str(tmp_path / "empty")
+    store = Path(ssl.get_default_verify_paths().openssl_cafile)
+    store = store.resolve() if store.exists() else Path("/etc/ssl/certs/ca-certificates.crt")
     tag = uuid.uuid4().hex[:8]
-    proc = lab.archfleet("build", "-q", "--platform", "linux/amd64", "-t", f"{HOST}/app:{tag}", "--push",
-                         "--build-arg", f"N={uuid.uuid4().hex}", "examples/arch-test",
-                         env={"ARCHFLEET_CERTS_D": str(tmp_path / "empty"), "SSL_CERT_FILE": str(bundle)})
+    with placed(store, store.read_bytes() + (tls_registry / "ca.crt").read_bytes()):
+        proc = subprocess.run([sys.executable, "-m", "archfleet.cli", "build", "-q", "--platform", "linux/amd64",
+                               "-t", f"{HOST}/app:{tag}", "--push", "--build-arg", f"N={uuid.uuid4().hex}",
+                               "examples/arch-test"], capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert manifest(HOST, "app", tag, scheme="https", verify=ssl.create_default_context(
         cafile=str(tls_registry / "ca.crt"))).headers["docker-content-digest"] == proc.stdout.strip()
