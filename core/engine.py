@@ -4,8 +4,9 @@ daemon's socket; the probe reads ``name=rootless`` in ``docker info``'s security
 
 Builds go through an engine CLI because docker-py cannot drive BuildKit (docker/docker-py#2230):
 ``docker buildx build`` where the buildx plugin exists, else ``DOCKER_BUILDKIT=1 docker build``
-on a client that still has BuildKit built in (Docker < 23). Engine API work (info, inspect,
-push with ``auth_config``) goes through docker-py, in a thread.
+on a client that still has BuildKit built in (Docker < 23). The probe asks the CLI too
+(``--version``, ``docker info``: the daemon the CLI builds on). Engine API work (inspect,
+export, ping, push with ``auth_config``) goes through docker-py, in a thread.
 
 How a failed build is classified (:func:`build`): the node failed (:class:`InfrastructureError`,
 the platform is re-planned on another node) or the build failed (:class:`BuildFailed`, the same
