@@ -852,7 +852,7 @@ def doctor(registries, insecure_registry, engine_cli, local, nodes_file, platfor
     hooks = _hooks()
     config = _config(hooks, nodes_file, engine_cli, local)
     checks = _run(hooks, lambda session: doc.run(hooks, config, session, tuple(registries),
-                                                 tuple(insecure_registry), engine_cli, platforms))
+                                                 tuple(insecure_registry), platforms))
     for c in checks:
         click.echo(c.line())
     failed = [c for c in checks if c.status == "FAIL"]

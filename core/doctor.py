@@ -12,20 +12,18 @@ if any failed.
 
 from __future__ import annotations
 
-import asyncio
 import platform as _platform
 import time
 
 import attrs
 
-from . import binfmt, engine
+from . import binfmt
 from . import platforms as plat
 from .errors import ArchfleetError, RegistryRefused, RegistryUnreachable
 from .model import NodeFacts
 from .platforms import Platform, native_platforms, parse
 from .reference import Reference
 from .registry import RegistryClient, login_hint
-from .transport import LocalTransport
 
 WANTED_EMULATORS = ("linux/arm64", "linux/arm/v7", "linux/s390x", "linux/ppc64le", "linux/riscv64")
 # the platforms checked per node when --platform names none: the README's five
@@ -44,30 +42,6 @@ class Check:
     def line(self) -> str:
         """The check as one printed line: ``STATUS  what: message -> fix``."""
         return f"{self.status:4s}  {self.what}: {self.message}" + (f" -> {self.fix}" if self.fix else "")
-
-
-async def check_local(engine_cli: str | None) -> list[Check]:
-    """Checks of the local engine (does it answer, its version) and of an engine CLI that can build with BuildKit (``engine_cli``, else the candidates on PATH)."""
-    out = []
-    t = LocalTransport()
-    try:
-        ok = await engine.ping(t)
-        if ok:
-            version = await asyncio.to_thread(lambda: t.docker_client().version().get("Version"))
-            out.append(Check("ok", "local engine", f"Docker {version} answers"))
-        else:
-            out.append(Check("FAIL", "local engine", "no Docker engine answers",
-                             "start dockerd (or set DOCKER_HOST), or build only on nodes with --no-local"))
-        cli, reasons = await engine.discover_cli(t, engine.local_candidates(engine_cli))
-        if cli:
-            out.append(Check("ok", "engine CLI", f"{' '.join(cli.argv)} ({cli.mode}, {cli.version})"))
-        else:
-            out.append(Check("FAIL", "engine CLI", "no docker CLI can build with BuildKit (" + "; ".join(reasons) + ")",
-                             "install the buildx plugin, or name a Docker < 23 client with --engine-cli "
-                             "(Debian's docker.io gives /usr/bin/docker)"))
-    finally:
-        await t.close()
-    return out
 
 
 def check_binfmt(mount=None) -> list[Check]:
@@ -171,14 +145,21 @@ async def _clock_skew(hooks, facts, session) -> float | None:
 
 
 def check_local_engine(facts: NodeFacts) -> list[Check]:
-    """The local node's engine and CLI as its probe found them: for an engine other than
-    docker (``[nodes.local] engine = "podman"``), whose own checks need no Docker daemon."""
+    """The local node's engine and CLI as its probe found them: the probe asks the engine CLI
+    (for docker, ``docker info`` through each candidate), so the daemon checked is the one
+    builds go to (a ``DOCKER_CONTEXT`` or ``DOCKER_HOST`` the CLI follows), and ``doctor``
+    passes only where ``build`` can build."""
     if not facts.reachable:
-        return [Check("FAIL", "local engine", facts.error or "does not answer", facts.fix or "")]
+        return [Check("FAIL", "local engine", facts.error or "does not answer",
+                      facts.fix or "start the engine, or build only on nodes with --no-local")]
+    out = [Check("ok", "local engine", f"{facts.engine_label} answers")]
     if not facts.builder:
-        return [Check("FAIL", "engine CLI", facts.error or "no CLI can build", facts.fix or "")]
-    return [Check("ok", "local engine", f"{facts.engine_label} answers"),
-            Check("ok", "engine CLI", f"{' '.join(facts.engine_cli)} ({facts.builder})")]
+        fix = facts.fix or ("install the buildx plugin, or name a Docker < 23 client with --engine-cli "
+                            "(Debian's docker.io gives /usr/bin/docker)" if facts.node.engine == "docker" else "")
+        out.append(Check("FAIL", "engine CLI", facts.error or "no CLI can build", fix))
+    else:
+        out.append(Check("ok", "engine CLI", f"{' '.join(facts.engine_cli)} ({facts.builder})"))
+    return out
 
 
 def _binfmt_fix(facts: NodeFacts, platform: Platform) -> str:
@@ -226,7 +207,7 @@ def check_platforms(facts: dict[str, NodeFacts], platforms: tuple[Platform, ...]
 
 
 async def run(hooks, config, session, registries: tuple[str, ...], insecure: tuple[str, ...],
-              engine_cli: str | None, platforms: tuple[Platform, ...] = ()) -> list[Check]:
+              platforms: tuple[Platform, ...] = ()) -> list[Check]:
     """Every check, in order: the local engine and binfmt (unless ``--no-local``), each
     registry named, each node, then each of ``platforms`` (default :data:`DEFAULT_PLATFORMS`)
     on each node."""
@@ -236,10 +217,8 @@ async def run(hooks, config, session, registries: tuple[str, ...], insecure: tup
     facts = await probe(hooks, config, session)
     if config.local:
         local = facts.get("local")
-        if local is not None and local.node.engine != "docker":
+        if local is not None:
             checks += check_local_engine(local)
-        else:
-            checks += await check_local(engine_cli)
         checks += check_binfmt()
     for host in registries:
         checks += await check_registry(host, insecure)

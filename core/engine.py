@@ -541,15 +541,22 @@ class DockerEngine:
         ``--version`` and ``docker info`` (:func:`choose_cli`, :func:`parse_info`): the daemon
         asked is the one the chosen CLI builds on. A daemon that does not answer: ``answered``
         False."""
-        cli, reasons, info = choose_cli(candidates, await ask_clis(transport, candidates))
+        answers = await ask_clis(transport, candidates)
+        cli, reasons, info = choose_cli(candidates, answers)
         if cli is None or info is None:
-            return Probed(True, error="no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"]))
+            # the daemon's version as any candidate's info said it (a CLI that cannot build may
+            # still ask the daemon), for ls and doctor
+            version = next((v for c in candidates for v in [parse_info(answers[(c, "info", "--format", INFO_FORMAT)].tail)[0]]
+                            if v), None)
+            return Probed(True, version=version,
+                          error="no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"]))
         version, rootless, error = parse_info(info.tail)
         if version is None and error is None:
             error = info.last_line()
         if error is not None and node.transport == "local":
-            return Probed(False, cli=cli, error=f"no Docker engine answers ({error}); start dockerd or set DOCKER_HOST",
-                          fix="start dockerd, or set DOCKER_HOST (docker_host in nodes.toml)")
+            return Probed(False, cli=cli, error=f"no Docker engine answers ({error})",
+                          fix="start dockerd, or point DOCKER_HOST or the CLI's docker context at one "
+                              "(docker_host in nodes.toml)")
         if error is not None:
             return Probed(False, cli=cli, error=f"engine not answering on the node: {error}",
                           fix=f"start dockerd on the node, or fix docker_host at {node.source}")

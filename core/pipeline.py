@@ -192,6 +192,8 @@ def unplannable_reason(platform, planned: "Planned") -> str:
         problem = dict(f.emulation_problems).get(platform)
         if not f.reachable:
             reasons.append(f"{f.name}: unreachable ({f.error})")
+            if f.node.transport == "local":
+                fix = fix or f.fix  # this machine's engine: its probe's advice (nodes' is in doctor)
         elif not f.builder:
             reasons.append(f"{f.name}: {f.error}")
         elif planned.request and (missing := lacking(f, needs(planned.request))):

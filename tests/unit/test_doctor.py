@@ -16,9 +16,8 @@ import ssl
 import httpx
 import pytest
 
-from archfleet import cli, doctor, engine, pipeline
+from archfleet import cli, doctor, pipeline
 from archfleet.api import hookimpl
-from archfleet.engine import EngineCLI
 from archfleet.inventory import Config
 from archfleet.manager import make_hooks
 from archfleet.session import Session
@@ -117,44 +116,33 @@ def test_a_plain_http_registry_not_named_insecure_fails_saying_which_flag(monkey
 
 # -- the local engine ---------------------------------------------------------------------------
 
-class LocalStub:
-    """doctor's LocalTransport: an engine that reports its version."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def docker_client(self):
-        class Client:
-            def version(self):
-                return {"Version": "20.10.24+dfsg1"}
-        return Client()
-
-    async def close(self):
-        pass
+LOCAL = NodeSpec("local", source="this machine")
 
 
-@pytest.mark.parametrize("answers,cli_found,expected", [
-    (True, True, ["ok    local engine: Docker 20.10.24+dfsg1 answers",
-                  "ok    engine CLI: /usr/bin/docker (buildkit, 20.10.24)"]),
-    (False, False, ["FAIL  local engine: no Docker engine answers -> start dockerd (or set DOCKER_HOST), or build only "
-                    "on nodes with --no-local",
-                    "FAIL  engine CLI: no docker CLI can build with BuildKit (/usr/local/bin/docker: Docker 28 without "
-                    "the buildx plugin) -> install the buildx plugin, or name a Docker < 23 client with --engine-cli "
-                    "(Debian's docker.io gives /usr/bin/docker)"]),
+@pytest.mark.parametrize("facts,expected", [
+    (NodeFacts(LOCAL, True, engine_version="20.10.24+dfsg1", builder="buildkit", engine_cli=["/usr/bin/docker"]),
+     ["ok    local engine: docker 20.10.24+dfsg1 answers", "ok    engine CLI: /usr/bin/docker (buildkit)"]),
+    # what the probe says when the CLI's daemon does not answer (a DOCKER_CONTEXT or DOCKER_HOST
+    # naming a dead socket): the daemon builds would use, not docker-py's default one
+    (NodeFacts(LOCAL, False, error="no Docker engine answers (Cannot connect to the Docker daemon at "
+                                   "unix:///x.sock. Is the docker daemon running?)",
+               fix="start dockerd, or point DOCKER_HOST or the CLI's docker context at one (docker_host in nodes.toml)"),
+     ["FAIL  local engine: no Docker engine answers (Cannot connect to the Docker daemon at unix:///x.sock. Is the "
+      "docker daemon running?) -> start dockerd, or point DOCKER_HOST or the CLI's docker context at one (docker_host "
+      "in nodes.toml)"]),
+    (NodeFacts(LOCAL, True, engine_version="20.10.24+dfsg1",
+               error="no engine CLI with BuildKit: /usr/local/bin/docker: version 28.2 has no buildx plugin and no "
+                     "built-in BuildKit"),
+     ["ok    local engine: docker 20.10.24+dfsg1 answers",
+      "FAIL  engine CLI: no engine CLI with BuildKit: /usr/local/bin/docker: version 28.2 has no buildx plugin and "
+      "no built-in BuildKit -> install the buildx plugin, or name a Docker < 23 client with --engine-cli (Debian's "
+      "docker.io gives /usr/bin/docker)"]),
 ])
-def test_the_local_engine_and_its_cli(monkeypatch, answers, cli_found, expected):
-    async def ping(transport):
-        return answers
-
-    async def discover(transport, candidates):
-        if cli_found:
-            return EngineCLI(("/usr/bin/docker",), "buildkit", "20.10.24"), []
-        return None, ["/usr/local/bin/docker: Docker 28 without the buildx plugin"]
-
-    monkeypatch.setattr(doctor, "LocalTransport", LocalStub)
-    monkeypatch.setattr(engine, "ping", ping)
-    monkeypatch.setattr(engine, "discover_cli", discover)
-    assert [c.line() for c in asyncio.run(doctor.check_local(None))] == expected
+def test_the_local_engine_and_its_cli_are_what_the_probe_found(facts, expected):
+    """Rule: doctor's local checks are the probe's facts (the CLI's own `docker info`), so doctor
+    passes only where build can build (it asked docker-py's default daemon, and said ok under a
+    DOCKER_CONTEXT naming a dead one while build failed)."""
+    assert [c.line() for c in doctor.check_local_engine(facts)] == expected
 
 
 # -- nodes ----------------------------------------------------------------------------------------
@@ -301,7 +289,7 @@ def test_no_local_skips_the_local_checks(monkeypatch, capsys, command):
     def forbidden(*args, **kwargs):
         raise AssertionError("a local check ran under --no-local")
 
-    monkeypatch.setattr(doctor, "check_local", forbidden)
+    monkeypatch.setattr(doctor, "check_local_engine", forbidden)
     monkeypatch.setattr(doctor, "check_binfmt", forbidden)
     assert cli.main(["doctor", "--no-local"]) == 0
     assert capsys.readouterr().out == "0 checks, 0 failed, 0 warnings\n"

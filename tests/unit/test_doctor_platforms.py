@@ -82,7 +82,7 @@ def probed(monkeypatch, tmp_path):
 
 def test_a_podman_local_node_is_checked_from_its_probe_without_a_docker_daemon(probed):
     checks = asyncio.run(doctor.run(make_hooks({}, load_entrypoints=False, builtins=()), Config(), Session(), (), (),
-                                    None, (AMD, ARM)))
+                                    (AMD, ARM)))
     assert [c.line() for c in checks] == [
         "ok    local engine: podman 4.3.1 answers",
         "ok    engine CLI: /usr/bin/podman (buildah)",

@@ -268,10 +268,23 @@ def test_a_probe_runs_two_commands_per_candidate_and_reads_the_daemon_from_the_c
         True, ("/usr/bin/docker",), "20.10.24+dfsg1", True)
 
 
+def test_a_probe_with_no_cli_that_builds_still_says_the_daemons_version():
+    """ls and doctor show the daemon's version even when no candidate CLI can build (the
+    Engine API probe used to fill it in): from any candidate's info."""
+    from archfleet.model import NodeSpec
+
+    t = _clis({("/usr/local/bin/docker", "--version"): (0, ("Docker version 28.2.2, build e6534b4",)),
+               ("/usr/local/bin/docker", "info"): (0, ('client={"Version":"28.2.2","Plugins":[]}', DAEMON))})
+    found = asyncio.run(engine.DOCKER.probe(t, NodeSpec("local"), ["/usr/local/bin/docker"]))
+    assert (found.answered, found.cli, found.version) == (True, None, "20.10.24+dfsg1")
+    assert found.error == ("no engine CLI with BuildKit: /usr/local/bin/docker: version 28.2 has no buildx plugin "
+                           "and no built-in BuildKit")
+
+
 @pytest.mark.parametrize("transport,lines,expected", [
     # Docker 20.10's client without a daemon (exit 0, ServerErrors), on this machine and on a node
     ("local", (NO_PLUGINS_20, "error: Cannot connect to the Docker daemon at unix:///x.sock."),
-     "no Docker engine answers (Cannot connect to the Docker daemon at unix:///x.sock.); start dockerd or set DOCKER_HOST"),
+     "no Docker engine answers (Cannot connect to the Docker daemon at unix:///x.sock.)"),
     ("ssh", (NO_PLUGINS_20, "error: Cannot connect to the Docker daemon at unix:///x.sock."),
      "engine not answering on the node: Cannot connect to the Docker daemon at unix:///x.sock."),
     # a newer client exits 1 and says why last; its client line is never the reason
