@@ -271,14 +271,28 @@ def _retry_after(resp: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _system_store() -> bool:
+    """Whether this machine has a CA store OpenSSL will use: its default CA file, or a CA
+    directory holding certificates under their hash names (``c_rehash``: ``1234abcd.0``). An
+    existing but empty ``/etc/ssl/certs`` (openssl installed, ca-certificates not) is none."""
+    paths = ssl.get_default_verify_paths()
+    if paths.cafile and os.path.isfile(paths.cafile):
+        return True
+    if paths.capath and os.path.isdir(paths.capath):
+        try:
+            return any(re.fullmatch(r"[0-9a-f]{8}\.\d+", name) for name in os.listdir(paths.capath))
+        except OSError:
+            return False
+    return False
+
+
 def trust_roots() -> ssl.SSLContext:
     """A new TLS client context trusting what dockerd trusts: the system's CA store (OpenSSL's
     default paths, ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set; Go's ``SystemCertPool`` reads the
     same files), so a company CA installed with ``update-ca-certificates`` works for archfleet as
-    for ``docker push``. A machine with no CA store at all gets certifi's bundle (httpx's
-    default, which alone missed such a CA)."""
-    paths = ssl.get_default_verify_paths()
-    if any(p and os.path.exists(p) for p in (paths.cafile, paths.capath)):
+    for ``docker push``. A machine with no CA store (:func:`_system_store`) gets certifi's bundle
+    (httpx's default, which alone missed such a CA)."""
+    if _system_store():
         return ssl.create_default_context()
     import certifi
 

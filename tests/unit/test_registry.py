@@ -645,3 +645,41 @@ def test_a_registry_nobody_answers_for_is_registry_unreachable_by_type(sleeps):
     with pytest.raises(RegistryUnreachable) as info:
         run(client.check_access(parse_reference(f"{HOST}/app:1")))
     assert info.value.exit_code == 3 and str(info.value).startswith(f"registry {HOST} unreachable")
+
+
+@pytest.mark.parametrize("store,system", [
+    ("file", True),  # the system's CA file (Debian's ca-certificates.crt)
+    ("hashed-dir", True),  # a CA directory of hash-named certificates (c_rehash)
+    ("empty-dir", False),  # /etc/ssl/certs without ca-certificates: no roots at all
+    ("none", False),
+])
+def test_the_system_ca_store_is_used_when_there_is_one_else_certifis(tmp_path, monkeypatch, store, system):
+    """Rule (dockerd trusts the system's store): a CA installed there is trusted; a machine with
+    no store, or an empty CA directory, falls back to certifi's bundle rather than to no roots."""
+    import ssl
+    from pathlib import Path
+
+    import certifi
+    from archfleet import registry as reg
+
+    pem = Path(certifi.where()).read_text()
+    one = pem[pem.index("-----BEGIN CERTIFICATE-----"):pem.index("-----END CERTIFICATE-----") + 25] + "\n"
+    cafile = capath = None
+    if store == "file":
+        cafile = tmp_path / "ca.pem"
+        cafile.write_text(one)
+    elif store in ("hashed-dir", "empty-dir"):
+        capath = tmp_path / "certs"
+        capath.mkdir()
+        if store == "hashed-dir":
+            (capath / "0123abcd.0").write_text(one)
+    paths = ssl.DefaultVerifyPaths(str(cafile) if cafile else None, str(capath) if capath else None,
+                                   "SSL_CERT_FILE", str(cafile or tmp_path / "nofile"), "SSL_CERT_DIR",
+                                   str(capath or tmp_path / "nodir"))
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: paths)
+    assert reg._system_store() is system
+    if store == "file":
+        monkeypatch.setenv("SSL_CERT_FILE", str(cafile))
+        assert reg.trust_roots().cert_store_stats()["x509_ca"] == 1  # the system's store, not certifi's ~120
+    if not system:
+        assert reg.trust_roots().cert_store_stats()["x509_ca"] > 50  # certifi's bundle
