@@ -63,6 +63,17 @@ ANNOTATION_KINDS = ("index", "manifest", "manifest-descriptor")
 _ANNOTATION_TYPE = re.compile(r"([a-z-]+)(?:\[([A-Za-z0-9_/.-]+)\])?")
 
 
+def _check_engine_cli(value: str) -> None:
+    """``--engine-cli`` (or ``$ARCHFLEET_ENGINE_CLI``) names a program that exists: a path to an
+    executable file, or a name on ``PATH``. Whether it can build is the probe's to say."""
+    import shutil
+
+    found = (os.path.isfile(value) and os.access(value, os.X_OK)) if "/" in value else shutil.which(value)
+    if not found:
+        raise UsageError(f"--engine-cli {value!r} (or $ARCHFLEET_ENGINE_CLI): no such program; name a docker CLI "
+                         "(e.g. /usr/bin/docker) or podman")
+
+
 def parse_annotations(values, platforms) -> tuple[list[Annotation], list[str]]:
     """``--annotation`` values in buildx's syntax, ``[TYPE[PLATFORM],...:]KEY=VALUE`` (buildx's
     ``ParseAnnotations``): TYPE is ``index`` (the index itself), ``manifest`` (each child
@@ -183,6 +194,8 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
     if encoding:  # the other checks would only repeat these values
         raise UsageError("; ".join(encoding))
 
+    if engine_cli:
+        check(_check_engine_cli, engine_cli)
     context = Path(path)
     platforms: tuple = ()
     platforms_ok = True

@@ -134,7 +134,8 @@ def choose_cli(candidates: Sequence[str], answers: dict[tuple, Completed]
         ver = answers[(cli, "--version")]
         info = answers[(cli, "info", "--format", INFO_FORMAT)]
         if not ver.ok:
-            reasons.append(f"{cli}: {ver.last_line()}")
+            line = ver.last_line()  # a transport's own "CLI: command not found" names it already
+            reasons.append(line if line.startswith(f"{cli}:") else f"{cli}: {line}")
             continue
         buildx = buildx_plugin(info)
         if buildx is not None:

@@ -291,3 +291,19 @@ def test_child_tags_given_as_a_flag_before_path_or_with_equals(capsys, monkeypat
     got = one_error(capsys, "build", "--platform", "linux/amd64", "-t", "reg.io/app:1", "--push",
                     "--child-tags", "ctx")
     assert "--child-tags 'ctx': that is a path, not a template" in got and "--child-tags=TEMPLATE" in got
+
+
+@pytest.mark.parametrize("value", ["/nonexistent/docker", "no-such-docker-cli", "ctx/Dockerfile"])
+def test_an_engine_cli_that_is_no_program_is_bad_input(capsys, monkeypatch, value):
+    """Rule (bad input: one line naming the flag, exit 2, before anything is probed): a missing
+    path, a name not on PATH, a file that is not executable. It was probed and reported as
+    'no engine CLI with BuildKit: /nonexistent/docker: /nonexistent/docker: command not found', exit 3."""
+    for how in ("flag", "env"):
+        argv = ["build", "--platform", "linux/amd64", "ctx"]
+        if how == "flag":
+            argv[1:1] = ["--engine-cli", value]
+        else:
+            monkeypatch.setenv("ARCHFLEET_ENGINE_CLI", value)
+        assert one_error(capsys, *argv) == (f"--engine-cli {value!r} (or $ARCHFLEET_ENGINE_CLI): no such program; "
+                                            "name a docker CLI (e.g. /usr/bin/docker) or podman")
+        monkeypatch.delenv("ARCHFLEET_ENGINE_CLI", raising=False)
