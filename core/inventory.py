@@ -59,12 +59,24 @@ _TOML_TYPES = ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "str
                (dict, "table"))
 
 
-def toml_type(kind: type) -> str:
-    """TOML's name for values of Python type ``kind`` (``str`` -> "string", ``dict`` -> "table")."""
+def toml_type(kind: type, value: Any = None) -> str:
+    """TOML's name for values of Python type ``kind`` (``str`` -> "string", ``dict`` -> "table",
+    a ``datetime`` -> "offset date-time" or, with ``value`` naive, "local date-time")."""
     for python, name in _TOML_TYPES:
         if issubclass(kind, python):
             return name
-    return "date-time" if kind.__name__ in ("datetime", "date", "time") else kind.__name__
+    if kind.__name__ == "datetime":
+        return "local date-time" if value is not None and value.tzinfo is None else "offset date-time"
+    return {"date": "local date", "time": "local time"}.get(kind.__name__, kind.__name__)
+
+
+_SHOWN = 80  # characters of a value an error line shows
+
+
+def shown(value: Any) -> str:
+    """:func:`toml_text`, cut to :data:`_SHOWN` characters (a 300-item array is not one line)."""
+    text = toml_text(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN - 1] + "…"
 
 
 def toml_text(value: Any) -> str:
@@ -328,14 +340,12 @@ def _node(path: Path, lines: _Lines, name: str, table: Any, keys: Mapping[str, M
         value = table[key]
         types = types if isinstance(types, tuple) else (types,)
         expected = hint or f"a {toml_type(types[0])}"
-        if isinstance(value, bool) and bool not in types:
-            raise fail(key, f"expected {expected}, got {toml_text(value)}")
-        if not isinstance(value, types):
-            raise fail(key, f"expected {expected}, got {toml_type(type(value))} {toml_text(value)}")
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise fail(key, f"expected {expected}, got {toml_type(type(value), value)} {shown(value)}")
         if isinstance(value, str) and _CONTROL.search(value):
-            raise fail(key, f"control characters are not allowed, got {toml_text(value)}")
+            raise fail(key, f"control characters are not allowed, got {shown(value)}")
         if check and not check(value):
-            raise fail(key, f"expected {hint}, got {toml_text(value)}")
+            raise fail(key, f"expected {hint}, got {shown(value)}")
         return value
 
     def file_path(value: str) -> Path:
@@ -364,7 +374,7 @@ def _node(path: Path, lines: _Lines, name: str, table: Any, keys: Mapping[str, M
     max_builds = get("max_builds", int, None, lambda v: 1 <= v <= 64, "an integer 1-64")
     enabled = get("enabled", bool, True, hint="true or false")
     labels = get("labels", dict, {}, lambda v: all(isinstance(x, str) and not _CONTROL.search(k + x)
-                                                   for k, x in v.items()), "a table of strings")
+                                                   for k, x in v.items()), "a table of strings without control characters")
     engine_cli = get("engine_cli", str, None, lambda v: v.strip() != "", "a path")
     docker_host = get("docker_host", str, None, valid_docker_host,
                       "unix:///absolute/path or tcp://host:port (the port is required)")

@@ -38,7 +38,7 @@ def error(tmp_path, text) -> str:
     ('[nodes."-a"]\nhost = "h"\n',
      "F:1: node '-a': names are letters, digits, '.', '_' and '-' (at most 63, not starting with a symbol)"),
     ("[nodes]\na = 1\n", "F:1: node 'a': must be a table ([nodes.NAME])"),
-    ('[nodes.a]\nhost = "h"\nport = true\n', "F:3: node 'a' key 'port': expected an integer 1-65535, got true"),  # TOML spells it true
+    ('[nodes.a]\nhost = "h"\nport = true\n', "F:3: node 'a' key 'port': expected an integer 1-65535, got boolean true"),  # TOML spells it true
     ('[nodes.a]\nhost = "h"\nport = "22"\n',
      "F:3: node 'a' key 'port': expected an integer 1-65535, got string \"22\""),
     ('[nodes.a]\nhost = "h"\nuser = 7\n', "F:3: node 'a' key 'user': expected a user name, got integer 7"),
@@ -281,7 +281,7 @@ def test_two_nodes_of_one_name_or_a_contribution_that_is_no_node_are_refused():
 
 @pytest.mark.parametrize("text,line", [
     ('[nodes.a]\nhost = "h"\narch = 7\n', "F:3: node 'a' key 'arch': expected a string, got integer 7"),
-    ('[nodes.a]\nhost = "h"\narch = true\n', "F:3: node 'a' key 'arch': expected a string, got true"),
+    ('[nodes.a]\nhost = "h"\narch = true\n', "F:3: node 'a' key 'arch': expected a string, got boolean true"),
     ('[nodes.a]\nhost = "-oProxyJump"\n',
      "F:2: node 'a' key 'host': expected a host name, address or ~/.ssh/config alias, got \"-oProxyJump\""),
     ('[nodes.a]\nhost = "h"\nport = 0\n', "F:3: node 'a' key 'port': expected an integer 1-65535, got 0"),
@@ -353,7 +353,10 @@ def test_a_directory_named_nodes_toml_in_the_working_directory_gets_no_note(tmp_
 @pytest.mark.parametrize("value,shown", [
     ('"22"', 'string "22"'), ("2.5", "float 2.5"), ("inf", "float inf"),
     ('["a", true]', 'array ["a", true]'), ('{ x = 1, "a b" = "c" }', 'table { x = 1, "a b" = "c" }'),
-    ("1979-05-27T07:32:00Z", "date-time 1979-05-27T07:32:00+00:00"), ('"tab\\there"', 'string "tab\\there"'),
+    ("1979-05-27T07:32:00Z", "offset date-time 1979-05-27T07:32:00+00:00"), ('"tab\\there"', 'string "tab\\there"'),
+    ("1979-05-27T07:32:00", "local date-time 1979-05-27T07:32:00"), ("1979-05-27", "local date 1979-05-27"),
+    ("07:32:00", "local time 07:32:00"), ("true", "boolean true"),
+    ("[" + ", ".join(["1"] * 300) + "]", "array [" + ", ".join(["1"] * 300)[:78] + "…"),  # cut at 80 characters
 ])
 def test_a_wrong_value_is_shown_as_toml_writes_it(tmp_path, value, shown):
     """Rule: the value in an error is what the user wrote, in TOML's spelling and with TOML's
