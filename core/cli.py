@@ -602,7 +602,7 @@ def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, 
          cache_to, output, load, no_cache, pull, progress, quiet, metadata_file, report, insecure_registry,
          allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node, fmt):
     """Show the chosen option per platform and the alternatives, without building."""
-    from .pipeline import plan_only, unplannable_reason
+    from .pipeline import plan_only, stale_context, unplannable_reason
 
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,
                             metadata_file, insecure_registry, allow_partial, engine_cli,
@@ -611,6 +611,9 @@ def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, 
     hooks = _hooks()
     config = _config(hooks, nodes_file, engine_cli, local)
     planned = _run(hooks, lambda session: plan_only(hooks, request, config, session))
+    stale = stale_context(planned)
+    if stale:
+        click.echo(f"archfleet: warning: {stale}", err=True)
     p = planned.plan
     if fmt == "json":
         doc = {

@@ -211,7 +211,8 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
     entries: list[Entry] = []
     started = time.time_ns()
     known = filedigests.load(root.absolute())
-    keep: list[tuple[str, tuple[int, ...], str]] = []
+    keep: list[tuple[str, tuple[int, ...], str, bool]] = []
+    stale: list[str] = []
     for rel in included(root, dockerfile, ignore_patterns(ignore_bytes)):
         full = root / rel
         try:
@@ -229,9 +230,14 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
             elif stat.S_ISREG(st.st_mode):
                 key = filedigests.stat_key(st)
                 got = known.get(rel)
-                digest = got[1] if got is not None and got[0] == key else _hash_file(full)
-                if filedigests.settled(st, started):
-                    keep.append((rel, key, digest))
+                digest = got[1] if got is not None and got[2] and got[0] == key else _hash_file(full)
+                if got is not None and digest != got[1] and filedigests.unseen_change(got[0], key):
+                    # new contents under the size and mtime remembered: BuildKit would send its
+                    # old copy; the old digest stays remembered so every command sees it again
+                    stale.append(rel)
+                    keep.append((rel, got[0], got[1], got[2]))
+                else:
+                    keep.append((rel, key, digest, filedigests.settled(st, started)))
                 entries.append(Entry(rel, "file", mode, digest, st.st_size))
         except OSError as exc:
             raise UsageError(f"context {root}: cannot read {rel}: {exc.strerror}") from None
@@ -249,8 +255,8 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
     h.update(b"--\n")  # the tree ends, what lies beside it follows (every entry line has NULs, this none)
     for e in [df] + ([ignore] if ignore else []):
         h.update(_entry_line(e))
-    changed = {rel: (key, digest) for rel, key, digest in keep} != known
-    digests = FileDigests(str(root.absolute()), keep, changed)
+    changed = {rel: (key, digest, ok) for rel, key, digest, ok in keep} != known
+    digests = FileDigests(str(root.absolute()), keep, changed, tuple(stale))
     return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest(), ignore, ignore_path, digests)
 
 

@@ -8,10 +8,16 @@ the rule git's index relies on, and BuildKit's own context transfer (fsutil comp
 to choose the files it sends again). ``ctime`` cannot be set from user space (``utime``
 changes it), so a file rewritten and given its old mtime back still gets a new key.
 
+A file whose contents changed while its size and mtime stayed (``cp -p``, ``rsync -t``, ``touch
+-r`` of an older copy) is one BuildKit's own transfer cannot see: :func:`unseen_change`; the
+snapshot names it (``FileDigests.stale``) and keeps the old digest remembered, so the command
+after it sees the same, until the file's mtime moves.
+
 A file changed within the file system's timestamp granularity of its hashing could keep its
-mtime and ctime ("racily clean", in git's words): only files whose mtime and ctime are at least
-:data:`SETTLED_NS` older than the walk's start are remembered; the others are hashed again
-next time.
+mtime and ctime ("racily clean", in git's words): only the digests of files whose mtime and
+ctime are at least :data:`SETTLED_NS` older than the walk's start stand for their contents
+(settled); the others are hashed again next time, their entries kept only to see an unseen
+change.
 
 One JSON file per context directory (its absolute path, hashed) in ``contexts/`` of the cache
 directory (:func:`archfleet.cachedir.context_digests`); read by the snapshot, written only by
@@ -29,7 +35,7 @@ from typing import Mapping
 from . import cachedir, cachefile
 from .model import FileDigests
 
-VERSION = 1
+VERSION = 2
 SETTLED_NS = 2_000_000_000  # FAT's 2 s mtime granularity is the coarsest in use
 
 
@@ -44,15 +50,23 @@ def settled(st: os.stat_result, started_ns: int) -> bool:
     return max(st.st_mtime_ns, st.st_ctime_ns) <= started_ns - SETTLED_NS
 
 
-def load(root: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+def unseen_change(remembered: tuple[int, ...], now: tuple[int, ...]) -> bool:
+    """Whether a file whose contents changed kept the size and mtime it had when remembered:
+    BuildKit's context transfer (fsutil) compares those two (and mode and owner), not contents or
+    ctime, so it keeps sending the old copy it holds (plain ``docker build`` too)."""
+    return remembered[2:4] == now[2:4]
+
+
+def load(root: Path) -> dict[str, tuple[tuple[int, ...], str, bool]]:
     """The digests remembered for the context at ``root``: relative path -> (stat key, sha256
-    hex); empty when there are none or the file cannot be read."""
+    hex, settled); empty when there are none or the file cannot be read. Only a settled entry
+    may stand for the file's contents; any entry says what size and mtime the contents had."""
     try:
         doc = json.loads(cachedir.context_digests(root).read_text(encoding="utf-8"))
         if doc.get("version") != VERSION or doc.get("root") != str(root):
             return {}
-        return {rel: (tuple(int(x) for x in v[:5]), str(v[5])) for rel, v in doc["files"].items()
-                if isinstance(v, list) and len(v) == 6}
+        return {rel: (tuple(int(x) for x in v[:5]), str(v[5]), bool(v[6])) for rel, v in doc["files"].items()
+                if isinstance(v, list) and len(v) == 7}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return {}
 
@@ -60,7 +74,7 @@ def load(root: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 def store(digests: FileDigests) -> None:
     """Remember ``digests`` for its context (replacing what was remembered: files gone from the
     context are forgotten). Never raises for a cache that cannot be written."""
-    files: Mapping[str, tuple] = {rel: [*key, digest] for rel, key, digest in digests.files}
+    files: Mapping[str, tuple] = {rel: [*key, digest, int(ok)] for rel, key, digest, ok in digests.files}
     text = json.dumps({"version": VERSION, "root": digests.root, "files": files}, separators=(",", ":"))
     try:
         cachefile.write_atomic(cachedir.context_digests(Path(digests.root)), text)

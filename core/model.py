@@ -393,12 +393,17 @@ PARTS = ("fixed", "transfer", "work", "push")
 class FileDigests:
     """A context's file digests as a snapshot found them, for the learn stage to remember
     (:mod:`archfleet.filedigests`): ``root`` the context's absolute path; ``files`` each
-    settled file's ``(path, stat key, sha256 hex)`` (stat key: device, inode, size, mtime ns,
-    ctime ns); ``changed`` whether that differs from what was remembered (else nothing to write)."""
+    file's ``(path, stat key, sha256 hex, settled)`` (stat key: device, inode, size, mtime ns,
+    ctime ns; settled: the digest may stand for the contents next time); ``changed`` whether that differs from what was remembered (else nothing to write);
+    ``stale`` the files BuildKit could not see change."""
 
     root: str
-    files: tuple[tuple[str, tuple[int, ...], str], ...] = attrs.field(converter=tuple, repr=lambda f: f"<{len(f)} files>")
+    files: tuple[tuple[str, tuple[int, ...], str, bool], ...] = attrs.field(converter=tuple,
+                                                                            repr=lambda f: f"<{len(f)} files>")
     changed: bool = True
+    #: files whose contents changed under the size and mtime remembered (BuildKit would send its
+    #: old copy: :func:`archfleet.filedigests.unseen_change`), context-relative
+    stale: tuple[str, ...] = ()
 
 
 @attrs.frozen(eq=False)

@@ -217,6 +217,33 @@ def unplannable_reason(platform, planned: "Planned") -> str:
     return f"no node can build {platform} ({'; '.join(reasons) or 'no nodes'})" + (f"; {fix}" if fix else "")
 
 
+def stale_context(planned: "Planned") -> str | None:
+    """One line naming the context files whose contents changed while their size and mtime
+    did not (:func:`archfleet.filedigests.unseen_change`), or None. BuildKit's transfer of a
+    local context compares only those, so a build from this machine's context directory gets
+    the old copy (plain ``docker build`` too), and archfleet would push that image under the new
+    contents' reuse key and keep reusing it."""
+    views = [planned.history, *(v for _, v in planned.histories)]
+    stale = sorted({path for v in views if v is not None and v.files is not None and v.files.digests is not None
+                    for path in v.files.digests.stale})
+    if not stale:
+        return None
+    named = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+    return (f"context file {named}: its contents changed but its size and modification time did not; BuildKit "
+            f"compares only those and would build its old copy: touch it and build again")
+
+
+def builds_from_local_buildkit(planned: "Planned") -> bool:
+    """Whether a chosen option builds in this machine's docker engine (BuildKit) straight from
+    the context directory (SSH nodes build from a synced tree of their own, podman reads the
+    files)."""
+    for s in planned.plan.chosen:
+        facts = planned.facts.get(s.option.node)
+        if facts is not None and facts.node.transport == "local" and facts.node.engine == "docker":
+            return True
+    return False
+
+
 @attrs.frozen
 class Planned:
     """What the plan stage produced: the nodes' facts, the options after estimates and pins (what the plan and fallbacks choose from), the plan, the history view, the options the pins left out, and the request."""
@@ -396,6 +423,9 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
             elif not planning.cancelled():
                 planning.exception()  # the registry's error is the one to report; mark this one seen
         request = planned.request or request  # its base images resolved
+        stale = stale_context(planned)
+        if stale and builds_from_local_buildkit(planned):
+            raise UsageError(stale)  # before anything is built: BuildKit would build the old contents
         missing = planned.plan.unplannable
         if missing:
             raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in missing))

@@ -84,7 +84,7 @@ def test_a_file_changed_within_the_settling_time_is_not_remembered(tmp_path, cou
     old = time.time_ns() - 10 * 10**9
     os.utime(ctx / "Dockerfile", ns=(old, old))
     first = snap_and_learn(ctx)
-    assert [f for f, _, _ in first.digests.files] == []  # a's ctime is now
+    assert [(f, ok) for f, _, _, ok in first.digests.files if f == "a"] == [("a", False)]  # a's ctime is now
     counted.clear()
     snap_and_learn(ctx)
     assert "a" in counted
@@ -111,13 +111,33 @@ def test_the_learn_stage_keeps_the_digests_a_plans_history_view_carries(tmp_path
     ContextFiles, and learn.keep writes them once per context, only when they changed."""
     from archfleet.history import HistoryView
 
-    digests = FileDigests(str(tmp_path / "ctx"), [("a", (1, 2, 4, 5, 6), "ab" * 32)])
+    digests = FileDigests(str(tmp_path / "ctx"), [("a", (1, 2, 4, 5, 6), "ab" * 32, True)])
     view = HistoryView(None, "k", "p", 4, files=context_files_with(digests))
     learn.keep(learn.Lessons(history=view, histories=[(None, view)]))
-    assert filedigests.load(tmp_path / "ctx") == {"a": ((1, 2, 4, 5, 6), "ab" * 32)}
-    unchanged = FileDigests(str(tmp_path / "ctx2"), [("a", (1, 2, 4, 5, 6), "cd" * 32)], changed=False)
+    assert filedigests.load(tmp_path / "ctx") == {"a": ((1, 2, 4, 5, 6), "ab" * 32, True)}
+    unchanged = FileDigests(str(tmp_path / "ctx2"), [("a", (1, 2, 4, 5, 6), "cd" * 32, True)], changed=False)
     learn.keep(learn.Lessons(history=HistoryView(None, "k", "p", 4, files=context_files_with(unchanged))))
     assert not filedigests.cachedir.context_digests(tmp_path / "ctx2").exists()
+
+
+@pytest.mark.parametrize("settled", [True, False])
+def test_new_contents_under_the_remembered_size_and_mtime_are_named_every_time(tmp_path, monkeypatch, settled):
+    """Rule (BuildKit's context transfer compares size and mtime, not contents): a file given new
+    contents of the same size and its old mtime back (`cp -p`, `touch -r`) is named stale, by
+    this snapshot and by the next one (the old entry stays remembered), also when the first
+    snapshot saw it unsettled; once its mtime moves, it is not."""
+    if settled:
+        monkeypatch.setattr(filedigests, "SETTLED_NS", -10**18)
+    ctx = ctx_with(tmp_path, a="aaaa", b="bbbb")
+    assert snap_and_learn(ctx).digests.stale == ()
+    st = os.stat(ctx / "a")
+    time.sleep(0.02)
+    (ctx / "a").write_text("cccc")
+    os.utime(ctx / "a", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert snap_and_learn(ctx).digests.stale == ("a",)
+    assert snap_and_learn(ctx).digests.stale == ("a",)  # a plan in between does not hide it from the build
+    os.utime(ctx / "a")  # touch
+    assert snap_and_learn(ctx).digests.stale == ()
 
 
 def context_files_with(digests):
