@@ -695,7 +695,7 @@ def _fail_unplannable(planned) -> None:
 
 
 # `archfleet ls`'s CAN column: one word per capability (docs/cli.md)
-_FEATURE_WORDS = {"cache_export": "cache", "frontends": "syntax"}
+_FEATURE_WORDS = {"cache_export": "cache", "frontends": "syntax", "link_wildcards": "linkglob"}
 
 
 @cli.command(name="ls")

@@ -496,13 +496,17 @@ def capabilities(mode: str, server_version: str | None) -> Capabilities:
     - ``buildx``: all four;
     - here-documents need the daemon's BuildKit to carry the Dockerfile 1.4 frontend: Docker >=
       23 (BuildKit 0.11). Docker 20.10's BuildKit refuses them ("unknown instruction", seen here);
-    - a ``# syntax=`` directive works with any BuildKit (it pulls that frontend image)."""
+    - a ``# syntax=`` directive works with any BuildKit (it pulls that frontend image);
+    - a COPY wildcard below a symbolic link of the context is cached by what it copies from
+      BuildKit 0.10 on (moby/buildkit#2300), so from Docker 23; Docker 20.10's BuildKit built
+      ``COPY link/* /d/`` from another context's files here."""
     major = None
     if server_version:
         m = re.match(r"\s*v?(\d+)\.", server_version)
         major = int(m.group(1)) if m else None
     return Capabilities(secrets=True, ssh=True, cache_export=mode == "buildx", outputs=True,
-                        heredocs=major is not None and major >= 23, frontends=True)
+                        heredocs=major is not None and major >= 23, frontends=True,
+                        link_wildcards=major is not None and major >= 23)
 
 
 def parse_info(lines: Sequence[str]) -> tuple[str | None, bool, str | None]:

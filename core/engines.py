@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import posixpath
 import re
 from typing import AsyncIterator, Iterable, Protocol, Sequence
 
@@ -313,15 +314,44 @@ def needs(request: BuildRequest) -> tuple[Need, ...]:
     (``heredocs``, or ``frontends`` when a ``# syntax=`` directive names a frontend that brings
     them), ``RUN --mount=type=secret`` (``secrets``), ``RUN --mount=type=ssh`` (``ssh``); and from
     its flags: ``--cache-to`` with ``mode=max`` (``cache_export``: only a registry cache export
-    holds every stage; an engine with inline cache only cannot). One :class:`Need` per feature, at
+    holds every stage; an engine with inline cache only cannot); and from the context, a COPY
+    wildcard below a symbolic link (``link_wildcards``, :func:`_wildcard_below_link`). One :class:`Need` per feature, at
     its first use. A Dockerfile that cannot be read or parsed needs nothing here (the analysis
     reports it, exit 2)."""
     found = {n.feature: n for n in _dockerfile_needs(request)}
+    link = _wildcard_below_link(request)
+    if link is not None:
+        found.setdefault("link_wildcards", link)
     for spec in request.cache_to:
         if spec.kind == "registry" and spec.mode == "max":
             found.setdefault("cache_export", Need("cache_export", f"--cache-to {spec}"))
     order = [f.name for f in attrs.fields(Capabilities)]
     return tuple(found[k] for k in sorted(found, key=order.index))
+
+
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+def _wildcard_below_link(request: BuildRequest) -> Need | None:
+    """``link_wildcards`` at the first COPY or ADD from the context whose source has a wildcard
+    below a component that is a symbolic link in the context (``COPY link/* /d/``, ``link ->
+    dir``); None when there is none. Read from the context each time (links come and go)."""
+    root = str(request.context)
+    for where, sources in _parsed(request)[2]:
+        for src in sources:
+            if "$" in src or "://" in src:
+                continue  # a variable (BuildKit expands it) or an ADD URL
+            parts = [p for p in posixpath.normpath("/" + src).split("/") if p]
+            if not any(_WILDCARD.search(p) for p in parts):
+                continue
+            prefix = root
+            for part in parts:
+                if _WILDCARD.search(part):
+                    break
+                prefix = os.path.join(prefix, part)
+                if os.path.islink(prefix):
+                    return Need("link_wildcards", where)
+    return None
 
 
 def mounts(request: BuildRequest) -> tuple[Mount, ...]:
@@ -334,17 +364,17 @@ def _dockerfile_needs(request: BuildRequest) -> tuple[Need, ...]:
     return _parsed(request)[0]
 
 
-def _parsed(request: BuildRequest) -> tuple[tuple[Need, ...], tuple[Mount, ...]]:
+def _parsed(request: BuildRequest) -> tuple[tuple[Need, ...], tuple[Mount, ...], tuple]:
     path = str(request.dockerfile)
     try:
         st = os.stat(path)
     except OSError:
-        return (), ()
+        return (), (), ()
     return _read(path, (st.st_mtime_ns, st.st_size))
 
 
 @functools.lru_cache(maxsize=64)
-def _read(path: str, stamp: tuple) -> tuple[tuple[Need, ...], tuple[Mount, ...]]:
+def _read(path: str, stamp: tuple) -> tuple[tuple[Need, ...], tuple[Mount, ...], tuple]:
     from .dockerfile import _buildkit, decode
 
     try:
@@ -352,7 +382,7 @@ def _read(path: str, stamp: tuple) -> tuple[tuple[Need, ...], tuple[Mount, ...]]
             text = decode(f.read(), path)
         commands = _buildkit.parse_string(text)
     except Exception:
-        return (), ()
+        return (), (), ()
     directive = False
     for line in text.splitlines():  # parser directives: comments before the first instruction
         if not line.strip():
@@ -362,9 +392,12 @@ def _read(path: str, stamp: tuple) -> tuple[tuple[Need, ...], tuple[Mount, ...]]
         directive = directive or bool(_SYNTAX.match(line))
     found: dict[str, Need] = {}
     mounted: list[Mount] = []
+    copies: list[tuple[str, tuple[str, ...]]] = []
     name = os.path.basename(path)
     for cmd in commands:
         where = f"{name}:{cmd.start_line}: {cmd.original.splitlines()[0][:60]}"
+        if cmd.cmd.upper() in ("COPY", "ADD") and not any(f.lower().startswith("--from=") for f in cmd.flags):
+            copies.append((where, tuple(cmd.value[:-1])))
         if getattr(cmd, "heredocs", ()):
             found.setdefault("frontends" if directive else "heredocs", Need("frontends" if directive else "heredocs",
                                                                              where))
@@ -377,7 +410,7 @@ def _read(path: str, stamp: tuple) -> tuple[tuple[Need, ...], tuple[Mount, ...]]
                     feature = "secrets" if mount.kind == "secret" else "ssh"
                     found.setdefault(feature, Need(feature, where))
                     mounted.append(mount)
-    return tuple(found.values()), tuple(mounted)
+    return tuple(found.values()), tuple(mounted), tuple(copies)
 
 
 def _mount_type(spec: str) -> str:
@@ -439,6 +472,8 @@ FEATURE_FIX = {
     "cache_export": "build on a node whose docker CLI has the buildx plugin (podman exports no BuildKit cache), "
                     "or drop mode=max (Docker without buildx then writes the inline cache)",
     "outputs": "build on Docker with BuildKit or podman",
+    "link_wildcards": "name the directory the link points to in that COPY (dir/* rather than link/*), or build on "
+                      "Docker >= 23 or podman (BuildKit >= 0.10 follows the link: moby/buildkit#2300)",
 }
 
 

@@ -115,7 +115,12 @@ class Capabilities:
     - ``heredocs``: here-documents in the Dockerfile (``RUN <<EOF``: BuildKit's Dockerfile 1.4
       frontend, built into Docker >= 23; buildah >= 1.35, podman >= 5.0);
     - ``frontends``: a ``# syntax=`` directive loads that Dockerfile frontend (BuildKit only;
-      podman reads every Dockerfile with its own parser)."""
+      podman reads every Dockerfile with its own parser);
+    - ``link_wildcards``: a COPY or ADD wildcard below a symbolic link of the context
+      (``COPY link/* /d/``) is cached by the files it copies. BuildKit before 0.10 (Docker < 23)
+      keys it as if it copied nothing, and builds whatever an earlier such COPY copied, from any
+      context (moby/buildkit#2300, fixed by #2318; seen here with Docker 20.10); buildah keys a
+      COPY by the files it copied."""
 
     secrets: bool = False
     ssh: bool = False
@@ -123,10 +128,12 @@ class Capabilities:
     outputs: bool = False
     heredocs: bool = False
     frontends: bool = False
+    link_wildcards: bool = False
 
     #: how each feature is named to people (``archfleet ls``, messages), in field order
     LABELS = {"secrets": "secrets", "ssh": "ssh", "cache_export": "cache export", "outputs": "outputs",
-              "heredocs": "heredocs", "frontends": "syntax frontends"}
+              "heredocs": "heredocs", "frontends": "syntax frontends",
+              "link_wildcards": "a wildcard below a symbolic link"}
 
     def names(self) -> tuple[str, ...]:
         """The features the engine has, as field names, in field order."""

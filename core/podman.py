@@ -161,7 +161,7 @@ def capabilities(help_lines: Sequence[str], version: str | None) -> Capabilities
     # registry cache: archfleet's --cache-to is not something podman can export
     return Capabilities(secrets="secret" in flags, ssh="ssh" in flags, cache_export=False,
                         outputs="output" in flags, heredocs=parsed is not None and parsed[:2] >= HEREDOCS_SINCE,
-                        frontends=False)
+                        frontends=False, link_wildcards=True)  # buildah's cache key: the digest of what COPY added
 
 
 def parse_info(lines: Sequence[str]) -> dict[str, str]:

@@ -60,7 +60,7 @@ def test_docker_20_10s_built_in_buildkit_has_secrets_ssh_outputs_but_no_cache_ex
     # cache export (--cache-to) needs buildx; heredocs need the daemon's BuildKit >= 0.11 (Docker 23)
     assert DOCKER_20.names() == ("secrets", "ssh", "outputs", "frontends")
     assert engine.capabilities("buildx", "24.0.7").names() == (
-        "secrets", "ssh", "cache_export", "outputs", "heredocs", "frontends")
+        "secrets", "ssh", "cache_export", "outputs", "heredocs", "frontends", "link_wildcards")
 
 
 @pytest.mark.parametrize("lines,expected", [
@@ -176,7 +176,7 @@ def test_ls_shows_each_nodes_engine_and_what_it_can_do(monkeypatch, tmp_path):
     doc = {n["name"]: n for n in json.loads(listed)}
     assert (doc["n4"]["engine"], doc["n4"]["engine_version"], doc["n5"]["rootless"]) == ("podman", "4.3.1", True)
     assert doc["n4"]["capabilities"] == {"secrets": True, "ssh": True, "cache_export": True, "outputs": True,
-                                         "heredocs": False, "frontends": False}
+                                         "heredocs": False, "frontends": False, "link_wildcards": False}
 
 
 # -- the exit path every adapter reads first ---------------------------------------------------------
@@ -318,3 +318,26 @@ def test_ls_shows_no_cpu_count_for_a_node_it_could_not_reach(monkeypatch, tmp_pa
     assert row[header.index("CPUS")] == "-", row
     doc = json.loads(CliRunner().invoke(cli.cli, ["ls", "--no-local", "--format", "json"]).output)
     assert doc[0]["cpus"] is None
+
+
+@pytest.mark.parametrize("copy,link,needed", [
+    ("COPY link/* /d/", "dir", True),  # moby/buildkit#2300: Docker 20.10 built another context's files here
+    ("COPY ./link/sub/*.go /d/", "dir", True),
+    ("COPY dir/* /d/", "dir", False),  # the real directory
+    ("COPY link/x /d/", "dir", False),  # no wildcard: BuildKit 20.10 follows the link (checked here)
+    ("COPY --from=build link/* /d/", "dir", False),  # another stage's files, not the context's
+    ("COPY l*/x /d/", "dir", False),  # the wildcard is the link's own component
+])
+def test_a_wildcard_below_a_context_link_is_a_need_docker_20_10_lacks(tmp_path, copy, link, needed):
+    """Rule (moby/buildkit#2300, fixed in BuildKit 0.10 by #2318): before it, a COPY wildcard
+    below a symbolic link was cached as if it copied nothing, so Docker 20.10 built `COPY link/*`
+    from whatever an earlier such COPY copied, from another context too (seen here: the image held
+    'zzz-unique' from another test's context). Such a build is not offered to Docker < 23."""
+    (tmp_path / "dir" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(link)
+    req = dockerfile(tmp_path, f"FROM busybox AS build\nFROM busybox\n{copy}\n")
+    got = [n.feature for n in engines.needs(req)]
+    assert ("link_wildcards" in got) is needed
+    if needed:
+        assert engine.capabilities("buildkit", "20.10.24").lacks(["link_wildcards"]) == ("link_wildcards",)
+        assert engine.capabilities("buildx", "24.0.7").lacks(["link_wildcards"]) == ()

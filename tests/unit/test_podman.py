@@ -300,9 +300,9 @@ def test_capabilities_are_the_flags_podman_build_lists_and_heredocs_from_podman_
     """podman.capabilities: what `podman build --help` lists; never a BuildKit cache export
     (buildah's --cache-to is its own format, archfleet.buildcache)."""
     caps = podman.capabilities(HELP_4_3, "4.3.1")
-    assert caps.names() == ("secrets", "ssh", "outputs")
+    assert caps.names() == ("secrets", "ssh", "outputs", "link_wildcards")
     assert podman.capabilities(HELP_4_3, "5.0.0").heredocs is True
-    assert podman.capabilities(HELP_4_3[3:4], "4.3.1").names() == ("secrets",)  # only what it lists
+    assert podman.capabilities(HELP_4_3[3:4], "4.3.1").names() == ("secrets", "link_wildcards")  # only what it lists
 
 
 def test_discovery_takes_the_first_cli_that_is_podman():
@@ -339,4 +339,4 @@ def test_the_probe_reads_version_rootless_and_capabilities_from_podman():
 
     found = asyncio.run(podman.PODMAN.probe(T(), FACTS.node, ["podman"]))
     assert (found.answered, found.version, found.rootless, found.cli.mode) == (True, "4.3.1", True, "buildah")
-    assert found.capabilities.names() == ("secrets", "ssh", "outputs")
+    assert found.capabilities.names() == ("secrets", "ssh", "outputs", "link_wildcards")
