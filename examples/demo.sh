@@ -51,8 +51,11 @@ while IFS='=' read -r key value; do
 done <"$envfile"
 TAG=${1:-$ARCHFLEET_REGISTRY/arch-test:demo}
 
+# a file of this run's own: two demos at once must not write one file
+metadata=$(mktemp --suffix=.json /tmp/archfleet-demo-metadata.XXXXXX)
 .venv/bin/archfleet plan --platform "$PLATFORMS" examples/arch-test
 .venv/bin/archfleet build --progress plain --platform "$PLATFORMS" -t "$TAG" --push \
-  --metadata-file /tmp/archfleet-demo-metadata.json examples/arch-test
+  --metadata-file "$metadata" examples/arch-test
+echo "demo: the build's metadata (estimate and actual per platform and part) is in $metadata"
 echo
 check "$TAG"
