@@ -971,6 +971,19 @@ def _say(message: str) -> None:
     sys.stderr.write(f"archfleet: error: {message}\n")
 
 
+def _stacks_on_sigusr1() -> None:
+    """``kill -USR1 PID`` of a running archfleet writes every thread's stack to its stderr and
+    lets it go on (:mod:`faulthandler`): what a build that seems stuck is waiting on, without
+    stopping it. The tests send it to a process that did not end in time before killing it."""
+    import faulthandler
+    import signal
+
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    except (AttributeError, ValueError, RuntimeError, OSError):  # no SIGUSR1, or stderr is gone
+        pass
+
+
 def entrypoint() -> None:
     """The console script (pyproject.toml's ``archfleet``): :func:`main`, then exit with its code.
 
@@ -982,6 +995,7 @@ def entrypoint() -> None:
     down (joining threads, tearing modules down) must not turn the outcome into death by SIGINT."""
     global _exit_after_command
     _exit_after_command = True
+    _stacks_on_sigusr1()
     code = None
     try:
         code = main()

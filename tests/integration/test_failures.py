@@ -114,7 +114,17 @@ def interrupted_build(tmp_path, trigger: str, delay: float):
         time.sleep(delay)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(120)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            # where it is stuck, then the failure: every thread's stack (the console script's
+            # SIGUSR1 handler, faulthandler) and what it printed
+            os.kill(proc.pid, signal.SIGUSR1)
+            time.sleep(2)
+            os.killpg(proc.pid, signal.SIGKILL)
+            reader.join(10)
+            raise AssertionError(f"archfleet did not end 120 s after SIGINT ({trigger!r} + {delay} s):\n"
+                                 + "".join(lines)[-12000:]) from None
         reader.join(10)
         out = proc.stdout.read()
     finally:

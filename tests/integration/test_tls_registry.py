@@ -59,8 +59,8 @@ def test_a_ca_in_the_system_store_is_trusted_as_dockerd_trusts_it(lab, tls_regis
     """Rule (dockerd: Go's SystemCertPool plus certs.d): a company CA installed in the system's
     store is trusted with no certs.d entry. archfleet trusted only certifi's bundle (httpx's
     default), so a CA added with update-ca-certificates worked for docker and failed here. The
-    store here is the system's bundle with the lab CA appended, for this test only (put back
-    as it was afterwards, even after a crash: conftest.placed)."""
+    store here is the system's bundle with the lab CA appended, bind-mounted over the system's
+    file in a mount namespace of archfleet's process alone."""
     import os
     import subprocess
     import sys
@@ -74,10 +74,15 @@ def test_a_ca_in_the_system_store_is_trusted_as_dockerd_trusts_it(lab, tls_regis
     store = Path(ssl.get_default_verify_paths().openssl_cafile)
     store = store.resolve() if store.exists() else Path("/etc/ssl/certs/ca-certificates.crt")
     tag = uuid.uuid4().hex[:8]
-    with placed(store, store.read_bytes() + (tls_registry / "ca.crt").read_bytes()):
-        proc = subprocess.run([sys.executable, "-m", "archfleet.cli", "build", "-q", "--platform", "linux/amd64",
-                               "-t", f"{HOST}/app:{tag}", "--push", "--build-arg", f"N={uuid.uuid4().hex}",
-                               "examples/arch-test"], capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    bundle = tmp_path / "store.pem"
+    bundle.write_bytes(store.read_bytes() + (tls_registry / "ca.crt").read_bytes())
+    # the bundle replaced for archfleet's process only: a private mount namespace, a bind mount
+    # over the system's file (the machine's own store is never changed, not even for a moment)
+    over = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", over, "sh", str(bundle),
+                           str(store), sys.executable, "-m", "archfleet.cli", "build", "-q", "--platform",
+                           "linux/amd64", "-t", f"{HOST}/app:{tag}", "--push", "--build-arg", f"N={uuid.uuid4().hex}",
+                           "examples/arch-test"], capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert manifest(HOST, "app", tag, scheme="https", verify=ssl.create_default_context(
         cafile=str(tls_registry / "ca.crt"))).headers["docker-content-digest"] == proc.stdout.strip()
