@@ -45,6 +45,7 @@ out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import os
@@ -213,6 +214,25 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
     known = filedigests.load(root.absolute())
     keep: list[tuple[str, tuple[int, ...], str, bool]] = []
     stale: list[str] = []
+
+    def remember(name: str, full: Path, st: os.stat_result, data: bytes | None = None) -> str:
+        """The file's sha256 (from the remembered digests when its stat is unchanged and settled),
+        noting it for the learn stage, and in ``stale`` when its contents changed under the size
+        and mtime remembered: BuildKit would send its old copy; the old entry stays remembered so
+        every command sees it again. ``name``: its path in the context, or its absolute path for a
+        Dockerfile or ignore file outside it (BuildKit reads those by stat too)."""
+        key = filedigests.stat_key(st)
+        got = known.get(name)
+        if got is not None and got[2] and got[0] == key:
+            digest = got[1]
+        else:
+            digest = hashlib.sha256(data).hexdigest() if data is not None else _hash_file(full)
+        if got is not None and digest != got[1] and filedigests.unseen_change(got[0], key):
+            stale.append(name)
+            keep.append((name, got[0], got[1], got[2]))
+        else:
+            keep.append((name, key, digest, filedigests.settled(st, started)))
+        return digest
     for rel in included(root, dockerfile, ignore_patterns(ignore_bytes)):
         full = root / rel
         try:
@@ -228,23 +248,21 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
             elif stat.S_ISDIR(st.st_mode):
                 entries.append(Entry(rel, "dir", mode))
             elif stat.S_ISREG(st.st_mode):
-                key = filedigests.stat_key(st)
-                got = known.get(rel)
-                digest = got[1] if got is not None and got[2] and got[0] == key else _hash_file(full)
-                if got is not None and digest != got[1] and filedigests.unseen_change(got[0], key):
-                    # new contents under the size and mtime remembered: BuildKit would send its
-                    # old copy; the old digest stays remembered so every command sees it again
-                    stale.append(rel)
-                    keep.append((rel, got[0], got[1], got[2]))
-                else:
-                    keep.append((rel, key, digest, filedigests.settled(st, started)))
-                entries.append(Entry(rel, "file", mode, digest, st.st_size))
+                entries.append(Entry(rel, "file", mode, remember(rel, full, st), st.st_size))
         except OSError as exc:
             raise UsageError(f"context {root}: cannot read {rel}: {exc.strerror}") from None
     try:
-        df = Entry("Dockerfile", "file", 0o644, _hash_file(dockerfile), os.stat(dockerfile).st_size)
+        df_stat = os.stat(dockerfile)
+        outside = not path_in_context(dockerfile, root)
+        # a Dockerfile outside the context is remembered by its absolute path (BuildKit reads it
+        # through a transfer of its own, by stat as well); inside, its context entry is
+        df_digest = remember(str(dockerfile.absolute()), dockerfile, df_stat) if outside else _hash_file(dockerfile)
+        df = Entry("Dockerfile", "file", 0o644, df_digest, df_stat.st_size)
     except OSError as exc:
         raise UsageError(f"Dockerfile {dockerfile}: cannot read it: {exc.strerror}") from None
+    if ignore_path is not None and not path_in_context(ignore_path, root):
+        with contextlib.suppress(OSError):
+            remember(str(ignore_path.absolute()), ignore_path, os.stat(ignore_path), ignore_bytes)
     ignore = None
     if ignore_path is not None:
         ignore = Entry("Dockerfile" + IGNORE_SUFFIX, "file", 0o644, hashlib.sha256(ignore_bytes).hexdigest(),
@@ -255,7 +273,9 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
     h.update(b"--\n")  # the tree ends, what lies beside it follows (every entry line has NULs, this none)
     for e in [df] + ([ignore] if ignore else []):
         h.update(_entry_line(e))
-    changed = {rel: (key, digest, ok) for rel, key, digest, ok in keep} != known
+    noted = {name: (key, digest, ok) for name, key, digest, ok in keep}
+    # another platform's Dockerfile outside the context is remembered beside these (store keeps it)
+    changed = noted != {k: v for k, v in known.items() if not k.startswith("/") or k in noted}
     digests = FileDigests(str(root.absolute()), keep, changed, tuple(stale))
     return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest(), ignore, ignore_path, digests)
 

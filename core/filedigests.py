@@ -19,6 +19,9 @@ ctime are at least :data:`SETTLED_NS` older than the walk's start stand for thei
 (settled); the others are hashed again next time, their entries kept only to see an unseen
 change.
 
+A Dockerfile (or its own ignore file) outside the context is remembered the same way under
+its absolute path: BuildKit reads it through a transfer of its own, by stat too.
+
 One JSON file per context directory (its absolute path, hashed) in ``contexts/`` of the cache
 directory (:func:`archfleet.cachedir.context_digests`); read by the snapshot, written only by
 the learn stage (:func:`store`); a file that cannot be read or written is no memory, never an
@@ -72,11 +75,19 @@ def load(root: Path) -> dict[str, tuple[tuple[int, ...], str, bool]]:
 
 
 def store(digests: FileDigests) -> None:
-    """Remember ``digests`` for its context (replacing what was remembered: files gone from the
-    context are forgotten). Never raises for a cache that cannot be written."""
-    files: Mapping[str, tuple] = {rel: [*key, digest, int(ok)] for rel, key, digest, ok in digests.files}
-    text = json.dumps({"version": VERSION, "root": digests.root, "files": files}, separators=(",", ":"))
+    """Remember ``digests`` for its context: its files replace what was remembered (files gone
+    from the context are forgotten); the entries of Dockerfiles outside the context (absolute
+    paths: each platform's ``-f`` file has one, from a snapshot of its own) are kept beside
+    them. Never raises for a cache that cannot be written."""
+    files: Mapping[str, list] = {rel: [*key, digest, int(ok)] for rel, key, digest, ok in digests.files}
+
+    def change(doc: dict) -> None:
+        old = doc.get("files") if doc.get("version") == VERSION and doc.get("root") == digests.root else None
+        kept = {k: v for k, v in (old or {}).items() if k.startswith("/") and k not in files}
+        doc.clear()
+        doc.update({"version": VERSION, "root": digests.root, "files": {**kept, **files}})
+
     try:
-        cachefile.write_atomic(cachedir.context_digests(Path(digests.root)), text)
-    except OSError:
+        cachefile.update_json(cachedir.context_digests(Path(digests.root)), change)
+    except (OSError, ValueError, AttributeError):
         pass

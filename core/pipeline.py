@@ -229,8 +229,11 @@ def stale_context(planned: "Planned") -> str | None:
     if not stale:
         return None
     named = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
-    return (f"context file {named}: its contents changed but its size and modification time did not; BuildKit "
-            f"compares only those and would build its old copy: touch it and build again")
+    what = "file" if any(p.startswith("/") for p in stale) else "context file"  # a -f Dockerfile outside it
+    it = "its contents" if len(stale) == 1 else "their contents"
+    return (f"{what} {named}: {it} changed but not {'its' if len(stale) == 1 else 'their'} size and modification "
+            f"time; BuildKit compares only those and would build its old copy: touch "
+            f"{'it' if len(stale) == 1 else 'them'} and build again")
 
 
 def builds_from_local_buildkit(planned: "Planned") -> bool:

@@ -13,7 +13,7 @@ import time
 
 from labtools import unique
 
-MESSAGE = ("context file blob: its contents changed but its size and modification time did not; BuildKit compares "
+MESSAGE = ("context file blob: its contents changed but not its size and modification time; BuildKit compares "
            "only those and would build its old copy: touch it and build again")
 
 

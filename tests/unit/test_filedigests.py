@@ -140,6 +140,32 @@ def test_new_contents_under_the_remembered_size_and_mtime_are_named_every_time(t
     assert snap_and_learn(ctx).digests.stale == ()
 
 
+def test_a_dockerfile_outside_the_context_is_remembered_by_its_absolute_path(tmp_path, monkeypatch):
+    """Rule (the fresh-user helper's `-f` outside the context: pushed `one1` while the file said
+    `two2`, and reused it after a touch): BuildKit reads such a Dockerfile by stat too, so it is
+    remembered under its absolute path and named stale the same way; two platforms' files of one
+    context are both remembered (each snapshot keeps the other's entry)."""
+    monkeypatch.setattr(filedigests, "SETTLED_NS", -10**18)
+    ctx = ctx_with(tmp_path, a="aaaa")
+    (ctx / "Dockerfile").unlink()
+    files = {}
+    for name in ("amd.Dockerfile", "arm.Dockerfile"):
+        files[name] = tmp_path / name
+        files[name].write_text("FROM scratch\nCMD [\"one1\"]\n")
+    for f in files.values():
+        assert context.snapshot(ctx, f).digests.stale == ()
+        filedigests.store(context.snapshot(ctx, f).digests)
+    remembered = filedigests.load(ctx.absolute())
+    assert {str(f.absolute()) for f in files.values()} <= set(remembered)
+    f = files["arm.Dockerfile"]
+    st = os.stat(f)
+    time.sleep(0.02)
+    f.write_text("FROM scratch\nCMD [\"two2\"]\n")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert context.snapshot(ctx, f).digests.stale == (str(f.absolute()),)
+    assert context.snapshot(ctx, files["amd.Dockerfile"]).digests.stale == ()
+
+
 def context_files_with(digests):
     from archfleet.model import ContextFiles
 
