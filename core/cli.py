@@ -429,8 +429,13 @@ def build_options(fn):
 
 
 def _config(hooks, nodes, engine_cli, local) -> Config:
-    """The nodes configuration; a ``./nodes.toml`` left unread is said in one stderr line."""
+    """The nodes configuration; a ``./nodes.toml`` left unread is said in one stderr line. An
+    ``--engine-cli`` that names no program is bad input here for every command (``ls`` and
+    ``doctor`` too)."""
     from .pipeline import load_config
+
+    if engine_cli:
+        _check_engine_cli(engine_cli)
 
     return load_config(hooks, nodes=nodes, engine_cli=engine_cli, local=local,
                        note=lambda line: click.echo(f"archfleet: warning: {line}", err=True))

@@ -152,7 +152,8 @@ def check_local_engine(facts: NodeFacts) -> list[Check]:
     if not facts.reachable:
         return [Check("FAIL", "local engine", facts.error or "does not answer",
                       facts.fix or "start the engine, or build only on nodes with --no-local")]
-    out = [Check("ok", "local engine", f"{facts.engine_label} answers")]
+    # no CLI said the daemon's version: nothing was asked of the engine (the CLI itself failed)
+    out = [Check("ok", "local engine", f"{facts.engine_label} answers")] if facts.engine_version else []
     if not facts.builder:
         fix = facts.fix or ("install the buildx plugin, or name a Docker < 23 client with --engine-cli "
                             "(Debian's docker.io gives /usr/bin/docker)" if facts.node.engine == "docker" else "")

@@ -137,6 +137,11 @@ LOCAL = NodeSpec("local", source="this machine")
       "FAIL  engine CLI: no engine CLI with BuildKit: /usr/local/bin/docker: version 28.2 has no buildx plugin and "
       "no built-in BuildKit -> install the buildx plugin, or name a Docker < 23 client with --engine-cli (Debian's "
       "docker.io gives /usr/bin/docker)"]),
+    # the CLI itself failed (DOCKER_CONTEXT naming no context): nothing was asked of the engine
+    # (it said "ok local engine: docker ? answers")
+    (NodeFacts(LOCAL, True, error="no engine CLI with BuildKit: docker: context \"nosuchctx\" does not exist"),
+     ["FAIL  engine CLI: no engine CLI with BuildKit: docker: context \"nosuchctx\" does not exist -> install the "
+      "buildx plugin, or name a Docker < 23 client with --engine-cli (Debian's docker.io gives /usr/bin/docker)"]),
 ])
 def test_the_local_engine_and_its_cli_are_what_the_probe_found(facts, expected):
     """Rule: doctor's local checks are the probe's facts (the CLI's own `docker info`), so doctor
