@@ -977,14 +977,31 @@ def _say(message: str) -> None:
 
 
 def _stacks_on_sigusr1() -> None:
-    """``kill -USR1 PID`` of a running archfleet writes every thread's stack to its stderr and
-    lets it go on (:mod:`faulthandler`): what a build that seems stuck is waiting on, without
-    stopping it. The tests send it to a process that did not end in time before killing it."""
+    """``kill -USR1 PID`` of a running archfleet writes every thread's stack to its stderr
+    (:mod:`faulthandler`, at once, even with the main thread stuck) and then every asyncio
+    task's (where each awaits), and lets it go on: what a build that seems stuck is waiting on,
+    without stopping it. The tests send it to a process that did not end in time before killing
+    it."""
     import faulthandler
     import signal
 
+    def tasks(signum, frame) -> None:
+        # then, on the main thread at its next bytecode (a waiting event loop wakes for it):
+        # each asyncio task and where it awaits, which the threads' stacks do not show
+        import asyncio
+
+        try:
+            running = asyncio.all_tasks(asyncio.get_running_loop())
+        except RuntimeError:  # no event loop running now
+            return
+        for task in running:
+            sys.stderr.write(f"asyncio task {task.get_name()}:\n")
+            task.print_stack(file=sys.stderr)
+        sys.stderr.flush()
+
     try:
-        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+        signal.signal(signal.SIGUSR1, tasks)
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
     except (AttributeError, ValueError, RuntimeError, OSError):  # no SIGUSR1, or stderr is gone
         pass
 
