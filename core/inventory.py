@@ -95,7 +95,13 @@ def toml_text(value: Any) -> str:
         items = ", ".join(f"{k if _BARE_KEY.fullmatch(k) else toml_text(k)} = {toml_text(v)}" for k, v in value.items())
         return "{ " + items + " }" if items else "{}"
     if hasattr(value, "isoformat"):
-        return value.isoformat()
+        text = value.isoformat()
+        if "." in text:  # 07:32:00.999000 -> 07:32:00.999, as written
+            head, _, tail = text.partition(".")
+            digits = len(tail) - len(tail.lstrip("0123456789"))
+            frac = tail[:digits].rstrip("0")
+            text = head + ("." + frac if frac else "") + tail[digits:]
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
     return str(value)
 
 

@@ -353,7 +353,8 @@ def test_a_directory_named_nodes_toml_in_the_working_directory_gets_no_note(tmp_
 @pytest.mark.parametrize("value,shown", [
     ('"22"', 'string "22"'), ("2.5", "float 2.5"), ("inf", "float inf"),
     ('["a", true]', 'array ["a", true]'), ('{ x = 1, "a b" = "c" }', 'table { x = 1, "a b" = "c" }'),
-    ("1979-05-27T07:32:00Z", "offset date-time 1979-05-27T07:32:00+00:00"), ('"tab\\there"', 'string "tab\\there"'),
+    ("1979-05-27T07:32:00Z", "offset date-time 1979-05-27T07:32:00Z"),
+    ("1979-05-27T00:32:00.999+01:00", "offset date-time 1979-05-27T00:32:00.999+01:00"), ('"tab\\there"', 'string "tab\\there"'),
     ("1979-05-27T07:32:00", "local date-time 1979-05-27T07:32:00"), ("1979-05-27", "local date 1979-05-27"),
     ("07:32:00", "local time 07:32:00"), ("true", "boolean true"),
     ("[" + ", ".join(["1"] * 300) + "]", "array [" + ", ".join(["1"] * 300)[:78] + "…"),  # cut at 80 characters
