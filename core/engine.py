@@ -80,10 +80,18 @@ INFO_FORMAT = ('client={{json .ClientInfo}}\n'
                '{{else}}version={{.ServerVersion}} security={{join .SecurityOptions " "}}{{end}}')
 
 
+def _version_argv(cli: str) -> tuple[str, ...]:
+    return (cli, "--version")
+
+
+def _info_argv(cli: str) -> tuple[str, ...]:
+    return (cli, "info", "--format", INFO_FORMAT)
+
+
 def probe_argvs(candidates: Sequence[str]) -> list[list[str]]:
     """The commands that find the CLI and ask its daemon (:func:`choose_cli`): each candidate's
     ``--version`` and ``info --format INFO_FORMAT``; two per candidate, all independent."""
-    return [argv for cli in candidates for argv in ([cli, "--version"], [cli, "info", "--format", INFO_FORMAT])]
+    return [list(argv) for cli in candidates for argv in (_version_argv(cli), _info_argv(cli))]
 
 
 def buildx_plugin(info: Completed) -> str | None:
@@ -102,13 +110,6 @@ def buildx_plugin(info: Completed) -> str | None:
                 return str(plugin.get("Version") or "")
         return None
     return None
-
-
-async def discover_cli(transport: Transport, candidates: Sequence[str]) -> tuple[EngineCLI | None, list[str]]:
-    """The first candidate that can build with BuildKit, and why the others could not
-    (:func:`choose_cli` over :func:`ask_clis`)."""
-    cli, reasons, _ = choose_cli(candidates, await ask_clis(transport, candidates))
-    return cli, reasons
 
 
 async def ask_clis(transport: Transport, candidates: Sequence[str]) -> dict[tuple, Completed]:
@@ -131,8 +132,8 @@ def choose_cli(candidates: Sequence[str], answers: dict[tuple, Completed]
     the reason."""
     reasons: list[str] = []
     for cli in candidates:
-        ver = answers[(cli, "--version")]
-        info = answers[(cli, "info", "--format", INFO_FORMAT)]
+        ver = answers[_version_argv(cli)]
+        info = answers[_info_argv(cli)]
         if not ver.ok:
             line = ver.last_line()  # a transport's own "CLI: command not found" names it already
             reasons.append(line if line.startswith(f"{cli}:") else f"{cli}: {line}")
@@ -551,8 +552,7 @@ class DockerEngine:
         if cli is None or info is None:
             # the daemon's version as any candidate's info said it (a CLI that cannot build may
             # still ask the daemon), for ls and doctor
-            version = next((v for c in candidates for v in [parse_info(answers[(c, "info", "--format", INFO_FORMAT)].tail)[0]]
-                            if v), None)
+            version = next((v for c in candidates for v in [parse_info(answers[_info_argv(c)].tail)[0]] if v), None)
             return Probed(True, version=version,
                           error="no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"]))
         version, rootless, error = parse_info(info.tail)

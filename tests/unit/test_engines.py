@@ -215,6 +215,12 @@ def _clis(answers):
     return T()
 
 
+def discover(t, candidates):
+    """The CLI the probe would choose and why the others were refused (engine.choose_cli)."""
+    cli, reasons, _ = engine.choose_cli(candidates, asyncio.run(engine.ask_clis(t, candidates)))
+    return cli, reasons
+
+
 BUILDX = 'client={"Debug":false,"Version":"24.0.7","Plugins":[{"Name":"buildx","Version":"v0.12.1","Path":"/x"}]}'
 NO_PLUGINS_20 = 'client={"Debug":false,"Context":"default","Plugins":[],"Warnings":null}'  # Docker 20.10, seen here
 DAEMON = "version=20.10.24+dfsg1 security=name=seccomp,profile=default"
@@ -227,7 +233,7 @@ def test_a_cli_is_buildx_or_docker_only_when_it_says_so():
     t = _clis({("/bin/true", "--version"): (0, ()), ("/bin/true", "info"): (0, ()),
                ("docker", "--version"): (0, ("Docker version 24.0.7, build afdd53b",)),
                ("docker", "info"): (0, (BUILDX, DAEMON))})
-    cli, reasons = asyncio.run(engine.discover_cli(t, ["/bin/true", "docker"]))
+    cli, reasons = discover(t, ["/bin/true", "docker"])
     assert (cli.argv, cli.mode, cli.version) == (("docker", "buildx"), "buildx", "buildx v0.12.1")
     assert reasons == ["/bin/true: not a docker CLI (its --version printed 'nothing')"]
 
@@ -248,7 +254,7 @@ def test_a_cli_is_buildx_or_docker_only_when_it_says_so():
 ])
 def test_buildx_is_what_docker_info_lists_as_a_working_plugin(client_line, version, expected):
     t = _clis({("docker", "--version"): (0, (version,)), ("docker", "info"): (0, (client_line, DAEMON))})
-    cli, reasons = asyncio.run(engine.discover_cli(t, ["docker"]))
+    cli, reasons = discover(t, ["docker"])
     assert ((cli.mode, cli.argv) if cli else None) == expected, reasons
 
 
