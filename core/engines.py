@@ -42,6 +42,7 @@ import attrs
 
 from .buildargs import env_passable
 from .dockerfile import mount_fields
+from .shellword import has_wildcard
 from .model import BuildRequest, Capabilities, NodeFacts, NodeSpec
 from .platforms import Platform
 from .reference import Reference
@@ -329,9 +330,6 @@ def needs(request: BuildRequest) -> tuple[Need, ...]:
     return tuple(found[k] for k in sorted(found, key=order.index))
 
 
-_WILDCARD = re.compile(r"[*?\[]")
-
-
 def _wildcard_below_link(request: BuildRequest) -> Need | None:
     """``link_wildcards`` at the first COPY or ADD from the context whose source has a wildcard
     below a component that is a symbolic link in the context (``COPY link/* /d/``, ``link ->
@@ -342,11 +340,11 @@ def _wildcard_below_link(request: BuildRequest) -> Need | None:
             if "$" in src or "://" in src:
                 continue  # a variable (BuildKit expands it) or an ADD URL
             parts = [p for p in posixpath.normpath("/" + src).split("/") if p]
-            if not any(_WILDCARD.search(p) for p in parts):
+            if not any(has_wildcard(p) for p in parts):
                 continue
             prefix = root
             for part in parts:
-                if _WILDCARD.search(part):
+                if has_wildcard(part):
                     break
                 prefix = os.path.join(prefix, part)
                 if os.path.islink(prefix):

@@ -185,6 +185,15 @@ def _glob(pattern: str) -> re.Pattern:
     return re.compile(wildcard_regex(pattern, one=".", classes=False), re.S)
 
 
+_WILDCARD = re.compile(r"[*?\[\\]")
+
+
+def has_wildcard(text: str) -> bool:
+    """Whether a path or path component may be a pattern to :func:`wildcard_regex` (``*``,
+    ``?``, ``[``, or an escape): what COPY then matches rather than names."""
+    return _WILDCARD.search(text) is not None
+
+
 def wildcard_regex(pattern: str, *, one: str, classes: bool) -> str:
     """A wildcard pattern as a regular expression's text: ``*`` any run of ``one`` (a regex
     atom: ``.`` for a shell pattern, ``[^/]`` for a path component), ``?`` one ``one``, a

@@ -43,7 +43,7 @@ from .context import path_in_context
 from .dockerfile import Analysis, Instruction, analyse, mount_fields
 from .model import BuildRequest, ContextFiles, StepPlan, StepTime
 from .planner import QEMU_FACTOR, StepPrior, step_prior
-from .shellword import wildcard_regex
+from .shellword import has_wildcard, wildcard_regex
 from .platforms import Platform
 
 #: the instructions BuildKit makes a step of (and numbers, after FROM); the others set metadata
@@ -146,7 +146,6 @@ def _everything(sources: Sequence[str]) -> bool:
     return any(_source_regex(s) is None for s in sources)
 
 
-_WILDCARD = re.compile(r"[*?\[\\]")
 _MAX_LINKS = 40  # Linux's MAXSYMLINKS: BuildKit's copy then fails (ELOOP), and so nothing is followed further
 
 
@@ -164,7 +163,7 @@ def through_links(links: Mapping[str, str], src: str) -> str | None:
     changed = False
     for _ in range(_MAX_LINKS):  # one link resolved per pass, then the path is read again from its start
         for i, part in enumerate(parts):
-            if _WILDCARD.search(part):
+            if has_wildcard(part):
                 return "/".join(parts) if changed else None
             target = links.get("/".join(parts[:i + 1]))
             if target is not None:
