@@ -60,6 +60,7 @@ from .progress import Reporter, guard
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
 from .session import Session
+from .steps import reads
 
 T = TypeVar("T")
 
@@ -219,13 +220,31 @@ def unplannable_reason(platform, planned: "Planned") -> str:
 
 def stale_context(planned: "Planned") -> str | None:
     """One line naming the context files whose contents changed while their size and mtime
-    did not (:func:`archfleet.filedigests.unseen_change`), or None. BuildKit's transfer of a
+    did not (:func:`archfleet.filedigests.unseen_change`) and that the build reads (a COPY,
+    ADD or bind mount can copy it, or it is the Dockerfile or the ignore file), or None.
+    BuildKit's transfer of a
     local context compares only those, so a build from this machine's context directory gets
     the old copy (plain ``docker build`` too), and archfleet would push that image under the new
     contents' reuse key and keep reusing it."""
-    views = [planned.history, *(v for _, v in planned.histories)]
-    stale = sorted({path for v in views if v is not None and v.files is not None and v.files.digests is not None
-                    for path in v.files.digests.stale})
+    request = planned.request
+    pairs = list(planned.histories) or (
+        [(request.platforms[0], planned.history)] if request is not None and request.platforms else [])
+    found: set[str] = set()
+    for platform, view in pairs:
+        files = view.files if view is not None else None
+        if files is None or files.digests is None or not files.digests.stale:
+            continue
+        try:
+            analysis = analyse(request, platform)
+        except Exception:  # planning read it; should it not now, every stale file counts
+            analysis = None
+        for path in files.digests.stale:
+            # what BuildKit reads whatever the COPYs: the Dockerfile (also one outside the
+            # context: an absolute path) and the ignore file; else only a file a COPY can read
+            if (path.startswith("/") or path == files.dockerfile or path.endswith(".dockerignore")
+                    or analysis is None or reads(files, analysis, path)):
+                found.add(path)
+    stale = sorted(found)
     if not stale:
         return None
     named = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")

@@ -227,6 +227,30 @@ def _bind_sources(value: str) -> tuple[bool, str | None, str]:
             fields.get("source") or fields.get("src") or "/")
 
 
+def context_sources(analysis: Analysis) -> tuple[str, ...]:
+    """Every path or pattern the Dockerfile reads from the context, in every stage (whatever
+    the target needs: the conservative answer): each COPY and ADD source without ``--from``, and
+    each ``RUN --mount`` bind of the context (its ``source``)."""
+    out: list[str] = []
+    for ins in analysis.instructions:
+        if ins.keyword in ("COPY", "ADD") and not ins.flag("from"):
+            out += ins.words[:-1]
+        elif ins.keyword == "RUN":
+            for name, value in ins.flags:
+                if name == "mount" and value:
+                    bind, src, source = _bind_sources(value)
+                    if bind and not src:
+                        out.append(source)
+    return tuple(out)
+
+
+def reads(files: ContextFiles, analysis: Analysis, path: str) -> bool:
+    """Whether the build of ``analysis`` can read the context's file ``path``: a source of
+    :func:`context_sources` :func:`copies` it, through the context's links as BuildKit
+    follows them (:func:`followed`)."""
+    return copies(followed(files, context_sources(analysis)), path)
+
+
 @functools.lru_cache(maxsize=1024)
 def _planned(analysis: Analysis, platform: Platform, native: tuple, files: ContextFiles | str, build_args: tuple,
              bases: tuple, dockerfile_in_context: str = "") -> tuple[StepPlan, ...]:

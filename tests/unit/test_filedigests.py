@@ -170,3 +170,39 @@ def context_files_with(digests):
     from archfleet.model import ContextFiles
 
     return ContextFiles((), "key", "", digests)
+
+
+def test_only_a_stale_file_the_build_reads_is_refused(tmp_path, monkeypatch):
+    """Rule (BuildKit sends only what the COPYs name, its Dockerfile and its ignore file): a
+    stale file no COPY, ADD or bind mount can read does not stop the build; one they read does,
+    also through a link."""
+    from archfleet import pipeline
+    from archfleet.history import HistoryView, context_files
+    from archfleet.model import BuildRequest
+    from archfleet.platforms import parse
+
+    monkeypatch.setattr(filedigests, "SETTLED_NS", -10**18)
+    ctx = ctx_with(tmp_path, notes="nnnn", a="aaaa")
+    (ctx / "dir").mkdir()
+    (ctx / "dir" / "b").write_text("bbbb")
+    (ctx / "link").symlink_to("dir")
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY a /a\nCOPY link/b /b\n")
+    request = BuildRequest(ctx, ctx / "Dockerfile", (parse("linux/amd64"),))
+
+    def stale_after(*names):
+        context._snapshot_cached.cache_clear()
+        filedigests.store(context.snapshot(ctx, ctx / "Dockerfile").digests)
+        for name in names:
+            st = os.stat(ctx / name)
+            time.sleep(0.02)
+            (ctx / name).write_text((ctx / name).read_text()[::-1].upper())
+            os.utime(ctx / name, ns=(st.st_atime_ns, st.st_mtime_ns))
+        context._snapshot_cached.cache_clear()
+        view = HistoryView(None, "k", "p", 0, files=context_files(request))
+        planned = pipeline.Planned({}, (), None, history=view, request=request)
+        return pipeline.stale_context(planned)
+
+    assert stale_after("notes") is None  # no COPY reads it
+    assert stale_after("dir/b").startswith("context file dir/b: its contents changed")  # through the link
+    os.utime(ctx / "dir" / "b")  # the fix the line names: stale no more
+    assert stale_after("a", "notes").startswith("context file a: its contents changed")
