@@ -194,8 +194,6 @@ def _request_from(path, platform, tag, file, build_arg, label, target, push, no_
     if encoding:  # the other checks would only repeat these values
         raise UsageError("; ".join(encoding))
 
-    if engine_cli:
-        check(_check_engine_cli, engine_cli)
     context = Path(path)
     platforms: tuple = ()
     platforms_ok = True

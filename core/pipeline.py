@@ -60,7 +60,7 @@ from .progress import Reporter, guard
 from .reference import Reference, parse_reference
 from .registry import RegistryClient
 from .session import Session
-from .steps import reads
+from .steps import read_by
 
 T = TypeVar("T")
 
@@ -234,16 +234,15 @@ def stale_context(planned: "Planned") -> str | None:
         files = view.files if view is not None else None
         if files is None or files.digests is None or not files.digests.stale:
             continue
+        # what BuildKit reads whatever the COPYs: the Dockerfile (also one outside the context:
+        # an absolute path) and the ignore file; else only a file a COPY can read
+        always = {p for p in files.digests.stale
+                  if p.startswith("/") or p == files.dockerfile or p.endswith(".dockerignore")}
+        others = [p for p in files.digests.stale if p not in always]
         try:
-            analysis = analyse(request, platform)
+            found.update(always, read_by(files, analyse(request, platform), others))
         except Exception:  # planning read it; should it not now, every stale file counts
-            analysis = None
-        for path in files.digests.stale:
-            # what BuildKit reads whatever the COPYs: the Dockerfile (also one outside the
-            # context: an absolute path) and the ignore file; else only a file a COPY can read
-            if (path.startswith("/") or path == files.dockerfile or path.endswith(".dockerignore")
-                    or analysis is None or reads(files, analysis, path)):
-                found.add(path)
+            found.update(files.digests.stale)
     stale = sorted(found)
     if not stale:
         return None

@@ -244,11 +244,12 @@ def context_sources(analysis: Analysis) -> tuple[str, ...]:
     return tuple(out)
 
 
-def reads(files: ContextFiles, analysis: Analysis, path: str) -> bool:
-    """Whether the build of ``analysis`` can read the context's file ``path``: a source of
+def read_by(files: ContextFiles, analysis: Analysis, paths: Iterable[str]) -> tuple[str, ...]:
+    """The context files of ``paths`` the build of ``analysis`` can read: a source of
     :func:`context_sources` :func:`copies` it, through the context's links as BuildKit
-    follows them (:func:`followed`)."""
-    return copies(followed(files, context_sources(analysis)), path)
+    follows them (:func:`followed`; the sources resolved once for all the paths)."""
+    sources = followed(files, context_sources(analysis))
+    return tuple(p for p in paths if copies(sources, p))
 
 
 @functools.lru_cache(maxsize=1024)
