@@ -132,6 +132,35 @@ def test_the_same_layer_compresses_to_the_same_digest_every_time():
         publish.discard(two)
 
 
+def test_a_block_that_does_not_compress_is_deflated_at_level_1_and_the_layer_still_gunzips():
+    """Rule (issue 17, fixed cost): a block whose sample deflates to 97% or more of its size
+    (already-compressed bytes) is deflated at level 1, which sends the same size in a third of
+    level 3's time; text stays at GZIP_LEVEL. Mixed, the layer is one valid, deterministic gzip."""
+    import gzip
+    import zlib
+
+    random_block = os.urandom(publish.BLOCK)
+    text_block = b"".join(b"line %d of a text file\n" % i for i in range(40000))[:publish.BLOCK]
+    numbers = b"".join(b"%d\n" % int.from_bytes(os.urandom(8), "big") for _ in range(60000))
+    packed_block = zlib.compress(numbers, 9)[:publish.BLOCK]  # what a .gz file in the layer holds
+    assert len(packed_block) > publish.SAMPLE
+    assert publish.block_level(random_block) == publish.INCOMPRESSIBLE_LEVEL == 1
+    assert publish.block_level(packed_block) == 1
+    assert publish.block_level(text_block) == publish.GZIP_LEVEL == 3
+    assert publish.block_level(b"") == publish.GZIP_LEVEL
+    raw = raw_layer({"data/random": random_block, "data/text": text_block, "data/more": random_block[:1000]})
+    tar, image_id = docker_archive([raw])
+    one, two = prepare(tar, image_id), prepare(tar, image_id)
+    try:
+        gz = one.blobs[1].path.read_bytes()
+        assert gzip.decompress(gz) == raw
+        assert [b.digest for b in one.blobs] == [b.digest for b in two.blobs]
+        assert len(gz) < len(raw)  # the text part compressed, the random part not grown by much
+    finally:
+        publish.discard(one)
+        publish.discard(two)
+
+
 def test_the_manifest_names_the_config_the_layers_in_order_and_the_image_id():
     a, b = raw_layer({"a": b"1"}), raw_layer({"b": b"2"})
     tar, image_id = docker_archive([a, b])
