@@ -546,6 +546,9 @@ def build(path, platform, tag, file, build_arg, label, target, push, child_tags,
           cache_to, output, load, no_cache, pull, progress, quiet, metadata_file, report, insecure_registry,
           allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node):
     """Build PATH for every --platform on the fastest nodes and (with --push) publish the index."""
+    from .registry import prepare_tls
+
+    prepare_tls()  # the CA store loads in a thread while the rest starts
     from .pipeline import RunState, build as run_build, check_request, write_metadata
     from .progress import make_reporter
 
@@ -605,6 +608,9 @@ def plan(path, platform, tag, file, build_arg, label, target, push, child_tags, 
          cache_to, output, load, no_cache, pull, progress, quiet, metadata_file, report, insecure_registry,
          allow_partial, engine_cli, local, nodes_file, pin_strategy, pin_node, fmt):
     """Show the chosen option per platform and the alternatives, without building."""
+    from .registry import prepare_tls
+
+    prepare_tls()  # the CA store loads in a thread while the rest starts
     from .pipeline import plan_only, stale_context, unplannable_reason
 
     request = _request_from(path, platform, tag, file, build_arg, label, target, push, no_cache, pull, progress,

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import copy
 import email.utils
 import functools
@@ -50,6 +51,7 @@ import logging
 import os
 import re
 import ssl
+import threading
 import time
 import warnings
 import weakref
@@ -299,11 +301,35 @@ def trust_roots() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-@functools.lru_cache(maxsize=1)
+_tls_lock = threading.Lock()
+_tls: "concurrent.futures.Future[ssl.SSLContext] | None" = None
+
+
+def prepare_tls() -> None:
+    """Start making :func:`trust_roots`' context in a thread of its own, once per process, for
+    :func:`_system_tls` to take later: loading the CA store takes ~17 ms, which OpenSSL spends
+    without the GIL, so a command that calls this first (``build``, ``plan``) pays it beside
+    its imports and checks rather than before its first registry request (issue 17)."""
+    global _tls
+    with _tls_lock:
+        if _tls is not None:
+            return
+        _tls = concurrent.futures.Future()
+    threading.Thread(target=_make_tls, args=(_tls,), name="archfleet-tls", daemon=True).start()
+
+
+def _make_tls(result: "concurrent.futures.Future[ssl.SSLContext]") -> None:
+    try:
+        result.set_result(trust_roots())
+    except BaseException as exc:  # said where the context is taken
+        result.set_exception(exc)
+
+
 def _system_tls() -> ssl.SSLContext:
-    """:func:`trust_roots`, made once per process: loading the CA store takes ~17 ms, and each
-    build's client made it again (issue 17)."""
-    return trust_roots()
+    """:func:`trust_roots`, made once per process (:func:`prepare_tls`); raises what making it
+    raised."""
+    prepare_tls()
+    return _tls.result()
 
 
 # event loop -> (host, repository, digest) -> the lock held while a blob is written there

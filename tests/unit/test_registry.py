@@ -683,3 +683,33 @@ def test_the_system_ca_store_is_used_when_there_is_one_else_certifis(tmp_path, m
         assert reg.trust_roots().cert_store_stats()["x509_ca"] == 1  # the system's store, not certifi's ~120
     if not system:
         assert reg.trust_roots().cert_store_stats()["x509_ca"] > 50  # certifi's bundle
+
+
+def test_the_system_tls_context_is_made_once_in_a_thread_and_its_failure_is_raised_where_taken(monkeypatch):
+    """Rule (issue 17, fixed cost): ``prepare_tls`` starts loading the CA store in a thread (OpenSSL
+    lets go of the GIL), once per process; every client takes that one context; an error making it
+    is raised by ``_system_tls``, not lost in the thread."""
+    import threading
+
+    import archfleet.registry as reg
+
+    made = []
+
+    def fake_roots():
+        made.append(threading.current_thread().name)
+        return ssl.create_default_context()
+
+    monkeypatch.setattr(reg, "_tls", None)
+    monkeypatch.setattr(reg, "trust_roots", fake_roots)
+    reg.prepare_tls()
+    reg.prepare_tls()
+    first = reg._system_tls()
+    assert reg._system_tls() is first and made == ["archfleet-tls"]
+
+    def broken():
+        raise ssl.SSLError("no CA store")
+
+    monkeypatch.setattr(reg, "_tls", None)
+    monkeypatch.setattr(reg, "trust_roots", broken)
+    with pytest.raises(ssl.SSLError, match="no CA store"):
+        reg._system_tls()
