@@ -57,7 +57,8 @@ async def build_and_push(option: Option, request: BuildRequest, job, registry=No
     (:mod:`archfleet.outputs`; ``PlatformResult.output``: the pipeline writes the outputs when
     every platform is done; one export feeds the push and the files). With ``--push``, before the gate, the engine's
     export (:func:`archfleet.engine.export`) is read and the child prepared
-    (:func:`archfleet.publish.prepare`: layers compressed, base layers found in the registry);
+    (:func:`archfleet.publish.prepare`: layers compressed, except those the registry holds
+    already, :func:`archfleet.publish.known_layers`);
     after it, the child is pushed into the first tag's repository by digest
     (:func:`archfleet.publish.upload`): no tag is created. The result carries the context sync's
     :class:`~archfleet.model.Transfer` when one was sent (``PlatformResult.transfer``), for the
@@ -92,11 +93,11 @@ async def build_and_push(option: Option, request: BuildRequest, job, registry=No
     async with contextlib.AsyncExitStack() as cleanup:
         repository = client = known = None
         if request.push and tag is not None:
-            # the registry client made and the base layers asked for while the engine builds,
-            # not after it: ~30 ms of a one-second build (issue 17)
+            # the registry client made and the layers it holds (bases, last child) asked for
+            # while the engine builds, not after it: ~30 ms of a one-second build (issue 17)
             repository = parse_reference(request.tags[0])
             client = registry or await cleanup.enter_async_context(RegistryClient(request.insecure_registries))
-            known = asyncio.ensure_future(publish.base_layers(client, request, option.platform, repository))
+            known = asyncio.ensure_future(publish.known_layers(client, request, option.platform, repository))
             cleanup.callback(known.cancel)
         image_id = await adapter.build(
             job.transport, facts, platform=option.platform, request=request, tag=tag or "",
@@ -145,7 +146,8 @@ async def build_and_push(option: Option, request: BuildRequest, job, registry=No
             publish.discard(prepared)
         pushed_bytes = sum(b.size for b in prepared.blobs if b.path is not None)
     job.log(f"pushed {repository.name}@{digest} (blobs: {counts['uploaded']} uploaded, {counts['mounted']} mounted, "
-            f"{counts['skipped']} already there)")
+            f"{counts['skipped']} already there; {prepared.compressed} "
+            f"layer{'' if prepared.compressed == 1 else 's'} compressed)")
     # the time waiting at the push gate is other platforms' time, not this option's
     uploaded = time.monotonic() - push_started
     seconds = built + uploaded

@@ -12,8 +12,9 @@ of the image id, streamed), in two steps around the push gate:
    - a **docker-archive** (``manifest.json``, ``<image id>.json``, ``<dir>/layer.tar``: Docker's
      ``docker save`` up to version 24, podman's default) holds each layer uncompressed. Each
      layer's sha256 must be its ``diff_id`` in the config. A layer the registry already holds
-     under a base image (``known``: diff_id -> the base's blob, same registry) is not compressed
-     at all: it will be skipped or mounted. Every other layer is compressed
+     (``known``, :func:`known_layers`: diff_id -> the blob of a base image's layer or of the
+     platform's last child's, same registry) is not compressed at all: it will be skipped or
+     mounted. Every other layer is compressed
      **deterministically** (gzip of ISA-L's deflate at level :data:`GZIP_LEVEL`, or
      :data:`INCOMPRESSIBLE_LEVEL` for a block that does not compress; header mtime 0, no file
      name), hashing as it goes, into a second spool file: the same layer always gives the same
@@ -57,7 +58,7 @@ from typing import AsyncIterator, Iterable, Mapping, Sequence
 import attrs
 from isal import isal_zlib
 
-from . import mediatypes
+from . import layercache, mediatypes
 from .elfcheck import scan_layer
 from .errors import ArchfleetError, InfrastructureError, RegistryError
 from .model import Annotation, BuildRequest, LayerScan
@@ -122,12 +123,14 @@ class Prepared:
     (an image manifest, or the small index of it and its attestations). ``scans``: what each
     layer archfleet compressed holds (:func:`archfleet.elfcheck.scan_layer` of its bytes, by the
     blob's digest), for verification, which then need not read it back. ``workdir`` holds the
-    spool files; :func:`discard` removes it."""
+    spool files; :func:`discard` removes it. ``compressed``: how many layers were compressed
+    (the rest the registry holds already, :func:`known_layers`)."""
 
     blobs: tuple[Blob, ...]
     manifests: tuple[tuple[bytes, str], ...]
     workdir: Path | None = None
     scans: tuple[LayerScan, ...] = ()
+    compressed: int = 0  # layers archfleet compressed (the others: known, or pushed as written)
 
     @property
     def child(self) -> tuple[str, str, int]:
@@ -367,8 +370,8 @@ async def prepare(export: AsyncIterator[bytes], *, node: str, image_id: str = ""
                   annotations: Sequence[Annotation] = (), platform: Platform | None = None,
                   known: Mapping[str, Blob] | None = None) -> Prepared:
     """Read ``export`` (the image archive :func:`archfleet.engine.export` streams) and decide
-    what to push for the child: see the module docstring. ``known``: diff_id -> a base layer's
-    blob (``mount_from`` set) that need not be compressed or sent. ``annotations``: the
+    what to push for the child: see the module docstring. ``known``: diff_id -> a blob the
+    registry holds (``mount_from`` set, :func:`known_layers`) that need not be compressed or sent. ``annotations``: the
     ``manifest`` annotations of ``platform`` (an OCI manifest then). Nothing is sent. The
     caller :func:`discard`\\ s the result when done. Raises :class:`InfrastructureError` (naming
     ``node``) when the export is cut off or not an image archive archfleet can read."""
@@ -438,9 +441,15 @@ async def _decide(members: Mapping[str, _Member], workdir: Path, *, node: str, i
     scans: list[LayerScan] = []
 
     async def compressed(member: _Member) -> Blob:
-        base = known.get(member.digest)
-        if base is not None:
-            return attrs.evolve(base, media_type=layer_type)
+        there = known.get(member.digest)
+        if there is not None:
+            # not sent, but verification reads what it holds: from here (its bytes are in the
+            # spool) when no scan of that blob is cached, rather than from the registry
+            if await asyncio.to_thread(layercache.load, there.digest) is None:
+                scan = await asyncio.to_thread(_scan, member)
+                if scan is not None:
+                    scans.append(LayerScan(there.digest, scan))
+            return attrs.evolve(there, media_type=layer_type)
         async with limit:
             out = workdir / f"gz-{member.digest[7:]}"
             # the scan reads the layer while it is compressed: ISA-L and the file reads let go
@@ -472,7 +481,8 @@ async def _decide(members: Mapping[str, _Member], workdir: Path, *, node: str, i
     unique: dict[str, Blob] = {config.digest: config}
     for b in blobs:
         unique.setdefault(b.digest, b)
-    return Prepared(tuple(unique.values()), ((body, doc["mediaType"]),), scans=tuple(scans))
+    return Prepared(tuple(unique.values()), ((body, doc["mediaType"]),), scans=tuple(scans),
+                    compressed=sum(1 for b in unique.values() if b.path is not None))
 
 
 def _layer_compressed(media_type: str) -> bool:
@@ -620,41 +630,79 @@ async def _mount_only_unlocked(client: RegistryClient, dst: Reference, digest: s
         if src.api_host == dst.api_host and src.repository != dst.repository:
             if await client.mount_blob(src, dst, digest):
                 return "mounted"
-    raise RegistryError(f"blob {digest} (a layer of the base image) could not be mounted into {dst.name} "
-                        f"from {', '.join(s.name for s in sources) or 'its base repository'}")
+    raise RegistryError(f"blob {digest} (a layer of the base image or the last child) could not be mounted "
+                        f"into {dst.name} from {', '.join(s.name for s in sources) or 'its repository'}")
 
 
-async def base_layers(client: RegistryClient, request: BuildRequest, platform: Platform,
-                      repository: Reference) -> dict[str, Blob]:
-    """diff_id -> the registry's blob of each layer of ``platform``'s base images (as the
-    pipeline resolved them, ``request.bases``) that live on ``repository``'s registry: such a
-    layer is mounted from the base's repository, never compressed or sent. Reads only (two
-    requests per base); a base that cannot be read contributes nothing (its layers are then
-    compressed and uploaded like the others)."""
-    out: dict[str, Blob] = {}
+async def known_layers(client: RegistryClient, request: BuildRequest, platform: Platform,
+                       repository: Reference) -> dict[str, Blob]:
+    """diff_id -> the registry's blob of each layer that ``repository``'s registry already holds
+    for ``platform``, which is then never compressed or sent, only found there or mounted:
 
-    async def one(base) -> None:
-        ref = parse_reference(base.ref, what="base image")
-        if ref.api_host != repository.api_host:
-            return
+    - the layers of its base images (as the pipeline resolved them, ``request.bases``);
+    - the layers of the platform's last child archfleet pushed (``request.warm_for(platform)``,
+      from history), each found there by HEAD: a rebuild whose cached steps give the same layers
+      finds them by their diff_id, as dockerd's push does with the blobs it pushed before
+      (distribution metadata), instead of compressing them again to learn their digest (a
+      30 MB cached layer cost ~60 ms of compression on every build, a 300 MB one ~0.4 s).
+
+    Only gzip layers of image manifests on the same registry; a base layer wins over the child's
+    for the same diff_id. Reads only (two requests per image, a HEAD per layer of the child); an
+    image that cannot be read contributes nothing (its layers are then compressed and uploaded
+    like the others)."""
+
+    async def layers_of(ref: Reference, digest: str) -> list[tuple[str, Blob]]:
         try:
-            manifest = await client.get_manifest(ref.with_digest(base.digest_for(platform)))
+            manifest = await client.get_manifest(ref.with_digest(digest))
             doc = manifest.json()
             if manifest.media_type not in mediatypes.MANIFESTS:
-                return
+                return []
             config = json.loads(await client.get_blob(ref, doc["config"]["digest"]))
             diff_ids = config["rootfs"]["diff_ids"]
             layers = doc.get("layers") or []
         except (ArchfleetError, ValueError, KeyError, TypeError):
-            return
+            return []
         if len(diff_ids) != len(layers):
-            return
+            return []
+        out = []
         for diff_id, layer in zip(diff_ids, layers):
             media_type = str(layer.get("mediaType") or "")
             if media_type.endswith("gzip"):  # Docker's .tar.gzip or OCI's +gzip: the same bytes
-                out.setdefault(diff_id, Blob(layer["digest"], int(layer["size"]), media_type, mount_from=ref.name))
+                out.append((diff_id, Blob(layer["digest"], int(layer["size"]), media_type, mount_from=ref.name)))
+        return out
 
-    await asyncio.gather(*(one(b) for b in request.bases))
+    async def base(b) -> list[tuple[str, Blob]]:
+        ref = parse_reference(b.ref, what="base image")
+        if ref.api_host != repository.api_host:
+            return []
+        return await layers_of(ref, b.digest_for(platform))
+
+    async def last_child() -> list[tuple[str, Blob]]:
+        warm = request.warm_for(platform)
+        if warm is None:
+            return []
+        try:
+            ref = parse_reference(warm.ref, what="last child")
+        except ArchfleetError:
+            return []
+        if ref.api_host != repository.api_host or not ref.digest:
+            return []
+        found = await layers_of(ref, ref.digest)
+
+        async def there(blob: Blob) -> bool:
+            try:
+                return await client.blob_exists(ref, blob.digest)
+            except ArchfleetError:
+                return False
+
+        present = await asyncio.gather(*(there(b) for _, b in found))
+        return [pair for pair, ok in zip(found, present) if ok]
+
+    bases = await asyncio.gather(*(base(b) for b in request.bases), last_child())
+    out: dict[str, Blob] = {}
+    for pairs in bases:  # the bases first: theirs win
+        for diff_id, blob in pairs:
+            out.setdefault(diff_id, blob)
     return out
 
 

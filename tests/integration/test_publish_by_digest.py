@@ -295,3 +295,31 @@ def test_a_child_built_on_an_ssh_node_is_exported_through_its_engine_and_pushed_
     assert "uploaded" in proc.stderr  # the children's own layers went up from the export
     assert tags_of(lab.registry, repo) == ["1"]
     assert lab.run_image(f"{lab.registry}/{repo}:1", "linux/arm64") == "aarch64"
+
+
+def test_a_rebuild_finds_its_cached_layer_in_the_registry_by_diff_id_and_does_not_compress_it(lab, counting_proxy,
+                                                                                              tmp_path):
+    """Rule (issue 17, fixed cost; dockerd's push does the same with the blobs it pushed): a layer
+    of the platform's last child that BuildKit built again unchanged (a cached COPY) is found in
+    the registry by its diff_id: neither compressed nor sent; only the new RUN layer is. Counted
+    by the push's own line and by a proxy in front of the registry."""
+    proxy, counts = counting_proxy
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "data").write_bytes(os.urandom(400000))
+    (ctx / "Dockerfile").write_text(f"FROM {lab.base}\nCOPY data /data\nARG NONCE\nRUN echo $NONCE > /nonce\n"
+                                    "CMD [\"uname\", \"-m\"]\n")
+    repo = f"publish/{unique('cached')}"
+    lines = []
+    for n in (1, 2):
+        before = counts.uploaded.get(repo, 0)
+        proc = lab.archfleet("build", "--progress", "plain", "--platform", "linux/amd64", "--build-arg",
+                             f"NONCE={uuid.uuid4().hex}", "-t", f"{proxy}/{repo}:{n}", "--push", str(ctx), check=True)
+        lines.append(next(line for line in (proc.stdout + proc.stderr).splitlines() if " pushed " in line
+                          and "blobs:" in line))
+        counts.uploaded[f"build {n}"] = counts.uploaded.get(repo, 0) - before
+    # the first: the COPY and RUN layers, and the base's (its registry is not the proxy's host)
+    assert int(lines[0].rsplit("; ", 1)[1].split()[0]) >= 3, lines[0]
+    assert lines[1].endswith("; 1 layer compressed)"), lines[1]  # the RUN layer: the rest found by diff_id
+    assert counts.uploaded["build 1"] > 400000
+    assert counts.uploaded["build 2"] < 100000  # the new RUN layer and the config, not the data

@@ -290,10 +290,94 @@ def test_base_layers_come_from_the_resolved_base_on_the_same_registry():
 
     async def go():
         async with client(fake) as c:
-            return await publish.base_layers(c, request, AMD, parse_reference(f"{HOST}/app"))
+            return await publish.known_layers(c, request, AMD, parse_reference(f"{HOST}/app"))
 
     got = asyncio.run(go())
     assert got == {diff_id: publish.Blob(sha(gz), len(gz), publish.DOCKER_LAYER_GZIP, mount_from=f"{HOST}/base")}
+
+
+def _put_image(fake, repo: str, layers: list[bytes]) -> tuple[str, list[str], list[bytes]]:
+    """An image in ``fake``'s ``repo``: (manifest digest, diff_ids, gzipped layers)."""
+    gzs = [gzip_layer_bytes(raw) for raw in layers]
+    diff_ids = [sha(raw) for raw in layers]
+    config = json.dumps({"os": "linux", "architecture": "amd64", "rootfs": {"diff_ids": diff_ids}}).encode()
+    fake.blobs[(repo, sha(config))] = config
+    for gz in gzs:
+        fake.blobs[(repo, sha(gz))] = gz
+    body = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.DOCKER_MANIFEST,
+                       "config": {"mediaType": publish.DOCKER_CONFIG, "digest": sha(config), "size": len(config)},
+                       "layers": [{"mediaType": publish.DOCKER_LAYER_GZIP, "digest": sha(gz), "size": len(gz)}
+                                  for gz in gzs]}).encode()
+    fake.manifests[(repo, sha(body))] = (body, mediatypes.DOCKER_MANIFEST)
+    return sha(body), diff_ids, gzs
+
+
+def gzip_layer_bytes(raw: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(raw, mtime=0)
+
+
+def test_the_last_childs_layers_that_the_registry_holds_are_known_and_a_bases_win():
+    """Rule (as dockerd's push finds the blobs it pushed before by diff_id): a layer of the
+    platform's last pushed child (history's warm source) that the registry still holds is
+    neither compressed nor sent; one it lost (HEAD 404) is compressed again; a child on another
+    registry, or none (first build, --no-cache), adds nothing; for a diff_id both have, the
+    base's blob is the one named."""
+    from pathlib import Path
+
+    from archfleet.model import BaseImage, BuildRequest, WarmSource
+
+    fake = FakeRegistry(HOST)
+    shared, deps, lost = (raw_layer({"etc/base": b"base"}), raw_layer({"usr/lib/dep": b"d" * 5000}),
+                          raw_layer({"app/old": b"old"}))
+    base_digest, _, base_gzs = _put_image(fake, "base", [shared])
+    child_digest, (_, deps_id, lost_id), child_gzs = _put_image(fake, "app", [shared, deps, lost])
+    del fake.blobs[("app", sha(child_gzs[2]))]  # garbage-collected since
+    base = BaseImage(f"{HOST}/base:1", "sha256:" + "1" * 64, (("linux/amd64", base_digest),))
+
+    def request(warm):
+        return BuildRequest(Path("/ctx"), Path("/ctx/Dockerfile"), (AMD,), tags=(f"{HOST}/app:2",), push=True,
+                            bases=(base,), warm=warm)
+
+    async def known(req):
+        async with client(fake) as c:
+            return await publish.known_layers(c, req, AMD, parse_reference(f"{HOST}/app"))
+
+    got = asyncio.run(known(request((WarmSource(AMD, "local", f"{HOST}/app@{child_digest}"),))))
+    assert got == {
+        sha(shared): publish.Blob(sha(base_gzs[0]), len(base_gzs[0]), publish.DOCKER_LAYER_GZIP, mount_from=f"{HOST}/base"),
+        deps_id: publish.Blob(sha(child_gzs[1]), len(child_gzs[1]), publish.DOCKER_LAYER_GZIP, mount_from=f"{HOST}/app"),
+    }
+    assert lost_id not in got
+    elsewhere = WarmSource(AMD, "local", f"elsewhere.test/app@{child_digest}")
+    assert set(asyncio.run(known(request((elsewhere,))))) == {sha(shared)}
+    assert set(asyncio.run(known(request(())))) == {sha(shared)}
+
+
+def test_a_known_layer_is_not_compressed_but_scanned_here_when_no_scan_of_it_is_cached():
+    """Rule: verification reads what each layer holds; a layer the registry holds already is
+    scanned from the export's bytes (no download later) unless a scan of its blob is cached."""
+    from archfleet import layercache
+
+    deps = raw_layer({"bin/tool": AMD64 + b"x" * 100})
+    mine = raw_layer({"bin/app": AMD64})
+    tar, image_id = docker_archive([deps, mine])
+    deps_gz = gzip_layer_bytes(deps)
+    known = {sha(deps): publish.Blob(sha(deps_gz), len(deps_gz), publish.DOCKER_LAYER_GZIP,
+                                     mount_from=f"{HOST}/app")}
+    got = prepare(tar, image_id, known=known)
+    try:
+        assert [b.path is None for b in got.blobs] == [True, True, False]  # config in memory, deps not sent
+        assert sha(deps_gz) in {s.digest for s in got.scans}
+    finally:
+        publish.discard(got)
+    layercache.store(sha(deps_gz), next(s.scan for s in got.scans if s.digest == sha(deps_gz)))
+    again = prepare(tar, image_id, known=known)
+    try:
+        assert sha(deps_gz) not in {s.digest for s in again.scans}
+    finally:
+        publish.discard(again)
 
 
 # -- an OCI layout with attestations: pushed as written, the attestations kept -----------------------
