@@ -25,7 +25,8 @@ return (for annotations) and the two errors the hook contract asks a plugin to r
   :func:`parse_reference`, :func:`warm_ref` and :data:`WARM_FACTOR` (the cross-node warm cache:
   :mod:`archfleet.buildcache`).
 - Transports: :class:`LocalTransport`, :class:`CommandNode` (context sync and leases over ``run``),
-  :class:`Completed`, :func:`pump_lines`, :func:`supervise`, :func:`guard_callback`,
+  :class:`Completed`, :func:`pump_lines`, :func:`pump_bytes` (a ``Transport.stream``'s output),
+  :func:`supervise`, :func:`guard_callback`,
   :func:`guard_chunks`, :class:`CallerError`, :func:`parse_docker_host`, :func:`probe_node`,
   :func:`benchmark`, :func:`adapter_for` (the node's engine adapter: its CLIs, its probe,
   whether it needs the engine socket), :mod:`binfmt`, :func:`docker_module` (docker-py, for a
@@ -54,7 +55,7 @@ from .probe import benchmark, probe_node
 from .reference import parse_reference
 from .registry import RegistryClient
 from .transport import (CallerError, CommandNode, Completed, LocalTransport, Transport, guard_callback, guard_chunks,
-                        parse_docker_host, pump_lines, supervise)
+                        parse_docker_host, pump_bytes, pump_lines, supervise)
 
 __all__ = [
     # hooks
@@ -70,7 +71,7 @@ __all__ = [
     "parse_reference", "warm_ref", "WARM_FACTOR", "Estimate", "steps", "fixed_prior", "push_prior", "PUSH_BASE",
     "PUSH_RATE",
     # transports and probing
-    "LocalTransport", "CommandNode", "Completed", "pump_lines", "supervise", "guard_callback", "guard_chunks",
+    "LocalTransport", "CommandNode", "Completed", "pump_lines", "pump_bytes", "supervise", "guard_callback", "guard_chunks",
     "CallerError", "parse_docker_host", "probe_node", "benchmark", "adapter_for", "binfmt", "docker_module",
     "native_platforms", "read_cpu_flags", "from_uname", "read_local_leases",
 ]

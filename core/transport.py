@@ -24,7 +24,7 @@ import contextlib
 import os
 import shlex
 import signal
-from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 from urllib.parse import urlsplit
 
 import attrs
@@ -78,6 +78,24 @@ class Transport(Protocol):
         timeout: float | None = None,
     ) -> Completed:
         """Run ``argv`` on the node and return how it ended (see the class doc)."""
+        ...
+
+    async def stream(
+        self,
+        argv: Sequence[str],
+        sink: Callable[[bytes], Awaitable[None]],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Completed:
+        """Run ``argv`` on the node as :meth:`run` does (``env``, ``timeout``, killed if the run
+        ends any other way), with no standard input and its standard output passed as it comes,
+        in pieces of bytes, to ``await sink(piece)`` (the next piece is read once ``sink``
+        returns: the caller's pace); standard error is kept apart, its last lines the
+        :class:`Completed`'s tail. An exception ``sink`` raises ends the run and is raised here.
+        For an engine's image export (``docker save``, ``podman save``), which :meth:`run`'s text
+        lines cannot carry. Optional: without it, an engine reads the export through the Engine
+        API (:meth:`docker_client`) or as text (podman's base64)."""
         ...
 
     def docker_client(self):
@@ -202,6 +220,69 @@ async def pump_lines(reader: asyncio.StreamReader, on_line: LineCallback | None,
             on_line(line)
 
 
+STREAM_PIECE = 1024 * 1024  # bytes of a streamed output read at a time, at most
+
+
+async def pump_bytes(reader, sink: Callable[[bytes], Awaitable[None]], *, guard: bool = False) -> None:
+    """Read ``reader`` (an asyncio or asyncssh stream of bytes) to EOF, handing each piece of at
+    most :data:`STREAM_PIECE` bytes to ``await sink(piece)`` before reading on. ``guard``:
+    whatever ``sink`` raises is wrapped in :class:`CallerError` (so a transport can tell the
+    caller's failure from the node's)."""
+    while True:
+        piece = await reader.read(STREAM_PIECE)
+        if not piece:
+            return
+        if not guard:
+            await sink(piece)
+            continue
+        try:
+            await sink(piece)
+        except Exception as exc:
+            raise CallerError() from exc
+
+
+class OutputFailed(Exception):
+    """The command :func:`stream_output` read ended with a non-zero status: ``done`` says how
+    (its standard error's last lines)."""
+
+    def __init__(self, done: Completed):
+        super().__init__(done.last_line())
+        self.done = done
+
+
+async def stream_output(transport: "Transport", argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                        ahead: int = 4) -> AsyncIterator[bytes]:
+    """:meth:`Transport.stream` as an async iterator of the command's output pieces, read at the
+    consumer's pace: at most ``ahead`` pieces wait. Closing it early (or cancelling the
+    consumer) kills the command. Raises :class:`OutputFailed` after the last piece when the
+    command ends with a non-zero status, and whatever the transport raises (``InfrastructureError``)."""
+    queue: asyncio.Queue = asyncio.Queue(ahead)
+
+    async def produce() -> None:
+        try:
+            done = await transport.stream(argv, queue.put, env=env)
+        except Exception as exc:
+            await queue.put(exc)
+            return
+        await queue.put(done)
+
+    task = asyncio.ensure_future(produce())
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, Completed):
+                if not item.ok:
+                    raise OutputFailed(item)
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 class CallerError(Exception):
     """An exception the caller's own code raised while a remote command ran (its ``stdin``
     iterable, its ``on_line`` callback): re-raised as it was, never taken for a lost connection
@@ -287,8 +368,9 @@ class LocalTransport:
         """The agent at ``local_path`` is on this machine already: the path itself."""
         yield local_path
 
-    async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
-        """Run ``argv`` here, in a process group of its own (see :class:`Transport`); 127/126 when the program is missing or not executable."""
+    async def _spawn(self, argv, env, *, stdin: bool, stderr):
+        """``argv`` started here in a process group of its own, stdout piped; a
+        :class:`Completed` (127/126) when the program is missing or not executable."""
         full_env = dict(os.environ)
         if self.docker_host:
             full_env["DOCKER_HOST"] = self.docker_host
@@ -296,9 +378,9 @@ class LocalTransport:
             full_env.update(env)
         spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stderr=stderr,
             env=full_env,
             # its own process group, so stopping it stops what it started too (a killed
             # `sh -c` would leave its children holding the output pipe)
@@ -308,7 +390,7 @@ class LocalTransport:
             # shielded: cancelled while the process starts, asyncio would kill only the leader
             # and then wait until its children close the output pipe (a `sleep 5` under `sh -c`:
             # 5 s); the process group is stopped here instead
-            proc = await asyncio.shield(spawn)
+            return await asyncio.shield(spawn)
         except FileNotFoundError:
             return Completed(tuple(argv), 127, (f"{argv[0]}: command not found",))
         except PermissionError:
@@ -320,6 +402,23 @@ class LocalTransport:
                     os.killpg(started.pid, signal.SIGKILL)
                 await asyncio.wait_for(started.wait(), 5)
             raise
+
+    @staticmethod
+    async def _stop(proc) -> None:
+        # Not proc.kill(): Popen.send_signal polls first, and that poll can reap a child that
+        # has just exited while asyncio's child-watcher thread waits on it; the watcher then
+        # logs "Unknown child process pid ..." and reports 255 (seen under a one-line error in
+        # CI). A signal to a zombie is harmless.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group outlives a leader that already exited
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(proc.wait()), 5)
+
+    async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
+        """Run ``argv`` here, in a process group of its own (see :class:`Transport`); 127/126 when the program is missing or not executable."""
+        proc = await self._spawn(argv, env, stdin=stdin is not None, stderr=asyncio.subprocess.STDOUT)
+        if isinstance(proc, Completed):
+            return proc
         tail: collections.deque = collections.deque(maxlen=40)
 
         async def feed():
@@ -332,17 +431,19 @@ class LocalTransport:
                 finally:
                     proc.stdin.close()
 
-        async def stop():
-            # Not proc.kill(): Popen.send_signal polls first, and that poll can reap a child that
-            # has just exited while asyncio's child-watcher thread waits on it; the watcher then
-            # logs "Unknown child process pid ..." and reports 255 (seen under a one-line error in
-            # CI). A signal to a zombie is harmless.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the group outlives a leader that already exited
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(proc.wait()), 5)
+        await supervise([feed(), pump_lines(proc.stdout, on_line, tail), proc.wait()], timeout,
+                        lambda: self._stop(proc))
+        return Completed(tuple(argv), proc.returncode, tuple(tail))
 
-        await supervise([feed(), pump_lines(proc.stdout, on_line, tail), proc.wait()], timeout, stop)
+    async def stream(self, argv, sink, *, env=None, timeout=None) -> Completed:
+        """Run ``argv`` here with its standard output handed to ``sink`` as it comes (see
+        :meth:`Transport.stream`); 127/126 when the program is missing or not executable."""
+        proc = await self._spawn(argv, env, stdin=False, stderr=asyncio.subprocess.PIPE)
+        if isinstance(proc, Completed):
+            return proc
+        tail: collections.deque = collections.deque(maxlen=40)
+        await supervise([pump_bytes(proc.stdout, sink), pump_lines(proc.stderr, None, tail), proc.wait()], timeout,
+                        lambda: self._stop(proc))
         return Completed(tuple(argv), proc.returncode, tuple(tail))
 
     def docker_client(self):

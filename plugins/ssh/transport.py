@@ -44,7 +44,7 @@ import tempfile
 from typing import Awaitable, Callable, Mapping, Sequence
 
 from archfleet.api import (CallerError, CommandNode, Completed, InfrastructureError, docker_module, guard_callback,
-                           guard_chunks, parse_docker_host, pump_lines, supervise)
+                           guard_chunks, parse_docker_host, pump_bytes, pump_lines, supervise)
 
 # The fixed script every SSH command runs (see the module doc). It must stay free of ' \ ! and
 # newlines (a unit test checks), and user data must only ever be read from stdin by it.
@@ -212,6 +212,23 @@ class SSHTransport(CommandNode):
 
     async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
         """Run ``argv`` on the node through :data:`REMOTE_COMMAND` with argv and environment framed on stdin (module doc); raises :class:`InfrastructureError` when the connection fails or is lost."""
+        tail: collections.deque = collections.deque(maxlen=40)
+        return await self._process(argv, env, stdin, timeout, tail, merged=True,
+                                   read=lambda proc: pump_lines(proc.stdout, guard_callback(on_line), tail))
+
+    async def stream(self, argv, sink, *, env=None, timeout=None) -> Completed:
+        """Run ``argv`` as :meth:`run` does, its standard output handed to ``await sink(piece)``
+        as it comes and its standard error kept apart (the result's tail): an image export
+        travels as bytes, not as lines (``Transport.stream``)."""
+        tail: collections.deque = collections.deque(maxlen=40)
+        return await self._process(argv, env, None, timeout, tail, merged=False,
+                                   read=lambda proc: asyncio.gather(pump_bytes(proc.stdout, sink, guard=True),
+                                                                    pump_lines(proc.stderr, None, tail)))
+
+    async def _process(self, argv, env, stdin, timeout, tail: collections.deque, *, merged: bool,
+                       read: Callable[[object], Awaitable]) -> Completed:
+        """One command through :data:`REMOTE_COMMAND`: the frame and ``stdin`` fed, ``read(proc)``
+        reading its output (stderr into stdout when ``merged``), ended as the module doc says."""
         import asyncssh
 
         full_env = {}
@@ -219,11 +236,10 @@ class SSHTransport(CommandNode):
             full_env["DOCKER_HOST"] = self.docker_host
         full_env.update(env or {})
         header = frame(argv, full_env)
-        tail: collections.deque = collections.deque(maxlen=40)
         async with self._session() as conn:
             try:
-                proc = await conn.create_process(REMOTE_COMMAND, stderr=asyncssh.STDOUT, encoding=None,
-                                                 request_pty=False)
+                proc = await conn.create_process(REMOTE_COMMAND, stderr=asyncssh.STDOUT if merged else asyncssh.PIPE,
+                                                 encoding=None, request_pty=False)
             except (asyncssh.Error, OSError) as exc:
                 raise InfrastructureError(self.node, f"SSH connection failed: {exc}") from None
 
@@ -252,8 +268,7 @@ class SSHTransport(CommandNode):
                     await asyncio.wait_for(asyncio.shield(proc.wait_closed()), 5)
 
             try:
-                await supervise([feed(), pump_lines(proc.stdout, guard_callback(on_line), tail), proc.wait()],
-                                 timeout, stop)
+                await supervise([feed(), read(proc), proc.wait()], timeout, stop)
             except CallerError as exc:
                 raise exc.__cause__  # the caller's own exception, as it was
             except (asyncssh.Error, OSError) as exc:

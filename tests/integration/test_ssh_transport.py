@@ -13,6 +13,7 @@ machine's dockerd), for users whose login shell is not POSIX (fish, tcsh):
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -263,3 +264,40 @@ def test_the_bootstrap_reads_the_frame_under_busybox_sh(lab):
     assert out.returncode == 0, out.stderr
     got = [bytes.fromhex(l) for l in out.stdout.decode().split("\n")[:len(values) + 1]]
     assert got == [*values, b"s'\\\n"]
+
+
+def test_a_streamed_output_arrives_as_bytes_its_stderr_apart_and_an_abandoned_one_leaves_no_process(sshd):
+    """Rule (Transport.stream, an image export over SSH): stdout arrives byte for byte (every
+    byte value, through a fish login shell), stderr is the result's tail, the exit status is
+    the command's; a reader that stops early (an export abandoned) leaves no process on the node."""
+    from archfleet.transport import stream_output
+
+    stamp = str(4000 + uuid.uuid4().int % 1000)
+    block = bytes(range(256)) * 256 + os.urandom(777)  # its base64 fits one argv word (< 128 KiB)
+
+    async def go():
+        t = await transport(spec(sshd, sshd.fish))
+        try:
+            pieces = []
+
+            async def sink(piece):
+                pieces.append(piece)
+
+            script = ('b=$(mktemp); printf %s "$1" | base64 -d > "$b"; for i in 1 2 3 4 5 6 7 8; do cat "$b"; done; '
+                      'rm -f "$b"; echo "a warning" >&2; exit 4')
+            done = await t.stream(["sh", "-c", script, "sh", base64.b64encode(block).decode()], sink)
+            data = block * 8
+            assert b"".join(pieces) == data
+            assert done.returncode == 4 and done.tail == ("a warning",)
+            it = stream_output(t, ["sh", "-c", 'yes "$1"', "sh", stamp])
+            async for _ in it:
+                break
+            await it.aclose()
+        finally:
+            await t.close()
+
+    asyncio.run(go())
+    deadline = time.time() + 5
+    while time.time() < deadline and _running(stamp.encode()):
+        time.sleep(0.1)
+    assert _running(stamp.encode()) == []

@@ -479,3 +479,66 @@ def _cmdline(pid: str) -> list[str]:
             return [os.fsdecode(w) for w in f.read().split(b"\0") if w]
     except OSError:
         return []
+
+
+# -- streamed output (an image export) -----------------------------------------------------------
+
+
+def test_local_stream_hands_stdout_as_bytes_at_the_consumers_pace_and_keeps_stderr_apart():
+    """Rule (Transport.stream): stdout arrives byte for byte, in pieces of at most STREAM_PIECE;
+    stderr is the result's tail, never part of the bytes; the exit status is returned."""
+    data = os.urandom(3 * tr.STREAM_PIECE + 123)
+    pieces = []
+
+    async def sink(piece):
+        pieces.append(piece)
+        await asyncio.sleep(0)
+
+    done = asyncio.run(_stream_from(data, sink))
+    assert b"".join(pieces) == data and max(map(len, pieces)) <= tr.STREAM_PIECE
+    assert done.returncode == 4 and done.tail == ("a warning",)
+    assert asyncio.run(LocalTransport().stream(["/nonexistent/cli"], sink)).returncode == 127
+
+
+async def _stream_from(data: bytes, sink):
+    import tempfile
+
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        return await LocalTransport().stream(["sh", "-c", 'cat "$1"; echo "a warning" >&2; exit 4', "sh", f.name],
+                                             sink)
+
+
+def test_a_stream_closed_early_or_failing_kills_its_command_and_says_why():
+    """Rule: a consumer that stops reading (an export abandoned) leaves no process behind; a
+    command that ends non-zero raises OutputFailed after the bytes it wrote, naming its stderr;
+    a sink that raises ends the run with its own exception."""
+    pids = []
+
+    async def first_piece_only():
+        it = tr.stream_output(LocalTransport(), ["sh", "-c", 'echo $$; exec yes'])
+        async for piece in it:
+            pids.append(int(piece.split(b"\n", 1)[0]))
+            break
+        await it.aclose()
+
+    asyncio.run(first_piece_only())
+    deadline = time.time() + 5
+    while _alive(pids[0]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pids[0])
+
+    async def failing():
+        argv = ["sh", "-c", 'printf part; echo "no such image" >&2; exit 1']
+        return [p async for p in tr.stream_output(LocalTransport(), argv)]
+
+    with pytest.raises(tr.OutputFailed, match="no such image") as failed:
+        asyncio.run(failing())
+    assert failed.value.done.returncode == 1
+
+    async def broken_sink(piece):
+        raise RuntimeError("spool disk full")
+
+    with pytest.raises(RuntimeError, match="spool disk full"):
+        asyncio.run(LocalTransport().stream(["sh", "-c", "echo $$; exec yes"], broken_sink))
