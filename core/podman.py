@@ -41,8 +41,9 @@ environment (never a command line).
   :class:`~archfleet.errors.RegistryRefused` (exit 3), other answers
   :class:`~archfleet.errors.RegistryError` (exit 1); neither is retried elsewhere. A CLI that
   could not start, was killed, or whose ``podman info`` stopped answering is the node's failure.
-- **Export**: ``podman save --format docker-archive`` (the ``docker save`` layout), streamed back
-  base64-encoded (the transport carries text lines), in chunks.
+- **Export**: ``podman save --format docker-archive`` (the ``docker save`` layout), its output
+  streamed back as bytes (``Transport.stream``); through a transport of text lines only,
+  base64-encoded, in chunks.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from .model import BuildRequest, Capabilities, NodeFacts, NodeSpec
 from .platforms import Platform
 from .reference import Reference
 from .registry import credential_name, refusal, registry_answer
-from .transport import Completed, LineCallback, Transport
+from .transport import Completed, LineCallback, OutputFailed, Transport, stream_output
 
 MODE = "buildah"  # NodeFacts.builder of a podman node: podman build is buildah
 _VERSION = re.compile(r"^podman(?:\.exe)? version (\d+)\.(\d+)(?:\.(\d+))?\S*\s*$", re.I)
@@ -357,10 +358,22 @@ class PodmanEngine:
         raise RegistryError(f"push of {ref} from node {transport.node} failed: {message}{hint}")
 
     async def export(self, transport: Transport, facts: NodeFacts, image: str) -> AsyncIterator[bytes]:
-        """``image`` as ``podman save --format docker-archive`` writes it, in chunks. The transport
-        carries text lines, so the archive travels base64-encoded (a third more bytes) and is
-        decoded here line by line; lines that are not base64 are podman's messages (the error
-        when it fails). Chunks wait in memory while the consumer is slower than the link."""
+        """``image`` as ``podman save --format docker-archive`` writes it, in chunks: its standard
+        output as bytes through :meth:`Transport.stream`, read at the consumer's pace. A
+        transport without ``stream`` carries text lines only: then the archive travels
+        base64-encoded (a third more bytes; decoding its ~13,000 lines per MB took ~16 ms of CPU
+        per MB here) and is decoded here line by line; lines that are not base64 are podman's
+        messages (the error when it fails); chunks wait in memory while the consumer is slower
+        than the link."""
+        if getattr(transport, "stream", None) is not None:
+            try:
+                async for piece in stream_output(transport, [*self._argv(facts), "save", "--format", "docker-archive",
+                                                             "-q", image]):
+                    yield piece
+            except OutputFailed as exc:
+                raise InfrastructureError(transport.node, f"cannot export {image} from podman: "
+                                                          f"{exc.done.last_line()}") from None
+            return
         queue: asyncio.Queue = asyncio.Queue()
         messages: list[str] = []
         pending = bytearray()

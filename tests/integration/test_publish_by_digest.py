@@ -10,7 +10,7 @@ Rules, each from the issue's "Done when" or docs/concepts.md:
 - pushing the second tag in another repository of the same registry moves no layer bytes (the
   blobs are mounted), counted by a proxy in front of the registry;
 - ``--annotation`` lands where buildx puts it, and the children become OCI manifests;
-- a child built on an SSH node is exported through that node's forwarded engine socket.
+- a child built on an SSH node is exported through that node's engine (its CLI's `docker save`, streamed over SSH).
 """
 
 from __future__ import annotations

@@ -490,6 +490,37 @@ def test_export_streams_the_engines_archive_and_maps_its_failures_to_the_node():
         asyncio.run(collect(_Api([b"a"], ConnectionResetError("reset"))))
 
 
+def test_the_docker_adapter_exports_by_the_nodes_cli_through_a_streaming_transport_else_the_engine_api(tmp_path):
+    """Rule (issue 17: no docker-py on a build's path): with Transport.stream the export is
+    ``<node's CLI> save <image id>``, byte for byte, the CLI's messages apart; an image the engine
+    no longer has, or a refusal, is the node's failure naming it; a transport without stream
+    reads the Engine API as before."""
+    from archfleet.model import NodeFacts, NodeSpec
+    from archfleet.transport import LocalTransport
+
+    archive = os.urandom(3 << 20)
+    (tmp_path / "image.tar").write_bytes(archive)
+    cli = tmp_path / "docker"
+    cli.write_text('#!/bin/sh\n[ "$1" = save ] || exit 9\n'
+                   'case $2 in\n'
+                   f'  sha256:abc) echo "a note" >&2; cat "{tmp_path}/image.tar";;\n'
+                   '  sha256:gone) echo "Error response from daemon: reference does not exist" >&2; exit 1;;\n'
+                   '  *) echo "Error response from daemon: disk quota exceeded" >&2; exit 1;;\n'
+                   'esac\n')
+    cli.chmod(0o755)
+    facts = NodeFacts(NodeSpec("local"), True, engine_cli=(str(cli),), builder="buildkit")
+
+    async def collect(transport, image):
+        return [c async for c in engine.DOCKER.export(transport, facts, image)]
+
+    assert b"".join(asyncio.run(collect(LocalTransport(), "sha256:abc"))) == archive
+    with pytest.raises(InfrastructureError, match="no longer has image sha256:gone"):
+        asyncio.run(collect(LocalTransport(), "sha256:gone"))
+    with pytest.raises(InfrastructureError, match="refused to export sha256:other: .*disk quota exceeded"):
+        asyncio.run(collect(LocalTransport(), "sha256:other"))
+    assert asyncio.run(collect(_Transport(_Api([b"a", b"b"])), "sha256:abc")) == [b"ab"]
+
+
 def test_export_gathers_the_engines_small_chunks_into_export_chunk_pieces(monkeypatch):
     """The Engine API answers in HTTP chunks of ~32 KiB whatever chunk_size asks; each piece
     handed to the reader costs a round trip through the event loop, so the export hands over
