@@ -160,7 +160,11 @@ def ignore_patterns(data: bytes) -> list[str]:
 
 def included(root: Path, dockerfile: Path, patterns: list[str]) -> list[str]:
     """The paths (files, links, directories; relative) of the context at ``root`` that the ignore
-    ``patterns`` let through, as docker-py's ``exclude_paths`` applies moby's rule; sorted."""
+    ``patterns`` let through, as docker-py's ``exclude_paths`` applies moby's rule; sorted.
+    Without patterns that rule excludes nothing: every path, walked here as docker-py walks
+    (a link to a directory is not entered), without importing docker-py (~45 ms, issue 17)."""
+    if not patterns:
+        return sorted(_every_path(str(root)))
     exclude_paths = dockerlib.module().utils.build.exclude_paths
 
     rel_df = None
@@ -169,6 +173,20 @@ def included(root: Path, dockerfile: Path, patterns: list[str]) -> list[str]:
     except ValueError:
         pass
     return sorted(exclude_paths(str(root), list(patterns), dockerfile=rel_df))
+
+
+def _every_path(root: str) -> list[str]:
+    found: list[str] = []
+
+    def walk(directory: str, prefix: str) -> None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                found.append(prefix + entry.name)
+                if entry.is_dir(follow_symlinks=False):
+                    walk(entry.path, prefix + entry.name + os.sep)
+
+    walk(root, "")
+    return found
 
 
 def path_in_context(path, context) -> str:

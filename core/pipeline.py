@@ -35,7 +35,7 @@ from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import attrs
 
-from . import buildcache, dockerlib
+from . import buildcache
 from . import index as index_mod
 from . import inventory
 from . import learn as learning
@@ -451,7 +451,6 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
         if missing:
             raise EnvironmentProblem("; ".join(unplannable_reason(p, planned) for p, _ in missing))
         reporter.planned(planned.plan)
-        dockerlib.preload()  # the exports and credentials need docker-py: imported while the engines build
         used = {s.option.node for s in planned.plan.chosen}
         for node, note in planned.notes:
             if node in used:

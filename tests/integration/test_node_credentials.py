@@ -1,6 +1,6 @@
-"""Credentials never reach a build node's disk or process list (docs/nodes.md: "the node's
-engine ... pushes itself straight to the registry, through the Engine API over the forwarded
-socket with the coordinator's credentials in the request header").
+"""Credentials never reach a build node's disk or process list (docs/nodes.md: archfleet reads
+the image back from the node's engine and "pushes the child by digest itself, from this machine
+... registry credentials for the push never reach the node").
 
 A registry with htpasswd auth and its own CA on the lab bridge (10.231.0.1:5060, trusted
 through /etc/docker/certs.d as dockerd trusts it, so lab node n1's dockerd can push there) gets

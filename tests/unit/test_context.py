@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+from archfleet import context as ctx
 from archfleet.context import snapshot_of
 from archfleet.model import BuildRequest
 from archfleet.platforms import parse
@@ -232,3 +233,29 @@ def test_an_ignore_file_that_is_not_a_regular_file_is_refused_before_anything_ru
         assert err == (f"archfleet: error: ignore file {tmp_path}/.dockerignore: not a regular file (a FIFO, a "
                        "device or a directory; BuildKit would read it and could wait forever): make it a file or "
                        "remove it\n")
+
+
+def test_without_ignore_patterns_every_path_is_in_as_docker_pys_walk_lists_them_and_docker_py_stays_unloaded(tmp_path):
+    """Rule (moby's ignore rule excludes nothing without patterns): the same paths as
+    docker-py's ``exclude_paths`` (a link to a directory listed, not entered; empty directories
+    and dangling links listed), found without importing docker-py (issue 17: ~45 ms a build)."""
+    import subprocess
+    import sys
+
+    import docker.utils.build
+
+    root = tmp_path / "ctx"
+    (root / "src" / "deep" / "er").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "src" / "deep" / "er" / "f").write_text("x")
+    (root / "Dockerfile").write_text("FROM scratch\n")
+    (root / "linkdir").symlink_to("src")
+    (root / "linkfile").symlink_to("Dockerfile")
+    (root / "dangling").symlink_to("nowhere")
+    want = sorted(docker.utils.build.exclude_paths(str(root), [], dockerfile="Dockerfile"))
+    assert ctx.included(root, root / "Dockerfile", []) == want
+    assert "linkdir" in want and not any(p.startswith("linkdir/") for p in want)
+    code = ("import sys; from pathlib import Path; from archfleet import context as c; "
+            f"c.included(Path({str(root)!r}), Path({str(root / 'Dockerfile')!r}), []); print('docker' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"
