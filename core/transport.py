@@ -404,13 +404,20 @@ class LocalTransport:
             raise
 
     @staticmethod
-    async def _stop(proc) -> None:
+    async def _stop(proc, drain=None) -> None:
         # Not proc.kill(): Popen.send_signal polls first, and that poll can reap a child that
         # has just exited while asyncio's child-watcher thread waits on it; the watcher then
         # logs "Unknown child process pid ..." and reports 255 (seen under a one-line error in
         # CI). A signal to a zombie is harmless.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # the group outlives a leader that already exited
+        if drain is not None:
+            # ``drain`` (a pipe nobody reads any more: an export whose reader stopped early) is
+            # read to its end first: asyncio left it paused, and its wait() returns only once
+            # every pipe has closed (else 5 s here, and the pipe closed by the garbage collector
+            # after the loop, which printed "Event loop is closed" tracebacks after the run)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(drain.read(), 5)
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(asyncio.shield(proc.wait()), 5)
 
@@ -443,7 +450,7 @@ class LocalTransport:
             return proc
         tail: collections.deque = collections.deque(maxlen=40)
         await supervise([pump_bytes(proc.stdout, sink), pump_lines(proc.stderr, None, tail), proc.wait()], timeout,
-                        lambda: self._stop(proc))
+                        lambda: self._stop(proc, drain=proc.stdout))
         return Completed(tuple(argv), proc.returncode, tuple(tail))
 
     def docker_client(self):

@@ -542,3 +542,28 @@ def test_a_stream_closed_early_or_failing_kills_its_command_and_says_why():
 
     with pytest.raises(RuntimeError, match="spool disk full"):
         asyncio.run(LocalTransport().stream(["sh", "-c", "echo $$; exec yes"], broken_sink))
+
+
+def test_a_stream_abandoned_with_unread_output_leaves_no_pipe_for_the_garbage_collector():
+    """Rule: an export whose reader stops before the command's last bytes (a tar read to its end
+    marker, docker save's padding unread) leaves no asyncio pipe open after the run: closed by
+    the garbage collector once the loop is gone, it printed 'Event loop is closed' tracebacks
+    after a Ctrl-C's one line (seen in CI)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, gc, time\n"
+        "from archfleet.transport import LocalTransport, stream_output\n"
+        "async def main():\n"
+        "    it = stream_output(LocalTransport(), ['sh', '-c', 'head -c 20000000 /dev/zero'])\n"
+        "    async for _ in it:\n"
+        "        break\n"
+        "    t = time.monotonic()\n"
+        "    await it.aclose()\n"
+        "    assert time.monotonic() - t < 3, 'the abandoned command took the 5 s timeout to end'\n"
+        "asyncio.run(main())\n"
+        "gc.collect()\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "ok", "")
