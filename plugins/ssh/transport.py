@@ -268,7 +268,11 @@ class SSHTransport(CommandNode):
                     await asyncio.wait_for(asyncio.shield(proc.wait_closed()), 5)
 
             try:
-                await supervise([feed(), read(proc), proc.wait()], timeout, stop)
+                # wait_closed, not wait(): asyncssh's wait() is communicate(), which lifts the
+                # reading limit and takes whatever output is still buffered for its own result,
+                # away from read(proc): a stream read at its consumer's pace lost all but the
+                # first ~1 MB of a 5 MB export (and run() could lose its last lines)
+                await supervise([feed(), read(proc), proc.wait_closed()], timeout, stop)
             except CallerError as exc:
                 raise exc.__cause__  # the caller's own exception, as it was
             except (asyncssh.Error, OSError) as exc:

@@ -289,6 +289,13 @@ def test_a_streamed_output_arrives_as_bytes_its_stderr_apart_and_an_abandoned_on
             data = block * 8
             assert b"".join(pieces) == data
             assert done.returncode == 4 and done.tail == ("a warning",)
+            # a consumer slower than the link (an export spooled to a slow disk) still gets
+            # every byte: asyncssh's wait() once took what was buffered for its own result
+            got = 0
+            async for piece in stream_output(t, ["head", "-c", "5000000", "/dev/zero"]):
+                got += len(piece)
+                await asyncio.sleep(0.01)
+            assert got == 5000000
             it = stream_output(t, ["sh", "-c", 'yes "$1"', "sh", stamp])
             async for _ in it:
                 break
