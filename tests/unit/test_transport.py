@@ -241,7 +241,9 @@ class FakeProcess:
         self._end()
 
     async def wait_closed(self):
+        # the channel closes once the command has ended and its output was sent (sshd closes it)
         await asyncio.shield(self._task)
+        self._end()
 
 
 class FakeConn:
