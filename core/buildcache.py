@@ -152,10 +152,10 @@ def notes(request: BuildRequest, facts: NodeFacts) -> list[str]:
 
 def warm_sources(request: BuildRequest, histories) -> tuple[WarmSource, ...]:
     """Each platform's last pushed child and the node that built it (``histories``: platform ->
-    its history view, or None), for the cross-node warm cache (module doc). None with
-    ``--no-cache``. Blocking (SQLite): call it in a thread."""
-    if request.no_cache:
-        return ()
+    its history view, or None), for the cross-node warm cache (module doc; :func:`warm_ref`
+    reads none with ``--no-cache``) and for the push, which finds that child's layers in the
+    registry by diff_id (:func:`archfleet.publish.known_layers`; ``--no-cache`` too: a layer
+    built again the same is the same blob). Blocking (SQLite): call it in a thread."""
     out = []
     for platform in request.platforms:
         view = histories.get(platform) if histories else None

@@ -91,3 +91,19 @@ def test_warm_start_only_on_another_buildkit_node(tmp_path):
     assert warm_ref(request, ARM, "n1", "buildkit") is None  # its own cache is already there
     assert warm_ref(request, ARM, "n2", "buildah") is None  # podman reads no BuildKit cache
     assert warm_ref(attrs.evolve(request, no_cache=True), ARM, "n2", "buildkit") is None
+
+
+def test_the_last_child_is_known_under_no_cache_for_the_push_though_no_build_reads_it(tmp_path):
+    """Rule: --no-cache keeps BuildKit from reading any cache (warm_ref: none), but the platform's
+    last child is still where the push finds layers built again the same (found by the
+    fresh-user helper: --no-cache compressed a 20 MB unchanged layer again)."""
+    from archfleet.buildcache import warm_sources
+
+    class View:
+        def last_pushed(self, platform):
+            return ("n1", "r/app@sha256:" + "c" * 64)
+
+    request = attrs.evolve(_request(tmp_path), no_cache=True)
+    (warm,) = warm_sources(request, {ARM: View()})
+    assert (warm.platform, warm.node, warm.ref) == (ARM, "n1", "r/app@sha256:" + "c" * 64)
+    assert warm_ref(attrs.evolve(request, warm=(warm,)), ARM, "n2", "buildkit") is None
