@@ -17,7 +17,7 @@ return (for annotations) and the two errors the hook contract asks a plugin to r
   builder, and an engine that has what the Dockerfile needs), :func:`build_and_push` (build in
   the node's engine, wait at the push gate, push by digest), :func:`context_digest`,
   :func:`reuse_key` and its label :data:`LABEL_REUSE_KEY` (the ``reuse`` strategy), :func:`prior_seconds`,
-  :func:`node_speed`, :data:`LINK_RATE`,
+  :func:`node_speed`, :data:`LINK_RATE`, :data:`LOAD_RATE`,
   :class:`Estimate` (what ``archfleet_estimate`` may answer: seconds, basis, parts, steps) and the
   pieces of the built-in estimates: :mod:`steps` (the steps a build runs, their priors and
   learned times), :func:`fixed_prior`, :func:`push_prior`, :data:`PUSH_BASE`, :data:`PUSH_RATE`,
@@ -49,7 +49,7 @@ from .buildkey import LABEL_REUSE_KEY, reuse_key
 from . import steps
 from .model import BuildRequest, Estimate, NodeFacts, NodeSpec, Option, PlatformResult
 from .nodebuild import build_and_push, context_digest
-from .planner import LINK_RATE, PUSH_BASE, PUSH_RATE, fixed_prior, node_speed, prior_seconds, push_prior
+from .planner import LINK_RATE, LOAD_RATE, PUSH_BASE, PUSH_RATE, fixed_prior, node_speed, prior_seconds, push_prior
 from .platforms import Platform, PlatformError, from_uname, native_platforms, read_cpu_flags
 from .probe import benchmark, probe_node
 from .reference import parse_reference
@@ -67,7 +67,7 @@ __all__ = [
     "InfrastructureError", "BuildFailed", "PlatformError",
     # strategy helpers
     "capable_nodes", "build_and_push", "context_digest", "LABEL_REUSE_KEY", "reuse_key", "prior_seconds",
-    "node_speed", "LINK_RATE", "analyse_dockerfile", "RegistryClient",
+    "node_speed", "LINK_RATE", "LOAD_RATE", "analyse_dockerfile", "RegistryClient",
     "parse_reference", "warm_ref", "WARM_FACTOR", "Estimate", "steps", "fixed_prior", "push_prior", "PUSH_BASE",
     "PUSH_RATE",
     # transports and probing

@@ -232,6 +232,7 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
     known = filedigests.load(root.absolute())
     keep: list[tuple[str, tuple[int, ...], str, bool]] = []
     stale: list[str] = []
+    unseen = [0]  # bytes of context files new or with another stat since the digests remembered
 
     def remember(name: str, full: Path, st: os.stat_result, data: bytes | None = None) -> str:
         """The file's sha256 (from the remembered digests when its stat is unchanged and settled),
@@ -241,6 +242,8 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
         Dockerfile or ignore file outside it (BuildKit reads those by stat too)."""
         key = filedigests.stat_key(st)
         got = known.get(name)
+        if (got is None or got[0] != key) and not name.startswith("/"):
+            unseen[0] += st.st_size  # BuildKit's transfer sends a file by stat, as is compared here
         if got is not None and got[2] and got[0] == key:
             digest = got[1]
         else:
@@ -294,7 +297,7 @@ def snapshot(root: Path, dockerfile: Path) -> Snapshot:
     noted = {name: (key, digest, ok) for name, key, digest, ok in keep}
     # another platform's Dockerfile outside the context is remembered beside these (store keeps it)
     changed = noted != {k: v for k, v in known.items() if not k.startswith("/") or k in noted}
-    digests = FileDigests(str(root.absolute()), keep, changed, tuple(stale))
+    digests = FileDigests(str(root.absolute()), keep, changed, tuple(stale), unseen[0])
     return Snapshot(root, tuple(entries), df, dockerfile, h.hexdigest(), ignore, ignore_path, digests)
 
 

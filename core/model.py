@@ -411,6 +411,10 @@ class FileDigests:
     #: files whose contents changed under the size and mtime remembered (BuildKit would send its
     #: old copy: :func:`archfleet.filedigests.unseen_change`), context-relative
     stale: tuple[str, ...] = ()
+    #: bytes of the context's files that are new or have another stat than remembered: what an
+    #: engine that received the context when the digests were remembered receives again
+    #: (BuildKit's transfer compares by stat), for the transfer estimate
+    unseen_bytes: int = 0
 
 
 @attrs.frozen(eq=False)

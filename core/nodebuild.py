@@ -64,7 +64,9 @@ async def build_and_push(option: Option, request: BuildRequest, job, registry=No
     :class:`~archfleet.model.Transfer` when one was sent (``PlatformResult.transfer``), for the
     learn stage, and the parts its seconds went to (``PlatformResult.parts``: the context sync,
     the steps' own times as the engine reported them (``PlatformResult.steps``, read from its
-    output by :class:`archfleet.steps.StepClock`), the export and push, and the rest: fixed).
+    output by :class:`archfleet.steps.StepClock`), the export and push, and the rest: fixed;
+    the transfer is the context sync and the engine's own receiving of the context, BuildKit's
+    ``load build context``).
     ``registry``: the command's registry client (``session.registry``), shared with the
     pipeline (its connections, tokens and what it read); without one, a client of its own."""
     started = time.monotonic()
@@ -109,9 +111,12 @@ async def build_and_push(option: Option, request: BuildRequest, job, registry=No
         timed = clock.steps()
         work = measured_work(option.steps, timed)
 
+        # the context's transfer: archfleet's sync to the node, then BuildKit receiving it
+        transfer_seconds = synced + clock.context_load()
+
         def parts(total: float, push: float = 0.0) -> tuple:
-            return (("fixed", max(total - synced - work - push, 0.0)), ("transfer", synced), ("work", work),
-                    ("push", push))
+            return (("fixed", max(total - transfer_seconds - work - push, 0.0)), ("transfer", transfer_seconds),
+                    ("work", work), ("push", push))
 
         warm_from = warm.node if warm else None
         spool = outputs.workdir() if request.outputs else None  # removed when the run ends (outputs.spools)

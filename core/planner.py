@@ -53,6 +53,9 @@ QEMU_FACTOR = 8.0  # emulated CPU work costs this much more (a prior; 4-20x is t
 QEMU_BY_KIND = {"utility": 4.0, "download": 4.0, "compile": QEMU_FACTOR, "package": QEMU_FACTOR,
                 "unknown": QEMU_FACTOR}
 LINK_RATE = 50e6  # bytes/s to a remote node, until measured
+# bytes/s an engine receives a build context at (BuildKit's "load build context": Docker 20.10's
+# CLI sent a 48 MB context to its dockerd in 0.4 s here; a remote node's from its own disk)
+LOAD_RATE = 100e6
 PUSH_BASE = 0.15  # reading the export and putting the manifest, when no new layer is big
 PUSH_RATE = 60e6  # bytes/s of new layers compressed (gzip, two threads) and uploaded
 BASE_WORK = FIXED_LOCAL  # the fixed cost of a build, as strategies' offers count it

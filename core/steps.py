@@ -390,6 +390,7 @@ def _instruction(request: BuildRequest, step: StepPlan) -> Instruction | None:
 # --- what the build reported ------------------------------------------------------------------------
 
 _VERTEX = re.compile(r"^#(\d+) \[([^\]]*)\] (.*)$")
+CONTEXT_LOAD = "load build context"  # BuildKit's vertex receiving the context (dockerfile2llb)
 _DONE = re.compile(r"^#(\d+) DONE (\d+(?:\.\d+)?)s\s*$")
 _CACHED = re.compile(r"^#(\d+) CACHED\s*$")
 # A step's output that does not end in a newline has its own DONE glued to it: BuildKit's plain
@@ -429,6 +430,7 @@ class StepClock:
         self._done: dict[int, tuple[float, bool]] = {}
         self._order: list[int] = []
         self._buildah: list[list] = []  # [stage, index, keyword, text, started, ended, cached]
+        self._loads: set[int] = set()  # BuildKit's "[internal] load build context" vertices
 
     def feed(self, line: str) -> None:
         """One output line (without its newline)."""
@@ -448,6 +450,8 @@ class StepClock:
                     keyword = text.split(" ", 1)[0].upper()
                     self._names[vertex] = (where[0], where[1], keyword, text)
                     self._order.append(vertex)
+                elif where is None and m.group(2).strip() == "internal" and m.group(3).strip() == CONTEXT_LOAD:
+                    self._loads.add(vertex)
                 return
             m = _DONE.match(line)
             if m:
@@ -495,6 +499,12 @@ class StepClock:
             out.append(StepTime(stage, index, keyword, text, 0.0 if cached else round(max(ended - started, 0.0), 3),
                                 cached))
         return tuple(out)
+
+    def context_load(self) -> float:
+        """Seconds BuildKit spent receiving the build context (its ``[internal] load build
+        context`` vertices): the context's transfer into the engine, which sends only the files
+        it does not hold by stat (fsutil's diff); 0 when there were none (buildah)."""
+        return round(sum(self._done.get(v, (0.0, False))[0] for v in self._loads), 3)
 
     def close(self, now: float | None = None) -> None:
         """The build ended: the last buildah step ends now."""

@@ -8,8 +8,11 @@ when it knows, else from its prior (``archfleet.planner``):
   else of any project on that node, else the prior (``fixed_prior``: this machine or a remote
   node, its CPU share scaled by the node's speed). Never another node's: one slow board's
   builds must not make the fast host look slow;
-- ``transfer``: sending the context to a remote node that has not built it: its bytes / the
-  link rate measured on earlier syncs to that node (or an assumed 50 MB/s);
+- ``transfer``: sending the context to a node that has not built it, and its engine receiving
+  it (BuildKit's ``load build context``, measured from its progress output): the bytes / the
+  link rate measured on earlier syncs to that node (or an assumed 50 MB/s), for a remote
+  node, plus the bytes / ``LOAD_RATE``; only the files changed since archfleet last saw the
+  context when the node built this project before (:func:`transfer_part`);
 - ``work``: the Dockerfile's steps (``archfleet.steps``), each estimated from the times that
   very step took before (natively or under QEMU, on any node, moved to this node's speed by
   its CPU share), else its prior by what it runs; a step this node's BuildKit has cached (it ran
@@ -35,7 +38,7 @@ import statistics
 
 import attrs
 
-from archfleet.api import (LINK_RATE, PUSH_BASE, PUSH_RATE, WARM_FACTOR, Estimate, fixed_prior, hookimpl,
+from archfleet.api import (LINK_RATE, LOAD_RATE, PUSH_BASE, PUSH_RATE, WARM_FACTOR, Estimate, fixed_prior, hookimpl,
                            node_speed, push_prior, steps, warm_ref)
 
 
@@ -94,13 +97,27 @@ def push_part(option, request, plans, history) -> tuple[float, str]:
 
 
 def transfer_part(option, facts, history) -> tuple[float, str]:
-    """(seconds, basis) of the ``transfer`` part: a remote node that has not built this context."""
-    if facts is None or facts.node.transport == "local" or history is None or history.synced_before(option.node):
+    """(seconds, basis) of the ``transfer`` part: the context synced to a remote node (its bytes
+    / the link rate), then received by the node's engine (BuildKit's ``load build context``:
+    its bytes / ``LOAD_RATE``). Nothing when the node built these very files before (it and its
+    engine hold them); when it built this project before, only the bytes of the files that are
+    new or changed since archfleet last saw the context (``FileDigests.unseen_bytes``: both the
+    sync and BuildKit send a file by what changed); else the whole context."""
+    if facts is None or history is None or history.synced_before(option.node):
         return 0.0, ""
-    rate = facts.link_rate or LINK_RATE
-    seconds = history.context_bytes / rate
-    return seconds, (f"{history.context_bytes / 1e6:.1f} MB at {rate / 1e6:.0f} MB/s "
-                     + ("(measured)" if facts.link_rate else "(assumed)"))
+    digests = history.files.digests if history.files is not None else None
+    built_here = bool(history.part_rows(node=option.node, project_key=history.project_key, limit=1))
+    nbytes, which = ((digests.unseen_bytes, "changed") if built_here and digests is not None
+                     else (history.context_bytes, "context"))
+    seconds = nbytes / LOAD_RATE
+    said = f"{nbytes / 1e6:.1f} MB ({which}) into the engine at {LOAD_RATE / 1e6:.0f} MB/s"
+    if facts.node.transport != "local":
+        rate = facts.link_rate or LINK_RATE
+        seconds += nbytes / rate
+        said = (f"{nbytes / 1e6:.1f} MB ({which}) at {rate / 1e6:.0f} MB/s "
+                + ("(measured)" if facts.link_rate else "(assumed)") + f", then into the engine at "
+                f"{LOAD_RATE / 1e6:.0f} MB/s")
+    return seconds, said
 
 
 def work_part(option, request, facts, history, warm=None):

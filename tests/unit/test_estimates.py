@@ -102,6 +102,44 @@ def test_context_transfer_uses_the_measured_link_rate(tmp_path):
     assert round(slow.estimate - assumed.estimate, 1) == round(8_000_000 / 2e6 - 8_000_000 / LINK_RATE, 1)
 
 
+def test_the_engine_receiving_the_context_is_transfer_whole_when_new_to_the_node_then_only_what_changed(tmp_path):
+    """Rule (BuildKit's "load build context" sends the files it lacks, by stat): on a node that
+    never built the project, the transfer part counts the whole context at LOAD_RATE (a local
+    node too: the CLI sends it to its engine); nothing once the node built these very files;
+    after the node built the project, only the bytes of the files changed since archfleet last
+    saw the context (here: one 2 MB file of an 8 MB context)."""
+    import os
+
+    from archfleet import filedigests
+    from archfleet.history import context_files
+    from archfleet.planner import LOAD_RATE
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")
+    (ctx / "blob").write_bytes(os.urandom(6_000_000))
+    (ctx / "edited").write_bytes(os.urandom(2_000_000))
+    request = BuildRequest(ctx, ctx / "Dockerfile", [AMD])
+    facts = {"local": lab()["local"]}
+    history_path = tmp_path / "h.sqlite"
+
+    def local_option(req):
+        options = estimates(make_hooks(), asyncio.run(offers(make_hooks(), req, facts)), req, facts,
+                            view_for(req, history_path))
+        option = next(o for o in options if o.strategy == "native")
+        return option, dict(option.parts)["transfer"]
+
+    first, transfer = local_option(request)
+    assert transfer == pytest.approx(8_000_002 / LOAD_RATE, rel=0.01) and "(context) into the engine" in first.basis
+    view = view_for(request, history_path)
+    view.record(PlatformResult(AMD, first, 1.0, parts={"fixed": 0.5, "transfer": 0.08, "work": 0, "push": 0}))
+    filedigests.store(context_files(request).digests)  # what the learn stage remembers
+    assert local_option(request)[1] == 0.0  # the same files: its engine holds them
+    (ctx / "edited").write_bytes(os.urandom(2_000_000))
+    option, transfer = local_option(request)
+    assert transfer == pytest.approx(2_000_000 / LOAD_RATE, rel=0.01) and "(changed)" in option.basis
+
+
 def test_an_option_that_starts_warm_from_another_node_s_child_is_estimated_lower(tmp_path):
     """plugins/estimates (issues 14 and 17): when another node pushed the platform's last child,
     an option on a BuildKit node reads it as an inline cache, which holds the final stage's

@@ -732,3 +732,21 @@ def test_a_copy_through_a_symlinked_directory_is_keyed_by_what_it_copies(tmp_pat
 def test_through_links_resolves_the_literal_components_as_buildkit_does(src, resolved):
     links = {"link": "dir", "abs": "/dir/sub", "up": "../../dir", "a": "b", "b": "a", "root": ".", "d/in": "../dir"}
     assert steps.through_links(links, src) == resolved
+
+
+def test_buildkits_receiving_of_the_context_is_timed_apart_from_the_steps():
+    """Rule (issue 17, the transfer part): BuildKit's ``[internal] load build context`` vertex is
+    the context's transfer into the engine, not a step and not fixed cost; its other internal
+    vertices (the Dockerfile, the ignore file, metadata) are neither."""
+    clock = steps.StepClock()
+    for line in ["#1 [internal] load build definition from Dockerfile", "#1 DONE 0.1s",
+                 "#2 [internal] load .dockerignore", "#2 DONE 0.0s",
+                 "#5 [internal] load build context", "#5 transferring context: 48.01MB 0.4s done", "#5 DONE 0.4s",
+                 "#6 [2/3] COPY data /data", "#6 DONE 0.2s", "#8 exporting to image", "#8 DONE 0.2s"]:
+        clock.feed(line)
+    assert clock.context_load() == 0.4
+    assert [(s.keyword, s.seconds) for s in clock.steps()] == [("COPY", 0.2)]
+    cached = steps.StepClock()
+    for line in ["#3 [internal] load build context", "#3 CACHED"]:
+        cached.feed(line)
+    assert cached.context_load() == 0.0 and steps.StepClock().context_load() == 0.0
