@@ -267,37 +267,30 @@ class _LinesOnly:
         return await self._inner.run(argv, **kw)
 
 
-def test_export_streams_podman_saves_archive_back_byte_for_byte_its_messages_apart(tmp_path):
-    """Rule: the archive travels as bytes through Transport.stream (podman save to stdout);
-    what podman says on stderr is not part of it."""
+# podman save as the node runs it: through Transport.stream, to stdout; through a transport of
+# lines only, into a file that the fixed script then sends base64
+_SAVE_TO_STDOUT = ('# podman save --format docker-archive -q IMAGE\n'
+                   '[ "$1 $2 $3 $4 $5" = "save --format docker-archive -q reg/app:1" ] || exit 9\n'
+                   'echo "WARN[0000] a warning podman prints" >&2\ncat "$ARCHIVE"\n')
+_SAVE_TO_FILE = ('# podman save --format docker-archive -o FILE IMAGE\n'
+                 '[ "$1 $2 $3" = "save --format docker-archive" ] && [ "$6" = "reg/app:1" ] || exit 9\n'
+                 'echo "WARN[0000] a warning podman prints" >&2\ncp "$ARCHIVE" "$5"\n')
+
+
+@pytest.mark.parametrize("transport, script", [(LocalTransport, _SAVE_TO_STDOUT), (_LinesOnly, _SAVE_TO_FILE)],
+                         ids=["stream", "lines-only"])
+def test_export_brings_podman_saves_archive_back_byte_for_byte_its_messages_apart(tmp_path, transport, script):
+    """Rule: the archive travels as bytes through Transport.stream (podman save to stdout); a
+    transport without ``stream`` still exports (saved on the node, sent base64, decoded here).
+    Either way what podman says on stderr is not part of it."""
     archive = _archive(tmp_path)
     fake = tmp_path / "podman"
-    fake.write_text('#!/bin/sh\n# podman save --format docker-archive -q IMAGE\n'
-                    '[ "$1 $2 $3 $4 $5" = "save --format docker-archive -q reg/app:1" ] || exit 9\n'
-                    f'echo "WARN[0000] a warning podman prints" >&2\ncat "{tmp_path}/image.tar"\n')
+    fake.write_text(f'#!/bin/sh\nARCHIVE="{tmp_path}/image.tar"\n' + script)
     fake.chmod(0o755)
     facts = NodeFacts(NodeSpec("local", engine="podman"), True, engine_cli=(str(fake),), builder="buildah")
 
     async def read():
-        return [chunk async for chunk in podman.PODMAN.export(LocalTransport(), facts, "reg/app:1")]
-
-    chunks = asyncio.run(read())
-    assert b"".join(chunks) == archive and len(chunks) > 1
-
-
-def test_export_through_a_transport_of_lines_only_travels_base64_byte_for_byte(tmp_path):
-    """Rule: a transport without ``stream`` still exports: the archive saved on the node, sent
-    base64, decoded here; podman's own lines are left out."""
-    archive = _archive(tmp_path)
-    fake = tmp_path / "podman"
-    fake.write_text('#!/bin/sh\n# podman save --format docker-archive -o FILE IMAGE\n'
-                    f'[ "$1 $2 $3" = "save --format docker-archive" ] && [ "$6" = "reg/app:1" ] || exit 9\n'
-                    f'echo "WARN[0000] a warning podman prints" >&2\ncp "{tmp_path}/image.tar" "$5"\n')
-    fake.chmod(0o755)
-    facts = NodeFacts(NodeSpec("local", engine="podman"), True, engine_cli=(str(fake),), builder="buildah")
-
-    async def read():
-        return [chunk async for chunk in podman.PODMAN.export(_LinesOnly(), facts, "reg/app:1")]
+        return [chunk async for chunk in podman.PODMAN.export(transport(), facts, "reg/app:1")]
 
     chunks = asyncio.run(read())
     assert b"".join(chunks) == archive and len(chunks) > 1
