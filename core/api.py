@@ -26,6 +26,7 @@ return (for annotations) and the two errors the hook contract asks a plugin to r
   :mod:`archfleet.buildcache`).
 - Transports: :class:`LocalTransport`, :class:`CommandNode` (context sync and leases over ``run``),
   :class:`Completed`, :func:`pump_lines`, :func:`pump_bytes` (a ``Transport.stream``'s output),
+  :func:`reap` (a stopped command's end awaited through a second cancel),
   :func:`supervise`, :func:`guard_callback`,
   :func:`guard_chunks`, :class:`CallerError`, :func:`parse_docker_host`, :func:`probe_node`,
   :func:`benchmark`, :func:`adapter_for` (the node's engine adapter: its CLIs, its probe,
@@ -55,7 +56,7 @@ from .probe import benchmark, probe_node
 from .reference import parse_reference
 from .registry import RegistryClient
 from .transport import (CallerError, CommandNode, Completed, LocalTransport, Transport, guard_callback, guard_chunks,
-                        parse_docker_host, pump_bytes, pump_lines, supervise)
+                        parse_docker_host, pump_bytes, pump_lines, reap, supervise)
 
 __all__ = [
     # hooks
@@ -71,7 +72,7 @@ __all__ = [
     "parse_reference", "warm_ref", "WARM_FACTOR", "Estimate", "steps", "fixed_prior", "push_prior", "PUSH_BASE",
     "PUSH_RATE",
     # transports and probing
-    "LocalTransport", "CommandNode", "Completed", "pump_lines", "pump_bytes", "supervise", "guard_callback", "guard_chunks",
+    "LocalTransport", "CommandNode", "Completed", "pump_lines", "pump_bytes", "reap", "supervise", "guard_callback", "guard_chunks",
     "CallerError", "parse_docker_host", "probe_node", "benchmark", "adapter_for", "binfmt", "docker_module",
     "native_platforms", "read_cpu_flags", "from_uname", "read_local_leases",
 ]

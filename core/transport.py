@@ -241,6 +241,44 @@ async def pump_bytes(reader, sink: Callable[[bytes], Awaitable[None]], *, guard:
             raise CallerError() from exc
 
 
+REAP_SECONDS = 5.0  # how long a stopped command's end is waited for, at most
+
+
+async def reap(ending: Callable[[], Awaitable], timeout: float = REAP_SECONDS) -> None:
+    """Await ``ending()`` (a killed command's end: its process reaped, its pipes closed) for up
+    to ``timeout`` seconds, even through a cancellation of the caller, which is raised
+    afterwards; ``ending`` is called again if something cancels its task (``asyncio.run``'s
+    shutdown cancels every task left). A run's cleanup must not be cut short: ``asyncio.gather``
+    ends on its first cancelled child, and ``asyncio.run`` then cancels the others while they
+    still reap their processes; those ended after the loop had closed ("Loop ... that handles
+    pid ... is closed", then "Event loop is closed" tracebacks after a registry error's one
+    line: seen in CI, one run in ~60 here). What ``ending`` raises, or the timeout, ends the
+    wait quietly."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    cancelled: asyncio.CancelledError | None = None
+    task: asyncio.Future | None = None
+    while True:
+        if task is None or task.cancelled():
+            task = asyncio.ensure_future(ending())
+        if task.done():
+            break
+        left = deadline - loop.time()
+        if left <= 0:
+            task.cancel()
+            break
+        try:
+            await asyncio.wait_for(asyncio.shield(task), left)
+        except asyncio.CancelledError as exc:
+            cancelled = exc  # the caller's (or the task's own): the command's end comes first
+        except Exception:  # the timeout, or what ``ending`` raised
+            break
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" noise
+    if cancelled is not None:
+        raise cancelled
+
+
 class OutputFailed(Exception):
     """The command :func:`stream_output` read ended with a non-zero status: ``done`` says how
     (its standard error's last lines)."""
@@ -396,11 +434,15 @@ class LocalTransport:
         except PermissionError:
             return Completed(tuple(argv), 126, (f"{argv[0]}: permission denied",))
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                started = await spawn
+            async def kill_started() -> None:
+                if spawn.cancelled():  # never started (asyncio's own start cleans up after itself)
+                    return
+                started = await asyncio.shield(spawn)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(started.pid, signal.SIGKILL)
-                await asyncio.wait_for(started.wait(), 5)
+                await started.wait()
+
+            await reap(kill_started)
             raise
 
     @staticmethod
@@ -411,15 +453,18 @@ class LocalTransport:
         # CI). A signal to a zombie is harmless.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # the group outlives a leader that already exited
-        if drain is not None:
-            # ``drain`` (a pipe nobody reads any more: an export whose reader stopped early) is
-            # read to its end first: asyncio left it paused, and its wait() returns only once
-            # every pipe has closed (else 5 s here, and the pipe closed by the garbage collector
-            # after the loop, which printed "Event loop is closed" tracebacks after the run)
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(drain.read(), 5)
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), 5)
+
+        async def ended() -> None:
+            if drain is not None:
+                # ``drain`` (a pipe nobody reads any more: an export whose reader stopped early)
+                # is read to its end first: asyncio left it paused, and its wait() returns only
+                # once every pipe has closed (else 5 s here, and the pipe closed by the garbage
+                # collector after the loop, which printed "Event loop is closed" tracebacks)
+                with contextlib.suppress(Exception):
+                    await drain.read()
+            await proc.wait()
+
+        await reap(ended)
 
     async def run(self, argv, *, env=None, stdin=None, on_line=None, timeout=None) -> Completed:
         """Run ``argv`` here, in a process group of its own (see :class:`Transport`); 127/126 when the program is missing or not executable."""

@@ -44,7 +44,7 @@ import tempfile
 from typing import Awaitable, Callable, Mapping, Sequence
 
 from archfleet.api import (CallerError, CommandNode, Completed, InfrastructureError, docker_module, guard_callback,
-                           guard_chunks, parse_docker_host, pump_bytes, pump_lines, supervise)
+                           guard_chunks, parse_docker_host, pump_bytes, pump_lines, reap, supervise)
 
 # The fixed script every SSH command runs (see the module doc). It must stay free of ' \ ! and
 # newlines (a unit test checks), and user data must only ever be read from stdin by it.
@@ -264,8 +264,7 @@ class SSHTransport(CommandNode):
                         proc.send_signal("KILL")
                 with contextlib.suppress(Exception):
                     proc.close()
-                with contextlib.suppress(BaseException):  # the session counts until sshd closes it
-                    await asyncio.wait_for(asyncio.shield(proc.wait_closed()), 5)
+                await reap(proc.wait_closed)  # the session counts until sshd closes it
 
             try:
                 # wait_closed, not wait(): asyncssh's wait() is communicate(), which lifts the

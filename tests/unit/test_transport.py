@@ -569,3 +569,64 @@ def test_a_stream_abandoned_with_unread_output_leaves_no_pipe_for_the_garbage_co
         "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "ok", "")
+
+
+def test_a_stopped_commands_end_is_awaited_through_a_second_cancel_then_that_cancel_is_raised():
+    """Rule (tr.reap): asyncio.gather ends on its first cancelled child and asyncio.run then
+    cancels the others while they still reap their killed commands; a command reaped after the
+    loop closed printed 'Event loop is closed' tracebacks under a registry error's one line
+    (CI). The end is awaited through that second cancel, which is raised afterwards; a timeout
+    ends the wait quietly."""
+    order = []
+
+    async def ending():
+        await asyncio.sleep(0.2)
+        order.append("reaped")
+
+    async def stopping():
+        try:
+            await tr.reap(ending)
+        except asyncio.CancelledError:
+            order.append("cancel raised")
+            raise
+
+    async def main():
+        task = asyncio.ensure_future(stopping())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        started = time.monotonic()
+        await tr.reap(lambda: asyncio.sleep(10), timeout=0.1)  # a command that never ends: given up on
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 1
+    assert order == ["reaped", "cancel raised"]
+
+
+def test_a_gather_of_runs_cancelled_leaves_no_process_for_after_the_loop():
+    """The same rule end to end: runs gathered (as the probe gathers a node's CLIs), the gather
+    cancelled, then asyncio.run's own cancel of what is left: no process outlives the loop, and
+    nothing is printed after it (a subprocess, as the CLI ends)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio\n"
+        "from archfleet.transport import LocalTransport\n"
+        "async def main():\n"
+        "    t = LocalTransport()\n"
+        "    runs = asyncio.gather(*(t.run(['sh', '-c', 'sleep 5']) for _ in range(6)))\n"
+        "    await asyncio.sleep(0.3)\n"
+        "    runs.cancel()\n"
+        "    try:\n"
+        "        await runs\n"
+        "    except asyncio.CancelledError:\n"
+        "        pass\n"
+        "for _ in range(5):\n"
+        "    asyncio.run(main())\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "ok", "")
