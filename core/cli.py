@@ -415,7 +415,7 @@ def build_options(fn):
                           "Default: the first docker on PATH that can, then /usr/bin/docker."),
         click.option("--local/--no-local", default=True, help="Use the local engine as a build node."),
         click.option("--nodes", "nodes_file", metavar="FILE", help="nodes.toml to use (default: $ARCHFLEET_NODES, "
-                     "./nodes.toml, then ~/.config/archfleet/nodes.toml)."),
+                     "then ~/.config/archfleet/nodes.toml; ./nodes.toml only when named)."),
         click.option("--strategy", "pin_strategy", multiple=True, metavar="[PLATFORM=]STRATEGY",
                      help="Only this strategy (native, qemu, cross, ...), for all or one platform."),
         click.option("--node", "pin_node", multiple=True, metavar="[PLATFORM=][STRATEGY@]NODE",

@@ -307,3 +307,13 @@ def test_an_engine_cli_that_is_no_program_is_bad_input(capsys, monkeypatch, valu
         assert one_error(capsys, *argv) == (f"--engine-cli {value!r} (or $ARCHFLEET_ENGINE_CLI): no such program; "
                                             "name a docker CLI (e.g. /usr/bin/docker) or podman")
         monkeypatch.delenv("ARCHFLEET_ENGINE_CLI", raising=False)
+
+
+@pytest.mark.parametrize("command", ["build", "plan"])
+def test_the_help_says_the_nodes_file_order_the_code_follows(command, capsys):
+    """Rule (inventory.find_nodes_file, docs/cli.md): --nodes, $ARCHFLEET_NODES, then the user
+    config dir; ./nodes.toml only when named. The --help text listed ./nodes.toml as a default
+    (found by the fresh-user helper)."""
+    assert cli.main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "./nodes.toml only when named" in text and "$ARCHFLEET_NODES, ./nodes.toml" not in text
