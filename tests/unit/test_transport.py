@@ -551,10 +551,7 @@ def test_a_stream_abandoned_with_unread_output_leaves_no_pipe_for_the_garbage_co
     marker, docker save's padding unread) leaves no asyncio pipe open after the run: closed by
     the garbage collector once the loop is gone, it printed 'Event loop is closed' tracebacks
     after a Ctrl-C's one line (seen in CI)."""
-    import subprocess
-    import sys
-
-    code = (
+    _ends_clean(
         "import asyncio, gc, time\n"
         "from archfleet.transport import LocalTransport, stream_output\n"
         "async def main():\n"
@@ -565,9 +562,17 @@ def test_a_stream_abandoned_with_unread_output_leaves_no_pipe_for_the_garbage_co
         "    await it.aclose()\n"
         "    assert time.monotonic() - t < 3, 'the abandoned command took the 5 s timeout to end'\n"
         "asyncio.run(main())\n"
-        "gc.collect()\n"
-        "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        "gc.collect()\n")
+
+
+def _ends_clean(code: str) -> None:
+    """``code`` run in a Python of its own (as the CLI ends: the loop closed, the collector
+    run at exit) exits 0 having printed nothing on stderr."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code + "print('ok')\n"], capture_output=True, text=True,
+                          timeout=120)
     assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "ok", "")
 
 
@@ -610,10 +615,7 @@ def test_a_gather_of_runs_cancelled_leaves_no_process_for_after_the_loop():
     """The same rule end to end: runs gathered (as the probe gathers a node's CLIs), the gather
     cancelled, then asyncio.run's own cancel of what is left: no process outlives the loop, and
     nothing is printed after it (a subprocess, as the CLI ends)."""
-    import subprocess
-    import sys
-
-    code = (
+    _ends_clean(
         "import asyncio\n"
         "from archfleet.transport import LocalTransport\n"
         "async def main():\n"
@@ -626,7 +628,4 @@ def test_a_gather_of_runs_cancelled_leaves_no_process_for_after_the_loop():
         "    except asyncio.CancelledError:\n"
         "        pass\n"
         "for _ in range(5):\n"
-        "    asyncio.run(main())\n"
-        "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "ok", "")
+        "    asyncio.run(main())\n")
