@@ -379,8 +379,9 @@ async def export(transport: Transport, image_id: str) -> AsyncIterator[bytes]:
     (``manifest.json``, the config, ``<dir>/layer.tar``), Docker 25+ an OCI layout as well;
     :mod:`archfleet.publish` reads both.
 
-    This is the one engine-side step of a push by digest: an engine adapter (podman, ...)
-    provides the same function. Closing the iterator early stops the read. Raises
+    The docker adapter's export for a transport without :meth:`Transport.stream` (a plugin's);
+    with it, :func:`cli_export` (the same archive from the node's CLI, no docker-py). Closing
+    the iterator early stops the read. Raises
     :class:`InfrastructureError` when the engine cannot be reached, drops the connection, or no
     longer has the image (pruned since it was built): the platform can be built elsewhere."""
     import itertools
