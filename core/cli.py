@@ -490,8 +490,10 @@ def _run(hooks, work):
         # One command per process: what the imports made lives until the exit. Frozen, the
         # cyclic collector skips it during the run and while the interpreter tears its modules
         # down (that teardown took 60-80 ms of a 1 s build, issue 17). Not when main() is called
-        # in-process (tests): frozen objects are never collected.
+        # in-process (tests): frozen objects are never collected. The console script kept the
+        # collector off while the modules loaded (archfleet.console): on again for the run.
         gc.freeze()
+        gc.enable()
     ctrl_c = _CtrlC()
 
     async def command():

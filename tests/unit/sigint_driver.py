@@ -151,8 +151,10 @@ if POINT == "main-returned":
 
 script = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
 module, _, name = script["project"]["scripts"]["archfleet"].partition(":")
-assert module == "archfleet.cli", module
-command = getattr(cli, name)
+assert module == "archfleet.console", module  # which runs cli.entrypoint
+import importlib  # noqa: E402
+
+command = getattr(importlib.import_module(module), name)
 sys.argv = ["archfleet", "build", "--progress", "quiet", "--no-local", "--platform", "linux/amd64", "-t", TAG,
             "--push", "--metadata-file", "meta.json", str(CTX)]
 sys.exit(command())

@@ -72,10 +72,21 @@ def test_ctrl_c_after_the_outcome_was_said_changes_nothing(tmp_path, point):
     assert proc.stderr == "", said(proc)
 
 
-def test_the_console_script_is_the_entrypoint_that_keeps_the_rule():
-    """``archfleet`` runs cli.entrypoint, not cli.main: only entrypoint keeps SIGINT from killing
-    the process while the interpreter exits."""
+def test_the_console_script_is_the_entrypoint_that_keeps_the_rule(monkeypatch):
+    """``archfleet`` runs cli.entrypoint (through archfleet.console, which only turns the
+    garbage collector off first), not cli.main: only entrypoint keeps SIGINT from killing the
+    process while the interpreter exits."""
+    import gc
     import tomllib
 
+    from archfleet import cli, console
+
     scripts = tomllib.loads((HERE.parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["archfleet"] == "archfleet.cli:entrypoint"
+    assert scripts["archfleet"] == "archfleet.console:entrypoint"
+    seen = []
+    monkeypatch.setattr(cli, "entrypoint", lambda: seen.append(gc.isenabled()))
+    try:
+        console.entrypoint()
+    finally:
+        gc.enable()
+    assert seen == [False]
