@@ -322,6 +322,19 @@ async def resolve(request: BuildRequest, client: RegistryClient | None = None) -
     return attrs.evolve(request, bases=bases) if bases else request
 
 
+FIRST_STEPS = 4  # loop turns: a task, the tasks it gathers, theirs, and a subprocess spawned
+
+
+async def first_steps(turns: int = FIRST_STEPS) -> None:
+    """Let the tasks just created take their first steps before the caller goes on: a node's
+    probe starts its engine CLIs there (tasks within gathered tasks, :data:`FIRST_STEPS` deep),
+    which then run in their own processes while this thread does the rest. Ordering only: it
+    changes when things start, never what they do (issue 17: the build started ~20 ms
+    sooner)."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
 async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session: Session,
                     client: RegistryClient | None = None) -> Planned:
     """Inventory, probe, resolve, offer, estimate and plan, after :func:`check_request`. The
@@ -331,15 +344,19 @@ async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session
     no plugin names is refused once the offers are in (a plugin's strategy name need not be its
     plugin name). ``Planned.request`` is the request the rest of the build uses (bases resolved)."""
     nodes = check_request(hooks, request, config, session)
+    # the probe first: its engine CLIs and SSH handshakes then run in other processes and on
+    # the network while this thread resolves the bases and reads history
+    probing = asyncio.create_task(probe(hooks, config, session, nodes))
+    await first_steps()
     view_task = asyncio.create_task(asyncio.to_thread(histories, request))
     resolving = asyncio.create_task(resolve(request, client))
     preparing = asyncio.create_task(hooks.prepare(request, session))
     try:
-        facts = await probe(hooks, config, session, nodes)
+        facts = await probing
         request = await resolving
         await preparing
     finally:
-        for task in (resolving, preparing):
+        for task in (probing, resolving, preparing):
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -429,6 +446,7 @@ async def build(hooks: Hooks, request: BuildRequest, config: Config, reporter: R
         session.registry = client  # plugins that read the registry share it (and what it read)
         planning = asyncio.create_task(make_plan(hooks, request, config, session, client))
         try:
+            await first_steps()  # the plan's probe starts its processes before the registry is asked
             # Fail before building anything when a registry we will write to (the tags, the
             # --cache-to refs) is not there or refuses us.
             writes = (tags if request.push else []) + [

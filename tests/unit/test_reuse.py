@@ -271,6 +271,43 @@ def test_make_plan_resolves_the_bases_and_prepares_the_plugins_while_probing(ctx
     assert {str(s.option) for s in planned.plan.chosen} == {"test@n1"}
 
 
+def test_make_plan_starts_the_probe_before_it_asks_the_registry(ctx):
+    """Ordering (issue 17): the nodes' probes take their first steps, where a probe starts its
+    engine CLIs, before the bases are resolved; the CLIs then run in their own processes while
+    this thread talks to the registry. Before, the registry's first requests came first and the
+    build started ~20 ms later."""
+    from archfleet import pipeline
+    from archfleet.inventory import Config
+    from archfleet.manager import make_hooks
+
+    class Spawning(Recording):
+        @hookimpl
+        def archfleet_probe(self, node):
+            async def spawn():  # as the local probe's engine CLIs: tasks gathered by the probe
+                self.events.append("probe started")
+
+            async def probe():
+                await asyncio.gather(spawn(), spawn())
+                return NodeFacts(node, True, native=[AMD, ARM], builder="buildkit", engine_cli=["docker"], score=1.0)
+            return probe()
+
+    fake = registry_with_base()
+    plugin = Spawning()
+    hooks = make_hooks(load_entrypoints=False, builtins=())
+    hooks.register(plugin, name="recording")
+
+    def answer(req):
+        plugin.events.append("registry asked")
+        return fake(req)
+
+    async def go():
+        async with RegistryClient(transport=httpx.MockTransport(answer), docker_config=CONFIG) as c:
+            return await pipeline.make_plan(hooks, request(ctx), Config(local=False), Session(), c)
+
+    asyncio.run(go())
+    assert plugin.events.index("probe started") < plugin.events.index("registry asked")
+
+
 def test_plan_without_a_build_client_uses_the_strategys_own_and_closes_it_at_session_end(ctx, monkeypatch):
     """`archfleet plan` has no registry client of the build's: the strategy opens one for the
     command, in its session state, and closes it in archfleet_session_end. A tag that points at
