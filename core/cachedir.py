@@ -64,6 +64,12 @@ def scores() -> Path:
     return root() / "scores.json"
 
 
+def cli_versions() -> Path:
+    """The file of what local engine CLIs' ``--version`` printed (JSON, one entry per path,
+    :mod:`archfleet.cliversions`)."""
+    return root() / "cli-versions.json"
+
+
 def context_digests(context: Path) -> Path:
     """The file of a context directory's remembered file digests (:mod:`archfleet.filedigests`):
     one per absolute context path, named by its sha256."""

@@ -51,13 +51,13 @@ import json
 import os
 import re
 import time
-from typing import AsyncIterator, Collection, Sequence
+from typing import AsyncIterator, Collection, Mapping, Sequence
 
 from . import dockerlib
 from .engines import (build_flags, ENV_CLI, EngineCLI, ImageInfo, Probed, exit_path_failure, last_own_line,  # noqa: F401
                       local_candidates, resource_failure, run_build)
 from .errors import BuildFailed, InfrastructureError, RegistryError
-from .model import BuildRequest, Capabilities, NodeFacts, NodeSpec
+from .model import BuildRequest, Capabilities, CliVersion, NodeFacts, NodeSpec
 from .platforms import Platform
 from .reference import Reference
 from .registry import credential_name, load_credentials, refusal, registry_answer
@@ -112,11 +112,41 @@ def buildx_plugin(info: Completed) -> str | None:
     return None
 
 
-async def ask_clis(transport: Transport, candidates: Sequence[str]) -> dict[tuple, Completed]:
-    """Every :func:`probe_argvs` command at once (they are cheap and independent), by argv."""
-    argvs = probe_argvs(candidates)
+async def ask_clis(transport: Transport, candidates: Sequence[str],
+                   remembered: Mapping[str, CliVersion] | None = None) -> dict[tuple, Completed]:
+    """Every :func:`probe_argvs` command at once (they are cheap and independent), by argv;
+    a candidate's ``--version`` that ``remembered`` holds (path -> what the same file printed,
+    :mod:`archfleet.cliversions`) is answered from there, not run."""
+    remembered = remembered or {}
+    known = {_version_argv(cli): Completed(_version_argv(cli), 0, v.tail) for cli, v in remembered.items()}
+    argvs = [argv for argv in probe_argvs(candidates) if tuple(argv) not in known]
     done = await asyncio.gather(*(transport.run(argv, timeout=30) for argv in argvs))
-    return {tuple(argv): answer for argv, answer in zip(argvs, done)}
+    return {**known, **{tuple(argv): answer for argv, answer in zip(argvs, done)}}
+
+
+def _local_files(candidates: Sequence[str]) -> tuple[dict[str, CliVersion], dict[str, tuple | None]]:
+    """For candidates on this machine given by absolute path: their remembered ``--version``
+    answers (:func:`archfleet.cliversions.recall`) and their files' identities now, by path.
+    Blocking (a small file, a stat each)."""
+    from . import cliversions
+
+    paths = [cli for cli in candidates if os.path.isabs(cli)]
+    found = {cli: cliversions.recall(cli) for cli in paths}
+    return ({cli: v for cli, v in found.items() if v is not None},
+            {cli: cliversions.identity(cli) for cli in paths})
+
+
+def _new_versions(candidates: Sequence[str], answers: Mapping[tuple, Completed],
+                  remembered: Mapping[str, CliVersion], identities: Mapping[str, tuple | None]) -> tuple[CliVersion, ...]:
+    """The ``--version`` answers just asked, of CLIs whose file was stat'ed before asking and
+    that answered 0, for the learn stage to keep."""
+    new = []
+    for cli in candidates:
+        answer = answers.get(_version_argv(cli))
+        ident = identities.get(cli)
+        if cli not in remembered and ident is not None and answer is not None and answer.ok:
+            new.append(CliVersion(cli, ident, answer.tail))
+    return tuple(new)
 
 
 def choose_cli(candidates: Sequence[str], answers: dict[tuple, Completed]
@@ -566,13 +596,17 @@ class DockerEngine:
         ``--version`` and ``docker info`` (:func:`choose_cli`, :func:`parse_info`): the daemon
         asked is the one the chosen CLI builds on. A daemon that does not answer: ``answered``
         False."""
-        answers = await ask_clis(transport, candidates)
+        remembered, identities = {}, {}
+        if node.transport == "local":  # this machine's files: their answers are kept by identity
+            remembered, identities = await asyncio.to_thread(_local_files, candidates)
+        answers = await ask_clis(transport, candidates, remembered)
+        versions = _new_versions(candidates, answers, remembered, identities)
         cli, reasons, info = choose_cli(candidates, answers)
         if cli is None or info is None:
             # the daemon's version as any candidate's info said it (a CLI that cannot build may
             # still ask the daemon), for ls and doctor
             version = next((v for c in candidates for v in [parse_info(answers[_info_argv(c)].tail)[0]] if v), None)
-            return Probed(True, version=version,
+            return Probed(True, version=version, versions=versions,
                           error="no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"]))
         version, rootless, error = parse_info(info.tail)
         if version is None and error is None:
@@ -584,7 +618,8 @@ class DockerEngine:
         if error is not None:
             return Probed(False, cli=cli, error=f"engine not answering on the node: {error}",
                           fix=f"start dockerd on the node, or fix docker_host at {node.source}")
-        return Probed(True, cli=cli, version=version, rootless=rootless, capabilities=capabilities(cli.mode, version))
+        return Probed(True, cli=cli, version=version, rootless=rootless, capabilities=capabilities(cli.mode, version),
+                      versions=versions)
 
     @staticmethod
     def _cli(facts: NodeFacts) -> EngineCLI:

@@ -11,6 +11,8 @@ measured by                 carried as                            kept in (the u
 ==========================  ====================================  ==============================
 the probe's CPU benchmark   ``NodeFacts.score``, when             ``scores.json``
                             ``NodeFacts.score_measured``          (:mod:`archfleet.scores`)
+the probe's ``--version``   ``NodeFacts.cli_versions`` (CLIs on   ``cli-versions.json``
+of local engine CLIs        this machine, asked just now)         (:mod:`archfleet.cliversions`)
 a context sync              ``PlatformResult.transfer``           ``links.json``
                                                                   (:mod:`archfleet.linkrate`)
 verification                ``ChildImage.scans``                  ``layers-v2/``
@@ -26,7 +28,7 @@ the context's snapshot      ``ContextFiles.digests`` of the       ``contexts/``
 ==========================  ====================================  ==============================
 
 Reading stays where the value is needed: the probe reads a node's cached score (to skip the
-benchmark) and its link rate, verification a layer's cached scan, the estimates the history.
+benchmark), its link rate and what a local CLI file printed for ``--version`` (to skip asking), verification a layer's cached scan, the estimates the history.
 Where the files are is :mod:`archfleet.cachedir`'s business.
 
 Learning is an optimisation and never fails a command: every cache answers a file system or
@@ -40,7 +42,7 @@ from typing import Mapping
 
 import attrs
 
-from . import filedigests, layercache, linkrate, scores
+from . import cliversions, filedigests, layercache, linkrate, scores
 from .history import HistoryView
 from .steps import join
 from .model import FileDigests, LayerScan, NodeFacts, PlatformResult, Transfer
@@ -88,12 +90,13 @@ class Lessons:
 
 def keep(lessons: Lessons) -> None:
     """Write what ``lessons`` holds to the caches: scores the probe measured (not those it read
-    from the cache), each sync's transfer folded into its link's rate, each new layer scan once,
-    one history row per result. Blocking (files, SQLite): call it in a thread. Never raises for
+    from the cache), the ``--version`` answers of local CLIs it asked, each sync's transfer
+    folded into its link's rate, each new layer scan once, one history row per result. Blocking (files, SQLite): call it in a thread. Never raises for
     a cache that cannot be written (see the module)."""
     for facts in lessons.probed:
         if facts.score_measured and facts.score is not None:
             scores.store(scores.score_key(facts.node), facts.score)
+    cliversions.store(v for facts in lessons.probed for v in facts.cli_versions)
     for transfer in lessons.transfers():
         linkrate.record(transfer.link, transfer.bytes, transfer.seconds)
     for scan in dict.fromkeys(lessons.scans):

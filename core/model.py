@@ -151,6 +151,17 @@ def _feature_order(name: str) -> tuple[int, str]:
 
 
 @attrs.frozen
+class CliVersion:
+    """What the CLI at ``path`` on this machine printed for ``--version`` (``tail``: its lines),
+    and the identity of the file then (:func:`archfleet.cliversions.identity`): the probe asks
+    again once the file is another."""
+
+    path: str
+    identity: tuple[int, ...] = attrs.field(converter=tuple)
+    tail: tuple[str, ...] = attrs.field(converter=tuple)
+
+
+@attrs.frozen
 class NodeFacts:
     """What a probe found out about a node. ``reachable=False`` carries ``error`` instead."""
 
@@ -181,6 +192,9 @@ class NodeFacts:
     # what the engine can do for a build; None: not known (a plugin that does not say), and then
     # nothing is held back from the node
     capabilities: Capabilities | None = None
+    # what CLIs on this machine said for --version just now (the learn stage keeps them, and the
+    # next probe reads them instead of asking: archfleet.cliversions); none from a cache
+    cli_versions: tuple[CliVersion, ...] = attrs.field(default=(), converter=_tuple)
 
     @property
     def engine_label(self) -> str:

@@ -1,0 +1,103 @@
+"""What a local engine CLI's --version printed, kept by the file's identity (archfleet.cliversions):
+the probe reads it instead of starting the CLI while the file is the same, and asks again once
+it is another (issue 17: Debian's docker 20.10 takes ~18 ms to answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+
+import pytest
+
+from archfleet import cachedir, cliversions, engine
+from archfleet.learn import Lessons, keep
+from archfleet.model import CliVersion, NodeFacts, NodeSpec
+from archfleet.transport import Completed
+
+V20 = "Docker version 20.10.24+dfsg1, build 297e128"
+NO_PLUGINS_20 = 'client={"Debug":false,"Context":"default","Plugins":[],"Warnings":null}'
+DAEMON = "version=20.10.24+dfsg1 security=name=seccomp,profile=default"
+
+
+@pytest.fixture
+def cli(tmp_path):
+    path = tmp_path / "docker"
+    path.write_text("#!/bin/sh\necho 'Docker version 20.10.24+dfsg1, build 297e128'\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def kept(path: str) -> None:
+    cliversions.store([CliVersion(path, cliversions.identity(path), (V20,))])
+
+
+def test_an_answer_is_recalled_while_the_file_is_the_same(cli):
+    kept(cli)
+    assert cliversions.recall(cli) == CliVersion(cli, cliversions.identity(cli), (V20,))
+
+
+@pytest.mark.parametrize("change", ["replaced", "rewritten", "touched"])
+def test_an_answer_is_forgotten_once_the_file_is_another(cli, change):
+    """A new binary (package upgrade: a new inode; rewritten in place: size and times; touched:
+    its times) is asked again."""
+    kept(cli)
+    if change == "replaced":
+        shutil.copy2(cli, cli + ".new")
+        os.replace(cli + ".new", cli)
+    elif change == "rewritten":
+        with open(cli, "a") as f:
+            f.write("# 23.0\n")
+    else:
+        st = os.stat(cli)
+        os.utime(cli, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert cliversions.recall(cli) is None
+
+
+@pytest.mark.parametrize("text", ["not json", '{"PATH": {"identity": 1, "tail": 2}}', '{"PATH": "x"}', "[]"])
+def test_a_cache_of_another_shape_recalls_nothing(cli, text):
+    cachedir.cli_versions().parent.mkdir(parents=True, exist_ok=True)
+    cachedir.cli_versions().write_text(text.replace("PATH", cli))
+    assert cliversions.recall(cli) is None
+
+
+def test_a_missing_file_has_no_identity_and_recalls_nothing(tmp_path):
+    assert cliversions.identity(str(tmp_path / "gone")) is None
+    assert cliversions.recall(str(tmp_path / "gone")) is None
+
+
+def _answering(runs: list):
+    class T:
+        node = "local"
+
+        async def run(self, argv, **kw):
+            runs.append(tuple(argv))
+            if argv[1:] == ["--version"]:
+                return Completed(tuple(argv), 0, (V20,))
+            return Completed(tuple(argv), 0, (NO_PLUGINS_20, DAEMON))
+
+    return T()
+
+
+def test_the_probe_asks_a_local_cli_once_and_then_reads_its_answer(cli):
+    """Rule: a local candidate's --version is asked (and handed to the learn stage) while none
+    is kept for the file; once kept, the probe runs only ``info`` and chooses the same CLI."""
+    runs: list = []
+    first = asyncio.run(engine.DOCKER.probe(_answering(runs), NodeSpec("local"), [cli]))
+    assert (cli, "--version") in runs
+    assert first.versions == (CliVersion(cli, cliversions.identity(cli), (V20,)),)
+    keep(Lessons(probed=[NodeFacts(NodeSpec("local"), True, cli_versions=first.versions)]))
+    runs.clear()
+    second = asyncio.run(engine.DOCKER.probe(_answering(runs), NodeSpec("local"), [cli]))
+    assert runs == [(cli, "info", "--format", engine.INFO_FORMAT)]
+    assert (second.cli.argv, second.cli.mode, second.cli.version, second.versions) == ((cli,), "buildkit", "20.10", ())
+
+
+def test_a_nodes_cli_is_always_asked(cli):
+    """A node's files are not this machine's: nothing is kept for them or read for them, even
+    at the same path."""
+    kept(cli)
+    runs: list = []
+    node = NodeSpec("n1", transport="ssh", settings={"host": "10.0.0.1"})
+    found = asyncio.run(engine.DOCKER.probe(_answering(runs), node, [cli]))
+    assert (cli, "--version") in runs and found.versions == ()
