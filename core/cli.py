@@ -1033,6 +1033,9 @@ def entrypoint() -> None:
         if code is None:  # its outcome not said
             _say(_interrupted(exc))
             code = 130
+    # what the run made is not looked through once more while the interpreter exits: its final
+    # collection took ~5 ms of a one-platform build's exit (issue 17)
+    gc.freeze()
     sys.exit(code)
 
 
