@@ -582,6 +582,8 @@ async def upload(client: RegistryClient, prepared: Prepared, repository: Referen
         else:
             source = _bytes_pieces(b.data) if b.data is not None else _file_pieces(b.path)
             how = await client.push_blob(repository, b.digest, source, mount_from=mount)
+            if b.data is not None:
+                client.wrote_blob(repository, b.digest, b.data)  # the config: verification reads it from here
         counts[how] += 1
 
     await asyncio.gather(*(one(b) for b in prepared.blobs))

@@ -900,7 +900,17 @@ class RegistryClient:
         served = resp.headers.get("docker-content-digest")
         if served and served != digest:
             raise RegistryError(f"registry stored {ref} as {served}, expected {digest}")
+        # the registry holds these bytes under their digest now: read later (verification, the
+        # merge), they come from here, as a manifest read once does
+        self._seen[(ref.api_host, ref.repository, digest)] = Manifest(body, media_type, digest)
         return digest
+
+    def wrote_blob(self, ref: Reference, digest: str, data: bytes) -> None:
+        """``data``, which this client has just put into ``ref``'s repository as blob ``digest``
+        (the registry checked it against the digest), is kept as if read (:meth:`get_blob`) when
+        up to :data:`CACHED_BLOB` bytes: verification then reads a child's config from here."""
+        if len(data) <= CACHED_BLOB and sha256_digest(data) == digest:
+            self._seen[(ref.api_host, ref.repository, digest)] = data
 
 
 def _media_type(content_type: str) -> str:
