@@ -192,11 +192,22 @@ class _Stopped(Exception):
     """The reading thread was told to stop (its caller was cancelled)."""
 
 
-async def _next(pieces: AsyncIterator[bytes]) -> bytes | None:
-    try:
-        return await pieces.__anext__()
-    except StopAsyncIteration:
+async def _next(pieces: AsyncIterator[bytes], want: int = PIECE) -> bytes | None:
+    """The next ``want`` bytes or more of ``pieces`` (fewer at its end), None once it is over:
+    an engine's pipe hands over ~128 KiB at a time, and each hand-over to the reading thread
+    costs ~70 us (30 MB: 503 of them, 35-50 ms of a 30 MB layer's read, issue 17)."""
+    got: list[bytes] = []
+    size = 0
+    while size < want:
+        try:
+            piece = await pieces.__anext__()
+        except StopAsyncIteration:
+            break
+        got.append(piece)
+        size += len(piece)
+    if not got:
         return None
+    return got[0] if len(got) == 1 else b"".join(got)
 
 
 def _read_members(fileobj, workdir: Path) -> dict[str, _Member]:

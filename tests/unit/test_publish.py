@@ -778,3 +778,31 @@ def test_an_abandoned_export_reads_the_engines_answer_to_its_end_before_it_retur
     start = time_mod.monotonic()
     asyncio.run(first_then_close(Endless([])))
     assert time_mod.monotonic() - start < 1.5, "an endless answer is drained for _EXPORT_DRAIN seconds only"
+
+
+def test_the_reading_thread_takes_the_export_a_piece_of_at_least_PIECE_bytes_at_a_time(monkeypatch):
+    """An engine's pipe hands over ~64-128 KiB at a time; each hand-over to the thread that
+    reads the tar costs ~70 us, so the thread asks for PIECE bytes or more at once (a 30 MB
+    export: 503 hand-overs -> 31; its read alone 84 -> 45 ms, issue 17). The bytes are the
+    same, in order."""
+    data = bytes(range(256)) * (10 * 1024)  # 2.5 MiB
+    calls = []
+    real = publish._next
+
+    async def counted(pieces, *a):
+        got = await real(pieces, *a)
+        calls.append(len(got) if got is not None else None)
+        return got
+
+    monkeypatch.setattr(publish, "_next", counted)
+
+    async def go():
+        async def pieces():
+            for i in range(0, len(data), 64 * 1024):
+                yield data[i:i + 64 * 1024]
+
+        reader = publish._Reader(pieces(), asyncio.get_running_loop())
+        return await asyncio.to_thread(lambda: io.BufferedReader(reader, publish.PIECE).read())
+
+    assert asyncio.run(go()) == data
+    assert calls == [publish.PIECE, publish.PIECE, len(data) - 2 * publish.PIECE, None]
