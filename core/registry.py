@@ -357,6 +357,7 @@ class RegistryClient:
         self._per_host: dict[tuple[str, bool], httpx.AsyncClient | None] = {}
         self._unverified: set[str] = set()  # insecure registries whose certificate does not verify
         self._schemes: dict[str, str] = {}
+        self._scheme_probes: dict[str, asyncio.Future] = {}  # host -> its scheme's probe (_scheme)
         self._tokens: dict[tuple[str, str], str] = {}  # (host, scope) -> Authorization header
         self._basic: dict[str, str] = {}  # host -> Authorization header (Basic)
         self._creds: dict[str, asyncio.Future] = {}
@@ -372,6 +373,10 @@ class RegistryClient:
 
     async def aclose(self) -> None:
         """Close the HTTP connections (also per-host TLS clients)."""
+        for probe in self._scheme_probes.values():
+            if not probe.done():
+                probe.cancel()
+                await asyncio.gather(probe, return_exceptions=True)
         await self._http.aclose()
         for client in self._per_host.values():
             if client is not None:
@@ -426,11 +431,21 @@ class RegistryClient:
         return await asyncio.shield(self._creds[name])
 
     async def _scheme(self, host: str) -> str:
+        """How ``host`` is spoken to (``https`` or ``http``), found once per client: requests that
+        start together (the bases' resolution, the push-access checks, the known layers) share
+        one probe rather than each trying TLS on the port (six handshakes on a plain-HTTP
+        loopback registry before a one-platform build, issue 17)."""
         if host in self._schemes:
             return self._schemes[host]
         if not self.plain_http_allowed(host):
             self._schemes[host] = "https"
             return "https"
+        probe = self._scheme_probes.get(host)
+        if probe is None or (probe.done() and (probe.cancelled() or probe.exception() is not None)):
+            probe = self._scheme_probes[host] = asyncio.ensure_future(self._probe_scheme(host))
+        return await asyncio.shield(probe)  # one caller cancelled does not stop the others' probe
+
+    async def _probe_scheme(self, host: str) -> str:
         # Like dockerd for insecure registries: HTTPS; if the certificate does not verify, HTTPS
         # without verification; plain HTTP only when the port does not speak TLS at all.
         url = f"https://{host}/v2/"

@@ -280,6 +280,32 @@ def test_insecure_registry_that_does_not_speak_tls_falls_back_to_http():
     assert all(verify is not False for verify, _ in used)  # TLS was refused, not unverified
 
 
+def test_requests_that_start_together_share_one_tls_attempt():
+    """Rule (issue 17): an insecure registry's scheme is probed once per client, however many
+    requests start before it is known (a build resolves its bases, checks push access and looks
+    up known layers at once: six TLS handshakes on a plain-HTTP loopback registry before)."""
+    fake = FakeRegistry("reg.lan:5000", anonymous_pull=True)
+    fake.manifests[("app", "1")] = (INDEX, mediatypes.OCI_INDEX)
+    sync_for, used = _tls_transports(fake, speaks_tls=False)
+
+    def transport_for(verify):  # answers after a turn of the loop, as a network does
+        sync = sync_for(verify)
+
+        async def handler(request):
+            await asyncio.sleep(0)
+            return await sync.handle_async_request(request)
+
+        return httpx.MockTransport(handler)
+
+    async def go():
+        async with RegistryClient(["reg.lan:5000"], transport_for=transport_for, docker_config={}) as c:
+            await asyncio.gather(*(c.get_manifest(parse_reference("reg.lan:5000/app:1")) for _ in range(4)))
+            return c.scheme_of("reg.lan:5000")
+
+    assert run(go()) == "http"
+    assert [url for _, url in used if url.startswith("https://")] == ["https://reg.lan:5000/v2/"]
+
+
 def test_a_secure_registry_with_an_untrusted_certificate_is_never_used_unverified():
     fake = FakeRegistry("reg.lan", anonymous_pull=True)
     transport_for, used = _tls_transports(fake)
