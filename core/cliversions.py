@@ -22,11 +22,19 @@ from . import cachedir, cachefile
 from .model import CliVersion
 
 
+ELF = b"\x7fELF"
+
+
 def identity(path: str) -> tuple[int, ...] | None:
-    """(device, inode, size, mtime ns, ctime ns) of the file ``path`` resolves to (symbolic
-    links followed), or None when it cannot be stat'ed. Blocking (one ``stat``)."""
+    """(device, inode, size, mtime ns, ctime ns) of the program ``path`` resolves to (symbolic
+    links followed), or None when it cannot be read or is not an ELF executable: a script's
+    answer is whatever the program it runs says, which can change under the same script (a
+    ``docker`` wrapper around an upgraded client). Blocking (an open, a stat)."""
     try:
-        st = os.stat(path)
+        with open(path, "rb") as f:
+            if f.read(4) != ELF:
+                return None
+            st = os.fstat(f.fileno())
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -22,9 +22,9 @@ DAEMON = "version=20.10.24+dfsg1 security=name=seccomp,profile=default"
 
 @pytest.fixture
 def cli(tmp_path):
+    """A copy of a real program (an ELF file): its identity is what the cache keys."""
     path = tmp_path / "docker"
-    path.write_text("#!/bin/sh\necho 'Docker version 20.10.24+dfsg1, build 297e128'\n")
-    path.chmod(0o755)
+    shutil.copy2("/bin/true", path)
     return str(path)
 
 
@@ -46,8 +46,8 @@ def test_an_answer_is_forgotten_once_the_file_is_another(cli, change):
         shutil.copy2(cli, cli + ".new")
         os.replace(cli + ".new", cli)
     elif change == "rewritten":
-        with open(cli, "a") as f:
-            f.write("# 23.0\n")
+        with open(cli, "ab") as f:
+            f.write(b"\0")
     else:
         st = os.stat(cli)
         os.utime(cli, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
@@ -59,6 +59,18 @@ def test_a_cache_of_another_shape_recalls_nothing(cli, text):
     cachedir.cli_versions().parent.mkdir(parents=True, exist_ok=True)
     cachedir.cli_versions().write_text(text.replace("PATH", cli))
     assert cliversions.recall(cli) is None
+
+
+def test_a_script_is_never_kept(tmp_path):
+    """A script's --version is the answer of whatever it runs (a wrapper around a client that
+    is upgraded under it): it has no identity, nothing is kept or read for it, it is asked."""
+    script = tmp_path / "docker"
+    script.write_text("#!/bin/sh\nexec /usr/bin/docker \"$@\"\n")
+    script.chmod(0o755)
+    assert cliversions.identity(str(script)) is None
+    runs: list = []
+    found = asyncio.run(engine.DOCKER.probe(_answering(runs), NodeSpec("local"), [str(script)]))
+    assert (str(script), "--version") in runs and found.versions == ()
 
 
 def test_a_missing_file_has_no_identity_and_recalls_nothing(tmp_path):
