@@ -347,17 +347,18 @@ async def make_plan(hooks: Hooks, request: BuildRequest, config: Config, session
     # the probe first: its engine CLIs and SSH handshakes then run in other processes and on
     # the network while this thread resolves the bases and reads history
     probing = asyncio.create_task(probe(hooks, config, session, nodes))
-    await first_steps()
-    view_task = asyncio.create_task(asyncio.to_thread(histories, request))
-    resolving = asyncio.create_task(resolve(request, client))
-    preparing = asyncio.create_task(hooks.prepare(request, session))
+    resolving = preparing = None
     try:
+        await first_steps()
+        view_task = asyncio.create_task(asyncio.to_thread(histories, request))
+        resolving = asyncio.create_task(resolve(request, client))
+        preparing = asyncio.create_task(hooks.prepare(request, session))
         facts = await probing
         request = await resolving
         await preparing
     finally:
         for task in (probing, resolving, preparing):
-            if not task.done():
+            if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
     views = await view_task
