@@ -90,11 +90,11 @@ class Lessons:
 
 def keep(lessons: Lessons) -> None:
     """Write what ``lessons`` holds to the caches: scores the probe measured (not those it read
-    from the cache), the ``--version`` answers of local CLIs it asked, each sync's transfer
+    from the cache, nor those it measured on a busy node: :func:`measured_busy`), the ``--version`` answers of local CLIs it asked, each sync's transfer
     folded into its link's rate, each new layer scan once, one history row per result. Blocking (files, SQLite): call it in a thread. Never raises for
     a cache that cannot be written (see the module)."""
     for facts in lessons.probed:
-        if facts.score_measured and facts.score is not None:
+        if facts.score_measured and facts.score is not None and not measured_busy(facts):
             scores.store(scores.score_key(facts.node), facts.score)
     cliversions.store(v for facts in lessons.probed for v in facts.cli_versions)
     for transfer in lessons.transfers():
@@ -109,6 +109,16 @@ def keep(lessons: Lessons) -> None:
         view = views.get(result.platform, lessons.history)
         if view is not None:
             view.record(result, speed=speeds.get(result.option.node), steps=steps_of(result))
+
+
+def measured_busy(facts: NodeFacts) -> bool:
+    """The node's load average was above its CPU count when the probe measured its score: the
+    one-core benchmark got a share of a core, not the node's speed, and the planner already
+    divides by that load (:func:`archfleet.planner.node_speed`). Such a score serves the
+    command that measured it and is not kept for a day (issue 17: measured right after 60 sshd
+    had run, load 7.3 on 2 cores, it made the next builds' estimates 2-4x slow: median
+    |log(est/actual)| 0.60 against 0.26)."""
+    return facts.load > max(facts.cpus, 1)
 
 
 def steps_of(result: PlatformResult) -> list[tuple]:

@@ -4,7 +4,8 @@ The probe times a fixed piece of shell arithmetic on each node (:func:`archfleet
 higher is faster, 1.0 is the project VM. Measuring takes a moment on a fast node and seconds on
 a slow board, so a score is kept per node (:func:`score_key`) for ``SCORE_TTL`` seconds and the
 probe reads it (:func:`cached`) before measuring again. A score the probe measured is kept by the
-learn stage (:func:`store`, called from :mod:`archfleet.learn` only).
+learn stage (:func:`store`, called from :mod:`archfleet.learn` only), unless the node was busy
+then (:func:`archfleet.learn.measured_busy`).
 """
 
 from __future__ import annotations
