@@ -90,12 +90,12 @@ class Lessons:
 
 def keep(lessons: Lessons) -> None:
     """Write what ``lessons`` holds to the caches: scores the probe measured (not those it read
-    from the cache, nor those it measured on a busy node: :func:`measured_busy`), the ``--version`` answers of local CLIs it asked, each sync's transfer
+    from the cache; briefly those measured on a busy node, :func:`measured_busy`), the ``--version`` answers of local CLIs it asked, each sync's transfer
     folded into its link's rate, each new layer scan once, one history row per result. Blocking (files, SQLite): call it in a thread. Never raises for
     a cache that cannot be written (see the module)."""
     for facts in lessons.probed:
-        if facts.score_measured and facts.score is not None and not measured_busy(facts):
-            scores.store(scores.score_key(facts.node), facts.score)
+        if facts.score_measured and facts.score is not None:
+            scores.store(scores.score_key(facts.node), facts.score, busy=measured_busy(facts))
     cliversions.store(v for facts in lessons.probed for v in facts.cli_versions)
     for transfer in lessons.transfers():
         linkrate.record(transfer.link, transfer.bytes, transfer.seconds)
@@ -114,10 +114,10 @@ def keep(lessons: Lessons) -> None:
 def measured_busy(facts: NodeFacts) -> bool:
     """The node's load average was above its CPU count when the probe measured its score: the
     one-core benchmark got a share of a core, not the node's speed, and the planner already
-    divides by that load (:func:`archfleet.planner.node_speed`). Such a score serves the
-    command that measured it and is not kept for a day (issue 17: measured right after 60 sshd
-    had run, load 7.3 on 2 cores, it made the next builds' estimates 2-4x slow: median
-    |log(est/actual)| 0.60 against 0.26)."""
+    divides by that load (:func:`archfleet.planner.node_speed`). Such a score is kept for the
+    commands of that moment only (:data:`archfleet.scores.BUSY_SCORE_TTL`), not for a day
+    (issue 17: measured right after 60 sshd had run, load 7.3 on 2 cores, it made the next
+    builds' estimates 2-4x slow: median |log(est/actual)| 0.60 against 0.26)."""
     return facts.load > max(facts.cpus, 1)
 
 

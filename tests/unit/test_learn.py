@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 
 import pytest
 
@@ -69,12 +70,18 @@ def test_a_score_read_from_the_cache_is_not_written_again(monkeypatch):
 
 @pytest.mark.parametrize("load,cpus,kept", [(7.3, 2, False), (2.5, 2, False), (2.0, 2, True), (0.4, 2, True),
                                               (3.0, 4, True)])
-def test_a_score_measured_while_the_node_was_busy_serves_its_command_but_is_not_kept(load, cpus, kept):
+def test_a_score_measured_while_the_node_was_busy_is_kept_for_minutes_not_a_day(load, cpus, kept, monkeypatch):
     """Rule: above one runnable task per CPU (1-min load average > CPUs), the one-core benchmark
     measured a share of a core, and the planner divides by the load itself; kept for a day, it
-    made later estimates 2-4x slow (issue 17). At or below, the score is the node's."""
+    made later estimates 2-4x slow (issue 17). Such a score serves the commands of the next
+    BUSY_SCORE_TTL seconds (10 min); at or below the CPU count, the score is the node's, for a day."""
     keep(Lessons(probed=[NodeFacts(NODE, True, score=0.3, score_measured=True, load=load, cpus=cpus)]))
+    assert scores.cached(LINK) == 0.3
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + scores.BUSY_SCORE_TTL + 1)
     assert scores.cached(LINK) == (0.3 if kept else None)
+    monkeypatch.setattr(time, "time", lambda: now + scores.SCORE_TTL + 1)
+    assert scores.cached(LINK) is None
 
 
 def test_one_sync_is_folded_into_the_rate_once_however_many_platforms_used_it(monkeypatch):
