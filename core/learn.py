@@ -28,8 +28,9 @@ the context's snapshot      ``ContextFiles.digests`` of the       ``contexts/``
 ==========================  ====================================  ==============================
 
 Reading stays where the value is needed: the probe reads a node's cached score (to skip the
-benchmark), its link rate and what a local CLI file printed for ``--version`` (to skip asking), verification a layer's cached scan, the estimates the history.
-Where the files are is :mod:`archfleet.cachedir`'s business.
+benchmark), its link rate and what a local CLI file printed for ``--version`` (to skip asking),
+verification a layer's cached scan, the estimates the history. Where the files are is
+:mod:`archfleet.cachedir`'s business.
 
 Learning is an optimisation and never fails a command: every cache answers a file system or
 database it cannot use by not keeping the value (history also says so once on stderr), and
@@ -90,9 +91,10 @@ class Lessons:
 
 def keep(lessons: Lessons) -> None:
     """Write what ``lessons`` holds to the caches: scores the probe measured (not those it read
-    from the cache; briefly those measured on a busy node, :func:`measured_busy`), the ``--version`` answers of local CLIs it asked, each sync's transfer
-    folded into its link's rate, each new layer scan once, one history row per result. Blocking (files, SQLite): call it in a thread. Never raises for
-    a cache that cannot be written (see the module)."""
+    from the cache; briefly those measured on a busy node, :func:`measured_busy`), the
+    ``--version`` answers of local CLIs it asked, each sync's transfer folded into its link's
+    rate, each new layer scan once, one history row per result. Blocking (files, SQLite): call
+    it in a thread. Never raises for a cache that cannot be written (see the module)."""
     for facts in lessons.probed:
         if facts.score_measured and facts.score is not None:
             scores.store(scores.score_key(facts.node), facts.score, busy=measured_busy(facts))
