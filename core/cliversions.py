@@ -40,11 +40,11 @@ def identity(path: str) -> tuple[int, ...] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def recall(path: str) -> CliVersion | None:
-    """What ``path``'s ``--version`` printed when the file was what it is now, else None (never
-    asked, changed since, or a cache that cannot be read). Blocking (a small file, a stat)."""
+def recall(path: str, now: tuple[int, ...] | None) -> CliVersion | None:
+    """What ``path``'s ``--version`` printed when the file was what it is ``now`` (its
+    :func:`identity`), else None (never asked, changed since, not a program, or a cache that
+    cannot be read). Blocking (a small file)."""
     entry = cachefile.read_json(cachedir.cli_versions()).get(path)
-    now = identity(path)
     try:
         if now is None or tuple(entry["identity"]) != now:
             return None

@@ -130,10 +130,9 @@ def _local_files(candidates: Sequence[str]) -> tuple[dict[str, CliVersion], dict
     Blocking (a small file, a stat each)."""
     from . import cliversions
 
-    paths = [cli for cli in candidates if os.path.isabs(cli)]
-    found = {cli: cliversions.recall(cli) for cli in paths}
-    return ({cli: v for cli, v in found.items() if v is not None},
-            {cli: cliversions.identity(cli) for cli in paths})
+    identities = {cli: cliversions.identity(cli) for cli in candidates if os.path.isabs(cli)}
+    found = {cli: cliversions.recall(cli, now) for cli, now in identities.items()}
+    return {cli: v for cli, v in found.items() if v is not None}, identities
 
 
 def _new_versions(candidates: Sequence[str], answers: Mapping[tuple, Completed],

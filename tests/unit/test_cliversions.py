@@ -34,7 +34,7 @@ def kept(path: str) -> None:
 
 def test_an_answer_is_recalled_while_the_file_is_the_same(cli):
     kept(cli)
-    assert cliversions.recall(cli) == CliVersion(cli, cliversions.identity(cli), (V20,))
+    assert cliversions.recall(cli, cliversions.identity(cli)) == CliVersion(cli, cliversions.identity(cli), (V20,))
 
 
 @pytest.mark.parametrize("change", ["replaced", "rewritten", "touched"])
@@ -51,14 +51,14 @@ def test_an_answer_is_forgotten_once_the_file_is_another(cli, change):
     else:
         st = os.stat(cli)
         os.utime(cli, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert cliversions.recall(cli) is None
+    assert cliversions.recall(cli, cliversions.identity(cli)) is None
 
 
 @pytest.mark.parametrize("text", ["not json", '{"PATH": {"identity": 1, "tail": 2}}', '{"PATH": "x"}', "[]"])
 def test_a_cache_of_another_shape_recalls_nothing(cli, text):
     cachedir.cli_versions().parent.mkdir(parents=True, exist_ok=True)
     cachedir.cli_versions().write_text(text.replace("PATH", cli))
-    assert cliversions.recall(cli) is None
+    assert cliversions.recall(cli, cliversions.identity(cli)) is None
 
 
 def test_a_script_is_never_kept(tmp_path):
@@ -75,7 +75,7 @@ def test_a_script_is_never_kept(tmp_path):
 
 def test_a_missing_file_has_no_identity_and_recalls_nothing(tmp_path):
     assert cliversions.identity(str(tmp_path / "gone")) is None
-    assert cliversions.recall(str(tmp_path / "gone")) is None
+    assert cliversions.recall(str(tmp_path / "gone"), None) is None
 
 
 def _answering(runs: list):
