@@ -309,13 +309,19 @@ def prepare_tls() -> None:
     """Start making :func:`trust_roots`' context in a thread of its own, once per process, for
     :func:`_system_tls` to take later: loading the CA store takes ~17 ms, which OpenSSL spends
     without the GIL, so a command that calls this first (``build``, ``plan``) pays it beside
-    its imports and checks rather than before its first registry request (issue 17)."""
+    its imports and checks rather than before its first registry request (issue 17).
+
+    The thread is not a daemon: the interpreter waits for it before it exits. A command that
+    ended at once (bad input, exit 2) used to exit while the thread was still inside OpenSSL,
+    whose own exit handler then freed what the thread was using: a segmentation fault (exit
+    139) after the error line, every time once the exit got faster (found by the fresh-user
+    helper)."""
     global _tls
     with _tls_lock:
         if _tls is not None:
             return
         _tls = concurrent.futures.Future()
-    threading.Thread(target=_make_tls, args=(_tls,), name="archfleet-tls", daemon=True).start()
+    threading.Thread(target=_make_tls, args=(_tls,), name="archfleet-tls").start()
 
 
 def _make_tls(result: "concurrent.futures.Future[ssl.SSLContext]") -> None:

@@ -199,6 +199,27 @@ def test_the_real_command_line_refuses_an_unknown_flag_in_one_line():
                                         "(see archfleet build --help)"]
 
 
+CONSOLE = "import sys; from archfleet.console import entrypoint; sys.argv = ['archfleet'] + sys.argv[1:]; entrypoint()"
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["build", "--platform", "linux/bogus", "."], "--platform"),
+    (["plan", "--platform", "linux/amd64", "/nonexistent-context"], "does not exist"),
+])
+def test_bad_input_after_the_ca_store_started_loading_exits_2_every_time(argv, line, tmp_path):
+    """Rule: bad input is exit 2 with one line, never a crash. build and plan start loading the
+    CA store in a thread at once (registry.prepare_tls); a command that ended right after used
+    to exit while OpenSSL was still at work in it, and OpenSSL's exit handler then freed what
+    the thread used: exit 139 (SIGSEGV) after the line, 5 runs in 6 (found by the fresh-user
+    helper). Through the console script, as a user runs it, several times."""
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    for _ in range(4):
+        proc = subprocess.run([sys.executable, "-c", CONSOLE, *argv], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.splitlines()) == 1 and line in proc.stderr, proc.stderr
+
+
 def test_the_console_script_freezes_the_import_graph_and_main_in_process_does_not(monkeypatch):
     """One command per process (cli.entrypoint): what the imports made is moved out of the cyclic
     collector's way (gc.freeze) before the command runs, which took the interpreter's teardown
