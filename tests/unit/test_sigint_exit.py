@@ -90,3 +90,29 @@ def test_the_console_script_is_the_entrypoint_that_keeps_the_rule(monkeypatch):
     finally:
         gc.enable()
     assert seen == [False]
+
+
+def test_a_ctrl_c_while_the_modules_load_is_one_line_and_130(monkeypatch, capsys):
+    """A Ctrl-C in the first ~80 ms, while archfleet's modules load (before any handler of its
+    own), is the same one line and exit 130 as later, not a KeyboardInterrupt traceback (found
+    by the fresh-user helper)."""
+    import gc
+    import sys
+
+    from archfleet import console
+
+    class Pressed:
+        def find_spec(self, name, path=None, target=None):
+            if name == "archfleet.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "archfleet.cli")
+    monkeypatch.setattr(sys, "meta_path", [Pressed(), *sys.meta_path])
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            console.entrypoint()
+    finally:
+        gc.enable()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "archfleet: error: interrupted\n"
