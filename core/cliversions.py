@@ -8,7 +8,8 @@ answer it, and with four CLIs starting at once on a one-platform build's path th
 answer is kept with the identity of the file its path resolves to (:func:`identity`: device,
 inode, size, modification and change times, as ``stat`` gives them), and a probe of this machine
 reads it (:func:`recall`) instead of starting the CLI. A binary replaced or upgraded (new inode,
-new times) is asked again. Only answers of CLIs on this machine are kept (a node's files are
+new times) is asked again, and any after a day (:data:`TTL`); scripts and launchers never keep
+an answer (:func:`identity`). Only answers of CLIs on this machine are kept (a node's files are
 stat'ed nowhere); only the learn stage writes them (:func:`store`, from :mod:`archfleet.learn`),
 like the scores.
 """
@@ -16,6 +17,7 @@ like the scores.
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterable
 
 from . import cachedir, cachefile
@@ -23,13 +25,20 @@ from .model import CliVersion
 
 
 ELF = b"\x7fELF"
+# seconds an answer is kept: a program whose answer changes under the same file (one that
+# chooses what to run by its environment) is asked again within a day, as a node's score is
+TTL = 24 * 3600
 
 
 def identity(path: str) -> tuple[int, ...] | None:
     """(device, inode, size, mtime ns, ctime ns) of the program ``path`` resolves to (symbolic
-    links followed), or None when it cannot be read or is not an ELF executable: a script's
-    answer is whatever the program it runs says, which can change under the same script (a
-    ``docker`` wrapper around an upgraded client). Blocking (an open, a stat)."""
+    links followed), or None when it cannot be read, is not an ELF executable, or resolves to a
+    file of another name. A script's answer is whatever the program it runs says, which can
+    change under the same script (a ``docker`` wrapper around an upgraded client); a launcher
+    that a ``docker`` link points to (snap's ``/snap/bin/docker`` -> ``snap``, mise's shims ->
+    ``mise``) runs whichever docker its configuration names. Blocking (an open, a stat)."""
+    if os.path.basename(os.path.realpath(path)) != os.path.basename(path):
+        return None
     try:
         with open(path, "rb") as f:
             if f.read(4) != ELF:
@@ -46,12 +55,14 @@ def recall(path: str, now: tuple[int, ...] | None) -> CliVersion | None:
     cannot be read). Blocking (a small file)."""
     entry = cachefile.read_json(cachedir.cli_versions()).get(path)
     try:
-        if now is None or tuple(entry["identity"]) != now:
+        if now is None or tuple(entry["identity"]) != now or not time.time() - float(entry["at"]) < TTL:
             return None
-        tail = tuple(str(line) for line in entry["tail"])
+        tail = entry["tail"]
+        if not isinstance(tail, list) or not all(isinstance(line, str) for line in tail):
+            return None
     except (KeyError, TypeError, ValueError):
         return None
-    return CliVersion(path, now, tail)
+    return CliVersion(path, now, tuple(tail))
 
 
 def store(answers: Iterable[CliVersion]) -> None:
@@ -63,8 +74,9 @@ def store(answers: Iterable[CliVersion]) -> None:
         return
 
     def put(doc: dict) -> None:
+        now = time.time()
         for a in answers:
-            doc[a.path] = {"identity": list(a.identity), "tail": list(a.tail)}
+            doc[a.path] = {"identity": list(a.identity), "tail": list(a.tail), "at": now}
 
     try:
         cachefile.update_json(cachedir.cli_versions(), put)

@@ -5,8 +5,10 @@ it is another (issue 17: Debian's docker 20.10 takes ~18 ms to answer)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -54,11 +56,47 @@ def test_an_answer_is_forgotten_once_the_file_is_another(cli, change):
     assert cliversions.recall(cli, cliversions.identity(cli)) is None
 
 
-@pytest.mark.parametrize("text", ["not json", '{"PATH": {"identity": 1, "tail": 2}}', '{"PATH": "x"}', "[]"])
-def test_a_cache_of_another_shape_recalls_nothing(cli, text):
+@pytest.mark.parametrize("entry", ["not json", {"identity": 1, "tail": 2}, "x", [], {"identity": "IDENT", "tail": "4"},
+                                   {"identity": "IDENT", "tail": [4]}, {"identity": "IDENT", "tail": ["x"]},
+                                   {"identity": "IDENT", "tail": ["x"], "at": "soon"}])
+def test_a_cache_of_another_shape_recalls_nothing(cli, entry):
+    """A tail that is a string was read as its characters (found by the fresh-user helper); an
+    entry without its time is not trusted either."""
     cachedir.cli_versions().parent.mkdir(parents=True, exist_ok=True)
-    cachedir.cli_versions().write_text(text.replace("PATH", cli))
+    if isinstance(entry, dict) and entry.get("identity") == "IDENT":
+        entry = dict(entry, identity=list(cliversions.identity(cli)))
+    text = entry if isinstance(entry, str) and entry == "not json" else json.dumps({cli: entry})
+    cachedir.cli_versions().write_text(text)
     assert cliversions.recall(cli, cliversions.identity(cli)) is None
+
+
+def test_an_answer_is_asked_again_after_a_day(cli, monkeypatch):
+    """A program may choose what to run by its environment under the same file: a day bounds
+    how long a changed answer can be missed."""
+    kept(cli)
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + cliversions.TTL - 60)
+    assert cliversions.recall(cli, cliversions.identity(cli)) is not None
+    monkeypatch.setattr(time, "time", lambda: now + cliversions.TTL + 1)
+    assert cliversions.recall(cli, cliversions.identity(cli)) is None
+
+
+@pytest.mark.parametrize("target", ["snap", "mise"])
+def test_a_link_to_a_launcher_of_another_name_is_never_kept(tmp_path, target):
+    """snap's /snap/bin/docker and mise's shims are links to a launcher (snap, mise) that runs
+    whichever docker its configuration names: a link to a file of another name has no identity.
+    A link to a file of the same name (/usr/local/bin/docker -> .../docker) keeps one."""
+    launcher = tmp_path / target
+    shutil.copy2("/bin/true", launcher)
+    (tmp_path / "shims").mkdir()
+    (tmp_path / "shims" / "docker").symlink_to(launcher)
+    assert cliversions.identity(str(tmp_path / "shims" / "docker")) is None
+    real = tmp_path / "opt" / "docker"
+    real.parent.mkdir()
+    shutil.copy2("/bin/true", real)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "docker").symlink_to(real)
+    assert cliversions.identity(str(tmp_path / "bin" / "docker")) == cliversions.identity(str(real))
 
 
 def test_a_script_is_never_kept(tmp_path):
