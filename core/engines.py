@@ -375,12 +375,12 @@ def _parsed(request: BuildRequest) -> tuple[tuple[Need, ...], tuple[Mount, ...],
 
 @functools.lru_cache(maxsize=64)
 def _read(path: str, stamp: tuple) -> tuple[tuple[Need, ...], tuple[Mount, ...], tuple]:
-    from .dockerfile import _buildkit, decode
+    from .dockerfile import decode, parse_string
 
     try:
         with open(path, "rb") as f:
             text = decode(f.read(), path)
-        commands = _buildkit.parse_string(text)
+        commands = parse_string(text)
     except Exception:
         return (), (), ()
     directive = False
