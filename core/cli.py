@@ -23,6 +23,7 @@ import attrs
 import click
 
 from . import platforms as plat
+from .console import Pressed
 from .errors import ArchfleetError, EnvironmentProblem, Interrupted, UsageError
 from .inventory import Config, not_utf8
 from .buildcache import check_refs as check_cache_refs, parse_cache
@@ -477,8 +478,9 @@ class _CtrlC:
         raise KeyboardInterrupt(_signal_word(signum))
 
 
-def _run(hooks, work):
-    """Run ``work(session)`` on a new event loop as one command (:func:`pipeline.run_command`).
+def _run(hooks, work, *, more: bool = False):
+    """Run ``work(session)`` on a new event loop as one command (:func:`pipeline.run_command`);
+    ``more``: another run of the command follows (a Ctrl-C until it starts is noted, then raised).
 
     Ctrl-C (:class:`_CtrlC`) cancels the run; once asyncio.run's work is over it is raised as
     :class:`Interrupted` (one line, exit 130: click would print an empty line and drop the message
@@ -504,10 +506,21 @@ def _run(hooks, work):
     # SIGTERM (a CI job cancelled, `timeout`, a service stopping) is handled as SIGINT is, when
     # nobody else handles it: killed by it, the run left its engine CLI running and its leases
     # held (found by the fresh-user helper)
+    # The console script's handler (archfleet.console.Pressed) noted a Ctrl-C that came before
+    # this run, without raising it wherever the main thread was: it is raised here, before the
+    # run starts. After the run it notes again when another run of the command follows
+    # (``more``); else Python's handlers are back, for what the command does after its run.
     main = threading.current_thread() is threading.main_thread()
-    own = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    own_term = main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    before_int = signal.getsignal(signal.SIGINT) if main else None
+    before_term = signal.getsignal(signal.SIGTERM) if main else None
+    own = main and (before_int is signal.default_int_handler or isinstance(before_int, Pressed))
+    own_term = main and (before_term == signal.SIG_DFL or isinstance(before_term, Pressed))
+    after_int = before_int if more or not isinstance(before_int, Pressed) else signal.default_int_handler
+    after_term = before_term if more or not isinstance(before_term, Pressed) else signal.SIG_DFL
     try:
+        for noted in {id(h): h for h in (before_int, before_term) if isinstance(h, Pressed)}.values():
+            if noted.count:
+                raise KeyboardInterrupt(_signal_word(noted.signum))
         with asyncio.Runner() as runner:
             if own:
                 signal.signal(signal.SIGINT, ctrl_c)
@@ -521,9 +534,9 @@ def _run(hooks, work):
                 raise
             finally:
                 if own and signal.getsignal(signal.SIGINT) is ctrl_c:
-                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    signal.signal(signal.SIGINT, after_int)
                 if own_term and signal.getsignal(signal.SIGTERM) is ctrl_c:
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.signal(signal.SIGTERM, after_term)
             if ctrl_c.late:
                 raise KeyboardInterrupt(_signal_word(ctrl_c.signum))
             return answer
@@ -571,7 +584,7 @@ def build(path, platform, tag, file, build_arg, label, target, push, child_tags,
     async def check(session):
         check_request(hooks, request, config, session)
 
-    _run(hooks, check)  # pins and the Dockerfile, before the registry is asked or a display drawn
+    _run(hooks, check, more=True)  # pins and the Dockerfile, before the registry is asked or a display drawn
     warning = secret_warning(request.build_args)  # after the checks: bad input stays one line
     if warning:
         click.echo(f"archfleet: warning: {warning}", err=True)

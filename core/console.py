@@ -1,20 +1,53 @@
 """The console script (pyproject.toml's ``archfleet``): :func:`archfleet.cli.entrypoint`, with
-the cyclic garbage collector off while archfleet's modules load.
+the cyclic garbage collector off while archfleet's modules load, and a Ctrl-C noted, not
+raised, until a command's run handles it.
 
 Loading what a build needs makes some 100,000 objects and next to no garbage; the collector,
 run by allocation counts, spent ~8 ms of the ~100 ms that loading takes looking through them
 (issue 17: ``import archfleet.cli, archfleet.pipeline, httpx``, median of 6, 105 -> 97 ms). The
 command turns it back on when its run starts (:func:`archfleet.cli._run`), after freezing what
-the imports made."""
+the imports made.
+
+Python's own SIGINT handler raises KeyboardInterrupt wherever the main thread is, and some of
+those places drop it: a weakref callback of the import system ("Exception ignored in:
+<function _get_module_lock.<locals>.cb>"), a finalizer. A Ctrl-C ~0.1 s after the start was
+lost that way 1-3 times in 100, and the build went on and pushed, exit 0 (found by the
+fresh-user helper). :class:`Pressed` notes it instead; :func:`archfleet.cli._run` raises it
+before a command's run starts, and handles one during the run itself."""
 
 import gc
+import signal
 import sys
+import threading
+
+
+class Pressed:
+    """SIGINT's (and an unhandled SIGTERM's) handler from the console script's start until a
+    command's run takes over, and between runs: the first one is noted (``count``, ``signum``)
+    for :func:`archfleet.cli._run` to raise; a second raises KeyboardInterrupt at once, as
+    Python's handler does."""
+
+    def __init__(self):
+        self.count = 0
+        self.signum: int | None = None
+
+    def __call__(self, signum, frame):
+        self.count += 1
+        self.signum = signum
+        if self.count > 1:
+            raise KeyboardInterrupt
 
 
 def entrypoint() -> None:
     """Run the ``archfleet`` command line; exits with its code. A Ctrl-C while the modules
     load (the first ~80 ms) is the one line and exit 130 it is later, not a traceback."""
     gc.disable()
+    if threading.current_thread() is threading.main_thread():
+        pressed = Pressed()
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, pressed)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, pressed)
     try:
         from .cli import entrypoint as run
     except KeyboardInterrupt:

@@ -247,3 +247,62 @@ def test_the_console_script_freezes_the_import_graph_and_main_in_process_does_no
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_a_ctrl_c_noted_before_a_run_is_raised_when_it_starts_and_nothing_runs():
+    """The console script notes a Ctrl-C (archfleet.console.Pressed) rather than letting Python
+    raise it wherever the main thread is: raised in an import system callback or a finalizer,
+    the KeyboardInterrupt was dropped and the build went on and pushed, exit 0 (1-3 runs in 100
+    interrupted ~0.1 s after start; found by the fresh-user helper). The next run raises it
+    before it starts: Interrupted (exit 130), the work never called."""
+    import signal
+
+    from archfleet import cli
+    from archfleet.console import Pressed
+    from archfleet.errors import Interrupted
+
+    class Hooks:
+        async def session_end(self, session):
+            pass
+
+    ran = []
+
+    async def work(session):
+        ran.append(True)
+
+    pressed = Pressed()
+    before = signal.signal(signal.SIGINT, pressed)
+    try:
+        pressed(signal.SIGINT, None)  # noted, not raised
+        with pytest.raises(Interrupted, match="^interrupted$"):
+            cli._run(Hooks(), work)
+        assert ran == []
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize("more,after", [(True, "noting"), (False, "python's")])
+def test_after_a_run_the_ctrl_c_is_noted_only_when_another_run_follows(more, after):
+    """Between the build's input check and its run a Ctrl-C is noted for the run to raise;
+    after the command's last run Python's own handler is back, for what the command still does
+    (writing --metadata-file: a Ctrl-C there is exit 130 and says the tags moved)."""
+    import signal
+
+    from archfleet import cli
+    from archfleet.console import Pressed
+
+    class Hooks:
+        async def session_end(self, session):
+            pass
+
+    async def work(session):
+        return None
+
+    pressed = Pressed()
+    before = signal.signal(signal.SIGINT, pressed)
+    try:
+        cli._run(Hooks(), work, more=more)
+        now = signal.getsignal(signal.SIGINT)
+        assert (now is pressed) if after == "noting" else (now is signal.default_int_handler)
+    finally:
+        signal.signal(signal.SIGINT, before)
