@@ -518,9 +518,9 @@ def _run(hooks, work, *, more: bool = False):
     after_int = before_int if more or not isinstance(before_int, Pressed) else signal.default_int_handler
     after_term = before_term if more or not isinstance(before_term, Pressed) else signal.SIG_DFL
     try:
-        for noted in {id(h): h for h in (before_int, before_term) if isinstance(h, Pressed)}.values():
-            if noted.count:
-                raise KeyboardInterrupt(_signal_word(noted.signum))
+        noted = next((h for h in (before_int, before_term) if isinstance(h, Pressed)), None)
+        if noted is not None and noted.count:
+            raise KeyboardInterrupt(_signal_word(noted.signum))
         with asyncio.Runner() as runner:
             if own:
                 signal.signal(signal.SIGINT, ctrl_c)

@@ -25,7 +25,8 @@ class Pressed:
     """SIGINT's (and an unhandled SIGTERM's) handler from the console script's start until a
     command's run takes over, and between runs: the first one is noted (``count``, ``signum``)
     for :func:`archfleet.cli._run` to raise; a second raises KeyboardInterrupt at once, as
-    Python's handler does."""
+    Python's handler does. A command that has no run (``plugins``, ``binfmt``, ``--help``:
+    each done in a moment) finishes despite a single Ctrl-C."""
 
     def __init__(self):
         self.count = 0
@@ -40,7 +41,8 @@ class Pressed:
 
 def entrypoint() -> None:
     """Run the ``archfleet`` command line; exits with its code. A Ctrl-C while the modules
-    load (the first ~80 ms) is the one line and exit 130 it is later, not a traceback."""
+    load (the first ~80 ms) is noted (:class:`Pressed`); a second one there is the one line and
+    exit 130, not a traceback."""
     gc.disable()
     if threading.current_thread() is threading.main_thread():
         pressed = Pressed()
