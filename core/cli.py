@@ -23,7 +23,7 @@ import attrs
 import click
 
 from . import platforms as plat
-from .console import Pressed
+from .console import Pressed, word as console_word
 from .errors import ArchfleetError, EnvironmentProblem, Interrupted, UsageError
 from .inventory import Config, not_utf8
 from .buildcache import check_refs as check_cache_refs, parse_cache
@@ -544,9 +544,25 @@ def _run(hooks, work, *, more: bool = False):
         raise Interrupted(str(exc) or "interrupted") from None
 
 
-def _signal_word(signum: int | None) -> str:
-    """How an interrupt by ``signum`` is said: ``interrupted``, or ``terminated (SIGTERM)``."""
-    return "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+_signal_word = console_word  # how an interrupt by a signal is said
+
+
+def _no_run() -> None:
+    """For a command without a run (``plugins``, ``binfmt``): a Ctrl-C or SIGTERM the console
+    script noted since the start (:class:`archfleet.console.Pressed`) is raised now, and
+    Python's handlers are back for the rest of the command, as they were before the console
+    script noted them (a single Ctrl-C went unheard by ``binfmt --uninstall``, which went on:
+    found by the fresh-user helper). Raises :class:`Interrupted` (exit 130, one line)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    noted = None
+    for sig, python in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        handler = signal.getsignal(sig)
+        if isinstance(handler, Pressed):
+            noted = handler
+            signal.signal(sig, python)
+    if noted is not None and noted.count:
+        raise Interrupted(_signal_word(noted.signum))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -767,6 +783,7 @@ def ls_(engine_cli, local, nodes_file, fmt):
 @click.option("--uninstall", "uninstall", metavar="PLATFORMS", help="Remove QEMU handlers.")
 def binfmt(install, uninstall):
     """Show, register or remove QEMU binfmt_misc handlers (qemu-user-static, fix-binary flag)."""
+    _no_run()
     from . import binfmt as bf
 
     mount = bf.MOUNT
@@ -842,6 +859,7 @@ def _why(exc: BaseException) -> str:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def plugins_(fmt):
     """List loaded plugins (built-in and installed), their versions and the hooks each implements."""
+    _no_run()
     from . import __version__
     from .manager import BUILTIN_PLUGINS
 

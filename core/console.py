@@ -24,9 +24,9 @@ import threading
 class Pressed:
     """SIGINT's (and an unhandled SIGTERM's) handler from the console script's start until a
     command's run takes over, and between runs: the first one is noted (``count``, ``signum``)
-    for :func:`archfleet.cli._run` to raise; a second raises KeyboardInterrupt at once, as
-    Python's handler does. A command that has no run (``plugins``, ``binfmt``, ``--help``:
-    each done in a moment) finishes despite a single Ctrl-C."""
+    for :func:`archfleet.cli._run` to raise, or a command without a run
+    (:func:`archfleet.cli._no_run`); a second one ends the process at once with the one line
+    and exit 130 (SystemExit: a KeyboardInterrupt through click printed an empty line first)."""
 
     def __init__(self):
         self.count = 0
@@ -36,13 +36,18 @@ class Pressed:
         self.count += 1
         self.signum = signum
         if self.count > 1:
-            raise KeyboardInterrupt
+            sys.stderr.write(f"archfleet: error: {word(signum)}\n")
+            raise SystemExit(130)
+
+
+def word(signum: int | None) -> str:
+    """How an interrupt by ``signum`` is said: ``interrupted``, or ``terminated (SIGTERM)``."""
+    return "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
 
 
 def entrypoint() -> None:
     """Run the ``archfleet`` command line; exits with its code. A Ctrl-C while the modules
-    load (the first ~80 ms) is noted (:class:`Pressed`); a second one there is the one line and
-    exit 130, not a traceback."""
+    load (the first ~80 ms) is noted (:class:`Pressed`), not a traceback."""
     gc.disable()
     if threading.current_thread() is threading.main_thread():
         pressed = Pressed()

@@ -306,3 +306,48 @@ def test_after_a_run_the_ctrl_c_is_noted_only_when_another_run_follows(more, aft
         assert (now is pressed) if after == "noting" else (now is signal.default_int_handler)
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize("count,raised", [(0, False), (1, True)])
+def test_a_command_without_a_run_raises_a_noted_ctrl_c_and_gives_the_signals_back(count, raised):
+    """plugins and binfmt have no run to raise a Ctrl-C the console script noted: they call
+    _no_run first, which raises it (Interrupted: exit 130, one line) and puts Python's handlers
+    back, so a Ctrl-C during the rest interrupts them (a single one went unheard by `binfmt
+    --uninstall`, which went on: found by the fresh-user helper)."""
+    import signal
+
+    from archfleet import cli
+    from archfleet.console import Pressed
+    from archfleet.errors import Interrupted
+
+    pressed = Pressed()
+    pressed.count, pressed.signum = count, signal.SIGINT if count else None
+    before = signal.signal(signal.SIGINT, pressed)
+    before_term = signal.signal(signal.SIGTERM, pressed)
+    try:
+        if raised:
+            with pytest.raises(Interrupted, match="^interrupted$"):
+                cli._no_run()
+        else:
+            cli._no_run()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, before)
+        signal.signal(signal.SIGTERM, before_term)
+
+
+@pytest.mark.parametrize("signum,line", [(2, "archfleet: error: interrupted"),
+                                          (15, "archfleet: error: terminated (SIGTERM)")])
+def test_a_second_ctrl_c_before_a_run_ends_the_process_with_one_line(capsys, signum, line):
+    """The second Ctrl-C (or SIGTERM) before a run does not wait: exit 130 with the one line. A
+    KeyboardInterrupt raised through click printed an empty line before it (found by the
+    fresh-user helper)."""
+    from archfleet.console import Pressed
+
+    pressed = Pressed()
+    pressed(signum, None)
+    with pytest.raises(SystemExit) as ended:
+        pressed(signum, None)
+    assert ended.value.code == 130
+    assert capsys.readouterr().err == line + "\n"
