@@ -76,10 +76,11 @@ def update_json(path: Path, change: Callable[[dict], None]) -> dict:
 
 def fresh_positive(entry, field: str, ttl: float) -> float | None:
     """``entry[field]`` of a cache entry shaped ``{field: number, "at": epoch seconds}`` when it
-    was written less than ``ttl`` seconds ago and is finite and positive, else None (missing,
-    too old, or not such an entry: caches are read without trusting their shape)."""
+    was written less than ``ttl`` seconds ago (not in the future) and is finite and positive,
+    else None (missing, too old, dated ahead, or not such an entry: caches are read without
+    trusting their shape)."""
     try:
-        if entry and time.time() - float(entry["at"]) < ttl:
+        if entry and 0 <= time.time() - float(entry["at"]) < ttl:  # one dated ahead (a clock set back): too old
             value = float(entry[field])
             if math.isfinite(value) and value > 0:
                 return value

@@ -222,3 +222,18 @@ def test_write_atomic_uses_a_fresh_temp_name_each_time(tmp_path, monkeypatch):
     for _ in range(3):
         cachefile.write_atomic(tmp_path / "x.json", "{}")
     assert len(set(seen)) == 3 and all(p.parent == tmp_path for p in seen)
+
+
+@pytest.mark.parametrize("at,fresh", [(-60, True), (-3600 * 23, True), (-3600 * 25, False), (+3600, False),
+                                      (float("inf"), False), (float("nan"), False)])
+def test_a_cache_entry_is_fresh_only_when_written_within_its_ttl_and_not_ahead(at, fresh):
+    """Scores and link rates (cachefile.fresh_positive): written less than the TTL ago. One
+    dated ahead of now (a clock set back, a hand-edited file: found by the fresh-user helper for
+    the CLI versions, the same rule) is not fresh: it would be kept for as long as the clock
+    lags."""
+    import time
+
+    from archfleet import cachefile
+
+    entry = {"score": 1.5, "at": time.time() + at}
+    assert cachefile.fresh_positive(entry, "score", 24 * 3600) == (1.5 if fresh else None)

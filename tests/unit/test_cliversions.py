@@ -58,10 +58,13 @@ def test_an_answer_is_forgotten_once_the_file_is_another(cli, change):
 
 @pytest.mark.parametrize("entry", ["not json", {"identity": 1, "tail": 2}, "x", [], {"identity": "IDENT", "tail": "4"},
                                    {"identity": "IDENT", "tail": [4]}, {"identity": "IDENT", "tail": ["x"]},
-                                   {"identity": "IDENT", "tail": ["x"], "at": "soon"}])
+                                   {"identity": "IDENT", "tail": ["x"], "at": "soon"},
+                                   {"identity": "IDENT", "tail": ["x"], "at": 4e12},  # dated ahead: a clock set back
+                                   {"identity": "IDENT", "tail": ["x"], "at": float("inf")}])
 def test_a_cache_of_another_shape_recalls_nothing(cli, entry):
-    """A tail that is a string was read as its characters (found by the fresh-user helper); an
-    entry without its time is not trusted either."""
+    """A tail that is a string was read as its characters, and an entry dated ahead was kept
+    past its day (both found by the fresh-user helpers); an entry without its time is not
+    trusted either."""
     cachedir.cli_versions().parent.mkdir(parents=True, exist_ok=True)
     if isinstance(entry, dict) and entry.get("identity") == "IDENT":
         entry = dict(entry, identity=list(cliversions.identity(cli)))
