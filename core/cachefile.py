@@ -74,13 +74,23 @@ def update_json(path: Path, change: Callable[[dict], None]) -> dict:
     return doc
 
 
+def fresh(entry, ttl: float) -> bool:
+    """``entry`` (a cache entry with ``"at"``: epoch seconds) was written less than ``ttl``
+    seconds ago and not in the future (one dated ahead, by a clock set back or a hand-edited
+    file, would be kept as long as the clock lags). False for anything not so shaped."""
+    try:
+        return bool(entry) and 0 <= time.time() - float(entry["at"]) < ttl
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def fresh_positive(entry, field: str, ttl: float) -> float | None:
     """``entry[field]`` of a cache entry shaped ``{field: number, "at": epoch seconds}`` when it
     was written less than ``ttl`` seconds ago (not in the future) and is finite and positive,
     else None (missing, too old, dated ahead, or not such an entry: caches are read without
     trusting their shape)."""
     try:
-        if entry and 0 <= time.time() - float(entry["at"]) < ttl:  # one dated ahead (a clock set back): too old
+        if fresh(entry, ttl):
             value = float(entry[field])
             if math.isfinite(value) and value > 0:
                 return value

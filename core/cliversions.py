@@ -55,7 +55,7 @@ def recall(path: str, now: tuple[int, ...] | None) -> CliVersion | None:
     cannot be read). Blocking (a small file)."""
     entry = cachefile.read_json(cachedir.cli_versions()).get(path)
     try:
-        if now is None or tuple(entry["identity"]) != now or not 0 <= time.time() - float(entry["at"]) < TTL:
+        if now is None or tuple(entry["identity"]) != now or not cachefile.fresh(entry, TTL):
             return None
         tail = entry["tail"]
         if not isinstance(tail, list) or not all(isinstance(line, str) for line in tail):
