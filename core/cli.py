@@ -23,7 +23,7 @@ import attrs
 import click
 
 from . import platforms as plat
-from .console import Pressed, word as console_word
+from .console import Pressed, word as _signal_word
 from .errors import ArchfleetError, EnvironmentProblem, Interrupted, UsageError
 from .inventory import Config, not_utf8
 from .buildcache import check_refs as check_cache_refs, parse_cache
@@ -542,9 +542,6 @@ def _run(hooks, work, *, more: bool = False):
             return answer
     except KeyboardInterrupt as exc:
         raise Interrupted(str(exc) or "interrupted") from None
-
-
-_signal_word = console_word  # how an interrupt by a signal is said
 
 
 def _no_run() -> None:

@@ -56,7 +56,7 @@ from .shellword import expand
 def _sigint_held():
     """SIGINT blocked in this thread (the main thread: the one Python runs signal handlers in)
     while Go code of the parser runs; a SIGINT that arrives meanwhile is delivered when the block
-    ends, back in Python, as a KeyboardInterrupt. Other threads: nothing to do."""
+    ends, back in Python, to the handler in place then. Other threads: nothing to do."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -87,6 +87,7 @@ def parse_string(text: str) -> tuple:
     fresh-user helper). Every parse goes through here."""
     with _sigint_held():
         return _buildkit.parse_string(text)
+
 
 BUILD, TARGET = "build", "target"  # the symbolic stage platforms (Stage.platform)
 PLATFORM_ARGS = ("BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT",
