@@ -56,7 +56,7 @@ import time
 import warnings
 import weakref
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterable, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 import attrs
 
@@ -549,17 +549,21 @@ class RegistryClient:
         return "Basic " + base64.b64encode(raw).decode()
 
     async def request(self, method: str, host: str, path: str, *, scope: str = "", headers: dict | None = None,
-                      content: bytes | None = None, ok: tuple[int, ...] = (200,), repeatable: bool | None = None,
+                      content: bytes | AsyncIterator[bytes] | None = None, ok: tuple[int, ...] = (200,), repeatable: bool | None = None,
                       stream: bool = False) -> httpx.Response:
         """Send with auth, retries and back-off; return the response if its status is in ``ok``.
 
         ``host`` is the API host (``Reference.api_host``); ``scope`` one or more token scopes
         (space-separated). ``repeatable`` says the request may be sent again after it may have
         reached the registry (default: GET/HEAD/DELETE); one that is not raises
-        :class:`_Unfinished` instead of being re-sent. With ``stream`` the body is not read:
-        the caller closes the response (``await resp.aclose()``)."""
+        :class:`_Unfinished` instead of being re-sent. ``content`` may be an async iterator of
+        bytes (sent as it comes, chunked): such a body can be sent once only, so whatever would
+        send it again (a retry, a first 401's token) raises :class:`_Unfinished` instead (the
+        token is fetched first: the caller's next try has it). With ``stream`` the body is not
+        read: the caller closes the response (``await resp.aclose()``)."""
         if repeatable is None:
             repeatable = method in _SAFE_METHODS
+        once = content is not None and not isinstance(content, (bytes, bytearray))
         scheme = await self._scheme(host)
         url = f"{scheme}://{host}{path}"
         hdrs = dict(headers or {})
@@ -584,7 +588,7 @@ class RegistryClient:
                     raise EnvironmentProblem(
                         f"registry {host} does not speak HTTPS ({_reason(cause)}); if it is a plain-HTTP registry "
                         f"you trust, allow it with --insecure-registry {host}") from None
-                if not connect and not repeatable:
+                if (not connect and not repeatable) or once:
                     raise _Unfinished(f"{method} {url} failed after it may have reached the registry: "
                                       f"{str(exc) or type(exc).__name__}") from None
                 attempt += 1
@@ -613,6 +617,8 @@ class RegistryClient:
                     self._basic[host] = await self._basic_header(host)
                 else:
                     raise RegistryError(f"registry {credential_name(host)} asked for unsupported auth {kind!r}", 401)
+                if once:
+                    raise _Unfinished(f"{method} {url} needed a token; its body cannot be sent again", 401)
                 continue
             if status in ok:
                 return resp
@@ -630,7 +636,7 @@ class RegistryClient:
             wait = _retry_after(resp)
             not_processed = status == 429 or (status == 503 and wait is not None)
             if status == 429 or status >= 500:
-                if not (repeatable or not_processed):
+                if not (repeatable or not_processed) or once:
                     raise _Unfinished(_describe_error(method, url, resp), status)
                 attempt += 1
                 if wait is not None and wait > RETRY_AFTER_CAP:
@@ -845,10 +851,41 @@ class RegistryClient:
                     return "uploaded"  # the cut-off request did arrive
         raise RegistryError(f"copying blob {digest} to {dst.name} failed {RETRIES} times: {last}")
 
-    async def _upload(self, dst: Reference, digest: str, session: str | None, pieces: AsyncIterator[bytes],
-                      where: str) -> None:
+    async def push_growing(self, dst: Reference, source: Callable[[], AsyncIterator[bytes]],
+                           ended: Callable[[], Awaitable[str | None]], *, where: str = "") -> str:
+        """Upload a blob while its bytes are still being made (a layer compressed as the
+        engine's export is read), its digest known only at their end: ``source()`` yields the
+        bytes as they come (a new iterator from the first byte each time it is called), then
+        ``await ended()`` says the digest, or None when the blob is not wanted after all (the
+        layer turned out to be one the registry holds already). The bytes go in
+        :data:`CHUNK`-byte PATCHes as they arrive, the last ones in the final PUT, which is made
+        as one writer (:meth:`blob_writer`) and only when the registry does not hold the blob
+        already (HEAD; the session is cancelled then). A cut-off upload is started again, like
+        :meth:`push_blob`'s. Returns ``"uploaded"``, ``"skipped"`` (there already) or
+        ``"cancelled"`` (not wanted: the session is cancelled, nothing is linked).
+
+        Raises :class:`RegistryError` when the bytes do not match the digest or the upload keeps
+        failing."""
+        last: Exception | None = None
+        for _ in range(RETRIES):
+            try:
+                return await self._upload(dst, ended, None, source(), where)
+            except _Unfinished as exc:
+                last = exc
+                digest = await ended()
+                if digest is None:
+                    return "cancelled"
+                if await self.blob_exists(dst, digest):
+                    return "uploaded"  # the cut-off request did arrive
+        raise RegistryError(f"copying blob {where or 'a layer'} to {dst.name} failed {RETRIES} times: {last}")
+
+    async def _upload(self, dst: Reference, digest: str | Callable[[], Awaitable[str | None]], session: str | None,
+                      pieces: AsyncIterator[bytes], where: str) -> str:
         """One upload of ``pieces`` into ``dst`` as blob ``digest`` (raises :class:`_Unfinished`
-        when it was cut off and may be started again)."""
+        when it was cut off and may be started again). ``digest`` may be a coroutine function
+        answered once ``pieces`` end (:meth:`push_growing`): then the final PUT is made under
+        :meth:`blob_writer` after a HEAD, and None cancels the session. Returns ``"uploaded"``,
+        or ``"skipped"``/``"cancelled"`` for a growing blob."""
         push = f"repository:{dst.repository}:pull,push"
         if session is None:
             start = await self.request("POST", dst.api_host, f"/v2/{dst.repository}/blobs/uploads/", scope=push,
@@ -856,6 +893,8 @@ class RegistryClient:
             if not start.headers.get("location"):
                 raise RegistryError(f"registry {credential_name(dst.api_host)} started an upload without a Location")
             session = _path_of(start.headers["location"])
+        if not isinstance(digest, str):
+            return await self._upload_growing(dst, digest, session, pieces, push, where)
         hasher = hashlib.sha256()
         pending: list[bytes] = []
         held = 0
@@ -865,8 +904,8 @@ class RegistryClient:
                 pending.append(piece)
                 held += len(piece)
                 while held >= CHUNK:
-                    data = b"".join(pending)
-                    chunk, rest = data[:CHUNK], data[CHUNK:]
+                    data = b"".join(pending) if len(pending) > 1 else pending[0]
+                    chunk, rest = (data[:CHUNK], data[CHUNK:]) if len(data) > CHUNK else (data, b"")
                     del data
                     pending, held = ([rest] if rest else []), len(rest)
                     hasher.update(chunk)
@@ -879,7 +918,43 @@ class RegistryClient:
                 await closing()
         last = b"".join(pending)
         hasher.update(last)
-        if "sha256:" + hasher.hexdigest() != digest:
+        await self._finish(dst, digest, session, "sha256:" + hasher.hexdigest(), last, push, where)
+        return "uploaded"
+
+    async def _upload_growing(self, dst: Reference, digest: Callable[[], Awaitable[str | None]], session: str,
+                              pieces: AsyncIterator[bytes], push: str, where: str) -> str:
+        """:meth:`_upload` of a blob still being made: its bytes in one PATCH as they come (a
+        stream upload, no ``Content-Range``: what Docker's own push sends, so every registry
+        ``docker push`` works with takes it), then the final PUT once ``digest()`` says it,
+        under :meth:`blob_writer` after a HEAD. Chunks of a fixed size would wait for each
+        PATCH's answer before the next, and the bytes made meanwhile would be sent after the
+        last one is made. The maker hashed the bytes as it wrote them; the registry checks them
+        against the digest."""
+        try:
+            resp = await self.request("PATCH", dst.api_host, session, scope=push, content=pieces, ok=(202, 204),
+                                      repeatable=False, headers={"Content-Type": "application/octet-stream"})
+        finally:
+            closing = getattr(pieces, "aclose", None)
+            if closing is not None:
+                await closing()
+        location = resp.headers.get("location")
+        session = _path_of(location) if location else session
+        digest = await digest()
+        if digest is None:
+            await self._cancel(dst, session, push)
+            return "cancelled"
+        async with self.blob_writer(dst, digest):
+            if await self.blob_exists(dst, digest):
+                await self._cancel(dst, session, push)
+                return "skipped"
+            await self._finish(dst, digest, session, None, b"", push, where)
+        return "uploaded"
+
+    async def _finish(self, dst: Reference, digest: str, session: str, sent: str | None, last: bytes, push: str,
+                      where: str) -> None:
+        """The final PUT of an upload whose bytes hashed to ``sent`` (``sha256:<hex>``; None: not
+        hashed here): refused here, the session cancelled, when that is not ``digest``."""
+        if sent is not None and sent != digest:
             await self._cancel(dst, session, push)
             raise RegistryError(f"blob {digest}{' ' + where if where else ''} does not match its digest")
         sep = "&" if "?" in session else "?"

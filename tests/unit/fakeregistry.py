@@ -40,6 +40,7 @@ class FakeRegistry:
         self.events: list[tuple[str, str, str]] = []  # ("blob"|"manifest", repo, reference)
         self.peak_patch = 0
         self.patches = 0
+        self.streamed = 0  # PATCHes without Content-Range (stream uploads)
         self.hook = None  # callable(request) -> Response | None, consulted first
 
     # -- auth ---------------------------------------------------------------------------------
@@ -156,9 +157,12 @@ class FakeRegistry:
         if request.method == "PATCH":
             self.patches += 1
             self.peak_patch = max(self.peak_patch, len(body))
-            start, end = (int(x) for x in request.headers["content-range"].split("-"))
-            if start != up["size"] or end != start + len(body) - 1:
-                return httpx.Response(416, json={"errors": [{"code": "RANGE_INVALID", "message": "bad range"}]})
+            if "content-range" in request.headers:  # a chunk; without: a stream upload (docker push's), as distribution takes it
+                start, end = (int(x) for x in request.headers["content-range"].split("-"))
+                if start != up["size"] or end != start + len(body) - 1:
+                    return httpx.Response(416, json={"errors": [{"code": "RANGE_INVALID", "message": "bad range"}]})
+            else:
+                self.streamed += 1
         if body:
             up["hash"].update(body)
             up["size"] += len(body)
