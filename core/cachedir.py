@@ -8,6 +8,8 @@ when ``XDG_CACHE_HOME`` names an absolute directory, else ``~/.cache/archfleet``
 - ``links.json``: transfer rates to nodes (:mod:`archfleet.linkrate`);
 - ``scores.json``: nodes' CPU benchmark scores (:mod:`archfleet.scores`);
 - ``layers-v2/``: scans of image layers (:mod:`archfleet.layercache`);
+- ``layer-prints.json``: image layers' sizes and first bytes' digests, by diff_id
+  (:mod:`archfleet.layerprints`);
 - ``contexts/``: each build context's file digests, by their stat (:mod:`archfleet.filedigests`);
 - ``leases/``: this user's private lease directory, when ``$XDG_RUNTIME_DIR`` cannot hold it
   (:func:`archfleet.leases.private_root`).
@@ -83,6 +85,11 @@ def layers() -> Path:
     """The layer-scan directory (one JSON file per layer digest; v2: scans with opaque
     directories and hidden names)."""
     return root() / "layers-v2"
+
+
+def layer_prints() -> Path:
+    """The file of layers' prints (JSON, diff_id -> size and head digest, :mod:`archfleet.layerprints`)."""
+    return root() / "layer-prints.json"
 
 
 def leases() -> Path | None:

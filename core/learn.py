@@ -17,6 +17,8 @@ a context sync              ``PlatformResult.transfer``           ``links.json``
                                                                   (:mod:`archfleet.linkrate`)
 verification                ``ChildImage.scans``                  ``layers-v2/``
                                                                   (:mod:`archfleet.layercache`)
+a push's read of the        ``PlatformResult.layer_prints``       ``layer-prints.json``
+engine's export                                                   (:mod:`archfleet.layerprints`)
 a finished build            ``PlatformResult.seconds``, ``.parts``,  ``history.sqlite``
                             ``.pushed_bytes`` and the node's      (:mod:`archfleet.history`,
                             speed                                 table ``runs``)
@@ -43,7 +45,7 @@ from typing import Mapping
 
 import attrs
 
-from . import cliversions, filedigests, layercache, linkrate, scores
+from . import cliversions, filedigests, layercache, layerprints, linkrate, scores
 from .history import HistoryView
 from .steps import join
 from .model import FileDigests, LayerScan, NodeFacts, PlatformResult, Transfer
@@ -93,8 +95,9 @@ def keep(lessons: Lessons) -> None:
     """Write what ``lessons`` holds to the caches: scores the probe measured (not those it read
     from the cache; briefly those measured on a busy node, :func:`measured_busy`), the
     ``--version`` answers of local CLIs it asked, each sync's transfer folded into its link's
-    rate, each new layer scan once, one history row per result. Blocking (files, SQLite): call
-    it in a thread. Never raises for a cache that cannot be written (see the module)."""
+    rate, each new layer scan once, the layer prints the pushes read, one history row per result.
+    Blocking (files, SQLite): call it in a thread. Never raises for a cache that cannot be
+    written (see the module)."""
     for facts in lessons.probed:
         if facts.score_measured and facts.score is not None:
             scores.store(scores.score_key(facts.node), facts.score, busy=measured_busy(facts))
@@ -103,6 +106,7 @@ def keep(lessons: Lessons) -> None:
         linkrate.record(transfer.link, transfer.bytes, transfer.seconds)
     for scan in dict.fromkeys(lessons.scans):
         layercache.store(scan.digest, scan.scan)
+    layerprints.store(p for result in lessons.results for p in result.layer_prints)
     for digests in lessons.file_digests():
         filedigests.store(digests)
     speeds = dict(lessons.speeds)

@@ -386,6 +386,11 @@ class PlatformResult:
     steps: tuple["StepTime", ...] = attrs.field(default=(), converter=_tuple, eq=False, repr=False)
     # bytes of the layers archfleet compressed and pushed (base layers mounted are not counted)
     pushed_bytes: int = attrs.field(default=0, eq=False)
+    # (diff_id, uncompressed bytes, sha256 hex of its first 512 KiB) of each layer the engine's
+    # export held, for the learn stage (archfleet.layerprints: how the next push
+    # tells a layer the registry holds before it is read whole)
+    layer_prints: tuple[tuple[str, int, str], ...] = attrs.field(default=(), converter=_tuple, eq=False,
+                                                                  repr=False)
     # the node whose child this build read as its warm cache source (archfleet.buildcache), if any
     warm_from: str | None = None
     # -o: the platform's files, merged from the image's layers into a spool tar (archfleet.outputs),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from archfleet import cachedir, cachefile, history, layercache, linkrate, probe, scores
+from archfleet import cachedir, cachefile, history, layercache, layerprints, linkrate, probe, scores
 from archfleet.model import BuildRequest, NodeFacts, NodeSpec, Option, PlatformResult
 from archfleet.platforms import parse
 from archfleet.plugins import estimates
@@ -128,6 +128,40 @@ def test_an_unwritable_cache_dir_never_fails_layer_scans(tmp_path, monkeypatch, 
     monkeypatch.setattr(layercache, "_dir", lambda: cache / "layers-v1")
     layercache.store(DIGEST, {"entries": {}, "whiteouts": []})
     assert layercache.load(DIGEST) is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_unwritable_cache_dir_never_fails_layer_prints(tmp_path, monkeypatch, kind):
+    cache = unwritable(tmp_path, kind)
+    monkeypatch.setattr(cachedir, "layer_prints", lambda: cache / "layer-prints.json")
+    layerprints.store([(DIGEST, 10, "a" * 64)])
+    assert layerprints.recall([DIGEST]) == {}
+
+
+@pytest.mark.parametrize("entry", [None, 3, "x", {}, {"size": 10}, {"head": "a" * 64}, {"size": -1, "head": "a" * 64},
+                                   {"size": True, "head": "a" * 64}, {"size": 1.5, "head": "a" * 64},
+                                   {"size": 10, "head": "A" * 64}, {"size": 10, "head": "a" * 63},
+                                   {"size": 10, "head": 7}])
+def test_a_layer_print_that_is_not_a_size_and_a_sha256_is_no_print(tmp_path, monkeypatch, entry):
+    """Rule: a cache file is input too: only a non-negative integer size and 64 lowercase hex digits make a print."""
+    path = tmp_path / "layer-prints.json"
+    monkeypatch.setattr(cachedir, "layer_prints", lambda: path)
+    path.write_text(json.dumps({DIGEST: entry}))
+    assert layerprints.recall([DIGEST]) == {}
+    path.write_text(json.dumps({DIGEST: {"size": 10, "head": "a" * 64}}))
+    assert layerprints.recall([DIGEST]) == {DIGEST: (10, "a" * 64)}
+
+
+def test_layer_prints_keep_the_ones_seen_last(tmp_path, monkeypatch):
+    """Bounded: past MAX_ENTRIES, the prints seen longest ago go; one seen again counts as new."""
+    monkeypatch.setattr(cachedir, "layer_prints", lambda: tmp_path / "layer-prints.json")
+    monkeypatch.setattr(layerprints, "MAX_ENTRIES", 3)
+    digest = [f"sha256:{n:064x}" for n in range(5)]
+    layerprints.store([(digest[0], 1, "a" * 64), (digest[1], 1, "a" * 64), (digest[2], 1, "a" * 64)])
+    layerprints.store([(digest[0], 1, "a" * 64), (digest[3], 1, "a" * 64)])
+    assert set(layerprints.recall(digest)) == {digest[0], digest[2], digest[3]}
+    layerprints.store([("not-a-digest", 1, "a" * 64), (digest[4], -1, "a" * 64), (digest[4], 1, "nothex")])
+    assert set(layerprints.recall(digest)) == {digest[0], digest[2], digest[3]}
 
 
 def test_cached_numbers_must_be_finite_and_positive(tmp_path, monkeypatch):

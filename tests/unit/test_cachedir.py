@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from archfleet import cachedir, layercache, leases, linkrate, scores
+from archfleet import cachedir, layercache, layerprints, leases, linkrate, scores
 
 CORE = Path(cachedir.__file__).resolve().parent
 PLUGINS = CORE.parent / "plugins"
@@ -74,10 +74,12 @@ def test_every_cache_writes_under_the_one_directory(tmp_path, monkeypatch, home)
     linkrate.record("n1|ssh|h|", 8 << 20, 1.0)
     scores.store("n1|ssh|h|", 1.5)
     layercache.store("sha256:" + "ab" * 32, {"entries": {}, "whiteouts": []})
+    layerprints.store([("sha256:" + "ab" * 32, 10, "cd" * 32)])
     base = tmp_path / "xdg" / "archfleet"
     assert linkrate.measured("n1|ssh|h|") == 8 << 20 and scores.cached("n1|ssh|h|") == 1.5
     assert (base / "links.json").is_file() and (base / "scores.json").is_file()
     assert (base / "layers-v2" / ("sha256-" + "ab" * 32 + ".json")).is_file()
+    assert (base / "layer-prints.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "xdg"]
     assert list(home.iterdir()) == []
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from archfleet import cachedir, history, index as index_mod, layercache, linkrate, pipeline, scores
+from archfleet import cachedir, history, index as index_mod, layercache, layerprints, linkrate, pipeline, scores
 from archfleet.api import hookimpl
 from archfleet.history import History
 from archfleet.inventory import Config
@@ -100,6 +100,22 @@ def test_a_layer_two_children_scanned_is_stored_once(monkeypatch):
     assert stored == [layer(1), layer(2)]
 
 
+def test_keep_writes_the_prints_of_the_layers_the_pushes_read():
+    """Rule: every layer a push read leaves its print (archfleet.layerprints), for the next push."""
+    one = (layer(1), 5 << 20, "a" * 64)
+    two = (layer(2), 1 << 10, "b" * 64)
+    keep(Lessons(results=[attrs_evolve(result(AMD), layer_prints=[one, two]),
+                          attrs_evolve(result(ARM), layer_prints=[one])]))
+    assert layerprints.recall([layer(1), layer(2), layer(3)]) == {layer(1): (5 << 20, "a" * 64),
+                                                                 layer(2): (1 << 10, "b" * 64)}
+
+
+def attrs_evolve(value, **changes):
+    import attrs
+
+    return attrs.evolve(value, **changes)
+
+
 def test_no_history_no_rows_but_the_rest_is_learned():
     keep(Lessons(results=[result(AMD, Transfer(LINK, BIG, 1.0, "s1"))], history=None))
     assert rows() == 0 and linkrate.measured(LINK) == BIG
@@ -121,6 +137,8 @@ def test_keep_never_raises_for_caches_it_cannot_write(unwritable_caches, capsys)
                  results=[result(AMD, Transfer(LINK, BIG, 1.0, "s1"))], speeds={"n1": 1.0},
                  scans=[LayerScan(layer(1), SCAN)], history=history.view_for(request(AMD))))
     assert scores.cached(LINK) is None and linkrate.measured(LINK) is None and layercache.load(layer(1)) is None
+    keep(Lessons(results=[attrs_evolve(result(AMD), layer_prints=[(layer(1), 10, "a" * 64)])]))
+    assert layerprints.recall([layer(1)]) == {}
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("archfleet: warning: build history off")
 
