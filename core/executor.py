@@ -46,6 +46,7 @@ class PushGate:
     """
 
     def __init__(self, platforms: Sequence[Platform]):
+        self._platforms = frozenset(platforms)
         self._waiting = set(platforms)
         self._event = asyncio.Event()
         self._failed: str | None = None
@@ -66,6 +67,11 @@ class PushGate:
     def failed(self) -> str | None:
         """Why the gate broke (the platform that failed for good), or None."""
         return self._failed
+
+    def alone(self, platform: Platform) -> bool:
+        """True when the gate holds ``platform`` and nothing else (a one-platform build), and it
+        has not broken."""
+        return self._failed is None and self._platforms == frozenset({platform})
 
     async def wait(self) -> None:
         """Return once every platform is built; raise :class:`Aborted` if the gate broke."""
@@ -98,6 +104,14 @@ class Job:
     def status(self, state: str) -> None:
         """A state change: building, pushing, ..."""
         self.reporter.status(self.option, state)
+
+    def alone(self) -> bool:
+        """True when this is the build's only platform: nothing else waits at the push gate, so
+        its push may start while its export is still read (:meth:`ready_to_push` returns at
+        once). An export that then fails leaves at most some of its own blobs in the registry,
+        named by no manifest, as a push cut off does; with more platforms the gate opens only
+        once every export is read, so a platform that fails there has let nothing be pushed."""
+        return self.gate.alone(self.option.platform)
 
     async def ready_to_push(self) -> None:
         """Mark this platform built, free its build slot, wait until all are built (raises if

@@ -131,6 +131,11 @@ async def build_and_push(option: Option, request: BuildRequest, job, registry=No
             return PlatformResult(option.platform, option, total, image_id=image_id, ref=tag,
                                   transfer=transfer, warm_from=warm_from, output=str(tree) if tree else None,
                                   parts=parts(total), steps=timed)
+        # a build's only platform may push as it exports: its layers are uploaded while they
+        # are compressed, as the export is read (~80 ms of a 30 MB layer's push, issue 17)
+        early = job.alone()
+        if early:
+            await job.ready_to_push()
         job.status("exporting")
         export = adapter.export(job.transport, facts, image_id)
         if spool is not None:
@@ -138,25 +143,28 @@ async def build_and_push(option: Option, request: BuildRequest, job, registry=No
         prepared = await publish.prepare(
             export, node=job.node, image_id=image_id,
             platform=option.platform, annotations=publish.manifest_annotations(request.annotations, option.platform),
-            known=await known)
+            known=await known, push=(client, repository) if early else None)
         try:
             tree = await outputs.tree_of(spool / "image.tar", spool, prefix, job.node) if spool else None
             built = time.monotonic() - started
             exported = time.monotonic() - built_at
-            await job.ready_to_push()
+            if not early:
+                await job.ready_to_push()
             job.status("pushing")
             push_started = time.monotonic()
             digest, _, _, counts = await publish.upload(client, prepared, repository)
         finally:
             publish.discard(prepared)
         pushed_bytes = sum(b.size for b in prepared.blobs if b.path is not None)
+    as_read = f", {len(prepared.streamed)} sent as the export was read" if prepared.streamed else ""
     job.log(f"pushed {repository.name}@{digest} (blobs: {counts['uploaded']} uploaded, {counts['mounted']} mounted, "
             f"{counts['skipped']} already there; {prepared.compressed} "
-            f"layer{'' if prepared.compressed == 1 else 's'} compressed)")
+            f"layer{'' if prepared.compressed == 1 else 's'} compressed{as_read})")
     # the time waiting at the push gate is other platforms' time, not this option's
     uploaded = time.monotonic() - push_started
     seconds = built + uploaded
     return PlatformResult(option.platform, option, seconds, repository=repository.name,
                           digest=digest, ref=f"{repository.name}@{digest}", image_id=image_id, transfer=transfer,
                           scans=prepared.scans, warm_from=warm_from, output=str(tree) if tree else None,
-                          parts=parts(seconds, exported + uploaded), steps=timed, pushed_bytes=pushed_bytes)
+                          parts=parts(seconds, exported + uploaded), steps=timed, pushed_bytes=pushed_bytes,
+                          layer_prints=prepared.layer_prints)

@@ -7,7 +7,14 @@ of the image id, streamed), in two steps around the push gate:
 
 1. :func:`prepare` (before the gate: nothing is sent): read the export as it streams, each
    member hashed and, when larger than :data:`SMALL`, spooled to a file in :func:`spool_dir`
-   (never held whole in memory). Then the manifest to push is decided:
+   (never held whole in memory). A layer (a ``.tar`` member) is compressed **while it is
+   read** (:class:`_Gzip`: the same blob either way), unless its print (its size and the digest
+   of its first bytes, known before the rest: :mod:`archfleet.layerprints`) is that of a layer
+   the registry holds; and when the push gate is open already (the build's only platform,
+   :meth:`archfleet.executor.Job.alone`) it is also **uploaded while it is compressed**
+   (one stream upload, :meth:`RegistryClient.push_growing`), provided every layer the registry
+   holds has a known print (else a base's layer could be sent for nothing). Then the manifest to
+   push is decided:
 
    - a **docker-archive** (``manifest.json``, ``<image id>.json``, ``<dir>/layer.tar``: Docker's
      ``docker save`` up to version 24, podman's default) holds each layer uncompressed. Each
@@ -30,9 +37,12 @@ of the image id, streamed), in two steps around the push gate:
      attestation is read through its ``manifest.json`` like a docker-archive.
 
 2. :func:`upload` (after the gate): every blob, then the manifest, by digest (``repo@sha256:``).
-   A blob is sent at most once: HEAD first (``skipped``), then a cross-repository mount from
-   the base's repository (``mounted``), else an upload in :data:`archfleet.registry.CHUNK`
-   pieces read from the spool file (``uploaded``).
+   A blob is sent at most once: one sent while the export was read is waited for (and sent
+   again the usual way if that upload failed); else HEAD first (``skipped``), then a
+   cross-repository mount from the base's repository (``mounted``), else an upload in
+   :data:`archfleet.registry.CHUNK` pieces read from the spool file (``uploaded``). An early
+   upload of a layer that turned out to be one the registry holds is abandoned (its session
+   cancelled, nothing linked).
 
 Errors: :class:`archfleet.errors.InfrastructureError` when the engine's export is cut off or
 inconsistent (another node may build the platform); registry errors keep their types.
@@ -58,7 +68,7 @@ from typing import AsyncIterator, Iterable, Mapping, Sequence
 import attrs
 from isal import isal_zlib
 
-from . import layercache, mediatypes
+from . import layercache, layerprints, mediatypes
 from .elfcheck import scan_layer
 from .errors import ArchfleetError, InfrastructureError, RegistryError
 from .model import Annotation, BuildRequest, LayerScan
@@ -131,6 +141,12 @@ class Prepared:
     workdir: Path | None = None
     scans: tuple[LayerScan, ...] = ()
     compressed: int = 0  # layers archfleet compressed (the others: known, or pushed as written)
+    # (diff_id, size, head digest) of each layer read (archfleet.layerprints)
+    layer_prints: tuple[tuple[str, int, str], ...] = ()
+    # uploads begun while the export was read (the gate was open): blob digest -> its task, and
+    # every such task (those of layers the registry turned out to hold end by themselves)
+    streamed: Mapping[str, asyncio.Task] = attrs.field(factory=dict, eq=False, repr=False)
+    sending: tuple[asyncio.Task, ...] = attrs.field(default=(), eq=False, repr=False)
 
     @property
     def child(self) -> tuple[str, str, int]:
@@ -140,8 +156,12 @@ class Prepared:
 
 
 def discard(prepared: Prepared | None) -> None:
-    """Remove ``prepared``'s spool files (safe to call twice)."""
-    if prepared is not None and prepared.workdir is not None:
+    """Cancel ``prepared``'s uploads still under way and remove its spool files (safe to call twice)."""
+    if prepared is None:
+        return
+    for task in prepared.sending:
+        task.cancel()
+    if prepared.workdir is not None:
         shutil.rmtree(prepared.workdir, ignore_errors=True)
 
 
@@ -156,6 +176,131 @@ class _Member:
     data: bytes | None = attrs.field(default=None, repr=False)
     path: Path | None = None
     link: str | None = None  # a symlink's target, as a member name
+    head: str | None = None  # its print: sha256 hex of its first layerprints.HEAD bytes
+    gz: tuple[str, int, Path] | None = None  # compressed while it was read: (digest, size, file)
+    scan: object = attrs.field(default=None, eq=False, repr=False)  # its scan, a concurrent Future, then
+
+
+class _Growing:
+    """A compressed layer's spool file while it is written (by the reading thread) and read (by
+    its upload, on the event loop): how many bytes are in it so far, and once it is complete,
+    its (diff_id, blob digest). The thread's calls (:meth:`advance`, :meth:`finish`) reach the
+    loop through ``call_soon_threadsafe``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, path: Path):
+        self._loop = loop
+        self.path = path
+        self.written = 0
+        self.final: tuple[str, str | None] | None = None  # (diff_id, digest); digest None: abandoned
+        self._waiters: list[asyncio.Future] = []
+        self.task: asyncio.Task | None = None
+
+    def advance(self, total: int) -> None:
+        """(thread) ``total`` bytes are in the file now."""
+        self._loop.call_soon_threadsafe(self._set, total, None)
+
+    def finish(self, diff_id: str, digest: str | None) -> None:
+        """(thread) The file is complete (``digest``), or abandoned (None): no more bytes."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads any more
+            self._loop.call_soon_threadsafe(self._set, None, (diff_id, digest))
+
+    def _set(self, total: int | None, final: tuple | None) -> None:
+        if total is not None:
+            self.written = max(self.written, total)
+        if final is not None and self.final is None:
+            self.final = final
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def _changed(self) -> None:
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        """The file's bytes from the first, as they are written, until it is complete (nothing
+        more once it is abandoned)."""
+        handle = await asyncio.to_thread(open, self.path, "rb")
+        try:
+            pos = 0
+            while True:
+                if self.final is not None and self.final[1] is None:
+                    return
+                if pos < self.written:
+                    piece = await asyncio.to_thread(handle.read, min(PIECE, self.written - pos))
+                    if not piece:
+                        raise OSError(f"{self.path} is shorter than written")
+                    pos += len(piece)
+                    yield piece
+                    continue
+                if self.final is not None:
+                    return
+                await self._changed()
+        finally:
+            handle.close()
+
+    async def ended(self) -> tuple[str, str | None]:
+        """(diff_id, digest) once the file is complete or abandoned."""
+        while self.final is None:
+            await self._changed()
+        return self.final
+
+
+class _Streaming:
+    """What the reading thread does with a layer as it reads it (:func:`prepare`): a layer whose
+    print (size, digest of its first bytes: :mod:`archfleet.layerprints`) is none of ``skip``'s
+    (the prints of the layers the registry holds) is compressed while it is read, on ``pool``;
+    with ``push`` (client, repository: the push gate is open already) it is also uploaded as it
+    is compressed (:meth:`RegistryClient.push_growing`), and the upload abandoned when the
+    layer's diff_id turns out to be one of ``known``'s after all."""
+
+    def __init__(self, loop, pool, *, skip: frozenset[tuple[int, str]], known: Mapping[str, "Blob"],
+                 push: tuple[RegistryClient, Reference] | None):
+        self.loop = loop
+        self.pool = pool
+        self.skip = skip
+        self.known = known
+        self.push = push
+        self.growing: list[_Growing] = []
+
+    @staticmethod
+    def layer_like(name: str, size: int) -> bool:
+        """Member ``name`` may be a layer worth compressing as it is read: a layer of a
+        docker-archive (``<dir>/layer.tar`` as Docker's ``docker save`` writes it, ``<id>.tar``
+        as podman's does; an OCI layout's blobs have no suffix) large enough to be spooled."""
+        return name.endswith(".tar") and size > SMALL
+
+    def wants(self, size: int, head: str) -> bool:
+        """Compress the layer of this print as it is read: it is no known layer's."""
+        return (size, head) not in self.skip
+
+    def begin(self, path: Path) -> _Growing | None:
+        """(thread) The compressed file ``path`` is about to be written: its upload starts, when
+        there is one to start."""
+        if self.push is None:
+            return None
+        growing = _Growing(self.loop, path)
+        self.loop.call_soon_threadsafe(self._start, growing)
+        return growing
+
+    def _start(self, growing: _Growing) -> None:
+        client, repository = self.push
+
+        async def digest() -> str | None:
+            diff_id, digest = await growing.ended()
+            return None if diff_id in self.known else digest
+
+        growing.task = asyncio.ensure_future(client.push_growing(repository, growing.pieces, digest,
+                                                                 where=f"(a layer of the export)"))
+        self.growing.append(growing)
+
+    def stop(self) -> None:
+        """Cancel every upload still under way (the export failed, or the caller was cancelled)."""
+        for growing in self.growing:
+            if growing.task is not None:
+                growing.task.cancel()
 
 
 class _Reader(io.RawIOBase):
@@ -167,17 +312,35 @@ class _Reader(io.RawIOBase):
         self._loop = loop
         self._buf = b""
         self._eof = False
+        self._asking = None  # the loop's future of the piece being waited for
         self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        """(loop) Stop the reading thread: at its next read, or now if it waits for a piece (an
+        export that has stalled)."""
+        self.stopped.set()
+        asking = self._asking
+        if asking is not None:
+            asking.cancel()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
+        import concurrent.futures
+
         while not self._buf and not self._eof:
             if self.stopped.is_set():
                 raise _Stopped()
-            future = asyncio.run_coroutine_threadsafe(_next(self._pieces), self._loop)
-            piece = future.result()
+            self._asking = future = asyncio.run_coroutine_threadsafe(_next(self._pieces), self._loop)
+            if self.stopped.is_set():
+                future.cancel()
+            try:
+                piece = future.result()
+            except concurrent.futures.CancelledError:
+                raise _Stopped() from None
+            finally:
+                self._asking = None
             if piece is None:
                 self._eof = True
             else:
@@ -210,9 +373,11 @@ async def _next(pieces: AsyncIterator[bytes], want: int = PIECE) -> bytes | None
     return got[0] if len(got) == 1 else b"".join(got)
 
 
-def _read_members(fileobj, workdir: Path) -> dict[str, _Member]:
+def _read_members(fileobj, workdir: Path, streaming: _Streaming | None = None) -> dict[str, _Member]:
     """Every regular file and symlink of the tar stream ``fileobj``: hashed; kept in memory up
-    to :data:`SMALL` bytes, else spooled to a file in ``workdir``. Blocking (a thread)."""
+    to :data:`SMALL` bytes, else spooled to a file in ``workdir``; a layer ``streaming`` wants
+    is compressed as it is read (and uploaded, when it says so), then scanned in the background
+    (``_Member.gz``, ``.scan``). Blocking (a thread)."""
     members: dict[str, _Member] = {}
     n = 0
     with tarfile.open(fileobj=fileobj, mode="r|") as tar:
@@ -232,21 +397,63 @@ def _read_members(fileobj, workdir: Path) -> dict[str, _Member]:
             if info.size <= SMALL:
                 data = source.read()
                 hasher.update(data)
-                members[name] = _Member(name, "sha256:" + hasher.hexdigest(), len(data), data=data)
+                head = hashlib.sha256(data[:layerprints.HEAD]).hexdigest() if len(data) > layerprints.HEAD \
+                    else hasher.hexdigest()
+                members[name] = _Member(name, "sha256:" + hasher.hexdigest(), len(data), data=data, head=head)
                 continue
             n += 1
-            path = workdir / f"m{n}"
-            size = 0
-            with open(path, "wb") as out:
-                while True:
-                    piece = source.read(PIECE)
-                    if not piece:
-                        break
-                    hasher.update(piece)
-                    out.write(piece)
-                    size += len(piece)
-            members[name] = _Member(name, "sha256:" + hasher.hexdigest(), size, path=path)
+            members[name] = _spool(name, info.size, source, workdir / f"m{n}", workdir / f"z{n}", streaming)
     return members
+
+
+def _spool(name: str, size: int, source, path: Path, gz_path: Path, streaming: _Streaming | None) -> _Member:
+    """Member ``name`` (``size`` bytes, read from ``source``) spooled to ``path``, hashed, its
+    print taken (:mod:`archfleet.layerprints`); compressed as it is read when ``streaming``
+    wants it (:func:`_read_streamed`)."""
+    hasher = hashlib.sha256()
+    piece = source.read(layerprints.HEAD)
+    head = hashlib.sha256(piece).hexdigest()
+    if streaming is not None and streaming.layer_like(name, size) and streaming.wants(size, head):
+        return _read_streamed(name, piece, head, source, hasher, path, gz_path, streaming)
+    size = 0
+    with open(path, "wb") as out:
+        while piece:
+            hasher.update(piece)
+            out.write(piece)
+            size += len(piece)
+            piece = source.read(PIECE)
+    return _Member(name, "sha256:" + hasher.hexdigest(), size, path=path, head=head)
+
+
+def _read_streamed(name: str, piece: bytes, head: str, source, hasher, path: Path, gz_path: Path,
+                   streaming: _Streaming) -> _Member:
+    """One layer read to ``path`` (``piece``: its first bytes, read already), compressed to
+    ``gz_path`` as it comes (:class:`_Gzip`, the same blob :func:`gzip_layer` makes), uploaded as
+    it is compressed when ``streaming`` says so, then scanned on ``streaming.pool`` while the
+    export is read on."""
+    growing = streaming.begin(gz_path)
+    packer = _Gzip(gz_path, streaming.pool, growing.advance if growing is not None else None)
+    size = 0
+    try:
+        with open(path, "wb") as out:
+            while piece:
+                hasher.update(piece)
+                out.write(piece)
+                packer.feed(piece)
+                size += len(piece)
+                piece = source.read(BLOCK)  # a block at a time: at most two held for the packer
+        digest, gz_size = packer.close()
+    except BaseException:
+        packer.abort()
+        if growing is not None:
+            growing.finish("", None)
+        raise
+    diff_id = "sha256:" + hasher.hexdigest()
+    if growing is not None:
+        growing.finish(diff_id, digest)
+    member = _Member(name, diff_id, size, path=path, head=head)
+    scan = streaming.pool.submit(_scan, member)
+    return attrs.evolve(member, gz=(digest, gz_size, gz_path), scan=scan)
 
 
 def _resolve(members: Mapping[str, _Member], name: str) -> _Member:
@@ -333,45 +540,93 @@ def _blocks(member: _Member):
             yield block
 
 
+class _Gzip:
+    """One layer compressed as :func:`gzip_layer` says, fed in pieces of any size as they come
+    (:meth:`feed`, then :meth:`close`): the blocks are cut at the same offsets whatever the
+    pieces, so the blob is the same bytes however the layer arrived (read whole from a spool
+    file, or while the engine's export streams). Deflates on ``pool`` (at most
+    :data:`COMPRESSING` blocks ahead), writes to ``out`` in order; ``on_written(total)`` after
+    each write (the compressed bytes in ``out`` so far). Blocking: the feeding thread waits on
+    the pool."""
+
+    def __init__(self, out: Path, pool, on_written=None):
+        self._sink = open(out, "wb")
+        self._pool = pool
+        self._on_written = on_written
+        self._hasher = hashlib.sha256()
+        self._crc = 0
+        self._raw = 0
+        self._primer = b""
+        self._held = bytearray()  # raw bytes not deflated yet: at most a block and a piece
+        self._pending: list = []
+        self.size = 0
+        self._put(GZIP_HEADER)
+
+    def _put(self, data: bytes) -> None:
+        if data:
+            self._hasher.update(data)
+            self._sink.write(data)
+            self.size += len(data)
+            if self._on_written is not None:
+                self._sink.flush()
+                self._on_written(self.size)
+
+    def _submit(self, block: bytes, last: bool) -> None:
+        self._crc = isal_zlib.crc32(block, self._crc)
+        self._raw += len(block)
+        self._pending.append(self._pool.submit(_deflate_block, block, self._primer, last))
+        self._primer = block[-WINDOW:] if len(block) >= WINDOW else (self._primer + block)[-WINDOW:]
+        while len(self._pending) > COMPRESSING:
+            self._put(self._pending.pop(0).result())
+
+    def feed(self, data: bytes) -> None:
+        """More of the layer's bytes. A block is deflated once bytes after it arrive (until
+        then it may be the last, which ends the stream)."""
+        self._held += data
+        while len(self._held) > BLOCK:
+            with memoryview(self._held) as view:
+                block = bytes(view[:BLOCK])
+            del self._held[:BLOCK]
+            self._submit(block, False)
+
+    def close(self) -> tuple[str, int]:
+        """The layer has ended: deflate the rest, write the trailer; (digest, size) of the blob."""
+        try:
+            self._submit(bytes(self._held), True)  # empty only for an empty layer: one empty final block
+            self._held = bytearray()
+            while self._pending:
+                self._put(self._pending.pop(0).result())
+            self._put(struct.pack("<II", self._crc & 0xFFFFFFFF, self._raw & 0xFFFFFFFF))
+        finally:
+            self.abort()
+        return "sha256:" + self._hasher.hexdigest(), self.size
+
+    def abort(self) -> None:
+        """Stop: close the file (what was written stays), forget the blocks in flight."""
+        for future in self._pending:
+            future.cancel()
+        self._pending = []
+        self._sink.close()
+
+
 def gzip_layer(member: _Member, out: Path) -> tuple[str, int]:
     """Compress ``member`` into ``out`` as one gzip member, deterministically: a fixed header
     (mtime 0, no file name), the layer deflated by ISA-L at :func:`block_level` in :data:`BLOCK`
     pieces, each primed with the 32 KiB before it (pigz's parallel gzip), on :data:`COMPRESSING`
     threads, written in order; the same bytes always give the same blob, whatever the threads
     did. The compressed bytes are hashed as they are written; return (digest, size). At most a
-    few blocks are in memory. Blocking (a thread)."""
+    few blocks are in memory. Blocking (a thread). :class:`_Gzip` does it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    hasher = hashlib.sha256()
-    crc, raw = 0, 0
-    size = 0
-    with open(out, "wb") as sink, ThreadPoolExecutor(COMPRESSING, thread_name_prefix="archfleet-gzip") as pool:
-        def put(data: bytes) -> None:
-            nonlocal size
-            if data:
-                hasher.update(data)
-                sink.write(data)
-                size += len(data)
-
-        put(GZIP_HEADER)
-        pending: list = []
-        primer = b""
-        blocks = _blocks(member)
-        block = next(blocks, None)
-        while True:
-            nxt = next(blocks, None) if block is not None else None
-            data = block if block is not None else b""
-            crc = isal_zlib.crc32(data, crc)
-            raw += len(data)
-            pending.append(pool.submit(_deflate_block, data, primer, nxt is None))
-            primer = data[-WINDOW:] if len(data) >= WINDOW else (primer + data)[-WINDOW:]
-            while len(pending) > COMPRESSING or (nxt is None and pending):
-                put(pending.pop(0).result())
-            if nxt is None:
-                break
-            block = nxt
-        put(struct.pack("<II", crc & 0xFFFFFFFF, raw & 0xFFFFFFFF))
-    return "sha256:" + hasher.hexdigest(), size
+    with ThreadPoolExecutor(COMPRESSING, thread_name_prefix="archfleet-gzip") as pool:
+        packer = _Gzip(out, pool)
+        try:
+            for block in _blocks(member):
+                packer.feed(block)
+        except BaseException:
+            packer.abort()
+            raise
+        return packer.close()
 
 
 # -- deciding what to push -------------------------------------------------------------------------
@@ -379,22 +634,34 @@ def gzip_layer(member: _Member, out: Path) -> tuple[str, int]:
 
 async def prepare(export: AsyncIterator[bytes], *, node: str, image_id: str = "",
                   annotations: Sequence[Annotation] = (), platform: Platform | None = None,
-                  known: Mapping[str, Blob] | None = None) -> Prepared:
+                  known: Mapping[str, Blob] | None = None,
+                  push: tuple[RegistryClient, Reference] | None = None) -> Prepared:
     """Read ``export`` (the image archive :func:`archfleet.engine.export` streams) and decide
     what to push for the child: see the module docstring. ``known``: diff_id -> a blob the
     registry holds (``mount_from`` set, :func:`known_layers`) that need not be compressed or sent. ``annotations``: the
-    ``manifest`` annotations of ``platform`` (an OCI manifest then). Nothing is sent. The
-    caller :func:`discard`\\ s the result when done. Raises :class:`InfrastructureError` (naming
-    ``node``) when the export is cut off or not an image archive archfleet can read."""
+    ``manifest`` annotations of ``platform`` (an OCI manifest then). ``push`` (client,
+    repository), only once the push gate is open: a layer compressed while it is read is also
+    uploaded while it is compressed (see the module docstring); else nothing is sent. The
+    caller :func:`discard`\\ s the result when done (or :func:`upload`\\ s it first). Raises
+    :class:`InfrastructureError` (naming ``node``) when the export is cut off or not an image
+    archive archfleet can read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    known = known or {}
+    prints = await asyncio.to_thread(layerprints.recall, known) if known else {}
+    if len(prints) < len(known):
+        push = None  # a layer the registry holds could not be told by its print: nothing is sent early
     workdir = Path(tempfile.mkdtemp(prefix="archfleet-export-", dir=spool_dir()))
     loop = asyncio.get_running_loop()
     reader = _Reader(export, loop)
+    pool = ThreadPoolExecutor(COMPRESSING + 1, thread_name_prefix="archfleet-gzip")  # the blocks, and a scan
+    streaming = _Streaming(loop, pool, skip=frozenset(prints.values()), known=known, push=push)
     try:
-        reading = loop.run_in_executor(None, _read_members, io.BufferedReader(reader, PIECE), workdir)
+        reading = loop.run_in_executor(None, _read_members, io.BufferedReader(reader, PIECE), workdir, streaming)
         try:
             members = await asyncio.shield(reading)
         except asyncio.CancelledError:
-            reader.stopped.set()  # the thread stops at its next read; wait for it, then close the export
+            reader.stop()  # the thread stops at its next read (or now); wait for it, then close the export
             with contextlib.suppress(BaseException):
                 await reading
             raise
@@ -408,13 +675,20 @@ async def prepare(export: AsyncIterator[bytes], *, node: str, image_id: str = ""
                 await export.aclose()
         try:
             decided = await _decide(members, workdir, node=node, image_id=image_id, annotations=annotations,
-                                    platform=platform, known=known or {})
-            return attrs.evolve(decided, workdir=workdir)  # discard() removes it, spool files and all
+                                    platform=platform, known=known)
         except _Bad as exc:
             raise InfrastructureError(node, f"the engine's export of {image_id or 'the image'}: {exc}") from None
+        wanted = {g.final[1]: g.task for g in streaming.growing
+                  if g.final is not None and g.final[1] is not None and g.final[0] not in known}
+        return attrs.evolve(decided, workdir=workdir, streamed=wanted,  # discard() removes it, spool files and all
+                            sending=tuple(g.task for g in streaming.growing))
     except BaseException:
+        streaming.stop()
+        await asyncio.gather(*(g.task for g in streaming.growing), return_exceptions=True)
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def _decide(members: Mapping[str, _Member], workdir: Path, *, node: str, image_id: str,
@@ -461,6 +735,12 @@ async def _decide(members: Mapping[str, _Member], workdir: Path, *, node: str, i
                 if scan is not None:
                     scans.append(LayerScan(there.digest, scan))
             return attrs.evolve(there, media_type=layer_type)
+        if member.gz is not None:  # compressed while it was read
+            digest, size, path = member.gz
+            scan = await asyncio.wrap_future(member.scan)
+            if scan is not None:
+                scans.append(LayerScan(digest, scan))
+            return Blob(digest, size, layer_type, path=path)
         async with limit:
             out = workdir / f"gz-{member.digest[7:]}"
             # the scan reads the layer while it is compressed: ISA-L and the file reads let go
@@ -493,7 +773,8 @@ async def _decide(members: Mapping[str, _Member], workdir: Path, *, node: str, i
     for b in blobs:
         unique.setdefault(b.digest, b)
     return Prepared(tuple(unique.values()), ((body, doc["mediaType"]),), scans=tuple(scans),
-                    compressed=sum(1 for b in unique.values() if b.path is not None))
+                    compressed=sum(1 for b in unique.values() if b.path is not None),
+                    layer_prints=tuple(dict.fromkeys((m.digest, m.size, m.head) for m in layers if m.head)))
 
 
 def _layer_compressed(media_type: str) -> bool:
@@ -587,6 +868,12 @@ async def upload(client: RegistryClient, prepared: Prepared, repository: Referen
     counts = {"skipped": 0, "mounted": 0, "uploaded": 0}
 
     async def one(b: Blob) -> None:
+        early = prepared.streamed.get(b.digest)
+        if early is not None:  # sent while the export was read: done, unless that upload failed
+            await asyncio.wait([early])
+            if not early.cancelled() and early.exception() is None and early.result() in counts:
+                counts[early.result()] += 1
+                return
         mount = [parse_reference(b.mount_from, what="base repository")] if b.mount_from else []
         if b.data is None and b.path is None:  # a base layer: there, or mounted, or nothing to send
             how = await _mount_only(client, repository, b.digest, mount)
@@ -598,6 +885,11 @@ async def upload(client: RegistryClient, prepared: Prepared, repository: Referen
         counts[how] += 1
 
     await asyncio.gather(*(one(b) for b in prepared.blobs))
+    if prepared.sending:  # the early uploads of layers the registry held end by themselves
+        await asyncio.wait(prepared.sending)
+        for task in prepared.sending:  # what one of those raised does not matter: nothing needs it
+            if not task.cancelled():
+                task.exception()
     for body, media_type in prepared.manifests:
         await _put_manifest(client, repository, body, media_type, [b.digest for b in prepared.blobs])
     digest, media_type, size = prepared.child

@@ -128,7 +128,8 @@ def test_an_unchanged_rebuild_is_reused_and_a_new_base_digest_rebuilds_every_pla
 
 class _Counting(http.server.BaseHTTPRequestHandler):
     """Forwards every request to the lab registry, counting the body bytes of blob uploads by
-    repository (PATCH and PUT under /v2/<repo>/blobs/uploads/) and the mounts it answered."""
+    repository (PATCH and PUT under /v2/<repo>/blobs/uploads/; a stream upload's chunked body
+    decoded) and the mounts it answered."""
 
     protocol_version = "HTTP/1.1"
     upstream = ("127.0.0.1", 5000)
@@ -139,16 +140,30 @@ class _Counting(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def _forward(self):
+    def _body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():  # a stream upload
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        return self.rfile.read(length) if length else b""
+
+    def _forward(self):
+        body = self._body()
         path = self.path
         if "/blobs/uploads/" in path and self.command in ("PATCH", "PUT"):
             repo = path[len("/v2/"):].split("/blobs/uploads/")[0]
             with self.lock:
                 self.uploaded[repo] = self.uploaded.get(repo, 0) + len(body)
         conn = http.client.HTTPConnection(*self.upstream, timeout=60)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "content-length")}
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in ("connection", "content-length", "transfer-encoding")}
         conn.request(self.command, path, body=body if body or self.command in ("PUT", "PATCH", "POST") else None,
                      headers=headers)
         resp = conn.getresponse()
@@ -323,3 +338,30 @@ def test_a_rebuild_finds_its_cached_layer_in_the_registry_by_diff_id_and_does_no
     assert lines[1].endswith("; 1 layer compressed)"), lines[1]  # the RUN layer: the rest found by diff_id
     assert counts.uploaded["build 1"] > 400000
     assert counts.uploaded["build 2"] < 100000  # the new RUN layer and the config, not the data
+
+
+def test_the_last_platform_uploads_its_new_layer_while_the_export_is_read_once(lab, counting_proxy, tmp_path):
+    """Rule (issue 17, fixed cost; Docker's own push streams compression into the upload too): a
+    platform whose push gate is open when its build ends sends each new layer while the engine's
+    export is read, as it is compressed: the push's line says so, the layer's bytes go up once
+    (counted by a proxy in front of the registry), and the image runs. On the second build the
+    layers of the last child are told apart by their prints and not sent again."""
+    proxy, counts = counting_proxy
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {lab.base}\nARG NONCE\n"
+                                    "RUN echo $NONCE > /nonce && head -c 3000000 /dev/urandom > /blob\n"
+                                    "CMD [\"uname\", \"-m\"]\n")
+    repo = f"publish/{unique('streamed')}"
+    lines = []
+    for n in (1, 2):
+        before = counts.uploaded.get(repo, 0)
+        proc = lab.archfleet("build", "--progress", "plain", "--platform", "linux/amd64", "--build-arg",
+                             f"NONCE={uuid.uuid4().hex}", "-t", f"{proxy}/{repo}:{n}", "--push", str(ctx), check=True)
+        lines.append(next(line for line in (proc.stdout + proc.stderr).splitlines() if " pushed " in line
+                          and "blobs:" in line))
+        counts.uploaded[f"build {n}"] = counts.uploaded.get(repo, 0) - before
+    assert "sent as the export was read" in lines[0], lines[0]  # nothing known: the base's layer and mine
+    assert lines[1].endswith("; 1 layer compressed, 1 sent as the export was read)"), lines[1]
+    assert 3_000_000 < counts.uploaded["build 2"] < 3_300_000  # the new layer once, and the config
+    assert lab.run_image(f"{proxy}/{repo}:2", "linux/amd64") == "x86_64"

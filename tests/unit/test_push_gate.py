@@ -52,6 +52,19 @@ def test_the_gate_opens_only_when_the_last_platform_is_built():
     asyncio.run(scenario())
 
 
+def test_only_a_builds_one_platform_may_push_while_it_exports():
+    """Rule (Job.alone): with more platforms the gate opens only once every export is read, so a
+    platform whose export fails has let nothing be pushed; alone, nothing else can be."""
+    assert PushGate([AMD]).alone(AMD)
+    assert not PushGate([AMD]).alone(ARM)
+    two = PushGate([AMD, ARM])
+    two.built(ARM)
+    assert not two.alone(AMD)  # the last to build, but not alone: it pushes after its export
+    broken = PushGate([AMD])
+    broken.fail("linux/amd64 failed")
+    assert not broken.alone(AMD)
+
+
 def test_a_failure_raises_aborted_in_every_waiter_with_the_first_reason():
     async def scenario():
         gate = PushGate([AMD, ARM, S390])
