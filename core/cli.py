@@ -450,13 +450,21 @@ def _hooks():
 class _CtrlC:
     """SIGINT while :func:`_run`'s event loop runs, in place of asyncio.Runner's own handler.
 
-    While the command's task runs, the first Ctrl-C cancels it and a second one raises
-    KeyboardInterrupt at once, as asyncio.Runner does. Once the task is done, Runner would raise
-    KeyboardInterrupt from inside the loop's last iteration; the loop then keeps the stop its
-    task asked for, and the next ``run_until_complete`` (Runner's own shutdown of the default
-    executor) fails with "Event loop stopped before Future completed": exit 70, "internal error",
-    after the tags moved. So then the Ctrl-C is only noted (``late``): :func:`_run` raises it
-    once the task's answer is out of the loop."""
+    While the command's task runs, the first Ctrl-C cancels it. A second one stops the loop with
+    KeyboardInterrupt, as asyncio.Runner's does, but raised by a callback of the loop (between
+    two of its steps), not wherever the main thread happens to be: raised there, inside
+    asyncio's own work, it was dropped ("Exception ignored in: <function WeakSet...>", a
+    traceback after the one line), and not while a command is being started
+    (:func:`archfleet.transport.starting`): the loop's shutdown then waited for ever on the
+    half-started command (two quick Ctrl-Cs, 1 in 20-30 under load: found by the fresh-user
+    helper). A third one raises at once (a loop that does not come back to its callbacks, or
+    a shutdown that waits on a thread).
+    Once the task is done, Runner would raise KeyboardInterrupt from inside the loop's last
+    iteration; the loop then keeps the stop its task asked for, and the next
+    ``run_until_complete`` (Runner's own shutdown of the default executor) fails with "Event
+    loop stopped before Future completed": exit 70, "internal error", after the tags moved. So
+    then the Ctrl-C is only noted (``late``), also while the loop shuts down and closes:
+    :func:`_run` raises it once the loop is closed."""
 
     def __init__(self):
         self.task: asyncio.Task | None = None
@@ -468,12 +476,28 @@ class _CtrlC:
         self.count += 1
         self.signum = signum
         task = self.task
+        if self.count >= 3:  # a loop, or a shutdown, that does not come back: stop it where it is
+            raise KeyboardInterrupt(_signal_word(signum))
         if task is not None and task.done():
             self.late = True
             return
         if self.count == 1 and task is not None:
             task.cancel()
             task.get_loop().call_soon_threadsafe(lambda: None)  # wake a select() that waits long
+            return
+        if self.count == 2 and task is not None and not task.get_loop().is_closed():
+            task.get_loop().call_soon_threadsafe(self._stop, signum)
+            return
+        raise KeyboardInterrupt(_signal_word(signum))
+
+    def _stop(self, signum) -> None:
+        if self.task is not None and self.task.done():
+            self.late = True  # the run ended meanwhile: its answer is out of the loop first
+            return
+        from .transport import starting
+
+        if starting():  # a command's start is under way: stopped now, the shutdown would wait for ever
+            asyncio.get_running_loop().call_later(0.005, self._stop, signum)
             return
         raise KeyboardInterrupt(_signal_word(signum))
 
@@ -485,7 +509,8 @@ def _run(hooks, work, *, more: bool = False):
     Ctrl-C (:class:`_CtrlC`) cancels the run; once asyncio.run's work is over it is raised as
     :class:`Interrupted` (one line, exit 130: click would print an empty line and drop the message
     saying what could not be stopped). A Ctrl-C while the loop shuts down (the default executor's
-    threads joined) stops that wait, as asyncio.run lets it."""
+    threads joined) and closes is noted and raised once it is closed; a third one stops that
+    wait."""
     from .pipeline import run_command
 
     if _exit_after_command:
@@ -521,25 +546,29 @@ def _run(hooks, work, *, more: bool = False):
         noted = next((h for h in (before_int, before_term) if isinstance(h, Pressed)), None)
         if noted is not None and noted.count:
             raise KeyboardInterrupt(_signal_word(noted.signum))
-        with asyncio.Runner() as runner:
-            if own:
-                signal.signal(signal.SIGINT, ctrl_c)
-            if own_term:
-                signal.signal(signal.SIGTERM, ctrl_c)
-            try:
-                answer = runner.run(command())
-            except asyncio.CancelledError:
-                if ctrl_c.count:
-                    raise KeyboardInterrupt(_signal_word(ctrl_c.signum)) from None
-                raise
-            finally:
-                if own and signal.getsignal(signal.SIGINT) is ctrl_c:
-                    signal.signal(signal.SIGINT, after_int)
-                if own_term and signal.getsignal(signal.SIGTERM) is ctrl_c:
-                    signal.signal(signal.SIGTERM, after_term)
-            if ctrl_c.late:
-                raise KeyboardInterrupt(_signal_word(ctrl_c.signum))
-            return answer
+        try:
+            with asyncio.Runner() as runner:
+                if own:
+                    signal.signal(signal.SIGINT, ctrl_c)
+                if own_term:
+                    signal.signal(signal.SIGTERM, ctrl_c)
+                try:
+                    answer = runner.run(command())
+                except asyncio.CancelledError:
+                    if ctrl_c.count:
+                        raise KeyboardInterrupt(_signal_word(ctrl_c.signum)) from None
+                    raise
+        finally:
+            # only once the loop is closed: a KeyboardInterrupt raised inside its close left it
+            # half closed ("Exception ignored in: BaseEventLoop.__del__ ... Invalid file
+            # descriptor: -1" after the one line)
+            if own and signal.getsignal(signal.SIGINT) is ctrl_c:
+                signal.signal(signal.SIGINT, after_int)
+            if own_term and signal.getsignal(signal.SIGTERM) is ctrl_c:
+                signal.signal(signal.SIGTERM, after_term)
+        if ctrl_c.late:
+            raise KeyboardInterrupt(_signal_word(ctrl_c.signum))
+        return answer
     except KeyboardInterrupt as exc:
         raise Interrupted(str(exc) or "interrupted") from None
 

@@ -378,6 +378,28 @@ async def supervise(parts, timeout: float | None, stop: Callable[[], Awaitable[N
         raise
 
 
+_STARTING: set = set()  # this process's commands being started (asyncio.create_subprocess_exec futures)
+
+
+def _starting(start) -> asyncio.Future:
+    """``start`` (a ``create_subprocess_exec`` coroutine) as a future, counted in
+    :func:`starting` until it is done."""
+    future = asyncio.ensure_future(start)
+    _STARTING.add(future)
+    future.add_done_callback(_STARTING.discard)
+    return future
+
+
+def starting() -> bool:
+    """True while a command is being started here: asyncio has forked it and connects its pipes
+    in tasks of its own. A loop stopped then (a second Ctrl-C) cancels those tasks when it shuts
+    down, and a half-connected subprocess transport never reports the end of its process, so
+    the shutdown waits on it for ever (CPython's asyncio, 3.11: ``_connect_pipes`` cancelled
+    leaves a pipe unset, and ``_try_finish`` waits for every pipe). :class:`archfleet.cli._CtrlC`
+    stops the loop only once this is False."""
+    return any(not f.done() for f in _STARTING)
+
+
 class LocalTransport:
     """Runs commands on this machine; the ``local`` node's transport. Leases live in this
     machine's file system (:class:`archfleet.leases.LocalLeases`); the context is used where it
@@ -414,7 +436,7 @@ class LocalTransport:
             full_env["DOCKER_HOST"] = self.docker_host
         if env:
             full_env.update(env)
-        spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
+        spawn = _starting(asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
