@@ -226,10 +226,12 @@ async def probe_node(transport, node: NodeSpec, candidates=None) -> NodeFacts:
         batch.append(BENCH_ARGV)  # alone, after them: it measures the CPU
     transport = Answered(transport, await run_batch(transport, batch, timeout=60 if scored is not None else 180,
                                                     together=together))
-    done = await transport.run(list(facts_argv), timeout=60)
+    lines: list[str] = []  # every line: a result's tail is its last 40, and a node with QEMU's ~30
+    # handlers and a few leases prints more (the machine, first, was lost: "unsupported machine None")
+    done = await transport.run(list(facts_argv), on_line=lines.append, timeout=60)
     if not done.ok:
         return NodeFacts(node, False, error=f"probe failed: {done.last_line()}")
-    raw = parse_facts(done.tail)
+    raw = parse_facts(lines)
     try:
         native = from_uname(raw.get("machine", ""))
     except PlatformError as exc:

@@ -71,6 +71,25 @@ def test_a_docker_node_is_probed_in_one_session_with_the_same_facts(tmp_path, mo
     assert facts.score_measured and facts.score > 0 and facts.cpus >= 1
 
 
+def test_facts_longer_than_a_results_tail_are_read_whole(tmp_path, monkeypatch):
+    """Rule: the facts are every line the script printed, not a result's last 40: a node with
+    QEMU's ~30 binfmt handlers and a few live leases printed more, and its machine, the first
+    line, was lost ("unsupported machine None", an SSH node unreachable in CI)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    handlers = ["qemu-s390x", *(f"qemu-other{n}" for n in range(44))]  # s390x first: not in a tail of 40
+    script = "echo machine=aarch64\necho cpus=4\n" + "".join(f"echo binfmt={h}:enabled:F\n" for h in handlers) + \
+        "".join(f"echo lease={n} 100 30 {n}\n" for n in range(10))
+    monkeypatch.setattr(probe, "FACTS_SCRIPT", script)
+    fake = tmp_path / "docker"
+    fake.write_text(FAKE_DOCKER)
+    fake.chmod(0o755)
+    node = NodeSpec("n1", transport="ssh", engine_cli=str(fake), settings={"host": "127.0.0.1"})
+    facts = asyncio.run(probe.probe_node(Counting(), node, candidates=[str(fake)]))
+    assert facts.reachable and facts.error is None, facts.error
+    assert str(facts.native[0]) == "linux/arm64" and facts.cpus == 4
+    assert [str(p) for p in facts.emulated] == ["linux/s390x"]
+
+
 def test_a_node_without_sh_answers_nothing_and_the_probe_runs_its_commands_itself():
     """A batch that did not come back (the transport failed it) answers nothing: each command
     is then run on its own, as before."""
