@@ -312,6 +312,21 @@ def test_a_child_built_on_an_ssh_node_is_exported_through_its_engine_and_pushed_
     assert lab.run_image(f"{lab.registry}/{repo}:1", "linux/arm64") == "aarch64"
 
 
+def two_builds(lab, proxy: str, counts, ctx: Path, repo: str) -> list[str]:
+    """Build ``ctx`` for linux/amd64 twice, pushing through the counting ``proxy`` to ``repo``:1
+    and :2, each with a new NONCE build arg; the push's line of each (``pushed ... (blobs: ...)``).
+    ``counts.uploaded["build N"]``: the bytes each build uploaded."""
+    lines = []
+    for n in (1, 2):
+        before = counts.uploaded.get(repo, 0)
+        proc = lab.archfleet("build", "--progress", "plain", "--platform", "linux/amd64", "--build-arg",
+                             f"NONCE={uuid.uuid4().hex}", "-t", f"{proxy}/{repo}:{n}", "--push", str(ctx), check=True)
+        lines.append(next(line for line in (proc.stdout + proc.stderr).splitlines() if " pushed " in line
+                          and "blobs:" in line))
+        counts.uploaded[f"build {n}"] = counts.uploaded.get(repo, 0) - before
+    return lines
+
+
 def test_a_rebuild_finds_its_cached_layer_in_the_registry_by_diff_id_and_does_not_compress_it(lab, counting_proxy,
                                                                                               tmp_path):
     """Rule (issue 17, fixed cost; dockerd's push does the same with the blobs it pushed): a layer
@@ -325,14 +340,7 @@ def test_a_rebuild_finds_its_cached_layer_in_the_registry_by_diff_id_and_does_no
     (ctx / "Dockerfile").write_text(f"FROM {lab.base}\nCOPY data /data\nARG NONCE\nRUN echo $NONCE > /nonce\n"
                                     "CMD [\"uname\", \"-m\"]\n")
     repo = f"publish/{unique('cached')}"
-    lines = []
-    for n in (1, 2):
-        before = counts.uploaded.get(repo, 0)
-        proc = lab.archfleet("build", "--progress", "plain", "--platform", "linux/amd64", "--build-arg",
-                             f"NONCE={uuid.uuid4().hex}", "-t", f"{proxy}/{repo}:{n}", "--push", str(ctx), check=True)
-        lines.append(next(line for line in (proc.stdout + proc.stderr).splitlines() if " pushed " in line
-                          and "blobs:" in line))
-        counts.uploaded[f"build {n}"] = counts.uploaded.get(repo, 0) - before
+    lines = two_builds(lab, proxy, counts, ctx, repo)
     # the first: the COPY and RUN layers, and the base's (its registry is not the proxy's host)
     assert int(lines[0].rsplit("; ", 1)[1].split()[0]) >= 3, lines[0]
     assert lines[1].endswith("; 1 layer compressed)"), lines[1]  # the RUN layer: the rest found by diff_id
@@ -353,14 +361,7 @@ def test_the_last_platform_uploads_its_new_layer_while_the_export_is_read_once(l
                                     "RUN echo $NONCE > /nonce && head -c 3000000 /dev/urandom > /blob\n"
                                     "CMD [\"uname\", \"-m\"]\n")
     repo = f"publish/{unique('streamed')}"
-    lines = []
-    for n in (1, 2):
-        before = counts.uploaded.get(repo, 0)
-        proc = lab.archfleet("build", "--progress", "plain", "--platform", "linux/amd64", "--build-arg",
-                             f"NONCE={uuid.uuid4().hex}", "-t", f"{proxy}/{repo}:{n}", "--push", str(ctx), check=True)
-        lines.append(next(line for line in (proc.stdout + proc.stderr).splitlines() if " pushed " in line
-                          and "blobs:" in line))
-        counts.uploaded[f"build {n}"] = counts.uploaded.get(repo, 0) - before
+    lines = two_builds(lab, proxy, counts, ctx, repo)
     assert "sent as the export was read" in lines[0], lines[0]  # nothing known: the base's layer and mine
     assert lines[1].endswith("; 1 layer compressed, 1 sent as the export was read)"), lines[1]
     assert 3_000_000 < counts.uploaded["build 2"] < 3_300_000  # the new layer once, and the config

@@ -48,6 +48,14 @@ def known_blob(raw: bytes, repo: str = "base") -> tuple[publish.Blob, bytes]:
     return publish.Blob(sha(gz), len(gz), publish.DOCKER_LAYER_GZIP, mount_from=f"{HOST}/{repo}"), gz
 
 
+def registry_holding(raw: bytes, repo: str = "base") -> tuple[FakeRegistry, dict[str, publish.Blob]]:
+    """A registry whose ``repo`` holds ``raw`` gzipped; the ``known`` map that says so."""
+    fake = FakeRegistry(HOST)
+    blob, gz = known_blob(raw, repo)
+    fake.blobs[(repo, blob.digest)] = gz
+    return fake, {sha(raw): blob}
+
+
 def learn_prints(*raws: bytes) -> None:
     layerprints.store((sha(r), len(r), hashlib.sha256(r[:layerprints.HEAD]).hexdigest()) for r in raws)
 
@@ -90,14 +98,12 @@ def test_a_layer_fed_in_pieces_of_any_size_compresses_to_the_same_blob_as_from_i
 
 
 def test_a_new_layer_goes_up_in_one_stream_upload_while_the_export_is_read_and_is_not_sent_again():
-    fake = FakeRegistry(HOST)
     base = big_layer("base")
-    known, base_gz = known_blob(base)
-    fake.blobs[("base", known.digest)] = base_gz
+    fake, known = registry_holding(base)
     mine = big_layer("app")
     learn_prints(base)
     tar, image_id = docker_archive([base, mine])
-    got, counts = run(fake, tar, image_id, {sha(base): known})
+    got, counts = run(fake, tar, image_id, known)
     try:
         layer = got.blobs[2]
         assert list(got.streamed) == [layer.digest]
@@ -125,12 +131,10 @@ def test_the_early_blob_is_the_blob_the_usual_way_makes():
 
 
 def test_nothing_is_sent_early_while_a_known_layers_print_is_unknown():
-    fake = FakeRegistry(HOST)
     base = big_layer("base")
-    known, base_gz = known_blob(base)
-    fake.blobs[("base", known.digest)] = base_gz
+    fake, known = registry_holding(base)
     tar, image_id = docker_archive([base, big_layer("app")])
-    got, counts = run(fake, tar, image_id, {sha(base): known})
+    got, counts = run(fake, tar, image_id, known)
     try:
         assert fake.streamed == 0 and not got.streamed
         assert counts == {"uploaded": 2, "mounted": 1, "skipped": 0}
@@ -141,16 +145,14 @@ def test_nothing_is_sent_early_while_a_known_layers_print_is_unknown():
 def test_a_layer_with_a_known_layers_print_is_not_compressed_while_read_and_a_new_one_with_it_is_sent_after():
     """Two layers with the same size and first 512 KiB but different ends: the print cannot tell
     them apart, so the new one is compressed after the read (the same blob), not early."""
-    fake = FakeRegistry(HOST)
     head = os.urandom(BIG)
     old = raw_layer({"bin/app": head + b"old!"})
     new = raw_layer({"bin/app": head + b"new!"})
     assert len(old) == len(new) and old[:layerprints.HEAD] == new[:layerprints.HEAD] and sha(old) != sha(new)
-    known, old_gz = known_blob(old, "app")
-    fake.blobs[("app", known.digest)] = old_gz
+    fake, known = registry_holding(old, "app")
     learn_prints(old)
     tar, image_id = docker_archive([new])
-    got, counts = run(fake, tar, image_id, {sha(old): known})
+    got, counts = run(fake, tar, image_id, known)
     try:
         assert not got.streamed and fake.streamed == 0
         layer = got.blobs[1]
@@ -162,16 +164,15 @@ def test_a_layer_with_a_known_layers_print_is_not_compressed_while_read_and_a_ne
 
 def test_an_early_upload_of_a_layer_that_turns_out_known_is_abandoned_and_nothing_is_linked():
     """A print remembered wrong (a cache edited by hand): the layer is streamed, then found known."""
-    fake = FakeRegistry(HOST)
     base = big_layer("base")
-    known, base_gz = known_blob(base)
-    fake.blobs[("base", known.digest)] = base_gz
+    fake, known = registry_holding(base)
     layerprints.store([(sha(base), len(base), "0" * 64)])
     tar, image_id = docker_archive([base])
-    got, counts = run(fake, tar, image_id, {sha(base): known})
+    got, counts = run(fake, tar, image_id, known)
     try:
         assert not got.streamed and fake.streamed == 1
-        assert not any(repo == "app" and d != known.digest and d != got.blobs[0].digest for repo, d in fake.blobs)
+        linked = {d for repo, d in fake.blobs if repo == "app"}
+        assert linked == {got.blobs[0].digest, known[sha(base)].digest}  # the config, the base's blob mounted
         assert fake.uploads == {}  # the early session was cancelled
         assert counts == {"uploaded": 1, "mounted": 1, "skipped": 0}
     finally:
