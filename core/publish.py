@@ -293,7 +293,7 @@ class _Streaming:
             return None if diff_id in self.known else digest
 
         growing.task = asyncio.ensure_future(client.push_growing(repository, growing.pieces, digest,
-                                                                 where=f"(a layer of the export)"))
+                                                                 where="(a layer of the export)"))
         self.growing.append(growing)
 
     def stop(self) -> None:
@@ -449,8 +449,8 @@ def _read_streamed(name: str, piece: bytes, head: str, source, hasher, path: Pat
             growing.finish("", None)
         raise
     diff_id = "sha256:" + hasher.hexdigest()
-    if growing is not None:
-        growing.finish(diff_id, digest)
+    if growing is not None:  # a layer the registry holds after all: what is left is not sent
+        growing.finish(diff_id, None if diff_id in streaming.known else digest)
     member = _Member(name, diff_id, size, path=path, head=head)
     scan = streaming.pool.submit(_scan, member)
     return attrs.evolve(member, gz=(digest, gz_size, gz_path), scan=scan)
