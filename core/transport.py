@@ -24,6 +24,7 @@ import contextlib
 import os
 import shlex
 import signal
+import weakref
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 from urllib.parse import urlsplit
 
@@ -378,16 +379,17 @@ async def supervise(parts, timeout: float | None, stop: Callable[[], Awaitable[N
         raise
 
 
-_STARTING: set = set()  # this process's commands being started (asyncio.create_subprocess_exec futures)
+# this process's commands being started (asyncio.create_subprocess_exec tasks); weakly held, so
+# that counting them keeps none alive (a start a closed loop left would outlive it)
+_STARTING: "weakref.WeakSet[asyncio.Task]" = weakref.WeakSet()
 
 
-def _starting(start) -> asyncio.Future:
-    """``start`` (a ``create_subprocess_exec`` coroutine) as a future, counted in
-    :func:`starting` until it is done."""
-    future = asyncio.ensure_future(start)
-    _STARTING.add(future)
-    future.add_done_callback(_STARTING.discard)
-    return future
+def _starting(start) -> asyncio.Task:
+    """``start`` (a ``create_subprocess_exec`` coroutine) as a task, counted in :func:`starting`
+    until it is done."""
+    task = asyncio.ensure_future(start)
+    _STARTING.add(task)
+    return task
 
 
 def starting() -> bool:
@@ -396,8 +398,10 @@ def starting() -> bool:
     down, and a half-connected subprocess transport never reports the end of its process, so
     the shutdown waits on it for ever (CPython's asyncio, 3.11: ``_connect_pipes`` cancelled
     leaves a pipe unset, and ``_try_finish`` waits for every pipe). :class:`archfleet.cli._CtrlC`
-    stops the loop only once this is False."""
-    return any(not f.done() for f in _STARTING)
+    stops the loop only once this is False. Only the running loop's starts count (one of a loop
+    closed before would never end). Call it on the loop."""
+    loop = asyncio.get_running_loop()
+    return any(not f.done() and f.get_loop() is loop for f in _STARTING)
 
 
 class LocalTransport:
