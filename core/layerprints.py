@@ -4,14 +4,16 @@ a layer's uncompressed size and the sha256 of its first :data:`HEAD` bytes.
 An engine's export (Docker 20.10's ``docker save``) names each layer by a directory whose name
 says nothing of its content, in an order unrelated to the image's; a layer's diff_id is known
 only once all its bytes are read. :func:`archfleet.publish.prepare` compresses a layer while it
-reads it (and, past the push gate, uploads it), unless the layer is one the registry holds
-already (a base's, the last child's): such a layer is never compressed or sent, and work spent
-on it while it was read would be lost. A tar member's header gives the size before the bytes,
-and the first :data:`HEAD` bytes come first: a layer whose (size, head) is that of a layer the
-registry holds is read as before, and decided once hashed. Two different layers with the same
-print (the same first files, a change further in) cost only the overlap; the layers' prints
-are what this file remembers: every layer an export held, written by the learn stage
-(:func:`store`), read by the push (:func:`recall`). A layer never changes under its diff_id,
+reads it (and, past the push gate, uploads it) only when the layer is new to this machine: a
+layer it has exported before is likely one a registry holds already (a base's, the last
+child's, one pushed from another checkout of the project), which is found there (HEAD, mount)
+and never sent, and work spent on it while it was read would be lost (an upload, in full,
+before the registry could be asked for its digest: found by the fresh-user helper). A tar
+member's header gives the size before the bytes, and the first :data:`HEAD` bytes come first: a
+layer whose (size, head) this file remembers is read as before, and decided once hashed. Two
+different layers with the same print (the same first files, a change further in) cost only the
+overlap. The file remembers every layer an export held, written by the learn stage
+(:func:`store`), read by the push (:func:`recall_all`). A layer never changes under its diff_id,
 so an entry is right forever; the file keeps the :data:`MAX_ENTRIES` seen last.
 """
 
@@ -29,21 +31,27 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
-def recall(diff_ids: Iterable[str]) -> dict[str, tuple[int, str]]:
-    """diff_id -> (uncompressed size, sha256 hex of the first :data:`HEAD` bytes), for those of
-    ``diff_ids`` the file has (an empty dict when it cannot be read). Blocking (one small file)."""
+def recall_all() -> dict[str, tuple[int, str]]:
+    """diff_id -> (uncompressed size, sha256 hex of the first :data:`HEAD` bytes) of every layer
+    the file remembers (an empty dict when it cannot be read; an entry that is not a print is
+    skipped). Blocking (one small file)."""
     doc = cachefile.read_json(cachedir.layer_prints())
     out = {}
-    for diff_id in diff_ids:
-        entry = doc.get(diff_id)
+    for diff_id, entry in doc.items():
         try:
             size, head = entry["size"], entry["head"]
         except (KeyError, TypeError):
             continue
-        if isinstance(size, int) and not isinstance(size, bool) and size >= 0 and isinstance(head, str) \
-                and _HEX.match(head):
+        if _DIGEST.match(diff_id) and isinstance(size, int) and not isinstance(size, bool) and size >= 0 \
+                and isinstance(head, str) and _HEX.match(head):
             out[diff_id] = (size, head)
     return out
+
+
+def recall(diff_ids: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """:func:`recall_all`, for those of ``diff_ids`` only."""
+    every = recall_all()
+    return {d: every[d] for d in diff_ids if d in every}
 
 
 def store(prints: Iterable[tuple[str, int, str]]) -> None:

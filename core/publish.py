@@ -7,10 +7,11 @@ of the image id, streamed), in two steps around the push gate:
 
 1. :func:`prepare` (before the gate: nothing is sent): read the export as it streams, each
    member hashed and, when larger than :data:`SMALL`, spooled to a file in :func:`spool_dir`
-   (never held whole in memory). A layer (a ``.tar`` member) is compressed **while it is
-   read** (:class:`_Gzip`: the same blob either way), unless its print (its size and the digest
-   of its first bytes, known before the rest: :mod:`archfleet.layerprints`) is that of a layer
-   the registry holds; and when the push gate is open already (the build's only platform,
+   (never held whole in memory). A layer (a ``.tar`` member) new to this machine is compressed
+   **while it is read** (:class:`_Gzip`: the same blob either way): its print (its size and the
+   digest of its first bytes, known before the rest: :mod:`archfleet.layerprints`) is none this
+   machine has exported before (such a layer is likely in the registry: found there, not sent);
+   and when the push gate is open already (the build's only platform,
    :meth:`archfleet.executor.Job.alone`) it is also **uploaded while it is compressed**
    (one stream upload, :meth:`RegistryClient.push_growing`), provided every layer the registry
    holds has a known print (else a base's layer could be sent for nothing). Then the manifest to
@@ -251,7 +252,7 @@ class _Growing:
 class _Streaming:
     """What the reading thread does with a layer as it reads it (:func:`prepare`): a layer whose
     print (size, digest of its first bytes: :mod:`archfleet.layerprints`) is none of ``skip``'s
-    (the prints of the layers the registry holds) is compressed while it is read, on ``pool``;
+    (the prints of every layer exported on this machine before) is compressed while it is read, on ``pool``;
     with ``push`` (client, repository: the push gate is open already) it is also uploaded as it
     is compressed (:meth:`RegistryClient.push_growing`), and the upload abandoned when the
     layer's diff_id turns out to be one of ``known``'s after all."""
@@ -273,7 +274,7 @@ class _Streaming:
         return name.endswith(".tar") and size > SMALL
 
     def wants(self, size: int, head: str) -> bool:
-        """Compress the layer of this print as it is read: it is no known layer's."""
+        """Compress the layer of this print as it is read: it is new to this machine."""
         return (size, head) not in self.skip
 
     def begin(self, path: Path) -> _Growing | None:
@@ -648,13 +649,15 @@ async def prepare(export: AsyncIterator[bytes], *, node: str, image_id: str = ""
     from concurrent.futures import ThreadPoolExecutor
 
     known = known or {}
-    prints = await asyncio.to_thread(layerprints.recall, known) if known else {}
-    if len(prints) < len(known):
+    prints = await asyncio.to_thread(layerprints.recall_all)
+    if any(diff_id not in prints for diff_id in known):
         push = None  # a layer the registry holds could not be told by its print: nothing is sent early
     workdir = Path(tempfile.mkdtemp(prefix="archfleet-export-", dir=spool_dir()))
     loop = asyncio.get_running_loop()
     reader = _Reader(export, loop)
     pool = ThreadPoolExecutor(COMPRESSING + 1, thread_name_prefix="archfleet-gzip")  # the blocks, and a scan
+    # only a layer new to this machine is compressed (and sent) as it is read: one exported here
+    # before is likely in a registry already (found there, not sent), whichever project pushed it
     streaming = _Streaming(loop, pool, skip=frozenset(prints.values()), known=known, push=push)
     try:
         reading = loop.run_in_executor(None, _read_members, io.BufferedReader(reader, PIECE), workdir, streaming)

@@ -6,9 +6,10 @@ Rules checked, each with the value that is right:
 - the same layer gives the same blob, byte for byte, whether compressed from its spool file or
   fed in pieces of any size as it arrives (an unchanged layer is found in the registry);
 - a new layer goes up in one stream upload while the export is read, and is not sent again;
-- a layer whose print (size, first 512 KiB) is a known layer's is neither compressed nor sent
-  while it is read; if its diff_id turns out new after all, it is compressed and sent after
-  the read, as before;
+- a layer whose print (size, first 512 KiB) is one this machine exported before is neither
+  compressed nor sent while it is read (it is likely in the registry, whichever project pushed
+  it: found there by HEAD, not sent); if its diff_id turns out new after all, it is compressed
+  and sent after the read, as before;
 - nothing is sent early while any known layer's print is unknown (the first push of a base);
 - an early upload that failed is made again, the usual way, by upload();
 - an early upload of a layer that turns out known is abandoned: its session cancelled, nothing
@@ -158,6 +159,28 @@ def test_a_layer_with_a_known_layers_print_is_not_compressed_while_read_and_a_ne
         layer = got.blobs[1]
         assert gzip.decompress(fake.blobs[("app", layer.digest)]) == new
         assert counts == {"uploaded": 2, "mounted": 0, "skipped": 0}
+    finally:
+        publish.discard(got)
+
+
+def test_a_layer_exported_here_before_is_not_sent_early_and_the_registry_that_holds_it_gets_no_byte():
+    """Found by the fresh-user helper: a layer the registry held, pushed from another checkout
+    (so neither a base's nor this project's last child's: not ``known``), was streamed in full,
+    then found there. Exported here before, its print is remembered: it is read as before, and
+    the HEAD finds it before a byte is sent."""
+    fake = FakeRegistry(HOST)
+    pushed = big_layer("app")
+    gz = publish.gzip_layer(publish._Member("x", "", len(pushed), data=pushed), Path(os.environ["TMPDIR"]) / "gz")
+    fake.blobs[("app", gz[0])] = (Path(os.environ["TMPDIR"]) / "gz").read_bytes()
+    (Path(os.environ["TMPDIR"]) / "gz").unlink()
+    learn_prints(pushed)  # another checkout's push exported it on this machine
+    tar, image_id = docker_archive([pushed])
+    got, counts = run(fake, tar, image_id, {})
+    try:
+        assert not got.streamed and fake.streamed == 0
+        assert got.blobs[1].digest == gz[0]
+        assert counts == {"uploaded": 1, "mounted": 0, "skipped": 1}  # the config; the layer was there
+        assert fake.sessions == 1  # the config's: no upload of the layer began
     finally:
         publish.discard(got)
 
