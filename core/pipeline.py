@@ -290,10 +290,15 @@ def check_request(hooks: Hooks, request: BuildRequest, config: Config, session: 
     """What the input alone decides, checked before any node is probed or registry asked: the
     Dockerfile, and the ``--node``/``--strategy`` pins (a platform being built, a node the
     inventory has, ``cross`` only for a Dockerfile with a stage on ``$BUILDPLATFORM`` or pinned to a
-    platform of its own). Raises
-    :class:`UsageError`; returns the inventory's enabled nodes. Cheap: call it again freely."""
+    platform of its own), and for a push or ``-o`` the directory exports are spooled in. Raises
+    :class:`UsageError` (:class:`EnvironmentProblem` for the spool directory); returns the
+    inventory's enabled nodes. Cheap: call it again freely."""
     # a Dockerfile error is the user's: report it before probing anything (each platform's file)
     analyses = {p: analyse(request, p) for p in request.platforms}
+    if request.push or request.outputs:
+        from .publish import check_spool_dir
+
+        check_spool_dir()
     nodes = nodes_of(hooks, config, session)
     check_pins(request.pins, request.platforms, [n.name for n in nodes])
     for pin in request.pins:

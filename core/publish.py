@@ -109,6 +109,22 @@ def spool_dir() -> str:
     return os.environ.get("TMPDIR") or ("/var/tmp" if os.path.isdir("/var/tmp") else tempfile.gettempdir())
 
 
+def check_spool_dir() -> None:
+    """Raise :class:`~archfleet.errors.EnvironmentProblem` (exit 3, one line) when
+    :func:`spool_dir` is not a directory this process can write in: the pushes and ``-o`` spool
+    each export there, and a ``TMPDIR`` that names no such directory failed only once a build had
+    ended, as a plugin's ``FileNotFoundError`` (exit 1; found by the fresh-user helper). Checked
+    before anything is built (:func:`archfleet.pipeline.check_request`)."""
+    from .errors import EnvironmentProblem
+
+    path = spool_dir()
+    if os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK):
+        return
+    named = f"TMPDIR={path}" if os.environ.get("TMPDIR") else f"the spool directory {path}"
+    raise EnvironmentProblem(f"{named} is not a directory archfleet can write in (image exports are spooled "
+                             "there): set TMPDIR to one, or unset it to use /var/tmp")
+
+
 @attrs.frozen
 class Blob:
     """A blob to push: its descriptor (``digest``, ``size``, ``media_type``) and where its bytes

@@ -351,3 +351,27 @@ def test_a_second_ctrl_c_before_a_run_ends_the_process_with_one_line(capsys, sig
         pressed(signum, None)
     assert ended.value.code == 130
     assert capsys.readouterr().err == line + "\n"
+
+
+@pytest.mark.parametrize("tmpdir", ["/nonexistent/dir", "file"])
+def test_a_spool_directory_archfleet_cannot_write_in_is_one_line_and_3_before_anything(monkeypatch, tmp_path, capsys,
+                                                                                      tmpdir):
+    """Rule: the environment is checked before anything is built: a TMPDIR that names no
+    writable directory (exports are spooled there) was a plugin's FileNotFoundError, exit 1,
+    once the build had ended (found by the fresh-user helper)."""
+    from archfleet import pipeline
+
+    from stubs import CTX
+
+    if tmpdir == "file":
+        (tmp_path / "file").write_text("x")
+        tmpdir = str(tmp_path / "file")
+    monkeypatch.setenv("TMPDIR", tmpdir)
+    monkeypatch.setattr(pipeline, "probe", lambda *a, **k: pytest.fail("probed before the check"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ARCHFLEET_DEBUG", raising=False)
+    code = cli.main(["build", "--push", "-t", "127.0.0.1:5000/exec/app:1", str(CTX)])
+    assert code == 3
+    assert capsys.readouterr().err.splitlines() == [
+        f"archfleet: error: TMPDIR={tmpdir} is not a directory archfleet can write in (image exports are spooled "
+        "there): set TMPDIR to one, or unset it to use /var/tmp"]
