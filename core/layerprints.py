@@ -48,12 +48,6 @@ def recall_all() -> dict[str, tuple[int, str]]:
     return out
 
 
-def recall(diff_ids: Iterable[str]) -> dict[str, tuple[int, str]]:
-    """:func:`recall_all`, for those of ``diff_ids`` only."""
-    every = recall_all()
-    return {d: every[d] for d in diff_ids if d in every}
-
-
 def store(prints: Iterable[tuple[str, int, str]]) -> None:
     """Keep (diff_id, uncompressed size, head sha256 hex) triples (under the file's lock,
     replaced whole; past :data:`MAX_ENTRIES`, those seen longest ago go). Never raises for the

@@ -305,9 +305,8 @@ class _Streaming:
     def _start(self, growing: _Growing) -> None:
         client, repository = self.push
 
-        async def digest() -> str | None:
-            diff_id, digest = await growing.ended()
-            return None if diff_id in self.known else digest
+        async def digest() -> str | None:  # None: abandoned (the layer is known after all: _read_streamed)
+            return (await growing.ended())[1]
 
         growing.task = asyncio.ensure_future(client.push_growing(repository, growing.pieces, digest,
                                                                  where="(a layer of the export)"))
@@ -697,8 +696,7 @@ async def prepare(export: AsyncIterator[bytes], *, node: str, image_id: str = ""
                                     platform=platform, known=known)
         except _Bad as exc:
             raise InfrastructureError(node, f"the engine's export of {image_id or 'the image'}: {exc}") from None
-        wanted = {g.final[1]: g.task for g in streaming.growing
-                  if g.final is not None and g.final[1] is not None and g.final[0] not in known}
+        wanted = {g.final[1]: g.task for g in streaming.growing if g.final is not None and g.final[1] is not None}
         return attrs.evolve(decided, workdir=workdir, streamed=wanted,  # discard() removes it, spool files and all
                             sending=tuple(g.task for g in streaming.growing))
     except BaseException:

@@ -857,10 +857,10 @@ class RegistryClient:
         engine's export is read), its digest known only at their end: ``source()`` yields the
         bytes as they come (a new iterator from the first byte each time it is called), then
         ``await ended()`` says the digest, or None when the blob is not wanted after all (the
-        layer turned out to be one the registry holds already). The bytes go in
-        :data:`CHUNK`-byte PATCHes as they arrive, the last ones in the final PUT, which is made
-        as one writer (:meth:`blob_writer`) and only when the registry does not hold the blob
-        already (HEAD; the session is cancelled then). A cut-off upload is started again, like
+        layer turned out to be one the registry holds already). The bytes go in one stream
+        PATCH as they arrive (:meth:`_upload_growing`); the final PUT is made as one writer
+        (:meth:`blob_writer`) and only when the registry does not hold the blob already (HEAD;
+        the session is cancelled then). A cut-off upload is started again, like
         :meth:`push_blob`'s. Returns ``"uploaded"``, ``"skipped"`` (there already) or
         ``"cancelled"`` (not wanted: the session is cancelled, nothing is linked).
 
@@ -869,7 +869,8 @@ class RegistryClient:
         last: Exception | None = None
         for _ in range(RETRIES):
             try:
-                return await self._upload(dst, ended, None, source(), where)
+                push = f"repository:{dst.repository}:pull,push"
+                return await self._upload_growing(dst, ended, await self._session(dst, push), source(), push, where)
             except _Unfinished as exc:
                 last = exc
                 digest = await ended()
@@ -879,22 +880,21 @@ class RegistryClient:
                     return "uploaded"  # the cut-off request did arrive
         raise RegistryError(f"copying blob {where or 'a layer'} to {dst.name} failed {RETRIES} times: {last}")
 
-    async def _upload(self, dst: Reference, digest: str | Callable[[], Awaitable[str | None]], session: str | None,
-                      pieces: AsyncIterator[bytes], where: str) -> str:
+    async def _session(self, dst: Reference, push: str) -> str:
+        """A new upload session in ``dst``'s repository (POST): its location's path."""
+        start = await self.request("POST", dst.api_host, f"/v2/{dst.repository}/blobs/uploads/", scope=push,
+                                   ok=(202,), repeatable=True)
+        if not start.headers.get("location"):
+            raise RegistryError(f"registry {credential_name(dst.api_host)} started an upload without a Location")
+        return _path_of(start.headers["location"])
+
+    async def _upload(self, dst: Reference, digest: str, session: str | None, pieces: AsyncIterator[bytes],
+                      where: str) -> None:
         """One upload of ``pieces`` into ``dst`` as blob ``digest`` (raises :class:`_Unfinished`
-        when it was cut off and may be started again). ``digest`` may be a coroutine function
-        answered once ``pieces`` end (:meth:`push_growing`): then the final PUT is made under
-        :meth:`blob_writer` after a HEAD, and None cancels the session. Returns ``"uploaded"``,
-        or ``"skipped"``/``"cancelled"`` for a growing blob."""
+        when it was cut off and may be started again)."""
         push = f"repository:{dst.repository}:pull,push"
         if session is None:
-            start = await self.request("POST", dst.api_host, f"/v2/{dst.repository}/blobs/uploads/", scope=push,
-                                       ok=(202,), repeatable=True)
-            if not start.headers.get("location"):
-                raise RegistryError(f"registry {credential_name(dst.api_host)} started an upload without a Location")
-            session = _path_of(start.headers["location"])
-        if not isinstance(digest, str):
-            return await self._upload_growing(dst, digest, session, pieces, push, where)
+            session = await self._session(dst, push)
         hasher = hashlib.sha256()
         pending: list[bytes] = []
         held = 0
@@ -919,13 +919,12 @@ class RegistryClient:
         last = b"".join(pending)
         hasher.update(last)
         await self._finish(dst, digest, session, "sha256:" + hasher.hexdigest(), last, push, where)
-        return "uploaded"
 
     async def _upload_growing(self, dst: Reference, digest: Callable[[], Awaitable[str | None]], session: str,
                               pieces: AsyncIterator[bytes], push: str, where: str) -> str:
-        """:meth:`_upload` of a blob still being made: its bytes in one PATCH as they come (a
-        stream upload, no ``Content-Range``: what Docker's own push sends, so every registry
-        ``docker push`` works with takes it), then the final PUT once ``digest()`` says it,
+        """One upload (into ``session``) of a blob still being made: its bytes in one PATCH as
+        they come (a stream upload, no ``Content-Range``: what Docker's own push sends, so every
+        registry ``docker push`` works with takes it), then the final PUT once ``digest()`` says it,
         under :meth:`blob_writer` after a HEAD. Chunks of a fixed size would wait for each
         PATCH's answer before the next, and the bytes made meanwhile would be sent after the
         last one is made. The maker hashed the bytes as it wrote them; the registry checks them

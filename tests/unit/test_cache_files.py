@@ -135,7 +135,7 @@ def test_an_unwritable_cache_dir_never_fails_layer_prints(tmp_path, monkeypatch,
     cache = unwritable(tmp_path, kind)
     monkeypatch.setattr(cachedir, "layer_prints", lambda: cache / "layer-prints.json")
     layerprints.store([(DIGEST, 10, "a" * 64)])
-    assert layerprints.recall([DIGEST]) == {}
+    assert layerprints.recall_all() == {}
 
 
 @pytest.mark.parametrize("entry", [None, 3, "x", {}, {"size": 10}, {"head": "a" * 64}, {"size": -1, "head": "a" * 64},
@@ -147,9 +147,9 @@ def test_a_layer_print_that_is_not_a_size_and_a_sha256_is_no_print(tmp_path, mon
     path = tmp_path / "layer-prints.json"
     monkeypatch.setattr(cachedir, "layer_prints", lambda: path)
     path.write_text(json.dumps({DIGEST: entry}))
-    assert layerprints.recall([DIGEST]) == {}
+    assert layerprints.recall_all() == {}
     path.write_text(json.dumps({DIGEST: {"size": 10, "head": "a" * 64}}))
-    assert layerprints.recall([DIGEST]) == {DIGEST: (10, "a" * 64)}
+    assert layerprints.recall_all() == {DIGEST: (10, "a" * 64)}
 
 
 def test_layer_prints_keep_the_ones_seen_last(tmp_path, monkeypatch):
@@ -159,9 +159,9 @@ def test_layer_prints_keep_the_ones_seen_last(tmp_path, monkeypatch):
     digest = [f"sha256:{n:064x}" for n in range(5)]
     layerprints.store([(digest[0], 1, "a" * 64), (digest[1], 1, "a" * 64), (digest[2], 1, "a" * 64)])
     layerprints.store([(digest[0], 1, "a" * 64), (digest[3], 1, "a" * 64)])
-    assert set(layerprints.recall(digest)) == {digest[0], digest[2], digest[3]}
+    assert set(layerprints.recall_all()) == {digest[0], digest[2], digest[3]}
     layerprints.store([("not-a-digest", 1, "a" * 64), (digest[4], -1, "a" * 64), (digest[4], 1, "nothex")])
-    assert set(layerprints.recall(digest)) == {digest[0], digest[2], digest[3]}
+    assert set(layerprints.recall_all()) == {digest[0], digest[2], digest[3]}
 
 
 def test_cached_numbers_must_be_finite_and_positive(tmp_path, monkeypatch):
