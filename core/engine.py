@@ -47,11 +47,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import re
 import time
-from typing import AsyncIterator, Collection, Mapping, Sequence
+from typing import AsyncIterator, Awaitable, Collection, Mapping, Sequence
 
 from . import dockerlib
 from .engines import (build_flags, ENV_CLI, EngineCLI, ImageInfo, Probed, exit_path_failure, last_own_line,  # noqa: F401
@@ -113,15 +114,29 @@ def buildx_plugin(info: Completed) -> str | None:
 
 
 async def ask_clis(transport: Transport, candidates: Sequence[str],
-                   remembered: Mapping[str, CliVersion] | None = None) -> dict[tuple, Completed]:
+                   remembered: Mapping[str, CliVersion] | Awaitable[Mapping[str, CliVersion]] | None = None
+                   ) -> dict[tuple, Completed]:
     """Every :func:`probe_argvs` command at once (they are cheap and independent), by argv;
     a candidate's ``--version`` that ``remembered`` holds (path -> what the same file printed,
-    :mod:`archfleet.cliversions`) is answered from there, not run."""
-    remembered = remembered or {}
-    known = {_version_argv(cli): Completed(_version_argv(cli), 0, v.tail) for cli, v in remembered.items()}
-    argvs = [argv for argv in probe_argvs(candidates) if tuple(argv) not in known]
-    done = await asyncio.gather(*(transport.run(argv, timeout=30) for argv in argvs))
-    return {**known, **{tuple(argv): answer for argv, answer in zip(argvs, done)}}
+    :mod:`archfleet.cliversions`) is answered from there, not run. ``remembered`` may be an
+    awaitable of that mapping: each ``info``, which needs nothing remembered, is started before
+    it is awaited (issue 17: the daemon's answer is on its way while a thread reads the files)."""
+    infos = [_info_argv(cli) for cli in candidates]
+    asking = [asyncio.ensure_future(transport.run(list(argv), timeout=30)) for argv in infos]
+    try:
+        if inspect.isawaitable(remembered):
+            remembered = await remembered
+        remembered = remembered or {}
+        known = {_version_argv(cli): Completed(_version_argv(cli), 0, v.tail) for cli, v in remembered.items()}
+        versions = [_version_argv(cli) for cli in candidates if _version_argv(cli) not in known]
+        done = await asyncio.gather(*asking, *(transport.run(list(argv), timeout=30) for argv in versions))
+    finally:
+        undone = [task for task in asking if not task.done()]
+        for task in undone:
+            task.cancel()
+        if undone:
+            await asyncio.gather(*undone, return_exceptions=True)
+    return {**known, **dict(zip([*infos, *versions], done))}
 
 
 def _local_files(candidates: Sequence[str]) -> tuple[dict[str, CliVersion], dict[str, tuple | None]]:
@@ -596,9 +611,20 @@ class DockerEngine:
         asked is the one the chosen CLI builds on. A daemon that does not answer: ``answered``
         False."""
         remembered, identities = {}, {}
+        files = None
         if node.transport == "local":  # this machine's files: their answers are kept by identity
-            remembered, identities = await asyncio.to_thread(_local_files, candidates)
-        answers = await ask_clis(transport, candidates, remembered)
+            files = asyncio.ensure_future(asyncio.to_thread(_local_files, candidates))
+
+        async def recalled():
+            return (await files)[0]
+
+        try:
+            answers = await ask_clis(transport, candidates, recalled() if files is not None else None)
+        finally:
+            if files is not None and not files.done():
+                files.cancel()
+        if files is not None:
+            remembered, identities = files.result()
         versions = _new_versions(candidates, answers, remembered, identities)
         cli, reasons, info = choose_cli(candidates, answers)
         if cli is None or info is None:

@@ -358,8 +358,10 @@ class RegistryClient:
         self._timeout = timeout
         self._transport_for = transport_for
         self._custom = transport is not None  # a test's transport serves every host
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True,
-                                       verify=_system_tls() if transport is None else True)
+        self._transport = transport
+        # made at the first request (:attr:`_http`): making it loads httpx (~40 ms of CPU), which
+        # a build then does while its probe's engine CLIs run, not before they start (issue 17)
+        self._shared: httpx.AsyncClient | None = None
         self._per_host: dict[tuple[str, bool], httpx.AsyncClient | None] = {}
         self._unverified: set[str] = set()  # insecure registries whose certificate does not verify
         self._schemes: dict[str, str] = {}
@@ -383,10 +385,20 @@ class RegistryClient:
             if not probe.done():
                 probe.cancel()
                 await asyncio.gather(probe, return_exceptions=True)
-        await self._http.aclose()
+        if self._shared is not None:
+            await self._shared.aclose()
         for client in self._per_host.values():
             if client is not None:
                 await client.aclose()
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        """The client every host shares unless it needs TLS settings of its own (the system's
+        roots), made at first use."""
+        if self._shared is None:
+            self._shared = httpx.AsyncClient(timeout=self._timeout, transport=self._transport, follow_redirects=True,
+                                             verify=_system_tls() if self._transport is None else True)
+        return self._shared
 
     def _new_client(self, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
         if self._transport_for is not None:

@@ -27,9 +27,16 @@ def test_importing_archfleet_loads_neither_docker_py_nor_httpx(module):
 def test_a_registry_client_does_not_load_httpx_s_command_line():
     """Rule: httpx imports its CLI (click, rich, pygments: ~39 ms) with the package; archfleet's
     process puts a stub in its place (archfleet.httpxlib) and never runs it."""
-    got = imported_after("import archfleet.registry as r\nr.RegistryClient()")
+    got = imported_after("import archfleet.registry as r\nr.RegistryClient()._http")
     assert "httpx._client" in got
     assert "rich" not in got and "pygments" not in got
+
+
+def test_making_a_registry_client_loads_httpx_only_at_its_first_request():
+    """Rule (issue 17): a build makes its client before planning; httpx (~40 ms of CPU) loads at
+    the first request, after the probe's engine CLIs started, so the two overlap."""
+    got = imported_after("import archfleet.registry as r\nr.RegistryClient()")
+    assert "httpx._client" not in got
 
 
 def test_buildkit_s_parser_is_imported_with_sigint_blocked(tmp_path):
