@@ -76,7 +76,40 @@ def _import_parser():
     return dockerfile
 
 
-_buildkit = _import_parser()
+_loaded = None
+
+
+def _parser():
+    """The ``dockerfile`` package, imported at the first parse (:func:`_import_parser`): a Go
+    runtime started in a process cannot be forked (``archfleet server`` forks a loaded process
+    for each command, :mod:`archfleet.server`), so it starts in the process that parses."""
+    global _loaded
+    if _loaded is None:
+        _loaded = _import_parser()
+    return _loaded
+
+
+class _GoParseError(Exception):
+    """Stands for the parser's ``GoParseError`` in ``except`` clauses before it is loaded (no
+    parse has failed before the first parse)."""
+
+
+def _go_parse_error() -> type[Exception]:
+    return _loaded.GoParseError if _loaded is not None else _GoParseError
+
+
+def __getattr__(name: str):
+    if name == "_buildkit":  # the package itself (tests)
+        return _parser()
+    if name == "INSTRUCTIONS":
+        return _instruction_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def _instruction_names() -> frozenset[str]:
+    """Every instruction keyword BuildKit's parser knows, upper case."""
+    return frozenset(c.upper() for c in _parser().all_cmds())
 
 
 def parse_string(text: str) -> tuple:
@@ -85,14 +118,14 @@ def parse_string(text: str) -> tuple:
     Go code ran was lost: no KeyboardInterrupt, and the build went on and pushed, exit 0 (1-3 of
     100 builds interrupted ~0.1 s after start, while their Dockerfile was read; found by the
     fresh-user helper). Every parse goes through here."""
+    parser = _parser()
     with _sigint_held():
-        return _buildkit.parse_string(text)
+        return parser.parse_string(text)
 
 
 BUILD, TARGET = "build", "target"  # the symbolic stage platforms (Stage.platform)
 PLATFORM_ARGS = ("BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT",
                  "TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT")
-INSTRUCTIONS = frozenset(c.upper() for c in _buildkit.all_cmds())
 
 # Platforms the symbolic analysis tries a stage's --platform expression with, to tell which
 # platform it names whatever the node: every architecture a build node is likely to have (one
@@ -382,7 +415,7 @@ def instructions(text: str, path: str = "Dockerfile") -> tuple[Instruction, ...]
 def _instructions(text: str, path: str) -> tuple[Instruction, ...]:
     try:
         commands = parse_string(text)
-    except _buildkit.GoParseError as exc:
+    except _go_parse_error() as exc:
         message = str(exc)
         if message == "file with no instructions":
             raise DockerfileError(f"{path}:1: no FROM instruction (the file has no instructions)") from None
@@ -392,7 +425,7 @@ def _instructions(text: str, path: str) -> tuple[Instruction, ...]:
         if c.cmd is None:  # a lone line continuation at the end of the file
             raise DockerfileError(f"{path}:{c.start_line}: a line continuation with no instruction after it")
         keyword = c.cmd.upper()
-        if keyword not in INSTRUCTIONS:
+        if keyword not in _instruction_names():
             raise DockerfileError(f"{path}:{c.start_line}: unknown instruction {c.cmd!r}")
         flags = []
         for f in c.flags:
@@ -414,7 +447,7 @@ def _error_line(text: str, message: str) -> int:
     def fails(part: str) -> bool:
         try:
             parse_string(part)
-        except _buildkit.GoParseError as exc:
+        except _go_parse_error() as exc:
             return str(exc) == message
         return False
 
