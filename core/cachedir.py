@@ -14,6 +14,9 @@ when ``XDG_CACHE_HOME`` names an absolute directory, else ``~/.cache/archfleet``
 - ``leases/``: this user's private lease directory, when ``$XDG_RUNTIME_DIR`` cannot hold it
   (:func:`archfleet.leases.private_root`).
 
+``$XDG_RUNTIME_DIR`` (:func:`runtime_dir`) also holds ``archfleet/``, the sockets of this user's
+``archfleet server`` processes (:mod:`archfleet.serverclient`).
+
 The environment that moves these is read here and nowhere else: ``XDG_CACHE_HOME`` (through
 platformdirs), ``XDG_RUNTIME_DIR`` and ``ARCHFLEET_HISTORY`` (a path for the history database,
 or ``off``). Every function reads it when called, not at import, so a test (or a program that

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import threading
 from pathlib import Path
 
@@ -943,6 +944,57 @@ def doctor(registries, insecure_registry, engine_cli, local, nodes_file, platfor
     click.echo(f"{len(checks)} checks, {len(failed)} failed, {sum(c.status == 'warn' for c in checks)} warnings")
     if failed:
         sys.exit(3)
+
+
+@cli.group(name="server")
+def server_():
+    """A background process of yours that runs archfleet's commands with everything loaded (opt-in)."""
+
+
+@server_.command(name="start")
+@click.option("--idle", type=click.FloatRange(min=1), default=900, show_default=True, metavar="SECONDS",
+              help="Stop after this long without a command.")
+def server_start(idle):
+    """Start this install's server; archfleet commands then run in it (ARCHFLEET_SERVER=0: not)."""
+    _no_run()
+    from . import server as srv
+
+    try:
+        status = srv.start(idle)
+    except srv.ServerProblem as exc:
+        raise EnvironmentProblem(f"server: {exc}") from None
+    word = "already running" if status.get("already") else "started"
+    click.echo(f"archfleet server {word} (pid {status['pid']}, stops after {status['idle']:g} s without a command); "
+               f"'archfleet server stop' stops it")
+
+
+@server_.command(name="stop")
+def server_stop():
+    """Stop this install's server once the commands it runs have ended."""
+    _no_run()
+    from . import server as srv
+
+    status = srv.ask("stop")
+    if status is None:
+        click.echo("no archfleet server of this install is running")
+        return
+    click.echo(f"archfleet server (pid {status['pid']}) stopping"
+               + (f" once its {status['running']} running command(s) end" if status["running"] else ""))
+
+
+@server_.command(name="status")
+def server_status():
+    """Say whether this install's server runs (exit 1 when not)."""
+    _no_run()
+    from . import server as srv
+
+    status = srv.ask("status")
+    if status is None:
+        click.echo("no archfleet server of this install is running")
+        sys.exit(1)
+    click.echo(f"archfleet server running: pid {status['pid']}, up {time.time() - status['started']:.0f} s, "
+               f"{status['served']} command(s) served, {status['running']} running, "
+               f"stops after {status['idle']:g} s without a command")
 
 
 def _platform_list(flag: str, text: str):

@@ -16,6 +16,7 @@ fresh-user helper). :class:`Pressed` notes it instead; :func:`archfleet.cli._run
 before a command's run starts, and handles one during the run itself."""
 
 import gc
+import os
 import signal
 import sys
 import threading
@@ -47,14 +48,40 @@ def word(signum: int | None) -> str:
 
 def entrypoint() -> None:
     """Run the ``archfleet`` command line; exits with its code. A Ctrl-C while the modules
-    load (the first ~80 ms) is noted (:class:`Pressed`), not a traceback."""
+    load (the first ~80 ms) is noted (:class:`Pressed`), not a traceback. With a server of this
+    install running (``archfleet server start``, :mod:`archfleet.server`), the command runs
+    there, in a process that has everything loaded already."""
     gc.disable()
-    if threading.current_thread() is threading.main_thread():
-        pressed = Pressed()
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, pressed)
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, pressed)
+    pressed = _noting()
+    if os.environ.get("ARCHFLEET_SERVER") != "0" and sys.argv[1:2] != ["server"]:
+        from . import serverclient
+
+        code = serverclient.run(sys.argv, pressed)
+        if code is not None:
+            sys.exit(code)
+    _run()
+
+
+def run_here() -> None:
+    """The command of ``sys.argv``, in this process, as :func:`entrypoint` runs it without a
+    server (the server's fork for a command calls this). Exits with its code."""
+    gc.disable()
+    _noting()
+    _run()
+
+
+def _noting() -> "Pressed | None":
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    pressed = Pressed()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, pressed)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, pressed)
+    return pressed
+
+
+def _run() -> None:
     try:
         from .cli import entrypoint as run
     except KeyboardInterrupt:

@@ -29,6 +29,9 @@ def pytest_configure(config):
     what the planner learned from earlier runs on this machine cannot make a test pass here and
     fail there. ARCHFLEET_HISTORY set by the caller wins. Each test also gets its own (see
     ``own_cache``)."""
+    # a server the developer started (archfleet server start) would run the commands the tests
+    # start; only tests/unit/test_server.py starts its own, in a runtime dir of its own
+    os.environ["ARCHFLEET_SERVER"] = "0"
     if "ARCHFLEET_HISTORY" not in os.environ:
         import tempfile
 

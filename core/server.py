@@ -1,0 +1,523 @@
+"""``archfleet server``: a process of this user's that has loaded archfleet once and runs each
+command in a fork of itself, so a command skips the interpreter's start and its imports (issue
+17: ~170 ms of the ~270 ms archfleet added to a tiny one-platform build+push were those).
+
+Opt-in, as a build tool's daemon should be for a root user: nothing starts one but ``archfleet
+server start``; while one runs, the ``archfleet`` command of the same install hands it every
+command but ``server`` (:mod:`archfleet.serverclient`, which also holds the protocol), unless
+``ARCHFLEET_SERVER=0``. The command's process is a fork made for it, given the caller's fds 0-2,
+working directory, umask, environment and arguments; it raises on itself each signal the caller
+gets, and its exit code (or killing signal) becomes the caller's. What it does not take from the
+caller: the process tree (its parent is the server), session and controlling terminal (none; a
+tty on fds 0-2 still is one), cgroup, resource limits, nice value and supplementary groups
+(the server's, from when it started), and the hash seed.
+
+Trust: the socket lives in :func:`archfleet.serverclient.runtime_dir`, a directory of this user's
+that no one else may enter (checked by both sides, made 0700 by the server), and the server runs
+a request only from a peer with its own uid (``SO_PEERCRED``). It stops, and callers run commands
+themselves, once any file it loaded changed (an upgrade, an edit of a checkout), when stopped
+(``archfleet server stop``, SIGTERM) and after ``--idle`` seconds without a command (default 900).
+
+Fork safety: the server loads no thread and no Go runtime (BuildKit's Dockerfile parser loads in
+each command's process, :func:`archfleet.dockerfile._import_parser`) and makes no event loop; it
+refuses to fork with a thread running."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+from . import serverclient
+
+IDLE_SECONDS = 900
+MAX_REQUEST = 4 << 20  # bytes: argv and environment
+# loaded before forking: what a build, plan or ls imports (the Go parser excepted, see the docstring)
+PRELOAD = ("archfleet.cli", "archfleet.pipeline", "archfleet.api", "archfleet.manager", "archfleet.publish",
+           "archfleet.index", "archfleet.learn", "archfleet.progress", "archfleet.outputs", "archfleet.doctor",
+           "archfleet.plugins.local", "archfleet.plugins.native", "archfleet.plugins.qemu",
+           "archfleet.plugins.cross", "archfleet.plugins.estimates", "archfleet.plugins.ssh",
+           "archfleet.plugins.reuse", "sqlite3", "isal.isal_zlib", "httpcore", "h11", "sniffio",
+           "anyio._backends._asyncio")
+
+
+def log_path() -> str:
+    """The server's log: beside its socket, ``.log`` for ``.sock`` (mode 0600)."""
+    return serverclient.socket_path()[:-len(".sock")] + ".log"
+
+
+# -- the server ------------------------------------------------------------------------------
+
+def preload() -> None:
+    """Import what commands use (:data:`PRELOAD`, httpx through its lazy module), then freeze
+    it for the collector (forks share those pages)."""
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from .httpxlib import httpx
+
+    httpx.AsyncClient  # noqa: B018 - loads the lazy module
+    if "dockerfile" in sys.modules:
+        raise RuntimeError("the Go Dockerfile parser was loaded before forking")
+    gc.collect()
+    gc.freeze()
+
+
+def loaded_files() -> dict[str, tuple[int, int]]:
+    """Every loaded module's file -> (mtime in ns, size): the server is stale once one differs."""
+    files = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            files[path] = (st.st_mtime_ns, st.st_size)
+    return files
+
+
+def changed(files: dict[str, tuple[int, int]]) -> str | None:
+    """The first file of ``files`` that is not as it was, or None."""
+    for path, seen in files.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return path
+        if (st.st_mtime_ns, st.st_size) != seen:
+            return path
+    return None
+
+
+class _Stop(Exception):
+    pass
+
+
+class Server:
+    """The accept loop (one thread, a selector over the socket and each command's pidfd)."""
+
+    def __init__(self, listener: socket.socket, path: str, idle: float):
+        self.listener, self.path, self.idle = listener, path, idle
+        self.inode = os.stat(path).st_ino  # the socket file it bound (not the socket's own inode)
+        self.files = loaded_files()
+        self.started = time.time()
+        self.served = 0
+        self.children: dict[int, tuple[socket.socket, int]] = {}  # pid -> (caller's socket, pidfd)
+        self.selector = selectors.DefaultSelector()
+        self.stopping: str | None = None
+
+    def serve(self) -> None:
+        """Accept commands and report their ends until stopped (SIGTERM or SIGINT, ``stop``, a
+        stale file, ``idle`` seconds with nothing to do), then until the running ones ended."""
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        last = time.monotonic()
+
+        def stop(signum, frame):
+            raise _Stop(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        while True:
+            try:
+                if self.stopping and not self.children:
+                    return
+                timeout = None if self.children or self.stopping else max(0.0, self.idle - (time.monotonic() - last))
+                events = self.selector.select(timeout)
+                if not events and not self.children and time.monotonic() - last >= self.idle:
+                    self._stop("idle")
+                    continue
+                for key, _ in events:
+                    if key.data is None:
+                        self._accept()
+                        last = time.monotonic()
+                    else:
+                        self._reap(key.data)
+                        last = time.monotonic()
+            except _Stop as exc:
+                self._stop(str(exc))
+
+    def _stop(self, why: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = why
+        _log(f"stopping ({why}); {len(self.children)} command(s) still running")
+        self.selector.unregister(self.listener)
+        _unlink_if_ours(self.path, self.inode)
+        self.listener.close()
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        conn.settimeout(10)
+        try:
+            pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                 struct.calcsize("3i")))
+            if uid != os.getuid():
+                _log(f"refused a request from uid {uid} (pid {pid})")
+                conn.close()
+                return
+            req, fds = _receive(conn)
+        except (OSError, ValueError) as exc:
+            _log(f"a bad request: {exc}")
+            conn.close()
+            return
+        if "control" in req:
+            self._control(conn, req["control"])
+            for fd in fds:
+                os.close(fd)
+            return
+        try:
+            why = self._refusal(req, fds)
+            if why:
+                conn.sendall(f"F{why}\n".encode())
+                conn.close()
+                if why.startswith("stale"):
+                    self._stop(why)
+                return
+            pid = self._fork(conn, req, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if pid is None:
+            return
+        self.served += 1
+        pidfd = os.pidfd_open(pid)
+        self.children[pid] = (conn, pidfd)
+        self.selector.register(pidfd, selectors.EVENT_READ, pid)
+        try:
+            conn.sendall(f"P{pid}\n".encode())
+        except OSError:
+            pass  # the caller went away: its command sees the socket closed (SIGTERM)
+
+    def _refusal(self, req: dict, fds: list[int]) -> str | None:
+        if self.stopping:
+            return "stopping"
+        if len(fds) != 3 or not isinstance(req.get("argv"), list) or not isinstance(req.get("env"), dict) \
+                or not isinstance(req.get("cwd"), str) or not isinstance(req.get("umask"), int):
+            return "malformed request"
+        stale = changed(self.files)
+        if stale:
+            return f"stale: {stale} changed since the server started"
+        if threading.active_count() != 1:
+            return "a thread is running in the server"
+        return None
+
+    def _fork(self, conn: socket.socket, req: dict, fds: list[int]) -> int | None:
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            conn.sendall(f"Ffork failed: {exc}\n".encode())
+            conn.close()
+            return None
+        if pid == 0:
+            keep = {conn.fileno(), *fds}
+            others = [self.listener.fileno() if self.listener.fileno() >= 0 else -1,
+                      *(c.fileno() for c, _ in self.children.values()), *(p for _, p in self.children.values())]
+            _command(conn, req, fds, [fd for fd in others if fd >= 0 and fd not in keep], self.selector)
+        return pid
+
+    def _reap(self, pid: int) -> None:
+        conn, pidfd = self.children.pop(pid)
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        try:
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            code = 70
+        try:
+            conn.sendall((f"K{-code}\n" if code < 0 else f"X{code}\n").encode())
+        except OSError:
+            pass
+        conn.close()
+
+    def _control(self, conn: socket.socket, what: str) -> None:
+        info = {"pid": os.getpid(), "started": self.started, "idle": self.idle, "served": self.served,
+                "running": len(self.children), "python": sys.version.split()[0]}
+        if what == "stop":
+            info["stopping"] = True
+        try:
+            conn.sendall(f"I{json.dumps(info)}\n".encode())
+        except OSError:
+            pass
+        conn.close()
+        if what == "stop":
+            self._stop("archfleet server stop")
+
+
+def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    """One request (serverclient's layout): its JSON and the fds sent with it."""
+    fds: list[int] = []
+    data = b""
+    import array
+
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        msg, anc, _flags, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * 4))
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got = array.array("i")
+                got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
+                fds.extend(got)
+        if not msg:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError("the caller closed the socket mid-request")
+        data += msg
+        if len(data) >= 4 and int.from_bytes(data[:4], "big") > MAX_REQUEST:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError("request too large")
+    try:
+        req = json.loads(data[4:4 + int.from_bytes(data[:4], "big")])
+    except ValueError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    if not isinstance(req, dict):
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("not a JSON object")
+    return req, fds
+
+
+def _unlink_if_ours(path: str, inode: int) -> None:
+    """Remove the socket file at ``path`` if it is still the one this server bound (``inode``):
+    a server started since may have put its own there."""
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _log(line: str) -> None:
+    sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} archfleet server[{os.getpid()}]: {line}\n")
+    sys.stderr.flush()
+
+
+# -- a command's process ---------------------------------------------------------------------
+
+def _command(conn: socket.socket, req: dict, fds: list[int], close: list[int], selector) -> None:
+    """In the fork: become the caller's command and exit with its code. Never returns."""
+    code = 70
+    try:
+        try:
+            selector.close()
+        except Exception:
+            pass
+        for fd in close:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for target, fd in zip((0, 1, 2), fds):
+            if fd != target:
+                os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+        for signum in serverclient.SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.chdir(req["cwd"])
+        os.umask(req["umask"])
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in req["env"].items()})
+        time.tzset()
+        import random
+        import tempfile
+
+        tempfile.tempdir = None
+        random.seed()
+        sys.argv = [str(a) for a in req["argv"]]
+        _stdio(req.get("stdio") or {})
+        watcher = threading.Thread(target=_watch, args=(conn,), name="archfleet-caller", daemon=True)
+        watcher.start()
+        from .console import run_here
+
+        run_here()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException as exc:  # noqa: BLE001 - the process ends here whatever happened
+        try:
+            sys.stderr.write(f"archfleet: error: internal error in the server's command: {type(exc).__name__}: {exc}\n")
+        except Exception:
+            pass
+    finally:
+        os._exit(_finish(code))
+
+
+def _finish(code: int) -> int:
+    """What the interpreter does at exit, in its order: wait for non-daemon threads (and run
+    what they registered), the atexit callbacks, flush the standard streams."""
+    try:
+        shutdown = getattr(threading, "_shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        import atexit
+
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    return code if 0 <= code <= 255 else 1
+
+
+def _stdio(how: dict) -> None:
+    """sys.stdin/stdout/stderr over fds 0-2, set up as the caller's were."""
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        spec = how.get(name) or {}
+        try:
+            stream = open(fd, mode, encoding=spec.get("encoding") or "utf-8", errors=spec.get("errors") or "strict",
+                          closefd=False, buffering=-1,
+                          newline=None if mode == "r" else "\n" if os.name != "nt" else None)
+        except (OSError, LookupError, ValueError):
+            continue
+        if mode == "w":
+            stream.reconfigure(line_buffering=bool(spec.get("line_buffering")),
+                               write_through=bool(spec.get("write_through")))
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _watch(conn: socket.socket) -> None:
+    """The caller's signals, raised here; the caller gone is a SIGTERM."""
+    conn.settimeout(None)
+    buffer = b""
+    while True:
+        try:
+            chunk = conn.recv(64)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        buffer += chunk
+        while b"\n" in buffer:
+            line, _, buffer = buffer.partition(b"\n")
+            if line.startswith(b"S") and line[1:].isdigit() and int(line[1:]) in serverclient.SIGNALS:
+                os.kill(os.getpid(), int(line[1:]))
+
+
+# -- start, stop, status (the ``archfleet server`` command) ------------------------------------
+
+class ServerProblem(Exception):
+    """One line for ``archfleet server``."""
+
+
+def ask(what: str, timeout: float = 5.0) -> dict | None:
+    """A control request (``status`` or ``stop``) to this install's server; its answer, or None
+    when none answers."""
+    directory = serverclient.runtime_dir()
+    if not serverclient.private_dir(directory):
+        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(timeout)
+    try:
+        conn.connect(serverclient.socket_path())
+        body = json.dumps({"control": what}).encode()
+        conn.sendall(len(body).to_bytes(4, "big") + body)
+        line = serverclient._Lines(conn).next()
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    if not line or not line.startswith("I"):
+        return None
+    return json.loads(line[1:])
+
+
+def start(idle: float) -> dict:
+    """Start this install's server in the background (its own session, its log beside its
+    socket) unless one answers; its :func:`ask` status. Raises :class:`ServerProblem`."""
+    running = ask("status")
+    if running:
+        return dict(running, already=True)
+    directory = _make_runtime_dir()
+    import subprocess
+
+    with open(os.open(log_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "archfleet.server", "--idle", str(idle)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                cwd="/", env={k: v for k, v in os.environ.items() if k != serverclient.ENV_SWITCH})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = ask("status")
+        if status:
+            return status
+        if proc.poll() is not None:
+            raise ServerProblem(f"the server exited with code {proc.returncode} at start (see {log_path()})")
+        time.sleep(0.05)
+    raise ServerProblem(f"the server did not answer within 30 s (see {log_path()}, in {directory})")
+
+
+def _make_runtime_dir() -> str:
+    directory = serverclient.runtime_dir()
+    if len(os.fsencode(serverclient.socket_path())) > 107:  # sockaddr_un's sun_path, with its NUL
+        raise ServerProblem(f"the socket path under {directory} is longer than a Unix socket's 107 bytes: "
+                            f"set XDG_RUNTIME_DIR to a shorter directory")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ServerProblem(f"cannot make {directory}: {exc.strerror}") from None
+    if not serverclient.private_dir(directory):
+        raise ServerProblem(f"{directory} must be a directory of uid {os.getuid()} that no one else may enter "
+                            f"(mode 0700, not a link): fix or remove it")
+    return directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m archfleet.server --idle SECONDS``: serve in the foreground until stopped."""
+    ap = argparse.ArgumentParser(prog="python -m archfleet.server")
+    ap.add_argument("--idle", type=float, default=IDLE_SECONDS)
+    args = ap.parse_args(argv)
+    try:
+        directory = _make_runtime_dir()
+    except ServerProblem as exc:
+        _log(str(exc))
+        return 2
+    if not hasattr(os, "pidfd_open"):
+        _log("needs os.pidfd_open (Linux 5.3 or later)")
+        return 3
+    path = serverclient.socket_path()
+    if ask("status"):
+        _log("a server of this install is already running")
+        return 0
+    with contextlib.suppress(OSError):
+        os.unlink(path)  # a socket left by a server that died: nobody answered on it
+    preload()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    listener.listen(64)
+    _log(f"serving on {path} (idle timeout {args.idle:g} s) in {directory}")
+    server = Server(listener, path, args.idle)
+    try:
+        server.serve()
+    finally:
+        _unlink_if_ours(path, server.inode)
+    _log(f"stopped after {server.served} command(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

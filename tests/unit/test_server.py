@@ -1,0 +1,234 @@
+"""``archfleet server`` (archfleet.server, archfleet.serverclient): a command handed to the
+server behaves as it does in its own process. Each test starts its own server in a runtime dir
+of its own (XDG_RUNTIME_DIR) and stops it; the rest of the suite runs with ARCHFLEET_SERVER=0."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ARCHFLEET = str(Path(sys.executable).with_name("archfleet"))
+
+
+@pytest.fixture
+def server(monkeypatch):
+    import shutil
+    import tempfile
+
+    runtime = Path(tempfile.mkdtemp(prefix="afs-", dir="/tmp"))  # short: a socket path has 107 bytes
+    runtime.chmod(0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv("ARCHFLEET_SERVER", raising=False)
+    started = run("server", "start", "--idle", "120")
+    assert started.returncode == 0, started.stderr
+    yield runtime
+    run("server", "stop")
+    deadline = time.monotonic() + 10
+    while run("server", "status").returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def run(*args, env=None, cwd=None, timeout=60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([ARCHFLEET, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout, **kw)
+
+
+def status() -> dict:
+    from archfleet import server as srv
+
+    return srv.ask("status")
+
+
+def test_a_command_in_the_server_has_the_callers_environment_directory_streams_and_exit_code(server, tmp_path):
+    """Rule: the command sees the caller's environment (ARCHFLEET_DISABLE_PLUGINS=qemu: "disabled:
+    qemu" on stdout), working directory (a relative --nodes file read from there) and stdio, and
+    exits with the command's code (2, one line naming the file and line)."""
+    env = dict(os.environ, ARCHFLEET_DISABLE_PLUGINS="qemu")
+    listed = run("plugins", env=env)
+    assert listed.returncode == 0 and "disabled: qemu" in listed.stdout
+    (tmp_path / "mine.toml").write_text("[nodes.x]\nhost = \n")
+    bad = run("ls", "--nodes", "mine.toml", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stdout == "" and len(bad.stderr.splitlines()) == 1 and "mine.toml" in bad.stderr
+    assert status()["served"] == 2
+
+
+def test_without_a_server_or_with_archfleet_server_0_the_command_runs_in_its_own_process(server):
+    """Rule: ARCHFLEET_SERVER=0 keeps the command in its own process (the server serves none)."""
+    done = run("plugins", env=dict(os.environ, ARCHFLEET_SERVER="0"))
+    assert done.returncode == 0 and "local" in done.stdout
+    assert status()["served"] == 0
+
+
+def test_a_runtime_dir_others_may_enter_is_not_trusted(server):
+    """Rule: the socket's directory must be the user's own with no access for others; when it
+    is not, the caller runs the command itself and no server starts there (exit 3, one line)."""
+    directory = server / "archfleet"
+    directory.chmod(0o755)
+    try:
+        done = run("plugins")
+        assert done.returncode == 0 and status() is None  # not even asked: ask() refuses too
+        again = run("server", "start")
+        assert again.returncode == 3 and len(again.stderr.splitlines()) == 1 and "0700" in again.stderr
+    finally:
+        directory.chmod(0o700)
+    assert status()["served"] == 0
+
+
+def test_a_server_whose_files_changed_stops_and_the_caller_runs_the_command(server):
+    """Rule: once a file the server loaded changed (an upgrade, an edited checkout), it runs no
+    more commands: the caller runs it itself (right output), and the server stops."""
+    import archfleet.serverclient as client
+
+    path = client.__file__
+    before = os.stat(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    try:
+        done = run("plugins")
+    finally:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert done.returncode == 0 and "local" in done.stdout
+    deadline = time.monotonic() + 10
+    while status() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status() is None and not list((server / "archfleet").glob("*.sock"))
+
+
+@pytest.fixture
+def silent_ssh(tmp_path):
+    """A TCP port that accepts and never answers (an SSH node that hangs), and a nodes file naming it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    nodes = tmp_path / "nodes.toml"
+    nodes.write_text(f'[nodes.hang]\nhost = "127.0.0.1"\nport = {listener.getsockname()[1]}\nuser = "x"\n'
+                     f'known_hosts = "{tmp_path / "known_hosts"}"\n')
+    yield nodes
+    listener.close()
+    for conn in held:
+        conn.close()
+
+
+def command_pids(server_pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == server_pid:
+                out.append(int(entry))
+    return out
+
+
+def wait_for(predicate, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_ctrl_c_reaches_the_command_which_ends_as_it_would_alone(server, silent_ssh):
+    """Rule: a SIGINT the caller gets is raised in the command's process: exit 130 and the one
+    line "archfleet: error: interrupted", as without a server."""
+    server_pid = status()["pid"]
+    proc = subprocess.Popen([ARCHFLEET, "ls", "--no-local", "--nodes", str(silent_ssh)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: command_pids(server_pid)), "the server ran no command"
+    time.sleep(0.3)
+    proc.send_signal(2)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert err.splitlines()[-1] == "archfleet: error: interrupted"
+    assert wait_for(lambda: not command_pids(server_pid))
+
+
+def test_a_caller_that_dies_ends_its_command_as_a_sigterm_would(server, silent_ssh):
+    """Rule: the command does not outlive its caller: the caller's socket closing is a SIGTERM
+    to the command (which stops its work and exits), not a command running on unseen."""
+    server_pid = status()["pid"]
+    proc = subprocess.Popen([ARCHFLEET, "ls", "--no-local", "--nodes", str(silent_ssh)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: command_pids(server_pid)), "the server ran no command"
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait(timeout=10)
+    assert wait_for(lambda: not command_pids(server_pid), 20), "the command outlived its caller"
+    assert status()["running"] == 0
+
+
+def test_a_socket_path_too_long_for_unix_sockets_is_one_line_and_exit_3(tmp_path, monkeypatch):
+    """Rule: sun_path holds 107 bytes; a runtime dir that makes the path longer is said, with
+    what to do (exit 3, one line), not a traceback in the server's log."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
+    monkeypatch.delenv("ARCHFLEET_SERVER", raising=False)
+    done = run("server", "start")
+    assert done.returncode == 3 and len(done.stderr.splitlines()) == 1 and "XDG_RUNTIME_DIR" in done.stderr
+
+
+def test_status_and_stop_say_what_runs(server):
+    """Rule: ``server status`` exits 0 naming the pid while one runs, 1 once ``server stop``
+    stopped it; a second ``server start`` says it is already running."""
+    pid = status()["pid"]
+    again = run("server", "start")
+    assert again.returncode == 0 and "already running" in again.stdout and str(pid) in again.stdout
+    up = run("server", "status")
+    assert up.returncode == 0 and f"pid {pid}" in up.stdout
+    assert run("server", "stop").returncode == 0
+    assert wait_for(lambda: run("server", "status").returncode == 1)
+
+
+def test_a_peer_of_another_uid_is_refused(server):
+    """Rule: the server runs requests only from its own uid (SO_PEERCRED). A request from uid
+    65534 (nobody), let into the directory for the test, gets the connection closed, no command."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another uid")
+    from archfleet import serverclient
+
+    path = serverclient.socket_path()
+    directory = server / "archfleet"
+    os.chmod(server, 0o711)
+    directory.chmod(0o711)
+    os.chmod(path, 0o777)
+    code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+            "b=b'{\"control\": \"status\"}'; s.sendall(len(b).to_bytes(4,'big')+b)\n"
+            "try: print(repr(s.recv(100)))\nexcept ConnectionResetError: print(repr(b''))")
+    try:
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               code, path], capture_output=True, text=True, timeout=30)
+    finally:
+        directory.chmod(0o700)
+        os.chmod(server, 0o700)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "b''"  # closed, nothing said
+    assert "refused a request from uid 65534" in Path(srv_log()).read_text()
+    assert json.dumps(status())  # still serving
+
+
+def srv_log() -> str:
+    from archfleet import server as srv
+
+    return srv.log_path()
