@@ -10,6 +10,8 @@ when ``XDG_CACHE_HOME`` names an absolute directory, else ``~/.cache/archfleet``
 - ``layers-v2/``: scans of image layers (:mod:`archfleet.layercache`);
 - ``layer-prints.json``: image layers' sizes and first bytes' digests, by diff_id
   (:mod:`archfleet.layerprints`);
+- ``engine-infos.json``: what local engine CLIs' ``docker info`` printed, by what it depended on
+  (:mod:`archfleet.engineinfos`);
 - ``contexts/``: each build context's file digests, by their stat (:mod:`archfleet.filedigests`);
 - ``leases/``: this user's private lease directory, when ``$XDG_RUNTIME_DIR`` cannot hold it
   (:func:`archfleet.leases.private_root`).
@@ -73,6 +75,12 @@ def cli_versions() -> Path:
     """The file of what local engine CLIs' ``--version`` printed (JSON, one entry per path,
     :mod:`archfleet.cliversions`)."""
     return root() / "cli-versions.json"
+
+
+def engine_infos() -> Path:
+    """The file of what local engine CLIs' ``docker info`` printed (JSON, one entry per path,
+    :mod:`archfleet.engineinfos`)."""
+    return root() / "engine-infos.json"
 
 
 def context_digests(context: Path) -> Path:

@@ -47,18 +47,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import re
 import time
-from typing import AsyncIterator, Awaitable, Collection, Mapping, Sequence
+from typing import AsyncIterator, Collection, Mapping, Sequence
+
+import attrs
 
 from . import dockerlib
 from .engines import (build_flags, ENV_CLI, EngineCLI, ImageInfo, Probed, exit_path_failure, last_own_line,  # noqa: F401
                       local_candidates, resource_failure, run_build)
 from .errors import BuildFailed, InfrastructureError, RegistryError
-from .model import BuildRequest, Capabilities, CliVersion, NodeFacts, NodeSpec
+from .model import BuildRequest, Capabilities, CliVersion, EngineInfo, NodeFacts, NodeSpec
 from .platforms import Platform
 from .reference import Reference
 from .registry import credential_name, load_credentials, refusal, registry_answer
@@ -114,40 +115,60 @@ def buildx_plugin(info: Completed) -> str | None:
 
 
 async def ask_clis(transport: Transport, candidates: Sequence[str],
-                   remembered: Mapping[str, CliVersion] | Awaitable[Mapping[str, CliVersion]] | None = None
-                   ) -> dict[tuple, Completed]:
+                   remembered: Mapping[str, CliVersion] | None = None,
+                   infos: Mapping[str, EngineInfo] | None = None) -> dict[tuple, Completed]:
     """Every :func:`probe_argvs` command at once (they are cheap and independent), by argv;
     a candidate's ``--version`` that ``remembered`` holds (path -> what the same file printed,
-    :mod:`archfleet.cliversions`) is answered from there, not run. ``remembered`` may be an
-    awaitable of that mapping: each ``info``, which needs nothing remembered, is started before
-    it is awaited (issue 17: the daemon's answer is on its way while a thread reads the files)."""
-    infos = [_info_argv(cli) for cli in candidates]
-    asking = [asyncio.ensure_future(transport.run(list(argv), timeout=30)) for argv in infos]
-    try:
-        if inspect.isawaitable(remembered):
-            remembered = await remembered
-        remembered = remembered or {}
-        known = {_version_argv(cli): Completed(_version_argv(cli), 0, v.tail) for cli, v in remembered.items()}
-        versions = [_version_argv(cli) for cli in candidates if _version_argv(cli) not in known]
-        done = await asyncio.gather(*asking, *(transport.run(list(argv), timeout=30) for argv in versions))
-    finally:
-        undone = [task for task in asking if not task.done()]
-        for task in undone:
-            task.cancel()
-        if undone:
-            await asyncio.gather(*undone, return_exceptions=True)
-    return {**known, **dict(zip([*infos, *versions], done))}
+    :mod:`archfleet.cliversions`) and its ``info`` that ``infos`` holds (path -> what it printed
+    with everything it depends on as now, :mod:`archfleet.engineinfos`) are answered from
+    there, not run."""
+    known = {_version_argv(cli): Completed(_version_argv(cli), 0, v.tail) for cli, v in (remembered or {}).items()}
+    known.update({_info_argv(cli): Completed(_info_argv(cli), 0, i.tail) for cli, i in (infos or {}).items()})
+    argvs = [tuple(argv) for argv in probe_argvs(candidates) if tuple(argv) not in known]
+    done = await asyncio.gather(*(transport.run(list(argv), timeout=30) for argv in argvs))
+    return {**known, **dict(zip(argvs, done))}
 
 
-def _local_files(candidates: Sequence[str]) -> tuple[dict[str, CliVersion], dict[str, tuple | None]]:
+def _local_files(candidates: Sequence[str], docker_host: str | None) -> "_Remembered":
     """For candidates on this machine given by absolute path: their remembered ``--version``
-    answers (:func:`archfleet.cliversions.recall`) and their files' identities now, by path.
-    Blocking (a small file, a stat each)."""
-    from . import cliversions
+    answers (:func:`archfleet.cliversions.recall`) and ``info`` answers
+    (:func:`archfleet.engineinfos.recall`), and the identities now that new answers are kept
+    under. Blocking (a small file each, stats, a ``connect`` to the daemon's socket)."""
+    from . import cliversions, engineinfos
 
-    identities = {cli: cliversions.identity(cli) for cli in candidates if os.path.isabs(cli)}
+    local = [cli for cli in candidates if os.path.isabs(cli)]
+    identities = {cli: cliversions.identity(cli) for cli in local}
     found = {cli: cliversions.recall(cli, now) for cli, now in identities.items()}
-    return {cli: v for cli, v in found.items() if v is not None}, identities
+    info_ids = {cli: engineinfos.identity(cli, docker_host) for cli in local}
+    infos = {cli: engineinfos.recall(cli, now) for cli, now in info_ids.items()}
+    return _Remembered({cli: v for cli, v in found.items() if v is not None}, identities,
+                       {cli: i for cli, i in infos.items() if i is not None}, info_ids)
+
+
+@attrs.frozen
+class _Remembered:
+    """:func:`_local_files`' answer: remembered answers by CLI path, and the identities now."""
+
+    versions: Mapping[str, CliVersion] = attrs.field(factory=dict)
+    identities: Mapping[str, tuple | None] = attrs.field(factory=dict)
+    infos: Mapping[str, EngineInfo] = attrs.field(factory=dict)
+    info_identities: Mapping[str, list | None] = attrs.field(factory=dict)
+
+
+def _new_infos(candidates: Sequence[str], answers: Mapping[tuple, Completed], seen: _Remembered
+               ) -> tuple[EngineInfo, ...]:
+    """The ``info`` answers just asked of CLIs on this machine whose dependencies were gathered
+    before asking, that named a daemon version without an error, for the learn stage to keep."""
+    new = []
+    for cli in candidates:
+        answer = answers.get(_info_argv(cli))
+        ident = seen.info_identities.get(cli)
+        if cli in seen.infos or ident is None or answer is None or not answer.ok:
+            continue
+        version, _, error = parse_info(answer.tail)
+        if version is not None and error is None:
+            new.append(EngineInfo(cli, json.dumps(ident), answer.tail))
+    return tuple(new)
 
 
 def _new_versions(candidates: Sequence[str], answers: Mapping[tuple, Completed],
@@ -610,28 +631,20 @@ class DockerEngine:
         ``--version`` and ``docker info`` (:func:`choose_cli`, :func:`parse_info`): the daemon
         asked is the one the chosen CLI builds on. A daemon that does not answer: ``answered``
         False."""
-        remembered, identities = {}, {}
-        files = None
+        seen = _Remembered()
         if node.transport == "local":  # this machine's files: their answers are kept by identity
-            files = asyncio.ensure_future(asyncio.to_thread(_local_files, candidates))
-
-        async def recalled():
-            return (await files)[0]
-
-        try:
-            answers = await ask_clis(transport, candidates, recalled() if files is not None else None)
-        finally:
-            if files is not None and not files.done():
-                files.cancel()
-        if files is not None:
-            remembered, identities = files.result()
-        versions = _new_versions(candidates, answers, remembered, identities)
+            # here, not in a thread (~25 syscalls, <1 ms): a thread waited for the GIL at each of
+            # them while this thread imported (20-40 ms before the CLIs started, issue 17)
+            seen = _local_files(candidates, node.docker_host)
+        answers = await ask_clis(transport, candidates, seen.versions, seen.infos)
+        versions = _new_versions(candidates, answers, seen.versions, seen.identities)
+        infos = _new_infos(candidates, answers, seen)
         cli, reasons, info = choose_cli(candidates, answers)
         if cli is None or info is None:
             # the daemon's version as any candidate's info said it (a CLI that cannot build may
             # still ask the daemon), for ls and doctor
             version = next((v for c in candidates for v in [parse_info(answers[_info_argv(c)].tail)[0]] if v), None)
-            return Probed(True, version=version, versions=versions,
+            return Probed(True, version=version, versions=versions, infos=infos,
                           error="no engine CLI with BuildKit: " + "; ".join(reasons or ["no docker CLI found"]))
         version, rootless, error = parse_info(info.tail)
         if version is None and error is None:
@@ -644,7 +657,7 @@ class DockerEngine:
             return Probed(False, cli=cli, error=f"engine not answering on the node: {error}",
                           fix=f"start dockerd on the node, or fix docker_host at {node.source}")
         return Probed(True, cli=cli, version=version, rootless=rootless, capabilities=capabilities(cli.mode, version),
-                      versions=versions)
+                      versions=versions, infos=infos)
 
     @staticmethod
     def _cli(facts: NodeFacts) -> EngineCLI:

@@ -43,7 +43,7 @@ import attrs
 from .buildargs import env_passable
 from .dockerfile import mount_fields
 from .shellword import has_wildcard
-from .model import BuildRequest, Capabilities, CliVersion, NodeFacts, NodeSpec
+from .model import BuildRequest, Capabilities, CliVersion, EngineInfo, NodeFacts, NodeSpec
 from .platforms import Platform
 from .reference import Reference
 from .transport import Completed, LineCallback, Transport
@@ -84,7 +84,8 @@ class Probed:
     """What an adapter's probe found on a node. ``answered``: the engine answered (False: its
     ``error`` says why, and ``fix`` what to do); ``cli`` is None when no CLI can build there
     (``error`` says why). ``versions``: what CLIs on this machine printed for ``--version``
-    just now (:mod:`archfleet.cliversions`; none from the cache), for the node's facts."""
+    just now (:mod:`archfleet.cliversions`; none from the cache), for the node's facts; ``infos``:
+    the same for ``docker info`` (:mod:`archfleet.engineinfos`)."""
 
     answered: bool
     cli: EngineCLI | None = None
@@ -94,6 +95,7 @@ class Probed:
     error: str | None = None
     fix: str | None = None
     versions: tuple[CliVersion, ...] = ()
+    infos: tuple[EngineInfo, ...] = ()
 
 
 class Engine(Protocol):

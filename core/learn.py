@@ -13,6 +13,8 @@ the probe's CPU benchmark   ``NodeFacts.score``, when             ``scores.json`
                             ``NodeFacts.score_measured``          (:mod:`archfleet.scores`)
 the probe's ``--version``   ``NodeFacts.cli_versions`` (CLIs on   ``cli-versions.json``
 of local engine CLIs        this machine, asked just now)         (:mod:`archfleet.cliversions`)
+the probe's ``docker info`` ``NodeFacts.engine_infos`` (the       ``engine-infos.json``
+of local engine CLIs        same, with what it depended on)       (:mod:`archfleet.engineinfos`)
 a context sync              ``PlatformResult.transfer``           ``links.json``
                                                                   (:mod:`archfleet.linkrate`)
 verification                ``ChildImage.scans``                  ``layers-v2/``
@@ -45,7 +47,7 @@ from typing import Mapping
 
 import attrs
 
-from . import cliversions, filedigests, layercache, layerprints, linkrate, scores
+from . import cliversions, engineinfos, filedigests, layercache, layerprints, linkrate, scores
 from .history import HistoryView
 from .steps import join
 from .model import FileDigests, LayerScan, NodeFacts, PlatformResult, Transfer
@@ -102,6 +104,7 @@ def keep(lessons: Lessons) -> None:
         if facts.score_measured and facts.score is not None:
             scores.store(scores.score_key(facts.node), facts.score, busy=measured_busy(facts))
     cliversions.store(v for facts in lessons.probed for v in facts.cli_versions)
+    engineinfos.store(i for facts in lessons.probed for i in facts.engine_infos)
     for transfer in lessons.transfers():
         linkrate.record(transfer.link, transfer.bytes, transfer.seconds)
     for scan in dict.fromkeys(lessons.scans):

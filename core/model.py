@@ -162,6 +162,17 @@ class CliVersion:
 
 
 @attrs.frozen
+class EngineInfo:
+    """What the CLI at ``path`` on this machine printed for ``docker info`` (``tail``: its
+    lines), and everything that answer depended on then, as JSON (``identity``,
+    :func:`archfleet.engineinfos.identity`): the probe asks again once any of it changed."""
+
+    path: str
+    identity: str
+    tail: tuple[str, ...] = attrs.field(converter=tuple)
+
+
+@attrs.frozen
 class NodeFacts:
     """What a probe found out about a node. ``reachable=False`` carries ``error`` instead."""
 
@@ -195,6 +206,9 @@ class NodeFacts:
     # what CLIs on this machine said for --version just now (the learn stage keeps them, and the
     # next probe reads them instead of asking: archfleet.cliversions); none from a cache
     cli_versions: tuple[CliVersion, ...] = attrs.field(default=(), converter=_tuple)
+    # what CLIs on this machine said for ``docker info`` just now, with what it depended on
+    # (kept by the learn stage, read by the next probe: archfleet.engineinfos); none from a cache
+    engine_infos: tuple[EngineInfo, ...] = attrs.field(default=(), converter=_tuple)
 
     @property
     def engine_label(self) -> str:

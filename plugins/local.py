@@ -58,7 +58,8 @@ async def _probe(node: NodeSpec) -> NodeFacts:
         candidates = adapter.candidates(node.engine_cli, local=True)
         found = await adapter.probe(transport, node, candidates)
         if not found.answered:
-            return NodeFacts(node, False, error=found.error, fix=found.fix, cli_versions=found.versions)
+            return NodeFacts(node, False, error=found.error, fix=found.fix, cli_versions=found.versions,
+                             engine_infos=found.infos)
         cli = found.cli
         score = await benchmark(transport, node)
         handlers = binfmt.read_handlers()
@@ -75,7 +76,7 @@ async def _probe(node: NodeSpec) -> NodeFacts:
             capabilities=found.capabilities, engine_cli=cli.argv if cli else (),
             builder=cli.mode if cli else None, cpus=os.cpu_count() or 1, memory=_memory(), load=load,
             score=score.value, score_measured=score.measured, busy=await asyncio.to_thread(read_local_leases, node),
-            cli_versions=found.versions,
+            cli_versions=found.versions, engine_infos=found.infos,
         )
     finally:
         await transport.close()

@@ -274,27 +274,20 @@ def test_a_probe_runs_two_commands_per_candidate_and_reads_the_daemon_from_the_c
         True, ("/usr/bin/docker",), "20.10.24+dfsg1", True)
 
 
-def test_each_info_starts_before_the_remembered_versions_are_read():
-    """Rule (issue 17, engine.ask_clis): ``info`` needs nothing remembered, so it is running
-    while the remembered ``--version`` answers are read (a thread that may wait for the GIL);
-    only the versions not remembered run after. Right: both infos started, then one version."""
-    from archfleet.model import CliVersion
+def test_a_remembered_info_is_not_asked_again_and_the_others_are():
+    """Rule (engine.ask_clis): a candidate's ``info`` answer the cache holds for everything it
+    depends on as now (archfleet.engineinfos) is used as is; the rest run, all at once. Right:
+    of four commands, three run."""
+    from archfleet.model import EngineInfo
 
     t = _clis({("/a/docker", "--version"): (0, ("Docker version 28.2.2",)), ("/a/docker", "info"): (0, ()),
                ("/b/docker", "--version"): (0, ("Docker version 20.10.24",)), ("/b/docker", "info"): (0, ())})
     t.runs.clear()
-    seen_when_read = []
-
-    async def remembered():
-        await asyncio.sleep(0)
-        seen_when_read.extend(t.runs)
-        return {"/b/docker": CliVersion("/b/docker", (1, 2, 3), ("Docker version 20.10.24",))}
-
-    answers = asyncio.run(engine.ask_clis(t, ["/a/docker", "/b/docker"], remembered()))
-    assert sorted(seen_when_read) == [("/a/docker", "info", "--format", engine.INFO_FORMAT),
-                                      ("/b/docker", "info", "--format", engine.INFO_FORMAT)]
-    assert t.runs[2:] == [("/a/docker", "--version")]
-    assert answers[("/b/docker", "--version")].tail == ("Docker version 20.10.24",)
+    kept = EngineInfo("/b/docker", "[]", (NO_PLUGINS_20, DAEMON))
+    answers = asyncio.run(engine.ask_clis(t, ["/a/docker", "/b/docker"], {}, {"/b/docker": kept}))
+    assert sorted(t.runs) == [("/a/docker", "--version"), ("/a/docker", "info", "--format", engine.INFO_FORMAT),
+                              ("/b/docker", "--version")]
+    assert answers[("/b/docker", "info", "--format", engine.INFO_FORMAT)].tail == (NO_PLUGINS_20, DAEMON)
 
 
 def test_a_probe_with_no_cli_that_builds_still_says_the_daemons_version():

@@ -1,0 +1,152 @@
+"""What ``docker info`` printed for an engine CLI on this machine, kept while nothing its answer
+depends on changed (``engine-infos.json`` in the user's cache dir).
+
+The docker adapter's probe asks each candidate CLI's ``docker info`` for the daemon's version,
+whether it is rootless, and the CLI's plugins (buildx). Two CLIs starting and a daemon
+answering took 60-70 ms, the longest step before a one-platform build's ``docker build``
+(issue 17; with ``archfleet server`` the longest by far). The answer is a function of:
+
+- the CLI program (its file's identity, :func:`archfleet.cliversions.identity`);
+- the daemon it asks: ``DOCKER_HOST`` (the node's ``docker_host`` first), else the default
+  socket ``/var/run/docker.sock``; only a Unix socket is kept, by the identity of the socket
+  file (device, inode, change time: dockerd makes a new one each time it starts, so a restarted,
+  upgraded or reconfigured daemon is asked again), and only while something listens on it (a
+  ``connect``); ``DOCKER_CONTEXT`` other than ``default``, or a ``currentContext`` in the
+  CLI's ``config.json`` without ``DOCKER_HOST``, is never kept;
+- the CLI's configuration (``$DOCKER_CONFIG/config.json``, by identity) and its plugins (every
+  file in each ``cli-plugins`` directory the CLI reads, by identity).
+
+:func:`identity` gathers those; a probe of this machine reads an answer kept under the same
+identity (:func:`recall`) instead of starting the CLI, within :data:`TTL`. Only answers that
+name a daemon version, without errors, are kept, and only the learn stage writes them
+(:func:`store`), like the CLIs' ``--version`` answers (:mod:`archfleet.cliversions`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import time
+from typing import Iterable
+
+from . import cachedir, cachefile, cliversions
+from .model import EngineInfo
+
+# seconds an answer is kept even when nothing it depends on changed
+TTL = 3600
+DEFAULT_SOCKET = "/var/run/docker.sock"
+# where the docker CLI looks for plugins besides $DOCKER_CONFIG/cli-plugins (docker/cli
+# cli-plugins/manager: defaultSystemPluginDirs on Linux)
+SYSTEM_PLUGIN_DIRS = ("/usr/local/lib/docker/cli-plugins", "/usr/local/libexec/docker/cli-plugins",
+                      "/usr/lib/docker/cli-plugins", "/usr/libexec/docker/cli-plugins")
+
+
+def _file_id(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _dir_id(path: str) -> list | None:
+    try:
+        names = sorted(os.listdir(path))
+    except OSError:
+        return None
+    entries = []
+    for name in names:
+        try:
+            entries.append([name, *_file_id(os.stat(os.path.join(path, name)))])
+        except OSError:
+            entries.append([name])
+    return entries
+
+
+def identity(cli: str, docker_host: str | None = None, environ=None) -> list | None:
+    """Everything ``cli``'s ``docker info`` answer depends on (module doc), as a JSON-able list;
+    None when the answer must not be kept (not an ELF program, a daemon not on a Unix socket or
+    not listening, a CLI context). ``docker_host``: the node's, which wins over ``DOCKER_HOST``.
+    Blocking (stats, a small file, a ``connect``)."""
+    environ = os.environ if environ is None else environ
+    program = cliversions.identity(cli)
+    if program is None:
+        return None
+    if environ.get("DOCKER_CONTEXT") not in (None, "", "default"):
+        return None
+    host = docker_host or environ.get("DOCKER_HOST") or ""
+    config_dir = environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    config_path = os.path.join(config_dir, "config.json")
+    try:
+        with open(config_path, "rb") as f:
+            config_st = os.fstat(f.fileno())
+            config = json.loads(f.read() or b"{}")
+        config_seen = _file_id(config_st)
+    except FileNotFoundError:
+        config, config_seen = {}, None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    if not host and config.get("currentContext") not in (None, "", "default"):
+        return None
+    if host and not host.startswith("unix://"):
+        return None
+    path = host[len("unix://"):] if host else DEFAULT_SOCKET
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode) or not _listening(path):
+        return None
+    extra = config.get("cliPluginsExtraDirs") or []
+    if not isinstance(extra, list) or not all(isinstance(d, str) for d in extra):
+        return None
+    plugin_dirs = [os.path.join(config_dir, "cli-plugins"), *extra, *SYSTEM_PLUGIN_DIRS]
+    return [list(program), host, [st.st_dev, st.st_ino, st.st_ctime_ns], config_seen,
+            [[d, _dir_id(d)] for d in plugin_dirs]]
+
+
+def _listening(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def recall(cli: str, now: list | None) -> EngineInfo | None:
+    """What ``cli``'s ``docker info`` printed when everything it depends on was ``now`` (its
+    :func:`identity`), within :data:`TTL`; else None. Blocking (a small file)."""
+    if now is None:
+        return None
+    entry = cachefile.read_json(cachedir.engine_infos()).get(cli)
+    try:
+        if entry["identity"] != now or not cachefile.fresh(entry, TTL):
+            return None
+        tail = entry["tail"]
+        if not isinstance(tail, list) or not all(isinstance(line, str) for line in tail):
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return EngineInfo(cli, json.dumps(now), tuple(tail))
+
+
+def store(answers: Iterable[EngineInfo]) -> None:
+    """Keep each answer (under the file's lock, replaced whole). Never raises for the file
+    system. Blocking: call it in a thread."""
+    answers = list(answers)
+    if not answers:
+        return
+
+    def put(doc: dict) -> None:
+        now = time.time()
+        for a in answers:
+            doc[a.path] = {"identity": json.loads(a.identity), "tail": list(a.tail), "at": now}
+
+    try:
+        cachefile.update_json(cachedir.engine_infos(), put)
+    except OSError:
+        pass
