@@ -9,10 +9,17 @@ second thread a partially initialised module)."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from types import ModuleType
 
 _LOCK = threading.Lock()
+
+
+def loaded() -> bool:
+    """Whether :func:`module` has loaded docker-py in this process already (``archfleet server``
+    loads it once for every command it runs): then an Engine API call costs no import."""
+    return "docker.utils.build" in sys.modules
 
 
 def module() -> ModuleType:

@@ -61,15 +61,14 @@ def _dir_id(path: str) -> list | None:
     return entries
 
 
-def identity(cli: str, docker_host: str | None = None, environ=None) -> list | None:
-    """Everything ``cli``'s ``docker info`` answer depends on (module doc), as a JSON-able list;
-    None when the answer must not be kept (not an ELF program, a daemon not on a Unix socket or
-    not listening, a CLI context). ``docker_host``: the node's, which wins over ``DOCKER_HOST``.
-    Blocking (stats, a small file, a ``connect``)."""
+def unix_daemon(docker_host: str | None = None, environ=None) -> tuple[str, str, dict, list | None] | None:
+    """The daemon the docker CLI (and docker-py's ``from_env``) talks to, when it is a Unix
+    socket named without a CLI context: (socket path, ``DOCKER_HOST`` as used, the CLI's
+    config.json, that file's identity or None when missing), else None. ``docker_host``: the
+    node's, which wins over ``DOCKER_HOST``. ``DOCKER_CONTEXT`` other than ``default``, or a
+    ``currentContext`` in config.json without a ``DOCKER_HOST``, is None: docker-py does not
+    read contexts, and a context's endpoint is not a file. Blocking (a small file)."""
     environ = os.environ if environ is None else environ
-    program = cliversions.identity(cli)
-    if program is None:
-        return None
     if environ.get("DOCKER_CONTEXT") not in (None, "", "default"):
         return None
     host = docker_host or environ.get("DOCKER_HOST") or ""
@@ -90,7 +89,23 @@ def identity(cli: str, docker_host: str | None = None, environ=None) -> list | N
         return None
     if host and not host.startswith("unix://"):
         return None
-    path = host[len("unix://"):] if host else DEFAULT_SOCKET
+    return (host[len("unix://"):] if host else DEFAULT_SOCKET), host, config, config_seen
+
+
+def identity(cli: str, docker_host: str | None = None, environ=None) -> list | None:
+    """Everything ``cli``'s ``docker info`` answer depends on (module doc), as a JSON-able list;
+    None when the answer must not be kept (not an ELF program, a daemon not on a Unix socket or
+    not listening, a CLI context). ``docker_host``: the node's, which wins over ``DOCKER_HOST``.
+    Blocking (stats, a small file, a ``connect``)."""
+    environ = os.environ if environ is None else environ
+    program = cliversions.identity(cli)
+    if program is None:
+        return None
+    daemon = unix_daemon(docker_host, environ)
+    if daemon is None:
+        return None
+    path, host, config, config_seen = daemon
+    config_dir = environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
     try:
         st = os.stat(path)
     except OSError:

@@ -477,6 +477,40 @@ class _Transport:
         return type("Client", (), {"api": self.api})()
 
 
+@pytest.mark.parametrize("env, api", [({}, True), ({"DOCKER_HOST": "unix:///run/d.sock"}, True),
+                                      ({"DOCKER_HOST": "tcp://127.0.0.1:2375"}, False),
+                                      ({"DOCKER_CONTEXT": "remote"}, False)])
+def test_with_docker_py_loaded_this_machines_export_reads_the_engine_api_of_the_clis_unix_socket(
+        env, api, monkeypatch, tmp_path):
+    """Rule (archfleet server loads docker-py once): on this machine, with docker-py loaded, the
+    export reads the Engine API (no CLI started) when the CLI's daemon is a Unix socket named
+    without a context, the one docker-py's from_env reaches; a TCP host or a CLI context: the
+    CLI, which knows its context."""
+    from archfleet.model import NodeFacts, NodeSpec
+    from archfleet.transport import LocalTransport
+
+    monkeypatch.setattr(engine.dockerlib, "loaded", lambda: True)
+    for key in ("DOCKER_HOST", "DOCKER_CONTEXT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    class Local(LocalTransport):
+        def docker_client(self):
+            return type("Client", (), {"api": _Api([b"from ", b"the API"])})()
+
+    cli = tmp_path / "docker"
+    cli.write_text('#!/bin/sh\nprintf "from the CLI"\n')
+    cli.chmod(0o755)
+    facts = NodeFacts(NodeSpec("local"), True, engine_cli=(str(cli),), builder="buildkit")
+
+    async def collect():
+        return b"".join([c async for c in engine.DOCKER.export(Local(), facts, "sha256:abc")])
+
+    assert asyncio.run(collect()) == (b"from the API" if api else b"from the CLI")
+
+
 def test_export_streams_the_engines_archive_and_maps_its_failures_to_the_node():
     import docker.errors
 
@@ -490,13 +524,16 @@ def test_export_streams_the_engines_archive_and_maps_its_failures_to_the_node():
         asyncio.run(collect(_Api([b"a"], ConnectionResetError("reset"))))
 
 
-def test_the_docker_adapter_exports_by_the_nodes_cli_through_a_streaming_transport_else_the_engine_api(tmp_path):
+def test_the_docker_adapter_exports_by_the_nodes_cli_through_a_streaming_transport_else_the_engine_api(
+        tmp_path, monkeypatch):
     """Rule (issue 17: no docker-py on a build's path): with Transport.stream the export is
     ``<node's CLI> save <image id>``, byte for byte, the CLI's messages apart; an image the engine
     no longer has, or a refusal, is the node's failure naming it; a transport without stream
     reads the Engine API as before."""
     from archfleet.model import NodeFacts, NodeSpec
     from archfleet.transport import LocalTransport
+
+    monkeypatch.setattr(engine.dockerlib, "loaded", lambda: False)  # as in a command of its own
 
     archive = os.urandom(3 << 20)
     (tmp_path / "image.tar").write_bytes(archive)
