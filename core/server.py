@@ -139,13 +139,18 @@ class Server:
                 if not events and not self.children and time.monotonic() - last >= self.idle:
                     self._stop("idle")
                     continue
-                for key, _ in events:
-                    if key.data is None:
-                        self._accept()
+                # a stop is handled between events, never halfway through one (a command forked
+                # and not yet watched would never be reaped)
+                held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                try:
+                    for key, _ in events:
+                        if key.data is None:
+                            self._accept()
+                        else:
+                            self._reap(key.data)
                         last = time.monotonic()
-                    else:
-                        self._reap(key.data)
-                        last = time.monotonic()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
             except _Stop as exc:
                 self._stop(str(exc))
 
@@ -334,6 +339,7 @@ def _command(conn: socket.socket, req: dict, fds: list[int], close: list[int], s
         for signum in serverclient.SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # forked while the server held its stops
         os.chdir(req["cwd"])
         os.umask(req["umask"])
         os.environ.clear()

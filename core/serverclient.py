@@ -11,7 +11,7 @@ Kept small on purpose: it is imported before anything else of archfleet's, and w
   (encoding, errors, line buffering);
 - the server answers one line: ``P<pid>`` (the command runs in process ``pid``), or ``F<why>``
   (not run: stale server, refused; the caller runs it itself);
-- this side then sends ``S<signum>`` lines for each SIGINT, SIGTERM, SIGHUP or SIGQUIT it gets
+- this side then sends ``S<signum>`` lines for each SIGINT, SIGTERM, SIGHUP, SIGQUIT or SIGWINCH it gets
   (the command's process raises them on itself, so Ctrl-C means what it means without a server);
   closing the socket is a SIGTERM;
 - the server's last line: ``X<code>`` (the command exited) or ``K<signum>`` (it was killed by
@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
 ENV_SWITCH = "ARCHFLEET_SERVER"  # "0": never use a server (the tests set it; a user may)
 
 
