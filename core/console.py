@@ -53,9 +53,9 @@ def entrypoint() -> None:
     there, in a process that has everything loaded already."""
     gc.disable()
     pressed = _noting()
-    if os.environ.get("ARCHFLEET_SERVER") != "0" and sys.argv[1:2] != ["server"]:
-        from . import serverclient
+    from . import serverclient
 
+    if serverclient.wanted(sys.argv):
         code = serverclient.run(sys.argv, pressed)
         if code is not None:
             # nothing of this process's own to finish (the command ran in the server): no

@@ -144,10 +144,13 @@ class Server:
                 held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
                 try:
                     for key, _ in events:
-                        if key.data is None:
-                            self._accept()
-                        else:
-                            self._reap(key.data)
+                        try:
+                            if key.data is None:
+                                self._accept()
+                            else:
+                                self._reap(key.data)
+                        except Exception as exc:  # noqa: BLE001 - one request's trouble never ends the server
+                            _log(f"error handling {'a request' if key.data is None else f'command {key.data}'}: {exc!r}")
                         last = time.monotonic()
                 finally:
                     signal.pthread_sigmask(signal.SIG_SETMASK, held)
@@ -189,7 +192,8 @@ class Server:
         try:
             why = self._refusal(req, fds)
             if why:
-                conn.sendall(f"F{why}\n".encode())
+                with contextlib.suppress(OSError):
+                    conn.sendall(f"F{why}\n".encode())
                 conn.close()
                 if why.startswith("stale"):
                     self._stop(why)
@@ -226,7 +230,9 @@ class Server:
         try:
             pid = os.fork()
         except OSError as exc:
-            conn.sendall(f"Ffork failed: {exc}\n".encode())
+            _log(f"fork failed: {exc}")
+            with contextlib.suppress(OSError):
+                conn.sendall(f"Ffork failed: {exc}\n".encode())
             conn.close()
             return None
         if pid == 0:
@@ -266,37 +272,32 @@ class Server:
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
-    """One request (serverclient's layout): its JSON and the fds sent with it."""
-    fds: list[int] = []
-    data = b""
+    """One request (serverclient's layout): its JSON and the fds sent with it. Raises
+    ValueError or OSError for a request that is not one (the fds it brought closed)."""
     import array
 
-    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
-        msg, anc, _flags, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * 4))
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                got = array.array("i")
-                got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
-                fds.extend(got)
-        if not msg:
-            for fd in fds:
-                os.close(fd)
-            raise ValueError("the caller closed the socket mid-request")
-        data += msg
-        if len(data) >= 4 and int.from_bytes(data[:4], "big") > MAX_REQUEST:
-            for fd in fds:
-                os.close(fd)
-            raise ValueError("request too large")
+    fds: list[int] = []
+    data = b""
     try:
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            msg, anc, _flags, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * 4))
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    got = array.array("i")
+                    got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
+                    fds.extend(got)
+            if not msg:
+                raise ValueError("the caller closed the socket mid-request")
+            data += msg
+            if len(data) >= 4 and int.from_bytes(data[:4], "big") > MAX_REQUEST:
+                raise ValueError("request too large")
         req = json.loads(data[4:4 + int.from_bytes(data[:4], "big")])
-    except ValueError:
+        if not isinstance(req, dict):
+            raise ValueError("not a JSON object")
+    except BaseException:
         for fd in fds:
             os.close(fd)
         raise
-    if not isinstance(req, dict):
-        for fd in fds:
-            os.close(fd)
-        raise ValueError("not a JSON object")
     return req, fds
 
 
@@ -400,8 +401,7 @@ def _stdio(how: dict) -> None:
         spec = how.get(name) or {}
         try:
             stream = open(fd, mode, encoding=spec.get("encoding") or "utf-8", errors=spec.get("errors") or "strict",
-                          closefd=False, buffering=-1,
-                          newline=None if mode == "r" else "\n" if os.name != "nt" else None)
+                          closefd=False, buffering=-1, newline=None if mode == "r" else "\n")
         except (OSError, LookupError, ValueError):
             continue
         if mode == "w":

@@ -118,6 +118,8 @@ def run(argv: list[str], pressed=None) -> int | None:
         return None
     lines = _Lines(conn)
     first = lines.next()
+    if first is not None and first[:1] in ("X", "K"):
+        return _ended(first)  # the command ran and said its end before the server said it started
     if first is None or not first.startswith("P"):
         conn.close()
         return None  # "F...": the server would not run it (stale, refused): run it here
@@ -167,12 +169,18 @@ def _wait(conn, lines: _Lines, pressed=None) -> int:
             sys.stderr.write("archfleet: error: the archfleet server stopped before the command ended "
                              "(see 'archfleet server status')\n")
             return 70
-        if line.startswith("X"):
-            return int(line[1:])
-        if line.startswith("K"):
-            signum = int(line[1:])
-            for s in SIGNALS:
-                signal.signal(s, signal.SIG_DFL)
-            sys.stdout.flush()
-            os.kill(os.getpid(), signum)
-            return 128 + signum
+        if line[:1] in ("X", "K"):
+            return _ended(line)
+
+
+def _ended(line: str) -> int:
+    """The exit code for the server's last line: ``X<code>`` is it; ``K<signum>`` kills this
+    process with the same signal (128 + signum if that does not end it)."""
+    if line.startswith("X"):
+        return int(line[1:])
+    signum = int(line[1:])
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_DFL)
+    sys.stdout.flush()
+    os.kill(os.getpid(), signum)
+    return 128 + signum
