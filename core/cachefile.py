@@ -97,3 +97,44 @@ def fresh_positive(entry, field: str, ttl: float) -> float | None:
     except (KeyError, TypeError, ValueError):
         pass
     return None
+
+
+def recall_lines(path: Path, key: str, identity, ttl: float) -> tuple[str, ...] | None:
+    """The lines a program printed, kept in the JSON file ``path`` under ``key`` with the
+    ``identity`` (JSON-able, compared as JSON reads it back) of what the answer depended on,
+    when that identity is still ``identity`` and the entry is younger than ``ttl`` seconds;
+    else None (never kept, changed, stale, or a file that cannot be read). The local CLIs'
+    ``--version`` and ``docker info`` answers (:mod:`archfleet.cliversions`,
+    :mod:`archfleet.engineinfos`). Blocking (a small file)."""
+    if identity is None:
+        return None
+    entry = read_json(path).get(key)
+    try:
+        if entry["identity"] != json.loads(json.dumps(identity)) or not fresh(entry, ttl):
+            return None
+        lines = entry["tail"]
+        if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return tuple(lines)
+
+
+def keep_lines(path: Path, answers) -> None:
+    """Keep ``answers`` ((key, JSON-able identity, lines) each) in the JSON file ``path``, each
+    stamped now (:func:`update_json`: under its lock, replaced whole). Never raises for the file
+    system: an answer that cannot be kept is asked for again next time. Blocking."""
+    answers = list(answers)
+    if not answers:
+        return
+
+    def put(doc: dict) -> None:
+        now = time.time()
+        for key, identity, lines in answers:
+            doc[key] = {"identity": identity, "tail": list(lines), "at": now}
+
+    try:
+        update_json(path, put)
+    except OSError:
+        pass
+

@@ -971,30 +971,32 @@ def server_start(idle):
 @server_.command(name="stop")
 def server_stop():
     """Stop this install's server once the commands it runs have ended."""
-    _no_run()
-    from . import server as srv
-
-    status = srv.ask("stop")
-    if status is None:
-        click.echo("no archfleet server of this install is running")
-        return
-    click.echo(f"archfleet server (pid {status['pid']}) stopping"
-               + (f" once its {status['running']} running command(s) end" if status["running"] else ""))
+    status = _server_asked("stop")
+    if status is not None:
+        click.echo(f"archfleet server (pid {status['pid']}) stopping"
+                   + (f" once its {status['running']} running command(s) end" if status["running"] else ""))
 
 
 @server_.command(name="status")
 def server_status():
     """Say whether this install's server runs (exit 1 when not)."""
-    _no_run()
-    from . import server as srv
-
-    status = srv.ask("status")
+    status = _server_asked("status")
     if status is None:
-        click.echo("no archfleet server of this install is running")
         sys.exit(1)
     click.echo(f"archfleet server running: pid {status['pid']}, up {time.time() - status['started']:.0f} s, "
                f"{status['served']} command(s) served, {status['running']} running, "
                f"stops after {status['idle']:g} s without a command")
+
+
+def _server_asked(what: str) -> dict | None:
+    """This install's server's answer to ``what`` (archfleet.server.ask), or None, said."""
+    _no_run()
+    from . import server as srv
+
+    status = srv.ask(what)
+    if status is None:
+        click.echo("no archfleet server of this install is running")
+    return status
 
 
 def _platform_list(flag: str, text: str):

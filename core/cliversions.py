@@ -17,7 +17,6 @@ like the scores.
 from __future__ import annotations
 
 import os
-import time
 from typing import Iterable
 
 from . import cachedir, cachefile
@@ -53,32 +52,12 @@ def recall(path: str, now: tuple[int, ...] | None) -> CliVersion | None:
     """What ``path``'s ``--version`` printed when the file was what it is ``now`` (its
     :func:`identity`), else None (never asked, changed since, not a program, or a cache that
     cannot be read). Blocking (a small file)."""
-    entry = cachefile.read_json(cachedir.cli_versions()).get(path)
-    try:
-        if now is None or tuple(entry["identity"]) != now or not cachefile.fresh(entry, TTL):
-            return None
-        tail = entry["tail"]
-        if not isinstance(tail, list) or not all(isinstance(line, str) for line in tail):
-            return None
-    except (KeyError, TypeError, ValueError):
-        return None
-    return CliVersion(path, now, tuple(tail))
+    tail = cachefile.recall_lines(cachedir.cli_versions(), path, list(now) if now is not None else None, TTL)
+    return CliVersion(path, now, tail) if tail is not None else None
 
 
 def store(answers: Iterable[CliVersion]) -> None:
     """Keep each answer (under the file's lock, replaced whole). Never raises for the file
     system: a cache dir that cannot be written only means the CLI is asked again next time.
     Blocking: call it in a thread."""
-    answers = list(answers)
-    if not answers:
-        return
-
-    def put(doc: dict) -> None:
-        now = time.time()
-        for a in answers:
-            doc[a.path] = {"identity": list(a.identity), "tail": list(a.tail), "at": now}
-
-    try:
-        cachefile.update_json(cachedir.cli_versions(), put)
-    except OSError:
-        pass
+    cachefile.keep_lines(cachedir.cli_versions(), ((a.path, list(a.identity), a.tail) for a in answers))

@@ -28,7 +28,6 @@ import json
 import os
 import socket
 import stat
-import time
 from typing import Iterable
 
 from . import cachedir, cachefile, cliversions
@@ -135,33 +134,11 @@ def _listening(path: str) -> bool:
 def recall(cli: str, now: list | None) -> EngineInfo | None:
     """What ``cli``'s ``docker info`` printed when everything it depends on was ``now`` (its
     :func:`identity`), within :data:`TTL`; else None. Blocking (a small file)."""
-    if now is None:
-        return None
-    entry = cachefile.read_json(cachedir.engine_infos()).get(cli)
-    try:
-        if entry["identity"] != now or not cachefile.fresh(entry, TTL):
-            return None
-        tail = entry["tail"]
-        if not isinstance(tail, list) or not all(isinstance(line, str) for line in tail):
-            return None
-    except (KeyError, TypeError, ValueError):
-        return None
-    return EngineInfo(cli, json.dumps(now), tuple(tail))
+    tail = cachefile.recall_lines(cachedir.engine_infos(), cli, now, TTL)
+    return EngineInfo(cli, json.dumps(now), tail) if tail is not None else None
 
 
 def store(answers: Iterable[EngineInfo]) -> None:
     """Keep each answer (under the file's lock, replaced whole). Never raises for the file
     system. Blocking: call it in a thread."""
-    answers = list(answers)
-    if not answers:
-        return
-
-    def put(doc: dict) -> None:
-        now = time.time()
-        for a in answers:
-            doc[a.path] = {"identity": json.loads(a.identity), "tail": list(a.tail), "at": now}
-
-    try:
-        cachefile.update_json(cachedir.engine_infos(), put)
-    except OSError:
-        pass
+    cachefile.keep_lines(cachedir.engine_infos(), ((a.path, json.loads(a.identity), a.tail) for a in answers))
