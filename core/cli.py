@@ -952,8 +952,8 @@ def server_():
 
 
 @server_.command(name="start")
-@click.option("--idle", type=click.FloatRange(min=1), default=900, show_default=True, metavar="SECONDS",
-              help="Stop after this long without a command.")
+@click.option("--idle", type=click.IntRange(1, 7 * 86400), default=900, show_default=True, metavar="SECONDS",
+              help="Stop after this long without a command (at most 7 days).")
 def server_start(idle):
     """Start this install's server; archfleet commands then run in it (ARCHFLEET_SERVER=0: not)."""
     _no_run()
@@ -982,6 +982,10 @@ def server_status():
     """Say whether this install's server runs (exit 1 when not)."""
     status = _server_asked("status")
     if status is None:
+        sys.exit(1)
+    if status.get("stopping"):
+        click.echo(f"archfleet server (pid {status['pid']}) stopping ({status['stopping']}), "
+                   f"{status['running']} command(s) still running; new commands run in their own process")
         sys.exit(1)
     click.echo(f"archfleet server running: pid {status['pid']}, up {time.time() - status['started']:.0f} s, "
                f"{status['served']} command(s) served, {status['running']} running, "

@@ -62,7 +62,8 @@ def entrypoint() -> None:
             # interpreter teardown (a few ms)
             for stream in (sys.stdout, sys.stderr):
                 try:
-                    stream.flush()
+                    if stream is not None:
+                        stream.flush()
                 except (OSError, ValueError):
                     pass
             os._exit(code)

@@ -8,13 +8,16 @@ answering took 60-70 ms, the longest step before a one-platform build's ``docker
 
 - the CLI program (its file's identity, :func:`archfleet.cliversions.identity`);
 - the daemon it asks: ``DOCKER_HOST`` (the node's ``docker_host`` first), else the default
-  socket ``/var/run/docker.sock``; only a Unix socket is kept, by the identity of the socket
-  file (device, inode, change time: dockerd makes a new one each time it starts, so a restarted,
-  upgraded or reconfigured daemon is asked again), and only while something listens on it (a
-  ``connect``); ``DOCKER_CONTEXT`` other than ``default``, or a ``currentContext`` in the
-  CLI's ``config.json`` without ``DOCKER_HOST``, is never kept;
-- the CLI's configuration (``$DOCKER_CONFIG/config.json``, by identity) and its plugins (every
-  file in each ``cli-plugins`` directory the CLI reads, by identity).
+  socket ``/var/run/docker.sock``; only a Unix socket named by an absolute path is kept, by the
+  identity of the socket file (device, inode, change time: dockerd makes a new one each time
+  it starts) and by what the daemon answers to ``GET /_ping`` now (its version and API
+  version: a daemon restarted behind a socket systemd keeps, as with socket activation, still
+  answers anew; nothing answering is never kept); ``DOCKER_CONTEXT`` other than ``default``,
+  or a ``currentContext`` in the CLI's ``config.json`` without ``DOCKER_HOST``, is never kept;
+- the CLI's configuration (``$DOCKER_CONFIG/config.json``, by identity), its plugins (every
+  file in each ``cli-plugins`` directory the CLI reads, by identity) and the environment it
+  reads (every ``DOCKER_*`` and ``BUILDX_*`` variable: ``DOCKER_API_VERSION`` changes its
+  answer).
 
 :func:`identity` gathers those; a probe of this machine reads an answer kept under the same
 identity (:func:`recall`) instead of starting the CLI, within :data:`TTL`. Only answers that
@@ -24,6 +27,7 @@ name a daemon version, without errors, are kept, and only the learn stage writes
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -88,7 +92,10 @@ def unix_daemon(docker_host: str | None = None, environ=None) -> tuple[str, str,
         return None
     if host and not host.startswith("unix://"):
         return None
-    return (host[len("unix://"):] if host else DEFAULT_SOCKET), host, config, config_seen
+    path = host[len("unix://"):] if host else DEFAULT_SOCKET
+    if not os.path.isabs(path):  # relative to the working directory: the CLI's, docker-py's differ
+        return None
+    return path, host, config, config_seen
 
 
 def identity(cli: str, docker_host: str | None = None, environ=None) -> list | None:
@@ -109,26 +116,49 @@ def identity(cli: str, docker_host: str | None = None, environ=None) -> list | N
         st = os.stat(path)
     except OSError:
         return None
-    if not stat.S_ISSOCK(st.st_mode) or not _listening(path):
+    if not stat.S_ISSOCK(st.st_mode):
+        return None
+    answer = _ping(path)
+    if answer is None:
         return None
     extra = config.get("cliPluginsExtraDirs") or []
     if not isinstance(extra, list) or not all(isinstance(d, str) for d in extra):
         return None
     plugin_dirs = [os.path.join(config_dir, "cli-plugins"), *extra, *SYSTEM_PLUGIN_DIRS]
-    return [list(program), host, [st.st_dev, st.st_ino, st.st_ctime_ns], config_seen,
-            [[d, _dir_id(d)] for d in plugin_dirs]]
+    cli_env = sorted([k, v] for k, v in environ.items() if k.startswith(("DOCKER_", "BUILDX_")))
+    return [list(program), host, [st.st_dev, st.st_ino, st.st_ctime_ns], answer, config_seen,
+            [[d, _dir_id(d)] for d in plugin_dirs], cli_env]
 
 
-def _listening(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1)
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str):
+        super().__init__("localhost", timeout=2)
+        self._path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def _ping(path: str) -> list | None:
+    """What the daemon on ``path`` answers to ``GET /_ping`` (the Engine API's cheapest call,
+    ~1 ms): its ``Server`` (``Docker/20.10.24+dfsg1 (linux)``), ``Api-Version``,
+    ``Builder-Version`` and ``Ostype`` headers; None when nothing answers 200. A daemon
+    restarted behind a socket systemd keeps (socket activation) answers anew: an upgrade
+    shows in its version."""
+    conn = _UnixHTTP(path)
     try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
+        conn.request("GET", "/_ping")
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            return None
+        return [resp.getheader(h) for h in ("Server", "Api-Version", "Builder-Version", "Ostype")]
+    except (OSError, http.client.HTTPException):
+        return None
     finally:
-        probe.close()
+        conn.close()
 
 
 def recall(cli: str, now: list | None) -> EngineInfo | None:

@@ -251,6 +251,14 @@ def parse(values: Iterable[str]) -> tuple[float, ...]:
 RUN = f"{os.getpid()}{secrets.token_hex(4)}"
 
 
+def _new_run() -> None:
+    global RUN
+    RUN = f"{os.getpid()}{secrets.token_hex(4)}"
+
+
+os.register_at_fork(after_in_child=_new_run)  # each command archfleet server forks is its own run
+
+
 # --- the local path: the same rules, through directory file descriptors ----------------------
 
 class _Unusable(Exception):

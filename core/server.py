@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import gc
 import importlib
 import json
@@ -40,8 +41,10 @@ import time
 
 from . import serverclient
 
-IDLE_SECONDS = 900
+IDLE_SECONDS = 900  # default --idle
 MAX_REQUEST = 4 << 20  # bytes: argv and environment
+REQUEST_SECONDS = 5.0  # a request not sent whole by then is dropped
+MAX_IDLE = 7 * 86400  # seconds (a selector's timeout is at most ~24.8 days)
 # loaded before forking: what a build, plan or ls imports (the Go parser excepted, see the docstring)
 PRELOAD = ("archfleet.cli", "archfleet.pipeline", "archfleet.api", "archfleet.manager", "archfleet.publish",
            "archfleet.index", "archfleet.learn", "archfleet.progress", "archfleet.outputs", "archfleet.doctor",
@@ -118,6 +121,8 @@ class Server:
         self.children: dict[int, tuple[socket.socket, int]] = {}  # pid -> (caller's socket, pidfd)
         self.selector = selectors.DefaultSelector()
         self.stopping: str | None = None
+        self.pending: set[_Pending] = set()  # requests still being read
+        self.lock = -1  # the start lock's fd (main), closed in each command's process
 
     def serve(self) -> None:
         """Accept commands and report their ends until stopped (SIGTERM or SIGINT, ``stop``, a
@@ -135,8 +140,10 @@ class Server:
                 if self.stopping and not self.children:
                     return
                 timeout = None if self.children or self.stopping else max(0.0, self.idle - (time.monotonic() - last))
+                if self.pending:
+                    timeout = min(timeout if timeout is not None else REQUEST_SECONDS, REQUEST_SECONDS)
                 events = self.selector.select(timeout)
-                if not events and not self.children and time.monotonic() - last >= self.idle:
+                if not events and not self.children and not self.pending and time.monotonic() - last >= self.idle:
                     self._stop("idle")
                     continue
                 # a stop is handled between events, never halfway through one (a command forked
@@ -147,11 +154,16 @@ class Server:
                         try:
                             if key.data is None:
                                 self._accept()
+                            elif isinstance(key.data, _Pending):
+                                if self._read(key.data):  # a command started (not a status asked)
+                                    last = time.monotonic()
                             else:
                                 self._reap(key.data)
+                                last = time.monotonic()
                         except Exception as exc:  # noqa: BLE001 - one request's trouble never ends the server
-                            _log(f"error handling {'a request' if key.data is None else f'command {key.data}'}: {exc!r}")
-                        last = time.monotonic()
+                            _log(f"error handling {'a request' if not isinstance(key.data, int) else f'command {key.data}'}: "
+                                 f"{exc!r}")
+                    self._expire()
                 finally:
                     signal.pthread_sigmask(signal.SIG_SETMASK, held)
             except _Stop as exc:
@@ -171,24 +183,58 @@ class Server:
             conn, _ = self.listener.accept()
         except OSError:
             return
-        conn.settimeout(10)
         try:
             pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                                  struct.calcsize("3i")))
-            if uid != os.getuid():
-                _log(f"refused a request from uid {uid} (pid {pid})")
-                conn.close()
-                return
-            req, fds = _receive(conn)
-        except (OSError, ValueError) as exc:
-            _log(f"a bad request: {exc}")
+        except OSError:
             conn.close()
             return
-        if "control" in req:
-            self._control(conn, req["control"])
-            for fd in fds:
-                os.close(fd)
+        if uid != os.getuid():
+            _log(f"refused a request from uid {uid} (pid {pid})")
+            conn.close()
             return
+        # read through the selector: a caller that connects and sends nothing holds up no one
+        conn.setblocking(False)
+        pending = _Pending(conn, time.monotonic() + REQUEST_SECONDS)
+        self.pending.add(pending)
+        self.selector.register(conn, selectors.EVENT_READ, pending)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for pending in [p for p in self.pending if p.deadline < now]:
+            _log(f"dropped a request not sent whole within {REQUEST_SECONDS:g} s")
+            self._drop(pending)
+
+    def _drop(self, pending: "_Pending") -> None:
+        self.pending.discard(pending)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(pending.conn)
+        pending.close_fds()
+        pending.conn.close()
+
+    def _read(self, pending: "_Pending") -> bool:
+        """More of a pending request; once whole, run it. True when a command started."""
+        try:
+            req = pending.feed()
+        except (OSError, ValueError) as exc:
+            _log(f"a bad request: {exc}")
+            self._drop(pending)
+            return False
+        if req is None:
+            return False  # not whole yet
+        self.pending.discard(pending)
+        self.selector.unregister(pending.conn)
+        conn, fds = pending.conn, pending.fds
+        if _hung_up(conn):  # the caller gave up while the request waited (a busy or stopped server)
+            pending.close_fds()
+            conn.close()
+            return False
+        conn.setblocking(True)
+        conn.settimeout(10)
+        if "control" in req:
+            pending.close_fds()
+            self._control(conn, req["control"])
+            return False
         try:
             why = self._refusal(req, fds)
             if why:
@@ -197,13 +243,12 @@ class Server:
                 conn.close()
                 if why.startswith("stale"):
                     self._stop(why)
-                return
+                return False
             pid = self._fork(conn, req, fds)
         finally:
-            for fd in fds:
-                os.close(fd)
+            pending.close_fds()
         if pid is None:
-            return
+            return False
         self.served += 1
         pidfd = os.pidfd_open(pid)
         self.children[pid] = (conn, pidfd)
@@ -212,6 +257,7 @@ class Server:
             conn.sendall(f"P{pid}\n".encode())
         except OSError:
             pass  # the caller went away: its command sees the socket closed (SIGTERM)
+        return True
 
     def _refusal(self, req: dict, fds: list[int]) -> str | None:
         if self.stopping:
@@ -237,8 +283,9 @@ class Server:
             return None
         if pid == 0:
             keep = {conn.fileno(), *fds}
-            others = [self.listener.fileno() if self.listener.fileno() >= 0 else -1,
-                      *(c.fileno() for c, _ in self.children.values()), *(p for _, p in self.children.values())]
+            others = [self.listener.fileno() if self.listener.fileno() >= 0 else -1, self.lock,
+                      *(c.fileno() for c, _ in self.children.values()), *(p for _, p in self.children.values()),
+                      *(p.conn.fileno() for p in self.pending), *(fd for p in self.pending for fd in p.fds)]
             _command(conn, req, fds, [fd for fd in others if fd >= 0 and fd not in keep], self.selector)
         return pid
 
@@ -258,10 +305,11 @@ class Server:
         conn.close()
 
     def _control(self, conn: socket.socket, what: str) -> None:
+        stale = changed(self.files)
+        if stale and not self.stopping:
+            self._stop(f"stale: {stale} changed since the server started")
         info = {"pid": os.getpid(), "started": self.started, "idle": self.idle, "served": self.served,
-                "running": len(self.children), "python": sys.version.split()[0]}
-        if what == "stop":
-            info["stopping"] = True
+                "running": len(self.children), "python": sys.version.split()[0], "stopping": self.stopping}
         try:
             conn.sendall(f"I{json.dumps(info)}\n".encode())
         except OSError:
@@ -271,34 +319,58 @@ class Server:
             self._stop("archfleet server stop")
 
 
-def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
-    """One request (serverclient's layout): its JSON and the fds sent with it. Raises
-    ValueError or OSError for a request that is not one (the fds it brought closed)."""
-    import array
+class _Pending:
+    """A request being read (serverclient's layout): its bytes and the fds sent with them."""
 
-    fds: list[int] = []
-    data = b""
-    try:
-        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
-            msg, anc, _flags, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * 4))
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    got = array.array("i")
-                    got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
-                    fds.extend(got)
-            if not msg:
-                raise ValueError("the caller closed the socket mid-request")
-            data += msg
-            if len(data) >= 4 and int.from_bytes(data[:4], "big") > MAX_REQUEST:
-                raise ValueError("request too large")
-        req = json.loads(data[4:4 + int.from_bytes(data[:4], "big")])
+    def __init__(self, conn: socket.socket, deadline: float):
+        self.conn, self.deadline = conn, deadline
+        self.data = b""
+        self.fds: list[int] = []
+
+    def feed(self) -> dict | None:
+        """Read what the socket has; the request once whole, else None. Raises ValueError or
+        OSError for a request that is not one."""
+        import array
+
+        try:
+            msg, anc, _flags, _ = self.conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * 4))
+        except BlockingIOError:
+            return None
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got = array.array("i")
+                got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
+                self.fds.extend(got)
+        if not msg:
+            raise ValueError("the caller closed the socket mid-request")
+        self.data += msg
+        if len(self.data) < 4:
+            return None
+        size = int.from_bytes(self.data[:4], "big")
+        if size > MAX_REQUEST:
+            raise ValueError("request too large")
+        if len(self.data) < 4 + size:
+            return None
+        req = json.loads(self.data[4:4 + size])
         if not isinstance(req, dict):
             raise ValueError("not a JSON object")
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return req, fds
+        return req
+
+    def close_fds(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Whether the caller closed its end (non-blocking ``conn``): nothing is run for it then."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _unlink_if_ours(path: str, inode: int) -> None:
@@ -337,9 +409,12 @@ def _command(conn: socket.socket, req: dict, fds: list[int], close: list[int], s
         for fd in fds:
             if fd > 2:
                 os.close(fd)
-        for signum in serverclient.SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # as the caller's were: ignored ones stay ignored (nohup, a background job's SIGINT)
+        ignored = {int(s) for s in req.get("ignored") or () if isinstance(s, int)}
+        for signum in (*serverclient.SIGNALS, signal.SIGTSTP, signal.SIGCONT):
+            signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
+        if signal.SIGINT not in ignored:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # forked while the server held its stops
         os.chdir(req["cwd"])
         os.umask(req["umask"])
@@ -362,10 +437,17 @@ def _command(conn: socket.socket, req: dict, fds: list[int], close: list[int], s
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException as exc:  # noqa: BLE001 - the process ends here whatever happened
+        # what the interpreter does with an exception nobody caught (ARCHFLEET_DEBUG=1 lets a
+        # command's own error through): the traceback, exit 1; a KeyboardInterrupt: death by SIGINT
         try:
-            sys.stderr.write(f"archfleet: error: internal error in the server's command: {type(exc).__name__}: {exc}\n")
-        except Exception:
+            sys.excepthook(type(exc), exc, exc.__traceback__)
+        except BaseException:  # noqa: BLE001
             pass
+        code = 1
+        if isinstance(exc, KeyboardInterrupt):
+            _finish(code)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
     finally:
         code = _finish(code)
         try:  # said by the command itself: its exit (unmapping ~100 MB) would take ~10 ms more
@@ -462,6 +544,9 @@ def start(idle: float) -> dict:
     """Start this install's server in the background (its own session, its log beside its
     socket) unless one answers; its :func:`ask` status. Raises :class:`ServerProblem`."""
     running = ask("status")
+    if running and running.get("stopping"):
+        raise ServerProblem(f"the server (pid {running['pid']}) is stopping ({running['stopping']}); "
+                            f"start one again once it has ended (archfleet server status)")
     if running:
         return dict(running, already=True)
     directory = _make_runtime_dir()
@@ -476,7 +561,7 @@ def start(idle: float) -> dict:
         status = ask("status")
         if status:
             return status
-        if proc.poll() is not None:
+        if proc.poll() not in (None, 0):  # 0: another start's server took the lock; wait for it
             raise ServerProblem(f"the server exited with code {proc.returncode} at start (see {log_path()})")
         time.sleep(0.05)
     raise ServerProblem(f"the server did not answer within 30 s (see {log_path()}, in {directory})")
@@ -500,7 +585,7 @@ def _make_runtime_dir() -> str:
 def main(argv: list[str] | None = None) -> int:
     """``python -m archfleet.server --idle SECONDS``: serve in the foreground until stopped."""
     ap = argparse.ArgumentParser(prog="python -m archfleet.server")
-    ap.add_argument("--idle", type=float, default=IDLE_SECONDS)
+    ap.add_argument("--idle", type=int, choices=range(1, MAX_IDLE + 1), metavar=f"1..{MAX_IDLE}", default=IDLE_SECONDS)
     args = ap.parse_args(argv)
     try:
         directory = _make_runtime_dir()
@@ -511,11 +596,16 @@ def main(argv: list[str] | None = None) -> int:
         _log("needs os.pidfd_open (Linux 5.3 or later)")
         return 3
     path = serverclient.socket_path()
-    if ask("status"):
-        _log("a server of this install is already running")
+    # held for the server's life (not by its commands' processes): two starts at once would
+    # each remove the other's socket
+    lock = os.open(path[:-len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _log("a server of this install is already running or starting")
         return 0
     with contextlib.suppress(OSError):
-        os.unlink(path)  # a socket left by a server that died: nobody answered on it
+        os.unlink(path)  # a socket left by a server that died: nobody holds the lock
     preload()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
@@ -526,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     listener.listen(64)
     _log(f"serving on {path} (idle timeout {args.idle:g} s) in {directory}")
     server = Server(listener, path, args.idle)
+    server.lock = lock
     try:
         server.serve()
     finally:

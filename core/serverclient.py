@@ -79,12 +79,19 @@ def _stdio() -> dict:
     return out
 
 
+def ignored() -> list[int]:
+    """The signals of :data:`SIGNALS` (and SIGTSTP) this process ignores, as it inherited them
+    (``nohup``: SIGHUP; a background job of a script: SIGINT, SIGQUIT): the command ignores them
+    too, and they are not forwarded."""
+    return [int(s) for s in (*SIGNALS, signal.SIGTSTP) if signal.getsignal(s) == signal.SIG_IGN]
+
+
 def request(argv: list[str]) -> bytes:
     """The request for ``argv`` as sent (length and JSON)."""
     import json
 
     body = json.dumps({"argv": argv, "cwd": os.getcwd(), "umask": _umask(), "env": dict(os.environ),
-                       "stdio": _stdio()}).encode("ascii")
+                       "stdio": _stdio(), "ignored": ignored()}).encode("ascii")
     return len(body).to_bytes(4, "big") + body
 
 
@@ -106,6 +113,11 @@ def run(argv: list[str], pressed=None) -> int | None:
     path = os.path.join(directory, f"server-{install_key()}.sock")
     if not os.path.exists(path):
         return None
+    try:
+        for fd in (0, 1, 2):  # a closed one: the socket would take its number and be sent as it
+            os.fstat(fd)
+    except OSError:
+        return None
     import socket
 
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -117,13 +129,37 @@ def run(argv: list[str], pressed=None) -> int | None:
         conn.close()
         return None
     lines = _Lines(conn)
-    first = lines.next()
+    first = _first_line(conn, lines, pressed)
     if first is not None and first[:1] in ("X", "K"):
         return _ended(first)  # the command ran and said its end before the server said it started
-    if first is None or not first.startswith("P"):
+    if first is None or not first.startswith("P") or not first[1:].isdigit():
         conn.close()
         return None  # "F...": the server would not run it (stale, refused): run it here
-    return _wait(conn, lines, pressed)
+    return _wait(conn, lines, pressed, int(first[1:]))
+
+
+def _first_line(conn, lines: "_Lines", pressed) -> str | None:
+    """The server's first line. A Ctrl-C or SIGTERM while waiting for it (a server that does not
+    answer: stopped, swamped) ends this command as one before its run would: the one line, 130
+    (closing the socket stops a command the server may have started: SIGTERM)."""
+    conn.settimeout(0.1)
+    try:
+        while True:
+            try:
+                return lines.next(raise_timeout=True)
+            except TimeoutError:
+                if pressed is not None and pressed.count:
+                    conn.close()
+                    sys.stderr.write(f"archfleet: error: {_word(pressed.signum)}\n")
+                    sys.stderr.flush()
+                    os._exit(130)
+    finally:
+        if conn.fileno() >= 0:
+            conn.settimeout(None)
+
+
+def _word(signum) -> str:
+    return "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
 
 
 def _fds():
@@ -138,10 +174,14 @@ class _Lines:
     def __init__(self, conn):
         self.conn, self.buffer = conn, b""
 
-    def next(self) -> str | None:
+    def next(self, raise_timeout: bool = False) -> str | None:
         while b"\n" not in self.buffer:
             try:
                 chunk = self.conn.recv(256)
+            except TimeoutError:
+                if raise_timeout:
+                    raise
+                return None
             except OSError:
                 return None
             if not chunk:
@@ -151,16 +191,33 @@ class _Lines:
         return line.decode("ascii", "replace")
 
 
-def _wait(conn, lines: _Lines, pressed=None) -> int:
-    """Forward signals until the server says how the command ended."""
+def _wait(conn, lines: _Lines, pressed=None, pid: int | None = None) -> int:
+    """Forward signals until the server says how the command ended. Ctrl-Z (SIGTSTP) stops the
+    command's process ``pid``, then this one (the shell sees the job stopped); SIGCONT (``fg``,
+    ``bg``) continues it. A signal this process ignores is neither handled nor forwarded."""
     def forward(signum, frame):
         try:
             conn.sendall(f"S{signum}\n".encode())
         except OSError:
             pass
 
+    def stop(signum, frame):
+        _signal(pid, signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stops here until a SIGCONT
+        signal.signal(signal.SIGTSTP, stop)
+        resume(signal.SIGCONT, None)
+
+    def resume(signum, frame):
+        _signal(pid, signal.SIGCONT)
+
+    skip = set(ignored())
     for signum in SIGNALS:
-        signal.signal(signum, forward)
+        if signum not in skip:
+            signal.signal(signum, forward)
+    if signal.SIGTSTP not in skip:
+        signal.signal(signal.SIGTSTP, stop)
+    signal.signal(signal.SIGCONT, resume)
     if pressed is not None and pressed.count:
         forward(pressed.signum or signal.SIGINT, None)
     while True:
@@ -184,3 +241,12 @@ def _ended(line: str) -> int:
     sys.stdout.flush()
     os.kill(os.getpid(), signum)
     return 128 + signum
+
+
+def _signal(pid: int | None, signum: int) -> None:
+    """``signum`` to the command's process, which may have ended."""
+    if pid is not None:
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass

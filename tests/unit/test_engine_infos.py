@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sys
+import threading
 
 import pytest
 
@@ -17,16 +18,43 @@ from archfleet.model import EngineInfo
 PROGRAM = os.path.realpath(sys.executable)  # an ELF program whose path names itself
 
 
+class FakeDaemon:
+    """A Unix socket answering ``GET /_ping`` as dockerd does (its version in ``Server``)."""
+
+    def __init__(self, path, version="20.10.24+dfsg1"):
+        self.version = version
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen(8)
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(f"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nServer: Docker/{self.version} (linux)\r\n"
+                             "Content-Length: 2\r\nContent-Type: text/plain\r\n\r\nOK".encode())
+
+    def close(self):
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (close alone leaves it listening)
+        except OSError:
+            pass
+        self.listener.close()
+
+
 @pytest.fixture
 def daemon(tmp_path):
-    """A listening Unix socket standing for dockerd's, and an environment naming it."""
+    """A fake dockerd's socket (:class:`FakeDaemon`), and an environment naming it."""
     path = tmp_path / "docker.sock"
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(path))
-    listener.listen(4)
+    fake = FakeDaemon(path)
     env = {"DOCKER_HOST": f"unix://{path}", "DOCKER_CONFIG": str(tmp_path / "config")}
-    yield path, listener, env
-    listener.close()
+    yield path, fake, env
+    fake.close()
 
 
 def test_the_same_daemon_cli_config_and_plugins_give_the_same_identity(daemon):
@@ -36,30 +64,45 @@ def test_the_same_daemon_cli_config_and_plugins_give_the_same_identity(daemon):
 
 def test_a_restarted_daemon_is_another_identity(daemon, tmp_path):
     """Rule: dockerd makes its socket file anew at each start: a new inode is a new identity."""
-    path, listener, env = daemon
+    path, fake, env = daemon
     before = engineinfos.identity(PROGRAM, environ=env)
-    listener.close()
+    fake.close()
     path.unlink()
-    again = socket.socket(socket.AF_UNIX)
-    again.bind(str(path))
-    again.listen(1)
+    again = FakeDaemon(path)
     try:
         assert engineinfos.identity(PROGRAM, environ=env) not in (None, before)
     finally:
         again.close()
 
 
+def test_a_daemon_upgraded_behind_the_same_socket_file_is_another_identity(daemon):
+    """Rule: with socket activation systemd keeps the socket file across a restart; what the
+    daemon answers to /_ping (its version) is part of the identity."""
+    _, fake, env = daemon
+    before = engineinfos.identity(PROGRAM, environ=env)
+    fake.version = "24.0.7"
+    assert engineinfos.identity(PROGRAM, environ=env) not in (None, before)
+
+
+def test_the_clis_environment_is_part_of_the_identity(daemon):
+    """Rule: ``docker info``'s answer depends on what the CLI reads from its environment
+    (``DOCKER_API_VERSION=1.99`` makes it fail)."""
+    _, _, env = daemon
+    assert engineinfos.identity(PROGRAM, environ=dict(env, DOCKER_API_VERSION="1.99")) != \
+        engineinfos.identity(PROGRAM, environ=env)
+
+
 def test_a_socket_nobody_listens_on_is_never_kept(daemon):
     """Rule: a stopped daemon leaves its socket file; the CLI must be asked (it says why)."""
-    _, listener, env = daemon
-    listener.close()
+    _, fake, env = daemon
+    fake.close()
     assert engineinfos.identity(PROGRAM, environ=env) is None
 
 
 @pytest.mark.parametrize("env", [{"DOCKER_HOST": "tcp://127.0.0.1:2375"}, {"DOCKER_HOST": "ssh://me@host"},
-                                 {"DOCKER_CONTEXT": "remote"}])
+                                 {"DOCKER_CONTEXT": "remote"}, {"DOCKER_HOST": "unix://docker.sock"}])
 def test_a_daemon_reached_otherwise_than_by_a_unix_socket_is_never_kept(env, daemon):
-    """Rule: only a Unix socket's file says when its daemon changed."""
+    """Rule: only a Unix socket's file, named by an absolute path, says which daemon it is."""
     assert engineinfos.identity(PROGRAM, environ=dict(daemon[2], **env)) is None
 
 

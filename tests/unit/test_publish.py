@@ -479,6 +479,7 @@ class _Transport:
 
 @pytest.mark.parametrize("env, api", [({}, True), ({"DOCKER_HOST": "unix:///run/d.sock"}, True),
                                       ({"DOCKER_HOST": "tcp://127.0.0.1:2375"}, False),
+                                      ({"DOCKER_HOST": "unix://d.sock"}, False),
                                       ({"DOCKER_CONTEXT": "remote"}, False)])
 def test_with_docker_py_loaded_this_machines_export_reads_the_engine_api_of_the_clis_unix_socket(
         env, api, monkeypatch, tmp_path):

@@ -189,6 +189,106 @@ def test_a_socket_path_too_long_for_unix_sockets_is_one_line_and_exit_3(tmp_path
     assert done.returncode == 3 and len(done.stderr.splitlines()) == 1 and "XDG_RUNTIME_DIR" in done.stderr
 
 
+def proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_signal_the_caller_ignores_is_ignored_by_the_command(server, silent_ssh):
+    """Rule: ``nohup archfleet ...`` then SIGHUP (the terminal closing) leaves the command
+    running, as it would alone: the caller's ignored signals are the command's too."""
+    server_pid = status()["pid"]
+    proc = subprocess.Popen(["nohup", ARCHFLEET, "ls", "--no-local", "--nodes", str(silent_ssh)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: command_pids(server_pid)), "the server ran no command"
+    time.sleep(0.3)
+    proc.send_signal(1)
+    time.sleep(0.5)
+    assert proc.poll() is None and command_pids(server_pid)
+    proc.send_signal(2)
+    assert proc.wait(timeout=20) == 130
+
+
+def test_ctrl_z_stops_the_command_and_fg_continues_it(server, silent_ssh):
+    """Rule: SIGTSTP to the caller stops the command's process as well as itself (a job the
+    shell shows stopped prints nothing); SIGCONT continues both."""
+    server_pid = status()["pid"]
+    proc = subprocess.Popen([ARCHFLEET, "ls", "--no-local", "--nodes", str(silent_ssh)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: command_pids(server_pid)), "the server ran no command"
+    (command,) = command_pids(server_pid)
+    time.sleep(0.3)
+    proc.send_signal(20)  # SIGTSTP
+    assert wait_for(lambda: proc_state(proc.pid) == "T" and proc_state(command) == "T")
+    proc.send_signal(18)  # SIGCONT
+    assert wait_for(lambda: proc_state(proc.pid) != "T" and proc_state(command) != "T")
+    proc.send_signal(2)
+    assert proc.wait(timeout=20) == 130
+
+
+def test_a_caller_with_a_closed_stdout_runs_the_command_itself(server):
+    """Rule: the socket would take a closed fd's number and be sent as the command's stdout;
+    with one of fds 0-2 closed the command runs in the caller, as without a server (exit 0)."""
+    done = subprocess.run(f"{ARCHFLEET} plugins >&-", shell=True, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == ""
+    assert status()["served"] == 0
+
+
+def test_an_uncaught_error_is_a_traceback_and_exit_1_as_python_says_it(server):
+    """Rule: ARCHFLEET_DEBUG=1 lets a command's error through to the interpreter, which prints
+    its traceback and exits 1; the server's command does the same."""
+    env = dict(os.environ, ARCHFLEET_DEBUG="1")
+    done = run("build", "--platform", "linux/amd64", "-t", "127.0.0.1:1/x:1", "--push", "/nonexistent-context", env=env)
+    alone = run("build", "--platform", "linux/amd64", "-t", "127.0.0.1:1/x:1", "--push", "/nonexistent-context",
+                env=dict(env, ARCHFLEET_SERVER="0"))
+    assert (done.returncode, done.stderr.splitlines()[0]) == (alone.returncode, alone.stderr.splitlines()[0])
+    assert status()["served"] == 1
+
+
+def test_a_caller_that_sends_nothing_holds_up_no_other_command(server):
+    """Rule: requests are read as they come; one connection that sends nothing does not make the
+    next command wait (it is dropped after 5 s)."""
+    from archfleet import serverclient
+
+    stuck = socket.socket(socket.AF_UNIX)
+    stuck.connect(serverclient.socket_path())
+    try:
+        started = time.monotonic()
+        assert run("plugins").returncode == 0
+        assert time.monotonic() - started < 4
+        assert status()["served"] == 1
+    finally:
+        stuck.close()
+
+
+def test_ctrl_c_while_the_server_does_not_answer_ends_the_caller(server):
+    """Rule: a stopped (SIGSTOP) server never answers; a Ctrl-C then ends the caller with the
+    one line and 130, as before a run."""
+    server_pid = status()["pid"]
+    os.kill(server_pid, 19)  # SIGSTOP
+    try:
+        proc = subprocess.Popen([ARCHFLEET, "plugins"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        proc.send_signal(2)
+        code = proc.wait(timeout=10)
+    finally:
+        # the request, with the caller's stdout and stderr, waits in the stopped server's socket:
+        # the pipes end once it has read and dropped them
+        os.kill(server_pid, 18)  # SIGCONT
+    out, err = proc.communicate(timeout=20)
+    assert (code, out, err) == (130, "", "archfleet: error: interrupted\n")  # and nothing run for it after
+    assert status()["served"] == 0
+
+
+@pytest.mark.parametrize("idle", ["nan", "inf", "0", "604801", "1e12"])
+def test_an_idle_time_out_of_range_is_bad_input(idle, tmp_path, monkeypatch):
+    """Rule: --idle is whole seconds, 1 to 7 days (a selector waits at most ~24.8 days; nan
+    spun the server); anything else is exit 2 before a server starts."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.delenv("ARCHFLEET_SERVER", raising=False)
+    done = run("server", "start", "--idle", idle)
+    assert done.returncode == 2 and "--idle" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
 def test_status_and_stop_say_what_runs(server):
     """Rule: ``server status`` exits 0 naming the pid while one runs, 1 once ``server stop``
     stopped it; a second ``server start`` says it is already running."""
