@@ -1,0 +1,178 @@
+"""archfleet.serverclient in this process, against a stand-in server on a socket of the test's
+own: the caller's side of the protocol (the request it sends, what each answer means)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from archfleet import serverclient
+
+
+class StandIn:
+    """A server socket in a private runtime dir that reads one request and says ``answers``."""
+
+    def __init__(self, monkeypatch, answers: bytes):
+        self.runtime = Path(tempfile.mkdtemp(prefix="afc-", dir="/tmp"))
+        self.runtime.chmod(0o700)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(self.runtime))
+        (self.runtime / "archfleet").mkdir(mode=0o700)
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(serverclient.socket_path())
+        self.listener.listen(1)
+        self.answers, self.request, self.fds = answers, None, []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        import array
+
+        conn, _ = self.listener.accept()
+        data = b""
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            msg, anc, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * 4))
+            for _level, _kind, payload in anc:
+                got = array.array("i")
+                got.frombytes(payload)
+                self.fds.extend(got)
+            data += msg
+        self.request = json.loads(data[4:])
+        conn.sendall(self.answers)
+        conn.close()
+
+    def close(self):
+        for fd in self.fds:
+            os.close(fd)
+        self.listener.close()
+        import shutil
+
+        shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    made = []
+
+    def make(answers: bytes) -> StandIn:
+        made.append(StandIn(monkeypatch, answers))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def keep_handlers():
+    saved = {s: signal.getsignal(s) for s in (*serverclient.SIGNALS, signal.SIGTSTP, signal.SIGCONT)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+def test_a_command_the_server_ran_ends_with_its_exit_code_and_the_request_is_the_callers(stand_in, keep_handlers,
+                                                                                          monkeypatch, tmp_path):
+    """Rule: the request carries argv, the working directory, the umask, the environment and
+    fds 0-2; ``P<pid>`` then ``X7``: the command ran, exit 7."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AF_TEST_VALUE", "\udcff-not-utf8")
+    server = stand_in(f"P{os.getpid()}\nX7\n".encode())
+    assert serverclient.run(["archfleet", "plugins"]) == 7
+    server.thread.join(5)
+    req = server.request
+    assert req["argv"] == ["archfleet", "plugins"] and req["cwd"] == str(tmp_path)
+    assert req["env"]["AF_TEST_VALUE"] == "\udcff-not-utf8" and isinstance(req["umask"], int)
+    assert len(server.fds) == 3 and set(req["stdio"]) == {"stdin", "stdout", "stderr"}
+
+
+def test_an_end_said_before_the_start_is_the_commands_end_not_a_refusal(stand_in, keep_handlers):
+    """Rule: ``X`` first (the command said its end before the server said it started) is the
+    end: the caller must not run the command a second time."""
+    stand_in(b"X3\nP1\nX3\n")
+    assert serverclient.run(["archfleet", "plugins"]) == 3
+
+
+@pytest.mark.parametrize("answers", [b"Fstale: x changed\n", b"", b"P\n"])
+def test_a_refusal_or_no_answer_means_the_caller_runs_the_command(answers, stand_in, keep_handlers):
+    """Rule: ``F...``, a closed socket or a malformed start: None (run it here)."""
+    stand_in(answers)
+    assert serverclient.run(["archfleet", "plugins"]) is None
+
+
+def test_a_server_gone_mid_command_is_one_line_and_70(stand_in, keep_handlers, capsys):
+    stand_in(f"P{os.getpid()}\n".encode())
+    assert serverclient.run(["archfleet", "plugins"]) == 70
+    assert capsys.readouterr().err.startswith("archfleet: error: the archfleet server stopped")
+
+
+def test_no_runtime_dir_or_no_socket_means_no_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert serverclient.run(["archfleet", "plugins"]) is None  # no archfleet/ dir
+    (tmp_path / "archfleet").mkdir(mode=0o700)
+    assert serverclient.run(["archfleet", "plugins"]) is None  # no socket
+    (tmp_path / "archfleet").chmod(0o755)
+    assert not serverclient.private_dir(str(tmp_path / "archfleet"))
+
+
+def test_the_server_is_wanted_unless_switched_off_or_for_the_server_command(monkeypatch):
+    monkeypatch.delenv("ARCHFLEET_SERVER", raising=False)
+    assert serverclient.wanted(["archfleet", "build"])
+    assert not serverclient.wanted(["archfleet", "server", "start"])
+    monkeypatch.setenv("ARCHFLEET_SERVER", "0")
+    assert not serverclient.wanted(["archfleet", "build"])
+
+
+def test_ignored_signals_are_said_and_not_forwarded(keep_handlers):
+    """Rule: a signal this process ignores (nohup's SIGHUP) is in the request's ``ignored``."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    assert int(signal.SIGHUP) in serverclient.ignored()
+    assert int(signal.SIGHUP) in json.loads(serverclient.request(["archfleet"])[4:])["ignored"]
+
+
+def test_the_server_reads_a_request_as_it_comes_and_refuses_what_is_not_one():
+    """Rule (archfleet.server._Pending): a request read in pieces is whole only once its length
+    is; larger than MAX_REQUEST or not a JSON object: ValueError; a caller that hung up is seen."""
+    from archfleet import server
+
+    a, b = socket.socketpair(socket.AF_UNIX)
+    b.setblocking(False)
+    pending = server._Pending(b, 0)
+    body = json.dumps({"argv": ["x"]}).encode()
+    a.sendall(len(body).to_bytes(4, "big") + body[:3])
+    assert pending.feed() is None
+    a.sendall(body[3:])
+    assert pending.feed() == {"argv": ["x"]}
+    assert not server._hung_up(b)
+    a.close()
+    assert server._hung_up(b)
+    b.close()
+    for raw in ((server.MAX_REQUEST + 1).to_bytes(4, "big"), (2).to_bytes(4, "big") + b"[]"):
+        a, b = socket.socketpair(socket.AF_UNIX)
+        a.sendall(raw)
+        with pytest.raises(ValueError):
+            server._Pending(b, 0).feed()
+        a.close()
+        b.close()
+
+
+def test_a_loaded_file_that_changed_is_named(tmp_path):
+    """Rule (archfleet.server.changed): a file whose mtime or size differ, or that is gone."""
+    from archfleet import server
+
+    f = tmp_path / "m.py"
+    f.write_text("x = 1\n")
+    st = f.stat()
+    files = {str(f): (st.st_mtime_ns, st.st_size)}
+    assert server.changed(files) is None
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert server.changed(files) == str(f)
+    f.unlink()
+    assert server.changed(files) == str(f)
+    assert all(isinstance(v, tuple) for v in server.loaded_files().values())
