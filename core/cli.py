@@ -997,7 +997,10 @@ def _server_asked(what: str) -> dict | None:
     _no_run()
     from . import server as srv
 
-    status = srv.ask(what)
+    try:
+        status = srv.ask(what)
+    except srv.ServerProblem as exc:
+        raise EnvironmentProblem(f"server: {exc}") from None
     if status is None:
         click.echo("no archfleet server of this install is running")
     return status

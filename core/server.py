@@ -520,17 +520,23 @@ class ServerProblem(Exception):
 
 def ask(what: str, timeout: float = 5.0) -> dict | None:
     """A control request (``status`` or ``stop``) to this install's server; its answer, or None
-    when none answers."""
+    when none runs. Raises :class:`ServerProblem` for one that took the request and did not
+    answer within ``timeout`` seconds (a stopped or hung server: commands wait for it)."""
     directory = serverclient.runtime_dir()
     if not serverclient.private_dir(directory):
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(timeout)
+    path = serverclient.socket_path()
     try:
-        conn.connect(serverclient.socket_path())
+        conn.connect(path)
         body = json.dumps({"control": what}).encode()
         conn.sendall(len(body).to_bytes(4, "big") + body)
-        line = serverclient._Lines(conn).next()
+        line = serverclient._Lines(conn).next(raise_timeout=True)
+    except TimeoutError:
+        raise ServerProblem(f"the server on {path} took the request and did not answer within {timeout:g} s "
+                            f"(stopped? see {log_path()}); commands wait for it: ARCHFLEET_SERVER=0 runs them "
+                            f"on their own") from None
     except OSError:
         return None
     finally:

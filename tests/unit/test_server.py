@@ -279,6 +279,18 @@ def test_ctrl_c_while_the_server_does_not_answer_ends_the_caller(server):
     assert status()["served"] == 0
 
 
+def test_status_of_a_server_that_does_not_answer_says_so(server):
+    """Rule: a stopped server is there but silent: ``server status`` says that (exit 3, one
+    line naming the log), not that none runs."""
+    server_pid = status()["pid"]
+    os.kill(server_pid, 19)  # SIGSTOP
+    try:
+        done = run("server", "status", timeout=30)
+    finally:
+        os.kill(server_pid, 18)
+    assert done.returncode == 3 and len(done.stderr.splitlines()) == 1 and "did not answer" in done.stderr
+
+
 @pytest.mark.parametrize("idle", ["nan", "inf", "0", "604801", "1e12"])
 def test_an_idle_time_out_of_range_is_bad_input(idle, tmp_path, monkeypatch):
     """Rule: --idle is whole seconds, 1 to 7 days (a selector waits at most ~24.8 days; nan
