@@ -133,13 +133,14 @@ def _local_files(candidates: Sequence[str], docker_host: str | None) -> "_Rememb
     """For candidates on this machine given by absolute path: their remembered ``--version``
     answers (:func:`archfleet.cliversions.recall`) and ``info`` answers
     (:func:`archfleet.engineinfos.recall`), and the identities now that new answers are kept
-    under. Blocking (a small file each, stats, a ``connect`` to the daemon's socket)."""
+    under. Blocking (a small file each, stats, one ``GET /_ping`` to the daemon's socket)."""
     from . import cliversions, engineinfos
 
     local = [cli for cli in candidates if os.path.isabs(cli)]
     identities = {cli: cliversions.identity(cli) for cli in local}
     found = {cli: cliversions.recall(cli, now) for cli, now in identities.items()}
-    info_ids = {cli: engineinfos.identity(cli, docker_host) for cli in local}
+    daemon = engineinfos.daemon_identity(docker_host) if local else None  # the same for every CLI
+    info_ids = {cli: engineinfos.with_program(identities[cli], daemon) for cli in local}
     infos = {cli: engineinfos.recall(cli, now) for cli, now in info_ids.items()}
     return _Remembered({cli: v for cli, v in found.items() if v is not None}, identities,
                        {cli: i for cli, i in infos.items() if i is not None}, info_ids)

@@ -64,10 +64,10 @@ def _dir_id(path: str) -> list | None:
     return entries
 
 
-def unix_daemon(docker_host: str | None = None, environ=None) -> tuple[str, str, dict, list | None] | None:
+def unix_daemon(docker_host: str | None = None, environ=None) -> tuple[str, str, str, dict, list | None] | None:
     """The daemon the docker CLI (and docker-py's ``from_env``) talks to, when it is a Unix
-    socket named without a CLI context: (socket path, ``DOCKER_HOST`` as used, the CLI's
-    config.json, that file's identity or None when missing), else None. ``docker_host``: the
+    socket named without a CLI context: (socket path, ``DOCKER_HOST`` as used, the CLI's config
+    directory, its config.json, that file's identity or None when missing), else None. ``docker_host``: the
     node's, which wins over ``DOCKER_HOST``. ``DOCKER_CONTEXT`` other than ``default``, or a
     ``currentContext`` in config.json without a ``DOCKER_HOST``, is None: docker-py does not
     read contexts, and a context's endpoint is not a file. Blocking (a small file)."""
@@ -95,23 +95,35 @@ def unix_daemon(docker_host: str | None = None, environ=None) -> tuple[str, str,
     path = host[len("unix://"):] if host else DEFAULT_SOCKET
     if not os.path.isabs(path):  # relative to the working directory: the CLI's, docker-py's differ
         return None
-    return path, host, config, config_seen
+    return path, host, config_dir, config, config_seen
 
 
 def identity(cli: str, docker_host: str | None = None, environ=None) -> list | None:
-    """Everything ``cli``'s ``docker info`` answer depends on (module doc), as a JSON-able list;
-    None when the answer must not be kept (not an ELF program, a daemon not on a Unix socket or
-    not listening, a CLI context). ``docker_host``: the node's, which wins over ``DOCKER_HOST``.
-    Blocking (stats, a small file, a ``connect``)."""
+    """Everything ``cli``'s ``docker info`` answer depends on (module doc), as a JSON-able list:
+    the program's identity then :func:`daemon_identity`; None when the answer must not be kept
+    (not an ELF program, or :func:`daemon_identity` is None). ``docker_host``: the node's, which
+    wins over ``DOCKER_HOST``. Blocking (stats, small files, a request to the daemon)."""
+    daemon = daemon_identity(docker_host, environ)
+    return with_program(cliversions.identity(cli) if daemon is not None else None, daemon)
+
+
+def with_program(program: tuple[int, ...] | None, daemon: list | None) -> list | None:
+    """:func:`identity` from the program's (:func:`archfleet.cliversions.identity`) and a
+    :func:`daemon_identity` made once for every candidate CLI (the daemon, config and plugins
+    are the same for each); None when either is."""
+    return None if program is None or daemon is None else [list(program), *daemon]
+
+
+def daemon_identity(docker_host: str | None = None, environ=None) -> list | None:
+    """What every CLI's ``docker info`` answer depends on besides the program itself: the
+    daemon's Unix socket file and its ``/_ping`` answer, the CLI's config.json, its plugins and
+    its environment (module doc); None for a daemon not on a Unix socket (:func:`unix_daemon`),
+    not answering, or a config that cannot be read. Blocking (stats, small files, a request)."""
     environ = os.environ if environ is None else environ
-    program = cliversions.identity(cli)
-    if program is None:
-        return None
     daemon = unix_daemon(docker_host, environ)
     if daemon is None:
         return None
-    path, host, config, config_seen = daemon
-    config_dir = environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    path, host, config_dir, config, config_seen = daemon
     try:
         st = os.stat(path)
     except OSError:
@@ -126,7 +138,7 @@ def identity(cli: str, docker_host: str | None = None, environ=None) -> list | N
         return None
     plugin_dirs = [os.path.join(config_dir, "cli-plugins"), *extra, *SYSTEM_PLUGIN_DIRS]
     cli_env = sorted([k, v] for k, v in environ.items() if k.startswith(("DOCKER_", "BUILDX_")))
-    return [list(program), host, [st.st_dev, st.st_ino, st.st_ctime_ns], answer, config_seen,
+    return [host, [st.st_dev, st.st_ino, st.st_ctime_ns], answer, config_seen,
             [[d, _dir_id(d)] for d in plugin_dirs], cli_env]
 
 
