@@ -948,14 +948,15 @@ def doctor(registries, insecure_registry, engine_cli, local, nodes_file, platfor
 
 @cli.group(name="server")
 def server_():
-    """A background process of yours that runs archfleet's commands with everything loaded (opt-in)."""
+    """A background process of yours that runs archfleet's commands with everything loaded."""
 
 
 @server_.command(name="start")
 @click.option("--idle", type=click.IntRange(1, 7 * 86400), default=900, show_default=True, metavar="SECONDS",
               help="Stop after this long without a command (at most 7 days).")
 def server_start(idle):
-    """Start this install's server; archfleet commands then run in it (ARCHFLEET_SERVER=0: not)."""
+    """Start this install's server for this context now (a command starts one once it ends
+    unless ARCHFLEET_SERVER is manual or 0)."""
     _no_run()
     from . import server as srv
 
@@ -970,40 +971,56 @@ def server_start(idle):
 
 @server_.command(name="stop")
 def server_stop():
-    """Stop this install's server once the commands it runs have ended."""
-    status = _server_asked("stop")
-    if status is not None:
+    """Stop this install's servers (every context's) once the commands they run have ended."""
+    answers, problem = _servers_asked("stop")
+    for status, _ in answers:
         click.echo(f"archfleet server (pid {status['pid']}) stopping"
                    + (f" once its {status['running']} running command(s) end" if status["running"] else ""))
+    if problem:
+        raise EnvironmentProblem(problem)
 
 
 @server_.command(name="status")
 def server_status():
-    """Say whether this install's server runs (exit 1 when not)."""
-    status = _server_asked("status")
-    if status is None:
+    """Say which of this install's servers run (exit 1 when none runs for this context)."""
+    here = False
+    answers, problem = _servers_asked("status")
+    for status, mine in answers:
+        whose = "this context's" if mine else "another context's (cgroup, limits, namespaces...)"
+        if status.get("stopping"):
+            click.echo(f"archfleet server (pid {status['pid']}, {whose}) stopping ({status['stopping']}), "
+                       f"{status['running']} command(s) still running; new commands run in their own process")
+            continue
+        here = here or mine
+        click.echo(f"archfleet server running: pid {status['pid']}, {whose}, up {time.time() - status['started']:.0f} s, "
+                   f"{status['served']} command(s) served, {status['running']} running, "
+                   f"stops after {status['idle']:g} s without a command")
+    if problem:
+        raise EnvironmentProblem(problem)
+    if not here:
         sys.exit(1)
-    if status.get("stopping"):
-        click.echo(f"archfleet server (pid {status['pid']}) stopping ({status['stopping']}), "
-                   f"{status['running']} command(s) still running; new commands run in their own process")
-        sys.exit(1)
-    click.echo(f"archfleet server running: pid {status['pid']}, up {time.time() - status['started']:.0f} s, "
-               f"{status['served']} command(s) served, {status['running']} running, "
-               f"stops after {status['idle']:g} s without a command")
 
 
-def _server_asked(what: str) -> dict | None:
-    """This install's server's answer to ``what`` (archfleet.server.ask), or None, said."""
+def _servers_asked(what: str) -> tuple[list[tuple[dict, bool]], str | None]:
+    """Each running server of this install's answer to ``what`` (archfleet.server.ask) and
+    whether it is this context's, "none running" said when there is none; and the line for a
+    server that took the request and did not answer (the caller says it last: exit 3), or None."""
     _no_run()
     from . import server as srv
+    from .serverclient import socket_path, sockets
 
-    try:
-        status = srv.ask(what)
-    except srv.ServerProblem as exc:
-        raise EnvironmentProblem(f"server: {exc}") from None
-    if status is None:
+    mine, answers, problems = socket_path(), [], []
+    for path in sockets():
+        try:
+            status = srv.ask(what, path=path)
+        except srv.ServerProblem as exc:
+            problems.append(str(exc))
+            continue
+        if status is not None:
+            answers.append((status, path == mine))
+    if not answers and not problems:
         click.echo("no archfleet server of this install is running")
-    return status
+    return answers, f"server: {problems[0]}" if problems else None
 
 
 def _platform_list(flag: str, text: str):

@@ -49,8 +49,10 @@ def word(signum: int | None) -> str:
 def entrypoint() -> None:
     """Run the ``archfleet`` command line; exits with its code. A Ctrl-C while the modules
     load (the first ~80 ms) is noted (:class:`Pressed`), not a traceback. With a server of this
-    install running (``archfleet server start``, :mod:`archfleet.server`), the command runs
-    there, in a process that has everything loaded already."""
+    install and this context running (:mod:`archfleet.server`), the command runs there, in a
+    process that has everything loaded already; without one, it runs here and (unless
+    ``ARCHFLEET_SERVER`` says ``manual`` or ``0``) starts one in the background as it exits
+    (:func:`archfleet.serverclient.start_in_background`), for the next command."""
     gc.disable()
     pressed = _noting()
     from . import serverclient
@@ -67,6 +69,10 @@ def entrypoint() -> None:
                 except (OSError, ValueError):
                     pass
             os._exit(code)
+        if serverclient.starts_one(sys.argv):
+            import atexit
+
+            atexit.register(serverclient.start_in_background)
     _run()
 
 

@@ -2,15 +2,23 @@
 command in a fork of itself, so a command skips the interpreter's start and its imports (issue
 17: ~170 ms of the ~270 ms archfleet added to a tiny one-platform build+push were those).
 
-Opt-in, as a build tool's daemon should be for a root user: nothing starts one but ``archfleet
-server start``; while one runs, the ``archfleet`` command of the same install hands it every
-command but ``server`` (:mod:`archfleet.serverclient`, which also holds the protocol), unless
-``ARCHFLEET_SERVER=0``. The command's process is a fork made for it, given the caller's fds 0-2,
-working directory, umask, environment and arguments; it raises on itself each signal the caller
-gets, and its exit code (or killing signal) becomes the caller's. What it does not take from the
-caller: the process tree (its parent is the server), session and controlling terminal (none; a
-tty on fds 0-2 still is one), cgroup, resource limits, nice value and supplementary groups
-(the server's, from when it started), and the hash seed.
+Started by the first command that finds none (as Gradle's daemon and sccache's server start):
+that command runs in its own process and, as it exits, starts the server in the background
+(:func:`archfleet.serverclient.start_in_background`; ``ARCHFLEET_SERVER=manual``: only
+``archfleet server start`` starts one; ``0``: never use one). While one runs, the ``archfleet``
+command of the same install and the same context hands it every command but ``server``
+(:mod:`archfleet.serverclient`, which also holds the protocol). The command's process is a fork
+made for it, given the caller's fds 0-2, working directory, umask, environment and arguments; it
+raises on itself each signal the caller gets, and its exit code (or killing signal) becomes the
+caller's. What it does not take from the caller: the process tree (its parent is the server),
+session and controlling terminal (none; a tty on fds 0-2 still is one) and the hash seed.
+Everything else a process is run in (ids and groups, audit login uid, namespaces, root, cgroup,
+LSM label, capabilities, limits, nice value, CPU affinity, Python's options:
+:func:`archfleet.serverclient.context`) is the server's, so a server serves only callers whose
+context is the same as its own: each context has its own socket (its key in the name), and the
+server compares the whole text of each request's. Its own environment holds only what runs
+Python (:func:`archfleet.serverclient.server_env`): a credential of the command that started it
+does not live on in it.
 
 Trust: the socket lives in :func:`archfleet.serverclient.runtime_dir`, a directory of this user's
 that no one else may enter (checked by both sides, made 0700 by the server), and the server runs
@@ -41,7 +49,7 @@ import time
 
 from . import serverclient
 
-IDLE_SECONDS = 900  # default --idle
+IDLE_SECONDS = serverclient.IDLE_SECONDS  # default --idle
 MAX_REQUEST = 4 << 20  # bytes: argv and environment
 REQUEST_SECONDS = 5.0  # a request not sent whole by then is dropped
 MAX_IDLE = 7 * 86400  # seconds (a selector's timeout is at most ~24.8 days)
@@ -54,9 +62,22 @@ PRELOAD = ("archfleet.cli", "archfleet.pipeline", "archfleet.api", "archfleet.ma
            "anyio._backends._asyncio")
 
 
-def log_path() -> str:
-    """The server's log: beside its socket, ``.log`` for ``.sock`` (mode 0600)."""
-    return serverclient.socket_path()[:-len(".sock")] + ".log"
+def log_path(socket: str | None = None) -> str:
+    """The log of the server on ``socket`` (this context's): beside it, ``.log`` for ``.sock``
+    (mode 0600)."""
+    return (socket or serverclient.socket_path())[:-len(".sock")] + ".log"
+
+
+def differs(mine: str, theirs) -> str | None:
+    """The names of the :func:`archfleet.serverclient.context` lines that differ between
+    ``mine`` and ``theirs`` (a request's), comma-separated, or None when they are the same."""
+    if theirs == mine:
+        return None
+    if not isinstance(theirs, str):
+        return "context missing"
+    a = dict(line.partition(" ")[::2] for line in mine.splitlines())
+    b = dict(line.partition(" ")[::2] for line in theirs.splitlines())
+    return ", ".join(sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))) or "context"
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -112,8 +133,9 @@ class _Stop(Exception):
 class Server:
     """The accept loop (one thread, a selector over the socket and each command's pidfd)."""
 
-    def __init__(self, listener: socket.socket, path: str, idle: float):
+    def __init__(self, listener: socket.socket, path: str, idle: float, context: str | None = None):
         self.listener, self.path, self.idle = listener, path, idle
+        self.context = serverclient.context() if context is None else context
         self.inode = os.stat(path).st_ino  # the socket file it bound (not the socket's own inode)
         self.files = loaded_files()
         self.started = time.time()
@@ -268,6 +290,9 @@ class Server:
         stale = changed(self.files)
         if stale:
             return f"stale: {stale} changed since the server started"
+        other = differs(self.context, req.get("context"))
+        if other:
+            return f"the caller's context differs from the server's: {other}"
         if threading.active_count() != 1:
             return "a thread is running in the server"
         return None
@@ -518,16 +543,17 @@ class ServerProblem(Exception):
     """One line for ``archfleet server``."""
 
 
-def ask(what: str, timeout: float = 5.0) -> dict | None:
-    """A control request (``status`` or ``stop``) to this install's server; its answer, or None
-    when none runs. Raises :class:`ServerProblem` for one that took the request and did not
-    answer within ``timeout`` seconds (a stopped or hung server: commands wait for it)."""
+def ask(what: str, timeout: float = 5.0, path: str | None = None) -> dict | None:
+    """A control request (``status`` or ``stop``) to the server on ``path`` (this install's for
+    this context); its answer, or None when none runs. Raises :class:`ServerProblem` for one
+    that took the request and did not answer within ``timeout`` seconds (a stopped or hung
+    server: commands wait for it)."""
     directory = serverclient.runtime_dir()
     if not serverclient.private_dir(directory):
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(timeout)
-    path = serverclient.socket_path()
+    path = path or serverclient.socket_path()
     try:
         conn.connect(path)
         body = json.dumps({"control": what}).encode()
@@ -535,7 +561,7 @@ def ask(what: str, timeout: float = 5.0) -> dict | None:
         line = serverclient._Lines(conn).next(raise_timeout=True)
     except TimeoutError:
         raise ServerProblem(f"the server on {path} took the request and did not answer within {timeout:g} s "
-                            f"(stopped? see {log_path()}); commands wait for it: ARCHFLEET_SERVER=0 runs them "
+                            f"(stopped? see {log_path(path)}); commands wait for it: ARCHFLEET_SERVER=0 runs them "
                             f"on their own") from None
     except OSError:
         return None
@@ -547,8 +573,9 @@ def ask(what: str, timeout: float = 5.0) -> dict | None:
 
 
 def start(idle: float) -> dict:
-    """Start this install's server in the background (its own session, its log beside its
-    socket) unless one answers; its :func:`ask` status. Raises :class:`ServerProblem`."""
+    """Start this install's server for this context in the background (its own session, its
+    log beside its socket, :func:`archfleet.serverclient.server_env`) unless one answers; its
+    :func:`ask` status. Raises :class:`ServerProblem`."""
     running = ask("status")
     if running and running.get("stopping"):
         raise ServerProblem(f"the server (pid {running['pid']}) is stopping ({running['stopping']}); "
@@ -559,9 +586,10 @@ def start(idle: float) -> dict:
     import subprocess
 
     with open(os.open(log_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "archfleet.server", "--idle", str(idle)],
+        proc = subprocess.Popen([sys.executable, "-m", "archfleet.server", "--idle", str(idle), "--context",
+                                 serverclient.context_key()],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                cwd="/", env={k: v for k, v in os.environ.items() if k != serverclient.ENV_SWITCH})
+                                cwd="/", env=serverclient.server_env())
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         status = ask("status")
@@ -589,10 +617,20 @@ def _make_runtime_dir() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m archfleet.server --idle SECONDS``: serve in the foreground until stopped."""
+    """``python -m archfleet.server --idle SECONDS [--context KEY]``: serve in the foreground
+    until stopped; with ``--context``, only when this process's context has that key (the
+    caller's: exit 3 when not, as a server no caller would reach)."""
     ap = argparse.ArgumentParser(prog="python -m archfleet.server")
     ap.add_argument("--idle", type=int, choices=range(1, MAX_IDLE + 1), metavar=f"1..{MAX_IDLE}", default=IDLE_SECONDS)
+    ap.add_argument("--context", metavar="KEY")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a command ending ignores it, and started this one
+    text = serverclient.context()
+    key = serverclient.context_key(text)
+    if args.context is not None and args.context != key:
+        _log(f"not serving: this process's context {key} is not its caller's {args.context} "
+             f"(Python options the server does not take?)")
+        return 3
     try:
         directory = _make_runtime_dir()
     except ServerProblem as exc:
@@ -601,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(os, "pidfd_open"):
         _log("needs os.pidfd_open (Linux 5.3 or later)")
         return 3
-    path = serverclient.socket_path()
+    path = serverclient.socket_path(key)
     # held for the server's life (not by its commands' processes): two starts at once would
     # each remove the other's socket
     lock = os.open(path[:-len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -621,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         os.umask(old)
     listener.listen(64)
     _log(f"serving on {path} (idle timeout {args.idle:g} s) in {directory}")
-    server = Server(listener, path, args.idle)
+    server = Server(listener, path, args.idle, text)
     server.lock = lock
     try:
         server.serve()

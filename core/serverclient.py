@@ -1,5 +1,6 @@
 """The console script's side of :mod:`archfleet.server`: hand this command to a running server of
-the same install, or say that none will run it (the command then runs in this process).
+the same install and context, or say that none will run it (the command then runs in this
+process and, by default, starts one as it exits: :func:`mode`, :func:`start_in_background`).
 
 Kept small on purpose: it is imported before anything else of archfleet's, and what it imports
 (``os``, ``socket``, ``signal``, ``json``) is what a Python process has loaded anyway or costs
@@ -7,8 +8,9 @@ Kept small on purpose: it is imported before anything else of archfleet's, and w
 
 - request, one ``sendmsg``: ``<length:4 bytes big-endian><JSON>`` with this process's fds 0, 1
   and 2 as SCM_RIGHTS; the JSON holds ``argv``, ``cwd``, ``umask``, ``env`` (strings; bytes that
-  are not UTF-8 as surrogate escapes, ``ensure_ascii``) and how ``stdio`` was set up here
-  (encoding, errors, line buffering);
+  are not UTF-8 as surrogate escapes, ``ensure_ascii``), how ``stdio`` was set up here
+  (encoding, errors, line buffering), the signals ``ignored`` here and the ``context``
+  (:func:`context`);
 - the server answers one line: ``P<pid>`` (the command runs in process ``pid``), or ``F<why>``
   (not run: stale server, refused; the caller runs it itself);
 - this side then sends ``S<signum>`` lines for each SIGINT, SIGTERM, SIGHUP, SIGQUIT or SIGWINCH it gets
@@ -24,7 +26,25 @@ import signal
 import sys
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
-ENV_SWITCH = "ARCHFLEET_SERVER"  # "0": never use a server (the tests set it; a user may)
+ENV_SWITCH = "ARCHFLEET_SERVER"  # see mode(); "0": never use a server (the tests set it; a user may)
+IDLE_SECONDS = 900  # a server's default --idle (one started by a command, or by ``server start``)
+# what a server started for commands keeps of their environment (its commands get their caller's
+# whole one): enough to run Python as the caller does, nothing that may be a credential
+SERVER_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "XDG_RUNTIME_DIR",
+              "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
+SERVER_ENV_PREFIXES = ("LC_", "PYTHON", "LD_", "COV_CORE_", "COVERAGE_")
+
+
+def mode() -> str:
+    """How commands use a server, from ``ARCHFLEET_SERVER``: ``auto`` (unset, ``auto`` or ``1``:
+    run in this context's server when one runs, else here, and start one in the background
+    once this command has ended, as Gradle's and sccache's daemons start), ``manual`` (use one
+    ``archfleet server start`` started, never start one) or ``off`` (``0``, ``off``, ``no``,
+    ``false`` and any other value: never use one)."""
+    value = os.environ.get(ENV_SWITCH, "").strip().lower()
+    if value in ("", "auto", "1"):
+        return "auto"
+    return "manual" if value == "manual" else "off"
 
 
 def runtime_dir() -> str:
@@ -57,15 +77,134 @@ def install_key() -> str:
     return f"{exe.st_dev:x}-{exe.st_ino:x}-{pkg.st_dev:x}-{pkg.st_ino:x}"
 
 
-def socket_path() -> str:
-    """The socket of this user's server for this install (:func:`install_key`)."""
-    return os.path.join(runtime_dir(), f"server-{install_key()}.sock")
+def context() -> str:
+    """What a process is run in, beyond its environment, working directory, umask and fds (which
+    a request carries): one ``name value`` line each for its user and group ids and
+    supplementary groups, the audit login uid, each namespace, its root directory, cgroup, LSM
+    label, capabilities, no_new_privs and seccomp mode, OOM score adjustment, nice value, CPU
+    affinity, resource limits, Python's options and the environment that shapes the interpreter
+    itself (``PYTHON*``, ``LD_*``, the locale's character set). A fork of the server has the
+    server's, not its caller's: a server serves only callers whose context is its own (its
+    socket's name holds :func:`context_key`; it compares the whole text), so a command never
+    runs with another cgroup's limits, another network namespace or another login's audit id
+    than it would on its own. Costs ~1 ms."""
+    import resource
+
+    lines = [f"ids {os.getuid()} {os.geteuid()} {os.getgid()} {os.getegid()}",
+             f"groups {' '.join(map(str, sorted(os.getgroups())))}"]
+    for ns in ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"):
+        try:
+            lines.append(f"ns.{ns} {os.readlink(f'/proc/self/ns/{ns}')}")
+        except OSError:
+            lines.append(f"ns.{ns} -")
+    root = os.stat("/")
+    lines.append(f"root {root.st_dev}:{root.st_ino}")
+    for name in ("loginuid", "cgroup", "attr/current", "oom_score_adj"):
+        lines.append(f"{name} {_read(f'/proc/self/{name}')}")
+    status = _read("/proc/self/status")
+    lines += [line.replace("\t", " ") for line in status.splitlines()
+              if line.startswith(("Cap", "NoNewPrivs", "Seccomp:"))]
+    lines.append(f"nice {os.getpriority(os.PRIO_PROCESS, 0)}")
+    lines.append(f"affinity {' '.join(map(str, sorted(os.sched_getaffinity(0))))}")
+    for name in sorted(n for n in dir(resource) if n.startswith("RLIMIT_")):
+        try:
+            lines.append(f"{name.lower()} {resource.getrlimit(getattr(resource, name))}")
+        except (OSError, ValueError):
+            pass
+    lines.append(f"python {sys.flags!r} {sorted(sys._xoptions.items())!r} {sys.getfilesystemencoding()}")
+    env = os.environ
+    lines.append("ctype " + (env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or ""))
+    lines += [f"env {k}={v}" for k, v in sorted(env.items()) if k.startswith(("PYTHON", "LD_"))]
+    return "\n".join(lines)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return "-"
+
+
+def context_key(text: str | None = None) -> str:
+    """8 hex digits naming :func:`context` (``text``) in a socket's name (CRC-32: which server
+    to ask; the server compares the whole text)."""
+    import zlib
+
+    return f"{zlib.crc32((context() if text is None else text).encode()):08x}"
+
+
+def socket_path(key: str | None = None) -> str:
+    """The socket of this user's server for this install (:func:`install_key`) and this context
+    (:func:`context_key`, or ``key``)."""
+    return os.path.join(runtime_dir(), f"server-{install_key()}-{key or context_key()}.sock")
+
+
+def sockets() -> list[str]:
+    """The sockets of every server of this user's for this install, whatever its context."""
+    directory = runtime_dir()
+    if not private_dir(directory):
+        return []
+    prefix = f"server-{install_key()}-"
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(os.path.join(directory, n) for n in names if n.startswith(prefix) and n.endswith(".sock"))
 
 
 def wanted(argv: list[str]) -> bool:
-    """Whether to look for a server at all: not with ``ARCHFLEET_SERVER=0``, not for the
-    ``server`` command itself."""
-    return os.environ.get(ENV_SWITCH) != "0" and not (len(argv) > 1 and argv[1] == "server")
+    """Whether to look for a server at all: not in :func:`mode` ``off``, not for the ``server``
+    command itself."""
+    return mode() != "off" and not (len(argv) > 1 and argv[1] == "server")
+
+
+def starts_one(argv: list[str]) -> bool:
+    """Whether this command, run here, starts a server when it ends (:func:`mode` ``auto``): one
+    that ran a subcommand (not ``server``, not ``--help`` or ``--version`` alone)."""
+    if mode() != "auto" or len(argv) < 2 or argv[1].startswith("-") or argv[1] == "server":
+        return False
+    return not any(a in ("-h", "--help") for a in argv[2:])
+
+
+def server_env(env=None) -> dict[str, str]:
+    """The environment a server process starts with (:data:`SERVER_ENV`)."""
+    env = os.environ if env is None else env
+    return {k: v for k, v in env.items() if k in SERVER_ENV or k.startswith(SERVER_ENV_PREFIXES)}
+
+
+def start_in_background(idle: int = IDLE_SECONDS) -> None:
+    """Start this context's server and return at once (``atexit``, :func:`starts_one`): its own
+    session, its log beside its socket. Nothing when one runs or starts already (its lock is
+    held), or the runtime dir cannot be private; never raises (the command's outcome is said)."""
+    import fcntl
+
+    try:
+        directory = runtime_dir()
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        key = context_key()
+        path = socket_path(key)
+        if not private_dir(directory) or len(os.fsencode(path)) > 107:
+            return
+        lock = os.open(path[:-len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released at once: the server takes it
+        except BlockingIOError:
+            return
+        finally:
+            os.close(lock)
+        import subprocess
+
+        log = os.open(path[:-len(".sock")] + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
+                      0o600)
+        try:
+            subprocess.Popen([sys.executable, "-m", "archfleet.server", "--idle", str(idle), "--context", key],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/",
+                             env=server_env())
+        finally:
+            os.close(log)
+    except Exception:  # noqa: BLE001 - a server is a saving, never a failure
+        pass
 
 
 def _stdio() -> dict:
@@ -86,12 +225,14 @@ def ignored() -> list[int]:
     return [int(s) for s in (*SIGNALS, signal.SIGTSTP) if signal.getsignal(s) == signal.SIG_IGN]
 
 
-def request(argv: list[str]) -> bytes:
-    """The request for ``argv`` as sent (length and JSON)."""
+def request(argv: list[str], text: str | None = None) -> bytes:
+    """The request for ``argv`` as sent (length and JSON); ``text``: this process's
+    :func:`context`, when known."""
     import json
 
     body = json.dumps({"argv": argv, "cwd": os.getcwd(), "umask": _umask(), "env": dict(os.environ),
-                       "stdio": _stdio(), "ignored": ignored()}).encode("ascii")
+                       "stdio": _stdio(), "ignored": ignored(),
+                       "context": context() if text is None else text}).encode("ascii")
     return len(body).to_bytes(4, "big") + body
 
 
@@ -110,7 +251,8 @@ def run(argv: list[str], pressed=None) -> int | None:
     directory = runtime_dir()
     if not private_dir(directory):
         return None
-    path = os.path.join(directory, f"server-{install_key()}.sock")
+    text = context()
+    path = socket_path(context_key(text))
     if not os.path.exists(path):
         return None
     try:
@@ -123,7 +265,7 @@ def run(argv: list[str], pressed=None) -> int | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(path)
-        conn.sendmsg([request(argv)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+        conn.sendmsg([request(argv, text)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                         bytes(memoryview(_fds()).cast("B")))])
     except OSError:
         conn.close()

@@ -1,6 +1,8 @@
 """``archfleet server`` (archfleet.server, archfleet.serverclient): a command handed to the
-server behaves as it does in its own process. Each test starts its own server in a runtime dir
-of its own (XDG_RUNTIME_DIR) and stops it; the rest of the suite runs with ARCHFLEET_SERVER=0."""
+server behaves as it does in its own process, and only a caller of the server's own context is
+served. Each test starts its own server in a runtime dir of its own (XDG_RUNTIME_DIR) and stops
+it; those of the server's mechanics run with ARCHFLEET_SERVER=manual (no command starts one), the
+rest of the suite with ARCHFLEET_SERVER=0."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def server(monkeypatch):
     runtime = Path(tempfile.mkdtemp(prefix="afs-", dir="/tmp"))  # short: a socket path has 107 bytes
     runtime.chmod(0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    monkeypatch.delenv("ARCHFLEET_SERVER", raising=False)
+    monkeypatch.setenv("ARCHFLEET_SERVER", "manual")
     started = run("server", "start", "--idle", "120")
     assert started.returncode == 0, started.stderr
     yield runtime
@@ -344,3 +346,95 @@ def srv_log() -> str:
     from archfleet import server as srv
 
     return srv.log_path()
+
+
+@pytest.fixture
+def runtime(monkeypatch):
+    """A runtime dir of the test's own and no ARCHFLEET_SERVER (the default: ``auto``); every
+    server of this install started there is stopped at the end."""
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="afa-", dir="/tmp"))
+    directory.chmod(0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(directory))
+    monkeypatch.delenv("ARCHFLEET_SERVER", raising=False)
+    yield directory
+    run("server", "stop", env=dict(os.environ, ARCHFLEET_SERVER="manual"))
+    wait_for(lambda: not any(directory.glob("archfleet/*.sock")))
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_by_default_a_command_starts_a_server_as_it_ends_and_the_next_runs_there(runtime):
+    """Rule (ARCHFLEET_SERVER unset, as Gradle's and sccache's daemons start): a command that
+    found no server runs in its own process, then starts this context's server in the
+    background; the next command is served (1 served)."""
+    first = run("plugins")
+    assert first.returncode == 0 and "local" in first.stdout
+    assert wait_for(lambda: status() is not None, 30)
+    assert status()["served"] == 0
+    second = run("plugins")
+    assert second.returncode == 0 and second.stdout == first.stdout
+    assert status()["served"] == 1
+
+
+@pytest.mark.parametrize("how", [("manual", "plugins"), ("0", "plugins"), ("", "--version"), ("", "plugins --help"),
+                                 ("", "server status")])
+def test_manual_off_help_version_and_server_commands_start_no_server(runtime, how):
+    """Rule: only ``auto`` (the default) starts one, and only after a subcommand ran:
+    ARCHFLEET_SERVER=manual or 0, ``--version``, ``--help`` and ``server ...`` start none (no
+    log, the first thing a start makes, appears)."""
+    value, args = how
+    env = dict(os.environ, ARCHFLEET_SERVER=value) if value else None
+    done = run(*args.split(), env=env)
+    assert done.returncode in (0, 1), done.stderr
+    assert not list(runtime.glob("archfleet/*.log")) and status() is None
+
+
+def test_a_caller_of_another_context_is_not_served_by_this_contexts_server(server):
+    """Rule: a fork of the server has the server's resource limits, cgroup, namespaces...; a
+    caller whose context differs (here: its open-files limit, ``prlimit --nofile``) has another
+    socket and runs the command itself (0 served); a request that names another context anyway
+    is refused, naming what differs (``rlimit_nofile``)."""
+    from archfleet import serverclient
+
+    soft, hard = __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)
+    other = f"{min(soft, 1000) - 1}:{min(hard, 1000) - 1}"
+    done = subprocess.run(["prlimit", f"--nofile={other}", ARCHFLEET, "plugins"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and "local" in done.stdout
+    assert status()["served"] == 0
+    text = serverclient.context().replace(f"rlimit_nofile ({soft}, {hard})", "rlimit_nofile (999, 999)")
+    assert text != serverclient.context()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(10)
+    conn.connect(serverclient.socket_path())
+    conn.sendmsg([serverclient.request(["archfleet", "plugins"], text)],
+                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(memoryview(serverclient._fds()).cast("B")))])
+    line = conn.recv(4096).decode()
+    conn.close()
+    assert line.startswith("F") and line.strip().endswith("differs from the server's: rlimit_nofile")
+    assert status()["served"] == 0
+
+
+def test_a_server_whose_context_is_not_its_callers_does_not_serve(tmp_path, monkeypatch):
+    """Rule: a server started for a caller (``--context KEY``) whose own context has another key
+    (Python options it was not given) would serve no one: exit 3, said in its log."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "archfleet.server", "--idle", "5", "--context", "00000000"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "not its caller's 00000000" in done.stderr
+    assert not list(tmp_path.glob("archfleet/*.sock"))
+
+
+def test_a_server_keeps_none_of_its_starters_credentials_in_its_environment(runtime):
+    """Rule: a server outlives the command that started it; its own environment keeps what
+    runs Python (PATH, HOME, LANG, PYTHON*...) and nothing else (an API token of the starter's
+    is not in /proc/PID/environ), while its commands get their callers' whole environment."""
+    env = dict(os.environ, ARCHFLEET_TEST_TOKEN="s3cr3t-token")
+    assert run("plugins", env=env).returncode == 0
+    assert wait_for(lambda: status() is not None, 30)
+    environ = Path(f"/proc/{status()['pid']}/environ").read_bytes()
+    assert b"s3cr3t-token" not in environ and b"PATH=" in environ
+    served = run("plugins", env=dict(env, ARCHFLEET_DISABLE_PLUGINS="qemu"))
+    assert "disabled: qemu" in served.stdout and status()["served"] == 1

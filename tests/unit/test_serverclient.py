@@ -176,3 +176,44 @@ def test_a_loaded_file_that_changed_is_named(tmp_path):
     f.unlink()
     assert server.changed(files) == str(f)
     assert all(isinstance(v, tuple) for v in server.loaded_files().values())
+
+
+@pytest.mark.parametrize("value, mode", [(None, "auto"), ("", "auto"), ("auto", "auto"), ("1", "auto"),
+                                         ("manual", "manual"), ("0", "off"), ("off", "off"), ("false", "off"),
+                                         ("nonsense", "off")])
+def test_archfleet_server_says_the_mode_and_anything_unknown_is_off(monkeypatch, value, mode):
+    """Rule: unset/auto/1: use and start a server; manual: use one, start none; anything else:
+    never use one (a typo keeps commands in their own process)."""
+    if value is None:
+        monkeypatch.delenv("ARCHFLEET_SERVER", raising=False)
+    else:
+        monkeypatch.setenv("ARCHFLEET_SERVER", value)
+    assert serverclient.mode() == mode
+    assert serverclient.starts_one(["archfleet", "build", "."]) == (mode == "auto")
+
+
+def test_the_context_names_what_a_fork_would_take_from_the_server_and_its_key_names_the_socket(monkeypatch):
+    """Rule: the context holds the limits, cgroup, namespaces, ids and interpreter options (one
+    line each); the socket's name holds its CRC-32 (8 hex digits), so a change of context is
+    another socket."""
+    text = serverclient.context()
+    names = {line.split(" ", 1)[0] for line in text.splitlines()}
+    assert {"ids", "groups", "ns.net", "ns.mnt", "cgroup", "loginuid", "rlimit_nofile", "nice", "affinity",
+            "python", "CapEff:"} <= names
+    key = serverclient.context_key(text)
+    assert len(key) == 8 and serverclient.socket_path(key).endswith(f"-{key}.sock")
+    monkeypatch.setenv("PYTHONFOO", "1")
+    assert serverclient.context_key() != key
+
+
+def test_only_a_subcommand_that_ran_starts_a_server(monkeypatch):
+    monkeypatch.delenv("ARCHFLEET_SERVER", raising=False)
+    assert serverclient.starts_one(["archfleet", "ls"])
+    for argv in (["archfleet"], ["archfleet", "--version"], ["archfleet", "ls", "--help"], ["archfleet", "server", "start"]):
+        assert not serverclient.starts_one(argv), argv
+
+
+def test_a_servers_environment_keeps_what_runs_python_and_nothing_else():
+    env = {"PATH": "/bin", "HOME": "/root", "LC_ALL": "C", "PYTHONPATH": "x", "AWS_SECRET_ACCESS_KEY": "k",
+           "REGISTRY_PASSWORD": "p", "ARCHFLEET_SERVER": "auto"}
+    assert serverclient.server_env(env) == {"PATH": "/bin", "HOME": "/root", "LC_ALL": "C", "PYTHONPATH": "x"}

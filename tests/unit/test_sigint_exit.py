@@ -29,7 +29,8 @@ def run(point: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, str | 
     """(the process, the digest the tag points at once it exited; None: not moved)."""
     out = tmp_path / "tag.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHFLEET_")}
-    env.update(HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "config"),
+    # the driver's monkeypatches live in its own process: no server may run (or start for) it
+    env.update(ARCHFLEET_SERVER="0", HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "config"),
                PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     proc = subprocess.run([sys.executable, str(HERE / "sigint_driver.py"), point, str(out)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
