@@ -20,7 +20,10 @@ from pathlib import Path
 
 
 def isolate(name: str) -> Path | None:
-    """Point the caches at a new empty directory (unless asked to keep them); return it."""
+    """Point the caches at a new empty directory (unless asked to keep them); return it. The
+    archfleet servers the bench's commands start (the default, docs/cli.md) live in a runtime
+    dir of the bench's own (:func:`own_servers`), stopped at its end."""
+    own_servers()
     keep = "--keep-state" in sys.argv or os.environ.get("ARCHFLEET_BENCH_STATE") == "keep"
     if keep:
         sys.argv = [a for a in sys.argv if a != "--keep-state"]
@@ -40,3 +43,34 @@ def cache_file(name: str) -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("archfleet")) / name
+
+
+def own_servers() -> Path:
+    """``XDG_RUNTIME_DIR`` for this bench and what it starts: a new private directory (short: a
+    socket path has 107 bytes). At exit, ``archfleet server stop`` there, then it is removed."""
+    runtime = Path(tempfile.mkdtemp(prefix="afb-", dir="/tmp"))
+    runtime.chmod(0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    atexit.register(_stop_servers, runtime)
+    return runtime
+
+
+def server_said() -> str:
+    """What ``archfleet server status`` says of the bench's servers (how many commands each served)."""
+    import subprocess
+
+    done = subprocess.run([str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "archfleet"), "server",
+                           "status"], capture_output=True, text=True)
+    return " | ".join((done.stdout.strip() or done.stderr.strip()).replace("archfleet server ", "").splitlines())
+
+
+def _stop_servers(runtime: Path) -> None:
+    import subprocess
+    import time
+
+    subprocess.run([str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "archfleet"), "server", "stop"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while any(runtime.glob("archfleet/*.sock")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shutil.rmtree(runtime, ignore_errors=True)
