@@ -1019,7 +1019,10 @@ def _servers_asked(what: str) -> tuple[list[tuple[dict, bool]], str | None]:
         if status is not None:
             answers.append((status, path == mine))
     if not answers and not problems:
-        click.echo("no archfleet server of this install is running")
+        from .serverclient import runtime_problem
+
+        problem = runtime_problem()
+        click.echo("no archfleet server of this install is running" + (f": {problem}" if problem else ""))
     return answers, f"server: {problems[0]}" if problems else None
 
 

@@ -52,6 +52,7 @@ from . import serverclient
 IDLE_SECONDS = serverclient.IDLE_SECONDS  # default --idle
 MAX_REQUEST = 4 << 20  # bytes: argv and environment
 REQUEST_SECONDS = 5.0  # a request not sent whole by then is dropped
+LOG_BYTES = 1 << 20  # a log larger than this is emptied when a server starts
 MAX_IDLE = 7 * 86400  # seconds (a selector's timeout is at most ~24.8 days)
 # loaded before forking: what a build, plan or ls imports (the Go parser excepted, see the docstring)
 PRELOAD = ("archfleet.cli", "archfleet.pipeline", "archfleet.api", "archfleet.manager", "archfleet.publish",
@@ -66,6 +67,26 @@ def log_path(socket: str | None = None) -> str:
     """The log of the server on ``socket`` (this context's): beside it, ``.log`` for ``.sock``
     (mode 0600)."""
     return (socket or serverclient.socket_path())[:-len(".sock")] + ".log"
+
+
+# ioprio_get(2)'s number by the interpreter's architecture (sysconfig MULTIARCH's first part):
+# no libc wrapper, no /proc file
+_IOPRIO_GET = {"x86_64": 252, "i386": 290, "aarch64": 31, "riscv64": 31, "arm": 315, "s390x": 283,
+               "powerpc64le": 274, "powerpc64": 274}
+
+
+def ioprio(pid: int) -> int | None:
+    """Process ``pid``'s I/O scheduling class and priority (``ionice``), as ioprio_get(2) says
+    it; None where the call is not known or fails. Part of what a command's process would take
+    from the server (:func:`archfleet.serverclient.context` cannot read it from a file)."""
+    import ctypes
+    import sysconfig
+
+    number = _IOPRIO_GET.get((sysconfig.get_config_var("MULTIARCH") or "").split("-")[0])
+    if number is None:
+        return None
+    value = ctypes.CDLL(None, use_errno=True).syscall(number, 1, pid)  # IOPRIO_WHO_PROCESS
+    return None if value < 0 else value
 
 
 def differs(mine: str, theirs) -> str | None:
@@ -217,7 +238,7 @@ class Server:
             return
         # read through the selector: a caller that connects and sends nothing holds up no one
         conn.setblocking(False)
-        pending = _Pending(conn, time.monotonic() + REQUEST_SECONDS)
+        pending = _Pending(conn, time.monotonic() + REQUEST_SECONDS, pid)
         self.pending.add(pending)
         self.selector.register(conn, selectors.EVENT_READ, pending)
 
@@ -258,7 +279,7 @@ class Server:
             self._control(conn, req["control"])
             return False
         try:
-            why = self._refusal(req, fds)
+            why = self._refusal(req, fds, pending.pid)
             if why:
                 with contextlib.suppress(OSError):
                     conn.sendall(f"F{why}\n".encode())
@@ -281,16 +302,18 @@ class Server:
             pass  # the caller went away: its command sees the socket closed (SIGTERM)
         return True
 
-    def _refusal(self, req: dict, fds: list[int]) -> str | None:
+    def _refusal(self, req: dict, fds: list[int], pid: int = 0) -> str | None:
         if self.stopping:
             return "stopping"
-        if len(fds) != 3 or not isinstance(req.get("argv"), list) or not isinstance(req.get("env"), dict) \
-                or not isinstance(req.get("cwd"), str) or not isinstance(req.get("umask"), int):
+        if len(fds) != 3 or not isinstance(req.get("argv"), list) or not isinstance(req.get("cwd"), str) \
+                or not isinstance(req.get("umask"), int):
             return "malformed request"
         stale = changed(self.files)
         if stale:
             return f"stale: {stale} changed since the server started"
         other = differs(self.context, req.get("context"))
+        if other is None and pid and ioprio(pid) != ioprio(os.getpid()):
+            other = "ioprio"
         if other:
             return f"the caller's context differs from the server's: {other}"
         if threading.active_count() != 1:
@@ -347,8 +370,8 @@ class Server:
 class _Pending:
     """A request being read (serverclient's layout): its bytes and the fds sent with them."""
 
-    def __init__(self, conn: socket.socket, deadline: float):
-        self.conn, self.deadline = conn, deadline
+    def __init__(self, conn: socket.socket, deadline: float, pid: int = 0):
+        self.conn, self.deadline, self.pid = conn, deadline, pid  # pid: the caller's (SO_PEERCRED)
         self.data = b""
         self.fds: list[int] = []
 
@@ -441,10 +464,11 @@ def _command(conn: socket.socket, req: dict, fds: list[int], close: list[int], s
         if signal.SIGINT not in ignored:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # forked while the server held its stops
+        env = _environment(conn)  # sent by the caller once told the pid: the server never held it
         os.chdir(req["cwd"])
         os.umask(req["umask"])
         os.environ.clear()
-        os.environ.update({str(k): str(v) for k, v in req["env"].items()})
+        os.environ.update({str(k): str(v) for k, v in env.items()})
         time.tzset()
         import random
         import tempfile
@@ -480,6 +504,26 @@ def _command(conn: socket.socket, req: dict, fds: list[int], close: list[int], s
         except BaseException:  # noqa: BLE001 - the server says it once the process ended
             pass
         os._exit(code)
+
+
+def _environment(conn: socket.socket) -> dict:
+    """The caller's environment (:func:`archfleet.serverclient.environment`); a caller that
+    closes the socket first (it gave up waiting, or died) ends this process: nothing ran."""
+    conn.settimeout(REQUEST_SECONDS)
+    data = b""
+    try:
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            if len(data) >= 4 and int.from_bytes(data[:4], "big") > MAX_REQUEST:
+                os._exit(70)
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                os._exit(70)
+            data += chunk
+    except OSError:
+        os._exit(70)
+    env = json.loads(data[4:4 + int.from_bytes(data[:4], "big")])
+    conn.settimeout(10)
+    return env if isinstance(env, dict) else os._exit(70)
 
 
 def _finish(code: int) -> int:
@@ -625,6 +669,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", metavar="KEY")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a command ending ignores it, and started this one
+    os.chdir("/")  # holds no directory of the starter's busy (a mount)
+    with contextlib.suppress(OSError):
+        if os.fstat(2).st_size > LOG_BYTES:  # the log (stderr, appended to): from here on
+            os.ftruncate(2, 0)
     text = serverclient.context()
     key = serverclient.context_key(text)
     if args.context is not None and args.context != key:

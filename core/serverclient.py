@@ -28,11 +28,27 @@ import sys
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
 ENV_SWITCH = "ARCHFLEET_SERVER"  # see mode(); "0": never use a server (the tests set it; a user may)
 IDLE_SECONDS = 900  # a server's default --idle (one started by a command, or by ``server start``)
-# what a server started for commands keeps of their environment (its commands get their caller's
-# whole one): enough to run Python as the caller does, nothing that may be a credential
-SERVER_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "XDG_RUNTIME_DIR",
-              "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
-SERVER_ENV_PREFIXES = ("LC_", "PYTHON", "LD_", "COV_CORE_", "COVERAGE_")
+FIRST_LINE_SECONDS = 10.0  # a server that has not said it took the command by then is passed by
+MAX_STARTED = 4  # servers of an install running at once, beyond which a command starts no more
+# the variables that shape the interpreter itself (CPython's and glibc's loader's, by name): part
+# of the context, and kept in a server's own environment
+INTERPRETER_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONNOUSERSITE", "PYTHONUSERBASE",
+                   "PYTHONPLATLIBDIR", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONIOENCODING",
+                   "PYTHONUTF8", "PYTHONCOERCECLOCALE", "PYTHONWARNINGS", "PYTHONHASHSEED", "PYTHONOPTIMIZE",
+                   "PYTHONDEBUG", "PYTHONVERBOSE", "PYTHONUNBUFFERED", "PYTHONDEVMODE", "PYTHONMALLOC",
+                   "PYTHONMALLOCSTATS", "PYTHONFAULTHANDLER", "PYTHONTRACEMALLOC", "PYTHONPROFILEIMPORTTIME",
+                   "PYTHONASYNCIODEBUG", "PYTHONINTMAXSTRDIGITS", "PYTHONNODEBUGRANGES", "PYTHONBREAKPOINT",
+                   "PYTHONEXECUTABLE", "LD_LIBRARY_PATH", "LD_PRELOAD", "LD_AUDIT", "LD_BIND_NOW", "LD_BIND_NOT",
+                   "LD_ASSUME_KERNEL", "LD_DYNAMIC_WEAK", "LD_HWCAP_MASK", "LD_ORIGIN_PATH", "LD_POINTER_GUARD",
+                   "LD_PROFILE", "LD_USE_LOAD_BIAS", "GLIBC_TUNABLES")
+LOCALE_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_MESSAGES", "LC_MONETARY", "LC_NUMERIC",
+              "LC_TIME", "LC_ADDRESS", "LC_IDENTIFICATION", "LC_MEASUREMENT", "LC_NAME", "LC_PAPER", "LC_TELEPHONE")
+# what a server keeps of the environment it was started with (its commands get their callers'
+# whole one): what runs Python as the caller does, by name, nothing that may be a credential
+# (coverage.py's, for the test suite's measuring)
+SERVER_ENV = ("PATH", "HOME", "USER", "LOGNAME", "TZ", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CACHE_HOME",
+              "XDG_CONFIG_HOME", "XDG_DATA_HOME", *LOCALE_ENV, *INTERPRETER_ENV, "COV_CORE_SOURCE", "COV_CORE_CONFIG",
+              "COV_CORE_DATAFILE", "COV_CORE_BRANCH", "COV_CORE_CONTEXT", "COVERAGE_PROCESS_START", "COVERAGE_RCFILE")
 
 
 def mode() -> str:
@@ -72,7 +88,10 @@ def private_dir(path: str) -> bool:
 def install_key() -> str:
     """Which install a server serves: the device and inode of the running interpreter and of
     this package's directory (another virtualenv or checkout has its own server)."""
-    exe = os.stat(os.path.realpath(sys.executable))
+    try:
+        exe = os.stat(os.path.realpath(sys.executable))
+    except OSError:  # a base interpreter in a directory this user may not enter: the venv's link
+        exe = os.lstat(sys.executable)
     pkg = os.stat(os.path.dirname(os.path.abspath(__file__)))
     return f"{exe.st_dev:x}-{exe.st_ino:x}-{pkg.st_dev:x}-{pkg.st_ino:x}"
 
@@ -81,9 +100,14 @@ def context() -> str:
     """What a process is run in, beyond its environment, working directory, umask and fds (which
     a request carries): one ``name value`` line each for its user and group ids and
     supplementary groups, the audit login uid, each namespace, its root directory, cgroup, LSM
-    label, capabilities, no_new_privs and seccomp mode, OOM score adjustment, nice value, CPU
-    affinity, resource limits, Python's options and the environment that shapes the interpreter
-    itself (``PYTHON*``, ``LD_*``, the locale's character set). A fork of the server has the
+    label, capabilities, no_new_privs, seccomp mode and filter count, speculation controls, THP
+    setting, allowed CPUs and memory nodes, OOM score adjustment, core dump filter, timer slack,
+    execution domain (``personality``: ``setarch i686`` makes ``uname -m`` say i686), scheduling
+    policy, real-time priority, nice value, CPU affinity, resource limits, Python's options and
+    the environment that shapes the interpreter itself (:data:`INTERPRETER_ENV`, the locale's
+    character set). The I/O priority, which no file shows, the server compares itself
+    (:func:`archfleet.server.ioprio`). Not compared, as no file shows them: Landlock rules, the
+    NUMA memory policy, which seccomp filter is loaded. A fork of the server has the
     server's, not its caller's: a server serves only callers whose context is its own (its
     socket's name holds :func:`context_key`; it compares the whole text), so a command never
     runs with another cgroup's limits, another network namespace or another login's audit id
@@ -99,11 +123,15 @@ def context() -> str:
             lines.append(f"ns.{ns} -")
     root = os.stat("/")
     lines.append(f"root {root.st_dev}:{root.st_ino}")
-    for name in ("loginuid", "cgroup", "attr/current", "oom_score_adj"):
+    for name in ("loginuid", "cgroup", "attr/current", "oom_score_adj", "coredump_filter", "timerslack_ns",
+                 "personality"):
         lines.append(f"{name} {_read(f'/proc/self/{name}')}")
     status = _read("/proc/self/status")
     lines += [line.replace("\t", " ") for line in status.splitlines()
-              if line.startswith(("Cap", "NoNewPrivs", "Seccomp:"))]
+              if line.startswith(("Cap", "NoNewPrivs", "Seccomp", "Speculation", "THP_enabled", "Cpus_allowed_list",
+                                  "Mems_allowed_list"))]
+    stat = _read("/proc/self/stat").rpartition(")")[2].split()  # from field 3 (state) on: proc(5)
+    lines.append(f"sched {' '.join(stat[37:39])}")  # rt_priority, policy
     lines.append(f"nice {os.getpriority(os.PRIO_PROCESS, 0)}")
     lines.append(f"affinity {' '.join(map(str, sorted(os.sched_getaffinity(0))))}")
     for name in sorted(n for n in dir(resource) if n.startswith("RLIMIT_")):
@@ -114,7 +142,7 @@ def context() -> str:
     lines.append(f"python {sys.flags!r} {sorted(sys._xoptions.items())!r} {sys.getfilesystemencoding()}")
     env = os.environ
     lines.append("ctype " + (env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or ""))
-    lines += [f"env {k}={v}" for k, v in sorted(env.items()) if k.startswith(("PYTHON", "LD_"))]
+    lines += [f"env {k}={env[k]}" for k in sorted(INTERPRETER_ENV) if k in env]
     return "\n".join(lines)
 
 
@@ -170,13 +198,61 @@ def starts_one(argv: list[str]) -> bool:
 def server_env(env=None) -> dict[str, str]:
     """The environment a server process starts with (:data:`SERVER_ENV`)."""
     env = os.environ if env is None else env
-    return {k: v for k, v in env.items() if k in SERVER_ENV or k.startswith(SERVER_ENV_PREFIXES)}
+    return {k: v for k, v in env.items() if k in SERVER_ENV}
+
+
+def interpreter_options(orig_argv: list[str], script: str) -> list[str]:
+    """The options the interpreter was given before the script (``sys.orig_argv``; ``-X dev``,
+    ``-W error``, ``-O``...), for a server started with the same ones: without them its
+    context would not be the caller's (:func:`context`'s Python flags)."""
+    options, i = [], 1
+    while i < len(orig_argv):
+        arg = orig_argv[i]
+        if arg in ("-m", "-c", "-") or arg == script or not arg.startswith("-"):
+            break
+        options.append(arg)
+        if arg in ("-X", "-W", "--check-hash-based-pycs") and i + 1 < len(orig_argv):
+            options.append(orig_argv[i + 1])
+            i += 1
+        i += 1
+    return options
+
+
+def running(paths: list[str]) -> int:
+    """How many of the servers whose sockets are ``paths`` run (hold their start lock)."""
+    import fcntl
+
+    count = 0
+    for path in paths:
+        try:
+            fd = os.open(path[:-len(".sock")] + ".lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            count += 1
+        finally:
+            os.close(fd)
+    return count
+
+
+def runtime_problem() -> str | None:
+    """Why servers are not used here, when the runtime dir exists and may not be trusted (a
+    link, another owner, access for others); None otherwise."""
+    directory = runtime_dir()
+    if os.path.lexists(directory) and not private_dir(directory):
+        return (f"{directory} is not a directory of uid {os.getuid()} that no one else may enter (mode 0700, "
+                f"not a link), so no server is used: fix or remove it")
+    return None
 
 
 def start_in_background(idle: int = IDLE_SECONDS) -> None:
     """Start this context's server and return at once (``atexit``, :func:`starts_one`): its own
     session, its log beside its socket. Nothing when one runs or starts already (its lock is
-    held), or the runtime dir cannot be private; never raises (the command's outcome is said)."""
+    held), :data:`MAX_STARTED` of this install's run already (each network namespace, cgroup or
+    login has its own), or the runtime dir cannot be private; never raises (the command's
+    outcome is said)."""
     import fcntl
 
     try:
@@ -184,7 +260,7 @@ def start_in_background(idle: int = IDLE_SECONDS) -> None:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         key = context_key()
         path = socket_path(key)
-        if not private_dir(directory) or len(os.fsencode(path)) > 107:
+        if not private_dir(directory) or len(os.fsencode(path)) > 107 or running(sockets()) >= MAX_STARTED:
             return
         lock = os.open(path[:-len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
@@ -198,9 +274,13 @@ def start_in_background(idle: int = IDLE_SECONDS) -> None:
         log = os.open(path[:-len(".sock")] + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
                       0o600)
         try:
-            subprocess.Popen([sys.executable, "-m", "archfleet.server", "--idle", str(idle), "--context", key],
-                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/",
-                             env=server_env())
+            options = interpreter_options(list(getattr(sys, "orig_argv", [])), sys.argv[0])
+            proc = subprocess.Popen([sys.executable, *options, "-m", "archfleet.server", "--idle", str(idle),
+                                     "--context", key], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, cwd="/", env=server_env())
+            # not waited for: it outlives this process (then init's child); said done, so Popen's
+            # finalizer neither warns (ResourceWarning under -X dev) nor keeps it to reap
+            proc.returncode = 0
         finally:
             os.close(log)
     except Exception:  # noqa: BLE001 - a server is a saving, never a failure
@@ -230,9 +310,17 @@ def request(argv: list[str], text: str | None = None) -> bytes:
     :func:`context`, when known."""
     import json
 
-    body = json.dumps({"argv": argv, "cwd": os.getcwd(), "umask": _umask(), "env": dict(os.environ),
-                       "stdio": _stdio(), "ignored": ignored(),
-                       "context": context() if text is None else text}).encode("ascii")
+    body = json.dumps({"argv": argv, "cwd": os.getcwd(), "umask": _umask(), "stdio": _stdio(),
+                       "ignored": ignored(), "context": context() if text is None else text}).encode("ascii")
+    return len(body).to_bytes(4, "big") + body
+
+
+def environment() -> bytes:
+    """This process's environment as sent to the command's process once it exists (``P``), so
+    the server itself never holds it: ``<length:4 bytes big-endian><JSON object>``."""
+    import json
+
+    body = json.dumps(dict(os.environ)).encode("ascii")
     return len(body).to_bytes(4, "big") + body
 
 
@@ -248,48 +336,68 @@ def run(argv: list[str], pressed=None) -> int | None:
     Never raises for a missing or stale server. ``pressed``: the console script's SIGINT and
     SIGTERM handler until now (:class:`archfleet.console.Pressed`); a signal it noted before the
     server took the command is forwarded first."""
-    directory = runtime_dir()
-    if not private_dir(directory):
-        return None
-    text = context()
-    path = socket_path(context_key(text))
-    if not os.path.exists(path):
-        return None
-    try:
-        for fd in (0, 1, 2):  # a closed one: the socket would take its number and be sent as it
-            os.fstat(fd)
-    except OSError:
-        return None
     import socket
 
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        directory = runtime_dir()
+        if not private_dir(directory):
+            return None
+        text = context()
+        path = socket_path(context_key(text))
+        if not os.path.exists(path):
+            return None
+        for fd in (0, 1, 2):  # a closed one: the socket would take its number and be sent as it
+            os.fstat(fd)
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        return None
     try:
         conn.connect(path)
+        peer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        if int.from_bytes(peer[4:8], sys.byteorder) != os.getuid():  # struct ucred: pid, uid, gid
+            conn.close()
+            return None  # not this user's server: it gets neither the fds nor the environment
         conn.sendmsg([request(argv, text)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                         bytes(memoryview(_fds()).cast("B")))])
     except OSError:
         conn.close()
         return None
     lines = _Lines(conn)
-    first = _first_line(conn, lines, pressed)
+    first = _first_line(conn, lines, pressed, path)
     if first is not None and first[:1] in ("X", "K"):
         return _ended(first)  # the command ran and said its end before the server said it started
     if first is None or not first.startswith("P") or not first[1:].isdigit():
         conn.close()
         return None  # "F...": the server would not run it (stale, refused): run it here
+    try:
+        conn.sendall(environment())  # the command's process waits for it before anything
+    except OSError:
+        pass  # the server went: said by _wait
     return _wait(conn, lines, pressed, int(first[1:]))
 
 
-def _first_line(conn, lines: "_Lines", pressed) -> str | None:
-    """The server's first line. A Ctrl-C or SIGTERM while waiting for it (a server that does not
-    answer: stopped, swamped) ends this command as one before its run would: the one line, 130
-    (closing the socket stops a command the server may have started: SIGTERM)."""
+def _first_line(conn, lines: "_Lines", pressed, path: str = "") -> str | None:
+    """The server's first line, or None when there is none within :data:`FIRST_LINE_SECONDS`
+    (a stopped or swamped server: said in one warning line, and the command runs here; a fork
+    the server makes later finds the socket closed before it got the environment, and ends
+    without running anything). A Ctrl-C or SIGTERM while waiting ends this command as one before
+    its run would: the one line, 130."""
+    import time
+
     conn.settimeout(0.1)
+    deadline = time.monotonic() + FIRST_LINE_SECONDS
     try:
         while True:
             try:
                 return lines.next(raise_timeout=True)
             except TimeoutError:
+                if time.monotonic() > deadline:
+                    conn.close()
+                    sys.stderr.write(f"archfleet: warning: the archfleet server on {path} did not answer within "
+                                     f"{FIRST_LINE_SECONDS:g} s (stopped? 'archfleet server status'); running the "
+                                     f"command here\n")
+                    sys.stderr.flush()
+                    return None
                 if pressed is not None and pressed.count:
                     conn.close()
                     sys.stderr.write(f"archfleet: error: {_word(pressed.signum)}\n")

@@ -438,3 +438,25 @@ def test_a_server_keeps_none_of_its_starters_credentials_in_its_environment(runt
     assert b"s3cr3t-token" not in environ and b"PATH=" in environ
     served = run("plugins", env=dict(env, ARCHFLEET_DISABLE_PLUGINS="qemu"))
     assert "disabled: qemu" in served.stdout and status()["served"] == 1
+
+
+@pytest.mark.parametrize("wrapper, differs", [(["setarch", "i686"], "personality"), (["chrt", "--idle", "0"], "sched"),
+                                              (["ionice", "-c3"], "ioprio"), (["nice", "-n", "3"], "nice")])
+def test_an_execution_domain_scheduling_class_or_io_priority_of_its_own_keeps_a_caller_out(server, wrapper, differs):
+    """Rule: a fork would take the server's personality (``setarch i686``: ``uname -m`` says
+    i686, so archfleet's default platform is linux/386), scheduling policy, I/O priority and nice
+    value; a caller with others is not served (0 served): a socket of its own, or (I/O priority,
+    which no file shows) a refusal by the server, and the command runs in its own process."""
+    from archfleet import serverclient
+
+    done = subprocess.run([*wrapper, ARCHFLEET, "plugins"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "local" in done.stdout
+    assert status()["served"] == 0
+    if differs == "ioprio":  # the same context text: the same socket, refused by the server itself
+        probe = subprocess.run([*wrapper, sys.executable, "-c", "from archfleet import serverclient as s; "
+                                "print(s.socket_path())"], capture_output=True, text=True, timeout=60)
+        assert probe.stdout.strip() == serverclient.socket_path()
+    if differs == "personality":
+        plan = subprocess.run([*wrapper, sys.executable, "-c", "import platform; print(platform.machine())"],
+                              capture_output=True, text=True, timeout=60)
+        assert plan.stdout.strip() == "i686"

@@ -27,7 +27,7 @@ class StandIn:
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(serverclient.socket_path())
         self.listener.listen(1)
-        self.answers, self.request, self.fds = answers, None, []
+        self.answers, self.request, self.fds, self.env = answers, None, [], None
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
@@ -45,6 +45,18 @@ class StandIn:
             data += msg
         self.request = json.loads(data[4:])
         conn.sendall(self.answers)
+        if self.answers.startswith(b"P"):  # the caller then sends its environment
+            conn.settimeout(5)
+            data = b""
+            try:
+                while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+                    chunk = conn.recv(1 << 16)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.env = json.loads(data[4:]) if data else None
+            except OSError:
+                pass
         conn.close()
 
     def close(self):
@@ -79,8 +91,9 @@ def keep_handlers():
 
 def test_a_command_the_server_ran_ends_with_its_exit_code_and_the_request_is_the_callers(stand_in, keep_handlers,
                                                                                           monkeypatch, tmp_path):
-    """Rule: the request carries argv, the working directory, the umask, the environment and
-    fds 0-2; ``P<pid>`` then ``X7``: the command ran, exit 7."""
+    """Rule: the request carries argv, the working directory, the umask and fds 0-2, not the
+    environment: that goes to the command's process once the server said it (``P<pid>``), so
+    the server never holds it; then ``X7``: the command ran, exit 7."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AF_TEST_VALUE", "\udcff-not-utf8")
     server = stand_in(f"P{os.getpid()}\nX7\n".encode())
@@ -88,7 +101,8 @@ def test_a_command_the_server_ran_ends_with_its_exit_code_and_the_request_is_the
     server.thread.join(5)
     req = server.request
     assert req["argv"] == ["archfleet", "plugins"] and req["cwd"] == str(tmp_path)
-    assert req["env"]["AF_TEST_VALUE"] == "\udcff-not-utf8" and isinstance(req["umask"], int)
+    assert "env" not in req and "AF_TEST_VALUE" not in json.dumps(req) and isinstance(req["umask"], int)
+    assert server.env["AF_TEST_VALUE"] == "\udcff-not-utf8"
     assert len(server.fds) == 3 and set(req["stdio"]) == {"stdin", "stdout", "stderr"}
 
 
@@ -199,10 +213,13 @@ def test_the_context_names_what_a_fork_would_take_from_the_server_and_its_key_na
     text = serverclient.context()
     names = {line.split(" ", 1)[0] for line in text.splitlines()}
     assert {"ids", "groups", "ns.net", "ns.mnt", "cgroup", "loginuid", "rlimit_nofile", "nice", "affinity",
-            "python", "CapEff:"} <= names
+            "python", "CapEff:", "personality", "sched", "timerslack_ns", "Seccomp_filters:",
+            "Cpus_allowed_list:"} <= names
     key = serverclient.context_key(text)
     assert len(key) == 8 and serverclient.socket_path(key).endswith(f"-{key}.sock")
-    monkeypatch.setenv("PYTHONFOO", "1")
+    monkeypatch.setenv("PYTHON_KEYRING_PASSWORD", "not part of it")
+    assert serverclient.context_key() == key
+    monkeypatch.setenv("PYTHONWARNINGS", "error")
     assert serverclient.context_key() != key
 
 
@@ -215,5 +232,64 @@ def test_only_a_subcommand_that_ran_starts_a_server(monkeypatch):
 
 def test_a_servers_environment_keeps_what_runs_python_and_nothing_else():
     env = {"PATH": "/bin", "HOME": "/root", "LC_ALL": "C", "PYTHONPATH": "x", "AWS_SECRET_ACCESS_KEY": "k",
-           "REGISTRY_PASSWORD": "p", "ARCHFLEET_SERVER": "auto"}
+           "REGISTRY_PASSWORD": "p", "ARCHFLEET_SERVER": "auto", "PYTHON_KEYRING_PASSWORD": "s", "LC_SECRET": "s",
+           "LD_AUDIT_TOKEN": "s"}
     assert serverclient.server_env(env) == {"PATH": "/bin", "HOME": "/root", "LC_ALL": "C", "PYTHONPATH": "x"}
+
+
+def test_a_server_that_does_not_say_it_took_the_command_is_passed_by(keep_handlers, monkeypatch, capsys):
+    """Rule: no first line within FIRST_LINE_SECONDS (a stopped server): one warning line and
+    None (the command runs here; the environment was never sent, so nothing runs there)."""
+    import shutil
+
+    monkeypatch.setattr(serverclient, "FIRST_LINE_SECONDS", 0.3)
+    runtime = Path(tempfile.mkdtemp(prefix="afc-", dir="/tmp"))
+    runtime.chmod(0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    (runtime / "archfleet").mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(serverclient.socket_path())
+    listener.listen(1)  # accepted by the kernel, never read: a stopped server
+    try:
+        assert serverclient.run(["archfleet", "plugins"]) is None
+    finally:
+        listener.close()
+        shutil.rmtree(runtime, ignore_errors=True)
+    err = capsys.readouterr().err
+    assert err.startswith("archfleet: warning: the archfleet server on ") and "did not answer within 0.3 s" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("orig, options", [
+    (["/v/bin/python", "/v/bin/archfleet", "ls"], []),
+    (["/v/bin/python", "-X", "dev", "/v/bin/archfleet", "ls"], ["-X", "dev"]),
+    (["python3", "-Wd", "-O", "-m", "archfleet", "ls"], ["-Wd", "-O"]),
+    (["python3", "-W", "error", "-c", "x"], ["-W", "error"]),
+])
+def test_a_server_is_started_with_the_interpreter_options_of_its_caller(orig, options):
+    """Rule: the options before the script, ``-m`` or ``-c`` (sys.orig_argv), so the server's
+    Python flags, part of the context, are its caller's."""
+    assert serverclient.interpreter_options(orig, "/v/bin/archfleet") == options
+
+
+def test_servers_running_are_counted_by_their_held_locks(tmp_path):
+    """Rule: a server holds its start lock for its life; a socket whose lock is free is left
+    by one that died, and does not count towards MAX_STARTED."""
+    import fcntl
+
+    held = os.open(tmp_path / "a.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    (tmp_path / "b.lock").write_text("")
+    try:
+        assert serverclient.running([str(tmp_path / "a.sock"), str(tmp_path / "b.sock"),
+                                     str(tmp_path / "c.sock")]) == 1
+    finally:
+        os.close(held)
+
+
+def test_an_untrusted_runtime_dir_is_said(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert serverclient.runtime_problem() is None  # none yet: a server makes it
+    (tmp_path / "archfleet").mkdir(mode=0o755)
+    (tmp_path / "archfleet").chmod(0o755)
+    assert "mode 0700" in serverclient.runtime_problem()
