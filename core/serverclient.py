@@ -247,6 +247,9 @@ def runtime_problem() -> str | None:
     return None
 
 
+_asked_key: str | None = None  # run()'s context_key, for start_in_background
+
+
 def start_in_background(idle: int = IDLE_SECONDS) -> None:
     """Start this context's server and return at once (``atexit``, :func:`starts_one`): its own
     session, its log beside its socket. Nothing when one runs or starts already (its lock is
@@ -258,7 +261,9 @@ def start_in_background(idle: int = IDLE_SECONDS) -> None:
     try:
         directory = runtime_dir()
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        key = context_key()
+        # the context this command had when it looked for a server, which the next one will
+        # have; a server whose own differs (this process changed its limits...) exits at once
+        key = _asked_key or context_key()
         path = socket_path(key)
         if not private_dir(directory) or len(os.fsencode(path)) > 107 or running(sockets()) >= MAX_STARTED:
             return
@@ -343,7 +348,9 @@ def run(argv: list[str], pressed=None) -> int | None:
         if not private_dir(directory):
             return None
         text = context()
-        path = socket_path(context_key(text))
+        global _asked_key
+        _asked_key = context_key(text)
+        path = socket_path(_asked_key)
         if not os.path.exists(path):
             return None
         for fd in (0, 1, 2):  # a closed one: the socket would take its number and be sent as it
