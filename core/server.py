@@ -50,7 +50,7 @@ import time
 from . import serverclient
 
 IDLE_SECONDS = serverclient.IDLE_SECONDS  # default --idle
-MAX_REQUEST = 4 << 20  # bytes: argv and environment
+MAX_REQUEST = 1 << 20  # bytes: the request (directory, stdio, context)
 REQUEST_SECONDS = 5.0  # a request not sent whole by then is dropped
 LOG_BYTES = 1 << 20  # a log larger than this is emptied when a server starts
 MAX_IDLE = 7 * 86400  # seconds (a selector's timeout is at most ~24.8 days)
@@ -267,7 +267,8 @@ class Server:
             return False  # not whole yet
         self.pending.discard(pending)
         self.selector.unregister(pending.conn)
-        conn, fds = pending.conn, pending.fds
+        conn = pending.conn
+        pending.close_fds()  # a caller sends its fds to the command's process, not with the request
         if _hung_up(conn):  # the caller gave up while the request waited (a busy or stopped server)
             pending.close_fds()
             conn.close()
@@ -279,7 +280,7 @@ class Server:
             self._control(conn, req["control"])
             return False
         try:
-            why = self._refusal(req, fds, pending.pid)
+            why = self._refusal(req, pending.pid)
             if why:
                 with contextlib.suppress(OSError):
                     conn.sendall(f"F{why}\n".encode())
@@ -287,7 +288,7 @@ class Server:
                 if why.startswith("stale"):
                     self._stop(why)
                 return False
-            pid = self._fork(conn, req, fds)
+            pid = self._fork(conn, req)
         finally:
             pending.close_fds()
         if pid is None:
@@ -302,11 +303,10 @@ class Server:
             pass  # the caller went away: its command sees the socket closed (SIGTERM)
         return True
 
-    def _refusal(self, req: dict, fds: list[int], pid: int = 0) -> str | None:
+    def _refusal(self, req: dict, pid: int = 0) -> str | None:
         if self.stopping:
             return "stopping"
-        if len(fds) != 3 or not isinstance(req.get("argv"), list) or not isinstance(req.get("cwd"), str) \
-                or not isinstance(req.get("umask"), int):
+        if not isinstance(req.get("cwd"), str) or not isinstance(req.get("umask"), int):
             return "malformed request"
         stale = changed(self.files)
         if stale:
@@ -320,7 +320,7 @@ class Server:
             return "a thread is running in the server"
         return None
 
-    def _fork(self, conn: socket.socket, req: dict, fds: list[int]) -> int | None:
+    def _fork(self, conn: socket.socket, req: dict) -> int | None:
         try:
             pid = os.fork()
         except OSError as exc:
@@ -330,11 +330,11 @@ class Server:
             conn.close()
             return None
         if pid == 0:
-            keep = {conn.fileno(), *fds}
+            keep = {conn.fileno()}
             others = [self.listener.fileno() if self.listener.fileno() >= 0 else -1, self.lock,
                       *(c.fileno() for c, _ in self.children.values()), *(p for _, p in self.children.values()),
                       *(p.conn.fileno() for p in self.pending), *(fd for p in self.pending for fd in p.fds)]
-            _command(conn, req, fds, [fd for fd in others if fd >= 0 and fd not in keep], self.selector)
+            _command(conn, req, [fd for fd in others if fd >= 0 and fd not in keep], self.selector)
         return pid
 
     def _reap(self, pid: int) -> None:
@@ -438,7 +438,7 @@ def _log(line: str) -> None:
 
 # -- a command's process ---------------------------------------------------------------------
 
-def _command(conn: socket.socket, req: dict, fds: list[int], close: list[int], selector) -> None:
+def _command(conn: socket.socket, req: dict, close: list[int], selector) -> None:
     """In the fork: become the caller's command and exit with its code. Never returns."""
     code = 70
     try:
@@ -451,6 +451,9 @@ def _command(conn: socket.socket, req: dict, fds: list[int], close: list[int], s
                 os.close(fd)
             except OSError:
                 pass
+        # sent by the caller once told the pid (serverclient.command): the server never held
+        # them, and a stopped server holds no pipe of the caller's open
+        argv, env, fds = _command_message(conn)
         for target, fd in zip((0, 1, 2), fds):
             if fd != target:
                 os.dup2(fd, target)
@@ -464,7 +467,6 @@ def _command(conn: socket.socket, req: dict, fds: list[int], close: list[int], s
         if signal.SIGINT not in ignored:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # forked while the server held its stops
-        env = _environment(conn)  # sent by the caller once told the pid: the server never held it
         os.chdir(req["cwd"])
         os.umask(req["umask"])
         os.environ.clear()
@@ -475,7 +477,7 @@ def _command(conn: socket.socket, req: dict, fds: list[int], close: list[int], s
 
         tempfile.tempdir = None
         random.seed()
-        sys.argv = [str(a) for a in req["argv"]]
+        sys.argv = [str(a) for a in argv]
         _stdio(req.get("stdio") or {})
         watcher = threading.Thread(target=_watch, args=(conn,), name="archfleet-caller", daemon=True)
         watcher.start()
@@ -506,24 +508,35 @@ def _command(conn: socket.socket, req: dict, fds: list[int], close: list[int], s
         os._exit(code)
 
 
-def _environment(conn: socket.socket) -> dict:
-    """The caller's environment (:func:`archfleet.serverclient.environment`); a caller that
-    closes the socket first (it gave up waiting, or died) ends this process: nothing ran."""
+def _command_message(conn: socket.socket) -> tuple[list, dict, list[int]]:
+    """The caller's arguments, environment and fds 0-2 (:func:`archfleet.serverclient.command`);
+    a caller that closes the socket first (it gave up waiting, or died), or a message that is
+    not one, ends this process: nothing ran."""
+    import array
+
     conn.settimeout(REQUEST_SECONDS)
-    data = b""
+    data, fds = b"", []
     try:
         while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
-            if len(data) >= 4 and int.from_bytes(data[:4], "big") > MAX_REQUEST:
+            if len(data) >= 4 and int.from_bytes(data[:4], "big") > serverclient.MAX_MESSAGE:
                 os._exit(70)
-            chunk = conn.recv(1 << 16)
+            chunk, anc, _flags, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * 4))
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    got = array.array("i")
+                    got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
+                    fds.extend(got)
             if not chunk:
                 os._exit(70)
             data += chunk
-    except OSError:
+        message = json.loads(data[4:4 + int.from_bytes(data[:4], "big")])
+    except (OSError, ValueError):
         os._exit(70)
-    env = json.loads(data[4:4 + int.from_bytes(data[:4], "big")])
     conn.settimeout(10)
-    return env if isinstance(env, dict) else os._exit(70)
+    if len(fds) != 3 or not isinstance(message, dict) or not isinstance(message.get("argv"), list) \
+            or not isinstance(message.get("env"), dict):
+        os._exit(70)
+    return message["argv"], message["env"], fds
 
 
 def _finish(code: int) -> int:
@@ -605,8 +618,8 @@ def ask(what: str, timeout: float = 5.0, path: str | None = None) -> dict | None
         line = serverclient._Lines(conn).next(raise_timeout=True)
     except TimeoutError:
         raise ServerProblem(f"the server on {path} took the request and did not answer within {timeout:g} s "
-                            f"(stopped? see {log_path(path)}); commands wait for it: ARCHFLEET_SERVER=0 runs them "
-                            f"on their own") from None
+                            f"(stopped? see {log_path(path)}); commands pass it by after "
+                            f"{serverclient.FIRST_LINE_SECONDS:g} s, ARCHFLEET_SERVER=0 at once") from None
     except OSError:
         return None
     finally:

@@ -6,13 +6,15 @@ Kept small on purpose: it is imported before anything else of archfleet's, and w
 (``os``, ``socket``, ``signal``, ``json``) is what a Python process has loaded anyway or costs
 ~3 ms. The protocol, all on one Unix stream socket (:func:`socket_path`):
 
-- request, one ``sendmsg``: ``<length:4 bytes big-endian><JSON>`` with this process's fds 0, 1
-  and 2 as SCM_RIGHTS; the JSON holds ``argv``, ``cwd``, ``umask``, ``env`` (strings; bytes that
-  are not UTF-8 as surrogate escapes, ``ensure_ascii``), how ``stdio`` was set up here
-  (encoding, errors, line buffering), the signals ``ignored`` here and the ``context``
-  (:func:`context`);
+- request: ``<length:4 bytes big-endian><JSON>`` holding ``cwd``, ``umask``, how ``stdio`` was
+  set up here (encoding, errors, line buffering), the signals ``ignored`` here and the
+  ``context`` (:func:`context`): nothing secret, no fds;
 - the server answers one line: ``P<pid>`` (the command runs in process ``pid``), or ``F<why>``
-  (not run: stale server, refused; the caller runs it itself);
+  (not run: stale server, other context, refused; the caller runs it itself); none within
+  :data:`FIRST_LINE_SECONDS`: the caller runs it itself;
+- after ``P``, one ``sendmsg`` to the command's process: ``<length><JSON {"argv", "env"}>``
+  (strings; bytes that are not UTF-8 as surrogate escapes, ``ensure_ascii``) with this
+  process's fds 0, 1 and 2 as SCM_RIGHTS (:func:`command`); the process runs nothing before;
 - this side then sends ``S<signum>`` lines for each SIGINT, SIGTERM, SIGHUP, SIGQUIT or SIGWINCH it gets
   (the command's process raises them on itself, so Ctrl-C means what it means without a server);
   closing the socket is a SIGTERM;
@@ -28,6 +30,7 @@ import sys
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
 ENV_SWITCH = "ARCHFLEET_SERVER"  # see mode(); "0": never use a server (the tests set it; a user may)
 IDLE_SECONDS = 900  # a server's default --idle (one started by a command, or by ``server start``)
+MAX_MESSAGE = 4 << 20  # bytes: a command's arguments and environment as sent (larger: run here)
 FIRST_LINE_SECONDS = 10.0  # a server that has not said it took the command by then is passed by
 MAX_STARTED = 4  # servers of an install running at once, beyond which a command starts no more
 # the variables that shape the interpreter itself (CPython's and glibc's loader's, by name): part
@@ -139,7 +142,8 @@ def context() -> str:
             lines.append(f"{name.lower()} {resource.getrlimit(getattr(resource, name))}")
         except (OSError, ValueError):
             pass
-    lines.append(f"python {sys.flags!r} {sorted(sys._xoptions.items())!r} {sys.getfilesystemencoding()}")
+    lines.append(f"python {sys.flags!r} {sorted(sys._xoptions.items())!r} {sys.warnoptions!r} "
+                 f"{sys.getfilesystemencoding()}")
     env = os.environ
     lines.append("ctype " + (env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or ""))
     lines += [f"env {k}={env[k]}" for k in sorted(INTERPRETER_ENV) if k in env]
@@ -267,6 +271,10 @@ def start_in_background(idle: int = IDLE_SECONDS) -> None:
         path = socket_path(key)
         if not private_dir(directory) or len(os.fsencode(path)) > 107 or running(sockets()) >= MAX_STARTED:
             return
+        from .server import ioprio
+
+        if ioprio(os.getpid()) not in (0, None):  # ionice: not in the socket's key (no file shows it);
+            return  # a server of it would refuse every caller of that key without one
         lock = os.open(path[:-len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released at once: the server takes it
@@ -310,22 +318,24 @@ def ignored() -> list[int]:
     return [int(s) for s in (*SIGNALS, signal.SIGTSTP) if signal.getsignal(s) == signal.SIG_IGN]
 
 
-def request(argv: list[str], text: str | None = None) -> bytes:
-    """The request for ``argv`` as sent (length and JSON); ``text``: this process's
-    :func:`context`, when known."""
+def request(text: str | None = None) -> bytes:
+    """The request as sent (length and JSON); ``text``: this process's :func:`context`, when
+    known. It holds neither the arguments nor the environment nor fds (:func:`command`)."""
     import json
 
-    body = json.dumps({"argv": argv, "cwd": os.getcwd(), "umask": _umask(), "stdio": _stdio(),
+    body = json.dumps({"cwd": os.getcwd(), "umask": _umask(), "stdio": _stdio(),
                        "ignored": ignored(), "context": context() if text is None else text}).encode("ascii")
     return len(body).to_bytes(4, "big") + body
 
 
-def environment() -> bytes:
-    """This process's environment as sent to the command's process once it exists (``P``), so
-    the server itself never holds it: ``<length:4 bytes big-endian><JSON object>``."""
+def command(argv: list[str]) -> bytes:
+    """``argv`` and this process's environment as sent, with fds 0-2 as SCM_RIGHTS, to the
+    command's process once it exists (``P``), so the server itself never holds them (build-arg
+    values, tokens) and a stopped server holds no pipe open: ``<length:4 bytes
+    big-endian><JSON {"argv", "env"}>``."""
     import json
 
-    body = json.dumps(dict(os.environ)).encode("ascii")
+    body = json.dumps({"argv": argv, "env": dict(os.environ)}).encode("ascii")
     return len(body).to_bytes(4, "big") + body
 
 
@@ -353,6 +363,9 @@ def run(argv: list[str], pressed=None) -> int | None:
         path = socket_path(_asked_key)
         if not os.path.exists(path):
             return None
+        message = command(argv)
+        if len(message) > MAX_MESSAGE:
+            return None  # an environment of megabytes: run here
         for fd in (0, 1, 2):  # a closed one: the socket would take its number and be sent as it
             os.fstat(fd)
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -364,8 +377,7 @@ def run(argv: list[str], pressed=None) -> int | None:
         if int.from_bytes(peer[4:8], sys.byteorder) != os.getuid():  # struct ucred: pid, uid, gid
             conn.close()
             return None  # not this user's server: it gets neither the fds nor the environment
-        conn.sendmsg([request(argv, text)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                        bytes(memoryview(_fds()).cast("B")))])
+        conn.sendall(request(text))
     except OSError:
         conn.close()
         return None
@@ -376,8 +388,8 @@ def run(argv: list[str], pressed=None) -> int | None:
     if first is None or not first.startswith("P") or not first[1:].isdigit():
         conn.close()
         return None  # "F...": the server would not run it (stale, refused): run it here
-    try:
-        conn.sendall(environment())  # the command's process waits for it before anything
+    try:  # the command's process waits for it before anything
+        conn.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(memoryview(_fds()).cast("B")))])
     except OSError:
         pass  # the server went: said by _wait
     return _wait(conn, lines, pressed, int(first[1:]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -409,8 +410,7 @@ def test_a_caller_of_another_context_is_not_served_by_this_contexts_server(serve
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(10)
     conn.connect(serverclient.socket_path())
-    conn.sendmsg([serverclient.request(["archfleet", "plugins"], text)],
-                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(memoryview(serverclient._fds()).cast("B")))])
+    conn.sendall(serverclient.request(text))
     line = conn.recv(4096).decode()
     conn.close()
     assert line.startswith("F") and line.strip().endswith("differs from the server's: rlimit_nofile")
@@ -460,3 +460,22 @@ def test_an_execution_domain_scheduling_class_or_io_priority_of_its_own_keeps_a_
         plan = subprocess.run([*wrapper, sys.executable, "-c", "import platform; print(platform.machine())"],
                               capture_output=True, text=True, timeout=60)
         assert plan.stdout.strip() == "i686"
+
+
+def test_a_stopped_server_is_passed_by_and_holds_no_pipe_of_the_callers(server):
+    """Rule: a server that does not say it took the command within FIRST_LINE_SECONDS (10 s;
+    SIGSTOP) is passed by: the command runs in its own process, says one warning line, and its
+    stdout pipe reaches EOF when it exits (the fds go to the command's process after ``P``, so
+    the stopped server holds none; ``x=$(archfleet ...)`` and ``archfleet ... | cmd`` end). Once
+    continued, the server runs nothing for it (0 served)."""
+    pid = status()["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        done = run("plugins", timeout=60)  # capture_output: waits for EOF on the pipes
+        took = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert done.returncode == 0 and "local" in done.stdout and took < 30
+    assert done.stderr.startswith("archfleet: warning: the archfleet server on ") and len(done.stderr.splitlines()) == 1
+    assert wait_for(lambda: status() is not None) and status()["served"] == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import socket
 import tempfile
 import threading
@@ -27,14 +28,25 @@ class StandIn:
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(serverclient.socket_path())
         self.listener.listen(1)
-        self.answers, self.request, self.fds, self.env = answers, None, [], None
+        self.answers, self.request, self.fds, self.command = answers, None, [], None
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
     def serve(self):
+        conn, _ = self.listener.accept()
+        self.request = json.loads(self.message(conn))
+        conn.sendall(self.answers)
+        if self.answers.startswith(b"P"):  # the caller then sends argv, environment and fds
+            conn.settimeout(5)
+            try:
+                self.command = json.loads(self.message(conn))
+            except (OSError, ValueError):
+                pass
+        conn.close()
+
+    def message(self, conn) -> bytes:
         import array
 
-        conn, _ = self.listener.accept()
         data = b""
         while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
             msg, anc, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * 4))
@@ -42,22 +54,10 @@ class StandIn:
                 got = array.array("i")
                 got.frombytes(payload)
                 self.fds.extend(got)
+            if not msg:
+                raise ValueError("closed")
             data += msg
-        self.request = json.loads(data[4:])
-        conn.sendall(self.answers)
-        if self.answers.startswith(b"P"):  # the caller then sends its environment
-            conn.settimeout(5)
-            data = b""
-            try:
-                while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
-                    chunk = conn.recv(1 << 16)
-                    if not chunk:
-                        break
-                    data += chunk
-                self.env = json.loads(data[4:]) if data else None
-            except OSError:
-                pass
-        conn.close()
+        return data[4:]
 
     def close(self):
         for fd in self.fds:
@@ -91,18 +91,19 @@ def keep_handlers():
 
 def test_a_command_the_server_ran_ends_with_its_exit_code_and_the_request_is_the_callers(stand_in, keep_handlers,
                                                                                           monkeypatch, tmp_path):
-    """Rule: the request carries argv, the working directory, the umask and fds 0-2, not the
-    environment: that goes to the command's process once the server said it (``P<pid>``), so
-    the server never holds it; then ``X7``: the command ran, exit 7."""
+    """Rule: the request carries the working directory and the umask, not the arguments, the
+    environment or fds 0-2: those go to the command's process once the server said it
+    (``P<pid>``), so the server never holds them; then ``X7``: the command ran, exit 7."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AF_TEST_VALUE", "\udcff-not-utf8")
     server = stand_in(f"P{os.getpid()}\nX7\n".encode())
     assert serverclient.run(["archfleet", "plugins"]) == 7
     server.thread.join(5)
     req = server.request
-    assert req["argv"] == ["archfleet", "plugins"] and req["cwd"] == str(tmp_path)
-    assert "env" not in req and "AF_TEST_VALUE" not in json.dumps(req) and isinstance(req["umask"], int)
-    assert server.env["AF_TEST_VALUE"] == "\udcff-not-utf8"
+    assert req["cwd"] == str(tmp_path) and isinstance(req["umask"], int)
+    assert "env" not in req and "argv" not in req and "AF_TEST_VALUE" not in json.dumps(req)
+    assert server.command["argv"] == ["archfleet", "plugins"]
+    assert server.command["env"]["AF_TEST_VALUE"] == "\udcff-not-utf8"
     assert len(server.fds) == 3 and set(req["stdio"]) == {"stdin", "stdout", "stderr"}
 
 
@@ -147,7 +148,7 @@ def test_ignored_signals_are_said_and_not_forwarded(keep_handlers):
     """Rule: a signal this process ignores (nohup's SIGHUP) is in the request's ``ignored``."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     assert int(signal.SIGHUP) in serverclient.ignored()
-    assert int(signal.SIGHUP) in json.loads(serverclient.request(["archfleet"])[4:])["ignored"]
+    assert int(signal.SIGHUP) in json.loads(serverclient.request()[4:])["ignored"]
 
 
 def test_the_server_reads_a_request_as_it_comes_and_refuses_what_is_not_one():
@@ -293,3 +294,19 @@ def test_an_untrusted_runtime_dir_is_said(tmp_path, monkeypatch):
     (tmp_path / "archfleet").mkdir(mode=0o755)
     (tmp_path / "archfleet").chmod(0o755)
     assert "mode 0700" in serverclient.runtime_problem()
+
+
+def test_an_environment_too_large_to_send_runs_the_command_here(stand_in, keep_handlers, monkeypatch):
+    """Rule: arguments and environment over MAX_MESSAGE as sent (JSON escapes grow non-ASCII
+    3-6x): None before the server is asked (the fork would refuse it and end with 70)."""
+    server = stand_in(f"P{os.getpid()}\nX0\n".encode())
+    monkeypatch.setenv("AF_BIG", "\u00e9" * (serverclient.MAX_MESSAGE // 5))
+    assert serverclient.run(["archfleet", "plugins"]) is None
+    assert server.request is None
+
+
+def test_warning_options_are_part_of_the_context(monkeypatch):
+    """Rule: ``python -W error`` (sys.warnoptions) is a context of its own, as PYTHONWARNINGS is."""
+    key = serverclient.context_key()
+    monkeypatch.setattr(sys, "warnoptions", ["error"])
+    assert serverclient.context_key() != key
