@@ -22,7 +22,8 @@ does not live on in it.
 
 Trust: the socket lives in :func:`archfleet.serverclient.runtime_dir`, a directory of this user's
 that no one else may enter (checked by both sides, made 0700 by the server), and the server runs
-a request only from a peer with its own uid (``SO_PEERCRED``). It stops, and callers run commands
+a request only from a peer with its own uid (``SO_PEERCRED``; the caller checks the server's
+uid the same way before it sends anything). It stops, and callers run commands
 themselves, once any file it loaded changed (an upgrade, an edit of a checkout), when stopped
 (``archfleet server stop``, SIGTERM) and after ``--idle`` seconds without a command (default 900).
 
