@@ -310,3 +310,62 @@ def test_warning_options_are_part_of_the_context(monkeypatch):
     key = serverclient.context_key()
     monkeypatch.setattr(sys, "warnoptions", ["error"])
     assert serverclient.context_key() != key
+
+
+class _Spawned:
+    """subprocess.Popen's stand-in for start_in_background: records what would be started."""
+
+    calls: list = []
+
+    def __init__(self, argv, **kw):
+        _Spawned.calls.append((argv, kw))
+        self.returncode = None
+
+
+@pytest.fixture
+def spawns(monkeypatch, tmp_path):
+    import subprocess
+
+    _Spawned.calls = []
+    runtime = Path(tempfile.mkdtemp(prefix="afs-", dir="/tmp"))
+    runtime.chmod(0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("AF_TEST_TOKEN", "not kept")
+    monkeypatch.setattr(subprocess, "Popen", _Spawned)
+    monkeypatch.setattr(serverclient, "_asked_key", None)
+    yield runtime
+    import shutil
+
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_a_server_is_started_for_the_callers_key_with_a_scrubbed_environment_in_its_own_session(spawns):
+    """Rule (start_in_background): ``python [options] -m archfleet.server --idle 900 --context
+    KEY``, the key of the context the command had, its own session, cwd /, the log beside the
+    socket, an environment of SERVER_ENV's names only; nothing while MAX_STARTED run."""
+    serverclient.start_in_background()
+    (argv, kw), = _Spawned.calls
+    key = serverclient.context_key()
+    assert argv[-5:] == ["archfleet.server", "--idle", "900", "--context", key] and argv[0] == sys.executable
+    assert kw["start_new_session"] and kw["cwd"] == "/" and "AF_TEST_TOKEN" not in kw["env"]
+    assert (spawns / "archfleet" / f"server-{serverclient.install_key()}-{key}.log").exists()
+
+
+def test_no_server_is_started_beyond_max_started_or_under_an_io_priority(spawns, monkeypatch):
+    from archfleet import server
+
+    monkeypatch.setattr(serverclient, "running", lambda paths: serverclient.MAX_STARTED)
+    serverclient.start_in_background()
+    monkeypatch.setattr(serverclient, "running", lambda paths: 0)
+    monkeypatch.setattr(server, "ioprio", lambda pid: 24583)  # ionice -c3
+    serverclient.start_in_background()
+    assert _Spawned.calls == []
+
+
+def test_the_install_key_falls_back_to_the_venvs_link_and_unreadable_proc_files_read_as_dash(monkeypatch, tmp_path):
+    """Rule: a base interpreter in a directory this user may not enter (realpath unreadable)
+    keys the install by the venv's own link; a /proc file that cannot be read is ``-``."""
+    key = serverclient.install_key()
+    monkeypatch.setattr(os.path, "realpath", lambda p: str(tmp_path / "gone"))
+    assert serverclient.install_key().split("-")[2:] == key.split("-")[2:]
+    assert serverclient._read(str(tmp_path / "nothing")) == "-"
